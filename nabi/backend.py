@@ -1,0 +1,134 @@
+"""The one place that knows NumPy from CuPy.
+
+Layer math asks ``xp = get_array_module(x)`` and uses ``xp`` wherever it means
+"the array module", so one code path serves the CPU (NumPy) and an NVIDIA GPU
+(CuPy). This module also holds the default floating dtype and the seeded
+random generators every initialiser, dropout mask and data shuffle draws from.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # CuPy is optional: ``pip install nabi[gpu]``.
+    import cupy as _cupy
+except Exception:  # pragma: no cover - depends on the machine
+    _cupy = None
+
+DEVICES = ("cpu", "gpu")
+_default_dtype = np.dtype(np.float32)
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # pragma: no cover - driver problems
+        return False
+
+
+def get_array_module(*arrays):
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    if _cupy is not None:
+        for a in arrays:
+            if isinstance(a, _cupy.ndarray):
+                return _cupy
+    return np
+
+
+def array_module(device: str):
+    """The array module for a device name, ``'cpu'`` or ``'gpu'``."""
+    device = check_device(device)
+    if device == "gpu":
+        if not gpu_available():
+            raise RuntimeError("device 'gpu' was asked for, but CuPy is not installed or sees no CUDA device "
+                               "(install nabi[gpu] on a machine with an NVIDIA GPU, or use device='cpu')")
+        return _cupy
+    return np
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    return device
+
+
+def device_of(x) -> str:
+    """``'gpu'`` for a CuPy array, ``'cpu'`` otherwise."""
+    return "gpu" if get_array_module(x) is not np else "cpu"
+
+
+def to_device(x, device: str):
+    """Copy an array to ``device`` (no copy when it is already there)."""
+    xp = array_module(device)
+    if xp is np:
+        return to_numpy(x)
+    return _cupy.asarray(x)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy array on the host, whatever ``x`` is."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy.asnumpy(x)
+    return np.asarray(x)
+
+
+def get_default_dtype() -> np.dtype:
+    """The floating dtype parameters are created in (float32 unless changed)."""
+    return _default_dtype
+
+
+def set_default_dtype(dtype) -> None:
+    """Set the floating dtype for new parameters: float32, or float64 for gradient checks."""
+    global _default_dtype
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"default dtype must be float16, float32 or float64, got {dtype}")
+    _default_dtype = dtype
+
+
+class default_dtype:
+    """Context manager: ``with default_dtype(np.float64): model = ...``."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def __enter__(self):
+        self._old = get_default_dtype()
+        set_default_dtype(self.dtype)
+        return self.dtype
+
+    def __exit__(self, *exc):
+        set_default_dtype(self._old)
+        return False
+
+
+_global_rng = np.random.default_rng()
+
+
+def seed(value: int) -> None:
+    """Seed nabi's global generator (initialisers and dropout fall back to it)."""
+    global _global_rng
+    _global_rng = np.random.default_rng(value)
+
+
+def get_rng() -> np.random.Generator:
+    """The global generator, a NumPy ``Generator`` (weights are drawn on the host)."""
+    return _global_rng
+
+
+def new_rng(seed_value=None) -> np.random.Generator:
+    """A fresh generator: seeded from ``seed_value``, or from the global generator."""
+    if seed_value is None:
+        seed_value = int(_global_rng.integers(0, 2**63 - 1))
+    return np.random.default_rng(seed_value)
+
+
+def rng_state(gen: np.random.Generator) -> dict:
+    """A JSON-able snapshot of a generator's state (for exact resume)."""
+    return gen.bit_generator.state
+
+
+def set_rng_state(gen: np.random.Generator, state: dict) -> None:
+    gen.bit_generator.state = state

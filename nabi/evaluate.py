@@ -1,0 +1,489 @@
+"""Evaluation: accuracy, top-k, confusion matrices, and the background-class statistics P1-P4.
+
+Everything here runs on NumPy (CuPy arrays are copied to the host first);
+matplotlib is imported only by :func:`plot_confusion_matrix`.
+
+Conventions
+-----------
+* Predictions are ``argmax`` over the class axis; ties go to the lowest column
+  index (``np.argmax``). Probabilities and logits give the same answers.
+* Labels are integer class indices ``(N,)``; one-hot ``(N, K)`` labels are
+  accepted by :func:`accuracy` and :func:`topk_accuracy`.
+* A ratio with a zero denominator is ``nan`` (never a silent 0).
+
+Background statistics (the 2019 campus-cats protocol)
+-----------------------------------------------------
+Testset 1 holds every test photo (cats and background photos); Testset 2 holds
+the cat photos only. With ``pred`` the argmax over the model's classes:
+
+* ``P1 = #{pred == true} / |Testset 1|``  (a background photo is right when predicted background)
+* ``P2 = #{pred == true} / |Testset 2|``  (a cat predicted background is wrong)
+* ``P3 = #{pred == true} / #{pred != background}`` over Testset 2 (``nan`` if every cat was called background)
+* ``P4 = #{argmax over individuals == true} / |Testset 2|``
+
+Decisions: with no background photos in the test set, Testset 1 = Testset 2 and
+``P1 = P2``. For a model without a background output (model A), background photos
+can never be predicted right, so ``P1`` counts them as wrong (it is still
+"fraction of Testset 1 labelled correctly"), nothing is called background, and
+``P3 = P4 = P2``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import unicodedata
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from .backend import to_numpy
+
+__all__ = [
+    "accuracy", "topk_accuracy", "confusion_matrix", "precision_recall", "PrecisionRecall",
+    "classification_report", "confusion_matrix_text", "plot_confusion_matrix",
+    "background_statistics", "EvalReport", "format_report",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _scores_2d(scores, what="scores") -> np.ndarray:
+    s = to_numpy(scores)
+    if s.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (N, K) array, got shape {s.shape}")
+    if s.shape[1] == 0:
+        raise ValueError(f"{what} has no classes (shape {s.shape})")
+    if s.size and not np.all(np.isfinite(s)):
+        raise ValueError(f"{what} contains NaN or inf; a diverged model cannot be scored")
+    return s
+
+
+def _labels_1d(labels, n: int, num_classes: int, what="labels") -> np.ndarray:
+    y = to_numpy(labels)
+    if y.ndim == 2:  # one-hot
+        if y.shape != (n, num_classes):
+            raise ValueError(f"one-hot {what} have shape {y.shape}, expected {(n, num_classes)}")
+        y = y.argmax(axis=1)
+    if y.ndim != 1:
+        raise ValueError(f"{what} must be 1-D class indices (or one-hot 2-D), got shape {y.shape}")
+    if y.shape[0] != n:
+        raise ValueError(f"{what} have {y.shape[0]} entries but there are {n} predictions")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError(f"{what} must be integer class indices")
+        y = y.astype(np.int64)
+    y = y.astype(np.int64, copy=False)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{what} must lie in [0, {num_classes}); got range [{y.min()}, {y.max()}]")
+    return y
+
+
+def _ratio(num, den) -> float:
+    return float(num) / float(den) if den else float("nan")
+
+
+def _nfc(name) -> str:
+    # Folder names from macOS file systems arrive decomposed (NFD); compare in NFC.
+    return unicodedata.normalize("NFC", str(name))
+
+
+def _width(text: str) -> int:
+    """Terminal display width: East Asian wide/full-width characters take two columns."""
+    w = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        w += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return w
+
+
+def _pad(text: str, width: int, align: str = "<") -> str:
+    gap = max(0, width - _width(text))
+    return text + " " * gap if align == "<" else " " * gap + text
+
+
+def _fmt(x, digits: int) -> str:
+    if x is None:
+        return "-"
+    x = float(x)
+    return "nan" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _check_cm(cm) -> np.ndarray:
+    cm = np.asarray(to_numpy(cm))
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square (K, K), got shape {cm.shape}")
+    if np.any(cm < 0):
+        raise ValueError("confusion matrix has negative counts")
+    return cm
+
+
+def _check_names(class_names, k: int) -> list[str]:
+    names = [str(n) for n in class_names]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names given for {k} classes")
+    return names
+
+
+# --------------------------------------------------------------------------- basic metrics
+
+def accuracy(probs_or_logits, labels) -> float:
+    """Top-1 accuracy ``mean(argmax_k s[n, k] == y[n])``; ``nan`` for an empty batch."""
+    s = _scores_2d(probs_or_logits)
+    y = _labels_1d(labels, s.shape[0], s.shape[1])
+    if s.shape[0] == 0:
+        return float("nan")
+    return float(np.mean(s.argmax(axis=1) == y))
+
+
+def topk_accuracy(scores, labels, k: int) -> float:
+    """Fraction of rows whose true class is among the ``k`` highest scores.
+
+    rank(y) = #{j : s_j > s_y} + #{j < y : s_j == s_y}  (ties broken like ``argmax``,
+    so ``k=1`` equals :func:`accuracy`); correct iff ``rank(y) < k``.
+    """
+    s = _scores_2d(scores)
+    n, num_classes = s.shape
+    if isinstance(k, bool) or int(k) != k or not 1 <= k <= num_classes:
+        raise ValueError(f"k must be an integer in [1, {num_classes}], got {k!r}")
+    y = _labels_1d(labels, n, num_classes)
+    if n == 0:
+        return float("nan")
+    sy = s[np.arange(n), y][:, None]
+    cols = np.arange(num_classes)[None, :]
+    rank = np.sum(s > sy, axis=1) + np.sum((s == sy) & (cols < y[:, None]), axis=1)
+    return float(np.mean(rank < int(k)))
+
+
+def confusion_matrix(pred, labels, num_classes: int) -> np.ndarray:
+    """``cm[t, p]`` = number of samples with true class ``t`` predicted as ``p`` (int64).
+
+    ``pred`` may be class indices ``(N,)`` or scores ``(N, K)`` (argmax is taken).
+    """
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    p = to_numpy(pred)
+    if p.ndim == 2:
+        p = _scores_2d(p, "pred").argmax(axis=1)
+    p = _labels_1d(p, p.shape[0] if p.ndim else -1, num_classes, "pred")
+    y = _labels_1d(labels, p.shape[0], num_classes)
+    return np.bincount(y * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes).astype(np.int64)
+
+
+class PrecisionRecall(NamedTuple):
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray
+
+
+def precision_recall(cm) -> PrecisionRecall:
+    """Per-class ``precision = TP/(TP+FP)``, ``recall = TP/(TP+FN)``, ``f1 = 2TP/(2TP+FP+FN)``, ``support = TP+FN``.
+
+    ``TP = cm[c, c]``, ``FP = col sum - TP``, ``FN = row sum - TP``. A 0/0 is ``nan``:
+    precision of a class never predicted, recall of a class absent from the labels,
+    f1 only when the class is neither present nor predicted (f1 = harmonic mean of
+    precision and recall wherever both are defined).
+    """
+    cm = _check_cm(cm).astype(np.float64)
+    tp = np.diag(cm)
+    col = cm.sum(axis=0)
+    row = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(col > 0, tp / np.where(col > 0, col, 1), np.nan)
+        recall = np.where(row > 0, tp / np.where(row > 0, row, 1), np.nan)
+        den = col + row  # = 2TP + FP + FN
+        f1 = np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), np.nan)
+    return PrecisionRecall(precision, recall, f1, row.astype(np.int64))
+
+
+def classification_report(cm, class_names: Sequence[str], digits: int = 4) -> str:
+    """Text table: per-class precision / recall / f1 / support, then accuracy, macro and weighted averages.
+
+    accuracy = trace(cm) / sum(cm); macro = mean over classes ignoring nan;
+    weighted = sum(support_c * m_c) / sum(support_c) over classes where m_c is defined.
+    """
+    cm = _check_cm(cm)
+    names = _check_names(class_names, cm.shape[0])
+    pr = precision_recall(cm)
+    total = int(cm.sum())
+    name_w = max([_width(n) for n in names] + [len("weighted avg")])
+    col_w = max(9, digits + 3)
+    head = _pad("", name_w) + "".join(_pad(h, col_w, ">") for h in ("precision", "recall", "f1", "support"))
+    lines = [head, ""]
+    for i, n in enumerate(names):
+        lines.append(_pad(n, name_w) + "".join(_pad(_fmt(v[i], digits), col_w, ">")
+                                               for v in (pr.precision, pr.recall, pr.f1))
+                     + _pad(str(int(pr.support[i])), col_w, ">"))
+    lines.append("")
+    acc = _ratio(np.trace(cm), total)
+    lines.append(_pad("accuracy", name_w) + _pad("", 2 * col_w) + _pad(_fmt(acc, digits), col_w, ">")
+                 + _pad(str(total), col_w, ">"))
+
+    def _avg(v, w=None):
+        ok = ~np.isnan(v)
+        if not ok.any():
+            return float("nan")
+        if w is None:
+            return float(np.mean(v[ok]))
+        ws = w[ok].sum()
+        return float(np.sum(v[ok] * w[ok]) / ws) if ws > 0 else float("nan")
+
+    sup = pr.support.astype(np.float64)
+    for label, w in (("macro avg", None), ("weighted avg", sup)):
+        lines.append(_pad(label, name_w) + "".join(_pad(_fmt(_avg(v, w), digits), col_w, ">")
+                                                   for v in (pr.precision, pr.recall, pr.f1))
+                     + _pad(str(total), col_w, ">"))
+    return "\n".join(lines) + "\n"
+
+
+def confusion_matrix_text(cm, class_names: Sequence[str]) -> str:
+    """Counts as a text grid: rows = true class, columns = predicted class, with row totals."""
+    cm = _check_cm(cm)
+    names = _check_names(class_names, cm.shape[0])
+    corner = "true \\ pred"
+    name_w = max([_width(n) for n in names] + [len(corner)])
+    cells = [[str(int(v)) for v in r] for r in cm]
+    col_w = [max(_width(names[j]), *(len(cells[i][j]) for i in range(len(names)))) for j in range(len(names))]
+    tot_w = max(len("total"), len(str(int(cm.sum()))))
+    lines = [_pad(corner, name_w) + "".join("  " + _pad(names[j], col_w[j], ">") for j in range(len(names)))
+             + "  " + _pad("total", tot_w, ">")]
+    for i, n in enumerate(names):
+        lines.append(_pad(n, name_w) + "".join("  " + _pad(cells[i][j], col_w[j], ">") for j in range(len(names)))
+                     + "  " + _pad(str(int(cm[i].sum())), tot_w, ">"))
+    return "\n".join(lines) + "\n"
+
+
+_CJK_FONTS = ("NanumGothic", "Noto Sans CJK KR", "Noto Sans KR", "Malgun Gothic", "AppleGothic",
+              "UnDotum", "Baekmuk Gulim", "Source Han Sans KR", "Noto Sans CJK JP")
+
+
+def plot_confusion_matrix(cm, class_names: Sequence[str], path, *, normalize: bool = False,
+                          title: str | None = None, dpi: int = 120) -> str:
+    """Write the confusion matrix as a PNG heat map (rows = true, cols = predicted); returns ``path``.
+
+    ``normalize=True`` colours by row fraction ``cm[t, p] / sum_p cm[t, p]``. The file is
+    written to a temporary file in the same folder and moved into place with
+    ``os.replace``, so a reader never sees half a PNG. Names the font cannot draw
+    (e.g. Hangul without a CJK font) render as boxes instead of failing.
+    """
+    cm = _check_cm(cm)
+    names = _check_names(class_names, cm.shape[0])
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib import font_manager
+
+    path = os.fspath(path)
+    k = cm.shape[0]
+    counts = cm.astype(np.float64)
+    if normalize:
+        rows = counts.sum(axis=1, keepdims=True)
+        shown = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    else:
+        shown = counts
+
+    font_kw = {}
+    if any(ord(c) > 0x2E7F for n in names + [title or ""] for c in n):
+        available = {f.name for f in font_manager.fontManager.ttflist}
+        for fam in _CJK_FONTS:
+            if fam in available:
+                font_kw = {"fontfamily": fam}
+                break
+
+    size = max(4.0, 0.6 * k + 2.5)
+    fig = Figure(figsize=(size + 1.0, size))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=(1.0 if normalize else max(1.0, shown.max())))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(names, rotation=45, ha="right", **font_kw)
+    ax.set_yticklabels(names, **font_kw)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, **font_kw)
+    thresh = (1.0 if normalize else max(1.0, shown.max())) / 2
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                txt = f"{shown[i, j]:.2f}" if normalize else str(int(cm[i, j]))
+                ax.text(j, i, txt, ha="center", va="center", fontsize=8,
+                        color="white" if shown[i, j] > thresh else "black")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Glyph ... missing from font" for Hangul etc.
+        fig.tight_layout()
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cm-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Glyph ... missing from font" for Hangul etc.
+            fig.savefig(fh, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- background statistics
+
+def _unique_names(names, what) -> list[str]:
+    out = [_nfc(n) for n in names]
+    seen = set()
+    for n in out:
+        if n in seen:
+            raise ValueError(f"{what} lists {n!r} twice")
+        seen.add(n)
+    return out
+
+
+def background_statistics(probs, labels, class_names: Sequence[str], background: str = "background",
+                          model_classes: Sequence[str] | None = None) -> dict:
+    """P1-P4 of the background-class protocol (see the module docstring for the formulas).
+
+    probs: (N, K) scores over ``model_classes`` (only argmax is used, logits work too).
+    labels: (N,) indices into ``class_names``, the test set's classes (including the
+    background class when background photos exist). ``model_classes`` defaults to
+    ``class_names``; names are matched (Unicode NFC), so orders may differ and the
+    background may sit at any position or be called e.g. ``'배경'``.
+
+    Returns a dict: ``p1 p2 p3 p4`` (float, nan when undefined), ``n_test1 n_test2
+    n_called_background n_p3 n_background_photos`` (int), ``model_has_background
+    test_has_background`` (bool), ``individuals`` (model's non-background names), and
+    per photo: ``pred`` / ``pred_individual`` (model column of argmax / of argmax over
+    individuals), ``pred_name``, ``target`` (model column of the true class, -1 for a
+    background photo the model cannot output), ``is_background_photo``, ``correct``.
+    """
+    names = _unique_names(class_names, "class_names")
+    mnames = names if model_classes is None else _unique_names(model_classes, "model_classes")
+    bg = _nfc(background)
+    s = _scores_2d(probs, "probs")
+    n, k = s.shape
+    if k != len(mnames):
+        raise ValueError(f"probs has {k} columns but the model has {len(mnames)} classes {mnames}")
+    y = _labels_1d(labels, n, len(names))
+
+    individuals = [m for m in mnames if m != bg]
+    if len(individuals) < 2:
+        raise ValueError(f"need at least two individuals (non-background model classes), got {individuals}; "
+                         f"background={bg!r}")
+    missing = [c for c in names if c != bg and c not in mnames]
+    if missing:
+        raise ValueError(f"test classes {missing} are not among the model's classes {mnames}; "
+                         f"if one of them is the background folder, pass background=<its name>")
+
+    model_has_bg = bg in mnames
+    bg_col = mnames.index(bg) if model_has_bg else -1
+    test_bg = names.index(bg) if bg in names else -1
+    # model column for each test class (background -> bg_col, which is -1 for model A)
+    to_model = np.array([bg_col if c == bg else mnames.index(c) for c in names], dtype=np.int64)
+    target = to_model[y]
+    is_bg_photo = (y == test_bg) if test_bg >= 0 else np.zeros(n, dtype=bool)
+    animal = ~is_bg_photo
+    n_test2 = int(animal.sum())
+    if n_test2 == 0:
+        raise ValueError("the test set has no animal photos (Testset 2 is empty); P2-P4 are undefined")
+
+    pred = s.argmax(axis=1)
+    ind_cols = np.array([i for i, m in enumerate(mnames) if m != bg], dtype=np.int64)
+    pred_ind = ind_cols[s[:, ind_cols].argmax(axis=1)]
+    correct = pred == target  # target -1 never matches: model A's background photos are wrong
+    called_bg = animal & (pred == bg_col) if model_has_bg else np.zeros(n, dtype=bool)
+    kept = animal & ~called_bg
+
+    n_called = int(called_bg.sum())
+    n_p3 = n_test2 - n_called
+    return {
+        "p1": _ratio(correct.sum(), n),
+        "p2": _ratio(correct[animal].sum(), n_test2),
+        "p3": _ratio(correct[kept].sum(), n_p3),
+        "p4": _ratio((pred_ind == target)[animal].sum(), n_test2),
+        "n_test1": int(n),
+        "n_test2": n_test2,
+        "n_background_photos": int(is_bg_photo.sum()),
+        "n_called_background": n_called,
+        "n_p3": int(n_p3),
+        "model_has_background": model_has_bg,
+        "test_has_background": bool(is_bg_photo.any()),
+        "background": bg,
+        "individuals": individuals,
+        "model_classes": list(mnames),
+        "class_names": list(names),
+        "pred": pred,
+        "pred_individual": pred_ind,
+        "pred_name": [mnames[i] for i in pred],
+        "target": target,
+        "is_background_photo": is_bg_photo,
+        "correct": correct,
+    }
+
+
+@dataclass
+class EvalReport:
+    """The scalar part of :func:`background_statistics` under a model name."""
+
+    name: str
+    p1: float
+    p2: float
+    p3: float
+    p4: float
+    n_test1: int
+    n_test2: int
+    n_called_background: int
+    n_p3: int
+    n_background_photos: int = 0
+    model_has_background: bool = True
+    test_has_background: bool = True
+    background: str = "background"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_statistics(cls, stats: dict, name: str = "model", **extra) -> "EvalReport":
+        return cls(name=name, p1=stats["p1"], p2=stats["p2"], p3=stats["p3"], p4=stats["p4"],
+                   n_test1=stats["n_test1"], n_test2=stats["n_test2"],
+                   n_called_background=stats["n_called_background"], n_p3=stats["n_p3"],
+                   n_background_photos=stats.get("n_background_photos", stats["n_test1"] - stats["n_test2"]),
+                   model_has_background=stats.get("model_has_background", True),
+                   test_has_background=stats.get("test_has_background", stats["n_test1"] > stats["n_test2"]),
+                   background=stats.get("background", "background"), extra=dict(extra))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def format_report(report, name: str | None = None, digits: int = 4) -> str:
+    """Human-readable P1-P4 block for an :class:`EvalReport` or a :func:`background_statistics` dict."""
+    if not isinstance(report, EvalReport):
+        report = EvalReport.from_statistics(report, name or "model")
+    elif name is not None:
+        report = EvalReport(**{**asdict(report), "name": name})
+    r = report
+    p1_note = ""
+    if not r.test_has_background:
+        p1_note = "  (no background photos: P1 = P2)"
+    elif not r.model_has_background:
+        p1_note = f"  (model has no background class: its {r.n_background_photos} background photos count as wrong)"
+    p3_note = f"  ({r.n_called_background} called background, left out)"
+    if r.n_p3 == 0:
+        p3_note = "  (every animal photo was called background: undefined)"
+    lines = [
+        f"{r.name}: Testset 1 = {r.n_test1} photos ({r.n_background_photos} {r.background}), "
+        f"Testset 2 = {r.n_test2} animal photos",
+        f"  P1 accuracy on Testset 1               {_fmt(r.p1, digits)}{p1_note}",
+        f"  P2 accuracy on Testset 2               {_fmt(r.p2, digits)}",
+        f"  P3 on Testset 2 minus 'background'     {_fmt(r.p3, digits)}  n={r.n_p3}{p3_note}",
+        f"  P4 best non-background class           {_fmt(r.p4, digits)}",
+    ]
+    return "\n".join(lines) + "\n"

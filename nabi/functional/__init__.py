@@ -1,0 +1,18 @@
+"""Pure forward/backward functions on arrays (NumPy or CuPy).
+
+Every op comes as a pair in the style of cs231n: ``y, cache = op_forward(...)``
+and ``grads = op_backward(dy, cache)``. Layers in ``nabi.layers`` hold the
+parameters and call these.
+"""
+from .activation import (leaky_relu_backward, leaky_relu_forward, log_softmax, log_softmax_backward,
+                         log_softmax_forward, relu_backward, relu_forward, sigmoid_backward, sigmoid_forward,
+                         softmax, softmax_backward, softmax_forward, tanh_backward, tanh_forward)
+from .conv import (col2im, conv2d_backward, conv2d_forward, conv2d_reference_backward, conv2d_reference_forward,
+                   im2col, resolve_padding)
+from .linear import flatten_backward, flatten_forward, linear_backward, linear_forward
+from .loss import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
+from .norm import (batch_norm_backward, batch_norm_forward, dropout_backward, dropout_forward, lrn_backward,
+                   lrn_forward)
+from .pool import (adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, avg_pool2d_backward,
+                   avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward)
+from .shape import output_hw, output_size, pair, same_padding

@@ -1,0 +1,192 @@
+"""2-D convolution (cross-correlation, as every framework computes it) by im2col + GEMM.
+
+Notation: input x (N, C, H, W); weight w (F, C, KH, KW); bias b (F,);
+stride (SH, SW); zero padding (PH, PW); output y (N, F, OH, OW) with
+OH = ⌊(H − KH + 2PH)/SH⌋ + 1 (``shape.output_size``).
+
+    y[n, f, i, j] = b[f] + Σ_c Σ_u Σ_v w[f, c, u, v] · x_pad[n, c, i·SH + u, j·SW + v]
+
+Backward, for an upstream gradient δ = ∂L/∂y:
+
+    ∂L/∂b[f]          = Σ_{n,i,j} δ[n, f, i, j]
+    ∂L/∂w[f, c, u, v] = Σ_{n,i,j} δ[n, f, i, j] · x_pad[n, c, i·SH + u, j·SW + v]
+    ∂L/∂x_pad         = the "full" convolution of δ (dilated by the stride) with the
+                        kernel flipped by 180° (seed 004), which im2col computes as
+                        col2im(wᵀ · δ).
+
+im2col unrolls every receptive field into a column, so the sum over (c, u, v)
+becomes one matrix product: y = W · col with W (F, C·KH·KW) and
+col (C·KH·KW, N·OH·OW). Columns are built with a strided view and one copy,
+no Python loop over pixels; col2im loops only over the KH×KW kernel offsets.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+from ._checks import check_input
+from .shape import output_hw, pair, same_padding
+
+
+def resolve_padding(padding, kernel_size, stride, layer="conv2d"):
+    """An int, a pair, or ``'same'`` (stride 1, odd kernel) → ``(PH, PW)``."""
+    if isinstance(padding, str):
+        if padding == "same":
+            return same_padding(kernel_size, stride, layer=layer)
+        if padding == "valid":
+            return (0, 0)
+        raise ValueError(f"{layer}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    return pair(padding, "padding")
+
+
+def _strided(xp, a, shape, strides):
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+
+
+def pad_input(x, ph, pw, value=0.0):
+    """Zero-pad (N, C, H, W) by PH rows and PW columns on each side."""
+    xp = get_array_module(x)
+    if ph == 0 and pw == 0:
+        return xp.ascontiguousarray(x)
+    return xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode="constant", constant_values=value)
+
+
+def im2col(x_pad, kh, kw, sh, sw, oh, ow):
+    """Padded input (N, C, Hp, Wp) → columns (C·KH·KW, N·OH·OW).
+
+    Row (c, u, v), column (n, i, j) holds x_pad[n, c, i·SH + u, j·SW + v].
+    """
+    xp = get_array_module(x_pad)
+    N, C = x_pad.shape[:2]
+    if kh == 1 and kw == 1 and sh == 1 and sw == 1:
+        return x_pad.transpose(1, 0, 2, 3).reshape(C, N * oh * ow)
+    sN, sC, sH, sW = x_pad.strides
+    view = _strided(xp, x_pad, (C, kh, kw, N, oh, ow), (sC, sH, sW, sN, sH * sh, sW * sw))
+    return view.reshape(C * kh * kw, N * oh * ow)
+
+
+def col2im(col, x_pad_shape, kh, kw, sh, sw, oh, ow):
+    """Adjoint of ``im2col``: columns (C·KH·KW, N·OH·OW) → (N, C, Hp, Wp), summing overlaps."""
+    xp = get_array_module(col)
+    N, C, Hp, Wp = x_pad_shape
+    if kh == 1 and kw == 1 and sh == 1 and sw == 1:
+        return col.reshape(C, N, oh, ow).transpose(1, 0, 2, 3)
+    col = col.reshape(C, kh, kw, N, oh, ow)
+    dx = xp.zeros((N, C, Hp, Wp), dtype=col.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            dx[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw] += col[:, u, v].transpose(1, 0, 2, 3)
+    return dx
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d"):
+    """y = conv2d(x, w) + b.
+
+    Inputs: x (N, C, H, W); w (F, C, KH, KW); b (F,) or None; stride int or pair;
+    padding int, pair or ``'same'``.
+    Returns ``(y, cache)`` with y (N, F, OH, OW).
+    """
+    xp = check_input(x, 4, layer)
+    if w.ndim != 4:
+        raise ValueError(f"{layer}: weight must be (F, C, KH, KW), got shape {tuple(w.shape)}")
+    F, C, kh, kw = w.shape
+    if x.shape[1] != C:
+        raise ValueError(f"{layer}: expected {C} input channels, got input of shape {tuple(x.shape)}")
+    sh, sw = pair(stride, "stride")
+    ph, pw = resolve_padding(padding, (kh, kw), (sh, sw), layer)
+    N, _, H, W = x.shape
+    oh, ow = output_hw((H, W), (kh, kw), (sh, sw), (ph, pw), layer=layer, x_shape=x.shape)
+    x_pad = pad_input(x, ph, pw)
+    col = im2col(x_pad, kh, kw, sh, sw, oh, ow)
+    y = w.reshape(F, -1) @ col                               # (F, N·OH·OW)
+    y = y.reshape(F, N, oh, ow).transpose(1, 0, 2, 3)
+    if b is not None:
+        y = y + b.reshape(1, F, 1, 1)                         # also makes y contiguous
+    else:
+        y = xp.ascontiguousarray(y)
+    cache = (col, w, x_pad.shape, (kh, kw, sh, sw, ph, pw, oh, ow), b is not None)
+    return y, cache
+
+
+def conv2d_backward(dy, cache, need_dx=True):
+    """Gradients of ``conv2d_forward``.
+
+    Inputs: dy (N, F, OH, OW). Returns ``(dx, dw, db)``: dx (N, C, H, W) or None
+    when ``need_dx`` is False (a network's first layer), dw like w, db (F,) or None.
+    """
+    col, w, x_pad_shape, (kh, kw, sh, sw, ph, pw, oh, ow), has_bias = cache
+    F = w.shape[0]
+    N = dy.shape[0]
+    dy_mat = dy.transpose(1, 0, 2, 3).reshape(F, N * oh * ow)  # (F, N·OH·OW)
+    dw = (dy_mat @ col.T).reshape(w.shape)
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    dx = None
+    if need_dx:
+        dcol = w.reshape(F, -1).T @ dy_mat                     # (C·KH·KW, N·OH·OW)
+        dx_pad = col2im(dcol, x_pad_shape, kh, kw, sh, sw, oh, ow)
+        Hp, Wp = x_pad_shape[2:]
+        dx = dx_pad[:, :, ph:Hp - ph, pw:Wp - pw]
+        xp = get_array_module(dx)
+        dx = xp.ascontiguousarray(dx)
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------
+# Slow reference, written straight from the seeds' formulas. Tests only.
+# ---------------------------------------------------------------------------
+def conv2d_reference_forward(x, w, b=None, stride=1, padding=0):
+    """Loop version: y[n,f,i,j] = b[f] + Σ_{c,u,v} w[f,c,u,v] · x_pad[n,c,i·S+u,j·S+v]."""
+    sh, sw = pair(stride, "stride")
+    F, C, kh, kw = w.shape
+    ph, pw = resolve_padding(padding, (kh, kw), (sh, sw))
+    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    N, _, Hp, Wp = x_pad.shape
+    oh = (Hp - kh) // sh + 1
+    ow = (Wp - kw) // sw + 1
+    y = np.zeros((N, F, oh, ow), dtype=np.result_type(x, w))
+    for n in range(N):
+        for f in range(F):
+            for i in range(oh):
+                for j in range(ow):
+                    patch = x_pad[n, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                    y[n, f, i, j] = np.sum(patch * w[f]) + (b[f] if b is not None else 0.0)
+    return y
+
+
+def conv2d_reference_backward(dy, x, w, stride=1, padding=0):
+    """Loop version of the gradients.
+
+    ∂L/∂w[f,c,u,v] = Σ_{n,i,j} δ[n,f,i,j] · x_pad[n,c,i·S+u,j·S+v];
+    ∂L/∂x = full convolution of the stride-dilated δ with the 180°-flipped kernel
+    (seed 004), cropped to the unpadded input; ∂L/∂b[f] = Σ δ[n,f,·,·].
+    """
+    sh, sw = pair(stride, "stride")
+    F, C, kh, kw = w.shape
+    ph, pw = resolve_padding(padding, (kh, kw), (sh, sw))
+    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    N, _, Hp, Wp = x_pad.shape
+    _, _, oh, ow = dy.shape
+    dw = np.zeros_like(w, dtype=np.result_type(dy, x))
+    for f in range(F):
+        for c in range(C):
+            for u in range(kh):
+                for v in range(kw):
+                    window = x_pad[:, c, u:u + sh * (oh - 1) + 1:sh, v:v + sw * (ow - 1) + 1:sw]
+                    dw[f, c, u, v] = np.sum(dy[:, f] * window)
+    # Dilate δ by the stride, pad it by K−1 and correlate with the flipped kernel.
+    dil = np.zeros((N, F, (oh - 1) * sh + 1, (ow - 1) * sw + 1), dtype=dy.dtype)
+    dil[:, :, ::sh, ::sw] = dy
+    dil = np.pad(dil, ((0, 0), (0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1)))
+    w_flip = w[:, :, ::-1, ::-1]
+    hh, ww = dil.shape[2] - kh + 1, dil.shape[3] - kw + 1      # = (oh−1)·S + KH ≤ Hp
+    dx_pad = np.zeros((N, C, Hp, Wp), dtype=dw.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(hh):
+                for j in range(ww):
+                    dx_pad[n, c, i, j] = np.sum(dil[n, :, i:i + kh, j:j + kw] * w_flip[:, c])
+    dx = dx_pad[:, :, ph:Hp - ph, pw:Wp - pw]
+    db = dy.sum(axis=(0, 2, 3))
+    return dx, dw, db

@@ -1,0 +1,108 @@
+"""Dropout, batch normalisation and local response normalisation.
+
+Dropout (inverted): in training y = x · m / (1 − p), m ~ Bernoulli(1 − p); in
+evaluation y = x. dx = δ · m / (1 − p).
+
+Batch norm over the axes ``axes`` (N for 1-d, N, H, W for 2-d), per feature c:
+    μ = mean x,  σ² = mean (x − μ)²,  x̂ = (x − μ)/√(σ² + ε),  y = γ x̂ + β
+    training backward (M elements per feature, g = δ·γ):
+        dx = (1/M)(1/√(σ²+ε)) (M g − Σ g − x̂ Σ (g x̂)),   dγ = Σ δ x̂,   dβ = Σ δ
+    running statistics: r ← (1 − momentum) r + momentum · stat, with the unbiased
+    variance M/(M−1)·σ² for ``running_var`` (as PyTorch). Evaluation uses them.
+
+Local response normalisation across channels (AlexNet; PyTorch's form), size n:
+    s_c = k + (α/n) Σ_{c' = c − ⌊n/2⌋}^{c + ⌊(n−1)/2⌋} x_{c'}²,     y_c = x_c · s_c^(−β)
+    dx_j = δ_j s_j^(−β) − (2αβ/n) x_j Σ_{c: j ∈ window(c)} δ_c x_c s_c^(−β−1)
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+
+
+def dropout_forward(x, p, training, rng):
+    """``rng`` is a NumPy Generator (CPU) or a CuPy generator (GPU)."""
+    if not training or p == 0.0:
+        return x, None
+    if p >= 1.0:
+        xp = get_array_module(x)
+        return xp.zeros_like(x), xp.zeros_like(x)
+    mask = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / (1.0 - p)
+    return x * mask, mask
+
+
+def dropout_backward(dy, mask):
+    return dy if mask is None else dy * mask
+
+
+def _bn_axes(x):
+    return (0,) if x.ndim == 2 else (0, 2, 3)
+
+
+def _bshape(x):
+    return (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+
+
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """x (N, C) or (N, C, H, W). Updates ``running_mean``/``running_var`` in place when training.
+
+    Returns ``(y, cache)``.
+    """
+    axes, bs = _bn_axes(x), _bshape(x)
+    xp = get_array_module(x)
+    if training:
+        M = x.size // x.shape[1]
+        if M < 2:
+            raise ValueError(f"batch_norm: training needs more than one value per channel, got input shape "
+                             f"{tuple(x.shape)} (use a batch larger than 1, or call model.eval())")
+        mean = x.mean(axis=axes)
+        var = x.var(axis=axes)
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean.astype(running_mean.dtype)
+        running_var *= 1 - momentum
+        running_var += momentum * (var * (M / (M - 1))).astype(running_var.dtype)
+    else:
+        mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    x_hat = (x - mean.reshape(bs)) * inv_std.reshape(bs)
+    y = x_hat * gamma.reshape(bs) + beta.reshape(bs)
+    return y, (x_hat, inv_std, gamma, training)
+
+
+def batch_norm_backward(dy, cache):
+    """Returns ``(dx, dgamma, dbeta)``."""
+    x_hat, inv_std, gamma, training = cache
+    axes, bs = _bn_axes(dy), _bshape(dy)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    g = dy * gamma.reshape(bs)
+    if not training:
+        return g * inv_std.reshape(bs), dgamma, dbeta
+    M = dy.size // dy.shape[1]
+    dx = (inv_std.reshape(bs) / M) * (M * g - g.sum(axis=axes).reshape(bs)
+                                     - x_hat * (g * x_hat).sum(axis=axes).reshape(bs))
+    return dx, dgamma, dbeta
+
+
+def _channel_window_sum(a, before, after):
+    """out[:, c] = Σ_{c' = c − before}^{c + after} a[:, c'] (zero outside), by cumulative sums."""
+    xp = get_array_module(a)
+    C = a.shape[1]
+    pad = [(0, 0)] * a.ndim
+    pad[1] = (before + 1, after)
+    cs = xp.cumsum(xp.pad(a, pad), axis=1)
+    return cs[:, before + 1 + after:before + 1 + after + C] - cs[:, :C]
+
+
+def lrn_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """x (N, C, …). Returns ``(y, cache)``."""
+    s = k + (alpha / size) * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    s_pow = s ** (-beta)
+    return x * s_pow, (x, s, s_pow, size, alpha, beta)
+
+
+def lrn_backward(dy, cache):
+    x, s, s_pow, size, alpha, beta = cache
+    t = dy * x * s_pow / s                                   # δ_c x_c s_c^(−β−1)
+    # j ∈ window(c)  ⇔  c ∈ [j − ⌊(n−1)/2⌋, j + ⌊n/2⌋]
+    back = _channel_window_sum(t, (size - 1) // 2, size // 2)
+    return dy * s_pow - (2.0 * alpha * beta / size) * x * back

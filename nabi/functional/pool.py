@@ -1,0 +1,162 @@
+"""Max and average pooling over KH×KW windows, and adaptive average pooling.
+
+Input x (N, C, H, W) → y (N, C, OH, OW), with OH from ``shape.output_size``
+(floor, or ceil with ``ceil_mode``; windows may overlap, as AlexNet's 3×3
+stride 2). Windows are gathered with a strided view: ``win`` has shape
+(N, C, OH, OW, KH, KW).
+
+Max:      y[n,c,i,j] = max_{u,v} x_pad[n,c,i·SH+u, j·SW+v]     (padding = −∞)
+          backward sends δ[n,c,i,j] to the argmax of its window only. Ties go to
+          the first maximum in row-major window order (as PyTorch's CPU kernel).
+          Overlapping windows that share a maximum each add their own δ to it:
+          every input gets Σ of δ over the windows whose argmax it is, no more.
+Average:  y[n,c,i,j] = (1/D_ij) Σ_{u,v} x_pad[n,c,i·SH+u, j·SW+v]
+          D_ij = window cells inside the zero-padded input (``count_include_pad``,
+          PyTorch's default) or inside the unpadded input otherwise; cells that ceil
+          mode adds beyond the padding never count.
+          backward: δ[n,c,i,j]/D_ij to every cell of the window.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+from ._checks import check_input
+from .conv import _strided
+from .shape import output_hw, pair
+
+
+def _geometry(x, kernel_size, stride, padding, ceil_mode, layer):
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = pair(stride if stride is not None else (kh, kw), "stride")
+    ph, pw = pair(padding, "padding")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{layer}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}")
+    H, W = x.shape[2:]
+    oh, ow = output_hw((H, W), (kh, kw), (sh, sw), (ph, pw), ceil_mode, layer=layer, x_shape=x.shape)
+    # Extra cells on the bottom/right that ceil mode's last window reaches past the padding.
+    eh = max(0, (oh - 1) * sh + kh - (H + 2 * ph))
+    ew = max(0, (ow - 1) * sw + kw - (W + 2 * pw))
+    return kh, kw, sh, sw, ph, pw, oh, ow, eh, ew
+
+
+def _windows(x_pad, kh, kw, sh, sw, oh, ow):
+    xp = get_array_module(x_pad)
+    N, C = x_pad.shape[:2]
+    sN, sC, sH, sW = x_pad.strides
+    return _strided(xp, x_pad, (N, C, oh, ow, kh, kw), (sN, sC, sH * sh, sW * sw, sH, sW))
+
+
+def _pad(x, ph, pw, eh, ew, value):
+    xp = get_array_module(x)
+    if ph == pw == eh == ew == 0:
+        return xp.ascontiguousarray(x)
+    return xp.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), mode="constant", constant_values=value)
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, layer="max_pool2d"):
+    """Returns ``(y, cache)``; y (N, C, OH, OW)."""
+    xp = check_input(x, 4, layer)
+    g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
+    kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
+    x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
+    win = _windows(x_pad, kh, kw, sh, sw, oh, ow).reshape(x.shape[0], x.shape[1], oh, ow, kh * kw)
+    arg = win.argmax(axis=4)                                   # first maximum on ties
+    y = xp.take_along_axis(win, arg[..., None], axis=4)[..., 0]
+    return y, (arg, x.shape, g)
+
+
+def max_pool2d_backward(dy, cache):
+    """dx[window argmax] += δ for every window; returns dx (N, C, H, W)."""
+    arg, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow, eh, ew) = cache
+    xp = get_array_module(dy)
+    N, C, H, W = x_shape
+    dx_pad = xp.zeros((N, C, H + 2 * ph + eh, W + 2 * pw + ew), dtype=dy.dtype)
+    if kh <= sh and kw <= sw and oh * sh <= dx_pad.shape[2] and ow * sw <= dx_pad.shape[3]:
+        # windows do not overlap: one scatter through a (N, C, OH, SH, OW, SW) view
+        win = dx_pad[:, :, :oh * sh, :ow * sw].reshape(N, C, oh, sh, ow, sw)[:, :, :, :kh, :, :kw]
+        u, v = arg // kw, arg % kw
+        n_i, c_i, i_i, j_i = xp.indices((N, C, oh, ow), sparse=True)
+        win[n_i, c_i, i_i, u, j_i, v] = dy
+    else:
+        for u in range(kh):
+            for v in range(kw):
+                mask = arg == (u * kw + v)
+                dx_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw] += dy * mask
+    return dx_pad[:, :, ph:ph + H, pw:pw + W]
+
+
+def _avg_divisor(xp, H, W, g, count_include_pad, dtype):
+    kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
+    ones = xp.zeros((1, 1, H + 2 * ph + eh, W + 2 * pw + ew), dtype=dtype)
+    if count_include_pad:
+        ones[:, :, :H + 2 * ph, :W + 2 * pw] = 1
+    else:
+        ones[:, :, ph:ph + H, pw:pw + W] = 1
+    return _windows(ones, kh, kw, sh, sw, oh, ow).sum(axis=(4, 5))   # (1, 1, OH, OW)
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                       layer="avg_pool2d"):
+    """Returns ``(y, cache)``; y (N, C, OH, OW)."""
+    xp = check_input(x, 4, layer)
+    g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
+    kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
+    x_pad = _pad(x, ph, pw, eh, ew, 0.0)
+    div = _avg_divisor(xp, x.shape[2], x.shape[3], g, count_include_pad, x.dtype)
+    y = _windows(x_pad, kh, kw, sh, sw, oh, ow).sum(axis=(4, 5)) / div
+    return y, (div, x.shape, g)
+
+
+def avg_pool2d_backward(dy, cache):
+    div, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow, eh, ew) = cache
+    xp = get_array_module(dy)
+    N, C, H, W = x_shape
+    g = dy / div
+    dx_pad = xp.zeros((N, C, H + 2 * ph + eh, W + 2 * pw + ew), dtype=dy.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            dx_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw] += g
+    return dx_pad[:, :, ph:ph + H, pw:pw + W]
+
+
+def _adaptive_bounds(size, out):
+    """PyTorch's bins: start = ⌊i·S/O⌋, end = ⌈(i+1)·S/O⌉."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def adaptive_avg_pool2d_forward(x, output_size, layer="adaptive_avg_pool2d"):
+    """Average over adaptive bins so the output is exactly ``output_size`` (OH, OW).
+
+    ``output_size=1`` is global average pooling: y[n,c] = mean_{h,w} x[n,c,h,w].
+    """
+    xp = check_input(x, 4, layer)
+    oh, ow = pair(output_size, "output_size")
+    N, C, H, W = x.shape
+    if (oh, ow) == (1, 1):
+        y = x.mean(axis=(2, 3), keepdims=True)
+    elif H % oh == 0 and W % ow == 0:
+        y = x.reshape(N, C, oh, H // oh, ow, W // ow).mean(axis=(3, 5))
+    else:
+        y = xp.empty((N, C, oh, ow), dtype=x.dtype)
+        for i, (h0, h1) in enumerate(_adaptive_bounds(H, oh)):
+            for j, (w0, w1) in enumerate(_adaptive_bounds(W, ow)):
+                y[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+    return y, (x.shape, (oh, ow))
+
+
+def adaptive_avg_pool2d_backward(dy, cache):
+    x_shape, (oh, ow) = cache
+    xp = get_array_module(dy)
+    N, C, H, W = x_shape
+    if (oh, ow) == (1, 1):
+        return xp.broadcast_to(dy / (H * W), x_shape).copy()
+    if H % oh == 0 and W % ow == 0:
+        kh, kw = H // oh, W // ow
+        g = (dy / (kh * kw))[:, :, :, None, :, None]
+        return xp.broadcast_to(g, (N, C, oh, kh, ow, kw)).reshape(x_shape).copy()
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    for i, (h0, h1) in enumerate(_adaptive_bounds(H, oh)):
+        for j, (w0, w1) in enumerate(_adaptive_bounds(W, ow)):
+            dx[:, :, h0:h1, w0:w1] += (dy[:, :, i, j] / ((h1 - h0) * (w1 - w0)))[:, :, None, None]
+    return dx

@@ -1,0 +1,13 @@
+"""Modules that hold parameters and compose the functional ops."""
+from .activation import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .container import Concat, Residual, Sequential
+from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from .linear import Flatten, Linear
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module, Parameter
+from .norm import BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm
+
+__all__ = ["Module", "Parameter", "Sequential", "Residual", "Concat", "Conv2d", "MaxPool2d", "AvgPool2d",
+           "AdaptiveAvgPool2d", "Linear", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+           "LogSoftmax", "Identity", "Dropout", "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm",
+           "CrossEntropyLoss", "MSELoss"]

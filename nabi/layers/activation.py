@@ -1,0 +1,89 @@
+"""Activation layers: ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``Softmax``, ``LogSoftmax``, ``Identity``."""
+from __future__ import annotations
+
+from ..functional import activation as A
+from .module import Module
+
+
+class _Elementwise(Module):
+    _fwd = _bwd = None
+
+    def __init__(self):
+        super().__init__()
+        self._cache = None
+
+    def forward(self, x):
+        y, self._cache = type(self)._fwd(x)
+        return y
+
+    def backward(self, dy):
+        return type(self)._bwd(dy, self._cache)
+
+
+class ReLU(_Elementwise):
+    """y = max(x, 0); the gradient passes where x > 0 (seed 000 §4.3)."""
+    _fwd, _bwd = staticmethod(A.relu_forward), staticmethod(A.relu_backward)
+
+
+class Sigmoid(_Elementwise):
+    """y = 1 / (1 + e^(−x))."""
+    _fwd, _bwd = staticmethod(A.sigmoid_forward), staticmethod(A.sigmoid_backward)
+
+
+class Tanh(_Elementwise):
+    """y = tanh x."""
+    _fwd, _bwd = staticmethod(A.tanh_forward), staticmethod(A.tanh_backward)
+
+
+class LeakyReLU(Module):
+    """y = x for x > 0, a·x otherwise."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+        self._cache = None
+
+    def forward(self, x):
+        y, self._cache = A.leaky_relu_forward(x, self.negative_slope)
+        return y
+
+    def backward(self, dy):
+        return A.leaky_relu_backward(dy, self._cache)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Softmax(Module):
+    """Softmax along ``dim`` (default the class axis 1 of (N, K))."""
+
+    def __init__(self, dim=1):
+        super().__init__()
+        self.dim = dim
+        self._cache = None
+
+    def forward(self, x):
+        y, self._cache = A.softmax_forward(x, self.dim)
+        return y
+
+    def backward(self, dy):
+        return A.softmax_backward(dy, self._cache)
+
+
+class LogSoftmax(Softmax):
+    """log softmax along ``dim``."""
+
+    def forward(self, x):
+        y, self._cache = A.log_softmax_forward(x, self.dim)
+        return y
+
+    def backward(self, dy):
+        return A.log_softmax_backward(dy, self._cache)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy

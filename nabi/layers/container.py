@@ -1,0 +1,122 @@
+"""Containers without an autograd tape: ``Sequential``, ``Residual``, ``Concat``.
+
+Each container calls its children's ``backward`` itself, in reverse order:
+
+    Sequential  y = f_n(…f_1(x))            dx = f_1'(…f_n'(δ))
+    Residual    y = body(x) + shortcut(x)   dx = body.backward(δ) + shortcut.backward(δ)
+                (identity shortcut when ``shortcut`` is None: dx = body.backward(δ) + δ)
+    Concat      y = [b_1(x), …, b_k(x)] on channels (axis 1)
+                dx = Σ_i b_i.backward(δ[:, channels of b_i])
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..backend import get_array_module
+from .module import Module
+
+
+def _named(args, kind):
+    if len(args) == 1 and isinstance(args[0], (dict, OrderedDict)):
+        items = list(args[0].items())
+    else:
+        items = [(str(i), m) for i, m in enumerate(args)]
+    for name, m in items:
+        if not isinstance(m, Module):
+            raise TypeError(f"{kind}: item {name!r} is a {type(m).__name__}, not a nabi Module")
+    return items
+
+
+class Sequential(Module):
+    """Layers run in order; children are named ``0``, ``1``, … (or by an ``OrderedDict``)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for name, m in _named(layers, "Sequential"):
+            setattr(self, name, m)
+
+    def __getitem__(self, i):
+        mods = list(self._modules.values())
+        if isinstance(i, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[i]))
+        return mods[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, m):
+        setattr(self, str(len(self._modules)), m)
+        return self
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dy):
+        for m in reversed(self._modules.values()):
+            dy = m.backward(dy)
+        return dy
+
+
+class Residual(Module):
+    """y = body(x) + shortcut(x); identity shortcut when ``shortcut`` is None."""
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        self.body = body
+        if shortcut is not None:
+            self.shortcut = shortcut
+        else:
+            self.shortcut = None
+
+    def forward(self, x):
+        y = self.body(x)
+        s = self.shortcut(x) if self.shortcut is not None else x
+        if y.shape != s.shape:
+            raise ValueError(f"Residual: body output {tuple(y.shape)} and shortcut output {tuple(s.shape)} differ; "
+                             f"give a projection shortcut (e.g. a 1×1 Conv2d with the body's stride)")
+        return y + s
+
+    def backward(self, dy):
+        dx = self.body.backward(dy)
+        ds = self.shortcut.backward(dy) if self.shortcut is not None else dy
+        if dx is None:
+            return ds
+        return dx + ds
+
+
+class Concat(Module):
+    """Run every branch on the same input and join the outputs on channels (Inception)."""
+
+    def __init__(self, *branches, axis=1):
+        super().__init__()
+        for name, m in _named(branches, "Concat"):
+            setattr(self, name, m)
+        self.axis = axis
+        self._sizes = None
+
+    def forward(self, x):
+        outs = [m(x) for m in self._modules.values()]
+        xp = get_array_module(*outs)
+        self._sizes = [o.shape[self.axis] for o in outs]
+        ref = outs[0].shape
+        for name, o in zip(self._modules, outs):
+            if o.shape[:self.axis] != ref[:self.axis] or o.shape[self.axis + 1:] != ref[self.axis + 1:]:
+                raise ValueError(f"Concat: branch {name!r} gives {tuple(o.shape)}, the first gives {tuple(ref)}; "
+                                 f"all but axis {self.axis} must agree")
+        return xp.concatenate(outs, axis=self.axis)
+
+    def backward(self, dy):
+        dx = None
+        start = 0
+        for m, size in zip(self._modules.values(), self._sizes):
+            index = [slice(None)] * dy.ndim
+            index[self.axis] = slice(start, start + size)
+            start += size
+            g = m.backward(dy[tuple(index)])
+            dx = g if dx is None else dx + g
+        return dx

@@ -1,0 +1,129 @@
+"""Convolution and pooling layers: ``Conv2d``, ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``."""
+from __future__ import annotations
+
+from .. import backend, init as initialisers
+from ..functional import conv as C
+from ..functional import pool as P
+from ..functional.shape import pair
+from .module import Module, Parameter
+
+
+class Conv2d(Module):
+    """2-D convolution: (N, in_channels, H, W) → (N, out_channels, OH, OW).
+
+    OH = ⌊(H − KH + 2·PH)/SH⌋ + 1. ``padding`` is an int, a pair or ``'same'``
+    (stride 1, odd kernel). Weight (out, in, KH, KW) as PyTorch stores it.
+    ``init`` fills the weight (default He uniform, seed 000 §8.3); the bias
+    starts at zero (``bias_init``).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 init="he_uniform", bias_init="zeros", rng=None):
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = C.resolve_padding(padding, self.kernel_size, self.stride, layer="Conv2d")
+        self.padding_arg = padding
+        kh, kw = self.kernel_size
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(f"Conv2d: channel counts must be positive, got in={in_channels}, out={out_channels}")
+        fan_in = self.in_channels * kh * kw
+        self.weight = Parameter(initialisers.make((self.out_channels, self.in_channels, kh, kw), init, rng, fan_in))
+        self.bias = Parameter(initialisers.make((self.out_channels,), bias_init, rng, fan_in)) if bias else None
+        self.compute_input_grad = True
+        self._cache = None
+
+    def forward(self, x):
+        b = self.bias.data if self.bias is not None else None
+        y, cache = C.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name())
+        self._cache = cache if self.training or self.keep_cache else None
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._name()}: backward called without a forward pass in training mode")
+        dx, dw, db = C.conv2d_backward(dy, self._cache, need_dx=self.compute_input_grad)
+        self.weight.accumulate(dw)
+        if db is not None:
+            self.bias.accumulate(db)
+        self._cache = None
+        return dx
+
+    def _name(self):
+        return f"Conv2d({self.in_channels}→{self.out_channels}, k={self.kernel_size}, s={self.stride}, p={self.padding})"
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, bias={self.bias is not None}")
+
+
+class _Pool(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride") if stride is not None else self.kernel_size
+        self.padding = pair(padding, "padding")
+        self.ceil_mode = bool(ceil_mode)
+        self._cache = None
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}")
+
+    def _name(self):
+        return f"{type(self).__name__}(k={self.kernel_size}, s={self.stride}, p={self.padding})"
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._name()}: backward called without a forward pass in training mode")
+        dx = self._backward(dy, self._cache)
+        self._cache = None
+        return dx
+
+
+class MaxPool2d(_Pool):
+    """Max pooling; ties send the gradient to the first maximum of the window."""
+
+    def forward(self, x):
+        y, cache = P.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                        layer=self._name())
+        self._cache = cache if self.training or self.keep_cache else None
+        return y
+
+    _backward = staticmethod(P.max_pool2d_backward)
+
+
+class AvgPool2d(_Pool):
+    """Average pooling (``count_include_pad`` as in PyTorch)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x):
+        y, cache = P.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                        self.count_include_pad, layer=self._name())
+        self._cache = cache if self.training or self.keep_cache else None
+        return y
+
+    _backward = staticmethod(P.avg_pool2d_backward)
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed (OH, OW); ``AdaptiveAvgPool2d(1)`` is global average pooling."""
+
+    def __init__(self, output_size=1):
+        super().__init__()
+        self.output_size = pair(output_size, "output_size")
+        self._cache = None
+
+    def forward(self, x):
+        y, self._cache = P.adaptive_avg_pool2d_forward(x, self.output_size)
+        return y
+
+    def backward(self, dy):
+        return P.adaptive_avg_pool2d_backward(dy, self._cache)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"

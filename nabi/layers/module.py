@@ -1,0 +1,233 @@
+"""``Parameter`` and the ``Module`` base class.
+
+A module runs ``y = m(x)`` forward, keeps what its backward needs, and
+``dx = m.backward(dy)`` returns the gradient with respect to its input while
+adding each parameter's gradient into ``param.grad``. There is no autograd
+tape: containers (``Sequential``, ``Residual``, ``Concat``) call their
+children's ``backward`` in reverse order themselves.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import backend
+
+
+class Parameter:
+    """A trainable array ``data`` and its accumulated gradient ``grad`` (same shape)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def size(self):
+        return int(self.data.size)
+
+    def accumulate(self, g) -> None:
+        """``grad += g``; the gradient buffer is allocated once and reused across steps."""
+        if self.grad is None:
+            self.grad = g.astype(self.data.dtype, copy=True)
+        else:
+            self.grad += g
+
+    def zero_grad(self) -> None:
+        if self.grad is not None:
+            self.grad.fill(0)
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of every layer and network.
+
+    Subclasses set parameters, buffers (non-trained state such as batch-norm
+    running statistics, registered with ``register_buffer``) and child modules
+    as attributes, and implement ``forward(x)`` and ``backward(dy)``.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # -- registration -------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before setting attributes")
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, array) -> None:
+        """A saved, non-trained array (shown in ``state_dict``, moved by ``to``)."""
+        self._buffers[name] = True
+        object.__setattr__(self, name, array)
+
+    # -- running -------------------------------------------------------
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no forward")
+
+    def backward(self, dy):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    keep_cache = False  # keep backward caches in eval mode too (Grad-CAM, gradient checks)
+
+    def set_keep_cache(self, flag: bool = True):
+        """Let ``backward`` run after an eval-mode forward (caches are otherwise dropped in eval)."""
+        for m in self.modules():
+            object.__setattr__(m, "keep_cache", bool(flag))
+        return self
+
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- walking the tree ------------------------------------------------
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = ""):
+        """Yield ``(name, Parameter)`` in a fixed order, names as PyTorch spells them (``0.weight``)."""
+        for mname, m in self.named_modules(prefix):
+            for pname, p in m._parameters.items():
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix: str = ""):
+        for mname, m in self.named_modules(prefix):
+            for bname in m._buffers:
+                yield (f"{mname}.{bname}" if mname else bname), getattr(m, bname)
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    # -- device ----------------------------------------------------------
+    def to(self, device: str):
+        """Move every parameter, gradient and buffer to ``'cpu'`` or ``'gpu'`` (in place)."""
+        backend.check_device(device)
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = backend.to_device(p.data, device)
+                if p.grad is not None:
+                    p.grad = backend.to_device(p.grad, device)
+            for bname in m._buffers:
+                object.__setattr__(m, bname, backend.to_device(getattr(m, bname), device))
+            m._on_device_change(device)
+        return self
+
+    def _on_device_change(self, device: str) -> None:
+        """Hook for modules that cache device-specific state."""
+
+    @property
+    def device(self) -> str:
+        for p in self.parameters():
+            return backend.device_of(p.data)
+        for _, b in self.named_buffers():
+            return backend.device_of(b)
+        return "cpu"
+
+    # -- saving ------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Name → host (NumPy) copy of every parameter and buffer; the model stays where it is."""
+        out = OrderedDict()
+        for mname, m in self.named_modules():
+            for pname, p in m._parameters.items():
+                out[f"{mname}.{pname}" if mname else pname] = backend.to_numpy(p.data).copy()
+            for bname in m._buffers:
+                out[f"{mname}.{bname}" if mname else bname] = np.array(backend.to_numpy(getattr(m, bname)))
+        return out
+
+    def load_state_dict(self, state, strict: bool = True) -> dict:
+        """Copy arrays from ``state`` (name → array) into this module, on its own device and dtype.
+
+        Returns ``{'missing': [...], 'unexpected': [...], 'mismatched': [...]}``.
+        With ``strict=True`` any of those raises a ``KeyError`` listing them all,
+        and nothing is changed; with ``strict=False`` what fits is loaded.
+        """
+        targets = OrderedDict()
+        for mname, m in self.named_modules():
+            for pname in m._parameters:
+                targets[f"{mname}.{pname}" if mname else pname] = (m, pname, "param")
+            for bname in m._buffers:
+                targets[f"{mname}.{bname}" if mname else bname] = (m, bname, "buffer")
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        mismatched = []
+        for k, (m, name, kind) in targets.items():
+            if k in state:
+                cur = m._parameters[name].data if kind == "param" else getattr(m, name)
+                if tuple(np.shape(state[k])) != tuple(cur.shape):
+                    mismatched.append(f"{k}: file has {tuple(np.shape(state[k]))}, model needs {tuple(cur.shape)}")
+        report = {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+        if strict and (missing or unexpected or mismatched):
+            lines = [f"{label}: {', '.join(items)}" for label, items in
+                     (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if items]
+            raise KeyError("state_dict does not fit " + type(self).__name__ + "; " + "; ".join(lines))
+        bad = {s.split(":")[0] for s in mismatched}
+        for k, (m, name, kind) in targets.items():
+            if k not in state or k in bad:
+                continue
+            cur = m._parameters[name].data if kind == "param" else getattr(m, name)
+            xp = backend.get_array_module(cur)
+            value = xp.asarray(backend.to_numpy(state[k]) if xp is np else state[k]).astype(cur.dtype, copy=True)
+            if kind == "param":
+                m._parameters[name].data = value
+            else:
+                object.__setattr__(m, name, value)
+        return report
+
+    # -- display -----------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, child in self._modules.items():
+                child_repr = repr(child).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {child_repr}")
+            return "\n".join(lines) + "\n)"
+        return lines[0] + ")"
+
+    def summary(self, input_shape, batch_size: int = 1, file=None):
+        """Print a per-layer table (shapes, parameters, MACs); see ``nabi.summary``."""
+        from ..summary import summary
+        return summary(self, input_shape, batch_size=batch_size, file=file)

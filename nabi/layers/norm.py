@@ -1,0 +1,103 @@
+"""``Dropout``, ``BatchNorm1d``, ``BatchNorm2d`` and ``LocalResponseNorm``."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..functional import norm as F
+from .module import Module, Parameter
+
+
+class Dropout(Module):
+    """Inverted dropout with drop probability ``p``: active in training, identity in eval."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.rng = backend.new_rng(seed)
+        self._mask = None
+
+    def forward(self, x):
+        rng = self.rng
+        if backend.get_array_module(x) is not np:
+            rng = self._gpu_rng()
+        y, self._mask = F.dropout_forward(x, self.p, self.training, rng)
+        return y
+
+    def _gpu_rng(self):
+        if getattr(self, "_cupy_rng", None) is None:
+            import cupy
+            object.__setattr__(self, "_cupy_rng", cupy.random.default_rng(int(self.rng.integers(2**63 - 1))))
+        return self._cupy_rng
+
+    def backward(self, dy):
+        return F.dropout_backward(dy, self._mask)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class _BatchNorm(Module):
+    _rank = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps, self.momentum = float(eps), float(momentum)
+        dtype = backend.get_default_dtype()
+        self.weight = Parameter(np.ones(self.num_features, dtype=dtype))
+        self.bias = Parameter(np.zeros(self.num_features, dtype=dtype))
+        self.affine = affine
+        self.register_buffer("running_mean", np.zeros(self.num_features, dtype=dtype))
+        self.register_buffer("running_var", np.ones(self.num_features, dtype=dtype))
+        self._cache = None
+
+    def forward(self, x):
+        name = f"{type(self).__name__}({self.num_features})"
+        if x.ndim != self._rank or x.shape[1] != self.num_features:
+            want = "(N, C)" if self._rank == 2 else "(N, C, H, W)"
+            raise ValueError(f"{name}: expected input {want} with C = {self.num_features}, got shape {tuple(x.shape)}")
+        y, self._cache = F.batch_norm_forward(x, self.weight.data, self.bias.data, self.running_mean,
+                                              self.running_var, self.training, self.momentum, self.eps)
+        return y
+
+    def backward(self, dy):
+        dx, dgamma, dbeta = F.batch_norm_backward(dy, self._cache)
+        if self.affine:
+            self.weight.accumulate(dgamma)
+            self.bias.accumulate(dbeta)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C): statistics per feature across the batch."""
+    _rank = 2
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W): statistics per channel across N, H, W."""
+    _rank = 4
+
+
+class LocalResponseNorm(Module):
+    """AlexNet's normalisation across ``size`` neighbouring channels (PyTorch's form, see functional.norm)."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self._cache = None
+
+    def forward(self, x):
+        y, self._cache = F.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
+        return y
+
+    def backward(self, dy):
+        return F.lrn_backward(dy, self._cache)
+
+    def extra_repr(self):
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

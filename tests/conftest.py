@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+from nabi import backend
+
+
+def _cupy_or_skip():
+    if not backend.gpu_available():
+        pytest.skip("CuPy with a CUDA device is not available here")
+    import cupy
+    return cupy
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """The array module under test: NumPy always, CuPy where a GPU is present."""
+    if request.param == "cupy":
+        return _cupy_or_skip()
+    return np
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
