@@ -63,27 +63,59 @@ class Sequential(Module):
 
 
 class Residual(Module):
-    """y = body(x) + shortcut(x); identity shortcut when ``shortcut`` is None."""
+    """y = after(body(x) + shortcut(x)); identity shortcut when ``shortcut`` is None.
 
-    def __init__(self, body, shortcut=None):
+    ``body`` is a Module, or an ordered dict of modules run in order and registered
+    under their own names (so a ResNet block's weights are ``conv1.weight``,
+    ``bn1.weight``… as torchvision names them). ``shortcut_name`` names the
+    projection (torchvision: ``downsample``); ``after`` (e.g. ``ReLU()``) runs on
+    the sum.
+    """
+
+    def __init__(self, body, shortcut=None, after=None, shortcut_name="shortcut"):
         super().__init__()
-        self.body = body
-        if shortcut is not None:
-            self.shortcut = shortcut
+        if isinstance(body, (dict, OrderedDict)):
+            items = _named((body,), "Residual")
         else:
-            self.shortcut = None
+            items = _named((body,), "Residual") if not isinstance(body, Module) else [("body", body)]
+        for name, m in items:
+            setattr(self, name, m)
+        self._body_names = [name for name, _ in items]
+        self._shortcut_name = shortcut_name if shortcut is not None else None
+        if shortcut is not None:
+            setattr(self, shortcut_name, shortcut)
+        if after is not None:
+            self.after = after
+        self._has_after = after is not None
+
+    @property
+    def body_modules(self):
+        return [self._modules[n] for n in self._body_names]
+
+    @property
+    def shortcut_module(self):
+        return self._modules[self._shortcut_name] if self._shortcut_name else None
 
     def forward(self, x):
-        y = self.body(x)
-        s = self.shortcut(x) if self.shortcut is not None else x
+        y = x
+        for m in self.body_modules:
+            y = m(y)
+        sc = self.shortcut_module
+        s = sc(x) if sc is not None else x
         if y.shape != s.shape:
             raise ValueError(f"Residual: body output {tuple(y.shape)} and shortcut output {tuple(s.shape)} differ; "
                              f"give a projection shortcut (e.g. a 1×1 Conv2d with the body's stride)")
-        return y + s
+        out = y + s
+        return self.after(out) if self._has_after else out
 
     def backward(self, dy):
-        dx = self.body.backward(dy)
-        ds = self.shortcut.backward(dy) if self.shortcut is not None else dy
+        if self._has_after:
+            dy = self.after.backward(dy)
+        dx = dy
+        for m in reversed(self.body_modules):
+            dx = m.backward(dx)
+        sc = self.shortcut_module
+        ds = sc.backward(dy) if sc is not None else dy
         if dx is None:
             return ds
         return dx + ds
