@@ -1,0 +1,368 @@
+"""Weight files a user keeps: safetensors plus a JSON sidecar, written atomically.
+
+* Nothing here unpickles: nabi weights are ``.safetensors`` (read with
+  ``safetensors.numpy`` from bytes), and PyTorch ``.pth`` files are read with
+  ``torch.load(..., weights_only=True)``, which refuses anything but tensors
+  and plain containers.
+* Every write is atomic: the bytes go to a temporary file in the same folder,
+  are flushed and fsync'd, then ``os.replace`` puts the file in place and the
+  folder is fsync'd. If anything fails the temporary file is removed and a
+  file already at ``path`` is left exactly as it was.
+* ``save_weights(path, state, metadata)`` writes ``model.safetensors`` and
+  ``model.json`` beside it (architecture, arguments, class names, input size,
+  normalisation, ...). ``load_weights`` returns both, checking the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import backend
+
+__all__ = [
+    "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+    "sidecar_path", "save_weights", "load_weights", "save_model", "load_model_weights",
+    "load_torch_state_dict",
+]
+
+_KEYS_FIELD = "nabi.keys"      # safetensors header metadata: the tensor names in the caller's order
+_HASH_FIELD = "nabi.sha256"    # ... and a SHA-256 of the tensor bytes, checked on load
+
+
+# ---------------------------------------------------------------------------
+# atomic writes
+# ---------------------------------------------------------------------------
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - non-Linux
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data) -> None:
+    """Write ``data`` to ``path`` all at once: temp file, fsync, ``os.replace``, fsync of the folder."""
+    path = os.fspath(path)
+    data = memoryview(data)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    try:
+        mode = os.stat(path).st_mode & 0o7777   # keep an existing file's permissions
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
+    """``atomic_write_bytes`` of ``text`` encoded (UTF-8 by default)."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def atomic_write_json(path, obj) -> None:
+    """Write ``obj`` as JSON (indent 2, UTF-8, non-ASCII kept as is, e.g. Korean class names).
+
+    NumPy scalars and arrays are written as numbers and lists. The object is
+    serialised before anything is written, so a failure leaves ``path`` alone.
+    """
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    atomic_write_text(path, text)
+
+
+# ---------------------------------------------------------------------------
+# nabi weight files
+# ---------------------------------------------------------------------------
+def sidecar_path(path) -> str:
+    """``model.safetensors`` -> ``model.json``; any other name gets ``.json`` appended."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        return path[: -len(".safetensors")] + ".json"
+    return path + ".json"
+
+
+def _digest(arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def _to_host_arrays(state: Mapping) -> "OrderedDict[str, np.ndarray]":
+    if not isinstance(state, Mapping):
+        raise TypeError(f"weights must be a dict name -> array, got {type(state).__name__}")
+    out = OrderedDict()
+    for k, v in state.items():
+        if not isinstance(k, str):
+            raise TypeError(f"weight names must be strings, got {k!r}")
+        a = backend.to_numpy(v)
+        if a.dtype == object:
+            raise TypeError(f"weight {k!r} is not a numeric array (dtype object)")
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        out[k] = a if a.flags.c_contiguous else a.copy(order="C")  # (ascontiguousarray would make 0-d 1-d)
+    return out
+
+
+def save_weights(path, state: Mapping, metadata: dict | None = None) -> None:
+    """Write ``state`` (name -> array) as safetensors at ``path`` and ``metadata`` as JSON beside it.
+
+    The sidecar is ``sidecar_path(path)`` (``model.safetensors`` -> ``model.json``) and
+    is always written (``{}`` without metadata), so it never describes older weights.
+    Both are serialised before either file is touched, and each write is atomic.
+    """
+    import safetensors.numpy as stnp
+
+    path = os.fspath(path)
+    arrays = _to_host_arrays(state)
+    header = {_KEYS_FIELD: json.dumps(list(arrays), ensure_ascii=False),
+              _HASH_FIELD: _digest([arrays[k] for k in sorted(arrays)])}
+    try:
+        blob = stnp.save(dict(arrays), metadata=header)
+    except Exception as e:
+        raise ValueError(f"cannot write {path}: {e}") from e
+    meta_text = json.dumps({} if metadata is None else metadata, indent=2, ensure_ascii=False,
+                           default=_json_default) + "\n"
+    atomic_write_bytes(path, blob)
+    atomic_write_text(sidecar_path(path), meta_text)
+
+
+def _read_header(path: str, blob: bytes) -> dict:
+    try:
+        (n,) = struct.unpack("<Q", blob[:8])
+        header = json.loads(blob[8:8 + n].decode("utf-8"))
+    except Exception as e:
+        raise ValueError(f"{path} is not a valid safetensors file (unreadable header: {e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a valid safetensors file (header is not a JSON object)")
+    return header
+
+
+def _read_safetensors(path: str, verify: bool = True):
+    """(OrderedDict name -> array, header metadata) from a safetensors file, with clear errors."""
+    import safetensors.numpy as stnp
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder, not a weights file")
+    with open(path, "rb") as f:
+        blob = f.read()
+    try:
+        arrays = stnp.load(blob)
+    except Exception as e:
+        raise ValueError(f"{path} is not a valid safetensors file ({len(blob)} bytes; truncated or "
+                         f"corrupted?): {e}") from e
+    meta = _read_header(path, blob).get("__metadata__") or {}
+    order = list(arrays)
+    if _KEYS_FIELD in meta:
+        try:
+            saved = json.loads(meta[_KEYS_FIELD])
+            if sorted(saved) == sorted(order):
+                order = saved
+        except ValueError:
+            pass
+    if verify and _HASH_FIELD in meta and _digest([arrays[k] for k in sorted(arrays)]) != meta[_HASH_FIELD]:
+        raise ValueError(f"{path} is corrupted: its tensor data does not match the checksum written with it")
+    return OrderedDict((k, arrays[k]) for k in order), meta
+
+
+def load_weights(path):
+    """Read ``save_weights`` output: ``(OrderedDict name -> NumPy array, metadata dict)``.
+
+    A missing file raises ``FileNotFoundError``; a truncated, corrupted or
+    foreign file raises ``ValueError`` naming it. No sidecar gives metadata ``{}``.
+    """
+    path = os.fspath(path)
+    state, _ = _read_safetensors(path)
+    side = sidecar_path(path)
+    if not os.path.exists(side):
+        return state, {}
+    try:
+        with open(side, encoding="utf-8") as f:
+            metadata = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"metadata file {side} (beside {path}) is not valid JSON: {e}") from e
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata file {side} should hold a JSON object, got {type(metadata).__name__}")
+    return state, metadata
+
+
+def _nabi_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("nabi")
+    except Exception:  # pragma: no cover - not installed
+        return "unknown"
+
+
+def save_model(model, path, metadata: dict | None = None) -> None:
+    """``save_weights(path, model.state_dict(), metadata)``; adds ``nabi_version`` to the metadata
+    unless given. The model stays on its device (``state_dict`` returns host copies)."""
+    metadata = dict(metadata or {})
+    metadata.setdefault("nabi_version", _nabi_version())
+    save_weights(path, model.state_dict(), metadata)
+
+
+def load_model_weights(model, path, strict: bool = True) -> dict:
+    """Load a weight file into ``model`` (on the model's own device and dtype).
+
+    Returns ``model.load_state_dict``'s report ``{'missing', 'unexpected', 'mismatched'}``
+    plus ``'metadata'`` (the sidecar). With ``strict=True`` a file that does not fit
+    raises ``KeyError`` naming the file and the keys, and the model is unchanged.
+    """
+    path = os.fspath(path)
+    state, metadata = load_weights(path)
+    try:
+        report = model.load_state_dict(state, strict=strict)
+    except KeyError as e:
+        raise KeyError(f"{path}: {e.args[0] if e.args else e}") from e
+    report = dict(report)
+    report["metadata"] = metadata
+    return report
+
+
+# ---------------------------------------------------------------------------
+# PyTorch files
+# ---------------------------------------------------------------------------
+def _torch_to_numpy(torch, k, v):
+    if isinstance(v, np.ndarray):
+        return v
+    if isinstance(v, torch.Tensor):
+        t = v.detach().cpu()
+        if t.dtype == torch.bfloat16:  # NumPy has no bfloat16
+            t = t.float()
+        return t.numpy().copy()
+    return None
+
+
+def _unwrap(obj):
+    """A checkpoint dict may hold the state dict under 'state_dict', 'model' or 'model_state_dict'."""
+    for _ in range(3):
+        if not isinstance(obj, Mapping):
+            break
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+        else:
+            break
+    return obj
+
+
+def load_torch_state_dict(path) -> "OrderedDict[str, np.ndarray]":
+    """A PyTorch state dict as ``OrderedDict`` name -> NumPy array.
+
+    Reads ``.safetensors`` (with ``safetensors.numpy``; bfloat16 files through
+    torch when it is installed) or ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` with
+    ``torch.load(path, map_location='cpu', weights_only=True)``: files holding
+    anything but tensors and plain containers are refused, never unpickled.
+    A checkpoint that wraps the weights under ``'state_dict'`` or ``'model'`` is
+    unwrapped; ``num_batches_tracked`` entries are dropped.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.endswith(".safetensors"):
+        try:
+            raw, _ = _read_safetensors(path)
+        except ValueError as e:
+            if "bfloat16" not in str(e) and "BF16" not in str(e):
+                raise
+            try:
+                import torch
+                from safetensors.torch import load as st_torch_load
+            except ImportError:
+                raise ValueError(f"{path} holds bfloat16 tensors, which NumPy cannot read; "
+                                 "install PyTorch to convert them") from e
+            with open(path, "rb") as f:
+                tensors = st_torch_load(f.read())
+            raw = OrderedDict((k, _torch_to_numpy(torch, k, v)) for k, v in tensors.items())
+    else:
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"reading {path} needs PyTorch (pip install torch); or convert the file "
+                              "to .safetensors where PyTorch is installed") from None
+        import pickle
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            msg = str(e)
+            detail = msg.split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0] if \
+                "WeightsUnpickler error:" in msg else msg.split("\n")[0]
+            if "Unsupported global" in msg:
+                raise ValueError(
+                    f"refusing to load {path}: it contains Python objects other than tensors ({detail}). "
+                    "nabi reads PyTorch files only with torch.load(weights_only=True) and never runs "
+                    "pickled code; save just the weights (torch.save(model.state_dict(), ...)) or "
+                    "convert them to .safetensors") from e
+            raise ValueError(f"{path} is not a loadable PyTorch weights file ({detail})") from e
+        except Exception as e:
+            raise ValueError(f"{path} is not a loadable PyTorch weights file (truncated or corrupted?): "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        obj = _unwrap(obj)
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{path} does not hold a state dict (name -> tensor), but a {type(obj).__name__}")
+        raw = OrderedDict()
+        bad = []
+        for k, v in obj.items():
+            a = _torch_to_numpy(torch, k, v)
+            if a is None:
+                bad.append(f"{k} ({type(v).__name__})")
+            else:
+                raw[str(k)] = a
+        if bad:
+            raise ValueError(f"{path} does not hold a plain state dict: these entries are not tensors: "
+                             + ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
+    return OrderedDict((k, v) for k, v in raw.items() if not k.endswith("num_batches_tracked"))
