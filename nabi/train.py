@@ -1,0 +1,371 @@
+"""The trainer: epochs of forward, loss, backward and update, with everything a long run needs.
+
+Per iteration: ``logits = model(x)``; ``loss = loss_fn(logits, y)``; a NaN/Inf
+guard; ``model.zero_grad()``; ``model.backward(loss_fn.backward())``; optional
+gradient clipping by norm; ``optimizer.step()``; the schedule steps (per
+iteration or per epoch). Per epoch: train and validation loss and accuracy
+(top-5 with more than 5 classes), a JSON-lines log, a training-curve PNG, the
+best model kept, early stopping, and a checkpoint. Checkpoints also go out every
+``checkpoint_every`` iterations, so a killed run resumes mid-epoch; Ctrl-C
+finishes the current step, saves and stops cleanly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import backend, io
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .layers import CrossEntropyLoss, Dropout
+from .optim import clip_grad_norm
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: the state was saved at a step boundary."""
+
+
+def evaluate(model, loader, loss_fn=None, topk=5, return_outputs=False):
+    """Loss, accuracy and top-k accuracy of ``model`` (in eval mode) over ``loader``.
+
+    Returns ``{'loss', 'acc', 'topk', 'n'}`` and, with ``return_outputs``, also
+    ``'probs'`` (N, K) and ``'labels'`` (N,) as NumPy arrays.
+    """
+    from .functional.activation import softmax
+    loss_fn = loss_fn or CrossEntropyLoss()
+    was_training = model.training
+    model.eval()
+    total_loss = correct = correct_k = n = 0
+    probs, labels = [], []
+    try:
+        for x, y in loader:
+            logits = model(x)
+            bs = int(y.shape[0])
+            total_loss += loss_fn(logits, y) * bs
+            p = backend.to_numpy(softmax(logits, axis=1))
+            t = backend.to_numpy(y)
+            correct += int((p.argmax(1) == t).sum())
+            k = min(topk, p.shape[1])
+            top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+            correct_k += int((top == t[:, None]).any(1).sum())
+            n += bs
+            if return_outputs:
+                probs.append(p)
+                labels.append(t)
+    finally:
+        model.train(was_training)
+    out = {"loss": total_loss / max(n, 1), "acc": correct / max(n, 1), "topk": correct_k / max(n, 1), "n": n}
+    if return_outputs:
+        out["probs"] = np.concatenate(probs) if probs else np.zeros((0, 0))
+        out["labels"] = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    return out
+
+
+def _rng_states(model):
+    states = {"nabi_global": backend.rng_state(backend.get_rng())}
+    for name, m in model.named_modules():
+        if isinstance(m, Dropout):
+            states[f"dropout:{name}"] = backend.rng_state(m.rng)
+    return states
+
+
+def _set_rng_states(model, states):
+    if "nabi_global" in states:
+        backend.set_rng_state(backend.get_rng(), states["nabi_global"])
+    for name, m in model.named_modules():
+        key = f"dropout:{name}"
+        if isinstance(m, Dropout) and key in states:
+            backend.set_rng_state(m.rng, states[key])
+            object.__setattr__(m, "_cupy_rng", None)
+
+
+class _StopFlag:
+    """Turn SIGINT/SIGTERM into a flag checked between steps (never half an update)."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+class Trainer:
+    """Train ``model`` on ``train_loader`` (batches ``(x (N, C, H, W), y (N,))``).
+
+    ``epochs`` (or ``iterations``) bound the run; ``schedule_unit`` is
+    ``'iteration'`` or ``'epoch'``; ``out_dir`` receives ``metrics.jsonl``,
+    ``curves.png``, ``checkpoints/``, ``best.safetensors`` and ``model.safetensors``
+    (each with a JSON sidecar carrying ``metadata``). ``early_stopping``: stop
+    after that many epochs without a better validation accuracy.
+    ``fused_sgd``: for plain SGD, apply each layer's update inside backward
+    (see ``nabi.fused``); results equal the unfused step within float tolerance.
+    """
+
+    def __init__(self, model, optimizer, train_loader, val_loader=None, loss_fn=None, schedule=None,
+                 schedule_unit="iteration", epochs=1, iterations=None, out_dir=None, clip_norm=None,
+                 checkpoint_every=None, keep_last=3, early_stopping=None, progress=True, metadata=None,
+                 config=None, log=print, topk=5):
+        if schedule_unit not in ("iteration", "epoch"):
+            raise ValueError(f"schedule_unit must be 'iteration' or 'epoch', got {schedule_unit!r}")
+        if epochs is None and iterations is None:
+            raise ValueError("give epochs or iterations")
+        self.model, self.optimizer = model, optimizer
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.loss_fn = loss_fn or CrossEntropyLoss()
+        self.schedule, self.schedule_unit = schedule, schedule_unit
+        self.epochs = int(epochs) if epochs is not None else math.ceil(iterations / len(train_loader))
+        self.max_iterations = int(iterations) if iterations is not None else None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.clip_norm = clip_norm
+        self.checkpoint_every = checkpoint_every
+        self.keep_last = keep_last
+        self.early_stopping = early_stopping
+        self.progress = progress
+        self.metadata = dict(metadata or {})
+        self.config = dict(config or {})
+        self.log = log or (lambda *a, **k: None)
+        self.topk = topk
+        # counters and history
+        self.epoch = 0              # completed epochs
+        self.iteration = 0          # completed optimiser steps
+        self.batch_in_epoch = 0     # completed batches of the current epoch
+        self.best_acc = -1.0
+        self.best_epoch = None
+        self.epochs_without_improvement = 0
+        self.history = []
+        self._epoch_sums = {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0}
+        self.status = "new"
+        if self.out_dir is not None:
+            self._check_writable(self.out_dir)
+
+    # -- files -------------------------------------------------------------------------
+    @staticmethod
+    def _check_writable(path: Path):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise PermissionError(f"output folder {path} cannot be written: {e.strerror or e}") from None
+
+    def _state(self):
+        return {
+            "epoch": self.epoch, "iteration": self.iteration, "batch_in_epoch": self.batch_in_epoch,
+            "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "epoch_sums": self._epoch_sums, "history": self.history,
+            "loader": self.train_loader.state_dict() if hasattr(self.train_loader, "state_dict") else None,
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "rng": _rng_states(self.model), "config": self.config, "status": self.status,
+            "nabi_version": self.metadata.get("nabi_version"),
+        }
+
+    def save_checkpoint(self):
+        if self.out_dir is None:
+            return None
+        return save_checkpoint(self.out_dir, self.model, self.optimizer, self._state(), self.metadata,
+                               keep_last=self.keep_last)
+
+    def resume(self, path=None):
+        """Load the latest checkpoint of ``out_dir`` (or ``path``); returns its path, or None if there is none."""
+        path = Path(path) if path is not None else (latest_checkpoint(self.out_dir) if self.out_dir else None)
+        if path is None:
+            return None
+        ck = load_checkpoint(path)
+        arch_saved = ck["model_metadata"].get("arch")
+        arch_now = self.metadata.get("arch")
+        if arch_saved and arch_now and arch_saved != arch_now:
+            raise ValueError(f"checkpoint {path} is of architecture {arch_saved}, but this run builds {arch_now}")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        st = ck["state"]
+        self.epoch, self.iteration = int(st["epoch"]), int(st["iteration"])
+        self.batch_in_epoch = int(st["batch_in_epoch"])
+        self.best_acc, self.best_epoch = float(st["best_acc"]), st["best_epoch"]
+        self.epochs_without_improvement = int(st["epochs_without_improvement"])
+        self._epoch_sums = dict(st["epoch_sums"])
+        self.history = list(st["history"])
+        if st.get("loader") and hasattr(self.train_loader, "load_state_dict"):
+            self.train_loader.load_state_dict(st["loader"])
+        if st.get("schedule") and self.schedule is not None:
+            self.schedule.load_state_dict(st["schedule"])
+        _set_rng_states(self.model, st.get("rng", {}))
+        self.log(f"resumed from {path} (epoch {self.epoch}, iteration {self.iteration})")
+        return path
+
+    def _save_weights(self, name, extra=None):
+        if self.out_dir is None:
+            return
+        meta = dict(self.metadata)
+        meta.update(extra or {})
+        io.save_weights(self.out_dir / f"{name}.safetensors", self.model.state_dict(), meta)
+
+    def _write_metrics(self, row):
+        if self.out_dir is None:
+            return
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.history)
+        io.atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+        try:
+            from .plots import plot_curves
+            plot_curves(self.history, self.out_dir / "curves.png")
+        except ImportError:  # matplotlib missing: the log still has every number
+            pass
+
+    # -- the loop --------------------------------------------------------------------------
+    def _done(self):
+        if self.max_iterations is not None and self.iteration >= self.max_iterations:
+            return True
+        return self.epoch >= self.epochs
+
+    def fit(self):
+        """Run to the end (or to early stopping); returns the history (one dict per epoch)."""
+        self.model.train()
+        self.status = "running"
+        with _StopFlag() as stop:
+            while not self._done():
+                self._run_epoch(stop)
+                if self.status in ("early_stopped",):
+                    break
+        if self.status == "running":
+            self.status = "finished"
+        if self.out_dir is not None:
+            self.save_checkpoint()
+            self._save_weights("model", {"status": self.status, "epochs_trained": self.epoch,
+                                         "iterations": self.iteration})
+        return self.history
+
+    def _run_epoch(self, stop):
+        loader = self.train_loader
+        n_batches = len(loader)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                       unit="batch", dynamic_ncols=True, leave=True)
+        sums = self._epoch_sums
+        t0 = time.perf_counter()
+        try:
+            for x, y in loader:
+                self._step(x, y, sums)
+                if bar is not None:
+                    elapsed = sums["time"] + time.perf_counter() - t0
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums['loss'] / max(sums['n'], 1):.4f}",
+                                    acc=f"{sums['correct'] / max(sums['n'], 1):.3f}",
+                                    img_s=f"{sums['n'] / max(elapsed, 1e-9):.0f}", lr=f"{self.optimizer.lr:.3g}")
+                if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
+                    sums["time"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save_checkpoint()
+                if stop.signal is not None:
+                    sums["time"] += time.perf_counter() - t0
+                    self.status = "interrupted"
+                    path = self.save_checkpoint()
+                    raise TrainingInterrupted(f"stopped by signal {stop.signal} at epoch {self.epoch + 1}, "
+                                              f"iteration {self.iteration}; state saved to {path}; "
+                                              f"continue with --resume")
+                if self.max_iterations is not None and self.iteration >= self.max_iterations:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        sums["time"] += time.perf_counter() - t0
+        if self.batch_in_epoch < n_batches and not (self.max_iterations and self.iteration >= self.max_iterations):
+            return
+        self._end_epoch()
+
+    def _step(self, x, y, sums):
+        model, loss_fn = self.model, self.loss_fn
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        if not math.isfinite(loss):
+            ck = latest_checkpoint(self.out_dir) if self.out_dir else None
+            self.status = "diverged"
+            raise TrainingDiverged(
+                f"the loss became {loss} at epoch {self.epoch + 1}, iteration {self.iteration + 1}; training stopped "
+                f"without saving this state. Last good checkpoint: {ck or 'none'}. Lower the learning rate "
+                f"(now {self.optimizer.lr:.3g}), add gradient clipping (--clip-norm), or check the input data.")
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        if self.clip_norm:
+            clip_grad_norm(self.optimizer.params, self.clip_norm)
+        self.optimizer.step()
+        self.iteration += 1
+        self.batch_in_epoch += 1
+        if self.schedule is not None and self.schedule_unit == "iteration":
+            self.schedule.step()
+        bs = int(y.shape[0])
+        sums["loss"] += loss * bs
+        sums["correct"] += int((backend.to_numpy(logits.argmax(axis=1)) == backend.to_numpy(y)).sum())
+        sums["n"] += bs
+
+    def _end_epoch(self):
+        sums = self._epoch_sums
+        row = {"epoch": self.epoch + 1, "iteration": self.iteration, "lr": self.optimizer.lr,
+               "train_loss": sums["loss"] / max(sums["n"], 1), "train_acc": sums["correct"] / max(sums["n"], 1),
+               "train_images_per_s": sums["n"] / max(sums["time"], 1e-9), "epoch_time_s": sums["time"]}
+        if self.val_loader is not None:
+            ev = evaluate(self.model, self.val_loader, self.loss_fn, topk=self.topk)
+            row.update(val_loss=ev["loss"], val_acc=ev["acc"])
+            if self._num_classes() > 5:
+                row[f"val_top{self.topk}"] = ev["topk"]
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self._epoch_sums = {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0}
+        if self.schedule is not None and self.schedule_unit == "epoch":
+            self.schedule.step()
+        score = row.get("val_acc", row["train_acc"])
+        if score > self.best_acc:
+            self.best_acc, self.best_epoch = score, self.epoch
+            self.epochs_without_improvement = 0
+            self._save_weights("best", {"best_epoch": self.epoch, "best_acc": score})
+        else:
+            self.epochs_without_improvement += 1
+        row["best_acc"] = self.best_acc
+        self.history.append(row)
+        self._write_metrics(row)
+        self.log(_format_row(row))
+        if self.early_stopping and self.epochs_without_improvement >= self.early_stopping:
+            self.status = "early_stopped"
+            self.log(f"early stopping: no better accuracy for {self.early_stopping} epochs "
+                     f"(best {self.best_acc:.4f} at epoch {self.best_epoch})")
+        self.save_checkpoint()
+
+    def _num_classes(self):
+        classes = self.metadata.get("classes")
+        return len(classes) if classes else 0
+
+
+def _format_row(row):
+    parts = [f"epoch {row['epoch']}", f"loss {row['train_loss']:.4f}", f"acc {row['train_acc']:.4f}"]
+    if "val_acc" in row:
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_acc {row['val_acc']:.4f}"]
+    for k, v in row.items():
+        if k.startswith("val_top"):
+            parts.append(f"{k} {v:.4f}")
+    parts.append(f"{row['train_images_per_s']:.0f} img/s")
+    return " · ".join(parts)
