@@ -55,14 +55,30 @@ def _pad(x, ph, pw, eh, ew, value):
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, layer="max_pool2d"):
-    """Returns ``(y, cache)``; y (N, C, OH, OW)."""
+    """Returns ``(y, cache)``; y (N, C, OH, OW).
+
+    A running maximum over the KH·KW window offsets (each a strided slice of the
+    padded input): ``arg`` keeps the offset index of the first maximum. A NaN in a
+    window reaches the output (``maximum`` propagates it), as in PyTorch.
+    """
     xp = check_input(x, 4, layer)
     g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
     x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
-    win = _windows(x_pad, kh, kw, sh, sw, oh, ow).reshape(x.shape[0], x.shape[1], oh, ow, kh * kw)
-    arg = win.argmax(axis=4)                                   # first maximum on ties
-    y = xp.take_along_axis(win, arg[..., None], axis=4)[..., 0]
+    y = arg = None
+    for u in range(kh):
+        for v in range(kw):
+            s = x_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw]
+            if y is None:
+                y = s.copy()
+                arg = xp.zeros(y.shape, dtype=xp.uint8 if kh * kw < 256 else xp.int32)
+                continue
+            wins = s > y
+            xp.maximum(y, s, out=y)                           # propagates NaN
+            if xp is np:
+                np.copyto(arg, u * kw + v, where=wins)
+            else:
+                arg = xp.where(wins, arg.dtype.type(u * kw + v), arg)
     return y, (arg, x.shape, g)
 
 
@@ -75,7 +91,7 @@ def max_pool2d_backward(dy, cache):
     if kh <= sh and kw <= sw and oh * sh <= dx_pad.shape[2] and ow * sw <= dx_pad.shape[3]:
         # windows do not overlap: one scatter through a (N, C, OH, SH, OW, SW) view
         win = dx_pad[:, :, :oh * sh, :ow * sw].reshape(N, C, oh, sh, ow, sw)[:, :, :, :kh, :, :kw]
-        u, v = arg // kw, arg % kw
+        u, v = (arg // kw).astype(xp.intp), (arg % kw).astype(xp.intp)
         n_i, c_i, i_i, j_i = xp.indices((N, C, oh, ow), sparse=True)
         win[n_i, c_i, i_i, u, j_i, v] = dy
     else:
