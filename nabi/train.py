@@ -70,6 +70,33 @@ def evaluate(model, loader, loss_fn=None, topk=5, return_outputs=False):
     return out
 
 
+def enable_fused_sgd(model, optimizer, clip_norm=None):
+    """Make every Conv2d and Linear apply plain SGD inside its backward; returns those layers.
+
+    Only for ``SGD`` without momentum, weight decay or Nesterov (the seed's rule,
+    w ← w − lr·∂L/∂w), and without gradient clipping (which needs all gradients
+    before any update). Their weight gradients are never stored; other
+    parameters (batch norm) still go through ``optimizer.step()``.
+    """
+    from .layers import Conv2d, Linear
+    from .optim import SGD
+    hyper = getattr(optimizer, "hyper", {})
+    if not isinstance(optimizer, SGD) or hyper.get("momentum", 0) or hyper.get("weight_decay", 0) \
+            or hyper.get("nesterov", False):
+        raise ValueError("fused SGD needs plain SGD (no momentum, weight decay or Nesterov); got "
+                         f"{type(optimizer).__name__} with {hyper}")
+    if clip_norm:
+        raise ValueError("fused SGD cannot clip the gradient norm (each layer updates before the next "
+                         "layer's gradient exists); drop --clip-norm or the fused update")
+    layers = [m for m in model.modules() if isinstance(m, (Conv2d, Linear))]
+    for m in layers:
+        m.weight.grad = None
+        if m.bias is not None:
+            m.bias.grad = None
+        m.fused_lr = optimizer.lr
+    return layers
+
+
 def _rng_states(model):
     states = {"nabi_global": backend.rng_state(backend.get_rng())}
     for name, m in model.named_modules():
@@ -127,7 +154,7 @@ class Trainer:
     def __init__(self, model, optimizer, train_loader, val_loader=None, loss_fn=None, schedule=None,
                  schedule_unit="iteration", epochs=1, iterations=None, out_dir=None, clip_norm=None,
                  checkpoint_every=None, keep_last=3, early_stopping=None, progress=True, metadata=None,
-                 config=None, log=print, topk=5):
+                 config=None, log=print, topk=5, fused_sgd=False):
         if schedule_unit not in ("iteration", "epoch"):
             raise ValueError(f"schedule_unit must be 'iteration' or 'epoch', got {schedule_unit!r}")
         if epochs is None and iterations is None:
@@ -158,6 +185,7 @@ class Trainer:
         self.history = []
         self._epoch_sums = {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0}
         self.status = "new"
+        self.fused_layers = enable_fused_sgd(model, optimizer, clip_norm) if fused_sgd else []
         if self.out_dir is not None:
             self._check_writable(self.out_dir)
 
@@ -300,6 +328,8 @@ class Trainer:
 
     def _step(self, x, y, sums):
         model, loss_fn = self.model, self.loss_fn
+        for layer in self.fused_layers:      # the schedule may have changed the rate
+            layer.fused_lr = self.optimizer.lr
         logits = model(x)
         loss = loss_fn(logits, y)
         if not math.isfinite(loss):

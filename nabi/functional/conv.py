@@ -25,6 +25,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_input
+from .blas import gemm_inplace
 from .shape import output_hw, pair, same_padding
 
 
@@ -110,27 +111,56 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d"):
     return y, cache
 
 
-def conv2d_backward(dy, cache, need_dx=True):
+def conv2d_backward(dy, cache, need_dx=True, dw_out=None):
     """Gradients of ``conv2d_forward``.
 
     Inputs: dy (N, F, OH, OW). Returns ``(dx, dw, db)``: dx (N, C, H, W) or None
     when ``need_dx`` is False (a network's first layer), dw like w, db (F,) or None.
+    ``dw_out``: a buffer shaped like w to write ∂L/∂w into.
     """
-    col, w, x_pad_shape, (kh, kw, sh, sw, ph, pw, oh, ow), has_bias = cache
+    col, w, x_pad_shape, geom, has_bias = cache
     F = w.shape[0]
-    N = dy.shape[0]
-    dy_mat = dy.transpose(1, 0, 2, 3).reshape(F, N * oh * ow)  # (F, N·OH·OW)
-    dw = (dy_mat @ col.T).reshape(w.shape)
+    dy_mat = _dy_matrix(dy, geom)                              # (F, N·OH·OW)
+    xp = get_array_module(dy)
+    if dw_out is not None:
+        xp.matmul(dy_mat, col.T, out=dw_out.reshape(F, -1))
+        dw = dw_out
+    else:
+        dw = (dy_mat @ col.T).reshape(w.shape)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    dx = None
-    if need_dx:
-        dcol = w.reshape(F, -1).T @ dy_mat                     # (C·KH·KW, N·OH·OW)
-        dx_pad = col2im(dcol, x_pad_shape, kh, kw, sh, sw, oh, ow)
-        Hp, Wp = x_pad_shape[2:]
-        dx = dx_pad[:, :, ph:Hp - ph, pw:Wp - pw]
-        xp = get_array_module(dx)
-        dx = xp.ascontiguousarray(dx)
+    dx = _conv_input_grad(dy_mat, w, x_pad_shape, geom) if need_dx else None
     return dx, dw, db
+
+
+def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True):
+    """Backward fused with plain SGD: dx first (with the old w), then w ← w − lr·δ·colᵀ, b ← b − lr·Σδ in place."""
+    col, w_fwd, x_pad_shape, geom, has_bias = cache
+    F = w.shape[0]
+    dy_mat = _dy_matrix(dy, geom)
+    dx = _conv_input_grad(dy_mat, w_fwd, x_pad_shape, geom) if need_dx else None
+    gemm_inplace(w.reshape(F, -1), dy_mat, col.T, -lr)
+    if has_bias:
+        b -= lr * dy.sum(axis=(0, 2, 3))
+    return dx
+
+
+def _dy_matrix(dy, geom):
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    F, N = dy.shape[1], dy.shape[0]
+    if N == 1:
+        return dy.reshape(F, oh * ow)
+    return dy.transpose(1, 0, 2, 3).reshape(F, N * oh * ow)
+
+
+def _conv_input_grad(dy_mat, w, x_pad_shape, geom):
+    """∂L/∂x = col2im(wᵀ·δ), cropped to the unpadded input."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    F = w.shape[0]
+    dcol = w.reshape(F, -1).T @ dy_mat                         # (C·KH·KW, N·OH·OW)
+    dx_pad = col2im(dcol, x_pad_shape, kh, kw, sh, sw, oh, ow)
+    Hp, Wp = x_pad_shape[2:]
+    dx = dx_pad[:, :, ph:Hp - ph, pw:Wp - pw]
+    return get_array_module(dx).ascontiguousarray(dx)
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ For a batch of one, ∂L/∂w is the rank-1 outer product δᵀx of seed 000's A
 from __future__ import annotations
 
 from ._checks import check_input
+from .blas import gemm_inplace, matmul_into
 
 
 def linear_forward(x, w, b=None, layer="linear"):
@@ -20,13 +21,29 @@ def linear_forward(x, w, b=None, layer="linear"):
     return y, (x, w, b is not None)
 
 
-def linear_backward(dy, cache, need_dx=True):
-    """Returns ``(dx, dw, db)``; dx is None when ``need_dx`` is False."""
+def linear_backward(dy, cache, need_dx=True, dw_out=None):
+    """Returns ``(dx, dw, db)``; dx is None when ``need_dx`` is False.
+
+    ``dw_out``: a buffer to write ∂L/∂w into (the parameter's kept gradient buffer).
+    """
     x, w, has_bias = cache
-    dw = dy.T @ x
+    dw = matmul_into(dy.T, x, out=dw_out)
     db = dy.sum(axis=0) if has_bias else None
     dx = dy @ w if need_dx else None
     return dx, dw, db
+
+
+def linear_sgd_backward(dy, cache, w, b, lr, need_dx=True):
+    """Backward fused with plain SGD: dx = δ·w first, then w ← w − lr·δᵀx and b ← b − lr·Σδ in place.
+
+    The weight gradient is never materialised (BLAS ``ger``/``gemm`` with beta = 1).
+    """
+    x, _, has_bias = cache
+    dx = dy @ w if need_dx else None
+    gemm_inplace(w, dy.T, x, -lr)
+    if has_bias:
+        b -= lr * dy.sum(axis=0)
+    return dx
 
 
 def flatten_forward(x, start_dim=1):

@@ -11,3 +11,4 @@ __all__ = ["Module", "Parameter", "Sequential", "Residual", "Concat", "Conv2d", 
            "AdaptiveAvgPool2d", "Linear", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
            "LogSoftmax", "Identity", "Dropout", "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm",
            "CrossEntropyLoss", "MSELoss"]
+from .blocks import *; from .blocks import __all__ as _blocks_all; __all__ += _blocks_all  # noqa: E402,E702,F401,F403

@@ -32,6 +32,7 @@ class Conv2d(Module):
         self.weight = Parameter(initialisers.make((self.out_channels, self.in_channels, kh, kw), init, rng, fan_in))
         self.bias = Parameter(initialisers.make((self.out_channels,), bias_init, rng, fan_in)) if bias else None
         self.compute_input_grad = True
+        self.fused_lr = None
         self._cache = None
 
     def forward(self, x):
@@ -43,8 +44,16 @@ class Conv2d(Module):
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError(f"{self._name()}: backward called without a forward pass in training mode")
-        dx, dw, db = C.conv2d_backward(dy, self._cache, need_dx=self.compute_input_grad)
-        self.weight.accumulate(dw)
+        if self.fused_lr is not None:  # plain SGD applied inside backward (see Trainer(fused_sgd=True))
+            dx = C.conv2d_sgd_backward(dy, self._cache, self.weight.data,
+                                       self.bias.data if self.bias is not None else None, self.fused_lr,
+                                       need_dx=self.compute_input_grad)
+            self._cache = None
+            return dx
+        buf = self.weight.overwrite_buffer(dy.dtype)
+        dx, dw, db = C.conv2d_backward(dy, self._cache, need_dx=self.compute_input_grad, dw_out=buf)
+        if buf is None:
+            self.weight.accumulate(dw)
         if db is not None:
             self.bias.accumulate(db)
         self._cache = None

@@ -17,6 +17,7 @@ class Linear(Module):
         self.weight = Parameter(initialisers.make((self.out_features, self.in_features), init, rng, self.in_features))
         self.bias = Parameter(initialisers.make((self.out_features,), bias_init, rng, self.in_features)) if bias else None
         self.compute_input_grad = True
+        self.fused_lr = None
         self._cache = None
 
     def forward(self, x):
@@ -28,8 +29,16 @@ class Linear(Module):
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError("Linear: backward called without a forward pass in training mode")
-        dx, dw, db = L.linear_backward(dy, self._cache, need_dx=self.compute_input_grad)
-        self.weight.accumulate(dw)
+        if self.fused_lr is not None:  # plain SGD applied inside backward (see Trainer(fused_sgd=True))
+            dx = L.linear_sgd_backward(dy, self._cache, self.weight.data,
+                                       self.bias.data if self.bias is not None else None, self.fused_lr,
+                                       need_dx=self.compute_input_grad)
+            self._cache = None
+            return dx
+        buf = self.weight.overwrite_buffer(dy.dtype)
+        dx, dw, db = L.linear_backward(dy, self._cache, need_dx=self.compute_input_grad, dw_out=buf)
+        if buf is None:
+            self.weight.accumulate(dw)
         if db is not None:
             self.bias.accumulate(db)
         self._cache = None

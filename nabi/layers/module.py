@@ -16,13 +16,32 @@ from .. import backend
 
 
 class Parameter:
-    """A trainable array ``data`` and its accumulated gradient ``grad`` (same shape)."""
+    """A trainable array ``data`` and its accumulated gradient ``grad`` (same shape).
 
-    __slots__ = ("data", "grad")
+    The gradient buffer is allocated once and reused: ``zero_grad`` only marks it
+    stale, and the next backward writes straight into it (no 400 MB memset or
+    page-faulting fresh buffer for AlexNet's fc6); reading ``grad`` before that
+    gives zeros, as expected.
+    """
+
+    __slots__ = ("data", "_grad", "_stale")
 
     def __init__(self, data):
         self.data = data
-        self.grad = None
+        self._grad = None
+        self._stale = False
+
+    @property
+    def grad(self):
+        if self._stale:
+            self._grad.fill(0)
+            self._stale = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
+        self._stale = False
 
     @property
     def shape(self):
@@ -33,15 +52,29 @@ class Parameter:
         return int(self.data.size)
 
     def accumulate(self, g) -> None:
-        """``grad += g``; the gradient buffer is allocated once and reused across steps."""
-        if self.grad is None:
-            self.grad = g.astype(self.data.dtype, copy=True)
+        """``grad += g`` (``grad = g`` into the kept buffer after ``zero_grad``)."""
+        if self._grad is None or self._grad.shape != g.shape:
+            self._grad = g.astype(self.data.dtype, copy=True)
+        elif self._stale:
+            self._grad[...] = g
         else:
-            self.grad += g
+            self._grad += g
+        self._stale = False
+
+    def overwrite_buffer(self, dtype):
+        """The kept gradient buffer when the next gradient may simply be written into it, else None.
+
+        A caller that gets a buffer must fill all of it (it is then no longer stale).
+        """
+        g = self._grad
+        if g is not None and self._stale and g.dtype == dtype and g.flags.c_contiguous:
+            self._stale = False
+            return g
+        return None
 
     def zero_grad(self) -> None:
-        if self.grad is not None:
-            self.grad.fill(0)
+        if self._grad is not None:
+            self._stale = True
 
     def __repr__(self):
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"

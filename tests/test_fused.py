@@ -1,0 +1,69 @@
+"""Fused SGD (the update applied inside backward, issue 'beyond PyTorch in the seed's setting'):
+same weights as the unfused optimiser step, within float tolerance."""
+import numpy as np
+import pytest
+
+from nabi import backend, layers as L, optim
+from nabi.functional.blas import gemm_inplace, matmul_into
+from nabi.train import enable_fused_sgd
+
+
+def small_alexnet(rng):
+    return L.Sequential(L.Conv2d(3, 6, 5, stride=2, rng=rng), L.ReLU(), L.MaxPool2d(3, 2, ceil_mode=True),
+                        L.Conv2d(6, 8, 3, padding=1, rng=rng), L.ReLU(), L.Flatten(),
+                        L.Linear(8 * 4 * 4, 32, rng=rng), L.ReLU(), L.Linear(32, 5, rng=rng))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_sgd_equals_unfused(dtype, rtol, batch):
+    with backend.default_dtype(dtype):
+        a = small_alexnet(np.random.default_rng(0))
+        b = small_alexnet(np.random.default_rng(0))
+    opt_a = optim.SGD(a.named_parameters(), lr=0.05)
+    opt_b = optim.SGD(b.named_parameters(), lr=0.05)
+    fused = enable_fused_sgd(b, opt_b)
+    assert len(fused) == 4
+    rng = np.random.default_rng(1)
+    loss_fn = L.CrossEntropyLoss()
+    for step in range(4):
+        x = rng.standard_normal((batch, 3, 19, 19)).astype(dtype)
+        y = rng.integers(0, 5, batch)
+        la = loss_fn(a(x), y)
+        a.zero_grad()
+        a.backward(loss_fn.backward())
+        opt_a.step()
+        lb = loss_fn(b(x), y)
+        b.zero_grad()
+        b.backward(loss_fn.backward())
+        opt_b.step()
+        np.testing.assert_allclose(lb, la, rtol=rtol * 10)
+    for (k, wa), wb in zip(a.state_dict().items(), b.state_dict().values()):
+        np.testing.assert_allclose(wb, wa, rtol=rtol, atol=rtol * 1e-2, err_msg=k)
+    assert all(m.weight.grad is None for m in fused)          # the gradient was never stored
+
+
+def test_fused_sgd_refuses_momentum_and_clipping():
+    net = small_alexnet(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="plain SGD"):
+        enable_fused_sgd(net, optim.SGD(net.named_parameters(), lr=0.1, momentum=0.9))
+    with pytest.raises(ValueError, match="plain SGD"):
+        enable_fused_sgd(net, optim.Adam(net.named_parameters()))
+    with pytest.raises(ValueError, match="clip"):
+        enable_fused_sgd(net, optim.SGD(net.named_parameters(), lr=0.1), clip_norm=1.0)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_helpers(n, dtype):
+    rng = np.random.default_rng(2)
+    c = rng.standard_normal((7, 11)).astype(dtype)
+    a = rng.standard_normal((7, n)).astype(dtype)
+    b = rng.standard_normal((n, 11)).astype(dtype)
+    expect = c - 0.3 * (a @ b)
+    base = c
+    gemm_inplace(c, a, b, -0.3)
+    assert c is base
+    np.testing.assert_allclose(c, expect, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    out = np.empty((7, 11), dtype)
+    np.testing.assert_allclose(matmul_into(a, b, out=out), a @ b, rtol=1e-5)
