@@ -261,3 +261,29 @@ def test_model_moves_between_devices(xp):
     assert isinstance(sd["0.weight"], np.ndarray) and net.device == "gpu"
     net.load_state_dict(sd)
     assert backend.device_of(net[0].weight.data) == "gpu"
+
+
+def test_chunked_im2col_equals_unchunked(monkeypatch):
+    """Above COL_BUDGET_BYTES the batch is processed in chunks; results must not change."""
+    from nabi.functional import conv as Cv
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 3, 9, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    dy = rng.standard_normal((5, 4, 5, 4))
+    y1, c1 = F.conv2d_forward(x, w, b, 2, 1)
+    ref = F.conv2d_backward(dy, c1)
+    monkeypatch.setattr(Cv, "COL_BUDGET_BYTES", 2 * 27 * 20 * 8)          # two samples' columns per chunk
+    y2, c2 = F.conv2d_forward(x, w, b, 2, 1)
+    assert c2[5] is not None and len(c2[5][1]) == 3
+    np.testing.assert_allclose(y2, y1, rtol=1e-12)
+    for got, want in zip(F.conv2d_backward(dy, c2), ref):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    w1, w2 = w.copy(), w.copy()
+    b1, b2 = b.copy(), b.copy()
+    dx1 = Cv.conv2d_sgd_backward(dy, c1, w1, b1, 0.1)
+    dx2 = Cv.conv2d_sgd_backward(dy, c2, w2, b2, 0.1)
+    np.testing.assert_allclose(dx2, dx1, rtol=1e-12)
+    np.testing.assert_allclose(dx1, ref[0], rtol=1e-12)
+    np.testing.assert_allclose(w2, w1, rtol=1e-12)
+    np.testing.assert_allclose(w1, w - 0.1 * ref[1], rtol=1e-12)

@@ -82,6 +82,17 @@ def col2im(col, x_pad_shape, kh, kw, sh, sw, oh, ow):
     return dx
 
 
+COL_BUDGET_BYTES = 256 * 2**20
+"""Largest im2col matrix built at once. Above it the batch is processed in chunks and
+the columns are rebuilt in backward from the padded input (VGG-16's second layer at
+224×224, batch 32, would otherwise need 3.7 GB of columns)."""
+
+
+def _batch_chunks(N, per_sample_bytes):
+    n = max(1, int(COL_BUDGET_BYTES // max(per_sample_bytes, 1)))
+    return [(a, min(N, a + n)) for a in range(0, N, n)]
+
+
 def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d"):
     """y = conv2d(x, w) + b.
 
@@ -99,16 +110,35 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d"):
     ph, pw = resolve_padding(padding, (kh, kw), (sh, sw), layer)
     N, _, H, W = x.shape
     oh, ow = output_hw((H, W), (kh, kw), (sh, sw), (ph, pw), layer=layer, x_shape=x.shape)
+    geom = (kh, kw, sh, sw, ph, pw, oh, ow)
     x_pad = pad_input(x, ph, pw)
-    col = im2col(x_pad, kh, kw, sh, sw, oh, ow)
-    y = w.reshape(F, -1) @ col                               # (F, N·OH·OW)
-    y = y.reshape(F, N, oh, ow).transpose(1, 0, 2, 3)
+    w_mat = w.reshape(F, -1)
+    chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize)
+    if len(chunks) == 1:
+        col = im2col(x_pad, kh, kw, sh, sw, oh, ow)
+        y = w_mat @ col                                       # (F, N·OH·OW)
+        y = y.reshape(F, N, oh, ow).transpose(1, 0, 2, 3)
+        y = y + b.reshape(1, F, 1, 1) if b is not None else xp.ascontiguousarray(y)   # contiguous either way
+        return y, (col, w, x_pad.shape, geom, b is not None, None)
+    y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
+    for a, e in chunks:
+        col = im2col(x_pad[a:e], kh, kw, sh, sw, oh, ow)
+        y[a:e] = (w_mat @ col).reshape(F, e - a, oh, ow).transpose(1, 0, 2, 3)
     if b is not None:
-        y = y + b.reshape(1, F, 1, 1)                         # also makes y contiguous
-    else:
-        y = xp.ascontiguousarray(y)
-    cache = (col, w, x_pad.shape, (kh, kw, sh, sw, ph, pw, oh, ow), b is not None)
-    return y, cache
+        y += b.reshape(1, F, 1, 1)
+    return y, (None, w, x_pad.shape, geom, b is not None, (x_pad, chunks))
+
+
+def _column_chunks(cache):
+    """Yield ``(a, e, col)``: the columns of samples a..e (all of them when not chunked)."""
+    col, w, x_pad_shape, geom, has_bias, chunked = cache
+    if chunked is None:
+        yield 0, x_pad_shape[0], col
+        return
+    x_pad, chunks = chunked
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    for a, e in chunks:
+        yield a, e, im2col(x_pad[a:e], kh, kw, sh, sw, oh, ow)
 
 
 def conv2d_backward(dy, cache, need_dx=True, dw_out=None):
@@ -118,30 +148,47 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None):
     when ``need_dx`` is False (a network's first layer), dw like w, db (F,) or None.
     ``dw_out``: a buffer shaped like w to write ∂L/∂w into.
     """
-    col, w, x_pad_shape, geom, has_bias = cache
+    _, w, x_pad_shape, geom, has_bias, _ = cache
     F = w.shape[0]
-    dy_mat = _dy_matrix(dy, geom)                              # (F, N·OH·OW)
     xp = get_array_module(dy)
-    if dw_out is not None:
-        xp.matmul(dy_mat, col.T, out=dw_out.reshape(F, -1))
-        dw = dw_out
-    else:
-        dw = (dy_mat @ col.T).reshape(w.shape)
+    dw = dw_out if dw_out is not None else xp.empty(w.shape, dtype=xp.result_type(dy, w))
+    dw_mat = dw.reshape(F, -1)
+    dx = xp.empty((dy.shape[0],) + tuple(x_pad_shape[1:]), dtype=dy.dtype) if need_dx else None
+    first = True
+    for a, e, col in _column_chunks(cache):
+        dy_mat = _dy_matrix(dy[a:e], geom)                     # (F, n·OH·OW)
+        if first:
+            xp.matmul(dy_mat, col.T, out=dw_mat)
+            first = False
+        else:
+            dw_mat += dy_mat @ col.T
+        if need_dx:
+            dx[a:e] = _conv_input_grad_padded(dy_mat, w, (e - a,) + tuple(x_pad_shape[1:]), geom)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    dx = _conv_input_grad(dy_mat, w, x_pad_shape, geom) if need_dx else None
-    return dx, dw, db
+    return (_crop(dx, geom) if need_dx else None), dw, db
 
 
 def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True):
     """Backward fused with plain SGD: dx first (with the old w), then w ← w − lr·δ·colᵀ, b ← b − lr·Σδ in place."""
-    col, w_fwd, x_pad_shape, geom, has_bias = cache
+    _, w_fwd, x_pad_shape, geom, has_bias, _ = cache
     F = w.shape[0]
-    dy_mat = _dy_matrix(dy, geom)
-    dx = _conv_input_grad(dy_mat, w_fwd, x_pad_shape, geom) if need_dx else None
-    gemm_inplace(w.reshape(F, -1), dy_mat, col.T, -lr)
+    xp = get_array_module(dy)
+    dx = None
+    if need_dx:  # every input gradient uses the old weights, so it comes before any update
+        dx = xp.empty((dy.shape[0],) + tuple(x_pad_shape[1:]), dtype=dy.dtype)
+        for a, e in _chunk_bounds(cache):
+            dx[a:e] = _conv_input_grad_padded(_dy_matrix(dy[a:e], geom), w_fwd, (e - a,) + tuple(x_pad_shape[1:]),
+                                              geom)
+    for a, e, col in _column_chunks(cache):
+        gemm_inplace(w.reshape(F, -1), _dy_matrix(dy[a:e], geom), col.T, -lr)
     if has_bias:
         b -= lr * dy.sum(axis=(0, 2, 3))
-    return dx
+    return _crop(dx, geom) if need_dx else None
+
+
+def _chunk_bounds(cache):
+    chunked = cache[5]
+    return [(0, cache[2][0])] if chunked is None else chunked[1]
 
 
 def _dy_matrix(dy, geom):
@@ -152,15 +199,21 @@ def _dy_matrix(dy, geom):
     return dy.transpose(1, 0, 2, 3).reshape(F, N * oh * ow)
 
 
-def _conv_input_grad(dy_mat, w, x_pad_shape, geom):
-    """∂L/∂x = col2im(wᵀ·δ), cropped to the unpadded input."""
+def _conv_input_grad_padded(dy_mat, w, x_pad_shape, geom):
+    """∂L/∂x_pad = col2im(wᵀ·δ)."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     F = w.shape[0]
     dcol = w.reshape(F, -1).T @ dy_mat                         # (C·KH·KW, N·OH·OW)
-    dx_pad = col2im(dcol, x_pad_shape, kh, kw, sh, sw, oh, ow)
-    Hp, Wp = x_pad_shape[2:]
-    dx = dx_pad[:, :, ph:Hp - ph, pw:Wp - pw]
-    return get_array_module(dx).ascontiguousarray(dx)
+    return col2im(dcol, x_pad_shape, kh, kw, sh, sw, oh, ow)
+
+
+def _crop(dx_pad, geom):
+    """Drop the zero padding: (N, C, Hp, Wp) → (N, C, H, W), contiguous."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    Hp, Wp = dx_pad.shape[2:]
+    if ph == 0 and pw == 0:
+        return dx_pad
+    return get_array_module(dx_pad).ascontiguousarray(dx_pad[:, :, ph:Hp - ph, pw:Wp - pw])
 
 
 # ---------------------------------------------------------------------------
