@@ -11,7 +11,8 @@ runs first, so each layer's input shape is known (adaptive pooling, even-size LR
 
 Protocol for custom networks: a module that is not one of these containers but has
 children (e.g. a GoogLeNet whose aux heads run only in training) must define
-``eval_chain()`` returning the modules its eval forward applies, in order, each to
+``onnx_emit(exporter, x, path)`` writing its own sub-graph with ``exporter.node``/``exporter.emit``
+(DenseBlock, SqueezeExcitation), or ``eval_chain()`` returning the modules its eval forward applies, in order, each to
 the previous one's output. Anything else is a ``NotImplementedError`` naming it.
 """
 from __future__ import annotations
@@ -96,6 +97,9 @@ class _Builder:
 
     # -- tree walk ------------------------------------------------------------------
     def emit(self, m, x, path):
+        if callable(getattr(m, "onnx_emit", None)):  # a block that writes its own ONNX sub-graph
+            self.in_shape(m, path)
+            return m.onnx_emit(self, x, path)
         if m._modules and callable(getattr(m, "eval_chain", None)):
             for i, c in enumerate(m.eval_chain()):
                 x = self.emit(c, x, self.path_of(c, f"{path}.chain{i}"))

@@ -123,19 +123,23 @@ class DenseBlock(Module):
             end = start
         return xp.ascontiguousarray(g[:, :self.in_channels])
 
-    def eval_chain(self):
-        raise NotImplementedError(
-            f"onnx export: DenseBlock({self.in_channels}→{self.out_channels}, {self.num_layers} layers) feeds each "
-            f"layer the concatenation of every earlier feature map, which is not a chain of modules; the exporter "
-            f"needs a DenseBlock rule: feats = [x]; for each denselayer: feats.append(emit(layer, Concat(feats))); "
-            f"output Concat(feats) on axis 1")
+    def onnx_emit(self, ex, x, path):
+        """ONNX: feats = [x]; each layer reads Concat(feats); the output is Concat(feats) on channels."""
+        feats = [x]
+        for name, layer in self._modules.items():
+            inp = feats[0] if len(feats) == 1 else ex.node("Concat", feats, path, f".{name}.in", axis=1)
+            feats.append(ex.emit(layer, inp, f"{path}.{name}" if path else name))
+        return ex.node("Concat", feats, path, ".out", axis=1)
 
     def extra_repr(self):
         return f"num_layers={self.num_layers}, in_channels={self.in_channels}, growth_rate={self.growth_rate}"
 
 
 class Transition(Sequential):
-    """DenseNet transition: norm → relu → conv 1×1 (no bias) → AvgPool2d(2, 2); (N, C, H, W) → (N, out, H/2, W/2)."""
+    """DenseNet transition: norm → relu → conv 1×1 (no bias) → AvgPool2d(2, 2).
+
+    (N, C, H, W) → (N, out_channels, ⌊H/2⌋, ⌊W/2⌋).
+    """
 
     def __init__(self, in_channels, out_channels, init="he_uniform"):
         super().__init__(OrderedDict([
@@ -184,12 +188,14 @@ class SqueezeExcitation(Module):
         self._cache = None
         return dy * s + dpooled / (x.shape[2] * x.shape[3])
 
-    def eval_chain(self):
-        raise NotImplementedError(
-            f"onnx export: SqueezeExcitation({self.channels}) multiplies its input by a gate computed from that "
-            f"same input, which is not a chain of modules; the exporter needs an SE rule: "
-            f"gate = Sigmoid(Conv fc2(Relu(Conv fc1(GlobalAveragePool(x))))), output Mul(x, gate) "
-            f"(broadcast over H, W)")
+    def onnx_emit(self, ex, x, path):
+        """ONNX: gate = Sigmoid(fc2(Relu(fc1(GlobalAveragePool(x))))); output Mul(x, gate)."""
+        def sub(name):
+            return f"{path}.{name}" if path else name
+        g = x
+        for name in ("avgpool", "fc1", "activation", "fc2", "scale_activation"):
+            g = ex.emit(self._modules[name], g, sub(name))
+        return ex.node("Mul", [x, g], path, ".scale")
 
     def extra_repr(self):
         return f"{self.channels}, squeeze_channels={self.squeeze_channels}"

