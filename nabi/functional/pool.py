@@ -88,7 +88,7 @@ def max_pool2d_backward(dy, cache):
     xp = get_array_module(dy)
     N, C, H, W = x_shape
     dx_pad = xp.zeros((N, C, H + 2 * ph + eh, W + 2 * pw + ew), dtype=dy.dtype)
-    if kh <= sh and kw <= sw and oh * sh <= dx_pad.shape[2] and ow * sw <= dx_pad.shape[3]:
+    if xp is np and kh <= sh and kw <= sw and oh * sh <= dx_pad.shape[2] and ow * sw <= dx_pad.shape[3]:
         # windows do not overlap: one scatter through a (N, C, OH, SH, OW, SW) view
         win = dx_pad[:, :, :oh * sh, :ow * sw].reshape(N, C, oh, sh, ow, sw)[:, :, :, :kh, :, :kw]
         u, v = (arg // kw).astype(xp.intp), (arg % kw).astype(xp.intp)
