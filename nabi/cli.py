@@ -330,6 +330,12 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+    from .experiment import add_arguments as _experiment_arguments, main_from_args as _experiment_main
+    p = sub.add_parser("experiment", help="paired multi-seed experiment: model A (individuals) vs model B "
+                                          "(+ background class), seed 000's Table 1 with statistics")
+    _experiment_arguments(p)
+    p.set_defaults(func=_experiment_main)
+
     p = sub.add_parser("explain", help="Grad-CAM and occlusion heat-maps of what the network looks at in a photo")
     p.add_argument("run")
     p.add_argument("image")

@@ -1,0 +1,1150 @@
+"""The paired multi-seed background-class experiment of seed 000 (§4–5, Table 1).
+
+Model A learns the individuals only; model B learns them plus one ``background``
+class of habitat photos. In each run both start from the same weights and see the
+training photos in the same order; both are scored on the whole test set
+(background photos included) with :func:`nabi.evaluate.background_statistics`,
+giving one Table 1 row: A·P2, B·P1, B·P2, B·P3, B·P4.
+
+Data (``DATA``): ``DATA/train/<class>/…`` and ``DATA/test/<class>/…`` (a ``val/``
+folder is ignored), or one class-per-folder ``DATA`` split into train and test by
+``test_ratio``, stratified, seeded by the experiment seed (one split for every run
+and both models). The background folder's name is ``background`` unless given
+(Unicode NFC is compared, so ``'배경'`` works).
+
+Pairing, run ``r`` (1-based):
+
+* seeds: ``c = SeedSequence(seed).spawn(R)[r-1]``; ``c.spawn(2)`` gives the init
+  seed and the order seed (each a 63-bit int from ``generate_state``). Run r's
+  seeds do not depend on the number of runs R. All are recorded.
+* weights: B is built by the zoo with ``build_model(..., seed=init_seed)``. A is
+  the same architecture with one class fewer and is given B's arrays: every array
+  of equal shape is copied; the arrays whose first axis is one longer in B (the
+  final classifier's weight and bias) are B's with the background class's row
+  deleted. A's initial logit for an individual is thus B's for that individual.
+* order: B's loader shuffles B's photos with the order seed (``DataLoader``'s
+  permutation of epoch e). A's loader takes the same permutation of B's photos,
+  drops the background photos, and visits A's photos in the order that remains,
+  cut into batches of the same size. Online augmentation randomness is per batch
+  and is not paired.
+* length: ``iterations_per_class`` gives each model that many iterations per
+  class it learns (seed 000: 2,000, so A 8,000 and B 10,000); else ``iterations``
+  or ``epochs`` as given. B is trained first, then A.
+
+The test set is scored with the final weights (there is no validation split).
+
+Files under ``out_dir/<recipe>/``: ``experiment.json`` (setup, seeds, fingerprint),
+``split.json`` (the photo lists), ``cache/`` (offline-expanded training photos),
+``runs/run-XX/{A,B}/`` (each model's training folder: checkpoints, metrics,
+``model.safetensors``, ``eval.json``), ``runs/run-XX/result.json`` (written last),
+and ``report.md``, ``report.csv``, ``report.json``, ``report.png``. Running again
+with the same setup resumes: a complete ``result.json`` is kept, a model whose
+``eval.json`` exists is not retrained, and a half-trained model resumes from its
+latest checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import unicodedata
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, backend, io
+from . import data as D
+
+__all__ = ["RECIPES", "SEED2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
+           "derive_a_state", "state_sha256", "PairedOrderLoader", "training_datasets", "training_loaders",
+           "run_experiment", "write_report", "compare_recipes", "add_arguments", "main_from_args"]
+
+MODELS = ("A", "B")
+
+# -- recipes -----------------------------------------------------------------------------------------------
+RECIPES = {
+    "seed2019": {
+        "description": "seed 000 as written: AlexNet-style 336×336 (He-uniform), RGB/256, batch 1, plain SGD "
+                       "1.5e-5 → 5e-6 in 10 steps, 2,000 iterations per class, offline ×8 augmentation",
+        "model": "alexnet336", "model_args": {}, "image_size": 336, "normalize": "seed2019", "augment": "none",
+        "offline_variants": 8, "batch_size": 1, "optimizer": "sgd", "lr": 1.5e-5, "momentum": 0.0,
+        "weight_decay": 0.0, "schedule": "seed2019", "iterations_per_class": 2000, "label_smoothing": 0.0,
+        "test_ratio": 0.1, "checkpoint_every": 1000,
+    },
+    "modern": {
+        "description": "ResNet-18 at 128×128, ImageNet normalisation, strong online augmentation, batch 32, "
+                       "AdamW with warm-up + cosine, label smoothing 0.1, 30 epochs",
+        "model": "resnet18", "model_args": {}, "image_size": 128, "normalize": "imagenet", "augment": "strong",
+        "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "warmup_cosine",
+        "warmup_epochs": 2, "label_smoothing": 0.1, "epochs": 30, "test_ratio": 0.2,
+    },
+    "tiny": {
+        "description": "for tests and CI: the small CIFAR CNN at 32×32, Adam, a few iterations per class",
+        "model": "cifar_cnn", "model_args": {}, "image_size": 32, "normalize": "unit", "augment": "flip",
+        "batch_size": 8, "optimizer": "adam", "lr": 3e-3, "schedule": "constant", "iterations_per_class": 8,
+        "test_ratio": 0.2,
+    },
+}
+
+# Seed 000's Table 1 (10 runs), for reference in reports.
+SEED2019_TABLE1 = {
+    "A·P2": [0.5375, 0.5500, 0.5750, 0.5250, 0.4500, 0.5750, 0.5000, 0.5250, 0.6000, 0.4625],
+    "B·P1": [0.5600, 0.5300, 0.5300, 0.4800, 0.4700, 0.5100, 0.5000, 0.4800, 0.5700, 0.4500],
+    "B·P2": [0.5875, 0.5500, 0.5250, 0.5250, 0.5000, 0.5625, 0.4875, 0.4875, 0.5875, 0.4125],
+    "B·P3": [0.5950, 0.5789, 0.5915, 0.5455, 0.5405, 0.6164, 0.5270, 0.5652, 0.6438, 0.4783],
+    "B·P4": [0.6000, 0.5750, 0.5500, 0.5500, 0.5250, 0.5750, 0.5000, 0.5250, 0.6375, 0.4625],
+}
+
+_TRAIN_KEYS = ("model", "model_args", "epochs", "iterations", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+               "weight_decay", "schedule", "schedule_unit", "warmup", "step_size", "gamma", "label_smoothing",
+               "clip_norm", "image_size", "normalize", "augment", "strict", "device", "workers", "checkpoint_every",
+               "keep_last")
+# Passed on only when this nabi's TrainConfig has them (and then to the Trainer).
+_OPTIONAL_TRAIN_KEYS = ("fused_sgd",)
+_EXTRA_KEYS = ("description", "iterations_per_class", "warmup_epochs", "offline_variants", "test_ratio",
+               "keep_checkpoints")
+_LENGTH_KEYS = ("iterations_per_class", "iterations", "epochs")
+# Settings that change how, not what, is computed: left out of the fingerprint.
+_EXECUTION_KEYS = ("device", "workers", "checkpoint_every", "keep_last", "keep_checkpoints", "description")
+_COMPARISONS = (("A·P2", "B·P2"), ("A·P2", "B·P3"), ("A·P2", "B·P4"))
+
+
+def _defaults() -> dict:
+    from .pipeline import TrainConfig
+    d = {k: v for k, v in TrainConfig().to_dict().items() if k in _TRAIN_KEYS}
+    d.update(epochs=None, iterations=None, iterations_per_class=None, warmup_epochs=None, offline_variants=1,
+             test_ratio=0.2, keep_checkpoints=False, description="", image_size=None, checkpoint_every=None,
+             keep_last=2)
+    return d
+
+
+def _optional_keys() -> list:
+    from .pipeline import TrainConfig
+    return [k for k in _OPTIONAL_TRAIN_KEYS if k in TrainConfig.__dataclass_fields__]
+
+
+def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
+    """The recipe's settings with ``overrides`` applied and checked (``ValueError`` on anything wrong).
+
+    Training length: exactly one of ``iterations_per_class``, ``iterations``, ``epochs``;
+    overriding any of them replaces the recipe's choice.
+    """
+    from . import models
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    overrides = dict(overrides or {})
+    allowed = set(_TRAIN_KEYS) | set(_EXTRA_KEYS) | set(_optional_keys())
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for an experiment; known: {', '.join(sorted(allowed))}")
+    cfg = _defaults()
+    cfg.update(copy.deepcopy(RECIPES[recipe]))
+    if any(k in overrides for k in _LENGTH_KEYS):
+        for k in _LENGTH_KEYS:
+            cfg[k] = None
+    cfg.update(copy.deepcopy(overrides))
+    cfg["recipe"] = recipe
+    given = [k for k in _LENGTH_KEYS if cfg[k] is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(_LENGTH_KEYS)} (got {given or 'none'})")
+    for k in given:
+        if not isinstance(cfg[k], (int, np.integer)) or isinstance(cfg[k], bool) or cfg[k] < 1:
+            raise ValueError(f"{k} must be a positive integer, got {cfg[k]!r}")
+    models.builder(cfg["model"])  # ValueError listing the zoo's names
+    if not isinstance(cfg["model_args"], dict):
+        raise ValueError(f"model_args must be a dict, got {cfg['model_args']!r}")
+    for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", ("unit", "seed2019", "dataset",
+                         "imagenet")), ("augment", ("none", "flip", "standard", "strong")),
+                         ("schedule", ("constant", "step", "cosine", "warmup_cosine", "seed2019")),
+                         ("schedule_unit", ("iteration", "epoch")), ("device", ("cpu", "gpu"))):
+        if cfg[key] not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}; got {cfg[key]!r}")
+    if not isinstance(cfg["batch_size"], (int, np.integer)) or cfg["batch_size"] < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {cfg['batch_size']!r}")
+    if cfg["image_size"] is not None and (not isinstance(cfg["image_size"], (int, np.integer))
+                                          or cfg["image_size"] < 8):
+        raise ValueError(f"image_size must be an integer >= 8 (or None for the model's), got {cfg['image_size']!r}")
+    if not isinstance(cfg["offline_variants"], (int, np.integer)) or cfg["offline_variants"] < 1:
+        raise ValueError(f"offline_variants must be a positive integer, got {cfg['offline_variants']!r}")
+    if not 0 < float(cfg["test_ratio"]) < 1:
+        raise ValueError(f"test_ratio must be between 0 and 1, got {cfg['test_ratio']!r}")
+    if not float(cfg["lr"]) > 0:
+        raise ValueError(f"lr must be positive, got {cfg['lr']!r}")
+    if cfg["warmup_epochs"] is not None and cfg["warmup_epochs"] < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {cfg['warmup_epochs']!r}")
+    return cfg
+
+
+def _probe_model(cfg) -> list:
+    """Build the model once and run one input through it: ``[C, H, W]`` it will be trained at."""
+    from .pipeline import build_model, model_input_size
+    try:
+        model = build_model(cfg["model"], 3, cfg["model_args"], seed=0)
+    except TypeError as e:
+        raise ValueError(f"model_args {cfg['model_args']} do not fit model {cfg['model']}: {e}") from None
+    C, H, W = model_input_size(model)
+    size = cfg["image_size"] or H
+    if (size, size) != (H, W):
+        model.eval()
+        try:
+            model(np.zeros((1, C, size, size), dtype=backend.get_default_dtype()))
+        except ValueError as e:
+            raise ValueError(f"recipe {cfg['recipe']!r}: model {cfg['model']} cannot take {size}×{size} inputs "
+                             f"(it is built for {H}×{W}); set image_size={H}: {e}") from None
+    return [int(C), int(size), int(size)]
+
+
+# -- data --------------------------------------------------------------------------------------------------
+def _nfc(s) -> str:
+    return unicodedata.normalize("NFC", str(s))
+
+
+def _class_folders(root: Path) -> list:
+    return sorted(_nfc(p.name) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and p.name not in ("__MACOSX", "@eaDir"))
+
+
+def _listing(root, classes, strict, verify=True):
+    ds = D.ImageFolder(root, classes=classes, strict=strict)
+    if verify:  # decode each file once; unreadable ones are dropped with a warning (strict: an error)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            ds.verify()
+    return [[p, ds.classes[y]] for p, y in ds.samples]
+
+
+def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=MODELS, strict=False) -> dict:
+    """Find the layout, list and check the photos; ``ValueError`` for unusable input.
+
+    Returns a JSON-able dict: ``root``, ``layout`` ('train/test' or 'split'),
+    ``background``, ``classes_B`` (sorted class names, background included when
+    present), ``individuals``, ``test_classes``, ``has_background``, ``train_root``,
+    ``test_root``, and ``train`` / ``test``: lists of ``[absolute path, class name]``.
+    """
+    root = Path(data).absolute()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    bg = _nfc(background)
+    if not bg or "/" in bg or bg in (".", ".."):
+        raise ValueError(f"background must be a folder name, got {background!r}")
+    splits = D.find_splits(root)
+    if splits:
+        if "test" not in splits:
+            raise ValueError(f"{root} has a train/ folder but no test/ folder; add DATA/test/<class>/... or give "
+                             "a folder with one sub-folder per class to be split by ratio")
+        layout, train_root, test_root = "train/test", Path(splits["train"]), Path(splits["test"])
+        train_folders, test_folders = _class_folders(train_root), _class_folders(test_root)
+    else:
+        layout, train_root, test_root = "split", root, root
+        train_folders = test_folders = _class_folders(root)
+    if not train_folders:
+        raise ValueError(f"{train_root} has no class sub-folders (expected {train_root}/<individual>/<photos>)")
+    has_bg = bg in train_folders
+    individuals = [c for c in train_folders if c != bg]
+    where = f" in {train_root}" if layout == "train/test" else f" in {root}"
+    if len(individuals) < 2:
+        raise ValueError(f"need at least two individuals (class folders other than the background {bg!r}){where}; "
+                         f"found {individuals}")
+    if "B" in models and not has_bg:
+        raise ValueError(f"model B learns the background as a class, but there is no {bg!r} folder{where} "
+                         f"(class folders: {', '.join(train_folders)}); add one, name it with background=..., "
+                         f"or run model A only")
+    absent = [c for c in test_folders if c != bg and c not in individuals]
+    if absent:
+        raise ValueError(f"test set individual(s) {absent} in {test_root} have no training photos{where} "
+                         f"(training individuals: {', '.join(individuals)})")
+    classes_b = sorted(train_folders)
+    test_classes = sorted(set(classes_b) | ({bg} if bg in test_folders else set()))
+    if layout == "train/test":
+        train = _listing(train_root, classes_b, strict)
+        test = _listing(test_root, test_classes, strict)
+    else:
+        everything = _listing(root, classes_b, strict)
+        labels = np.array([classes_b.index(c) for _, c in everything])
+        idx = D.stratified_split(labels, (1.0 - float(test_ratio), float(test_ratio)), int(seed))
+        train, test = [everything[i] for i in idx[0]], [everything[i] for i in idx[1]]
+    n_animals = sum(c != bg for _, c in test)
+    if n_animals == 0:
+        raise ValueError(f"the test set in {test_root} has no animal photos (only {bg!r}); P2-P4 need photos of "
+                         "the individuals")
+    for c in individuals:
+        if not any(k == c for _, k in train):
+            raise ValueError(f"individual {c!r} has no readable training photos")
+    return {"root": str(root), "layout": layout, "background": bg, "classes_B": classes_b,
+            "individuals": individuals, "test_classes": test_classes, "has_background": has_bg,
+            "train_root": str(train_root), "test_root": str(test_root), "train": train, "test": test,
+            "test_ratio": float(test_ratio) if layout == "split" else None, "seed": int(seed)}
+
+
+def _rel(path, root) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log) -> dict:
+    """Offline ×``variants`` expansion of the training photos into ``exp_dir/cache`` (once, reused)."""
+    cache_root = exp_dir / "cache"
+    out = cache_root / f"train-x{variants}"
+    marker = cache_root / f"train-x{variants}.json"
+    H, W = input_size[1:]
+    want = {"variants": int(variants), "seed": int(seed), "image_size": [H, W],
+            "source": _sha([(_rel(p, spec["root"]), c) for p, c in spec["train"]])}
+    done = None
+    if marker.is_file():
+        try:
+            done = json.loads(marker.read_text(encoding="utf-8"))
+        except ValueError:
+            done = None
+    if not (done and {k: done.get(k) for k in want} == want and out.is_dir()):
+        log(f"expanding {len(spec['train'])} training photos ×{variants} into {out} (once per experiment)")
+        if out.exists():
+            shutil.rmtree(out)
+        stage = cache_root / f".train-src-{os.getpid()}"
+        if stage.exists():
+            shutil.rmtree(stage)
+        train_root = Path(spec["train_root"])
+        for path, cls in spec["train"]:
+            inner = Path(path).relative_to(train_root).parts[1:]  # path inside its class folder
+            dst = stage.joinpath(cls, *inner)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.symlink(path, dst)
+            except OSError:
+                shutil.copy2(path, dst)
+        try:
+            D.expand_offline(stage, out, variants=variants, seed=int(seed), channels=input_size[0],
+                             image_size=(H, W))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        io.atomic_write_json(marker, {**want, "n_source": len(spec["train"])})
+    spec = dict(spec)
+    spec["train_root"] = str(out)
+    spec["train"] = [[p, c] for p, c in _listing(out, spec["classes_B"], False, verify=False)]
+    return spec
+
+
+def _folder_dataset(root, classes, paths, input_size, exclude=()):
+    ds = D.ImageFolder(root, image_size=tuple(input_size[1:]), channels=input_size[0], classes=classes,
+                       exclude=exclude)
+    keep = set(paths)
+    ds.samples = [s for s in ds.samples if s[0] in keep]
+    if len(ds.samples) != len(keep):
+        raise RuntimeError(f"the photos under {root} changed since this experiment listed them "
+                           f"({len(keep)} listed, {len(ds.samples)} found); restore them or use a new out_dir")
+    return ds
+
+
+def training_datasets(spec: dict, input_size) -> dict:
+    """``{'B': ImageFolder, 'A': ImageFolder, 'test': ImageFolder, 'parent_to_child': array}``.
+
+    A's folder excludes the background; ``parent_to_child[i]`` is A's index of B's photo
+    ``i`` (-1 for a background photo). Without a background folder 'B' is None.
+    """
+    bg, train_root = spec["background"], spec["train_root"]
+    paths = [p for p, _ in spec["train"]]
+    b = _folder_dataset(train_root, spec["classes_B"], paths, input_size) if spec["has_background"] else None
+    a = _folder_dataset(train_root, spec["individuals"], [p for p, c in spec["train"] if c != bg], input_size,
+                        exclude=(bg,))
+    parent = b if b is not None else a
+    index_a = {p: i for i, (p, _) in enumerate(a.samples)}
+    p2c = np.array([index_a.get(p, -1) for p, _ in parent.samples], dtype=np.int64)
+    test = _folder_dataset(spec["test_root"], spec["test_classes"], [p for p, _ in spec["test"]], input_size)
+    return {"A": a, "B": b, "test": test, "parent_to_child": p2c}
+
+
+class _Count:
+    def __init__(self, n):
+        self.n = int(n)
+
+    def __len__(self):
+        return self.n
+
+
+class PairedOrderLoader(D.DataLoader):
+    """A shuffling ``DataLoader`` over A's photos that follows B's order.
+
+    For epoch ``e`` it takes the permutation a ``DataLoader`` with the same seed
+    draws over B's ``parent_size`` photos, maps each to A's index with
+    ``parent_to_child`` (-1 = background, dropped) and visits A's photos in that
+    order, in batches of ``batch_size``.
+    """
+
+    def __init__(self, dataset, parent_size, parent_to_child, **kwargs):
+        kwargs["shuffle"] = True
+        super().__init__(dataset, **kwargs)
+        p2c = np.asarray(parent_to_child, dtype=np.int64)
+        if p2c.shape != (int(parent_size),):
+            raise ValueError(f"parent_to_child must have {parent_size} entries, got shape {p2c.shape}")
+        if not np.array_equal(np.sort(p2c[p2c >= 0]), np.arange(len(dataset))):
+            raise ValueError("parent_to_child must map onto every example of the dataset exactly once")
+        self.parent_to_child = p2c
+        self._parent = D.DataLoader(_Count(parent_size), batch_size=1, shuffle=True, seed=self.seed)
+
+    def order(self, epoch=None):
+        epoch = self.epoch if epoch is None else int(epoch)
+        self._parent.seed = self.seed
+        child = self.parent_to_child[self._parent.order(epoch)]
+        return child[child >= 0]
+
+
+def training_loaders(datasets: dict, cfg: dict, order_seed: int, input_size, norm: dict) -> dict:
+    """Training loaders ``{'A': PairedOrderLoader, 'B': DataLoader (or None)}`` with the recipe's transforms."""
+    from .pipeline import _Transformed, augmentation, eval_transforms
+    H, W = input_size[1:]
+    base = eval_transforms((H, W), norm)
+    transforms = [base[0]] + augmentation(cfg["augment"], (H, W)) + base[1:]
+    kw = dict(batch_size=int(cfg["batch_size"]), seed=int(order_seed), num_workers=int(cfg["workers"] or 0),
+              device=cfg["device"])
+    out = {"B": None}
+    if datasets["B"] is not None:
+        out["B"] = D.DataLoader(_Transformed(datasets["B"], transforms), shuffle=True, **kw)
+    p2c = datasets["parent_to_child"]
+    out["A"] = PairedOrderLoader(_Transformed(datasets["A"], transforms), len(p2c), p2c, **kw)
+    return out
+
+
+# -- pairing -------------------------------------------------------------------------------------------------
+def derive_a_state(state_b, template_a, bg_index: int):
+    """A's state from B's: equal shapes copied; arrays one row longer in B lose row ``bg_index``.
+
+    Returns ``(state, changed_keys)``; ``ValueError`` if a shape cannot be paired.
+    """
+    out, changed = OrderedDict(), []
+    for k, ta in template_a.items():
+        if k not in state_b:
+            raise ValueError(f"model B has no array {k!r} to give model A")
+        vb = np.asarray(state_b[k])
+        shape_a = tuple(np.shape(ta))
+        if vb.shape == shape_a:
+            out[k] = vb.copy()
+        elif vb.ndim >= 1 and vb.shape[0] == shape_a[0] + 1 and vb.shape[1:] == shape_a[1:]:
+            out[k] = np.delete(vb, bg_index, axis=0)
+            changed.append(k)
+        else:
+            raise ValueError(f"cannot pair {k!r}: model B has shape {vb.shape}, model A {shape_a}")
+    if not changed:
+        raise ValueError("model A and model B have no array that differs by one class: no classifier found")
+    return out, changed
+
+
+def paired_models(model_name, model_args, classes_b, background, init_seed, input_size=None):
+    """``(model_A, model_B, classifier_keys)`` with A's weights derived from seeded B's (see module doc)."""
+    from .pipeline import build_model
+    bg = _nfc(background)
+    classes_b = [_nfc(c) for c in classes_b]
+    if bg not in classes_b:
+        raise ValueError(f"background {bg!r} is not among B's classes {classes_b}")
+    model_b = build_model(model_name, len(classes_b), model_args, seed=int(init_seed))
+    model_a = build_model(model_name, len(classes_b) - 1, model_args, seed=int(init_seed))
+    state, changed = derive_a_state(model_b.state_dict(), model_a.state_dict(), classes_b.index(bg))
+    model_a.load_state_dict(state)
+    if input_size is not None:
+        model_a.input_size = model_b.input_size = tuple(int(s) for s in input_size)
+    return model_a, model_b, changed
+
+
+def state_sha256(state) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes (sorted by name)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        a = np.ascontiguousarray(backend.to_numpy(state[k]))
+        h.update(k.encode("utf-8") + b"\0" + str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def run_seeds(seed: int, runs: int) -> list:
+    """Per-run seeds from ``SeedSequence(seed).spawn(runs)``: run r's do not depend on ``runs``."""
+    out = []
+    for r, child in enumerate(np.random.SeedSequence(int(seed)).spawn(int(runs))):
+        init_ss, order_ss = child.spawn(2)
+        out.append({"run": r + 1, "spawn_key": [int(k) for k in child.spawn_key],
+                    "init_seed": int(init_ss.generate_state(1, np.uint64)[0] >> np.uint64(1)),
+                    "order_seed": int(order_ss.generate_state(1, np.uint64)[0] >> np.uint64(1))})
+    return out
+
+
+# -- one run ---------------------------------------------------------------------------------------------------
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def _clean(x):
+    """NaN/inf -> None, NumPy -> Python, recursively (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+class _RunLog:
+    def __init__(self, path, prefix, echo=None):
+        self.path, self.prefix, self.echo = Path(path), prefix, echo
+
+    def __call__(self, msg, *args, **kwargs):
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.prefix} {msg}"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        if self.echo is not None:
+            self.echo(f"{self.prefix} {msg}")
+
+
+_SCALARS = ("p1", "p2", "p3", "p4", "n_test1", "n_test2", "n_background_photos", "n_called_background", "n_p3",
+            "model_has_background", "test_has_background")
+
+
+def _model_length(cfg, n_classes, steps_per_epoch):
+    """``(epochs, iterations)`` for the Trainer."""
+    if cfg["iterations_per_class"]:
+        return None, int(cfg["iterations_per_class"]) * n_classes
+    if cfg["iterations"]:
+        return None, int(cfg["iterations"])
+    return int(cfg["epochs"]), None
+
+
+def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
+    from .pipeline import TrainConfig
+    epochs, iterations = _model_length(cfg, n_classes, steps_per_epoch)
+    d = {k: cfg[k] for k in (*_TRAIN_KEYS, *_optional_keys()) if cfg.get(k) is not None}
+    d.update(epochs=epochs if epochs is not None else math.ceil(iterations / steps_per_epoch),
+             iterations=iterations, out=str(out), seed=int(seed), val_ratio=0.0, test_ratio=0.0, progress=False,
+             data="(experiment)")
+    total = iterations or d["epochs"] * steps_per_epoch
+    if cfg["warmup_epochs"] is not None:
+        d["warmup"] = int(round(cfg["warmup_epochs"] * steps_per_epoch))
+    if cfg["schedule"] == "warmup_cosine":
+        d["warmup"] = max(1, min(int(d.get("warmup") or 1), max(1, total - 1)))
+    return TrainConfig.from_dict(d), epochs, iterations
+
+
+def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, seed, log) -> dict:
+    """Train one model (resuming from its checkpoint) and score it on the test set: the ``eval.json`` dict."""
+    from . import evaluate as E
+    from .layers import CrossEntropyLoss
+    from .pipeline import make_optimizer, make_schedule, model_metadata, test_loader, write_config
+    from .train import evaluate
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tc, epochs, iterations = _train_config(cfg, len(classes), len(loader), out, seed)
+    model.to(cfg["device"])
+    optimizer = make_optimizer(tc, model)
+    schedule = make_schedule(tc, optimizer, len(loader))
+    resolved = write_config(out, tc, {"classes": list(classes), "input_size": list(model.input_size),
+                                      "normalization": norm, "num_train": len(loader.dataset), "num_val": 0,
+                                      "num_test": len(datasets["test"]), "experiment_model": key})
+    meta = model_metadata(model, classes, norm, resolved)
+    trainer = _Trainer(model, optimizer, loader, None, loss_fn=CrossEntropyLoss(label_smoothing=tc.label_smoothing),
+                      schedule=schedule, schedule_unit=tc.schedule_unit, epochs=epochs, iterations=iterations,
+                      out_dir=out, clip_norm=tc.clip_norm, checkpoint_every=tc.checkpoint_every,
+                      keep_last=tc.keep_last, progress=False, metadata=meta, config=resolved, log=log,
+                      **({"fused_sgd": True} if getattr(tc, "fused_sgd", False) else {}))
+    t0 = time.perf_counter()
+    trainer.resume()
+    trainer.fit()
+    seconds = time.perf_counter() - t0
+    _plot_curves(trainer.history, out / "curves.png")
+    # Test labels index the test classes (background included), not A's outputs: no loss here.
+    ev = evaluate(model, test_loader(datasets["test"], meta, device=cfg["device"]), loss_fn=_no_loss,
+                  return_outputs=True)
+    stats = E.background_statistics(ev["probs"], ev["labels"], spec["test_classes"], background=spec["background"],
+                                    model_classes=classes)
+    preds = []
+    for i, (path, label) in enumerate(datasets["test"].samples):
+        preds.append({"file": _rel(path, spec["root"]), "true": spec["test_classes"][label],
+                      "pred": classes[int(stats["pred"][i])],
+                      "pred_individual": classes[int(stats["pred_individual"][i])],
+                      "probs": [float(p) for p in ev["probs"][i]]})
+    last = trainer.history[-1] if trainer.history else {}
+    return {"model": key, "classes": list(classes), "statistics": {k: stats[k] for k in _SCALARS},
+            "training": {"iterations": trainer.iteration, "epochs": trainer.epoch, "status": trainer.status,
+                         "num_train": len(loader.dataset), "final_train_loss": last.get("train_loss"),
+                         "final_train_acc": last.get("train_acc"), "seconds_this_session": seconds},
+            "weights": "final", "predictions": preds}
+
+
+def _trainer_class():
+    from .train import Trainer
+
+    class _ExperimentTrainer(Trainer):
+        """A Trainer that logs metrics every epoch but leaves the curves plot to the end."""
+
+        def _write_metrics(self, row):
+            if self.out_dir is not None:
+                io.atomic_write_text(self.out_dir / "metrics.jsonl",
+                                     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.history))
+    return _ExperimentTrainer
+
+
+def _Trainer(*args, **kwargs):
+    return _trainer_class()(*args, **kwargs)
+
+
+def _plot_curves(history, path):
+    try:
+        from .plots import plot_curves
+    except ImportError:  # matplotlib missing
+        return
+    if history:
+        try:
+            plot_curves(history, path)
+        except ImportError:
+            pass
+
+
+def _no_loss(logits, labels):
+    return 0.0
+
+
+def _complete(run_dir: Path, models, fingerprint):
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if res.get("fingerprint") != fingerprint or not all(m in res.get("models", {}) for m in models):
+        return None
+    return res
+
+
+def _run_one(job: dict, log=None) -> dict:
+    """Run ``job['run']`` (both models), writing ``result.json`` last; returns the result dict."""
+    run_dir = Path(job["run_dir"])
+    done = _complete(run_dir, job["models"], job["fingerprint"])
+    if done is not None:
+        return done
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_one_inner(job, run_dir, log)
+    except BaseException as e:
+        import traceback
+        _RunLog(run_dir / "run.log", f"[run {job['run']:02d}]")(
+            f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        raise
+
+
+def _run_one_inner(job, run_dir, log):
+    spec, cfg, seeds, models = job["data"], job["config"], job["seeds"], job["models"]
+    input_size, norm = job["input_size"], job["normalization"]
+    rlog = _RunLog(run_dir / "run.log", f"[run {job['run']:02d}]", echo=log)
+    datasets = training_datasets(spec, input_size)
+    loaders = training_loaders(datasets, cfg, seeds["order_seed"], input_size, norm)
+    bg = spec["background"]
+    if spec["has_background"]:
+        model_a, model_b, changed = paired_models(cfg["model"], cfg["model_args"], spec["classes_B"], bg,
+                                                  seeds["init_seed"], input_size)
+        init = {"A": {"sha256": state_sha256(model_a.state_dict())},
+                "B": {"sha256": state_sha256(model_b.state_dict()),
+                      "shared_sha256": state_sha256(derive_a_state(model_b.state_dict(), model_a.state_dict(),
+                                                                   spec["classes_B"].index(bg))[0]),
+                      "classifier_keys": changed}}
+    else:
+        from .pipeline import build_model
+        model_b, changed = None, []
+        model_a = build_model(cfg["model"], len(spec["individuals"]), cfg["model_args"], seed=seeds["init_seed"])
+        model_a.input_size = tuple(input_size)
+        init = {"A": {"sha256": state_sha256(model_a.state_dict())}}
+    built = {"A": (model_a, spec["individuals"]), "B": (model_b, spec["classes_B"])}
+    del model_a, model_b  # held by ``built`` only, so each is freed once trained
+    results = {}
+    for key in [m for m in ("B", "A") if m in models]:
+        out = run_dir / key
+        eval_path = out / "eval.json"
+        res = None
+        if eval_path.is_file():
+            try:
+                res = json.loads(eval_path.read_text(encoding="utf-8"))
+            except ValueError:
+                res = None
+            if res is not None and res.get("init", {}).get("sha256") != init[key]["sha256"]:
+                res = None
+        if res is None:
+            model, classes = built[key]
+            built[key] = (None, classes)
+            mlog = _RunLog(run_dir / "run.log", f"[run {job['run']:02d} · {key}]", echo=log)
+            mlog(f"training model {key} ({len(classes)} classes, {len(loaders[key].dataset)} photos)")
+            res = _train_model(key, model, classes, datasets, loaders[key], cfg, norm, spec, out,
+                               seeds["order_seed"], mlog)
+            del model
+            res["init"] = init[key]
+            res = _clean(res)
+            io.atomic_write_json(eval_path, res)
+            if not cfg.get("keep_checkpoints"):  # keep the scored (final) weights only
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                for name in ("best.safetensors", "best.json"):
+                    (out / name).unlink(missing_ok=True)
+            st = res["statistics"]
+            mlog(f"done: P1 {_fmt(st['p1'])} P2 {_fmt(st['p2'])} P3 {_fmt(st['p3'])} P4 {_fmt(st['p4'])}")
+        results[key] = res
+        built[key] = (None, built[key][1])
+    result = {"format": "nabi-experiment-run", "nabi_version": __version__, "run": job["run"], "seeds": seeds,
+              "fingerprint": job["fingerprint"], "process": os.getpid(), "models": results}
+    if "A" in results and "B" in results:
+        from .stats import table1_row
+        result["row"] = table1_row(_stats(results["A"]), _stats(results["B"]))
+    result = _clean(result)
+    io.atomic_write_json(run_dir / "result.json", result)
+    rlog("result.json written")
+    return result
+
+
+def _stats(model_result) -> dict:
+    return {k: (_num(v) if k.startswith("p") and k[1:].isdigit() else v)
+            for k, v in model_result["statistics"].items()}
+
+
+def _fmt(x, digits=4) -> str:
+    x = _num(x)
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+_LIMITS = None
+
+
+def _worker_init(threads: int):
+    global _LIMITS
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    _LIMITS = threadpool_limits(limits=int(threads))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# -- the experiment -------------------------------------------------------------------------------------------
+def _check_args(runs, models, jobs, seed):
+    if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
+        raise ValueError(f"runs must be a positive integer, got {runs!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(models, str):
+        models = models.split(",")
+    models = [str(m).strip().upper() for m in models]
+    bad = [m for m in models if m not in MODELS]
+    if bad or not models:
+        raise ValueError(f"models must be some of A, B; got {bad or 'none'}")
+    return tuple(m for m in MODELS if m in models)
+
+
+def _fingerprint(spec, cfg, seed) -> str:
+    files = lambda lst: [(_rel(p, spec["root"]), c) for p, c in lst]  # noqa: E731
+    what = {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
+            "train": files(spec["train"]), "test": files(spec["test"]), "seed": int(seed),
+            "config": {k: v for k, v in cfg.items() if k not in _EXECUTION_KEYS}}
+    return _sha(what)
+
+
+def _normalization(cfg, spec, input_size):
+    from .pipeline import normalization_spec
+    if cfg["normalize"] != "dataset":
+        return normalization_spec(cfg["normalize"], None, input_size[0])
+    ds = training_datasets(spec, input_size)
+    return normalization_spec("dataset", ds["B"] if ds["B"] is not None else ds["A"], input_size[0])
+
+
+def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", jobs=1, background="background",
+                   seed=0, overrides=None, log=print) -> dict:
+    """Run (or resume) the paired experiment into ``out_dir/<recipe>/``; returns the report dict.
+
+    ``jobs`` > 1 runs that many runs at once in 'spawn' worker processes (each limits
+    BLAS to ``max(1, cores // jobs)`` threads with threadpoolctl when installed);
+    ``jobs=1`` runs them one after another in this process. ``overrides`` replaces
+    recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every input check
+    raises ``ValueError`` before anything is trained or written.
+    """
+    log = log or (lambda *a, **k: None)
+    models = _check_args(runs, models, jobs, seed)
+    cfg = resolve_recipe(recipe, overrides)
+    spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]))
+    input_size = _probe_model(cfg)
+    counts = {"B": len(spec["train"]), "A": sum(c != spec["background"] for _, c in spec["train"])}
+    n_classes = {"A": len(spec["individuals"]), "B": len(spec["classes_B"])}
+    for m in models:
+        steps = math.ceil(counts[m] * cfg["offline_variants"] / cfg["batch_size"])
+        epochs, iterations = _model_length(cfg, n_classes[m], steps)
+        total = iterations or epochs * steps
+        if cfg["schedule"] == "seed2019" and (cfg["schedule_unit"] == "iteration" and total < 11
+                                              or cfg["schedule_unit"] == "epoch" and (epochs or 0) < 11):
+            raise ValueError(f"schedule 'seed2019' lowers the rate 10 times and needs at least 11 steps; "
+                             f"model {m} would get {total} iterations")
+    fingerprint = _fingerprint(spec, cfg, seed)
+    exp_dir = Path(out_dir) / recipe
+    exp_file = exp_dir / "experiment.json"
+    if exp_file.is_file():
+        old = json.loads(exp_file.read_text(encoding="utf-8"))
+        if old.get("fingerprint") != fingerprint:
+            diff = [k for k in ("root", "layout", "background", "seed") if old.get("data", {}).get(k) !=
+                    {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
+                     "seed": int(seed)}[k]]
+            diff += [f"config.{k}" for k, v in cfg.items() if k not in _EXECUTION_KEYS
+                     and old.get("config", {}).get(k) != _clean(v)]
+            raise ValueError(f"{exp_dir} holds an experiment with a different setup "
+                             f"(differs in: {', '.join(diff) or 'the photo lists'}); use another out_dir or "
+                             "delete that folder")
+    norm = _normalization(cfg, spec, input_size) if cfg["normalize"] != "dataset" else None
+    seeds_all = run_seeds(seed, runs)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    io.atomic_write_json(exp_dir / "split.json", _clean({k: spec[k] for k in ("root", "layout", "background",
+                                                                             "train", "test", "test_ratio")}))
+    experiment = {"format": "nabi-experiment", "nabi_version": __version__, "recipe": recipe,
+                  "description": cfg.get("description", ""), "models": list(models), "seed": int(seed),
+                  "runs": int(runs), "fingerprint": fingerprint, "input_size": input_size,
+                  "config": _clean(cfg),
+                  "data": {k: spec[k] for k in ("root", "layout", "background", "classes_B", "individuals",
+                                                "test_classes", "has_background", "test_ratio")} | {"seed": int(seed)},
+                  "counts": {"train_B": counts["B"], "train_A": counts["A"], "test": len(spec["test"]),
+                             "test_background": sum(c == spec["background"] for _, c in spec["test"]),
+                             "train_per_class": {c: sum(k == c for _, k in spec["train"]) for c in spec["classes_B"]},
+                             "test_per_class": {c: sum(k == c for _, k in spec["test"]) for c in spec["test_classes"]}},
+                  "run_seeds": seeds_all}
+    if exp_file.is_file():
+        old = json.loads(exp_file.read_text(encoding="utf-8"))
+        experiment["runs"] = max(int(runs), int(old.get("runs", 0)))
+        experiment["run_seeds"] = run_seeds(seed, experiment["runs"])
+    io.atomic_write_json(exp_file, experiment)
+    log(f"experiment {exp_dir}: recipe {recipe} ({cfg['model']} at {input_size[1]}×{input_size[2]}), "
+        f"models {', '.join(models)}, {runs} run(s), seed {seed}")
+
+    if cfg["offline_variants"] > 1:
+        spec = _expand(spec, exp_dir, int(cfg["offline_variants"]), int(seed), input_size, log)
+    if norm is None:  # mean/std of B's training photos (after any expansion), shared by A and B
+        norm = _normalization(cfg, spec, input_size)
+    jobs_list = []
+    for s in seeds_all:
+        run_dir = exp_dir / "runs" / f"run-{s['run']:02d}"
+        if _complete(run_dir, models, fingerprint) is not None:
+            log(f"run {s['run']:02d}: complete, kept ({run_dir / 'result.json'})")
+            continue
+        jobs_list.append({"run": s["run"], "run_dir": str(run_dir), "seeds": s, "models": list(models),
+                          "fingerprint": fingerprint, "data": spec, "config": cfg, "input_size": input_size,
+                          "normalization": norm})
+    t0 = time.perf_counter()
+    if jobs == 1 or len(jobs_list) <= 1:
+        for job in jobs_list:
+            log(f"run {job['run']:02d}: starting")
+            _run_one(job, log=log)
+            log(f"run {job['run']:02d}: done")
+    else:
+        _run_parallel(jobs_list, jobs, log)
+    log(f"{len(jobs_list)} run(s) trained in {time.perf_counter() - t0:.1f} s")
+    report = write_report(exp_dir, runs=runs)
+    recipes = [p for p in Path(out_dir).iterdir() if (p / "report.json").is_file()]
+    if len(recipes) >= 2:
+        io.atomic_write_text(Path(out_dir) / "recipes.md", compare_recipes(out_dir))
+        report["files"]["recipes_md"] = str(Path(out_dir) / "recipes.md")
+    log(f"report: {report['files']['report_md']}")
+    return report
+
+
+def _run_parallel(jobs_list, jobs, log):
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    n = min(int(jobs), len(jobs_list))
+    threads = max(1, _cores() // int(jobs))
+    log(f"{len(jobs_list)} run(s) on {n} worker processes, {threads} BLAS thread(s) each")
+    failures = []
+    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_run_one, job): job for job in jobs_list}
+        for f in as_completed(futures):
+            job = futures[f]
+            try:
+                f.result()
+                log(f"run {job['run']:02d}: done")
+            except BaseException as e:  # noqa: BLE001 - reported below, the other runs go on
+                failures.append((job["run"], e))
+                log(f"run {job['run']:02d}: failed: {type(e).__name__}: {e} (see {job['run_dir']}/run.log)")
+    if failures:
+        failures.sort(key=lambda f: f[0])
+        msg = "; ".join(f"run {r:02d}: {type(e).__name__}: {e}" for r, e in failures)
+        raise RuntimeError(f"{len(failures)} run(s) failed ({msg}); finished runs are kept, run the same "
+                           "command again to resume") from failures[0][1]
+
+
+# -- reports ------------------------------------------------------------------------------------------------
+def _load_results(exp_dir: Path, runs: int, models, fingerprint) -> list:
+    out = []
+    for r in range(1, runs + 1):
+        res = _complete(exp_dir / "runs" / f"run-{r:02d}", models, fingerprint)
+        if res is None:
+            raise RuntimeError(f"run {r:02d} in {exp_dir} is not complete; run the experiment again to finish it")
+        out.append(res)
+    return out
+
+
+def _columns(models) -> list:
+    from .stats import TABLE1_COLUMNS
+    return [c for c in TABLE1_COLUMNS if c[0] in models]
+
+
+def _row(res, columns) -> dict:
+    row = {}
+    for c in columns:
+        m, p = c.split("·")
+        row[c] = _num(res["models"][m]["statistics"][p.lower()])
+    return row
+
+
+def write_report(exp_dir, runs=None) -> dict:
+    """Write ``report.md``, ``report.csv``, ``report.json`` and ``report.png`` from the runs' ``result.json``."""
+    from .stats import mean_std, paired_summary, table_csv, table_markdown
+    exp_dir = Path(exp_dir)
+    exp = json.loads((exp_dir / "experiment.json").read_text(encoding="utf-8"))
+    runs = int(runs or exp["runs"])
+    models = exp["models"]
+    results = _load_results(exp_dir, runs, models, exp["fingerprint"])
+    columns = _columns(models)
+    rows = [_row(res, columns) for res in results]
+    labels = [str(res["run"]) for res in results]
+    md_table = table_markdown(rows, columns, row_labels=labels, ignore_nan=True)
+    csv_path = exp_dir / "report.csv"
+    table_csv(rows, columns, path=csv_path, row_labels=labels, ignore_nan=True)
+    summary = {c: dict(zip(("mean", "std"), mean_std([r[c] for r in rows], ignore_nan=True))) for c in columns}
+    comparisons = {}
+    if "A" in models and "B" in models:
+        for a, b in _COMPARISONS:
+            s = paired_summary([r[a] for r in rows], [r[b] for r in rows])
+            comparisons[f"{a} vs {b}"] = {"a": a, "b": b, **s.to_dict()}
+    called = []
+    if "B" in models:
+        for res in results:
+            st = res["models"]["B"]["statistics"]
+            called.append({"run": res["run"], "n_called_background": st["n_called_background"],
+                           "n_animal_photos": st["n_test2"], "n_p3": st["n_p3"]})
+    cfg, counts = exp["config"], exp["counts"]
+    bg = exp["data"]["background"]
+    C, H, W = exp["input_size"]
+
+    def length(m):
+        n = len(exp["data"]["individuals"]) + (m == "B")
+        if cfg.get("iterations_per_class"):
+            return f"{cfg['iterations_per_class'] * n:,} iterations"
+        if cfg.get("iterations"):
+            return f"{cfg['iterations']:,} iterations"
+        return f"{cfg['epochs']} epochs"
+
+    lines = [f"# Background-class experiment · recipe `{exp['recipe']}` · {runs} run(s)", ""]
+    if exp.get("description"):
+        lines += [f"Recipe: {exp['description']}.", ""]
+    lines += [
+        f"- Data: `{exp['data']['root']}` ({exp['data']['layout']} layout); individuals: "
+        f"{', '.join(exp['data']['individuals'])}; background class: `{bg}`",
+        f"- Training photos: B {counts['train_B']} ({counts['train_B'] - counts['train_A']} background), "
+        f"A {counts['train_A']}" + (f"; offline ×{cfg['offline_variants']} expansion" if cfg["offline_variants"] > 1
+                                    else ""),
+        f"- Test photos: {counts['test']} (Testset 1), of which {counts['test'] - counts['test_background']} "
+        f"animal photos (Testset 2) and {counts['test_background']} background",
+        f"- Model `{cfg['model']}` at {H}×{W}, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']:g}, "
+        f"schedule {cfg['schedule']}, normalise {cfg['normalize']}, augment {cfg['augment']}; "
+        + ", ".join(f"{m}: {length(m)}" for m in models),
+        f"- Experiment seed {exp['seed']}; each run's init and order seeds are in `experiment.json`. "
+        "A and B start from the same weights (A = B without the background output row) and see the photos in "
+        "the same order (A: B's order without the background photos). Final weights are scored.",
+        "", "## Table 1", "", md_table,
+        "A·P2: A's accuracy on the animal photos. B·P1: B's accuracy on all test photos (background photos right "
+        "when called background). B·P2: on the animal photos. B·P3: on the animal photos B did not call "
+        "background. B·P4: on the animal photos, taking B's most likely individual. Std: sample standard "
+        "deviation; n/a: undefined (Avg and Std then use the defined runs)."]
+    if called:
+        lines += ["", "## Animal photos model B called background", "",
+                  "| Run | called background | animal photos | used by B·P3 |", "|---|---:|---:|---:|"]
+        lines += [f"| {c['run']} | {c['n_called_background']} | {c['n_animal_photos']} | {c['n_p3']} |"
+                  for c in called]
+    if comparisons:
+        lines += ["", "## Paired comparisons (d = B − A per run)", "",
+                  "| Comparison | n | mean A | mean B | mean d | 95% CI of d | Wilcoxon p | sign-test p | + / − / = |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---|"]
+        notes = []
+        for name, s in comparisons.items():
+            lines.append(_comparison_line(s))
+            notes += [f"{s['b']} − {s['a']}: {n}" for n in s["notes"]]
+        lines += ["", "95% CI: Student t over the per-run differences. Wilcoxon: signed-rank test (zero "
+                  "differences dropped); sign test: exact, two-sided."]
+        if notes:
+            lines += [""] + [f"- note: {n}" for n in notes]
+    ref = [mean_std(SEED2019_TABLE1[c])[0] for c in columns]
+    lines += ["", "## For reference: seed 000's Table 1 (2019, 10 runs)", "",
+              "| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns),
+              "| 2019 Avg | " + " | ".join(f"{v:.4f}" for v in ref) + " |", ""]
+    markdown = "\n".join(lines) + "\n"
+    io.atomic_write_text(exp_dir / "report.md", markdown)
+    files = {"report_md": str(exp_dir / "report.md"), "report_csv": str(csv_path),
+             "report_json": str(exp_dir / "report.json"), "report_png": None}
+    try:
+        files["report_png"] = str(_plot(exp_dir / "report.png", rows, labels, comparisons, exp["recipe"]))
+    except ImportError:  # matplotlib missing: the tables have every number
+        pass
+    report = {"format": "nabi-experiment-report", "nabi_version": __version__, "recipe": exp["recipe"],
+              "dir": str(exp_dir), "runs": runs, "models": models, "seed": exp["seed"], "config": cfg,
+              "data": exp["data"], "counts": counts, "input_size": exp["input_size"], "columns": columns,
+              "rows": [{"run": int(l), **r} for l, r in zip(labels, rows)], "summary": summary,
+              "comparisons": comparisons, "called_background": called,
+              "per_run": [{"run": res["run"], "seeds": res["seeds"],
+                           **{m: {"statistics": res["models"][m]["statistics"], "init": res["models"][m].get("init"),
+                                  "training": res["models"][m].get("training")} for m in models}}
+                          for res in results],
+              "reference_2019": {"table": SEED2019_TABLE1, "avg": dict(zip(columns, ref))},
+              "markdown": markdown, "files": files}
+    io.atomic_write_json(exp_dir / "report.json", _clean(report))
+    return report
+
+
+def _comparison_line(s) -> str:
+    d = _num(s["mean_diff"])
+    lo, hi = _num(s["ci_low"]), _num(s["ci_high"])
+    ci = "n/a" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
+    dd = "n/a" if math.isnan(d) else f"{d:+.4f}"
+    p = lambda x: "n/a" if math.isnan(_num(x)) else f"{_num(x):.4g}"  # noqa: E731
+    return (f"| {s['b']} − {s['a']} | {s['n']} | {_fmt(s['mean_a'])} | {_fmt(s['mean_b'])} | {dd} | {ci} | "
+            f"{p(s['wilcoxon_p'])} | {p(s['sign_p'])} | {s['n_pos']} / {s['n_neg']} / {s['n_zero']} |")
+
+
+def _plot(path, rows, labels, comparisons, recipe):
+    from .plots import _pyplot, save_figure
+    plt = _pyplot()
+    pairs = list(_COMPARISONS) if comparisons else []
+    cols = list(rows[0]) if rows else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not pairs:  # one model: its columns per run
+            fig, ax = plt.subplots(figsize=(6, 3.8))
+            for c in cols:
+                ax.plot(range(1, len(rows) + 1), [r[c] for r in rows], "o-", label=c)
+            ax.set_xlabel("run"), ax.set_ylabel("accuracy"), ax.legend(), ax.grid(alpha=0.3)
+            ax.set_title(f"recipe {recipe}")
+        else:
+            fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 4), sharey=True)
+            for ax, (a, b) in zip(axes, pairs):
+                for r in rows:
+                    ya, yb = r[a], r[b]
+                    colour = "tab:green" if yb > ya else ("tab:red" if yb < ya else "tab:gray")
+                    ax.plot([0, 1], [ya, yb], "o-", color=colour, alpha=0.6, lw=1)
+                s = comparisons[f"{a} vs {b}"]
+                ax.plot([0, 1], [_num(s["mean_a"]), _num(s["mean_b"])], "s-", color="black", lw=2.5, label="mean")
+                ax.set_xticks([0, 1])
+                ax.set_xticklabels([a, b])
+                ax.set_xlim(-0.3, 1.3)
+                d, p = _num(s["mean_diff"]), _num(s["sign_p"])
+                ax.set_title(f"{b} − {a}: {d:+.3f}" + ("" if math.isnan(p) else f" (sign p={p:.3g})"), fontsize=10)
+                ax.grid(alpha=0.3)
+            axes[0].set_ylabel("accuracy")
+            axes[0].legend(loc="lower left", fontsize=8)
+            fig.suptitle(f"paired runs, recipe {recipe} (green: B higher, red: A higher)", fontsize=11)
+        try:
+            return save_figure(fig, path)
+        finally:
+            plt.close(fig)
+
+
+def compare_recipes(out_dir) -> str:
+    """Markdown table of every ``out_dir/<recipe>/report.json`` side by side (mean ± std per column)."""
+    from .stats import TABLE1_COLUMNS
+    out_dir = Path(out_dir)
+    reports = []
+    for p in sorted(out_dir.iterdir()) if out_dir.is_dir() else []:
+        f = p / "report.json"
+        if f.is_file():
+            reports.append(json.loads(f.read_text(encoding="utf-8")))
+    if not reports:
+        raise ValueError(f"{out_dir} holds no <recipe>/report.json; run an experiment into it first")
+    key = "A·P2 vs B·P4"
+    lines = ["# Recipes side by side", "",
+             "| Recipe | Model | Runs | " + " | ".join(TABLE1_COLUMNS) + " | B·P4 − A·P2 (95% CI) | sign-test p |",
+             "|---|---|---:|" + "---:|" * len(TABLE1_COLUMNS) + "---|---:|"]
+    for r in reports:
+        cells = []
+        for c in TABLE1_COLUMNS:
+            s = r["summary"].get(c)
+            cells.append("–" if s is None else f"{_fmt(s['mean'])} ± {_fmt(s['std'])}")
+        comp = r.get("comparisons", {}).get(key)
+        if comp:
+            d, lo, hi = _num(comp["mean_diff"]), _num(comp["ci_low"]), _num(comp["ci_high"])
+            diff = "n/a" if math.isnan(d) else (f"{d:+.4f}" + ("" if math.isnan(lo) else f" [{lo:+.4f}, {hi:+.4f}]"))
+            p = _fmt(comp["sign_p"])
+        else:
+            diff, p = "–", "–"
+        C, H, W = r["input_size"]
+        lines.append(f"| {r['recipe']} | {r['config']['model']} {H}×{W} | {r['runs']} | " + " | ".join(cells)
+                     + f" | {diff} | {p} |")
+    ref = " | ".join(f"{float(np.mean(SEED2019_TABLE1[c])):.4f}" for c in TABLE1_COLUMNS)
+    lines.append(f"| 2019 report (seed 000) | alexnet336 336×336 | 10 | {ref} | "
+                 f"{np.mean(SEED2019_TABLE1['B·P4']) - np.mean(SEED2019_TABLE1['A·P2']):+.4f} | – |")
+    return "\n".join(lines) + "\n"
+
+
+# -- command line helpers -----------------------------------------------------------------------------------------
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def add_arguments(parser):
+    """Add ``nabi experiment``'s arguments to an argparse parser."""
+    parser.add_argument("data", help="DATA/train/<class>/… + DATA/test/<class>/…, or one folder per class "
+                                     "(split by --set test_ratio=…)")
+    parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
+    parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
+    parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES),
+                        help="seed2019 (the 2019 setup), modern (default) or tiny")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
+    parser.add_argument("--background", default="background", help="the background folder's name")
+    parser.add_argument("--seed", type=int, default=0, help="experiment seed: the split and every run's seeds")
+    parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/")
+    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead")
+    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead")
+    parser.add_argument("--iterations-per-class", type=int, help="iterations per class (seed 000: 2000)")
+    parser.add_argument("--image-size", type=int, help="input size (models with a fixed size refuse others)")
+    parser.add_argument("--device", choices=["cpu", "gpu"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable)")
+    return parser
+
+
+def main_from_args(args, log=print) -> int:
+    """Run ``nabi experiment`` from parsed arguments; prints the report. Returns 0."""
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.strip().replace("-", "_")] = _parse_value(v.strip())
+    for k in ("epochs", "iterations", "iterations_per_class", "image_size", "device"):
+        v = getattr(args, k, None)
+        if v is not None:
+            overrides[k] = v
+    report = run_experiment(args.data, args.out, runs=args.runs, models=args.models, recipe=args.recipe,
+                            jobs=args.jobs, background=args.background, seed=args.seed, overrides=overrides,
+                            log=log)
+    log(report["markdown"])
+    log("written: " + ", ".join(v for v in report["files"].values() if v))
+    return 0
