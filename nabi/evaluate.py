@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import unicodedata
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -322,18 +321,13 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path, *, normalize: bo
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cm-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Glyph ... missing from font" for Hangul etc.
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    import io as _io
+    from .io import atomic_write_bytes
+    buf = _io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Glyph ... missing from font" for Hangul etc.
+        fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from . import backend
 from .functional.shape import output_hw
 from .layers.activation import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .io import atomic_write_bytes
 from .layers.container import Concat, Residual, Sequential
 from .layers.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
 from .layers.linear import Flatten, Linear
@@ -276,26 +276,11 @@ def export_onnx(model, path, input_shape, opset=17, input_name="input", output_n
         raise ValueError(f"export_onnx: {type(model).__name__} is over 2 GB, the protobuf limit; "
                          f"external-data export is not supported")
     onnx.checker.check_model(proto, full_check=True)
-    _atomic_write(path, proto.SerializeToString())
+    atomic_write_bytes(path, proto.SerializeToString())
     return proto
 
 
-def _atomic_write(path, data: bytes):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
 
 
 def verify_onnx(model, path, x) -> float:

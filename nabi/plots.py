@@ -1,9 +1,10 @@
 """Plots written as PNG files (matplotlib, Agg backend), atomically."""
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
+
+from .io import atomic_write_bytes
 
 
 def _pyplot():
@@ -16,14 +17,9 @@ def _pyplot():
 def save_figure(fig, path) -> Path:
     """Save to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

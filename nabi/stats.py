@@ -13,7 +13,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
@@ -268,15 +267,6 @@ def table_csv(rows: Sequence, columns: Sequence[str] = TABLE1_COLUMNS, path=None
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".table-", suffix=".csv", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        from .io import atomic_write_text
+        atomic_write_text(path, text)
     return text

@@ -1,6 +1,5 @@
 """The `nabi` command line end to end, on image folders the tests write, and its errors."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np

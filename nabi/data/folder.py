@@ -14,14 +14,16 @@ machine; names are compared in Unicode NFC form, so a Korean folder such as
 """
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import unicodedata
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_write_bytes
 
 IMG_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
@@ -174,17 +176,9 @@ def save_image(x, path, fmt: str | None = None) -> Path:
     img = array_to_pil(x)
     fmt = (fmt or path.suffix.lstrip(".") or "png").upper()
     fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(fmt, fmt)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

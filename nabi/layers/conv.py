@@ -1,7 +1,7 @@
 """Convolution and pooling layers: ``Conv2d``, ``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d``."""
 from __future__ import annotations
 
-from .. import backend, init as initialisers
+from .. import init as initialisers
 from ..functional import conv as C
 from ..functional import pool as P
 from ..functional.shape import pair
