@@ -43,6 +43,8 @@ def _add_train_args(p, defaults):
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "gpu"])
     p.add_argument("--workers", type=int, help="background threads decoding images")
+    p.add_argument("--cache", action="store_true", default=None,
+                   help="keep decoded images in memory after the first epoch (uint8; CIFAR-10 needs ~150 MB)")
     p.add_argument("--out", help="the run folder to write")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
     p.add_argument("--keep-last", type=int, help="checkpoints to keep")

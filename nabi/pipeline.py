@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     workers: int = 0
+    cache: bool = False                # keep decoded images in memory (uint8) after the first epoch
     out: str = "runs/train"
     checkpoint_every: int | None = None
     keep_last: int = 3
@@ -150,6 +151,37 @@ class _Transformed:
 
     def __getitem__(self, i):
         return self.get(i, np.random.default_rng(i))
+
+    @property
+    def targets(self):
+        return _targets(self.base)
+
+
+class _Cached:
+    """Decode each image once and keep it in memory as uint8 (images from ``ImageFolder`` are pixel/255,
+    so the round trip is exact); later epochs index the cache. Thread-safe for the loader's workers."""
+
+    def __init__(self, base):
+        self.base = base
+        self.classes = getattr(base, "classes", None)
+        self._store = [None] * len(base)
+        self._labels = [None] * len(base)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        hit = self._store[i]
+        if hit is None:
+            x, y = self.base[i]
+            q = np.round(np.asarray(x) * 255.0)
+            if np.abs(q / 255.0 - x).max() > 1e-6:     # not pixel/255 data: cache as it is
+                hit = np.asarray(x, np.float32)
+            else:
+                hit = q.astype(np.uint8)
+            self._store[i], self._labels[i] = hit, y
+        y = self._labels[i]
+        return (hit.astype(np.float32) / 255.0 if hit.dtype == np.uint8 else hit), y
 
     @property
     def targets(self):
@@ -381,6 +413,10 @@ def run_training(cfg: TrainConfig, resume=False, log=print):
     classes = parts["classes"]
     norm = normalization_spec(cfg.normalize, parts["train"], channels)
     base = eval_transforms((H, W), norm)
+    if cfg.cache:
+        for name in ("train", "val"):
+            if parts.get(name) is not None:
+                parts[name] = _Cached(parts[name])
     train_ds = _Transformed(parts["train"], [base[0]] + augmentation(cfg.augment, (H, W)) + base[1:])
     train_loader = D.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
                                 num_workers=cfg.workers, device=cfg.device)

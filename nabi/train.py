@@ -70,6 +70,22 @@ def evaluate(model, loader, loss_fn=None, topk=5, return_outputs=False):
     return out
 
 
+def skip_input_gradient(model):
+    """Tell the network's first layer not to compute ∂L/∂input (nobody uses the image gradient in training).
+
+    Follows first children through ``Sequential`` containers only, so a branch or a
+    residual at the very start is never touched. Returns the layer, or None.
+    """
+    from .layers import Conv2d, Linear, Sequential
+    m = model
+    while isinstance(m, Sequential) and len(m):
+        m = m[0]
+    if isinstance(m, (Conv2d, Linear)):
+        m.compute_input_grad = False
+        return m
+    return None
+
+
 def enable_fused_sgd(model, optimizer, clip_norm=None):
     """Make every Conv2d and Linear apply plain SGD inside its backward; returns those layers.
 
@@ -186,6 +202,7 @@ class Trainer:
         self._epoch_sums = {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0}
         self.status = "new"
         self.fused_layers = enable_fused_sgd(model, optimizer, clip_norm) if fused_sgd else []
+        skip_input_gradient(model)
         if self.out_dir is not None:
             self._check_writable(self.out_dir)
 

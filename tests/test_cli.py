@@ -38,7 +38,7 @@ def trained_run(tmp_path_factory):
     data = write_folder(root / "data")
     out = root / "run"
     code = main(["train", str(data), "--model", "cifar_cnn", "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
-                 "--val-ratio", "0.2", "--test-ratio", "0.2", "--out", str(out), "--no-progress"])
+                 "--val-ratio", "0.2", "--test-ratio", "0.2", "--out", str(out), "--no-progress", "--cache"])
     assert code == 0
     return root, data, out
 

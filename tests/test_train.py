@@ -34,6 +34,7 @@ def test_fit_writes_metrics_curves_checkpoints_and_weights(tmp_path):
     ck = latest_checkpoint(tmp_path)
     assert ck is not None and load_checkpoint(ck)["state"]["iteration"] == t.iteration == 32
     assert len(list((tmp_path / "checkpoints").glob("ckpt-*"))) <= 3       # only the last N kept
+    assert t.model[0].compute_input_grad is False                         # no image gradient in training
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):

@@ -117,8 +117,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d"):
     if len(chunks) == 1:
         col = im2col(x_pad, kh, kw, sh, sw, oh, ow)
         y = w_mat @ col                                       # (F, N·OH·OW)
-        y = y.reshape(F, N, oh, ow).transpose(1, 0, 2, 3)
-        y = y + b.reshape(1, F, 1, 1) if b is not None else xp.ascontiguousarray(y)   # contiguous either way
+        y = xp.ascontiguousarray(y.reshape(F, N, oh, ow).transpose(1, 0, 2, 3))   # (N, F, OH, OW)
+        if b is not None:
+            y += b.reshape(1, F, 1, 1)
         return y, (col, w, x_pad.shape, geom, b is not None, None)
     y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
     for a, e in chunks:
