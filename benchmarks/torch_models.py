@@ -1,0 +1,180 @@
+"""PyTorch twins of the nabi zoo models used by the benchmarks, and weight copying.
+
+Each twin is written so that its ``state_dict`` keys are exactly nabi's (torchvision's
+names where torchvision has the model; torchvision itself is not a dependency).
+``build_pair`` builds the nabi model from a fixed seed, builds the twin, checks that
+the two key sets and every shape agree (``AssertionError`` otherwise) and copies
+nabi's weights into the twin, so both compute the same function.
+
+Architectures (mirroring ``nabi/models``):
+
+    lenet5      c1 conv 1→6 5×5, tanh, avgpool 2/2, c3 conv 6→16 5×5, tanh, avgpool 2/2,
+                c5 conv 16→120 5×5, tanh, flatten, f6 120→84, tanh, output 84→K
+    cifar_cnn   conv 3→16 3×3 p1, relu, maxpool 2, conv 16→32 3×3 p1, relu, maxpool 2,
+                flatten, fc 2048→K
+    alexnet336  conv1 96 11×11/4, relu, pool1 max 3/2, conv2 256 5×5 p2, relu,
+                pool2 max 3/2 ceil, conv3 384 3×3 p1, relu, conv4 384 3×3 p1, relu,
+                conv5 256 3×3 p1, relu, pool5 max 3/2 ceil, flatten, fc6 25600→4096,
+                relu, fc7 4096→K
+    vgg11       torchvision VGG configuration A (no BN), AdaptiveAvgPool2d(7),
+                classifier 25088→4096→4096→K with dropout
+    resnet18    torchvision ResNet-18 (BasicBlock [2, 2, 2, 2], 7×7/2 stem + max-pool)
+"""
+from __future__ import annotations
+
+from collections import OrderedDict as OD
+
+import numpy as np
+import torch
+import torch.nn as tnn
+
+from .common import build_nabi
+
+# ----------------------------------------------------------------------------------
+# the twins
+# ----------------------------------------------------------------------------------
+
+
+def t_lenet5(num_classes=10, activation="tanh", pool="avg", in_channels=1):
+    act = {"tanh": tnn.Tanh, "relu": tnn.ReLU}[activation]
+    pl = {"avg": tnn.AvgPool2d, "max": tnn.MaxPool2d}[pool]
+    return tnn.Sequential(OD(
+        c1=tnn.Conv2d(in_channels, 6, 5), act1=act(), s2=pl(2, 2),
+        c3=tnn.Conv2d(6, 16, 5), act3=act(), s4=pl(2, 2),
+        c5=tnn.Conv2d(16, 120, 5), act5=act(), flatten=tnn.Flatten(),
+        f6=tnn.Linear(120, 84), act6=act(), output=tnn.Linear(84, num_classes)))
+
+
+def t_cifar_cnn(num_classes=10, in_channels=3):
+    return tnn.Sequential(OD(
+        conv1=tnn.Conv2d(in_channels, 16, 3, padding=1), relu1=tnn.ReLU(), pool1=tnn.MaxPool2d(2),
+        conv2=tnn.Conv2d(16, 32, 3, padding=1), relu2=tnn.ReLU(), pool2=tnn.MaxPool2d(2),
+        flatten=tnn.Flatten(), fc=tnn.Linear(32 * 8 * 8, num_classes)))
+
+
+def t_alexnet336(num_classes=5):
+    return tnn.Sequential(OD(
+        conv1=tnn.Conv2d(3, 96, 11, stride=4), relu1=tnn.ReLU(), pool1=tnn.MaxPool2d(3, 2),
+        conv2=tnn.Conv2d(96, 256, 5, padding=2), relu2=tnn.ReLU(), pool2=tnn.MaxPool2d(3, 2, ceil_mode=True),
+        conv3=tnn.Conv2d(256, 384, 3, padding=1), relu3=tnn.ReLU(),
+        conv4=tnn.Conv2d(384, 384, 3, padding=1), relu4=tnn.ReLU(),
+        conv5=tnn.Conv2d(384, 256, 3, padding=1), relu5=tnn.ReLU(), pool5=tnn.MaxPool2d(3, 2, ceil_mode=True),
+        flatten=tnn.Flatten(), fc6=tnn.Linear(256 * 10 * 10, 4096), relu6=tnn.ReLU(),
+        fc7=tnn.Linear(4096, num_classes)))
+
+
+VGG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+
+
+class TVGG(tnn.Module):
+    """torchvision.models.VGG + make_layers (ReLU(inplace=True) as torchvision writes it)."""
+
+    def __init__(self, cfg=VGG_A, num_classes=1000, dropout=0.5):
+        super().__init__()
+        layers, c = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(tnn.MaxPool2d(2, 2))
+            else:
+                layers += [tnn.Conv2d(c, v, 3, padding=1), tnn.ReLU(inplace=True)]
+                c = v
+        self.features = tnn.Sequential(*layers)
+        self.avgpool = tnn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = tnn.Sequential(
+            tnn.Linear(c * 7 * 7, 4096), tnn.ReLU(True), tnn.Dropout(dropout),
+            tnn.Linear(4096, 4096), tnn.ReLU(True), tnn.Dropout(dropout), tnn.Linear(4096, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _conv(i, o, k, s=1):
+    return tnn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False)
+
+
+class TBasicBlock(tnn.Module):
+    """torchvision.models.resnet.BasicBlock."""
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(inplanes, planes, 3, stride), tnn.BatchNorm2d(planes)
+        self.relu = tnn.ReLU(inplace=True)
+        self.conv2, self.bn2 = _conv(planes, planes, 3), tnn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + identity)
+
+
+class TResNet(tnn.Module):
+    """torchvision.models.ResNet with BasicBlocks."""
+
+    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, widths=(64, 128, 256, 512)):
+        super().__init__()
+        self.inplanes = widths[0]
+        self.conv1 = tnn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
+        self.bn1, self.relu = tnn.BatchNorm2d(widths[0]), tnn.ReLU(inplace=True)
+        self.maxpool = tnn.MaxPool2d(3, 2, 1)
+        for i, (w, n) in enumerate(zip(widths, layers)):
+            setattr(self, f"layer{i + 1}", self._make_layer(w, n, 1 if i == 0 else 2))
+        self.n_stages = len(layers)
+        self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+        self.fc = tnn.Linear(self.inplanes, num_classes)
+
+    def _make_layer(self, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = tnn.Sequential(_conv(self.inplanes, planes, 1, stride), tnn.BatchNorm2d(planes))
+        layers = [TBasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        layers += [TBasicBlock(planes, planes) for _ in range(1, blocks)]
+        return tnn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(self.n_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+TWINS = {
+    "lenet5": t_lenet5,
+    "cifar_cnn": t_cifar_cnn,
+    "alexnet336": t_alexnet336,
+    "vgg11": lambda num_classes=1000: TVGG(VGG_A, num_classes),
+    "resnet18": lambda num_classes=1000: TResNet((2, 2, 2, 2), num_classes),
+}
+
+
+# ----------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------
+
+def copy_weights(nabi_model, torch_model):
+    """Copy every nabi parameter and buffer into the torch twin; the key sets and shapes must agree."""
+    sd = nabi_model.state_dict()
+    tsd = {k: v for k, v in torch_model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(tsd) - set(sd))
+    extra = sorted(set(sd) - set(tsd))
+    assert not missing and not extra, f"state_dict keys differ: torch-only {missing}, nabi-only {extra}"
+    bad = [f"{k}: nabi {tuple(np.shape(sd[k]))} torch {tuple(tsd[k].shape)}" for k in sd
+           if tuple(np.shape(sd[k])) != tuple(tsd[k].shape)]
+    assert not bad, "shape mismatch: " + "; ".join(bad)
+    with torch.no_grad():
+        for k, v in tsd.items():
+            v.copy_(torch.from_numpy(np.ascontiguousarray(sd[k])).to(v.dtype))
+    return len(sd)
+
+
+def build_pair(name, num_classes, device="cpu", seed=0, nabi_kwargs=None):
+    """``(nabi_model, torch_model)`` holding the same float32 weights, on ``device`` ('cpu' or 'gpu')."""
+    model = build_nabi(name, num_classes, "cpu", seed, nabi_kwargs)
+    twin = TWINS[name](num_classes=num_classes).to(torch.float32)
+    copy_weights(model, twin)
+    if device == "gpu":
+        model.to("gpu")
+        twin = twin.to("cuda")
+    return model, twin
