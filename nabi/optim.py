@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import backend
+from .functional.blas import axpy
 from .layers.module import Parameter
 
 __all__ = [
@@ -253,7 +254,7 @@ class SGD(Optimizer):
                 else:
                     buf += (1.0 - self.dampening) * g
             g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * g
+        axpy(p.data, g, -self.lr)                # p -= lr·g, in place
 
 
 class Adam(Optimizer):

@@ -205,3 +205,19 @@ def test_inception_block_equals_torch(dtype, xp):
     rng = np.random.default_rng(5)
     compare_with_torch(build(nabi_inception, dtype), TorchInception(), rng.standard_normal((2, 4, 7, 6)), xp=xp,
                        dtype=dtype, **TOLS[dtype])
+
+
+@pytest.mark.parametrize("k,s,shape", [(2, 2, (1, 2, 4, 6)), (3, 2, (1, 2, 7, 7)), (3, 1, (2, 1, 5, 4))])
+def test_max_pool_ties_follow_torch(k, s, shape, xp):
+    """Equal values in a window: the gradient goes to the first one in row-major order, once
+    (with overlapping windows each window adds its own δ to that cell), as PyTorch's CPU kernel."""
+    x = np.ones(shape, np.float32)
+    x[..., ::3, 1::2] = 2.0                                       # some windows tie at 2, some at 1
+    pool = L.MaxPool2d(k, s)
+    y = pool(xp.asarray(x))
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    dx = backend.to_numpy(pool.backward(xp.asarray(g)))
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, k, s).backward(torch.tensor(g))
+    np.testing.assert_array_equal(dx, xt.grad.numpy())

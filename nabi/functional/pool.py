@@ -57,48 +57,49 @@ def _pad(x, ph, pw, eh, ew, value):
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, layer="max_pool2d"):
     """Returns ``(y, cache)``; y (N, C, OH, OW).
 
-    A running maximum over the KH·KW window offsets (each a strided slice of the
-    padded input): ``arg`` keeps the offset index of the first maximum. A NaN in a
-    window reaches the output (``maximum`` propagates it), as in PyTorch.
+    y is a running ``maximum`` over the KH·KW window offsets, each a strided slice
+    of the padded input (no index array is built: backward finds the maxima again
+    by comparing with y). A NaN in a window reaches the output, as in PyTorch.
     """
     xp = check_input(x, 4, layer)
     g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
     x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
-    y = arg = None
+    y = None
     for u in range(kh):
         for v in range(kw):
             s = x_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw]
             if y is None:
                 y = s.copy()
-                arg = xp.zeros(y.shape, dtype=xp.uint8 if kh * kw < 256 else xp.int32)
-                continue
-            wins = s > y
-            xp.maximum(y, s, out=y)                           # propagates NaN
-            if xp is np:
-                np.copyto(arg, u * kw + v, where=wins)
             else:
-                arg = xp.where(wins, arg.dtype.type(u * kw + v), arg)
-    return y, (arg, x.shape, g)
+                xp.maximum(y, s, out=y)
+    return y, (x_pad, y, x.shape, g)
 
 
 def max_pool2d_backward(dy, cache):
-    """dx[window argmax] += δ for every window; returns dx (N, C, H, W)."""
-    arg, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow, eh, ew) = cache
+    """dx at each window's maximum += δ of that window; returns dx (N, C, H, W).
+
+    Offsets are visited in row-major window order and a ``taken`` mask keeps only
+    the first cell equal to the maximum, so a tie sends δ to one cell, never two.
+    Overlapping windows add their own δ to a shared maximum. A window whose
+    maximum is NaN passes no gradient.
+    """
+    x_pad, y, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow, eh, ew) = cache
     xp = get_array_module(dy)
     N, C, H, W = x_shape
-    dx_pad = xp.zeros((N, C, H + 2 * ph + eh, W + 2 * pw + ew), dtype=dy.dtype)
-    if xp is np and kh <= sh and kw <= sw and oh * sh <= dx_pad.shape[2] and ow * sw <= dx_pad.shape[3]:
-        # windows do not overlap: one scatter through a (N, C, OH, SH, OW, SW) view
-        win = dx_pad[:, :, :oh * sh, :ow * sw].reshape(N, C, oh, sh, ow, sw)[:, :, :, :kh, :, :kw]
-        u, v = (arg // kw).astype(xp.intp), (arg % kw).astype(xp.intp)
-        n_i, c_i, i_i, j_i = xp.indices((N, C, oh, ow), sparse=True)
-        win[n_i, c_i, i_i, u, j_i, v] = dy
-    else:
-        for u in range(kh):
-            for v in range(kw):
-                mask = arg == (u * kw + v)
-                dx_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw] += dy * mask
+    dx_pad = xp.zeros(x_pad.shape, dtype=dy.dtype)
+    overlap = kh > sh or kw > sw
+    taken = xp.zeros(y.shape, dtype=bool)
+    for u in range(kh):
+        for v in range(kw):
+            hit = x_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw] == y
+            hit &= ~taken
+            taken |= hit
+            target = dx_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw]
+            if overlap:
+                target += dy * hit
+            else:
+                xp.multiply(dy, hit, out=target)
     return dx_pad[:, :, ph:ph + H, pw:pw + W]
 
 
