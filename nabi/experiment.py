@@ -864,7 +864,9 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     return report
 
 
-def _run_parallel(jobs_list, jobs, log):
+def _run_parallel(jobs_list, jobs, log, fn=None):
+    """Run ``fn(job)`` (default: one paired experiment run) for every job in 'spawn' worker processes."""
+    fn = fn or _run_one
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     n = min(int(jobs), len(jobs_list))
@@ -873,7 +875,7 @@ def _run_parallel(jobs_list, jobs, log):
     failures = []
     with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_one, job): job for job in jobs_list}
+        futures = {pool.submit(fn, job): job for job in jobs_list}
         for f in as_completed(futures):
             job = futures[f]
             try:

@@ -40,3 +40,24 @@ def se_resnet50(num_classes=1000, reduction=16, init="he_uniform", stride_on="3x
 
 
 __all__ = ["se_resnet18", "se_resnet50"]
+
+
+def _cifar_se_resnet(depth):
+    n = (depth - 2) // 6
+
+    def build(num_classes=10, reduction=16, init="he_uniform", zero_init_residual=False):
+        return resnet(_block(SEBasicBlock, reduction), [n, n, n], num_classes, widths=(16, 32, 64),
+                      stem="cifar", init=init, zero_init_residual=zero_init_residual)
+    build.__name__ = build.__qualname__ = f"se_resnet{depth}"
+    build.__doc__ = f"CIFAR resnet{depth} (3×3 stem, 16/32/64) with SEBasicBlock: (N, 3, 32, 32) → (N, num_classes)."
+    return register(f"se_resnet{depth}")(build)
+
+
+se_resnet20, se_resnet32, se_resnet44, se_resnet56 = (_cifar_se_resnet(d) for d in (20, 32, 44, 56))
+
+
+@register("se_resnet18_cifar")
+def se_resnet18_cifar(num_classes=10, reduction=16, init="he_uniform", zero_init_residual=False):
+    """resnet18_cifar (3×3 stem, no max-pool) with SEBasicBlock: (N, 3, 32, 32) → (N, num_classes)."""
+    return resnet(_block(SEBasicBlock, reduction), [2, 2, 2, 2], num_classes, stem="cifar", init=init,
+                  zero_init_residual=zero_init_residual)
