@@ -1,11 +1,11 @@
-"""In-place matrix updates ``C += α·A·B`` through BLAS, without a temporary for A·B.
+"""In-place updates without full-size temporaries: ``C += α·A·B`` and ``y += α·x``.
 
-Used by the fused SGD path (``W -= lr·δᵀx`` inside backward): for AlexNet-336's
-fc6 at batch 1 this is a rank-1 update of 105 million weights that never
-materialises the 420 MB gradient. NumPy float32/float64 arrays go to SciPy's
-BLAS ``?gemm`` with ``beta = 1`` on the Fortran-ordered view Cᵀ (so C is
-updated in place); anything else (CuPy, other dtypes, no SciPy) falls back to
-``C += α·(A @ B)``.
+Used by the optimiser step (p ← p − lr·g) and the fused SGD path (``W -= lr·δᵀx``
+inside backward). For AlexNet-336's fc6 at batch 1 the update is a rank-1 product
+of 105 million weights: computed block by block (a few MB at a time) it never
+materialises the 420 MB gradient, and the blocks stay in cache. Pure NumPy/CuPy:
+SciPy's BLAS was measured slower here, because its own OpenBLAS thread pool spins
+against NumPy's on a 2-core machine.
 """
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ import numpy as np
 
 from ..backend import get_array_module
 
-try:
-    from scipy.linalg import blas as _blas
-except Exception:  # pragma: no cover - SciPy is optional
-    _blas = None
+BLOCK_ELEMENTS = 1 << 20
+"""Elements per block of the blocked updates (4 MB of float32)."""
 
 
 def matmul_into(a, b, out=None):
@@ -29,41 +27,32 @@ def matmul_into(a, b, out=None):
 
 
 def gemm_inplace(c, a, b, alpha: float) -> None:
-    """c += alpha · (a @ b), in place; c (M, K) C-contiguous, a (M, N), b (N, K).
+    """c += alpha · (a @ b), in place; c (M, K), a (M, N), b (N, K).
 
-    Rank-1 (N = 1) goes to BLAS ``?ger``, otherwise ``?gemm`` with beta = 1, both on Cᵀ.
+    Rank-1 (N = 1, a batch of one): row blocks c[i:j] += (alpha·a[i:j]) ⊗ b[0], so
+    the M×K product is never stored whole. Otherwise one GEMM and a blocked ``axpy``.
     """
     xp = get_array_module(c)
-    if (_blas is not None and xp is np and c.flags.c_contiguous and c.dtype in (np.float32, np.float64)
-            and a.dtype == c.dtype and b.dtype == c.dtype):
-        single = c.dtype == np.float32
-        if a.shape[1] == 1:
-            ger = _blas.sger if single else _blas.dger
-            out = ger(alpha, np.ascontiguousarray(b[0]), np.ascontiguousarray(a[:, 0]), a=c.T, overwrite_a=True)
-        else:
-            gemm = _blas.sgemm if single else _blas.dgemm
-            # Cᵀ (K, M) is Fortran-contiguous: Cᵀ ← α·bᵀ·aᵀ + Cᵀ
-            out = gemm(alpha, b, a, beta=1.0, c=c.T, trans_a=True, trans_b=True, overwrite_c=True)
-        if np.shares_memory(out, c):
-            return
-        c[...] = out.T  # pragma: no cover - the BLAS wrapper copied after all
+    if a.shape[1] != 1 or xp is not np:
+        axpy(c, matmul_into(a, b), alpha)
         return
-    c += alpha * matmul_into(a, b)
+    rows = max(1, BLOCK_ELEMENTS // max(1, c.shape[1]))
+    scaled = (alpha * a[:, 0]).astype(c.dtype)
+    row = b[0]
+    for i in range(0, c.shape[0], rows):
+        c[i:i + rows] += scaled[i:i + rows, None] * row
 
 
 def axpy(y, x, alpha: float) -> None:
-    """y += alpha · x in place without a temporary (BLAS ``?axpy`` on NumPy float arrays).
+    """y += alpha · x in place, in blocks (no temporary the size of y).
 
-    The plain SGD step p ← p − lr·g is ``axpy(p, g, -lr)``: one pass over memory
-    instead of allocating lr·g (419 MB for AlexNet-336's fc6) every step.
+    The plain SGD step p ← p − lr·g is ``axpy(p, g, -lr)``: for fc6 that avoids
+    allocating lr·g (419 MB) every step.
     """
     xp = get_array_module(y)
-    if (_blas is not None and xp is np and y.flags.c_contiguous and x.flags.c_contiguous
-            and y.dtype in (np.float32, np.float64) and x.dtype == y.dtype and x.shape == y.shape):
-        f = _blas.saxpy if y.dtype == np.float32 else _blas.daxpy
-        out = f(x.reshape(-1), y.reshape(-1), a=alpha)
-        if np.shares_memory(out, y):
-            return
-        y[...] = out.reshape(y.shape)  # pragma: no cover - the BLAS wrapper copied after all
+    if xp is not np or y.size <= BLOCK_ELEMENTS or not (y.flags.c_contiguous and x.flags.c_contiguous):
+        y += alpha * x
         return
-    y += alpha * x
+    yf, xf = y.reshape(-1), x.reshape(-1)
+    for i in range(0, yf.size, BLOCK_ELEMENTS):
+        yf[i:i + BLOCK_ELEMENTS] += alpha * xf[i:i + BLOCK_ELEMENTS]
