@@ -5,10 +5,10 @@ from .. import init as initialisers
 from ..functional import conv as C
 from ..functional import pool as P
 from ..functional.shape import pair
-from .module import Module, Parameter
+from .module import Module, Parameter, WeightedLayer
 
 
-class Conv2d(Module):
+class Conv2d(WeightedLayer):
     """2-D convolution: (N, in_channels, H, W) → (N, out_channels, OH, OW).
 
     OH = ⌊(H − KH + 2·PH)/SH⌋ + 1. ``padding`` is an int, a pair or ``'same'``
@@ -31,33 +31,16 @@ class Conv2d(Module):
         fan_in = self.in_channels * kh * kw
         self.weight = Parameter(initialisers.make((self.out_channels, self.in_channels, kh, kw), init, rng, fan_in))
         self.bias = Parameter(initialisers.make((self.out_channels,), bias_init, rng, fan_in)) if bias else None
-        self.compute_input_grad = True
-        self.fused_lr = None
-        self._cache = None
+        self._init_state()
+
+    _backward_fn = staticmethod(C.conv2d_backward)
+    _sgd_backward_fn = staticmethod(C.conv2d_sgd_backward)
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
         y, cache = C.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name())
         self._cache = cache if self.training or self.keep_cache else None
         return y
-
-    def backward(self, dy):
-        if self._cache is None:
-            raise RuntimeError(f"{self._name()}: backward called without a forward pass in training mode")
-        if self.fused_lr is not None:  # plain SGD applied inside backward (see Trainer(fused_sgd=True))
-            dx = C.conv2d_sgd_backward(dy, self._cache, self.weight.data,
-                                       self.bias.data if self.bias is not None else None, self.fused_lr,
-                                       need_dx=self.compute_input_grad)
-            self._cache = None
-            return dx
-        buf = self.weight.overwrite_buffer(dy.dtype)
-        dx, dw, db = C.conv2d_backward(dy, self._cache, need_dx=self.compute_input_grad, dw_out=buf)
-        if buf is None:
-            self.weight.accumulate(dw)
-        if db is not None:
-            self.bias.accumulate(db)
-        self._cache = None
-        return dx
 
     def _name(self):
         return f"Conv2d({self.in_channels}→{self.out_channels}, k={self.kernel_size}, s={self.stride}, p={self.padding})"

@@ -265,3 +265,39 @@ class Module:
         """Print a per-layer table (shapes, parameters, MACs); see ``nabi.summary``."""
         from ..summary import summary
         return summary(self, input_shape, batch_size=batch_size, file=file)
+
+
+class WeightedLayer(Module):
+    """Common part of ``Conv2d`` and ``Linear``: a weight, an optional bias, and a backward that
+    either accumulates ∂L/∂w, ∂L/∂b (written straight into the kept gradient buffer after
+    ``zero_grad``) or, with ``fused_lr`` set, applies plain SGD in place (``Trainer(fused_sgd=True)``).
+
+    Subclasses set ``_backward_fn(dy, cache, need_dx, dw_out) -> (dx, dw, db)`` and
+    ``_sgd_backward_fn(dy, cache, w, b, lr, need_dx) -> dx``.
+    """
+
+    _backward_fn = _sgd_backward_fn = None
+
+    def _init_state(self):
+        self.compute_input_grad = True   # False for a network's first layer: no image gradient
+        self.fused_lr = None
+        self._cache = None
+
+    def _name(self):
+        return type(self).__name__
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self._name()}: backward called without a forward pass in training mode")
+        cache, self._cache = self._cache, None
+        bias = self.bias.data if self.bias is not None else None
+        if self.fused_lr is not None:
+            return type(self)._sgd_backward_fn(dy, cache, self.weight.data, bias, self.fused_lr,
+                                               need_dx=self.compute_input_grad)
+        buf = self.weight.overwrite_buffer(dy.dtype)
+        dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf)
+        if buf is None:
+            self.weight.accumulate(dw)
+        if db is not None:
+            self.bias.accumulate(db)
+        return dx
