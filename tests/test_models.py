@@ -711,3 +711,22 @@ def test_googlenet_aux_vs_torch(tol):
     assert loss == pytest.approx(lt.item(), rel=tol["loss"])
     assert_close_norm(dx, xt.grad.numpy(), "input gradient", *tol["grad"])
     check_params_and_buffers(model, ref, tol)
+
+
+@pytest.mark.parametrize("name,kwargs,params,gmacs", [
+    ("resnet18", {}, 11_689_512, 1.814),
+    ("resnet34", {}, 21_797_672, 3.664),
+    ("resnet50", {}, 25_557_032, 4.089),
+    ("resnet50", {"stride_on": "1x1"}, 25_557_032, 3.858),          # the paper's v1
+    ("resnet101", {}, 44_549_160, 7.801),
+    ("resnet101", {"stride_on": "1x1"}, 44_549_160, 7.570),
+    ("resnet152", {}, 60_192_808, 11.514),
+    ("resnet152", {"stride_on": "1x1"}, 60_192_808, 11.282),
+    ("googlenet", {"branch3_kernel": 5}, 7_005_832, 1.583),        # the paper's 5×5 branch, no aux heads
+])
+def test_summary_macs_at_224_match_the_published_counts(name, kwargs, params, gmacs):
+    """Conv + linear multiply–accumulates at 224×224, batch 1 (torchvision's v1.5 ResNets by default)."""
+    model = zoo.get(name, num_classes=1000, **kwargs)
+    res = model.summary((3, 224, 224), file=False)
+    assert res.total_params == params
+    assert round(res.total_macs / 1e9, 3) == gmacs, res.total_macs
