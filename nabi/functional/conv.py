@@ -68,18 +68,42 @@ def im2col(x_pad, kh, kw, sh, sw, oh, ow):
     return view.reshape(C * kh * kw, N * oh * ow)
 
 
-def col2im(col, x_pad_shape, kh, kw, sh, sw, oh, ow):
-    """Adjoint of ``im2col``: columns (C·KH·KW, N·OH·OW) → (N, C, Hp, Wp), summing overlaps."""
+def col2im(col, x_pad_shape, kh, kw, sh, sw, oh, ow, padding=(0, 0)):
+    """Adjoint of ``im2col``: columns (C·KH·KW, N·OH·OW) → (N, C, H, W), summing overlaps.
+
+    The result is the gradient of the *unpadded* input: H = Hp − 2·PH. Each kernel
+    offset (u, v) adds its columns to the rows u + SH·i − PH (and columns alike)
+    that fall inside the input; contributions to the zero padding are dropped, so
+    no padded buffer is built and cropped.
+    """
     xp = get_array_module(col)
     N, C, Hp, Wp = x_pad_shape
-    if kh == 1 and kw == 1 and sh == 1 and sw == 1:
+    ph, pw = padding
+    H, W = Hp - 2 * ph, Wp - 2 * pw
+    if kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0:
         return col.reshape(C, N, oh, ow).transpose(1, 0, 2, 3)
     col = col.reshape(C, kh, kw, N, oh, ow)
-    dx = xp.zeros((N, C, Hp, Wp), dtype=col.dtype)
+    dx = xp.zeros((N, C, H, W), dtype=col.dtype)
     for u in range(kh):
+        i0, i1 = _valid_range(u, sh, oh, ph, H)
+        if i0 >= i1:
+            continue
+        r0 = u + sh * i0 - ph
         for v in range(kw):
-            dx[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw] += col[:, u, v].transpose(1, 0, 2, 3)
+            j0, j1 = _valid_range(v, sw, ow, pw, W)
+            if j0 >= j1:
+                continue
+            c0 = v + sw * j0 - pw
+            dx[:, :, r0:r0 + sh * (i1 - i0 - 1) + 1:sh, c0:c0 + sw * (j1 - j0 - 1) + 1:sw] += \
+                col[:, u, v, :, i0:i1, j0:j1].transpose(1, 0, 2, 3)
     return dx
+
+
+def _valid_range(u, s, o, p, size):
+    """Output indices i in [i0, i1) whose input row u + s·i − p lies in [0, size)."""
+    i0 = max(0, -((u - p) // s)) if u < p else 0
+    i1 = min(o, (size - 1 + p - u) // s + 1) if size - 1 + p - u >= 0 else 0
+    return i0, i1
 
 
 COL_BUDGET_BYTES = 256 * 2**20
@@ -154,19 +178,21 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None):
     xp = get_array_module(dy)
     dw = dw_out if dw_out is not None else xp.empty(w.shape, dtype=xp.result_type(dy, w))
     dw_mat = dw.reshape(F, -1)
-    dx = xp.empty((dy.shape[0],) + tuple(x_pad_shape[1:]), dtype=dy.dtype) if need_dx else None
-    first = True
+    parts = []
     for a, e, col in _column_chunks(cache):
         dy_mat = _dy_matrix(dy[a:e], geom)                     # (F, n·OH·OW)
-        if first:
+        if not parts:
             xp.matmul(dy_mat, col.T, out=dw_mat)
-            first = False
         else:
             dw_mat += dy_mat @ col.T
-        if need_dx:
-            dx[a:e] = _conv_input_grad_padded(dy_mat, w, (e - a,) + tuple(x_pad_shape[1:]), geom)
+        parts.append(_conv_input_grad(dy_mat, w, (e - a,) + tuple(x_pad_shape[1:]), geom) if need_dx else None)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    return (_crop(dx, geom) if need_dx else None), dw, db
+    return (_join(parts, xp) if need_dx else None), dw, db
+
+
+def _join(parts, xp):
+    """The batch chunks' input gradients as one contiguous (N, C, H, W) array."""
+    return xp.ascontiguousarray(parts[0]) if len(parts) == 1 else xp.concatenate(parts)
 
 
 def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True):
@@ -176,15 +202,13 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True):
     xp = get_array_module(dy)
     dx = None
     if need_dx:  # every input gradient uses the old weights, so it comes before any update
-        dx = xp.empty((dy.shape[0],) + tuple(x_pad_shape[1:]), dtype=dy.dtype)
-        for a, e in _chunk_bounds(cache):
-            dx[a:e] = _conv_input_grad_padded(_dy_matrix(dy[a:e], geom), w_fwd, (e - a,) + tuple(x_pad_shape[1:]),
-                                              geom)
+        dx = _join([_conv_input_grad(_dy_matrix(dy[a:e], geom), w_fwd, (e - a,) + tuple(x_pad_shape[1:]), geom)
+                    for a, e in _chunk_bounds(cache)], xp)
     for a, e, col in _column_chunks(cache):
         gemm_inplace(w.reshape(F, -1), _dy_matrix(dy[a:e], geom), col.T, -lr)
     if has_bias:
         b -= lr * dy.sum(axis=(0, 2, 3))
-    return _crop(dx, geom) if need_dx else None
+    return dx
 
 
 def _chunk_bounds(cache):
@@ -200,21 +224,12 @@ def _dy_matrix(dy, geom):
     return dy.transpose(1, 0, 2, 3).reshape(F, N * oh * ow)
 
 
-def _conv_input_grad_padded(dy_mat, w, x_pad_shape, geom):
-    """∂L/∂x_pad = col2im(wᵀ·δ)."""
+def _conv_input_grad(dy_mat, w, x_pad_shape, geom):
+    """∂L/∂x = col2im(wᵀ·δ), straight into the unpadded input's shape."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     F = w.shape[0]
     dcol = w.reshape(F, -1).T @ dy_mat                         # (C·KH·KW, N·OH·OW)
-    return col2im(dcol, x_pad_shape, kh, kw, sh, sw, oh, ow)
-
-
-def _crop(dx_pad, geom):
-    """Drop the zero padding: (N, C, Hp, Wp) → (N, C, H, W), contiguous."""
-    kh, kw, sh, sw, ph, pw, oh, ow = geom
-    Hp, Wp = dx_pad.shape[2:]
-    if ph == 0 and pw == 0:
-        return dx_pad
-    return get_array_module(dx_pad).ascontiguousarray(dx_pad[:, :, ph:Hp - ph, pw:Wp - pw])
+    return col2im(dcol, x_pad_shape, kh, kw, sh, sw, oh, ow, padding=(ph, pw))
 
 
 # ---------------------------------------------------------------------------
