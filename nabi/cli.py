@@ -20,6 +20,8 @@ def _add_train_args(p, defaults):
                                            "or embedded:mnist5k / embedded:digits8x8")
     p.add_argument("--config", help="a TOML file whose keys stand in for these flags (flags given win)")
     p.add_argument("--model", help=f"a zoo model name (default {d.model}; see `nabi summary --list`)")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
+                   help="an argument of the model's builder, e.g. --model-arg activation=relu (repeatable)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead")
     p.add_argument("--batch-size", type=int)
@@ -63,6 +65,15 @@ def _config_from_args(args, base=None):
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value
+    for item in getattr(args, "model_arg", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg must look like KEY=VALUE, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value                       # a bare word: a string
+        cfg["model_args"] = {**cfg.get("model_args", {}), key: parsed}
     return TrainConfig.from_dict(cfg)
 
 

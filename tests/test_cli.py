@@ -160,6 +160,12 @@ def test_toml_config_stands_in_for_flags(tmp_path, capsys):
     assert code == 0, err
     resolved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert resolved["batch_size"] == 4 and resolved["model"] == "cifar_cnn"
+    code, _, err = run(["train", data, "--model", "lenet5", "--model-arg", "activation=relu", "--model-arg",
+                        "in_channels=3", "--epochs", "1", "--test-ratio", "0", "--out", tmp_path / "r2",
+                        "--no-progress"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "r2" / "model.json").read_text())
+    assert meta["arch"]["kwargs"]["activation"] == "relu" and meta["arch"]["kwargs"]["in_channels"] == 3
     cfg.write_text('epochz = 3\n')
     code, _, err = run(["train", data, "--config", cfg], capsys)
     assert code == 1 and "unknown config keys: epochz" in err
