@@ -655,7 +655,7 @@ def _train_run(job, run_dir, log):
     import shutil
     from .layers import CrossEntropyLoss
     from .pipeline import (TrainConfig, _Transformed, augmentation, eval_transforms, make_optimizer, make_schedule,
-                           model_metadata, test_loader, write_config)
+                           model_metadata, eval_loader, write_config)
     from .train import evaluate
     cfg, seeds, parts, name = job["config"], job["seeds"], job["parts"], job["variant"]
     rlog = E._RunLog(run_dir / "run.log", f"[{name} · seed {seeds['run']:02d}]", echo=log)
@@ -702,8 +702,8 @@ def _train_run(job, run_dir, log):
     trainer.resume()
     trainer.fit()
     E._plot_curves(trainer.history, run_dir / "curves.png")
-    test = evaluate(model, test_loader(parts["test"], meta, device=cfg["device"]))
-    val = evaluate(model, test_loader(parts["val"], meta, device=cfg["device"])) if parts.get("val") is not None \
+    test = evaluate(model, eval_loader(parts["test"], meta, device=cfg["device"]))
+    val = evaluate(model, eval_loader(parts["val"], meta, device=cfg["device"])) if parts.get("val") is not None \
         else None
     last = trainer.history[-1] if trainer.history else {}
     metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "n_test": test["n"],

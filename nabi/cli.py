@@ -91,12 +91,12 @@ def cmd_train(args):
 def _final_test(trainer, parts, cfg):
     """Evaluate the best weights on the held-out test part, and write test.json."""
     from . import io
-    from .pipeline import load_run, test_loader
+    from .pipeline import load_run, eval_loader
     from .train import evaluate
     if parts.get("test") is None:
         return None
     model, meta = load_run(cfg.out, device=cfg.device)
-    ev = evaluate(model, test_loader(parts["test"], meta, device=cfg.device))
+    ev = evaluate(model, eval_loader(parts["test"], meta, device=cfg.device))
     result = {"test_acc": ev["acc"], "test_loss": ev["loss"], "n": ev["n"], "weights": "best"}
     if len(meta["classes"]) > 5:
         result["test_top5"] = ev["topk"]
@@ -122,10 +122,10 @@ def cmd_demo(args):
 def _eval_report(run, dataset, device, out_dir, json_out=False, background=None):
     """Accuracy, per-class report, confusion matrix (text and PNG), and P1–P4 with a background class."""
     from . import evaluate as E, io
-    from .pipeline import load_run, test_loader
+    from .pipeline import load_run, eval_loader
     from .train import evaluate
     model, meta = load_run(run, device=device)
-    ev = evaluate(model, test_loader(dataset, meta, device=device), return_outputs=True)
+    ev = evaluate(model, eval_loader(dataset, meta, device=device), return_outputs=True)
     classes = meta["classes"]
     ds_classes = list(getattr(dataset, "classes", None) or classes)
     labels = ev["labels"]

@@ -540,7 +540,7 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
     """Train one model (resuming from its checkpoint) and score it on the test set: the ``eval.json`` dict."""
     from . import evaluate as E
     from .layers import CrossEntropyLoss
-    from .pipeline import make_optimizer, make_schedule, model_metadata, test_loader, write_config
+    from .pipeline import make_optimizer, make_schedule, model_metadata, eval_loader, write_config
     from .train import evaluate
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -563,7 +563,7 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
     seconds = time.perf_counter() - t0
     _plot_curves(trainer.history, out / "curves.png")
     # Test labels index the test classes (background included), not A's outputs: no loss here.
-    ev = evaluate(model, test_loader(datasets["test"], meta, device=cfg["device"]), loss_fn=_no_loss,
+    ev = evaluate(model, eval_loader(datasets["test"], meta, device=cfg["device"]), loss_fn=_no_loss,
                   return_outputs=True)
     stats = E.background_statistics(ev["probs"], ev["labels"], spec["test_classes"], background=spec["background"],
                                     model_classes=classes)

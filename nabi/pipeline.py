@@ -459,7 +459,7 @@ def _folder_classes(data, exclude):
     return classes
 
 
-def test_loader(parts_or_ds, meta, batch_size=64, device="cpu"):
+def eval_loader(parts_or_ds, meta, batch_size=64, device="cpu"):
     """A loader over a dataset with the run's evaluation transforms."""
     C, H, W = meta["input_size"]
     return D.DataLoader(_Transformed(parts_or_ds, eval_transforms((H, W), meta["normalization"])),
