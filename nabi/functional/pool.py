@@ -22,7 +22,6 @@ import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_input
-from .conv import _strided
 from .shape import output_hw, pair
 
 
@@ -38,13 +37,6 @@ def _geometry(x, kernel_size, stride, padding, ceil_mode, layer):
     eh = max(0, (oh - 1) * sh + kh - (H + 2 * ph))
     ew = max(0, (ow - 1) * sw + kw - (W + 2 * pw))
     return kh, kw, sh, sw, ph, pw, oh, ow, eh, ew
-
-
-def _windows(x_pad, kh, kw, sh, sw, oh, ow):
-    xp = get_array_module(x_pad)
-    N, C = x_pad.shape[:2]
-    sN, sC, sH, sW = x_pad.strides
-    return _strided(xp, x_pad, (N, C, oh, ow, kh, kw), (sN, sC, sH * sh, sW * sw, sH, sW))
 
 
 def _pad(x, ph, pw, eh, ew, value):
@@ -110,7 +102,20 @@ def _avg_divisor(xp, H, W, g, count_include_pad, dtype):
         ones[:, :, :H + 2 * ph, :W + 2 * pw] = 1
     else:
         ones[:, :, ph:ph + H, pw:pw + W] = 1
-    return _windows(ones, kh, kw, sh, sw, oh, ow).sum(axis=(4, 5))   # (1, 1, OH, OW)
+    return _window_sum(ones, kh, kw, sh, sw, oh, ow)                   # (1, 1, OH, OW)
+
+
+def _window_sum(x_pad, kh, kw, sh, sw, oh, ow):
+    """Σ over each KH×KW window: one strided slice per kernel offset, added in place."""
+    y = None
+    for u in range(kh):
+        for v in range(kw):
+            s = x_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw]
+            if y is None:
+                y = s.copy()
+            else:
+                y += s
+    return y
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -121,7 +126,8 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
     x_pad = _pad(x, ph, pw, eh, ew, 0.0)
     div = _avg_divisor(xp, x.shape[2], x.shape[3], g, count_include_pad, x.dtype)
-    y = _windows(x_pad, kh, kw, sh, sw, oh, ow).sum(axis=(4, 5)) / div
+    y = _window_sum(x_pad, kh, kw, sh, sw, oh, ow)
+    y /= div
     return y, (div, x.shape, g)
 
 
