@@ -2,8 +2,8 @@
 
 Input x (N, C, H, W) → y (N, C, OH, OW), with OH from ``shape.output_size``
 (floor, or ceil with ``ceil_mode``; windows may overlap, as AlexNet's 3×3
-stride 2). Windows are gathered with a strided view: ``win`` has shape
-(N, C, OH, OW, KH, KW).
+stride 2). Each kernel offset (u, v) is one strided slice of the padded input;
+the ops loop over the KH·KW offsets, never over pixels.
 
 Max:      y[n,c,i,j] = max_{u,v} x_pad[n,c,i·SH+u, j·SW+v]     (padding = −∞)
           backward sends δ[n,c,i,j] to the argmax of its window only. Ties go to
@@ -17,8 +17,6 @@ Average:  y[n,c,i,j] = (1/D_ij) Σ_{u,v} x_pad[n,c,i·SH+u, j·SW+v]
           backward: δ[n,c,i,j]/D_ij to every cell of the window.
 """
 from __future__ import annotations
-
-import numpy as np
 
 from ..backend import get_array_module
 from ._checks import check_input
