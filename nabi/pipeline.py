@@ -301,6 +301,28 @@ def model_metadata(model, classes, norm_spec, config=None) -> dict:
             "input_size": list(model_input_size(model)), "normalization": norm_spec, "config": config or {}}
 
 
+def set_input_size(model, size: int) -> int:
+    """Train a size-agnostic model (global pooling before its classifier) at ``size``×``size``.
+
+    A probe forward on zeros checks that the network accepts it; one that cannot (a fixed
+    ``Linear`` after the convolutions, a map that vanishes) is a ``ValueError`` naming the model.
+    """
+    C = model_input_size(model)[0]
+    xp = backend.array_module(model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        model(xp.zeros((1, C, size, size), dtype=backend.get_default_dtype()))
+    except ValueError as e:
+        name = (getattr(model, "arch", None) or {}).get("name", type(model).__name__)
+        raise ValueError(f"--image-size {size}: {name} cannot take {size}×{size} inputs (it is built for "
+                         f"{model_input_size(model)[1]}×{model_input_size(model)[2]}): {e}") from None
+    finally:
+        model.train(was_training)
+    model.input_size = (C, size, size)
+    return size
+
+
 def model_input_size(model):
     size = getattr(model, "input_size", None)
     if size is None:
@@ -405,6 +427,8 @@ def run_training(cfg: TrainConfig, resume=False, log=print):
         raise ValueError(f"{cfg.data}: need at least two classes, found {probe_classes}")
     model = build_model(cfg.model, len(probe_classes), model_args, seed=cfg.seed)
     C, H, W = model_input_size(model)
+    if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
+        H = W = set_input_size(model, cfg.image_size)
     channels = cfg.channels or C
     size = cfg.image_size or H
     if parts is None:

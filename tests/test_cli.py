@@ -151,6 +151,17 @@ def test_train_errors(tmp_path, capsys):
     assert code == 1 and "broken.png" in err
 
 
+def test_image_size_for_size_agnostic_models(tmp_path, capsys):
+    data = write_folder(tmp_path / "d", classes=("a", "b"), per_class=6)
+    code, _, err = run(["train", data, "--model", "resnet20", "--image-size", "40", "--epochs", "1",
+                        "--test-ratio", "0", "--out", tmp_path / "r", "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r" / "model.json").read_text())["input_size"] == [3, 40, 40]
+    code, _, err = run(["train", data, "--model", "cifar_cnn", "--image-size", "40", "--epochs", "1",
+                        "--out", tmp_path / "r2", "--no-progress"], capsys)
+    assert code == 1 and "cifar_cnn cannot take 40×40 inputs" in err
+
+
 def test_toml_config_stands_in_for_flags(tmp_path, capsys):
     data = write_folder(tmp_path / "d", classes=("a", "b"), per_class=6)
     cfg = tmp_path / "run.toml"
