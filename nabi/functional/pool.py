@@ -55,14 +55,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
     x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
-    y = None
-    for u in range(kh):
-        for v in range(kw):
-            s = x_pad[:, :, u:u + sh * oh:sh, v:v + sw * ow:sw]
-            if y is None:
-                y = s.copy()
-            else:
-                xp.maximum(y, s, out=y)
+    y = _window_reduce(x_pad, kh, kw, sh, sw, oh, ow, xp.maximum)
     return y, (x_pad, y, x.shape, g)
 
 
@@ -100,11 +93,12 @@ def _avg_divisor(xp, H, W, g, count_include_pad, dtype):
         ones[:, :, :H + 2 * ph, :W + 2 * pw] = 1
     else:
         ones[:, :, ph:ph + H, pw:pw + W] = 1
-    return _window_sum(ones, kh, kw, sh, sw, oh, ow)                   # (1, 1, OH, OW)
+    return _window_reduce(ones, kh, kw, sh, sw, oh, ow, xp.add)      # (1, 1, OH, OW)
 
 
-def _window_sum(x_pad, kh, kw, sh, sw, oh, ow):
-    """Σ over each KH×KW window: one strided slice per kernel offset, added in place."""
+def _window_reduce(x_pad, kh, kw, sh, sw, oh, ow, op):
+    """op-reduce (``maximum`` or ``add``) each KH×KW window: one strided slice per kernel offset,
+    combined in place into the (N, C, OH, OW) result."""
     y = None
     for u in range(kh):
         for v in range(kw):
@@ -112,7 +106,7 @@ def _window_sum(x_pad, kh, kw, sh, sw, oh, ow):
             if y is None:
                 y = s.copy()
             else:
-                y += s
+                op(y, s, out=y)
     return y
 
 
@@ -124,7 +118,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
     x_pad = _pad(x, ph, pw, eh, ew, 0.0)
     div = _avg_divisor(xp, x.shape[2], x.shape[3], g, count_include_pad, x.dtype)
-    y = _window_sum(x_pad, kh, kw, sh, sw, oh, ow)
+    y = _window_reduce(x_pad, kh, kw, sh, sw, oh, ow, xp.add)
     y /= div
     return y, (div, x.shape, g)
 
