@@ -26,6 +26,10 @@ from .layers import CrossEntropyLoss, Dropout
 from .optim import clip_grad_norm
 
 
+AUX_LOSS_WEIGHT = 0.3
+"""Weight of each auxiliary classifier's loss (GoogLeNet, as in the paper): L = L_main + 0.3·(L_aux1 + L_aux2)."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -349,6 +353,12 @@ class Trainer:
             layer.fused_lr = self.optimizer.lr
         logits = model(x)
         loss = loss_fn(logits, y)
+        aux = getattr(model, "aux_outputs", None)     # GoogLeNet's auxiliary heads, in training only
+        daux = None
+        if aux:
+            aux_fns = [CrossEntropyLoss(label_smoothing=getattr(loss_fn, "label_smoothing", 0.0)) for _ in aux]
+            loss += sum(AUX_LOSS_WEIGHT * f(a, y) for f, a in zip(aux_fns, aux))
+            daux = tuple(f.backward(AUX_LOSS_WEIGHT) for f in aux_fns)
         if not math.isfinite(loss):
             ck = latest_checkpoint(self.out_dir) if self.out_dir else None
             self.status = "diverged"
@@ -357,7 +367,10 @@ class Trainer:
                 f"without saving this state. Last good checkpoint: {ck or 'none'}. Lower the learning rate "
                 f"(now {self.optimizer.lr:.3g}), add gradient clipping (--clip-norm), or check the input data.")
         model.zero_grad()
-        model.backward(loss_fn.backward())
+        if daux is None:
+            model.backward(loss_fn.backward())
+        else:
+            model.backward(loss_fn.backward(), daux=daux)
         if self.clip_norm:
             clip_grad_norm(self.optimizer.params, self.clip_norm)
         self.optimizer.step()

@@ -120,3 +120,26 @@ def test_failed_checkpoint_write_leaves_previous_one(tmp_path, monkeypatch):
         t.save_checkpoint()
     assert latest_checkpoint(tmp_path) == good
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_googlenet_auxiliary_losses_are_added_with_weight_0_3(tmp_path):
+    """One training step of GoogLeNet with aux heads: loss = main + 0.3·(aux1 + aux2), and the
+    parameters of both aux heads receive gradients (they would not without daux)."""
+    import nabi.models as zoo
+    from nabi import data as D, optim
+    from nabi.layers import CrossEntropyLoss
+    from nabi.train import Trainer
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 3, 96, 96), dtype=np.float32)
+    y = np.array([0, 1, 2, 1])
+    model = zoo.get("googlenet", num_classes=3, aux_logits=True, dropout=0.0, aux_dropout=0.0)
+    model.train()
+    main = CrossEntropyLoss()(model(x), y)
+    expect = main + 0.3 * sum(CrossEntropyLoss()(a, y) for a in model.aux_outputs)
+    opt = optim.SGD(model.named_parameters(), lr=0.0)
+    t = Trainer(model, opt, D.DataLoader(D.ArrayDataset(x, y), batch_size=4), epochs=1, progress=False,
+                log=lambda *a: None)
+    t.fit()
+    assert abs(t.history[0]["train_loss"] - expect) < 1e-4 * abs(expect)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert np.abs(grads["aux1.fc2.weight"]).sum() > 0 and np.abs(grads["aux2.fc2.weight"]).sum() > 0
