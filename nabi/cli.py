@@ -250,7 +250,7 @@ def cmd_summary(args):
         kwargs["num_classes"] = args.classes
     model = models.get(args.model, **kwargs)
     shape = _parse_shape(args.input) if args.input else tuple(model.input_size)
-    result = model.summary(shape, batch_size=args.batch_size, file=None if not args.markdown else sys.stderr)
+    result = model.summary(shape, batch_size=args.batch_size, file=False if args.markdown else None)
     if args.markdown:
         print(result.to_markdown())
     return 0
@@ -399,6 +399,10 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:  # `nabi summary vgg16 | head`: the reader left; not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except TrainingDiverged as e:
         print(f"nabi {args.command}: training diverged: {e}", file=sys.stderr)
         return EXIT_DIVERGED
