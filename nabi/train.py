@@ -313,8 +313,10 @@ class Trainer:
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
+            import sys
             bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                       unit="batch", dynamic_ncols=True, leave=True)
+                       unit="batch", dynamic_ncols=True, leave=True,
+                       mininterval=0.1 if sys.stderr.isatty() else 10.0)   # a log file gets a line every 10 s
         sums = self._epoch_sums
         t0 = time.perf_counter()
         try:
