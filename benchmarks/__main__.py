@@ -42,9 +42,11 @@ class Workload:
     batch: int
     shape: tuple          # (C, H, W)
     num_classes: int
+    sgd: str = "momentum"  # momentum (0.9) | plain (the seed's rule, both sides) | fused (plain; nabi updates in backward)
 
     def as_dict(self):
-        return {"model": self.model, "batch": self.batch, "input": list(self.shape), "num_classes": self.num_classes}
+        return {"model": self.model, "batch": self.batch, "input": list(self.shape), "num_classes": self.num_classes,
+                "sgd": self.sgd}
 
 
 def model_workloads(device, full):
@@ -52,7 +54,9 @@ def model_workloads(device, full):
     gpu = device == "gpu"
     w = [Workload("lenet5 b64", "lenet5", 64, (1, 32, 32), 10),
          Workload("cifar_cnn b128", "cifar_cnn", 128, (3, 32, 32), 10),
-         Workload("alexnet336 b1", "alexnet336", 1, (3, 336, 336), 5)]
+         Workload("alexnet336 b1", "alexnet336", 1, (3, 336, 336), 5),
+         Workload("alexnet336 b1 plain SGD (seed 000)", "alexnet336", 1, (3, 336, 336), 5, "plain"),
+         Workload("alexnet336 b1 plain SGD, nabi fused", "alexnet336", 1, (3, 336, 336), 5, "fused")]
     if gpu or full:
         w.append(Workload("alexnet336 b32", "alexnet336", 32, (3, 336, 336), 5))
     else:
@@ -124,8 +128,12 @@ def run_train(w, args, repeats, warmup):
     model.train()
     twin.train()
     loss_fn = CrossEntropyLoss()
-    opt = SGD(model.named_parameters(), lr=LR, momentum=MOMENTUM)
-    topt = torch.optim.SGD(twin.parameters(), lr=LR, momentum=MOMENTUM)
+    momentum = MOMENTUM if w.sgd == "momentum" else 0.0
+    opt = SGD(model.named_parameters(), lr=LR, momentum=momentum)
+    topt = torch.optim.SGD(twin.parameters(), lr=LR, momentum=momentum)
+    if w.sgd == "fused":                               # the update happens inside nabi's backward
+        from nabi.train import enable_fused_sgd
+        enable_fused_sgd(model, opt)
     pc = time.perf_counter
     phases = {"nabi": [], "torch": []}
     last = {}
@@ -169,7 +177,8 @@ def run_train(w, args, repeats, warmup):
         if label == "loss":
             chk.dtype("logits", last["nabi"][1])
             for pname, p in model.named_parameters():
-                chk.dtype(f"grad of {pname}", p.grad)
+                if w.sgd != "fused":                   # fused layers never store a gradient
+                    chk.dtype(f"grad of {pname}", p.grad)
     for pname, p in model.named_parameters():
         chk.dtype(f"{pname} after SGD", p.data)
     _set_dropout(model, twin, old_p)

@@ -67,3 +67,20 @@ def test_blas_helpers(n, dtype):
     np.testing.assert_allclose(c, expect, rtol=1e-5 if dtype == np.float32 else 1e-12)
     out = np.empty((7, 11), dtype)
     np.testing.assert_allclose(matmul_into(a, b, out=out), a @ b, rtol=1e-5)
+
+
+def test_large_updates_split_over_threads_are_exact():
+    """Above PARALLEL_MIN_ELEMENTS the blocked updates run in threads on disjoint slices."""
+    from nabi.functional import blas
+    rng = np.random.default_rng(3)
+    m, k = 1100, blas.PARALLEL_MIN_ELEMENTS // 1000           # > PARALLEL_MIN_ELEMENTS elements
+    c = rng.standard_normal((m, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    expect = c - np.float32(0.25) * x
+    blas.axpy(c, x, -0.25)
+    np.testing.assert_allclose(c, expect, rtol=1e-6, atol=1e-6)
+    a = rng.standard_normal((m, 1)).astype(np.float32)
+    b = rng.standard_normal((1, k)).astype(np.float32)
+    expect = c + np.float32(0.5) * (a @ b)
+    blas.gemm_inplace(c, a, b, 0.5)
+    np.testing.assert_allclose(c, expect, rtol=1e-5, atol=1e-5)

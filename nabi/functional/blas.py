@@ -9,12 +9,43 @@ against NumPy's on a 2-core machine.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..backend import get_array_module
 
-BLOCK_ELEMENTS = 1 << 20
-"""Elements per block of the blocked updates (4 MB of float32)."""
+BLOCK_ELEMENTS = 1 << 18
+"""Elements per block of the blocked updates (1 MB of float32: stays in cache)."""
+
+PARALLEL_MIN_ELEMENTS = 1 << 22
+"""Updates larger than this are split over threads (NumPy releases the GIL in its loops): a
+memory-bound update of fc6's 105 M weights takes ~90 ms on one core and ~60 ms on two."""
+
+_pool = None
+
+
+def _threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def _in_parallel(total: int, work) -> None:
+    """Run ``work(lo, hi)`` over [0, total) split into one contiguous part per thread."""
+    global _pool
+    k = _threads() if total >= PARALLEL_MIN_ELEMENTS else 1
+    if k == 1:
+        work(0, total)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="nabi-update")
+    bounds = [(total * i // k, total * (i + 1) // k) for i in range(k)]
+    for f in [_pool.submit(work, lo, hi) for lo, hi in bounds]:
+        f.result()
 
 
 def matmul_into(a, b, out=None):
@@ -39,12 +70,16 @@ def gemm_inplace(c, a, b, alpha: float) -> None:
     rows = max(1, BLOCK_ELEMENTS // max(1, c.shape[1]))
     scaled = (alpha * a[:, 0]).astype(c.dtype)
     row = b[0]
-    for i in range(0, c.shape[0], rows):
-        c[i:i + rows] += scaled[i:i + rows, None] * row
+
+    def work(lo, hi):
+        for i in range(lo, hi, rows):
+            j = min(i + rows, hi)
+            c[i:j] += scaled[i:j, None] * row
+    _in_parallel(c.shape[0], work) if c.size >= PARALLEL_MIN_ELEMENTS else work(0, c.shape[0])
 
 
 def axpy(y, x, alpha: float) -> None:
-    """y += alpha · x in place, in blocks (no temporary the size of y).
+    """y += alpha · x in place, in cache-sized blocks (no temporary the size of y).
 
     The plain SGD step p ← p − lr·g is ``axpy(p, g, -lr)``: for fc6 that avoids
     allocating lr·g (419 MB) every step.
@@ -54,5 +89,12 @@ def axpy(y, x, alpha: float) -> None:
         y += alpha * x
         return
     yf, xf = y.reshape(-1), x.reshape(-1)
-    for i in range(0, yf.size, BLOCK_ELEMENTS):
-        yf[i:i + BLOCK_ELEMENTS] += alpha * xf[i:i + BLOCK_ELEMENTS]
+
+    def work(lo, hi):
+        buf = np.empty(min(BLOCK_ELEMENTS, hi - lo), dtype=y.dtype)
+        for i in range(lo, hi, BLOCK_ELEMENTS):
+            j = min(i + BLOCK_ELEMENTS, hi)
+            t = buf[:j - i]
+            np.multiply(xf[i:j], alpha, out=t)
+            yf[i:j] += t
+    _in_parallel(yf.size, work)
