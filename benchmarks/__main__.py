@@ -675,6 +675,8 @@ def main(argv=None):
             for w in model_workloads(args.device, args.full):
                 if not _selected(w.name, args.only):
                     continue
+                if suite == "infer" and w.sgd != "momentum":   # the optimiser variants only matter in training
+                    continue
                 try:
                     if suite == "train":
                         row = run_train(w, args, repeats, warmup)
