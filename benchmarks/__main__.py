@@ -376,7 +376,9 @@ def memory_child(args):
     """Runs in a fresh interpreter: build one side, take two training steps, print one JSON line."""
     spec = json.loads(args.memory_child)
     side, dev = spec["side"], args.device
-    w = Workload(spec["name"], spec["model"], spec["batch"], tuple(spec["shape"]), spec["num_classes"])
+    w = Workload(spec["name"], spec["model"], spec["batch"], tuple(spec["shape"]), spec["num_classes"],
+                 spec.get("sgd", "momentum"))
+    momentum = MOMENTUM if w.sgd == "momentum" else 0.0
     if side == "torch":
         C.set_threads(args.threads)
         if dev == "gpu":
@@ -396,7 +398,10 @@ def memory_child(args):
         model.train()
         xn, yn = C.to_nabi(x, dev), C.to_nabi(labels, dev)
         loss_fn = CrossEntropyLoss()
-        opt = SGD(model.named_parameters(), lr=LR, momentum=MOMENTUM)
+        opt = SGD(model.named_parameters(), lr=LR, momentum=momentum)
+        if w.sgd == "fused":
+            from nabi.train import enable_fused_sgd
+            enable_fused_sgd(model, opt)
 
         def step():
             loss = loss_fn(model(xn), yn)
@@ -416,7 +421,7 @@ def memory_child(args):
         del model
         twin.train()
         xt, yt = C.to_torch(x, dev), C.to_torch(labels, dev)
-        topt = torch.optim.SGD(twin.parameters(), lr=LR, momentum=MOMENTUM)
+        topt = torch.optim.SGD(twin.parameters(), lr=LR, momentum=momentum)
 
         def step():
             topt.zero_grad(set_to_none=True)
@@ -494,7 +499,8 @@ def _memory_gpu(step, side, out):
 
 def run_memory(w, args):
     root = Path(__file__).resolve().parent.parent
-    spec = {"name": w.name, "model": w.model, "batch": w.batch, "shape": list(w.shape), "num_classes": w.num_classes}
+    spec = {"name": w.name, "model": w.model, "batch": w.batch, "shape": list(w.shape), "num_classes": w.num_classes,
+            "sgd": w.sgd}
     res = {}
     for side in ("nabi", "torch"):
         cmd = [sys.executable, "-m", "benchmarks", "--memory-child", json.dumps({**spec, "side": side}),
