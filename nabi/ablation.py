@@ -637,18 +637,7 @@ def _run_dir(out_dir, variant, s) -> Path:
 # -- one run ----------------------------------------------------------------------------------------------------
 def _run_variant(job, log=None) -> dict:
     """Train and score one (variant, seed) run, writing ``result.json`` last; a finished one is returned as is."""
-    run_dir = Path(job["run_dir"])
-    done = E._complete(run_dir, job["models"], job["fingerprint"])
-    if done is not None:
-        return done
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return _train_run(job, run_dir, log)
-    except BaseException as e:
-        import traceback
-        E._RunLog(run_dir / "run.log", f"[{job['variant']} · seed {job['seeds']['run']:02d}]")(
-            f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
-        raise
+    return E.run_resumable(job, f"[{job['variant']} · seed {job['seeds']['run']:02d}]", _train_run, log)
 
 
 def _train_run(job, run_dir, log):

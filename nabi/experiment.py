@@ -629,17 +629,22 @@ def _complete(run_dir: Path, models, fingerprint):
 
 def _run_one(job: dict, log=None) -> dict:
     """Run ``job['run']`` (both models), writing ``result.json`` last; returns the result dict."""
+    return run_resumable(job, f"[run {job['run']:02d}]", _run_one_inner, log)
+
+
+def run_resumable(job: dict, label: str, work, log=None) -> dict:
+    """``work(job, run_dir, log)`` unless ``run_dir`` already holds a complete ``result.json`` (then that
+    is returned); a failure is written to ``run_dir/run.log`` with its traceback and raised again."""
     run_dir = Path(job["run_dir"])
     done = _complete(run_dir, job["models"], job["fingerprint"])
     if done is not None:
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _run_one_inner(job, run_dir, log)
+        return work(job, run_dir, log)
     except BaseException as e:
         import traceback
-        _RunLog(run_dir / "run.log", f"[run {job['run']:02d}]")(
-            f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        _RunLog(run_dir / "run.log", label)(f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
         raise
 
 
