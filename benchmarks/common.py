@@ -34,6 +34,8 @@ def set_threads(n: int) -> str:
     import torch
     torch.set_num_threads(int(n))
     os.environ.setdefault("OMP_NUM_THREADS", str(n))       # for the memory suite's child processes
+    from nabi.functional import cpu_kernels
+    cpu_kernels.set_num_threads(int(n))                    # nabi's compiled loops (numba), when installed
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -300,6 +302,15 @@ def _numpy_blas():
         return {}
 
 
+def _kernels_info():
+    from nabi.functional import cpu_kernels
+    if not cpu_kernels.available():
+        return "numpy (numba not installed)"
+    import numba
+    state = "numba" if cpu_kernels.enabled(np.zeros(1, np.float32)) else "numpy (switched off)"
+    return f"{state} {numba.__version__}, threading layer {cpu_kernels.threading_layer()}, {numba.get_num_threads()} threads"
+
+
 def machine_info(args, device, command, notes=()):
     import torch
     import nabi
@@ -318,6 +329,7 @@ def machine_info(args, device, command, notes=()):
         "torch": torch.__version__,
         "nabi": getattr(nabi, "__version__", "?"),
         "numpy_blas": _numpy_blas(),
+        "nabi_cpu_kernels": _kernels_info(),
         "torch_blas": _torch_blas(),
         "torch_num_threads": torch.get_num_threads(),
         "threadpool_info": threadpool_info(),

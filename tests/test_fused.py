@@ -84,3 +84,37 @@ def test_large_updates_split_over_threads_are_exact():
     expect = c + np.float32(0.5) * (a @ b)
     blas.gemm_inplace(c, a, b, 0.5)
     np.testing.assert_allclose(c, expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+@pytest.mark.parametrize("fused_sgd", [False, True])
+def test_conv_relu_fusion_changes_nothing(kernels, fused_sgd):
+    """``Sequential`` runs Conv2d+ReLU as one step (ReLU applied in the convolution's output pass,
+    its mask in the convolution's backward). Outputs, input gradients, parameter gradients and
+    (with fused SGD) the updated weights equal the layer-by-layer run exactly, on both CPU paths."""
+    from nabi.functional import cpu_kernels as K
+    if kernels and not K.available():
+        pytest.skip("numba is not installed")
+    with backend.default_dtype(np.float64):
+        nets = [small_alexnet(np.random.default_rng(0)) for _ in range(2)]
+    nets[1].fuse = False
+    x = np.random.default_rng(2).standard_normal((3, 3, 19, 19))
+    x[0, 0, :4, :4] = 0.0                                   # exact zeros reach a ReLU
+    loss_fn = L.CrossEntropyLoss()
+    results = []
+    with K.kernels(kernels):
+        for net in nets:
+            for layer in net:                              # keep the input gradient of the first conv
+                if isinstance(layer, L.Conv2d):
+                    layer.compute_input_grad = True
+            if fused_sgd:
+                enable_fused_sgd(net, optim.SGD(net.named_parameters(), lr=0.1))
+            out = net(x)
+            loss_fn(out, np.array([0, 3, 1]))
+            net.zero_grad()
+            dx = net.backward(loss_fn.backward())
+            params = [p.data.copy() if fused_sgd else p.grad.copy() for p in net.parameters()]
+            results.append([out, dx] + params)
+    assert nets[0]._fused == {1, 4} and nets[1]._fused == set()
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from . import cpu_kernels as K
 from ._checks import check_input
 from .blas import gemm_inplace
 from .shape import output_hw, pair, same_padding
@@ -117,8 +118,30 @@ def _batch_chunks(N, per_sample_bytes):
     return [(a, min(N, a + n)) for a in range(0, N, n)]
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d"):
-    """y = conv2d(x, w) + b.
+def _columns(x, geom):
+    """im2col of the unpadded x (N, C, H, W): the compiled kernel pads on the fly; NumPy pads first."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    if K.enabled(x):
+        return K.im2col(x, geom)
+    return im2col(pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
+
+
+def _to_nchw(y_mat, b, N, oh, ow, relu=False):
+    """GEMM result (F, N·OH·OW) plus bias (then ReLU) → contiguous (N, F, OH, OW)."""
+    F = y_mat.shape[0]
+    if K.enabled(y_mat) and (b is None or K.enabled(b)):
+        return K.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
+    xp = get_array_module(y_mat)
+    y = xp.ascontiguousarray(y_mat.reshape(F, N, oh, ow).transpose(1, 0, 2, 3))
+    if b is not None:
+        y += b.reshape(1, F, 1, 1)
+    if relu:
+        xp.maximum(y, 0, out=y)
+    return y
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False):
+    """y = conv2d(x, w) + b, or max(conv2d(x, w) + b, 0) with ``relu`` (a fused ReLU).
 
     Inputs: x (N, C, H, W); w (F, C, KH, KW); b (F,) or None; stride int or pair;
     padding int, pair or ``'same'``.
@@ -135,58 +158,55 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d"):
     N, _, H, W = x.shape
     oh, ow = output_hw((H, W), (kh, kw), (sh, sw), (ph, pw), layer=layer, x_shape=x.shape)
     geom = (kh, kw, sh, sw, ph, pw, oh, ow)
-    x_pad = pad_input(x, ph, pw)
+    x = xp.ascontiguousarray(x)
     w_mat = w.reshape(F, -1)
     chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize)
     if len(chunks) == 1:
-        col = im2col(x_pad, kh, kw, sh, sw, oh, ow)
-        y = w_mat @ col                                       # (F, N·OH·OW)
-        y = xp.ascontiguousarray(y.reshape(F, N, oh, ow).transpose(1, 0, 2, 3))   # (N, F, OH, OW)
-        if b is not None:
-            y += b.reshape(1, F, 1, 1)
-        return y, (col, w, x_pad.shape, geom, b is not None, None)
+        col = _columns(x, geom)                                # (C·KH·KW, N·OH·OW)
+        y = _to_nchw(w_mat @ col, b, N, oh, ow, relu)          # (N, F, OH, OW)
+        return y, (col, w, x.shape, geom, b is not None, None)
     y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
     for a, e in chunks:
-        col = im2col(x_pad[a:e], kh, kw, sh, sw, oh, ow)
-        y[a:e] = (w_mat @ col).reshape(F, e - a, oh, ow).transpose(1, 0, 2, 3)
-    if b is not None:
-        y += b.reshape(1, F, 1, 1)
-    return y, (None, w, x_pad.shape, geom, b is not None, (x_pad, chunks))
+        y[a:e] = _to_nchw(w_mat @ _columns(x[a:e], geom), b, e - a, oh, ow, relu)
+    return y, (None, w, x.shape, geom, b is not None, (x, chunks))
 
 
 def _column_chunks(cache):
     """Yield ``(a, e, col)``: the columns of samples a..e (all of them when not chunked)."""
-    col, w, x_pad_shape, geom, has_bias, chunked = cache
+    col, w, x_shape, geom, has_bias, chunked = cache
     if chunked is None:
-        yield 0, x_pad_shape[0], col
+        yield 0, x_shape[0], col
         return
-    x_pad, chunks = chunked
-    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    x, chunks = chunked
     for a, e in chunks:
-        yield a, e, im2col(x_pad[a:e], kh, kw, sh, sw, oh, ow)
+        yield a, e, _columns(x[a:e], geom)
 
 
-def conv2d_backward(dy, cache, need_dx=True, dw_out=None):
+def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None):
     """Gradients of ``conv2d_forward``.
 
     Inputs: dy (N, F, OH, OW). Returns ``(dx, dw, db)``: dx (N, C, H, W) or None
     when ``need_dx`` is False (a network's first layer), dw like w, db (F,) or None.
-    ``dw_out``: a buffer shaped like w to write ∂L/∂w into.
+    ``dw_out``: a buffer shaped like w to write ∂L/∂w into. ``relu_y``: the output of a
+    ReLU that followed this convolution; dy is then the ReLU's upstream gradient and is
+    masked by [y > 0] on its way into the GEMM layout (the ReLU's backward, fused).
     """
-    _, w, x_pad_shape, geom, has_bias, _ = cache
+    _, w, x_shape, geom, has_bias, _ = cache
     F = w.shape[0]
     xp = get_array_module(dy)
     dw = dw_out if dw_out is not None else xp.empty(w.shape, dtype=xp.result_type(dy, w))
     dw_mat = dw.reshape(F, -1)
-    parts = []
+    parts, db = [], None
     for a, e, col in _column_chunks(cache):
-        dy_mat = _dy_matrix(dy[a:e], geom)                     # (F, n·OH·OW)
+        dy_mat, db_part = _dy_matrix(dy[a:e], geom, has_bias, _rows(relu_y, a, e))   # (F, n·OH·OW), (F,)
         if not parts:
             xp.matmul(dy_mat, col.T, out=dw_mat)
+            db = db_part
         else:
             dw_mat += dy_mat @ col.T
-        parts.append(_conv_input_grad(dy_mat, w, (e - a,) + tuple(x_pad_shape[1:]), geom) if need_dx else None)
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+            if has_bias:
+                db += db_part
+        parts.append(_conv_input_grad(dy_mat, w, (e - a,) + tuple(x_shape[1:]), geom) if need_dx else None)
     return (_join(parts, xp) if need_dx else None), dw, db
 
 
@@ -195,19 +215,23 @@ def _join(parts, xp):
     return xp.ascontiguousarray(parts[0]) if len(parts) == 1 else xp.concatenate(parts)
 
 
-def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True):
+def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None):
     """Backward fused with plain SGD: dx first (with the old w), then w ← w − lr·δ·colᵀ, b ← b − lr·Σδ in place."""
-    _, w_fwd, x_pad_shape, geom, has_bias, _ = cache
+    _, w_fwd, x_shape, geom, has_bias, _ = cache
     F = w.shape[0]
     xp = get_array_module(dy)
-    dx = None
-    if need_dx:  # every input gradient uses the old weights, so it comes before any update
-        dx = _join([_conv_input_grad(_dy_matrix(dy[a:e], geom), w_fwd, (e - a,) + tuple(x_pad_shape[1:]), geom)
-                    for a, e in _chunk_bounds(cache)], xp)
+    mats = {}
+    parts = []
+    for a, e in _chunk_bounds(cache):   # every input gradient uses the old weights: it comes before any update
+        mats[a] = _dy_matrix(dy[a:e], geom, has_bias, _rows(relu_y, a, e))
+        if need_dx:
+            parts.append(_conv_input_grad(mats[a][0], w_fwd, (e - a,) + tuple(x_shape[1:]), geom))
+    dx = _join(parts, xp) if need_dx else None
     for a, e, col in _column_chunks(cache):
-        gemm_inplace(w.reshape(F, -1), _dy_matrix(dy[a:e], geom), col.T, -lr)
-    if has_bias:
-        b -= lr * dy.sum(axis=(0, 2, 3))
+        dy_mat, db = mats.pop(a)
+        gemm_inplace(w.reshape(F, -1), dy_mat, col.T, -lr)
+        if has_bias:
+            b -= lr * db
     return dx
 
 
@@ -216,20 +240,34 @@ def _chunk_bounds(cache):
     return [(0, cache[2][0])] if chunked is None else chunked[1]
 
 
-def _dy_matrix(dy, geom):
+def _rows(a, lo, hi):
+    return None if a is None else a[lo:hi]
+
+
+def _dy_matrix(dy, geom, need_db=False, relu_y=None):
+    """δ (N, F, OH, OW) → (δ as (F, N·OH·OW), Σ_{n,i,j} δ (F,) or None); δ·[y > 0] first with ``relu_y``."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     F, N = dy.shape[1], dy.shape[0]
+    if K.enabled(dy) and (N > 1 or relu_y is not None) and (relu_y is None or K.enabled(relu_y)):
+        dy_mat, db = K.to_gemm(dy, relu_y)
+        return dy_mat, (db if need_db else None)
+    if relu_y is not None:
+        dy = dy * (relu_y > 0)
+    db = dy.sum(axis=(0, 2, 3)) if need_db else None
     if N == 1:
-        return dy.reshape(F, oh * ow)
-    return dy.transpose(1, 0, 2, 3).reshape(F, N * oh * ow)
+        return dy.reshape(F, oh * ow), db
+    return dy.transpose(1, 0, 2, 3).reshape(F, N * oh * ow), db
 
 
-def _conv_input_grad(dy_mat, w, x_pad_shape, geom):
+def _conv_input_grad(dy_mat, w, x_shape, geom):
     """∂L/∂x = col2im(wᵀ·δ), straight into the unpadded input's shape."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     F = w.shape[0]
     dcol = w.reshape(F, -1).T @ dy_mat                         # (C·KH·KW, N·OH·OW)
-    return col2im(dcol, x_pad_shape, kh, kw, sh, sw, oh, ow, padding=(ph, pw))
+    if K.enabled(dcol):
+        return K.col2im(dcol, x_shape, geom)
+    N, C, H, W = x_shape
+    return col2im(dcol, (N, C, H + 2 * ph, W + 2 * pw), kh, kw, sh, sw, oh, ow, padding=(ph, pw))
 
 
 # ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ For a batch of one, ∂L/∂w is the rank-1 outer product δᵀx of seed 000's A
 """
 from __future__ import annotations
 
+from . import cpu_kernels as K
 from ._checks import check_input
 from .blas import gemm_inplace, matmul_into
 
@@ -39,8 +40,12 @@ def linear_sgd_backward(dy, cache, w, b, lr, need_dx=True):
     The weight gradient is never materialised (BLAS ``ger``/``gemm`` with beta = 1).
     """
     x, _, has_bias = cache
-    dx = dy @ w if need_dx else None
-    gemm_inplace(w, dy.T, x, -lr)
+    if need_dx and dy.shape[0] == 1 and K.enabled(dy, w, x) and w.flags.c_contiguous:
+        # batch of one (seed 000's setting): dx = δ·w and w −= lr·δᵀx in one pass over w
+        dx = K.vecmat_rank1_update(w, dy[0], -lr * dy[0], x[0])[None, :]
+    else:
+        dx = dy @ w if need_dx else None
+        gemm_inplace(w, dy.T, x, -lr)
     if has_bias:
         b -= lr * dy.sum(axis=0)
     return dx

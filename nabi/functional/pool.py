@@ -10,6 +10,8 @@ Max:      y[n,c,i,j] = max_{u,v} x_pad[n,c,i·SH+u, j·SW+v]     (padding = −�
           the first maximum in row-major window order (as PyTorch's CPU kernel).
           Overlapping windows that share a maximum each add their own δ to it:
           every input gets Σ of δ over the windows whose argmax it is, no more.
+          (The compiled CPU kernel records the argmax in forward instead; it also
+          sends the gradient of a NaN window to its NaN, where this code sends none.)
 Average:  y[n,c,i,j] = (1/D_ij) Σ_{u,v} x_pad[n,c,i·SH+u, j·SW+v]
           D_ij = window cells inside the zero-padded input (``count_include_pad``,
           PyTorch's default) or inside the unpadded input otherwise; cells that ceil
@@ -19,6 +21,7 @@ Average:  y[n,c,i,j] = (1/D_ij) Σ_{u,v} x_pad[n,c,i·SH+u, j·SW+v]
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import cpu_kernels as K
 from ._checks import check_input
 from .shape import output_hw, pair
 
@@ -54,6 +57,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     xp = check_input(x, 4, layer)
     g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
+    if K.enabled(x):  # one compiled pass that also records each window's argmax
+        y, arg = K.max_pool(x, g[:8])
+        return y, (None, arg, x.shape, g)
     x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
     y = _window_reduce(x_pad, kh, kw, sh, sw, oh, ow, xp.maximum)
     return y, (x_pad, y, x.shape, g)
@@ -68,6 +74,8 @@ def max_pool2d_backward(dy, cache):
     maximum is NaN passes no gradient.
     """
     x_pad, y, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow, eh, ew) = cache
+    if x_pad is None:  # the compiled forward kept the argmax of every window
+        return K.max_pool_backward(dy, y, x_shape)
     xp = get_array_module(dy)
     N, C, H, W = x_shape
     dx_pad = xp.zeros(x_pad.shape, dtype=dy.dtype)

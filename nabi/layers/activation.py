@@ -24,6 +24,16 @@ class ReLU(_Elementwise):
     """y = max(x, 0); the gradient passes where x > 0 (seed 000 §4.3)."""
     _fwd, _bwd = staticmethod(A.relu_forward), staticmethod(A.relu_backward)
 
+    def take_fused_output(self, y):
+        """Record y = max(x, 0) computed by the layer before (a fused Conv2d) as this ReLU's output."""
+        self._cache = y
+        return y
+
+    def release_fused_output(self):
+        """The recorded output, for the fused layer's backward (which applies the mask [y > 0])."""
+        y, self._cache = self._cache, None
+        return y
+
 
 class Sigmoid(_Elementwise):
     """y = 1 / (1 + e^(−x))."""

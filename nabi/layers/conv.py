@@ -36,9 +36,10 @@ class Conv2d(WeightedLayer):
     _backward_fn = staticmethod(C.conv2d_backward)
     _sgd_backward_fn = staticmethod(C.conv2d_sgd_backward)
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """``relu=True``: return max(conv + b, 0) in the same pass (``Sequential`` fuses a following ReLU)."""
         b = self.bias.data if self.bias is not None else None
-        y, cache = C.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name())
+        y, cache = C.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name(), relu=relu)
         self._cache = cache if self.training or self.keep_cache else None
         return y
 

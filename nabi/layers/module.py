@@ -286,16 +286,19 @@ class WeightedLayer(Module):
     def _name(self):
         return type(self).__name__
 
-    def backward(self, dy):
+    def backward(self, dy, relu_y=None):
+        """``relu_y``: the output of a ReLU fused after this layer (see ``Sequential``); dy is then
+        that ReLU's upstream gradient and the layer applies the ReLU's mask itself."""
         if self._cache is None:
             raise RuntimeError(f"{self._name()}: backward called without a forward pass in training mode")
         cache, self._cache = self._cache, None
         bias = self.bias.data if self.bias is not None else None
+        extra = {} if relu_y is None else {"relu_y": relu_y}
         if self.fused_lr is not None:
             return type(self)._sgd_backward_fn(dy, cache, self.weight.data, bias, self.fused_lr,
-                                               need_dx=self.compute_input_grad)
+                                               need_dx=self.compute_input_grad, **extra)
         buf = self.weight.overwrite_buffer(dy.dtype)
-        dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf)
+        dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf, **extra)
         if buf is None:
             self.weight.accumulate(dw)
         if db is not None:

@@ -1,0 +1,391 @@
+"""Compiled CPU loops (numba) for the memory-bound parts of a CNN step.
+
+The matrix products stay in BLAS. What is left of a training step — unrolling
+receptive fields (im2col), summing them back (col2im), max pooling and its
+argmax scatter, ReLU, and moving between the GEMM layout (F, N·P) and the
+tensor layout (N, F, P) — is memory traffic that NumPy spreads over several
+passes, temporaries and one core. Here each is one pass, written as the loop
+of its formula and compiled once by numba (cached on disk), split over the
+CPU's cores with ``prange`` over independent rows or image planes (no two
+threads ever write the same element, so results do not depend on the thread
+count).
+
+They mirror the NumPy code in ``conv.py``, ``pool.py`` and ``activation.py``,
+which remains the reference (and the CuPy path): ``tests/test_cpu_kernels.py``
+checks every kernel against it, and the whole gradient/PyTorch suite runs on
+whichever path is active. ``enabled(x)`` says whether a kernel applies: numba
+installed, ``x`` a NumPy float32/float64 array, and not switched off with
+``NABI_KERNELS=numpy`` or ``use_kernels(False)``.
+
+Shapes: x (N, C, H, W); geometry (KH, KW, SH, SW, PH, PW, OH, OW); P = OH·OW.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+try:
+    import numba as _nb
+    from numba import prange
+except Exception:  # pragma: no cover - numba is optional (pip install nabi[tools] brings it)
+    _nb = None
+
+_on = _nb is not None and os.environ.get("NABI_KERNELS", "numba").lower() != "numpy"
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def available() -> bool:
+    """True when numba imported (the kernels can be switched on)."""
+    return _nb is not None
+
+
+def enabled(*arrays) -> bool:
+    """Whether the compiled kernels serve these arrays (NumPy float32/float64, kernels on)."""
+    if not _on:
+        return False
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype not in _DTYPES:
+            return False
+    return True
+
+
+def use_kernels(flag: bool) -> None:
+    """Switch the compiled kernels on (when numba is installed) or off (pure NumPy)."""
+    global _on
+    _on = bool(flag) and _nb is not None
+
+
+@contextmanager
+def kernels(flag: bool):
+    """``with kernels(False): ...`` runs the pure-NumPy reference path."""
+    old = _on
+    use_kernels(flag)
+    try:
+        yield
+    finally:
+        use_kernels(old)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the kernels split their loops over (at most numba's NUMBA_NUM_THREADS)."""
+    if _nb is not None:
+        _nb.set_num_threads(max(1, min(int(n), _nb.config.NUMBA_NUM_THREADS)))
+
+
+def threading_layer() -> str:
+    """numba's threading layer once a kernel has run ('omp', 'tbb', 'workqueue'), else '?'."""
+    try:
+        return _nb.threading_layer()
+    except Exception:
+        return "?"
+
+
+def _jit(fn=None, *, reassociate=False):
+    """Compile with numba (parallel, cached on disk). ``reassociate`` lets a sum be vectorised
+    (reordered additions; no other fast-math licence, so NaN and inf behave as usual)."""
+    if fn is None:
+        return lambda f: _jit(f, reassociate=reassociate)
+    if _nb is None:
+        return fn
+    return _nb.njit(parallel=True, cache=True, fastmath={"reassoc"} if reassociate else False, nogil=True)(fn)
+
+
+# ---------------------------------------------------------------------------
+# convolution
+# ---------------------------------------------------------------------------
+def _scalar(fn):
+    return fn if _nb is None else _nb.njit(cache=True, nogil=True)(fn)
+
+
+@_scalar
+def _valid(v, s, o, p, size):
+    # Output indices j in [j0, j1) whose input index j·s + v − p lies in [0, size).
+    j0 = 0
+    if v < p:
+        j0 = (p - v + s - 1) // s
+    j1 = o
+    last = size - 1 + p - v
+    if last < 0:
+        j1 = 0
+    elif last // s + 1 < o:
+        j1 = last // s + 1
+    return j0, max(j0, j1)
+
+
+@_jit
+def _im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, col):
+    # col[(c, u, v), (n, i, j)] = x[n, c, i·SH + u − PH, j·SW + v − PW], 0 outside the image.
+    N, C, H, W = x.shape
+    P = oh * ow
+    for r in prange(C * kh * kw):
+        c = r // (kh * kw)
+        u = (r // kw) % kh
+        v = r % kw
+        i0, i1 = _valid(u, sh, oh, ph, H)
+        j0, j1 = _valid(v, sw, ow, pw, W)
+        for n in range(N):
+            base = n * P
+            for i in range(oh):
+                o = base + i * ow
+                if i < i0 or i >= i1:
+                    for j in range(ow):
+                        col[r, o + j] = 0
+                    continue
+                src = x[n, c, i * sh + u - ph]
+                for j in range(j0):
+                    col[r, o + j] = 0
+                d = v - pw
+                for j in range(j0, j1):
+                    col[r, o + j] = src[j * sw + d]
+                for j in range(j1, ow):
+                    col[r, o + j] = 0
+
+
+def im2col(x, geom, out=None):
+    """Unpadded x (N, C, H, W) → columns (C·KH·KW, N·OH·OW), zero padding applied on the fly."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    N, C = x.shape[:2]
+    col = out if out is not None else np.empty((C * kh * kw, N * oh * ow), dtype=x.dtype)
+    _im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, col)
+    return col
+
+
+@_jit
+def _col2im(col, N, C, H, W, kh, kw, sh, sw, ph, pw, oh, ow, dx):
+    # dx[n, c, h, w] = Σ over (u, v, i, j) with i·SH + u − PH = h, j·SW + v − PW = w of col[(c,u,v),(n,i,j)].
+    P = oh * ow
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        plane = dx[n, c]
+        plane[:, :] = 0
+        for u in range(kh):
+            i0, i1 = _valid(u, sh, oh, ph, H)
+            for v in range(kw):
+                j0, j1 = _valid(v, sw, ow, pw, W)
+                r = (c * kh + u) * kw + v
+                d = v - pw
+                for i in range(i0, i1):
+                    dst = plane[i * sh + u - ph]
+                    o = n * P + i * ow
+                    for j in range(j0, j1):
+                        dst[j * sw + d] += col[r, o + j]
+
+
+def col2im(col, x_shape, geom):
+    """Adjoint of ``im2col``: (C·KH·KW, N·OH·OW) → (N, C, H, W), overlaps summed, padding dropped."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    N, C, H, W = x_shape
+    dx = np.empty((N, C, H, W), dtype=col.dtype)
+    _col2im(col, N, C, H, W, kh, kw, sh, sw, ph, pw, oh, ow, dx)
+    return dx
+
+
+@_jit
+def _from_gemm(ymat, b, N, relu, y):
+    # y[n, f, p] = ymat[f, n·P + p] + b[f]   (then max(·, 0) when relu)
+    F = ymat.shape[0]
+    P = ymat.shape[1] // N
+    for nf in prange(N * F):
+        n = nf // F
+        f = nf % F
+        bf = b[f]
+        for p in range(P):
+            t = ymat[f, n * P + p] + bf
+            if relu and t < 0:
+                t = 0
+            y[n, f, p] = t
+
+
+def from_gemm(ymat, b, N, relu=False):
+    """GEMM result (F, N·P) plus bias (F,) → (N, F, P) contiguous (bias may be None)."""
+    F = ymat.shape[0]
+    if b is None:
+        b = np.zeros(F, dtype=ymat.dtype)
+    y = np.empty((N, F, ymat.shape[1] // N), dtype=ymat.dtype)
+    _from_gemm(ymat, b.astype(ymat.dtype, copy=False), N, relu, y)
+    return y
+
+
+@_jit(reassociate=True)
+def _to_gemm(dy, y, masked, dmat, db):
+    # dmat[f, n·P + p] = dy[n, f, p] (· [y[n, f, p] > 0] when masked: a fused ReLU's backward);
+    # db[f] = Σ_{n,p} of the same.
+    N, F, P = dy.shape
+    for f in prange(F):
+        s = 0.0
+        for n in range(N):
+            src = dy[n, f]
+            dst = dmat[f, n * P:(n + 1) * P]
+            if masked:
+                mask = y[n, f]
+                for p in range(P):
+                    t = src[p] if mask[p] > 0 else 0
+                    dst[p] = t
+                    s += t
+            else:
+                for p in range(P):
+                    t = src[p]
+                    dst[p] = t
+                    s += t
+        db[f] = s
+
+
+def to_gemm(dy, relu_y=None):
+    """δ (N, F, OH, OW) → (δ in GEMM layout (F, N·OH·OW), Σ_{n,i,j} δ = ∂L/∂b (F,)).
+
+    With ``relu_y`` (the output of a ReLU fused into the layer) δ is first masked by [y > 0].
+    """
+    N, F = dy.shape[:2]
+    d3 = np.ascontiguousarray(dy).reshape(N, F, -1)
+    y3 = d3 if relu_y is None else np.ascontiguousarray(relu_y).reshape(N, F, -1)
+    dmat = np.empty((F, N * d3.shape[2]), dtype=dy.dtype)
+    db = np.empty(F, dtype=dy.dtype)
+    _to_gemm(d3, y3, relu_y is not None, dmat, db)
+    return dmat, db
+
+
+@_jit
+def _vecmat_rank1_update(w, v, a, row, parts):
+    # parts[k] = Σ_{i in chunk k} v[i] · w[i, :]   (with the old w), then w[i, :] += a[i] · row,
+    # row by row: one read and one write of w in all.
+    M, K = w.shape
+    nchunks = parts.shape[0]
+    for k in prange(nchunks):
+        lo = M * k // nchunks
+        hi = M * (k + 1) // nchunks
+        acc = parts[k]
+        acc[:] = 0
+        for i in range(lo, hi):
+            vi = v[i]
+            ai = a[i]
+            wi = w[i]
+            for j in range(K):
+                t = wi[j]
+                acc[j] += vi * t
+                wi[j] = t + ai * row[j]
+
+
+def vecmat_rank1_update(w, v, a, row):
+    """Return v·w (v (M,), w (M, K)) computed with the old w, and update w += a ⊗ row in place,
+    in one pass over w: a batch-of-one Linear layer's input gradient and its fused SGD step."""
+    nchunks = 4 * max(1, _nb.get_num_threads())
+    parts = np.empty((nchunks, w.shape[1]), dtype=w.dtype)
+    _vecmat_rank1_update(w, v.astype(w.dtype, copy=False), a.astype(w.dtype, copy=False),
+                         row.astype(w.dtype, copy=False), parts)
+    return parts.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------
+# max pooling
+# ---------------------------------------------------------------------------
+@_jit
+def _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, y, arg):
+    # y = max over the window's cells inside the image; arg = flat h·W + w of the first maximum
+    # in row-major window order (ties go to the first). A plane holding a NaN is redone with
+    # PyTorch's CPU rule, line for line: a NaN wins and propagates, and the gradient goes to
+    # the window's last NaN. (Testing for NaN in the fast loop would make it 2–3× slower.)
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        src = x[n, c]
+        bad = False
+        for i in range(oh):
+            ha = max(i * sh - ph, 0)
+            hb = min(i * sh - ph + kh, H)
+            for j in range(ow):
+                wa = max(j * sw - pw, 0)
+                wb = min(j * sw - pw + kw, W)
+                best = src[ha, wa]
+                at = ha * W + wa
+                for h in range(ha, hb):
+                    for w in range(wa, wb):
+                        t = src[h, w]
+                        bad |= t != t
+                        if t > best:
+                            best = t
+                            at = h * W + w
+                y[n, c, i, j] = best
+                arg[n, c, i, j] = at
+        if bad:
+            for i in range(oh):
+                ha = max(i * sh - ph, 0)
+                hb = min(i * sh - ph + kh, H)
+                for j in range(ow):
+                    wa = max(j * sw - pw, 0)
+                    wb = min(j * sw - pw + kw, W)
+                    best = -np.inf
+                    at = ha * W + wa
+                    for h in range(ha, hb):
+                        for w in range(wa, wb):
+                            t = src[h, w]
+                            if t > best or t != t:
+                                best = t
+                                at = h * W + w
+                    y[n, c, i, j] = best
+                    arg[n, c, i, j] = at
+
+
+def max_pool(x, geom):
+    """(N, C, H, W) → (y (N, C, OH, OW), argmax (N, C, OH, OW) int32 flat index into H·W)."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    N, C = x.shape[:2]
+    y = np.empty((N, C, oh, ow), dtype=x.dtype)
+    arg = np.empty((N, C, oh, ow), dtype=np.int32)
+    _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, y, arg)
+    return y, arg
+
+
+@_jit
+def _max_pool_backward(dy, arg, dx):
+    N, C, oh, ow = dy.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        plane = dx[n, c].reshape(-1)
+        plane[:] = 0
+        for i in range(oh):
+            for j in range(ow):
+                plane[arg[n, c, i, j]] += dy[n, c, i, j]
+
+
+def max_pool_backward(dy, arg, x_shape):
+    """δ (N, C, OH, OW) → dx (N, C, H, W): each δ added to its window's recorded maximum."""
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    _max_pool_backward(np.ascontiguousarray(dy), arg, dx)
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# ReLU
+# ---------------------------------------------------------------------------
+@_jit
+def _relu(x, y):
+    for k in prange(x.size):
+        t = x[k]
+        y[k] = t if t > 0 or np.isnan(t) else 0
+
+
+def relu(x):
+    """y = max(x, 0), NaN kept (as ``np.maximum``)."""
+    xc = np.ascontiguousarray(x)
+    y = np.empty_like(xc)
+    _relu(xc.reshape(-1), y.reshape(-1))
+    return y
+
+
+@_jit
+def _relu_backward(dy, y, dx):
+    for k in prange(dy.size):
+        dx[k] = dy[k] if y[k] > 0 else 0
+
+
+def relu_backward(dy, y):
+    """dx = δ · [y > 0]."""
+    dyc = np.ascontiguousarray(dy)
+    dx = np.empty_like(dyc)
+    _relu_backward(dyc.reshape(-1), np.ascontiguousarray(y).reshape(-1), dx.reshape(-1))
+    return dx

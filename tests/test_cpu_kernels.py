@@ -1,0 +1,162 @@
+"""The compiled CPU kernels (numba) against the pure-NumPy path they replace.
+
+Every other test runs on whichever path is active (the compiled one when numba is
+installed, as in CI); these compare the two directly, op by op, on random
+geometries, in float64 (to 1e-12) and float32, including ties, padding, ceil mode,
+overlapping windows, NaN and ±inf, and a whole network's gradients.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nabi import functional as F
+from nabi import models
+from nabi.functional import cpu_kernels as K
+from nabi.layers import CrossEntropyLoss
+
+pytestmark = pytest.mark.skipif(not K.available(), reason="numba is not installed")
+
+
+def both(fn):
+    """fn() with the kernels on, then off."""
+    with K.kernels(True):
+        a = fn()
+    with K.kernels(False):
+        b = fn()
+    return a, b
+
+
+def close(a, b, dtype):
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    if isinstance(a, tuple):
+        for p, q in zip(a, b):
+            close(p, q, dtype)
+        return
+    if a is None or b is None:
+        assert a is None and b is None
+        return
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, **tol)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 12), w=st.integers(1, 12),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 4), sw=st.integers(1, 4),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), bias=st.booleans(), f32=st.booleans())
+def test_conv_forward_and_backward_match_numpy(n, c, f, h, w, kh, kw, sh, sw, ph, pw, bias, f32):
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    dtype = np.float32 if f32 else np.float64
+    rng = np.random.default_rng(n + 7 * c + 31 * h + 97 * w)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, kh, kw)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype) if bias else None
+
+    def run():
+        y, cache = F.conv2d_forward(x, wt, b, (sh, sw), (ph, pw))
+        dy = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)
+        return (y,) + tuple(F.conv2d_backward(dy, cache))
+    close(*both(run), dtype)
+
+
+def test_conv_chunked_path_matches(monkeypatch):
+    """Above the column budget the batch is done in chunks; both paths agree there too."""
+    from nabi.functional import conv
+    monkeypatch.setattr(conv, "COL_BUDGET_BYTES", 2000)
+    rng = np.random.default_rng(0)
+    x, wt, b = rng.standard_normal((5, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+
+    def run():
+        y, cache = F.conv2d_forward(x, wt, b, 2, 1)
+        assert cache[5] is not None                      # really chunked
+        return (y,) + tuple(F.conv2d_backward(np.ones_like(y), cache))
+    close(*both(run), np.float64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 11), w=st.integers(1, 11),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), ceil=st.booleans(), ties=st.booleans(), f32=st.booleans())
+def test_max_pool_matches_numpy_including_ties(n, c, h, w, kh, kw, sh, sw, ph, pw, ceil, ties, f32):
+    if ph > kh // 2 or pw > kw // 2 or h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    dtype = np.float32 if f32 else np.float64
+    rng = np.random.default_rng(h * 13 + w)
+    x = rng.standard_normal((n, c, h, w))
+    if ties:                                             # few distinct values: many tied maxima (ReLU zeros)
+        x = np.maximum(np.round(x), 0)
+    x = x.astype(dtype)
+
+    def run():
+        y, cache = F.max_pool2d_forward(x, (kh, kw), (sh, sw), (ph, pw), ceil)
+        dy = np.random.default_rng(5).standard_normal(y.shape).astype(dtype)
+        return y, F.max_pool2d_backward(dy, cache)
+    close(*both(run), dtype)
+
+
+def test_max_pool_nan_and_inf_follow_pytorch():
+    """A NaN wins its window and gets the gradient (PyTorch's CPU rule); -inf windows are fine."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 6))
+    x[0, 0, 1, 1] = np.nan
+    x[0, 0, 1, 2] = np.nan
+    x[1, 2, :3, :3] = -np.inf
+    x[1, 1, 4, 4] = np.inf
+    with K.kernels(True):
+        y, cache = F.max_pool2d_forward(x, 3, 2, 1, True)
+        dy = np.arange(y.size, dtype=np.float64).reshape(y.shape) + 1
+        dx = F.max_pool2d_backward(dy, cache)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, 3, 2, 1, ceil_mode=True)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_array_equal(y, yt.detach().numpy())        # NaN where torch has NaN
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+    assert np.isnan(y[0, 0]).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_matches_numpy(dtype):
+    x = np.random.default_rng(1).standard_normal((3, 4, 5, 6)).astype(dtype)
+    x[0, 0, 0, :3] = [0.0, np.nan, -0.0]
+    dy = np.random.default_rng(2).standard_normal(x.shape).astype(dtype)
+
+    def run():
+        y, cache = F.relu_forward(x)
+        return y, F.relu_backward(dy, cache)
+    (y1, d1), (y2, d2) = both(run)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(d1, d2)
+
+
+def test_kernels_leave_other_dtypes_and_switch_off():
+    assert not K.enabled(np.zeros(3, np.float16)) and not K.enabled(np.zeros(3, np.int64))
+    with K.kernels(False):
+        assert not K.enabled(np.zeros(3, np.float32))
+    with K.kernels(True):
+        assert K.enabled(np.zeros(3, np.float32))
+
+
+def test_a_network_trains_identically_on_both_paths():
+    """resnet20 (convs with stride and 1×1 projections, BN, max-free) and cifar_cnn (max-pool):
+    logits and every parameter gradient agree between the two paths in float64."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 3, 32, 32))
+    y = np.array([1, 0, 2])
+    for name in ("cifar_cnn", "resnet20"):
+        def run():
+            from nabi.backend import default_dtype
+            with default_dtype(np.float64):
+                m = models.get(name, num_classes=3)
+            if name in state:                             # the second path gets the first one's weights
+                m.load_state_dict(state[name])
+            else:
+                state[name] = m.state_dict()
+            m.train()
+            loss = CrossEntropyLoss()
+            out = m(x)
+            loss(out, y)
+            m.zero_grad()
+            m.backward(loss.backward())
+            return (out,) + tuple(p.grad.copy() for p in m.parameters())
+        state = {}
+        close(*both(run), np.float64)
