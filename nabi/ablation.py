@@ -684,7 +684,8 @@ def _train_run(job, run_dir, log):
                          schedule_unit=tc.schedule_unit, epochs=cfg["epochs"], iterations=cfg["iterations"],
                          out_dir=run_dir, clip_norm=tc.clip_norm, checkpoint_every=tc.checkpoint_every,
                          keep_last=tc.keep_last, early_stopping=tc.early_stopping, progress=False, metadata=meta,
-                         config=resolved, log=rlog, fused_sgd=tc.fused_sgd)
+                         config=resolved, log=rlog, fused_sgd=tc.fused_sgd,
+                         precision=tc.precision)
     rlog(f"training {cfg['model']} ({init['shared']['arrays']}/{init['shared']['total_arrays']} arrays from the "
          f"reference) on {len(parts['train'])} images")
     t0 = time.perf_counter()

@@ -35,6 +35,9 @@ def _add_train_args(p, defaults):
     p.add_argument("--clip-norm", type=float, help="clip the gradient norm to this value")
     p.add_argument("--fused-sgd", action="store_true", default=None,
                    help="plain SGD only: update each layer inside backward, never storing weight gradients")
+    p.add_argument("--precision", choices=["float32", "float16"],
+                   help="float16: mixed precision (float16 compute, float32 master weights, dynamic loss "
+                        "scaling); meant for --device gpu, slow on the CPU")
     p.add_argument("--image-size", type=int, help="resize/crop photos to this size (default: the model's)")
     p.add_argument("--normalize", choices=["unit", "seed2019", "dataset", "imagenet"])
     p.add_argument("--augment", choices=["none", "flip", "standard", "strong"])

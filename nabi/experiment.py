@@ -106,7 +106,7 @@ _TRAIN_KEYS = ("model", "model_args", "epochs", "iterations", "batch_size", "opt
                "clip_norm", "image_size", "normalize", "augment", "strict", "device", "workers", "checkpoint_every",
                "keep_last")
 # Passed on only when this nabi's TrainConfig has them (and then to the Trainer).
-_OPTIONAL_TRAIN_KEYS = ("fused_sgd",)
+_OPTIONAL_TRAIN_KEYS = ("fused_sgd", "precision")
 _EXTRA_KEYS = ("description", "iterations_per_class", "warmup_epochs", "offline_variants", "test_ratio",
                "keep_checkpoints")
 _LENGTH_KEYS = ("iterations_per_class", "iterations", "epochs")
@@ -556,7 +556,8 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
                       schedule=schedule, schedule_unit=tc.schedule_unit, epochs=epochs, iterations=iterations,
                       out_dir=out, clip_norm=tc.clip_norm, checkpoint_every=tc.checkpoint_every,
                       keep_last=tc.keep_last, progress=False, metadata=meta, config=resolved, log=log,
-                      **({"fused_sgd": True} if getattr(tc, "fused_sgd", False) else {}))
+                      **({"fused_sgd": True} if getattr(tc, "fused_sgd", False) else {}),
+                      **({"precision": tc.precision} if getattr(tc, "precision", "float32") != "float32" else {}))
     t0 = time.perf_counter()
     trainer.resume()
     trainer.fit()

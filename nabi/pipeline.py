@@ -41,6 +41,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     clip_norm: float | None = None
     fused_sgd: bool = False            # plain SGD applied inside backward (no gradient buffers)
+    precision: str = "float32"         # float32 | float16 (mixed precision: float32 masters, loss scaling)
     image_size: int | None = None      # default: the model's input size
     channels: int | None = None        # default: the model's input channels
     normalize: str = "unit"            # unit (pixel/255) | seed2019 (pixel/256) | dataset (mean/std) | imagenet
@@ -461,7 +462,7 @@ def run_training(cfg: TrainConfig, resume=False, log=print):
                       schedule_unit=cfg.schedule_unit, epochs=cfg.epochs, iterations=cfg.iterations, out_dir=out,
                       clip_norm=cfg.clip_norm, checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last,
                       early_stopping=cfg.early_stopping, progress=cfg.progress, metadata=meta, config=resolved,
-                      log=log, fused_sgd=cfg.fused_sgd)
+                      log=log, fused_sgd=cfg.fused_sgd, precision=cfg.precision)
     if resume:
         if trainer.resume() is None:
             log(f"no checkpoint in {out}: starting from the beginning")

@@ -23,11 +23,22 @@ import numpy as np
 from . import backend, io
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .layers import CrossEntropyLoss, Dropout
+from .amp import MixedPrecision, check_precision
 from .optim import clip_grad_norm
 
 
 AUX_LOSS_WEIGHT = 0.3
 """Weight of each auxiliary classifier's loss (GoogLeNet, as in the paper): L = L_main + 0.3·(L_aux1 + L_aux2)."""
+
+
+class _Weights:
+    """What ``save_checkpoint`` needs of a model: its ``state_dict``."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
 
 
 class TrainingDiverged(RuntimeError):
@@ -169,12 +180,15 @@ class Trainer:
     after that many epochs without a better validation accuracy.
     ``fused_sgd``: for plain SGD, apply each layer's update inside backward
     (see ``nabi.fused``); results equal the unfused step within float tolerance.
+    ``precision``: ``'float32'``, or ``'float16'`` for mixed precision (float16
+    compute, float32 master weights, dynamic loss scaling; ``nabi.amp``). Saved
+    weights and checkpoints hold the float32 masters either way.
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, loss_fn=None, schedule=None,
                  schedule_unit="iteration", epochs=1, iterations=None, out_dir=None, clip_norm=None,
                  checkpoint_every=None, keep_last=3, early_stopping=None, progress=True, metadata=None,
-                 config=None, log=print, topk=5, fused_sgd=False):
+                 config=None, log=print, topk=5, fused_sgd=False, precision="float32"):
         if schedule_unit not in ("iteration", "epoch"):
             raise ValueError(f"schedule_unit must be 'iteration' or 'epoch', got {schedule_unit!r}")
         if epochs is None and iterations is None:
@@ -205,7 +219,12 @@ class Trainer:
         self.history = []
         self._epoch_sums = {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0}
         self.status = "new"
+        self.precision = check_precision(precision)
+        if fused_sgd and self.precision != "float32":
+            raise ValueError("fused SGD and mixed precision cannot be combined: the fused update needs the "
+                             "float32 weights inside backward (use one or the other)")
         self.fused_layers = enable_fused_sgd(model, optimizer, clip_norm) if fused_sgd else []
+        self.amp = MixedPrecision(model, optimizer, self.precision) if self.precision != "float32" else None
         skip_input_gradient(model)
         if self.out_dir is not None:
             self._check_writable(self.out_dir)
@@ -231,13 +250,18 @@ class Trainer:
             "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "rng": _rng_states(self.model), "config": self.config, "status": self.status,
             "nabi_version": self.metadata.get("nabi_version"),
+            "amp": self.amp.scaler.state_dict() if self.amp is not None else None,
         }
+
+    def model_state(self):
+        """The weights to save: the model's, or the float32 masters under mixed precision."""
+        return self.amp.master_state_dict() if self.amp is not None else self.model.state_dict()
 
     def save_checkpoint(self):
         if self.out_dir is None:
             return None
-        return save_checkpoint(self.out_dir, self.model, self.optimizer, self._state(), self.metadata,
-                               keep_last=self.keep_last)
+        return save_checkpoint(self.out_dir, _Weights(self.model_state()), self.optimizer, self._state(),
+                               self.metadata, keep_last=self.keep_last)
 
     def resume(self, path=None):
         """Load the latest checkpoint of ``out_dir`` (or ``path``); returns its path, or None if there is none."""
@@ -249,9 +273,14 @@ class Trainer:
         arch_now = self.metadata.get("arch")
         if arch_saved and arch_now and arch_saved != arch_now:
             raise ValueError(f"checkpoint {path} is of architecture {arch_saved}, but this run builds {arch_now}")
-        self.model.load_state_dict(ck["model"])
+        if self.amp is not None:
+            self.amp.load_master_state_dict(ck["model"])
+        else:
+            self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         st = ck["state"]
+        if self.amp is not None and st.get("amp"):
+            self.amp.scaler.load_state_dict(st["amp"])
         self.epoch, self.iteration = int(st["epoch"]), int(st["iteration"])
         self.batch_in_epoch = int(st["batch_in_epoch"])
         self.best_acc, self.best_epoch = float(st["best_acc"]), st["best_epoch"]
@@ -271,7 +300,7 @@ class Trainer:
             return
         meta = dict(self.metadata)
         meta.update(extra or {})
-        io.save_weights(self.out_dir / f"{name}.safetensors", self.model.state_dict(), meta)
+        io.save_weights(self.out_dir / f"{name}.safetensors", self.model_state(), meta)
 
     def _write_metrics(self, row):
         if self.out_dir is None:
@@ -353,13 +382,16 @@ class Trainer:
         model, loss_fn = self.model, self.loss_fn
         for layer in self.fused_layers:      # the schedule may have changed the rate
             layer.fused_lr = self.optimizer.lr
-        logits = model(x)
+        amp = self.amp
+        logits = model(amp.cast_input(x) if amp else x)
+        if amp:
+            logits = logits.astype("float32")                # the loss in float32
         loss = loss_fn(logits, y)
         aux = getattr(model, "aux_outputs", None)     # GoogLeNet's auxiliary heads, in training only
         daux = None
         if aux:
             aux_fns = [CrossEntropyLoss(label_smoothing=getattr(loss_fn, "label_smoothing", 0.0)) for _ in aux]
-            loss += sum(AUX_LOSS_WEIGHT * f(a, y) for f, a in zip(aux_fns, aux))
+            loss += sum(AUX_LOSS_WEIGHT * f(a.astype(logits.dtype, copy=False), y) for f, a in zip(aux_fns, aux))
             daux = tuple(f.backward(AUX_LOSS_WEIGHT) for f in aux_fns)
         if not math.isfinite(loss):
             ck = latest_checkpoint(self.out_dir) if self.out_dir else None
@@ -367,15 +399,20 @@ class Trainer:
             raise TrainingDiverged(
                 f"the loss became {loss} at epoch {self.epoch + 1}, iteration {self.iteration + 1}; training stopped "
                 f"without saving this state. Last good checkpoint: {ck or 'none'}. Lower the learning rate "
-                f"(now {self.optimizer.lr:.3g}), add gradient clipping (--clip-norm), or check the input data.")
+                f"(now {self.optimizer.lr:.3g}), add gradient clipping (--clip-norm), or check the input data"
+                + (" (under float16, an activation may have passed 65504: try --precision float32)." if amp else "."))
         model.zero_grad()
-        if daux is None:
-            model.backward(loss_fn.backward())
+        if amp:
+            amp.backward(loss_fn.backward(), daux)
+            amp.step(clip=(lambda ps: clip_grad_norm(ps, self.clip_norm)) if self.clip_norm else None)
         else:
-            model.backward(loss_fn.backward(), daux=daux)
-        if self.clip_norm:
-            clip_grad_norm(self.optimizer.params, self.clip_norm)
-        self.optimizer.step()
+            if daux is None:
+                model.backward(loss_fn.backward())
+            else:
+                model.backward(loss_fn.backward(), daux=daux)
+            if self.clip_norm:
+                clip_grad_norm(self.optimizer.params, self.clip_norm)
+            self.optimizer.step()
         self.iteration += 1
         self.batch_in_epoch += 1
         if self.schedule is not None and self.schedule_unit == "iteration":

@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 
-def make_trainer(out_dir, slow=0.0, epochs=3):
+def make_trainer(out_dir, slow=0.0, epochs=3, precision="float32"):
     import nabi
     from nabi import data as D, layers as L, optim
     from nabi.train import Trainer
@@ -29,7 +29,7 @@ def make_trainer(out_dir, slow=0.0, epochs=3):
     sched = optim.make_schedule("cosine", opt, total_steps=epochs * len(loader))
     return Trainer(model, opt, loader, D.DataLoader(val, batch_size=64), schedule=sched, epochs=epochs,
                    out_dir=out_dir, checkpoint_every=3, progress=False, metadata={"arch": model.arch},
-                   log=lambda *a: None)
+                   log=lambda *a: None, precision=precision)
 
 
 if __name__ == "__main__":

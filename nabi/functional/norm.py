@@ -26,7 +26,8 @@ def dropout_forward(x, p, training, rng):
     if p >= 1.0:
         xp = get_array_module(x)
         return xp.zeros_like(x), xp.zeros_like(x)
-    mask = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / (1.0 - p)
+    draw = x.dtype if x.dtype.itemsize >= 4 else "float32"      # generators draw float32/float64 only
+    mask = (rng.random(x.shape, dtype=draw) >= p).astype(x.dtype) / x.dtype.type(1.0 - p)
     return x * mask, mask
 
 

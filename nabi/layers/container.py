@@ -29,6 +29,13 @@ def _named(args, kind):
     return items
 
 
+def _fusable(conv, relu):
+    """A Conv2d then a plain ReLU, neither with a hooked ``forward``/``backward`` (summary,
+    Grad-CAM and shape probes wrap single layers and must see them run one by one)."""
+    return (isinstance(conv, Conv2d) and type(relu) is ReLU and conv.training == relu.training
+            and not any(k in m.__dict__ for m in (conv, relu) for k in ("forward", "backward")))
+
+
 class Sequential(Module):
     """Layers run in order; children are named ``0``, ``1``, … (or by an ``OrderedDict``)."""
 
@@ -64,8 +71,7 @@ class Sequential(Module):
         i = 0
         while i < len(mods):
             m = mods[i]
-            if (self.fuse and i + 1 < len(mods) and isinstance(m, Conv2d) and type(mods[i + 1]) is ReLU
-                    and m.training == mods[i + 1].training):
+            if self.fuse and i + 1 < len(mods) and _fusable(m, mods[i + 1]):
                 x = mods[i + 1].take_fused_output(m.forward(x, relu=True))
                 fused.add(i + 1)
                 i += 2
