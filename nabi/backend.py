@@ -132,3 +132,21 @@ def rng_state(gen: np.random.Generator) -> dict:
 
 def set_rng_state(gen: np.random.Generator, state: dict) -> None:
     gen.bit_generator.state = state
+
+
+_thread_limits = None
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` CPU threads: NumPy's BLAS (through threadpoolctl) and nabi's compiled kernels."""
+    global _thread_limits
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"threads must be at least 1, got {n}")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError as e:  # pragma: no cover - threadpoolctl comes with nabi[tools]
+        raise ImportError("setting the thread count needs threadpoolctl (pip install threadpoolctl)") from e
+    _thread_limits = threadpool_limits(limits=n)
+    from .functional import cpu_kernels
+    cpu_kernels.set_num_threads(n)

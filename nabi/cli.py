@@ -321,6 +321,9 @@ def build_parser():
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="nabi", description="CNNs from scratch: train, evaluate and inspect.")
     parser.add_argument("--version", action="version", version=f"nabi {__import__('nabi').__version__}")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for BLAS and nabi's compiled kernels (default: all cores); "
+                             "goes before the command: nabi --threads 1 train …")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a zoo model on an image folder", description=cmd_train.__doc__)
@@ -401,6 +404,9 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
+        if args.threads is not None:
+            from .backend import set_num_threads
+            set_num_threads(args.threads)
         return args.func(args)
     except BrokenPipeError:  # `nabi summary vgg16 | head`: the reader left; not an error
         import os

@@ -187,3 +187,27 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert code == 0
     acc = json.loads((tmp_path / "demo" / "test.json").read_text())["test_acc"]
     assert acc > 0.8                                                         # one epoch of LeNet-5 on 3,500 digits
+
+
+def test_threads_and_float16_training(tmp_path, capsys):
+    """`nabi --threads 1 train … --precision float16`: mixed precision from the command line, the saved
+    weights are the float32 masters; a bad thread count is a clear error."""
+    from nabi import backend, io
+    from nabi.functional import cpu_kernels
+    data = write_folder(tmp_path / "data", per_class=6)
+    try:
+        code, _, err = run(["--threads", "1", "train", data, "--model", "cifar_cnn", "--epochs", "1",
+                            "--batch-size", "6", "--precision", "float16", "--val-ratio", "0.2", "--test-ratio", "0",
+                            "--out", tmp_path / "run", "--no-progress"], capsys)
+    finally:
+        if backend._thread_limits is not None:
+            backend._thread_limits.restore_original_limits()
+        if cpu_kernels.available():
+            import numba
+            cpu_kernels.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert code == 0, err
+    state, meta = io.load_weights(tmp_path / "run" / "model.safetensors")
+    assert all(v.dtype == np.float32 for v in state.values())
+    assert meta["config"]["precision"] == "float16"
+    code, _, err = run(["--threads", "0", "summary", "lenet5"], capsys)
+    assert code == 1 and "threads must be at least 1" in err
