@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import backend
+from .functional import cpu_kernels as K
 from .functional.blas import axpy
 from .layers.module import Parameter
 
@@ -240,6 +241,14 @@ class SGD(Optimizer):
 
     def _update(self, name, p, state):
         g = p.grad
+        if self.momentum != 0 and K.enabled(p.data, g) and p.data.flags.c_contiguous and g.flags.c_contiguous:
+            buf = state.get("momentum_buffer")          # one compiled pass instead of four array passes
+            first = buf is None
+            if first:
+                buf = state["momentum_buffer"] = np.empty_like(p.data)
+            K.sgd_momentum_step(p.data, g, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
+                                self.nesterov, first)
+            return
         if self.weight_decay != 0:
             g = g + self.weight_decay * p.data
         if self.momentum != 0:

@@ -31,6 +31,13 @@ AUX_LOSS_WEIGHT = 0.3
 """Weight of each auxiliary classifier's loss (GoogLeNet, as in the paper): L = L_main + 0.3·(L_aux1 + L_aux2)."""
 
 
+def _count_correct(logits, y) -> int:
+    """Σ [argmax logits = y], compared where the arrays live: on the GPU only the count crosses to the host."""
+    if backend.get_array_module(logits) is backend.get_array_module(y):
+        return int((logits.argmax(axis=1) == y).sum())
+    return int((backend.to_numpy(logits.argmax(axis=1)) == backend.to_numpy(y)).sum())
+
+
 class _Weights:
     """What ``save_checkpoint`` needs of a model: its ``state_dict``."""
 
@@ -419,7 +426,7 @@ class Trainer:
             self.schedule.step()
         bs = int(y.shape[0])
         sums["loss"] += loss * bs
-        sums["correct"] += int((backend.to_numpy(logits.argmax(axis=1)) == backend.to_numpy(y)).sum())
+        sums["correct"] += _count_correct(logits, y)
         sums["n"] += bs
 
     def _end_epoch(self):

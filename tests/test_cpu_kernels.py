@@ -160,3 +160,44 @@ def test_a_network_trains_identically_on_both_paths():
             return (out,) + tuple(p.grad.copy() for p in m.parameters())
         state = {}
         close(*both(run), np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_matches_numpy(dtype, training):
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((5, 3, 7, 6)) * 3 + 2).astype(dtype)
+    gamma, beta = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+
+    def run():
+        rm, rv = np.full(3, 0.5, dtype), np.full(3, 2.0, dtype)
+        y, cache = F.batch_norm_forward(x, gamma, beta, rm, rv, training)
+        return (y,) + tuple(F.batch_norm_backward(dy, cache)) + (rm, rv)
+    a, b = both(run)
+    tol = dict(rtol=1e-11, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+    for p, q in zip(a, b):
+        assert p.dtype == q.dtype
+        np.testing.assert_allclose(p, q, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(momentum=0.9, weight_decay=1e-3),
+                                dict(momentum=0.8, dampening=0.3), dict(momentum=0.9, nesterov=True, weight_decay=0.01)])
+def test_sgd_momentum_step_matches_numpy_exactly(dtype, kw):
+    from nabi import optim
+    from nabi.layers.module import Parameter
+    rng = np.random.default_rng(6)
+    p0 = rng.standard_normal((7, 5)).astype(dtype)
+    grads = [rng.standard_normal((7, 5)).astype(dtype) for _ in range(4)]
+
+    def run():
+        p = Parameter(p0.copy())
+        opt = optim.SGD({"w": p}, lr=0.1, **kw)
+        for g in grads:
+            p.grad = g.copy()
+            opt.step()
+        return p.data, opt.state["w"]["momentum_buffer"]
+    (a, ab), (b, bb) = both(run)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ab, bb)

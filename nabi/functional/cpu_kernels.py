@@ -359,6 +359,144 @@ def max_pool_backward(dy, arg, x_shape):
     return dx
 
 
+@_jit
+def _sgd_momentum(p, g, buf, lr, momentum, keep, weight_decay, nesterov, first):
+    # torch.optim.SGD's arithmetic, element by element, in one pass over p, g and the buffer.
+    for k in prange(p.size):
+        gk = g[k]
+        if weight_decay != 0:
+            gk = gk + weight_decay * p[k]
+        if first:
+            b = gk
+        elif keep == 1:
+            b = buf[k] * momentum + gk
+        else:
+            b = buf[k] * momentum + keep * gk
+        buf[k] = b
+        d = gk + momentum * b if nesterov else b
+        p[k] = p[k] + d * (-lr)
+
+
+def sgd_momentum_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """p ← p − lr·d with the momentum buffer updated in place (see ``optim.SGD``); contiguous arrays."""
+    dt = p.dtype.type
+    # scalars in the array's precision, as NumPy treats Python floats (keep = 1 − dampening)
+    _sgd_momentum(p.reshape(-1), g.reshape(-1), buf.reshape(-1), dt(lr), dt(momentum), dt(1.0 - dampening),
+                  dt(weight_decay), bool(nesterov), bool(first))
+
+
+# ---------------------------------------------------------------------------
+# batch normalisation (4-D, per channel)
+# ---------------------------------------------------------------------------
+@_jit(reassociate=True)
+def _bn_stats(x, mean, var):
+    # mean[c] = Σ x / M, var[c] = Σ (x − mean)² / M over (n, h, w): two passes, float64 sums.
+    N, C, P = x.shape
+    for c in prange(C):
+        s = 0.0
+        for n in range(N):
+            row = x[n, c]
+            for p in range(P):
+                s += row[p]
+        m = s / (N * P)
+        q = 0.0
+        for n in range(N):
+            row = x[n, c]
+            for p in range(P):
+                d = row[p] - m
+                q += d * d
+        mean[c] = m
+        var[c] = q / (N * P)
+
+
+@_jit
+def _bn_apply(x, mean, inv_std, gamma, beta, x_hat, y, keep):
+    # x̂ = (x − μ)·inv_std; y = γ·x̂ + β (x̂ stored only when keep, for backward).
+    N, C, P = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        m, k, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+        src = x[n, c]
+        dst = y[n, c]
+        if keep:
+            hat = x_hat[n, c]
+            for p in range(P):
+                t = (src[p] - m) * k
+                hat[p] = t
+                dst[p] = t * g + b
+        else:
+            for p in range(P):
+                dst[p] = (src[p] - m) * k * g + b
+
+
+def batch_norm_stats(x):
+    """Per-channel mean and (biased) variance of x (N, C, H, W), in float64."""
+    N, C = x.shape[:2]
+    mean = np.empty(C, np.float64)
+    var = np.empty(C, np.float64)
+    _bn_stats(np.ascontiguousarray(x).reshape(N, C, -1), mean, var)
+    return mean, var
+
+
+def batch_norm_apply(x, mean, inv_std, gamma, beta, keep_x_hat):
+    """(y, x̂ or None) for x (N, C, H, W) with per-channel μ, 1/σ, γ, β."""
+    N, C = x.shape[:2]
+    x3 = np.ascontiguousarray(x).reshape(N, C, -1)
+    y = np.empty_like(x3)
+    x_hat = np.empty_like(x3) if keep_x_hat else y
+    dt = x.dtype
+    _bn_apply(x3, mean.astype(dt), inv_std.astype(dt), gamma.astype(dt), beta.astype(dt), x_hat, y, keep_x_hat)
+    return y.reshape(x.shape), (x_hat.reshape(x.shape) if keep_x_hat else None)
+
+
+@_jit(reassociate=True)
+def _bn_sums(dy, x_hat, dbeta, dgamma):
+    N, C, P = dy.shape
+    for c in prange(C):
+        s = 0.0
+        t = 0.0
+        for n in range(N):
+            d = dy[n, c]
+            h = x_hat[n, c]
+            for p in range(P):
+                s += d[p]
+                t += d[p] * h[p]
+        dbeta[c] = s
+        dgamma[c] = t
+
+
+@_jit
+def _bn_dx(dy, x_hat, scale, mb, mg, dx):
+    # dx = γ·inv_std·(δ − Σδ/M − x̂·Σ(δ x̂)/M); scale = γ·inv_std, mb = Σδ/M, mg = Σ(δ x̂)/M.
+    N, C, P = dy.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        k, b, g = scale[c], mb[c], mg[c]
+        d = dy[n, c]
+        h = x_hat[n, c]
+        o = dx[n, c]
+        for p in range(P):
+            o[p] = k * (d[p] - b - h[p] * g)
+
+
+def batch_norm_backward(dy, x_hat, inv_std, gamma):
+    """Training-mode gradients (dx, dγ, dβ) of batch norm over (N, H, W) for 4-D δ."""
+    N, C = dy.shape[:2]
+    d3 = np.ascontiguousarray(dy).reshape(N, C, -1)
+    h3 = np.ascontiguousarray(x_hat).reshape(N, C, -1)
+    dbeta = np.empty(C, np.float64)
+    dgamma = np.empty(C, np.float64)
+    _bn_sums(d3, h3, dbeta, dgamma)
+    M = d3.shape[0] * d3.shape[2]
+    dt = dy.dtype
+    dx = np.empty_like(d3)
+    scale = (gamma.astype(np.float64) * inv_std.astype(np.float64)).astype(dt)
+    _bn_dx(d3, h3, scale, (dbeta / M).astype(dt), (dgamma / M).astype(dt), dx)
+    return dx.reshape(dy.shape), dgamma.astype(dt), dbeta.astype(dt)
+
+
 # ---------------------------------------------------------------------------
 # ReLU
 # ---------------------------------------------------------------------------

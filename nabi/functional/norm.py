@@ -17,6 +17,7 @@ Local response normalisation across channels (AlexNet; PyTorch's form), size n:
 from __future__ import annotations
 
 from ..backend import get_array_module
+from . import cpu_kernels as K
 
 
 def dropout_forward(x, p, training, rng):
@@ -55,15 +56,20 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         if M < 2:
             raise ValueError(f"batch_norm: training needs more than one value per channel, got input shape "
                              f"{tuple(x.shape)} (use a batch larger than 1, or call model.eval())")
-        mean = x.mean(axis=axes)
-        var = x.var(axis=axes)
+        fast = x.ndim == 4 and K.enabled(x, gamma, beta)
+        mean, var = K.batch_norm_stats(x) if fast else (x.mean(axis=axes), x.var(axis=axes))
         running_mean *= 1 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1 - momentum
         running_var += momentum * (var * (M / (M - 1))).astype(running_var.dtype)
+        if fast:
+            mean, var = mean.astype(x.dtype), var.astype(x.dtype)
     else:
         mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
     inv_std = 1.0 / xp.sqrt(var + eps)
+    if x.ndim == 4 and K.enabled(x, gamma, beta):
+        y, x_hat = K.batch_norm_apply(x, mean, inv_std, gamma, beta, keep_x_hat=True)
+        return y, (x_hat, inv_std, gamma, training)
     x_hat = (x - mean.reshape(bs)) * inv_std.reshape(bs)
     y = x_hat * gamma.reshape(bs) + beta.reshape(bs)
     return y, (x_hat, inv_std, gamma, training)
@@ -72,6 +78,8 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
 def batch_norm_backward(dy, cache):
     """Returns ``(dx, dgamma, dbeta)``."""
     x_hat, inv_std, gamma, training = cache
+    if training and dy.ndim == 4 and K.enabled(dy, x_hat, gamma):
+        return K.batch_norm_backward(dy, x_hat, inv_std, gamma)
     axes, bs = _bn_axes(dy), _bshape(dy)
     dbeta = dy.sum(axis=axes)
     dgamma = (dy * x_hat).sum(axis=axes)

@@ -1,0 +1,102 @@
+"""GPU-only checks (skipped without CuPy and a CUDA device; run them with ``pytest -m gpu``).
+
+No host↔device copy of an array inside a training step: every conversion CuPy offers
+between host and device is counted while steps run; only the loss value and the count
+of correct predictions (two scalars) may cross. And mixed precision trains on the GPU.
+"""
+import numpy as np
+import pytest
+
+from nabi import backend, layers as L, models, optim
+from nabi.data import ArrayDataset, DataLoader
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture
+def cupy():
+    if not backend.gpu_available():
+        pytest.skip("CuPy with a CUDA device is not available here")
+    import cupy
+    return cupy
+
+
+class _Transfers:
+    """Count calls of CuPy's host↔device conversions (scalars excluded) while active."""
+
+    def __init__(self, cupy, monkeypatch):
+        self.calls = []
+        nd = cupy.ndarray
+        for owner, name in ((cupy, "asarray"), (cupy, "array"), (cupy, "asnumpy"), (nd, "get"), (nd, "set")):
+            orig = getattr(owner, name)
+
+            def wrapped(*args, _orig=orig, _name=name, **kwargs):
+                first = args[0] if args else None
+                size = getattr(first, "size", None)
+                if isinstance(first, np.ndarray) or _name in ("asnumpy", "get", "set"):
+                    if size is None or size > 1:
+                        self.calls.append(_name)
+                return _orig(*args, **kwargs)
+            monkeypatch.setattr(owner, name, wrapped)
+
+
+def _one_step(model, opt, loss_fn, x, y):
+    out = model(x)
+    loss = loss_fn(out, y)
+    model.zero_grad()
+    model.backward(loss_fn.backward())
+    opt.step()
+    return loss
+
+
+@pytest.mark.parametrize("name", ["cifar_cnn", "resnet20"])
+def test_no_array_crosses_host_device_inside_a_training_step(cupy, monkeypatch, name):
+    model = models.get(name, num_classes=10).to("gpu")
+    model.train()
+    opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9)
+    loss_fn = L.CrossEntropyLoss()
+    x = cupy.asarray(np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32))
+    y = cupy.asarray(np.arange(8) % 10)
+    _one_step(model, opt, loss_fn, x, y)                 # first step: allocations, kernel compilation
+    counter = _Transfers(cupy, monkeypatch)
+    for _ in range(3):
+        loss = _one_step(model, opt, loss_fn, x, y)
+    assert np.isfinite(loss)
+    assert counter.calls == [], counter.calls
+
+
+def test_trainer_with_gpu_loader_moves_only_batches(cupy, monkeypatch):
+    """Through the Trainer: batches go host→device once each (the loader's copy); nothing comes back
+    but scalars."""
+    from nabi.train import Trainer
+    rng = np.random.default_rng(1)
+    ds = ArrayDataset(rng.standard_normal((32, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 32))
+    loader = DataLoader(ds, batch_size=8, device="gpu")
+    model = models.get("cifar_cnn", num_classes=10).to("gpu")
+    t = Trainer(model, optim.SGD(model.named_parameters(), lr=0.01), loader, epochs=1, progress=False,
+                log=lambda *a: None)
+    counter = _Transfers(cupy, monkeypatch)
+    t.fit()
+    assert set(counter.calls) <= {"asarray", "array"}           # host→device: the batches
+    assert len(counter.calls) <= 2 * len(loader)                  # x and y of each batch, no more
+
+
+def test_mixed_precision_trains_on_the_gpu(cupy):
+    from nabi.amp import MixedPrecision
+    model = models.get("cifar_cnn", num_classes=10).to("gpu")
+    opt = optim.SGD(model.named_parameters(), lr=0.05, momentum=0.9)
+    amp = MixedPrecision(model, opt)
+    assert all(p.data.dtype == np.float16 and isinstance(p.data, cupy.ndarray) for p in model.parameters())
+    rng = np.random.default_rng(2)
+    x = cupy.asarray(rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
+    y = cupy.asarray(rng.integers(0, 10, 16))
+    loss_fn = L.CrossEntropyLoss()
+    first = None
+    for _ in range(30):
+        out = model(amp.cast_input(x)).astype(cupy.float32)
+        loss = loss_fn(out, y)
+        first = loss if first is None else first
+        model.zero_grad()
+        amp.backward(loss_fn.backward())
+        amp.step()
+    assert loss < 0.5 * first
