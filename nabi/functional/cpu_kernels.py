@@ -137,8 +137,12 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, col):
                 for j in range(j0):
                     col[r, o + j] = 0
                 d = v - pw
-                for j in range(j0, j1):
-                    col[r, o + j] = src[j * sw + d]
+                if sw == 1:                      # contiguous: the compiler vectorises this copy
+                    for j in range(j0, j1):
+                        col[r, o + j] = src[j + d]
+                else:
+                    for j in range(j0, j1):
+                        col[r, o + j] = src[j * sw + d]
                 for j in range(j1, ow):
                     col[r, o + j] = 0
 
@@ -169,9 +173,13 @@ def _col2im(col, N, C, H, W, kh, kw, sh, sw, ph, pw, oh, ow, dx):
                 d = v - pw
                 for i in range(i0, i1):
                     dst = plane[i * sh + u - ph]
-                    o = n * P + i * ow
-                    for j in range(j0, j1):
-                        dst[j * sw + d] += col[r, o + j]
+                    src = col[r, n * P + i * ow:n * P + (i + 1) * ow]
+                    if sw == 1:                  # contiguous: vectorised
+                        for j in range(j0, j1):
+                            dst[j + d] += src[j]
+                    else:
+                        for j in range(j0, j1):
+                            dst[j * sw + d] += src[j]
 
 
 def col2im(col, x_shape, geom):
