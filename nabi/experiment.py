@@ -728,7 +728,10 @@ _LIMITS = None
 
 
 def _worker_init(threads: int):
+    """Each worker process uses ``threads`` threads for BLAS and for nabi's compiled kernels."""
     global _LIMITS
+    from .functional import cpu_kernels
+    cpu_kernels.set_num_threads(int(threads))
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

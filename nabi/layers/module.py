@@ -51,10 +51,15 @@ class Parameter:
     def size(self):
         return int(self.data.size)
 
-    def accumulate(self, g) -> None:
-        """``grad += g`` (``grad = g`` into the kept buffer after ``zero_grad``)."""
+    def accumulate(self, g, owned: bool = False) -> None:
+        """``grad += g`` (``grad = g`` into the kept buffer after ``zero_grad``).
+
+        ``owned``: g is a fresh array nobody else holds, so the first gradient may simply
+        become the buffer (no copy: for AlexNet's fc6 that is 420 MB less at the first step).
+        """
         if self._grad is None or self._grad.shape != g.shape:
-            self._grad = g.astype(self.data.dtype, copy=True)
+            self._grad = g.astype(self.data.dtype, copy=not (owned and g.dtype == self.data.dtype
+                                                              and g.flags.c_contiguous))
         elif self._stale:
             self._grad[...] = g
         else:
@@ -300,7 +305,7 @@ class WeightedLayer(Module):
         buf = self.weight.overwrite_buffer(dy.dtype)
         dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf, **extra)
         if buf is None:
-            self.weight.accumulate(dw)
+            self.weight.accumulate(dw, owned=True)
         if db is not None:
             self.bias.accumulate(db)
         return dx
