@@ -289,6 +289,12 @@ def vecmat_rank1_update(w, v, a, row):
 # ---------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------
+@_scalar
+def _window(i, s, p, k, size):
+    # The input indices [a, b) of window i that lie inside the image.
+    return max(i * s - p, 0), min(i * s - p + k, size)
+
+
 @_jit
 def _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, y, arg):
     # y = max over the window's cells inside the image; arg = flat h·W + w of the first maximum
@@ -302,11 +308,9 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, y, arg):
         src = x[n, c]
         bad = False
         for i in range(oh):
-            ha = max(i * sh - ph, 0)
-            hb = min(i * sh - ph + kh, H)
+            ha, hb = _window(i, sh, ph, kh, H)
             for j in range(ow):
-                wa = max(j * sw - pw, 0)
-                wb = min(j * sw - pw + kw, W)
+                wa, wb = _window(j, sw, pw, kw, W)
                 best = src[ha, wa]
                 at = ha * W + wa
                 for h in range(ha, hb):
@@ -320,11 +324,9 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, y, arg):
                 arg[n, c, i, j] = at
         if bad:
             for i in range(oh):
-                ha = max(i * sh - ph, 0)
-                hb = min(i * sh - ph + kh, H)
+                ha, hb = _window(i, sh, ph, kh, H)
                 for j in range(ow):
-                    wa = max(j * sw - pw, 0)
-                    wb = min(j * sw - pw + kw, W)
+                    wa, wb = _window(j, sw, pw, kw, W)
                     best = -np.inf
                     at = ha * W + wa
                     for h in range(ha, hb):
