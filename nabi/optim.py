@@ -306,6 +306,12 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
         t = state["step"]
+        if K.enabled(p.data, g) and g.dtype == p.data.dtype and p.data.flags.c_contiguous and g.flags.c_contiguous:
+            if self.amsgrad and state.get("max_exp_avg_sq") is None:   # amsgrad switched on mid-run
+                state["max_exp_avg_sq"] = state["exp_avg_sq"].copy()
+            K.adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), self.lr,
+                        self.betas, self.eps, self.weight_decay, self._decoupled, self.amsgrad, t)
+            return
         if self.weight_decay != 0:
             if self._decoupled:
                 p.data *= 1.0 - self.lr * self.weight_decay

@@ -395,6 +395,38 @@ def sgd_momentum_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov
                   dt(weight_decay), bool(nesterov), bool(first))
 
 
+@_jit
+def _adam(p, g, m, v, vmax, one_b1, b2, one_b2, step_size, bias2_sqrt, eps, l2, amsgrad):
+    # optim.Adam's arithmetic, element by element (same operations, same order, same precision).
+    for k in prange(p.size):
+        gk = g[k]
+        if l2 != 0:
+            gk = gk + l2 * p[k]
+        mk = m[k] + (gk - m[k]) * one_b1
+        vk = v[k] * b2 + (one_b2 * gk) * gk
+        m[k] = mk
+        v[k] = vk
+        if amsgrad:
+            if vk > vmax[k]:
+                vmax[k] = vk
+            vk = vmax[k]
+        denom = np.sqrt(vk) / bias2_sqrt + eps
+        p[k] = p[k] - (step_size * mk) / denom
+
+
+def adam_step(p, g, m, v, vmax, lr, betas, eps, weight_decay, decoupled, amsgrad, t):
+    """One Adam/AdamW step in place (see ``optim.Adam``); contiguous arrays of one dtype."""
+    import math
+    dt = p.dtype.type
+    b1, b2 = betas
+    if weight_decay != 0 and decoupled:
+        p *= 1.0 - lr * weight_decay
+    l2 = weight_decay if not decoupled else 0.0
+    _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), (vmax if amsgrad else m).reshape(-1),
+          dt(1.0 - b1), dt(b2), dt(1.0 - b2), dt(lr / (1.0 - b1 ** t)), dt(math.sqrt(1.0 - b2 ** t)), dt(eps),
+          dt(l2), bool(amsgrad))
+
+
 # ---------------------------------------------------------------------------
 # batch normalisation (4-D, per channel)
 # ---------------------------------------------------------------------------
