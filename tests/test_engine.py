@@ -287,3 +287,18 @@ def test_chunked_im2col_equals_unchunked(monkeypatch):
     np.testing.assert_allclose(dx1, ref[0], rtol=1e-12)
     np.testing.assert_allclose(w2, w1, rtol=1e-12)
     np.testing.assert_allclose(w1, w - 0.1 * ref[1], rtol=1e-12)
+
+
+def test_import_makes_idle_threads_sleep_unless_told_otherwise():
+    """`import nabi` sets OMP_WAIT_POLICY=PASSIVE and OPENBLAS_THREAD_TIMEOUT=4 when unset (idle BLAS
+    and kernel threads must not spin against each other), and never overrides the user's values."""
+    import os
+    import subprocess
+    import sys
+    code = "import os, nabi; print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PASSIVE", "4"]
+    env.update(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="28")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ACTIVE", "28"]
