@@ -1,4 +1,4 @@
-"""PyTorch twins of the nabi zoo models used by the benchmarks, and weight copying.
+"""PyTorch twins of the nabi zoo models, used by the benchmarks and by tests/test_models.py, and weight copying.
 
 Each twin is written so that its ``state_dict`` keys are exactly nabi's (torchvision's
 names where torchvision has the model; torchvision itself is not a dependency).
@@ -27,6 +27,7 @@ from collections import OrderedDict as OD
 import numpy as np
 import torch
 import torch.nn as tnn
+import torch.nn.functional as tF
 
 from .common import build_nabi
 
@@ -66,22 +67,40 @@ def t_alexnet336(num_classes=5):
 VGG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
 
-class TVGG(tnn.Module):
-    """torchvision.models.VGG + make_layers (ReLU(inplace=True) as torchvision writes it)."""
+class TAlexNet(tnn.Module):  # torchvision.models.AlexNet
+    def __init__(self, num_classes=1000, dropout=0.5):
+        super().__init__()
+        self.features = tnn.Sequential(
+            tnn.Conv2d(3, 64, 11, stride=4, padding=2), tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2),
+            tnn.Conv2d(64, 192, 5, padding=2), tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2),
+            tnn.Conv2d(192, 384, 3, padding=1), tnn.ReLU(inplace=True),
+            tnn.Conv2d(384, 256, 3, padding=1), tnn.ReLU(inplace=True),
+            tnn.Conv2d(256, 256, 3, padding=1), tnn.ReLU(inplace=True), tnn.MaxPool2d(3, 2))
+        self.avgpool = tnn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = tnn.Sequential(
+            tnn.Dropout(dropout), tnn.Linear(9216, 4096), tnn.ReLU(inplace=True),
+            tnn.Dropout(dropout), tnn.Linear(4096, 4096), tnn.ReLU(inplace=True), tnn.Linear(4096, num_classes))
 
-    def __init__(self, cfg=VGG_A, num_classes=1000, dropout=0.5):
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class TVGG(tnn.Module):  # torchvision.models.VGG + make_layers
+    CFG_A = VGG_A
+
+    def __init__(self, cfg=VGG_A, batch_norm=False, num_classes=1000, dropout=0.5):
         super().__init__()
         layers, c = [], 3
         for v in cfg:
             if v == "M":
                 layers.append(tnn.MaxPool2d(2, 2))
             else:
-                layers += [tnn.Conv2d(c, v, 3, padding=1), tnn.ReLU(inplace=True)]
+                layers += [tnn.Conv2d(c, v, 3, padding=1)] + ([tnn.BatchNorm2d(v)] if batch_norm else []) + [tnn.ReLU(inplace=True)]
                 c = v
         self.features = tnn.Sequential(*layers)
         self.avgpool = tnn.AdaptiveAvgPool2d((7, 7))
         self.classifier = tnn.Sequential(
-            tnn.Linear(c * 7 * 7, 4096), tnn.ReLU(True), tnn.Dropout(dropout),
+            tnn.Linear(25088, 4096), tnn.ReLU(True), tnn.Dropout(dropout),
             tnn.Linear(4096, 4096), tnn.ReLU(True), tnn.Dropout(dropout), tnn.Linear(4096, num_classes))
 
     def forward(self, x):
@@ -92,8 +111,7 @@ def _conv(i, o, k, s=1):
     return tnn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False)
 
 
-class TBasicBlock(tnn.Module):
-    """torchvision.models.resnet.BasicBlock."""
+class TBasicBlock(tnn.Module):  # torchvision.models.resnet.BasicBlock
     expansion = 1
 
     def __init__(self, inplanes, planes, stride=1, downsample=None):
@@ -104,33 +122,52 @@ class TBasicBlock(tnn.Module):
         self.downsample = downsample
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(out + identity)
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
 
 
-class TResNet(tnn.Module):
-    """torchvision.models.ResNet with BasicBlocks."""
+class TBottleneck(tnn.Module):  # torchvision.models.resnet.Bottleneck (v1.5: stride on the 3×3)
+    expansion = 4
 
-    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, widths=(64, 128, 256, 512)):
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(inplanes, planes, 1), tnn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = _conv(planes, planes, 3, stride), tnn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = _conv(planes, planes * 4, 1), tnn.BatchNorm2d(planes * 4)
+        self.relu = tnn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class TResNet(tnn.Module):  # torchvision.models.ResNet (+ a CIFAR stem)
+    def __init__(self, block, layers, num_classes=1000, widths=(64, 128, 256, 512), cifar=False):
         super().__init__()
         self.inplanes = widths[0]
-        self.conv1 = tnn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
+        if cifar:
+            self.conv1 = _conv(3, widths[0], 3)
+        else:
+            self.conv1 = tnn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
         self.bn1, self.relu = tnn.BatchNorm2d(widths[0]), tnn.ReLU(inplace=True)
-        self.maxpool = tnn.MaxPool2d(3, 2, 1)
+        self.maxpool = tnn.Identity() if cifar else tnn.MaxPool2d(3, 2, 1)
         for i, (w, n) in enumerate(zip(widths, layers)):
-            setattr(self, f"layer{i + 1}", self._make_layer(w, n, 1 if i == 0 else 2))
+            setattr(self, f"layer{i + 1}", self._make_layer(block, w, n, 1 if i == 0 else 2))
         self.n_stages = len(layers)
         self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
         self.fc = tnn.Linear(self.inplanes, num_classes)
 
-    def _make_layer(self, planes, blocks, stride):
+    def _make_layer(self, block, planes, blocks, stride):
         downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = tnn.Sequential(_conv(self.inplanes, planes, 1, stride), tnn.BatchNorm2d(planes))
-        layers = [TBasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes
-        layers += [TBasicBlock(planes, planes) for _ in range(1, blocks)]
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = tnn.Sequential(_conv(self.inplanes, planes * block.expansion, 1, stride),
+                                        tnn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return tnn.Sequential(*layers)
 
     def forward(self, x):
@@ -140,12 +177,91 @@ class TResNet(tnn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class TBasicConv2d(tnn.Module):  # torchvision.models.googlenet.BasicConv2d
+    def __init__(self, i, o, **kw):
+        super().__init__()
+        self.conv = tnn.Conv2d(i, o, bias=False, **kw)
+        self.bn = tnn.BatchNorm2d(o, eps=0.001)
+
+    def forward(self, x):
+        return tF.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class TInception(tnn.Module):
+    def __init__(self, i, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj):
+        super().__init__()
+        self.branch1 = TBasicConv2d(i, ch1x1, kernel_size=1)
+        self.branch2 = tnn.Sequential(TBasicConv2d(i, ch3x3red, kernel_size=1),
+                                      TBasicConv2d(ch3x3red, ch3x3, kernel_size=3, padding=1))
+        self.branch3 = tnn.Sequential(TBasicConv2d(i, ch5x5red, kernel_size=1),
+                                      TBasicConv2d(ch5x5red, ch5x5, kernel_size=3, padding=1))
+        self.branch4 = tnn.Sequential(tnn.MaxPool2d(3, 1, 1, ceil_mode=True), TBasicConv2d(i, pool_proj, kernel_size=1))
+
+    def forward(self, x):
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class TInceptionAux(tnn.Module):
+    def __init__(self, i, num_classes, dropout=0.7):
+        super().__init__()
+        self.conv = TBasicConv2d(i, 128, kernel_size=1)
+        self.fc1, self.fc2 = tnn.Linear(2048, 1024), tnn.Linear(1024, num_classes)
+        self.dropout = tnn.Dropout(dropout)
+
+    def forward(self, x):
+        x = torch.flatten(self.conv(tF.adaptive_avg_pool2d(x, (4, 4))), 1)
+        return self.fc2(self.dropout(tF.relu(self.fc1(x), inplace=True)))
+
+
+class TGoogLeNet(tnn.Module):  # torchvision.models.GoogLeNet, transform_input=False
+    def __init__(self, num_classes=1000, aux_logits=True, dropout=0.2, dropout_aux=0.7):
+        super().__init__()
+        self.conv1 = TBasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
+        self.maxpool1 = tnn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.conv2 = TBasicConv2d(64, 64, kernel_size=1)
+        self.conv3 = TBasicConv2d(64, 192, kernel_size=3, padding=1)
+        self.maxpool2 = tnn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.inception3a = TInception(192, 64, 96, 128, 16, 32, 32)
+        self.inception3b = TInception(256, 128, 128, 192, 32, 96, 64)
+        self.maxpool3 = tnn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.inception4a = TInception(480, 192, 96, 208, 16, 48, 64)
+        self.inception4b = TInception(512, 160, 112, 224, 24, 64, 64)
+        self.inception4c = TInception(512, 128, 128, 256, 24, 64, 64)
+        self.inception4d = TInception(512, 112, 144, 288, 32, 64, 64)
+        self.inception4e = TInception(528, 256, 160, 320, 32, 128, 128)
+        self.maxpool4 = tnn.MaxPool2d(2, stride=2, ceil_mode=True)
+        self.inception5a = TInception(832, 256, 160, 320, 32, 128, 128)
+        self.inception5b = TInception(832, 384, 192, 384, 48, 128, 128)
+        self.aux_logits = aux_logits
+        if aux_logits:
+            self.aux1 = TInceptionAux(512, num_classes, dropout_aux)
+            self.aux2 = TInceptionAux(528, num_classes, dropout_aux)
+        self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = tnn.Dropout(dropout)
+        self.fc = tnn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool1(self.conv1(x))
+        x = self.maxpool2(self.conv3(self.conv2(x)))
+        x = self.maxpool3(self.inception3b(self.inception3a(x)))
+        x = self.inception4a(x)
+        aux1 = self.aux1(x) if self.aux_logits and self.training else None
+        x = self.inception4d(self.inception4c(self.inception4b(x)))
+        aux2 = self.aux2(x) if self.aux_logits and self.training else None
+        x = self.maxpool4(self.inception4e(x))
+        x = self.inception5b(self.inception5a(x))
+        x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+        if self.aux_logits and self.training:
+            return x, aux2, aux1          # torchvision's GoogLeNetOutputs(logits, aux_logits2, aux_logits1)
+        return x
+
+
 TWINS = {
     "lenet5": t_lenet5,
     "cifar_cnn": t_cifar_cnn,
     "alexnet336": t_alexnet336,
-    "vgg11": lambda num_classes=1000: TVGG(VGG_A, num_classes),
-    "resnet18": lambda num_classes=1000: TResNet((2, 2, 2, 2), num_classes),
+    "vgg11": lambda num_classes=1000: TVGG(VGG_A, False, num_classes),
+    "resnet18": lambda num_classes=1000: TResNet(TBasicBlock, (2, 2, 2, 2), num_classes),
 }
 
 

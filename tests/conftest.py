@@ -1,5 +1,11 @@
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+# The repository root, so that tests can share benchmarks/torch_models.py (the PyTorch twins).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nabi import backend
 
