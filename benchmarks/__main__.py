@@ -407,11 +407,7 @@ def memory_child(args):
         if dev == "gpu":
             C.setup_gpu_float32()
     else:                                           # the nabi side never imports torch
-        try:
-            from threadpoolctl import threadpool_limits
-            C._LIMITER = threadpool_limits(limits=args.threads)
-        except ImportError:
-            pass
+        C.set_threads(args.threads, torch_too=False)
     x, labels = _batch(w)
     out = {"side": side}
     if side == "nabi":

@@ -22,26 +22,19 @@ ATOL = 1e-6
 # threads
 # ----------------------------------------------------------------------------------
 
-_LIMITER = None      # threadpoolctl's context object, kept alive for the whole run
 
 
-def set_threads(n: int) -> str:
-    """Use ``n`` threads in NumPy's BLAS and OpenMP (threadpoolctl) and in torch (``set_num_threads``).
-
-    Returns a note for the record ('' when both limits could be applied).
-    """
-    global _LIMITER
-    import torch
-    torch.set_num_threads(int(n))
+def set_threads(n: int, torch_too: bool = True) -> str:
+    """Use ``n`` threads in NumPy's BLAS and OpenMP (threadpoolctl), nabi's compiled kernels and
+    (``torch_too``) torch. Returns a note for the record ('' when every limit could be applied)."""
+    from nabi.backend import set_num_threads
+    if torch_too:
+        import torch
+        torch.set_num_threads(int(n))
     os.environ.setdefault("OMP_NUM_THREADS", str(n))       # for the memory suite's child processes
-    from nabi.functional import cpu_kernels
-    cpu_kernels.set_num_threads(int(n))                    # nabi's compiled loops (numba), when installed
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    if not set_num_threads(int(n), required=False):
         return ("threadpoolctl is not installed: NumPy's BLAS thread count was NOT limited "
                 "(pip install threadpoolctl)")
-    _LIMITER = threadpool_limits(limits=int(n))
     return ""
 
 

@@ -137,16 +137,23 @@ def set_rng_state(gen: np.random.Generator, state: dict) -> None:
 _thread_limits = None
 
 
-def set_num_threads(n: int) -> None:
-    """Use ``n`` CPU threads: NumPy's BLAS (through threadpoolctl) and nabi's compiled kernels."""
+def set_num_threads(n: int, required: bool = True) -> bool:
+    """Use ``n`` CPU threads: nabi's compiled kernels and NumPy's BLAS (through threadpoolctl).
+
+    Returns True when both were limited. Without threadpoolctl the BLAS stays as it is: an
+    ImportError with ``required``, else False.
+    """
     global _thread_limits
     n = int(n)
     if n < 1:
         raise ValueError(f"threads must be at least 1, got {n}")
+    from .functional import cpu_kernels
+    cpu_kernels.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError as e:  # pragma: no cover - threadpoolctl comes with nabi[tools]
-        raise ImportError("setting the thread count needs threadpoolctl (pip install threadpoolctl)") from e
+        if required:
+            raise ImportError("setting the thread count needs threadpoolctl (pip install threadpoolctl)") from e
+        return False
     _thread_limits = threadpool_limits(limits=n)
-    from .functional import cpu_kernels
-    cpu_kernels.set_num_threads(n)
+    return True

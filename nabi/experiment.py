@@ -297,12 +297,7 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
     H, W = input_size[1:]
     want = {"variants": int(variants), "seed": int(seed), "image_size": [H, W],
             "source": _sha([(_rel(p, spec["root"]), c) for p, c in spec["train"]])}
-    done = None
-    if marker.is_file():
-        try:
-            done = json.loads(marker.read_text(encoding="utf-8"))
-        except ValueError:
-            done = None
+    done = _read_json(marker)
     if not (done and {k: done.get(k) for k in want} == want and out.is_dir()):
         log(f"expanding {len(spec['train'])} training photos ×{variants} into {out} (once per experiment)")
         if out.exists():
@@ -615,13 +610,20 @@ def _no_loss(logits, labels):
     return 0.0
 
 
-def _complete(run_dir: Path, models, fingerprint):
-    path = run_dir / "result.json"
+def _read_json(path: Path):
+    """The JSON object in ``path``, or None when the file is missing or not valid JSON (a run cut
+    short before its atomic write, or damaged): the caller then redoes that work."""
     if not path.is_file():
         return None
     try:
-        res = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
+        return None
+
+
+def _complete(run_dir: Path, models, fingerprint):
+    res = _read_json(run_dir / "result.json")
+    if res is None:
         return None
     if res.get("fingerprint") != fingerprint or not all(m in res.get("models", {}) for m in models):
         return None
@@ -676,14 +678,9 @@ def _run_one_inner(job, run_dir, log):
     for key in [m for m in ("B", "A") if m in models]:
         out = run_dir / key
         eval_path = out / "eval.json"
-        res = None
-        if eval_path.is_file():
-            try:
-                res = json.loads(eval_path.read_text(encoding="utf-8"))
-            except ValueError:
-                res = None
-            if res is not None and res.get("init", {}).get("sha256") != init[key]["sha256"]:
-                res = None
+        res = _read_json(eval_path)
+        if res is not None and res.get("init", {}).get("sha256") != init[key]["sha256"]:
+            res = None
         if res is None:
             model, classes = built[key]
             built[key] = (None, classes)
@@ -724,19 +721,10 @@ def _fmt(x, digits=4) -> str:
     return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
 
 
-_LIMITS = None
-
-
 def _worker_init(threads: int):
     """Each worker process uses ``threads`` threads for BLAS and for nabi's compiled kernels."""
-    global _LIMITS
-    from .functional import cpu_kernels
-    cpu_kernels.set_num_threads(int(threads))
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    _LIMITS = threadpool_limits(limits=int(threads))
+    from .backend import set_num_threads
+    set_num_threads(int(threads), required=False)
 
 
 def _cores() -> int:
