@@ -113,11 +113,22 @@ def _set_dropout(nabi_model, torch_model, p_by_name=None):
 # train suite
 # ----------------------------------------------------------------------------------
 
+def _nabi_training(model, w):
+    """nabi's SGD for workload w, set up as the Trainer does: the first layer computes no image
+    gradient (PyTorch's input has none either), and with ``fused`` the update happens in backward."""
+    from nabi.optim import SGD
+    from nabi.train import enable_fused_sgd, skip_input_gradient
+    opt = SGD(model.named_parameters(), lr=LR, momentum=MOMENTUM if w.sgd == "momentum" else 0.0)
+    skip_input_gradient(model)
+    if w.sgd == "fused":
+        enable_fused_sgd(model, opt)
+    return opt
+
+
 def run_train(w, args, repeats, warmup):
     import torch
     import torch.nn.functional as F
     from nabi.layers import CrossEntropyLoss
-    from nabi.optim import SGD
     from .torch_models import build_pair
 
     dev = args.device
@@ -128,12 +139,8 @@ def run_train(w, args, repeats, warmup):
     model.train()
     twin.train()
     loss_fn = CrossEntropyLoss()
-    momentum = MOMENTUM if w.sgd == "momentum" else 0.0
-    opt = SGD(model.named_parameters(), lr=LR, momentum=momentum)
-    topt = torch.optim.SGD(twin.parameters(), lr=LR, momentum=momentum)
-    if w.sgd == "fused":                               # the update happens inside nabi's backward
-        from nabi.train import enable_fused_sgd
-        enable_fused_sgd(model, opt)
+    opt = _nabi_training(model, w)
+    topt = torch.optim.SGD(twin.parameters(), lr=LR, momentum=opt.hyper["momentum"])
     pc = time.perf_counter
     phases = {"nabi": [], "torch": []}
     last = {}
@@ -412,17 +419,13 @@ def memory_child(args):
     out = {"side": side}
     if side == "nabi":
         from nabi.layers import CrossEntropyLoss
-        from nabi.optim import SGD
         if dev == "cpu":
             out["kernels_warm_up_s"] = _warm_up_kernels()
         model = C.build_nabi(w.model, w.num_classes, dev)
         model.train()
         xn, yn = C.to_nabi(x, dev), C.to_nabi(labels, dev)
         loss_fn = CrossEntropyLoss()
-        opt = SGD(model.named_parameters(), lr=LR, momentum=momentum)
-        if w.sgd == "fused":
-            from nabi.train import enable_fused_sgd
-            enable_fused_sgd(model, opt)
+        opt = _nabi_training(model, w)
 
         def step():
             loss = loss_fn(model(xn), yn)

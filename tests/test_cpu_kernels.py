@@ -59,6 +59,33 @@ def test_conv_forward_and_backward_match_numpy(n, c, f, h, w, kh, kw, sh, sw, ph
     close(*both(run), dtype)
 
 
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 11), w=st.integers(1, 11),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 6), pw=st.integers(0, 6))
+def test_im2col_and_col2im_equal_numpy_exactly(n, c, h, w, kh, kw, sh, sw, ph, pw):
+    """A copy and its adjoint: the kernels must give NumPy's bits, padding wider than the kernel included."""
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    from nabi.functional.conv import col2im, im2col, pad_input
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    geom = (kh, kw, sh, sw, ph, pw, oh, ow)
+    rng = np.random.default_rng(h + 13 * w + 7 * kh)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    want = im2col(pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
+    got = K.im2col(x, geom, out=np.full(want.shape, np.nan, np.float32))   # every cell written, zeros too
+    np.testing.assert_array_equal(got, want)
+    dcol = rng.standard_normal(want.shape).astype(np.float32)
+    np.testing.assert_array_equal(K.col2im(dcol, x.shape, geom),
+                                  col2im(dcol, (n, c, h + 2 * ph, w + 2 * pw), kh, kw, sh, sw, oh, ow, (ph, pw)))
+
+
+def test_fused_bias_relu_keeps_nan():
+    ymat = np.array([[np.nan, -1.0, 2.0, -0.5]], np.float32)
+    y = K.from_gemm(ymat, np.array([0.25], np.float32), 2, relu=True)
+    np.testing.assert_array_equal(y.reshape(-1), [np.nan, 0.0, 2.25, 0.0])
+
+
 def test_conv_chunked_path_matches(monkeypatch):
     """Above the column budget the batch is done in chunks; both paths agree there too."""
     from nabi.functional import conv
