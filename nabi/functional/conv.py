@@ -26,7 +26,7 @@ import numpy as np
 from ..backend import get_array_module
 from . import cpu_kernels as K
 from ._checks import check_input
-from .blas import gemm_inplace
+from .blas import gemm_inplace, matmul_into
 from .shape import output_hw, pair, same_padding
 
 
@@ -118,12 +118,26 @@ def _batch_chunks(N, per_sample_bytes):
     return [(a, min(N, a + n)) for a in range(0, N, n)]
 
 
-def _columns(x, geom):
-    """im2col of the unpadded x (N, C, H, W): the compiled kernel pads on the fly; NumPy pads first."""
+def _columns(x, geom, out=None):
+    """im2col of the unpadded x (N, C, H, W): the compiled kernel pads on the fly; NumPy pads first.
+
+    ``out``: a buffer the compiled kernel may fill (used when its shape and dtype fit).
+    """
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     if K.enabled(x):
-        return K.im2col(x, geom)
+        shape = (x.shape[1] * kh * kw, x.shape[0] * oh * ow)
+        fits = out is not None and out.shape == shape and out.dtype == x.dtype and K.enabled(out)
+        return K.im2col(x, geom, out=out if fits else None)
     return im2col(pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
+
+
+def reusable_columns(cache):
+    """The column matrix of a forward cache when it is a buffer of its own (not a view of the
+    input), so a layer may hand it to its next forward as ``col_out`` — else None."""
+    col = cache[0]
+    if not isinstance(col, np.ndarray):      # None (chunked), or CuPy (its memory pool already reuses)
+        return None
+    return col if col.flags.owndata and col.flags.writeable else None
 
 
 def _to_nchw(y_mat, b, N, oh, ow, relu=False):
@@ -140,11 +154,12 @@ def _to_nchw(y_mat, b, N, oh, ow, relu=False):
     return y
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, col_out=None):
     """y = conv2d(x, w) + b, or max(conv2d(x, w) + b, 0) with ``relu`` (a fused ReLU).
 
     Inputs: x (N, C, H, W); w (F, C, KH, KW); b (F,) or None; stride int or pair;
-    padding int, pair or ``'same'``.
+    padding int, pair or ``'same'``. ``col_out``: a (C·KH·KW, N·OH·OW) buffer to build the
+    columns in (a layer's workspace from its previous step: no fresh pages to fault in).
     Returns ``(y, cache)`` with y (N, F, OH, OW).
     """
     xp = check_input(x, 4, layer)
@@ -162,7 +177,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     w_mat = w.reshape(F, -1)
     chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize)
     if len(chunks) == 1:
-        col = _columns(x, geom)                                # (C·KH·KW, N·OH·OW)
+        col = _columns(x, geom, col_out)                       # (C·KH·KW, N·OH·OW)
         y = _to_nchw(w_mat @ col, b, N, oh, ow, relu)          # (N, F, OH, OW)
         return y, (col, w, x.shape, geom, b is not None, None)
     y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
@@ -182,7 +197,7 @@ def _column_chunks(cache):
         yield a, e, _columns(x[a:e], geom)
 
 
-def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None):
+def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False):
     """Gradients of ``conv2d_forward``.
 
     Inputs: dy (N, F, OH, OW). Returns ``(dx, dw, db)``: dx (N, C, H, W) or None
@@ -190,6 +205,8 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None):
     ``dw_out``: a buffer shaped like w to write ∂L/∂w into. ``relu_y``: the output of a
     ReLU that followed this convolution; dy is then the ReLU's upstream gradient and is
     masked by [y > 0] on its way into the GEMM layout (the ReLU's backward, fused).
+    ``consume``: the cache is used once (a layer's): once ∂L/∂w is done, wᵀ·δ is written
+    over the columns instead of into a fresh matrix of the same size.
     """
     _, w, x_shape, geom, has_bias, _ = cache
     F = w.shape[0]
@@ -206,7 +223,8 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None):
             dw_mat += dy_mat @ col.T
             if has_bias:
                 db += db_part
-        parts.append(_conv_input_grad(dy_mat, w, (e - a,) + tuple(x_shape[1:]), geom) if need_dx else None)
+        spare = reusable_columns(cache) if consume else None
+        parts.append(_conv_input_grad(dy_mat, w, (e - a,) + tuple(x_shape[1:]), geom, spare) if need_dx else None)
     return (_join(parts, xp) if need_dx else None), dw, db
 
 
@@ -269,11 +287,15 @@ def _dy_matrix(dy, geom, need_db=False, relu_y=None):
     return dy.transpose(1, 0, 2, 3).reshape(F, N * oh * ow), db
 
 
-def _conv_input_grad(dy_mat, w, x_shape, geom):
-    """∂L/∂x = col2im(wᵀ·δ), straight into the unpadded input's shape."""
+def _conv_input_grad(dy_mat, w, x_shape, geom, out=None):
+    """∂L/∂x = col2im(wᵀ·δ), straight into the unpadded input's shape; ``out`` may hold wᵀ·δ."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     F = w.shape[0]
-    dcol = w.reshape(F, -1).T @ dy_mat                         # (C·KH·KW, N·OH·OW)
+    w_t = w.reshape(F, -1).T
+    shape = (w_t.shape[0], dy_mat.shape[1])
+    if out is not None and (out.shape != shape or out.dtype != get_array_module(w).result_type(w, dy_mat)):
+        out = None
+    dcol = matmul_into(w_t, dy_mat, out=out)                   # (C·KH·KW, N·OH·OW)
     if K.enabled(dcol):
         return K.col2im(dcol, x_shape, geom)
     N, C, H, W = x_shape

@@ -282,11 +282,13 @@ class WeightedLayer(Module):
     """
 
     _backward_fn = _sgd_backward_fn = None
+    _backward_options = {}
 
     def _init_state(self):
         self.compute_input_grad = True   # False for a network's first layer: no image gradient
         self.fused_lr = None
         self._cache = None
+        self._columns = None             # Conv2d's im2col workspace, kept between training steps
 
     def _name(self):
         return type(self).__name__
@@ -303,7 +305,8 @@ class WeightedLayer(Module):
             return type(self)._sgd_backward_fn(dy, cache, self.weight.data, bias, self.fused_lr,
                                                need_dx=self.compute_input_grad, **extra)
         buf = self.weight.overwrite_buffer(dy.dtype)
-        dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf, **extra)
+        dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf, **extra,
+                                             **self._backward_options)
         if buf is None:
             self.weight.accumulate(dw, owned=True)
         if db is not None:

@@ -1,0 +1,84 @@
+"""Conv2d keeps its im2col matrix as a workspace between training steps (no fresh pages each step)
+and lets backward write wᵀ·δ over it. Neither may change a single bit of any result."""
+import numpy as np
+import pytest
+
+from nabi import layers as L, optim
+from nabi.functional import conv as C
+from nabi.functional import cpu_kernels as K
+
+
+def net(rng):
+    return L.Sequential(L.Conv2d(3, 4, 3, padding=1, rng=rng), L.ReLU(), L.MaxPool2d(2),
+                        L.Conv2d(4, 6, 3, stride=2, rng=rng), L.ReLU(), L.Conv2d(6, 5, 1, rng=rng), L.ReLU(), L.Flatten(),
+                        L.Linear(5 * 3 * 3, 3, rng=rng))
+
+
+def train(model, steps, rng, batch):
+    opt = optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    loss_fn = L.CrossEntropyLoss()
+    out = []
+    for _ in range(steps):
+        x = rng.standard_normal((batch, 3, 16, 16)).astype(np.float32)
+        x0 = x.copy()
+        loss = loss_fn(model(x), rng.integers(0, 3, batch))
+        model.zero_grad()
+        model.backward(loss_fn.backward())
+        np.testing.assert_array_equal(x, x0)                  # the input is never written over
+        out.append((loss, [p.grad.copy() for p in model.parameters()]))
+        opt.step()
+    return out, [p.data for p in model.parameters()]
+
+
+@pytest.mark.parametrize("batch", [1, 4])      # at batch 1 NumPy's 1×1 columns are a view of the input
+@pytest.mark.parametrize("kernels", [True, False])
+def test_workspace_changes_no_bit(kernels, batch, monkeypatch):
+    if kernels and not K.available():
+        pytest.skip("numba is not installed")
+    with K.kernels(kernels):
+        a = net(np.random.default_rng(0))
+        hist_a, final_a = train(a, 3, np.random.default_rng(1), batch)
+        monkeypatch.setattr(C, "reusable_columns", lambda cache: None)      # no workspace at all
+        b = net(np.random.default_rng(0))
+        hist_b, final_b = train(b, 3, np.random.default_rng(1), batch)
+    for (la, ga), (lb, gb) in zip(hist_a, hist_b):
+        assert la == lb
+        for p, q in zip(ga, gb):
+            np.testing.assert_array_equal(p, q)
+    for p, q in zip(final_a, final_b):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.skipif(not K.available(), reason="numba is not installed")
+def test_workspace_is_reused_and_dropped_in_eval():
+    conv = L.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with K.kernels(True):
+        conv(x)
+        ws = conv._columns
+        assert ws is not None and ws.shape == (27, 128)
+        conv.backward(np.ones((2, 4, 8, 8), np.float32))
+        conv(x)
+        assert conv._columns is ws                            # the same buffer, refilled
+        conv.eval()
+        conv(x)
+        assert conv._columns is None
+
+
+def test_two_forwards_then_backward_use_the_second():
+    """A second training forward before backward replaces the pending cache; its gradient must be
+    exactly that of the second input, workspace or not."""
+    rng = np.random.default_rng(2)
+    conv = L.Conv2d(2, 3, 3, rng=rng)
+    x1, x2 = rng.standard_normal((2, 2, 2, 6, 6)).astype(np.float32)
+    dy = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    ref = L.Conv2d(2, 3, 3, rng=np.random.default_rng(2))
+    ref(x2)
+    ref.backward(dy)
+    conv(x1)
+    conv.backward(dy)                   # a workspace now exists
+    conv.zero_grad()
+    conv(x1)                            # fills the workspace
+    conv(x2)                            # a pending cache exists: fresh columns
+    conv.backward(dy)
+    np.testing.assert_array_equal(conv.weight.grad, ref.weight.grad)
