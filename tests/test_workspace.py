@@ -6,6 +6,7 @@ import pytest
 from nabi import layers as L, optim
 from nabi.functional import conv as C
 from nabi.functional import cpu_kernels as K
+from nabi.train import enable_fused_sgd
 
 
 def net(rng):
@@ -14,8 +15,10 @@ def net(rng):
                         L.Linear(5 * 3 * 3, 3, rng=rng))
 
 
-def train(model, steps, rng, batch):
-    opt = optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+def train(model, steps, rng, batch, fused):
+    opt = optim.SGD(model.named_parameters(), lr=0.1, momentum=0.0 if fused else 0.9)
+    if fused:
+        enable_fused_sgd(model, opt)
     loss_fn = L.CrossEntropyLoss()
     out = []
     for _ in range(steps):
@@ -25,22 +28,26 @@ def train(model, steps, rng, batch):
         model.zero_grad()
         model.backward(loss_fn.backward())
         np.testing.assert_array_equal(x, x0)                  # the input is never written over
-        out.append((loss, [p.grad.copy() for p in model.parameters()]))
+        out.append((loss, [] if fused else [p.grad.copy() for p in model.parameters()]))
         opt.step()
     return out, [p.data for p in model.parameters()]
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("batch", [1, 4])      # at batch 1 NumPy's 1×1 columns are a view of the input
 @pytest.mark.parametrize("kernels", [True, False])
-def test_workspace_changes_no_bit(kernels, batch, monkeypatch):
+def test_workspace_changes_no_bit(kernels, batch, fused, monkeypatch):
     if kernels and not K.available():
         pytest.skip("numba is not installed")
     with K.kernels(kernels):
         a = net(np.random.default_rng(0))
-        hist_a, final_a = train(a, 3, np.random.default_rng(1), batch)
-        monkeypatch.setattr(C, "reusable_columns", lambda cache: None)      # no workspace at all
+        hist_a, final_a = train(a, 3, np.random.default_rng(1), batch, fused)
+        if kernels:
+            assert any(m._workspace for m in a.modules() if isinstance(m, L.Conv2d))
+        monkeypatch.setattr(C, "workspace_buffer", lambda *a: None)    # no workspace at all
+        monkeypatch.setattr(C, "_reusable_columns", lambda cache: None)
         b = net(np.random.default_rng(0))
-        hist_b, final_b = train(b, 3, np.random.default_rng(1), batch)
+        hist_b, final_b = train(b, 3, np.random.default_rng(1), batch, fused)
     for (la, ga), (lb, gb) in zip(hist_a, hist_b):
         assert la == lb
         for p, q in zip(ga, gb):
@@ -55,14 +62,14 @@ def test_workspace_is_reused_and_dropped_in_eval():
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
     with K.kernels(True):
         conv(x)
-        ws = conv._columns
-        assert ws is not None and ws.shape == (27, 128)
+        ws = dict(conv._workspace)
+        assert ws["col"].shape == (27, 128) and ws["gemm"].shape == (4, 128)
         conv.backward(np.ones((2, 4, 8, 8), np.float32))
         conv(x)
-        assert conv._columns is ws                            # the same buffer, refilled
+        assert all(conv._workspace[k] is ws[k] for k in ws)                # the same buffers, refilled
         conv.eval()
         conv(x)
-        assert conv._columns is None
+        assert conv._workspace.get("col") is None
 
 
 def test_two_forwards_then_backward_use_the_second():

@@ -118,26 +118,44 @@ def _batch_chunks(N, per_sample_bytes):
     return [(a, min(N, a + n)) for a in range(0, N, n)]
 
 
-def _columns(x, geom, out=None):
-    """im2col of the unpadded x (N, C, H, W): the compiled kernel pads on the fly; NumPy pads first.
+def workspace_buffer(workspace, name, shape, dtype):
+    """A buffer kept in ``workspace`` (a dict a layer owns across steps), made or remade when
+    its shape or dtype changes; None without a workspace. Only compiled-kernel (NumPy) paths
+    use one, and only for arrays they fill completely."""
+    if workspace is None:
+        return None
+    buf = workspace.get(name)
+    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+        buf = workspace[name] = np.empty(shape, dtype=dtype)
+    return buf
 
-    ``out``: a buffer the compiled kernel may fill (used when its shape and dtype fit).
-    """
+
+def _columns(x, geom, workspace=None):
+    """im2col of the unpadded x (N, C, H, W): the compiled kernel pads on the fly (into the
+    workspace's ``col`` buffer when given); NumPy pads first."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     if K.enabled(x):
         shape = (x.shape[1] * kh * kw, x.shape[0] * oh * ow)
-        fits = out is not None and out.shape == shape and out.dtype == x.dtype and K.enabled(out)
-        return K.im2col(x, geom, out=out if fits else None)
+        return K.im2col(x, geom, out=workspace_buffer(workspace, "col", shape, x.dtype))
     return im2col(pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
 
 
-def reusable_columns(cache):
+def _reusable_columns(cache):
     """The column matrix of a forward cache when it is a buffer of its own (not a view of the
-    input), so a layer may hand it to its next forward as ``col_out`` — else None."""
+    input: NumPy's 1×1 columns at batch 1 are), so backward may write over it — else None."""
     col = cache[0]
     if not isinstance(col, np.ndarray):      # None (chunked), or CuPy (its memory pool already reuses)
         return None
     return col if col.flags.owndata and col.flags.writeable else None
+
+
+def _forward_gemm(w_mat, col, b, workspace):
+    """w_mat (F, K) · col (K, P) → (F, P); into the workspace's ``gemm`` buffer when ``_to_nchw``
+    takes the compiled path (which copies it out, so the buffer is free again at once)."""
+    if workspace is not None and K.enabled(col, w_mat) and (b is None or K.enabled(b)):
+        out = workspace_buffer(workspace, "gemm", (w_mat.shape[0], col.shape[1]), np.result_type(w_mat, col))
+        return np.matmul(w_mat, col, out=out)
+    return w_mat @ col
 
 
 def _to_nchw(y_mat, b, N, oh, ow, relu=False):
@@ -154,12 +172,13 @@ def _to_nchw(y_mat, b, N, oh, ow, relu=False):
     return y
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, col_out=None):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, workspace=None):
     """y = conv2d(x, w) + b, or max(conv2d(x, w) + b, 0) with ``relu`` (a fused ReLU).
 
     Inputs: x (N, C, H, W); w (F, C, KH, KW); b (F,) or None; stride int or pair;
-    padding int, pair or ``'same'``. ``col_out``: a (C·KH·KW, N·OH·OW) buffer to build the
-    columns in (a layer's workspace from its previous step: no fresh pages to fault in).
+    padding int, pair or ``'same'``. ``workspace``: a dict of buffers a layer keeps between
+    steps (``workspace_buffer``): the columns and the GEMM result are built in them, so no
+    fresh pages are faulted in each step. The columns stay in the cache until backward.
     Returns ``(y, cache)`` with y (N, F, OH, OW).
     """
     xp = check_input(x, 4, layer)
@@ -177,8 +196,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     w_mat = w.reshape(F, -1)
     chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize)
     if len(chunks) == 1:
-        col = _columns(x, geom, col_out)                       # (C·KH·KW, N·OH·OW)
-        y = _to_nchw(w_mat @ col, b, N, oh, ow, relu)          # (N, F, OH, OW)
+        col = _columns(x, geom, workspace)                     # (C·KH·KW, N·OH·OW)
+        y = _to_nchw(_forward_gemm(w_mat, col, b, workspace), b, N, oh, ow, relu)   # (N, F, OH, OW)
         return y, (col, w, x.shape, geom, b is not None, None)
     y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
     for a, e in chunks:
@@ -197,7 +216,7 @@ def _column_chunks(cache):
         yield a, e, _columns(x[a:e], geom)
 
 
-def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False):
+def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False, workspace=None):
     """Gradients of ``conv2d_forward``.
 
     Inputs: dy (N, F, OH, OW). Returns ``(dx, dw, db)``: dx (N, C, H, W) or None
@@ -206,7 +225,8 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
     ReLU that followed this convolution; dy is then the ReLU's upstream gradient and is
     masked by [y > 0] on its way into the GEMM layout (the ReLU's backward, fused).
     ``consume``: the cache is used once (a layer's): once ∂L/∂w is done, wᵀ·δ is written
-    over the columns instead of into a fresh matrix of the same size.
+    over the columns instead of into a fresh matrix of the same size. ``workspace``: the
+    layer's buffers (see ``conv2d_forward``); δ in GEMM layout goes into its ``gemm`` buffer.
     """
     _, w, x_shape, geom, has_bias, _ = cache
     F = w.shape[0]
@@ -214,8 +234,10 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
     dw = dw_out if dw_out is not None else xp.empty(w.shape, dtype=xp.result_type(dy, w))
     dw_mat = dw.reshape(F, -1)
     parts, db = [], None
+    single = cache[5] is None
     for a, e, col in _column_chunks(cache):
-        dy_mat, db_part = _dy_matrix(dy[a:e], geom, has_bias, _rows(relu_y, a, e))   # (F, n·OH·OW), (F,)
+        dy_mat, db_part = _dy_matrix(dy[a:e], geom, has_bias, _rows(relu_y, a, e),   # (F, n·OH·OW), (F,)
+                                     workspace if single else None)
         if not parts:
             _weight_grad(dy_mat, col, dw_mat)
             db = db_part
@@ -223,7 +245,7 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
             dw_mat += dy_mat @ col.T
             if has_bias:
                 db += db_part
-        spare = reusable_columns(cache) if consume else None
+        spare = _reusable_columns(cache) if consume else None
         parts.append(_conv_input_grad(dy_mat, w, (e - a,) + tuple(x_shape[1:]), geom, spare) if need_dx else None)
     return (_join(parts, xp) if need_dx else None), dw, db
 
@@ -243,17 +265,23 @@ def _join(parts, xp):
     return xp.ascontiguousarray(parts[0]) if len(parts) == 1 else xp.concatenate(parts)
 
 
-def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None):
-    """Backward fused with plain SGD: dx first (with the old w), then w ← w − lr·δ·colᵀ, b ← b − lr·Σδ in place."""
-    _, w_fwd, x_shape, geom, has_bias, _ = cache
+def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspace=None):
+    """Backward fused with plain SGD: dx first (with the old w), then w ← w − lr·δ·colᵀ, b ← b − lr·Σδ in place.
+
+    ``workspace``: the layer's buffers; δ in GEMM layout and wᵀ·δ are built in them (the
+    columns are still needed for the update, so wᵀ·δ gets a buffer of its own, ``dcol``).
+    """
+    col, w_fwd, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
+    ws = workspace if chunked is None else None
     mats = {}
     parts = []
     for a, e in _chunk_bounds(cache):   # every input gradient uses the old weights: it comes before any update
-        mats[a] = _dy_matrix(dy[a:e], geom, has_bias, _rows(relu_y, a, e))
+        mats[a] = _dy_matrix(dy[a:e], geom, has_bias, _rows(relu_y, a, e), ws)
         if need_dx:
-            parts.append(_conv_input_grad(mats[a][0], w_fwd, (e - a,) + tuple(x_shape[1:]), geom))
+            spare = workspace_buffer(ws, "dcol", col.shape, col.dtype) if ws is not None and K.enabled(col) else None
+            parts.append(_conv_input_grad(mats[a][0], w_fwd, (e - a,) + tuple(x_shape[1:]), geom, spare))
     dx = _join(parts, xp) if need_dx else None
     for a, e, col in _column_chunks(cache):
         dy_mat, db = mats.pop(a)
@@ -272,12 +300,13 @@ def _rows(a, lo, hi):
     return None if a is None else a[lo:hi]
 
 
-def _dy_matrix(dy, geom, need_db=False, relu_y=None):
+def _dy_matrix(dy, geom, need_db=False, relu_y=None, workspace=None):
     """δ (N, F, OH, OW) → (δ as (F, N·OH·OW), Σ_{n,i,j} δ (F,) or None); δ·[y > 0] first with ``relu_y``."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     F, N = dy.shape[1], dy.shape[0]
     if K.enabled(dy) and (N > 1 or relu_y is not None) and (relu_y is None or K.enabled(relu_y)):
-        dy_mat, db = K.to_gemm(dy, relu_y)
+        out = workspace_buffer(workspace, "gemm", (F, N * oh * ow), dy.dtype)
+        dy_mat, db = K.to_gemm(dy, relu_y, out=out)
         return dy_mat, (db if need_db else None)
     if relu_y is not None:
         dy = dy * (relu_y > 0)

@@ -247,15 +247,16 @@ def _to_gemm(dy, y, masked, dmat, db):
         db[f] = s
 
 
-def to_gemm(dy, relu_y=None):
+def to_gemm(dy, relu_y=None, out=None):
     """δ (N, F, OH, OW) → (δ in GEMM layout (F, N·OH·OW), Σ_{n,i,j} δ = ∂L/∂b (F,)).
 
     With ``relu_y`` (the output of a ReLU fused into the layer) δ is first masked by [y > 0].
+    ``out``: an (F, N·OH·OW) buffer of δ's dtype to fill.
     """
     N, F = dy.shape[:2]
     d3 = np.ascontiguousarray(dy).reshape(N, F, -1)
     y3 = d3 if relu_y is None else np.ascontiguousarray(relu_y).reshape(N, F, -1)
-    dmat = np.empty((F, N * d3.shape[2]), dtype=dy.dtype)
+    dmat = out if out is not None else np.empty((F, N * d3.shape[2]), dtype=dy.dtype)
     db = np.empty(F, dtype=dy.dtype)
     _to_gemm(d3, y3, relu_y is not None, dmat, db)
     return dmat, db

@@ -34,19 +34,20 @@ class Conv2d(WeightedLayer):
         self._init_state()
 
     _backward_fn = staticmethod(C.conv2d_backward)
-    _backward_options = {"consume": True}     # the layer's cache is used once: wᵀ·δ may overwrite its columns
+    _consumes_cache = True     # the layer's cache is used once: wᵀ·δ may overwrite its columns
     _sgd_backward_fn = staticmethod(C.conv2d_sgd_backward)
 
     def forward(self, x, relu=False):
         """``relu=True``: return max(conv + b, 0) in the same pass (``Sequential`` fuses a following ReLU)."""
         b = self.bias.data if self.bias is not None else None
-        # Training keeps the column matrix as a workspace between steps; it is reused only once
-        # the backward that needed it has run (no pending cache), and dropped in eval mode.
-        ws = self._columns if self.training and self._cache is None else None
+        # Training keeps the columns and GEMM buffers between steps (``self._workspace``); they are
+        # used only once the backward that needed the last columns has run, and dropped in eval mode.
+        if not self.training:
+            self._workspace = {}
+        ws = self._workspace if self.training and self._cache is None else None
         y, cache = C.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name(), relu=relu,
-                                    col_out=ws)
+                                    workspace=ws)
         self._cache = cache if self.training or self.keep_cache else None
-        self._columns = C.reusable_columns(cache) if self.training else None
         return y
 
     def _name(self):

@@ -282,13 +282,13 @@ class WeightedLayer(Module):
     """
 
     _backward_fn = _sgd_backward_fn = None
-    _backward_options = {}
+    _consumes_cache = False    # Conv2d: backward takes ``consume`` and ``workspace`` (see ``Conv2d.forward``)
 
     def _init_state(self):
         self.compute_input_grad = True   # False for a network's first layer: no image gradient
         self.fused_lr = None
         self._cache = None
-        self._columns = None             # Conv2d's im2col workspace, kept between training steps
+        self._workspace = {}             # Conv2d's buffers kept between training steps
 
     def _name(self):
         return type(self).__name__
@@ -301,12 +301,15 @@ class WeightedLayer(Module):
         cache, self._cache = self._cache, None
         bias = self.bias.data if self.bias is not None else None
         extra = {} if relu_y is None else {"relu_y": relu_y}
+        if self._consumes_cache:
+            extra["workspace"] = self._workspace if self.training else None
         if self.fused_lr is not None:
             return type(self)._sgd_backward_fn(dy, cache, self.weight.data, bias, self.fused_lr,
                                                need_dx=self.compute_input_grad, **extra)
         buf = self.weight.overwrite_buffer(dy.dtype)
-        dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf, **extra,
-                                             **self._backward_options)
+        if self._consumes_cache:
+            extra["consume"] = True
+        dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf, **extra)
         if buf is None:
             self.weight.accumulate(dw, owned=True)
         if db is not None:
