@@ -461,6 +461,9 @@ def memory_child(args):
         _memory_cpu(step, side, out)
     else:
         _memory_gpu(step, side, out)
+    if side == "nabi":   # buffers Conv2d layers keep between steps (in RSS before step 2, so not in its peak)
+        out["workspace_bytes"] = int(sum(b.nbytes for m in model.modules()
+                                         for b in (getattr(m, "_workspace", None) or {}).values()))
     print("MEMORY-RESULT " + json.dumps(out), flush=True)
     return 0
 
@@ -583,7 +586,7 @@ def _cells(row):
                  else C.fmt_mb(t.get("step1_allocated_peak_bytes")))
         return [row["workload"], C.fmt_mb(n["step1_peak_bytes"]), C.fmt_mb(t["step1_peak_bytes"]),
                 f"{row['ratio']:.2f}", C.fmt_mb(n["step2_peak_bytes"]), C.fmt_mb(t["step2_peak_bytes"]),
-                extra, _check_label(row)]
+                extra, C.fmt_mb(n.get("workspace_bytes")), _check_label(row)]
     cells = [row["workload"], C.fmt_ms(row["nabi"]["median_ms"]), C.fmt_ms(row["torch"]["median_ms"]),
              f"{row['ratio']:.2f}", f"{row['cpu_ratio']:.2f}"]
     if s == "infer":
@@ -603,7 +606,7 @@ HEADERS = {
     "infer": ["workload (inference)", "nabi ms", "torch ms", "ratio", "cpu ratio", "nabi img/s", "torch img/s",
               "IQR n/t", "check"],
     "memory": ["workload (1 train step)", "nabi MB", "torch MB", "ratio", "nabi MB s2", "torch MB s2",
-               "traced MB", "check"],
+               "traced MB", "nabi kept MB", "check"],
 }
 
 
@@ -628,7 +631,8 @@ def print_suite_table(suite, rows, args):
     if suite == "memory":
         C.log("   MB = peak extra memory during the first training step (s2: the second step); "
               + ("traced = nabi's NumPy allocations seen by tracemalloc (step 1)" if args.device == "cpu"
-                 else "torch alloc = max_memory_allocated growth"))
+                 else "torch alloc = max_memory_allocated growth")
+              + "\n   nabi kept = Conv2d workspaces held between steps (already resident when step 2 starts)")
     if suite == "memory":
         C.log("   ratio = nabi / torch (step 1); < 1 means nabi needs less")
     else:
