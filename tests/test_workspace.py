@@ -89,3 +89,32 @@ def test_two_forwards_then_backward_use_the_second():
     conv(x2)                            # a pending cache exists: fresh columns
     conv.backward(dy)
     np.testing.assert_array_equal(conv.weight.grad, ref.weight.grad)
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_inference_scratch_changes_no_bit(kernels, monkeypatch):
+    """Eval-mode forwards share this thread's scratch buffers: same outputs as without them,
+    one buffer reused by every layer, nothing over the size limit kept, and release frees them."""
+    if kernels and not K.available():
+        pytest.skip("numba is not installed")
+    model = net(np.random.default_rng(0)).eval()
+    x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    with K.kernels(kernels):
+        C.release_scratch()
+        first = model(x)
+        again = model(x)
+        kept = dict(C.scratch())
+        assert all(C.scratch()[k] is kept[k] for k in kept)
+        if kernels:
+            assert set(kept) == {"col", "gemm"}
+        monkeypatch.setattr(C, "workspace_buffer", lambda *a: None)
+        plain = model(x)
+    np.testing.assert_array_equal(first, plain)
+    np.testing.assert_array_equal(again, plain)
+    monkeypatch.undo()
+    monkeypatch.setattr(C._BoundedBuffers, "limit", 64)
+    C.release_scratch()
+    with K.kernels(kernels):
+        np.testing.assert_array_equal(model(x), plain)
+    assert dict(C.scratch()) == {}
+    C.release_scratch()

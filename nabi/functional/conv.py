@@ -21,6 +21,8 @@ no Python loop over pixels; col2im loops only over the KH×KW kernel offsets.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..backend import get_array_module
@@ -126,8 +128,38 @@ def workspace_buffer(workspace, name, shape, dtype):
         return None
     buf = workspace.get(name)
     if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+        limit = getattr(workspace, "limit", None)
+        if limit is not None and int(np.prod(shape)) * np.dtype(dtype).itemsize > limit:
+            return None
         buf = workspace[name] = np.empty(shape, dtype=dtype)
     return buf
+
+
+SCRATCH_MAX_BYTES = 64 * 2**20
+"""Largest buffer ``scratch`` keeps: above it a call allocates afresh (such layers are dominated by
+their GEMM anyway), so an inference thread never holds more than a few times this."""
+
+_scratch = threading.local()
+
+
+def scratch():
+    """This thread's buffers for calls whose results keep no reference to them (an eval-mode
+    forward): shared by every layer, so an inference pass faults in no fresh pages per layer."""
+    d = getattr(_scratch, "buffers", None)
+    if d is None:
+        d = _scratch.buffers = _BoundedBuffers()
+    return d
+
+
+def release_scratch():
+    """Free this thread's scratch buffers (they are otherwise kept for the next inference pass)."""
+    _scratch.buffers = None
+
+
+class _BoundedBuffers(dict):
+    """A workspace dict that declines buffers over ``SCRATCH_MAX_BYTES`` (``workspace_buffer``
+    then allocates a fresh array and does not keep it)."""
+    limit = SCRATCH_MAX_BYTES
 
 
 def _columns(x, geom, workspace=None):

@@ -41,10 +41,13 @@ class Conv2d(WeightedLayer):
         """``relu=True``: return max(conv + b, 0) in the same pass (``Sequential`` fuses a following ReLU)."""
         b = self.bias.data if self.bias is not None else None
         # Training keeps the columns and GEMM buffers between steps (``self._workspace``); they are
-        # used only once the backward that needed the last columns has run, and dropped in eval mode.
-        if not self.training:
+        # used only once the backward that needed the last columns has run. In eval mode the layer's
+        # own are dropped and, when no cache is kept, the thread's shared scratch buffers serve.
+        if self.training:
+            ws = self._workspace if self._cache is None else None
+        else:
             self._workspace = {}
-        ws = self._workspace if self.training and self._cache is None else None
+            ws = None if self.keep_cache else C.scratch()
         y, cache = C.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name(), relu=relu,
                                     workspace=ws)
         self._cache = cache if self.training or self.keep_cache else None
