@@ -69,7 +69,7 @@ def test_workspace_is_reused_and_dropped_in_eval():
         assert all(conv._workspace[k] is ws[k] for k in ws)                # the same buffers, refilled
         conv.eval()
         conv(x)
-        assert conv._workspace.get("col") is None
+        assert conv._workspace == {}
 
 
 def test_two_forwards_then_backward_use_the_second():
@@ -112,9 +112,22 @@ def test_inference_scratch_changes_no_bit(kernels, monkeypatch):
     np.testing.assert_array_equal(first, plain)
     np.testing.assert_array_equal(again, plain)
     monkeypatch.undo()
-    monkeypatch.setattr(C._BoundedBuffers, "limit", 64)
+    monkeypatch.setattr(C.Workspace, "limit", 64)
     C.release_scratch()
     with K.kernels(kernels):
         np.testing.assert_array_equal(model(x), plain)
     assert dict(C.scratch()) == {}
     C.release_scratch()
+
+
+@pytest.mark.skipif(not K.available(), reason="numba is not installed")
+def test_training_workspace_keeps_nothing_over_the_limit(monkeypatch):
+    """Columns larger than ``Workspace.limit`` are allocated per step, not held between steps."""
+    conv = L.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    monkeypatch.setattr(C.Workspace, "limit", 27 * 128 * 4 - 1)       # the columns: 27 × 128 float32
+    with K.kernels(True):
+        for _ in range(2):
+            conv(x)
+            conv.backward(np.ones((2, 4, 8, 8), np.float32))
+    assert set(conv._workspace) == {"gemm"}

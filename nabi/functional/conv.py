@@ -18,6 +18,13 @@ im2col unrolls every receptive field into a column, so the sum over (c, u, v)
 becomes one matrix product: y = W · col with W (F, C·KH·KW) and
 col (C·KH·KW, N·OH·OW). Columns are built with a strided view and one copy,
 no Python loop over pixels; col2im loops only over the KH×KW kernel offsets.
+
+Buffers: a ``Conv2d`` in training passes a ``workspace`` (a dict it keeps between steps) in
+which the compiled path builds the columns, the forward GEMM result and δ in GEMM layout,
+and backward writes wᵀ·δ over the columns once ∂L/∂w is done. Fresh multi-megabyte arrays
+every step cost the operating system's page faults and cold caches: on 2 cores this took
+cifar_cnn's training step from 1.45× to 1.12× PyTorch's time. Eval-mode forwards use the
+thread's shared ``scratch()`` instead.
 """
 from __future__ import annotations
 
@@ -121,9 +128,9 @@ def _batch_chunks(N, per_sample_bytes):
 
 
 def workspace_buffer(workspace, name, shape, dtype):
-    """A buffer kept in ``workspace`` (a dict a layer owns across steps), made or remade when
-    its shape or dtype changes; None without a workspace. Only compiled-kernel (NumPy) paths
-    use one, and only for arrays they fill completely."""
+    """A buffer kept in ``workspace`` (a ``Workspace`` a layer owns across steps, or any dict),
+    made or remade when its shape or dtype changes; None without a workspace or over its
+    ``limit``. Only compiled-kernel (NumPy) paths use one, for arrays they fill completely."""
     if workspace is None:
         return None
     buf = workspace.get(name)
@@ -135,9 +142,9 @@ def workspace_buffer(workspace, name, shape, dtype):
     return buf
 
 
-SCRATCH_MAX_BYTES = 64 * 2**20
-"""Largest buffer ``scratch`` keeps: above it a call allocates afresh (such layers are dominated by
-their GEMM anyway), so an inference thread never holds more than a few times this."""
+WORKSPACE_MAX_BYTES = 64 * 2**20
+"""Largest buffer a ``Workspace`` keeps: above it a call allocates afresh (such layers are dominated
+by their GEMM, so page faults matter little there), which bounds what layers and threads hold."""
 
 _scratch = threading.local()
 
@@ -147,7 +154,7 @@ def scratch():
     forward): shared by every layer, so an inference pass faults in no fresh pages per layer."""
     d = getattr(_scratch, "buffers", None)
     if d is None:
-        d = _scratch.buffers = _BoundedBuffers()
+        d = _scratch.buffers = Workspace()
     return d
 
 
@@ -156,10 +163,10 @@ def release_scratch():
     _scratch.buffers = None
 
 
-class _BoundedBuffers(dict):
-    """A workspace dict that declines buffers over ``SCRATCH_MAX_BYTES`` (``workspace_buffer``
-    then allocates a fresh array and does not keep it)."""
-    limit = SCRATCH_MAX_BYTES
+class Workspace(dict):
+    """Named buffers kept between calls (``workspace_buffer``); one over ``limit`` bytes
+    (``WORKSPACE_MAX_BYTES``) is not kept: the call allocates a fresh array instead."""
+    limit = WORKSPACE_MAX_BYTES
 
 
 def _columns(x, geom, workspace=None):

@@ -32,6 +32,7 @@ class Conv2d(WeightedLayer):
         self.weight = Parameter(initialisers.make((self.out_channels, self.in_channels, kh, kw), init, rng, fan_in))
         self.bias = Parameter(initialisers.make((self.out_channels,), bias_init, rng, fan_in)) if bias else None
         self._init_state()
+        self._workspace = C.Workspace()     # buffers kept between training steps (see forward)
 
     _backward_fn = staticmethod(C.conv2d_backward)
     _consumes_cache = True     # the layer's cache is used once: wᵀ·δ may overwrite its columns
@@ -46,7 +47,7 @@ class Conv2d(WeightedLayer):
         if self.training:
             ws = self._workspace if self._cache is None else None
         else:
-            self._workspace = {}
+            self._workspace = C.Workspace()
             ws = None if self.keep_cache else C.scratch()
         y, cache = C.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name(), relu=relu,
                                     workspace=ws)

@@ -288,7 +288,7 @@ class WeightedLayer(Module):
         self.compute_input_grad = True   # False for a network's first layer: no image gradient
         self.fused_lr = None
         self._cache = None
-        self._workspace = {}             # Conv2d's buffers kept between training steps
+        self._workspace = None           # Conv2d: its buffers kept between training steps
 
     def _name(self):
         return type(self).__name__
