@@ -57,15 +57,16 @@ def matmul_into(a, b, out=None):
     return xp.matmul(a, b, out=out)
 
 
-def gemm_inplace(c, a, b, alpha: float) -> None:
+def gemm_inplace(c, a, b, alpha: float, tmp=None) -> None:
     """c += alpha · (a @ b), in place; c (M, K), a (M, N), b (N, K).
 
     Rank-1 (N = 1, a batch of one): row blocks c[i:j] += (alpha·a[i:j]) ⊗ b[0], so
-    the M×K product is never stored whole. Otherwise one GEMM and a blocked ``axpy``.
+    the M×K product is never stored whole. Otherwise one GEMM (into ``tmp``, an (M, K)
+    buffer, when given) and a blocked ``axpy``.
     """
     xp = get_array_module(c)
     if a.shape[1] != 1 or xp is not np:
-        axpy(c, matmul_into(a, b), alpha)
+        axpy(c, matmul_into(a, b, out=tmp), alpha)
         return
     rows = max(1, BLOCK_ELEMENTS // max(1, c.shape[1]))
     scaled = (alpha * a[:, 0]).astype(c.dtype)

@@ -307,8 +307,8 @@ def _join(parts, xp):
 def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspace=None):
     """Backward fused with plain SGD: dx first (with the old w), then w ← w − lr·δ·colᵀ, b ← b − lr·Σδ in place.
 
-    ``workspace``: the layer's buffers; δ in GEMM layout and wᵀ·δ are built in them (the
-    columns are still needed for the update, so wᵀ·δ gets a buffer of its own, ``dcol``).
+    ``workspace``: the layer's buffers; δ in GEMM layout, wᵀ·δ (``dcol``: the columns are still
+    needed for the update) and the update's δ·colᵀ (``dw``) are built in them.
     """
     col, w_fwd, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
@@ -324,7 +324,10 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspac
     dx = _join(parts, xp) if need_dx else None
     for a, e, col in _column_chunks(cache):
         dy_mat, db = mats.pop(a)
-        gemm_inplace(w.reshape(F, -1), dy_mat, col.T, -lr)
+        w_mat = w.reshape(F, -1)
+        tmp = (workspace_buffer(ws, "dw", w_mat.shape, np.result_type(dy_mat, col))
+               if ws is not None and K.enabled(dy_mat, col) and dy_mat.shape[1] > 1 else None)
+        gemm_inplace(w_mat, dy_mat, col.T, -lr, tmp)
         if has_bias:
             b -= lr * db
     return dx
