@@ -34,6 +34,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from . import cpu_kernels as K
+from . import gpu_kernels as G
 from ._checks import check_input
 from .blas import gemm_inplace, matmul_into
 from .shape import output_hw, pair, same_padding
@@ -176,6 +177,8 @@ def _columns(x, geom, workspace=None):
     if K.enabled(x):
         shape = (x.shape[1] * kh * kw, x.shape[0] * oh * ow)
         return K.im2col(x, geom, out=workspace_buffer(workspace, "col", shape, x.dtype))
+    if G.enabled(x):                                           # one CUDA kernel, padding on the fly
+        return G.im2col(x, geom)
     return im2col(pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
 
 
@@ -369,6 +372,8 @@ def _conv_input_grad(dy_mat, w, x_shape, geom, out=None):
     dcol = matmul_into(w_t, dy_mat, out=out)                   # (C·KH·KW, N·OH·OW)
     if K.enabled(dcol):
         return K.col2im(dcol, x_shape, geom)
+    if G.enabled(dcol):                                        # one CUDA kernel instead of KH·KW slice-adds
+        return G.col2im(dcol, x_shape, geom)
     N, C, H, W = x_shape
     return col2im(dcol, (N, C, H + 2 * ph, W + 2 * pw), kh, kw, sh, sw, oh, ow, padding=(ph, pw))
 

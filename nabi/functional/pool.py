@@ -20,8 +20,11 @@ Average:  y[n,c,i,j] = (1/D_ij) Σ_{u,v} x_pad[n,c,i·SH+u, j·SW+v]
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
 from . import cpu_kernels as K
+from . import gpu_kernels as G
 from ._checks import check_input
 from .shape import output_hw, pair
 
@@ -57,8 +60,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     xp = check_input(x, 4, layer)
     g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
-    if K.enabled(x):  # one compiled pass that also records each window's argmax
-        y, arg = K.max_pool(x, g[:8])
+    if K.enabled(x) or G.enabled(x):  # one compiled pass (CPU or CUDA) that also records each window's argmax
+        y, arg = (K if K.enabled(x) else G).max_pool(x, g[:8])
         return y, (None, arg, x.shape, g)
     x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
     y = _window_reduce(x_pad, kh, kw, sh, sw, oh, ow, xp.maximum)
@@ -74,9 +77,11 @@ def max_pool2d_backward(dy, cache):
     maximum is NaN passes no gradient.
     """
     x_pad, y, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow, eh, ew) = cache
-    if x_pad is None:  # the compiled forward kept the argmax of every window
-        return K.max_pool_backward(dy, y, x_shape)
     xp = get_array_module(dy)
+    if x_pad is None:  # the compiled forward kept the argmax of every window (here in y's place)
+        if xp is np:
+            return K.max_pool_backward(dy, y, x_shape)
+        return G.max_pool_backward(dy, y, x_shape, cache[3][:8])
     N, C, H, W = x_shape
     dx_pad = xp.zeros(x_pad.shape, dtype=dy.dtype)
     overlap = kh > sh or kw > sw

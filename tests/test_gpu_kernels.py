@@ -1,0 +1,171 @@
+"""The CUDA kernels of ``nabi.functional.gpu_kernels``, tested without a GPU.
+
+Their source is compiled here by the machine's C++ compiler behind a small shim: ``__global__``
+becomes nothing and a launcher runs the whole grid as two loops (blocks × threads, deliberately
+few of each so the grid-stride loops wrap). Every thread writes only its own outputs, so running
+them one after another is faithful. The results must equal the NumPy path (and the compiled CPU
+kernels) bit for bit. ``tests/test_gpu.py`` repeats the comparison on a real device.
+"""
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nabi.functional import conv as CV, cpu_kernels as K, gpu_kernels as G, pool as PL
+
+CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+SHIM = """
+struct Dim3 { unsigned int x, y, z; };
+static Dim3 blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+"""
+
+
+def _harness_source(ctype):
+    out = [SHIM, f"#define T {ctype}", G.SOURCE]
+    for name, pointers in G.KERNELS.items():
+        params = [f"{t} {n}" for t, n in pointers] + [f"int {g}" for g in G.GEOMETRY]
+        names = [n for _, n in pointers] + list(G.GEOMETRY)
+        out.append(f'extern "C" void launch_{name}(int grid, int block, {", ".join(params)}) {{\n'
+                   f"  gridDim.x = grid; blockDim.x = block;\n"
+                   f"  for (int b = 0; b < grid; ++b) for (int t = 0; t < block; ++t) {{\n"
+                   f"    blockIdx.x = b; threadIdx.x = t; {name}({', '.join(names)}); }}\n}}")
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no C++ compiler to build the CUDA source for the CPU")
+    libs = {}
+    for dtype, ctype in G.C_TYPES.items():
+        d = tmp_path_factory.mktemp(f"cuda_{ctype}")
+        src, lib = d / "kernels.cpp", d / "kernels.so"
+        src.write_text(_harness_source(ctype))
+        r = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-std=c++11", "-o", str(lib), str(src)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        libs[dtype] = ctypes.CDLL(str(lib))
+
+    def run(name, dtype, arrays, x_shape, geom, grid=3, block=5):
+        for a in arrays:
+            assert a.flags.c_contiguous
+        ints = [int(v) for v in tuple(x_shape) + tuple(geom)]
+        getattr(libs[np.dtype(dtype)], f"launch_{name}")(
+            ctypes.c_int(grid), ctypes.c_int(block), *[ctypes.c_void_p(a.ctypes.data) for a in arrays],
+            *[ctypes.c_int(v) for v in ints])
+    return run
+
+
+def test_harness_is_generated_from_the_kernel_table():
+    src = _harness_source("float")
+    for name in G.KERNELS:
+        assert f'extern "C" __global__ void {name}(' in src and f"launch_{name}(" in src
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 10), w=st.integers(1, 10),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 4), pw=st.integers(0, 4), f64=st.booleans())
+def test_im2col_and_col2im_equal_numpy(harness, n, c, h, w, kh, kw, sh, sw, ph, pw, f64):
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    dtype = np.float64 if f64 else np.float32
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    geom = (kh, kw, sh, sw, ph, pw, oh, ow)
+    rng = np.random.default_rng(h + 11 * w + 5 * kh)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    want = CV.im2col(CV.pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
+    col = np.full(want.shape, np.nan, dtype)
+    harness("im2col", dtype, [x, col], x.shape, geom)
+    np.testing.assert_array_equal(col, want)
+    dcol = rng.standard_normal(want.shape).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    harness("col2im", dtype, [dcol, dx], x.shape, geom)
+    np.testing.assert_array_equal(dx, CV.col2im(dcol, (n, c, h + 2 * ph, w + 2 * pw), kh, kw, sh, sw, oh, ow,
+                                                (ph, pw)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 11), w=st.integers(1, 11),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), ceil=st.booleans(), ties=st.booleans(), f64=st.booleans())
+def test_max_pool_equals_numpy(harness, n, c, h, w, kh, kw, sh, sw, ph, pw, ceil, ties, f64):
+    if ph > kh // 2 or pw > kw // 2 or h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    dtype = np.float64 if f64 else np.float32
+    rng = np.random.default_rng(n + 3 * h + 7 * w + kh)
+    x = rng.integers(-2, 3, (n, c, h, w)).astype(dtype) if ties else rng.standard_normal((n, c, h, w)).astype(dtype)
+    with K.kernels(False):                                   # the NumPy reference
+        y_ref, cache = PL.max_pool2d_forward(x, (kh, kw), (sh, sw), (ph, pw), ceil)
+        dy = rng.standard_normal(y_ref.shape).astype(dtype)
+        dx_ref = PL.max_pool2d_backward(dy, cache)
+    geom = cache[3][:8]
+    y = np.full(y_ref.shape, np.nan, dtype)
+    arg = np.full(y_ref.shape, -1, np.int32)
+    harness("max_pool", dtype, [x, y, arg], x.shape, geom)
+    np.testing.assert_array_equal(y, y_ref)
+    dx = np.full(x.shape, np.nan, dtype)
+    harness("max_pool_backward", dtype, [dy, arg, dx], x.shape, geom)
+    # Overlapping windows add several δ into one cell: NumPy adds them offset by offset, the
+    # kernels window by window, so the last bit may differ from NumPy — never from the CPU kernel.
+    tol = dict(rtol=1e-15, atol=1e-15) if f64 else dict(rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    if K.available():                                        # the compiled CPU kernel: the same bits
+        with K.kernels(True):
+            y_k, arg_k = K.max_pool(x, geom)
+            dx_k = K.max_pool_backward(dy, arg_k, x.shape)
+        np.testing.assert_array_equal(arg, arg_k)
+        np.testing.assert_array_equal(dx, dx_k)
+
+
+@pytest.mark.skipif(not K.available(), reason="numba is not installed")
+def test_max_pool_nan_and_inf_match_the_cpu_kernel(harness):
+    """NaN wins and the gradient goes to the window's last NaN; all −inf windows pick their first cell."""
+    x = np.array([[[[1.0, np.nan, 3.0, -np.inf], [np.nan, 2.0, -np.inf, -np.inf],
+                    [0.5, 0.5, np.inf, 1.0], [0.5, -1.0, 2.0, np.inf]]]], np.float32)
+    geom = (3, 3, 1, 1, 1, 1, 4, 4)
+    y = np.empty((1, 1, 4, 4), np.float32)
+    arg = np.empty((1, 1, 4, 4), np.int32)
+    harness("max_pool", np.float32, [x, y, arg], x.shape, geom)
+    with K.kernels(True):
+        y_k, arg_k = K.max_pool(x, geom)
+        dy = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+        dx_k = K.max_pool_backward(dy, arg_k, x.shape)
+    np.testing.assert_array_equal(y, y_k)
+    np.testing.assert_array_equal(arg, arg_k)
+    dx = np.empty_like(x)
+    harness("max_pool_backward", np.float32, [dy, arg, dx], x.shape, geom)
+    np.testing.assert_array_equal(dx, dx_k)
+
+
+def test_kernels_serve_only_cupy_float_arrays():
+    assert not G.enabled(np.zeros(3, np.float32))            # NumPy arrays go to the CPU paths
+    with G.kernels(False):
+        assert not G.enabled()
+    with G.kernels(True):
+        assert G.enabled()                                   # (no arrays: just the switch)
+
+
+def test_a_kernel_compile_failure_falls_back_with_a_warning(monkeypatch):
+    """Should the device's compiler refuse the source, nabi says so once and uses the CuPy array code."""
+    import sys
+    import types
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            raise RuntimeError("nvrtc: error: pretend")
+
+    fake = types.ModuleType("cupy")
+    fake.RawModule = RawModule
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(G, "_modules", {})
+    FakeArray = type("ndarray", (), {"__module__": "cupy._core.core", "dtype": np.dtype(np.float32)})
+    with G.kernels(True):
+        with pytest.warns(RuntimeWarning, match="did not compile.*pretend"):
+            assert not G.enabled(FakeArray())
+        assert not G.enabled(FakeArray())                    # switched off: no second try, no second warning
