@@ -106,7 +106,8 @@ def test_mixed_precision_trains_on_the_gpu(cupy):
 @pytest.mark.parametrize("geom", [(3, 2, 11, 4, 0, False, 19), (4, 5, 5, 1, 2, False, 13), (2, 3, 3, 2, 1, True, 9)])
 def test_cuda_kernels_equal_the_cupy_array_code(cupy, dtype, geom):
     """The raw CUDA kernels (one launch each) against the CuPy array code they replace, on the device:
-    convolution (im2col, col2im) and max pooling (forward and backward, ties and a NaN included)."""
+    convolution (im2col, col2im, the GEMM-layout moves with bias and a fused ReLU) and max pooling
+    (forward and backward, ties and a NaN included)."""
     from nabi import functional as F
     from nabi.functional import gpu_kernels as G
     n, c, k, s, p, ceil, hw = geom
@@ -117,20 +118,22 @@ def test_cuda_kernels_equal_the_cupy_array_code(cupy, dtype, geom):
     w = rng.standard_normal((5, c, k, k)).astype(dtype)
     xg, wg = cupy.asarray(x), cupy.asarray(w)
 
+    bg = cupy.asarray(rng.standard_normal(5).astype(dtype))
+
     def run():
         r = np.random.default_rng(7)
-        y, cache = F.conv2d_forward(xg, wg, None, s, p)
-        dx, dw, _ = F.conv2d_backward(cupy.asarray(r.standard_normal(y.shape).astype(dtype)), cache)
+        y, cache = F.conv2d_forward(xg, wg, bg, s, p, relu=True)          # bias and a fused ReLU
+        dx, dw, db = F.conv2d_backward(cupy.asarray(r.standard_normal(y.shape).astype(dtype)), cache, relu_y=y)
         py, pcache = F.max_pool2d_forward(xg, pk, ps, pp, ceil)
         pdx = F.max_pool2d_backward(cupy.asarray(r.standard_normal(py.shape).astype(dtype)), pcache)
-        return [cupy.asnumpy(a) for a in (y, dx, dw, py, pdx)]
+        return [cupy.asnumpy(a) for a in (y, dx, dw, db, py, pdx)]
 
     with G.kernels(True):
         got = run()
     with G.kernels(False):
         want = run()
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
-    for name, a, b in zip(["conv y", "conv dx", "conv dw", "pool y", "pool dx"], got, want):
+    for name, a, b in zip(["conv y", "conv dx", "conv dw", "conv db", "pool y", "pool dx"], got, want):
         if name == "pool dx":      # a NaN window: the array code sends no gradient, the kernel sends it (as torch)
             a, b = a.reshape(-1, hw, hw)[:-1], b.reshape(-1, hw, hw)[:-1]
         np.testing.assert_allclose(a, b, err_msg=name, **tol)

@@ -27,13 +27,13 @@ static Dim3 blockIdx, threadIdx, blockDim, gridDim;
 
 def _harness_source(ctype):
     out = [SHIM, f"#define T {ctype}", G.SOURCE]
-    for name, pointers in G.KERNELS.items():
-        params = [f"{t} {n}" for t, n in pointers] + [f"int {g}" for g in G.GEOMETRY]
-        names = [n for _, n in pointers] + list(G.GEOMETRY)
+    for name, (pointers, ints) in G.KERNELS.items():
+        params = [f"{t} {n}" for t, n in pointers] + [f"int {g}" for g in ints]
+        names = [n for _, n in pointers] + list(ints)
         out.append(f'extern "C" void launch_{name}(int grid, int block, {", ".join(params)}) {{\n'
                    f"  gridDim.x = grid; blockDim.x = block;\n"
-                   f"  for (int b = 0; b < grid; ++b) for (int t = 0; t < block; ++t) {{\n"
-                   f"    blockIdx.x = b; threadIdx.x = t; {name}({', '.join(names)}); }}\n}}")
+                   f"  for (int blk_ = 0; blk_ < grid; ++blk_) for (int thr_ = 0; thr_ < block; ++thr_) {{\n"
+                   f"    blockIdx.x = blk_; threadIdx.x = thr_; {name}({', '.join(names)}); }}\n}}")
     return "\n".join(out)
 
 
@@ -55,6 +55,7 @@ def harness(tmp_path_factory):
         for a in arrays:
             assert a.flags.c_contiguous
         ints = [int(v) for v in tuple(x_shape) + tuple(geom)]
+        assert len(ints) == len(G.KERNELS[name][1])
         getattr(libs[np.dtype(dtype)], f"launch_{name}")(
             ctypes.c_int(grid), ctypes.c_int(block), *[ctypes.c_void_p(a.ctypes.data) for a in arrays],
             *[ctypes.c_int(v) for v in ints])
@@ -169,3 +170,28 @@ def test_a_kernel_compile_failure_falls_back_with_a_warning(monkeypatch):
         with pytest.warns(RuntimeWarning, match="did not compile.*pretend"):
             assert not G.enabled(FakeArray())
         assert not G.enabled(FakeArray())                    # switched off: no second try, no second warning
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), f=st.integers(1, 4), p=st.integers(1, 30), bias=st.booleans(), relu=st.booleans(),
+       f64=st.booleans())
+def test_gemm_layout_moves_equal_the_cpu_kernels(harness, n, f, p, bias, relu, f64):
+    """Bias + fused ReLU into (N, F, P), and δ (masked by a fused ReLU's output) into (F, N·P)."""
+    dtype = np.float64 if f64 else np.float32
+    rng = np.random.default_rng(n + 5 * f + 11 * p)
+    ymat = rng.standard_normal((f, n * p)).astype(dtype)
+    ymat.flat[0] = np.nan
+    b = rng.standard_normal(f).astype(dtype)
+    with K.kernels(False):
+        want = CV._to_nchw(ymat.copy(), b if bias else None, n, 1, p, relu).reshape(n, f, p)   # (in place at n = 1)
+    y = np.full((n, f, p), -7.0, dtype)
+    harness("from_gemm", dtype, [ymat, b, y], (), (n, f, p, int(bias) | (2 if relu else 0)))
+    np.testing.assert_array_equal(y, want)                     # NaN stays NaN through the ReLU
+    dy = rng.standard_normal((n, f, p)).astype(dtype)
+    dmat = np.full((f, n * p), -7.0, dtype)
+    harness("to_gemm", dtype, [dy, y, dmat], (), (n, f, p, int(relu)))
+    want = np.where(y > 0, dy, 0) if relu else dy
+    np.testing.assert_array_equal(dmat, want.transpose(1, 0, 2).reshape(f, n * p))
+    if K.available():
+        with K.kernels(True):
+            np.testing.assert_array_equal(dmat, K.to_gemm(dy, y if relu else None)[0])

@@ -205,6 +205,8 @@ def _to_nchw(y_mat, b, N, oh, ow, relu=False):
     F = y_mat.shape[0]
     if K.enabled(y_mat) and (b is None or K.enabled(b)):
         return K.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
+    if G.enabled(y_mat) and (b is None or G.enabled(b)):      # one CUDA pass for layout, bias and ReLU
+        return G.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
     xp = get_array_module(y_mat)
     y = xp.ascontiguousarray(y_mat.reshape(F, N, oh, ow).transpose(1, 0, 2, 3))
     if b is not None:
@@ -353,6 +355,9 @@ def _dy_matrix(dy, geom, need_db=False, relu_y=None, workspace=None):
         out = workspace_buffer(workspace, "gemm", (F, N * oh * ow), dy.dtype)
         dy_mat, db = K.to_gemm(dy, relu_y, out=out)
         return dy_mat, (db if need_db else None)
+    if G.enabled(dy) and (N > 1 or relu_y is not None) and (relu_y is None or G.enabled(relu_y)):
+        dy_mat = G.to_gemm(dy, relu_y)                         # one CUDA pass: mask and layout
+        return dy_mat, (dy_mat.sum(axis=1) if need_db else None)
     if relu_y is not None:
         dy = dy * (relu_y > 0)
     db = dy.sum(axis=(0, 2, 3)) if need_db else None

@@ -2,12 +2,15 @@
 
 They replace the CuPy paths that cost one kernel launch and one pass over the whole array
 per kernel offset: col2im (KH·KW slice-adds: 121 for AlexNet's conv1) and max pooling
-(KH·KW ``maximum`` passes forward, as many compare-and-scatter passes backward). Each is
+(KH·KW ``maximum`` passes forward, as many compare-and-scatter passes backward), and the
+two to three passes of moving a convolution's result into (N, F, H, W) with its bias and ReLU. Each is
 one launch of one thread per *output* element that reads what it needs (a gather), so no
 two threads write the same element, no atomics are needed, and sums run in the same order
 as the CPU code — the results equal the NumPy path and the compiled CPU kernels bit for bit:
 
     im2col      col[(c,u,v), (n,i,j)] = x[n, c, i·SH+u−PH, j·SW+v−PW]   (0 outside the image)
+    from_gemm   y[n,f,p] = ymat[f, n·P+p] + b[f], then max(·, 0) for a fused ReLU
+    to_gemm     dmat[f, n·P+p] = δ[n,f,p] (0 where a fused ReLU's output is ≤ 0)
     col2im      dx[n,c,h,w] = Σ_u Σ_v col[(c,u,v), (n,i,j)]  over i·SH+u−PH = h, j·SW+v−PW = w
     max_pool    y = max of the window's cells inside the image, arg = h·W+w of the first maximum
                 (row-major; a NaN wins and the last NaN is taken, as PyTorch's CPU kernel)
@@ -65,6 +68,26 @@ extern "C" __global__ void col2im(const T* col, T* dx, int N, int C, int H, int 
     }
 }
 
+extern "C" __global__ void from_gemm(const T* ymat, const T* b, T* y, int N, int F, int P, int flag) {
+    // y[n, f, p] = ymat[f, n·P + p] + b[f]; flag bit 0: there is a bias, bit 1: then max(·, 0)
+    GRID_LOOP(idx, (long long)N * F * P) {
+        long long p = idx % P, f = (idx / P) % F, n = idx / ((long long)P * F);
+        T t = ymat[f * N * P + n * P + p];
+        if (flag & 1) t += b[f];
+        if ((flag & 2) && t < (T)0) t = (T)0;     // NaN stays NaN
+        y[idx] = t;
+    }
+}
+
+extern "C" __global__ void to_gemm(const T* dy, const T* relu_y, T* dmat, int N, int F, int P, int flag) {
+    // dmat[f, n·P + p] = dy[n, f, p], or 0 where flag is set and relu_y[n, f, p] <= 0 (a fused ReLU's mask)
+    GRID_LOOP(idx, (long long)N * F * P) {
+        long long q = idx % ((long long)N * P), f = idx / ((long long)N * P);
+        long long src = ((q / P) * F + f) * P + q % P;
+        dmat[idx] = (!flag || relu_y[src] > (T)0) ? dy[src] : (T)0;
+    }
+}
+
 extern "C" __global__ void max_pool(const T* x, T* y, int* arg, int N, int C, int H, int W, int kh, int kw,
                                     int sh, int sw, int ph, int pw, int oh, int ow) {
     GRID_LOOP(idx, (long long)N * C * oh * ow) {
@@ -112,13 +135,16 @@ extern "C" __global__ void max_pool_backward(const T* dy, const int* arg, T* dx,
 """
 
 GEOMETRY = ("N", "C", "H", "W", "kh", "kw", "sh", "sw", "ph", "pw", "oh", "ow")
+LAYOUT = ("N", "F", "P", "flag")
 
 KERNELS = {
-    # name: the pointer arguments (C type, name) before the int geometry arguments
-    "im2col": (("const T*", "x"), ("T*", "col")),
-    "col2im": (("const T*", "col"), ("T*", "dx")),
-    "max_pool": (("const T*", "x"), ("T*", "y"), ("int*", "arg")),
-    "max_pool_backward": (("const T*", "dy"), ("const int*", "arg"), ("T*", "dx")),
+    # name: (pointer arguments as (C type, name), the int arguments that follow them)
+    "im2col": ((("const T*", "x"), ("T*", "col")), GEOMETRY),
+    "col2im": ((("const T*", "col"), ("T*", "dx")), GEOMETRY),
+    "max_pool": ((("const T*", "x"), ("T*", "y"), ("int*", "arg")), GEOMETRY),
+    "max_pool_backward": ((("const T*", "dy"), ("const int*", "arg"), ("T*", "dx")), GEOMETRY),
+    "from_gemm": ((("const T*", "ymat"), ("const T*", "b"), ("T*", "y")), LAYOUT),
+    "to_gemm": ((("const T*", "dy"), ("const T*", "relu_y"), ("T*", "dmat")), LAYOUT),
 }
 
 C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -185,6 +211,32 @@ def _geometry(x_shape, geom):
     N, C, H, W = (int(s) for s in x_shape)
     kh, kw, sh, sw, ph, pw, oh, ow = (int(g) for g in geom)
     return [np.int32(v) for v in (N, C, H, W, kh, kw, sh, sw, ph, pw, oh, ow)]
+
+
+def from_gemm(ymat, b, N, relu=False):
+    """GEMM result (F, N·P) plus bias (F,) or None (then max(·, 0) with ``relu``) → (N, F, P) contiguous."""
+    import cupy
+    F, NP = ymat.shape
+    ymat = cupy.ascontiguousarray(ymat)
+    y = cupy.empty((N, F, NP // N), dtype=ymat.dtype)
+    bias = ymat if b is None else cupy.ascontiguousarray(b.astype(ymat.dtype, copy=False))
+    flag = (b is not None) | (2 if relu else 0)
+    _launch("from_gemm", ymat.dtype, [ymat, bias, y, np.int32(N), np.int32(F), np.int32(NP // N), np.int32(flag)],
+            y.size)
+    return y
+
+
+def to_gemm(dy, relu_y=None):
+    """δ (N, F, OH, OW) → δ in GEMM layout (F, N·OH·OW), masked by [relu_y > 0] when given."""
+    import cupy
+    N, F = dy.shape[:2]
+    dy = cupy.ascontiguousarray(dy)
+    P = dy.size // (N * F)
+    mask = dy if relu_y is None else cupy.ascontiguousarray(relu_y)
+    dmat = cupy.empty((F, N * P), dtype=dy.dtype)
+    _launch("to_gemm", dy.dtype, [dy, mask, dmat, np.int32(N), np.int32(F), np.int32(P),
+                                  np.int32(relu_y is not None)], dmat.size)
+    return dmat
 
 
 def im2col(x, geom, out=None):
