@@ -58,14 +58,19 @@ def use_kernels(flag: bool) -> None:
 
 
 @contextmanager
-def kernels(flag: bool):
-    """``with kernels(False): ...`` runs the pure-NumPy reference path."""
-    old = _on
-    use_kernels(flag)
+def switched(read, write, flag):
+    """Run a block with a module's on/off switch set to ``flag`` (``read``/``write`` it), then restore it."""
+    old = read()
+    write(flag)
     try:
         yield
     finally:
-        use_kernels(old)
+        write(old)
+
+
+def kernels(flag: bool):
+    """``with kernels(False): ...`` runs the pure-NumPy reference path."""
+    return switched(lambda: _on, use_kernels, flag)
 
 
 def set_num_threads(n: int) -> None:

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from contextlib import contextmanager
 
 import numpy as np
+
+from . import cpu_kernels as K
 
 SOURCE = r"""
 #define GRID_LOOP(idx, total) \
@@ -191,15 +192,9 @@ def use_kernels(flag: bool) -> None:
     _on = bool(flag)
 
 
-@contextmanager
 def kernels(flag: bool):
     """``with kernels(False): ...`` runs the block on the CuPy array code."""
-    old = _on
-    use_kernels(flag)
-    try:
-        yield
-    finally:
-        use_kernels(old)
+    return K.switched(lambda: _on, use_kernels, flag)
 
 
 def _launch(name, dtype, args, total):
