@@ -131,3 +131,10 @@ def test_training_workspace_keeps_nothing_over_the_limit(monkeypatch):
             conv(x)
             conv.backward(np.ones((2, 4, 8, 8), np.float32))
     assert set(conv._workspace) == {"gemm"}
+
+
+def test_moving_a_layer_drops_its_workspace():
+    conv = L.Conv2d(2, 3, 3, rng=np.random.default_rng(0))
+    conv._workspace["col"] = np.empty(4)
+    conv.to("cpu")
+    assert conv._workspace == {}

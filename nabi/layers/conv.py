@@ -54,6 +54,9 @@ class Conv2d(WeightedLayer):
         self._cache = cache if self.training or self.keep_cache else None
         return y
 
+    def _on_device_change(self, device):
+        self._workspace = C.Workspace()     # host buffers are of no use on another device
+
     def _name(self):
         return f"Conv2d({self.in_channels}→{self.out_channels}, k={self.kernel_size}, s={self.stride}, p={self.padding})"
 
