@@ -464,8 +464,8 @@ def _bn_stats(x, mean, var):
 
 
 @_jit
-def _bn_apply(x, mean, inv_std, gamma, beta, x_hat, y, keep):
-    # x̂ = (x − μ)·inv_std; y = γ·x̂ + β (x̂ stored only when keep, for backward).
+def _bn_apply(x, mean, inv_std, gamma, beta, x_hat, y):
+    # x̂ = (x − μ)·(1/σ), y = γ·x̂ + β per channel; x̂ is kept for backward.
     N, C, P = x.shape
     for nc in prange(N * C):
         n = nc // C
@@ -473,15 +473,11 @@ def _bn_apply(x, mean, inv_std, gamma, beta, x_hat, y, keep):
         m, k, g, b = mean[c], inv_std[c], gamma[c], beta[c]
         src = x[n, c]
         dst = y[n, c]
-        if keep:
-            hat = x_hat[n, c]
-            for p in range(P):
-                t = (src[p] - m) * k
-                hat[p] = t
-                dst[p] = t * g + b
-        else:
-            for p in range(P):
-                dst[p] = (src[p] - m) * k * g + b
+        hat = x_hat[n, c]
+        for p in range(P):
+            t = (src[p] - m) * k
+            hat[p] = t
+            dst[p] = t * g + b
 
 
 def batch_norm_stats(x):
@@ -493,15 +489,15 @@ def batch_norm_stats(x):
     return mean, var
 
 
-def batch_norm_apply(x, mean, inv_std, gamma, beta, keep_x_hat):
-    """(y, x̂ or None) for x (N, C, H, W) with per-channel μ, 1/σ, γ, β."""
+def batch_norm_apply(x, mean, inv_std, gamma, beta):
+    """(y, x̂) for x (N, C, H, W) with per-channel μ, 1/σ, γ, β."""
     N, C = x.shape[:2]
     x3 = np.ascontiguousarray(x).reshape(N, C, -1)
     y = np.empty_like(x3)
-    x_hat = np.empty_like(x3) if keep_x_hat else y
+    x_hat = np.empty_like(x3)
     dt = x.dtype
-    _bn_apply(x3, mean.astype(dt), inv_std.astype(dt), gamma.astype(dt), beta.astype(dt), x_hat, y, keep_x_hat)
-    return y.reshape(x.shape), (x_hat.reshape(x.shape) if keep_x_hat else None)
+    _bn_apply(x3, mean.astype(dt), inv_std.astype(dt), gamma.astype(dt), beta.astype(dt), x_hat, y)
+    return y.reshape(x.shape), x_hat.reshape(x.shape)
 
 
 @_jit(reassociate=True)

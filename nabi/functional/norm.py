@@ -51,12 +51,12 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     """
     axes, bs = _bn_axes(x), _bshape(x)
     xp = get_array_module(x)
+    fast = x.ndim == 4 and K.enabled(x, gamma, beta)       # the compiled per-channel loops
     if training:
         M = x.size // x.shape[1]
         if M < 2:
             raise ValueError(f"batch_norm: training needs more than one value per channel, got input shape "
                              f"{tuple(x.shape)} (use a batch larger than 1, or call model.eval())")
-        fast = x.ndim == 4 and K.enabled(x, gamma, beta)
         mean, var = K.batch_norm_stats(x) if fast else (x.mean(axis=axes), x.var(axis=axes))
         running_mean *= 1 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
@@ -67,8 +67,8 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
     else:
         mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
     inv_std = 1.0 / xp.sqrt(var + eps)
-    if x.ndim == 4 and K.enabled(x, gamma, beta):
-        y, x_hat = K.batch_norm_apply(x, mean, inv_std, gamma, beta, keep_x_hat=True)
+    if fast:
+        y, x_hat = K.batch_norm_apply(x, mean, inv_std, gamma, beta)
         return y, (x_hat, inv_std, gamma, training)
     x_hat = (x - mean.reshape(bs)) * inv_std.reshape(bs)
     y = x_hat * gamma.reshape(bs) + beta.reshape(bs)

@@ -60,8 +60,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     xp = check_input(x, 4, layer)
     g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
-    if K.enabled(x) or G.enabled(x):  # one compiled pass (CPU or CUDA) that also records each window's argmax
-        y, arg = (K if K.enabled(x) else G).max_pool(x, g[:8])
+    compiled = K if K.enabled(x) else G if G.enabled(x) else None
+    if compiled is not None:  # one compiled pass (CPU or CUDA) that also records each window's argmax
+        y, arg = compiled.max_pool(x, g[:8])
         return y, (None, arg, x.shape, g)
     x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
     y = _window_reduce(x_pad, kh, kw, sh, sw, oh, ow, xp.maximum)
@@ -81,7 +82,7 @@ def max_pool2d_backward(dy, cache):
     if x_pad is None:  # the compiled forward kept the argmax of every window (here in y's place)
         if xp is np:
             return K.max_pool_backward(dy, y, x_shape)
-        return G.max_pool_backward(dy, y, x_shape, cache[3][:8])
+        return G.max_pool_backward(dy, y, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow))
     N, C, H, W = x_shape
     dx_pad = xp.zeros(x_pad.shape, dtype=dy.dtype)
     overlap = kh > sh or kw > sw
