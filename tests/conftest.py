@@ -17,11 +17,15 @@ def _cupy_or_skip():
     return cupy
 
 
-@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
-def xp(request):
-    """The array module under test: NumPy always, CuPy where a GPU is present."""
+@pytest.fixture(params=["numpy", "emulated_cupy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request, monkeypatch):
+    """The array module under test: NumPy; CuPy emulated on the CPU (``tests/cupy_emulator.py``:
+    the GPU code paths and CUDA kernels, run without a GPU); and CuPy where a GPU is present."""
     if request.param == "cupy":
         return _cupy_or_skip()
+    if request.param == "emulated_cupy":
+        import cupy_emulator
+        return cupy_emulator.install(monkeypatch)
     return np
 
 

@@ -16,10 +16,12 @@ def small_alexnet(rng):
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_fused_sgd_equals_unfused(dtype, rtol, batch):
+def test_fused_sgd_equals_unfused(dtype, rtol, batch, xp):
     with backend.default_dtype(dtype):
         a = small_alexnet(np.random.default_rng(0))
         b = small_alexnet(np.random.default_rng(0))
+    if xp is not np:
+        a.to("gpu"), b.to("gpu")
     opt_a = optim.SGD(a.named_parameters(), lr=0.05)
     opt_b = optim.SGD(b.named_parameters(), lr=0.05)
     fused = enable_fused_sgd(b, opt_b)
@@ -27,8 +29,8 @@ def test_fused_sgd_equals_unfused(dtype, rtol, batch):
     rng = np.random.default_rng(1)
     loss_fn = L.CrossEntropyLoss()
     for step in range(4):
-        x = rng.standard_normal((batch, 3, 19, 19)).astype(dtype)
-        y = rng.integers(0, 5, batch)
+        x = xp.asarray(rng.standard_normal((batch, 3, 19, 19)).astype(dtype))
+        y = xp.asarray(rng.integers(0, 5, batch))
         la = loss_fn(a(x), y)
         a.zero_grad()
         a.backward(loss_fn.backward())
@@ -37,7 +39,7 @@ def test_fused_sgd_equals_unfused(dtype, rtol, batch):
         b.zero_grad()
         b.backward(loss_fn.backward())
         opt_b.step()
-        np.testing.assert_allclose(lb, la, rtol=rtol * 10)
+        np.testing.assert_allclose(float(lb), float(la), rtol=rtol * 10)
     for (k, wa), wb in zip(a.state_dict().items(), b.state_dict().values()):
         np.testing.assert_allclose(wb, wa, rtol=rtol, atol=rtol * 1e-2, err_msg=k)
     assert all(m.weight.grad is None for m in fused)          # the gradient was never stored

@@ -1,8 +1,11 @@
-"""GPU-only checks (skipped without CuPy and a CUDA device; run them with ``pytest -m gpu``).
+"""GPU checks, each run twice: on CuPy emulated on the CPU (``tests/cupy_emulator.py``: NumPy
+memory, CuPy's refusal of host arrays, the CUDA kernels built with g++) in every test run, and on
+a real CUDA device where there is one (``pytest -m gpu``).
 
 No host↔device copy of an array inside a training step: every conversion CuPy offers
 between host and device is counted while steps run; only the loss value and the count
-of correct predictions (two scalars) may cross. And mixed precision trains on the GPU.
+of correct predictions (two scalars) may cross. Mixed precision trains on the GPU. The
+CUDA kernels equal the CuPy array code they replace.
 """
 import numpy as np
 import pytest
@@ -10,11 +13,12 @@ import pytest
 from nabi import backend, layers as L, models, optim
 from nabi.data import ArrayDataset, DataLoader
 
-pytestmark = pytest.mark.gpu
 
-
-@pytest.fixture
-def cupy():
+@pytest.fixture(params=["emulated", pytest.param("device", marks=pytest.mark.gpu)])
+def cupy(request, monkeypatch):
+    if request.param == "emulated":
+        import cupy_emulator
+        return cupy_emulator.install(monkeypatch)
     if not backend.gpu_available():
         pytest.skip("CuPy with a CUDA device is not available here")
     import cupy
@@ -33,7 +37,8 @@ class _Transfers:
             def wrapped(*args, _orig=orig, _name=name, **kwargs):
                 first = args[0] if args else None
                 size = getattr(first, "size", None)
-                if isinstance(first, np.ndarray) or _name in ("asnumpy", "get", "set"):
+                host = isinstance(first, np.ndarray) and not isinstance(first, nd)
+                if host or _name in ("asnumpy", "get", "set"):
                     if size is None or size > 1:
                         self.calls.append(_name)
                 return _orig(*args, **kwargs)

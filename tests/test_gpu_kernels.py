@@ -1,55 +1,32 @@
 """The CUDA kernels of ``nabi.functional.gpu_kernels``, tested without a GPU.
 
-Their source is compiled here by the machine's C++ compiler behind a small shim: ``__global__``
-becomes nothing and a launcher runs the whole grid as two loops (blocks × threads, deliberately
+Their source is compiled here by the machine's C++ compiler behind a small shim (the one the
+CuPy emulator of ``tests/cupy_emulator.py`` uses): ``__global__`` becomes nothing and a launcher
+runs the whole grid as two loops (blocks × threads, deliberately
 few of each so the grid-stride loops wrap). Every thread writes only its own outputs, so running
 them one after another is faithful. The results must equal the NumPy path (and the compiled CPU
 kernels) bit for bit. ``tests/test_gpu.py`` repeats the comparison on a real device.
+
+And NVRTC, the compiler CuPy uses on the device, compiles the same text here to H100/A100/T4
+machine code (NVIDIA's ``nvidia-cuda-nvrtc-cu12`` wheel, a test dependency, needs no GPU), so a
+source that g++ accepts but CUDA would refuse fails here too.
 """
 import ctypes
-import shutil
-import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import cupy_emulator
 from nabi.functional import conv as CV, cpu_kernels as K, gpu_kernels as G, pool as PL
-
-CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-
-SHIM = """
-struct Dim3 { unsigned int x, y, z; };
-static Dim3 blockIdx, threadIdx, blockDim, gridDim;
-#define __global__
-"""
-
-
-def _harness_source(ctype):
-    out = [SHIM, f"#define T {ctype}", G.SOURCE]
-    for name, (pointers, ints) in G.KERNELS.items():
-        params = [f"{t} {n}" for t, n in pointers] + [f"int {g}" for g in ints]
-        names = [n for _, n in pointers] + list(ints)
-        out.append(f'extern "C" void launch_{name}(int grid, int block, {", ".join(params)}) {{\n'
-                   f"  gridDim.x = grid; blockDim.x = block;\n"
-                   f"  for (int blk_ = 0; blk_ < grid; ++blk_) for (int thr_ = 0; thr_ < block; ++thr_) {{\n"
-                   f"    blockIdx.x = blk_; threadIdx.x = thr_; {name}({', '.join(names)}); }}\n}}")
-    return "\n".join(out)
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    if CXX is None:
+def harness():
+    if cupy_emulator.CXX is None:
         pytest.skip("no C++ compiler to build the CUDA source for the CPU")
-    libs = {}
-    for dtype, ctype in G.C_TYPES.items():
-        d = tmp_path_factory.mktemp(f"cuda_{ctype}")
-        src, lib = d / "kernels.cpp", d / "kernels.so"
-        src.write_text(_harness_source(ctype))
-        r = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-std=c++11", "-o", str(lib), str(src)],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        libs[dtype] = ctypes.CDLL(str(lib))
+    libs = {dtype: cupy_emulator.compile_harness(G.module_source(dtype)) for dtype in G.C_TYPES}
 
     def run(name, dtype, arrays, x_shape, geom, grid=3, block=5):
         for a in arrays:
@@ -63,7 +40,7 @@ def harness(tmp_path_factory):
 
 
 def test_harness_is_generated_from_the_kernel_table():
-    src = _harness_source("float")
+    src = cupy_emulator.harness_source(G.module_source(np.float32))
     for name in G.KERNELS:
         assert f'extern "C" __global__ void {name}(' in src and f"launch_{name}(" in src
 
@@ -195,3 +172,68 @@ def test_gemm_layout_moves_equal_the_cpu_kernels(harness, n, f, p, bias, relu, f
     if K.available():
         with K.kernels(True):
             np.testing.assert_array_equal(dmat, K.to_gemm(dy, y if relu else None)[0])
+
+
+def _nvrtc():
+    """NVRTC, CUDA's runtime compiler (the one CuPy's ``RawModule`` calls), from NVIDIA's
+    ``nvidia-cuda-nvrtc-cu12`` wheel: it compiles without a GPU or a driver."""
+    try:
+        import nvidia.cuda_nvrtc as pkg
+    except ImportError:
+        return None
+    for folder in pkg.__path__:
+        for lib in sorted((Path(folder) / "lib").glob("libnvrtc.so*")):
+            if ".alt." not in lib.name and "builtins" not in lib.name:
+                return ctypes.CDLL(str(lib))
+    return None
+
+
+def _nvrtc_compile(lib, source, options):
+    """Compile source → (cubin bytes or None, log); ``lib`` is libnvrtc through ctypes."""
+    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+    prog = ctypes.c_void_p()
+
+    def check(code, what):
+        assert code == 0, f"{what}: {lib.nvrtcGetErrorString(code).decode()}"
+    check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"nabi_kernels.cu", 0, None, None), "create")
+    try:
+        opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+        status = lib.nvrtcCompileProgram(prog, len(options), opts)
+        size = ctypes.c_size_t()
+        check(lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size)), "log size")
+        log = ctypes.create_string_buffer(size.value)
+        check(lib.nvrtcGetProgramLog(prog, log), "log")
+        if status != 0:
+            return None, log.value.decode()
+        check(lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "cubin size")
+        cubin = ctypes.create_string_buffer(size.value)
+        check(lib.nvrtcGetCUBIN(prog, cubin), "cubin")
+        return cubin.raw, log.value.decode()
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80", "sm_75"])       # H100/H200, A100, T4
+@pytest.mark.parametrize("dtype", list(G.C_TYPES))
+def test_the_cuda_source_compiles_with_nvrtc_to_device_code(arch, dtype):
+    """The very text CuPy compiles on the device (same ``#define T``, same options), compiled here by
+    NVRTC all the way to machine code (cubin: ptxas included) with no warning, every kernel present."""
+    lib = _nvrtc()
+    if lib is None:
+        pytest.skip("NVRTC (the nvidia-cuda-nvrtc-cu12 wheel) is not installed")
+    source = G.module_source(dtype)
+    cubin, log = _nvrtc_compile(lib, source, list(G.COMPILE_OPTIONS) + [f"--gpu-architecture={arch}"])
+    assert cubin is not None, log
+    assert log.strip() == "", log
+    for name in G.KERNELS:                   # extern "C": the symbol is the plain name
+        assert name.encode() + b"\0" in cubin, name
+
+
+def test_nvrtc_reports_a_broken_source():
+    """The check above can fail: a kernel with a type error does not compile."""
+    lib = _nvrtc()
+    if lib is None:
+        pytest.skip("NVRTC (the nvidia-cuda-nvrtc-cu12 wheel) is not installed")
+    broken = G.module_source(np.float32).replace("T s = (T)0;", "T s = (T)0; s += undeclared_name;", 1)
+    cubin, log = _nvrtc_compile(lib, broken, list(G.COMPILE_OPTIONS) + ["--gpu-architecture=sm_90"])
+    assert cubin is None and "undeclared_name" in log

@@ -186,7 +186,7 @@ def _reusable_columns(cache):
     """The column matrix of a forward cache when it is a buffer of its own (not a view of the
     input: NumPy's 1×1 columns at batch 1 are), so backward may write over it — else None."""
     col = cache[0]
-    if not isinstance(col, np.ndarray):      # None (chunked), or CuPy (its memory pool already reuses)
+    if type(col) is not np.ndarray:          # None (chunked), or CuPy (its memory pool already reuses)
         return None
     return col if col.flags.owndata and col.flags.writeable else None
 

@@ -17,9 +17,10 @@ as the CPU code — the results equal the NumPy path and the compiled CPU kernel
     max_pool_backward   dx[n,c,h,w] = Σ δ[n,c,i,j] over the windows (i, j) whose arg is (h, w)
 
 float32 and float64 only (float16 keeps the CuPy path). ``KERNELS`` is the single table of
-signatures: the launcher here and the CPU harness in ``tests/test_gpu_kernels.py`` (which
+signatures: the launcher here and the CPU harness of ``tests/cupy_emulator.py`` (which
 compiles this same source with a C++ compiler and runs the grid as loops, so the index
-arithmetic is tested on machines without a GPU) are both generated from it.
+arithmetic and the launches are tested on machines without a GPU) are both generated from it.
+``tests/test_gpu_kernels.py`` also compiles ``module_source`` with NVRTC to sm_90 machine code.
 """
 from __future__ import annotations
 
@@ -149,6 +150,7 @@ KERNELS = {
 }
 
 C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+COMPILE_OPTIONS = ("--std=c++11",)
 THREADS = 256
 _modules = {}
 _on = os.environ.get("NABI_KERNELS", "compiled").lower() != "numpy"
@@ -166,6 +168,11 @@ def enabled(*arrays) -> bool:
     return all(_module(a.dtype) is not None for a in arrays)
 
 
+def module_source(dtype) -> str:
+    """The CUDA source compiled for one dtype: ``SOURCE`` with ``T`` defined."""
+    return f"#define T {C_TYPES[np.dtype(dtype)]}\n" + SOURCE
+
+
 def _module(dtype):
     """The compiled kernels for dtype, built on first use. Should the device's compiler refuse
     them, say why once and switch them off: the CuPy array code then runs, slower but correct."""
@@ -174,7 +181,7 @@ def _module(dtype):
     if dtype not in _modules:
         try:
             import cupy
-            module = cupy.RawModule(code=f"#define T {C_TYPES[dtype]}\n" + SOURCE, options=("--std=c++11",))
+            module = cupy.RawModule(code=module_source(dtype), options=COMPILE_OPTIONS)
             for name in KERNELS:
                 module.get_function(name)          # compiles now, not in the middle of a step
         except Exception as exc:                   # noqa: BLE001 - any compiler or driver failure
