@@ -211,3 +211,36 @@ def test_threads_and_float16_training(tmp_path, capsys):
     assert meta["config"]["precision"] == "float16"
     code, _, err = run(["--threads", "0", "summary", "lenet5"], capsys)
     assert code == 1 and "threads must be at least 1" in err
+
+
+def test_train_predict_and_eval_on_the_gpu(tmp_path, capsys, monkeypatch):
+    """`--device gpu` through the whole command line, on the emulated CuPy (``tests/cupy_emulator.py``)
+    or a real device: training runs on the device and saves host float32 weights; `predict` and `eval`
+    on the device agree with the CPU on the same saved model."""
+    from nabi import backend, io
+    if not backend.gpu_available():
+        import cupy_emulator
+        cupy_emulator.install(monkeypatch)
+    data = write_folder(tmp_path / "data", per_class=8)
+    out = tmp_path / "run"
+    code, _, err = run(["train", data, "--model", "cifar_cnn", "--epochs", "2", "--batch-size", "8", "--lr", "3e-3",
+                        "--val-ratio", "0.25", "--test-ratio", "0", "--out", out, "--no-progress", "--cache",
+                        "--device", "gpu"], capsys)
+    assert code == 0, err
+    state, meta = io.load_weights(out / "model.safetensors")
+    assert all(type(v) is np.ndarray and v.dtype == np.float32 for v in state.values())
+    assert meta["config"]["device"] == "gpu"
+    image = data / "cat_b" / "사진_3.png"
+    preds = {}
+    for device in ("cpu", "gpu"):
+        code, stdout, err = run(["predict", out, image, "--json", "--device", device], capsys)
+        assert code == 0, err
+        preds[device] = json.loads(stdout)[0]["top"]
+        code, _, err = run(["eval", out, data, "--device", device, "--out", tmp_path / f"ev_{device}"], capsys)
+        assert code == 0, err
+    assert [t["class"] for t in preds["gpu"]] == [t["class"] for t in preds["cpu"]]
+    np.testing.assert_allclose([t["probability"] for t in preds["gpu"]], [t["probability"] for t in preds["cpu"]],
+                               rtol=1e-4, atol=1e-6)
+    reports = [json.loads((tmp_path / f"ev_{d}" / "eval.json").read_text(encoding="utf-8")) for d in ("cpu", "gpu")]
+    assert reports[0]["n"] == reports[1]["n"] == 24
+    assert abs(reports[0]["accuracy"] - reports[1]["accuracy"]) <= 1 / 24     # one borderline image at most

@@ -142,3 +142,62 @@ def test_cuda_kernels_equal_the_cupy_array_code(cupy, dtype, geom):
         if name == "pool dx":      # a NaN window: the array code sends no gradient, the kernel sends it (as torch)
             a, b = a.reshape(-1, hw, hw)[:-1], b.reshape(-1, hw, hw)[:-1]
         np.testing.assert_allclose(a, b, err_msg=name, **tol)
+
+
+# One of each kind of layer and container in the zoo, at small inputs and widths (dropout off: the
+# device draws its masks from its own generator). AlexNet and VGG add only layers that these, and
+# the xp-parametrised layer tests, already run (LRN, dropout, large linear layers).
+def _bottleneck_resnet(num_classes):
+    from nabi.models.resnet import bottleneck, resnet
+    return resnet(bottleneck, [1, 1, 1, 1], num_classes=num_classes, widths=(8, 8, 16, 16))
+
+
+ZOO = [("lenet5", {}, (2, 1, 32, 32)), ("cifar_cnn", {}, (2, 3, 32, 32)), ("resnet20", {}, (2, 3, 32, 32)),
+       (_bottleneck_resnet, {}, (2, 3, 64, 64)), ("se_resnet20", {}, (2, 3, 32, 32)),
+       ("densenet_cifar", dict(depth=16, growth_rate=6), (2, 3, 32, 32)),
+       ("googlenet", dict(aux_logits=True, dropout=0.0, aux_dropout=0.0), (2, 3, 64, 64))]
+
+
+@pytest.mark.parametrize("name,kwargs,shape", ZOO, ids=[z[0] if isinstance(z[0], str) else "resnet_bottleneck"
+                                                          for z in ZOO])
+def test_zoo_models_train_on_the_gpu_as_on_the_cpu(cupy, name, kwargs, shape):
+    """Two SGD-with-momentum steps (float64) on the device give the CPU's losses and weights, and an
+    eval-mode forward the CPU's outputs: every layer's GPU branch computes what its CPU branch does."""
+    from nabi.functional import cpu_kernels as K
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    y = rng.integers(0, 10, shape[0])
+    runs = []
+    for device in ("cpu", "gpu"):
+        backend.seed(0)                             # the same initial weights for both
+        with backend.default_dtype(np.float64):
+            model = models.get(name, num_classes=10, **kwargs) if isinstance(name, str) else name(10)
+        model.to(device).train()
+        xd, yd = (x, y) if device == "cpu" else (cupy.asarray(x), cupy.asarray(y))
+        opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9)
+        loss_fn = L.CrossEntropyLoss()
+        losses = []
+        with K.kernels(False):                      # the NumPy reference on the CPU
+            for _ in range(2):
+                loss = loss_fn(model(xd), yd)
+                aux = getattr(model, "aux_outputs", None) or ()       # GoogLeNet's two auxiliary heads
+                aux_fns = [L.CrossEntropyLoss() for _ in aux]
+                loss = loss + sum(0.3 * f(a, yd) for f, a in zip(aux_fns, aux))
+                model.zero_grad()
+                if aux:
+                    model.backward(loss_fn.backward(), daux=tuple(f.backward(0.3) for f in aux_fns))
+                else:
+                    model.backward(loss_fn.backward())
+                opt.step()
+                losses.append(float(loss))
+            model.eval()
+            out = backend.to_numpy(model(xd))
+        runs.append((losses, out, model.state_dict()))
+    (l_cpu, o_cpu, s_cpu), (l_gpu, o_gpu, s_gpu) = runs
+    np.testing.assert_allclose(l_gpu, l_cpu, rtol=1e-10)
+    np.testing.assert_allclose(o_gpu, o_cpu, rtol=1e-8, atol=1e-10)
+    assert list(s_gpu) == list(s_cpu)
+    for k in s_cpu:
+        assert isinstance(s_gpu[k], np.ndarray) and not isinstance(s_gpu[k], cupy.ndarray), k
+        scale = max(1.0, float(np.abs(s_cpu[k]).max(initial=0)))   # sums that cancel to ~0 differ in the last bits
+        np.testing.assert_allclose(s_gpu[k], s_cpu[k], rtol=1e-8, atol=1e-12 * scale, err_msg=k)
