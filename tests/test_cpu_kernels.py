@@ -59,14 +59,24 @@ def test_conv_forward_and_backward_match_numpy(n, c, f, h, w, kh, kw, sh, sw, ph
     close(*both(run), dtype)
 
 
+@pytest.mark.parametrize("row_min", [0, 10**9], ids=["row-copies", "2d-blocks"])
 @settings(max_examples=80, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 11), w=st.integers(1, 11),
        kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 3), sw=st.integers(1, 3),
        ph=st.integers(0, 6), pw=st.integers(0, 6))
-def test_im2col_and_col2im_equal_numpy_exactly(n, c, h, w, kh, kw, sh, sw, ph, pw):
-    """A copy and its adjoint: the kernels must give NumPy's bits, padding wider than the kernel included."""
+def test_im2col_and_col2im_equal_numpy_exactly(row_min, n, c, h, w, kh, kw, sh, sw, ph, pw):
+    """A copy and its adjoint: the kernels must give NumPy's bits, padding wider than the kernel included,
+    on both of im2col's copy paths (row by row for wide unstrided rows, 2-D blocks otherwise)."""
     if h + 2 * ph < kh or w + 2 * pw < kw:
         return
+    K.ROW_COPY_MIN_WIDTH, saved = row_min, K.ROW_COPY_MIN_WIDTH
+    try:
+        _check_im2col_col2im(n, c, h, w, kh, kw, sh, sw, ph, pw)
+    finally:
+        K.ROW_COPY_MIN_WIDTH = saved
+
+
+def _check_im2col_col2im(n, c, h, w, kh, kw, sh, sw, ph, pw):
     from nabi.functional.conv import col2im, im2col, pad_input
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     geom = (kh, kw, sh, sw, ph, pw, oh, ow)
