@@ -121,8 +121,9 @@ def _valid(v, s, o, p, size):
 
 # Output rows at least this wide (stride 1) are copied row by row, in loops the compiler
 # vectorises; narrower or strided ones as one 2-D slice assignment per (row of col, image), which
-# costs far less per row: 1.3–3× faster for rows of 8–20 (LeNet's conv2, ResNet's last stages,
-# AlexNet-336's conv3–5) and for conv1's stride 4 (``/tmp`` microbenchmarks, 10 geometries).
+# costs far less per row: 1.1–4× faster for rows of 8–20 (LeNet's conv2, ResNet's last stages,
+# AlexNet-336's conv3–5) and for conv1's stride 4, slower for wide padded rows (``/tmp``
+# microbenchmarks, 10 geometries); 2–4 % of a LeNet-5, cifar_cnn or ResNet-20 training step.
 ROW_COPY_MIN_WIDTH = 24
 
 
