@@ -161,12 +161,11 @@ class ndarray(np.ndarray):
 class _Function:
     """A ``cupy.*`` function or ufunc: device arrays in (host arrays refused), device arrays out."""
 
-    def __init__(self, f, name, accepts_host=False):
-        self._f, self._name, self._accepts_host = f, name, accepts_host
+    def __init__(self, f, name):
+        self._f, self._name = f, name
 
     def __call__(self, *args, **kwargs):
-        if not self._accepts_host:
-            _refuse_host((args, kwargs), f"cupy.{self._name}")
+        _refuse_host((args, kwargs), f"cupy.{self._name}")
         return _device(self._f(*_host(args), **_host(kwargs)))
 
     def __getattr__(self, attr):                     # a ufunc's reduce / accumulate / at / outer
