@@ -170,15 +170,21 @@ class Workspace(dict):
     limit = WORKSPACE_MAX_BYTES
 
 
+def _kernels(*arrays):
+    """The compiled kernels that serve these arrays (None entries are skipped): the CPU ones
+    (``K``) for NumPy arrays, the CUDA ones (``G``) for CuPy arrays, else None (array code)."""
+    arrays = [a for a in arrays if a is not None]
+    return K if K.enabled(*arrays) else G if G.enabled(*arrays) else None
+
+
 def _columns(x, geom, workspace=None):
-    """im2col of the unpadded x (N, C, H, W): the compiled kernel pads on the fly (into the
-    workspace's ``col`` buffer when given); NumPy pads first."""
+    """im2col of the unpadded x (N, C, H, W): a compiled kernel pads on the fly (on the CPU into
+    the workspace's ``col`` buffer when given); the array code pads first."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
-    if K.enabled(x):
+    kern = _kernels(x)
+    if kern is not None:
         shape = (x.shape[1] * kh * kw, x.shape[0] * oh * ow)
-        return K.im2col(x, geom, out=workspace_buffer(workspace, "col", shape, x.dtype))
-    if G.enabled(x):                                           # one CUDA kernel, padding on the fly
-        return G.im2col(x, geom)
+        return kern.im2col(x, geom, out=workspace_buffer(workspace, "col", shape, x.dtype) if kern is K else None)
     return im2col(pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
 
 
@@ -194,7 +200,7 @@ def _reusable_columns(cache):
 def _forward_gemm(w_mat, col, b, workspace):
     """w_mat (F, K) · col (K, P) → (F, P); into the workspace's ``gemm`` buffer when ``_to_nchw``
     takes the compiled path (which copies it out, so the buffer is free again at once)."""
-    if workspace is not None and K.enabled(col, w_mat) and (b is None or K.enabled(b)):
+    if workspace is not None and _kernels(col, w_mat, b) is K:
         out = workspace_buffer(workspace, "gemm", (w_mat.shape[0], col.shape[1]), np.result_type(w_mat, col))
         return np.matmul(w_mat, col, out=out)
     return w_mat @ col
@@ -203,10 +209,9 @@ def _forward_gemm(w_mat, col, b, workspace):
 def _to_nchw(y_mat, b, N, oh, ow, relu=False):
     """GEMM result (F, N·OH·OW) plus bias (then ReLU) → contiguous (N, F, OH, OW)."""
     F = y_mat.shape[0]
-    if K.enabled(y_mat) and (b is None or K.enabled(b)):
-        return K.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
-    if G.enabled(y_mat) and (b is None or G.enabled(b)):      # one CUDA pass for layout, bias and ReLU
-        return G.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
+    kern = _kernels(y_mat, b)
+    if kern is not None:                                       # one compiled pass for layout, bias and ReLU
+        return kern.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
     xp = get_array_module(y_mat)
     y = xp.ascontiguousarray(y_mat.reshape(F, N, oh, ow).transpose(1, 0, 2, 3))
     if b is not None:
@@ -351,11 +356,12 @@ def _dy_matrix(dy, geom, need_db=False, relu_y=None, workspace=None):
     """δ (N, F, OH, OW) → (δ as (F, N·OH·OW), Σ_{n,i,j} δ (F,) or None); δ·[y > 0] first with ``relu_y``."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     F, N = dy.shape[1], dy.shape[0]
-    if K.enabled(dy) and (N > 1 or relu_y is not None) and (relu_y is None or K.enabled(relu_y)):
+    kern = _kernels(dy, relu_y) if N > 1 or relu_y is not None else None   # (N = 1, no mask: a free reshape)
+    if kern is K:
         out = workspace_buffer(workspace, "gemm", (F, N * oh * ow), dy.dtype)
         dy_mat, db = K.to_gemm(dy, relu_y, out=out)
         return dy_mat, (db if need_db else None)
-    if G.enabled(dy) and (N > 1 or relu_y is not None) and (relu_y is None or G.enabled(relu_y)):
+    if kern is G:
         dy_mat = G.to_gemm(dy, relu_y)                         # one CUDA pass: mask and layout
         return dy_mat, (dy_mat.sum(axis=1) if need_db else None)
     if relu_y is not None:
@@ -375,10 +381,9 @@ def _conv_input_grad(dy_mat, w, x_shape, geom, out=None):
     if out is not None and (out.shape != shape or out.dtype != get_array_module(w).result_type(w, dy_mat)):
         out = None
     dcol = matmul_into(w_t, dy_mat, out=out)                   # (C·KH·KW, N·OH·OW)
-    if K.enabled(dcol):
-        return K.col2im(dcol, x_shape, geom)
-    if G.enabled(dcol):                                        # one CUDA kernel instead of KH·KW slice-adds
-        return G.col2im(dcol, x_shape, geom)
+    kern = _kernels(dcol)
+    if kern is not None:                                       # one compiled pass instead of KH·KW slice-adds
+        return kern.col2im(dcol, x_shape, geom)
     N, C, H, W = x_shape
     return col2im(dcol, (N, C, H + 2 * ph, W + 2 * pw), kh, kw, sh, sw, oh, ow, padding=(ph, pw))
 
