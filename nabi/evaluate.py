@@ -322,7 +322,7 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path, *, normalize: bo
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     import io as _io
-    from .io import atomic_write_bytes
+    from .files import atomic_write_bytes
     buf = _io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Glyph ... missing from font" for Hangul etc.

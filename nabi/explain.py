@@ -340,7 +340,7 @@ def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vma
 # -- runs --------------------------------------------------------------------------------
 def _load_run(run):
     """``load_run`` with a ValueError naming the run and its weights file when they do not fit."""
-    from .pipeline import find_weights, load_run
+    from .runs import find_weights, load_run
     path = find_weights(run)
     try:
         return load_run(run)
@@ -374,7 +374,7 @@ def explain_image(run, image_path, out_dir, method="both", layer=None, target=No
     conv layers cannot do Grad-CAM (ValueError; ``method='occlusion'`` works).
     """
     from .data.folder import load_image
-    from .pipeline import eval_transforms
+    from .data.prepare import eval_transforms
     if method not in ("both", "gradcam", "occlusion"):
         raise ValueError(f"method must be 'both', 'gradcam' or 'occlusion', got {method!r}")
     model, meta = _load_run(run)
@@ -489,7 +489,7 @@ def masked_evaluation(run, data_dir, masks_dir=None, background_value=None, batc
     """
     from .data.folder import ImageDecodeError, ImageFolder, open_image, pil_to_array, resize_center_crop
     from .data.split import find_splits
-    from .pipeline import eval_transforms
+    from .data.prepare import eval_transforms
     model, meta = _load_run(run)
     classes = list(meta["classes"])
     C, hw, load_hw = _sizes(meta)

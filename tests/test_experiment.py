@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nabi import experiment as X
+from nabi.studies import experiment as X
 from nabi import models as zoo
-from nabi.stats import TABLE1_COLUMNS
+from nabi.studies.stats import TABLE1_COLUMNS
 
 COLOURS = [(220, 40, 40), (40, 70, 220), (40, 180, 60), (230, 200, 30)]
 TINY = {"iterations_per_class": 3}
@@ -431,7 +431,7 @@ def test_recipes_are_valid_zoo_configs():
     with pytest.raises(ValueError, match="unknown model"):
         X.resolve_recipe("tiny", {"model": "nope"})
     # each recipe's optimiser and schedule build for its model
-    from nabi.pipeline import make_optimizer, make_schedule
+    from nabi.training.build import make_optimizer, make_schedule
     for name in ("seed2019", "modern"):
         cfg = X.resolve_recipe(name, {"model": "cifar_cnn", "image_size": 32})
         tc, epochs, iterations = X._train_config(cfg, 5, 40, "/tmp/unused", 0)

@@ -6,7 +6,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from nabi import io as nio
+from nabi import files as nio
 from nabi.layers.module import Module, Parameter
 
 torch = pytest.importorskip("torch")
@@ -89,7 +89,7 @@ def test_failed_replace_leaves_the_good_file_and_no_temp(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk on fire")
-    monkeypatch.setattr(nio.os, "replace", boom)
+    monkeypatch.setattr(nio.atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk on fire"):
         nio.save_weights(path, {"w": np.zeros(3)}, {"v": 2})
     monkeypatch.undo()
@@ -109,10 +109,10 @@ def test_failure_while_writing_the_temp_file(tmp_path, monkeypatch):
     def failing_fsync(fd):
         calls.append(fd)
         raise OSError("fsync failed")
-    monkeypatch.setattr(nio.os, "fsync", failing_fsync)
+    monkeypatch.setattr(nio.atomic.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="fsync failed"):
         nio.atomic_write_bytes(path, b"half written" * 1000)
-    monkeypatch.setattr(nio.os, "fsync", real_fsync)
+    monkeypatch.setattr(nio.atomic.os, "fsync", real_fsync)
     assert calls and path.read_text() == "good"
     assert os.listdir(tmp_path) == ["notes.txt"]
 

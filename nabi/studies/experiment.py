@@ -58,8 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, backend, io
-from . import data as D
+from .. import __version__, backend
+from .. import files
+from .. import data as D
 
 __all__ = ["RECIPES", "SEED2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
            "derive_a_state", "state_sha256", "PairedOrderLoader", "training_datasets", "training_loaders",
@@ -116,7 +117,7 @@ _COMPARISONS = (("A·P2", "B·P2"), ("A·P2", "B·P3"), ("A·P2", "B·P4"))
 
 
 def _defaults() -> dict:
-    from .pipeline import TrainConfig
+    from ..training.config import TrainConfig
     d = {k: v for k, v in TrainConfig().to_dict().items() if k in _TRAIN_KEYS}
     d.update(epochs=None, iterations=None, iterations_per_class=None, warmup_epochs=None, offline_variants=1,
              test_ratio=0.2, keep_checkpoints=False, description="", image_size=None, checkpoint_every=None,
@@ -125,7 +126,7 @@ def _defaults() -> dict:
 
 
 def _optional_keys() -> list:
-    from .pipeline import TrainConfig
+    from ..training.config import TrainConfig
     return [k for k in _OPTIONAL_TRAIN_KEYS if k in TrainConfig.__dataclass_fields__]
 
 
@@ -135,7 +136,7 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
     Training length: exactly one of ``iterations_per_class``, ``iterations``, ``epochs``;
     overriding any of them replaces the recipe's choice.
     """
-    from . import models
+    from .. import models
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     overrides = dict(overrides or {})
@@ -183,7 +184,8 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
 
 def _probe_model(cfg) -> list:
     """Build the model once and run one input through it: ``[C, H, W]`` it will be trained at."""
-    from .pipeline import build_model, model_input_size
+    from ..training.build import build_model
+    from ..models.registry import model_input_size
     try:
         model = build_model(cfg["model"], 3, cfg["model_args"], seed=0)
     except TypeError as e:
@@ -319,7 +321,7 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
                              image_size=(H, W))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        io.atomic_write_json(marker, {**want, "n_source": len(spec["train"])})
+        files.atomic_write_json(marker, {**want, "n_source": len(spec["train"])})
     spec = dict(spec)
     spec["train_root"] = str(out)
     spec["train"] = [[p, c] for p, c in _listing(out, spec["classes_B"], False, verify=False)]
@@ -392,7 +394,7 @@ class PairedOrderLoader(D.DataLoader):
 
 def training_loaders(datasets: dict, cfg: dict, order_seed: int, input_size, norm: dict) -> dict:
     """Training loaders ``{'A': PairedOrderLoader, 'B': DataLoader (or None)}`` with the recipe's transforms."""
-    from .pipeline import _Transformed, augmentation, eval_transforms
+    from ..data.prepare import Transformed, augmentation, eval_transforms
     H, W = input_size[1:]
     base = eval_transforms((H, W), norm)
     transforms = [base[0]] + augmentation(cfg["augment"], (H, W)) + base[1:]
@@ -400,9 +402,9 @@ def training_loaders(datasets: dict, cfg: dict, order_seed: int, input_size, nor
               device=cfg["device"])
     out = {"B": None}
     if datasets["B"] is not None:
-        out["B"] = D.DataLoader(_Transformed(datasets["B"], transforms), shuffle=True, **kw)
+        out["B"] = D.DataLoader(Transformed(datasets["B"], transforms), shuffle=True, **kw)
     p2c = datasets["parent_to_child"]
-    out["A"] = PairedOrderLoader(_Transformed(datasets["A"], transforms), len(p2c), p2c, **kw)
+    out["A"] = PairedOrderLoader(Transformed(datasets["A"], transforms), len(p2c), p2c, **kw)
     return out
 
 
@@ -432,7 +434,7 @@ def derive_a_state(state_b, template_a, bg_index: int):
 
 def paired_models(model_name, model_args, classes_b, background, init_seed, input_size=None):
     """``(model_A, model_B, classifier_keys)`` with A's weights derived from seeded B's (see module doc)."""
-    from .pipeline import build_model
+    from ..training.build import build_model
     bg = _nfc(background)
     classes_b = [_nfc(c) for c in classes_b]
     if bg not in classes_b:
@@ -517,7 +519,7 @@ def _model_length(cfg, n_classes, steps_per_epoch):
 
 
 def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
-    from .pipeline import TrainConfig
+    from ..training.config import TrainConfig
     epochs, iterations = _model_length(cfg, n_classes, steps_per_epoch)
     d = {k: cfg[k] for k in (*_TRAIN_KEYS, *_optional_keys()) if cfg.get(k) is not None}
     d.update(epochs=epochs if epochs is not None else math.ceil(iterations / steps_per_epoch),
@@ -533,10 +535,12 @@ def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
 
 def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, seed, log) -> dict:
     """Train one model (resuming from its checkpoint) and score it on the test set: the ``eval.json`` dict."""
-    from . import evaluate as E
-    from .layers import CrossEntropyLoss
-    from .pipeline import make_optimizer, make_schedule, model_metadata, eval_loader, write_config
-    from .train import evaluate
+    from .. import evaluate as E
+    from ..layers import CrossEntropyLoss
+    from ..training.build import make_optimizer, make_schedule
+    from ..runs import model_metadata, write_config
+    from ..data.prepare import eval_loader
+    from ..training.trainer import evaluate
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tc, epochs, iterations = _train_config(cfg, len(classes), len(loader), out, seed)
@@ -578,14 +582,14 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
 
 
 def _trainer_class():
-    from .train import Trainer
+    from ..training.trainer import Trainer
 
     class _ExperimentTrainer(Trainer):
         """A Trainer that logs metrics every epoch but leaves the curves plot to the end."""
 
         def _write_metrics(self, row):
             if self.out_dir is not None:
-                io.atomic_write_text(self.out_dir / "metrics.jsonl",
+                files.atomic_write_text(self.out_dir / "metrics.jsonl",
                                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.history))
     return _ExperimentTrainer
 
@@ -596,7 +600,7 @@ def _Trainer(*args, **kwargs):
 
 def _plot_curves(history, path):
     try:
-        from .plots import plot_curves
+        from ..plots import plot_curves
     except ImportError:  # matplotlib missing
         return
     if history:
@@ -667,7 +671,7 @@ def _run_one_inner(job, run_dir, log):
                                                                    spec["classes_B"].index(bg))[0]),
                       "classifier_keys": changed}}
     else:
-        from .pipeline import build_model
+        from ..training.build import build_model
         model_b, changed = None, []
         model_a = build_model(cfg["model"], len(spec["individuals"]), cfg["model_args"], seed=seeds["init_seed"])
         model_a.input_size = tuple(input_size)
@@ -691,7 +695,7 @@ def _run_one_inner(job, run_dir, log):
             del model
             res["init"] = init[key]
             res = _clean(res)
-            io.atomic_write_json(eval_path, res)
+            files.atomic_write_json(eval_path, res)
             if not cfg.get("keep_checkpoints"):  # keep the scored (final) weights only
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)
                 for name in ("best.safetensors", "best.json"):
@@ -706,7 +710,7 @@ def _run_one_inner(job, run_dir, log):
         from .stats import table1_row
         result["row"] = table1_row(_stats(results["A"]), _stats(results["B"]))
     result = _clean(result)
-    io.atomic_write_json(run_dir / "result.json", result)
+    files.atomic_write_json(run_dir / "result.json", result)
     rlog("result.json written")
     return result
 
@@ -723,7 +727,7 @@ def _fmt(x, digits=4) -> str:
 
 def _worker_init(threads: int):
     """Each worker process uses ``threads`` threads for BLAS and for nabi's compiled kernels."""
-    from .backend import set_num_threads
+    from ..backend import set_num_threads
     set_num_threads(int(threads), required=False)
 
 
@@ -752,15 +756,15 @@ def _check_args(runs, models, jobs, seed):
 
 
 def _fingerprint(spec, cfg, seed) -> str:
-    files = lambda lst: [(_rel(p, spec["root"]), c) for p, c in lst]  # noqa: E731
+    listing = lambda lst: [(_rel(p, spec["root"]), c) for p, c in lst]  # noqa: E731
     what = {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
-            "train": files(spec["train"]), "test": files(spec["test"]), "seed": int(seed),
+            "train": listing(spec["train"]), "test": listing(spec["test"]), "seed": int(seed),
             "config": {k: v for k, v in cfg.items() if k not in _EXECUTION_KEYS}}
     return _sha(what)
 
 
 def _normalization(cfg, spec, input_size):
-    from .pipeline import normalization_spec
+    from ..data.prepare import normalization_spec
     if cfg["normalize"] != "dataset":
         return normalization_spec(cfg["normalize"], None, input_size[0])
     ds = training_datasets(spec, input_size)
@@ -809,7 +813,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     norm = _normalization(cfg, spec, input_size) if cfg["normalize"] != "dataset" else None
     seeds_all = run_seeds(seed, runs)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_json(exp_dir / "split.json", _clean({k: spec[k] for k in ("root", "layout", "background",
+    files.atomic_write_json(exp_dir / "split.json", _clean({k: spec[k] for k in ("root", "layout", "background",
                                                                              "train", "test", "test_ratio")}))
     experiment = {"format": "nabi-experiment", "nabi_version": __version__, "recipe": recipe,
                   "description": cfg.get("description", ""), "models": list(models), "seed": int(seed),
@@ -826,7 +830,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
         old = json.loads(exp_file.read_text(encoding="utf-8"))
         experiment["runs"] = max(int(runs), int(old.get("runs", 0)))
         experiment["run_seeds"] = run_seeds(seed, experiment["runs"])
-    io.atomic_write_json(exp_file, experiment)
+    files.atomic_write_json(exp_file, experiment)
     log(f"experiment {exp_dir}: recipe {recipe} ({cfg['model']} at {input_size[1]}×{input_size[2]}), "
         f"models {', '.join(models)}, {runs} run(s), seed {seed}")
 
@@ -855,7 +859,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     report = write_report(exp_dir, runs=runs)
     recipes = [p for p in Path(out_dir).iterdir() if (p / "report.json").is_file()]
     if len(recipes) >= 2:
-        io.atomic_write_text(Path(out_dir) / "recipes.md", compare_recipes(out_dir))
+        files.atomic_write_text(Path(out_dir) / "recipes.md", compare_recipes(out_dir))
         report["files"]["recipes_md"] = str(Path(out_dir) / "recipes.md")
     log(f"report: {report['files']['report_md']}")
     return report
@@ -994,11 +998,11 @@ def write_report(exp_dir, runs=None) -> dict:
               "| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns),
               "| 2019 Avg | " + " | ".join(f"{v:.4f}" for v in ref) + " |", ""]
     markdown = "\n".join(lines) + "\n"
-    io.atomic_write_text(exp_dir / "report.md", markdown)
-    files = {"report_md": str(exp_dir / "report.md"), "report_csv": str(csv_path),
+    files.atomic_write_text(exp_dir / "report.md", markdown)
+    outputs = {"report_md": str(exp_dir / "report.md"), "report_csv": str(csv_path),
              "report_json": str(exp_dir / "report.json"), "report_png": None}
     try:
-        files["report_png"] = str(_plot(exp_dir / "report.png", rows, labels, comparisons, exp["recipe"]))
+        outputs["report_png"] = str(_plot(exp_dir / "report.png", rows, labels, comparisons, exp["recipe"]))
     except ImportError:  # matplotlib missing: the tables have every number
         pass
     report = {"format": "nabi-experiment-report", "nabi_version": __version__, "recipe": exp["recipe"],
@@ -1011,8 +1015,8 @@ def write_report(exp_dir, runs=None) -> dict:
                                   "training": res["models"][m].get("training")} for m in models}}
                           for res in results],
               "reference_2019": {"table": SEED2019_TABLE1, "avg": dict(zip(columns, ref))},
-              "markdown": markdown, "files": files}
-    io.atomic_write_json(exp_dir / "report.json", _clean(report))
+              "markdown": markdown, "files": outputs}
+    files.atomic_write_json(exp_dir / "report.json", _clean(report))
     return report
 
 
@@ -1027,7 +1031,7 @@ def _comparison_line(s) -> str:
 
 
 def _plot(path, rows, labels, comparisons, recipe):
-    from .plots import _pyplot, save_figure
+    from ..plots import _pyplot, save_figure
     plt = _pyplot()
     pairs = list(_COMPARISONS) if comparisons else []
     cols = list(rows[0]) if rows else []

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import backend
-from .functional import cpu_kernels as K
-from .functional.blas import axpy
-from .layers.module import Parameter
+from .. import backend
+from ..functional import cpu_kernels as K
+from ..functional.blas import axpy
+from ..layers.module import Parameter
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",

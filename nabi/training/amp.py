@@ -25,8 +25,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import backend
-from .layers.module import Parameter
+from .. import backend
+from ..layers.module import Parameter
 
 PRECISIONS = ("float32", "float16")
 

@@ -54,8 +54,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__, backend, io
-from . import data as D
+from .. import __version__, backend
+from .. import files
+from .. import data as D
 from . import experiment as E
 
 __all__ = ["Factor", "FACTORS", "register_factor", "SE_PAIRS", "load_config", "plan_ablation", "run_ablation",
@@ -101,7 +102,7 @@ def register_factor(name, apply, check=None, doc="", replace=False) -> Factor:
 
 def _canonical(model) -> str:
     """The zoo's registered name for ``model`` (aliases such as 'ResNet-20' resolved; ValueError if unknown)."""
-    from . import models
+    from .. import models
     if not isinstance(model, str):
         raise ValueError(f"model must be a zoo name (a string), got {model!r}")
     fn = models.builder(model)
@@ -109,7 +110,7 @@ def _canonical(model) -> str:
 
 
 def _params_of(model) -> dict:
-    from . import models
+    from .. import models
     return dict(inspect.signature(models.builder(model)).parameters)
 
 
@@ -118,7 +119,7 @@ def _model_arg(factor, model, keys) -> str:
     for k in keys:
         if k in params:
             return k
-    from . import models
+    from .. import models
     able = [n for n in models.names() if any(k in _params_of(n) for k in keys)]
     raise ValueError(f"factor {factor!r} sets the model argument {' / '.join(keys)}, which model {model!r} does not "
                      f"take (models that do: {', '.join(able) or 'none'})")
@@ -277,7 +278,7 @@ _train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosin
 # -- configuration --------------------------------------------------------------------------------------------
 def load_config(path, overrides=None) -> dict:
     """Read the TOML file; ``overrides`` {dotted key: value} (``base.epochs``) replace its values."""
-    from .pipeline import load_toml
+    from ..training.config import load_toml
     cfg = load_toml(Path(path).expanduser())
     for key, value in (overrides or {}).items():
         parts = key.split(".")
@@ -294,7 +295,7 @@ def load_config(path, overrides=None) -> dict:
 
 
 def _base_config(base) -> dict:
-    from .pipeline import TrainConfig
+    from ..training.config import TrainConfig
     if not isinstance(base, dict):
         raise ValueError(f"[base] must be a table of TrainConfig fields, got {base!r}")
     for k, why in _BASE_FORBIDDEN.items():
@@ -447,8 +448,8 @@ def _part_signature(ds):
         ds = ds.dataset
     if hasattr(ds, "samples"):
         root = Path(ds.root)
-        files = [(E._rel(ds.samples[i][0], root), int(ds.samples[i][1])) for i in idx]
-        return {"root": str(root.absolute()), "files": E._sha(files), "n": len(files)}
+        listing = [(E._rel(ds.samples[i][0], root), int(ds.samples[i][1])) for i in idx]
+        return {"root": str(root.absolute()), "files": E._sha(listing), "n": len(listing)}
     images = np.ascontiguousarray(ds.images[idx])
     import hashlib
     return {"arrays": hashlib.sha256(images.view(np.uint8).reshape(-1)).hexdigest(),
@@ -469,7 +470,7 @@ class _Data:
         return split if self.embedded else (channels, size, *split)
 
     def get(self, cfg, channels, size):
-        from .pipeline import load_datasets
+        from ..data.prepare import load_datasets
         key = self.key(cfg, channels, size)
         if key not in self.parts:
             parts = load_datasets(self.path, image_size=(size, size), channels=channels, val_ratio=cfg["val_ratio"],
@@ -486,7 +487,7 @@ class _Data:
         return key, self.parts[key]
 
     def norm(self, key, kind, channels):
-        from .pipeline import normalization_spec
+        from ..data.prepare import normalization_spec
         if (key, kind) not in self.norms:
             self.norms[(key, kind)] = normalization_spec(kind, self.parts[key]["train"], channels)
         return self.norms[(key, kind)]
@@ -516,7 +517,7 @@ def _share_counts(model, keys) -> dict:
 
 
 def _build(cfg, n_classes, seed, input_size=None):
-    from .pipeline import build_model
+    from ..training.build import build_model
     model = build_model(cfg["model"], n_classes, cfg["model_args"], seed=seed)
     if input_size is not None:
         model.input_size = tuple(int(s) for s in input_size)
@@ -560,8 +561,9 @@ def plan_ablation(config, log=None) -> dict:
 
     ``config``: a dict as read from TOML (see the module doc) or a path to a TOML file.
     """
-    from .pipeline import _Transformed, eval_transforms, model_input_size
-    from .summary import summary
+    from ..data.prepare import Transformed, eval_transforms
+    from ..models.registry import model_input_size
+    from ..summary import summary
     log = log or (lambda *a, **k: None)
     if not isinstance(config, dict):
         config = load_config(config)
@@ -593,7 +595,7 @@ def plan_ablation(config, log=None) -> dict:
         norm = data.norm(key, cfg["normalize"], channels)
         input_size = [int(C), int(size), int(size)]
         probe.input_size = tuple(input_size)
-        x, _ = _Transformed(parts["train"], eval_transforms((size, size), norm))[0]
+        x, _ = Transformed(parts["train"], eval_transforms((size, size), norm))[0]
         probe.eval()
         try:
             probe(np.asarray(x)[None].astype(backend.get_default_dtype()))
@@ -642,13 +644,15 @@ def _run_variant(job, log=None) -> dict:
 
 def _train_run(job, run_dir, log):
     import shutil
-    from .layers import CrossEntropyLoss
-    from .pipeline import (TrainConfig, _Transformed, augmentation, eval_transforms, make_optimizer, make_schedule,
-                           model_metadata, eval_loader, write_config)
-    from .train import evaluate
+    from ..layers import CrossEntropyLoss
+    from ..training.config import TrainConfig
+    from ..data.prepare import Transformed, augmentation, eval_transforms, eval_loader
+    from ..training.build import make_optimizer, make_schedule
+    from ..runs import model_metadata, write_config
+    from ..training.trainer import evaluate
     cfg, seeds, parts, name = job["config"], job["seeds"], job["parts"], job["variant"]
     rlog = E._RunLog(run_dir / "run.log", f"[{name} · seed {seeds['run']:02d}]", echo=log)
-    io.atomic_write_json(run_dir / "run.json", {"fingerprint": job["fingerprint"], "variant": name, "seeds": seeds})
+    files.atomic_write_json(run_dir / "run.json", {"fingerprint": job["fingerprint"], "variant": name, "seeds": seeds})
     model, keys, reference = _initial_models(cfg, job["reference_config"], len(job["classes"]), seeds["init_seed"],
                                              job["paired_init"], job["input_size"])
     init_state, ref_state = model.state_dict(), reference.state_dict()
@@ -660,12 +664,12 @@ def _train_run(job, run_dir, log):
     H, W = job["input_size"][1:]
     norm = job["normalization"]
     base = eval_transforms((H, W), norm)
-    train_ds = _Transformed(parts["train"], [base[0]] + augmentation(cfg["augment"], (H, W)) + base[1:])
+    train_ds = Transformed(parts["train"], [base[0]] + augmentation(cfg["augment"], (H, W)) + base[1:])
     loader = D.DataLoader(train_ds, batch_size=cfg["batch_size"], shuffle=True, seed=seeds["order_seed"],
                           num_workers=cfg["workers"], device=cfg["device"])
     val_loader = None
     if parts.get("val") is not None:
-        val_loader = D.DataLoader(_Transformed(parts["val"], base), batch_size=max(cfg["batch_size"], 64),
+        val_loader = D.DataLoader(Transformed(parts["val"], base), batch_size=max(cfg["batch_size"], 64),
                                   num_workers=cfg["workers"], device=cfg["device"])
     epochs = cfg["epochs"] or math.ceil(cfg["iterations"] / len(loader))
     tc = TrainConfig.from_dict({**cfg, "epochs": epochs, "data": "(ablation)", "out": str(run_dir),
@@ -706,7 +710,7 @@ def _train_run(job, run_dir, log):
     result = E._clean({"format": "nabi-ablation-run", "nabi_version": __version__, "variant": name,
                        "factor": job["factor"], "seeds": seeds, "fingerprint": job["fingerprint"], "init": init,
                        "models": {name: metrics}})
-    io.atomic_write_json(run_dir / "result.json", result)
+    files.atomic_write_json(run_dir / "result.json", result)
     if not job["keep_checkpoints"]:  # keep the scored (final) weights only
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         for f in ("best.safetensors", "best.json"):
@@ -775,7 +779,7 @@ def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None) -> dict:
         raise ValueError(f"{out_dir} holds runs of a different setup ({', '.join(clashes[:3])}"
                          f"{' …' if len(clashes) > 3 else ''}); use another --out or delete them")
     out_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_json(out_dir / "ablation_setup.json", _setup_record(plan))
+    files.atomic_write_json(out_dir / "ablation_setup.json", _setup_record(plan))
     todo = []
     for job in jobs_list:
         if E._complete(Path(job["run_dir"]), job["models"], job["fingerprint"]) is not None:
@@ -906,18 +910,18 @@ def write_report(out_dir) -> dict:
                   "exact sign test, two-sided."]
         lines += [f"- note: {n}" for n in notes]
     markdown = "\n".join(lines) + "\n"
-    files = {"md": str(out_dir / "ablation.md"), "csv": str(out_dir / "ablation.csv"),
+    outputs = {"md": str(out_dir / "ablation.md"), "csv": str(out_dir / "ablation.csv"),
              "json": str(out_dir / "ablation.json"), "png": None}
-    io.atomic_write_text(out_dir / "ablation.md", markdown)
+    files.atomic_write_text(out_dir / "ablation.md", markdown)
     buf = _io.StringIO()
     cols = list(per_run[0])
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for r in per_run:
         w.writerow(["" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in cols])
-    io.atomic_write_text(out_dir / "ablation.csv", buf.getvalue())
+    files.atomic_write_text(out_dir / "ablation.csv", buf.getvalue())
     try:
-        files["png"] = str(_plot(out_dir / "ablation.png", rows, variants, seeds, seed_labels, metric, has_val,
+        outputs["png"] = str(_plot(out_dir / "ablation.png", rows, variants, seeds, seed_labels, metric, has_val,
                                  setup["factor"]))
     except ImportError:  # matplotlib missing: the tables hold every number
         pass
@@ -925,14 +929,14 @@ def write_report(out_dir) -> dict:
                        "factor": setup["factor"], "reference": ref["name"], "seeds": seeds, "seed_labels": seed_labels,
                        "paired_init": setup["paired_init"], "data": setup["data"], "counts": setup["counts"],
                        "base": setup["base"], "variants": rows, "comparisons": comparisons, "runs": per_run,
-                       "markdown": markdown, "files": files})
-    io.atomic_write_json(out_dir / "ablation.json", report)
+                       "markdown": markdown, "files": outputs})
+    files.atomic_write_json(out_dir / "ablation.json", report)
     return report
 
 
 def _plot(path, rows, variants, seeds, seed_labels, metric, has_val, factor):
     import warnings
-    from .plots import _pyplot, save_figure
+    from ..plots import _pyplot, save_figure
     plt = _pyplot()
     keys = ["test_acc"] + (["val_acc"] if has_val else [])
     x = np.arange(len(variants))
