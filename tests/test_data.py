@@ -16,7 +16,7 @@ from PIL import Image
 from nabi import backend
 from nabi.data import (ArrayDataset, CenterCrop, ColorJitter, Compose, DataLoader, ImageDecodeError, ImageFolder,
                        Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop, RandomRotate90,
-                       RandomRotation, Resize, Scale, SeedScale, Subset, cifar_class_names, collate,
+                       RandomRotation, Resize, Scale, Pixel256Scale, Subset, cifar_class_names, collate,
                        embedded_dataset, expand_offline, find_splits, load_cifar10, load_cifar100,
                        load_digits_mnist, load_digits_sklearn, load_image, load_mnist, read_idx, safe_unpickle,
                        stratified_split, write_image_folder)
@@ -722,8 +722,11 @@ def test_color_normalize_and_scales():
         Normalize(0, 0)
     raw = np.full((3, 2, 2), 255.0, np.float32)
     np.testing.assert_allclose(Scale(256.0)(raw), 255 / 256)
-    np.testing.assert_allclose(SeedScale()(raw / 255), 255 / 256, rtol=1e-6)  # [0,1] -> pixel/256
-    np.testing.assert_allclose(SeedScale()(np.full((1, 1, 1), 128 / 255, np.float32)), 128 / 256, rtol=1e-6)
+    np.testing.assert_allclose(Pixel256Scale()(raw / 255), 255 / 256, rtol=1e-6)  # [0,1] -> pixel/256
+    np.testing.assert_allclose(Pixel256Scale()(np.full((1, 1, 1), 128 / 255, np.float32)), 128 / 256, rtol=1e-6)
+    import nabi.data
+    with pytest.warns(FutureWarning, match="Pixel256Scale"):                   # the old name still works
+        assert nabi.data.SeedScale is Pixel256Scale
 
 
 # -- offline expansion --------------------------------------------------------------

@@ -409,12 +409,12 @@ def test_model_a_alone_needs_no_background(tmp_path):
 # -- recipes -------------------------------------------------------------------------------------------------
 def test_recipes_are_valid_zoo_configs():
     names = zoo.names()
-    s = X.resolve_recipe("seed2019")
+    s = X.resolve_recipe("alexnet336-2019")
     assert s["model"] == "alexnet336" in names
     assert (s["batch_size"], s["optimizer"], s["momentum"], s["lr"], s["schedule"]) == (1, "sgd", 0.0, 1.5e-5,
-                                                                                         "seed2019")
+                                                                                         "linear_step")
     assert (s["normalize"], s["offline_variants"], s["iterations_per_class"], s["image_size"]) == \
-        ("seed2019", 8, 2000, 336)
+        ("pixel256", 8, 2000, 336)
     assert zoo.count_parameters("alexnet336", num_classes=5) == 108_629_381
     assert X._model_length(s, 5, 100) == (None, 10_000) and X._model_length(s, 4, 100) == (None, 8_000)
     m = X.resolve_recipe("modern")
@@ -424,15 +424,17 @@ def test_recipes_are_valid_zoo_configs():
     assert t["model"] == "cifar_cnn" and t["image_size"] == 32
     assert X._probe_model(t) == [3, 32, 32]
     # overriding the length replaces the recipe's choice; two lengths at once are refused
-    o = X.resolve_recipe("seed2019", {"epochs": 3})
+    o = X.resolve_recipe("alexnet336-2019", {"epochs": 3})
     assert o["epochs"] == 3 and o["iterations_per_class"] is None
+    with pytest.warns(FutureWarning, match="'seed2019' is now called 'alexnet336-2019'"):   # the old name
+        assert X.resolve_recipe("seed2019")["recipe"] == "alexnet336-2019"
     with pytest.raises(ValueError, match="exactly one of"):
         X.resolve_recipe("tiny", {"epochs": 2, "iterations": 5})
     with pytest.raises(ValueError, match="unknown model"):
         X.resolve_recipe("tiny", {"model": "nope"})
     # each recipe's optimiser and schedule build for its model
     from nabi.training.build import make_optimizer, make_schedule
-    for name in ("seed2019", "modern"):
+    for name in ("alexnet336-2019", "modern"):
         cfg = X.resolve_recipe(name, {"model": "cifar_cnn", "image_size": 32})
         tc, epochs, iterations = X._train_config(cfg, 5, 40, "/tmp/unused", 0)
         opt = make_optimizer(tc, zoo.get("cifar_cnn", num_classes=5))

@@ -270,8 +270,8 @@ _train_factor("iterations", _positive_int, "iterations (instead of epochs)")
 _train_factor("image_size", lambda f, v: _number(f, v, 8, integer=True), "input size (models with adaptive pooling)")
 _train_factor("optimizer", lambda f, v: _choice(f, v, ("sgd", "adam", "adamw")), "optimizer")
 _train_factor("augment", lambda f, v: _choice(f, v, ("none", "flip", "standard", "strong")), "online augmentation")
-_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "seed2019", "dataset", "imagenet")), "normalisation")
-_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "seed2019")),
+_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "pixel256", "dataset", "imagenet", "seed2019")), "normalisation")
+_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "linear_step", "seed2019")),
               "learning-rate schedule")
 
 

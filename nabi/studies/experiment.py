@@ -70,12 +70,12 @@ MODELS = ("A", "B")
 
 # -- recipes -----------------------------------------------------------------------------------------------
 RECIPES = {
-    "seed2019": {
-        "description": "seed 000 as written: AlexNet-style 336×336 (He-uniform), RGB/256, batch 1, plain SGD "
-                       "1.5e-5 → 5e-6 in 10 steps, 2,000 iterations per class, offline ×8 augmentation",
-        "model": "alexnet336", "model_args": {}, "image_size": 336, "normalize": "seed2019", "augment": "none",
+    "alexnet336-2019": {
+        "description": "the 2019 campus-cat report's setup: AlexNet-style 336×336 (He-uniform), RGB/256, batch 1, "
+                       "plain SGD 1.5e-5 → 5e-6 in 10 steps, 2,000 iterations per class, offline ×8 augmentation",
+        "model": "alexnet336", "model_args": {}, "image_size": 336, "normalize": "pixel256", "augment": "none",
         "offline_variants": 8, "batch_size": 1, "optimizer": "sgd", "lr": 1.5e-5, "momentum": 0.0,
-        "weight_decay": 0.0, "schedule": "seed2019", "iterations_per_class": 2000, "label_smoothing": 0.0,
+        "weight_decay": 0.0, "schedule": "linear_step", "iterations_per_class": 2000, "label_smoothing": 0.0,
         "test_ratio": 0.1, "checkpoint_every": 1000,
     },
     "modern": {
@@ -92,6 +92,8 @@ RECIPES = {
         "test_ratio": 0.2,
     },
 }
+
+RECIPE_ALIASES = {"seed2019": "alexnet336-2019"}   # old names, accepted with a warning
 
 # Seed 000's Table 1 (10 runs), for reference in reports.
 SEED2019_TABLE1 = {
@@ -137,6 +139,10 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
     overriding any of them replaces the recipe's choice.
     """
     from .. import models
+    if recipe in RECIPE_ALIASES:
+        import warnings
+        warnings.warn(f"recipe {recipe!r} is now called {RECIPE_ALIASES[recipe]!r}", FutureWarning, stacklevel=2)
+        recipe = RECIPE_ALIASES[recipe]
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     overrides = dict(overrides or {})
@@ -160,9 +166,9 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
     models.builder(cfg["model"])  # ValueError listing the zoo's names
     if not isinstance(cfg["model_args"], dict):
         raise ValueError(f"model_args must be a dict, got {cfg['model_args']!r}")
-    for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", ("unit", "seed2019", "dataset",
-                         "imagenet")), ("augment", ("none", "flip", "standard", "strong")),
-                         ("schedule", ("constant", "step", "cosine", "warmup_cosine", "seed2019")),
+    for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", ("unit", "pixel256", "dataset",
+                         "imagenet", "seed2019")), ("augment", ("none", "flip", "standard", "strong")),
+                         ("schedule", ("constant", "step", "cosine", "warmup_cosine", "linear_step", "seed2019")),
                          ("schedule_unit", ("iteration", "epoch")), ("device", ("cpu", "gpu"))):
         if cfg[key] not in choices:
             raise ValueError(f"{key} must be one of {', '.join(choices)}; got {cfg[key]!r}")
@@ -784,6 +790,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     log = log or (lambda *a, **k: None)
     models = _check_args(runs, models, jobs, seed)
     cfg = resolve_recipe(recipe, overrides)
+    recipe = cfg["recipe"]                  # an old name resolves to the current one
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]))
     input_size = _probe_model(cfg)
     counts = {"B": len(spec["train"]), "A": sum(c != spec["background"] for _, c in spec["train"])}
@@ -792,9 +799,9 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
         steps = math.ceil(counts[m] * cfg["offline_variants"] / cfg["batch_size"])
         epochs, iterations = _model_length(cfg, n_classes[m], steps)
         total = iterations or epochs * steps
-        if cfg["schedule"] == "seed2019" and (cfg["schedule_unit"] == "iteration" and total < 11
+        if cfg["schedule"] in ("linear_step", "seed2019") and (cfg["schedule_unit"] == "iteration" and total < 11
                                               or cfg["schedule_unit"] == "epoch" and (epochs or 0) < 11):
-            raise ValueError(f"schedule 'seed2019' lowers the rate 10 times and needs at least 11 steps; "
+            raise ValueError(f"schedule 'linear_step' lowers the rate 10 times and needs at least 11 steps; "
                              f"model {m} would get {total} iterations")
     fingerprint = _fingerprint(spec, cfg, seed)
     exp_dir = Path(out_dir) / recipe
@@ -1117,7 +1124,7 @@ def add_arguments(parser):
                                      "(split by --set test_ratio=…)")
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
     parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
-    parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES),
+    parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES) + sorted(RECIPE_ALIASES),
                         help="seed2019 (the 2019 setup), modern (default) or tiny")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
     parser.add_argument("--background", default="background", help="the background folder's name")
