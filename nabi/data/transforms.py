@@ -339,7 +339,7 @@ class Normalize:
 
 
 class Scale:
-    """Divide by ``divisor``: for raw 0..255 arrays, ``Scale(256.0)`` is the seed's RGB/256."""
+    """Divide by ``divisor``: for raw 0..255 arrays, ``Scale(256.0)`` is the 2019 report's RGB/256."""
 
     def __init__(self, divisor: float = 256.0):
         if divisor == 0:

@@ -31,7 +31,7 @@ from ..layers.module import Parameter
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
-    "LRSchedule", "ConstantLR", "StepLR", "CosineAnnealingLR", "LinearWarmup", "SeedStepDecay",
+    "LRSchedule", "ConstantLR", "StepLR", "CosineAnnealingLR", "LinearWarmup", "LinearStepDecay",
     "SCHEDULES", "make_schedule",
 ]
 
