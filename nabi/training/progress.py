@@ -14,7 +14,7 @@ every ``interval`` seconds (15 s by default) and one at the end of the epoch, so
 a log holds a few lines per epoch instead of one redraw per batch.
 
 The first batch of a run is timed apart: it waits for the one-off compilation
-of the CPU kernels (numba) and can take ten seconds or more where every later
+of the kernels (numba on the CPU) and can take ten seconds or more where every later
 batch takes milliseconds. Before it, a note says so; the ETA and the rate are
 measured from the end of the first batch, so that wait does not inflate them.
 """
@@ -114,7 +114,7 @@ class _TqdmBar:
         self._bar = None
         self._stats = {}
         if skip_first:
-            self.stream.write(f"{desc}: first batch (the CPU kernels compile once; this can take ~15 s)…")
+            self.stream.write(f"{desc}: first batch (kernels compile on first use in a process: up to ~15 s)…")
             self.stream.flush()
             self._pending_note = True
         else:
