@@ -1,4 +1,4 @@
-"""The paired background-class experiment (nabi.experiment) end to end on small generated photo folders."""
+"""The paired background-class experiment (nabi.studies.experiment) end to end on small generated photo folders."""
 import argparse
 import csv
 import importlib.util

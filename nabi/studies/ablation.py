@@ -22,7 +22,7 @@ A variant holds ``name`` and (optionally) the factor's key, nothing else; its co
 ``FACTORS[factor].apply(base, value)``, checked by ``FACTORS[factor].check`` before any data
 is read. Every check raises ``ValueError`` before anything is trained or written.
 
-Seeds (reusing ``nabi.experiment.run_seeds``): ``seeds = N`` gives run ``r`` the init and
+Seeds (reusing ``nabi.studies.jobs.run_seeds``): ``seeds = N`` gives run ``r`` the init and
 order seeds of ``SeedSequence(seed).spawn(N)[r-1]``; a list gives each listed value ``v``
 those of ``SeedSequence(v).spawn(1)[0]``. All variants of a seed share the init seed and
 the data order (the training loader's seed). With ``paired_init`` every variant's model is
