@@ -73,7 +73,7 @@ class MixedPrecision:
 
     Built after the model and the optimiser (whose parameters become the masters).
     The model's parameters are replaced by float16 copies; ``state_dict()`` of the
-    model then holds float16 arrays, so save ``master_state_dict()`` instead (the
+    model then holds float16 weights, so save ``master_state_dict()`` instead (the
     trainer does).
     """
 

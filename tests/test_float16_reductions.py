@@ -135,7 +135,9 @@ def test_resnet20_float16_training_step_at_batch_64():
     x = (8.0 * rng.standard_normal((64, 3, 8, 8))).astype(np.float32)
     y = rng.integers(0, 10, 64)
     loss32 = L.CrossEntropyLoss()(ref(x), y)
-    assert 64 * 8 * 8 * ref.bn1.running_var.min() / 0.1 > F16_MAX     # running_var = 0.9 + 0.1·unbiased σ²
+    M = 64 * 8 * 8
+    sigma2 = (ref.bn1.running_var.astype(np.float64) - 0.9) / 0.1 * (M - 1) / M   # r = 0.9·1 + 0.1·M/(M−1)·σ²
+    assert M * sigma2.min() > F16_MAX
 
     amp = MixedPrecision(net, optim.SGD(net.named_parameters(), lr=0.1, momentum=0.9),
                          scaler=DynamicLossScaler(init_scale=2.0 ** 8))
