@@ -929,13 +929,10 @@ def write_report(out_dir) -> dict:
 
 
 def _plot(path, rows, variants, seeds, seed_labels, metric, has_val, factor):
-    import warnings
-    from ..plots import _pyplot, save_figure
-    plt = _pyplot()
+    from ..plots import plotting, save_figure
     keys = ["test_acc"] + (["val_acc"] if has_val else [])
     x = np.arange(len(variants))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with plotting() as plt:
         fig, axes = plt.subplots(1, len(keys), figsize=(max(4.5, 1.2 * len(variants) + 2.5) * len(keys), 4),
                                  squeeze=False)
         for ax, key in zip(axes[0], keys):

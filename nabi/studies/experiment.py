@@ -739,12 +739,10 @@ def _comparison_line(s) -> str:
 
 
 def _plot(path, rows, labels, comparisons, recipe):
-    from ..plots import _pyplot, save_figure
-    plt = _pyplot()
+    from ..plots import plotting, save_figure
     pairs = list(_COMPARISONS) if comparisons else []
     cols = list(rows[0]) if rows else []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with plotting() as plt:
         if not pairs:  # one model: its columns per run
             fig, ax = plt.subplots(figsize=(6, 3.8))
             for c in cols:
