@@ -398,6 +398,8 @@ def build_parser():
     p.add_argument("--onnx", required=True)
     p.add_argument("--classes", type=int)
     p.set_defaults(func=cmd_export)
+    from ..selfsup.cli import add_commands as add_selfsup_commands
+    add_selfsup_commands(sub)                                          # nabi pretrain
     return parser
 
 
