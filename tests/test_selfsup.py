@@ -96,3 +96,137 @@ def test_nt_xent_loss_layer_ignores_labels_and_rejects_bad_input():
         NTXentLoss(0.0)
     with pytest.raises(RuntimeError, match="before the loss"):
         NTXentLoss().backward()
+
+
+# -- the SimCLR model and its data -------------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from nabi import data as D, files, models  # noqa: E402
+from nabi.cli.main import main as nabi_main  # noqa: E402
+from nabi.selfsup.data import TwoViewBatches, TwoViewImages, simclr_augmentation  # noqa: E402
+from nabi.selfsup.model import SimCLR, backbone_of  # noqa: E402
+from nabi.training.init_from import format_report, load_matching  # noqa: E402
+
+
+def write_photos(root, n_per_folder=12, size=20, seed=0):
+    """Small random RGB photos in two nested folders (the pretraining ignores the folder names)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c, value in (("spotted", 40), ("plain", 210)):
+        d = Path(root) / c / "2026"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_folder):
+            arr = (rng.random((size, size, 3)) * 255).astype(np.uint8)
+            arr[: size // 2] = value
+            Image.fromarray(arr).save(d / f"{i:02d}.png")
+    return Path(root)
+
+
+def test_backbone_drops_only_the_classifier_and_keeps_the_zoo_names():
+    zoo = models.get("cifar_cnn", num_classes=4)
+    backbone, feature_dim = backbone_of(zoo)
+    assert feature_dim == 2048
+    full, kept = zoo.state_dict(), backbone.state_dict()
+    assert list(kept) == [k for k in full if not k.startswith("fc.")]
+    x = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
+    feats = backbone(x)
+    np.testing.assert_allclose(zoo(x), feats @ full["fc.weight"].T + full["fc.bias"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="vgg11.*not a Linear"):
+        backbone_of(models.get("vgg11", num_classes=2, init=models.registry._shape_only))
+
+
+def test_simclr_model_forward_backward_shapes_and_names():
+    backbone, f = backbone_of(models.get("cifar_cnn", num_classes=2))
+    m = SimCLR(backbone, f, projection_dim=8)
+    names = [n for n, _ in m.named_parameters()]
+    assert names[-4:] == ["head.fc1.weight", "head.fc1.bias", "head.fc2.weight", "head.fc2.bias"]
+    assert all(n.startswith("backbone.") for n in names[:-4])
+    assert list(m.backbone_state()) == list(backbone.state_dict())
+    x = np.random.default_rng(1).random((6, 3, 32, 32)).astype(np.float32)
+    z = m(x)
+    assert z.shape == (6, 8)
+    loss = NTXentLoss(0.5)
+    loss(z)
+    m.zero_grad()
+    dx = m.backward(loss.backward())
+    assert dx.shape == x.shape and np.abs(m.backbone.conv1.weight.grad).sum() > 0
+
+
+def test_two_view_batches_pair_rows_i_and_i_plus_n(tmp_path):
+    root = write_photos(tmp_path / "photos", n_per_folder=3)
+    ds = TwoViewImages(root, 16, simclr_augmentation((16, 16)))
+    assert len(ds) == 6                                   # found in nested folders
+    loader = D.DataLoader(ds, batch_size=4, shuffle=True, seed=3, drop_last=True)
+    x, y = next(iter(TwoViewBatches(loader)))
+    assert x.shape == (8, 3, 16, 16) and x.dtype == np.float32
+    assert (y == -1).all() and y.shape == (8,)
+    views, _ = next(iter(D.DataLoader(ds, batch_size=4, shuffle=True, seed=3, drop_last=True)))
+    np.testing.assert_array_equal(x[:4], views[:, 0])
+    np.testing.assert_array_equal(x[4:], views[:, 1])
+    assert not np.array_equal(views[:, 0], views[:, 1])   # two different draws of the augmentation
+    x2, _ = next(iter(TwoViewBatches(D.DataLoader(ds, batch_size=4, shuffle=True, seed=3, drop_last=True))))
+    np.testing.assert_array_equal(x, x2)                  # the same seed gives the same views
+
+
+def test_two_view_images_rejects_a_missing_or_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        TwoViewImages(tmp_path / "nowhere", 16, [])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no photos")
+    with pytest.raises(ValueError, match="holds 0 image"):
+        TwoViewImages(tmp_path / "empty", 16, [])
+
+
+# -- loading matching weights (--init) -------------------------------------------------------------------
+def _save(path, state, meta=None):
+    files.save_weights(path, state, meta or {})
+    return path
+
+
+def test_load_matching_loads_the_backbone_and_reports_the_new_classifier(tmp_path):
+    src = models.get("cifar_cnn", num_classes=3)
+    backbone, _ = backbone_of(src)
+    path = _save(tmp_path / "backbone.safetensors", backbone.state_dict())
+    dst = models.get("cifar_cnn", num_classes=5)
+    fc_before = dst.fc.weight.data.copy()
+    report = load_matching(dst, path)
+    assert report["loaded"] == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+    assert report["new"] == ["fc.weight", "fc.bias"] and report["skipped"] == [] and report["unused"] == []
+    np.testing.assert_array_equal(dst.conv2.weight.data, src.conv2.weight.data)
+    np.testing.assert_array_equal(dst.fc.weight.data, fc_before)
+    text = format_report(report)
+    assert "loaded 4 arrays" in text and "new (kept as initialised): fc.weight, fc.bias" in text
+    assert load_matching(models.get("cifar_cnn", num_classes=5), tmp_path)["loaded"] == report["loaded"]  # run folder
+
+
+def test_load_matching_skips_mis_shaped_and_reports_unused_keys(tmp_path):
+    src = models.get("cifar_cnn", num_classes=3)
+    state = src.state_dict()
+    state["head.fc1.weight"] = np.ones((2, 2), np.float32)
+    path = _save(tmp_path / "w.safetensors", state)
+    dst = models.get("cifar_cnn", num_classes=5)
+    fc_before = dst.fc.weight.data.copy()
+    report = load_matching(dst, path)
+    assert report["loaded"] == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+    assert report["skipped"] == ["fc.weight: file (3, 2048), model (5, 2048)", "fc.bias: file (3,), model (5,)"]
+    assert report["unused"] == ["head.fc1.weight"] and report["new"] == []
+    np.testing.assert_array_equal(dst.fc.weight.data, fc_before)
+    np.testing.assert_array_equal(dst.conv1.weight.data, src.conv1.weight.data)
+
+
+def test_load_matching_rejects_files_that_do_not_fit(tmp_path):
+    bad = tmp_path / "notes.safetensors"
+    bad.write_text("these are not weights")
+    with pytest.raises(ValueError, match="notes.safetensors.*not a readable weight file"):
+        load_matching(models.get("cifar_cnn"), bad)
+    with pytest.raises(FileNotFoundError, match="absent"):
+        load_matching(models.get("cifar_cnn"), tmp_path / "absent.safetensors")
+    other = _save(tmp_path / "lenet.safetensors", models.get("lenet5").state_dict(), {"arch": {"name": "lenet5"}})
+    with pytest.raises(ValueError, match="none of its .* arrays matches.*lenet5"):
+        load_matching(models.get("cifar_cnn"), other)
