@@ -230,3 +230,87 @@ def test_load_matching_rejects_files_that_do_not_fit(tmp_path):
     other = _save(tmp_path / "lenet.safetensors", models.get("lenet5").state_dict(), {"arch": {"name": "lenet5"}})
     with pytest.raises(ValueError, match="none of its .* arrays matches.*lenet5"):
         load_matching(models.get("cifar_cnn"), other)
+
+
+# -- nabi pretrain, then nabi train --init, end to end ---------------------------------------------------
+def _pretrain_argv(photos, out, *extra):
+    return ["pretrain", str(photos), "--model", "cifar_cnn", "--image-size", "32", "--epochs", "2",
+            "--batch-size", "6", "--projection-dim", "16", "--temperature", "0.5", "--seed", "1",
+            "--out", str(out), "--no-progress", *extra]
+
+
+def test_pretrain_then_train_init_loads_the_backbone(tmp_path, capsys):
+    photos = write_photos(tmp_path / "photos")
+    run = tmp_path / "pre"
+    assert nabi_main(_pretrain_argv(photos, run)) == 0
+    state, meta = files.load_weights(run / "backbone.safetensors")
+    assert meta["format"] == "nabi-backbone" and meta["arch"]["name"] == "cifar_cnn"
+    assert meta["pretraining"]["method"] == "simclr" and meta["pretraining"]["status"] == "finished"
+    assert list(state) == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) and 0 <= r["train_acc"] <= 1 for r in rows)
+    ck_state, _ = files.load_weights(run / "model.safetensors")          # the full network: backbone and head
+    np.testing.assert_array_equal(ck_state["backbone.conv1.weight"], state["conv1.weight"])
+    assert "head.fc2.weight" in ck_state
+    capsys.readouterr()
+    out = tmp_path / "fine"
+    assert nabi_main(["train", str(photos), "--model", "cifar_cnn", "--init", str(run / "backbone.safetensors"),
+                      "--epochs", "1", "--batch-size", "8", "--val-ratio", "0.2", "--test-ratio", "0",
+                      "--out", str(out), "--no-progress", "--seed", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "loaded 4 arrays matching by name and shape" in printed
+    assert "new (kept as initialised): fc.weight, fc.bias" in printed
+    assert json.loads((out / "config.json").read_text())["init"] == str(run / "backbone.safetensors")
+
+
+def test_pretrain_rejects_bad_arguments(tmp_path, capsys):
+    photos = write_photos(tmp_path / "photos", n_per_folder=2)
+    assert nabi_main(_pretrain_argv(photos, tmp_path / "a", "--batch-size", "8")) == 1
+    assert "fewer than --batch-size 8" in capsys.readouterr().err
+    assert nabi_main(_pretrain_argv(photos, tmp_path / "b", "--model", "vgg11")) == 1
+    assert "not a Linear" in capsys.readouterr().err
+    assert nabi_main(_pretrain_argv(tmp_path / "missing", tmp_path / "c")) == 1
+    assert "missing does not exist" in capsys.readouterr().err
+
+
+_SLOW_STEP = """
+import sys, time
+from nabi.selfsup.pretrain import ContrastiveTrainer
+step = ContrastiveTrainer._step
+def slow(self, x, y, sums):          # the same computation, slowed so the test can kill it mid-run
+    time.sleep(0.3)
+    return step(self, x, y, sums)
+ContrastiveTrainer._step = slow
+from nabi.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_pretrain_killed_then_resumed_gives_the_weights_of_an_uninterrupted_run(tmp_path, capsys):
+    photos = write_photos(tmp_path / "photos")                # 24 photos, 4 steps per epoch, 8 steps
+    argv = lambda out, *extra: _pretrain_argv(photos, out, "--checkpoint-every", "1", *extra)  # noqa: E731
+    assert nabi_main(argv(tmp_path / "ref")) == 0
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_STEP, *argv(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert not (killed / "backbone.safetensors").exists()      # it really stopped before the end
+    capsys.readouterr()
+    assert nabi_main(argv(killed, "--resume")) == 0
+    resumed_at = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed from")]
+    assert len(resumed_at) == 1 and 1 <= int(resumed_at[0].rstrip(")").split()[-1]) < 8, resumed_at
+    ref, _ = files.load_weights(tmp_path / "ref" / "backbone.safetensors")
+    got, meta = files.load_weights(killed / "backbone.safetensors")
+    assert meta["pretraining"]["iterations"] == 8
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    ref_rows = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    got_rows = (killed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["train_loss"] for r in got_rows] == [json.loads(r)["train_loss"] for r in ref_rows]
