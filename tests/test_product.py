@@ -12,9 +12,11 @@ from nabi.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Commands whose flags are defined in nabi/studies/ (experiment.py, ablation.py add_arguments): their help
-# texts are still to be completed there. strict=True: once they are, these tests pass and the marks must go.
-HELP_PENDING = {"experiment", "ablate"}
+# Commands whose flags are defined outside nabi/cli/ (nabi/studies/experiment.py and ablation.py
+# add_arguments, nabi/selfsup/cli.py add_commands): their help texts are still to be completed there.
+# The marks are strict: once a command's texts are complete its test passes, fails as XPASS, and the
+# command must leave this set.
+HELP_PENDING = {"experiment", "ablate", "pretrain"}
 
 
 def _subparsers():
@@ -52,7 +54,8 @@ def test_every_flag_has_a_description_and_shows_its_default(command):
                                                          f"no default shown: {missing_default}"
 
 
-@pytest.mark.parametrize("command", list(_subparsers()[1]))
+@pytest.mark.parametrize("command", [c for c in _subparsers()[1] if c != "pretrain"] + [
+    pytest.param("pretrain", marks=pytest.mark.xfail(strict=True, reason="selfsup help texts pending"))])
 def test_every_command_help_ends_with_example_lines(command):
     text = _subparsers()[1][command].format_help()
     tail = text.rstrip().splitlines()
@@ -128,14 +131,13 @@ ALIAS_FILES = {
     "nabi/training/config.py", "nabi/training/optim.py", "nabi/data/transforms.py", "nabi/data/__init__.py",
     "nabi/data/prepare.py", "nabi/cli/main.py", "nabi/studies/experiment.py", "nabi/studies/ablation.py",
     "tests/test_optim.py", "tests/test_data.py", "tests/test_experiment.py", "tests/test_product.py",
-    "README.md", "examples/README.md",
+    "README.md", "examples/README.md", "nabi/studies/recipes.py", "nabi/selfsup/cli.py",
 }
 # Files other branches are still cleaning. After merging them, empty this set: the test then checks every file.
 PENDING = {
-    "nabi/studies/__init__.py", "nabi/studies/experiment.py", "nabi/studies/ablation.py", "nabi/studies/stats.py",
-    "nabi/functional/conv.py", "nabi/functional/linear.py", "nabi/functional/loss.py", "nabi/functional/shape.py",
-    "nabi/init.py", "nabi/layers/activation.py", "nabi/layers/conv.py", "nabi/training/trainer.py",
-    "tests/test_engine.py", "tests/test_vs_torch.py", "tests/test_experiment.py",
+    "nabi/functional/conv.py", "nabi/functional/linear.py", "nabi/functional/shape.py", "nabi/init.py",
+    "nabi/layers/activation.py", "nabi/layers/conv.py", "nabi/training/trainer.py",
+    "tests/test_engine.py", "tests/test_vs_torch.py",
 }
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".yml", ".yaml", ".json", ".sh", ""}
 

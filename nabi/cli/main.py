@@ -62,6 +62,9 @@ def _add_train_args(p, defaults):
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
                    help="an argument of the model's builder, e.g. --model-arg activation=relu (repeatable; "
                         "default: none)")
+    p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (e.g. a pretrain run's "
+                   "backbone.safetensors): every array matching by name and shape is loaded (default: none: "
+                   "the model's own initialisation)")
     p.add_argument("--epochs", type=int, help=f"passes over the training images {dflt(d.epochs)}")
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead of --epochs "
                                                   f"{dflt(d.iterations, 'none: --epochs decides')}")
@@ -511,6 +514,8 @@ def build_parser():
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     p.add_argument("--classes", type=int, help="output classes of a zoo model (default: the model's)")
     p.set_defaults(func=cmd_export)
+    from ..selfsup.cli import add_commands as add_selfsup_commands
+    add_selfsup_commands(sub)                                          # nabi pretrain
     return parser
 
 
