@@ -516,6 +516,11 @@ def build_parser():
     p.set_defaults(func=cmd_export)
     from ..selfsup.cli import add_commands as add_selfsup_commands
     add_selfsup_commands(sub)                                          # nabi pretrain
+    sub.choices["pretrain"].epilog = _examples(
+        "nabi pretrain nyala_more/ --model resnet18_cifar --image-size 64 --epochs 50 --out runs/pretrain",
+        "nabi train photos/ --model resnet18_cifar --image-size 64 --init runs/pretrain/backbone.safetensors")
+    for command_parser in sub.choices.values():                        # commands added outside this module too
+        command_parser.formatter_class = HelpFormatter
     return parser
 
 
