@@ -403,8 +403,9 @@ def build_parser():
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="nabi", formatter_class=HelpFormatter,
-        description="Convolutional networks written from scratch: train, evaluate and inspect image classifiers.",
-        epilog=_examples("nabi demo                                  # a first run, about a minute on 2 cores",
+        description="Convolutional networks written from scratch: train, evaluate and inspect image classifiers.\n"
+                    "P1–P4 below are the four background-class accuracies that `nabi eval --help` defines.",
+        epilog=_examples("nabi demo                                  # a first run, under a minute on 2 cores",
                          "nabi train photos/ --model resnet18 --epochs 20 --out runs/cats",
                          "nabi COMMAND --help                        # each command's flags"))
     parser.add_argument("--version", action="version", version=f"nabi {__import__('nabi').__version__}",
@@ -430,7 +431,7 @@ def build_parser():
     _add_train_args(p, defaults)
     p.set_defaults(func=cmd_train)
 
-    p = command("demo", "train LeNet-5 on the embedded MNIST sample (about a minute on 2 cores)",
+    p = command("demo", "train LeNet-5 on the embedded MNIST sample (under a minute on 2 cores)",
                 "Train LeNet-5 on the 5,000-digit MNIST sample stored in nabi (70% train, 10% validation, 20% "
                 "test), evaluate it, and keep the run folder.",
                 ["nabi demo", "nabi demo --epochs 2 --out /tmp/demo > demo.log 2>&1"])
