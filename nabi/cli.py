@@ -393,6 +393,7 @@ def build_parser():
     p.add_argument("--onnx", required=True)
     p.add_argument("--classes", type=int)
     p.set_defaults(func=cmd_export)
+    __import__("nabi.serve.cli", fromlist=["add_commands"]).add_commands(sub)
     return parser
 
 
