@@ -146,3 +146,118 @@ def upload(c, *files, place=None):
     """POST /api/identify with ``files`` = (name, bytes) pairs."""
     parts = [("files", (name, data, "application/octet-stream")) for name, data in files]
     return c.post("/api/identify", files=parts, data={"place": place} if place else None)
+
+
+ARTIFACTS = Path(os.environ.get("NABI_TEST_ARTIFACTS", REPO / "tmp" / "artifacts"))
+
+
+def mean_colour(path):
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0) / 255.0
+
+
+class ColourGallery:
+    """A stand-in with the re-identification gallery's interface (``add``, ``identify``, ``names``, ``rename``,
+    ``merge``): a photo's embedding is its mean colour; similarity = 1 − distance / √3. It learns a new
+    individual the moment its photos are added, as a real gallery does."""
+
+    def __init__(self, threshold=0.9):
+        self.items = []                 # [name, path, embedding]
+        self.threshold = threshold
+
+    def names(self):
+        return sorted({n for n, _, _ in self.items})
+
+    def add(self, name, paths):
+        known = {str(p) for _, p, _ in self.items}
+        for p in paths:
+            if str(p) in known:
+                raise ValueError(f"{p} is already in the gallery")
+        for p in paths:
+            self.items.append([name, str(p), mean_colour(p)])
+
+    def identify(self, paths, topk=5):
+        out = []
+        for p in paths:
+            e = mean_colour(p)
+            best = {}
+            for name, path, emb in self.items:
+                s = 1 - float(np.linalg.norm(e - emb)) / np.sqrt(3)
+                if name not in best or s > best[name][0]:
+                    best[name] = (s, path)
+            cands = sorted(({"name": n, "similarity": s, "photo": ph} for n, (s, ph) in best.items()),
+                           key=lambda c: -c["similarity"])[:topk]
+            top = cands[0] if cands else None
+            answer = "known" if top and top["similarity"] >= self.threshold else "unknown"
+            out.append({"answer": answer, "name": top["name"] if top else None,
+                        "similarity": top["similarity"] if top else 0.0,
+                        "margin": (cands[0]["similarity"] - cands[1]["similarity"]) if len(cands) > 1 else 1.0,
+                        "candidates": cands})
+        return out
+
+    def rename(self, old, new):
+        if new in self.names():
+            raise ValueError(f"{new} is already in the gallery")
+        for item in self.items:
+            if item[0] == old:
+                item[0] = new
+
+    def merge(self, src, dst):
+        for item in self.items:
+            if item[0] == src:
+                item[0] = dst
+
+
+class ThreadServer:
+    """uvicorn serving an app object in a thread (a real HTTP server, in this process)."""
+
+    def __init__(self, app, host="127.0.0.1", port=None):
+        import uvicorn
+        self.host, self.port = host, port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning"))
+        self.thread = None
+
+    @property
+    def url(self):
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self):
+        import threading
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def non_loopback_address():
+    """An IPv4 address of this machine other than loopback that a server can bind, or None."""
+    import ipaddress
+    candidates = []
+    try:
+        candidates += socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        pass
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))            # no packet is sent: this only picks the outgoing interface
+            candidates.append(s.getsockname()[0])
+    except OSError:
+        pass
+    for addr in candidates:
+        try:
+            if ipaddress.ip_address(addr).is_loopback or addr == "0.0.0.0":
+                continue
+            with socket.socket() as s:
+                s.bind((addr, 0))
+            return addr
+        except (OSError, ValueError):
+            continue
+    return None
