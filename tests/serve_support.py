@@ -134,8 +134,8 @@ class Server:
 def client(server, token=None):
     """An httpx client with the server's CSRF token (and the bearer token when given)."""
     import httpx
+    session = httpx.get(server.url + "/api/session", timeout=60).json()
     c = httpx.Client(base_url=server.url, timeout=60)
-    session = c.get("/api/session").json()
     c.headers["X-CSRF-Token"] = session["csrf_token"]
     if token:
         c.headers["Authorization"] = f"Bearer {token}"

@@ -79,10 +79,6 @@ class Settings:
         return names | {h.lower() for h in self.allowed_hosts}
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: refuse (413) a request body above its limit, by Content-Length or while it streams."""
 
@@ -106,28 +102,35 @@ class BodyLimit:
         if declared > limit:
             return await self._refuse(send, limit)
         seen = 0
-        started = False
+        started = refused = False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
+                if seen > limit:              # answer 413 now; the app sees a client that went away
+                    refused = True
+                    if not started:
+                        await self._refuse(send, limit)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message):
             nonlocal started
+            if refused:
+                return                        # the 413 is already sent
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send, limit)
+        except Exception:
+            if not refused:
+                raise
 
     @staticmethod
     async def _refuse(send, limit):

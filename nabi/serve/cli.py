@@ -38,12 +38,15 @@ def add_commands(subparsers):
 
 
 def _need_web_packages():
+    import importlib.util
     missing = []
-    for module in ("fastapi", "uvicorn", "multipart"):
+    for module in ("fastapi", "uvicorn"):
         try:
             __import__(module)
         except ImportError:
-            missing.append(module if module != "multipart" else "python-multipart")
+            missing.append(module)
+    if not (importlib.util.find_spec("python_multipart") or importlib.util.find_spec("multipart")):
+        missing.append("python-multipart")
     if missing:
         raise ImportError(f"{INSTALL_HINT}; missing: {', '.join(missing)}")
 
