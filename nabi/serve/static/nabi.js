@@ -180,9 +180,13 @@ const pages = {
     for (const id of ["merge-source", "merge-target"]) {
       document.getElementById(id).replaceChildren(...list.map(i => el("option", { value: i.id, text: i.name })));
     }
+    if (list.length > 1) document.getElementById("merge-target").selectedIndex = 1;
     document.getElementById("merge-form").onsubmit = async e => {
       e.preventDefault();
-      const src = Number(document.getElementById("merge-source").value), dst = Number(document.getElementById("merge-target").value);
+      const source = document.getElementById("merge-source"), target = document.getElementById("merge-target");
+      const src = Number(source.value), dst = Number(target.value);
+      const names = [source.selectedOptions[0].textContent, target.selectedOptions[0].textContent];
+      if (!window.confirm("Merge " + names[0] + " into " + names[1] + "? Its sightings move to " + names[1] + ".")) return;
       try {
         const res = await api("POST", "/api/individuals/merge", { source_id: src, target_id: dst });
         flash("Merged into " + res.name + ".", "ok");
