@@ -167,3 +167,64 @@ def test_sigkill_during_a_burst_of_decisions_loses_nothing_acknowledged(run, tmp
     assert _db_counts(data / "nabi.sqlite3") == {"photos": n, "decisions": n, "sightings": n}
     (ARTIFACTS / "serve_kill.json").write_text(json.dumps(
         {"photos": n, "acknowledged_before_kill": len(acked), "committed_before_kill": len(kept)}) + "\n")
+
+
+class _Watched:
+    """Wraps a gallery: counts callers inside it at once (each call lingers a little to let overlaps happen)."""
+
+    def __init__(self, gallery):
+        self.gallery, self.inside, self.most = gallery, 0, 0
+        self.guard = threading.Lock()
+
+    def __getattr__(self, name):
+        method = getattr(self.gallery, name)
+
+        def watched(*args, **kwargs):
+            with self.guard:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+            try:
+                time.sleep(0.002)
+                return method(*args, **kwargs)
+            finally:
+                with self.guard:
+                    self.inside -= 1
+        return watched
+
+
+def test_one_caller_at_a_time_in_the_gallery_while_clients_enrol(tmp_path):
+    """8 clients identify and enrol new individuals in a gallery at once: the gallery is never entered by two
+    requests together, and every enrolment, decision and sighting is there afterwards."""
+    from nabi.serve.app import Settings, create_app
+    from nabi.serve.identifiers import GalleryIdentifier
+    from nabi.serve.service import Service
+    from nabi.serve.storage import Store
+    from serve_support import ColourGallery, ThreadServer
+
+    gallery = _Watched(ColourGallery(threshold=0.999))
+    store = Store(tmp_path / "data")
+    service = Service(store, GalleryIdentifier(gallery), max_bytes=2**20, max_pixels=10**6)
+    per_client = 5
+    failures = []
+    try:
+        with ThreadServer(create_app(service, Settings())) as server:
+            def worker(k):
+                with client(server) as c:
+                    for j in range(per_client):
+                        r = upload(c, (f"{k}-{j}.jpg", photo_bytes(COLOURS["nabi"], seed=40_000 + 100 * k + j)))
+                        photo = r.json()["results"][0]["photo"]
+                        d = c.post("/api/decisions", json={"photo_id": photo["id"], "action": "new",
+                                                           "name": f"cat {k}-{j}"})
+                        if d.status_code != 200:
+                            failures.append(d.text)
+
+            with ThreadPoolExecutor(CLIENTS) as pool:
+                for f in [pool.submit(worker, k) for k in range(CLIENTS)]:
+                    f.result(timeout=120)
+        assert failures == []
+        assert gallery.most == 1                                  # never two requests inside the gallery at once
+        n = CLIENTS * per_client
+        assert len(gallery.names()) == n and len(gallery.gallery.items) == n
+        assert service.counts()["sightings"] == n and service.counts()["decisions"] == n
+    finally:
+        store.close()

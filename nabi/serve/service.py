@@ -219,8 +219,8 @@ class Service:
     def heatmap(self, photo_id):
         """PNG bytes of the photo's heat-map (cached in the data folder)."""
         path, _ = self.photo_file(photo_id)
-        sha = path.stem
-        cached = self.store.cache_path(f"heatmap-{sha}", ".png")
+        served = sha256_hex(str(getattr(self.identifier, "source", "")).encode("utf-8", "surrogatepass"))[:12]
+        cached = self.store.cache_path(f"heatmap-{path.stem}-{served}", ".png")   # per photo and per run served
         if cached.is_file():
             return cached.read_bytes()
         with self.model_lock:
