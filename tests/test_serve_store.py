@@ -34,7 +34,8 @@ def test_a_version_1_database_migrates_forward_keeping_its_rows(tmp_path):
     root.mkdir()
     conn = sqlite3.connect(root / storage.DB_NAME, isolation_level=None)
     storage.migrate(conn, target=1)
-    conn.execute("INSERT INTO individuals (name, name_key, created_at) VALUES ('뾰또', '뾰또', '2019-05-01T00:00:00Z')")
+    conn.execute("INSERT INTO individuals (name, name_key, created_at) "
+                 "VALUES ('뾰또', '뾰또', '2019-05-01T00:00:00Z')")
     conn.execute("INSERT INTO photos (sha256, format, width, height, bytes, uploaded_at) "
                  "VALUES (?, 'jpg', 4, 4, 10, '2019-05-01T00:00:00Z')", ("a" * 64,))
     conn.execute("INSERT INTO decisions (photo_id, action, individual_id, created_at) VALUES (1, 'confirm', 1, 'x')")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -163,9 +163,27 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     """The FastAPI application over ``service``."""
     app = FastAPI(title="nabi serve", version=__import__("nabi").__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json",
-                  description="Identify individual animals in photos; keep their sightings.")
+                  description="Identify individual animals in photos; keep their sightings. Every request that "
+                              "changes data (POST, DELETE) needs the header X-CSRF-Token (from GET /api/session) "
+                              "and, when the session says token_required, Authorization: Bearer TOKEN.")
     app.state.service, app.state.settings = service, settings
     allowed = settings.hosts()
+
+    def write_refusal(request: Request):
+        """None when a request that changes data may go on, else the refusal: same origin, this server's CSRF
+        token, and the token when required. Checked before the body is read."""
+        origin = request.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1].lower() != request.headers.get("host", "").lower():
+            return 403, f"cross-site request refused (Origin {origin} is not this server)"
+        if not hmac.compare_digest(request.headers.get("x-csrf-token", "").encode(), settings.csrf_token.encode()):
+            return 403, "missing or wrong X-CSRF-Token header (GET /api/session gives it)"
+        if settings.require_token:
+            auth = request.headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not given or not hmac.compare_digest(given.encode(), settings.token.encode()):
+                return 401, ("this server is reachable from other machines: changes need its token "
+                             "(Authorization: Bearer TOKEN; the token was printed when the server started)")
+        return None
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -173,6 +191,10 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if allowed is not None and name not in allowed:
             return JSONResponse({"detail": f"unknown host {host!r}"}, status_code=421)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            refusal = write_refusal(request)
+            if refusal is not None:
+                return JSONResponse({"detail": refusal[1]}, status_code=refusal[0], headers={"Connection": "close"})
         response = await call_next(request)
         response.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' blob: data:; "
                                                        "script-src 'self'; style-src 'self'; object-src 'none'; "
@@ -188,24 +210,6 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     async def refused(request, exc: Refused):
         return JSONResponse({"detail": str(exc), **exc.extra}, status_code=exc.status)
 
-    def write_access(request: Request):
-        """Every request that changes data: same origin, this server's CSRF token, and the token when required."""
-        origin = request.headers.get("origin")
-        if origin is not None:
-            here = request.headers.get("host", "")
-            if origin.split("://", 1)[-1].lower() != here.lower():
-                raise Refused(f"cross-site request refused (Origin {origin} is not this server)", 403)
-        if not hmac.compare_digest(request.headers.get("x-csrf-token", ""), settings.csrf_token):
-            raise Refused("missing or wrong X-CSRF-Token header (GET /api/session gives it)", 403)
-        if settings.require_token:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if not given or not hmac.compare_digest(given.encode(), settings.token.encode()):
-                raise Refused("this server is reachable from other machines: changes need its token "
-                              "(Authorization: Bearer TOKEN; the token was printed when the server started)", 401)
-
-    guarded = [Depends(write_access)]
-
     # -- API ----------------------------------------------------------------------------------
     @app.get("/api/session", tags=["session"])
     def session():
@@ -220,7 +224,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
         """Row counts and the schema version of the database."""
         return {"counts": service.counts(), "schema_version": service.store.schema_version}
 
-    @app.post("/api/identify", dependencies=guarded, tags=["photos"])
+    @app.post("/api/identify", tags=["photos"])
     async def identify(files: list[UploadFile] = File(..., description="one or more photos (JPEG, PNG, WebP)"),
                        place: Optional[str] = Form(None, description="where the photos were taken, if not in EXIF")):
         """Store the photos (by content hash) and identify them: background, a known individual or a new one.
@@ -242,7 +246,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
             return JSONResponse(body, status_code=codes.pop() if len(codes) == 1 else 400)
         return body
 
-    @app.post("/api/decisions", dependencies=guarded, tags=["photos"])
+    @app.post("/api/decisions", tags=["photos"])
     def decide(decision: Decision):
         """Decide a photo: confirm the answer, pick another individual, name a new one, or not identifiable."""
         return service.decide(decision.photo_id, decision.action, individual_id=decision.individual_id,
@@ -252,7 +256,7 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     def photo(photo_id: int):
         return service.photo(photo_id)
 
-    @app.delete("/api/photos/{photo_id}", dependencies=guarded, tags=["photos"])
+    @app.delete("/api/photos/{photo_id}", tags=["photos"])
     def delete_photo(photo_id: int):
         """Remove a photo that is not a sighting (still waiting, not identifiable or background)."""
         return service.delete_photo(photo_id)
@@ -291,11 +295,11 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     def individual(individual_id: int):
         return service.individual(individual_id)
 
-    @app.post("/api/individuals/{individual_id}/rename", dependencies=guarded, tags=["individuals"])
+    @app.post("/api/individuals/{individual_id}/rename", tags=["individuals"])
     def rename(individual_id: int, body: Rename):
         return service.rename(individual_id, body.name)
 
-    @app.post("/api/individuals/merge", dependencies=guarded, tags=["individuals"])
+    @app.post("/api/individuals/merge", tags=["individuals"])
     def merge(body: Merge):
         """Merge two individuals that turn out to be one animal; the source's sightings move to the target."""
         return service.merge(body.source_id, body.target_id)

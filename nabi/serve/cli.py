@@ -5,7 +5,8 @@ import os
 import secrets
 import sys
 
-INSTALL_HINT = 'nabi serve needs the web server packages: pip install "nabi[serve]" (FastAPI, uvicorn, python-multipart)'
+INSTALL_HINT = ('nabi serve needs the web server packages: pip install "nabi[serve]" '
+                '(FastAPI, uvicorn, python-multipart)')
 
 
 def add_commands(subparsers):
