@@ -65,6 +65,11 @@ def tiny_run(root) -> Path:
     return out
 
 
+def shared_run(tmp_path_factory) -> Path:
+    """The tiny run, trained once per test session (in the session's temporary folder)."""
+    return tiny_run(tmp_path_factory.getbasetemp() / "serve_tiny_run")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

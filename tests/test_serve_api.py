@@ -20,7 +20,7 @@ from nabi.serve.service import Service
 from nabi.serve.storage import Store
 
 from serve_support import (COLOURS, ColourGallery, Server, ThreadServer, client, exif_with, non_loopback_address,
-                           photo_bytes, tiny_run, upload)
+                           photo_bytes, shared_run, upload)
 
 LIMITS = ["--max-upload-mb", "0.25", "--max-pixels", "4000000", "--max-files", "4"]
 _seed = iter(range(10_000, 10**6))
@@ -33,7 +33,7 @@ def jpg(name="nabi", **kw):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("serve_api_run"))
+    return shared_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

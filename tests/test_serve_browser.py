@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_support import ARTIFACTS, COLOURS, Server, photo_bytes, tiny_run
+from serve_support import ARTIFACTS, COLOURS, Server, photo_bytes, shared_run
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -41,7 +41,7 @@ def browser(tmp_path, monkeypatch):
         driver.quit()
 
 
-def test_upload_confirm_and_see_the_sighting(browser, tmp_path):
+def test_upload_confirm_and_see_the_sighting(browser, tmp_path, tmp_path_factory):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -56,7 +56,7 @@ def test_upload_confirm_and_see_the_sighting(browser, tmp_path):
     def shot(name):
         assert browser.save_screenshot(str(ARTIFACTS / f"serve_{name}.png"))
 
-    run = tiny_run(tmp_path / "run")
+    run = shared_run(tmp_path_factory)
     photo = tmp_path / "nabi in the library.jpg"
     photo.write_bytes(photo_bytes(COLOURS["nabi"], seed=777, size=(320, 240)))
     other = tmp_path / "momo.jpg"

@@ -9,12 +9,12 @@ from nabi.cli import main
 from nabi.serve.identifiers import (ClassifierIdentifier, EnrolRefused, GalleryIdentifier, is_classifier_run,
                                     open_identifier)
 
-from serve_support import COLOURS, ColourGallery, photo_bytes, tiny_run
+from serve_support import COLOURS, ColourGallery, photo_bytes, shared_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("serve_run"))
+    return shared_run(tmp_path_factory)
 
 
 @pytest.fixture

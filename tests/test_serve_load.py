@@ -16,14 +16,14 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_support import ARTIFACTS, COLOURS, Server, client, photo_bytes, tiny_run, upload
+from serve_support import ARTIFACTS, COLOURS, Server, client, photo_bytes, shared_run, upload
 
 CLIENTS, IDENTIFIES, DECISIONS = 8, 200, 50
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return tiny_run(tmp_path_factory.mktemp("serve_load_run"))
+    return shared_run(tmp_path_factory)
 
 
 def _db_counts(db_path):
