@@ -159,3 +159,22 @@ def test_exif_time_without_gps_and_garbage_exif():
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, "PNG")
     assert check_photo(buf.getvalue(), MB, 10**6).taken_at is None
+
+
+def test_a_failing_identifier_leaves_the_database_untouched(tmp_path):
+    from nabi.serve.identifiers import GalleryIdentifier
+    from nabi.serve.service import Service
+    from serve_support import ColourGallery
+
+    class Broken(ColourGallery):
+        def identify(self, paths, topk=5):
+            raise RuntimeError("the embedding network is not loaded")
+
+    store = Store(tmp_path / "d")
+    try:
+        service = Service(store, GalleryIdentifier(Broken()), max_bytes=MB, max_pixels=10**6)
+        (res,) = service.identify([("cat.jpg", photo_bytes(COLOURS["nabi"]))])
+        assert res["ok"] is False and res["status"] == 500 and "network is not loaded" in res["error"]
+        assert service.counts()["photos"] == 0
+    finally:
+        store.close()

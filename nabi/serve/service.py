@@ -262,8 +262,14 @@ class Service:
             results.append(None)
             accepted.append((i, shown, photo, sha, path))
         if accepted:
-            with self.model_lock:
-                answers = self.identifier.identify([a[4] for a in accepted], topk=self.topk)
+            try:
+                with self.model_lock:
+                    answers = self.identifier.identify([a[4] for a in accepted], topk=self.topk)
+            except Exception as e:      # the photos stay stored by hash; nothing enters the database
+                for i, shown, *_ in accepted:
+                    results[i] = {"ok": False, "file": shown, "status": 500,
+                                  "error": f"{shown} could not be identified: {type(e).__name__}: {e}"}
+                return results
             now = utc_now()
             for (i, shown, photo, sha, path), raw in zip(accepted, answers):
                 raw = {"answer": raw["answer"], "name": raw.get("name"), "similarity": float(raw["similarity"]),
