@@ -100,17 +100,32 @@ def test_gallery_adapter_over_the_gallery_interface(photos):
 
 def test_gallery_adapter_refuses_a_malformed_answer(photos):
     class Odd(ColourGallery):
+        def names(self):
+            return ["nabi"]
+
         def identify(self, paths, topk=5):
             return [{"answer": "maybe", "name": None, "similarity": 0, "margin": 0, "candidates": []}]
     with pytest.raises(ValueError, match="answered 'maybe'"):
         GalleryIdentifier(Odd()).identify([photos["nabi"]])
 
 
-def test_the_reid_gallery_through_the_adapter(tmp_path, photos):
+def test_the_reid_gallery_through_the_adapter(run, tmp_path, photos):
+    """With nabi.reid.gallery present: a gallery over the classifier run's features, opened by path."""
     gallery_module = pytest.importorskip("nabi.reid.gallery", reason="nabi.reid.gallery is not in this nabi yet")
-    g = gallery_module.Gallery.open(tmp_path / "gallery")
-    ident = GalleryIdentifier(g, tmp_path / "gallery")
+    gallery_module.Gallery.create(run, tmp_path / "gallery")
+    ident = open_identifier(tmp_path / "gallery")
+    assert isinstance(ident, GalleryIdentifier) and ident.names() == []
+    assert ident.identify([photos["nabi"]]) == [{"answer": "unknown", "name": None, "similarity": 0.0,
+                                                 "margin": 0.0, "candidates": []}]
     ident.enrol("nabi", [photos["nabi"]])
-    assert "nabi" in ident.names()
+    ident.enrol("momo", [photos["momo"]])
+    with pytest.raises(EnrolRefused, match="already in the gallery"):
+        ident.enrol("momo", [photos["nabi"]])
     res = ident.identify([photos["nabi"]])[0]
-    assert res["answer"] in ("known", "unknown", "background") and res["candidates"][0]["name"] == "nabi"
+    assert res["name"] == "nabi" and [c["name"] for c in res["candidates"]] == ["nabi", "momo"]
+    assert res["candidates"][0]["photo"] == str(photos["nabi"].resolve())
+    ident.rename("nabi", "나비")
+    with pytest.raises(EnrolRefused, match="refused to rename"):
+        ident.rename("momo", "나비")
+    ident.merge("momo", "나비")
+    assert ident.names() == ["나비"]

@@ -131,7 +131,7 @@ def test_a_bomb_is_refused_before_its_pixels_are_decoded():
 @pytest.mark.parametrize("name,needle", [
     ("../etc/passwd", "looks like a path"), ("a/b", "looks like a path"), ("C:\\cats\\nabi", "looks like a path"),
     ("..", "looks like a path"), ("", "is empty"), ("   ", "is empty"), ("x" * 81, "at most 80"),
-    ("nabi\x00", "control characters"), ("na\nbi", "control characters"),
+    ("nabi\x00", "control characters"), ("Background", "reserved"), ("na\nbi", "control characters"),
 ])
 def test_names_that_are_refused(name, needle):
     with pytest.raises(ValueError, match=needle):
@@ -167,6 +167,9 @@ def test_a_failing_identifier_leaves_the_database_untouched(tmp_path):
     from serve_support import ColourGallery
 
     class Broken(ColourGallery):
+        def names(self):
+            return ["nabi"]
+
         def identify(self, paths, topk=5):
             raise RuntimeError("the embedding network is not loaded")
 

@@ -30,7 +30,7 @@ BACKGROUND = "background"
 
 
 class EnrolRefused(ValueError):
-    """The identifier cannot take these photos under this name."""
+    """The identifier refuses a change: these photos under this name, a rename, a merge."""
 
 
 class Identifier:
@@ -180,15 +180,18 @@ class GalleryIdentifier(Identifier):
         return cls(Gallery.open(path), Path(path))
 
     def names(self):
-        return list(self.gallery.names())
+        """The enrolled individuals (the reserved ``background`` and ``background/<kind>`` names left out)."""
+        return [n for n in self.gallery.names() if not _is_background(n)]
 
     def identify(self, images, topk=5):
+        if not self.gallery.names():          # an empty gallery knows nobody yet: every photo is someone new
+            return [_result("unknown", None, 0.0, []) for _ in images]
         raw = self.gallery.identify([str(p) for p in images], topk=topk)
         out = []
         for r in raw:
             cands = [{"name": str(c["name"]), "similarity": float(c["similarity"]),
                       "photo": None if c.get("photo") is None else str(c["photo"])}
-                     for c in (r.get("candidates") or [])][:topk]
+                     for c in (r.get("candidates") or []) if not _is_background(c["name"])][:topk]
             answer = r.get("answer")
             if answer not in ("background", "known", "unknown"):
                 raise ValueError(f"the gallery answered {answer!r}; expected background, known or unknown")
@@ -208,10 +211,20 @@ class GalleryIdentifier(Identifier):
             raise EnrolRefused(f"the gallery refused {name!r}: {e}") from None
 
     def rename(self, old, new):
-        self.gallery.rename(old, new)
+        try:
+            self.gallery.rename(old, new)
+        except ValueError as e:
+            raise EnrolRefused(f"the gallery refused to rename {old!r} to {new!r}: {e}") from None
 
     def merge(self, src, dst):
-        self.gallery.merge(src, dst)
+        try:
+            self.gallery.merge(src, dst)
+        except ValueError as e:
+            raise EnrolRefused(f"the gallery refused to merge {src!r} into {dst!r}: {e}") from None
+
+
+def _is_background(name) -> bool:
+    return isinstance(name, str) and (name == BACKGROUND or name.startswith(BACKGROUND + "/"))
 
 
 def is_classifier_run(path) -> bool:

@@ -406,7 +406,10 @@ class Service:
             if self.identifier.renames_itself:
                 for label in self._label_of(conn, ind["id"]):
                     with self.model_lock:
-                        self.identifier.rename(label, new_name)
+                        try:
+                            self.identifier.rename(label, new_name)
+                        except EnrolRefused as e:
+                            raise Refused(str(e), 409) from None
                     conn.execute("UPDATE labels SET label = ? WHERE label = ?", (new_name, label))
             _audit(conn, "individual.renamed", individual_id=ind["id"], old=ind["name"], new=new_name)
         return self.individual(ind["id"])
@@ -425,7 +428,10 @@ class Service:
                 dst_label = self._label_of(conn, dst["id"])[0]
                 for label in self._label_of(conn, src["id"]):
                     with self.model_lock:
-                        self.identifier.merge(label, dst_label)
+                        try:
+                            self.identifier.merge(label, dst_label)
+                        except EnrolRefused as e:
+                            raise Refused(str(e), 409) from None
                     conn.execute("DELETE FROM labels WHERE label = ?", (label,))
             else:
                 conn.execute("UPDATE labels SET individual_id = ? WHERE individual_id = ?", (dst["id"], src["id"]))

@@ -149,6 +149,8 @@ def clean_name(name, what="name") -> str:
         raise ValueError(f"{what} is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
     if "/" in name or "\\" in name or name in (".", ".."):
         raise ValueError(f"{what} {name!r} looks like a path: '/' and '\\' are not allowed in names")
+    if name.casefold() == "background":
+        raise ValueError(f"{what} 'background' is reserved for photos without an animal")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
         raise ValueError(f"{what} {name!r} holds control characters")
     return name
