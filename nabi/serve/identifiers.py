@@ -78,7 +78,8 @@ class ClassifierIdentifier(Identifier):
     kind = "classifier"
 
     def __init__(self, run, threshold=0.5, device="cpu"):
-        from ..pipeline import eval_transforms, load_run
+        from ..data.prepare import eval_transforms
+        from ..runs import load_run
         self.source = Path(run)
         self.model, self.meta = load_run(run, device=device)
         self.device = device
@@ -134,11 +135,12 @@ class ClassifierIdentifier(Identifier):
         """PNG bytes: the photo (centre-cropped as the model saw it) with Grad-CAM of class ``name`` (default:
         the predicted class) drawn over it in the 'jet' colours, 45 % opaque."""
         from ..data.folder import open_image, pil_to_array, resize_center_crop
-        from ..explain import _convs, grad_cam
-        if not _convs(self.model):
-            return None
+        from ..explain import grad_cam
         target = self.classes.index(name) if name in self.classes else None
-        cam, _ = grad_cam(self.model, self._input(image_path), target_class=target)
+        try:
+            cam, _ = grad_cam(self.model, self._input(image_path), target_class=target)
+        except ValueError:          # a model without convolutional layers: no Grad-CAM
+            return None
         H, W = self.hw
         shown = resize_center_crop(open_image(image_path, 3, None), (size, max(1, round(size * W / H))))
         from PIL import Image
@@ -229,13 +231,13 @@ def _is_background(name) -> bool:
 
 def is_classifier_run(path) -> bool:
     """True for a run folder or weights file whose sidecar says ``nabi-model``."""
-    from ..pipeline import find_weights
-    from .. import io as nio
+    from ..files import sidecar_path
+    from ..runs import find_weights
     try:
         weights = find_weights(path)
     except FileNotFoundError:
         return False
-    side = Path(nio.sidecar_path(weights))
+    side = Path(sidecar_path(weights))
     if not side.is_file():
         return False
     import json

@@ -227,7 +227,7 @@ class Service:
             png = self.identifier.heatmap(path)
         if png is None:
             raise Refused(f"this {self.identifier.kind} gives no heat-map", 404)
-        from ..io import atomic_write_bytes
+        from ..files import atomic_write_bytes
         atomic_write_bytes(cached, png)
         return png
 

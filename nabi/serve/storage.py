@@ -27,7 +27,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 DB_NAME = "nabi.sqlite3"
 
