@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 
 INSTALL_HINT = ('nabi serve needs the web server packages: pip install "nabi[serve]" '
                 '(FastAPI, uvicorn, python-multipart)')
@@ -91,8 +90,3 @@ def cmd_serve(args):
     finally:
         store.close()
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-    sys.exit(main(["serve", *sys.argv[1:]]))
