@@ -81,8 +81,16 @@ def test_upload_confirm_and_see_the_sighting(browser, tmp_path, tmp_path_factory
         decided = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, ".card .decided-text")))
         assert decided.text == f"Confirmed: {proposed}"
 
+        browser.find_element(By.ID, "files").send_keys(str(photo))       # the same photo again: refused
+        refused = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, ".card.refused .error")))
+        assert "was already uploaded" in refused.text
         browser.find_element(By.ID, "files").send_keys(str(other))       # left waiting for the review queue
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == 2)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card:not(.refused)")) == 2)
+        card = browser.find_elements(By.CSS_SELECTOR, ".card:not(.refused)")[0]
+        card.find_element(By.CSS_SELECTOR, "button.new").click()        # a classifier cannot learn a new one
+        card.find_element(By.CSS_SELECTOR, ".new-name").send_keys("뾰또")
+        card.find_element(By.CSS_SELECTOR, "button.new-go").click()
+        wait.until(lambda d: "re-identification gallery" in card.find_element(By.CSS_SELECTOR, ".status").text)
         ready("/review")
         queued = browser.find_elements(By.CSS_SELECTOR, "#queue .card .answer-name")
         assert [q.text for q in queued] == ["momo"]
@@ -108,5 +116,7 @@ def test_upload_confirm_and_see_the_sighting(browser, tmp_path, tmp_path_factory
         browser.find_element(By.CSS_SELECTOR, "#rename-form button").click()
         wait.until(lambda d: d.find_element(By.ID, "individual-name").text == "나비")
         shot("individual")
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-        assert errors == []                   # no script error, no refused request, no policy violation
+        errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        expected = [e for e in errors if "status of 409" in e and ("/api/identify" in e or "/api/decisions" in e)]
+        assert len(expected) == 2 and errors == expected     # only the two refusals above: no script error,
+                                                               # no other failed request, no policy violation
