@@ -120,3 +120,13 @@ def test_upload_confirm_and_see_the_sighting(browser, tmp_path, tmp_path_factory
         expected = [e for e in errors if "status of 409" in e and ("/api/identify" in e or "/api/decisions" in e)]
         assert len(expected) == 2 and errors == expected     # only the two refusals above: no script error,
                                                                # no other failed request, no policy violation
+
+    # The server restarts (with a new CSRF token) under the open page: the next change fetches the new
+    # token and goes through.
+    with Server(run, tmp_path / "data", port=server.port):
+        field = browser.find_element(By.ID, "rename-input")
+        field.clear()
+        field.send_keys("Nabi")
+        browser.find_element(By.CSS_SELECTOR, "#rename-form button").click()
+        wait.until(lambda d: d.find_element(By.ID, "individual-name").text == "Nabi")
+        assert browser.find_element(By.ID, "flash").text == "Renamed."

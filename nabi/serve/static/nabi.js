@@ -25,7 +25,7 @@ function flash(message, kind) {
 
 function pct(x) { return (100 * x).toFixed(1) + " %"; }
 
-async function api(method, url, body, isForm) {
+async function api(method, url, body, isForm, retried) {
   const headers = {};
   if (method !== "GET") {
     headers["X-CSRF-Token"] = nabi.session.csrf_token;
@@ -40,6 +40,10 @@ async function api(method, url, body, isForm) {
   const response = await fetch(url, { method, headers, body: payload, credentials: "same-origin" });
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }
+  if (response.status === 403 && !retried && data && String(data.detail).includes("X-CSRF-Token")) {
+    nabi.session = await api("GET", "/api/session");      // the server was restarted: a new CSRF token
+    return api(method, url, body, isForm, true);
+  }
   if (!response.ok && !(data && data.results)) {
     let detail = data && data.detail;
     if (Array.isArray(detail)) detail = detail.map(d => d.msg).join("; ");
