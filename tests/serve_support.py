@@ -89,7 +89,9 @@ class Server:
 
     @property
     def url(self):
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        # A server listening on every address (0.0.0.0) is reached over loopback: tests send no traffic
+        # to any other address.
+        host = "127.0.0.1" if self.host == "0.0.0.0" else (f"[{self.host}]" if ":" in self.host else self.host)
         return f"http://{host}:{self.port}"
 
     def start(self, timeout=60):
@@ -240,29 +242,3 @@ class ThreadServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(15)
-
-
-def non_loopback_address():
-    """An IPv4 address of this machine other than loopback that a server can bind, or None."""
-    import ipaddress
-    candidates = []
-    try:
-        candidates += socket.gethostbyname_ex(socket.gethostname())[2]
-    except OSError:
-        pass
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))            # no packet is sent: this only picks the outgoing interface
-            candidates.append(s.getsockname()[0])
-    except OSError:
-        pass
-    for addr in candidates:
-        try:
-            if ipaddress.ip_address(addr).is_loopback or addr == "0.0.0.0":
-                continue
-            with socket.socket() as s:
-                s.bind((addr, 0))
-            return addr
-        except (OSError, ValueError):
-            continue
-    return None
