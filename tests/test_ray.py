@@ -169,3 +169,21 @@ def test_executor_settings_are_checked_before_anything_runs(monkeypatch):
         R.check_executor("ray")
     with pytest.raises(ImportError, match=r'pip install "nabi\[ray\]"'):
         X.run_experiment("no-such-folder", "out", executor="ray", log=None)
+
+
+def test_ablation_on_ray_equals_the_local_ablation(ray_instance, tmp_path):
+    from nabi.studies import ablation as A
+    config = {"data": "embedded:digits8x8", "factor": "activation", "seeds": 1, "max_train": 60,
+              "base": {"model": "lenet5", "iterations": 2, "batch_size": 8},
+              "variants": [{"name": "tanh", "activation": "tanh"}, {"name": "relu", "activation": "relu"}]}
+    A.run_ablation(config, out_dir=tmp_path / "local", jobs=1, log=None)
+    lines = []
+    A.run_ablation(config, out_dir=tmp_path / "ray", log=lines.append, executor="ray", cpus_per_run=2)
+    assert "2 run(s) as Ray tasks, 2 CPU(s) and 0 GPU(s) each, up to 2 retries when a worker dies" in lines
+    keys = ("test_acc", "test_loss", "val_acc", "val_loss", "iterations", "final_train_loss", "final_train_acc")
+    for variant in ("tanh", "relu"):
+        got, want = (json.loads((tmp_path / w / "runs" / variant / "seed-01" / "result.json").read_text("utf-8"))
+                     for w in ("ray", "local"))
+        assert got["init"] == want["init"] and got["seeds"] == want["seeds"]
+        assert {k: got["models"][variant][k] for k in keys} == {k: want["models"][variant][k] for k in keys}
+        assert "ray task on" in (tmp_path / "ray" / "runs" / variant / "seed-01" / "run.log").read_text("utf-8")
