@@ -187,3 +187,35 @@ def test_ablation_on_ray_equals_the_local_ablation(ray_instance, tmp_path):
         assert got["init"] == want["init"] and got["seeds"] == want["seeds"]
         assert {k: got["models"][variant][k] for k in keys} == {k: want["models"][variant][k] for k in keys}
         assert "ray task on" in (tmp_path / "ray" / "runs" / variant / "seed-01" / "run.log").read_text("utf-8")
+
+
+def test_a_worker_that_dies_past_its_retries_is_reported_in_the_run_log(ray_instance, local_reference, tmp_path):
+    data, _ = local_reference
+    spec = X.prepare_data(data, "background", 0)
+    jobs = [{"run": r, "run_dir": str(tmp_path / f"run-{r:02d}"), "seeds": s, "models": ["A", "B"],
+             "fingerprint": "x", "data": spec, "config": X.resolve_recipe("tiny", TINY), "input_size": [3, 32, 32],
+             "normalization": {"kind": "unit"}} for r, s in zip((1, 2), X.run_seeds(0, 2))]
+    run_log, outcome, lines = tmp_path / "run-01" / "run.log", {}, []
+
+    def study():
+        try:
+            R.run_on_ray(jobs, X._run_one, lines.append, max_retries=0)
+        except BaseException as e:  # noqa: BLE001 - checked below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=study)
+    thread.start()
+    pid, deadline = None, time.monotonic() + 120
+    while pid is None and time.monotonic() < deadline and thread.is_alive():
+        if run_log.is_file():
+            m = re.search(r"ray task on \S+, process (\d+)", run_log.read_text(encoding="utf-8"))
+            pid = int(m.group(1)) if m else None
+        time.sleep(0.02)
+    assert pid is not None, "run 01 never started as a Ray task"
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert re.match(r"1 run\(s\) failed \(run 01: \w+", str(outcome.get("error"))), outcome
+    text = run_log.read_text(encoding="utf-8")
+    assert text.count("ray task on") == 1 and "(after 0 retries)" in text and "result.json written" not in text
+    assert (tmp_path / "run-02" / "result.json").is_file() and "run 02: done" in lines
