@@ -35,7 +35,8 @@ def require_ray():
 
 
 def check_executor(executor, address=None, cpus_per_run=1, gpus_per_run=0, max_retries=2):
-    """Raise ValueError (or ImportError when Ray is missing) for bad executor settings, before anything runs."""
+    """Raise ValueError for bad executor settings, ImportError when Ray is missing and RuntimeError when
+    ``address`` does not answer: before anything is written or run."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     for name, v, low in (("cpus_per_run", cpus_per_run, 0), ("gpus_per_run", gpus_per_run, None)):
@@ -55,6 +56,7 @@ def check_executor(executor, address=None, cpus_per_run=1, gpus_per_run=0, max_r
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ValueError(f"address must be host:port, ray://host:port or 'auto', got {address!r}")
     require_ray()
+    probe_address(address)
 
 
 def _host_port(address: str):
@@ -75,6 +77,19 @@ def _host_port(address: str):
         raise ValueError(f"address {address!r}: the port {p!r} is not a number") from None
 
 
+def probe_address(address):
+    """RuntimeError naming ``address`` unless its TCP port answers within a few seconds ('auto' is not probed)."""
+    if address is None or address == "auto":
+        return
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise RuntimeError(f"cannot reach a Ray cluster at {address} ({host}:{port}: {e}); start one with "
+                           "`ray start --head` on the head node, or leave out --address to use a local "
+                           "Ray instance") from None
+
+
 def _connect(ray, address, log):
     """Connect to the cluster at ``address`` (None: start a local instance). Returns True when we started Ray.
 
@@ -91,14 +106,7 @@ def _connect(ray, address, log):
         res = ray.cluster_resources()
         log(f"started a local Ray instance ({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs)")
         return True
-    if address != "auto":
-        host, port = _host_port(address)
-        try:
-            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
-        except OSError as e:
-            raise RuntimeError(f"cannot reach a Ray cluster at {address} ({host}:{port}: {e}); start one with "
-                               "`ray start --head` on the head node, or leave out --address to use a local "
-                               "Ray instance") from None
+    probe_address(address)
     try:
         ray.init(address=address, **kwargs)
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError …
