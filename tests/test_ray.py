@@ -164,6 +164,8 @@ def test_executor_settings_are_checked_before_anything_runs(monkeypatch):
     assert R._host_port("[::1]:7000") == ("::1", 7000)
     with pytest.raises(ValueError, match="the port 'x' is not a number"):
         R._host_port("head:x")
+    with pytest.raises(ValueError, match="--jobs is for the local executor"):
+        X.run_experiment("no-such-folder", "out", jobs=2, executor="ray", log=None)
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
     with pytest.raises(ImportError, match=r'pip install "nabi\[ray\]"'):
         R.check_executor("ray")

@@ -745,9 +745,13 @@ def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None, executor
     ``config``: a dict or a TOML path; ``out_dir`` defaults to the config's ``out``, else
     ``runs/ablation``; ``jobs`` (default: the config's, else 1) runs at once in worker processes;
     ``executor='ray'`` runs each run as a Ray task on a local instance or the cluster at
-    ``address`` instead, with ``cpus_per_run``/``gpus_per_run`` each (see ``ray_executor.run_on_ray``).
+    ``address`` instead (the config's ``jobs`` is then unused), with ``cpus_per_run`` and
+    ``gpus_per_run`` each (see ``ray_executor.run_on_ray``).
     """
     log = log or (lambda *a, **k: None)
+    if executor == "ray" and jobs not in (None, 1):  # the config's jobs is for the local executor only
+        raise ValueError("--jobs is for the local executor; with --executor ray each run is a Ray task "
+                         "(share the cores with --cpus-per-run)")
     check_executor(executor, address, cpus_per_run, gpus_per_run)
     plan = plan or plan_ablation(config, log=log)
     out_dir = Path(out_dir or plan["out"] or "runs/ablation").expanduser()

@@ -515,14 +515,16 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     ``jobs`` > 1 runs that many runs at once in 'spawn' worker processes (each limits
     BLAS to ``max(1, cores // jobs)`` threads with threadpoolctl when installed);
     ``jobs=1`` runs them one after another in this process. ``executor='ray'`` runs each run as a
-    Ray task instead (``jobs`` is then unused): on a local Ray instance, or on the cluster at
+    Ray task instead (``jobs`` must then stay 1): on a local Ray instance, or on the cluster at
     ``address``, with ``cpus_per_run``/``gpus_per_run`` each (see ``ray_executor.run_on_ray``).
-    ``overrides`` replaces
-    recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every input check
-    raises ``ValueError`` before anything is trained or written.
+    ``overrides`` replaces recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every
+    input check raises ``ValueError`` before anything is trained or written.
     """
     log = log or (lambda *a, **k: None)
     models = _check_args(runs, models, jobs, seed)
+    if executor == "ray" and jobs != 1:
+        raise ValueError("--jobs is for the local executor; with --executor ray each run is a Ray task "
+                         "(share the cores with --cpus-per-run)")
     check_executor(executor, address, cpus_per_run, gpus_per_run)
     cfg = resolve_recipe(recipe, overrides)
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]))
