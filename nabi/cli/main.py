@@ -517,9 +517,13 @@ def build_parser():
     p.set_defaults(func=cmd_export)
     from ..selfsup.cli import add_commands as add_selfsup_commands
     add_selfsup_commands(sub)                                          # nabi pretrain
+    __import__("nabi.serve.cli", fromlist=["add_commands"]).add_commands(sub)     # nabi serve
     sub.choices["pretrain"].epilog = _examples(
         "nabi pretrain nyala_more/ --model resnet18_cifar --image-size 64 --epochs 50 --out runs/pretrain",
         "nabi train photos/ --model resnet18_cifar --image-size 64 --init runs/pretrain/backbone.safetensors")
+    sub.choices["serve"].epilog = _examples(
+        "nabi serve runs/cats                                # http://127.0.0.1:8000 on this machine",
+        "nabi serve runs/cats --host 0.0.0.0 --token SECRET  # reachable from the network")
     for command_parser in sub.choices.values():                        # commands added outside this module too
         command_parser.formatter_class = HelpFormatter
     return parser

@@ -74,6 +74,7 @@ from .. import data as D
 from .jobs import (RunLog, as_float, available_cores, completed_result, plot_history, read_json_or_none,
                    relative_path, run_parallel, run_resumable, run_seeds, sha256_of_json, state_sha256,
                    strict_json, study_trainer_class, worker_init)
+from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
 from .recipes import (EXECUTION_KEYS, RECIPES, RENAMED_RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, optional_train_keys,
                       parse_value, probe_input_size, resolve_recipe)
 
@@ -507,17 +508,24 @@ def _normalization(cfg, spec, input_size):
 
 
 def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", jobs=1, background="background",
-                   seed=0, overrides=None, log=print) -> dict:
+                   seed=0, overrides=None, log=print, executor="local", address=None, cpus_per_run=1,
+                   gpus_per_run=0) -> dict:
     """Run (or resume) the paired experiment into ``out_dir/<recipe>/``; returns the report dict.
 
     ``jobs`` > 1 runs that many runs at once in 'spawn' worker processes (each limits
     BLAS to ``max(1, cores // jobs)`` threads with threadpoolctl when installed);
-    ``jobs=1`` runs them one after another in this process. ``overrides`` replaces
-    recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every input check
-    raises ``ValueError`` before anything is trained or written.
+    ``jobs=1`` runs them one after another in this process. ``executor='ray'`` runs each run as a
+    Ray task instead (``jobs`` must then stay 1): on a local Ray instance, or on the cluster at
+    ``address``, with ``cpus_per_run``/``gpus_per_run`` each (see ``ray_executor.run_on_ray``).
+    ``overrides`` replaces recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every
+    input check raises ``ValueError`` before anything is trained or written.
     """
     log = log or (lambda *a, **k: None)
     models = _check_args(runs, models, jobs, seed)
+    if executor == "ray" and jobs != 1:
+        raise ValueError("--jobs is for the local executor; with --executor ray each run is a Ray task "
+                         "(share the cores with --cpus-per-run)")
+    check_executor(executor, address, cpus_per_run, gpus_per_run)
     cfg = resolve_recipe(recipe, overrides)
     recipe = cfg["recipe"]                  # an old name resolves to the current one
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]))
@@ -584,7 +592,9 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
                           "fingerprint": fingerprint, "data": spec, "config": cfg, "input_size": input_size,
                           "normalization": norm})
     t0 = time.perf_counter()
-    if jobs == 1 or len(jobs_list) <= 1:
+    if executor == "ray":
+        run_on_ray(jobs_list, _run_one, log, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+    elif jobs == 1 or len(jobs_list) <= 1:
         for job in jobs_list:
             log(f"run {job['run']:02d}: starting")
             _run_one(job, log=log)
@@ -819,6 +829,7 @@ def add_arguments(parser):
     parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES) + sorted(RENAMED_RECIPES),
                         help="alexnet336-2019 (the 2019 report's setup), modern (default) or tiny")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
+    add_executor_arguments(parser)
     parser.add_argument("--background", default="background", help="the background folder's name")
     parser.add_argument("--seed", type=int, default=0, help="experiment seed: the split and every run's seeds")
     parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/")
@@ -846,7 +857,7 @@ def main_from_args(args, log=print) -> int:
             overrides[k] = v
     report = run_experiment(args.data, args.out, runs=args.runs, models=args.models, recipe=args.recipe,
                             jobs=args.jobs, background=args.background, seed=args.seed, overrides=overrides,
-                            log=log)
+                            log=log, **executor_kwargs(args))
     log(report["markdown"])
     log("written: " + ", ".join(v for v in report["files"].values() if v))
     return 0
