@@ -12,8 +12,9 @@ experiments    ``nabi experiment`` and ``nabi ablate``         scipy, matplotlib
 digits         the ``embedded:digits8x8`` data set             scikit-learn
 onnx           ``nabi export``                                 onnx, onnxruntime
 gpu            ``--device gpu``                                cupy-cuda12x
-serve          the web app                                     fastapi, uvicorn, python-multipart
-all            every extra above except gpu
+serve          ``nabi serve``, the web app                     fastapi, uvicorn, python-multipart
+ray            ``--executor ray`` for experiments, ablations   ray
+all            every extra above except gpu and ray
 =============  ==============================================  =====================================
 
 :func:`install_hint` turns a ``ModuleNotFoundError`` into the line to run.
@@ -35,6 +36,7 @@ EXTRA_OF_MODULE = {
     "uvicorn": "serve",
     "multipart": "serve",
     "python_multipart": "serve",
+    "ray": "ray",
     # core packages: a broken install, fixed by reinstalling nabi
     "PIL": "", "tqdm": "", "safetensors": "", "numba": "", "threadpoolctl": "", "tomli": "",
 }

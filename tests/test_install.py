@@ -111,6 +111,8 @@ def test_install_hint_knows_each_extra():
     assert install_hint("scipy") == 'pip install "nabi[experiments]"'
     assert install_hint("matplotlib.pyplot") == 'pip install "nabi[plots]"'
     assert install_hint("cupy") == 'pip install "nabi[gpu]"'
+    assert install_hint("ray.util") == 'pip install "nabi[ray]"'
+    assert install_hint("fastapi") == 'pip install "nabi[serve]"'
     assert install_hint("tqdm") == "pip install --force-reinstall nabi"
     assert install_hint("nonexistent_thing") is None
     assert missing_module_message(ModuleNotFoundError("x", name="sklearn.datasets")) == \
