@@ -979,8 +979,10 @@ def add_arguments(parser):
                                                  "else 1)")
     add_executor_arguments(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable)")
-    parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing")
+                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable; "
+                             "default: none)")
+    parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing "
+                                                             "(default: off)")
     return parser
 
 

@@ -827,19 +827,27 @@ def add_arguments(parser):
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
     parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
     parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES) + sorted(RENAMED_RECIPES),
-                        help="alexnet336-2019 (the 2019 report's setup), modern (default) or tiny")
+                        help="alexnet336-2019 (the 2019 campus-cat report's setup; its old name seed2019 still "
+                             "works), modern (ResNet-18, AdamW, strong augmentation) or tiny (for tests)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
     add_executor_arguments(parser)
     parser.add_argument("--background", default="background", help="the background folder's name")
     parser.add_argument("--seed", type=int, default=0, help="experiment seed: the split and every run's seeds")
     parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/")
-    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead")
-    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead")
-    parser.add_argument("--iterations-per-class", type=int, help="iterations per class (the 2019 setup: 2000)")
-    parser.add_argument("--image-size", type=int, help="input size (models with a fixed size refuse others)")
-    parser.add_argument("--device", choices=["cpu", "gpu"])
+    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead "
+                                                   "(default: the recipe's length)")
+    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead "
+                                                       "(default: the recipe's length)")
+    parser.add_argument("--iterations-per-class", type=int,
+                        help="train each model this many iterations per class it learns; the 2019 report used "
+                             "2,000 (default: the recipe's length)")
+    parser.add_argument("--image-size", type=int, help="input size; models with a fixed size refuse others "
+                                                       "(default: the recipe's)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], help="where the networks train; gpu needs the gpu "
+                                                                 "extra (default: the recipe's, else cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable)")
+                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable; "
+                             "default: none)")
     return parser
 
 
