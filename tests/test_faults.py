@@ -1,0 +1,131 @@
+"""Faults a training run must survive: SIGKILL at named points and at random ones, a full disk during a
+checkpoint, a damaged newest checkpoint, a truncated weight file, two writers on one run folder.
+
+Every kill is a real SIGKILL of a real ``nabi train`` process (``nabi.training.faults``: the variable
+``NABI_FAULT=POINT:COUNT`` makes the trainer kill itself there). The killed run is continued with
+``--resume`` and compared with a run that was never stopped: every tensor of ``model.safetensors``,
+``best.safetensors`` and the last checkpoint (weights and optimiser state) bit for bit, and
+``metrics.jsonl`` line for line with its two timing fields (``epoch_time_s``, ``train_images_per_s``)
+removed, since wall-clock times differ between any two runs.
+"""
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nabi import files
+from nabi.training.checkpoint import latest_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import write_folder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TIME_FIELDS = ("epoch_time_s", "train_images_per_s")
+# 24 training photos in batches of 4: 6 iterations per epoch; a checkpoint every 3 iterations falls
+# in the middle of each epoch and on its last batch.
+TRAIN_ARGS = ["--model", "cifar_cnn", "--image-size", "32", "--batch-size", "4", "--epochs", "3",
+              "--checkpoint-every", "3", "--val-ratio", "0.25", "--test-ratio", "0", "--augment", "flip",
+              "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.01", "--schedule", "warmup_cosine",
+              "--warmup", "4", "--no-progress"]
+
+
+def nabi_train(data, out, *extra, fault=None, log=None, preexec_fn=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("NABI_FAULT", None)
+    if fault:
+        env["NABI_FAULT"] = fault
+    if log:
+        env["NABI_FAULT_LOG"] = str(log)
+    return subprocess.run([sys.executable, "-m", "nabi", "train", str(data), *TRAIN_ARGS, "--out", str(out),
+                           *extra], env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("faults") / "photos", classes=("a", "b", "c", "d"), per_class=8)
+
+
+@pytest.fixture(scope="module")
+def reference(photos, tmp_path_factory):
+    """The uninterrupted run, and the names of the fault points it passed, in order."""
+    root = tmp_path_factory.mktemp("reference")
+    trace = root / "points.txt"
+    done = nabi_train(photos, root / "run", log=trace)
+    assert done.returncode == 0, done.stderr
+    return root / "run", trace.read_text().split()
+
+
+def tensors(path):
+    return files.load_weights(path)[0]
+
+
+def metrics_without_times(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIME_FIELDS} for row in rows]
+
+
+def assert_same_run(ref, run):
+    compared = [("model.safetensors", "model.safetensors"), ("best.safetensors", "best.safetensors")]
+    ref_ck, run_ck = latest_checkpoint(ref), latest_checkpoint(run)
+    assert ref_ck.name == run_ck.name
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        compared.append((ref_ck / name, run_ck / name))
+    for a, b in compared:
+        wa, wb = tensors(ref / a), tensors(run / b)
+        assert list(wa) == list(wb), a
+        for k in wa:
+            assert wa[k].dtype == wb[k].dtype and np.array_equal(wa[k], wb[k]), f"{a}: {k} differs"
+    assert metrics_without_times(run) == metrics_without_times(ref)
+    state = lambda ck: {k: v for k, v in json.loads((ck / "state.json").read_text()).items()
+                        if k not in ("epoch_sums", "history", "rng", "config")}
+    assert state(run_ck) == state(ref_ck)
+
+
+def kill_and_resume(photos, ref, out, fault):
+    killed = nabi_train(photos, out, fault=fault)
+    assert killed.returncode == -signal.SIGKILL, f"{fault} was never reached: {killed.stdout}{killed.stderr}"
+    resumed = nabi_train(photos, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    assert_same_run(ref, out)
+    return resumed
+
+
+# step:9 — mid-epoch 2; checkpoint_saved:2 — the checkpoint-every save on epoch 1's last batch (iteration 6),
+# before its end-of-epoch work; epoch_saved:1 — right after the end-of-epoch checkpoint; best_saved:1 —
+# after best.safetensors, before the metrics row; checkpoint_written:4 / checkpoint_swapped:1 — during the
+# rename of the end-of-epoch checkpoint onto the one of the same iteration; metrics_written:2;
+# final_weights:1 — after the last checkpoint, before model.safetensors; validated:3; checkpoint_renamed:5.
+QUICK_POINTS = ["checkpoint_saved:2", "checkpoint_swapped:1", "best_saved:1"]
+ALL_POINTS = QUICK_POINTS + ["step:9", "epoch_saved:1", "checkpoint_written:4", "metrics_written:2",
+                             "final_weights:1", "validated:3", "checkpoint_renamed:5", "step:1"]
+
+
+@pytest.mark.parametrize("fault", QUICK_POINTS)
+def test_sigkill_then_resume_is_exact(photos, reference, tmp_path, fault):
+    ref, _ = reference
+    out = kill_and_resume(photos, ref, tmp_path / "run", fault)
+    if fault == "checkpoint_saved:2":
+        assert "after epoch 1's last batch, iteration 6" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", [p for p in ALL_POINTS if p not in QUICK_POINTS])
+def test_sigkill_then_resume_is_exact_everywhere(photos, reference, tmp_path, fault):
+    ref, _ = reference
+    kill_and_resume(photos, ref, tmp_path / "run", fault)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("draw", range(5))
+def test_sigkill_at_random_points_then_resume_is_exact(photos, reference, tmp_path, draw):
+    ref, points = reference
+    k = int(np.random.default_rng([2019, draw]).integers(1, len(points) + 1))
+    print(f"killed at point {k} of {len(points)}: {points[k - 1]}")
+    kill_and_resume(photos, ref, tmp_path / "run", f"any:{k}")
