@@ -3,10 +3,20 @@
 A run folder always says how to rebuild its model: ``model.json`` (the weights'
 sidecar) holds the architecture and its arguments, the class names, the input size
 and the normalisation, and ``load_run`` rebuilds the model from it.
+
+``open_run_folder`` guards a run folder for as long as a run writes it: a lock
+(``RUN/.lock``, the ``filelock`` library; the holder's process id in
+``RUN/.lock-owner.json``) that a second process finds taken at once; an existing
+run is continued (``resume``), replaced whole (``overwrite``) or refused.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__, files
@@ -59,3 +69,105 @@ def write_config(out_dir, cfg, extra=None):
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# -- the run folder while a run writes it ----------------------------------------------------------
+LOCK_NAME, OWNER_NAME = ".lock", ".lock-owner.json"
+_held: dict[str, int] = {}     # folders this process holds: nested opens share the one lock
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is writing the run folder."""
+
+
+def _owner(folder: Path) -> str:
+    try:
+        owner = read_json(folder / OWNER_NAME)
+        return (f"process {owner['pid']} on {owner.get('host', '?')} (started "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner['started']))})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (its id is not recorded yet)"
+
+
+def run_contents(folder) -> list[str]:
+    """The names in a run folder, less the lock's own files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name not in (LOCK_NAME, OWNER_NAME))
+
+
+@contextmanager
+def open_run_folder(out, resume: bool = False, overwrite: bool = False, log=print):
+    """Create (if need be) and lock the run folder ``out`` for the run inside the ``with``.
+
+    * Another process holding it: ``RunFolderBusy`` at once, naming that process.
+    * A folder that already holds files: continued with ``resume``; with ``overwrite``
+      its contents are deleted under the lock before the run writes anything (so the
+      folder never mixes the old run and the new one); otherwise refused.
+    * A failure before the run saved its first checkpoint removes a folder this call
+      created, so a rejected run leaves nothing behind.
+    """
+    out = Path(out)
+    key = str(out.resolve())
+    if key in _held:                       # already opened by this process (nabi train -> run_training)
+        _held[key] += 1
+        try:
+            yield out
+        finally:
+            _held[key] -= 1
+        return
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run or replace it, not both")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: give a folder for the run")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"output folder {out} cannot be written: {e.strerror or e}") from None
+    from filelock import FileLock, Timeout
+    lock = FileLock(out / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFolderBusy(f"run folder {out} is in use by {_owner(out)}; wait for that run to end, "
+                            f"or give another --out") from None
+    _held[key] = 1
+    ok = False
+    try:
+        files.atomic_write_json(out / OWNER_NAME, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                   "started": time.time()})
+        existing = run_contents(out)
+        if existing and not resume:
+            if not overwrite:
+                raise ValueError(f"run folder {out} already holds a run ({', '.join(existing[:6])}"
+                                 f"{' …' if len(existing) > 6 else ''}): continue it with --resume, replace it "
+                                 f"with --overwrite, or give another --out")
+            for name in existing:
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            log(f"--overwrite: deleted the previous run in {out} ({len(existing)} entries)")
+        yield out
+        ok = True
+    finally:
+        _held.pop(key, None)
+        (out / OWNER_NAME).unlink(missing_ok=True)
+        lock.release()
+        if not ok and created and not (out / "checkpoints").exists():
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def folder_size(folder) -> int:
+    """Bytes of every file under ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def format_size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

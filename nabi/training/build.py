@@ -60,8 +60,17 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     raise ValueError(f"schedule must be constant, step, cosine, warmup_cosine or seed2019; got {name!r}")
 
 
-def run_training(cfg: TrainConfig, resume=False, log=print):
-    """Train as ``cfg`` says; writes the run folder; returns ``(trainer, parts)``."""
+def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False):
+    """Train as ``cfg`` says; writes the run folder; returns ``(trainer, parts)``.
+
+    The run folder is locked for the whole run, and an existing run in it is continued
+    (``resume``), replaced (``overwrite``) or refused (``nabi.runs.open_run_folder``)."""
+    from ..runs import open_run_folder
+    with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
+        return _train(cfg, resume, log)
+
+
+def _train(cfg: TrainConfig, resume, log):
     from ..layers import CrossEntropyLoss
     from .trainer import Trainer
     backend.check_device(cfg.device)
