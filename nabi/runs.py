@@ -171,3 +171,64 @@ def format_size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
+
+
+# -- checking a run folder --------------------------------------------------------------------------
+def check_run_folder(run) -> list[tuple[Path, str | None]]:
+    """Read back every file of a run folder: ``[(path, None if it is sound else what is wrong)]``.
+
+    Weight files (``*.safetensors``, checkpoints included) against their sidecar's size and
+    SHA-256 and the checksum in their header; JSON files (sidecars, ``config.json``,
+    ``state.json``, ``test.json``, evaluation reports) parse; ``metrics.jsonl`` one JSON
+    object a line; each checkpoint holds its three parts and ``checkpoints/latest`` names
+    one that exists.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist (give the folder `nabi train --out` wrote)")
+    if not (run / "model.json").is_file() and not (run / "best.json").is_file() \
+            and not (run / "checkpoints").is_dir():
+        raise ValueError(f"{run} does not look like a nabi run folder (no model.json, best.json or checkpoints/)")
+    results = []
+    for path in sorted(run.rglob("*.safetensors")):
+        try:
+            files.load_weights(path)
+            if not Path(files.sidecar_path(path)).is_file():
+                raise ValueError(f"its sidecar {files.sidecar_path(path)} is missing (it describes the weights)")
+            results.append((path, None))
+        except (OSError, ValueError) as e:
+            results.append((path, str(e)))
+    for path in sorted(run.rglob("*.json")):
+        if path.name == OWNER_NAME:
+            continue
+        try:
+            read_json(path)
+            results.append((path, None))
+        except ValueError as e:
+            results.append((path, f"not valid JSON (damaged or cut short?): {e}"))
+        except OSError as e:
+            results.append((path, str(e)))
+    metrics = run / "metrics.jsonl"
+    if metrics.exists():
+        problem = None
+        for i, line in enumerate(metrics.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            try:
+                if not isinstance(json.loads(line), dict):
+                    raise ValueError("not an object")
+            except ValueError as e:
+                problem = f"line {i} is not a JSON object (damaged or cut short?): {e}"
+                break
+        results.append((metrics, problem))
+    root = run / "checkpoints"
+    if root.is_dir():
+        for ck in sorted(p for p in root.glob("ckpt-*") if p.is_dir()):
+            missing = [n for n in ("model.safetensors", "optimizer.safetensors", "state.json") if not (ck / n).is_file()]
+            if missing:
+                results.append((ck, f"checkpoint is missing {', '.join(missing)}"))
+        pointer = root / "latest"
+        if pointer.is_file():
+            name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+            ok = (root / name / "state.json").is_file()
+            results.append((pointer, None if ok else f"names {name!r}, which is not a complete checkpoint "
+                                                     f"(--resume falls back to the newest complete one)"))
+    return results

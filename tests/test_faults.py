@@ -193,3 +193,48 @@ def test_a_failure_before_the_first_checkpoint_leaves_no_folder(tmp_path, capsys
     assert main(["train", str(tmp_path / "no-such-photos"), "--out", str(out), "--no-progress"]) == 1
     assert "no-such-photos does not exist" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- damaged files -------------------------------------------------------------------------------------
+def cli(argv, capsys):
+    from nabi.cli import main
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_weight_file_cut_in_half_is_caught_by_check_and_on_load(photos, reference, tmp_path, capsys):
+    import shutil
+    ref, _ = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    code, out, err = cli(["check", run], capsys)
+    assert code == 0 and "0 damaged" in out and "BAD" not in out, out
+    blob = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(blob[:len(blob) // 2])
+    code, out, err = cli(["predict", run, photos / "a" / "사진_0.png"], capsys)
+    assert code == 0                                        # predict reads best.safetensors, which is sound
+    code, out, err = cli(["check", run], capsys)
+    assert code == 1 and "BAD  model.safetensors" in out and "cut short" in out and "1 damaged" in out, out
+    for command in (["predict", run / "model.safetensors", photos / "a" / "사진_0.png"],
+                    ["eval", run / "model.safetensors", photos],
+                    ["export", run / "model.safetensors", "--onnx", tmp_path / "m.onnx"]):
+        code, out, err = cli(command, capsys)
+        assert code == 1 and "model.safetensors" in err and "cut short" in err and "Traceback" not in err, err
+
+
+def test_weight_file_replaced_by_another_is_caught(photos, reference, tmp_path, capsys):
+    import shutil
+    ref, _ = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    ck = latest_checkpoint(run)
+    shutil.copy(ck / "optimizer.safetensors", run / "best.safetensors")   # a sound file, but not this one
+    code, out, err = cli(["predict", run, photos / "a" / "사진_0.png"], capsys)
+    assert code == 1 and "best.safetensors does not match the SHA-256 recorded in" in err and "best.json" in err
+    code, out, err = cli(["check", run], capsys)
+    assert code == 1 and "BAD  best.safetensors" in out
+    (run / "checkpoints" / "latest").write_text("ckpt-000000099\n")
+    (ck / "state.json").write_text('{"iteration": 1')
+    code, out, err = cli(["check", run], capsys)
+    assert "BAD  checkpoints/latest" in out and f"BAD  checkpoints/{ck.name}/state.json" in out

@@ -90,6 +90,7 @@ TRAIN = {
     "checkpoint_every": POSITIVE, "keep_last": POSITIVE, "early_stopping": POSITIVE,
 }
 RULES = {
+    "check": {},
     "train": TRAIN,
     "demo": {"epochs": POSITIVE, "seed": NON_NEGATIVE},
     "eval": {},

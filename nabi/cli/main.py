@@ -339,6 +339,20 @@ def _masked_eval(args):
     return 0
 
 
+def cmd_check(args):
+    """Read back every file of a run folder (weights, checkpoints, sidecars, records); exit 1 if any is damaged."""
+    from ..runs import check_run_folder
+    results = check_run_folder(args.run)
+    bad = [(p, why) for p, why in results if why]
+    for path, why in results:
+        rel = path.relative_to(args.run) if path.is_relative_to(args.run) else path
+        print(f"{'OK ' if why is None else 'BAD'}  {rel}" + (f": {why}" if why else ""))
+    print(f"{len(results)} checked, {len(bad)} damaged" + (": restore them from a backup, or train again "
+                                                           "(a damaged checkpoint only: --resume uses the "
+                                                           "previous one)" if bad else ""))
+    return EXIT_ERROR if bad else 0
+
+
 def build_parser():
     from ..training.config import TrainConfig
     defaults = TrainConfig()
@@ -411,6 +425,10 @@ def build_parser():
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--list", action="store_true", help="list the zoo's model names")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("check", help="verify every file of a run folder: weights, checkpoints, sidecars")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("export", help="export a run or a zoo model to ONNX (checked with onnxruntime)")
     p.add_argument("source", help="a run folder, a .safetensors file, or a zoo model name")
