@@ -51,8 +51,19 @@ def load_run(run, device="cpu"):
         raise ValueError(f"{path} has no nabi model sidecar ({files.sidecar_path(path)}) naming its architecture")
     from . import models
     arch = meta["arch"]
-    model = models.get(arch["name"], **arch.get("kwargs", {}))
-    model.load_state_dict(state)
+    side = files.sidecar_path(path)
+    try:
+        model = models.get(arch["name"], **arch.get("kwargs", {}))
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{side} describes an architecture nabi cannot build ({arch.get('name')!r} with "
+                         f"{arch.get('kwargs', {})}): {e.args[0] if e.args else e}. The sidecar should be the one "
+                         f"saved with {path.name}") from None
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"the weights in {path} do not fit the architecture its sidecar {side} describes "
+                         f"({arch['name']}): {e.args[0] if e.args else e}. The sidecar should be the one saved "
+                         f"with these weights") from None
     model.to(device)
     model.eval()
     return model, meta

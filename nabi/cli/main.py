@@ -154,9 +154,22 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     classes = meta["classes"]
     ds_classes = list(getattr(dataset, "classes", None) or classes)
     labels = ev["labels"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _writable_folder(out_dir, "--out")
+    note = None
+    if ds_classes != classes and set(ds_classes) <= set(classes):    # a folder with some of the model's classes
+        import numpy as np
+        labels = np.asarray([classes.index(ds_classes[i]) for i in labels], dtype=np.int64)
+        ev["acc"] = float((ev["probs"].argmax(1) == labels).mean()) if len(labels) else 0.0
+        top = np.argsort(-ev["probs"], axis=1, kind="stable")[:, :5]
+        ev["topk"] = float((top == labels[:, None]).any(1).mean()) if len(labels) else 0.0
+        missing = [c for c in classes if c not in ds_classes]
+        note = (f"the folder holds {len(ds_classes)} of the model's {len(classes)} classes: "
+                f"{', '.join(missing)} have no photos here (support 0, recall undefined), though the model may "
+                f"still predict them")
+        ds_classes = classes
     report = {"accuracy": ev["acc"], "n": ev["n"], "classes": classes}
+    if note:
+        report["note"] = note
     if ds_classes == classes:
         cm = E.confusion_matrix(ev["probs"], labels, len(classes))
         text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
@@ -179,10 +192,26 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     if json_out:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:
+        if note:
+            print(f"note: {note}")
         print(f"accuracy {ev['acc']:.4f} on {ev['n']} images")
         print(text)
         print(f"written: {out_dir}/eval.json, eval.txt" + (", confusion_matrix.png" if "confusion_matrix" in report else ""))
     return report
+
+
+def _writable_folder(path, flag):
+    """``path`` as a folder that exists and can be written, or a ValueError naming ``flag``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{flag} {path} cannot be used: {e.strerror or e} (give a folder that can be created "
+                         f"and written)") from None
+    return path
 
 
 def cmd_eval(args):
@@ -308,6 +337,7 @@ def cmd_explain(args):
     """Grad-CAM and occlusion heat-maps over a photo: what is the network looking at?"""
     from ..explain import explain_image
     out_dir = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(".")) / "explain"
+    _writable_folder(out_dir, "--out")
     res = explain_image(args.run, args.image, out_dir, method=args.method, layer=args.layer, target=args.target)
     if args.json:
         print(json.dumps(res, ensure_ascii=False, indent=2, default=str))
@@ -438,7 +468,21 @@ def build_parser():
     return parser
 
 
+def _plain_warning(message, category, filename, lineno, line=None):
+    """A warning as one line (``nabi: warning: …``), without Python's source-line echo."""
+    return f"nabi: warning: {message}\n"
+
+
 def main(argv=None):
+    import warnings
+    before, warnings.formatwarning = warnings.formatwarning, _plain_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = before
+
+
+def _main(argv=None):
     from ..training.trainer import TrainingDiverged, TrainingInterrupted
     parser = build_parser()
     args = parser.parse_args(argv)
