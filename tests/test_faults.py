@@ -238,3 +238,71 @@ def test_weight_file_replaced_by_another_is_caught(photos, reference, tmp_path, 
     (ck / "state.json").write_text('{"iteration": 1')
     code, out, err = cli(["check", run], capsys)
     assert "BAD  checkpoints/latest" in out and f"BAD  checkpoints/{ck.name}/state.json" in out
+
+
+# -- a full disk during a checkpoint, a damaged newest checkpoint ----------------------------------------
+ADAM = ["--optimizer", "adam", "--lr", "0.003"]      # Adam's two moment buffers: the optimiser file is ~2x the weights
+
+
+def file_size_limit(limit):
+    """A real limit on the size of any file the child writes (RLIMIT_FSIZE): past it a write fails with EFBIG
+    (SIGXFSZ, which would kill the process, is ignored so that the write returns the error)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.fixture(scope="module")
+def adam_reference(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adam") / "run"
+    done = nabi_train(photos, out, *ADAM)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(photos, adam_reference, tmp_path):
+    out = tmp_path / "run"
+    killed = nabi_train(photos, out, *ADAM, fault="epoch_saved:1")          # a run with epoch 1's checkpoint
+    assert killed.returncode == -signal.SIGKILL
+    before = latest_checkpoint(out)
+    model_bytes = (before / "model.safetensors").stat().st_size
+    opt_bytes = (before / "optimizer.safetensors").stat().st_size
+    assert opt_bytes > 1.5 * model_bytes
+    limit = (model_bytes + opt_bytes) // 2            # the weights fit, the optimiser state does not
+    full = nabi_train(photos, out, *ADAM, "--resume", preexec_fn=file_size_limit(limit))
+    assert full.returncode == 1, full.stderr
+    assert "could not write the checkpoint of iteration 9" in full.stderr and "File too large" in full.stderr
+    assert f"the previous checkpoint {before} is intact" in full.stderr and "Traceback" not in full.stderr
+    assert latest_checkpoint(out) == before                               # untouched, and nothing half-written
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    resumed = nabi_train(photos, out, *ADAM, "--resume")                  # space again: continue
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(adam_reference, out)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(photos, reference, tmp_path):
+    ref, _ = reference
+    out = tmp_path / "run"
+    killed = nabi_train(photos, out, fault="step:14")                    # checkpoints 6, 9, 12 on disk
+    assert killed.returncode == -signal.SIGKILL
+    newest = latest_checkpoint(out)
+    assert newest.name == "ckpt-000000012"
+    blob = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(blob[: len(blob) // 3])
+    resumed = nabi_train(photos, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"checkpoint {newest} cannot be read" in resumed.stdout and "cut short" in resumed.stdout
+    assert "resuming from" in resumed.stdout and "ckpt-000000009" in resumed.stdout
+    assert_same_run(ref, out)
+
+
+def test_no_readable_checkpoint_is_a_clear_error(photos, tmp_path):
+    out = tmp_path / "run"
+    killed = nabi_train(photos, out, fault="step:8")
+    assert killed.returncode == -signal.SIGKILL
+    for ck in (out / "checkpoints").glob("ckpt-*"):
+        (ck / "state.json").write_text("{")
+    resumed = nabi_train(photos, out, "--resume")
+    assert resumed.returncode == 1 and "no checkpoint of" in resumed.stderr and "--overwrite" in resumed.stderr
+    assert "Traceback" not in resumed.stderr

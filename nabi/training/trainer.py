@@ -66,6 +66,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit); the previous one is intact."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM: the state was saved at a step boundary."""
 
@@ -282,8 +286,16 @@ class Trainer:
     def save_checkpoint(self):
         if self.out_dir is None:
             return None
-        return save_checkpoint(self.out_dir, _Weights(self.model_state()), self.optimizer, self._state(),
-                               self.metadata, keep_last=self.keep_last)
+        try:
+            return save_checkpoint(self.out_dir, _Weights(self.model_state()), self.optimizer, self._state(),
+                                   self.metadata, keep_last=self.keep_last)
+        except OSError as e:
+            previous = latest_checkpoint(self.out_dir)
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of iteration {self.iteration} in {self.out_dir / 'checkpoints'}: "
+                f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "") + ". Nothing of it was kept; "
+                + (f"the previous checkpoint {previous} is intact: free some space and continue with --resume"
+                   if previous else "there is no earlier checkpoint: free some space and start again")) from e
 
     def resume(self, path=None):
         """Load the latest checkpoint of ``out_dir`` (or ``path``); returns its path, or None if there is none.
