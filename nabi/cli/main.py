@@ -114,13 +114,18 @@ def _final_test(trainer, parts, cfg):
     from ..training.trainer import evaluate
     if parts.get("test") is None:
         return None
-    model, meta = load_run(cfg.out, device=cfg.device)
+    best = trainer.val_loader is not None and (Path(cfg.out) / "best.safetensors").is_file()
+    weights = Path(cfg.out) / ("best.safetensors" if best else "model.safetensors")
+    model, meta = load_run(weights, device=cfg.device)
     ev = evaluate(model, eval_loader(parts["test"], meta, device=cfg.device))
-    result = {"test_acc": ev["acc"], "test_loss": ev["loss"], "n": ev["n"], "weights": "best"}
+    chosen = (f"best weights: epoch {trainer.best_epoch}, chosen by validation accuracy" if best else
+              "final weights: no validation part to choose a best epoch by")
+    result = {"test_acc": ev["acc"], "test_loss": ev["loss"], "n": ev["n"], "weights": "best" if best else "final",
+              "weights_file": weights.name, "weights_chosen": chosen}
     if len(meta["classes"]) > 5:
         result["test_top5"] = ev["topk"]
     files.atomic_write_json(Path(cfg.out) / "test.json", result)
-    print(f"test accuracy {ev['acc']:.4f} on {ev['n']} held-out images (best weights)")
+    print(f"test accuracy {ev['acc']:.4f} on {ev['n']} held-out images ({chosen})")
     return result
 
 
