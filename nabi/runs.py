@@ -84,6 +84,7 @@ def read_json(path):
 
 # -- the run folder while a run writes it ----------------------------------------------------------
 LOCK_NAME, OWNER_NAME = ".lock", ".lock-owner.json"
+RUN_MARKERS = {"config.json", "checkpoints", "metrics.jsonl", "model.safetensors", "best.safetensors"}
 _held: dict[str, int] = {}     # folders this process holds: nested opens share the one lock
 
 
@@ -133,6 +134,12 @@ def open_run_folder(out, resume: bool = False, overwrite: bool = False, log=prin
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder: give a folder for the run")
     created = not out.exists()
+    foreign = run_contents(out)
+    if foreign and not set(foreign) & RUN_MARKERS:
+        raise ValueError(f"--out {out} holds other files ({', '.join(foreign[:6])}"
+                         f"{' …' if len(foreign) > 6 else ''}), not a nabi run: nabi writes a run only into a "
+                         f"new or empty folder or one holding a run, and never deletes other files; give "
+                         f"another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"

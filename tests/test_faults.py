@@ -261,6 +261,7 @@ def adam_reference(photos, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(photos, adam_reference, tmp_path):
     out = tmp_path / "run"
     killed = nabi_train(photos, out, *ADAM, fault="epoch_saved:1")          # a run with epoch 1's checkpoint
@@ -306,3 +307,14 @@ def test_no_readable_checkpoint_is_a_clear_error(photos, tmp_path):
     resumed = nabi_train(photos, out, "--resume")
     assert resumed.returncode == 1 and "no checkpoint of" in resumed.stderr and "--overwrite" in resumed.stderr
     assert "Traceback" not in resumed.stderr
+
+
+def test_a_folder_of_other_files_is_never_used_or_deleted(photos, tmp_path, capsys):
+    from nabi.cli import main
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    for extra in ([], ["--overwrite"], ["--resume"]):
+        assert main(["train", str(photos), *TRAIN_ARGS, "--out", str(out), *extra]) == 1
+        assert "not a nabi run" in capsys.readouterr().err
+        assert (out / "thesis.tex").read_text() == "years of work" and sorted(os.listdir(out)) == ["thesis.tex"]

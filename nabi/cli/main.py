@@ -517,11 +517,16 @@ def _main(argv=None):
         return EXIT_INTERRUPTED
     except (ValueError, OSError, KeyError, TypeError, RuntimeError, ImportError, NotImplementedError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in str(msg):
+        if isinstance(e, OSError) and e.filename:                 # e.g. [Errno 20] Not a directory: '/x/y'
             msg = f"{e.filename}: {e.strerror or msg}"
-        elif isinstance(e, OSError) and e.filename and e.strerror:
-            msg = f"{e.filename}: {e.strerror}"
         print(f"nabi {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:       # a fault of nabi's own: one line for the user, the traceback on request
+        import os
+        if os.environ.get("NABI_DEBUG"):
+            raise
+        print(f"nabi {args.command}: unexpected error: {type(e).__name__}: {e} (set NABI_DEBUG=1 to see where; "
+              f"please report it)", file=sys.stderr)
         return EXIT_ERROR
 
 
