@@ -200,7 +200,7 @@ class Trainer:
 
     ``epochs`` (or ``iterations``) bound the run; ``schedule_unit`` is
     ``'iteration'`` or ``'epoch'``; ``out_dir`` receives ``metrics.jsonl``,
-    ``curves.png``, ``checkpoints/``, ``best.safetensors`` and ``model.safetensors``
+    ``curves.png``, ``checkpoints/``, ``model.safetensors`` and, with a validation loader, ``best.safetensors``
     (each with a JSON sidecar carrying ``metadata``). ``early_stopping``: stop
     after that many epochs without a better validation accuracy.
     ``fused_sgd``: for plain SGD, apply each layer's update inside backward
