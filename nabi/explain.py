@@ -294,7 +294,7 @@ def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vma
     Default colours: 'jet' from 0 to max(heat) for a map ≥ 0; a signed map (occlusion)
     gets 'RdBu_r' symmetric about 0. Written atomically (``nabi.plots.save_figure``).
     """
-    from .plots import _pyplot, save_figure
+    from .plots import plotting, save_figure
     img = np.asarray(backend.to_numpy(image), dtype=np.float64)
     if img.ndim == 2:
         img = img[None]
@@ -313,28 +313,28 @@ def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vma
             vmin, vmax = -m, m
         else:
             vmin, vmax = 0.0, max(hi, 1e-12)
-    plt = _pyplot()
-    gray = img.shape[0] == 1
-    shown = img[0] if gray else img.transpose(1, 2, 0)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8.6, 4))
-    try:
-        for ax in (a, b):
-            ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-        a.set_title("image")
-        im = b.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
-        b.set_title(label or "heat map")
-        bar = fig.colorbar(im, ax=b, fraction=0.046, pad=0.04)
-        if bar.solids is not None:
-            bar.solids.set_alpha(1)
-        if label:
-            bar.set_label(label)
-        if title:
-            fig.suptitle(title)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    with plotting() as plt:
+        gray = img.shape[0] == 1
+        shown = img[0] if gray else img.transpose(1, 2, 0)
+        fig, (a, b) = plt.subplots(1, 2, figsize=(8.6, 4))
+        try:
+            for ax in (a, b):
+                ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+            a.set_title("image")
+            im = b.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
+            b.set_title(label or "heat map")
+            bar = fig.colorbar(im, ax=b, fraction=0.046, pad=0.04)
+            if bar.solids is not None:
+                bar.solids.set_alpha(1)
+            if label:
+                bar.set_label(label)
+            if title:
+                fig.suptitle(title)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return save_figure(fig, path)
+        finally:
+            plt.close(fig)
 
 
 # -- runs --------------------------------------------------------------------------------

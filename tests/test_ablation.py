@@ -1,4 +1,4 @@
-"""nabi.ablation: a tiny SE ablation end to end (report arithmetic, paired init, resume) and the input checks."""
+"""nabi.studies.ablation: a tiny SE ablation end to end (report arithmetic, paired init, resume) and the input checks."""
 import argparse
 import csv
 import json

@@ -1,4 +1,4 @@
-"""nabi.onnx_export: every layer and container through onnxruntime, dynamic batch, errors, atomic writes."""
+"""nabi.files.onnx: every layer and container through onnxruntime, dynamic batch, errors, atomic writes."""
 import json
 import os
 from collections import OrderedDict

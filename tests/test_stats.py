@@ -1,4 +1,4 @@
-"""Tests for nabi.stats, checked against hand arithmetic and against scipy directly."""
+"""Tests for nabi.studies.stats, checked against hand arithmetic and against scipy directly."""
 import csv
 import io
 import math

@@ -1,6 +1,6 @@
 """Export a nabi model to ONNX with the ``onnx`` helper API (no PyTorch involved).
 
-    from nabi.onnx_export import export_onnx, verify_onnx
+    from nabi.files.onnx import export_onnx, verify_onnx
     export_onnx(net, "net.onnx", (3, 224, 224), class_names=["cat", "dog"])
     verify_onnx(net, "net.onnx", x)          # max |onnxruntime − nabi| on x
 

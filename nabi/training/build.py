@@ -60,6 +60,31 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     raise ValueError(f"schedule must be constant, step, cosine, warmup_cosine or seed2019; got {name!r}")
 
 
+def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out_dir=None, metadata=None,
+                  config=None, log=print, trainer_class=None):
+    """The one place a ``Trainer`` is put together from a ``TrainConfig``.
+
+    Makes the optimiser (``cfg.optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``nesterov``), the
+    schedule (``cfg.schedule`` over ``len(train_loader)`` steps per epoch) and the loss (cross-entropy
+    with ``cfg.label_smoothing``), and passes every training option of ``cfg`` (length, clipping,
+    checkpoints, early stopping, progress, fused SGD, precision) to the trainer. ``out_dir`` defaults
+    to ``cfg.out``; ``metadata`` goes into every weight file's sidecar and ``config`` is the resolved
+    configuration the run records. ``trainer_class``: a ``Trainer`` subclass, for runners that change
+    what is written when (the experiment runner writes its curves once, at the end).
+    """
+    from ..layers import CrossEntropyLoss
+    from .trainer import Trainer
+    optimizer = make_optimizer(cfg, model)
+    schedule = make_schedule(cfg, optimizer, len(train_loader))
+    return (trainer_class or Trainer)(
+        model, optimizer, train_loader, val_loader, loss_fn=CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        schedule=schedule, schedule_unit=cfg.schedule_unit, epochs=cfg.epochs, iterations=cfg.iterations,
+        out_dir=cfg.out if out_dir is None else out_dir, clip_norm=cfg.clip_norm,
+        checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last, early_stopping=cfg.early_stopping,
+        progress=cfg.progress, metadata=metadata, config=config, log=log, fused_sgd=cfg.fused_sgd,
+        precision=cfg.precision)
+
+
 # -- the record of a run -------------------------------------------------------------------------------
 def _split_sources(cfg: TrainConfig) -> dict:
     """Where each part came from: a split folder, a stratified share of another part, or nowhere."""
@@ -120,7 +145,6 @@ def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False):
 
 
 def _train(cfg: TrainConfig, resume, log):
-    from ..layers import CrossEntropyLoss
     from .trainer import Trainer
     backend.check_device(cfg.device)
     if cfg.device == "gpu":
@@ -143,6 +167,9 @@ def _train(cfg: TrainConfig, resume, log):
     C, H, W = model_input_size(model)
     if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
         H = W = set_input_size(model, cfg.image_size)
+    if cfg.init:
+        from .init_from import format_report, load_matching
+        log(format_report(load_matching(model, cfg.init)))
     channels = cfg.channels or C
     size = cfg.image_size or H
     if parts is None:
@@ -163,16 +190,10 @@ def _train(cfg: TrainConfig, resume, log):
         val_loader = D.DataLoader(Transformed(parts["val"], base), batch_size=max(cfg.batch_size, 64),
                                   num_workers=cfg.workers, device=cfg.device)
     model.to(cfg.device)
-    optimizer = make_optimizer(cfg, model)
-    schedule = make_schedule(cfg, optimizer, len(train_loader))
     resolved = write_config(out, cfg, what_ran(cfg, parts, [C, H, W], channels, norm, len(train_loader)))
     meta = model_metadata(model, classes, norm, resolved)
-    trainer = Trainer(model, optimizer, train_loader, val_loader,
-                      loss_fn=CrossEntropyLoss(label_smoothing=cfg.label_smoothing), schedule=schedule,
-                      schedule_unit=cfg.schedule_unit, epochs=cfg.epochs, iterations=cfg.iterations, out_dir=out,
-                      clip_norm=cfg.clip_norm, checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last,
-                      early_stopping=cfg.early_stopping, progress=cfg.progress, metadata=meta, config=resolved,
-                      log=log, fused_sgd=cfg.fused_sgd, precision=cfg.precision)
+    trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
+                            log=log)
     if resume:
         if trainer.resume() is None:
             log(f"no checkpoint in {out}: starting from the beginning")

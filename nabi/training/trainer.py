@@ -206,7 +206,7 @@ class Trainer:
     ``fused_sgd``: for plain SGD, apply each layer's update inside backward
     (see ``nabi.fused``); results equal the unfused step within float tolerance.
     ``precision``: ``'float32'``, or ``'float16'`` for mixed precision (float16
-    compute, float32 master weights, dynamic loss scaling; ``nabi.amp``). Saved
+    compute, float32 master weights, dynamic loss scaling; ``nabi.training.amp``). Saved
     weights and checkpoints hold the float32 masters either way.
     """
 
