@@ -99,8 +99,16 @@ RULES = {
     "export": {"classes": Int(2)},
     "explain": {},
     "experiment": {"runs": POSITIVE, "jobs": Int(1, 256), "seed": NON_NEGATIVE, "epochs": POSITIVE,
-                   "iterations": POSITIVE, "iterations_per_class": POSITIVE, "image_size": Int(8, 4096)},
-    "ablate": {"jobs": Int(1, 256)},
+                   "iterations": POSITIVE, "iterations_per_class": POSITIVE, "image_size": Int(8, 4096),
+                   "cpus_per_run": Float(0.0, None, low_open=True), "gpus_per_run": Float(0.0)},
+    "ablate": {"jobs": Int(1, 256), "cpus_per_run": Float(0.0, None, low_open=True), "gpus_per_run": Float(0.0)},
+    "pretrain": {"model": ModelName(), "image_size": Int(8, 4096), "epochs": POSITIVE, "iterations": POSITIVE,
+                 "batch_size": Int(2), "temperature": Float(0.0, None, low_open=True), "projection_dim": POSITIVE,
+                 "lr": Float(0.0, None, low_open=True), "momentum": RATIO, "weight_decay": Float(0.0),
+                 "warmup": NON_NEGATIVE, "seed": NON_NEGATIVE, "workers": Int(0, 256), "checkpoint_every": POSITIVE,
+                 "keep_last": POSITIVE},
+    "serve": {"port": Int(1, 65535), "threshold": Float(0.0, 1.0, high_open=False),
+              "max_upload_mb": Float(0.0, None, low_open=True), "max_pixels": POSITIVE, "max_files": POSITIVE},
 }
 GLOBAL_RULES = {"threads": Int(1, 1024)}
 
