@@ -318,3 +318,18 @@ def test_a_folder_of_other_files_is_never_used_or_deleted(photos, tmp_path, caps
         assert main(["train", str(photos), *TRAIN_ARGS, "--out", str(out), *extra]) == 1
         assert "not a nabi run" in capsys.readouterr().err
         assert (out / "thesis.tex").read_text() == "years of work" and sorted(os.listdir(out)) == ["thesis.tex"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_an_iteration_budget_that_ends_mid_epoch(photos, tmp_path):
+    """--iterations 9 ends in the middle of epoch 2, where a checkpoint also falls: killed right after that
+    checkpoint (the 4th save: iterations 3, 6, 6 at the end of epoch 1, 9), the resumed run still writes
+    epoch 2's partial row, as the uninterrupted run does."""
+    ref = tmp_path / "ref"
+    assert nabi_train(photos, ref, "--iterations", "9").returncode == 0
+    out = tmp_path / "run"
+    killed = nabi_train(photos, out, "--iterations", "9", fault="checkpoint_saved:4")
+    assert killed.returncode == -signal.SIGKILL
+    assert nabi_train(photos, out, "--iterations", "9", "--resume").returncode == 0
+    assert [r["epoch"] for r in metrics_without_times(out)] == [1, 2]
+    assert_same_run(ref, out)
