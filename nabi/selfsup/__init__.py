@@ -4,7 +4,11 @@
     nabi train DATA --model resnet18_cifar --init RUN/backbone.safetensors
 
 ``model`` (backbone and projection head), ``data`` (two-view photos), ``pretrain`` (the run),
-``cli`` (the command). The loss is ``nabi.layers.contrastive.NTXentLoss``.
+``cli`` (the commands). The loss is ``nabi.layers.contrastive.NTXentLoss``.
+
+Self-training with a noisy student (``selftrain``, ``pseudo_labels``):
+
+    nabi self-train LABELLED UNLABELLED --model cifar_cnn --rounds 2 --out RUN   # RUN/summary.md
 """
 
 METHODS = ("simclr",)
