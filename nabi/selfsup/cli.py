@@ -8,14 +8,17 @@ def add_commands(subparsers):
     """Add ``pretrain`` and ``self-train`` to the ``nabi`` sub-command parser."""
     _add_self_train(subparsers)
     p = subparsers.add_parser(
-        "pretrain", help="self-supervised pretraining (SimCLR) of a zoo model's backbone on unlabelled photos",
-        description="Pretrain a zoo model's backbone with SimCLR's contrastive loss (NT-Xent) on every photo "
-                    "under PHOTOS (sub-folders are searched; their names are ignored). Writes "
+        "pretrain", help="self-supervised pretraining (SimCLR, SimSiam) of a zoo model's backbone on unlabelled "
+                         "photos",
+        description="Pretrain a zoo model's backbone with SimCLR's contrastive loss (NT-Xent; wants large "
+                    "batches) or SimSiam's stop-gradient cosine loss (no negatives; suits small batches) on every "
+                    "photo under PHOTOS (sub-folders are searched; their names are ignored). Writes "
                     "OUT/backbone.safetensors (+ backbone.json naming the architecture) for "
                     "`nabi train DATA --model SAME --init OUT/backbone.safetensors`. The log's acc column is "
                     "the contrastive top-1: how often a view's nearest other view is its own pair.")
     p.add_argument("photos", help="a folder of photos (searched recursively; labels are not used)")
-    p.add_argument("--method", default="simclr", choices=list(METHODS))
+    p.add_argument("--method", default="simclr", choices=list(METHODS),
+                   help="simclr (NT-Xent) or simsiam (predictor + stop-gradient; default simclr)")
     p.add_argument("--model", default="resnet18_cifar", help="a zoo model ending in a Linear classifier "
                                                              "(default resnet18_cifar)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
@@ -24,8 +27,8 @@ def add_commands(subparsers):
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead")
     p.add_argument("--batch-size", type=int, default=256, help="photos per step; each gives two views")
-    p.add_argument("--temperature", type=float, default=0.5, help="τ of NT-Xent (default 0.5)")
-    p.add_argument("--projection-dim", type=int, default=128, help="output size of the projection head")
+    p.add_argument("--temperature", type=float, default=0.5, help="τ of NT-Xent (SimCLR only; default 0.5)")
+    p.add_argument("--projection-dim", type=int, default=128, help="output size of the projection head (SimSiam: also the predictor's; its hidden layer is a quarter)")
     p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--momentum", type=float, default=0.9)
