@@ -261,3 +261,16 @@ def test_self_train_rejects_bad_input_before_training(tmp_path, capsys):
         err = capsys.readouterr().err
         assert re.search(message, err), (message, err)
         assert not (Path(argv[argv.index("--out") + 1]) / "round-0").exists()      # nothing trained
+
+
+def test_soft_cross_entropy_on_every_array_module_equals_numpy(xp):
+    from nabi import backend
+    rng = np.random.default_rng(8)
+    z, q = rng.standard_normal((6, 4)), _targets(rng, 6, 4)
+    loss, cache = soft_cross_entropy_forward(z, q)
+    dz = soft_cross_entropy_backward(cache, 0.5)
+    loss_d, cache_d = soft_cross_entropy_forward(xp.asarray(z), xp.asarray(q))
+    dz_d = soft_cross_entropy_backward(cache_d, 0.5)
+    assert backend.get_array_module(dz_d) is xp
+    np.testing.assert_allclose(float(backend.to_numpy(loss_d)), float(loss), rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(dz_d), dz, rtol=1e-10, atol=1e-13)

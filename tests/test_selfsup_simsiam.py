@@ -181,3 +181,16 @@ def test_pretrain_simsiam_then_train_init_loads_the_backbone(tmp_path, capsys):
                       "--batch-size", "8", "--val-ratio", "0.2", "--test-ratio", "0", "--out", str(out),
                       "--no-progress"]) == 0
     assert "loaded 4 arrays matching by name and shape" in capsys.readouterr().out
+
+
+def test_simsiam_loss_on_every_array_module_equals_numpy(xp):
+    """The same numbers where the output lives on the device (emulated CuPy runs the GPU code path on the CPU)."""
+    out = np.random.default_rng(5).standard_normal((8, 6))
+    loss, cache = simsiam_forward(out)
+    grad = simsiam_backward(cache, 1.5)
+    loss_d, cache_d = simsiam_forward(xp.asarray(out))
+    grad_d = simsiam_backward(cache_d, 1.5)
+    assert backend.get_array_module(grad_d) is xp
+    np.testing.assert_allclose(float(backend.to_numpy(loss_d)), float(loss), rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(grad_d), grad, rtol=1e-10, atol=1e-13)
+    assert pair_top1(cache_d) == pair_top1(cache)
