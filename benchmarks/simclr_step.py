@@ -1,7 +1,8 @@
 """One SimCLR training step, nabi vs PyTorch: backbone → projection head → NT-Xent → backward → SGD step.
 
     python -m benchmarks.simclr_step [--model resnet18_cifar|cifar_cnn] [--batch 32] [--size 32]
-                                     [--threads 2] [--repeats 5] [--reference] [--input-grad] [--out FILE.json]
+                                     [--threads 2] [--blas-threads K] [--repeats 5] [--reference] [--input-grad]
+                                     [--out FILE.json]
 
 Both sides hold the same float32 weights (the nabi SimCLR network's state copied by name into a
 PyTorch twin whose backbone is the zoo model's twin without ``fc``), get the same 2N views
@@ -17,7 +18,9 @@ nabi is set up as its trainer sets it up: the first convolution computes no imag
 (the first version of this benchmark did, which cost nabi a col2im pass per step).
 ``--reference`` also times, in the same rounds, an ordinary classification step of the same zoo
 model on the same 2N images (cross-entropy, SGD): on a busy machine the ratio of the two ratios
-says what SimCLR itself adds, whatever the load.
+says what SimCLR itself adds, whatever the load. ``--blas-threads K`` limits NumPy's BLAS (OpenBLAS) to
+K threads while nabi's compiled kernels and PyTorch keep ``--threads``: on a machine with more runnable
+threads than cores, OpenBLAS's finely synchronised threads wait for each other's time slices.
 """
 from __future__ import annotations
 
@@ -134,6 +137,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--projection-dim", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--blas-threads", type=int, help="threads of NumPy's BLAS only (default: --threads)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--input-grad", action="store_true",
@@ -149,6 +153,10 @@ def main(argv=None):
     from nabi.training.optim import SGD
     from nabi.training.trainer import skip_input_gradient
     note = C.set_threads(args.threads)
+    if args.blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.blas_threads, user_api="blas")
+        note = (note + " " if note else "") + f"NumPy's BLAS limited to {args.blas_threads} thread(s)"
     model, twin = build(args.model, args.projection_dim)
     model.train()
     twin.train()
@@ -230,6 +238,7 @@ def main(argv=None):
     command = "python -m benchmarks.simclr_step " + " ".join(argv if argv is not None else sys.argv[1:])
     payload = {"machine": C.machine_info(args, "cpu", command, [note]), "model": args.model, "batch": args.batch,
                "views": views, "size": args.size, "input_grad": bool(args.input_grad),
+               "blas_threads": args.blas_threads if args.blas_threads is not None else args.threads,
                "check": {"z_rel_err": z_err, "loss": [loss, tloss]}, **results["simclr"],
                "phases_ms": {side: dict(zip(PHASES, map(float, med[side]))) for side in med}}
     if args.reference:
