@@ -215,6 +215,10 @@ def test_self_train_two_rounds_logs_counts_and_trains_students_on_the_pseudo_lab
         assert rec["pseudo_label_counts"] == {c: labels.count(c) for c in ("dark", "light")}
         assert rec["num_pseudo_labelled"] == len(labels) and all(n <= cap for n in rec["pseudo_label_counts"].values())
         assert all(e["confidence"] >= 0.5 for e in manifest["photos"])
+        paths, man_labels, man_targets, man_classes = P.read_manifest(out / f"round-{k}" / "pseudo_labels.json")
+        assert [Path(p).resolve() for p in paths] == [(unl / e["path"]).resolve() for e in manifest["photos"]]
+        assert man_classes == ["dark", "light"] and [man_classes[i] for i in man_labels] == labels
+        assert (man_targets is not None) is soft
         assert ("target" in manifest["photos"][0]) is soft if labels else True
         # the counts are what the previous round's model says about the unlabelled photos
         teacher, meta = load_run(out / f"round-{k - 1}" / "train")
@@ -274,3 +278,12 @@ def test_soft_cross_entropy_on_every_array_module_equals_numpy(xp):
     assert backend.get_array_module(dz_d) is xp
     np.testing.assert_allclose(float(backend.to_numpy(loss_d)), float(loss), rtol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(dz_d), dz, rtol=1e-10, atol=1e-13)
+
+
+def test_read_manifest_rejects_other_files(tmp_path):
+    (tmp_path / "other.json").write_text(json.dumps({"format": "nabi-model"}))
+    with pytest.raises(ValueError, match="not a pseudo-label manifest"):
+        P.read_manifest(tmp_path / "other.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read .*broken.json"):
+        P.read_manifest(tmp_path / "broken.json")
