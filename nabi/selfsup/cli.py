@@ -18,34 +18,41 @@ def add_commands(subparsers):
                     "the contrastive top-1: how often a view's nearest other view is its own pair.")
     p.add_argument("photos", help="a folder of photos (searched recursively; labels are not used)")
     p.add_argument("--method", default="simclr", choices=list(METHODS),
-                   help="simclr (NT-Xent) or simsiam (predictor + stop-gradient; default simclr)")
+                   help="the self-supervised method: simclr (NT-Xent) or simsiam (predictor + stop-gradient)")
     p.add_argument("--model", default="resnet18_cifar", help="a zoo model ending in a Linear classifier "
                                                              "(default resnet18_cifar)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
-                   help="an argument of the model's builder (repeatable)")
+                   help="an argument of the model's builder (repeatable; default: none)")
     p.add_argument("--image-size", type=int, help="train at this size (default: the model's)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead")
+    p.add_argument("--epochs", type=int, default=100, help="passes over the photos")
+    p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead "
+                                                  "(default: none: --epochs decides)")
     p.add_argument("--batch-size", type=int, default=256, help="photos per step; each gives two views")
     p.add_argument("--temperature", type=float, default=0.5, help="τ of NT-Xent (SimCLR only; default 0.5)")
-    p.add_argument("--projection-dim", type=int, default=128, help="output size of the projection head (SimSiam: also the predictor's; its hidden layer is a quarter)")
-    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-6)
-    p.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "warmup_cosine"])
+    p.add_argument("--projection-dim", type=int, default=128,
+                   help="output size of the projection head (SimSiam: also the predictor's, whose hidden layer "
+                        "is a quarter of it)")
+    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the schedule's starting value)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-6, help="L2 weight decay (decoupled for adamw)")
+    p.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "warmup_cosine"],
+                   help="how the learning rate changes")
     p.add_argument("--warmup", type=int, default=0, help="warm-up steps for warmup_cosine")
-    p.add_argument("--normalize", default="unit", choices=["unit", "seed2019", "imagenet"],
+    p.add_argument("--normalize", default="unit", choices=["unit", "pixel256", "imagenet", "seed2019"],
                    help="pixel scaling; `nabi train --init` should use the same")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the views and the order")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs the gpu extra")
     p.add_argument("--workers", type=int, default=0, help="background threads decoding photos")
-    p.add_argument("--cache", action="store_true", help="keep decoded photos in memory (uint8)")
+    p.add_argument("--cache", action="store_true", help="keep decoded photos in memory (uint8) (default: off)")
     p.add_argument("--out", default="runs/pretrain", help="the run folder to write")
-    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations "
+                                                        "(default: at each epoch end only)")
     p.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
+                                                         "(default: off)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: a bar on a terminal, a line every 15 s in a log)")
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -90,45 +97,57 @@ def _add_self_train(subparsers):
                     "UNLABELLED (any folder tree), train a noised student on both, and repeat with the student "
                     "as the next teacher for --rounds rounds. Writes OUT/round-K/ (the pseudo-label manifest, "
                     "the round's run and round.json) and OUT/summary.json + summary.md: per round the "
-                    "pseudo-label counts per class and the accuracy on the labelled test split.")
+                    "pseudo-label counts per class and the accuracy on the labelled test split.",
+        epilog="examples:\n"
+               "  nabi self-train photos/ more_photos/ --model resnet18_cifar --rounds 2 --out runs/noisy\n"
+               "  nabi self-train photos/ more_photos/ --model cifar_cnn --soft --threshold 0.8 --out runs/soft")
     p.add_argument("labelled", help="a folder with one sub-folder per class (or train/ val/ test/)")
     p.add_argument("unlabelled", help="a folder of unlabelled photos (searched recursively; if its sub-folders "
                                       "are named like the classes, the pseudo-label accuracy is reported)")
-    p.add_argument("--rounds", type=int, default=1, help="student rounds after the teacher (default 1)")
-    p.add_argument("--model", default="resnet18_cifar", help="the teacher's zoo model (default resnet18_cifar)")
-    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg")
+    p.add_argument("--rounds", type=int, default=1, help="student rounds after the teacher")
+    p.add_argument("--model", default="resnet18_cifar", help="the teacher's zoo model")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
+                   help="an argument of the teacher's builder (repeatable; default: none)")
     p.add_argument("--student-model", help="the students' zoo model, at least as large (default: --model)")
-    p.add_argument("--student-model-arg", action="append", metavar="KEY=VALUE", dest="student_model_arg")
-    p.add_argument("--soft", action="store_true", help="train on the teacher's probabilities instead of its argmax")
+    p.add_argument("--student-model-arg", action="append", metavar="KEY=VALUE", dest="student_model_arg",
+                   help="an argument of the students' builder (repeatable; default: --model-arg for the same "
+                        "model, else none)")
+    p.add_argument("--soft", action="store_true",
+                   help="train on the teacher's probabilities instead of its argmax (default: hard labels)")
     p.add_argument("--threshold", type=float, default=0.5,
-                   help="keep a pseudo-label when the teacher's top probability is at least this, in (0, 1] "
-                        "(default 0.5)")
+                   help="keep a pseudo-label when the teacher's top probability is at least this, in (0, 1]")
     p.add_argument("--max-per-class", type=int,
                    help="at most this many pseudo-labels per class, the most confident first (default: the "
                         "size of the largest class of the labelled training split)")
     p.add_argument("--augment", default="strong", choices=["none", "flip", "standard", "strong"],
-                   help="the students' augmentation noise (default strong)")
+                   help="the students' augmentation noise")
     p.add_argument("--teacher-augment", default="standard", choices=["none", "flip", "standard", "strong"],
-                   help="the first teacher's augmentation (default standard)")
-    p.add_argument("--dropout", type=float, help="the students' dropout rate, for models that have dropout")
+                   help="the first teacher's augmentation")
+    p.add_argument("--dropout", type=float,
+                   help="the students' dropout rate, for models that have dropout (default: the model's)")
     p.add_argument("--epochs", type=int, default=10, help="epochs of each round's training")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "warmup_cosine"])
+    p.add_argument("--batch-size", type=int, default=64, help="photos per step")
+    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the schedule's starting value)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (decoupled for adamw)")
+    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "warmup_cosine"],
+                   help="how the learning rate changes")
     p.add_argument("--image-size", type=int, help="resize/crop photos to this size (default: the model's)")
-    p.add_argument("--normalize", default="unit", choices=["unit", "seed2019", "dataset", "imagenet"])
-    p.add_argument("--val-ratio", type=float, default=0.1)
-    p.add_argument("--test-ratio", type=float, default=0.1)
-    p.add_argument("--exclude", action="append", default=[], help="leave out a labelled class folder (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--cache", action="store_true")
-    p.add_argument("--out", default="runs/self-train")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--normalize", default="unit", choices=["unit", "pixel256", "dataset", "imagenet"],
+                   help="pixel scaling")
+    p.add_argument("--val-ratio", type=float, default=0.1, help="labelled photos kept for choosing the best epoch")
+    p.add_argument("--test-ratio", type=float, default=0.1,
+                   help="labelled photos kept for each round's test accuracy (never trained on)")
+    p.add_argument("--exclude", action="append", default=[],
+                   help="leave out a labelled class folder (repeatable; default: none)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights and the order")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs the gpu extra")
+    p.add_argument("--workers", type=int, default=0, help="background threads decoding photos")
+    p.add_argument("--cache", action="store_true", help="keep decoded photos in memory (uint8) (default: off)")
+    p.add_argument("--out", default="runs/self-train", help="the folder to write the rounds and the summary to")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: a bar on a terminal, a line every 15 s in a log)")
     p.set_defaults(func=cmd_self_train)
 
 
