@@ -194,3 +194,24 @@ def test_simsiam_loss_on_every_array_module_equals_numpy(xp):
     np.testing.assert_allclose(float(backend.to_numpy(loss_d)), float(loss), rtol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(grad_d), grad, rtol=1e-10, atol=1e-13)
     assert pair_top1(cache_d) == pair_top1(cache)
+
+
+def test_pretrain_simsiam_resumed_equals_the_uninterrupted_run(tmp_path, capsys):
+    """One epoch, then --resume to two, gives the weights (batch-norm statistics included) of two epochs at once."""
+    from test_selfsup import write_photos
+    photos = write_photos(tmp_path / "photos")
+
+    def argv(out, epochs, *extra):
+        return ["pretrain", str(photos), "--method", "simsiam", "--model", "cifar_cnn", "--image-size", "32",
+                "--epochs", str(epochs), "--batch-size", "6", "--projection-dim", "16", "--schedule", "constant",
+                "--seed", "4", "--out", str(out), "--no-progress", *extra]
+    assert nabi_main(argv(tmp_path / "ref", 2)) == 0
+    assert nabi_main(argv(tmp_path / "split", 1)) == 0
+    assert nabi_main(argv(tmp_path / "split", 2, "--resume")) == 0
+    resumed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed from")]
+    assert len(resumed) == 1 and resumed[0].endswith("(epoch 1, iteration 4)"), resumed     # 24 photos, 6 a step
+    ref, _ = files.load_weights(tmp_path / "ref" / "model.safetensors")
+    got, _ = files.load_weights(tmp_path / "split" / "model.safetensors")
+    assert list(got) == list(ref) and any(k.endswith("running_mean") for k in ref)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
