@@ -368,6 +368,12 @@ def build_parser():
     _ablation_arguments(p)
     p.set_defaults(func=_ablation_main)
 
+    from ..studies.sweep import add_arguments as _sweep_arguments, main_from_args as _sweep_main
+    p = sub.add_parser("sweep", help="search training settings (grid, random) on Ray Tune, poor trials stopped "
+                                     "early by ASHA; best trial by validation accuracy")
+    _sweep_arguments(p)
+    p.set_defaults(func=_sweep_main)
+
     p = sub.add_parser("explain", help="Grad-CAM and occlusion heat-maps of what the network looks at in a photo")
     p.add_argument("run")
     p.add_argument("image")

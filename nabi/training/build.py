@@ -85,8 +85,9 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
         precision=cfg.precision)
 
 
-def run_training(cfg: TrainConfig, resume=False, log=print):
-    """Train as ``cfg`` says; writes the run folder; returns ``(trainer, parts)``."""
+def run_training(cfg: TrainConfig, resume=False, log=print, trainer_class=None):
+    """Train as ``cfg`` says; writes the run folder; returns ``(trainer, parts)``. ``trainer_class``: as in
+    ``build_trainer`` (``nabi sweep`` reports each epoch to Ray Tune from a subclass)."""
     from .trainer import Trainer
     backend.check_device(cfg.device)
     if cfg.device == "gpu":
@@ -138,7 +139,7 @@ def run_training(cfg: TrainConfig, resume=False, log=print):
                                        "num_test": len(parts["test"]) if parts.get("test") is not None else 0})
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
-                            log=log)
+                            log=log, trainer_class=trainer_class)
     if resume:
         if trainer.resume() is None:
             log(f"no checkpoint in {out}: starting from the beginning")
