@@ -192,3 +192,52 @@ def test_cli_check_and_error(tmp_path, capsys):
     assert nabi_main(["sweep", str(bad)]) != 0
     err = capsys.readouterr().err
     assert err.startswith("nabi sweep: error: ") and str(bad) in err and "selection on the test split" in err
+
+
+def test_interrupted_sweep_resumes_from_each_trials_checkpoint(ray_instance, tmp_path):
+    """Ctrl+C (SIGINT) in the middle of a sweep: the report selects nothing and names the unfinished trials; the
+    same command again restores Tune's experiment, and the trials that had started go on from their checkpoints."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    make_photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "sweep.toml", SWEEP_TOML.format(out=out, lrs=json.dumps(LRS[:4]))
+                          .replace("max_epochs = 4", "max_epochs = 3"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "nabi", "sweep", str(config)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sum(len(f.read_text(encoding="utf-8").splitlines()) for f in out.glob("trials/*/metrics.jsonl")) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=90)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, output
+    cut = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert not cut["complete"] and cut["unfinished"] and cut["best"] is None and cut["selected_test"] is None
+    assert "no trial is selected yet" in (out / "sweep.md").read_text(encoding="utf-8")
+    started = [t["trial"] for t in cut["trials"] if t["status"] == "unfinished" and t["epochs"] > 0]
+    assert started, cut["trials"]
+    rows_before = {t: (out / "trials" / t / "metrics.jsonl").read_text(encoding="utf-8") for t in started}
+
+    lines = []
+    done = S.run_sweep(S.load_config(config), log=lines.append)
+    assert f"resuming the sweep in {out / 'tune'}" in lines
+    assert done["complete"] and [t["trial"] for t in done["trials"]] == [t["trial"] for t in cut["trials"]]
+    assert all(t["status"] in ("finished", "stopped by ASHA") for t in done["trials"])
+    for trial in started:  # went on from its checkpoint: its earlier epochs kept as they were, not trained again
+        assert "resumed from" in (out / "trials" / trial / "run.log").read_text(encoding="utf-8")
+        rows = (out / "trials" / trial / "metrics.jsonl").read_text(encoding="utf-8")
+        assert rows.startswith(rows_before[trial])
+        assert [json.loads(r)["epoch"] for r in rows.splitlines()] == list(range(1, len(rows.splitlines()) + 1))
+    assert done["best"] is not None and done["selected_test"] is not None

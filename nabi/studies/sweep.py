@@ -336,7 +336,8 @@ def collect_trials(sweep: dict, result_grid) -> list:
         ran_all = finished is not None or len(history) >= sweep["max_epochs"]
         status = ("error" if error is not None else "finished" if ran_all else
                   "stopped by ASHA" if completed else "unfinished")
-        rows.append({"trial": trial_id, "params": strict_json(dict(result.config or {})),
+        params = dict(result.config or {}) or read_json_or_none(run_dir / "params.json")  # None: never started
+        rows.append({"trial": trial_id, "params": strict_json(params),
                      "best_val_acc": best, "best_epoch": best_epoch, "epochs": len(history),
                      "stopped_by_asha": status == "stopped by ASHA",
                      "early_stopped": finished is not None and finished.get("status") == "early_stopped",
@@ -346,10 +347,11 @@ def collect_trials(sweep: dict, result_grid) -> list:
 
 
 def select_best(trials: list):
-    """The trial with the highest best validation accuracy (ties: the first in trial order), or None."""
+    """Of the trials that ended without an error (ran to the end, or stopped by ASHA), the one with the highest
+    best validation accuracy (ties: the first in trial order); None when there is none."""
     best = None
     for t in trials:
-        if t["best_val_acc"] is not None and (best is None or t["best_val_acc"] > best["best_val_acc"]):
+        if t["status"] in ("finished", "stopped by ASHA") and t["best_val_acc"] is not None and (best is None or t["best_val_acc"] > best["best_val_acc"]):
             best = t
     return best
 
@@ -396,7 +398,8 @@ def format_markdown(report: dict) -> str:
         name = f"**{t['trial']}**" if t["trial"] == best_id else t["trial"]
         stop = {"stopped by ASHA": "yes", "finished": "no (early stopping)" if t["early_stopped"] else "no"}.get(
             t["status"], t["status"])
-        lines.append(f"| {name} | " + " | ".join(_param_text(t["params"].get(k)) for k in keys) +
+        params = t["params"] or {}
+        lines.append(f"| {name} | " + " | ".join(_param_text(params.get(k, "–")) for k in keys) +
                      f" | {_fmt(t['best_val_acc'])} | {t['best_epoch'] or '–'} | {t['epochs']} | {stop} |")
     lines.append("")
     if report["best"]:
@@ -412,6 +415,9 @@ def format_markdown(report: dict) -> str:
                          f"choose): {_fmt(t['test_acc'])} on {t['n']} test images.")
         else:
             lines.append("The data has no test split: no test accuracy.")
+    elif report["unfinished"]:
+        lines.append(f"The sweep is not complete ({len(report['unfinished'])} trial(s) unfinished): no trial is "
+                     "selected yet. Run the same command again (same out) to resume it.")
     else:
         lines.append("No trial reported a validation accuracy.")
     failed = [t for t in report["trials"] if t["error"]]
@@ -470,13 +476,24 @@ def run_sweep(sweep: dict, cpus_per_trial=1, address=None, log=print) -> dict:
         if started:
             ray.shutdown()
     trials = collect_trials(sweep, result_grid)
-    best = select_best(trials)
-    selected_test = evaluate_selected(sweep, best) if best is not None else None   # after selection, once
+    unfinished = [t["trial"] for t in trials if t["status"] == "unfinished"]
+    # Selection only once every trial has ended; then the test split, once, for the selected trial alone.
+    best = None if unfinished else select_best(trials)
+    previous = read_json_or_none(out / "sweep.json") or {}
+    if best is None:
+        selected_test = None
+    elif (previous.get("best") or {}).get("trial") == best["trial"] and previous.get("selected_test"):
+        selected_test = previous["selected_test"]   # evaluated when this trial was first selected: not again
+    else:
+        selected_test = evaluate_selected(sweep, best)
     report = {"sweep": {k: sweep[k] for k in ("source", "data", "search", "samples", "metric", "mode", "max_epochs",
                                               "grace_period", "reduction_factor", "seed", "out")},
               "base": sweep["base"], "cpus_per_trial": cpus_per_trial,
+              "complete": not unfinished, "unfinished": unfinished,
               "trials": trials, "stopped_by_asha": sum(t["stopped_by_asha"] for t in trials),
-              "best": best, "selection": "highest best val_acc on the validation split (ties: the first trial)",
+              "best": best,
+              "selection": "highest best val_acc on the validation split among the trials that ended without an "
+                           "error (ties: the first trial)",
               "selected_test": selected_test,
               "selected_test_note": "the selected trial's best weights evaluated once on the test split after "
                                     "selection; never used to choose"}
@@ -507,7 +524,8 @@ def add_arguments(parser):
 
 
 def main_from_args(args, log=print) -> int:
-    """Run ``nabi sweep`` from parsed arguments; prints the report. Returns 0 (1 when a trial failed)."""
+    """Run ``nabi sweep`` from parsed arguments; prints the report. Returns 0 (1 when a trial failed or the
+    sweep was interrupted)."""
     sweep = load_config(args.config, out=args.out)
     if args.check:
         log(f"config OK: {len(sweep['search'])} searched setting(s), samples {sweep['samples']}, out {sweep['out']} "
@@ -516,4 +534,4 @@ def main_from_args(args, log=print) -> int:
     report = run_sweep(sweep, cpus_per_trial=args.cpus_per_trial, address=args.address, log=log)
     log(report["markdown"])
     log("written: " + ", ".join(report["files"].values()))
-    return 1 if any(t["error"] for t in report["trials"]) else 0
+    return 1 if any(t["status"] in ("error", "unfinished") for t in report["trials"]) else 0
