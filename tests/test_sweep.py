@@ -120,9 +120,16 @@ def test_same_out_again_resumes_without_retraining(swept):
     assert any(line.startswith("resuming the sweep in") for line in lines)
     assert [t["trial"] for t in again["trials"]] == [t["trial"] for t in first["trials"]]
     assert again["best"]["trial"] == first["best"]["trial"]
-    assert [(t["epochs"], t["status"]) for t in again["trials"]] == [(t["epochs"], t["status"]) for t in first["trials"]]
+    assert [(t["epochs"], t["status"]) for t in again["trials"]] == \
+        [(t["epochs"], t["status"]) for t in first["trials"]]
     after = {t["trial"]: (Path(t["run_dir"]) / "metrics.jsonl").stat().st_mtime_ns for t in again["trials"]}
     assert after == before  # no trial trained again
+
+
+def test_more_cpus_per_trial_than_ray_has_is_refused(swept, tmp_path):
+    config, _, _, _ = swept
+    with pytest.raises(ValueError, match="--cpus-per-trial 3: the Ray instance has only 2 CPU"):
+        S.run_sweep(S.load_config(config, out=str(tmp_path / "o")), cpus_per_trial=3, log=lambda *a: None)
 
 
 def test_other_settings_with_the_same_out_are_refused(swept):
@@ -151,15 +158,19 @@ BAD = [
     ('data = "photos"\n[search]\nmodel = {choice = ["cifar_cnn", "no_such_net"]}\n',
      r"\[search\] model = 'no_such_net': unknown model"),
     ('data = "photos"\n[base]\nout = "x"\n[search]\nlr = [0.1]\n', r"\[base\] cannot set 'out'"),
-    ('data = "photos"\n[base]\nlearning_rate = 0.1\n[search]\nlr = [0.1]\n', r"\[base\] has unknown key 'learning_rate'"),
-    ('data = "photos"\nmax_epochs = 2\ngrace_period = 3\n[search]\nlr = [0.1]\n', "grace_period \\(3\\) must not exceed"),
+    ('data = "photos"\n[base]\nlearning_rate = 0.1\n[search]\nlr = [0.1]\n',
+     r"\[base\] has unknown key 'learning_rate'"),
+    ('data = "photos"\nmax_epochs = 2\ngrace_period = 3\n[search]\nlr = [0.1]\n',
+     "grace_period \\(3\\) must not exceed"),
     ('data = "photos"\nreduction_factor = 1\n[search]\nlr = [0.1]\n', "reduction_factor must be a number > 1"),
     ('[search]\nlr = [0.1]\n', "data must name a folder"),
+    ('data = "no_such_folder"\n[search]\nlr = [0.1]\n', "data = 'no_such_folder': no folder"),
 ]
 
 
 @pytest.mark.parametrize("text,message", BAD)
 def test_bad_config_is_a_clear_error_naming_the_file_and_key(tmp_path, text, message):
+    (tmp_path / "photos").mkdir()
     path = write_config(tmp_path / "bad.toml", text)
     with pytest.raises(ValueError, match=message) as e:
         S.load_config(path)
@@ -167,6 +178,7 @@ def test_bad_config_is_a_clear_error_naming_the_file_and_key(tmp_path, text, mes
 
 
 def test_search_space_kinds(tmp_path):
+    (tmp_path / "photos").mkdir()
     path = write_config(tmp_path / "s.toml", 'data = "photos"\nsamples = 3\n[search]\n'
                         'lr = {distribution = "loguniform", low = 1e-4, high = 1e-1}\n'
                         'augment = ["none", "flip"]\nmodel = {choice = ["cifar_cnn", "lenet5"]}\n'

@@ -12,7 +12,7 @@ shared by every trial, and a ``[search]`` table of the settings to vary::
     grace_period = 1                # ASHA: epochs every trial runs before it can be stopped
     reduction_factor = 2            # ASHA: 1/reduction_factor of the trials go on at each rung
     seed = 0                        # the random draws
-    out = "runs/sweep"
+    out = "runs/sweep"              # relative to the current folder, as nabi train's --out
 
     [base]
     model = "cifar_cnn"
@@ -188,6 +188,9 @@ def load_config(path, out=None) -> dict:
     data = raw["data"]
     if not data.startswith("embedded:") and not Path(data).expanduser().is_absolute():
         data = str((path.parent / data).resolve())
+    if not data.startswith("embedded:") and not Path(data).is_dir():
+        raise ValueError(f"{where}: data = {raw['data']!r}: no folder {data} (give a folder with one sub-folder "
+                         "per class; a relative path is taken from the TOML file's folder)")
     base = raw.get("base", {})
     if not isinstance(base, dict):
         raise ValueError(f"{where}: [base] must be a table of training settings, got {base!r}")
@@ -351,7 +354,8 @@ def select_best(trials: list):
     best validation accuracy (ties: the first in trial order); None when there is none."""
     best = None
     for t in trials:
-        if t["status"] in ("finished", "stopped by ASHA") and t["best_val_acc"] is not None and (best is None or t["best_val_acc"] > best["best_val_acc"]):
+        eligible = t["status"] in ("finished", "stopped by ASHA") and t["best_val_acc"] is not None
+        if eligible and (best is None or t["best_val_acc"] > best["best_val_acc"]):
             best = t
     return best
 
@@ -448,6 +452,12 @@ def run_sweep(sweep: dict, cpus_per_trial=1, address=None, log=print) -> dict:
                          "out, or delete that folder to start again")
     files.atomic_write_json(out / "sweep-config.json", strict_json({**sweep, "fingerprint": fingerprint}))
     started = _connect(ray, address, log)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus_per_trial > cpus:
+        if started:
+            ray.shutdown()
+        raise ValueError(f"--cpus-per-trial {cpus_per_trial}: the Ray instance has only {cpus:g} CPU(s), so no "
+                         "trial could start")
     quiet = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"   # Tune's older console output, which verbose=0 silences
     try:
