@@ -164,6 +164,7 @@ BAD = [
      "grace_period \\(3\\) must not exceed"),
     ('data = "photos"\nreduction_factor = 1\n[search]\nlr = [0.1]\n', "reduction_factor must be a number > 1"),
     ('[search]\nlr = [0.1]\n', "data must name a folder"),
+    ('data = "photos"\n[base]\nval_ratio = 0.0\n[search]\nlr = [0.1]\n', "selects on the validation split"),
     ('data = "no_such_folder"\n[search]\nlr = [0.1]\n', "data = 'no_such_folder': no folder"),
 ]
 

@@ -158,8 +158,9 @@ def _check_settings(where, settings):
     from .. import models
     if cfg.model not in models.names():
         raise ValueError(f"{where}: unknown model {cfg.model!r}; see nabi summary --list")
-    if not (0 <= cfg.val_ratio < 1 and 0 <= cfg.test_ratio < 1):
-        raise ValueError(f"{where}: val_ratio and test_ratio must be in [0, 1)")
+    if not (0 < cfg.val_ratio < 1 and 0 <= cfg.test_ratio < 1 and cfg.val_ratio + cfg.test_ratio < 1):
+        raise ValueError(f"{where}: a sweep selects on the validation split: val_ratio must be in (0, 1), "
+                         f"test_ratio in [0, 1), their sum below 1; got {cfg.val_ratio!r}, {cfg.test_ratio!r}")
 
 
 def load_config(path, out=None) -> dict:
