@@ -274,8 +274,8 @@ _train_factor("iterations", _positive_int, "iterations (instead of epochs)")
 _train_factor("image_size", lambda f, v: _number(f, v, 8, integer=True), "input size (models with adaptive pooling)")
 _train_factor("optimizer", lambda f, v: _choice(f, v, ("sgd", "adam", "adamw")), "optimizer")
 _train_factor("augment", lambda f, v: _choice(f, v, ("none", "flip", "standard", "strong")), "online augmentation")
-_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "seed2019", "dataset", "imagenet")), "normalisation")
-_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "seed2019")),
+_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "pixel256", "dataset", "imagenet", "seed2019")), "normalisation")
+_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "linear_step", "seed2019")),
               "learning-rate schedule")
 
 
@@ -979,8 +979,10 @@ def add_arguments(parser):
                                                  "else 1)")
     add_executor_arguments(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable)")
-    parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing")
+                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable; "
+                             "default: none)")
+    parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing "
+                                                             "(default: off)")
     return parser
 
 

@@ -527,6 +527,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
                          "(share the cores with --cpus-per-run)")
     check_executor(executor, address, cpus_per_run, gpus_per_run)
     cfg = resolve_recipe(recipe, overrides)
+    recipe = cfg["recipe"]                  # an old name resolves to the current one
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]))
     input_size = probe_input_size(cfg)
     counts = {"B": len(spec["train"]), "A": sum(c != spec["background"] for _, c in spec["train"])}
@@ -535,9 +536,9 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
         steps = math.ceil(counts[m] * cfg["offline_variants"] / cfg["batch_size"])
         epochs, iterations = _model_length(cfg, n_classes[m], steps)
         total = iterations or epochs * steps
-        if cfg["schedule"] == "seed2019" and (cfg["schedule_unit"] == "iteration" and total < 11
+        if cfg["schedule"] == "linear_step" and (cfg["schedule_unit"] == "iteration" and total < 11
                                               or cfg["schedule_unit"] == "epoch" and (epochs or 0) < 11):
-            raise ValueError(f"schedule 'seed2019' lowers the rate 10 times and needs at least 11 steps; "
+            raise ValueError(f"schedule 'linear_step' lowers the rate 10 times and needs at least 11 steps; "
                              f"model {m} would get {total} iterations")
     fingerprint = _fingerprint(spec, cfg, seed)
     exp_dir = Path(out_dir) / recipe
@@ -826,19 +827,27 @@ def add_arguments(parser):
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
     parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
     parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES) + sorted(RENAMED_RECIPES),
-                        help="alexnet336-2019 (the 2019 report's setup), modern (default) or tiny")
+                        help="alexnet336-2019 (the 2019 campus-cat report's setup; its old name seed2019 still "
+                             "works), modern (ResNet-18, AdamW, strong augmentation) or tiny (for tests)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
     add_executor_arguments(parser)
     parser.add_argument("--background", default="background", help="the background folder's name")
     parser.add_argument("--seed", type=int, default=0, help="experiment seed: the split and every run's seeds")
     parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/")
-    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead")
-    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead")
-    parser.add_argument("--iterations-per-class", type=int, help="iterations per class (the 2019 setup: 2000)")
-    parser.add_argument("--image-size", type=int, help="input size (models with a fixed size refuse others)")
-    parser.add_argument("--device", choices=["cpu", "gpu"])
+    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead "
+                                                   "(default: the recipe's length)")
+    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead "
+                                                       "(default: the recipe's length)")
+    parser.add_argument("--iterations-per-class", type=int,
+                        help="train each model this many iterations per class it learns; the 2019 report used "
+                             "2,000 (default: the recipe's length)")
+    parser.add_argument("--image-size", type=int, help="input size; models with a fixed size refuse others "
+                                                       "(default: the recipe's)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], help="where the networks train; gpu needs the gpu "
+                                                                 "extra (default: the recipe's, else cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable)")
+                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable; "
+                             "default: none)")
     return parser
 
 

@@ -526,11 +526,11 @@ def add_arguments(parser):
     parser.add_argument("--out", help="output folder (default: the config's out, else runs/sweep); the same "
                                       "folder again resumes the sweep")
     parser.add_argument("--cpus-per-trial", type=int, default=1, metavar="N",
-                        help="CPUs each trial reserves and uses as threads (default 1)")
+                        help="CPUs each trial reserves and uses as threads (default: %(default)s)")
     parser.add_argument("--address", metavar="ADDR",
                         help="a running Ray cluster (host:port, ray://host:port or auto; default: start a local "
                              "Ray instance); OUT must be on a filesystem every node sees at the same path")
-    parser.add_argument("--check", action="store_true", help="check the config; train nothing")
+    parser.add_argument("--check", action="store_true", help="check the config; train nothing (default: off)")
     return parser
 
 
