@@ -254,3 +254,13 @@ def test_interrupted_sweep_resumes_from_each_trials_checkpoint(ray_instance, tmp
         assert rows.startswith(rows_before[trial])
         assert [json.loads(r)["epoch"] for r in rows.splitlines()] == list(range(1, len(rows.splitlines()) + 1))
     assert done["best"] is not None and done["selected_test"] is not None
+
+
+def test_without_ray_tune_the_error_names_the_pip_line(tmp_path):
+    """With only nabi's core dependencies importable, nabi sweep says which extra to install."""
+    from test_install import _core_run
+    (tmp_path / "photos").mkdir()
+    config = write_config(tmp_path / "s.toml", 'data = "photos"\n[search]\nlr = [0.1]\n')
+    proc, codes = _core_run([["sweep", str(config)]], tmp_path)
+    assert codes == [1], proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'pip install "nabi[sweep]"' in proc.stderr and "Traceback" not in proc.stderr
