@@ -225,7 +225,8 @@ def test_interrupted_sweep_resumes_from_each_trials_checkpoint(ray_instance, tmp
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if sum(len(f.read_text(encoding="utf-8").splitlines()) for f in out.glob("trials/*/metrics.jsonl")) >= 2:
+            rows = sum(len(f.read_text(encoding="utf-8").splitlines()) for f in out.glob("trials/*/run/metrics.jsonl"))
+            if rows >= 2:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[0]
@@ -241,7 +242,7 @@ def test_interrupted_sweep_resumes_from_each_trials_checkpoint(ray_instance, tmp
     assert "no trial is selected yet" in (out / "sweep.md").read_text(encoding="utf-8")
     started = [t["trial"] for t in cut["trials"] if t["status"] == "unfinished" and t["epochs"] > 0]
     assert started, cut["trials"]
-    rows_before = {t: (out / "trials" / t / "metrics.jsonl").read_text(encoding="utf-8") for t in started}
+    rows_before = {t: (out / "trials" / t / "run" / "metrics.jsonl").read_text(encoding="utf-8") for t in started}
 
     lines = []
     done = S.run_sweep(S.load_config(config), log=lines.append)
@@ -249,8 +250,8 @@ def test_interrupted_sweep_resumes_from_each_trials_checkpoint(ray_instance, tmp
     assert done["complete"] and [t["trial"] for t in done["trials"]] == [t["trial"] for t in cut["trials"]]
     assert all(t["status"] in ("finished", "stopped by ASHA") for t in done["trials"])
     for trial in started:  # went on from its checkpoint: its earlier epochs kept as they were, not trained again
-        assert "resumed from" in (out / "trials" / trial / "run.log").read_text(encoding="utf-8")
-        rows = (out / "trials" / trial / "metrics.jsonl").read_text(encoding="utf-8")
+        assert "resumed from" in (out / "trials" / trial / "trial.log").read_text(encoding="utf-8")
+        rows = (out / "trials" / trial / "run" / "metrics.jsonl").read_text(encoding="utf-8")
         assert rows.startswith(rows_before[trial])
         assert [json.loads(r)["epoch"] for r in rows.splitlines()] == list(range(1, len(rows.splitlines()) + 1))
     assert done["best"] is not None and done["selected_test"] is not None

@@ -31,7 +31,7 @@ argument, such as an embedding dimension). Its value is a list (grid search over
 low, high}`` (randint: ``low <= v < high``).
 
 Each trial trains with nabi's own trainer (``nabi.training.build.run_training``) into its own run
-folder ``OUT/trials/<trial id>/`` (``metrics.jsonl``, ``best.safetensors``, checkpoints) and reports
+folder ``OUT/trials/<trial id>/run/`` (``metrics.jsonl``, ``best.safetensors``, checkpoints) and reports
 ``val_acc`` to Tune after every epoch; ASHA (asynchronous successive halving, Li et al., "A System
 for Massively Parallel Hyperparameter Tuning", MLSys 2020) stops trials whose validation accuracy
 at a rung (epoch ``grace_period * reduction_factor**k``) is below the top ``1/reduction_factor``.
@@ -64,12 +64,16 @@ SWEEP_KEYS = ("data", "base", "search", "samples", "metric", "mode", "max_epochs
               "reduction_factor", "seed", "out")
 DISTRIBUTIONS = ("loguniform", "uniform", "randint")
 # TrainConfig fields that the sweep itself sets for every trial.
-_FIXED = {"data": "the sweep's top-level data", "out": "each trial's run folder is OUT/trials/<trial id>",
+_FIXED = {"data": "the sweep's top-level data", "out": "each trial's run folder is OUT/trials/<trial id>/run",
           "epochs": "max_epochs sets every trial's length", "iterations": "trials run whole epochs (max_epochs)",
           "progress": "trials log to their run folders"}
 TUNE_NAME = "tune"   # Tune's experiment folder under OUT
-FINISHED = "finished.json"     # in a trial's run folder: fit() returned (all epochs, or nabi's early stopping)
-COMPLETED = "completed.json"   # in a trial's run folder: Tune ended it without an error (finished or ASHA-stopped)
+# A trial's folder OUT/trials/<trial id>/ holds these and its nabi run folder RUN.
+RUN = "run"                    # the trial's run folder (config.json, metrics.jsonl, best.safetensors, checkpoints/)
+PARAMS = "params.json"         # the trial's searched settings
+TRIAL_LOG = "trial.log"        # what the trial's training logged (resumed from, early stopping, failures)
+FINISHED = "finished.json"     # fit() returned (all epochs, or nabi's early stopping)
+COMPLETED = "completed.json"   # Tune ended the trial without an error (ran to the end, or stopped by ASHA)
 
 
 def require_tune():
@@ -273,37 +277,38 @@ def _trial_dirname(trial) -> str:
 
 
 def run_trial(params: dict, sweep: dict):
-    """One trial inside a Tune worker: train ``sweep['base']`` with ``params`` into ``OUT/trials/<trial id>``,
-    resuming from that folder's checkpoint when there is one, reporting to Tune after every epoch."""
+    """One trial inside a Tune worker: train ``sweep['base']`` with ``params`` into the run folder
+    ``OUT/trials/<trial id>/run``, resuming from its checkpoint when there is one, reporting to Tune after
+    every epoch."""
     from ray import tune
     from .. import backend
     from ..training.build import run_training
     from ..training.config import TrainConfig
     backend.set_num_threads(int(sweep["cpus_per_trial"]), required=False)
     trial_id = tune.get_context().get_trial_id()
-    run_dir = Path(sweep["out"]) / "trials" / trial_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    trial_dir = Path(sweep["out"]) / "trials" / trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
     settings = trial_settings(sweep["base"], params)
-    settings["out"] = str(run_dir)
+    settings["out"] = str(trial_dir / RUN)
     cfg = TrainConfig.from_dict(settings)
     if cfg.val_ratio <= 0:
         raise ValueError("a sweep selects on the validation split: val_ratio must be above 0")
-    log = RunLog(run_dir / "run.log", f"[trial {trial_id}]")
-    files.atomic_write_json(run_dir / "params.json", strict_json(params))
+    log = RunLog(trial_dir / TRIAL_LOG, f"[trial {trial_id}]")
+    files.atomic_write_json(trial_dir / PARAMS, strict_json(params))
     trainer, _ = run_training(cfg, resume=True, log=log, trainer_class=reporting_trainer_class(tune.report))
-    files.atomic_write_json(run_dir / FINISHED, {"status": trainer.status, "epochs": trainer.epoch})
+    files.atomic_write_json(trial_dir / FINISHED, {"status": trainer.status, "epochs": trainer.epoch})
 
 
 def completion_recorder(out):
-    """A Tune callback that writes ``OUT/trials/<id>/COMPLETED`` when Tune ends a trial without an error: it
+    """A Tune callback that writes ``OUT/trials/<id>/completed.json`` when Tune ends a trial without an error: it
     ran to the end, or the scheduler (ASHA) stopped it. A trial cut short by an interrupted sweep has none."""
     tune = require_tune()
 
     class _CompletionRecorder(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
-            run_dir = Path(out) / "trials" / trial.trial_id
-            run_dir.mkdir(parents=True, exist_ok=True)
-            files.atomic_write_json(run_dir / COMPLETED, {"trial": trial.trial_id,
+            trial_dir = Path(out) / "trials" / trial.trial_id
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            files.atomic_write_json(trial_dir / COMPLETED, {"trial": trial.trial_id,
                                                           "last_epoch": (trial.last_result or {}).get("epoch")})
     return _CompletionRecorder()
 
@@ -328,24 +333,25 @@ def collect_trials(sweep: dict, result_grid) -> list:
     rows = []
     for result in result_grid:
         trial_id = Path(result.path).name
-        run_dir = Path(sweep["out"]) / "trials" / trial_id
-        history = _read_history(run_dir)
+        trial_dir = Path(sweep["out"]) / "trials" / trial_id
+        history = _read_history(trial_dir / RUN)
         vals = [h["val_acc"] for h in history if h.get("val_acc") is not None]
         best = max(vals) if vals else None
         best_epoch = next(h["epoch"] for h in history if h.get("val_acc") == best) if vals else None
         error = None if result.error is None else f"{type(result.error).__name__}: {result.error}".splitlines()[0]
-        finished = read_json_or_none(run_dir / FINISHED)
-        completed = (run_dir / COMPLETED).is_file()
+        finished = read_json_or_none(trial_dir / FINISHED)
+        completed = (trial_dir / COMPLETED).is_file()
         # ASHA also ends the trials that reach max_epochs (at that last report, before fit() returns).
         ran_all = finished is not None or len(history) >= sweep["max_epochs"]
         status = ("error" if error is not None else "finished" if ran_all else
                   "stopped by ASHA" if completed else "unfinished")
-        params = dict(result.config or {}) or read_json_or_none(run_dir / "params.json")  # None: never started
+        params = dict(result.config or {}) or read_json_or_none(trial_dir / PARAMS)  # None: never started
         rows.append({"trial": trial_id, "params": strict_json(params),
                      "best_val_acc": best, "best_epoch": best_epoch, "epochs": len(history),
                      "stopped_by_asha": status == "stopped by ASHA",
                      "early_stopped": finished is not None and finished.get("status") == "early_stopped",
-                     "status": status, "error": error, "run_dir": str(run_dir)})
+                     "status": status, "error": error, "trial_dir": str(trial_dir),
+                     "run_dir": str(trial_dir / RUN)})
     rows.sort(key=lambda r: r["trial"])
     return rows
 
@@ -427,8 +433,8 @@ def format_markdown(report: dict) -> str:
         lines.append("No trial reported a validation accuracy.")
     failed = [t for t in report["trials"] if t["error"]]
     if failed:
-        lines += ["", "Failed trials (see their run.log): " + "; ".join(f"{t['trial']}: {t['error']}"
-                                                                          for t in failed)]
+        lines += ["", f"Failed trials (see OUT/trials/<trial>/{TRIAL_LOG}): " +
+                  "; ".join(f"{t['trial']}: {t['error']}" for t in failed)]
     return "\n".join(lines) + "\n"
 
 
