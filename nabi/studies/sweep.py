@@ -5,7 +5,7 @@ The TOML file names the data (a folder with one sub-folder per class, or one wit
 shared by every trial, and a ``[search]`` table of the settings to vary::
 
     data = "photos"                 # relative paths are taken from the TOML file's folder
-    samples = 4                     # random draws (with grid lists only: repeats of the grid)
+    samples = 4                     # trials per grid point, each with fresh random draws
     metric = "val_acc"              # the only metric a sweep selects on (never a test score)
     mode = "max"
     max_epochs = 8                  # every trial's length unless ASHA stops it earlier
