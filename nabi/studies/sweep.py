@@ -21,12 +21,13 @@ shared by every trial, and a ``[search]`` table of the settings to vary::
     [search]
     lr = {distribution = "loguniform", low = 1e-4, high = 1e-1}
     augment = ["none", "flip"]                   # a list: every value (grid)
-    model = {choice = ["cifar_cnn", "lenet5"]}   # one value drawn per trial
-    "model_args.width" = [16, 32]                # an entry of model_args
+    weight_decay = {choice = [0.0, 1e-4]}        # one value drawn per trial
+    "model_args.init" = ["he_uniform", "xavier_uniform"]   # an argument of the model (an entry of model_args)
 
 A search key is a ``TrainConfig`` field (``lr``, ``augment``, ``model``, ``image_size``, ``optimizer``,
 ``weight_decay``, ``label_smoothing``, ``batch_size``, ...) or ``model_args.NAME`` (a model's own
-argument, such as an embedding dimension). Its value is a list (grid search over every value), a
+argument, such as an embedding dimension; it reaches the model as ``model_args``, so every model
+a trial may build must take it). Its value is a list (grid search over every value), a
 ``{choice = [...]}`` (one drawn per trial) or ``{distribution = "loguniform" | "uniform" | "randint",
 low, high}`` (randint: ``low <= v < high``).
 
