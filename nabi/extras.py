@@ -14,7 +14,8 @@ onnx           ``nabi export``                                 onnx, onnxruntime
 gpu            ``--device gpu``                                cupy-cuda12x
 serve          ``nabi serve``, the web app                     fastapi, uvicorn, python-multipart
 ray            ``--executor ray`` for experiments, ablations   ray
-all            every extra above except gpu and ray
+sweep          ``nabi sweep``                                  ray[tune] (pandas, pyarrow, ...)
+all            every extra above except gpu, ray and sweep
 =============  ==============================================  =====================================
 
 :func:`install_hint` turns a ``ModuleNotFoundError`` into the line to run.

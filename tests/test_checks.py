@@ -12,7 +12,7 @@ from nabi.cli.main import build_parser
 # Positional arguments that let each command parse (the checks run before any of them is opened).
 POSITIONALS = {"train": ["data"], "demo": [], "eval": ["run", "data"], "predict": ["run", "x.png"],
                "summary": ["lenet5"], "export": ["lenet5", "--onnx", "m.onnx"], "explain": ["run", "x.png"],
-               "experiment": ["data"], "ablate": ["ablation.toml"], "check": ["run"],
+               "experiment": ["data"], "ablate": ["ablation.toml"], "sweep": ["sweep.toml"], "check": ["run"],
                "pretrain": ["photos"], "serve": ["run"], "self-train": ["labelled", "unlabelled"]}
 
 

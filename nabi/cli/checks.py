@@ -102,6 +102,7 @@ RULES = {
                    "iterations": POSITIVE, "iterations_per_class": POSITIVE, "image_size": Int(8, 4096),
                    "cpus_per_run": Float(0.0, None, low_open=True), "gpus_per_run": Float(0.0)},
     "ablate": {"jobs": Int(1, 256), "cpus_per_run": Float(0.0, None, low_open=True), "gpus_per_run": Float(0.0)},
+    "sweep": {"cpus_per_trial": Int(1, 1024)},
     "pretrain": {"model": ModelName(), "image_size": Int(8, 4096), "epochs": POSITIVE, "iterations": POSITIVE,
                  "batch_size": Int(2), "temperature": Float(0.0, None, low_open=True), "projection_dim": POSITIVE,
                  "lr": Float(0.0, None, low_open=True), "momentum": RATIO, "weight_decay": Float(0.0),

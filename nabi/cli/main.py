@@ -550,6 +550,17 @@ def build_parser():
     _ablation_arguments(p)
     p.set_defaults(func=_ablation_main)
 
+    from ..studies.sweep import add_arguments as _sweep_arguments, main_from_args as _sweep_main
+    p = command("sweep", "search training settings (grid, random) on Ray Tune; ASHA stops poor trials early",
+                "Search training settings (learning rate, augmentation, model, image size, a model's own "
+                "arguments, ...) on Ray Tune: each trial trains with nabi's trainer into OUT/trials/<trial id>/, "
+                "ASHA stops the trials whose validation accuracy falls behind, and the report OUT/sweep.md names "
+                "the best trial by validation accuracy; its test accuracy is computed once, after selection. The "
+                "same command with the same OUT resumes an interrupted sweep.",
+                ["nabi sweep sweep.toml --check", "nabi sweep sweep.toml --cpus-per-trial 2 --out runs/sweep"])
+    _sweep_arguments(p)
+    p.set_defaults(func=_sweep_main)
+
     p = command("explain", "Grad-CAM and occlusion heat-maps of what the network looks at in a photo",
                 examples=["nabi explain runs/cats photos/test/tom/0001.jpg",
                           "nabi explain runs/cats cat.jpg --method occlusion --target tom"])

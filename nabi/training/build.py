@@ -134,17 +134,18 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
     }
 
 
-def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False):
+def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False, trainer_class=None):
     """Train as ``cfg`` says; writes the run folder; returns ``(trainer, parts)``.
 
     The run folder is locked for the whole run, and an existing run in it is continued
-    (``resume``), replaced (``overwrite``) or refused (``nabi.runs.open_run_folder``)."""
+    (``resume``), replaced (``overwrite``) or refused (``nabi.runs.open_run_folder``).
+    ``trainer_class``: as in ``build_trainer`` (``nabi sweep`` reports each epoch to Ray Tune from a subclass)."""
     from ..runs import open_run_folder
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
-        return _train(cfg, resume, log)
+        return _train(cfg, resume, log, trainer_class)
 
 
-def _train(cfg: TrainConfig, resume, log):
+def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     from .trainer import Trainer
     backend.check_device(cfg.device)
     if cfg.device == "gpu":
@@ -193,7 +194,7 @@ def _train(cfg: TrainConfig, resume, log):
     resolved = write_config(out, cfg, what_ran(cfg, parts, [C, H, W], channels, norm, len(train_loader)))
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
-                            log=log)
+                            log=log, trainer_class=trainer_class)
     if resume:
         if trainer.resume() is None:
             log(f"no checkpoint in {out}: starting from the beginning")
