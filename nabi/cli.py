@@ -393,6 +393,7 @@ def build_parser():
     p.add_argument("--onnx", required=True)
     p.add_argument("--classes", type=int)
     p.set_defaults(func=cmd_export)
+    from .reid.cli import add_commands; add_commands(sub)  # noqa: E702  (gallery, identify, train --head)
     return parser
 
 
