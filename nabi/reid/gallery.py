@@ -115,6 +115,7 @@ class Gallery:
         self.calibration = calibration
         self._lock = threading.RLock()
         self._embeddings_file = None
+        self._group_cache = None
 
     # -- creating and opening ----------------------------------------------------------------
     @classmethod
@@ -223,8 +224,8 @@ class Gallery:
         return len(self.entries)
 
     def _snapshot(self):
-        with self._lock:
-            return self.embeddings, list(self.entries), self.threshold
+        with self._lock:      # writers replace these objects, never change them in place
+            return self.embeddings, self.entries, self.threshold
 
     def _collision(self, name, existing):
         fold = name.casefold()
@@ -307,12 +308,21 @@ class Gallery:
         starts = np.searchsorted(col[perm], np.arange(len(uniq)))
         return uniq, perm, starts
 
-    def _rank(self, q, E, entries, probs_bg, topk):
+    def _grouped(self, E, entries):
+        """``_groups`` and the embeddings with each individual's rows together, kept until the next write."""
+        cache = self._group_cache
+        if cache is None or cache[0] is not E or cache[1] is not entries:
+            uniq, perm, starts = self._groups(entries)
+            cache = (E, entries, uniq, perm, starts, np.ascontiguousarray(E[perm]))
+            self._group_cache = cache
+        return cache[2:]
+
+    def rank_embeddings(self, q, E, entries, probs_bg=None, topk=5):
         """Per query: (individuals ranked by best similarity, best similarity per individual, top-k candidates,
         background-class flag, sorted names). One matrix product (Q, D)·(D, M), then a max per individual."""
-        uniq, perm, starts = self._groups(entries)
+        uniq, perm, starts, grouped = self._grouped(E, entries)
         ends = np.append(starts[1:], len(perm))
-        sims = (q @ E.T)[:, perm]                              # (Q, M), each individual's rows together
+        sims = q @ grouped.T                                   # (Q, M), each individual's rows together
         best_all = np.maximum.reduceat(sims, starts, axis=1)   # (Q, U)
         out = []
         for r in range(q.shape[0]):
@@ -334,7 +344,7 @@ class Gallery:
         q, probs = self.embedder.embed(items, with_probs=True)
         bg_wins = self.embedder.background_wins(probs)
         results = []
-        for ranked, best, cands, bg, uniq in self._rank(q, E, entries, bg_wins, int(topk)):
+        for ranked, best, cands, bg, uniq in self.rank_embeddings(q, E, entries, bg_wins, int(topk)):
             top = uniq[ranked[0]]
             people = [i for i in ranked if not is_background(uniq[i])]
             sim = float(best[ranked[0]])
@@ -358,7 +368,7 @@ class Gallery:
         E, entries, _ = self._snapshot()
         q = self.embedder.embed(list(paths_or_images))
         out = []
-        for ranked, best, _, _, uniq in self._rank(q, E, entries, None, 1):
+        for ranked, best, _, _, uniq in self.rank_embeddings(q, E, entries, None, 1):
             people = [i for i in ranked if not is_background(uniq[i])]
             out.append((float(best[people[0]]), uniq[people[0]]) if people else (float("-inf"), None))
         return out
