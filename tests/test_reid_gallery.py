@@ -225,3 +225,18 @@ def test_in_memory_writes_are_locked(world, tmp_path):
     assert len(g) == 12 and g.embeddings.shape[0] == 12
     for e, row in zip(g.entries, g.embeddings):
         np.testing.assert_allclose(row, g.embedder.embed([Path(e["photo"])])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_run_with_background_class(world, tmp_path):
+    """A classifier trained with a background class: its features are the embeddings, and "background"
+    is the answer when that class wins, even with no background photos enrolled."""
+    from reid_synth import background_photo
+    data = write_photos(tmp_path / "cls", range(20, 24), 8, background=8)
+    assert main(["--threads", "1", "train", str(data), "--model", "cifar_cnn", "--epochs", "4", "--batch-size", "8",
+                 "--lr", "3e-3", "--out", str(tmp_path / "run"), "--no-progress", "--val-ratio", "0",
+                 "--test-ratio", "0"]) == 0
+    g = Gallery.build(tmp_path / "run", world / "val", tmp_path / "g")
+    assert g.embedder.kind == "classifier" and "background" not in g.names()
+    res = g.identify([background_photo(j, seed=5) for j in range(3)] + [photo(2, 80)])
+    assert [r["answer"] for r in res] == ["background"] * 3 + ["known"]
+    assert res[3]["name"] == "ind02"
