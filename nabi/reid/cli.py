@@ -17,6 +17,13 @@ def _print_json(obj):
     print(json.dumps(obj, ensure_ascii=False, indent=2))
 
 
+def _matcher(args):
+    if not getattr(args, "matcher", False):
+        return None
+    from .matcher import LocalMatcher
+    return LocalMatcher()
+
+
 def cmd_gallery_build(args):
     from .gallery import Gallery
     g = Gallery.build(args.run, args.photos, args.out, device=args.device)
@@ -46,7 +53,7 @@ def cmd_gallery_calibrate(args):
     from .gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
     plot = Path(args.plot) if args.plot else Path(args.gallery) / "far_frr.png"
-    summary, curve = g.calibrate(args.validation, target_far=args.target_far, plot=plot)
+    summary, curve = g.calibrate(args.validation, target_far=args.target_far, plot=plot, matcher=_matcher(args))
     if args.json:
         _print_json({"summary": summary, "curve": curve})
         return 0
@@ -57,6 +64,10 @@ def cmd_gallery_calibrate(args):
     print(f"operating point at target FAR {summary['target_far']:.3f}: threshold {summary['threshold']:.4f}, "
           f"FAR {summary['far']:.3f}, FRR {summary['frr']:.3f}, TAR {summary['tar']:.3f} "
           f"({summary['known_queries']} known, {summary['unknown_queries']} unknown queries)")
+    if "fusion" in summary:
+        fu = summary["fusion"]
+        print(f"with local-feature matching: weight {fu['weight']}, AUROC {fu['auroc']:.4f}, threshold "
+              f"{fu['threshold']:.4f}, FAR {fu['far']:.3f}, FRR {fu['frr']:.3f}, TAR {fu['tar']:.3f}")
     if "auroc" in summary:
         print(f"AUROC known vs unknown {summary['auroc']:.4f}; TAR at FAR 1 % {summary['tar_at_far_1pct']:.3f}, "
               f"at 5 % {summary['tar_at_far_5pct']:.3f}")
@@ -90,7 +101,7 @@ def cmd_gallery_rename(args):
 def cmd_identify(args):
     from .gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
-    results = g.identify(args.photos, topk=args.topk)
+    results = g.identify(args.photos, topk=args.topk, matcher=_matcher(args))
     for r, p in zip(results, args.photos):
         r["photo"] = str(p)
     if args.json:
@@ -109,7 +120,8 @@ def cmd_identify(args):
             head = "background"
         print(f"{r['photo']}: {head}")
         for c in r["candidates"]:
-            print(f"    {c['name']:<24} {c['similarity']:.3f}  {c['photo']}")
+            extra = f"  {c['inliers']} inliers" if "inliers" in c else ""
+            print(f"    {c['name']:<24} {c['similarity']:.3f}{extra}  {c['photo']}")
     return 0
 
 
@@ -159,6 +171,10 @@ def add_commands(sub):
                        "with; must have the same SHA-256)")
         p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
 
+    def matcher_flag(p):
+        p.add_argument("--matcher", action="store_true", help="also match RootSIFT keypoints (RANSAC-verified) "
+                       "against the top candidates and fuse with the embedding similarity (OpenCV)")
+
     gal = sub.add_parser("gallery", help="enrol individuals for re-identification: build, add, calibrate, list")
     gsub = gal.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
 
@@ -187,6 +203,7 @@ def add_commands(sub):
     p.add_argument("--plot", help="where to write the FAR/FRR curve (default GALLERY/far_frr.png)")
     p.add_argument("--json", action="store_true")
     common(p)
+    matcher_flag(p)
     p.set_defaults(func=cmd_gallery_calibrate)
 
     p = gsub.add_parser("list", help="enrolled names, photo counts and the threshold")
@@ -209,4 +226,5 @@ def add_commands(sub):
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true")
     common(p)
+    matcher_flag(p)
     p.set_defaults(func=cmd_identify)

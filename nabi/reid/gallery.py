@@ -335,16 +335,37 @@ class Gallery:
             out.append((ranked, best, cands, bool(probs_bg[r]) if probs_bg is not None else False, uniq))
         return out
 
-    def identify(self, paths_or_images, topk=5) -> list:
-        """The three-way answer for each photo (path or image array); see the module docstring."""
+    def identify(self, paths_or_images, topk=5, matcher=None) -> list:
+        """The three-way answer for each photo (path or image array); see the module docstring.
+
+        With a ``LocalMatcher`` (``nabi.reid.matcher``) the top-k individuals are re-scored by the fused score
+        s + w·log(1 + inliers)/log 51, with w and the threshold from a calibration run with the same matcher
+        (``calibrate(..., matcher=...)``); each candidate then also reports its ``inliers``.
+        """
         items = [paths_or_images] if isinstance(paths_or_images, (str, Path)) else list(paths_or_images)
         E, entries, threshold = self._snapshot()
         if not entries:
             raise ValueError("the gallery is empty: enrol individuals first (nabi gallery add)")
+        fusion = (self.calibration or {}).get("fusion") if matcher is not None else None
+        if matcher is not None:
+            threshold = fusion["threshold"] if fusion else None
         q, probs = self.embedder.embed(items, with_probs=True)
         bg_wins = self.embedder.background_wins(probs)
         results = []
-        for ranked, best, cands, bg, uniq in self.rank_embeddings(q, E, entries, bg_wins, int(topk)):
+        ranked_all = self.rank_embeddings(q, E, entries, bg_wins, max(int(topk), 2) if matcher else int(topk))
+        for item, (ranked, best, cands, bg, uniq) in zip(items, ranked_all):
+            best = best.copy()
+            if matcher is not None:
+                from .matcher import fused_score
+                w = fusion["weight"] if fusion else 0.2
+                for c in cands:
+                    c["inliers"] = matcher.best_inliers(item, self._photos_of(entries, c["name"]))
+                    c["embedding_similarity"] = c["similarity"]
+                    c["similarity"] = fused_score(c["similarity"], c["inliers"], w)
+                    best[uniq.index(c["name"])] = c["similarity"]
+                cands.sort(key=lambda c: -c["similarity"])
+                cands = cands[:int(topk)]
+                ranked = np.argsort(-best, kind="stable")
             top = uniq[ranked[0]]
             people = [i for i in ranked if not is_background(uniq[i])]
             sim = float(best[ranked[0]])
@@ -363,6 +384,10 @@ class Gallery:
                                                          default=None)})
         return results
 
+    @staticmethod
+    def _photos_of(entries, name):
+        return [Path(e["photo"]) for e in entries if e["name"] == name]
+
     def best_matches(self, paths_or_images):
         """(best similarity over non-background individuals, that individual's name) per photo."""
         E, entries, _ = self._snapshot()
@@ -373,8 +398,39 @@ class Gallery:
             out.append((float(best[people[0]]), uniq[people[0]]) if people else (float("-inf"), None))
         return out
 
+    def _candidates(self, paths, matcher, topk=5):
+        """Per query: its top-k individuals by embedding similarity (background left out) as
+        ``[(name, similarity, inliers)]``."""
+        E, entries, _ = self._snapshot()
+        q = self.embedder.embed(list(paths))
+        out = []
+        for p, (_, _, cands, _, _) in zip(paths, self.rank_embeddings(q, E, entries, None, topk + 2)):
+            people = [c for c in cands if not is_background(c["name"])][:topk]
+            out.append([(c["name"], c["similarity"], matcher.best_inliers(p, self._photos_of(entries, c["name"])))
+                        for c in people])
+        return out
+
+    def _calibrate_fusion(self, matcher, known, unknown, target_far):
+        """Fusion weight (best AUROC) and fused-score threshold at ``target_far`` from the validation queries."""
+        from .matcher import fit_fusion_weight, fused_best
+        if not known:
+            raise ValueError("fusing the local-feature matcher needs known queries in the validation folder too")
+        kc_all = self._candidates([p for _, p in known], matcher)
+        uc_all = self._candidates([p for _, p in unknown], matcher)
+        w, a = fit_fusion_weight([[c[1:] for c in cs] for cs in kc_all], [[c[1:] for c in cs] for cs in uc_all])
+        ks, kc = [], []
+        for (true, _), cs in zip(known, kc_all):
+            score, i = fused_best([c[1:] for c in cs], w)
+            ks.append(score)
+            kc.append(cs[i][0] == true)
+        us = [fused_best([c[1:] for c in cs], w)[0] for cs in uc_all]
+        point = M.tar_at_far(np.array(ks), np.array(kc, bool), np.array(us), target_far)
+        return {"weight": w, "auroc": a, "threshold": point["threshold"], "far": point["far"],
+                "frr": point["frr"], "tar": point["tar"],
+                "matcher": {"nfeatures": matcher.nfeatures, "ratio": matcher.ratio, "max_photos": matcher.max_photos}}
+
     # -- calibration ------------------------------------------------------------------------------------------
-    def calibrate(self, validation_dir, target_far=0.01, plot=None):
+    def calibrate(self, validation_dir, target_far=0.01, plot=None, matcher=None):
         """Choose the unknown threshold from photos in ``validation_dir`` (one folder per individual).
 
         Folders named like an enrolled individual are known queries; the others are individuals held out as
@@ -406,6 +462,8 @@ class Gallery:
             summary["auroc"] = M.auroc(ks, us)
             for far in (0.01, 0.05):
                 summary[f"tar_at_far_{int(far * 100)}pct"] = M.tar_at_far(ks, kc, us, far)["tar"]
+        if matcher is not None:
+            summary["fusion"] = self._calibrate_fusion(matcher, known, unknown, target_far)
         with self._lock:
             self.threshold = point["threshold"]
             self.calibration = summary
