@@ -240,3 +240,13 @@ def test_classifier_run_with_background_class(world, tmp_path):
     res = g.identify([background_photo(j, seed=5) for j in range(3)] + [photo(2, 80)])
     assert [r["answer"] for r in res] == ["background"] * 3 + ["known"]
     assert res[3]["name"] == "ind02"
+
+
+def test_evaluate_closed_and_open_set(gallery, world, tmp_path, capsys):
+    res = gallery.evaluate(world / "val")
+    assert res["known_queries"] == 12 and res["unknown_queries"] == 6
+    assert res["rank1"] == 1.0 and res["rank5"] == 1.0 and res["mAP"] > 0.9
+    assert 0.0 <= res["auroc"] <= 1.0 and res["threshold"] is None
+    assert res["three_way_accuracy"] == pytest.approx(12 / 18)     # uncalibrated: unknowns answered known
+    assert main(["gallery", "evaluate", str(gallery.path), str(world / "val")]) == 0
+    assert "rank-1                       1.0000" in capsys.readouterr().out

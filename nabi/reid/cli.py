@@ -75,6 +75,25 @@ def cmd_gallery_calibrate(args):
     return 0
 
 
+def cmd_gallery_evaluate(args):
+    from .gallery import Gallery
+    g = Gallery.open(args.gallery, run=args.run, device=args.device)
+    res = g.evaluate(args.queries, matcher=_matcher(args))
+    if args.json:
+        _print_json(res)
+        return 0
+    print(f"{res['queries']} query photos: {res['known_queries']} of enrolled individuals, "
+          f"{res['unknown_queries']} of others ({res['individuals_enrolled']} individuals enrolled)")
+    for key, label in (("rank1", "rank-1"), ("rank5", "rank-5"), ("mAP", "mAP"), ("auroc", "AUROC known vs unknown"),
+                       ("tar_at_far_1pct", "TAR at FAR 1 %"), ("tar_at_far_5pct", "TAR at FAR 5 %"),
+                       ("three_way_accuracy", "three-way answer accuracy")):
+        if key in res:
+            print(f"{label:<28} {res[key]:.4f}")
+    if res["threshold"] is None:
+        print("(not calibrated: every non-background photo was answered with its closest individual)")
+    return 0
+
+
 def cmd_gallery_list(args):
     from .gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
@@ -205,6 +224,14 @@ def add_commands(sub):
     common(p)
     matcher_flag(p)
     p.set_defaults(func=cmd_gallery_calibrate)
+
+    p = gsub.add_parser("evaluate", help="rank-1, rank-5, mAP and open-set figures on labelled query photos")
+    p.add_argument("gallery")
+    p.add_argument("queries", help="one folder per individual: enrolled names are known, others unknown")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    matcher_flag(p)
+    p.set_defaults(func=cmd_gallery_evaluate)
 
     p = gsub.add_parser("list", help="enrolled names, photo counts and the threshold")
     p.add_argument("gallery")

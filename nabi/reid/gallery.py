@@ -429,6 +429,52 @@ class Gallery:
                 "frr": point["frr"], "tar": point["tar"],
                 "matcher": {"nfeatures": matcher.nfeatures, "ratio": matcher.ratio, "max_photos": matcher.max_photos}}
 
+    def evaluate(self, queries_dir, matcher=None) -> dict:
+        """Score the gallery on labelled query photos (``queries_dir``: one folder per individual).
+
+        Folders of enrolled names are known queries: rank-1 and rank-5 over individuals (each ranked by its
+        closest photo) and mAP over gallery photos. Folders of other names are unknowns: with both kinds,
+        AUROC of the best similarity and the true-accept rate at 1 % and 5 % false accepts. ``background``
+        folders expect the answer background. The three-way accuracy uses the current threshold.
+        """
+        folders = individual_folders(queries_dir)
+        E, entries, _ = self._snapshot()
+        enrolled = set(self.individuals())
+        items = [(n, p) for n, ps in folders for p in ps]
+        q = self.embedder.embed([p for _, p in items])
+        ranked_all = self.rank_embeddings(q, E, entries, None, 1)
+        g_labels = np.array([e["name"] for e in entries], dtype=object)
+        known_idx = [i for i, (n, _) in enumerate(items) if n in enrolled]
+        unknown_idx = [i for i, (n, _) in enumerate(items) if n not in enrolled and not is_background(n)]
+        out = {"queries": len(items), "known_queries": len(known_idx), "unknown_queries": len(unknown_idx),
+               "individuals_enrolled": len(enrolled)}
+        best, top_name, ranks = [], [], []
+        for (n, _), (ranked, b, _, _, uniq) in zip(items, ranked_all):
+            people = [uniq[i] for i in ranked if not is_background(uniq[i])]
+            best.append(float(b[uniq.index(people[0])]) if people else float("-inf"))
+            top_name.append(people[0] if people else None)
+            ranks.append(people.index(n) + 1 if n in people else None)
+        if known_idx:
+            out["rank1"] = float(np.mean([ranks[i] <= 1 for i in known_idx]))
+            out["rank5"] = float(np.mean([ranks[i] <= 5 for i in known_idx]))
+            people_cols = np.array([not is_background(n) for n in g_labels])
+            sims = q[known_idx] @ E[people_cols].T
+            out["mAP"] = M.mean_average_precision(sims, np.array([items[i][0] for i in known_idx], dtype=object),
+                                                  g_labels[people_cols])
+        if known_idx and unknown_idx:
+            ks = np.array([best[i] for i in known_idx])
+            kc = np.array([top_name[i] == items[i][0] for i in known_idx])
+            us = np.array([best[i] for i in unknown_idx])
+            out["auroc"] = M.auroc(ks, us)
+            out["tar_at_far_1pct"] = M.tar_at_far(ks, kc, us, 0.01)["tar"]
+            out["tar_at_far_5pct"] = M.tar_at_far(ks, kc, us, 0.05)["tar"]
+        answers = self.identify([p for _, p in items], matcher=matcher)
+        truths = [("background", None) if is_background(n) else ("known", n) if n in enrolled else ("unknown", None)
+                  for n, _ in items]
+        out["three_way_accuracy"] = M.three_way_accuracy([(a["answer"], a["name"]) for a in answers], truths)
+        out["threshold"] = answers[0]["threshold"] if answers else None
+        return out
+
     # -- calibration ------------------------------------------------------------------------------------------
     def calibrate(self, validation_dir, target_far=0.01, plot=None, matcher=None):
         """Choose the unknown threshold from photos in ``validation_dir`` (one folder per individual).
