@@ -250,3 +250,29 @@ def test_evaluate_closed_and_open_set(gallery, world, tmp_path, capsys):
     assert res["three_way_accuracy"] == pytest.approx(12 / 18)     # uncalibrated: unknowns answered known
     assert main(["gallery", "evaluate", str(gallery.path), str(world / "val")]) == 0
     assert "rank-1                       1.0000" in capsys.readouterr().out
+
+
+def test_background_kinds_train_as_classes_and_answer_background(world, tmp_path):
+    from PIL import Image
+
+    from reid_synth import background_photo
+    data = write_photos(tmp_path / "data", range(20, 26), 4)
+    for kind, shift in (("grass", 0), ("water", 50)):
+        d = data / "background" / kind
+        d.mkdir(parents=True)
+        for j in range(4):
+            Image.fromarray(np.roll(background_photo(j + shift), shift, axis=2)).save(d / f"{j}.png")
+    assert main(["--threads", "1", "train", str(data), "--model", "cifar_cnn", "--head", "arcface",
+                 "--embedding-dim", "8", "--iterations", "2", "--batch-size", "8", "--k", "2",
+                 "--out", str(tmp_path / "run"), "--no-progress", "--val-ratio", "0.2"]) == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {"background/grass", "background/water"} <= set(cfg["classes"]) and "background" not in cfg["classes"]
+    meta = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert meta["arch"]["kwargs"]["num_classes"] == len(cfg["classes"])
+    enrol = tmp_path / "enrol"
+    shutil.copytree(data / "background", enrol / "background")
+    shutil.copytree(world / "enrol" / "ind01", enrol / "ind01")
+    g = Gallery.build(tmp_path / "run", enrol, tmp_path / "g")
+    assert g.names() == ["background/grass", "background/water", "ind01"]
+    r = g.identify([str(data / "background" / "water" / "1.png")])[0]
+    assert r["answer"] == "background" and r["candidates"][0]["name"] == "background/water"

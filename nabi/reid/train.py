@@ -1,6 +1,7 @@
 """Train an identity embedding (``nabi train DATA --head arcface --embedding-dim 256``).
 
-DATA has one folder per individual (many individuals, few photos each). Individuals are split, not
+DATA has one folder per individual (many individuals, few photos each), and optionally ``background/``
+(photos of empty scenes, or sub-folders ``background/<kind>/`` that train as one class each). Individuals are split, not
 photos: a ``val_ratio`` fraction of the individuals (at least one) is held out of training entirely.
 The network is ``embedding_net`` (the ``--model`` zoo backbone without its classifier, the BN-neck,
 and the head's cosine classifier over the training individuals), trained on P×K batches (P
@@ -93,6 +94,29 @@ class RetrievalValidation:
             self.net.clear_gallery()
 
 
+def split_background_kinds(folder):
+    """Give each ``background/<kind>/`` sub-folder of an ``ImageFolder`` its own class ``background/<kind>``
+    (photos directly in ``background/`` keep the class ``background``). Classes stay sorted; returns ``folder``."""
+    from .embedder import BACKGROUND
+    if BACKGROUND not in folder.class_to_idx:
+        return folder
+    bg_root = folder.root / BACKGROUND
+    names = []
+    for path, label in folder.samples:
+        name = folder.classes[label]
+        if name == BACKGROUND:
+            rel = Path(path).relative_to(bg_root)
+            if len(rel.parts) > 1:
+                name = f"{BACKGROUND}/{rel.parts[0]}"
+        names.append(name)
+    classes = sorted(set(names))
+    folder.classes = classes
+    folder.class_to_idx = {c: i for i, c in enumerate(classes)}
+    folder.samples = sorted(((p, folder.class_to_idx[n]) for (p, _), n in zip(folder.samples, names)),
+                            key=lambda s: (s[1], s[0]))
+    return folder
+
+
 def split_gallery_queries(targets, seed=0):
     """Per individual, the first half of its photos (shuffled, seeded; at least one) as gallery and the
     rest as queries: ``(gallery indices, query indices)``."""
@@ -140,14 +164,17 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
                          f"give at least {2 * k}")
     model_args = {"backbone": cfg.model, "embedding_dim": int(embedding_dim), "head": head,
                   "subcenters": int(subcenters), "backbone_args": dict(cfg.model_args)}
-    model = build_model("embedding_net", len(train_ids), model_args, seed=cfg.seed)
+    exclude = tuple(cfg.exclude) + tuple(val_ids)
+    train_classes = split_background_kinds(D.ImageFolder(cfg.data, exclude=exclude)).classes   # listing only
+    model = build_model("embedding_net", len(train_classes), model_args, seed=cfg.seed)
     C, H, W = model_input_size(model)
     if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
         H = W = set_input_size(model, cfg.image_size)
     channels = cfg.channels or C
     kw = dict(image_size=(H, W), channels=channels, strict=cfg.strict)
-    train_full = D.ImageFolder(cfg.data, exclude=tuple(cfg.exclude) + tuple(val_ids), **kw)
+    train_full = split_background_kinds(D.ImageFolder(cfg.data, exclude=exclude, **kw))
     train_full.verify()
+    train_ids = list(train_full.classes)          # background/<kind> folders are classes of their own
     norm = normalization_spec(cfg.normalize, train_full, channels)
     base = eval_transforms((H, W), norm)
     train_src = _Cached(train_full) if cfg.cache else train_full
