@@ -276,3 +276,12 @@ def test_background_kinds_train_as_classes_and_answer_background(world, tmp_path
     assert g.names() == ["background/grass", "background/water", "ind01"]
     r = g.identify([str(data / "background" / "water" / "1.png")])[0]
     assert r["answer"] == "background" and r["candidates"][0]["name"] == "background/water"
+
+
+def test_explain_match(gallery, world, tmp_path):
+    from nabi.reid.explain import explain_match
+    q = _png(tmp_path / "q.png", photo(4, 99))
+    res = explain_match(gallery, q, tmp_path / "cam")
+    assert res["explained"] == "ind04" and res["similarity_explained"] == pytest.approx(res["similarity"], abs=1e-4)
+    assert [Path(f).name for f in res["files"]] == ["query_cam.png", "match_cam.png"]
+    assert all(Path(f).stat().st_size > 1000 for f in res["files"])

@@ -59,3 +59,18 @@ def test_objective_switches_to_gallery_cross_entropy():
     net.set_gallery(np.eye(4, dtype=np.float32)[:3], np.arange(3), 3)
     z = 10.0 * c[0]
     assert obj(c, np.array([0])) == pytest.approx(-(z[0] - np.log(np.exp(z).sum())))
+
+
+def test_similarity_module_gradient():
+    """x ↦ e(x)·t: finite differences of the module Grad-CAM differentiates."""
+    from nabi.layers import Conv2d, EmbeddingHead, Flatten, Linear, ReLU, Sequential
+    from nabi.models.embedding import EmbeddingNet
+    from nabi.reid.explain import SimilarityToEmbedding
+    rng = np.random.default_rng(23)
+    with backend.default_dtype(np.float64):
+        backbone = Sequential(Conv2d(3, 2, 3, rng=rng), ReLU(), Flatten(), Linear(2 * 4 * 4, 5, rng=rng))
+        net = EmbeddingNet(backbone, EmbeddingHead(strip_classifier(backbone), 4, rng=rng), None, "triplet")
+    t = rng.standard_normal(4)
+    t /= np.linalg.norm(t)
+    errs = check_module(SimilarityToEmbedding(net, t), rng.random((3, 3, 6, 6)), max_coords=60)
+    assert max(errs.values()) < 1e-5, errs

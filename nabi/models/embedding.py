@@ -85,7 +85,11 @@ class EmbeddingNet(Module):
     def backward(self, dy):
         if self._classifier is not None:
             dy = self._classifier.backward(dy)
-        return self.backbone.backward(self.neck.backward(dy))
+        return self.backward_embed(dy)
+
+    def backward_embed(self, de):
+        """∂L/∂x from ∂L/∂embedding (N, D), after an ``embed`` with caches kept."""
+        return self.backbone.backward(self.neck.backward(de))
 
 
 @register("embedding_net")

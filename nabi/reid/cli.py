@@ -94,6 +94,22 @@ def cmd_gallery_evaluate(args):
     return 0
 
 
+def cmd_gallery_explain(args):
+    from .explain import explain_match
+    from .gallery import Gallery
+    g = Gallery.open(args.gallery, run=args.run, device=args.device)
+    out = Path(args.out) if args.out else Path(args.gallery) / "explain"
+    res = explain_match(g, args.photo, out, layer=args.layer)
+    if args.json:
+        _print_json(res)
+        return 0
+    print(f"{args.photo}: {res['answer']}; explaining the match with {res['explained']} "
+          f"(similarity {res['similarity_explained']:.3f}, photo {res['candidates'][0]['photo']})")
+    for f in res["files"]:
+        print(f"written: {f}")
+    return 0
+
+
 def cmd_gallery_list(args):
     from .gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
@@ -232,6 +248,15 @@ def add_commands(sub):
     common(p)
     matcher_flag(p)
     p.set_defaults(func=cmd_gallery_evaluate)
+
+    p = gsub.add_parser("explain", help="Grad-CAM of a photo's similarity to its best match, in both photos")
+    p.add_argument("gallery")
+    p.add_argument("photo")
+    p.add_argument("--layer", help="the conv layer for Grad-CAM (default: the last spatial one)")
+    p.add_argument("--out", help="folder for the PNGs (default GALLERY/explain)")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_gallery_explain)
 
     p = gsub.add_parser("list", help="enrolled names, photo counts and the threshold")
     p.add_argument("gallery")
