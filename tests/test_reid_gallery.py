@@ -125,7 +125,11 @@ def test_duplicate_photo_refused(gallery, world):
     shutil.copy(dup, copy)                                          # another path, same bytes
     with pytest.raises(ValueError, match="copy.png is already in the gallery"):
         gallery.add("ind03", [copy])
-    assert len(Gallery.open(gallery.path)) == 22                  # nothing was added
+    twin = _png(gallery.path.parent / "twin_a.png", photo(30, 1))
+    shutil.copy(twin, gallery.path.parent / "twin_b.png")
+    with pytest.raises(ValueError, match="twin_b.png is the same file as .*twin_a.png"):
+        gallery.add("twins", [twin, gallery.path.parent / "twin_b.png"])
+    assert len(Gallery.open(gallery.path)) == 22 and "twins" not in gallery.names()     # nothing was added
 
 
 def test_name_collision_refused_unless_merge(gallery, tmp_path):

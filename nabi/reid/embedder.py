@@ -9,6 +9,7 @@ to be searched with any other weights.
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,7 @@ class Embedder:
         self.kind = "embedding" if hasattr(self.model, "embed") else "classifier"
         self.classes = list(self.meta.get("classes") or [])
         self._linear = _final_linear(self.model) if self.kind == "classifier" else None
+        self._lock = threading.Lock()       # one forward at a time: layers keep per-call state
 
     def identity(self) -> dict:
         """What a gallery records of the model: weights path, their SHA-256, architecture, kind."""
@@ -117,7 +119,8 @@ class Embedder:
         embs, probs = [], []
         for s in range(0, len(items), self.batch_size):
             x = np.stack([self.load(it) for it in items[s:s + self.batch_size]])
-            e, p = self._forward(x)
+            with self._lock:
+                e, p = self._forward(x)
             embs.append(e)
             probs.append(p)
         E = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)

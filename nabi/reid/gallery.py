@@ -246,6 +246,24 @@ class Gallery:
         paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
         if not paths:
             raise ValueError(f"no photos given for {name!r}")
+        hashes = []
+        for p in paths:
+            if not p.is_file():
+                raise FileNotFoundError(f"photo {p} does not exist")
+            hashes.append(file_sha256(p))
+        name = self._check_new(name, paths, hashes, merge)
+        E = self.embedder.embed(paths)                     # outside the lock: searches go on meanwhile
+        with self._lock:
+            name = self._check_new(name, paths, hashes, merge)     # again: another writer may have been quicker
+            new = [{"name": name, "photo": str(p.resolve()), "sha256": h} for p, h in zip(paths, hashes)]
+            self.embeddings = E if len(self.entries) == 0 else np.concatenate([self.embeddings, E])
+            self.entries = self.entries + new
+            if save and self.path is not None:
+                self.save()
+            return new
+
+    def _check_new(self, name, paths, hashes, merge):
+        """The name to enrol under (a letter-case collision only with ``merge``); duplicates are refused."""
         with self._lock:
             other = self._collision(name, {e["name"] for e in self.entries})
             if other is not None:
@@ -254,24 +272,15 @@ class Gallery:
                                      f"{other!r}, or --merge to add the photos to {other!r}")
                 name = other
             known = {e["sha256"]: e for e in self.entries}
-            new = []
-            for p in paths:
-                if not p.is_file():
-                    raise FileNotFoundError(f"photo {p} does not exist")
-                h = file_sha256(p)
+            seen = {}
+            for p, h in zip(paths, hashes):
                 if h in known:
                     raise ValueError(f"photo {p} is already in the gallery as {known[h]['photo']} "
                                      f"(individual {known[h]['name']!r}, same SHA-256)")
-                dup = next((e for e in new if e["sha256"] == h), None)
-                if dup is not None:
-                    raise ValueError(f"photo {p} is the same file as {dup['photo']} (same SHA-256)")
-                new.append({"name": name, "photo": str(p.resolve()), "sha256": h})
-            E = self.embedder.embed([Path(e["photo"]) for e in new])
-            self.embeddings = E if len(self.entries) == 0 else np.concatenate([self.embeddings, E])
-            self.entries = self.entries + new
-            if save and self.path is not None:
-                self.save()
-            return new
+                if h in seen:
+                    raise ValueError(f"photo {p} is the same file as {seen[h]} (same SHA-256)")
+                seen[h] = p
+            return name
 
     def rename(self, old, new, merge=False):
         """Rename an individual; to an enrolled name only with ``merge`` (the photos join that individual)."""
