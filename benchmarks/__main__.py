@@ -116,8 +116,8 @@ def _set_dropout(nabi_model, torch_model, p_by_name=None):
 def _nabi_training(model, w):
     """nabi's SGD for workload w, set up as the Trainer does: the first layer computes no image
     gradient (PyTorch's input has none either), and with ``fused`` the update happens in backward."""
-    from nabi.optim import SGD
-    from nabi.train import enable_fused_sgd, skip_input_gradient
+    from nabi.training.optim import SGD
+    from nabi.training.trainer import enable_fused_sgd, skip_input_gradient
     opt = SGD(model.named_parameters(), lr=LR, momentum=MOMENTUM if w.sgd == "momentum" else 0.0)
     skip_input_gradient(model)
     if w.sgd == "fused":
@@ -385,8 +385,8 @@ def _warm_up_kernels():
     Returns the seconds it took."""
     t0 = time.perf_counter()
     import nabi.layers as L
-    from nabi.optim import SGD
-    from nabi.train import enable_fused_sgd
+    from nabi.training.optim import SGD
+    from nabi.training.trainer import enable_fused_sgd
     for fused in (False, True):
         net = L.Sequential(L.Conv2d(3, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU(), L.Conv2d(4, 4, 3, padding=1),
                            L.ReLU(), L.MaxPool2d(2), L.Flatten(), L.Linear(4 * 4 * 4, 3))

@@ -145,7 +145,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from nabi.experiment import run_experiment
+    from nabi.studies.experiment import run_experiment
     out = Path(args.out)
     data = out / "data"
     if not (data / "test").is_dir():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from nabi import optim
+from nabi.training import optim
 from nabi.layers.module import Parameter
 
 torch = pytest.importorskip("torch")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 IMG_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 

@@ -49,7 +49,8 @@ class Embedder:
     """``embed(items) -> (N, D)`` unit rows for photo paths or image arrays, with the run's preprocessing."""
 
     def __init__(self, run, device="cpu", batch_size=32):
-        from ..pipeline import eval_transforms, find_weights, load_run
+        from ..data.prepare import eval_transforms
+        from ..runs import find_weights, load_run
         from ..models import embedding as _registers  # noqa: F401  (embedding_net in the zoo)
         self.weights = find_weights(run)
         self.model, self.meta = load_run(run, device=device)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import files as io
 from ..data import IMG_EXTENSIONS
 from .embedder import BACKGROUND, Embedder, file_sha256, is_background
 from . import metrics as M

@@ -136,11 +136,13 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     """Train as ``cfg`` (a ``TrainConfig``; ``cfg.model`` is the backbone) says with an embedding head.
     Writes the run folder; returns ``(trainer, info)`` with the individuals used for training and validation."""
     from .. import data as D
-    from ..pipeline import (_Cached, _Transformed, _folder_classes, augmentation, build_model, eval_transforms,
-                            make_optimizer, make_schedule, model_input_size, model_metadata, normalization_spec,
-                            set_input_size, write_config)
     from ..data.pk_sampler import PKDataLoader
-    from ..train import Trainer, skip_input_gradient
+    from ..data.prepare import (Cached, Transformed, augmentation, eval_transforms, folder_classes,
+                                normalization_spec)
+    from ..models.registry import model_input_size, set_input_size
+    from ..runs import model_metadata, write_config
+    from ..training.build import build_model, build_trainer
+    from ..training.trainer import Trainer, skip_input_gradient
     from .embedder import is_background
 
     backend.check_device(cfg.device)
@@ -149,7 +151,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
                          f"not {cfg.data}")
     out = Path(cfg.out)
     Trainer._check_writable(out)
-    individuals = _folder_classes(cfg.data, cfg.exclude)
+    individuals = folder_classes(cfg.data, cfg.exclude)
     if cfg.val_ratio > 0:
         train_ids, val_ids = leave_individuals_out(individuals, cfg.val_ratio, cfg.seed,
                                                    keep=[n for n in individuals if is_background(n)])
@@ -177,8 +179,8 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     train_ids = list(train_full.classes)          # background/<kind> folders are classes of their own
     norm = normalization_spec(cfg.normalize, train_full, channels)
     base = eval_transforms((H, W), norm)
-    train_src = _Cached(train_full) if cfg.cache else train_full
-    train_ds = _Transformed(train_src, [base[0]] + augmentation(cfg.augment, (H, W)) + base[1:])
+    train_src = Cached(train_full) if cfg.cache else train_full
+    train_ds = Transformed(train_src, [base[0]] + augmentation(cfg.augment, (H, W)) + base[1:])
     train_loader = PKDataLoader(train_ds, p=min(p, len(train_ids)), k=k, seed=cfg.seed,
                                 num_workers=cfg.workers, device=cfg.device)
     val_loader, val_info = None, {}
@@ -189,18 +191,16 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
         if len(qi) == 0:
             raise ValueError(f"{cfg.data}: the held-out individuals {val_ids} have one photo each; retrieval "
                              "validation needs two or more photos of some (or --val-ratio 0)")
-        val_src = _Cached(val_full) if cfg.cache else val_full
+        val_src = Cached(val_full) if cfg.cache else val_full
         vb = max(cfg.batch_size, 64)
-        gallery_loader = D.DataLoader(_Transformed(D.Subset(val_src, gi), base), batch_size=vb,
+        gallery_loader = D.DataLoader(Transformed(D.Subset(val_src, gi), base), batch_size=vb,
                                       num_workers=cfg.workers, device=cfg.device)
-        query_loader = D.DataLoader(_Transformed(D.Subset(val_src, qi), base), batch_size=vb,
+        query_loader = D.DataLoader(Transformed(D.Subset(val_src, qi), base), batch_size=vb,
                                     num_workers=cfg.workers, device=cfg.device)
         val_loader = RetrievalValidation(model, gallery_loader, query_loader, len(val_full.classes))
         val_info = {"gallery_photos": int(len(gi)), "query_photos": int(len(qi))}
     model.to(cfg.device)
     skip_input_gradient(model.backbone)
-    optimizer = make_optimizer(cfg, model)
-    schedule = make_schedule(cfg, optimizer, len(train_loader))
     embedding_info = {"head": head, "embedding_dim": int(embedding_dim), "margin": make_loss(head, margin).margin,
                       "scale": float(scale), "p": train_loader.p, "k": k, "train_individuals": train_ids,
                       "validation_individuals": val_ids,
@@ -214,11 +214,9 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
         log(f"embedding head {head} ({embedding_dim}-d) on {len(train_ids)} individuals, P×K = "
             f"{train_loader.p}×{k}; validation: {len(val_ids)} held-out individuals, {val_info['gallery_photos']} "
             f"gallery and {val_info['query_photos']} query photos — val_acc is rank-1, val_top5 rank-5")
-    trainer = Trainer(model, optimizer, train_loader, val_loader, loss_fn=loss, schedule=schedule,
-                      schedule_unit=cfg.schedule_unit, epochs=cfg.epochs, iterations=cfg.iterations, out_dir=out,
-                      clip_norm=cfg.clip_norm, checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last,
-                      early_stopping=cfg.early_stopping, progress=cfg.progress, metadata=meta, config=resolved,
-                      log=log, precision=cfg.precision)
+    trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
+                            log=log)
+    trainer.loss_fn = loss          # the head's loss instead of build_trainer's cross-entropy
     if resume and trainer.resume() is None:
         log(f"no checkpoint in {out}: starting from the beginning")
     trainer.fit()

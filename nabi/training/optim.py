@@ -24,10 +24,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import backend
-from .functional import cpu_kernels as K
-from .functional.blas import axpy
-from .layers.module import Parameter
+from .. import backend
+from ..functional import cpu_kernels as K
+from ..functional.blas import axpy
+from ..layers.module import Parameter
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
@@ -359,7 +359,8 @@ def clip_grad_norm(params_or_named, max_norm: float, norm_type: float = 2.0) -> 
     As ``torch.nn.utils.clip_grad_norm_``: ``total = ||(||g_1||, ..., ||g_n||)||``,
     ``coef = min(1, max_norm / (total + 1e-6))``, every ``g *= coef``.
     Accepts a Module, an Optimizer, a dict, ``named_parameters()`` pairs or bare
-    Parameters; parameters without a gradient are left out.
+    Parameters; parameters without a gradient are left out. The norms of float16
+    gradients are accumulated in float32.
     """
     if isinstance(params_or_named, Optimizer):
         params = list(params_or_named.params.values())
@@ -385,7 +386,9 @@ def clip_grad_norm(params_or_named, max_norm: float, norm_type: float = 2.0) -> 
             norms = xp.stack([xp.max(xp.abs(g)) if g.size else xp.zeros((), g.dtype) for g in gs])
             parts.append(float(xp.max(norms)))
         else:
-            norms = xp.stack([xp.linalg.norm(g.ravel(), ord=norm_type) for g in gs])
+            # float16 gradients: the sum of |g|^p in float32 (a float16 one overflows past 65 504)
+            norms = xp.stack([xp.linalg.norm(g.ravel().astype("float32") if g.dtype.itemsize < 4 else g.ravel(),
+                                             ord=norm_type) for g in gs])
             parts.append(float(xp.linalg.norm(norms, ord=norm_type)))
     if math.isinf(norm_type):
         total = max(parts)

@@ -59,7 +59,7 @@ def _add_train_args(p, defaults):
 
 
 def _config_from_args(args, base=None):
-    from .pipeline import TrainConfig, load_toml
+    from ..training.config import TrainConfig, load_toml
     cfg = dict(base or {})
     if getattr(args, "config", None):
         cfg.update(load_toml(args.config))
@@ -81,7 +81,7 @@ def _config_from_args(args, base=None):
 
 
 def cmd_train(args):
-    from .pipeline import run_training
+    from ..training.build import run_training
     cfg = _config_from_args(args)
     if cfg.data is None:
         raise ValueError("give a data folder (or embedded:mnist5k)")
@@ -93,9 +93,10 @@ def cmd_train(args):
 
 def _final_test(trainer, parts, cfg):
     """Evaluate the best weights on the held-out test part, and write test.json."""
-    from . import io
-    from .pipeline import load_run, eval_loader
-    from .train import evaluate
+    from .. import files
+    from ..runs import load_run
+    from ..data.prepare import eval_loader
+    from ..training.trainer import evaluate
     if parts.get("test") is None:
         return None
     model, meta = load_run(cfg.out, device=cfg.device)
@@ -103,14 +104,15 @@ def _final_test(trainer, parts, cfg):
     result = {"test_acc": ev["acc"], "test_loss": ev["loss"], "n": ev["n"], "weights": "best"}
     if len(meta["classes"]) > 5:
         result["test_top5"] = ev["topk"]
-    io.atomic_write_json(Path(cfg.out) / "test.json", result)
+    files.atomic_write_json(Path(cfg.out) / "test.json", result)
     print(f"test accuracy {ev['acc']:.4f} on {ev['n']} held-out images (best weights)")
     return result
 
 
 def cmd_demo(args):
     """Train LeNet-5 on the embedded 5,000-image MNIST sample, evaluate it, and keep the run folder."""
-    from .pipeline import TrainConfig, run_training
+    from ..training.config import TrainConfig
+    from ..training.build import run_training
     cfg = TrainConfig(data="embedded:mnist5k", model="lenet5", model_args={"activation": "relu", "pool": "max"},
                       epochs=args.epochs, batch_size=32, optimizer="adam", lr=2e-3, schedule="cosine",
                       val_ratio=0.1, test_ratio=0.2, seed=args.seed, out=args.out, progress=not args.no_progress)
@@ -124,9 +126,11 @@ def cmd_demo(args):
 
 def _eval_report(run, dataset, device, out_dir, json_out=False, background=None):
     """Accuracy, per-class report, confusion matrix (text and PNG), and P1–P4 with a background class."""
-    from . import evaluate as E, io
-    from .pipeline import load_run, eval_loader
-    from .train import evaluate
+    from .. import evaluate as E
+    from .. import files
+    from ..runs import load_run
+    from ..data.prepare import eval_loader
+    from ..training.trainer import evaluate
     model, meta = load_run(run, device=device)
     ev = evaluate(model, eval_loader(dataset, meta, device=device), return_outputs=True)
     classes = meta["classes"]
@@ -152,8 +156,8 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
                                            if isinstance(v, (int, float, str, list)) and k not in
                                            ("pred", "pred_individual", "pred_name", "target", "correct",
                                             "is_background_photo")}
-    io.atomic_write_json(out_dir / "eval.json", report)
-    io.atomic_write_text(out_dir / "eval.txt", text + "\n")
+    files.atomic_write_json(out_dir / "eval.json", report)
+    files.atomic_write_text(out_dir / "eval.txt", text + "\n")
     if json_out:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:
@@ -164,8 +168,8 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
 
 
 def cmd_eval(args):
-    from . import data as D
-    from .pipeline import load_run
+    from .. import data as D
+    from ..runs import load_run
     if args.masked:
         return _masked_eval(args)
     _, meta = load_run(args.run)
@@ -191,10 +195,11 @@ def cmd_eval(args):
 def cmd_predict(args):
     import numpy as np
 
-    from . import data as D
-    from .functional.activation import softmax
-    from .pipeline import eval_transforms, load_run
-    from . import backend
+    from .. import data as D
+    from ..functional.activation import softmax
+    from ..data.prepare import eval_transforms
+    from ..runs import load_run
+    from .. import backend
     model, meta = load_run(args.run, device=args.device)
     C, H, W = meta["input_size"]
     target = Path(args.image)
@@ -244,7 +249,7 @@ def _parse_shape(text):
 
 
 def cmd_summary(args):
-    from . import models
+    from .. import models
     if args.list or not args.model:
         print("\n".join(models.names()))
         return 0
@@ -260,9 +265,9 @@ def cmd_summary(args):
 
 
 def cmd_export(args):
-    from .onnx_export import export_onnx, verify_onnx
-    from .pipeline import load_run
-    from . import models
+    from ..files.onnx import export_onnx, verify_onnx
+    from ..runs import load_run
+    from .. import models
     import numpy as np
     src = Path(args.source)
     if src.exists():
@@ -283,7 +288,7 @@ def cmd_export(args):
 
 def cmd_explain(args):
     """Grad-CAM and occlusion heat-maps over a photo: what is the network looking at?"""
-    from .explain import explain_image
+    from ..explain import explain_image
     out_dir = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(".")) / "explain"
     res = explain_image(args.run, args.image, out_dir, method=args.method, layer=args.layer, target=args.target)
     if args.json:
@@ -297,7 +302,7 @@ def cmd_explain(args):
 
 
 def _masked_eval(args):
-    from .explain import masked_evaluation
+    from ..explain import masked_evaluation
     res = masked_evaluation(args.run, args.data, masks_dir=None if args.masked == "-" else args.masked)
     if args.json:
         print(json.dumps(res, ensure_ascii=False, indent=2, default=str))
@@ -317,7 +322,7 @@ def _masked_eval(args):
 
 
 def build_parser():
-    from .pipeline import TrainConfig
+    from ..training.config import TrainConfig
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="nabi", description="CNNs from scratch: train, evaluate and inspect.")
     parser.add_argument("--version", action="version", version=f"nabi {__import__('nabi').__version__}")
@@ -349,13 +354,13 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    from .experiment import add_arguments as _experiment_arguments, main_from_args as _experiment_main
+    from ..studies.experiment import add_arguments as _experiment_arguments, main_from_args as _experiment_main
     p = sub.add_parser("experiment", help="paired multi-seed experiment: model A (individuals) vs model B "
                                           "(+ background class), seed 000's Table 1 with statistics")
     _experiment_arguments(p)
     p.set_defaults(func=_experiment_main)
 
-    from .ablation import add_arguments as _ablation_arguments, main_from_args as _ablation_main
+    from ..studies.ablation import add_arguments as _ablation_arguments, main_from_args as _ablation_main
     p = sub.add_parser("ablate", help="train variants that differ in one factor from shared initial weights, "
                                       "over several seeds: mean ± std of accuracy, parameters, MACs, time")
     _ablation_arguments(p)
@@ -393,12 +398,12 @@ def build_parser():
     p.add_argument("--onnx", required=True)
     p.add_argument("--classes", type=int)
     p.set_defaults(func=cmd_export)
-    from .reid.cli import add_commands; add_commands(sub)  # noqa: E702  (gallery, identify, train --head)
+    from ..reid.cli import add_commands; add_commands(sub)  # noqa: E702  (gallery, identify, train --head)
     return parser
 
 
 def main(argv=None):
-    from .train import TrainingDiverged, TrainingInterrupted
+    from ..training.trainer import TrainingDiverged, TrainingInterrupted
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -406,7 +411,7 @@ def main(argv=None):
         return 2
     try:
         if args.threads is not None:
-            from .backend import set_num_threads
+            from ..backend import set_num_threads
             set_num_threads(args.threads)
         return args.func(args)
     except BrokenPipeError:  # `nabi summary vgg16 | head`: the reader left; not an error
