@@ -289,3 +289,14 @@ def test_explain_match(gallery, world, tmp_path):
     assert res["explained"] == "ind04" and res["similarity_explained"] == pytest.approx(res["similarity"], abs=1e-4)
     assert [Path(f).name for f in res["files"]] == ["query_cam.png", "match_cam.png"]
     assert all(Path(f).stat().st_size > 1000 for f in res["files"])
+
+
+def test_moved_weights_need_run(world, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    g = Gallery.build(run, world / "enrol", tmp_path / "g")
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    with pytest.raises(FileNotFoundError, match=r"built with the weights .*run.*best.safetensors, which no longer exist"):
+        Gallery.open(g.path)
+    assert len(Gallery.open(g.path, run=moved)) == len(g)          # same weights elsewhere: accepted
