@@ -71,6 +71,9 @@ def test_known_photos_found(gallery):
     queries = [photo(i, j) for i in ENROLLED for j in (50, 51)]
     res = gallery.identify(queries)
     assert [r["name"] for r in res] == [f"ind{i:02d}" for i in ENROLLED for _ in (50, 51)]
+    from PIL import Image
+    as_pil = gallery.identify([Image.fromarray(q) for q in queries[:2]])
+    assert [r["similarity"] for r in as_pil] == pytest.approx([r["similarity"] for r in res[:2]], abs=1e-6)
     r = res[0]
     assert r["answer"] == "known" and set(r) >= {"answer", "name", "similarity", "margin", "candidates"}
     assert len(r["candidates"]) == 5 and r["candidates"][0]["name"] == r["name"]

@@ -71,14 +71,19 @@ class Embedder:
                 "input_size": list(self.input_size)}
 
     def load(self, item) -> np.ndarray:
-        """One photo path, or an image array (H, W, C) uint8 / (C, H, W) float in [0, 1], → model input."""
+        """One photo path, a Pillow image, or an image array ((H, W, C) or (H, W) uint8, (C, H, W) float in
+        [0, 1]) → the model's input (C, H, W), resized and centre-cropped, normalised as in training."""
         C, H, W = self.input_size
         if isinstance(item, (str, Path)):
             x = load_image(item, channels=C, image_size=(H, W))
         else:
             from ..data import array_to_pil, pil_to_array
             from ..data.folder import resize_center_crop
+            if hasattr(item, "convert") and hasattr(item, "size"):          # a Pillow image
+                item = item.convert("RGB")
             a = np.asarray(item)
+            if a.ndim == 2:
+                a = np.repeat(a[..., None], 3, axis=2)
             if a.ndim == 3 and a.shape[-1] in (1, 3) and a.shape[0] not in (1, 3):
                 a = a.transpose(2, 0, 1)
             if a.dtype == np.uint8:
