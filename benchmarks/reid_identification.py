@@ -6,7 +6,8 @@ identify the other half.
 PHOTOS has one folder per individual, none of them seen in training. Each individual's photos are
 shuffled (seeded) and split in two: the first half is enrolled in a gallery (``Gallery.build``, in a
 temporary folder, through symbolic links), the second half is queried (``Gallery.evaluate``): rank-1,
-rank-5 and mAP. ``--unknown N`` leaves N individuals out of the gallery altogether, so their query
+rank-5 and mAP. Files repeated within an individual's folder count once (a byte-identical copy on
+both sides would be a free match). ``--unknown N`` leaves N individuals out of the gallery altogether, so their query
 photos are unknowns: AUROC and the true-accept rate at 1 % and 5 % false accepts are added.
 """
 from __future__ import annotations
@@ -21,9 +22,11 @@ import numpy as np
 
 
 def split_folder(photos, enrol_dir, query_dir, seed=0, unknown=0):
-    from nabi.reid.gallery import individual_folders
+    from nabi.reid.gallery import individual_folders, unique_photos
     from nabi.reid.metrics import leave_individuals_out
-    folders = individual_folders(photos)
+    folders, copies = unique_photos(individual_folders(photos))       # a copy must not be query and gallery
+    if copies:
+        print(f"{len(copies)} repeated file(s) left out (same SHA-256 as another photo of the individual)")
     names = [n for n, _ in folders]
     out = set(leave_individuals_out(names, unknown / len(names), seed)[1]) if unknown else set()
     rng = np.random.default_rng(seed)

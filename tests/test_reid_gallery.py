@@ -303,3 +303,14 @@ def test_moved_weights_need_run(world, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"built with the weights .*run.*best.safetensors, which no longer exist"):
         Gallery.open(g.path)
     assert len(Gallery.open(g.path, run=moved)) == len(g)          # same weights elsewhere: accepted
+
+
+def test_build_enrols_repeated_files_once(world, tmp_path):
+    photos = write_photos(tmp_path / "photos", [1, 2], 2)
+    shutil.copy(photos / "ind01" / "000.png", photos / "ind01" / "000 (copy).png")
+    notes = []
+    g = Gallery.build(world / "run", photos, tmp_path / "g", log=notes.append)
+    assert len(g) == 4 and len(g.skipped) == 1 and "000 (copy).png" in notes[0]
+    shutil.copy(photos / "ind01" / "001.png", photos / "ind02" / "stray.png")
+    with pytest.raises(ValueError, match=r"stray.png \(individual 'ind02'\) is the same file as .*ind01"):
+        Gallery.build(world / "run", photos, tmp_path / "g2")

@@ -26,7 +26,8 @@ def _matcher(args):
 
 def cmd_gallery_build(args):
     from .gallery import Gallery
-    g = Gallery.build(args.run, args.photos, args.out, device=args.device)
+    g = Gallery.build(args.run, args.photos, args.out, device=args.device,
+                      log=lambda m: print(f"note: {m}", file=sys.stderr))
     people = g.individuals()
     bg = [n for n in g.names() if n not in people]
     print(f"gallery {args.out}: {len(g)} photos of {len(people)} individuals"

@@ -30,6 +30,7 @@ import json
 import os
 import threading
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,27 @@ def individual_folders(photos_dir) -> list:
     return out
 
 
+def unique_photos(folders):
+    """``(folders without repeated files, [(copy, original)])``: a file whose SHA-256 already appeared in the
+    same individual's folder is left out; the same file under two names is a ``ValueError`` naming both."""
+    seen, out, skipped = {}, [], []
+    for name, photos in folders:
+        kept = []
+        for p in photos:
+            h = file_sha256(p)
+            if h in seen:
+                other_name, other = seen[h]
+                if other_name != name:
+                    raise ValueError(f"photo {p} (individual {name!r}) is the same file as {other} (individual "
+                                     f"{other_name!r}); one photo cannot show two individuals")
+                skipped.append((p, other))
+                continue
+            seen[h] = (name, p)
+            kept.append(p)
+        out.append((name, kept))
+    return out, skipped
+
+
 class GalleryError(ValueError):
     """A gallery folder that cannot be used (damaged, edited, or made with other weights)."""
 
@@ -127,15 +149,23 @@ class Gallery:
         return g
 
     @classmethod
-    def build(cls, run, photos_dir, out, device="cpu"):
+    def build(cls, run, photos_dir, out, device="cpu", log=None):
         """Enrol every individual of ``photos_dir`` (one sub-folder each, ``background/`` optional) and save
-        the gallery at ``out``. Nothing is written if a photo cannot be read."""
-        folders = individual_folders(photos_dir)
+        the gallery at ``out``. A file repeated within one individual's folder (same SHA-256) is enrolled once
+        (the copies are reported through ``log``, default ``warnings.warn``); the same file under two names
+        is an error naming both. Nothing is written if a photo cannot be read. ``g.skipped`` lists the copies."""
+        folders, skipped = unique_photos(individual_folders(photos_dir))
+        if skipped:
+            msg = (f"{len(skipped)} photo(s) in {photos_dir} repeat another file of the same individual and were "
+                   "enrolled once: " + ", ".join(f"{p} (= {q})" for p, q in skipped[:5])
+                   + (" …" if len(skipped) > 5 else ""))
+            (log or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
         g = cls(Embedder(run, device=device), None)
         for name, photos in folders:
             g.add(name, photos, save=False)
         g.path = Path(out)
         g.save()
+        g.skipped = skipped
         return g
 
     @classmethod
