@@ -74,3 +74,16 @@ def test_similarity_module_gradient():
     t /= np.linalg.norm(t)
     errs = check_module(SimilarityToEmbedding(net, t), rng.random((3, 3, 6, 6)), max_coords=60)
     assert max(errs.values()) < 1e-5, errs
+
+
+def test_drop_repeated_files(tmp_path):
+    import shutil
+
+    from nabi.data import ImageFolder
+    from nabi.reid.train import drop_repeated_files
+    from reid_synth import write_photos
+    write_photos(tmp_path, [1, 2], 2)
+    shutil.copy(tmp_path / "ind01" / "000.png", tmp_path / "ind01" / "copy.png")
+    folder = ImageFolder(tmp_path)
+    assert len(folder) == 5 and drop_repeated_files(folder) == 1 and len(folder) == 4
+    assert not any(p.endswith("copy.png") for p, _ in folder.samples)

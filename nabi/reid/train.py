@@ -13,7 +13,8 @@ individuals × K photos) with the head's loss:
 
 Validation after each epoch is retrieval on the held-out individuals: each one's photos are split
 in two, the first half enrolled as a gallery (embedded with the current weights), the second half
-queried against it. The trainer's ``val_acc`` is then rank-1 identification accuracy of these
+queried against it (a file repeated byte for byte is kept once, so no query meets its own copy).
+The trainer's ``val_acc`` is then rank-1 identification accuracy of these
 never-trained-on individuals (``val_top5`` rank-5, with more than five training individuals) and
 ``val_loss`` the cross-entropy of the scaled query-to-individual similarities; the best weights are
 those with the best rank-1. ``train_acc`` is the arg-max accuracy of the cosine classifier over the
@@ -117,6 +118,21 @@ def split_background_kinds(folder):
     return folder
 
 
+def drop_repeated_files(folder):
+    """Leave out of an ``ImageFolder`` every file whose bytes (SHA-256) already appeared: a copy on both the
+    gallery and the query side would be a free match. Returns the number left out."""
+    from .embedder import file_sha256
+    seen, kept = set(), []
+    for path, label in folder.samples:
+        h = file_sha256(path)
+        if h not in seen:
+            seen.add(h)
+            kept.append((path, label))
+    dropped = len(folder.samples) - len(kept)
+    folder.samples = kept
+    return dropped
+
+
 def split_gallery_queries(targets, seed=0):
     """Per individual, the first half of its photos (shuffled, seeded; at least one) as gallery and the
     rest as queries: ``(gallery indices, query indices)``."""
@@ -187,6 +203,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     if val_ids:
         val_full = D.ImageFolder(cfg.data, exclude=tuple(cfg.exclude) + tuple(train_ids), **kw)
         val_full.verify()
+        repeated = drop_repeated_files(val_full)
         gi, qi = split_gallery_queries(val_full.targets, cfg.seed)
         if len(qi) == 0:
             raise ValueError(f"{cfg.data}: the held-out individuals {val_ids} have one photo each; retrieval "
@@ -198,7 +215,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
         query_loader = D.DataLoader(Transformed(D.Subset(val_src, qi), base), batch_size=vb,
                                     num_workers=cfg.workers, device=cfg.device)
         val_loader = RetrievalValidation(model, gallery_loader, query_loader, len(val_full.classes))
-        val_info = {"gallery_photos": int(len(gi)), "query_photos": int(len(qi))}
+        val_info = {"gallery_photos": int(len(gi)), "query_photos": int(len(qi)), "repeated_files_left_out": repeated}
     model.to(cfg.device)
     skip_input_gradient(model.backbone)
     embedding_info = {"head": head, "embedding_dim": int(embedding_dim), "margin": make_loss(head, margin).margin,
