@@ -300,7 +300,7 @@ def test_moved_weights_need_run(world, tmp_path):
     g = Gallery.build(run, world / "enrol", tmp_path / "g")
     moved = tmp_path / "moved"
     run.rename(moved)
-    with pytest.raises(FileNotFoundError, match=r"built with the weights .*run.*best.safetensors, which no longer exist"):
+    with pytest.raises(FileNotFoundError, match=r"weights .*run.*best.safetensors, which no longer exist"):
         Gallery.open(g.path)
     assert len(Gallery.open(g.path, run=moved)) == len(g)          # same weights elsewhere: accepted
 

@@ -51,7 +51,6 @@ class Embedder:
     def __init__(self, run, device="cpu", batch_size=32):
         from ..data.prepare import eval_transforms
         from ..runs import find_weights, load_run
-        from ..models import embedding as _registers  # noqa: F401  (embedding_net in the zoo)
         self.weights = find_weights(run)
         self.model, self.meta = load_run(run, device=device)
         self.sha256 = file_sha256(self.weights)

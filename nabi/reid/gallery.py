@@ -207,7 +207,8 @@ class Gallery:
         weights = run if run is not None else model.get("weights")
         if run is None and (not weights or not Path(weights).is_file()):
             raise FileNotFoundError(f"gallery {path} was built with the weights {weights}, which no longer exist; "
-                                    "give the run (or a copy of the same weights) with --run / Gallery.open(path, run=…)")
+                                    "give the run (or a copy of the same weights) with --run / "
+                                    "Gallery.open(path, run=…)")
         embedder = Embedder(weights, device=device)
         if embedder.sha256 != model.get("sha256"):
             raise GalleryError(f"gallery {path} was built with the model {model.get('weights')} (SHA-256 "
