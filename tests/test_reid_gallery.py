@@ -311,6 +311,8 @@ def test_build_enrols_repeated_files_once(world, tmp_path):
     notes = []
     g = Gallery.build(world / "run", photos, tmp_path / "g", log=notes.append)
     assert len(g) == 4 and len(g.skipped) == 1 and "000 (copy).png" in notes[0]
+    with pytest.raises(ValueError, match="already holds a gallery"):
+        Gallery.build(world / "run", photos, tmp_path / "g")
     shutil.copy(photos / "ind01" / "001.png", photos / "ind02" / "stray.png")
     with pytest.raises(ValueError, match=r"stray.png \(individual 'ind02'\) is the same file as .*ind01"):
         Gallery.build(world / "run", photos, tmp_path / "g2")

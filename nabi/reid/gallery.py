@@ -138,6 +138,7 @@ class Gallery:
         self._lock = threading.RLock()
         self._embeddings_file = None
         self._group_cache = None
+        self.skipped = []
 
     # -- creating and opening ----------------------------------------------------------------
     @classmethod
@@ -154,6 +155,9 @@ class Gallery:
         the gallery at ``out``. A file repeated within one individual's folder (same SHA-256) is enrolled once
         (the copies are reported through ``log``, default ``warnings.warn``); the same file under two names
         is an error naming both. Nothing is written if a photo cannot be read. ``g.skipped`` lists the copies."""
+        if (Path(out) / INDEX).exists():
+            raise ValueError(f"{out} already holds a gallery; add photos to it with nabi gallery add "
+                             "(Gallery.add) or build into another folder")
         folders, skipped = unique_photos(individual_folders(photos_dir))
         if skipped:
             msg = (f"{len(skipped)} photo(s) in {photos_dir} repeat another file of the same individual and were "
@@ -187,6 +191,9 @@ class Gallery:
             emb_name, emb_sha = index["embeddings"]["file"], index["embeddings"]["sha256"]
         except (KeyError, TypeError) as e:
             raise GalleryError(f"gallery index {index_path} lacks the field {e}") from None
+        if not isinstance(emb_name, str) or Path(emb_name).name != emb_name:
+            raise GalleryError(f"gallery index {index_path} names the embeddings file {emb_name!r}; expected a file "
+                               "name inside the gallery folder")
         emb_path = path / emb_name
         if not emb_path.is_file():
             raise GalleryError(f"gallery index {index_path} names the embeddings file {emb_path}, which does "
