@@ -22,6 +22,8 @@ def _add_train_args(p, defaults):
     p.add_argument("--model", help=f"a zoo model name (default {d.model}; see `nabi summary --list`)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
                    help="an argument of the model's builder, e.g. --model-arg activation=relu (repeatable)")
+    p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (e.g. a pretrain run's "
+                   "backbone.safetensors): every array matching by name and shape is loaded")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead")
     p.add_argument("--batch-size", type=int)
@@ -398,6 +400,9 @@ def build_parser():
     p.add_argument("--onnx", required=True)
     p.add_argument("--classes", type=int)
     p.set_defaults(func=cmd_export)
+    from ..selfsup.cli import add_commands as add_selfsup_commands
+    add_selfsup_commands(sub)                                          # nabi pretrain
+    __import__("nabi.serve.cli", fromlist=["add_commands"]).add_commands(sub)     # nabi serve
     from ..reid.cli import add_commands; add_commands(sub)  # noqa: E702  (gallery, identify, train --head)
     return parser
 

@@ -69,7 +69,8 @@ _TOP_KEYS = ("data", "base", "factor", "variants", "seeds", "seed", "paired_init
              "max_val", "max_test", "keep_checkpoints", "description")
 _BASE_FORBIDDEN = {"data": "set data at the top level", "out": "set out at the top level or pass --out",
                    "seed": "set seed (data split) and seeds (runs) at the top level",
-                   "progress": "ablation runs never draw progress bars"}
+                   "progress": "ablation runs never draw progress bars",
+                   "init": "the variants start from shared initial weights drawn per seed"}
 _NAME = re.compile(r"^[\w][\w.+-]*$")
 
 

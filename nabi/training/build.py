@@ -109,6 +109,9 @@ def run_training(cfg: TrainConfig, resume=False, log=print):
     C, H, W = model_input_size(model)
     if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
         H = W = set_input_size(model, cfg.image_size)
+    if cfg.init:
+        from .init_from import format_report, load_matching
+        log(format_report(load_matching(model, cfg.init)))
     channels = cfg.channels or C
     size = cfg.image_size or H
     if parts is None:

@@ -11,6 +11,7 @@ class TrainConfig:
     data: str = "embedded:mnist5k"
     model: str = "lenet5"
     model_args: dict = field(default_factory=dict)
+    init: str | None = None            # start from these weights (matching names and shapes)
     epochs: int = 10
     iterations: int | None = None
     batch_size: int = 64
