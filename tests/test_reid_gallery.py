@@ -316,3 +316,14 @@ def test_build_enrols_repeated_files_once(world, tmp_path):
     shutil.copy(photos / "ind01" / "001.png", photos / "ind02" / "stray.png")
     with pytest.raises(ValueError, match=r"stray.png \(individual 'ind02'\) is the same file as .*ind01"):
         Gallery.build(world / "run", photos, tmp_path / "g2")
+
+
+def test_init_backbone_from_a_classifier_run(world, tmp_path, capsys):
+    data = write_photos(tmp_path / "cls", range(20, 23), 3)
+    assert main(["--threads", "1", "train", str(data), "--model", "cifar_cnn", "--iterations", "1", "--batch-size", "4",
+                 "--out", str(tmp_path / "cls_run"), "--no-progress", "--val-ratio", "0", "--test-ratio", "0"]) == 0
+    assert main(["--threads", "1", "train", str(world / "train"), "--model", "cifar_cnn", "--head", "cosface",
+                 "--embedding-dim", "8", "--iterations", "1", "--batch-size", "8", "--k", "2", "--val-ratio", "0",
+                 "--init", str(tmp_path / "cls_run"), "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "loaded 4 arrays matching by name and shape" in out and "unused (not in this model): fc.weight, fc.bias" in out

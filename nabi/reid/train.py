@@ -188,6 +188,9 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     C, H, W = model_input_size(model)
     if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
         H = W = set_input_size(model, cfg.image_size)
+    if getattr(cfg, "init", None):        # e.g. a self-supervised backbone: its names are the backbone's
+        from ..training.init_from import format_report, load_matching
+        log(format_report(load_matching(model.backbone, cfg.init)))
     channels = cfg.channels or C
     kw = dict(image_size=(H, W), channels=channels, strict=cfg.strict)
     train_full = split_background_kinds(D.ImageFolder(cfg.data, exclude=exclude, **kw))
