@@ -219,6 +219,13 @@ def test_cli_end_to_end(world, tmp_path, capsys):
     text.write_text("hello")
     assert main(["identify", g, str(text)]) == 1
     assert "notes.png" in capsys.readouterr().err
+    assert main(["gallery", "rename", g, "Bora", "ind01"]) == 1
+    assert "collides" in capsys.readouterr().err
+    assert main(["gallery", "rename", g, "Bora", "ind01", "--merge"]) == 0
+    capsys.readouterr()
+    assert main(["gallery", "list", g, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["names"]["ind01"] == 4 and "Bora" not in listed["names"] and listed["threshold"] is not None
 
 
 def test_in_memory_writes_are_locked(world, tmp_path):
