@@ -85,7 +85,8 @@ def cmd_gallery_evaluate(args):
         return 0
     print(f"{res['queries']} query photos: {res['known_queries']} of enrolled individuals, "
           f"{res['unknown_queries']} of others ({res['individuals_enrolled']} individuals enrolled)")
-    for key, label in (("rank1", "rank-1"), ("rank5", "rank-5"), ("mAP", "mAP"), ("auroc", "AUROC known vs unknown"),
+    for key, label in (("rank1", "rank-1"), ("rank5", "rank-5"), ("mAP", "mAP"),
+                       ("rank1_with_matcher", "rank-1 with the matcher"), ("auroc", "AUROC known vs unknown"),
                        ("tar_at_far_1pct", "TAR at FAR 1 %"), ("tar_at_far_5pct", "TAR at FAR 5 %"),
                        ("three_way_accuracy", "three-way answer accuracy")):
         if key in res:

@@ -522,6 +522,10 @@ class Gallery:
         truths = [("background", None) if is_background(n) else ("known", n) if n in enrolled else ("unknown", None)
                   for n, _ in items]
         out["three_way_accuracy"] = M.three_way_accuracy([(a["answer"], a["name"]) for a in answers], truths)
+        if matcher is not None and known_idx:       # rank-1 after the matcher re-ranked the top candidates
+            top = [next((c["name"] for c in answers[i]["candidates"] if not is_background(c["name"])), None)
+                   for i in known_idx]
+            out["rank1_with_matcher"] = float(np.mean([t == items[i][0] for t, i in zip(top, known_idx)]))
         out["threshold"] = answers[0]["threshold"] if answers else None
         return out
 
