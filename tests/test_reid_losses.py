@@ -264,3 +264,25 @@ def test_losses_check_labels():
         ArcFaceLoss()(np.zeros((2, 3)), np.array([0, 5]))
     with pytest.raises(ValueError, match="margin"):
         ArcFaceLoss(margin=2.0)(np.zeros((2, 3)), np.array([0, 1]))
+
+
+def test_heads_and_losses_on_the_device(xp):
+    """The same numbers on the GPU code path (CuPy, or the emulated CuPy without a GPU) as on NumPy."""
+    from nabi import backend
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    out = {}
+    for dev in ("cpu", "gpu" if xp is not np else "cpu"):
+        layer = CosineLinear(6, 4, subcenters=2, rng=np.random.default_rng(1)).to(dev)
+        c = layer(backend.to_device(x, dev))
+        f = ArcFaceLoss(scale=8.0)
+        loss = f(c, backend.to_device(y, dev))
+        dx = layer.backward(f.backward())
+        t = TripletLoss(0.5)
+        tl = t(backend.to_device(x, dev), backend.to_device(y, dev))
+        out[dev] = (loss, backend.to_numpy(dx), tl, backend.to_numpy(t.backward()))
+    a, b = out["cpu"], out["gpu" if xp is not np else "cpu"]
+    assert a[0] == pytest.approx(b[0], rel=1e-5) and a[2] == pytest.approx(b[2], rel=1e-5)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a[3], b[3], rtol=1e-4, atol=1e-6)

@@ -232,8 +232,5 @@ def triplet_batch_hard_backward(cache, dloss=1.0):
     w = (active * (dloss / a.size))[:, None]
     gp = dap_vec / dap[:, None] * w
     gn = dan_vec / dan[:, None] * w
-    dx = xp.zeros(shape, dtype=dap_vec.dtype)
-    xp.add.at(dx, a, gp - gn)
-    xp.add.at(dx, p, -gp)
-    xp.add.at(dx, n, gn)
-    return dx
+    eye = xp.eye(shape[0], dtype=dap_vec.dtype)      # one-hot rows: the sums over repeated indices as products
+    return eye[a].T @ (gp - gn) - eye[p].T @ gp + eye[n].T @ gn
