@@ -50,7 +50,8 @@ def test_train_reports_rank1_of_held_out_individuals(world):
     assert emb["head"] == "arcface" and len(emb["validation_individuals"]) == 5
     assert not set(emb["validation_individuals"]) & set(emb["train_individuals"])
     rows = [json.loads(line) for line in (world / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 6 and all(0.0 <= r["val_acc"] <= 1.0 for r in rows)
+    assert len(rows) == 6 and all(0.0 <= r["val_acc"] == r["val_rank1"] <= 1.0 for r in rows)
+    assert all(r["val_rank5"] == r["val_top5"] >= r["val_rank1"] for r in rows)
     assert max(r["val_acc"] for r in rows) >= 0.8                 # rank-1 of never-trained-on individuals
     meta = json.loads((world / "run" / "best.json").read_text())
     assert meta["arch"]["name"] == "embedding_net" and meta["arch"]["kwargs"]["embedding_dim"] == 32

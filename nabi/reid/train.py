@@ -15,7 +15,8 @@ Validation after each epoch is retrieval on the held-out individuals: each one's
 in two, the first half enrolled as a gallery (embedded with the current weights), the second half
 queried against it (a file repeated byte for byte is kept once, so no query meets its own copy).
 The trainer's ``val_acc`` is then rank-1 identification accuracy of these
-never-trained-on individuals (``val_top5`` rank-5, with more than five training individuals) and
+never-trained-on individuals (``val_top5`` rank-5, with more than five training individuals; both also
+written as ``val_rank1`` and ``val_rank5`` in ``metrics.jsonl``) and
 ``val_loss`` the cross-entropy of the scaled query-to-individual similarities; the best weights are
 those with the best rank-1. ``train_acc`` is the arg-max accuracy of the cosine classifier over the
 training individuals (not meaningful for ``triplet``, whose training output is the embedding).
@@ -93,6 +94,22 @@ class RetrievalValidation:
             yield from self.query_loader
         finally:
             self.net.clear_gallery()
+
+
+def _retrieval_trainer():
+    from ..training.trainer import Trainer
+
+    class RetrievalTrainer(Trainer):
+        """A ``Trainer`` whose metrics rows also name the retrieval figures: ``val_rank1`` (= ``val_acc``)
+        and ``val_rank5`` (= ``val_top5``, when reported)."""
+
+        def _write_metrics(self, row):
+            if "val_acc" in row:
+                row["val_rank1"] = row["val_acc"]
+                if "val_top5" in row:
+                    row["val_rank5"] = row["val_top5"]
+            super()._write_metrics(row)
+    return RetrievalTrainer
 
 
 def split_background_kinds(folder):
@@ -235,7 +252,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
             f"{train_loader.p}×{k}; validation: {len(val_ids)} held-out individuals, {val_info['gallery_photos']} "
             f"gallery and {val_info['query_photos']} query photos — val_acc is rank-1, val_top5 rank-5")
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
-                            log=log)
+                            log=log, trainer_class=_retrieval_trainer() if val_loader is not None else None)
     trainer.loss_fn = loss          # the head's loss instead of build_trainer's cross-entropy
     if resume and trainer.resume() is None:
         log(f"no checkpoint in {out}: starting from the beginning")
