@@ -42,7 +42,7 @@ class Workload:
     batch: int
     shape: tuple          # (C, H, W)
     num_classes: int
-    sgd: str = "momentum"  # momentum (0.9) | plain (the seed's rule, both sides) | fused (plain; nabi updates in backward)
+    sgd: str = "momentum"  # momentum (0.9) | plain (w ← w − lr·g, both sides) | fused (plain; nabi updates in backward)
 
     def as_dict(self):
         return {"model": self.model, "batch": self.batch, "input": list(self.shape), "num_classes": self.num_classes,
@@ -55,7 +55,7 @@ def model_workloads(device, full):
     w = [Workload("lenet5 b64", "lenet5", 64, (1, 32, 32), 10),
          Workload("cifar_cnn b128", "cifar_cnn", 128, (3, 32, 32), 10),
          Workload("alexnet336 b1", "alexnet336", 1, (3, 336, 336), 5),
-         Workload("alexnet336 b1 plain SGD (seed 000)", "alexnet336", 1, (3, 336, 336), 5, "plain"),
+         Workload("alexnet336 b1 plain SGD (2019 report)", "alexnet336", 1, (3, 336, 336), 5, "plain"),
          Workload("alexnet336 b1 plain SGD, nabi fused", "alexnet336", 1, (3, 336, 336), 5, "fused")]
     if gpu or full:
         w.append(Workload("alexnet336 b32", "alexnet336", 32, (3, 336, 336), 5))
@@ -272,7 +272,7 @@ def run_infer(w, args, repeats, warmup):
 
 
 # ----------------------------------------------------------------------------------
-# layers suite: AlexNet-336's layers one by one (seed 000 tables 3-7)
+# layers suite: AlexNet-336's layers one by one (the 2019 campus-cat report's tables 3-7)
 # ----------------------------------------------------------------------------------
 
 ALEX_LAYERS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7")

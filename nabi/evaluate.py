@@ -13,7 +13,10 @@ Conventions
 
 Background statistics (the 2019 campus-cats protocol)
 -----------------------------------------------------
-Testset 1 holds every test photo (cats and background photos); Testset 2 holds
+The protocol of the report "CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한
+성능 개선" (COSE362, Korea University, 2019): a model B learns the individuals
+plus a background class and is compared with a model A that learns the
+individuals only. Testset 1 holds every test photo (cats and background photos); Testset 2 holds
 the cat photos only. With ``pred`` the argmax over the model's classes:
 
 * ``P1 = #{pred == true} / |Testset 1|``  (a background photo is right when predicted background)

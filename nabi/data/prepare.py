@@ -39,8 +39,8 @@ def normalization_transform(spec: dict):
     kind = spec["kind"]
     if kind == "unit":
         return None
-    if kind == "seed2019":
-        return D.SeedScale()
+    if kind in ("pixel256", "seed2019"):      # seed2019: the old name, in run folders written before
+        return D.Pixel256Scale()
     return D.Normalize(spec["mean"], spec["std"])
 
 
@@ -198,7 +198,9 @@ def dataset_mean_std(ds, limit=2000, seed=0):
 
 
 def normalization_spec(kind: str, train_ds=None, channels=3) -> dict:
-    if kind in ("unit", "seed2019"):
+    from ..training.config import current_name
+    kind = current_name("normalize", kind)
+    if kind in ("unit", "pixel256"):
         return {"kind": kind}
     if kind == "imagenet":
         if channels != 3:
@@ -207,7 +209,7 @@ def normalization_spec(kind: str, train_ds=None, channels=3) -> dict:
     if kind == "dataset":
         mean, std = dataset_mean_std(train_ds)
         return {"kind": kind, "mean": mean, "std": std}
-    raise ValueError(f"normalize must be one of unit, seed2019, dataset, imagenet; got {kind!r}")
+    raise ValueError(f"normalize must be one of unit, pixel256, dataset, imagenet; got {kind!r}")
 
 
 def eval_transforms(input_hw, norm_spec):

@@ -32,7 +32,7 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise ImportError("the local-feature matcher needs OpenCV: pip install opencv-python-headless") from None
+        raise ImportError('the local-feature matcher needs OpenCV: pip install "nabi[reid]"') from None
     return cv2
 
 

@@ -14,34 +14,39 @@ def add_commands(subparsers):
                     "`nabi train DATA --model SAME --init OUT/backbone.safetensors`. The log's acc column is "
                     "the contrastive top-1: how often a view's nearest other view is its own pair.")
     p.add_argument("photos", help="a folder of photos (searched recursively; labels are not used)")
-    p.add_argument("--method", default="simclr", choices=list(METHODS))
+    p.add_argument("--method", default="simclr", choices=list(METHODS), help="the self-supervised method")
     p.add_argument("--model", default="resnet18_cifar", help="a zoo model ending in a Linear classifier "
                                                              "(default resnet18_cifar)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
-                   help="an argument of the model's builder (repeatable)")
+                   help="an argument of the model's builder (repeatable; default: none)")
     p.add_argument("--image-size", type=int, help="train at this size (default: the model's)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead")
+    p.add_argument("--epochs", type=int, default=100, help="passes over the photos")
+    p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead "
+                                                  "(default: none: --epochs decides)")
     p.add_argument("--batch-size", type=int, default=256, help="photos per step; each gives two views")
     p.add_argument("--temperature", type=float, default=0.5, help="τ of NT-Xent (default 0.5)")
     p.add_argument("--projection-dim", type=int, default=128, help="output size of the projection head")
-    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-6)
-    p.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "warmup_cosine"])
+    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the schedule's starting value)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-6, help="L2 weight decay (decoupled for adamw)")
+    p.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "warmup_cosine"],
+                   help="how the learning rate changes")
     p.add_argument("--warmup", type=int, default=0, help="warm-up steps for warmup_cosine")
-    p.add_argument("--normalize", default="unit", choices=["unit", "seed2019", "imagenet"],
+    p.add_argument("--normalize", default="unit", choices=["unit", "pixel256", "imagenet", "seed2019"],
                    help="pixel scaling; `nabi train --init` should use the same")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the views and the order")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs the gpu extra")
     p.add_argument("--workers", type=int, default=0, help="background threads decoding photos")
-    p.add_argument("--cache", action="store_true", help="keep decoded photos in memory (uint8)")
+    p.add_argument("--cache", action="store_true", help="keep decoded photos in memory (uint8) (default: off)")
     p.add_argument("--out", default="runs/pretrain", help="the run folder to write")
-    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations "
+                                                        "(default: at each epoch end only)")
     p.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
+                                                         "(default: off)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: a bar on a terminal, a line every 15 s in a log)")
     p.set_defaults(func=cmd_pretrain)
 
 

@@ -17,13 +17,15 @@ def add_commands(subparsers):
                     "Loopback by default; another address needs a token for every change.")
     p.add_argument("source", metavar="GALLERY_OR_RUN", help="a nabi run folder (classifier) or a gallery")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--data", default="nabi-data", help="the data folder: database and photos (default ./nabi-data)")
-    p.add_argument("--kind", default="auto", choices=["auto", "classifier", "gallery"])
+    p.add_argument("--kind", default="auto", choices=["auto", "classifier", "gallery"],
+                   help="what SOURCE is; auto tells a run folder from a gallery")
     p.add_argument("--token", help="the token changes need when not on loopback (default: $NABI_SERVE_TOKEN, "
                                    "else a random one, printed at start)")
     p.add_argument("--require-token", action="store_true",
-                   help="require the token even on loopback (as if the server were reachable from other machines)")
+                   help="require the token even on loopback (as if the server were reachable from other machines) "
+                        "(default: off)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="classifier: below this top probability the answer is 'unknown' (default 0.5)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest photo accepted, in MiB (default 20)")
@@ -31,8 +33,9 @@ def add_commands(subparsers):
                    help="most pixels (width × height) a photo may have (default 40,000,000)")
     p.add_argument("--max-files", type=int, default=20, help="most photos in one upload (default 20)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="another host name the server answers to (repeatable)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+                   help="another host name the server answers to (repeatable; default: none)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the network runs; gpu needs "
+                                                                          "the gpu extra")
     p.set_defaults(func=cmd_serve)
     return p
 

@@ -59,6 +59,7 @@ from .. import files
 from .. import data as D
 from .jobs import (RunLog, as_float, completed_result, plot_history, relative_path, run_parallel, run_resumable,
                    run_seeds, sha256_of_json, state_sha256, strict_json, study_trainer_class)
+from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
 from .recipes import EXECUTION_KEYS, TRAIN_KEYS, optional_train_keys, parse_value, resolve_recipe
 
 __all__ = ["Factor", "FACTORS", "register_factor", "SE_PAIRS", "load_config", "plan_ablation", "run_ablation",
@@ -273,8 +274,8 @@ _train_factor("iterations", _positive_int, "iterations (instead of epochs)")
 _train_factor("image_size", lambda f, v: _number(f, v, 8, integer=True), "input size (models with adaptive pooling)")
 _train_factor("optimizer", lambda f, v: _choice(f, v, ("sgd", "adam", "adamw")), "optimizer")
 _train_factor("augment", lambda f, v: _choice(f, v, ("none", "flip", "standard", "strong")), "online augmentation")
-_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "seed2019", "dataset", "imagenet")), "normalisation")
-_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "seed2019")),
+_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "pixel256", "dataset", "imagenet", "seed2019")), "normalisation")
+_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "linear_step", "seed2019")),
               "learning-rate schedule")
 
 
@@ -715,8 +716,11 @@ def _train_run(job, run_dir, log):
     return result
 
 
-def _run_jobs(jobs_list, jobs, log):
-    """In this process, or in experiment.py's 'spawn' worker pool with ``_run_variant`` as the job function."""
+def _run_jobs(jobs_list, jobs, log, executor="local", **ray_options):
+    """In this process, in a 'spawn' worker pool, or as Ray tasks, with ``_run_variant`` as the job function."""
+    if executor == "ray":
+        run_on_ray(jobs_list, _run_variant, log, **ray_options)
+        return
     if jobs == 1 or len(jobs_list) <= 1:
         for job in jobs_list:
             _run_variant(job, log=log)
@@ -735,13 +739,21 @@ def _setup_record(plan) -> dict:
                                         "shared")} | {"fingerprints": v["fingerprints"]} for v in plan["variants"]]})
 
 
-def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None) -> dict:
+def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None, executor="local", address=None,
+                 cpus_per_run=1, gpus_per_run=0) -> dict:
     """Check, run (or resume) every (variant, seed) run, write the report; returns the report dict.
 
     ``config``: a dict or a TOML path; ``out_dir`` defaults to the config's ``out``, else
-    ``runs/ablation``; ``jobs`` (default: the config's, else 1) runs at once in worker processes.
+    ``runs/ablation``; ``jobs`` (default: the config's, else 1) runs at once in worker processes;
+    ``executor='ray'`` runs each run as a Ray task on a local instance or the cluster at
+    ``address`` instead (the config's ``jobs`` is then unused), with ``cpus_per_run`` and
+    ``gpus_per_run`` each (see ``ray_executor.run_on_ray``).
     """
     log = log or (lambda *a, **k: None)
+    if executor == "ray" and jobs not in (None, 1):  # the config's jobs is for the local executor only
+        raise ValueError("--jobs is for the local executor; with --executor ray each run is a Ray task "
+                         "(share the cores with --cpus-per-run)")
+    check_executor(executor, address, cpus_per_run, gpus_per_run)
     plan = plan or plan_ablation(config, log=log)
     out_dir = Path(out_dir or plan["out"] or "runs/ablation").expanduser()
     jobs = plan["jobs"] if jobs is None else jobs
@@ -783,7 +795,8 @@ def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None) -> dict:
             todo.append(job)
             log(f"run {job['run']:02d} = {job['variant']}, seed {job['seeds']['run']:02d}")
     t0 = time.perf_counter()
-    _run_jobs(todo, jobs, log)
+    _run_jobs(todo, jobs, log, executor, **({"address": address, "cpus_per_run": cpus_per_run,
+                                             "gpus_per_run": gpus_per_run} if executor == "ray" else {}))
     log(f"{len(todo)} run(s) trained in {time.perf_counter() - t0:.1f} s")
     report = write_report(out_dir)
     log(f"report: {report['files']['md']}")
@@ -964,9 +977,12 @@ def add_arguments(parser):
     parser.add_argument("--out", help="output folder (default: the config's out, else runs/ablation)")
     parser.add_argument("--jobs", type=int, help="runs trained at once in worker processes (default: the config's, "
                                                  "else 1)")
+    add_executor_arguments(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable)")
-    parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing")
+                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable; "
+                             "default: none)")
+    parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing "
+                                                             "(default: off)")
     return parser
 
 
@@ -988,7 +1004,7 @@ def main_from_args(args, log=print) -> int:
                 f"({sh['params']:,} params) with the reference")
         log("config OK (nothing trained)")
         return 0
-    report = run_ablation(config, out_dir=args.out, jobs=args.jobs, log=log, plan=plan)
+    report = run_ablation(config, out_dir=args.out, jobs=args.jobs, log=log, plan=plan, **executor_kwargs(args))
     log(report["markdown"])
     log("written: " + ", ".join(v for v in report["files"].values() if v))
     return 0

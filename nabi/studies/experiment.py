@@ -74,6 +74,7 @@ from .. import data as D
 from .jobs import (RunLog, as_float, available_cores, completed_result, plot_history, read_json_or_none,
                    relative_path, run_parallel, run_resumable, run_seeds, sha256_of_json, state_sha256,
                    strict_json, study_trainer_class, worker_init)
+from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
 from .recipes import (EXECUTION_KEYS, RECIPES, RENAMED_RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, optional_train_keys,
                       parse_value, probe_input_size, resolve_recipe)
 
@@ -507,18 +508,26 @@ def _normalization(cfg, spec, input_size):
 
 
 def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", jobs=1, background="background",
-                   seed=0, overrides=None, log=print) -> dict:
+                   seed=0, overrides=None, log=print, executor="local", address=None, cpus_per_run=1,
+                   gpus_per_run=0) -> dict:
     """Run (or resume) the paired experiment into ``out_dir/<recipe>/``; returns the report dict.
 
     ``jobs`` > 1 runs that many runs at once in 'spawn' worker processes (each limits
     BLAS to ``max(1, cores // jobs)`` threads with threadpoolctl when installed);
-    ``jobs=1`` runs them one after another in this process. ``overrides`` replaces
-    recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every input check
-    raises ``ValueError`` before anything is trained or written.
+    ``jobs=1`` runs them one after another in this process. ``executor='ray'`` runs each run as a
+    Ray task instead (``jobs`` must then stay 1): on a local Ray instance, or on the cluster at
+    ``address``, with ``cpus_per_run``/``gpus_per_run`` each (see ``ray_executor.run_on_ray``).
+    ``overrides`` replaces recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every
+    input check raises ``ValueError`` before anything is trained or written.
     """
     log = log or (lambda *a, **k: None)
     models = _check_args(runs, models, jobs, seed)
+    if executor == "ray" and jobs != 1:
+        raise ValueError("--jobs is for the local executor; with --executor ray each run is a Ray task "
+                         "(share the cores with --cpus-per-run)")
+    check_executor(executor, address, cpus_per_run, gpus_per_run)
     cfg = resolve_recipe(recipe, overrides)
+    recipe = cfg["recipe"]                  # an old name resolves to the current one
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]))
     input_size = probe_input_size(cfg)
     counts = {"B": len(spec["train"]), "A": sum(c != spec["background"] for _, c in spec["train"])}
@@ -527,9 +536,9 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
         steps = math.ceil(counts[m] * cfg["offline_variants"] / cfg["batch_size"])
         epochs, iterations = _model_length(cfg, n_classes[m], steps)
         total = iterations or epochs * steps
-        if cfg["schedule"] == "seed2019" and (cfg["schedule_unit"] == "iteration" and total < 11
+        if cfg["schedule"] == "linear_step" and (cfg["schedule_unit"] == "iteration" and total < 11
                                               or cfg["schedule_unit"] == "epoch" and (epochs or 0) < 11):
-            raise ValueError(f"schedule 'seed2019' lowers the rate 10 times and needs at least 11 steps; "
+            raise ValueError(f"schedule 'linear_step' lowers the rate 10 times and needs at least 11 steps; "
                              f"model {m} would get {total} iterations")
     fingerprint = _fingerprint(spec, cfg, seed)
     exp_dir = Path(out_dir) / recipe
@@ -583,7 +592,9 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
                           "fingerprint": fingerprint, "data": spec, "config": cfg, "input_size": input_size,
                           "normalization": norm})
     t0 = time.perf_counter()
-    if jobs == 1 or len(jobs_list) <= 1:
+    if executor == "ray":
+        run_on_ray(jobs_list, _run_one, log, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+    elif jobs == 1 or len(jobs_list) <= 1:
         for job in jobs_list:
             log(f"run {job['run']:02d}: starting")
             _run_one(job, log=log)
@@ -816,18 +827,27 @@ def add_arguments(parser):
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
     parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
     parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES) + sorted(RENAMED_RECIPES),
-                        help="alexnet336-2019 (the 2019 report's setup), modern (default) or tiny")
+                        help="alexnet336-2019 (the 2019 campus-cat report's setup; its old name seed2019 still "
+                             "works), modern (ResNet-18, AdamW, strong augmentation) or tiny (for tests)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
+    add_executor_arguments(parser)
     parser.add_argument("--background", default="background", help="the background folder's name")
     parser.add_argument("--seed", type=int, default=0, help="experiment seed: the split and every run's seeds")
     parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/")
-    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead")
-    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead")
-    parser.add_argument("--iterations-per-class", type=int, help="iterations per class (the 2019 setup: 2000)")
-    parser.add_argument("--image-size", type=int, help="input size (models with a fixed size refuse others)")
-    parser.add_argument("--device", choices=["cpu", "gpu"])
+    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead "
+                                                   "(default: the recipe's length)")
+    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead "
+                                                       "(default: the recipe's length)")
+    parser.add_argument("--iterations-per-class", type=int,
+                        help="train each model this many iterations per class it learns; the 2019 report used "
+                             "2,000 (default: the recipe's length)")
+    parser.add_argument("--image-size", type=int, help="input size; models with a fixed size refuse others "
+                                                       "(default: the recipe's)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], help="where the networks train; gpu needs the gpu "
+                                                                 "extra (default: the recipe's, else cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable)")
+                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable; "
+                             "default: none)")
     return parser
 
 
@@ -845,7 +865,7 @@ def main_from_args(args, log=print) -> int:
             overrides[k] = v
     report = run_experiment(args.data, args.out, runs=args.runs, models=args.models, recipe=args.recipe,
                             jobs=args.jobs, background=args.background, seed=args.seed, overrides=overrides,
-                            log=log)
+                            log=log, **executor_kwargs(args))
     log(report["markdown"])
     log("written: " + ", ".join(v for v in report["files"].values() if v))
     return 0

@@ -22,9 +22,9 @@ RECIPES = {
     "alexnet336-2019": {
         "description": "the 2019 report's setup: AlexNet-style 336×336 (He-uniform), RGB/256, batch 1, plain SGD "
                        "1.5e-5 → 5e-6 in 10 steps, 2,000 iterations per class, offline ×8 augmentation",
-        "model": "alexnet336", "model_args": {}, "image_size": 336, "normalize": "seed2019", "augment": "none",
+        "model": "alexnet336", "model_args": {}, "image_size": 336, "normalize": "pixel256", "augment": "none",
         "offline_variants": 8, "batch_size": 1, "optimizer": "sgd", "lr": 1.5e-5, "momentum": 0.0,
-        "weight_decay": 0.0, "schedule": "seed2019", "iterations_per_class": 2000, "label_smoothing": 0.0,
+        "weight_decay": 0.0, "schedule": "linear_step", "iterations_per_class": 2000, "label_smoothing": 0.0,
         "test_ratio": 0.1, "checkpoint_every": 1000,
     },
     "modern": {
@@ -114,9 +114,11 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
     models.builder(cfg["model"])  # ValueError listing the zoo's names
     if not isinstance(cfg["model_args"], dict):
         raise ValueError(f"model_args must be a dict, got {cfg['model_args']!r}")
-    for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", ("unit", "seed2019", "dataset",
-                         "imagenet")), ("augment", ("none", "flip", "standard", "strong")),
-                         ("schedule", ("constant", "step", "cosine", "warmup_cosine", "seed2019")),
+    from ..training.config import NORMALIZATIONS, SCHEDULES, current_name
+    cfg["normalize"] = current_name("normalize", cfg["normalize"])      # old names warn and map
+    cfg["schedule"] = current_name("schedule", cfg["schedule"])
+    for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", NORMALIZATIONS),
+                         ("augment", ("none", "flip", "standard", "strong")), ("schedule", SCHEDULES),
                          ("schedule_unit", ("iteration", "epoch")), ("device", ("cpu", "gpu"))):
         if cfg[key] not in choices:
             raise ValueError(f"{key} must be one of {', '.join(choices)}; got {cfg[key]!r}")

@@ -55,9 +55,9 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
         return optim.make_schedule("cosine", optimizer, total_steps=total)
     if name == "warmup_cosine":
         return optim.make_schedule("warmup_cosine", optimizer, warmup_steps=cfg.warmup, total_steps=total)
-    if name == "seed2019":
-        return optim.make_schedule("seed2019", optimizer, total_steps=total)
-    raise ValueError(f"schedule must be constant, step, cosine, warmup_cosine or seed2019; got {name!r}")
+    if name == "linear_step":
+        return optim.make_schedule("linear_step", optimizer, total_steps=total)
+    raise ValueError(f"schedule must be constant, step, cosine, warmup_cosine or linear_step; got {name!r}")
 
 
 def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out_dir=None, metadata=None,

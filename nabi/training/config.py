@@ -1,8 +1,27 @@
 """The training configuration: every knob of ``nabi train``, and TOML files that set them."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step")
+NORMALIZATIONS = ("unit", "pixel256", "dataset", "imagenet")
+# Old names still accepted (with a FutureWarning) in TOML files, on the command line and in recipes.
+RENAMED = {
+    "schedule": {"seed2019": "linear_step"},
+    "normalize": {"seed2019": "pixel256"},
+}
+
+
+def current_name(key: str, value):
+    """``value`` of setting ``key`` under its current name; an old name warns (FutureWarning) and is mapped."""
+    new = RENAMED.get(key, {}).get(value)
+    if new is None:
+        return value
+    warnings.warn(f"{key} {value!r} is now called {new!r}; the old name will be removed", FutureWarning,
+                  stacklevel=3)
+    return new
 
 
 @dataclass
@@ -20,7 +39,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
-    schedule: str = "constant"         # constant | step | cosine | warmup_cosine | seed2019
+    schedule: str = "constant"         # constant | step | cosine | warmup_cosine | linear_step
     schedule_unit: str = "iteration"
     warmup: int = 0
     step_size: int = 10
@@ -31,7 +50,7 @@ class TrainConfig:
     precision: str = "float32"         # float32 | float16 (mixed precision: float32 masters, loss scaling)
     image_size: int | None = None      # default: the model's input size
     channels: int | None = None        # default: the model's input channels
-    normalize: str = "unit"            # unit (pixel/255) | seed2019 (pixel/256) | dataset (mean/std) | imagenet
+    normalize: str = "unit"            # unit (pixel/255) | pixel256 (pixel/256) | dataset (mean/std) | imagenet
     augment: str = "none"              # none | flip | standard | strong
     val_ratio: float = 0.1
     test_ratio: float = 0.1
@@ -46,6 +65,10 @@ class TrainConfig:
     keep_last: int = 3
     early_stopping: int | None = None
     progress: bool = True
+
+    def __post_init__(self):
+        self.schedule = current_name("schedule", self.schedule)
+        self.normalize = current_name("normalize", self.normalize)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

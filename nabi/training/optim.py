@@ -31,7 +31,7 @@ from ..layers.module import Parameter
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
-    "LRSchedule", "ConstantLR", "StepLR", "CosineAnnealingLR", "LinearWarmup", "SeedStepDecay",
+    "LRSchedule", "ConstantLR", "StepLR", "CosineAnnealingLR", "LinearWarmup", "LinearStepDecay",
     "SCHEDULES", "make_schedule",
 ]
 
@@ -540,8 +540,11 @@ class LinearWarmup(LRSchedule):
         super().load_state_dict(d)
 
 
-class SeedStepDecay(LRSchedule):
-    """The 2019 seed project's schedule: start at 1.5e-5, lower it 10 times, end at 5e-6.
+class LinearStepDecay(LRSchedule):
+    """A staircase from ``lr_start`` down to ``lr_end`` in ``n_steps`` equal decreases.
+
+    With its defaults (1.5e-5 → 5e-6 in 10 steps) it is the schedule of the 2019
+    campus-cat report's AlexNet (``nabi experiment --recipe alexnet336-2019``).
 
     Piecewise constant. The run of ``total_steps`` steps (epochs or iterations,
     whichever the caller steps it by) is split into ``n_steps + 1`` equal phases;
@@ -558,7 +561,7 @@ class SeedStepDecay(LRSchedule):
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
         if total_steps < n_steps + 1:
-            raise ValueError(f"SeedStepDecay needs total_steps >= n_steps + 1 = {n_steps + 1} to make "
+            raise ValueError(f"LinearStepDecay needs total_steps >= n_steps + 1 = {n_steps + 1} to make "
                              f"{n_steps} decreases, got total_steps={total_steps} (step it per iteration "
                              "instead of per epoch, or lower n_steps)")
         self.total_steps = total_steps
@@ -606,19 +609,30 @@ SCHEDULES = {
     "constant": ConstantLR,
     "step": StepLR,
     "cosine": _cosine,
-    "seed2019": SeedStepDecay,
+    "linear_step": LinearStepDecay,
     "warmup_cosine": _warmup_cosine,
 }
 
 
 def make_schedule(name: str, optimizer, **kw) -> LRSchedule:
-    """Build a schedule by name: 'constant', 'step', 'cosine', 'seed2019' or 'warmup_cosine'.
+    """Build a schedule by name: 'constant', 'step', 'cosine', 'warmup_cosine' or 'linear_step'.
 
     Keyword arguments go to the class (``cosine`` and ``warmup_cosine`` also take
     ``total_steps`` in place of ``T_max``).
     """
+    from .config import current_name
+    name = current_name("schedule", name)
     try:
         factory = SCHEDULES[name]
     except KeyError:
         raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}") from None
     return factory(optimizer, **kw)
+
+
+def __getattr__(name):
+    """``SeedStepDecay``: the old name of :class:`LinearStepDecay` (warns)."""
+    if name == "SeedStepDecay":
+        import warnings
+        warnings.warn("SeedStepDecay is now called LinearStepDecay", FutureWarning, stacklevel=2)
+        return LinearStepDecay
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

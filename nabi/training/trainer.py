@@ -26,6 +26,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..layers import CrossEntropyLoss, Dropout
 from .amp import MixedPrecision, check_precision
 from .optim import clip_grad_norm
+from .progress import Progress
 
 
 AUX_LOSS_WEIGHT = 0.3
@@ -213,6 +214,7 @@ class Trainer:
         self.keep_last = keep_last
         self.early_stopping = early_stopping
         self.progress = progress
+        self._progress = Progress(enabled=progress)
         self.metadata = dict(metadata or {})
         self.config = dict(config or {})
         self.log = log or (lambda *a, **k: None)
@@ -347,13 +349,7 @@ class Trainer:
     def _run_epoch(self, stop):
         loader = self.train_loader
         n_batches = len(loader)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            import sys
-            bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                       unit="batch", dynamic_ncols=True, leave=True,
-                       mininterval=0.1 if sys.stderr.isatty() else 10.0)   # a log file gets a line every 10 s
+        bar = self._progress.epoch(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{self.epochs}")
         sums = self._epoch_sums
         t0 = time.perf_counter()
         try:
@@ -361,10 +357,9 @@ class Trainer:
                 self._step(x, y, sums)
                 if bar is not None:
                     elapsed = sums["time"] + time.perf_counter() - t0
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums['loss'] / max(sums['n'], 1):.4f}",
-                                    acc=f"{sums['correct'] / max(sums['n'], 1):.3f}",
-                                    img_s=f"{sums['n'] / max(elapsed, 1e-9):.0f}", lr=f"{self.optimizer.lr:.3g}")
+                    bar.update(1, loss=f"{sums['loss'] / max(sums['n'], 1):.4f}",
+                               acc=f"{sums['correct'] / max(sums['n'], 1):.3f}",
+                               img_s=f"{sums['n'] / max(elapsed, 1e-9):.0f}", lr=f"{self.optimizer.lr:.3g}")
                 if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
                     sums["time"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
