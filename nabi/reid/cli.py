@@ -199,6 +199,10 @@ def _extend_train(sub):
     train.set_defaults(func=_train_with_head(train.get_default("func")))
 
 
+def _examples(*lines):
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def add_commands(sub):
     """Register ``gallery`` and ``identify`` on nabi's sub-parsers and the embedding options of ``train``."""
     _extend_train(sub)
@@ -212,7 +216,13 @@ def add_commands(sub):
         p.add_argument("--matcher", action="store_true", help="also match RootSIFT keypoints (RANSAC-verified) "
                        "against the top candidates and fuse with the embedding similarity (OpenCV)")
 
-    gal = sub.add_parser("gallery", help="enrol individuals for re-identification: build, add, calibrate, list")
+    gal = sub.add_parser("gallery", help="enrol individuals for re-identification: build, add, calibrate, list",
+                         epilog=_examples(
+                             "nabi gallery build runs/emb known/ --out gallery     # known/<name>/<photos>",
+                             "nabi gallery add gallery Nala new1.jpg new2.jpg",
+                             "nabi gallery calibrate gallery validation/ --target-far 0.01",
+                             "nabi gallery evaluate gallery queries/",
+                             "nabi gallery explain gallery photo.jpg"))
     gsub = gal.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
 
     p = gsub.add_parser("build", help="embed every photo of PHOTOS (one folder per individual, optional "
@@ -274,7 +284,9 @@ def add_commands(sub):
     common(p)
     p.set_defaults(func=cmd_gallery_rename)
 
-    p = sub.add_parser("identify", help="who is in each photo: background, a known individual, or unknown")
+    p = sub.add_parser("identify", help="who is in each photo: background, a known individual, or unknown",
+                       epilog=_examples("nabi identify gallery photo1.jpg photo2.jpg",
+                                        "nabi identify gallery photo.jpg --json --matcher"))
     p.add_argument("gallery")
     p.add_argument("photos", nargs="+")
     p.add_argument("--topk", type=int, default=5)
