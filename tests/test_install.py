@@ -18,9 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # pyproject's core requirement names -> the modules they install (plus what those import themselves)
-CORE_MODULES = {"numpy", "PIL", "tqdm", "safetensors", "numba", "llvmlite", "threadpoolctl", "tomli", "nabi"}
+CORE_MODULES = {"numpy", "PIL", "tqdm", "safetensors", "numba", "llvmlite", "threadpoolctl", "tomli", "filelock", "nabi"}
 _REQUIREMENT_MODULES = {"numpy": "numpy", "pillow": "PIL", "tqdm": "tqdm", "safetensors": "safetensors",
-                        "numba": "numba", "threadpoolctl": "threadpoolctl", "tomli": "tomli"}
+                        "numba": "numba", "threadpoolctl": "threadpoolctl", "tomli": "tomli",
+                        "filelock": "filelock"}
 
 _BOOT = textwrap.dedent("""
     import sys

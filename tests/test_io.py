@@ -42,7 +42,11 @@ def test_round_trip_keeps_dtypes_values_order_and_korean_metadata(tmp_path):
     assert side.exists()
     text = side.read_text(encoding="utf-8")
     assert "고양이" in text and "\\u" not in text  # ensure_ascii=False
-    assert json.loads(text) == META
+    written = json.loads(text)
+    import hashlib
+    assert written.pop("weights_file") == {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                           "bytes": path.stat().st_size}
+    assert written == META
     loaded, meta = nio.load_weights(str(path))
     assert meta == META
     assert list(loaded) == list(state)
@@ -55,7 +59,8 @@ def test_round_trip_keeps_dtypes_values_order_and_korean_metadata(tmp_path):
 def test_missing_sidecar_gives_empty_metadata(tmp_path):
     path = tmp_path / "w.safetensors"
     nio.save_weights(path, {"w": np.ones(2)})
-    assert json.loads((tmp_path / "w.json").read_text()) == {}
+    assert list(json.loads((tmp_path / "w.json").read_text())) == ["weights_file"]   # only the file's own check
+    assert nio.load_weights(path)[1] == {}
     os.remove(tmp_path / "w.json")
     state, meta = nio.load_weights(path)
     assert meta == {} and np.array_equal(state["w"], np.ones(2))
@@ -133,7 +138,7 @@ def test_serialiser_failure_touches_nothing(tmp_path):
     with pytest.raises(TypeError):
         nio.atomic_write_json(tmp_path / "model.json", {"v": object()})
     assert path.read_bytes() == good
-    assert json.loads((tmp_path / "model.json").read_text()) == {"v": 1}
+    assert nio.load_weights(path)[1] == {"v": 1}
     assert _no_temp_files(tmp_path)
 
 

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+DEMO_OUT = "runs/demo"
 
 
 P_DEFINITIONS = """\
@@ -125,6 +126,9 @@ def _add_train_args(p, defaults):
                                                       f"{dflt(d.early_stopping, 'none: never stop early')}")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
                                                          "(default: off)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: off)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every checkpoint after the run ends (default: only the newest)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar (default: a bar on a terminal, a line every 15 s in a log)")
 
@@ -153,13 +157,26 @@ def _config_from_args(args, base=None):
 
 def cmd_train(args):
     from ..training.build import run_training
+    from .checks import check_train_config
     cfg = _config_from_args(args)
     if cfg.data is None:
         raise ValueError("give a data folder (or embedded:mnist5k)")
-    trainer, parts = run_training(cfg, resume=args.resume)
-    _final_test(trainer, parts, cfg)
-    print(f"run folder: {cfg.out}")
+    check_train_config(cfg)
+    from ..runs import open_run_folder
+    with open_run_folder(cfg.out, resume=args.resume, overwrite=args.overwrite):
+        trainer, parts = run_training(cfg, resume=args.resume)
+        _final_test(trainer, parts, cfg)
+        _finish_run(cfg.out, args.keep_checkpoints)
     return 0
+
+
+def _finish_run(out, keep_checkpoints=False):
+    """Prune the checkpoints but the newest (unless kept) and print the run folder's size."""
+    from ..runs import folder_size, format_size
+    from ..training.checkpoint import prune_checkpoints
+    if not keep_checkpoints:
+        prune_checkpoints(out, keep=1)
+    print(f"run folder: {out} ({format_size(folder_size(out))})")
 
 
 def _final_test(trainer, parts, cfg):
@@ -170,13 +187,18 @@ def _final_test(trainer, parts, cfg):
     from ..training.trainer import evaluate
     if parts.get("test") is None:
         return None
-    model, meta = load_run(cfg.out, device=cfg.device)
+    best = trainer.val_loader is not None and (Path(cfg.out) / "best.safetensors").is_file()
+    weights = Path(cfg.out) / ("best.safetensors" if best else "model.safetensors")
+    model, meta = load_run(weights, device=cfg.device)
     ev = evaluate(model, eval_loader(parts["test"], meta, device=cfg.device))
-    result = {"test_acc": ev["acc"], "test_loss": ev["loss"], "n": ev["n"], "weights": "best"}
+    chosen = (f"best weights: epoch {trainer.best_epoch}, chosen by validation accuracy" if best else
+              "final weights: no validation part to choose a best epoch by")
+    result = {"test_acc": ev["acc"], "test_loss": ev["loss"], "n": ev["n"], "weights": "best" if best else "final",
+              "weights_file": weights.name, "weights_chosen": chosen}
     if len(meta["classes"]) > 5:
         result["test_top5"] = ev["topk"]
     files.atomic_write_json(Path(cfg.out) / "test.json", result)
-    print(f"test accuracy {ev['acc']:.4f} on {ev['n']} held-out images (best weights)")
+    print(f"test accuracy {ev['acc']:.4f} on {ev['n']} held-out images ({chosen})")
     return result
 
 
@@ -188,10 +210,15 @@ def cmd_demo(args):
                       epochs=args.epochs, batch_size=32, optimizer="adam", lr=2e-3, schedule="cosine",
                       val_ratio=0.1, test_ratio=0.2, seed=args.seed, out=args.out, progress=not args.no_progress)
     print("nabi demo: LeNet-5 on the 5,000-digit MNIST sample stored in nabi (70% train, 10% validation, 20% test)")
-    trainer, parts = run_training(cfg)
-    result = _final_test(trainer, parts, cfg)
-    _eval_report(cfg.out, parts["test"], cfg.device, Path(cfg.out) / "eval")
-    print(f"run folder: {cfg.out}  (nabi predict {cfg.out} IMAGE · nabi eval {cfg.out} DATA)")
+    from ..runs import open_run_folder
+    # The demo's own folder is replaced on every run; any other --out is replaced only with --overwrite.
+    overwrite = args.overwrite or Path(args.out) == Path(DEMO_OUT)
+    with open_run_folder(cfg.out, overwrite=overwrite):
+        trainer, parts = run_training(cfg)
+        result = _final_test(trainer, parts, cfg)
+        _eval_report(cfg.out, parts["test"], cfg.device, Path(cfg.out) / "eval")
+        _finish_run(cfg.out)
+    print(f"(nabi predict {cfg.out} IMAGE · nabi eval {cfg.out} DATA)")
     return 0 if result is not None else EXIT_ERROR
 
 
@@ -207,9 +234,22 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     classes = meta["classes"]
     ds_classes = list(getattr(dataset, "classes", None) or classes)
     labels = ev["labels"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _writable_folder(out_dir, "--out")
+    note = None
+    if ds_classes != classes and set(ds_classes) <= set(classes):    # a folder with some of the model's classes
+        import numpy as np
+        labels = np.asarray([classes.index(ds_classes[i]) for i in labels], dtype=np.int64)
+        ev["acc"] = float((ev["probs"].argmax(1) == labels).mean()) if len(labels) else 0.0
+        top = np.argsort(-ev["probs"], axis=1, kind="stable")[:, :5]
+        ev["topk"] = float((top == labels[:, None]).any(1).mean()) if len(labels) else 0.0
+        missing = [c for c in classes if c not in ds_classes]
+        note = (f"the folder holds {len(ds_classes)} of the model's {len(classes)} classes: "
+                f"{', '.join(missing)} have no photos here (support 0, recall undefined), though the model may "
+                f"still predict them")
+        ds_classes = classes
     report = {"accuracy": ev["acc"], "n": ev["n"], "classes": classes}
+    if note:
+        report["note"] = note
     if ds_classes == classes:
         cm = E.confusion_matrix(ev["probs"], labels, len(classes))
         text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
@@ -238,10 +278,26 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     if json_out:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:
+        if note:
+            print(f"note: {note}")
         print(f"accuracy {ev['acc']:.4f} on {ev['n']} images")
         print(text)
         print(f"written: {out_dir}/eval.json, eval.txt" + (", confusion_matrix.png" if plotted else ""))
     return report
+
+
+def _writable_folder(path, flag):
+    """``path`` as a folder that exists and can be written, or a ValueError naming ``flag``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{flag} {path} cannot be used: {e.strerror or e} (give a folder that can be created "
+                         f"and written)") from None
+    return path
 
 
 def cmd_eval(args):
@@ -367,6 +423,7 @@ def cmd_explain(args):
     """Grad-CAM and occlusion heat-maps over a photo: what is the network looking at?"""
     from ..explain import explain_image
     out_dir = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(".")) / "explain"
+    _writable_folder(out_dir, "--out")
     res = explain_image(args.run, args.image, out_dir, method=args.method, layer=args.layer, target=args.target)
     if args.json:
         print(json.dumps(res, ensure_ascii=False, indent=2, default=str))
@@ -396,6 +453,20 @@ def _masked_eval(args):
         orig = row.get("accuracy_original")
         print(f"  {name}: {'' if orig is None else f'{orig:.3f} → '}{row['accuracy_masked']:.3f} (n={row['n']})")
     return 0
+
+
+def cmd_check(args):
+    """Read back every file of a run folder (weights, checkpoints, sidecars, records); exit 1 if any is damaged."""
+    from ..runs import check_run_folder
+    results = check_run_folder(args.run)
+    bad = [(p, why) for p, why in results if why]
+    for path, why in results:
+        rel = path.relative_to(args.run) if path.is_relative_to(args.run) else path
+        print(f"{'OK ' if why is None else 'BAD'}  {rel}" + (f": {why}" if why else ""))
+    print(f"{len(results)} checked, {len(bad)} damaged" + (": restore them from a backup, or train again "
+                                                           "(a damaged checkpoint only: --resume uses the "
+                                                           "previous one)" if bad else ""))
+    return EXIT_ERROR if bad else 0
 
 
 def build_parser():
@@ -435,10 +506,11 @@ def build_parser():
                 "Train LeNet-5 on the 5,000-digit MNIST sample stored in nabi (70% train, 10% validation, 20% "
                 "test), evaluate it, and keep the run folder.",
                 ["nabi demo", "nabi demo --epochs 2 --out /tmp/demo > demo.log 2>&1"])
-    p.add_argument("--out", default="runs/demo", help="the run folder to write")
+    p.add_argument("--out", default=DEMO_OUT, help="the run folder to write (runs/demo is replaced on every run)")
     p.add_argument("--epochs", type=int, default=6, help="passes over the training digits")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights and the batch order")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: off)")
     p.set_defaults(func=cmd_demo)
 
     p = command("eval", "evaluate a run on a folder: accuracy, per-class report, confusion matrix, P1–P4",
@@ -509,6 +581,13 @@ def build_parser():
     p.add_argument("--list", action="store_true", help="list the zoo's model names (default: off)")
     p.set_defaults(func=cmd_summary)
 
+    p = command("check", "verify every file of a run folder: weights, checkpoints, sidecars",
+                "Read back every weight file, checkpoint, sidecar and record of a run folder and check each "
+                "against the SHA-256 and size its sidecar recorded: OK or BAD per file, exit status 1 if any is "
+                "damaged.", ["nabi check runs/cats"])
+    p.add_argument("run", help="the run folder to verify")
+    p.set_defaults(func=cmd_check)
+
     p = command("export", "export a run or a zoo model to ONNX (checked with onnxruntime; needs the onnx extra)",
                 examples=["nabi export runs/cats --onnx cats.onnx", "nabi export resnet18 --onnx resnet18.onnx"])
     p.add_argument("source", help="a run folder, a .safetensors file, or a zoo model name")
@@ -530,13 +609,33 @@ def build_parser():
     return parser
 
 
+def _plain_warning(message, category, filename, lineno, line=None):
+    """A warning as one line (``nabi: warning: …``), without Python's source-line echo."""
+    return f"nabi: warning: {message}\n"
+
+
 def main(argv=None):
+    import warnings
+    before, warnings.formatwarning = warnings.formatwarning, _plain_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = before
+
+
+def _main(argv=None):
     from ..training.trainer import TrainingDiverged, TrainingInterrupted
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .checks import BadArgument, check_args
+    try:
+        check_args(args)
+    except BadArgument as e:
+        print(f"nabi {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         if args.threads is not None:
             from ..backend import set_num_threads
@@ -552,13 +651,21 @@ def main(argv=None):
     except (TrainingInterrupted, KeyboardInterrupt) as e:
         print(f"nabi {args.command}: interrupted. {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, PermissionError, KeyError, TypeError, RuntimeError, ImportError,
-            NotImplementedError) as e:
+    except (ValueError, OSError, KeyError, TypeError, RuntimeError, ImportError, NotImplementedError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         if isinstance(e, ImportError):
             from ..extras import missing_module_message
             msg = missing_module_message(e) or msg
+        if isinstance(e, OSError) and e.filename:                 # e.g. [Errno 20] Not a directory: '/x/y'
+            msg = f"{e.filename}: {e.strerror or msg}"
         print(f"nabi {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:       # a fault of nabi's own: one line for the user, the traceback on request
+        import os
+        if os.environ.get("NABI_DEBUG"):
+            raise
+        print(f"nabi {args.command}: unexpected error: {type(e).__name__}: {e} (set NABI_DEBUG=1 to see where; "
+              f"please report it)", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -343,6 +343,9 @@ class ImageFolder:
             warnings.warn(f"skipping unreadable image: {err}", stacklevel=2)
             bad.append(sample[0])
         if bad:
+            warnings.warn(f"skipped {len(bad)} of {len(bad) + len(kept)} images in {self.root}: "
+                          + ", ".join(os.path.basename(b) for b in bad[:5]) + (" …" if len(bad) > 5 else ""),
+                          stacklevel=2)
             self.samples = kept
             emptied = sorted(set(self.classes) - {self.classes[s[1]] for s in kept})
             if not kept:

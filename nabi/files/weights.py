@@ -10,7 +10,12 @@
   file already at ``path`` is left exactly as it was.
 * ``save_weights(path, state, metadata)`` writes ``model.safetensors`` and
   ``model.json`` beside it (architecture, arguments, class names, input size,
-  normalisation, ...). ``load_weights`` returns both, checking the file.
+  normalisation, ...) and the weight file's own SHA-256 and size
+  (``"weights_file": {"sha256", "bytes"}``). ``load_weights`` returns both,
+  checking the file against them first: a file cut short, damaged on disk or
+  replaced after the sidecar was written is refused with a message naming it.
+  (The safetensors header also carries a SHA-256 of the tensor data, checked on
+  every read with or without a sidecar.)
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ _KEYS_FIELD = "nabi.keys"      # safetensors header metadata: the tensor names i
 
 
 _HASH_FIELD = "nabi.sha256"    # ... and a SHA-256 of the tensor bytes, checked on load
+
+FILE_FIELD = "weights_file"    # sidecar key: {"sha256": hex digest of the whole .safetensors file, "bytes": size}
 
 
 # ---------------------------------------------------------------------------
@@ -85,8 +92,9 @@ def save_weights(path, state: Mapping, metadata: dict | None = None) -> None:
         blob = stnp.save(dict(arrays), metadata=header)
     except Exception as e:
         raise ValueError(f"cannot write {path}: {e}") from e
-    meta_text = json.dumps({} if metadata is None else metadata, indent=2, ensure_ascii=False,
-                           default=_json_default) + "\n"
+    side = dict(metadata or {})
+    side[FILE_FIELD] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    meta_text = json.dumps(side, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     atomic_write_bytes(path, blob)
     atomic_write_text(sidecar_path(path), meta_text)
 
@@ -102,16 +110,21 @@ def _read_header(path: str, blob: bytes) -> dict:
     return header
 
 
-def _read_safetensors(path: str, verify: bool = True):
-    """(OrderedDict name -> array, header metadata) from a safetensors file, with clear errors."""
-    import safetensors.numpy as stnp
-
+def _read_blob(path: str) -> bytes:
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder, not a weights file")
     with open(path, "rb") as f:
-        blob = f.read()
+        return f.read()
+
+
+def _read_safetensors(path: str, verify: bool = True, blob: bytes | None = None):
+    """(OrderedDict name -> array, header metadata) from a safetensors file, with clear errors."""
+    import safetensors.numpy as stnp
+
+    if blob is None:
+        blob = _read_blob(path)
     try:
         arrays = stnp.load(blob)
     except Exception as e:
@@ -127,7 +140,8 @@ def _read_safetensors(path: str, verify: bool = True):
         except ValueError:
             pass
     if verify and _HASH_FIELD in meta and _digest([arrays[k] for k in sorted(arrays)]) != meta[_HASH_FIELD]:
-        raise ValueError(f"{path} is corrupted: its tensor data does not match the checksum written with it")
+        raise ValueError(f"{path} is corrupted: its tensor data does not match the checksum written with it; "
+                         f"restore it from a backup or train again")
     return OrderedDict((k, arrays[k]) for k in order), meta
 
 
@@ -138,18 +152,48 @@ def load_weights(path):
     foreign file raises ``ValueError`` naming it. No sidecar gives metadata ``{}``.
     """
     path = os.fspath(path)
-    state, _ = _read_safetensors(path)
+    blob = _read_blob(path)
     side = sidecar_path(path)
     if not os.path.exists(side):
-        return state, {}
+        return _read_safetensors(path, blob=blob)[0], {}
     try:
         with open(side, encoding="utf-8") as f:
             metadata = json.load(f)
     except ValueError as e:
-        raise ValueError(f"metadata file {side} (beside {path}) is not valid JSON: {e}") from e
+        raise ValueError(f"metadata file {side} (beside {path}) is not valid JSON (damaged or cut short?): {e}; "
+                         f"it should hold the weights' description as a JSON object") from None
     if not isinstance(metadata, dict):
         raise ValueError(f"metadata file {side} should hold a JSON object, got {type(metadata).__name__}")
+    recorded = metadata.pop(FILE_FIELD, None)
+    try:
+        state, _ = _read_safetensors(path, blob=blob)
+    except ValueError as e:
+        written = recorded.get("bytes") if isinstance(recorded, dict) else None
+        if written is not None and written != len(blob):
+            raise ValueError(f"{e}; {side} records {written} bytes written and the file has {len(blob)}: it was "
+                             f"{'cut short' if len(blob) < written else 'changed'}. Restore it from a backup or "
+                             f"train again") from None
+        raise
+    check_file(path, blob, recorded, side)
     return state, metadata
+
+
+def check_file(path: str, blob: bytes, recorded, side: str) -> None:
+    """Compare ``blob`` (the bytes of ``path``) with the size and SHA-256 its sidecar recorded."""
+    if not recorded:
+        return                                  # a sidecar from before nabi recorded them
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        raise ValueError(f"metadata file {side} has a damaged '{FILE_FIELD}' entry (expected sha256 and bytes)")
+    expected_bytes = recorded.get("bytes")
+    if expected_bytes is not None and len(blob) < expected_bytes:
+        raise ValueError(f"{path} is {len(blob)} bytes, but {expected_bytes} were written ({side} records its "
+                         f"size and SHA-256): the file was cut short. Restore it from a backup or train again")
+    found = hashlib.sha256(blob).hexdigest()
+    if found != recorded["sha256"]:
+        raise ValueError(f"{path} does not match the SHA-256 recorded in {side} (expected "
+                         f"{recorded['sha256'][:16]}… of {expected_bytes} bytes, found {found[:16]}… of "
+                         f"{len(blob)} bytes): the file was damaged or replaced after it was written. Restore it "
+                         f"from a backup or train again")
 
 
 def _nabi_version() -> str:

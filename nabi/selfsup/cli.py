@@ -1,20 +1,24 @@
-"""``nabi pretrain``: the self-supervised commands of the command line."""
+"""``nabi pretrain`` and ``nabi self-train``: the self-supervised commands of the command line."""
 from __future__ import annotations
 
 from . import METHODS
 
 
 def add_commands(subparsers):
-    """Add ``pretrain`` to the ``nabi`` sub-command parser."""
+    """Add ``pretrain`` and ``self-train`` to the ``nabi`` sub-command parser."""
+    _add_self_train(subparsers)
     p = subparsers.add_parser(
-        "pretrain", help="self-supervised pretraining (SimCLR) of a zoo model's backbone on unlabelled photos",
-        description="Pretrain a zoo model's backbone with SimCLR's contrastive loss (NT-Xent) on every photo "
-                    "under PHOTOS (sub-folders are searched; their names are ignored). Writes "
+        "pretrain", help="self-supervised pretraining (SimCLR, SimSiam) of a zoo model's backbone on unlabelled "
+                         "photos",
+        description="Pretrain a zoo model's backbone with SimCLR's contrastive loss (NT-Xent; wants large "
+                    "batches) or SimSiam's stop-gradient cosine loss (no negatives; suits small batches) on every "
+                    "photo under PHOTOS (sub-folders are searched; their names are ignored). Writes "
                     "OUT/backbone.safetensors (+ backbone.json naming the architecture) for "
                     "`nabi train DATA --model SAME --init OUT/backbone.safetensors`. The log's acc column is "
                     "the contrastive top-1: how often a view's nearest other view is its own pair.")
     p.add_argument("photos", help="a folder of photos (searched recursively; labels are not used)")
-    p.add_argument("--method", default="simclr", choices=list(METHODS), help="the self-supervised method")
+    p.add_argument("--method", default="simclr", choices=list(METHODS),
+                   help="the self-supervised method: simclr (NT-Xent) or simsiam (predictor + stop-gradient)")
     p.add_argument("--model", default="resnet18_cifar", help="a zoo model ending in a Linear classifier "
                                                              "(default resnet18_cifar)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
@@ -24,8 +28,10 @@ def add_commands(subparsers):
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead "
                                                   "(default: none: --epochs decides)")
     p.add_argument("--batch-size", type=int, default=256, help="photos per step; each gives two views")
-    p.add_argument("--temperature", type=float, default=0.5, help="τ of NT-Xent (default 0.5)")
-    p.add_argument("--projection-dim", type=int, default=128, help="output size of the projection head")
+    p.add_argument("--temperature", type=float, default=0.5, help="τ of NT-Xent (SimCLR only; default 0.5)")
+    p.add_argument("--projection-dim", type=int, default=128,
+                   help="output size of the projection head (SimSiam: also the predictor's, whose hidden layer "
+                        "is a quarter of it)")
     p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the schedule's starting value)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -50,20 +56,24 @@ def add_commands(subparsers):
     p.set_defaults(func=cmd_pretrain)
 
 
-def cmd_pretrain(args):
+def _model_args(items, flag="--model-arg"):
     import json
-
-    from ..training.config import TrainConfig
-    from .pretrain import run_pretraining
     model_args = {}
-    for item in args.model_arg or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-arg must look like KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} must look like KEY=VALUE, got {item!r}")
         try:
             model_args[key] = json.loads(value)
         except json.JSONDecodeError:
             model_args[key] = value
+    return model_args
+
+
+def cmd_pretrain(args):
+    from ..training.config import TrainConfig
+    from .pretrain import run_pretraining
+    model_args = _model_args(args.model_arg)
     cfg = TrainConfig(data=args.photos, model=args.model, model_args=model_args, epochs=args.epochs,
                       iterations=args.iterations, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -77,4 +87,87 @@ def cmd_pretrain(args):
     trainer, path = run_pretraining(cfg, method=args.method, temperature=args.temperature,
                                     projection_dim=args.projection_dim, resume=args.resume)
     print(f"run folder: {cfg.out}")
+    return 0
+
+
+def _add_self_train(subparsers):
+    p = subparsers.add_parser(
+        "self-train", help="self-training with a noisy student: pseudo-label unlabelled photos, retrain, repeat",
+        description="Train a teacher on LABELLED (one sub-folder per class), let it label the photos under "
+                    "UNLABELLED (any folder tree), train a noised student on both, and repeat with the student "
+                    "as the next teacher for --rounds rounds. Writes OUT/round-K/ (the pseudo-label manifest, "
+                    "the round's run and round.json) and OUT/summary.json + summary.md: per round the "
+                    "pseudo-label counts per class and the accuracy on the labelled test split.",
+        epilog="examples:\n"
+               "  nabi self-train photos/ more_photos/ --model resnet18_cifar --rounds 2 --out runs/noisy\n"
+               "  nabi self-train photos/ more_photos/ --model cifar_cnn --soft --threshold 0.8 --out runs/soft")
+    p.add_argument("labelled", help="a folder with one sub-folder per class (or train/ val/ test/)")
+    p.add_argument("unlabelled", help="a folder of unlabelled photos (searched recursively; if its sub-folders "
+                                      "are named like the classes, the pseudo-label accuracy is reported)")
+    p.add_argument("--rounds", type=int, default=1, help="student rounds after the teacher")
+    p.add_argument("--model", default="resnet18_cifar", help="the teacher's zoo model")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
+                   help="an argument of the teacher's builder (repeatable; default: none)")
+    p.add_argument("--student-model", help="the students' zoo model, at least as large (default: --model)")
+    p.add_argument("--student-model-arg", action="append", metavar="KEY=VALUE", dest="student_model_arg",
+                   help="an argument of the students' builder (repeatable; default: --model-arg for the same "
+                        "model, else none)")
+    p.add_argument("--soft", action="store_true",
+                   help="train on the teacher's probabilities instead of its argmax (default: hard labels)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="keep a pseudo-label when the teacher's top probability is at least this, in (0, 1]")
+    p.add_argument("--max-per-class", type=int,
+                   help="at most this many pseudo-labels per class, the most confident first (default: the "
+                        "size of the largest class of the labelled training split)")
+    p.add_argument("--augment", default="strong", choices=["none", "flip", "standard", "strong"],
+                   help="the students' augmentation noise")
+    p.add_argument("--teacher-augment", default="standard", choices=["none", "flip", "standard", "strong"],
+                   help="the first teacher's augmentation")
+    p.add_argument("--dropout", type=float,
+                   help="the students' dropout rate, for models that have dropout (default: the model's)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of each round's training")
+    p.add_argument("--batch-size", type=int, default=64, help="photos per step")
+    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the schedule's starting value)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (decoupled for adamw)")
+    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "warmup_cosine"],
+                   help="how the learning rate changes")
+    p.add_argument("--image-size", type=int, help="resize/crop photos to this size (default: the model's)")
+    p.add_argument("--normalize", default="unit", choices=["unit", "pixel256", "dataset", "imagenet"],
+                   help="pixel scaling")
+    p.add_argument("--val-ratio", type=float, default=0.1, help="labelled photos kept for choosing the best epoch")
+    p.add_argument("--test-ratio", type=float, default=0.1,
+                   help="labelled photos kept for each round's test accuracy (never trained on)")
+    p.add_argument("--exclude", action="append", default=[],
+                   help="leave out a labelled class folder (repeatable; default: none)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights and the order")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs the gpu extra")
+    p.add_argument("--workers", type=int, default=0, help="background threads decoding photos")
+    p.add_argument("--cache", action="store_true", help="keep decoded photos in memory (uint8) (default: off)")
+    p.add_argument("--out", default="runs/self-train", help="the folder to write the rounds and the summary to")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: a bar on a terminal, a line every 15 s in a log)")
+    p.set_defaults(func=cmd_self_train)
+
+
+def cmd_self_train(args):
+    from ..training.config import TrainConfig
+    from .selftrain import run_self_training
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    cfg = TrainConfig(data=args.labelled, model=args.model, model_args=_model_args(args.model_arg),
+                      epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                      momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+                      image_size=args.image_size, normalize=args.normalize, augment=args.teacher_augment,
+                      val_ratio=args.val_ratio, test_ratio=args.test_ratio, exclude=list(args.exclude),
+                      seed=args.seed, device=args.device, workers=args.workers, cache=args.cache, out=args.out,
+                      progress=args.progress)
+    student_args = _model_args(args.student_model_arg, "--student-model-arg") if args.student_model_arg else None
+    summary = run_self_training(cfg, args.unlabelled, rounds=args.rounds, student_model=args.student_model,
+                                student_model_args=student_args, student_augment=args.augment, soft=args.soft,
+                                threshold=args.threshold, max_per_class=args.max_per_class, dropout=args.dropout)
+    last = summary["rounds"][-1]
+    print(f"round {last['round']}: test accuracy {last['test_acc']:.4f}; summary: {args.out}/summary.md")
     return 0

@@ -1,6 +1,10 @@
-"""The SimCLR network: a zoo model's feature part (the backbone) followed by a projection head.
+"""The pretraining networks: a zoo model's feature part (the backbone) followed by heads.
 
+SimCLR:
     x (2N, C, H, W) → backbone → h (2N, F) → head: Linear(F, F) → ReLU → Linear(F, D) → z (2N, D)
+SimSiam:
+    x → backbone → h (2N, F) → projector: Linear(F, F) → BN → ReLU → Linear(F, D) → BN → z (2N, D)
+      → predictor: Linear(D, D/4) → BN → ReLU → Linear(D/4, D) → p (2N, D);  output [p | z] (2N, 2D)
 
 The backbone is the zoo model with its final classifier ``Linear`` removed: the same
 stages under the same names (``conv1.weight``, ``layer1.0.bn1.running_mean``, …), so its
@@ -12,7 +16,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..layers import Linear, ReLU, Sequential
+from ..backend import get_array_module
+from ..layers import BatchNorm1d, Linear, Module, ReLU, Sequential
 from ..models.registry import Network, model_input_size
 
 
@@ -63,3 +68,52 @@ class SimCLR(Sequential):
     def backbone_state(self):
         """The backbone's weights and buffers under the zoo model's own names."""
         return self._modules["backbone"].state_dict()
+
+
+def simsiam_projector(in_features: int, hidden: int | None = None, out_features: int = 128):
+    """Linear(F, hidden) → BN → ReLU → Linear(hidden, D) → BN (SimSiam's CIFAR projector; no bias before a BN)."""
+    hidden = int(hidden or in_features)
+    return Sequential(OrderedDict([("fc1", Linear(in_features, hidden, bias=False)), ("bn1", BatchNorm1d(hidden)),
+                                   ("relu", ReLU()), ("fc2", Linear(hidden, out_features, bias=False)),
+                                   ("bn2", BatchNorm1d(out_features))]))
+
+
+def simsiam_predictor(dim: int, hidden: int | None = None):
+    """Linear(D, D/4) → BN → ReLU → Linear(D/4, D): SimSiam's bottleneck predictor."""
+    hidden = int(hidden or max(1, dim // 4))
+    return Sequential(OrderedDict([("fc1", Linear(dim, hidden, bias=False)), ("bn1", BatchNorm1d(hidden)),
+                                   ("relu", ReLU()), ("fc2", Linear(hidden, dim))]))
+
+
+class SimSiam(Module):
+    """``backbone`` → ``projector`` → z, then ``predictor`` → p; the output is [p | z] (2N, 2D) so that
+    ``SimSiamLoss`` sees both. Backward: the loss's ∂L/∂z columns (zeros: the stop-gradient) are added to
+    what the predictor sends back to z, then through the projector and the backbone. Parameters are named
+    ``backbone.*``, ``projector.*`` and ``predictor.*``; ``backbone_state()`` is the part that is kept."""
+
+    def __init__(self, backbone, feature_dim: int, projection_dim: int = 128, hidden_dim: int | None = None,
+                 predictor_dim: int | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = simsiam_projector(feature_dim, hidden_dim, projection_dim)
+        self.predictor = simsiam_predictor(projection_dim, predictor_dim)
+        self.input_size = model_input_size(backbone)
+        self.feature_dim, self.projection_dim = int(feature_dim), int(projection_dim)
+        self.arch = {"name": "simsiam", "backbone": backbone.arch, "feature_dim": self.feature_dim,
+                     "projection_dim": self.projection_dim, "hidden_dim": int(hidden_dim or feature_dim),
+                     "predictor_dim": int(predictor_dim or max(1, projection_dim // 4))}
+
+    def forward(self, x):
+        z = self.projector(self.backbone(x))
+        p = self.predictor(z)
+        return get_array_module(z).concatenate([p, z], axis=1)
+
+    def backward(self, dout):
+        xp = get_array_module(dout)
+        D = self.projection_dim
+        dz = self.predictor.backward(xp.ascontiguousarray(dout[:, :D])) + dout[:, D:]
+        return self.backbone.backward(self.projector.backward(dz))
+
+    def backbone_state(self):
+        """The backbone's weights and buffers under the zoo model's own names."""
+        return self.backbone.state_dict()

@@ -85,8 +85,66 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
         precision=cfg.precision)
 
 
-def run_training(cfg: TrainConfig, resume=False, log=print):
-    """Train as ``cfg`` says; writes the run folder; returns ``(trainer, parts)``."""
+# -- the record of a run -------------------------------------------------------------------------------
+def _split_sources(cfg: TrainConfig) -> dict:
+    """Where each part came from: a split folder, a stratified share of another part, or nowhere."""
+    folders = None if cfg.data.startswith(EMBEDDED_PREFIX) else D.find_splits(cfg.data)
+    if folders:
+        train = str(folders["train"])
+        val = (str(folders["val"]) if "val" in folders else
+               f"{cfg.val_ratio:g} of {train}, stratified, seed {cfg.seed}" if cfg.val_ratio > 0 else None)
+        return {"train": train if val is None or "val" in folders else f"the rest of {train}", "val": val,
+                "test": str(folders["test"]) if "test" in folders else None}
+    share = lambda r: f"{r:g} of {cfg.data}, stratified, seed {cfg.seed}" if r > 0 else None
+    return {"train": f"{1 - cfg.val_ratio - cfg.test_ratio:g} of {cfg.data}, stratified, seed {cfg.seed}",
+            "val": share(cfg.val_ratio), "test": share(cfg.test_ratio)}
+
+
+def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoch: int) -> dict:
+    """What ``write_config`` records beside ``cfg``: every resolved value, and the settings that did not
+    apply as ``None`` (a ratio where a split folder was used, momentum for Adam, ...).
+
+    Also refuses settings that cannot mean anything for this data: early stopping without a
+    validation part, a warm-up as long as the whole run."""
+    splits = _split_sources(cfg)
+    folders = None if cfg.data.startswith(EMBEDDED_PREFIX) else D.find_splits(cfg.data)
+    if cfg.early_stopping and parts.get("val") is None:
+        raise ValueError(f"--early-stopping {cfg.early_stopping} needs a validation part, and {cfg.data} gives none: "
+                         f"use --val-ratio above 0 (or a val/ folder), or drop --early-stopping")
+    total = cfg.iterations or cfg.epochs * steps_per_epoch
+    if cfg.schedule == "warmup_cosine" and cfg.warmup >= total:
+        raise ValueError(f"--warmup {cfg.warmup} is not shorter than the whole run ({total} iterations): "
+                         f"give fewer warm-up steps")
+    count = lambda name: len(parts[name]) if parts.get(name) is not None else 0
+    sgd = cfg.optimizer == "sgd"
+    return {
+        "classes": parts["classes"], "input_size": list(input_size), "image_size": input_size[1],
+        "channels": channels, "normalization": norm,
+        "num_train": count("train"), "num_val": count("val"), "num_test": count("test"), "splits": splits,
+        "val_ratio": cfg.val_ratio if splits["val"] and not (folders and "val" in folders) else None,
+        "test_ratio": cfg.test_ratio if splits["test"] and not (folders and "test" in folders) else None,
+        "momentum": cfg.momentum if sgd else None, "nesterov": cfg.nesterov if sgd else None,
+        "warmup": cfg.warmup if cfg.schedule == "warmup_cosine" else None,
+        "step_size": cfg.step_size if cfg.schedule == "step" else None,
+        "gamma": cfg.gamma if cfg.schedule == "step" else None,
+        "iterations_per_epoch": steps_per_epoch, "total_iterations": total,
+        "best_weights": ("the epoch with the best validation accuracy (best.safetensors)"
+                         if parts.get("val") is not None else
+                         "none kept: no validation part to choose by; the final weights are the run's"),
+    }
+
+
+def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False):
+    """Train as ``cfg`` says; writes the run folder; returns ``(trainer, parts)``.
+
+    The run folder is locked for the whole run, and an existing run in it is continued
+    (``resume``), replaced (``overwrite``) or refused (``nabi.runs.open_run_folder``)."""
+    from ..runs import open_run_folder
+    with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
+        return _train(cfg, resume, log)
+
+
+def _train(cfg: TrainConfig, resume, log):
     from .trainer import Trainer
     backend.check_device(cfg.device)
     if cfg.device == "gpu":
@@ -132,10 +190,7 @@ def run_training(cfg: TrainConfig, resume=False, log=print):
         val_loader = D.DataLoader(Transformed(parts["val"], base), batch_size=max(cfg.batch_size, 64),
                                   num_workers=cfg.workers, device=cfg.device)
     model.to(cfg.device)
-    resolved = write_config(out, cfg, {"classes": classes, "input_size": [C, H, W], "normalization": norm,
-                                       "num_train": len(parts["train"]),
-                                       "num_val": len(parts["val"]) if parts.get("val") is not None else 0,
-                                       "num_test": len(parts["test"]) if parts.get("test") is not None else 0})
+    resolved = write_config(out, cfg, what_ran(cfg, parts, [C, H, W], channels, norm, len(train_loader)))
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
                             log=log)

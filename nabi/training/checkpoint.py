@@ -7,7 +7,12 @@ position, every random generator's state, the run's config). The folder is
 written under a temporary name, fsynced and renamed into place, and only then
 is ``checkpoints/latest`` (a one-line text file) updated atomically; a crash at
 any moment leaves the previous checkpoint intact and ``latest`` pointing at a
-complete one. The last ``keep_last`` checkpoints are kept. No pickles anywhere.
+complete one. A checkpoint of an iteration already saved (the end-of-epoch
+checkpoint after a ``checkpoint_every`` one) replaces it by two renames: the old
+folder moves aside, the new one takes its name, the old one is deleted; a crash
+between them leaves ``latest`` naming a missing folder, and ``latest_checkpoint``
+falls back to the newest complete one. The last ``keep_last`` checkpoints are
+kept. No pickles anywhere.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import files
+from .faults import fault_point
 
 SEP = "::"
 
@@ -74,15 +80,23 @@ def save_checkpoint(run_dir, model, optimizer, state: dict, model_metadata: dict
         files.save_weights(tmp / "optimizer.safetensors", arrays, meta)
         files.atomic_write_json(tmp / "state.json", state)
         _fsync_dir(tmp)
-        if final.exists():  # the same iteration saved twice (e.g. Ctrl-C right after a save)
-            shutil.rmtree(final)
+        fault_point("checkpoint_written")
+        old = None
+        if final.exists():  # the same iteration saved twice (the end of an epoch, or Ctrl-C right after a save)
+            old = ckpt_root / f".{name}.old-{os.getpid()}"
+            os.replace(final, old)
+            fault_point("checkpoint_swapped")
         os.replace(tmp, final)
         _fsync_dir(ckpt_root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fault_point("checkpoint_renamed")
     files.atomic_write_text(ckpt_root / "latest", name + "\n")
     _prune(ckpt_root, keep_last, keep=name)
+    fault_point("checkpoint_saved")
     return final
 
 
@@ -91,6 +105,31 @@ def _prune(ckpt_root: Path, keep_last: int, keep: str) -> None:
     for old in found[:-keep_last] if keep_last > 0 else []:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob(".ckpt-*"):       # folders of a save that a crash cut short
+        if f"-{os.getpid()}" not in stale.name:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir, keep: int = 1) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints of a finished run; returns the deleted folders."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    newest = latest_checkpoint(run_dir)
+    found = sorted(p for p in ckpt_root.glob("ckpt-*") if p.is_dir())
+    doomed = [p for p in (found[:-keep] if keep > 0 else found) if p != newest]
+    for old in doomed:
+        shutil.rmtree(old, ignore_errors=True)
+    return doomed
+
+
+def checkpoints(run_dir) -> list[Path]:
+    """The run's checkpoint folders, newest first: the one ``latest`` names, then the others by iteration."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    found = sorted((p for p in ckpt_root.glob("ckpt-*") if p.is_dir()), reverse=True)
+    newest = latest_checkpoint(run_dir)
+    if newest is not None and newest in found:
+        found.remove(newest)
+        found.insert(0, newest)
+    return found
 
 
 def latest_checkpoint(run_dir) -> Path | None:
@@ -113,7 +152,13 @@ def load_checkpoint(path) -> dict:
     import json
     model_state, model_meta = files.load_weights(path / "model.safetensors")
     opt_arrays, opt_meta = files.load_weights(path / "optimizer.safetensors")
-    with open(path / "state.json", encoding="utf-8") as f:
-        state = json.load(f)
+    try:
+        with open(path / "state.json", encoding="utf-8") as f:
+            state = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path / 'state.json'} is not valid JSON (damaged checkpoint): {e}") from None
+    if not isinstance(state, dict) or "iteration" not in state:
+        raise ValueError(f"{path / 'state.json'} is not a nabi checkpoint state (expected an object with "
+                         f"'iteration', 'epoch', ...)")
     return {"model": model_state, "model_metadata": model_meta,
             "optimizer": _unflatten_optimizer(opt_arrays, opt_meta), "state": state}

@@ -8,6 +8,18 @@ iteration or per epoch). Per epoch: train and validation loss and accuracy
 best model kept, early stopping, and a checkpoint. Checkpoints also go out every
 ``checkpoint_every`` iterations, so a killed run resumes mid-epoch; Ctrl-C
 finishes the current step, saves and stops cleanly.
+
+Resuming is exact at every point, the end of an epoch included. The end-of-epoch
+work (validation, the schedule's epoch step, the best model, the metrics row, the
+end-of-epoch checkpoint) is one unit: a checkpoint taken after an epoch's last
+batch but before that work records ``end_of_epoch: "pending"`` and a resumed run
+does the whole unit, without training another batch; the end-of-epoch checkpoint
+records ``"done"``. Every part is redone from the checkpoint's state and gives the
+same result again (validation is deterministic; ``best.safetensors`` is rewritten
+with the same bits; ``metrics.jsonl`` is rewritten whole from the history), so a
+kill between any two of them loses nothing. Without a validation set no "best"
+model is chosen (training accuracy under augmentation says little): the final
+weights are the run's weights.
 """
 from __future__ import annotations
 
@@ -22,7 +34,8 @@ import numpy as np
 
 from .. import backend
 from .. import files
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+from .faults import fault_point
 from ..layers import CrossEntropyLoss, Dropout
 from .amp import MixedPrecision, check_precision
 from .optim import clip_grad_norm
@@ -52,6 +65,10 @@ class _Weights:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a file-size limit); the previous one is intact."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -184,7 +201,7 @@ class Trainer:
 
     ``epochs`` (or ``iterations``) bound the run; ``schedule_unit`` is
     ``'iteration'`` or ``'epoch'``; ``out_dir`` receives ``metrics.jsonl``,
-    ``curves.png``, ``checkpoints/``, ``best.safetensors`` and ``model.safetensors``
+    ``curves.png``, ``checkpoints/``, ``model.safetensors`` and, with a validation loader, ``best.safetensors``
     (each with a JSON sidecar carrying ``metadata``). ``early_stopping``: stop
     after that many epochs without a better validation accuracy.
     ``fused_sgd``: for plain SGD, apply each layer's update inside backward
@@ -261,6 +278,7 @@ class Trainer:
             "rng": _rng_states(self.model), "config": self.config, "status": self.status,
             "nabi_version": self.metadata.get("nabi_version"),
             "amp": self.amp.scaler.state_dict() if self.amp is not None else None,
+            "end_of_epoch": "pending" if self._batches_done() else "done",
         }
 
     def model_state(self):
@@ -270,15 +288,43 @@ class Trainer:
     def save_checkpoint(self):
         if self.out_dir is None:
             return None
-        return save_checkpoint(self.out_dir, _Weights(self.model_state()), self.optimizer, self._state(),
-                               self.metadata, keep_last=self.keep_last)
+        try:
+            return save_checkpoint(self.out_dir, _Weights(self.model_state()), self.optimizer, self._state(),
+                                   self.metadata, keep_last=self.keep_last)
+        except OSError as e:
+            previous = latest_checkpoint(self.out_dir)
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of iteration {self.iteration} in {self.out_dir / 'checkpoints'}: "
+                f"{e.strerror or e}" + (f" ({e.filename})" if e.filename else "") + ". Nothing of it was kept; "
+                + (f"the previous checkpoint {previous} is intact: free some space and continue with --resume"
+                   if previous else "there is no earlier checkpoint: free some space and start again")) from e
 
     def resume(self, path=None):
-        """Load the latest checkpoint of ``out_dir`` (or ``path``); returns its path, or None if there is none."""
-        path = Path(path) if path is not None else (latest_checkpoint(self.out_dir) if self.out_dir else None)
-        if path is None:
+        """Load the latest checkpoint of ``out_dir`` (or ``path``); returns its path, or None if there is none.
+
+        A damaged newest checkpoint (a file cut short, a checksum that does not match) is
+        reported and the previous one is used; if none can be read, the error names each."""
+        if path is not None:
+            return self._resume_from(Path(path), load_checkpoint(path))
+        candidates = checkpoints(self.out_dir) if self.out_dir else []
+        if not candidates:
             return None
-        ck = load_checkpoint(path)
+        problems = []
+        for candidate in candidates:
+            try:
+                ck = load_checkpoint(candidate)
+            except (OSError, ValueError, KeyError) as e:
+                problems.append(f"{candidate}: {e}")
+                self.log(f"checkpoint {candidate} cannot be read ({e}); trying the previous one")
+                continue
+            if problems:
+                self.log(f"resuming from {candidate}, the newest checkpoint that reads back whole "
+                         f"({len(problems)} newer one(s) damaged)")
+            return self._resume_from(candidate, ck)
+        raise ValueError(f"no checkpoint of {self.out_dir} can be read: " + "; ".join(problems)
+                         + ". Start the run again with --overwrite")
+
+    def _resume_from(self, path, ck):
         arch_saved = ck["model_metadata"].get("arch")
         arch_now = self.metadata.get("arch")
         if arch_saved and arch_now and arch_saved != arch_now:
@@ -302,7 +348,17 @@ class Trainer:
         if st.get("schedule") and self.schedule is not None:
             self.schedule.load_state_dict(st["schedule"])
         _set_rng_states(self.model, st.get("rng", {}))
-        self.log(f"resumed from {path} (epoch {self.epoch}, iteration {self.iteration})")
+        if st.get("status") in ("early_stopped", "finished"):
+            self.status = st["status"]
+        if self._batches_done():
+            where = (f"after epoch {self.epoch + 1}'s last batch, iteration {self.iteration}; its end-of-epoch "
+                     f"work (validation, metrics, best model, checkpoint) is done next")
+        elif self.batch_in_epoch:
+            where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch} of {len(self.train_loader)}, " \
+                    f"iteration {self.iteration}"
+        else:
+            where = f"after epoch {self.epoch}, iteration {self.iteration}"
+        self.log(f"resumed from {path} ({where})")
         return path
 
     def _save_weights(self, name, extra=None):
@@ -329,19 +385,33 @@ class Trainer:
             return True
         return self.epoch >= self.epochs
 
+    def _batches_done(self):
+        """The current epoch's batches are all trained (or the iteration budget is spent inside it),
+        but its end-of-epoch work is not done yet."""
+        if self.batch_in_epoch == 0:
+            return False
+        if self.batch_in_epoch >= len(self.train_loader):
+            return True
+        return self.max_iterations is not None and self.iteration >= self.max_iterations
+
     def fit(self):
         """Run to the end (or to early stopping); returns the history (one dict per epoch)."""
         self.model.train()
-        self.status = "running"
+        if self.status != "early_stopped":
+            self.status = "running"
         with _StopFlag() as stop:
-            while not self._done():
-                self._run_epoch(stop)
-                if self.status in ("early_stopped",):
-                    break
-        if self.status == "running":
+            while self.status != "early_stopped":
+                if not self._batches_done():
+                    if self._done():
+                        break
+                    self._run_epoch(stop)
+                if self._batches_done():
+                    self._end_epoch()
+        if self.status in ("running", "finished"):
             self.status = "finished"
         if self.out_dir is not None:
             self.save_checkpoint()
+            fault_point("final_weights")
             self._save_weights("model", {"status": self.status, "epochs_trained": self.epoch,
                                          "iterations": self.iteration})
         return self.history
@@ -377,9 +447,6 @@ class Trainer:
             if bar is not None:
                 bar.close()
         sums["time"] += time.perf_counter() - t0
-        if self.batch_in_epoch < n_batches and not (self.max_iterations and self.iteration >= self.max_iterations):
-            return
-        self._end_epoch()
 
     def _step(self, x, y, sums):
         model, loss_fn = self.model, self.loss_fn
@@ -424,6 +491,7 @@ class Trainer:
         sums["loss"] += loss * bs
         sums["correct"] += _count_correct(logits, y)
         sums["n"] += bs
+        fault_point("step")
 
     def _end_epoch(self):
         sums = self._epoch_sums
@@ -435,6 +503,7 @@ class Trainer:
             row.update(val_loss=ev["loss"], val_acc=ev["acc"])
             if self._num_classes() > 5:
                 row[f"val_top{self.topk}"] = ev["topk"]
+            fault_point("validated")
         self.epoch += 1
         self.batch_in_epoch = 0
         self._epoch_sums = {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0}
@@ -444,18 +513,23 @@ class Trainer:
         if score > self.best_acc:
             self.best_acc, self.best_epoch = score, self.epoch
             self.epochs_without_improvement = 0
-            self._save_weights("best", {"best_epoch": self.epoch, "best_acc": score})
+            if self.val_loader is not None:      # "best" by training accuracy under augmentation means little
+                self._save_weights("best", {"best_epoch": self.epoch, "best_acc": score,
+                                            "chosen_by": "validation accuracy"})
+                fault_point("best_saved")
         else:
             self.epochs_without_improvement += 1
         row["best_acc"] = self.best_acc
         self.history.append(row)
         self._write_metrics(row)
+        fault_point("metrics_written")
         self.log(_format_row(row))
         if self.early_stopping and self.epochs_without_improvement >= self.early_stopping:
             self.status = "early_stopped"
             self.log(f"early stopping: no better accuracy for {self.early_stopping} epochs "
                      f"(best {self.best_acc:.4f} at epoch {self.best_epoch})")
         self.save_checkpoint()
+        fault_point("epoch_saved")
 
     def _num_classes(self):
         classes = self.metadata.get("classes")

@@ -1,0 +1,271 @@
+"""``nabi self-train``: self-training with a noisy student (Xie et al., "Self-training with Noisy Student
+improves ImageNet classification", CVPR 2020) on labelled and unlabelled photos.
+
+    round 0   teacher  ← nabi train on the labelled photos (one class per sub-folder)
+    round k   pseudo-labels ← the round k−1 model, unnoised, on the unlabelled photos
+              student  ← nabi train, noised, on labelled + pseudo-labelled photos; it is the next teacher
+
+The labelled folder is split once (``val_ratio``, ``test_ratio``, ``seed``, as ``nabi train``
+splits it), and every round uses the same split: the student trains on the labelled training
+part plus the pseudo-labelled photos, picks its best epoch on the validation part, and each
+round's accuracy is measured on the labelled test part, which no round ever trains on.
+
+Pseudo-labels (``nabi.selfsup.pseudo_labels.select``): the teacher, in eval mode on unaugmented
+photos, labels every unlabelled photo; a photo is kept when its confidence max_k p_k ≥
+``threshold``; each class keeps at most ``max_per_class`` photos, the most confident first
+(default: the size of the largest class of the labelled training part, so pseudo-labels
+cannot outnumber the labelled photos of a class more than that class allows the largest to
+outnumber it). Hard labels train with cross-entropy; ``soft`` targets (the teacher's
+probabilities) with the soft-target cross-entropy (``nabi.functional.soft_target``). When the
+labelled classes include ``background``, photos the teacher calls background stay background
+(one-hot, even under ``soft``). The photos are never copied: each round writes a manifest.
+
+The student's noise: strong augmentation (``augment``, default ``strong``: random resized crop,
+flip, rotation, colour jitter), the dropout of models that have it (active in training; its
+rate set with ``dropout`` where the model's builder takes one). Stochastic depth is left out:
+nabi's residual blocks have no drop-path. The student must have at least as many parameters
+as the teacher (equal or larger, as in the paper).
+
+Run folder::
+
+    OUT/round-0/train/          the teacher's nabi train run;   OUT/round-0/round.json
+    OUT/round-K/pseudo_labels.json   the manifest;               OUT/round-K/round.json
+    OUT/round-K/train/          the student's run (config.json says which photos it trained on)
+    OUT/summary.json, OUT/summary.md   every round so far (rewritten atomically after each round)
+
+``round.json`` holds the round's model, the pseudo-label counts per class, the test accuracy
+and, when the unlabelled photos sit in folders named like the classes, the pseudo-label
+accuracy (a diagnostic only: the labels are never used for training).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend, files
+from .. import data as D
+from ..data.prepare import (Cached, Transformed, augmentation, eval_loader, eval_transforms, folder_classes,
+                            load_datasets, normalization_spec)
+from ..models import registry
+from ..models.registry import model_input_size, set_input_size
+from ..runs import load_run, model_metadata, write_config
+from ..training.build import build_model, build_trainer, run_training
+from ..training.config import TrainConfig
+from ..training.trainer import Trainer, evaluate
+from . import pseudo_labels as P
+
+BACKGROUND = "background"
+SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
+
+
+def _soft_target_trainer(loss):
+    class SoftTargetTrainer(Trainer):
+        """The trainer with the soft-target cross-entropy as its loss."""
+
+        def __init__(self, *args, **kwargs):
+            kwargs["loss_fn"] = loss
+            super().__init__(*args, **kwargs)
+    return SoftTargetTrainer
+
+
+def check_arguments(cfg: TrainConfig, unlabelled, rounds, threshold, max_per_class, student_model,
+                    student_model_args, dropout):
+    """Every argument checked before any training starts; returns the unlabelled photo paths."""
+    if rounds is None or int(rounds) != rounds or rounds < 1:
+        raise ValueError(f"--rounds must be a whole number of at least 1, got {rounds}")
+    if not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+        raise ValueError(f"--threshold must lie in (0, 1] (a confidence max_k p_k), got {threshold}")
+    if max_per_class is not None and max_per_class < 1:
+        raise ValueError(f"--max-per-class must be at least 1, got {max_per_class}")
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"--dropout must lie in [0, 1), got {dropout}")
+    if cfg.test_ratio <= 0 and not (Path(cfg.data) / "test").is_dir():
+        raise ValueError(f"self-training reports each round's accuracy on the labelled test split: give "
+                         f"--test-ratio above 0 or a {Path(cfg.data) / 'test'} folder")
+    for name in (cfg.model, student_model):
+        registry.builder(name)                                       # unknown name: lists the known ones
+    if dropout is not None and "dropout" not in inspect.signature(registry.builder(student_model)).parameters:
+        raise ValueError(f"--dropout: model {student_model} has no dropout layer to set (models with one: "
+                         f"alexnet, vgg*, googlenet); leave --dropout out")
+    if Path(cfg.data).resolve() == Path(unlabelled).resolve():
+        raise ValueError(f"the labelled and unlabelled folders are the same ({cfg.data})")
+    out = Path(cfg.out)
+    if (out / SUMMARY_JSON).exists():
+        raise ValueError(f"{out} already holds a self-training run ({SUMMARY_JSON}); give another --out")
+    return P.list_photos(unlabelled)
+
+
+def _student_args(student_model, student_model_args, dropout):
+    args = dict(student_model_args or {})
+    if dropout is not None:
+        args["dropout"] = float(dropout)
+    return args
+
+
+def _test_accuracy(run_dir, parts, cfg):
+    model, meta = load_run(run_dir, device=cfg.device)
+    C, H, W = meta["input_size"]
+    test = load_datasets(cfg.data, image_size=(H, W), channels=C, val_ratio=cfg.val_ratio,
+                         test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)["test"]
+    ev = evaluate(model, eval_loader(test, meta, batch_size=max(cfg.batch_size, 64), device=cfg.device))
+    return model, meta, ev["acc"], ev["n"]
+
+
+def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_targets, out_dir, seed, log=print):
+    """Train ``cfg.model`` on the labelled training part plus the pseudo-labelled photos (``pseudo_targets``
+    (M, K) soft rows, or None for hard labels), noised by ``cfg.augment``; validation on the labelled
+    validation part. Writes the run to ``out_dir``; returns the trainer."""
+    classes = parts["classes"]
+    model = build_model(cfg.model, len(classes), dict(cfg.model_args), seed=seed)
+    C, H, W = model_input_size(model)
+    if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
+        H = W = set_input_size(model, cfg.image_size)
+    channels = cfg.channels or C
+    labelled = load_datasets(cfg.data, image_size=(H, W), channels=channels, val_ratio=cfg.val_ratio,
+                             test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)
+    norm = normalization_spec(cfg.normalize, labelled["train"], channels)
+    base = eval_transforms((H, W), norm)
+    pseudo = P.PhotoList(pseudo_paths, (H, W), channels, labels=pseudo_labels)
+    combined = P.Concat([labelled["train"], pseudo])
+    train_targets = combined.targets
+    loss = None
+    if pseudo_targets is not None:
+        n_lab = len(labelled["train"])
+        table = np.concatenate([np.eye(len(classes))[train_targets[:n_lab]], pseudo_targets])
+        combined = P.RowIndexed(combined)
+    if cfg.cache:
+        combined = Cached(combined)
+    train_ds = Transformed(combined, [base[0]] + augmentation(cfg.augment, (H, W)) + base[1:])
+    loader = D.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, seed=seed, num_workers=cfg.workers,
+                          device=cfg.device)
+    trainer_class = None
+    if pseudo_targets is not None:
+        from ..layers.soft_target import SoftTargetCrossEntropyLoss
+        loss = SoftTargetCrossEntropyLoss()
+        loader = P.SoftTargetBatches(loader, table, loss)
+        trainer_class = _soft_target_trainer(loss)
+    val_loader = None
+    if labelled.get("val") is not None:
+        val_loader = D.DataLoader(Transformed(labelled["val"], base), batch_size=max(cfg.batch_size, 64),
+                                  num_workers=cfg.workers, device=cfg.device)
+    model.to(cfg.device)
+    Trainer._check_writable(Path(out_dir))
+    resolved = write_config(out_dir, replace(cfg, out=str(out_dir), seed=seed), {
+        "classes": classes, "input_size": [C, H, W], "normalization": norm,
+        "num_train": len(train_ds), "num_train_labelled": len(labelled["train"]), "num_train_pseudo": len(pseudo),
+        "num_val": len(labelled["val"]) if labelled.get("val") is not None else 0,
+        "num_test": len(labelled["test"]) if labelled.get("test") is not None else 0,
+        "pseudo_targets": "soft" if pseudo_targets is not None else "hard"})
+    meta = model_metadata(model, classes, norm, resolved)
+    trainer = build_trainer(replace(cfg, seed=seed), model, loader, val_loader, out_dir=Path(out_dir), metadata=meta,
+                            config=resolved, log=log, trainer_class=trainer_class)
+    trainer.fit()
+    return trainer
+
+
+def _write_summary(out, summary):
+    files.atomic_write_json(out / SUMMARY_JSON, summary)
+    classes = summary["classes"]
+    lines = ["# Self-training (noisy student)", "",
+             f"Labelled: {summary['labelled']}; unlabelled: {summary['unlabelled']} "
+             f"({summary['num_unlabelled']} photos). Targets: {'soft' if summary['soft'] else 'hard'}; "
+             f"threshold {summary['threshold']}; at most {summary['max_per_class']} pseudo-labels per class.", "",
+             "Test accuracy is on the labelled test split (never trained on). Pseudo-label accuracy counts only "
+             "unlabelled photos whose folder is named like a class (a diagnostic; those names are not used).", "",
+             "| round | model | role | pseudo-labelled | " + " | ".join(classes) + " | test acc | pseudo-label acc |",
+             "|" + "---|" * (6 + len(classes))]
+    for r in summary["rounds"]:
+        counts = r.get("pseudo_label_counts") or {}
+        pl = r.get("pseudo_label_accuracy")
+        lines.append(f"| {r['round']} | {r['model']} | {r['role']} | {r.get('num_pseudo_labelled', 0)} | "
+                     + " | ".join(str(counts.get(c, 0)) for c in classes)
+                     + f" | {r['test_acc']:.4f} | {'—' if pl is None else f'{pl:.4f}'} |")
+    files.atomic_write_text(out / SUMMARY_MD, "\n".join(lines) + "\n")
+
+
+def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None, student_model_args=None,
+                      student_augment="strong", soft=False, threshold=0.5, max_per_class=None, dropout=None,
+                      log=print):
+    """Self-train for ``rounds`` rounds; returns the summary dict (also written to ``cfg.out``).
+
+    ``cfg`` is the teacher's ``nabi train`` configuration (``data`` is the labelled folder, ``augment``
+    the teacher's augmentation); the students use the same settings with ``student_model``
+    (default ``cfg.model``), ``student_model_args``, ``student_augment`` and ``dropout``.
+    """
+    student_model = student_model or cfg.model
+    student_args = _student_args(student_model, student_model_args if student_model_args is not None
+                                 else (cfg.model_args if student_model == cfg.model else {}), dropout)
+    photos = check_arguments(cfg, unlabelled, rounds, threshold, max_per_class, student_model, student_args,
+                             dropout)
+    backend.check_device(cfg.device)
+    num_classes = len(folder_classes(cfg.data, cfg.exclude))
+    n_teacher = registry.count_parameters(cfg.model, num_classes=num_classes, **cfg.model_args)
+    n_student = registry.count_parameters(student_model, num_classes=num_classes, **student_args)
+    if n_student < n_teacher:
+        raise ValueError(f"--student-model {student_model} has {n_student:,} parameters, fewer than the teacher "
+                         f"{cfg.model} ({n_teacher:,}): a noisy student must be equal or larger")
+    out = Path(cfg.out)
+    Trainer._check_writable(out)
+    log(f"round 0: teacher {cfg.model} on the labelled photos of {cfg.data}")
+    r0 = out / "round-0"
+    _, parts = run_training(replace(cfg, out=str(r0 / "train")), log=log)
+    classes = list(parts["classes"])
+    train_counts = np.bincount(np.asarray(parts["train"].targets), minlength=len(classes))
+    cap = int(max_per_class or train_counts.max())
+    teacher, meta, acc, n_test = _test_accuracy(r0 / "train", parts, cfg)
+    background = classes.index(BACKGROUND) if BACKGROUND in classes else None
+    true = P.folder_labels(photos, unlabelled, classes)
+    summary = {"format": "nabi-self-training", "labelled": str(cfg.data), "unlabelled": str(unlabelled),
+               "num_unlabelled": len(photos), "classes": classes,
+               "labelled_train_counts": {c: int(n) for c, n in zip(classes, train_counts)},
+               "soft": bool(soft), "threshold": float(threshold), "max_per_class": cap,
+               "background_class": BACKGROUND if background is not None else None,
+               "teacher_model": cfg.model, "student_model": student_model, "student_model_args": student_args,
+               "student_augment": student_augment, "stochastic_depth": False,
+               "num_test": n_test, "rounds_requested": int(rounds), "rounds": []}
+    record = {"round": 0, "model": cfg.model, "role": "teacher", "run": str(r0 / "train"),
+              "test_acc": acc, "num_train": len(parts["train"]), "num_pseudo_labelled": 0}
+    files.atomic_write_json(r0 / "round.json", record)
+    summary["rounds"].append(record)
+    _write_summary(out, summary)
+    log(f"round 0: test accuracy {acc:.4f} on {n_test} labelled test photos")
+    scfg = replace(cfg, model=student_model, model_args=student_args, augment=student_augment, init=None)
+    for k in range(1, int(rounds) + 1):
+        rk = out / f"round-{k}"
+        rk.mkdir(parents=True, exist_ok=True)
+        probs = P.predict(teacher, meta, photos, batch_size=max(cfg.batch_size, 64), device=cfg.device)
+        kept, labels, targets = P.select(probs, threshold, cap, background, soft)
+        P.write_manifest(rk / "pseudo_labels.json", unlabelled, photos, kept, labels, targets, probs, classes,
+                         soft, threshold, cap)
+        counts = np.bincount(labels, minlength=len(classes))
+        known_all = true >= 0
+        known_kept = true[kept] >= 0
+        log(f"round {k}: {len(kept)} of {len(photos)} unlabelled photos pseudo-labelled "
+            f"({', '.join(f'{c} {n}' for c, n in zip(classes, counts))})")
+        run_dir = rk / "train"
+        trainer = train_student(scfg, parts, [photos[i] for i in kept], labels, targets if soft else None, run_dir,
+                                seed=cfg.seed + k, log=log)
+        teacher, meta, acc, _ = _test_accuracy(run_dir, parts, cfg)
+        record = {"round": k, "model": student_model, "role": "student", "run": str(run_dir),
+                  "teacher_run": summary["rounds"][-1]["run"], "test_acc": acc,
+                  "num_train": len(parts["train"]) + len(kept), "num_train_labelled": len(parts["train"]),
+                  "num_pseudo_labelled": int(len(kept)),
+                  "pseudo_label_counts": {c: int(n) for c, n in zip(classes, counts)},
+                  "pseudo_label_mean_confidence": float(probs[kept].max(axis=1).mean()) if len(kept) else None,
+                  "pseudo_label_accuracy": (float((labels[known_kept] == true[kept][known_kept]).mean())
+                                            if known_kept.any() else None),
+                  "pseudo_label_accuracy_n": int(known_kept.sum()),
+                  "teacher_accuracy_on_unlabelled": (float((probs.argmax(1)[known_all] == true[known_all]).mean())
+                                                     if known_all.any() else None),
+                  "train_epochs": trainer.epoch, "train_iterations": trainer.iteration,
+                  "final_train_loss": trainer.history[-1]["train_loss"] if trainer.history else None}
+        files.atomic_write_json(rk / "round.json", record)
+        summary["rounds"].append(record)
+        _write_summary(out, summary)
+        log(f"round {k}: student {student_model} test accuracy {acc:.4f}"
+            + (f"; pseudo-label accuracy {record['pseudo_label_accuracy']:.4f} on {record['pseudo_label_accuracy_n']} "
+               f"photos with class-named folders" if record["pseudo_label_accuracy"] is not None else ""))
+    return summary
