@@ -336,3 +336,11 @@ def test_init_backbone_from_a_classifier_run(world, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "loaded 4 arrays matching by name and shape" in out
     assert "unused (not in this model): fc.weight, fc.bias" in out
+
+
+def test_embedding_training_keeps_an_existing_run(world, capsys):
+    before = (world / "run" / "best.safetensors").read_bytes()
+    assert main(["train", str(world / "train"), "--model", "cifar_cnn", "--head", "arcface", "--iterations", "1",
+                 "--out", str(world / "run"), "--no-progress"]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert (world / "run" / "best.safetensors").read_bytes() == before

@@ -169,16 +169,24 @@ def _train_with_head(original):
             if args.embedding_dim is not None:
                 raise ValueError("--embedding-dim needs an embedding head (--head arcface, cosface, triplet …)")
             return original(args)
+        from ..runs import open_run_folder
         from .train import run_embedding_training
-        cfg = original.__globals__["_config_from_args"](args)
+        helpers = original.__globals__                  # the train command's own helpers (nabi.cli.main)
+        cfg = helpers["_config_from_args"](args)
         if cfg.data is None:
             raise ValueError("give a data folder with one sub-folder per individual")
-        trainer, info = run_embedding_training(cfg, head=head, embedding_dim=args.embedding_dim or 128,
-                                               margin=args.margin, scale=args.scale, k=args.k, resume=args.resume)
+        from ..cli.checks import check_train_config
+        check_train_config(cfg)
+        with open_run_folder(cfg.out, resume=args.resume, overwrite=getattr(args, "overwrite", False)):
+            trainer, info = run_embedding_training(cfg, head=head, embedding_dim=args.embedding_dim or 128,
+                                                   margin=args.margin, scale=args.scale, k=args.k,
+                                                   resume=args.resume)
+            if "_finish_run" in helpers:
+                helpers["_finish_run"](cfg.out, getattr(args, "keep_checkpoints", False))
         if trainer.best_epoch is not None and info["validation_individuals"]:
             print(f"best rank-1 on {len(info['validation_individuals'])} held-out individuals: "
                   f"{trainer.best_acc:.4f} (epoch {trainer.best_epoch})")
-        print(f"run folder: {cfg.out}  (nabi gallery build {cfg.out} PHOTOS --out GALLERY)")
+        print(f"next: nabi gallery build {cfg.out} PHOTOS --out GALLERY")
         return 0
     cmd.__doc__ = original.__doc__
     return cmd
