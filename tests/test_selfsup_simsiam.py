@@ -209,7 +209,7 @@ def test_pretrain_simsiam_resumed_equals_the_uninterrupted_run(tmp_path, capsys)
     assert nabi_main(argv(tmp_path / "split", 1)) == 0
     assert nabi_main(argv(tmp_path / "split", 2, "--resume")) == 0
     resumed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resumed from")]
-    assert len(resumed) == 1 and resumed[0].endswith("(epoch 1, iteration 4)"), resumed     # 24 photos, 6 a step
+    assert len(resumed) == 1 and resumed[0].endswith("(after epoch 1, iteration 4)"), resumed     # 24 photos, 6 a step
     ref, _ = files.load_weights(tmp_path / "ref" / "model.safetensors")
     got, _ = files.load_weights(tmp_path / "split" / "model.safetensors")
     assert list(got) == list(ref) and any(k.endswith("running_mean") for k in ref)
