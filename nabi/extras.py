@@ -13,6 +13,7 @@ digits         the ``embedded:digits8x8`` data set             scikit-learn
 onnx           ``nabi export``                                 onnx, onnxruntime
 gpu            ``--device gpu``                                cupy-cuda12x
 serve          ``nabi serve``, the web app                     fastapi, uvicorn, python-multipart
+reid           ``gallery calibrate``'s curve, ``--matcher``    matplotlib, opencv-python-headless
 ray            ``--executor ray`` for experiments, ablations   ray
 sweep          ``nabi sweep``                                  ray[tune] (pandas, pyarrow, ...)
 all            every extra above except gpu, ray and sweep
@@ -38,6 +39,7 @@ EXTRA_OF_MODULE = {
     "multipart": "serve",
     "python_multipart": "serve",
     "ray": "ray",
+    "cv2": "reid",
     # core packages: a broken install, fixed by reinstalling nabi
     "PIL": "", "tqdm": "", "safetensors": "", "numba": "", "threadpoolctl": "", "tomli": "",
 }

@@ -614,6 +614,7 @@ def build_parser():
     sub.choices["serve"].epilog = _examples(
         "nabi serve runs/cats                                # http://127.0.0.1:8000 on this machine",
         "nabi serve runs/cats --host 0.0.0.0 --token SECRET  # reachable from the network")
+    from ..reid.cli import add_commands; add_commands(sub)  # noqa: E702  (gallery, identify, train --head)
     for command_parser in sub.choices.values():                        # commands added outside this module too
         command_parser.formatter_class = HelpFormatter
     return parser

@@ -9,6 +9,10 @@ from .activation import (leaky_relu_backward, leaky_relu_forward, log_softmax, l
                          softmax, softmax_backward, softmax_forward, tanh_backward, tanh_forward)
 from .conv import (col2im, conv2d_backward, conv2d_forward, conv2d_reference_backward, conv2d_reference_forward,
                    im2col, resolve_padding)
+from .embedding import (arcface_backward, arcface_forward, batch_hard_pairs, cosface_backward, cosface_forward,
+                        cosine_linear_backward, cosine_linear_forward, l2_normalize_backward, l2_normalize_forward,
+                        subcenter_max_backward, subcenter_max_forward, triplet_batch_hard_backward,
+                        triplet_batch_hard_forward)
 from .linear import flatten_backward, flatten_forward, linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from .norm import (batch_norm_backward, batch_norm_forward, dropout_backward, dropout_forward, lrn_backward,

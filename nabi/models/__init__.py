@@ -28,3 +28,4 @@ __all__ = ["get", "names", "register", "builder", "count_parameters", "Network",
            "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "resnet", "resnet18", "resnet34", "resnet50", "resnet101",
            "resnet152", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18_cifar", "googlenet"]
 from . import densenet as _densenet, senet as _senet  # noqa: E402,F401
+from . import embedding as _embedding  # noqa: E402,F401  (registers embedding_net)

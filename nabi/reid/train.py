@@ -1,0 +1,260 @@
+"""Train an identity embedding (``nabi train DATA --head arcface --embedding-dim 256``).
+
+DATA has one folder per individual (many individuals, few photos each), and optionally ``background/``
+(photos of empty scenes, or sub-folders ``background/<kind>/`` that train as one class each). Individuals are split, not
+photos: a ``val_ratio`` fraction of the individuals (at least one) is held out of training entirely.
+The network is ``embedding_net`` (the ``--model`` zoo backbone without its classifier, the BN-neck,
+and the head's cosine classifier over the training individuals), trained on P×K batches (P
+individuals × K photos) with the head's loss:
+
+    arcface, subcenter_arcface   ArcFaceLoss(scale, margin) on the (sub-centre) cosines
+    cosface                      CosFaceLoss(scale, margin)
+    triplet                      TripletLoss(margin), batch-hard, on the embeddings
+
+Validation after each epoch is retrieval on the held-out individuals: each one's photos are split
+in two, the first half enrolled as a gallery (embedded with the current weights), the second half
+queried against it (a file repeated byte for byte is kept once, so no query meets its own copy).
+The trainer's ``val_acc`` is then rank-1 identification accuracy of these
+never-trained-on individuals (``val_top5`` rank-5, with more than five training individuals; both also
+written as ``val_rank1`` and ``val_rank5`` in ``metrics.jsonl``) and
+``val_loss`` the cross-entropy of the scaled query-to-individual similarities; the best weights are
+those with the best rank-1. ``train_acc`` is the arg-max accuracy of the cosine classifier over the
+training individuals (not meaningful for ``triplet``, whose training output is the embedding).
+The existing ``Trainer`` drives all this unchanged: the network returns what the loss takes and
+the loss returns the gradient of its input.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend
+from ..layers import ArcFaceLoss, CosFaceLoss, CrossEntropyLoss, TripletLoss
+from .metrics import leave_individuals_out
+
+DEFAULT_MARGIN = {"arcface": 0.5, "subcenter_arcface": 0.5, "cosface": 0.35, "triplet": 0.3}
+
+
+def make_loss(head, margin=None, scale=30.0):
+    m = DEFAULT_MARGIN[head] if margin is None else float(margin)
+    if head in ("arcface", "subcenter_arcface"):
+        return ArcFaceLoss(scale=scale, margin=m)
+    if head == "cosface":
+        return CosFaceLoss(scale=scale, margin=m)
+    if head == "triplet":
+        return TripletLoss(margin=m)
+    raise ValueError(f"--head must be one of softmax, arcface, subcenter_arcface, cosface, triplet; got {head!r}")
+
+
+class EmbeddingObjective:
+    """The head's loss in training; during retrieval validation (a gallery set on the network) the
+    cross-entropy of ``scale`` × the query-to-individual similarities."""
+
+    def __init__(self, net, loss, scale=30.0):
+        self.net, self.loss, self.scale = net, loss, float(scale)
+        self._val = CrossEntropyLoss()
+        self._last = None
+
+    def __call__(self, out, labels):
+        if getattr(self.net, "_gallery", None) is not None:
+            self._last = self._val
+            return self._val(out * self.scale, labels)
+        self._last = self.loss
+        return self.loss(out, labels)
+
+    def backward(self, dloss=1.0):
+        if self._last is self._val:
+            return self._val.backward(dloss) * self.scale
+        return self.loss.backward(dloss)
+
+
+class RetrievalValidation:
+    """Batches of query photos for the trainer's evaluation; before the first it embeds the gallery
+    photos with the network's current weights and sets them on the network (``set_gallery``)."""
+
+    def __init__(self, net, gallery_loader, query_loader, num_ids):
+        self.net, self.gallery_loader, self.query_loader = net, gallery_loader, query_loader
+        self.num_ids = int(num_ids)
+
+    def __len__(self):
+        return len(self.query_loader)
+
+    def __iter__(self):
+        was_training = self.net.training
+        self.net.eval()
+        embs, labels = [], []
+        for x, y in self.gallery_loader:
+            embs.append(self.net.embed(x))
+            labels.append(y)
+        xp = backend.get_array_module(embs[0])
+        self.net.set_gallery(xp.concatenate(embs), xp.concatenate(labels), self.num_ids)
+        self.net.train(was_training)
+        try:
+            yield from self.query_loader
+        finally:
+            self.net.clear_gallery()
+
+
+def _retrieval_trainer():
+    from ..training.trainer import Trainer
+
+    class RetrievalTrainer(Trainer):
+        """A ``Trainer`` whose metrics rows also name the retrieval figures: ``val_rank1`` (= ``val_acc``)
+        and ``val_rank5`` (= ``val_top5``, when reported)."""
+
+        def _write_metrics(self, row):
+            if "val_acc" in row:
+                row["val_rank1"] = row["val_acc"]
+                if "val_top5" in row:
+                    row["val_rank5"] = row["val_top5"]
+            super()._write_metrics(row)
+    return RetrievalTrainer
+
+
+def split_background_kinds(folder):
+    """Give each ``background/<kind>/`` sub-folder of an ``ImageFolder`` its own class ``background/<kind>``
+    (photos directly in ``background/`` keep the class ``background``). Classes stay sorted; returns ``folder``."""
+    from .embedder import BACKGROUND
+    if BACKGROUND not in folder.class_to_idx:
+        return folder
+    bg_root = folder.root / BACKGROUND
+    names = []
+    for path, label in folder.samples:
+        name = folder.classes[label]
+        if name == BACKGROUND:
+            rel = Path(path).relative_to(bg_root)
+            if len(rel.parts) > 1:
+                name = f"{BACKGROUND}/{rel.parts[0]}"
+        names.append(name)
+    classes = sorted(set(names))
+    folder.classes = classes
+    folder.class_to_idx = {c: i for i, c in enumerate(classes)}
+    folder.samples = sorted(((p, folder.class_to_idx[n]) for (p, _), n in zip(folder.samples, names)),
+                            key=lambda s: (s[1], s[0]))
+    return folder
+
+
+def drop_repeated_files(folder):
+    """Leave out of an ``ImageFolder`` every file whose bytes (SHA-256) already appeared: a copy on both the
+    gallery and the query side would be a free match. Returns the number left out."""
+    from .embedder import file_sha256
+    seen, kept = set(), []
+    for path, label in folder.samples:
+        h = file_sha256(path)
+        if h not in seen:
+            seen.add(h)
+            kept.append((path, label))
+    dropped = len(folder.samples) - len(kept)
+    folder.samples = kept
+    return dropped
+
+
+def split_gallery_queries(targets, seed=0):
+    """Per individual, the first half of its photos (shuffled, seeded; at least one) as gallery and the
+    rest as queries: ``(gallery indices, query indices)``."""
+    targets = np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    gal, qry = [], []
+    for c in np.unique(targets):
+        idx = rng.permutation(np.nonzero(targets == c)[0])
+        half = max(1, len(idx) // 2)
+        gal.extend(idx[:half])
+        qry.extend(idx[half:])
+    return np.sort(np.asarray(gal, np.int64)), np.sort(np.asarray(qry, np.int64))
+
+
+def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, scale=30.0, k=4,
+                           subcenters=3, resume=False, log=print):
+    """Train as ``cfg`` (a ``TrainConfig``; ``cfg.model`` is the backbone) says with an embedding head.
+    Writes the run folder; returns ``(trainer, info)`` with the individuals used for training and validation."""
+    from .. import data as D
+    from ..data.pk_sampler import PKDataLoader
+    from ..data.prepare import (Cached, Transformed, augmentation, eval_transforms, folder_classes,
+                                normalization_spec)
+    from ..models.registry import model_input_size, set_input_size
+    from ..runs import model_metadata, write_config
+    from ..training.build import build_model, build_trainer
+    from ..training.trainer import Trainer, skip_input_gradient
+    from .embedder import is_background
+
+    backend.check_device(cfg.device)
+    if cfg.data.startswith("embedded:"):
+        raise ValueError("an embedding head trains on a folder with one sub-folder per individual, "
+                         f"not {cfg.data}")
+    out = Path(cfg.out)
+    Trainer._check_writable(out)
+    individuals = folder_classes(cfg.data, cfg.exclude)
+    if cfg.val_ratio > 0:
+        train_ids, val_ids = leave_individuals_out(individuals, cfg.val_ratio, cfg.seed,
+                                                   keep=[n for n in individuals if is_background(n)])
+    else:
+        train_ids, val_ids = list(individuals), []
+    if len(train_ids) < 2:
+        raise ValueError(f"{cfg.data}: need at least two individuals to train on, found {train_ids}")
+    k = int(k)
+    p = cfg.batch_size // k
+    if p < 2:
+        raise ValueError(f"--batch-size {cfg.batch_size} holds fewer than two individuals of K = {k} photos; "
+                         f"give at least {2 * k}")
+    model_args = {"backbone": cfg.model, "embedding_dim": int(embedding_dim), "head": head,
+                  "subcenters": int(subcenters), "backbone_args": dict(cfg.model_args)}
+    exclude = tuple(cfg.exclude) + tuple(val_ids)
+    train_classes = split_background_kinds(D.ImageFolder(cfg.data, exclude=exclude)).classes   # listing only
+    model = build_model("embedding_net", len(train_classes), model_args, seed=cfg.seed)
+    C, H, W = model_input_size(model)
+    if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
+        H = W = set_input_size(model, cfg.image_size)
+    if getattr(cfg, "init", None):        # e.g. a self-supervised backbone: its names are the backbone's
+        from ..training.init_from import format_report, load_matching
+        log(format_report(load_matching(model.backbone, cfg.init)))
+    channels = cfg.channels or C
+    kw = dict(image_size=(H, W), channels=channels, strict=cfg.strict)
+    train_full = split_background_kinds(D.ImageFolder(cfg.data, exclude=exclude, **kw))
+    train_full.verify()
+    train_ids = list(train_full.classes)          # background/<kind> folders are classes of their own
+    norm = normalization_spec(cfg.normalize, train_full, channels)
+    base = eval_transforms((H, W), norm)
+    train_src = Cached(train_full) if cfg.cache else train_full
+    train_ds = Transformed(train_src, [base[0]] + augmentation(cfg.augment, (H, W)) + base[1:])
+    train_loader = PKDataLoader(train_ds, p=min(p, len(train_ids)), k=k, seed=cfg.seed,
+                                num_workers=cfg.workers, device=cfg.device)
+    val_loader, val_info = None, {}
+    if val_ids:
+        val_full = D.ImageFolder(cfg.data, exclude=tuple(cfg.exclude) + tuple(train_ids), **kw)
+        val_full.verify()
+        repeated = drop_repeated_files(val_full)
+        gi, qi = split_gallery_queries(val_full.targets, cfg.seed)
+        if len(qi) == 0:
+            raise ValueError(f"{cfg.data}: the held-out individuals {val_ids} have one photo each; retrieval "
+                             "validation needs two or more photos of some (or --val-ratio 0)")
+        val_src = Cached(val_full) if cfg.cache else val_full
+        vb = max(cfg.batch_size, 64)
+        gallery_loader = D.DataLoader(Transformed(D.Subset(val_src, gi), base), batch_size=vb,
+                                      num_workers=cfg.workers, device=cfg.device)
+        query_loader = D.DataLoader(Transformed(D.Subset(val_src, qi), base), batch_size=vb,
+                                    num_workers=cfg.workers, device=cfg.device)
+        val_loader = RetrievalValidation(model, gallery_loader, query_loader, len(val_full.classes))
+        val_info = {"gallery_photos": int(len(gi)), "query_photos": int(len(qi)), "repeated_files_left_out": repeated}
+    model.to(cfg.device)
+    skip_input_gradient(model.backbone)
+    embedding_info = {"head": head, "embedding_dim": int(embedding_dim), "margin": make_loss(head, margin).margin,
+                      "scale": float(scale), "p": train_loader.p, "k": k, "train_individuals": train_ids,
+                      "validation_individuals": val_ids,
+                      "validation": "rank-1 of held-out individuals (half their photos as gallery)", **val_info}
+    resolved = write_config(out, cfg, {"classes": train_ids, "input_size": [C, H, W], "normalization": norm,
+                                       "num_train": len(train_full), "embedding": embedding_info})
+    meta = model_metadata(model, train_ids, norm, resolved)
+    meta["embedding"] = embedding_info
+    loss = EmbeddingObjective(model, make_loss(head, margin, scale), scale)
+    if val_ids:
+        log(f"embedding head {head} ({embedding_dim}-d) on {len(train_ids)} individuals, P×K = "
+            f"{train_loader.p}×{k}; validation: {len(val_ids)} held-out individuals, {val_info['gallery_photos']} "
+            f"gallery and {val_info['query_photos']} query photos — val_acc is rank-1, val_top5 rank-5")
+    trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
+                            log=log, trainer_class=_retrieval_trainer() if val_loader is not None else None)
+    trainer.loss_fn = loss          # the head's loss instead of build_trainer's cross-entropy
+    if resume and trainer.resume() is None:
+        log(f"no checkpoint in {out}: starting from the beginning")
+    trainer.fit()
+    return trainer, {"train_individuals": train_ids, "validation_individuals": val_ids, **val_info}

@@ -1,0 +1,346 @@
+"""The gallery end to end on synthetic individuals: train an embedding with ``nabi train --head``, build,
+add, identify, calibrate; damaged files, other models and bad input give clear errors."""
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nabi.cli import main
+from nabi.reid.gallery import Gallery, GalleryError
+
+from reid_synth import photo, write_photos
+
+ENROLLED = range(0, 6)          # in the gallery
+CALIBRATION_UNKNOWNS = (7, 8)   # held out of the gallery, used to set the threshold
+NEVER_SEEN = (6, 19)            # in neither: must come back unknown once calibrated
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reid")
+    write_photos(root / "train", range(20, 44), 6)
+    write_photos(root / "enrol", ENROLLED, 3, background=4)
+    write_photos(root / "val", ENROLLED, 2, start=10)
+    write_photos(root / "val", CALIBRATION_UNKNOWNS, 3)
+    rc = main(["--threads", "1", "train", str(root / "train"), "--model", "cifar_cnn", "--head", "arcface",
+               "--embedding-dim", "32", "--epochs", "6", "--batch-size", "16", "--lr", "3e-3",
+               "--out", str(root / "run"), "--no-progress", "--val-ratio", "0.2", "--seed", "0"])
+    assert rc == 0
+    return root
+
+
+@pytest.fixture
+def gallery(world, tmp_path):
+    return Gallery.build(world / "run", world / "enrol", tmp_path / "gallery")
+
+
+def _png(path, arr):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_train_reports_rank1_of_held_out_individuals(world):
+    cfg = json.loads((world / "run" / "config.json").read_text())
+    emb = cfg["embedding"]
+    assert emb["head"] == "arcface" and len(emb["validation_individuals"]) == 5
+    assert not set(emb["validation_individuals"]) & set(emb["train_individuals"])
+    rows = [json.loads(line) for line in (world / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(0.0 <= r["val_acc"] == r["val_rank1"] <= 1.0 for r in rows)
+    assert all(r["val_rank5"] == r["val_top5"] >= r["val_rank1"] for r in rows)
+    assert max(r["val_acc"] for r in rows) >= 0.8                 # rank-1 of never-trained-on individuals
+    meta = json.loads((world / "run" / "best.json").read_text())
+    assert meta["arch"]["name"] == "embedding_net" and meta["arch"]["kwargs"]["embedding_dim"] == 32
+
+
+@pytest.mark.parametrize("head", ["subcenter_arcface", "cosface", "triplet"])
+def test_train_other_heads(world, tmp_path, head):
+    rc = main(["--threads", "1", "train", str(world / "train"), "--model", "cifar_cnn", "--head", head,
+               "--embedding-dim", "8", "--iterations", "2", "--batch-size", "8", "--k", "2",
+               "--out", str(tmp_path / "run"), "--no-progress", "--val-ratio", "0.2"])
+    assert rc == 0
+    g = Gallery.build(tmp_path / "run", world / "enrol", tmp_path / "g")
+    assert g.embeddings.shape == (22, 8)
+    np.testing.assert_allclose(np.linalg.norm(g.embeddings, axis=1), 1.0, rtol=1e-5)
+
+
+def test_known_photos_found(gallery):
+    queries = [photo(i, j) for i in ENROLLED for j in (50, 51)]
+    res = gallery.identify(queries)
+    assert [r["name"] for r in res] == [f"ind{i:02d}" for i in ENROLLED for _ in (50, 51)]
+    from PIL import Image
+    as_pil = gallery.identify([Image.fromarray(q) for q in queries[:2]])
+    assert [r["similarity"] for r in as_pil] == pytest.approx([r["similarity"] for r in res[:2]], abs=1e-6)
+    r = res[0]
+    assert r["answer"] == "known" and set(r) >= {"answer", "name", "similarity", "margin", "candidates"}
+    assert len(r["candidates"]) == 5 and r["candidates"][0]["name"] == r["name"]
+    assert r["margin"] == pytest.approx(r["candidates"][0]["similarity"] - r["candidates"][1]["similarity"])
+    assert Path(r["candidates"][0]["photo"]).parent.name == r["name"]
+
+
+def test_background_answer(gallery, world):
+    from reid_synth import background_photo
+    res = gallery.identify([background_photo(77)])
+    assert res[0]["answer"] == "background" and res[0]["name"] is None
+
+
+def test_individual_added_after_training_is_found(gallery, tmp_path):
+    new = [_png(tmp_path / "new" / f"{j}.png", photo(12, j)) for j in range(3)]
+    added = gallery.add("newcomer", new)
+    assert [e["name"] for e in added] == ["newcomer"] * 3
+    reopened = Gallery.open(gallery.path)
+    assert "newcomer" in reopened.names() and len(reopened) == len(gallery)
+    res = reopened.identify([photo(12, 40), photo(12, 41)])
+    assert [r["name"] for r in res] == ["newcomer", "newcomer"]
+
+
+def test_unknown_once_calibrated(gallery, world):
+    strangers = [photo(i, j) for i in NEVER_SEEN for j in (60, 61)]
+    before = gallery.identify(strangers)
+    assert all(r["answer"] == "known" for r in before)           # no threshold yet: the closest individual
+    summary, curve = gallery.calibrate(world / "val", target_far=0.0, plot=gallery.path / "far_frr.png")
+    assert summary["unknown_individuals"] == ["ind07", "ind08"] and summary["far"] == 0.0
+    assert summary["tar"] == 1.0 and summary["auroc"] == 1.0
+    assert (gallery.path / "far_frr.png").stat().st_size > 1000 and len(curve) > 10
+    after = Gallery.open(gallery.path)
+    assert after.threshold == pytest.approx(summary["threshold"])
+    res = after.identify(strangers)
+    assert [r["answer"] for r in res] == ["unknown"] * 4
+    assert all(r["similarity"] <= after.threshold for r in res)
+    known = after.identify([photo(i, 70) for i in ENROLLED])
+    assert [r["name"] for r in known] == [f"ind{i:02d}" for i in ENROLLED]
+
+
+def test_calibration_needs_unknowns(gallery, world, tmp_path):
+    write_photos(tmp_path / "val_known_only", ENROLLED, 1, start=20)
+    with pytest.raises(ValueError, match="no individual outside the gallery"):
+        gallery.calibrate(tmp_path / "val_known_only")
+
+
+def test_duplicate_photo_refused(gallery, world):
+    dup = world / "enrol" / "ind03" / "000.png"
+    with pytest.raises(ValueError, match=r"already in the gallery .*ind03.*SHA-256"):
+        gallery.add("someone", [dup])
+    copy = gallery.path.parent / "copy.png"
+    shutil.copy(dup, copy)                                          # another path, same bytes
+    with pytest.raises(ValueError, match="copy.png is already in the gallery"):
+        gallery.add("ind03", [copy])
+    twin = _png(gallery.path.parent / "twin_a.png", photo(30, 1))
+    shutil.copy(twin, gallery.path.parent / "twin_b.png")
+    with pytest.raises(ValueError, match="twin_b.png is the same file as .*twin_a.png"):
+        gallery.add("twins", [twin, gallery.path.parent / "twin_b.png"])
+    assert len(Gallery.open(gallery.path)) == 22 and "twins" not in gallery.names()     # nothing was added
+
+
+def test_name_collision_refused_unless_merge(gallery, tmp_path):
+    p = _png(tmp_path / "x.png", photo(3, 90))
+    with pytest.raises(ValueError, match="collides with the enrolled individual 'ind03'"):
+        gallery.add("IND03", [p])
+    added = gallery.add("IND03", [p], merge=True)
+    assert added[0]["name"] == "ind03"
+    with pytest.raises(ValueError, match="collides"):
+        gallery.rename("ind04", "ind05")
+    gallery.merge("ind04", "ind05")
+    assert "ind04" not in gallery.names() and sum(e["name"] == "ind05" for e in gallery.entries) == 6
+    gallery.rename("ind05", "Nala")
+    assert "Nala" in Gallery.open(gallery.path).names()
+
+
+def test_single_individual_gallery(world, tmp_path):
+    (tmp_path / "one").mkdir()
+    shutil.copytree(world / "enrol" / "ind01", tmp_path / "one" / "ind01")
+    g = Gallery.build(world / "run", tmp_path / "one", tmp_path / "g1")
+    r = g.identify([photo(1, 30)])[0]
+    assert r["answer"] == "known" and r["name"] == "ind01" and r["margin"] is None
+    assert len(r["candidates"]) == 1
+
+
+def test_edited_index_is_an_error(gallery):
+    index = gallery.path / "index.json"
+    data = json.loads(index.read_text())
+    data["entries"] = data["entries"][:-1]
+    index.write_text(json.dumps(data))
+    with pytest.raises(GalleryError, match=r"index.json does not match .*embeddings-.*\.safetensors"):
+        Gallery.open(gallery.path)
+    index.write_text("{ not json")
+    with pytest.raises(GalleryError, match="index.json is not valid JSON"):
+        Gallery.open(gallery.path)
+
+
+def test_truncated_embeddings_file_is_an_error(gallery):
+    emb = next(gallery.path.glob("embeddings-*.safetensors"))
+    emb.write_bytes(emb.read_bytes()[:-40])
+    with pytest.raises(GalleryError, match=rf"{emb.name} does not match the SHA-256 recorded in .*index.json"):
+        Gallery.open(gallery.path)
+
+
+def test_gallery_of_another_model_refused(gallery, world, tmp_path):
+    other = tmp_path / "other"
+    assert main(["--threads", "1", "train", str(world / "train"), "--model", "cifar_cnn", "--head", "cosface",
+                 "--embedding-dim", "32", "--iterations", "1", "--batch-size", "8", "--k", "2",
+                 "--out", str(other), "--no-progress", "--val-ratio", "0"]) == 0
+    with pytest.raises(GalleryError, match=r"was built with the model .*run.*best.safetensors.*not with .*other"):
+        Gallery.open(gallery.path, run=other)
+
+
+def test_bad_input(world, tmp_path):
+    photos = tmp_path / "photos"
+    write_photos(photos, [1, 2], 2)
+    (photos / "empty_one").mkdir()
+    with pytest.raises(ValueError, match="individual folder .*empty_one holds no photos"):
+        Gallery.build(world / "run", photos, tmp_path / "g")
+    (photos / "empty_one").rmdir()
+    (photos / "ind01" / "fake.png").write_text("not an image")
+    with pytest.raises(ValueError, match="could not decode image file .*fake.png"):
+        Gallery.build(world / "run", photos, tmp_path / "g")
+    assert not (tmp_path / "g").exists()                            # nothing half-written
+    with pytest.raises(ValueError, match="cannot contain '/'"):
+        Gallery.create(world / "run").add("a/b", [world / "enrol" / "ind01" / "000.png"])
+
+
+def test_cli_end_to_end(world, tmp_path, capsys):
+    g = str(tmp_path / "g")
+    assert main(["gallery", "build", str(world / "run"), str(world / "enrol"), "--out", g]) == 0
+    new = _png(tmp_path / "p" / "a.png", photo(13, 1))
+    assert main(["gallery", "add", g, "Bora", str(new)]) == 0
+    assert main(["gallery", "add", g, "Bora", str(new)]) == 1
+    assert "already in the gallery" in capsys.readouterr().err
+    assert main(["gallery", "calibrate", g, str(world / "val"), "--target-far", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "operating point at target FAR 0.050" in out and (tmp_path / "g" / "far_frr.png").is_file()
+    q = _png(tmp_path / "p" / "q.png", photo(13, 2))
+    assert main(["identify", g, str(q), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res[0]["answer"] == "known" and res[0]["name"] == "Bora"
+    text = tmp_path / "p" / "notes.png"
+    text.write_text("hello")
+    assert main(["identify", g, str(text)]) == 1
+    assert "notes.png" in capsys.readouterr().err
+    assert main(["gallery", "rename", g, "Bora", "ind01"]) == 1
+    assert "collides" in capsys.readouterr().err
+    assert main(["gallery", "rename", g, "Bora", "ind01", "--merge"]) == 0
+    capsys.readouterr()
+    assert main(["gallery", "list", g, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["names"]["ind01"] == 4 and "Bora" not in listed["names"] and listed["threshold"] is not None
+
+
+def test_in_memory_writes_are_locked(world, tmp_path):
+    g = Gallery.create(world / "run")                 # in memory, no folder
+    paths = [_png(tmp_path / f"{i}_{j}.png", photo(i, j)) for i in range(4) for j in range(3)]
+    threads = [threading.Thread(target=g.add, args=(f"n{i}", paths[i * 3:(i + 1) * 3])) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(g) == 12 and g.embeddings.shape[0] == 12
+    for e, row in zip(g.entries, g.embeddings):
+        np.testing.assert_allclose(row, g.embedder.embed([Path(e["photo"])])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_run_with_background_class(world, tmp_path):
+    """A classifier trained with a background class: its features are the embeddings, and "background"
+    is the answer when that class wins, even with no background photos enrolled."""
+    from reid_synth import background_photo
+    data = write_photos(tmp_path / "cls", range(20, 24), 8, background=8)
+    assert main(["--threads", "1", "train", str(data), "--model", "cifar_cnn", "--epochs", "4", "--batch-size", "8",
+                 "--lr", "3e-3", "--out", str(tmp_path / "run"), "--no-progress", "--val-ratio", "0",
+                 "--test-ratio", "0"]) == 0
+    g = Gallery.build(tmp_path / "run", world / "val", tmp_path / "g")
+    assert g.embedder.kind == "classifier" and "background" not in g.names()
+    res = g.identify([background_photo(j, seed=5) for j in range(3)] + [photo(2, 80)])
+    assert [r["answer"] for r in res] == ["background"] * 3 + ["known"]
+    assert res[3]["name"] == "ind02"
+
+
+def test_evaluate_closed_and_open_set(gallery, world, tmp_path, capsys):
+    res = gallery.evaluate(world / "val")
+    assert res["known_queries"] == 12 and res["unknown_queries"] == 6
+    assert res["rank1"] == 1.0 and res["rank5"] == 1.0 and res["mAP"] > 0.9
+    assert 0.0 <= res["auroc"] <= 1.0 and res["threshold"] is None
+    assert res["three_way_accuracy"] == pytest.approx(12 / 18)     # uncalibrated: unknowns answered known
+    assert main(["gallery", "evaluate", str(gallery.path), str(world / "val")]) == 0
+    assert "rank-1                       1.0000" in capsys.readouterr().out
+
+
+def test_background_kinds_train_as_classes_and_answer_background(world, tmp_path):
+    from PIL import Image
+
+    from reid_synth import background_photo
+    data = write_photos(tmp_path / "data", range(20, 26), 4)
+    for kind, shift in (("grass", 0), ("water", 50)):
+        d = data / "background" / kind
+        d.mkdir(parents=True)
+        for j in range(4):
+            Image.fromarray(np.roll(background_photo(j + shift), shift, axis=2)).save(d / f"{j}.png")
+    assert main(["--threads", "1", "train", str(data), "--model", "cifar_cnn", "--head", "arcface",
+                 "--embedding-dim", "8", "--iterations", "2", "--batch-size", "8", "--k", "2",
+                 "--out", str(tmp_path / "run"), "--no-progress", "--val-ratio", "0.2"]) == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert {"background/grass", "background/water"} <= set(cfg["classes"]) and "background" not in cfg["classes"]
+    meta = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert meta["arch"]["kwargs"]["num_classes"] == len(cfg["classes"])
+    enrol = tmp_path / "enrol"
+    shutil.copytree(data / "background", enrol / "background")
+    shutil.copytree(world / "enrol" / "ind01", enrol / "ind01")
+    g = Gallery.build(tmp_path / "run", enrol, tmp_path / "g")
+    assert g.names() == ["background/grass", "background/water", "ind01"]
+    r = g.identify([str(data / "background" / "water" / "1.png")])[0]
+    assert r["answer"] == "background" and r["candidates"][0]["name"] == "background/water"
+
+
+def test_explain_match(gallery, world, tmp_path):
+    from nabi.reid.explain import explain_match
+    q = _png(tmp_path / "q.png", photo(4, 99))
+    res = explain_match(gallery, q, tmp_path / "cam")
+    assert res["explained"] == "ind04" and res["similarity_explained"] == pytest.approx(res["similarity"], abs=1e-4)
+    assert [Path(f).name for f in res["files"]] == ["query_cam.png", "match_cam.png"]
+    assert all(Path(f).stat().st_size > 1000 for f in res["files"])
+
+
+def test_moved_weights_need_run(world, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    g = Gallery.build(run, world / "enrol", tmp_path / "g")
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    with pytest.raises(FileNotFoundError, match=r"weights .*run.*best.safetensors, which no longer exist"):
+        Gallery.open(g.path)
+    assert len(Gallery.open(g.path, run=moved)) == len(g)          # same weights elsewhere: accepted
+
+
+def test_build_enrols_repeated_files_once(world, tmp_path):
+    photos = write_photos(tmp_path / "photos", [1, 2], 2)
+    shutil.copy(photos / "ind01" / "000.png", photos / "ind01" / "000 (copy).png")
+    notes = []
+    g = Gallery.build(world / "run", photos, tmp_path / "g", log=notes.append)
+    assert len(g) == 4 and len(g.skipped) == 1 and "000 (copy).png" in notes[0]
+    with pytest.raises(ValueError, match="already holds a gallery"):
+        Gallery.build(world / "run", photos, tmp_path / "g")
+    shutil.copy(photos / "ind01" / "001.png", photos / "ind02" / "stray.png")
+    with pytest.raises(ValueError, match=r"stray.png \(individual 'ind02'\) is the same file as .*ind01"):
+        Gallery.build(world / "run", photos, tmp_path / "g2")
+
+
+def test_init_backbone_from_a_classifier_run(world, tmp_path, capsys):
+    data = write_photos(tmp_path / "cls", range(20, 23), 3)
+    assert main(["--threads", "1", "train", str(data), "--model", "cifar_cnn", "--iterations", "1", "--batch-size", "4",
+                 "--out", str(tmp_path / "cls_run"), "--no-progress", "--val-ratio", "0", "--test-ratio", "0"]) == 0
+    assert main(["--threads", "1", "train", str(world / "train"), "--model", "cifar_cnn", "--head", "cosface",
+                 "--embedding-dim", "8", "--iterations", "1", "--batch-size", "8", "--k", "2", "--val-ratio", "0",
+                 "--init", str(tmp_path / "cls_run"), "--out", str(tmp_path / "emb"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "loaded 4 arrays matching by name and shape" in out
+    assert "unused (not in this model): fc.weight, fc.bias" in out
+
+
+def test_embedding_training_keeps_an_existing_run(world, capsys):
+    before = (world / "run" / "best.safetensors").read_bytes()
+    assert main(["train", str(world / "train"), "--model", "cifar_cnn", "--head", "arcface", "--iterations", "1",
+                 "--out", str(world / "run"), "--no-progress"]) == 1
+    assert "--out" in capsys.readouterr().err
+    assert (world / "run" / "best.safetensors").read_bytes() == before
