@@ -13,7 +13,8 @@ from nabi.cli.main import build_parser
 POSITIONALS = {"train": ["data"], "demo": [], "eval": ["run", "data"], "predict": ["run", "x.png"],
                "summary": ["lenet5"], "export": ["lenet5", "--onnx", "m.onnx"], "explain": ["run", "x.png"],
                "experiment": ["data"], "ablate": ["ablation.toml"], "sweep": ["sweep.toml"], "check": ["run"],
-               "pretrain": ["photos"], "serve": ["run"], "self-train": ["labelled", "unlabelled"]}
+               "pretrain": ["photos"], "serve": ["run"], "self-train": ["labelled", "unlabelled"],
+               "identify": ["gallery", "x.png"]}
 
 
 def bad_values(rule):

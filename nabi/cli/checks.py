@@ -88,6 +88,8 @@ TRAIN = {
     "label_smoothing": RATIO, "clip_norm": Float(0.0, None, low_open=True), "image_size": Int(8, 4096),
     "channels": Int(1, 4), "val_ratio": RATIO, "test_ratio": RATIO, "seed": NON_NEGATIVE, "workers": Int(0, 256),
     "checkpoint_every": POSITIVE, "keep_last": POSITIVE, "early_stopping": POSITIVE,
+    # embedding heads (re-identification)
+    "embedding_dim": POSITIVE, "margin": Float(0.0), "scale": Float(0.0, None, low_open=True), "k": Int(2),
 }
 RULES = {
     "check": {},
@@ -108,6 +110,7 @@ RULES = {
                  "lr": Float(0.0, None, low_open=True), "momentum": RATIO, "weight_decay": Float(0.0),
                  "warmup": NON_NEGATIVE, "seed": NON_NEGATIVE, "workers": Int(0, 256), "checkpoint_every": POSITIVE,
                  "keep_last": POSITIVE},
+    "identify": {"topk": POSITIVE},
     "self-train": {"rounds": POSITIVE, "model": ModelName(), "student_model": ModelName(),
                    "threshold": Float(0.0, 1.0, low_open=True, high_open=False), "max_per_class": POSITIVE,
                    "dropout": RATIO, "epochs": POSITIVE, "batch_size": POSITIVE, "lr": Float(0.0, None, low_open=True),

@@ -615,8 +615,13 @@ def build_parser():
         "nabi serve runs/cats                                # http://127.0.0.1:8000 on this machine",
         "nabi serve runs/cats --host 0.0.0.0 --token SECRET  # reachable from the network")
     from ..reid.cli import add_commands; add_commands(sub)  # noqa: E702  (gallery, identify, train --head)
-    for command_parser in sub.choices.values():                        # commands added outside this module too
-        command_parser.formatter_class = HelpFormatter
+    def use_formatter(parsers):                                        # commands added outside this module too,
+        for command_parser in parsers:                                 # and their own sub-commands
+            command_parser.formatter_class = HelpFormatter
+            for action in command_parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    use_formatter(action.choices.values())
+    use_formatter(sub.choices.values())
     return parser
 
 

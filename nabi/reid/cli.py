@@ -218,87 +218,86 @@ def add_commands(sub):
     def common(p):
         p.add_argument("--run", help="the model's run folder or weights (default: the one the gallery was built "
                        "with; must have the same SHA-256)")
-        p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+        p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the model runs")
 
     def matcher_flag(p):
         p.add_argument("--matcher", action="store_true", help="also match RootSIFT keypoints (RANSAC-verified) "
-                       "against the top candidates and fuse with the embedding similarity (OpenCV)")
+                       "against the top candidates and fuse with the embedding similarity (OpenCV; default: off)")
 
     gal = sub.add_parser("gallery", help="enrol individuals for re-identification: build, add, calibrate, list",
                          epilog=_examples(
                              "nabi gallery build runs/emb known/ --out gallery     # known/<name>/<photos>",
                              "nabi gallery add gallery Nala new1.jpg new2.jpg",
-                             "nabi gallery calibrate gallery validation/ --target-far 0.01",
-                             "nabi gallery evaluate gallery queries/",
-                             "nabi gallery explain gallery photo.jpg"))
-    gsub = gal.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
+                             "nabi gallery calibrate gallery validation/ --target-far 0.01"))
+    gsub = gal.add_subparsers(dest="gallery_command", metavar="ACTION", required=True,
+                              help="what to do with the gallery (nabi gallery ACTION --help)")
 
     p = gsub.add_parser("build", help="embed every photo of PHOTOS (one folder per individual, optional "
                         "background/) with RUN's model")
     p.add_argument("run", help="a run folder (an embedding or a classifier run)")
     p.add_argument("photos", help="a folder with one sub-folder per individual (and optionally background/)")
     p.add_argument("--out", required=True, help="the gallery folder to write")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the model runs")
     p.set_defaults(func=cmd_gallery_build)
 
     p = gsub.add_parser("add", help="enrol a new individual, or add photos to one, without retraining")
-    p.add_argument("gallery")
+    p.add_argument("gallery", help="a gallery folder (nabi gallery build)")
     p.add_argument("name", help="the individual's name ('background' or 'background/<kind>' for empty scenes)")
-    p.add_argument("photos", nargs="+")
+    p.add_argument("photos", nargs="+", help="one or more photos")
     p.add_argument("--merge", action="store_true", help="accept a name that differs from an enrolled one only "
                    "in letter case, adding to that individual")
     common(p)
     p.set_defaults(func=cmd_gallery_add)
 
     p = gsub.add_parser("calibrate", help="choose the unknown threshold from individuals held out of the gallery")
-    p.add_argument("gallery")
+    p.add_argument("gallery", help="a gallery folder (nabi gallery build)")
     p.add_argument("validation", help="one folder per individual: enrolled names are known queries, the "
                    "others unknowns")
     p.add_argument("--target-far", type=float, default=0.01, help="false-accept rate to allow (default 0.01)")
     p.add_argument("--plot", help="where to write the FAR/FRR curve (default GALLERY/far_frr.png)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     common(p)
     matcher_flag(p)
     p.set_defaults(func=cmd_gallery_calibrate)
 
     p = gsub.add_parser("evaluate", help="rank-1, rank-5, mAP and open-set figures on labelled query photos")
-    p.add_argument("gallery")
+    p.add_argument("gallery", help="a gallery folder (nabi gallery build)")
     p.add_argument("queries", help="one folder per individual: enrolled names are known, others unknown")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     common(p)
     matcher_flag(p)
     p.set_defaults(func=cmd_gallery_evaluate)
 
     p = gsub.add_parser("explain", help="Grad-CAM of a photo's similarity to its best match, in both photos")
-    p.add_argument("gallery")
-    p.add_argument("photo")
+    p.add_argument("gallery", help="a gallery folder (nabi gallery build)")
+    p.add_argument("photo", help="the photo to explain")
     p.add_argument("--layer", help="the conv layer for Grad-CAM (default: the last spatial one)")
     p.add_argument("--out", help="folder for the PNGs (default GALLERY/explain)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     common(p)
     p.set_defaults(func=cmd_gallery_explain)
 
     p = gsub.add_parser("list", help="enrolled names, photo counts and the threshold")
-    p.add_argument("gallery")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("gallery", help="a gallery folder (nabi gallery build)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     common(p)
     p.set_defaults(func=cmd_gallery_list)
 
     p = gsub.add_parser("rename", help="rename an individual (onto an enrolled name only with --merge)")
-    p.add_argument("gallery")
-    p.add_argument("old")
-    p.add_argument("new")
-    p.add_argument("--merge", action="store_true")
+    p.add_argument("gallery", help="a gallery folder (nabi gallery build)")
+    p.add_argument("old", help="the enrolled name")
+    p.add_argument("new", help="the new name")
+    p.add_argument("--merge", action="store_true", help="allow renaming onto an enrolled name: the two become one individual (default: off)")
     common(p)
     p.set_defaults(func=cmd_gallery_rename)
 
     p = sub.add_parser("identify", help="who is in each photo: background, a known individual, or unknown",
                        epilog=_examples("nabi identify gallery photo1.jpg photo2.jpg",
                                         "nabi identify gallery photo.jpg --json --matcher"))
-    p.add_argument("gallery")
-    p.add_argument("photos", nargs="+")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("gallery", help="a gallery folder (nabi gallery build)")
+    p.add_argument("photos", nargs="+", help="one or more photos to identify")
+    p.add_argument("--topk", type=int, default=5, help="candidates listed per photo")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     common(p)
     matcher_flag(p)
     p.set_defaults(func=cmd_identify)
