@@ -218,7 +218,7 @@ def add_commands(sub):
     def common(p):
         p.add_argument("--run", help="the model's run folder or weights (default: the one the gallery was built "
                        "with; must have the same SHA-256)")
-        p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the model runs")
+        p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the model runs (default: cpu)")
 
     def matcher_flag(p):
         p.add_argument("--matcher", action="store_true", help="also match RootSIFT keypoints (RANSAC-verified) "
@@ -237,7 +237,7 @@ def add_commands(sub):
     p.add_argument("run", help="a run folder (an embedding or a classifier run)")
     p.add_argument("photos", help="a folder with one sub-folder per individual (and optionally background/)")
     p.add_argument("--out", required=True, help="the gallery folder to write")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the model runs")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the model runs (default: cpu)")
     p.set_defaults(func=cmd_gallery_build)
 
     p = gsub.add_parser("add", help="enrol a new individual, or add photos to one, without retraining")
