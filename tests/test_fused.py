@@ -1,4 +1,4 @@
-"""Fused SGD (the update applied inside backward, issue 'beyond PyTorch in the seed's setting'):
+"""Fused SGD (the update applied inside backward, for plain SGD at batch 1 as in the 2019 report):
 same weights as the unfused optimiser step, within float tolerance."""
 import numpy as np
 import pytest

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nabi import layers as L, optim
-from nabi.functional import conv as C
+from nabi.functional import conv_fast as C
 from nabi.functional import cpu_kernels as K
 from nabi.train import enable_fused_sgd
 

@@ -9,7 +9,8 @@ weights w (K,) and label smoothing ε (PyTorch's definitions):
     ∂L/∂z    = ( p · Σ_k a[n, k] − a ) / Σ_n w[y_n],   p = softmax(z)
 
 Without weights or smoothing this is the mean of −log p[n, y_n] and its gradient
-is (p − onehot(y)) / N: seed 000's Algorithm 1, "input_g ← output − y".
+is (p − onehot(y)) / N: "input_g ← output − y" in Algorithm 1 of the report
+"CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한 성능 개선" (COSE362, Korea University, 2019).
 """
 from __future__ import annotations
 
