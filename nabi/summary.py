@@ -90,10 +90,6 @@ def _fmt_shape(shape):
     return "×".join(str(int(s)) for s in shape) if len(shape) else "scalar"
 
 
-def _fmt_pair(p):
-    return f"{p[0]}" if p[0] == p[1] else f"{p[0]}×{p[1]}"
-
-
 class SummaryResult:
     """Rows (one dict per leaf call, in execution order) and totals of :func:`summary`."""
 

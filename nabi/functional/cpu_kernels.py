@@ -10,12 +10,16 @@ CPU's cores with ``prange`` over independent rows or image planes (no two
 threads ever write the same element, so results do not depend on the thread
 count).
 
-They mirror the NumPy code in ``conv.py``, ``pool.py`` and ``activation.py``,
-which remains the reference (and the CuPy path): ``tests/test_cpu_kernels.py``
+They mirror the array code in ``conv.py``, ``pool.py``, ``activation.py`` and
+``norm.py``, which remains the reference (and the CuPy path): ``tests/test_cpu_kernels.py``
 checks every kernel against it, and the whole gradient/PyTorch suite runs on
-whichever path is active. ``enabled(x)`` says whether a kernel applies: numba
-installed, ``x`` a NumPy float32/float64 array, and not switched off with
-``NABI_KERNELS=numpy`` or ``use_kernels(False)``.
+whichever path is active. ``dispatch.NUMBA`` presents them to the ops; ``enabled(x)``
+says whether they apply: numba installed, ``x`` a NumPy float32/float64 array, and
+not switched off with ``NABI_KERNELS=numpy`` or ``use_kernels(False)``.
+
+Compiled once per machine: numba caches the machine code on disk (``cache=True``), so
+only the first process compiles (it says so once on stderr) and later ones load it.
+Parallel kernels may be called from several Python threads at once (see ``_guarded``).
 
 Shapes: x (N, C, H, W); geometry (KH, KW, SH, SW, PH, PW, OH, OW); P = OH·OW.
 """

@@ -5,6 +5,14 @@ A module runs ``y = m(x)`` forward, keeps what its backward needs, and
 adding each parameter's gradient into ``param.grad``. There is no autograd
 tape: containers (``Sequential``, ``Residual``, ``Concat``) call their
 children's ``backward`` in reverse order themselves.
+
+Threads: an eval-mode forward (``model.eval()``) computes from the input, the parameters
+and the buffers only. What a layer records for a backward is written only in training or
+with ``set_keep_cache`` (Conv2d, Linear, pooling), or is never read by a forward (the
+element-wise layers' and batch norm's last output), and the buffers a convolution
+reuses belong to the calling thread. So one model may serve predictions from several
+threads at once, each getting exactly what a serial call returns
+(``tests/test_threads.py``). Training, or ``set_keep_cache(True)``, is one thread's job.
 """
 from __future__ import annotations
 
