@@ -43,7 +43,7 @@ class Workload:
     shape: tuple          # (C, H, W)
     num_classes: int
     sgd: str = "momentum"  # momentum (0.9) | plain (w ← w − lr·g, both sides) | fused (plain; nabi updates in backward)
-    usage: str = "trainer"  # trainer (as nabi.train.Trainer sets it up) | plain (as a PyTorch user writes it)
+    usage: str = "trainer"  # trainer (as nabi.training.Trainer sets it up) | plain (as a PyTorch user writes it)
 
     def as_dict(self):
         return {"model": self.model, "batch": self.batch, "input": list(self.shape), "num_classes": self.num_classes,
@@ -119,8 +119,8 @@ def _nabi_training(model, w):
     """nabi's SGD for workload w, set up as the Trainer does: the first layer computes no image
     gradient (PyTorch's input has none either), and with ``fused`` the update happens in backward.
     ``usage="plain"``: none of that, as a PyTorch user would write it (the image gradient is computed)."""
-    from nabi.optim import SGD
-    from nabi.train import enable_fused_sgd
+    from nabi.training.optim import SGD
+    from nabi.training.trainer import enable_fused_sgd
     opt = SGD(model.named_parameters(), lr=LR, momentum=MOMENTUM if w.sgd == "momentum" else 0.0)
     if w.usage == "plain":
         return opt
@@ -282,7 +282,7 @@ def run_infer(w, args, repeats, warmup):
 
 
 # ----------------------------------------------------------------------------------
-# layers suite: AlexNet-336's layers one by one (the 2019 report's network, its tables 3-7)
+# layers suite: AlexNet-336's layers one by one (the 2019 campus-cat report's tables 3-7)
 # ----------------------------------------------------------------------------------
 
 ALEX_LAYERS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7")
@@ -395,8 +395,8 @@ def _warm_up_kernels():
     Returns the seconds it took."""
     t0 = time.perf_counter()
     import nabi.layers as L
-    from nabi.optim import SGD
-    from nabi.train import enable_fused_sgd
+    from nabi.training.optim import SGD
+    from nabi.training.trainer import enable_fused_sgd
     for fused in (False, True):
         net = L.Sequential(L.Conv2d(3, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU(), L.Conv2d(4, 4, 3, padding=1),
                            L.ReLU(), L.MaxPool2d(2), L.Flatten(), L.Linear(4 * 4 * 4, 3))

@@ -2,7 +2,7 @@
 
     python -m benchmarks.decode [FOLDER] [--size 336] [--n 400] [--workers 0 2]
 
-Without FOLDER it writes ``--n`` random-noise JPEGs of ``--size``² (the size of the 2019 report's photos;
+Without FOLDER it writes ``--n`` random-noise JPEGs of ``--size``² (the size of the 2019 campus-cat report's photos;
 noise is the worst case for JPEG decoding) into a temporary folder. It reports images/s of
 ``ImageFolder`` + ``DataLoader`` (decode, resize/crop, batch) for each worker count, to set beside
 the training images/s that ``python -m benchmarks --suite train`` prints.

@@ -1,6 +1,7 @@
 """A worked example of nabi's paired background-class experiment on real photos.
 
-Seed 000 (2019) told four campus cats apart and asked whether adding a fifth
+The 2019 campus-cat report ("CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한
+성능 개선", COSE362, Korea University, 2019) told four campus cats apart and asked whether adding a fifth
 class, "background" (photos of the cats' habitat), helps. This example builds
 a small stand-in data set from photographs that ship inside scikit-image (and,
 when installed, scikit-learn), then runs the same paired experiment end to end
@@ -145,7 +146,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from nabi.experiment import run_experiment
+    from nabi.studies.experiment import run_experiment
     out = Path(args.out)
     data = out / "data"
     if not (data / "test").is_dir():

@@ -13,7 +13,10 @@ Conventions
 
 Background statistics (the 2019 campus-cats protocol)
 -----------------------------------------------------
-Testset 1 holds every test photo (cats and background photos); Testset 2 holds
+The protocol of the report "CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한
+성능 개선" (COSE362, Korea University, 2019): a model B learns the individuals
+plus a background class and is compared with a model A that learns the
+individuals only. Testset 1 holds every test photo (cats and background photos); Testset 2 holds
 the cat photos only. With ``pred`` the argmax over the model's classes:
 
 * ``P1 = #{pred == true} / |Testset 1|``  (a background photo is right when predicted background)
@@ -32,7 +35,6 @@ from __future__ import annotations
 import math
 import os
 import unicodedata
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple, Sequence
 
@@ -258,24 +260,21 @@ def confusion_matrix_text(cm, class_names: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CJK_FONTS = ("NanumGothic", "Noto Sans CJK KR", "Noto Sans KR", "Malgun Gothic", "AppleGothic",
-              "UnDotum", "Baekmuk Gulim", "Source Han Sans KR", "Noto Sans CJK JP")
-
-
 def plot_confusion_matrix(cm, class_names: Sequence[str], path, *, normalize: bool = False,
                           title: str | None = None, dpi: int = 120) -> str:
     """Write the confusion matrix as a PNG heat map (rows = true, cols = predicted); returns ``path``.
 
     ``normalize=True`` colours by row fraction ``cm[t, p] / sum_p cm[t, p]``. The file is
     written to a temporary file in the same folder and moved into place with
-    ``os.replace``, so a reader never sees half a PNG. Names the font cannot draw
-    (e.g. Hangul without a CJK font) render as boxes instead of failing.
+    ``os.replace``, so a reader never sees half a PNG. Class names and the title may be
+    Korean or other CJK text: they are drawn with the CJK fallback font of
+    :func:`nabi.plots.plotting`.
     """
     cm = _check_cm(cm)
     names = _check_names(class_names, cm.shape[0])
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib import font_manager
+    from .plots import plotting
 
     path = os.fspath(path)
     k = cm.shape[0]
@@ -286,46 +285,35 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path, *, normalize: bo
     else:
         shown = counts
 
-    font_kw = {}
-    if any(ord(c) > 0x2E7F for n in names + [title or ""] for c in n):
-        available = {f.name for f in font_manager.fontManager.ttflist}
-        for fam in _CJK_FONTS:
-            if fam in available:
-                font_kw = {"fontfamily": fam}
-                break
-
-    size = max(4.0, 0.6 * k + 2.5)
-    fig = Figure(figsize=(size + 1.0, size))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=(1.0 if normalize else max(1.0, shown.max())))
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xticklabels(names, rotation=45, ha="right", **font_kw)
-    ax.set_yticklabels(names, **font_kw)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title, **font_kw)
-    thresh = (1.0 if normalize else max(1.0, shown.max())) / 2
-    if k <= 30:
-        for i in range(k):
-            for j in range(k):
-                txt = f"{shown[i, j]:.2f}" if normalize else str(int(cm[i, j]))
-                ax.text(j, i, txt, ha="center", va="center", fontsize=8,
-                        color="white" if shown[i, j] > thresh else "black")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Glyph ... missing from font" for Hangul etc.
+    with plotting():
+        size = max(4.0, 0.6 * k + 2.5)
+        fig = Figure(figsize=(size + 1.0, size))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=(1.0 if normalize else max(1.0, shown.max())))
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticklabels(names, rotation=45, ha="right")
+        ax.set_yticklabels(names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if title:
+            ax.set_title(title)
+        thresh = (1.0 if normalize else max(1.0, shown.max())) / 2
+        if k <= 30:
+            for i in range(k):
+                for j in range(k):
+                    txt = f"{shown[i, j]:.2f}" if normalize else str(int(cm[i, j]))
+                    ax.text(j, i, txt, ha="center", va="center", fontsize=8,
+                            color="white" if shown[i, j] > thresh else "black")
         fig.tight_layout()
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    import io as _io
-    from .io import atomic_write_bytes
-    buf = _io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Glyph ... missing from font" for Hangul etc.
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        import io as _io
+        from .files import atomic_write_bytes
+        buf = _io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
     return path

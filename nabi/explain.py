@@ -294,7 +294,7 @@ def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vma
     Default colours: 'jet' from 0 to max(heat) for a map ≥ 0; a signed map (occlusion)
     gets 'RdBu_r' symmetric about 0. Written atomically (``nabi.plots.save_figure``).
     """
-    from .plots import _pyplot, save_figure
+    from .plots import plotting, save_figure
     img = np.asarray(backend.to_numpy(image), dtype=np.float64)
     if img.ndim == 2:
         img = img[None]
@@ -313,34 +313,34 @@ def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vma
             vmin, vmax = -m, m
         else:
             vmin, vmax = 0.0, max(hi, 1e-12)
-    plt = _pyplot()
-    gray = img.shape[0] == 1
-    shown = img[0] if gray else img.transpose(1, 2, 0)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8.6, 4))
-    try:
-        for ax in (a, b):
-            ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-        a.set_title("image")
-        im = b.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
-        b.set_title(label or "heat map")
-        bar = fig.colorbar(im, ax=b, fraction=0.046, pad=0.04)
-        if bar.solids is not None:
-            bar.solids.set_alpha(1)
-        if label:
-            bar.set_label(label)
-        if title:
-            fig.suptitle(title)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    with plotting() as plt:
+        gray = img.shape[0] == 1
+        shown = img[0] if gray else img.transpose(1, 2, 0)
+        fig, (a, b) = plt.subplots(1, 2, figsize=(8.6, 4))
+        try:
+            for ax in (a, b):
+                ax.imshow(shown, cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+            a.set_title("image")
+            im = b.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
+            b.set_title(label or "heat map")
+            bar = fig.colorbar(im, ax=b, fraction=0.046, pad=0.04)
+            if bar.solids is not None:
+                bar.solids.set_alpha(1)
+            if label:
+                bar.set_label(label)
+            if title:
+                fig.suptitle(title)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return save_figure(fig, path)
+        finally:
+            plt.close(fig)
 
 
 # -- runs --------------------------------------------------------------------------------
 def _load_run(run):
     """``load_run`` with a ValueError naming the run and its weights file when they do not fit."""
-    from .pipeline import find_weights, load_run
+    from .runs import find_weights, load_run
     path = find_weights(run)
     try:
         return load_run(run)
@@ -374,7 +374,7 @@ def explain_image(run, image_path, out_dir, method="both", layer=None, target=No
     conv layers cannot do Grad-CAM (ValueError; ``method='occlusion'`` works).
     """
     from .data.folder import load_image
-    from .pipeline import eval_transforms
+    from .data.prepare import eval_transforms
     if method not in ("both", "gradcam", "occlusion"):
         raise ValueError(f"method must be 'both', 'gradcam' or 'occlusion', got {method!r}")
     model, meta = _load_run(run)
@@ -489,7 +489,7 @@ def masked_evaluation(run, data_dir, masks_dir=None, background_value=None, batc
     """
     from .data.folder import ImageDecodeError, ImageFolder, open_image, pil_to_array, resize_center_crop
     from .data.split import find_splits
-    from .pipeline import eval_transforms
+    from .data.prepare import eval_transforms
     model, meta = _load_run(run)
     classes = list(meta["classes"])
     C, hw, load_hw = _sizes(meta)

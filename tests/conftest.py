@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -32,3 +33,15 @@ def xp(request, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def nabi_data_dir():
+    """The folder named by $NABI_DATA_DIR (real photo data sets); tests that need it skip without it."""
+    value = os.environ.get("NABI_DATA_DIR")
+    if not value:
+        pytest.skip("set NABI_DATA_DIR to a folder of real photo data sets to run this test")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        pytest.skip(f"NABI_DATA_DIR={value} is not a folder")
+    return path

@@ -1,6 +1,6 @@
 """CuPy, emulated on NumPy and the machine's C++ compiler, so nabi's GPU code paths run on a CPU.
 
-CI has no GPU, and this project's sessions rarely get one, so the code nabi runs only for CuPy
+CI machines and most development machines have no GPU, so the code nabi runs only for CuPy
 arrays (the ``xp is not np`` branches, the raw CUDA kernels and their launchers, the Dropout
 generator on the device, the "nothing crosses host↔device" guarantee) would otherwise never run
 in a test. ``install(monkeypatch)`` puts this module in CuPy's place for one test:

@@ -1,4 +1,4 @@
-"""nabi.ablation: a tiny SE ablation end to end (report arithmetic, paired init, resume) and the input checks."""
+"""nabi.studies.ablation: a tiny SE ablation end to end (report arithmetic, paired init, resume) and the input checks."""
 import argparse
 import csv
 import json
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nabi import ablation as A
-from nabi import experiment as X
+from nabi.studies import ablation as A
+from nabi.studies import experiment as X
 from nabi import models as zoo
-from nabi import train as T
+from nabi.training import trainer as T
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = [(220, 40, 40), (40, 70, 220), (40, 180, 60)]

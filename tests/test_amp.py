@@ -3,8 +3,9 @@ through NumPy's float16; the same code runs on CuPy (the gpu-marked case)."""
 import numpy as np
 import pytest
 
-from nabi import layers as L, optim
-from nabi.amp import DynamicLossScaler, MixedPrecision
+from nabi import layers as L
+from nabi.training import optim
+from nabi.training.amp import DynamicLossScaler, MixedPrecision
 
 
 def small_net(seed=0):
@@ -129,14 +130,14 @@ def test_trainer_float16_saves_float32_masters_and_resumes(tmp_path):
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).parent))
     from resume_job import make_trainer
-    from nabi import io
-    from nabi.checkpoint import latest_checkpoint, load_checkpoint
+    from nabi import files
+    from nabi.training.checkpoint import latest_checkpoint, load_checkpoint
 
     t = make_trainer(tmp_path / "a", epochs=2, precision="float16")
     history = t.fit()
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_acc"] > 0.5                         # digits: it learns under float16
-    state, _ = io.load_weights(tmp_path / "a" / "model.safetensors")
+    state, _ = files.load_weights(tmp_path / "a" / "model.safetensors")
     assert all(v.dtype == np.float32 for v in state.values())
     for name, master in t.optimizer.params.items():
         np.testing.assert_array_equal(state[name], master.data)
@@ -152,5 +153,5 @@ def test_trainer_float16_saves_float32_masters_and_resumes(tmp_path):
         assert w.data.dtype == np.float16
         np.testing.assert_array_equal(w.data, m.data.astype(np.float16))
     with pytest.raises(ValueError, match="cannot be combined"):
-        from nabi.train import Trainer
+        from nabi.training.trainer import Trainer
         Trainer(t.model, t.optimizer, t.train_loader, epochs=1, fused_sgd=True, precision="float16")

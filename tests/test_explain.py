@@ -9,10 +9,11 @@ import torch.nn.functional as TF
 from PIL import Image
 
 from helpers import copy_to_torch
-from nabi import backend, explain, io
+from nabi import backend, explain
+from nabi import files
 from nabi.layers import AdaptiveAvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential
 from nabi.models import Network, register
-from nabi.pipeline import model_metadata
+from nabi.runs import model_metadata
 
 
 # -- tiny models ------------------------------------------------------------------------
@@ -294,7 +295,7 @@ def _test_brightness(num_classes=2, threshold=0.1):
 def save_run(path, model, classes, norm=None, config=None):
     path.mkdir(parents=True, exist_ok=True)
     meta = model_metadata(model, classes, norm or {"kind": "unit"}, config)
-    io.save_model(model, path / "best.safetensors", meta)
+    files.save_model(model, path / "best.safetensors", meta)
     return path
 
 
@@ -344,9 +345,9 @@ def test_explain_image_errors(tmp_path):
     assert res["layer"] is None and res["files"][0].endswith("g_occlusion.png")
     # weights that do not fit the architecture the sidecar names
     bad = save_run(tmp_path / "bad", zoo.get("test_explain_cnn", num_classes=2), ["a", "b"])
-    side = io.load_weights(bad / "best.safetensors")[1]
+    side = files.load_weights(bad / "best.safetensors")[1]
     side["arch"]["kwargs"]["num_classes"] = 5
-    io.atomic_write_json(bad / "best.json", side)
+    files.atomic_write_json(bad / "best.json", side)
     with pytest.raises(ValueError, match=r"bad.*best\.safetensors.*do not fit"):
         explain.explain_image(bad, tmp_path / "g.png", tmp_path / "o")
     with pytest.raises(ValueError, match=r"bad.*best\.safetensors.*do not fit"):

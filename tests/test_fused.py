@@ -1,11 +1,12 @@
-"""Fused SGD (the update applied inside backward, for plain SGD at batch 1 as in the 2019 report):
+"""Fused SGD (the update applied inside backward, plain SGD at batch 1):
 same weights as the unfused optimiser step, within float tolerance."""
 import numpy as np
 import pytest
 
-from nabi import backend, layers as L, optim
+from nabi import backend, layers as L
+from nabi.training import optim
 from nabi.functional.blas import gemm_inplace, matmul_into
-from nabi.train import enable_fused_sgd
+from nabi.training.trainer import enable_fused_sgd
 
 
 def small_alexnet(rng):

@@ -10,7 +10,8 @@ CUDA kernels equal the CuPy array code they replace.
 import numpy as np
 import pytest
 
-from nabi import backend, layers as L, models, optim
+from nabi import backend, layers as L, models
+from nabi.training import optim
 from nabi.data import ArrayDataset, DataLoader
 
 
@@ -73,7 +74,7 @@ def test_no_array_crosses_host_device_inside_a_training_step(cupy, monkeypatch, 
 def test_trainer_with_gpu_loader_moves_only_batches(cupy, monkeypatch):
     """Through the Trainer: batches go host→device once each (the loader's copy); nothing comes back
     but scalars."""
-    from nabi.train import Trainer
+    from nabi.training.trainer import Trainer
     rng = np.random.default_rng(1)
     ds = ArrayDataset(rng.standard_normal((32, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 32))
     loader = DataLoader(ds, batch_size=8, device="gpu")
@@ -87,7 +88,7 @@ def test_trainer_with_gpu_loader_moves_only_batches(cupy, monkeypatch):
 
 
 def test_mixed_precision_trains_on_the_gpu(cupy):
-    from nabi.amp import MixedPrecision
+    from nabi.training.amp import MixedPrecision
     model = models.get("cifar_cnn", num_classes=10).to("gpu")
     opt = optim.SGD(model.named_parameters(), lr=0.05, momentum=0.9)
     amp = MixedPrecision(model, opt)

@@ -3,7 +3,8 @@ then only the image gradient is skipped — every parameter gradient is the same
 import numpy as np
 import pytest
 
-from nabi import backend, layers as L, optim
+from nabi import backend, layers as L
+from nabi.training import optim
 from nabi.gradcheck import check_module
 
 
@@ -24,7 +25,7 @@ def test_skipping_the_input_gradient_changes_no_parameter(fused_sgd):
     for net in nets:
         opt = optim.SGD(net.named_parameters(), lr=0.1)
         if fused_sgd:
-            from nabi.train import enable_fused_sgd
+            from nabi.training.trainer import enable_fused_sgd
             enable_fused_sgd(net, opt)
         loss_fn(net(x), np.array([0, 3]))
         opt.zero_grad()

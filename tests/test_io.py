@@ -6,10 +6,15 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from nabi import io as nio
+from nabi import files as nio
 from nabi.layers.module import Module, Parameter
 
-torch = pytest.importorskip("torch")
+
+@pytest.fixture
+def torch():
+    """PyTorch, for the tests that write .pth files: only they skip where it is not installed."""
+    return pytest.importorskip("torch")
+
 
 META = {"architecture": "tiny", "args": {"width": 8}, "class_names": ["고양이", "강아지", "나비"],
         "input_size": [3, 32, 32], "normalisation": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
@@ -89,7 +94,7 @@ def test_failed_replace_leaves_the_good_file_and_no_temp(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk on fire")
-    monkeypatch.setattr(nio.os, "replace", boom)
+    monkeypatch.setattr(nio.atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk on fire"):
         nio.save_weights(path, {"w": np.zeros(3)}, {"v": 2})
     monkeypatch.undo()
@@ -109,10 +114,10 @@ def test_failure_while_writing_the_temp_file(tmp_path, monkeypatch):
     def failing_fsync(fd):
         calls.append(fd)
         raise OSError("fsync failed")
-    monkeypatch.setattr(nio.os, "fsync", failing_fsync)
+    monkeypatch.setattr(nio.atomic.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="fsync failed"):
         nio.atomic_write_bytes(path, b"half written" * 1000)
-    monkeypatch.setattr(nio.os, "fsync", real_fsync)
+    monkeypatch.setattr(nio.atomic.os, "fsync", real_fsync)
     assert calls and path.read_text() == "good"
     assert os.listdir(tmp_path) == ["notes.txt"]
 
@@ -179,7 +184,7 @@ def test_save_model_and_load_model_weights(tmp_path):
     assert len(report["mismatched"]) == 3
 
 
-def test_torch_pth_and_checkpoint(tmp_path):
+def test_torch_pth_and_checkpoint(tmp_path, torch):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
     sd = net.state_dict()
     expected = OrderedDict((k, v.numpy()) for k, v in sd.items() if not k.endswith("num_batches_tracked"))
@@ -215,7 +220,7 @@ class _Payload:
         return (_side_effect, ("ran",))
 
 
-def test_pickled_objects_are_refused_without_running_them(tmp_path):
+def test_pickled_objects_are_refused_without_running_them(tmp_path, torch):
     path = tmp_path / "evil.pth"
     torch.save({"weight": torch.zeros(2), "payload": _Payload()}, path)
     with pytest.raises(ValueError) as e:
@@ -226,7 +231,7 @@ def test_pickled_objects_are_refused_without_running_them(tmp_path):
     assert _EXECUTED == []
 
 
-def test_bad_torch_files(tmp_path):
+def test_bad_torch_files(tmp_path, torch):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         nio.load_torch_state_dict(tmp_path / "nope.pth")
     torch.save({"a": torch.ones(3)}, tmp_path / "ok.pth")
@@ -245,7 +250,7 @@ def test_bad_torch_files(tmp_path):
         nio.load_torch_state_dict(tmp_path / "list.pth")
 
 
-def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch):
+def test_pth_without_torch_is_a_clear_error(tmp_path, monkeypatch, torch):
     torch.save({"a": torch.ones(3)}, tmp_path / "ok.pth")
     import builtins
     real_import = builtins.__import__

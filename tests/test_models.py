@@ -177,7 +177,7 @@ def test_count_parameters_matches_a_real_build(name, kw):
 
 
 def test_alexnet336_count_by_layer():
-    """Seed 000 §8.4: conv1 34,944; conv2 614,656; conv3 885,120; conv4 1,327,488; conv5 884,992;
+    """The 2019 campus-cat report, §8.4: conv1 34,944; conv2 614,656; conv3 885,120; conv4 1,327,488; conv5 884,992;
     fc6 104,861,696; fc7 20,485 (5 classes)."""
     model = zoo.alexnet336(init=registry._shape_only)
     per_layer = {name: sum(p.size for p in m.parameters()) for name, m in model._modules.items() if m._parameters}
@@ -270,8 +270,8 @@ def test_wrong_channels_names_the_layer():
 # structure: key names, shapes, variants
 # ----------------------------------------------------------------------------------
 
-def test_alexnet336_shapes_follow_seed_tables():
-    """Seed 000 tables 3–9 where they are self-consistent (conv1 is 82×82, not 81×81)."""
+def test_alexnet336_shapes_follow_the_2019_report_tables():
+    """The 2019 campus-cat report's tables 3–9 where they are self-consistent (conv1 is 82×82, not 81×81)."""
     model = zoo.alexnet336(init="zeros").eval()
     x = np.zeros((1, 3, 336, 336), np.float32)
     shapes = {}

@@ -1,4 +1,4 @@
-"""nabi.onnx_export: every layer and container through onnxruntime, dynamic batch, errors, atomic writes."""
+"""nabi.files.onnx: every layer and container through onnxruntime, dynamic batch, errors, atomic writes."""
 import json
 import os
 from collections import OrderedDict
@@ -12,7 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 from nabi.layers import (AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv2d,  # noqa: E402
                          Dropout, Flatten, Identity, LeakyReLU, Linear, LocalResponseNorm, LogSoftmax, MaxPool2d,
                          Module, ReLU, Residual, Sequential, Sigmoid, Softmax, Tanh)
-from nabi.onnx_export import export_onnx, verify_onnx  # noqa: E402
+from nabi.files.onnx import export_onnx, verify_onnx
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 

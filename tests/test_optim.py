@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from nabi import optim
+from nabi.training import optim
 from nabi.layers.module import Parameter
 
 torch = pytest.importorskip("torch")
@@ -235,9 +235,9 @@ def test_linear_warmup_then_cosine():
     assert [sched2.step() for _ in range(3)] == [sched.step() for _ in range(3)]
 
 
-def test_seed_step_decay():
+def test_linear_step_decay():
     total = 55
-    lrs, sched, _ = _our_lrs(lambda o: optim.SeedStepDecay(o, total_steps=total), total, lr=1.0)
+    lrs, sched, _ = _our_lrs(lambda o: optim.LinearStepDecay(o, total_steps=total), total, lr=1.0)
     assert lrs[0] == 1.5e-5 and lrs[-1] == 5e-6
     diffs = np.diff(lrs)
     assert np.all(diffs <= 0)
@@ -245,7 +245,7 @@ def test_seed_step_decay():
     assert sorted(set(lrs), reverse=True) == pytest.approx(list(np.linspace(1.5e-5, 5e-6, 11)), rel=1e-12)
     assert sched.get_lr(10 * total) == 5e-6
     with pytest.raises(ValueError, match="total_steps"):
-        optim.SeedStepDecay(optim.SGD([("w", Parameter(np.zeros(1)))], lr=1.0), total_steps=5)
+        optim.LinearStepDecay(optim.SGD([("w", Parameter(np.zeros(1)))], lr=1.0), total_steps=5)
 
 
 def test_schedule_state_dict_round_trip():
@@ -267,14 +267,18 @@ def test_make_schedule():
     assert isinstance(optim.make_schedule("constant", opt()), optim.ConstantLR)
     assert isinstance(optim.make_schedule("step", opt(), step_size=2), optim.StepLR)
     assert optim.make_schedule("cosine", opt(), total_steps=7).T_max == 7
-    assert isinstance(optim.make_schedule("seed2019", opt(), total_steps=22), optim.SeedStepDecay)
+    assert isinstance(optim.make_schedule("linear_step", opt(), total_steps=22), optim.LinearStepDecay)
     o = opt()
     wc = optim.make_schedule("warmup_cosine", o, warmup_steps=3, total_steps=10)
     assert isinstance(wc, optim.LinearWarmup) and wc.after.T_max == 7
     lrs = [o.lr] + [wc.step() for _ in range(10)]
     assert lrs[2] == pytest.approx(0.1) and lrs[3] == pytest.approx(0.1) and lrs[10] == pytest.approx(0.0)
-    with pytest.raises(ValueError, match="seed2019"):
+    with pytest.raises(ValueError, match="linear_step"):
         optim.make_schedule("nope", opt())
+    with pytest.warns(FutureWarning, match="'seed2019' is now called 'linear_step'"):   # the old name
+        assert isinstance(optim.make_schedule("seed2019", opt(), total_steps=22), optim.LinearStepDecay)
+    with pytest.warns(FutureWarning, match="LinearStepDecay"):
+        assert optim.SeedStepDecay is optim.LinearStepDecay
 
 
 @pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""Tests for nabi.stats, checked against hand arithmetic and against scipy directly."""
+"""Tests for nabi.studies.stats, checked against hand arithmetic and against scipy directly."""
 import csv
 import io
 import math
@@ -9,8 +9,7 @@ import pytest
 from scipy import stats as st
 
 from nabi.evaluate import background_statistics
-from nabi.stats import (TABLE1_COLUMNS, mean_std, paired_summary, sign_test, table1_row, table_csv,
-                        table_markdown)
+from nabi.studies.stats import TABLE1_COLUMNS, mean_std, paired_summary, sign_test, table1_row, table_csv, table_markdown
 
 # Seed 2019 "Table 1", per-run values of two columns (10 seeds).
 A_P2 = [0.5375, 0.55, 0.575, 0.525, 0.45, 0.575, 0.5, 0.525, 0.6, 0.4625]

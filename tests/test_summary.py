@@ -132,7 +132,7 @@ def alexnet_336():
         Flatten(), Linear(25600, 4096), ReLU(), Linear(4096, 5))
 
 
-def test_alexnet_336_tables_of_the_2019_report():
+def test_alexnet_336_matches_the_2019_report_tables():
     res = summary(alexnet_336(), (3, 336, 336), file=False)
     assert res.total_params == 108_629_381
     shape = {r["name"]: r["output_shape"] for r in res.rows}

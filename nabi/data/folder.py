@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 IMG_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
@@ -38,7 +38,7 @@ def _pil():
     try:
         from PIL import Image, ImageOps
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("reading images needs Pillow: pip install pillow (or nabi[tools])") from exc
+        raise ImportError("reading images needs Pillow, a core dependency of nabi: pip install --force-reinstall nabi") from exc
     return Image, ImageOps
 
 

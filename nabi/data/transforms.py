@@ -6,11 +6,11 @@ Every transform is a callable ``t(x, rng=None) -> x``. ``rng`` is a NumPy
 ``rng=None`` a fresh generator is drawn from nabi's global one.
 
 Value range: ``ImageFolder`` returns pixels in [0, 1] (pixel/255).
-``SeedScale()`` turns that into the 2019 seed project's "RGB/256" scale
-(pixel/256 = x * 255/256); ``Scale(divisor)`` divides raw values.
+``Pixel256Scale()`` turns that into pixel/256 = x * 255/256 (the "RGB/256"
+input scale of the 2019 campus-cat report); ``Scale(divisor)`` divides raw values.
 
-``expand_offline`` writes the seed project's offline augmentation to disk:
-each photo becomes 8 variants (original, flip, crops, rotations).
+``expand_offline`` writes an offline augmentation to disk, as the 2019 report
+did: each photo becomes 8 variants (original, flip, crops, rotations).
 """
 from __future__ import annotations
 
@@ -339,7 +339,7 @@ class Normalize:
 
 
 class Scale:
-    """Divide by ``divisor``: for raw 0..255 arrays, ``Scale(256.0)`` is the seed's RGB/256."""
+    """Divide by ``divisor``: for raw 0..255 arrays, ``Scale(256.0)`` is the 2019 report's RGB/256."""
 
     def __init__(self, divisor: float = 256.0):
         if divisor == 0:
@@ -350,15 +350,14 @@ class Scale:
         return (np.asarray(x, dtype=np.float32) / np.float32(self.divisor)).astype(np.float32)
 
 
-class SeedScale:
-    """Map [0, 1] (pixel/255, as ``ImageFolder`` returns) to pixel/256 = x * 255/256,
-    the 2019 seed project's input scale."""
+class Pixel256Scale:
+    """Map [0, 1] (pixel/255, as ``ImageFolder`` returns) to pixel/256 = x * 255/256."""
 
     def __call__(self, x, rng=None):
         return np.asarray(x, dtype=np.float32) * np.float32(255.0 / 256.0)
 
     def __repr__(self):
-        return "SeedScale()"
+        return "Pixel256Scale()"
 
 
 # -- offline expansion -----------------------------------------------------------
@@ -426,5 +425,14 @@ def expand_offline(folder_in, folder_out, variants: int = 8, seed: int = 0, chan
 
 __all__ = ["Compose", "Lambda", "RandomCrop", "CenterCrop", "Resize", "RandomResizedCrop",
            "RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation", "RandomRotate90",
-           "ColorJitter", "Normalize", "Scale", "SeedScale", "expand_offline", "resize_array",
+           "ColorJitter", "Normalize", "Scale", "Pixel256Scale", "expand_offline", "resize_array",
            "rotate_array"]
+
+
+def __getattr__(name):
+    """``SeedScale``: the old name of :class:`Pixel256Scale` (warns)."""
+    if name == "SeedScale":
+        import warnings
+        warnings.warn("SeedScale is now called Pixel256Scale", FutureWarning, stacklevel=2)
+        return Pixel256Scale
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

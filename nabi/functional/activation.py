@@ -10,6 +10,8 @@ Softmax     y_k = e^(x_k − m) / Σ_j e^(x_j − m), m = max_j x_j (stable)
             dx = y ⊙ (δ − Σ_k δ_k y_k)
 LogSoftmax  y_k = x_k − m − log Σ_j e^(x_j − m)
             dx = δ − softmax(x) · Σ_k δ_k
+(Log-)softmax of float16 input runs in float32 and is cast back: a float16 sum
+over more than 65 504 classes overflows, and loses digits long before.
 """
 from __future__ import annotations
 
@@ -73,7 +75,13 @@ def tanh_backward(dy, y):
     return dy * (1 - y * y)
 
 
+def _is_half(a):
+    return a.dtype.kind == "f" and a.dtype.itemsize < 4
+
+
 def softmax(x, axis=-1):
+    if _is_half(x):
+        return softmax(x.astype("float32"), axis).astype(x.dtype)
     xp = get_array_module(x)
     z = x - x.max(axis=axis, keepdims=True)
     e = xp.exp(z)
@@ -81,6 +89,8 @@ def softmax(x, axis=-1):
 
 
 def log_softmax(x, axis=-1):
+    if _is_half(x):
+        return log_softmax(x.astype("float32"), axis).astype(x.dtype)
     xp = get_array_module(x)
     z = x - x.max(axis=axis, keepdims=True)
     return z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
@@ -93,6 +103,8 @@ def softmax_forward(x, axis=-1):
 
 def softmax_backward(dy, cache):
     y, axis = cache
+    if _is_half(dy):
+        return softmax_backward(dy.astype("float32"), (y.astype("float32"), axis)).astype(dy.dtype)
     return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
 
 
@@ -103,5 +115,7 @@ def log_softmax_forward(x, axis=-1):
 
 def log_softmax_backward(dy, cache):
     y, axis = cache
+    if _is_half(dy):
+        return log_softmax_backward(dy.astype("float32"), (y.astype("float32"), axis)).astype(dy.dtype)
     xp = get_array_module(dy)
     return dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True)

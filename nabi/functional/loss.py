@@ -9,8 +9,11 @@ weights w (K,) and label smoothing ε (PyTorch's definitions):
     ∂L/∂z    = ( p · Σ_k a[n, k] − a ) / Σ_n w[y_n],   p = softmax(z)
 
 Without weights or smoothing this is the mean of −log p[n, y_n] and its gradient
-is (p − onehot(y)) / N: "input_g ← output − y" in Algorithm 1 of the report
-"CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한 성능 개선" (COSE362, Korea University, 2019).
+is (p − onehot(y)) / N.
+
+float16 logits: the loss and its gradient are computed in float32 (the sum over
+N·K terms and the count N overflow float16 past 65 504) and returned in float16.
+The mean squared error sums (y − t)² in float32 for float16 input.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ def cross_entropy_forward(z, labels, weight=None, label_smoothing=0.0, layer="cr
     xp, labels = _check_labels(z, labels, layer)
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"{layer}: label_smoothing must be in [0, 1), got {label_smoothing}")
+    if z.dtype.kind == "f" and z.dtype.itemsize < 4:
+        loss, cache = cross_entropy_forward(z.astype("float32"), labels, weight, label_smoothing, layer)
+        return loss.astype(z.dtype), cache[:3] + (z.dtype,)
     N, K = z.shape
     logp = log_softmax(z, axis=1)
     a = xp.full((N, K), label_smoothing / K, dtype=z.dtype)
@@ -53,15 +59,16 @@ def cross_entropy_forward(z, labels, weight=None, label_smoothing=0.0, layer="cr
     else:
         denom = z.dtype.type(N)
     loss = -(a * logp).sum() / denom
-    return loss, (logp, a, denom)
+    return loss, (logp, a, denom, z.dtype)
 
 
 def cross_entropy_backward(cache, dloss=1.0):
     """∂L/∂z = (p·Σ_k a − a) / Σ_n w[y_n], scaled by the upstream ``dloss``."""
-    logp, a, denom = cache
+    logp, a, denom, dtype = cache
     xp = get_array_module(logp)
     p = xp.exp(logp)
-    return (p * a.sum(axis=1, keepdims=True) - a) * (dloss / denom)
+    g = (p * a.sum(axis=1, keepdims=True) - a) * (dloss / denom)
+    return g if dtype == logp.dtype else g.astype(dtype)            # float16 logits: computed in float32
 
 
 def mse_forward(y, target, layer="mse_loss"):
@@ -69,6 +76,9 @@ def mse_forward(y, target, layer="mse_loss"):
     if y.shape != target.shape:
         raise ValueError(f"{layer}: prediction shape {tuple(y.shape)} and target shape {tuple(target.shape)} differ")
     d = y - target
+    if d.dtype.kind == "f" and d.dtype.itemsize < 4:
+        d32 = d.astype("float32")
+        return (d32 * d32).mean().astype(d.dtype), (d,)
     return (d * d).mean(), (d,)
 
 

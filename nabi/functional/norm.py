@@ -9,10 +9,15 @@ Batch norm over the axes ``axes`` (N for 1-d, N, H, W for 2-d), per feature c:
         dx = (1/M)(1/√(σ²+ε)) (M g − Σ g − x̂ Σ (g x̂)),   dγ = Σ δ x̂,   dβ = Σ δ
     running statistics: r ← (1 − momentum) r + momentum · stat, with the unbiased
     variance M/(M−1)·σ² for ``running_var`` (as PyTorch). Evaluation uses them.
+    float16 input: statistics, normalisation and the sums Σ g, Σ g x̂ run in float32
+    (a float16 sum of squares overflows once M·σ² > 65 504); y, x̂, dx, dγ, dβ are
+    returned in float16 and the running buffers keep their own dtype.
 
 Local response normalisation across channels (AlexNet; PyTorch's form), size n:
     s_c = k + (α/n) Σ_{c' = c − ⌊n/2⌋}^{c + ⌊(n−1)/2⌋} x_{c'}²,     y_c = x_c · s_c^(−β)
     dx_j = δ_j s_j^(−β) − (2αβ/n) x_j Σ_{c: j ∈ window(c)} δ_c x_c s_c^(−β−1)
+    float16 input is computed in float32 (x² overflows float16 past |x| = 256) and
+    the result cast back.
 """
 from __future__ import annotations
 
@@ -43,6 +48,11 @@ def _compiled(*arrays):
     return impl if arrays[0].ndim == 4 and impl.has_batch_norm else None
 
 
+def _is_half(a):
+    """float16 arrays: reductions over them run in float32 (NumPy sums float16 in float16)."""
+    return a.dtype.kind == "f" and a.dtype.itemsize < 4
+
+
 def _bn_axes(x):
     return (0,) if x.ndim == 2 else (0, 2, 3)
 
@@ -56,6 +66,11 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
 
     Returns ``(y, cache)``.
     """
+    if _is_half(x):
+        f32 = "float32"
+        y, (x_hat, inv_std, _, _) = batch_norm_forward(x.astype(f32), gamma.astype(f32), beta.astype(f32),
+                                                       running_mean, running_var, training, momentum, eps)
+        return y.astype(x.dtype), (x_hat.astype(x.dtype), inv_std, gamma, training)
     axes, bs = _bn_axes(x), _bshape(x)
     xp = get_array_module(x)
     kern = _compiled(x, gamma, beta)
@@ -86,6 +101,11 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
 def batch_norm_backward(dy, cache):
     """Returns ``(dx, dgamma, dbeta)``."""
     x_hat, inv_std, gamma, training = cache
+    if _is_half(dy):
+        f32 = "float32"
+        dx, dgamma, dbeta = batch_norm_backward(dy.astype(f32), (x_hat.astype(f32), inv_std.astype(f32),
+                                                                 gamma.astype(f32), training))
+        return dx.astype(dy.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
     kern = _compiled(dy, x_hat, gamma) if training else None
     if kern is not None:
         return kern.batch_norm_train_backward(dy, x_hat, inv_std, gamma)
@@ -113,12 +133,17 @@ def _channel_window_sum(a, before, after):
 
 def lrn_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
     """x (N, C, …). Returns ``(y, cache)``."""
+    if _is_half(x):
+        y, cache = lrn_forward(x.astype("float32"), size, alpha, beta, k)
+        return y.astype(x.dtype), cache
     s = k + (alpha / size) * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
     s_pow = s ** (-beta)
     return x * s_pow, (x, s, s_pow, size, alpha, beta)
 
 
 def lrn_backward(dy, cache):
+    if _is_half(dy):
+        return lrn_backward(dy.astype("float32"), cache).astype(dy.dtype)
     x, s, s_pow, size, alpha, beta = cache
     t = dy * x * s_pow / s                                   # δ_c x_c s_c^(−β−1)
     # j ∈ window(c)  ⇔  c ∈ [j − ⌊(n−1)/2⌋, j + ⌊n/2⌋]

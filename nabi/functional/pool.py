@@ -17,6 +17,9 @@ Average:  y[n,c,i,j] = (1/D_ij) Σ_{u,v} x_pad[n,c,i·SH+u, j·SW+v]
           PyTorch's default) or inside the unpadded input otherwise; cells that ceil
           mode adds beyond the padding never count.
           backward: δ[n,c,i,j]/D_ij to every cell of the window.
+          float16 input: the window sums (and adaptive means) accumulate in float32,
+          then y is cast back (KH·KW float16 values overflow a float16 sum long
+          before their mean does).
 """
 from __future__ import annotations
 
@@ -127,6 +130,10 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
                        layer="avg_pool2d"):
     """Returns ``(y, cache)``; y (N, C, OH, OW)."""
     xp = check_input(x, 4, layer)
+    if x.dtype.kind == "f" and x.dtype.itemsize < 4:
+        y, cache = avg_pool2d_forward(x.astype("float32"), kernel_size, stride, padding, ceil_mode,
+                                      count_include_pad, layer)
+        return y.astype(x.dtype), cache
     g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
     kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
     x_pad = _pad(x, ph, pw, eh, ew, 0.0)
@@ -161,6 +168,9 @@ def adaptive_avg_pool2d_forward(x, output_size, layer="adaptive_avg_pool2d"):
     xp = check_input(x, 4, layer)
     oh, ow = pair(output_size, "output_size")
     N, C, H, W = x.shape
+    if x.dtype.kind == "f" and x.dtype.itemsize < 4:
+        y, cache = adaptive_avg_pool2d_forward(x.astype("float32"), output_size, layer)
+        return y.astype(x.dtype), cache
     if (oh, ow) == (1, 1):
         y = x.mean(axis=(2, 3), keepdims=True)
     elif H % oh == 0 and W % ow == 0:

@@ -1,4 +1,5 @@
-"""Model zoo: LeNet-5, a small CIFAR CNN, AlexNet (paper, torchvision, seed 000's 336×336),
+"""Model zoo: LeNet-5, a small CIFAR CNN, AlexNet (paper, torchvision, and the 336×336 network of
+the 2019 campus-cat report),
 VGG A–E, ResNet 18–152 and CIFAR ResNets, GoogLeNet — built from nabi layers and the
 generic containers, with torchvision's parameter names where torchvision has the model.
 

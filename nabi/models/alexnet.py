@@ -1,5 +1,6 @@
 """AlexNet in three forms: the 2012 paper (``alexnet``), torchvision's (``alexnet_tv``)
-and seed 000's 336×336 network (``alexnet336``).
+and the 336×336 network of the 2019 campus-cat report (``alexnet336``: the report
+"CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한 성능 개선", COSE362, Korea University, 2019).
 
 ``alexnet`` — Krizhevsky et al. 2012, one tower (no grouped convolutions), 3×227×227:
 
@@ -90,7 +91,7 @@ def alexnet_tv(num_classes=1000, dropout=0.5, init="he_uniform"):
 
 @register("alexnet336")
 def alexnet336(num_classes=5, init="he_uniform"):
-    """Seed 000's AlexNet-style network (§3, §8.4 tables 3–9): (N, 3, 336, 336) → (N, num_classes).
+    """The 2019 campus-cat report's AlexNet-style network (its §3, §8.4, tables 3–9): (N, 3, 336, 336) → (N, num_classes).
 
     One tower, two fully connected layers, no LRN, no dropout, He-uniform init (§8.3):
 

@@ -145,3 +145,32 @@ class Network(Sequential):
             return Sequential.forward(self, x)
         except ValueError as exc:
             raise located_error(self, exc, x) from exc
+
+
+def set_input_size(model, size: int) -> int:
+    """Train a size-agnostic model (global pooling before its classifier) at ``size``×``size``.
+
+    A probe forward on zeros checks that the network accepts it; one that cannot (a fixed
+    ``Linear`` after the convolutions, a map that vanishes) is a ``ValueError`` naming the model.
+    """
+    C = model_input_size(model)[0]
+    xp = backend.array_module(model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        model(xp.zeros((1, C, size, size), dtype=backend.get_default_dtype()))
+    except ValueError as e:
+        name = (getattr(model, "arch", None) or {}).get("name", type(model).__name__)
+        raise ValueError(f"--image-size {size}: {name} cannot take {size}×{size} inputs (it is built for "
+                         f"{model_input_size(model)[1]}×{model_input_size(model)[2]}): {e}") from None
+    finally:
+        model.train(was_training)
+    model.input_size = (C, size, size)
+    return size
+
+
+def model_input_size(model):
+    size = getattr(model, "input_size", None)
+    if size is None:
+        raise ValueError(f"model {type(model).__name__} has no input_size; set model.input_size = (C, H, W)")
+    return tuple(int(s) for s in size)

@@ -24,14 +24,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import backend
-from .functional import cpu_kernels as K
-from .functional.blas import axpy
-from .layers.module import Parameter
+from .. import backend
+from ..functional import cpu_kernels as K
+from ..functional.blas import axpy
+from ..layers.module import Parameter
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm",
-    "LRSchedule", "ConstantLR", "StepLR", "CosineAnnealingLR", "LinearWarmup", "SeedStepDecay",
+    "LRSchedule", "ConstantLR", "StepLR", "CosineAnnealingLR", "LinearWarmup", "LinearStepDecay",
     "SCHEDULES", "make_schedule",
 ]
 
@@ -359,7 +359,8 @@ def clip_grad_norm(params_or_named, max_norm: float, norm_type: float = 2.0) -> 
     As ``torch.nn.utils.clip_grad_norm_``: ``total = ||(||g_1||, ..., ||g_n||)||``,
     ``coef = min(1, max_norm / (total + 1e-6))``, every ``g *= coef``.
     Accepts a Module, an Optimizer, a dict, ``named_parameters()`` pairs or bare
-    Parameters; parameters without a gradient are left out.
+    Parameters; parameters without a gradient are left out. The norms of float16
+    gradients are accumulated in float32.
     """
     if isinstance(params_or_named, Optimizer):
         params = list(params_or_named.params.values())
@@ -385,7 +386,9 @@ def clip_grad_norm(params_or_named, max_norm: float, norm_type: float = 2.0) -> 
             norms = xp.stack([xp.max(xp.abs(g)) if g.size else xp.zeros((), g.dtype) for g in gs])
             parts.append(float(xp.max(norms)))
         else:
-            norms = xp.stack([xp.linalg.norm(g.ravel(), ord=norm_type) for g in gs])
+            # float16 gradients: the sum of |g|^p in float32 (a float16 one overflows past 65 504)
+            norms = xp.stack([xp.linalg.norm(g.ravel().astype("float32") if g.dtype.itemsize < 4 else g.ravel(),
+                                             ord=norm_type) for g in gs])
             parts.append(float(xp.linalg.norm(norms, ord=norm_type)))
     if math.isinf(norm_type):
         total = max(parts)
@@ -537,8 +540,11 @@ class LinearWarmup(LRSchedule):
         super().load_state_dict(d)
 
 
-class SeedStepDecay(LRSchedule):
-    """The 2019 seed project's schedule: start at 1.5e-5, lower it 10 times, end at 5e-6.
+class LinearStepDecay(LRSchedule):
+    """A staircase from ``lr_start`` down to ``lr_end`` in ``n_steps`` equal decreases.
+
+    With its defaults (1.5e-5 → 5e-6 in 10 steps) it is the schedule of the 2019
+    campus-cat report's AlexNet (``nabi experiment --recipe alexnet336-2019``).
 
     Piecewise constant. The run of ``total_steps`` steps (epochs or iterations,
     whichever the caller steps it by) is split into ``n_steps + 1`` equal phases;
@@ -555,7 +561,7 @@ class SeedStepDecay(LRSchedule):
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
         if total_steps < n_steps + 1:
-            raise ValueError(f"SeedStepDecay needs total_steps >= n_steps + 1 = {n_steps + 1} to make "
+            raise ValueError(f"LinearStepDecay needs total_steps >= n_steps + 1 = {n_steps + 1} to make "
                              f"{n_steps} decreases, got total_steps={total_steps} (step it per iteration "
                              "instead of per epoch, or lower n_steps)")
         self.total_steps = total_steps
@@ -603,19 +609,30 @@ SCHEDULES = {
     "constant": ConstantLR,
     "step": StepLR,
     "cosine": _cosine,
-    "seed2019": SeedStepDecay,
+    "linear_step": LinearStepDecay,
     "warmup_cosine": _warmup_cosine,
 }
 
 
 def make_schedule(name: str, optimizer, **kw) -> LRSchedule:
-    """Build a schedule by name: 'constant', 'step', 'cosine', 'seed2019' or 'warmup_cosine'.
+    """Build a schedule by name: 'constant', 'step', 'cosine', 'warmup_cosine' or 'linear_step'.
 
     Keyword arguments go to the class (``cosine`` and ``warmup_cosine`` also take
     ``total_steps`` in place of ``T_max``).
     """
+    from .config import current_name
+    name = current_name("schedule", name)
     try:
         factory = SCHEDULES[name]
     except KeyError:
         raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}") from None
     return factory(optimizer, **kw)
+
+
+def __getattr__(name):
+    """``SeedStepDecay``: the old name of :class:`LinearStepDecay` (warns)."""
+    if name == "SeedStepDecay":
+        import warnings
+        warnings.warn("SeedStepDecay is now called LinearStepDecay", FutureWarning, stacklevel=2)
+        return LinearStepDecay
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

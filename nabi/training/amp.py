@@ -16,8 +16,11 @@ One training step with ``MixedPrecision(model, optimizer)``:
        working copies are refreshed: working = float16(master);
     5. after ``growth_interval`` finite steps in a row, S ← S·growth.
 
-Batch-norm statistics and every other buffer stay in float32 arithmetic where
-NumPy/CuPy upcast (means of float16 are accumulated in float32).
+Batch-norm running statistics and every other buffer stay float32. The
+reductions of batch norm (statistics and the backward sums), softmax and
+cross-entropy, LRN, average pooling and gradient norms accumulate float16 values
+in float32: a float16 sum overflows past 65 504 and stops growing well before
+(2048 + 1 rounds back to 2048).
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import backend
-from .layers.module import Parameter
+from .. import backend
+from ..layers.module import Parameter
 
 PRECISIONS = ("float32", "float16")
 
@@ -70,7 +73,7 @@ class MixedPrecision:
 
     Built after the model and the optimiser (whose parameters become the masters).
     The model's parameters are replaced by float16 copies; ``state_dict()`` of the
-    model then holds float16 arrays, so save ``master_state_dict()`` instead (the
+    model then holds float16 weights, so save ``master_state_dict()`` instead (the
     trainer does).
     """
 
@@ -92,11 +95,8 @@ class MixedPrecision:
                 work = Parameter(p.data.astype(self.dtype))
                 setattr(m, pname, work)
                 self.pairs.append((name, p, work))
-        for mname, m in model.named_modules():            # buffers (BN statistics) follow the compute dtype
-            for bname in m._buffers:
-                buf = getattr(m, bname)
-                if getattr(buf, "dtype", None) == np.float32:
-                    object.__setattr__(m, bname, buf.astype(self.dtype))
+        # Buffers (batch-norm running statistics) stay float32: batch norm computes its
+        # statistics in float32 for float16 input and updates them there.
 
     def cast_input(self, x):
         return x.astype(self.dtype, copy=False) if x.dtype.kind == "f" else x

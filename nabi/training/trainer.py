@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, io
+from .. import backend
+from .. import files
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .layers import CrossEntropyLoss, Dropout
+from ..layers import CrossEntropyLoss, Dropout
 from .amp import MixedPrecision, check_precision
 from .optim import clip_grad_norm
+from .progress import Progress
 
 
 AUX_LOSS_WEIGHT = 0.3
@@ -62,7 +64,7 @@ def evaluate(model, loader, loss_fn=None, topk=5, return_outputs=False):
     Returns ``{'loss', 'acc', 'topk', 'n'}`` and, with ``return_outputs``, also
     ``'probs'`` (N, K) and ``'labels'`` (N,) as NumPy arrays.
     """
-    from .functional.activation import softmax
+    from ..functional.activation import softmax
     loss_fn = loss_fn or CrossEntropyLoss()
     was_training = model.training
     model.eval()
@@ -98,7 +100,7 @@ def skip_input_gradient(model):
     Follows first children through ``Sequential`` containers only, so a branch or a
     residual at the very start is never touched. Returns the layer, or None.
     """
-    from .layers import Conv2d, Linear, Sequential
+    from ..layers import Conv2d, Linear, Sequential
     m = model
     while isinstance(m, Sequential) and len(m):
         m = m[0]
@@ -116,7 +118,7 @@ def enable_fused_sgd(model, optimizer, clip_norm=None):
     before any update). Their weight gradients are never stored; other
     parameters (batch norm) still go through ``optimizer.step()``.
     """
-    from .layers import Conv2d, Linear
+    from ..layers import Conv2d, Linear
     from .optim import SGD
     hyper = getattr(optimizer, "hyper", {})
     if not isinstance(optimizer, SGD) or hyper.get("momentum", 0) or hyper.get("weight_decay", 0) \
@@ -188,7 +190,7 @@ class Trainer:
     ``fused_sgd``: for plain SGD, apply each layer's update inside backward
     (see ``nabi.fused``); results equal the unfused step within float tolerance.
     ``precision``: ``'float32'``, or ``'float16'`` for mixed precision (float16
-    compute, float32 master weights, dynamic loss scaling; ``nabi.amp``). Saved
+    compute, float32 master weights, dynamic loss scaling; ``nabi.training.amp``). Saved
     weights and checkpoints hold the float32 masters either way.
     """
 
@@ -212,6 +214,7 @@ class Trainer:
         self.keep_last = keep_last
         self.early_stopping = early_stopping
         self.progress = progress
+        self._progress = Progress(enabled=progress)
         self.metadata = dict(metadata or {})
         self.config = dict(config or {})
         self.log = log or (lambda *a, **k: None)
@@ -307,15 +310,15 @@ class Trainer:
             return
         meta = dict(self.metadata)
         meta.update(extra or {})
-        io.save_weights(self.out_dir / f"{name}.safetensors", self.model_state(), meta)
+        files.save_weights(self.out_dir / f"{name}.safetensors", self.model_state(), meta)
 
     def _write_metrics(self, row):
         if self.out_dir is None:
             return
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.history)
-        io.atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+        files.atomic_write_text(self.out_dir / "metrics.jsonl", lines)
         try:
-            from .plots import plot_curves
+            from ..plots import plot_curves
             plot_curves(self.history, self.out_dir / "curves.png")
         except ImportError:  # matplotlib missing: the log still has every number
             pass
@@ -346,13 +349,7 @@ class Trainer:
     def _run_epoch(self, stop):
         loader = self.train_loader
         n_batches = len(loader)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-            import sys
-            bar = tqdm(total=n_batches, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                       unit="batch", dynamic_ncols=True, leave=True,
-                       mininterval=0.1 if sys.stderr.isatty() else 10.0)   # a log file gets a line every 10 s
+        bar = self._progress.epoch(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{self.epochs}")
         sums = self._epoch_sums
         t0 = time.perf_counter()
         try:
@@ -360,10 +357,9 @@ class Trainer:
                 self._step(x, y, sums)
                 if bar is not None:
                     elapsed = sums["time"] + time.perf_counter() - t0
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{sums['loss'] / max(sums['n'], 1):.4f}",
-                                    acc=f"{sums['correct'] / max(sums['n'], 1):.3f}",
-                                    img_s=f"{sums['n'] / max(elapsed, 1e-9):.0f}", lr=f"{self.optimizer.lr:.3g}")
+                    bar.update(1, loss=f"{sums['loss'] / max(sums['n'], 1):.4f}",
+                               acc=f"{sums['correct'] / max(sums['n'], 1):.3f}",
+                               img_s=f"{sums['n'] / max(elapsed, 1e-9):.0f}", lr=f"{self.optimizer.lr:.3g}")
                 if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
                     sums["time"] += time.perf_counter() - t0
                     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ A variant holds ``name`` and (optionally) the factor's key, nothing else; its co
 ``FACTORS[factor].apply(base, value)``, checked by ``FACTORS[factor].check`` before any data
 is read. Every check raises ``ValueError`` before anything is trained or written.
 
-Seeds (reusing ``nabi.experiment.run_seeds``): ``seeds = N`` gives run ``r`` the init and
+Seeds (reusing ``nabi.studies.jobs.run_seeds``): ``seeds = N`` gives run ``r`` the init and
 order seeds of ``SeedSequence(seed).spawn(N)[r-1]``; a list gives each listed value ``v``
 those of ``SeedSequence(v).spawn(1)[0]``. All variants of a seed share the init seed and
 the data order (the training loader's seed). With ``paired_init`` every variant's model is
@@ -54,9 +54,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__, backend, io
-from . import data as D
-from . import experiment as E
+from .. import __version__, backend
+from .. import files
+from .. import data as D
+from .jobs import (RunLog, as_float, completed_result, plot_history, relative_path, run_parallel, run_resumable,
+                   run_seeds, sha256_of_json, state_sha256, strict_json, study_trainer_class)
+from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
+from .recipes import EXECUTION_KEYS, TRAIN_KEYS, optional_train_keys, parse_value, resolve_recipe
 
 __all__ = ["Factor", "FACTORS", "register_factor", "SE_PAIRS", "load_config", "plan_ablation", "run_ablation",
            "share_initial_weights", "shared_keys", "paired_variant_models", "write_report", "add_arguments",
@@ -66,7 +70,8 @@ _TOP_KEYS = ("data", "base", "factor", "variants", "seeds", "seed", "paired_init
              "max_val", "max_test", "keep_checkpoints", "description")
 _BASE_FORBIDDEN = {"data": "set data at the top level", "out": "set out at the top level or pass --out",
                    "seed": "set seed (data split) and seeds (runs) at the top level",
-                   "progress": "ablation runs never draw progress bars"}
+                   "progress": "ablation runs never draw progress bars",
+                   "init": "the variants start from shared initial weights drawn per seed"}
 _NAME = re.compile(r"^[\w][\w.+-]*$")
 
 
@@ -101,7 +106,7 @@ def register_factor(name, apply, check=None, doc="", replace=False) -> Factor:
 
 def _canonical(model) -> str:
     """The zoo's registered name for ``model`` (aliases such as 'ResNet-20' resolved; ValueError if unknown)."""
-    from . import models
+    from .. import models
     if not isinstance(model, str):
         raise ValueError(f"model must be a zoo name (a string), got {model!r}")
     fn = models.builder(model)
@@ -109,7 +114,7 @@ def _canonical(model) -> str:
 
 
 def _params_of(model) -> dict:
-    from . import models
+    from .. import models
     return dict(inspect.signature(models.builder(model)).parameters)
 
 
@@ -118,7 +123,7 @@ def _model_arg(factor, model, keys) -> str:
     for k in keys:
         if k in params:
             return k
-    from . import models
+    from .. import models
     able = [n for n in models.names() if any(k in _params_of(n) for k in keys)]
     raise ValueError(f"factor {factor!r} sets the model argument {' / '.join(keys)}, which model {model!r} does not "
                      f"take (models that do: {', '.join(able) or 'none'})")
@@ -269,15 +274,15 @@ _train_factor("iterations", _positive_int, "iterations (instead of epochs)")
 _train_factor("image_size", lambda f, v: _number(f, v, 8, integer=True), "input size (models with adaptive pooling)")
 _train_factor("optimizer", lambda f, v: _choice(f, v, ("sgd", "adam", "adamw")), "optimizer")
 _train_factor("augment", lambda f, v: _choice(f, v, ("none", "flip", "standard", "strong")), "online augmentation")
-_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "seed2019", "dataset", "imagenet")), "normalisation")
-_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "seed2019")),
+_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "pixel256", "dataset", "imagenet", "seed2019")), "normalisation")
+_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "linear_step", "seed2019")),
               "learning-rate schedule")
 
 
 # -- configuration --------------------------------------------------------------------------------------------
 def load_config(path, overrides=None) -> dict:
     """Read the TOML file; ``overrides`` {dotted key: value} (``base.epochs``) replace its values."""
-    from .pipeline import load_toml
+    from ..training.config import load_toml
     cfg = load_toml(Path(path).expanduser())
     for key, value in (overrides or {}).items():
         parts = key.split(".")
@@ -294,7 +299,7 @@ def load_config(path, overrides=None) -> dict:
 
 
 def _base_config(base) -> dict:
-    from .pipeline import TrainConfig
+    from ..training.config import TrainConfig
     if not isinstance(base, dict):
         raise ValueError(f"[base] must be a table of TrainConfig fields, got {base!r}")
     for k, why in _BASE_FORBIDDEN.items():
@@ -317,11 +322,11 @@ def _base_config(base) -> dict:
 def _validate(cfg, where):
     """Check a variant's training config with ``nabi.experiment.resolve_recipe``'s checks (ValueError)."""
     try:
-        keys = (*E._TRAIN_KEYS, *E._optional_keys())
+        keys = (*TRAIN_KEYS, *optional_train_keys())
         ov = {k: cfg[k] for k in keys if k in cfg and k not in ("epochs", "iterations")}
         length = "iterations" if cfg.get("iterations") is not None else "epochs"
         ov[length] = cfg[length]
-        E.resolve_recipe("tiny", ov)
+        resolve_recipe("tiny", ov)
         if cfg.get("channels") not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or absent, got {cfg['channels']!r}")
         for k in ("val_ratio", "test_ratio"):
@@ -340,12 +345,12 @@ def _seed_list(seeds, seed) -> list:
     if isinstance(seeds, int):
         if seeds < 1:
             raise ValueError(f"seeds must be at least 1, got {seeds}")
-        return [dict(s, seed=None) for s in E.run_seeds(seed, seeds)]
+        return [dict(s, seed=None) for s in run_seeds(seed, seeds)]
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds has duplicates: {seeds}")
-    return [dict(E.run_seeds(s, 1)[0], run=i + 1, seed=s) for i, s in enumerate(seeds)]
+    return [dict(run_seeds(s, 1)[0], run=i + 1, seed=s) for i, s in enumerate(seeds)]
 
 
 def _parse(config: dict) -> dict:
@@ -447,12 +452,12 @@ def _part_signature(ds):
         ds = ds.dataset
     if hasattr(ds, "samples"):
         root = Path(ds.root)
-        files = [(E._rel(ds.samples[i][0], root), int(ds.samples[i][1])) for i in idx]
-        return {"root": str(root.absolute()), "files": E._sha(files), "n": len(files)}
+        listing = [(relative_path(ds.samples[i][0], root), int(ds.samples[i][1])) for i in idx]
+        return {"root": str(root.absolute()), "files": sha256_of_json(listing), "n": len(listing)}
     images = np.ascontiguousarray(ds.images[idx])
     import hashlib
     return {"arrays": hashlib.sha256(images.view(np.uint8).reshape(-1)).hexdigest(),
-            "labels": E._sha(np.asarray(ds.labels)[idx].tolist()), "n": int(len(idx))}
+            "labels": sha256_of_json(np.asarray(ds.labels)[idx].tolist()), "n": int(len(idx))}
 
 
 class _Data:
@@ -469,7 +474,7 @@ class _Data:
         return split if self.embedded else (channels, size, *split)
 
     def get(self, cfg, channels, size):
-        from .pipeline import load_datasets
+        from ..data.prepare import load_datasets
         key = self.key(cfg, channels, size)
         if key not in self.parts:
             parts = load_datasets(self.path, image_size=(size, size), channels=channels, val_ratio=cfg["val_ratio"],
@@ -486,7 +491,7 @@ class _Data:
         return key, self.parts[key]
 
     def norm(self, key, kind, channels):
-        from .pipeline import normalization_spec
+        from ..data.prepare import normalization_spec
         if (key, kind) not in self.norms:
             self.norms[(key, kind)] = normalization_spec(kind, self.parts[key]["train"], channels)
         return self.norms[(key, kind)]
@@ -516,7 +521,7 @@ def _share_counts(model, keys) -> dict:
 
 
 def _build(cfg, n_classes, seed, input_size=None):
-    from .pipeline import build_model
+    from ..training.build import build_model
     model = build_model(cfg["model"], n_classes, cfg["model_args"], seed=seed)
     if input_size is not None:
         model.input_size = tuple(int(s) for s in input_size)
@@ -560,8 +565,9 @@ def plan_ablation(config, log=None) -> dict:
 
     ``config``: a dict as read from TOML (see the module doc) or a path to a TOML file.
     """
-    from .pipeline import _Transformed, eval_transforms, model_input_size
-    from .summary import summary
+    from ..data.prepare import Transformed, eval_transforms
+    from ..models.registry import model_input_size
+    from ..summary import summary
     log = log or (lambda *a, **k: None)
     if not isinstance(config, dict):
         config = load_config(config)
@@ -593,7 +599,7 @@ def plan_ablation(config, log=None) -> dict:
         norm = data.norm(key, cfg["normalize"], channels)
         input_size = [int(C), int(size), int(size)]
         probe.input_size = tuple(input_size)
-        x, _ = _Transformed(parts["train"], eval_transforms((size, size), norm))[0]
+        x, _ = Transformed(parts["train"], eval_transforms((size, size), norm))[0]
         probe.eval()
         try:
             probe(np.asarray(x)[None].astype(backend.get_default_dtype()))
@@ -620,10 +626,10 @@ def plan_ablation(config, log=None) -> dict:
 
 
 def _fingerprint(plan, v, s) -> str:
-    drop = set(E._EXECUTION_KEYS)
+    drop = set(EXECUTION_KEYS)
     strip = lambda c: {k: val for k, val in c.items() if k not in drop}  # noqa: E731
     ref = plan["variants"][0]
-    return E._sha({"data": plan["_parts"][v["name"]]["signature"], "data_seed": plan["seed"],
+    return sha256_of_json({"data": plan["_parts"][v["name"]]["signature"], "data_seed": plan["seed"],
                    "classes": plan["classes"], "config": strip(v["config"]), "input_size": v["input_size"],
                    "normalization": v["normalization"], "paired_init": plan["paired_init"],
                    "reference": None if v is ref else strip(ref["config"]),
@@ -637,61 +643,55 @@ def _run_dir(out_dir, variant, s) -> Path:
 # -- one run ----------------------------------------------------------------------------------------------------
 def _run_variant(job, log=None) -> dict:
     """Train and score one (variant, seed) run, writing ``result.json`` last; a finished one is returned as is."""
-    return E.run_resumable(job, f"[{job['variant']} · seed {job['seeds']['run']:02d}]", _train_run, log)
+    return run_resumable(job, f"[{job['variant']} · seed {job['seeds']['run']:02d}]", _train_run, log)
 
 
 def _train_run(job, run_dir, log):
     import shutil
-    from .layers import CrossEntropyLoss
-    from .pipeline import (TrainConfig, _Transformed, augmentation, eval_transforms, make_optimizer, make_schedule,
-                           model_metadata, eval_loader, write_config)
-    from .train import evaluate
+    from ..training.config import TrainConfig
+    from ..data.prepare import Transformed, augmentation, eval_transforms, eval_loader
+    from ..training.build import build_trainer
+    from ..runs import model_metadata, write_config
+    from ..training.trainer import evaluate
     cfg, seeds, parts, name = job["config"], job["seeds"], job["parts"], job["variant"]
-    rlog = E._RunLog(run_dir / "run.log", f"[{name} · seed {seeds['run']:02d}]", echo=log)
-    io.atomic_write_json(run_dir / "run.json", {"fingerprint": job["fingerprint"], "variant": name, "seeds": seeds})
+    rlog = RunLog(run_dir / "run.log", f"[{name} · seed {seeds['run']:02d}]", echo=log)
+    files.atomic_write_json(run_dir / "run.json", {"fingerprint": job["fingerprint"], "variant": name, "seeds": seeds})
     model, keys, reference = _initial_models(cfg, job["reference_config"], len(job["classes"]), seeds["init_seed"],
                                              job["paired_init"], job["input_size"])
     init_state, ref_state = model.state_dict(), reference.state_dict()
     del reference
-    init = {"sha256": E.state_sha256(init_state), "shared": _share_counts(model, keys),
-            "shared_sha256": E.state_sha256({k: init_state[k] for k in keys}),
-            "reference_shared_sha256": E.state_sha256({k: ref_state[k] for k in keys})}
+    init = {"sha256": state_sha256(init_state), "shared": _share_counts(model, keys),
+            "shared_sha256": state_sha256({k: init_state[k] for k in keys}),
+            "reference_shared_sha256": state_sha256({k: ref_state[k] for k in keys})}
     del init_state, ref_state
     H, W = job["input_size"][1:]
     norm = job["normalization"]
     base = eval_transforms((H, W), norm)
-    train_ds = _Transformed(parts["train"], [base[0]] + augmentation(cfg["augment"], (H, W)) + base[1:])
+    train_ds = Transformed(parts["train"], [base[0]] + augmentation(cfg["augment"], (H, W)) + base[1:])
     loader = D.DataLoader(train_ds, batch_size=cfg["batch_size"], shuffle=True, seed=seeds["order_seed"],
                           num_workers=cfg["workers"], device=cfg["device"])
     val_loader = None
     if parts.get("val") is not None:
-        val_loader = D.DataLoader(_Transformed(parts["val"], base), batch_size=max(cfg["batch_size"], 64),
+        val_loader = D.DataLoader(Transformed(parts["val"], base), batch_size=max(cfg["batch_size"], 64),
                                   num_workers=cfg["workers"], device=cfg["device"])
     epochs = cfg["epochs"] or math.ceil(cfg["iterations"] / len(loader))
     tc = TrainConfig.from_dict({**cfg, "epochs": epochs, "data": "(ablation)", "out": str(run_dir),
                                 "seed": int(seeds["order_seed"]), "progress": False})
     model.to(cfg["device"])
-    optimizer = make_optimizer(tc, model)
-    schedule = make_schedule(tc, optimizer, len(loader))
     resolved = write_config(run_dir, tc, {"classes": job["classes"], "input_size": job["input_size"],
                                           "normalization": norm, "num_train": len(parts["train"]),
                                           "num_val": len(parts["val"]) if parts.get("val") is not None else 0,
                                           "num_test": len(parts["test"]), "ablation_variant": name,
                                           "factor": job["factor"], "init": init})
     meta = model_metadata(model, job["classes"], norm, resolved)
-    trainer = E._Trainer(model, optimizer, loader, val_loader,
-                         loss_fn=CrossEntropyLoss(label_smoothing=tc.label_smoothing), schedule=schedule,
-                         schedule_unit=tc.schedule_unit, epochs=cfg["epochs"], iterations=cfg["iterations"],
-                         out_dir=run_dir, clip_norm=tc.clip_norm, checkpoint_every=tc.checkpoint_every,
-                         keep_last=tc.keep_last, early_stopping=tc.early_stopping, progress=False, metadata=meta,
-                         config=resolved, log=rlog, fused_sgd=tc.fused_sgd,
-                         precision=tc.precision)
+    trainer = build_trainer(tc, model, loader, val_loader, out_dir=run_dir, metadata=meta, config=resolved,
+                            log=rlog, trainer_class=study_trainer_class())
     rlog(f"training {cfg['model']} ({init['shared']['arrays']}/{init['shared']['total_arrays']} arrays from the "
          f"reference) on {len(parts['train'])} images")
     t0 = time.perf_counter()
     trainer.resume()
     trainer.fit()
-    E._plot_curves(trainer.history, run_dir / "curves.png")
+    plot_history(trainer.history, run_dir / "curves.png")
     test = evaluate(model, eval_loader(parts["test"], meta, device=cfg["device"]))
     val = evaluate(model, eval_loader(parts["val"], meta, device=cfg["device"])) if parts.get("val") is not None \
         else None
@@ -703,10 +703,10 @@ def _train_run(job, run_dir, log):
                "epochs": trainer.epoch, "status": trainer.status, "num_train": len(parts["train"]),
                "final_train_loss": last.get("train_loss"), "final_train_acc": last.get("train_acc"),
                "weights": "final"}
-    result = E._clean({"format": "nabi-ablation-run", "nabi_version": __version__, "variant": name,
+    result = strict_json({"format": "nabi-ablation-run", "nabi_version": __version__, "variant": name,
                        "factor": job["factor"], "seeds": seeds, "fingerprint": job["fingerprint"], "init": init,
                        "models": {name: metrics}})
-    io.atomic_write_json(run_dir / "result.json", result)
+    files.atomic_write_json(run_dir / "result.json", result)
     if not job["keep_checkpoints"]:  # keep the scored (final) weights only
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         for f in ("best.safetensors", "best.json"):
@@ -716,17 +716,20 @@ def _train_run(job, run_dir, log):
     return result
 
 
-def _run_jobs(jobs_list, jobs, log):
-    """In this process, or in experiment.py's 'spawn' worker pool with ``_run_variant`` as the job function."""
+def _run_jobs(jobs_list, jobs, log, executor="local", **ray_options):
+    """In this process, in a 'spawn' worker pool, or as Ray tasks, with ``_run_variant`` as the job function."""
+    if executor == "ray":
+        run_on_ray(jobs_list, _run_variant, log, **ray_options)
+        return
     if jobs == 1 or len(jobs_list) <= 1:
         for job in jobs_list:
             _run_variant(job, log=log)
         return
-    E._run_parallel(jobs_list, jobs, log, fn=_run_variant)
+    run_parallel(jobs_list, jobs, log, fn=_run_variant)
 
 
 def _setup_record(plan) -> dict:
-    return E._clean({
+    return strict_json({
         "format": "nabi-ablation", "nabi_version": __version__, "factor": plan["factor"], "data": plan["data"],
         "seed": plan["seed"], "paired_init": plan["paired_init"], "limits": plan["limits"], "base": plan["base"],
         "classes": plan["classes"], "counts": plan["counts"], "description": plan["description"],
@@ -736,13 +739,21 @@ def _setup_record(plan) -> dict:
                                         "shared")} | {"fingerprints": v["fingerprints"]} for v in plan["variants"]]})
 
 
-def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None) -> dict:
+def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None, executor="local", address=None,
+                 cpus_per_run=1, gpus_per_run=0) -> dict:
     """Check, run (or resume) every (variant, seed) run, write the report; returns the report dict.
 
     ``config``: a dict or a TOML path; ``out_dir`` defaults to the config's ``out``, else
-    ``runs/ablation``; ``jobs`` (default: the config's, else 1) runs at once in worker processes.
+    ``runs/ablation``; ``jobs`` (default: the config's, else 1) runs at once in worker processes;
+    ``executor='ray'`` runs each run as a Ray task on a local instance or the cluster at
+    ``address`` instead (the config's ``jobs`` is then unused), with ``cpus_per_run`` and
+    ``gpus_per_run`` each (see ``ray_executor.run_on_ray``).
     """
     log = log or (lambda *a, **k: None)
+    if executor == "ray" and jobs not in (None, 1):  # the config's jobs is for the local executor only
+        raise ValueError("--jobs is for the local executor; with --executor ray each run is a Ray task "
+                         "(share the cores with --cpus-per-run)")
+    check_executor(executor, address, cpus_per_run, gpus_per_run)
     plan = plan or plan_ablation(config, log=log)
     out_dir = Path(out_dir or plan["out"] or "runs/ablation").expanduser()
     jobs = plan["jobs"] if jobs is None else jobs
@@ -775,16 +786,17 @@ def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None) -> dict:
         raise ValueError(f"{out_dir} holds runs of a different setup ({', '.join(clashes[:3])}"
                          f"{' …' if len(clashes) > 3 else ''}); use another --out or delete them")
     out_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_json(out_dir / "ablation_setup.json", _setup_record(plan))
+    files.atomic_write_json(out_dir / "ablation_setup.json", _setup_record(plan))
     todo = []
     for job in jobs_list:
-        if E._complete(Path(job["run_dir"]), job["models"], job["fingerprint"]) is not None:
+        if completed_result(Path(job["run_dir"]), job["models"], job["fingerprint"]) is not None:
             log(f"{job['variant']} seed {job['seeds']['run']:02d}: complete, kept")
         else:
             todo.append(job)
             log(f"run {job['run']:02d} = {job['variant']}, seed {job['seeds']['run']:02d}")
     t0 = time.perf_counter()
-    _run_jobs(todo, jobs, log)
+    _run_jobs(todo, jobs, log, executor, **({"address": address, "cpus_per_run": cpus_per_run,
+                                             "gpus_per_run": gpus_per_run} if executor == "ray" else {}))
     log(f"{len(todo)} run(s) trained in {time.perf_counter() - t0:.1f} s")
     report = write_report(out_dir)
     log(f"report: {report['files']['md']}")
@@ -794,12 +806,12 @@ def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None) -> dict:
 # -- report ------------------------------------------------------------------------------------------------------
 def _ms(values):
     from .stats import mean_std
-    m, s = mean_std([E._num(x) for x in values])
+    m, s = mean_std([as_float(x) for x in values])
     return {"mean": m, "std": s, "values": list(values)}
 
 
 def _pm(d, digits=4):
-    m, s = E._num(d["mean"]), E._num(d["std"])
+    m, s = as_float(d["mean"]), as_float(d["std"])
     if math.isnan(m):
         return "n/a"
     return f"{m:.{digits}f}" + ("" if math.isnan(s) else f" ± {s:.{digits}f}")
@@ -818,7 +830,7 @@ def write_report(out_dir) -> dict:
     results = {}
     for v in variants:
         for s, fp in zip(seeds, v["fingerprints"]):
-            res = E._complete(_run_dir(out_dir, v["name"], s), [v["name"]], fp)
+            res = completed_result(_run_dir(out_dir, v["name"], s), [v["name"]], fp)
             if res is None:
                 raise RuntimeError(f"run {v['name']} seed {s['run']:02d} in {out_dir} is not complete; run the "
                                    "ablation again to finish it")
@@ -895,8 +907,8 @@ def write_report(out_dir) -> dict:
         notes = []
         for name, comp in comparisons.items():
             for met, s in comp.items():
-                d, lo, hi = E._num(s["mean_diff"]), E._num(s["ci_low"]), E._num(s["ci_high"])
-                p = lambda x: "n/a" if math.isnan(E._num(x)) else f"{E._num(x):.4g}"  # noqa: E731
+                d, lo, hi = as_float(s["mean_diff"]), as_float(s["ci_low"]), as_float(s["ci_high"])
+                p = lambda x: "n/a" if math.isnan(as_float(x)) else f"{as_float(x):.4g}"  # noqa: E731
                 lines.append(f"| {met} | {name} − {ref['name']} | {s['n']} | "
                              f"{'n/a' if math.isnan(d) else f'{d:+.4f}'} | "
                              f"{'n/a' if math.isnan(lo) else f'[{lo:+.4f}, {hi:+.4f}]'} | {p(s['wilcoxon_p'])} | "
@@ -906,47 +918,44 @@ def write_report(out_dir) -> dict:
                   "exact sign test, two-sided."]
         lines += [f"- note: {n}" for n in notes]
     markdown = "\n".join(lines) + "\n"
-    files = {"md": str(out_dir / "ablation.md"), "csv": str(out_dir / "ablation.csv"),
+    outputs = {"md": str(out_dir / "ablation.md"), "csv": str(out_dir / "ablation.csv"),
              "json": str(out_dir / "ablation.json"), "png": None}
-    io.atomic_write_text(out_dir / "ablation.md", markdown)
+    files.atomic_write_text(out_dir / "ablation.md", markdown)
     buf = _io.StringIO()
     cols = list(per_run[0])
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for r in per_run:
         w.writerow(["" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in cols])
-    io.atomic_write_text(out_dir / "ablation.csv", buf.getvalue())
+    files.atomic_write_text(out_dir / "ablation.csv", buf.getvalue())
     try:
-        files["png"] = str(_plot(out_dir / "ablation.png", rows, variants, seeds, seed_labels, metric, has_val,
+        outputs["png"] = str(_plot(out_dir / "ablation.png", rows, variants, seeds, seed_labels, metric, has_val,
                                  setup["factor"]))
     except ImportError:  # matplotlib missing: the tables hold every number
         pass
-    report = E._clean({"format": "nabi-ablation-report", "nabi_version": __version__, "dir": str(out_dir),
+    report = strict_json({"format": "nabi-ablation-report", "nabi_version": __version__, "dir": str(out_dir),
                        "factor": setup["factor"], "reference": ref["name"], "seeds": seeds, "seed_labels": seed_labels,
                        "paired_init": setup["paired_init"], "data": setup["data"], "counts": setup["counts"],
                        "base": setup["base"], "variants": rows, "comparisons": comparisons, "runs": per_run,
-                       "markdown": markdown, "files": files})
-    io.atomic_write_json(out_dir / "ablation.json", report)
+                       "markdown": markdown, "files": outputs})
+    files.atomic_write_json(out_dir / "ablation.json", report)
     return report
 
 
 def _plot(path, rows, variants, seeds, seed_labels, metric, has_val, factor):
-    import warnings
-    from .plots import _pyplot, save_figure
-    plt = _pyplot()
+    from ..plots import plotting, save_figure
     keys = ["test_acc"] + (["val_acc"] if has_val else [])
     x = np.arange(len(variants))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with plotting() as plt:
         fig, axes = plt.subplots(1, len(keys), figsize=(max(4.5, 1.2 * len(variants) + 2.5) * len(keys), 4),
                                  squeeze=False)
         for ax, key in zip(axes[0], keys):
-            values = np.array([[E._num(a) for a in metric(v, key)] for v in variants])  # (variants, seeds)
+            values = np.array([[as_float(a) for a in metric(v, key)] for v in variants])  # (variants, seeds)
             for j, lab in enumerate(seed_labels):
                 jitter = (j - (len(seeds) - 1) / 2) * 0.06
                 ax.plot(x + jitter, values[:, j], "o-", lw=0.8, alpha=0.6, ms=5, label=f"seed {lab}")
-            means = [E._num(r[key]["mean"]) for r in rows]
-            stds = [0.0 if math.isnan(E._num(r[key]["std"])) else E._num(r[key]["std"]) for r in rows]
+            means = [as_float(r[key]["mean"]) for r in rows]
+            stds = [0.0 if math.isnan(as_float(r[key]["std"])) else as_float(r[key]["std"]) for r in rows]
             ax.errorbar(x, means, yerr=stds, fmt="s", color="black", ms=8, capsize=6, lw=2, label="mean ± std",
                         zorder=5)
             ax.set_xticks(x)
@@ -968,9 +977,12 @@ def add_arguments(parser):
     parser.add_argument("--out", help="output folder (default: the config's out, else runs/ablation)")
     parser.add_argument("--jobs", type=int, help="runs trained at once in worker processes (default: the config's, "
                                                  "else 1)")
+    add_executor_arguments(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable)")
-    parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing")
+                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable; "
+                             "default: none)")
+    parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing "
+                                                             "(default: off)")
     return parser
 
 
@@ -981,7 +993,7 @@ def main_from_args(args, log=print) -> int:
         if "=" not in item:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        overrides[k.strip()] = E._parse_value(v.strip())
+        overrides[k.strip()] = parse_value(v.strip())
     config = load_config(args.config, overrides)
     plan = plan_ablation(config, log=log)
     if getattr(args, "check", False):
@@ -992,7 +1004,7 @@ def main_from_args(args, log=print) -> int:
                 f"({sh['params']:,} params) with the reference")
         log("config OK (nothing trained)")
         return 0
-    report = run_ablation(config, out_dir=args.out, jobs=args.jobs, log=log, plan=plan)
+    report = run_ablation(config, out_dir=args.out, jobs=args.jobs, log=log, plan=plan, **executor_kwargs(args))
     log(report["markdown"])
     log("written: " + ", ".join(v for v in report["files"].values() if v))
     return 0

@@ -1,10 +1,20 @@
-"""The paired multi-seed background-class experiment of seed 000 (§4–5, Table 1).
+"""The paired multi-seed background-class experiment (``nabi experiment``).
 
-Model A learns the individuals only; model B learns them plus one ``background``
-class of habitat photos. In each run both start from the same weights and see the
-training photos in the same order; both are scored on the whole test set
-(background photos included) with :func:`nabi.evaluate.background_statistics`,
-giving one Table 1 row: A·P2, B·P1, B·P2, B·P3, B·P4.
+The protocol comes from the 2019 report "CNN을 이용한 고려대학교 길고양이 분류 및 배경
+학습을 통한 성능 개선" (COSE362, Korea University, 2019), which asked whether teaching a
+network what the habitat looks like helps it tell individual animals apart. Model A
+learns the individuals only; model B learns them plus one ``background`` class of
+habitat photos. In each run both start from the same weights and see the training
+photos in the same order; both are scored on the whole test set (background photos
+included) with :func:`nabi.evaluate.background_statistics`, giving one row of the
+report's Table 1: A·P2, B·P1, B·P2, B·P3, B·P4, where
+
+* P1: accuracy on every test photo, background photos included (a background photo is
+  right when it is called background);
+* P2: accuracy on the animal photos only (an animal called background is wrong);
+* P3: accuracy on the animal photos the model did not call background;
+* P4: accuracy on the animal photos when the background output is ignored (the best
+  individual wins).
 
 Data (``DATA``): ``DATA/train/<class>/…`` and ``DATA/test/<class>/…`` (a ``val/``
 folder is ignored), or one class-per-folder ``DATA`` split into train and test by
@@ -28,7 +38,7 @@ Pairing, run ``r`` (1-based):
   cut into batches of the same size. Online augmentation randomness is per batch
   and is not paired.
 * length: ``iterations_per_class`` gives each model that many iterations per
-  class it learns (seed 000: 2,000, so A 8,000 and B 10,000); else ``iterations``
+  class it learns (the 2019 setup: 2,000, so A 8,000 and B 10,000 with 4 individuals); else ``iterations``
   or ``epochs`` as given. B is trained first, then A.
 
 The test set is scored with the final weights (there is no validation split).
@@ -58,146 +68,23 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, backend, io
-from . import data as D
+from .. import __version__, backend
+from .. import files
+from .. import data as D
+from .jobs import (RunLog, as_float, available_cores, completed_result, plot_history, read_json_or_none,
+                   relative_path, run_parallel, run_resumable, run_seeds, sha256_of_json, state_sha256,
+                   strict_json, study_trainer_class, worker_init)
+from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
+from .recipes import (EXECUTION_KEYS, RECIPES, RENAMED_RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, optional_train_keys,
+                      parse_value, probe_input_size, resolve_recipe)
 
-__all__ = ["RECIPES", "SEED2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
+__all__ = ["RECIPES", "REPORT2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
            "derive_a_state", "state_sha256", "PairedOrderLoader", "training_datasets", "training_loaders",
            "run_experiment", "write_report", "compare_recipes", "add_arguments", "main_from_args"]
 
 MODELS = ("A", "B")
 
-# -- recipes -----------------------------------------------------------------------------------------------
-RECIPES = {
-    "seed2019": {
-        "description": "seed 000 as written: AlexNet-style 336×336 (He-uniform), RGB/256, batch 1, plain SGD "
-                       "1.5e-5 → 5e-6 in 10 steps, 2,000 iterations per class, offline ×8 augmentation",
-        "model": "alexnet336", "model_args": {}, "image_size": 336, "normalize": "seed2019", "augment": "none",
-        "offline_variants": 8, "batch_size": 1, "optimizer": "sgd", "lr": 1.5e-5, "momentum": 0.0,
-        "weight_decay": 0.0, "schedule": "seed2019", "iterations_per_class": 2000, "label_smoothing": 0.0,
-        "test_ratio": 0.1, "checkpoint_every": 1000,
-    },
-    "modern": {
-        "description": "ResNet-18 at 128×128, ImageNet normalisation, strong online augmentation, batch 32, "
-                       "AdamW with warm-up + cosine, label smoothing 0.1, 30 epochs",
-        "model": "resnet18", "model_args": {}, "image_size": 128, "normalize": "imagenet", "augment": "strong",
-        "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "warmup_cosine",
-        "warmup_epochs": 2, "label_smoothing": 0.1, "epochs": 30, "test_ratio": 0.2,
-    },
-    "tiny": {
-        "description": "for tests and CI: the small CIFAR CNN at 32×32, Adam, a few iterations per class",
-        "model": "cifar_cnn", "model_args": {}, "image_size": 32, "normalize": "unit", "augment": "flip",
-        "batch_size": 8, "optimizer": "adam", "lr": 3e-3, "schedule": "constant", "iterations_per_class": 8,
-        "test_ratio": 0.2,
-    },
-}
-
-# Seed 000's Table 1 (10 runs), for reference in reports.
-SEED2019_TABLE1 = {
-    "A·P2": [0.5375, 0.5500, 0.5750, 0.5250, 0.4500, 0.5750, 0.5000, 0.5250, 0.6000, 0.4625],
-    "B·P1": [0.5600, 0.5300, 0.5300, 0.4800, 0.4700, 0.5100, 0.5000, 0.4800, 0.5700, 0.4500],
-    "B·P2": [0.5875, 0.5500, 0.5250, 0.5250, 0.5000, 0.5625, 0.4875, 0.4875, 0.5875, 0.4125],
-    "B·P3": [0.5950, 0.5789, 0.5915, 0.5455, 0.5405, 0.6164, 0.5270, 0.5652, 0.6438, 0.4783],
-    "B·P4": [0.6000, 0.5750, 0.5500, 0.5500, 0.5250, 0.5750, 0.5000, 0.5250, 0.6375, 0.4625],
-}
-
-_TRAIN_KEYS = ("model", "model_args", "epochs", "iterations", "batch_size", "optimizer", "lr", "momentum", "nesterov",
-               "weight_decay", "schedule", "schedule_unit", "warmup", "step_size", "gamma", "label_smoothing",
-               "clip_norm", "image_size", "normalize", "augment", "strict", "device", "workers", "checkpoint_every",
-               "keep_last")
-# Passed on only when this nabi's TrainConfig has them (and then to the Trainer).
-_OPTIONAL_TRAIN_KEYS = ("fused_sgd", "precision")
-_EXTRA_KEYS = ("description", "iterations_per_class", "warmup_epochs", "offline_variants", "test_ratio",
-               "keep_checkpoints")
-_LENGTH_KEYS = ("iterations_per_class", "iterations", "epochs")
-# Settings that change how, not what, is computed: left out of the fingerprint.
-_EXECUTION_KEYS = ("device", "workers", "checkpoint_every", "keep_last", "keep_checkpoints", "description")
 _COMPARISONS = (("A·P2", "B·P2"), ("A·P2", "B·P3"), ("A·P2", "B·P4"))
-
-
-def _defaults() -> dict:
-    from .pipeline import TrainConfig
-    d = {k: v for k, v in TrainConfig().to_dict().items() if k in _TRAIN_KEYS}
-    d.update(epochs=None, iterations=None, iterations_per_class=None, warmup_epochs=None, offline_variants=1,
-             test_ratio=0.2, keep_checkpoints=False, description="", image_size=None, checkpoint_every=None,
-             keep_last=2)
-    return d
-
-
-def _optional_keys() -> list:
-    from .pipeline import TrainConfig
-    return [k for k in _OPTIONAL_TRAIN_KEYS if k in TrainConfig.__dataclass_fields__]
-
-
-def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
-    """The recipe's settings with ``overrides`` applied and checked (``ValueError`` on anything wrong).
-
-    Training length: exactly one of ``iterations_per_class``, ``iterations``, ``epochs``;
-    overriding any of them replaces the recipe's choice.
-    """
-    from . import models
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    overrides = dict(overrides or {})
-    allowed = set(_TRAIN_KEYS) | set(_EXTRA_KEYS) | set(_optional_keys())
-    unknown = sorted(set(overrides) - allowed)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for an experiment; known: {', '.join(sorted(allowed))}")
-    cfg = _defaults()
-    cfg.update(copy.deepcopy(RECIPES[recipe]))
-    if any(k in overrides for k in _LENGTH_KEYS):
-        for k in _LENGTH_KEYS:
-            cfg[k] = None
-    cfg.update(copy.deepcopy(overrides))
-    cfg["recipe"] = recipe
-    given = [k for k in _LENGTH_KEYS if cfg[k] is not None]
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of {', '.join(_LENGTH_KEYS)} (got {given or 'none'})")
-    for k in given:
-        if not isinstance(cfg[k], (int, np.integer)) or isinstance(cfg[k], bool) or cfg[k] < 1:
-            raise ValueError(f"{k} must be a positive integer, got {cfg[k]!r}")
-    models.builder(cfg["model"])  # ValueError listing the zoo's names
-    if not isinstance(cfg["model_args"], dict):
-        raise ValueError(f"model_args must be a dict, got {cfg['model_args']!r}")
-    for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", ("unit", "seed2019", "dataset",
-                         "imagenet")), ("augment", ("none", "flip", "standard", "strong")),
-                         ("schedule", ("constant", "step", "cosine", "warmup_cosine", "seed2019")),
-                         ("schedule_unit", ("iteration", "epoch")), ("device", ("cpu", "gpu"))):
-        if cfg[key] not in choices:
-            raise ValueError(f"{key} must be one of {', '.join(choices)}; got {cfg[key]!r}")
-    if not isinstance(cfg["batch_size"], (int, np.integer)) or cfg["batch_size"] < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {cfg['batch_size']!r}")
-    if cfg["image_size"] is not None and (not isinstance(cfg["image_size"], (int, np.integer))
-                                          or cfg["image_size"] < 8):
-        raise ValueError(f"image_size must be an integer >= 8 (or None for the model's), got {cfg['image_size']!r}")
-    if not isinstance(cfg["offline_variants"], (int, np.integer)) or cfg["offline_variants"] < 1:
-        raise ValueError(f"offline_variants must be a positive integer, got {cfg['offline_variants']!r}")
-    if not 0 < float(cfg["test_ratio"]) < 1:
-        raise ValueError(f"test_ratio must be between 0 and 1, got {cfg['test_ratio']!r}")
-    if not float(cfg["lr"]) > 0:
-        raise ValueError(f"lr must be positive, got {cfg['lr']!r}")
-    if cfg["warmup_epochs"] is not None and cfg["warmup_epochs"] < 0:
-        raise ValueError(f"warmup_epochs must be >= 0, got {cfg['warmup_epochs']!r}")
-    return cfg
-
-
-def _probe_model(cfg) -> list:
-    """Build the model once and run one input through it: ``[C, H, W]`` it will be trained at."""
-    from .pipeline import build_model, model_input_size
-    try:
-        model = build_model(cfg["model"], 3, cfg["model_args"], seed=0)
-    except TypeError as e:
-        raise ValueError(f"model_args {cfg['model_args']} do not fit model {cfg['model']}: {e}") from None
-    C, H, W = model_input_size(model)
-    size = cfg["image_size"] or H
-    if (size, size) != (H, W):
-        model.eval()
-        try:
-            model(np.zeros((1, C, size, size), dtype=backend.get_default_dtype()))
-        except ValueError as e:
-            raise ValueError(f"recipe {cfg['recipe']!r}: model {cfg['model']} cannot take {size}×{size} inputs "
-                             f"(it is built for {H}×{W}); set image_size={H}: {e}") from None
-    return [int(C), int(size), int(size)]
 
 
 # -- data --------------------------------------------------------------------------------------------------
@@ -282,13 +169,6 @@ def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=M
             "test_ratio": float(test_ratio) if layout == "split" else None, "seed": int(seed)}
 
 
-def _rel(path, root) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
-
-
 def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log) -> dict:
     """Offline ×``variants`` expansion of the training photos into ``exp_dir/cache`` (once, reused)."""
     cache_root = exp_dir / "cache"
@@ -296,8 +176,8 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
     marker = cache_root / f"train-x{variants}.json"
     H, W = input_size[1:]
     want = {"variants": int(variants), "seed": int(seed), "image_size": [H, W],
-            "source": _sha([(_rel(p, spec["root"]), c) for p, c in spec["train"]])}
-    done = _read_json(marker)
+            "source": sha256_of_json([(relative_path(p, spec["root"]), c) for p, c in spec["train"]])}
+    done = read_json_or_none(marker)
     if not (done and {k: done.get(k) for k in want} == want and out.is_dir()):
         log(f"expanding {len(spec['train'])} training photos ×{variants} into {out} (once per experiment)")
         if out.exists():
@@ -319,7 +199,7 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
                              image_size=(H, W))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        io.atomic_write_json(marker, {**want, "n_source": len(spec["train"])})
+        files.atomic_write_json(marker, {**want, "n_source": len(spec["train"])})
     spec = dict(spec)
     spec["train_root"] = str(out)
     spec["train"] = [[p, c] for p, c in _listing(out, spec["classes_B"], False, verify=False)]
@@ -392,7 +272,7 @@ class PairedOrderLoader(D.DataLoader):
 
 def training_loaders(datasets: dict, cfg: dict, order_seed: int, input_size, norm: dict) -> dict:
     """Training loaders ``{'A': PairedOrderLoader, 'B': DataLoader (or None)}`` with the recipe's transforms."""
-    from .pipeline import _Transformed, augmentation, eval_transforms
+    from ..data.prepare import Transformed, augmentation, eval_transforms
     H, W = input_size[1:]
     base = eval_transforms((H, W), norm)
     transforms = [base[0]] + augmentation(cfg["augment"], (H, W)) + base[1:]
@@ -400,9 +280,9 @@ def training_loaders(datasets: dict, cfg: dict, order_seed: int, input_size, nor
               device=cfg["device"])
     out = {"B": None}
     if datasets["B"] is not None:
-        out["B"] = D.DataLoader(_Transformed(datasets["B"], transforms), shuffle=True, **kw)
+        out["B"] = D.DataLoader(Transformed(datasets["B"], transforms), shuffle=True, **kw)
     p2c = datasets["parent_to_child"]
-    out["A"] = PairedOrderLoader(_Transformed(datasets["A"], transforms), len(p2c), p2c, **kw)
+    out["A"] = PairedOrderLoader(Transformed(datasets["A"], transforms), len(p2c), p2c, **kw)
     return out
 
 
@@ -432,7 +312,7 @@ def derive_a_state(state_b, template_a, bg_index: int):
 
 def paired_models(model_name, model_args, classes_b, background, init_seed, input_size=None):
     """``(model_A, model_B, classifier_keys)`` with A's weights derived from seeded B's (see module doc)."""
-    from .pipeline import build_model
+    from ..training.build import build_model
     bg = _nfc(background)
     classes_b = [_nfc(c) for c in classes_b]
     if bg not in classes_b:
@@ -444,63 +324,6 @@ def paired_models(model_name, model_args, classes_b, background, init_seed, inpu
     if input_size is not None:
         model_a.input_size = model_b.input_size = tuple(int(s) for s in input_size)
     return model_a, model_b, changed
-
-
-def state_sha256(state) -> str:
-    """SHA-256 over a state dict's names, dtypes, shapes and bytes (sorted by name)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        a = np.ascontiguousarray(backend.to_numpy(state[k]))
-        h.update(k.encode("utf-8") + b"\0" + str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.reshape(-1).view(np.uint8))
-    return h.hexdigest()
-
-
-def run_seeds(seed: int, runs: int) -> list:
-    """Per-run seeds from ``SeedSequence(seed).spawn(runs)``: run r's do not depend on ``runs``."""
-    out = []
-    for r, child in enumerate(np.random.SeedSequence(int(seed)).spawn(int(runs))):
-        init_ss, order_ss = child.spawn(2)
-        out.append({"run": r + 1, "spawn_key": [int(k) for k in child.spawn_key],
-                    "init_seed": int(init_ss.generate_state(1, np.uint64)[0] >> np.uint64(1)),
-                    "order_seed": int(order_ss.generate_state(1, np.uint64)[0] >> np.uint64(1))})
-    return out
-
-
-# -- one run ---------------------------------------------------------------------------------------------------
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
-
-
-def _clean(x):
-    """NaN/inf -> None, NumPy -> Python, recursively (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def _num(x) -> float:
-    return float("nan") if x is None else float(x)
-
-
-class _RunLog:
-    def __init__(self, path, prefix, echo=None):
-        self.path, self.prefix, self.echo = Path(path), prefix, echo
-
-    def __call__(self, msg, *args, **kwargs):
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.prefix} {msg}"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-        if self.echo is not None:
-            self.echo(f"{self.prefix} {msg}")
 
 
 _SCALARS = ("p1", "p2", "p3", "p4", "n_test1", "n_test2", "n_background_photos", "n_called_background", "n_p3",
@@ -517,9 +340,9 @@ def _model_length(cfg, n_classes, steps_per_epoch):
 
 
 def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
-    from .pipeline import TrainConfig
+    from ..training.config import TrainConfig
     epochs, iterations = _model_length(cfg, n_classes, steps_per_epoch)
-    d = {k: cfg[k] for k in (*_TRAIN_KEYS, *_optional_keys()) if cfg.get(k) is not None}
+    d = {k: cfg[k] for k in (*TRAIN_KEYS, *optional_train_keys()) if cfg.get(k) is not None}
     d.update(epochs=epochs if epochs is not None else math.ceil(iterations / steps_per_epoch),
              iterations=iterations, out=str(out), seed=int(seed), val_ratio=0.0, test_ratio=0.0, progress=False,
              data="(experiment)")
@@ -533,31 +356,26 @@ def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
 
 def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, seed, log) -> dict:
     """Train one model (resuming from its checkpoint) and score it on the test set: the ``eval.json`` dict."""
-    from . import evaluate as E
-    from .layers import CrossEntropyLoss
-    from .pipeline import make_optimizer, make_schedule, model_metadata, eval_loader, write_config
-    from .train import evaluate
+    from .. import evaluate as E
+    from ..training.build import build_trainer
+    from ..runs import model_metadata, write_config
+    from ..data.prepare import eval_loader
+    from ..training.trainer import evaluate
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tc, epochs, iterations = _train_config(cfg, len(classes), len(loader), out, seed)
     model.to(cfg["device"])
-    optimizer = make_optimizer(tc, model)
-    schedule = make_schedule(tc, optimizer, len(loader))
     resolved = write_config(out, tc, {"classes": list(classes), "input_size": list(model.input_size),
                                       "normalization": norm, "num_train": len(loader.dataset), "num_val": 0,
                                       "num_test": len(datasets["test"]), "experiment_model": key})
     meta = model_metadata(model, classes, norm, resolved)
-    trainer = _Trainer(model, optimizer, loader, None, loss_fn=CrossEntropyLoss(label_smoothing=tc.label_smoothing),
-                      schedule=schedule, schedule_unit=tc.schedule_unit, epochs=epochs, iterations=iterations,
-                      out_dir=out, clip_norm=tc.clip_norm, checkpoint_every=tc.checkpoint_every,
-                      keep_last=tc.keep_last, progress=False, metadata=meta, config=resolved, log=log,
-                      **({"fused_sgd": True} if getattr(tc, "fused_sgd", False) else {}),
-                      **({"precision": tc.precision} if getattr(tc, "precision", "float32") != "float32" else {}))
+    trainer = build_trainer(tc, model, loader, None, out_dir=out, metadata=meta, config=resolved, log=log,
+                            trainer_class=study_trainer_class())
     t0 = time.perf_counter()
     trainer.resume()
     trainer.fit()
     seconds = time.perf_counter() - t0
-    _plot_curves(trainer.history, out / "curves.png")
+    plot_history(trainer.history, out / "curves.png")
     # Test labels index the test classes (background included), not A's outputs: no loss here.
     ev = evaluate(model, eval_loader(datasets["test"], meta, device=cfg["device"]), loss_fn=_no_loss,
                   return_outputs=True)
@@ -565,7 +383,7 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
                                     model_classes=classes)
     preds = []
     for i, (path, label) in enumerate(datasets["test"].samples):
-        preds.append({"file": _rel(path, spec["root"]), "true": spec["test_classes"][label],
+        preds.append({"file": relative_path(path, spec["root"]), "true": spec["test_classes"][label],
                       "pred": classes[int(stats["pred"][i])],
                       "pred_individual": classes[int(stats["pred_individual"][i])],
                       "probs": [float(p) for p in ev["probs"][i]]})
@@ -577,57 +395,8 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
             "weights": "final", "predictions": preds}
 
 
-def _trainer_class():
-    from .train import Trainer
-
-    class _ExperimentTrainer(Trainer):
-        """A Trainer that logs metrics every epoch but leaves the curves plot to the end."""
-
-        def _write_metrics(self, row):
-            if self.out_dir is not None:
-                io.atomic_write_text(self.out_dir / "metrics.jsonl",
-                                     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.history))
-    return _ExperimentTrainer
-
-
-def _Trainer(*args, **kwargs):
-    return _trainer_class()(*args, **kwargs)
-
-
-def _plot_curves(history, path):
-    try:
-        from .plots import plot_curves
-    except ImportError:  # matplotlib missing
-        return
-    if history:
-        try:
-            plot_curves(history, path)
-        except ImportError:
-            pass
-
-
 def _no_loss(logits, labels):
     return 0.0
-
-
-def _read_json(path: Path):
-    """The JSON object in ``path``, or None when the file is missing or not valid JSON (a run cut
-    short before its atomic write, or damaged): the caller then redoes that work."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return None
-
-
-def _complete(run_dir: Path, models, fingerprint):
-    res = _read_json(run_dir / "result.json")
-    if res is None:
-        return None
-    if res.get("fingerprint") != fingerprint or not all(m in res.get("models", {}) for m in models):
-        return None
-    return res
 
 
 def _run_one(job: dict, log=None) -> dict:
@@ -635,26 +404,10 @@ def _run_one(job: dict, log=None) -> dict:
     return run_resumable(job, f"[run {job['run']:02d}]", _run_one_inner, log)
 
 
-def run_resumable(job: dict, label: str, work, log=None) -> dict:
-    """``work(job, run_dir, log)`` unless ``run_dir`` already holds a complete ``result.json`` (then that
-    is returned); a failure is written to ``run_dir/run.log`` with its traceback and raised again."""
-    run_dir = Path(job["run_dir"])
-    done = _complete(run_dir, job["models"], job["fingerprint"])
-    if done is not None:
-        return done
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return work(job, run_dir, log)
-    except BaseException as e:
-        import traceback
-        _RunLog(run_dir / "run.log", label)(f"failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
-        raise
-
-
 def _run_one_inner(job, run_dir, log):
     spec, cfg, seeds, models = job["data"], job["config"], job["seeds"], job["models"]
     input_size, norm = job["input_size"], job["normalization"]
-    rlog = _RunLog(run_dir / "run.log", f"[run {job['run']:02d}]", echo=log)
+    rlog = RunLog(run_dir / "run.log", f"[run {job['run']:02d}]", echo=log)
     datasets = training_datasets(spec, input_size)
     loaders = training_loaders(datasets, cfg, seeds["order_seed"], input_size, norm)
     bg = spec["background"]
@@ -667,7 +420,7 @@ def _run_one_inner(job, run_dir, log):
                                                                    spec["classes_B"].index(bg))[0]),
                       "classifier_keys": changed}}
     else:
-        from .pipeline import build_model
+        from ..training.build import build_model
         model_b, changed = None, []
         model_a = build_model(cfg["model"], len(spec["individuals"]), cfg["model_args"], seed=seeds["init_seed"])
         model_a.input_size = tuple(input_size)
@@ -678,20 +431,20 @@ def _run_one_inner(job, run_dir, log):
     for key in [m for m in ("B", "A") if m in models]:
         out = run_dir / key
         eval_path = out / "eval.json"
-        res = _read_json(eval_path)
+        res = read_json_or_none(eval_path)
         if res is not None and res.get("init", {}).get("sha256") != init[key]["sha256"]:
             res = None
         if res is None:
             model, classes = built[key]
             built[key] = (None, classes)
-            mlog = _RunLog(run_dir / "run.log", f"[run {job['run']:02d} · {key}]", echo=log)
+            mlog = RunLog(run_dir / "run.log", f"[run {job['run']:02d} · {key}]", echo=log)
             mlog(f"training model {key} ({len(classes)} classes, {len(loaders[key].dataset)} photos)")
             res = _train_model(key, model, classes, datasets, loaders[key], cfg, norm, spec, out,
                                seeds["order_seed"], mlog)
             del model
             res["init"] = init[key]
-            res = _clean(res)
-            io.atomic_write_json(eval_path, res)
+            res = strict_json(res)
+            files.atomic_write_json(eval_path, res)
             if not cfg.get("keep_checkpoints"):  # keep the scored (final) weights only
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)
                 for name in ("best.safetensors", "best.json"):
@@ -705,33 +458,20 @@ def _run_one_inner(job, run_dir, log):
     if "A" in results and "B" in results:
         from .stats import table1_row
         result["row"] = table1_row(_stats(results["A"]), _stats(results["B"]))
-    result = _clean(result)
-    io.atomic_write_json(run_dir / "result.json", result)
+    result = strict_json(result)
+    files.atomic_write_json(run_dir / "result.json", result)
     rlog("result.json written")
     return result
 
 
 def _stats(model_result) -> dict:
-    return {k: (_num(v) if k.startswith("p") and k[1:].isdigit() else v)
+    return {k: (as_float(v) if k.startswith("p") and k[1:].isdigit() else v)
             for k, v in model_result["statistics"].items()}
 
 
 def _fmt(x, digits=4) -> str:
-    x = _num(x)
+    x = as_float(x)
     return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
-
-
-def _worker_init(threads: int):
-    """Each worker process uses ``threads`` threads for BLAS and for nabi's compiled kernels."""
-    from .backend import set_num_threads
-    set_num_threads(int(threads), required=False)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 # -- the experiment -------------------------------------------------------------------------------------------
@@ -752,15 +492,15 @@ def _check_args(runs, models, jobs, seed):
 
 
 def _fingerprint(spec, cfg, seed) -> str:
-    files = lambda lst: [(_rel(p, spec["root"]), c) for p, c in lst]  # noqa: E731
+    listing = lambda lst: [(relative_path(p, spec["root"]), c) for p, c in lst]  # noqa: E731
     what = {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
-            "train": files(spec["train"]), "test": files(spec["test"]), "seed": int(seed),
-            "config": {k: v for k, v in cfg.items() if k not in _EXECUTION_KEYS}}
-    return _sha(what)
+            "train": listing(spec["train"]), "test": listing(spec["test"]), "seed": int(seed),
+            "config": {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS}}
+    return sha256_of_json(what)
 
 
 def _normalization(cfg, spec, input_size):
-    from .pipeline import normalization_spec
+    from ..data.prepare import normalization_spec
     if cfg["normalize"] != "dataset":
         return normalization_spec(cfg["normalize"], None, input_size[0])
     ds = training_datasets(spec, input_size)
@@ -768,29 +508,37 @@ def _normalization(cfg, spec, input_size):
 
 
 def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", jobs=1, background="background",
-                   seed=0, overrides=None, log=print) -> dict:
+                   seed=0, overrides=None, log=print, executor="local", address=None, cpus_per_run=1,
+                   gpus_per_run=0) -> dict:
     """Run (or resume) the paired experiment into ``out_dir/<recipe>/``; returns the report dict.
 
     ``jobs`` > 1 runs that many runs at once in 'spawn' worker processes (each limits
     BLAS to ``max(1, cores // jobs)`` threads with threadpoolctl when installed);
-    ``jobs=1`` runs them one after another in this process. ``overrides`` replaces
-    recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every input check
-    raises ``ValueError`` before anything is trained or written.
+    ``jobs=1`` runs them one after another in this process. ``executor='ray'`` runs each run as a
+    Ray task instead (``jobs`` must then stay 1): on a local Ray instance, or on the cluster at
+    ``address``, with ``cpus_per_run``/``gpus_per_run`` each (see ``ray_executor.run_on_ray``).
+    ``overrides`` replaces recipe settings (e.g. ``{'epochs': 5, 'image_size': 112}``). Every
+    input check raises ``ValueError`` before anything is trained or written.
     """
     log = log or (lambda *a, **k: None)
     models = _check_args(runs, models, jobs, seed)
+    if executor == "ray" and jobs != 1:
+        raise ValueError("--jobs is for the local executor; with --executor ray each run is a Ray task "
+                         "(share the cores with --cpus-per-run)")
+    check_executor(executor, address, cpus_per_run, gpus_per_run)
     cfg = resolve_recipe(recipe, overrides)
+    recipe = cfg["recipe"]                  # an old name resolves to the current one
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]))
-    input_size = _probe_model(cfg)
+    input_size = probe_input_size(cfg)
     counts = {"B": len(spec["train"]), "A": sum(c != spec["background"] for _, c in spec["train"])}
     n_classes = {"A": len(spec["individuals"]), "B": len(spec["classes_B"])}
     for m in models:
         steps = math.ceil(counts[m] * cfg["offline_variants"] / cfg["batch_size"])
         epochs, iterations = _model_length(cfg, n_classes[m], steps)
         total = iterations or epochs * steps
-        if cfg["schedule"] == "seed2019" and (cfg["schedule_unit"] == "iteration" and total < 11
+        if cfg["schedule"] == "linear_step" and (cfg["schedule_unit"] == "iteration" and total < 11
                                               or cfg["schedule_unit"] == "epoch" and (epochs or 0) < 11):
-            raise ValueError(f"schedule 'seed2019' lowers the rate 10 times and needs at least 11 steps; "
+            raise ValueError(f"schedule 'linear_step' lowers the rate 10 times and needs at least 11 steps; "
                              f"model {m} would get {total} iterations")
     fingerprint = _fingerprint(spec, cfg, seed)
     exp_dir = Path(out_dir) / recipe
@@ -801,20 +549,20 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
             diff = [k for k in ("root", "layout", "background", "seed") if old.get("data", {}).get(k) !=
                     {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
                      "seed": int(seed)}[k]]
-            diff += [f"config.{k}" for k, v in cfg.items() if k not in _EXECUTION_KEYS
-                     and old.get("config", {}).get(k) != _clean(v)]
+            diff += [f"config.{k}" for k, v in cfg.items() if k not in EXECUTION_KEYS
+                     and old.get("config", {}).get(k) != strict_json(v)]
             raise ValueError(f"{exp_dir} holds an experiment with a different setup "
                              f"(differs in: {', '.join(diff) or 'the photo lists'}); use another out_dir or "
                              "delete that folder")
     norm = _normalization(cfg, spec, input_size) if cfg["normalize"] != "dataset" else None
     seeds_all = run_seeds(seed, runs)
     exp_dir.mkdir(parents=True, exist_ok=True)
-    io.atomic_write_json(exp_dir / "split.json", _clean({k: spec[k] for k in ("root", "layout", "background",
+    files.atomic_write_json(exp_dir / "split.json", strict_json({k: spec[k] for k in ("root", "layout", "background",
                                                                              "train", "test", "test_ratio")}))
     experiment = {"format": "nabi-experiment", "nabi_version": __version__, "recipe": recipe,
                   "description": cfg.get("description", ""), "models": list(models), "seed": int(seed),
                   "runs": int(runs), "fingerprint": fingerprint, "input_size": input_size,
-                  "config": _clean(cfg),
+                  "config": strict_json(cfg),
                   "data": {k: spec[k] for k in ("root", "layout", "background", "classes_B", "individuals",
                                                 "test_classes", "has_background", "test_ratio")} | {"seed": int(seed)},
                   "counts": {"train_B": counts["B"], "train_A": counts["A"], "test": len(spec["test"]),
@@ -826,7 +574,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
         old = json.loads(exp_file.read_text(encoding="utf-8"))
         experiment["runs"] = max(int(runs), int(old.get("runs", 0)))
         experiment["run_seeds"] = run_seeds(seed, experiment["runs"])
-    io.atomic_write_json(exp_file, experiment)
+    files.atomic_write_json(exp_file, experiment)
     log(f"experiment {exp_dir}: recipe {recipe} ({cfg['model']} at {input_size[1]}×{input_size[2]}), "
         f"models {', '.join(models)}, {runs} run(s), seed {seed}")
 
@@ -837,62 +585,37 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     jobs_list = []
     for s in seeds_all:
         run_dir = exp_dir / "runs" / f"run-{s['run']:02d}"
-        if _complete(run_dir, models, fingerprint) is not None:
+        if completed_result(run_dir, models, fingerprint) is not None:
             log(f"run {s['run']:02d}: complete, kept ({run_dir / 'result.json'})")
             continue
         jobs_list.append({"run": s["run"], "run_dir": str(run_dir), "seeds": s, "models": list(models),
                           "fingerprint": fingerprint, "data": spec, "config": cfg, "input_size": input_size,
                           "normalization": norm})
     t0 = time.perf_counter()
-    if jobs == 1 or len(jobs_list) <= 1:
+    if executor == "ray":
+        run_on_ray(jobs_list, _run_one, log, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+    elif jobs == 1 or len(jobs_list) <= 1:
         for job in jobs_list:
             log(f"run {job['run']:02d}: starting")
             _run_one(job, log=log)
             log(f"run {job['run']:02d}: done")
     else:
-        _run_parallel(jobs_list, jobs, log)
+        run_parallel(jobs_list, jobs, log, _run_one)
     log(f"{len(jobs_list)} run(s) trained in {time.perf_counter() - t0:.1f} s")
     report = write_report(exp_dir, runs=runs)
     recipes = [p for p in Path(out_dir).iterdir() if (p / "report.json").is_file()]
     if len(recipes) >= 2:
-        io.atomic_write_text(Path(out_dir) / "recipes.md", compare_recipes(out_dir))
+        files.atomic_write_text(Path(out_dir) / "recipes.md", compare_recipes(out_dir))
         report["files"]["recipes_md"] = str(Path(out_dir) / "recipes.md")
     log(f"report: {report['files']['report_md']}")
     return report
-
-
-def _run_parallel(jobs_list, jobs, log, fn=None):
-    """Run ``fn(job)`` (default: one paired experiment run) for every job in 'spawn' worker processes."""
-    fn = fn or _run_one
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    n = min(int(jobs), len(jobs_list))
-    threads = max(1, _cores() // int(jobs))
-    log(f"{len(jobs_list)} run(s) on {n} worker processes, {threads} BLAS thread(s) each")
-    failures = []
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(fn, job): job for job in jobs_list}
-        for f in as_completed(futures):
-            job = futures[f]
-            try:
-                f.result()
-                log(f"run {job['run']:02d}: done")
-            except BaseException as e:  # noqa: BLE001 - reported below, the other runs go on
-                failures.append((job["run"], e))
-                log(f"run {job['run']:02d}: failed: {type(e).__name__}: {e} (see {job['run_dir']}/run.log)")
-    if failures:
-        failures.sort(key=lambda f: f[0])
-        msg = "; ".join(f"run {r:02d}: {type(e).__name__}: {e}" for r, e in failures)
-        raise RuntimeError(f"{len(failures)} run(s) failed ({msg}); finished runs are kept, run the same "
-                           "command again to resume") from failures[0][1]
 
 
 # -- reports ------------------------------------------------------------------------------------------------
 def _load_results(exp_dir: Path, runs: int, models, fingerprint) -> list:
     out = []
     for r in range(1, runs + 1):
-        res = _complete(exp_dir / "runs" / f"run-{r:02d}", models, fingerprint)
+        res = completed_result(exp_dir / "runs" / f"run-{r:02d}", models, fingerprint)
         if res is None:
             raise RuntimeError(f"run {r:02d} in {exp_dir} is not complete; run the experiment again to finish it")
         out.append(res)
@@ -908,7 +631,7 @@ def _row(res, columns) -> dict:
     row = {}
     for c in columns:
         m, p = c.split("·")
-        row[c] = _num(res["models"][m]["statistics"][p.lower()])
+        row[c] = as_float(res["models"][m]["statistics"][p.lower()])
     return row
 
 
@@ -989,16 +712,16 @@ def write_report(exp_dir, runs=None) -> dict:
                   "differences dropped); sign test: exact, two-sided."]
         if notes:
             lines += [""] + [f"- note: {n}" for n in notes]
-    ref = [mean_std(SEED2019_TABLE1[c])[0] for c in columns]
-    lines += ["", "## For reference: seed 000's Table 1 (2019, 10 runs)", "",
+    ref = [mean_std(REPORT2019_TABLE1[c])[0] for c in columns]
+    lines += ["", "## For reference: Table 1 of the 2019 report (alexnet336, 10 runs)", "",
               "| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns),
               "| 2019 Avg | " + " | ".join(f"{v:.4f}" for v in ref) + " |", ""]
     markdown = "\n".join(lines) + "\n"
-    io.atomic_write_text(exp_dir / "report.md", markdown)
-    files = {"report_md": str(exp_dir / "report.md"), "report_csv": str(csv_path),
+    files.atomic_write_text(exp_dir / "report.md", markdown)
+    outputs = {"report_md": str(exp_dir / "report.md"), "report_csv": str(csv_path),
              "report_json": str(exp_dir / "report.json"), "report_png": None}
     try:
-        files["report_png"] = str(_plot(exp_dir / "report.png", rows, labels, comparisons, exp["recipe"]))
+        outputs["report_png"] = str(_plot(exp_dir / "report.png", rows, labels, comparisons, exp["recipe"]))
     except ImportError:  # matplotlib missing: the tables have every number
         pass
     report = {"format": "nabi-experiment-report", "nabi_version": __version__, "recipe": exp["recipe"],
@@ -1010,29 +733,27 @@ def write_report(exp_dir, runs=None) -> dict:
                            **{m: {"statistics": res["models"][m]["statistics"], "init": res["models"][m].get("init"),
                                   "training": res["models"][m].get("training")} for m in models}}
                           for res in results],
-              "reference_2019": {"table": SEED2019_TABLE1, "avg": dict(zip(columns, ref))},
-              "markdown": markdown, "files": files}
-    io.atomic_write_json(exp_dir / "report.json", _clean(report))
+              "reference_2019": {"table": REPORT2019_TABLE1, "avg": dict(zip(columns, ref))},
+              "markdown": markdown, "files": outputs}
+    files.atomic_write_json(exp_dir / "report.json", strict_json(report))
     return report
 
 
 def _comparison_line(s) -> str:
-    d = _num(s["mean_diff"])
-    lo, hi = _num(s["ci_low"]), _num(s["ci_high"])
+    d = as_float(s["mean_diff"])
+    lo, hi = as_float(s["ci_low"]), as_float(s["ci_high"])
     ci = "n/a" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]"
     dd = "n/a" if math.isnan(d) else f"{d:+.4f}"
-    p = lambda x: "n/a" if math.isnan(_num(x)) else f"{_num(x):.4g}"  # noqa: E731
+    p = lambda x: "n/a" if math.isnan(as_float(x)) else f"{as_float(x):.4g}"  # noqa: E731
     return (f"| {s['b']} − {s['a']} | {s['n']} | {_fmt(s['mean_a'])} | {_fmt(s['mean_b'])} | {dd} | {ci} | "
             f"{p(s['wilcoxon_p'])} | {p(s['sign_p'])} | {s['n_pos']} / {s['n_neg']} / {s['n_zero']} |")
 
 
 def _plot(path, rows, labels, comparisons, recipe):
-    from .plots import _pyplot, save_figure
-    plt = _pyplot()
+    from ..plots import plotting, save_figure
     pairs = list(_COMPARISONS) if comparisons else []
     cols = list(rows[0]) if rows else []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with plotting() as plt:
         if not pairs:  # one model: its columns per run
             fig, ax = plt.subplots(figsize=(6, 3.8))
             for c in cols:
@@ -1047,11 +768,11 @@ def _plot(path, rows, labels, comparisons, recipe):
                     colour = "tab:green" if yb > ya else ("tab:red" if yb < ya else "tab:gray")
                     ax.plot([0, 1], [ya, yb], "o-", color=colour, alpha=0.6, lw=1)
                 s = comparisons[f"{a} vs {b}"]
-                ax.plot([0, 1], [_num(s["mean_a"]), _num(s["mean_b"])], "s-", color="black", lw=2.5, label="mean")
+                ax.plot([0, 1], [as_float(s["mean_a"]), as_float(s["mean_b"])], "s-", color="black", lw=2.5, label="mean")
                 ax.set_xticks([0, 1])
                 ax.set_xticklabels([a, b])
                 ax.set_xlim(-0.3, 1.3)
-                d, p = _num(s["mean_diff"]), _num(s["sign_p"])
+                d, p = as_float(s["mean_diff"]), as_float(s["sign_p"])
                 ax.set_title(f"{b} − {a}: {d:+.3f}" + ("" if math.isnan(p) else f" (sign p={p:.3g})"), fontsize=10)
                 ax.grid(alpha=0.3)
             axes[0].set_ylabel("accuracy")
@@ -1085,7 +806,7 @@ def compare_recipes(out_dir) -> str:
             cells.append("–" if s is None else f"{_fmt(s['mean'])} ± {_fmt(s['std'])}")
         comp = r.get("comparisons", {}).get(key)
         if comp:
-            d, lo, hi = _num(comp["mean_diff"]), _num(comp["ci_low"]), _num(comp["ci_high"])
+            d, lo, hi = as_float(comp["mean_diff"]), as_float(comp["ci_low"]), as_float(comp["ci_high"])
             diff = "n/a" if math.isnan(d) else (f"{d:+.4f}" + ("" if math.isnan(lo) else f" [{lo:+.4f}, {hi:+.4f}]"))
             p = _fmt(comp["sign_p"])
         else:
@@ -1093,18 +814,10 @@ def compare_recipes(out_dir) -> str:
         C, H, W = r["input_size"]
         lines.append(f"| {r['recipe']} | {r['config']['model']} {H}×{W} | {r['runs']} | " + " | ".join(cells)
                      + f" | {diff} | {p} |")
-    ref = " | ".join(f"{float(np.mean(SEED2019_TABLE1[c])):.4f}" for c in TABLE1_COLUMNS)
-    lines.append(f"| 2019 report (seed 000) | alexnet336 336×336 | 10 | {ref} | "
-                 f"{np.mean(SEED2019_TABLE1['B·P4']) - np.mean(SEED2019_TABLE1['A·P2']):+.4f} | – |")
+    ref = " | ".join(f"{float(np.mean(REPORT2019_TABLE1[c])):.4f}" for c in TABLE1_COLUMNS)
+    lines.append(f"| 2019 report | alexnet336 336×336 | 10 | {ref} | "
+                 f"{np.mean(REPORT2019_TABLE1['B·P4']) - np.mean(REPORT2019_TABLE1['A·P2']):+.4f} | – |")
     return "\n".join(lines) + "\n"
-
-
-# -- command line helpers -----------------------------------------------------------------------------------------
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def add_arguments(parser):
@@ -1113,19 +826,28 @@ def add_arguments(parser):
                                      "(split by --set test_ratio=…)")
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
     parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
-    parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES),
-                        help="seed2019 (the 2019 setup), modern (default) or tiny")
+    parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES) + sorted(RENAMED_RECIPES),
+                        help="alexnet336-2019 (the 2019 campus-cat report's setup; its old name seed2019 still "
+                             "works), modern (ResNet-18, AdamW, strong augmentation) or tiny (for tests)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
+    add_executor_arguments(parser)
     parser.add_argument("--background", default="background", help="the background folder's name")
     parser.add_argument("--seed", type=int, default=0, help="experiment seed: the split and every run's seeds")
     parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/")
-    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead")
-    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead")
-    parser.add_argument("--iterations-per-class", type=int, help="iterations per class (seed 000: 2000)")
-    parser.add_argument("--image-size", type=int, help="input size (models with a fixed size refuse others)")
-    parser.add_argument("--device", choices=["cpu", "gpu"])
+    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead "
+                                                   "(default: the recipe's length)")
+    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead "
+                                                       "(default: the recipe's length)")
+    parser.add_argument("--iterations-per-class", type=int,
+                        help="train each model this many iterations per class it learns; the 2019 report used "
+                             "2,000 (default: the recipe's length)")
+    parser.add_argument("--image-size", type=int, help="input size; models with a fixed size refuse others "
+                                                       "(default: the recipe's)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], help="where the networks train; gpu needs the gpu "
+                                                                 "extra (default: the recipe's, else cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable)")
+                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable; "
+                             "default: none)")
     return parser
 
 
@@ -1136,14 +858,14 @@ def main_from_args(args, log=print) -> int:
         if "=" not in item:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        overrides[k.strip().replace("-", "_")] = _parse_value(v.strip())
+        overrides[k.strip().replace("-", "_")] = parse_value(v.strip())
     for k in ("epochs", "iterations", "iterations_per_class", "image_size", "device"):
         v = getattr(args, k, None)
         if v is not None:
             overrides[k] = v
     report = run_experiment(args.data, args.out, runs=args.runs, models=args.models, recipe=args.recipe,
                             jobs=args.jobs, background=args.background, seed=args.seed, overrides=overrides,
-                            log=log)
+                            log=log, **executor_kwargs(args))
     log(report["markdown"])
     log("written: " + ", ".join(v for v in report["files"].values() if v))
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from .. import files
 
 SEP = "::"
 
@@ -69,10 +69,10 @@ def save_checkpoint(run_dir, model, optimizer, state: dict, model_metadata: dict
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        io.save_weights(tmp / "model.safetensors", model.state_dict(), model_metadata or {})
+        files.save_weights(tmp / "model.safetensors", model.state_dict(), model_metadata or {})
         arrays, meta = _flatten_optimizer(optimizer.state_dict())
-        io.save_weights(tmp / "optimizer.safetensors", arrays, meta)
-        io.atomic_write_json(tmp / "state.json", state)
+        files.save_weights(tmp / "optimizer.safetensors", arrays, meta)
+        files.atomic_write_json(tmp / "state.json", state)
         _fsync_dir(tmp)
         if final.exists():  # the same iteration saved twice (e.g. Ctrl-C right after a save)
             shutil.rmtree(final)
@@ -81,7 +81,7 @@ def save_checkpoint(run_dir, model, optimizer, state: dict, model_metadata: dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    io.atomic_write_text(ckpt_root / "latest", name + "\n")
+    files.atomic_write_text(ckpt_root / "latest", name + "\n")
     _prune(ckpt_root, keep_last, keep=name)
     return final
 
@@ -111,8 +111,8 @@ def load_checkpoint(path) -> dict:
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"{path} is not a nabi checkpoint folder (no state.json)")
     import json
-    model_state, model_meta = io.load_weights(path / "model.safetensors")
-    opt_arrays, opt_meta = io.load_weights(path / "optimizer.safetensors")
+    model_state, model_meta = files.load_weights(path / "model.safetensors")
+    opt_arrays, opt_meta = files.load_weights(path / "optimizer.safetensors")
     with open(path / "state.json", encoding="utf-8") as f:
         state = json.load(f)
     return {"model": model_state, "model_metadata": model_meta,

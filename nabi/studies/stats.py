@@ -267,6 +267,6 @@ def table_csv(rows: Sequence, columns: Sequence[str] = TABLE1_COLUMNS, path=None
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        from .io import atomic_write_text
+        from ..files import atomic_write_text
         atomic_write_text(path, text)
     return text

@@ -1,6 +1,6 @@
 """Export a nabi model to ONNX with the ``onnx`` helper API (no PyTorch involved).
 
-    from nabi.onnx_export import export_onnx, verify_onnx
+    from nabi.files.onnx import export_onnx, verify_onnx
     export_onnx(net, "net.onnx", (3, 224, 224), class_names=["cat", "dog"])
     verify_onnx(net, "net.onnx", x)          # max |onnxruntime − nabi| on x
 
@@ -22,16 +22,16 @@ import os
 
 import numpy as np
 
-from . import backend
-from .functional.shape import output_hw
-from .layers.activation import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from .io import atomic_write_bytes
-from .layers.container import Concat, Residual, Sequential
-from .layers.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
-from .layers.linear import Flatten, Linear
-from .layers.module import Parameter
-from .layers.norm import BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm
-from .summary import _Tagged, _unique_named_modules, preserved_eval, wrap_forwards
+from .. import backend
+from ..functional.shape import output_hw
+from ..layers.activation import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from . import atomic_write_bytes
+from ..layers.container import Concat, Residual, Sequential
+from ..layers.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from ..layers.linear import Flatten, Linear
+from ..layers.module import Parameter
+from ..layers.norm import BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm
+from ..summary import _Tagged, _unique_named_modules, preserved_eval, wrap_forwards
 
 __all__ = ["export_onnx", "verify_onnx"]
 
@@ -268,7 +268,7 @@ def export_onnx(model, path, input_shape, opset=17, input_name="input", output_n
     opsets = [helper.make_opsetid("", int(opset))]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="nabi",
                               ir_version=helper.find_min_ir_version_for(opsets))
-    from . import __version__
+    from .. import __version__
     proto.producer_version = __version__
     if class_names is not None:
         helper.set_model_props(proto, {"class_names": json.dumps([str(c) for c in class_names])})

@@ -1,0 +1,565 @@
+"""The ``nabi`` command line: train, eval, predict, summary, export, demo (``nabi COMMAND --help``).
+
+Exit codes: 0 success; 1 an error in the input (its message names the file or
+argument); 2 a usage error (argparse); 3 training diverged (NaN/Inf loss);
+130 interrupted (state saved, ``--resume`` continues).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
+
+
+P_DEFINITIONS = """\
+With a background class (photos of the places the animals are seen in, without
+an animal), four accuracies are reported, after the background-class protocol
+of the report "CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한 성능
+개선" (COSE362, Korea University, 2019):
+  P1  accuracy on every test photo, background photos included (a background
+      photo is right when called background)
+  P2  accuracy on the animal photos (an animal called background is wrong)
+  P3  accuracy on the animal photos the model did not call background
+  P4  accuracy on the animal photos, taking the most likely individual
+      (the background output ignored)
+A model without a background output has P3 = P4 = P2."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and example epilogs keep their line breaks; every flag's help ends with its default.
+
+    A default of None, False (an off switch) or [] says nothing and is left out;
+    help that already names its default is left as it is.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is argparse.SUPPRESS or default is None or default is False \
+                or default == [] or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _examples(*lines):
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add_train_args(p, defaults):
+    d = defaults
+
+    def dflt(value, none="none"):
+        return f"(default: {none if value is None else value})"
+    p.add_argument("data", nargs="?", help="a folder with one sub-folder per class (or train/ val/ test/), "
+                                           f"or embedded:mnist5k / embedded:digits8x8 {dflt(d.data)}")
+    p.add_argument("--config", help="a TOML file whose keys stand in for these flags; flags given win "
+                                    "(default: none)")
+    p.add_argument("--model", help=f"a zoo model name; `nabi summary --list` lists them {dflt(d.model)}")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
+                   help="an argument of the model's builder, e.g. --model-arg activation=relu (repeatable; "
+                        "default: none)")
+    p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (e.g. a pretrain run's "
+                   "backbone.safetensors): every array matching by name and shape is loaded (default: none: "
+                   "the model's own initialisation)")
+    p.add_argument("--epochs", type=int, help=f"passes over the training images {dflt(d.epochs)}")
+    p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead of --epochs "
+                                                  f"{dflt(d.iterations, 'none: --epochs decides')}")
+    p.add_argument("--batch-size", type=int, help=f"images per optimiser step {dflt(d.batch_size)}")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"the update rule {dflt(d.optimizer)}")
+    p.add_argument("--lr", type=float, help=f"learning rate (the schedule's starting value) {dflt(d.lr)}")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum {dflt(d.momentum)}")
+    p.add_argument("--weight-decay", type=float, help=f"L2 weight decay (decoupled for adamw) "
+                                                      f"{dflt(d.weight_decay)}")
+    p.add_argument("--schedule", choices=["constant", "step", "cosine", "warmup_cosine", "linear_step",
+                                          "seed2019"],
+                   metavar="{constant,step,cosine,warmup_cosine,linear_step}",
+                   help="how the learning rate changes: step multiplies it by gamma (0.1) every step_size (10) "
+                        "steps (TOML keys step_size, gamma, schedule_unit), cosine anneals it to 0, warmup_cosine ramps up for --warmup steps "
+                        "first, linear_step lowers it from 1.5e-5 to 5e-6 in 10 equal steps (the 2019 report's "
+                        f"schedule; its old name seed2019 still works) {dflt(d.schedule)}")
+    p.add_argument("--warmup", type=int, help=f"warm-up steps for warmup_cosine {dflt(d.warmup)}")
+    p.add_argument("--label-smoothing", type=float, help="spread this much of each target's probability over "
+                                                         f"the other classes {dflt(d.label_smoothing)}")
+    p.add_argument("--clip-norm", type=float, help="clip the gradient's global L2 norm to this value "
+                                                   f"{dflt(d.clip_norm, 'none: no clipping')}")
+    p.add_argument("--fused-sgd", action="store_true", default=None,
+                   help="plain SGD only: update each layer inside backward, never storing weight gradients "
+                        "(default: off)")
+    p.add_argument("--precision", choices=["float32", "float16"],
+                   help="float16: mixed precision (float16 compute, float32 master weights, dynamic loss "
+                        f"scaling); meant for --device gpu, slow on the CPU {dflt(d.precision)}")
+    p.add_argument("--image-size", type=int, help="resize/crop photos to this size "
+                                                  f"{dflt(d.image_size, 'the model’s input size')}")
+    p.add_argument("--normalize", choices=["unit", "pixel256", "dataset", "imagenet", "seed2019"],
+                   metavar="{unit,pixel256,dataset,imagenet}",
+                   help="input scaling: unit = pixel/255, pixel256 = pixel/256 (the 2019 report's; old name "
+                        "seed2019), dataset = the training images' per-channel mean and std, imagenet = "
+                        f"ImageNet's mean and std {dflt(d.normalize)}")
+    p.add_argument("--augment", choices=["none", "flip", "standard", "strong"],
+                   help="online augmentation: flip = horizontal flips, standard = flips and padded random "
+                        "crops, strong = random resized crops, flips, rotation and colour jitter "
+                        f"{dflt(d.augment)}")
+    p.add_argument("--val-ratio", type=float, help="share of each class held out for validation (ignored when "
+                                                   f"DATA has val/) {dflt(d.val_ratio)}")
+    p.add_argument("--test-ratio", type=float, help="share of each class held out for the final test (ignored "
+                                                    f"when DATA has test/) {dflt(d.test_ratio)}")
+    p.add_argument("--exclude", action="append", help="leave out a class folder (repeatable; default: none)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="a corrupt image is an error, not a warning (default: off)")
+    p.add_argument("--seed", type=int, help=f"seeds the split, the initial weights and the batch order "
+                                            f"{dflt(d.seed)}")
+    p.add_argument("--device", choices=["cpu", "gpu"], help=f"gpu needs the gpu extra {dflt(d.device)}")
+    p.add_argument("--workers", type=int, help=f"background threads decoding images {dflt(d.workers)}")
+    p.add_argument("--cache", action="store_true", default=None,
+                   help="keep decoded images in memory after the first epoch (uint8; CIFAR-10 needs ~150 MB) "
+                        "(default: off)")
+    p.add_argument("--out", help=f"the run folder to write {dflt(d.out)}")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations "
+                                                        f"{dflt(d.checkpoint_every, 'at each epoch end only')}")
+    p.add_argument("--keep-last", type=int, help=f"checkpoints to keep {dflt(d.keep_last)}")
+    p.add_argument("--early-stopping", type=int, help="stop after N epochs without a better validation accuracy "
+                                                      f"{dflt(d.early_stopping, 'none: never stop early')}")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
+                                                         "(default: off)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (default: a bar on a terminal, a line every 15 s in a log)")
+
+
+def _config_from_args(args, base=None):
+    from ..training.config import TrainConfig, load_toml
+    cfg = dict(base or {})
+    if getattr(args, "config", None):
+        cfg.update(load_toml(args.config))
+    mapping = {f: f for f in TrainConfig.__dataclass_fields__}
+    for key in mapping:
+        value = getattr(args, key, None)
+        if value is not None:
+            cfg[key] = value
+    for item in getattr(args, "model_arg", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg must look like KEY=VALUE, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value                       # a bare word: a string
+        cfg["model_args"] = {**cfg.get("model_args", {}), key: parsed}
+    return TrainConfig.from_dict(cfg)
+
+
+def cmd_train(args):
+    from ..training.build import run_training
+    cfg = _config_from_args(args)
+    if cfg.data is None:
+        raise ValueError("give a data folder (or embedded:mnist5k)")
+    trainer, parts = run_training(cfg, resume=args.resume)
+    _final_test(trainer, parts, cfg)
+    print(f"run folder: {cfg.out}")
+    return 0
+
+
+def _final_test(trainer, parts, cfg):
+    """Evaluate the best weights on the held-out test part, and write test.json."""
+    from .. import files
+    from ..runs import load_run
+    from ..data.prepare import eval_loader
+    from ..training.trainer import evaluate
+    if parts.get("test") is None:
+        return None
+    model, meta = load_run(cfg.out, device=cfg.device)
+    ev = evaluate(model, eval_loader(parts["test"], meta, device=cfg.device))
+    result = {"test_acc": ev["acc"], "test_loss": ev["loss"], "n": ev["n"], "weights": "best"}
+    if len(meta["classes"]) > 5:
+        result["test_top5"] = ev["topk"]
+    files.atomic_write_json(Path(cfg.out) / "test.json", result)
+    print(f"test accuracy {ev['acc']:.4f} on {ev['n']} held-out images (best weights)")
+    return result
+
+
+def cmd_demo(args):
+    """Train LeNet-5 on the embedded 5,000-image MNIST sample, evaluate it, and keep the run folder."""
+    from ..training.config import TrainConfig
+    from ..training.build import run_training
+    cfg = TrainConfig(data="embedded:mnist5k", model="lenet5", model_args={"activation": "relu", "pool": "max"},
+                      epochs=args.epochs, batch_size=32, optimizer="adam", lr=2e-3, schedule="cosine",
+                      val_ratio=0.1, test_ratio=0.2, seed=args.seed, out=args.out, progress=not args.no_progress)
+    print("nabi demo: LeNet-5 on the 5,000-digit MNIST sample stored in nabi (70% train, 10% validation, 20% test)")
+    trainer, parts = run_training(cfg)
+    result = _final_test(trainer, parts, cfg)
+    _eval_report(cfg.out, parts["test"], cfg.device, Path(cfg.out) / "eval")
+    print(f"run folder: {cfg.out}  (nabi predict {cfg.out} IMAGE · nabi eval {cfg.out} DATA)")
+    return 0 if result is not None else EXIT_ERROR
+
+
+def _eval_report(run, dataset, device, out_dir, json_out=False, background=None):
+    """Accuracy, per-class report, confusion matrix (text and PNG), and P1–P4 with a background class."""
+    from .. import evaluate as E
+    from .. import files
+    from ..runs import load_run
+    from ..data.prepare import eval_loader
+    from ..training.trainer import evaluate
+    model, meta = load_run(run, device=device)
+    ev = evaluate(model, eval_loader(dataset, meta, device=device), return_outputs=True)
+    classes = meta["classes"]
+    ds_classes = list(getattr(dataset, "classes", None) or classes)
+    labels = ev["labels"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"accuracy": ev["acc"], "n": ev["n"], "classes": classes}
+    if ds_classes == classes:
+        cm = E.confusion_matrix(ev["probs"], labels, len(classes))
+        text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
+        report["confusion_matrix"] = cm.tolist()
+        try:
+            E.plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
+            plotted = True
+        except ModuleNotFoundError as e:   # matplotlib is an extra: the numbers are all in eval.json/eval.txt
+            from ..extras import missing_module_message
+            print(f"confusion_matrix.png not drawn: {missing_module_message(e) or e}", file=sys.stderr)
+            plotted = False
+        if len(classes) > 5:
+            report["top5"] = ev["topk"]
+    else:
+        text, plotted = "", False
+    bg = background or ("background" if "background" in ds_classes else None)
+    if bg is not None and bg in ds_classes:
+        stats = E.background_statistics(ev["probs"], labels, ds_classes, background=bg, model_classes=classes)
+        text += "\n\n" + E.format_report(stats)
+        report["background_statistics"] = {k: v for k, v in stats.items()
+                                           if isinstance(v, (int, float, str, list)) and k not in
+                                           ("pred", "pred_individual", "pred_name", "target", "correct",
+                                            "is_background_photo")}
+    files.atomic_write_json(out_dir / "eval.json", report)
+    files.atomic_write_text(out_dir / "eval.txt", text + "\n")
+    if json_out:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        print(f"accuracy {ev['acc']:.4f} on {ev['n']} images")
+        print(text)
+        print(f"written: {out_dir}/eval.json, eval.txt" + (", confusion_matrix.png" if plotted else ""))
+    return report
+
+
+def cmd_eval(args):
+    from .. import data as D
+    from ..runs import load_run
+    if args.masked:
+        return _masked_eval(args)
+    _, meta = load_run(args.run)
+    C, H, W = meta["input_size"]
+    root = Path(args.data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    splits = D.find_splits(root)
+    if splits and "test" in splits:
+        root = Path(splits["test"])
+    classes = meta["classes"]
+    folder_classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [c for c in folder_classes if c not in classes and c != (args.background or "background")]
+    if unknown:
+        raise ValueError(f"{root}: class folders {unknown} are not among the model's classes {classes}")
+    ds = D.ImageFolder(root, image_size=(H, W), channels=C, classes=None, strict=args.strict)
+    ds.verify()
+    out_dir = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else ".") / "eval"
+    _eval_report(args.run, ds, args.device, out_dir, json_out=args.json, background=args.background)
+    return 0
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from .. import data as D
+    from ..functional.activation import softmax
+    from ..data.prepare import eval_transforms
+    from ..runs import load_run
+    from .. import backend
+    model, meta = load_run(args.run, device=args.device)
+    C, H, W = meta["input_size"]
+    target = Path(args.image)
+    if target.is_dir():
+        paths = sorted(p for p in target.rglob("*") if p.suffix.lower().lstrip(".") in
+                       {e.lstrip(".").lower() for e in D.IMG_EXTENSIONS})
+        if not paths:
+            raise ValueError(f"{target} holds no images ({', '.join(sorted(D.IMG_EXTENSIONS))})")
+    elif target.is_file():
+        paths = [target]
+    else:
+        raise FileNotFoundError(f"{target} does not exist")
+    transforms = [t for t in eval_transforms((H, W), meta["normalization"]) if t is not None]
+    classes = meta["classes"]
+    k = min(args.topk, len(classes))
+    results = []
+    for path in paths:
+        try:
+            x = D.load_image(path, channels=C, image_size=(H, W))
+        except Exception as e:  # a corrupt file: report it and go on
+            results.append({"file": str(path), "error": str(e)})
+            continue
+        for t in transforms:
+            x = t(x, None)
+        p = backend.to_numpy(softmax(model(backend.to_device(x[None], args.device)), axis=1))[0]
+        top = np.argsort(-p, kind="stable")[:k]
+        results.append({"file": str(path), "top": [{"class": classes[i], "probability": float(p[i])} for i in top]})
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}: ERROR {r['error']}")
+            else:
+                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
+    return 0 if all("error" not in r for r in results) else EXIT_ERROR
+
+
+def _parse_shape(text):
+    try:
+        parts = tuple(int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise ValueError(f"--input must look like 3x224x224, got {text!r}") from None
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"--input must be CxHxW with positive sizes, got {text!r}")
+    return parts
+
+
+def cmd_summary(args):
+    from .. import models
+    if args.list or not args.model:
+        print("\n".join(models.names()))
+        return 0
+    kwargs = {}
+    if args.classes:
+        kwargs["num_classes"] = args.classes
+    model = models.get(args.model, **kwargs)
+    shape = _parse_shape(args.input) if args.input else tuple(model.input_size)
+    result = model.summary(shape, batch_size=args.batch_size, file=False if args.markdown else None)
+    if args.markdown:
+        print(result.to_markdown())
+    return 0
+
+
+def cmd_export(args):
+    from ..files.onnx import export_onnx, verify_onnx
+    from ..runs import load_run
+    from .. import models
+    import numpy as np
+    src = Path(args.source)
+    if src.exists():
+        model, meta = load_run(src)
+        shape, classes = tuple(meta["input_size"]), meta["classes"]
+    else:
+        model = models.get(args.source, **({"num_classes": args.classes} if args.classes else {}))
+        model.eval()
+        shape, classes = tuple(model.input_size), None
+    if not args.onnx:
+        raise ValueError("give --onnx OUT.onnx")
+    export_onnx(model, args.onnx, shape, class_names=classes)
+    x = np.random.default_rng(0).random((2,) + shape, dtype=np.float32)
+    diff = verify_onnx(model, args.onnx, x)
+    print(f"wrote {args.onnx}; onnxruntime vs nabi max |Δlogit| = {diff:.2e}")
+    return 0
+
+
+def cmd_explain(args):
+    """Grad-CAM and occlusion heat-maps over a photo: what is the network looking at?"""
+    from ..explain import explain_image
+    out_dir = Path(args.out) if args.out else (Path(args.run) if Path(args.run).is_dir() else Path(".")) / "explain"
+    res = explain_image(args.run, args.image, out_dir, method=args.method, layer=args.layer, target=args.target)
+    if args.json:
+        print(json.dumps(res, ensure_ascii=False, indent=2, default=str))
+    else:
+        print(f"{args.image}: predicted {res['predicted']}; explaining {res['class']} "
+              f"(p = {res['probability']:.3f}) at layer {res.get('layer')}")
+        for f in res["files"]:
+            print(f"written: {f}")
+    return 0
+
+
+def _masked_eval(args):
+    from ..explain import masked_evaluation
+    res = masked_evaluation(args.run, args.data, masks_dir=None if args.masked == "-" else args.masked)
+    if args.json:
+        print(json.dumps(res, ensure_ascii=False, indent=2, default=str))
+        return 0
+    if res.get("accuracy_original") is not None:
+        print(f"accuracy on the photos as they are:        {res['accuracy_original']:.4f}")
+    print(f"accuracy with the background blanked out:  {res['accuracy_masked']:.4f}")
+    if res.get("change") is not None:
+        print(f"change:                                    {res['change']:+.4f}  ({res['n']} photos)")
+    if res.get("missing_masks"):
+        print(f"{len(res['missing_masks'])} photos had no mask and were left out: "
+              + ", ".join(map(str, res["missing_masks"][:5])) + (" …" if len(res["missing_masks"]) > 5 else ""))
+    for name, row in res.get("per_class", {}).items():
+        orig = row.get("accuracy_original")
+        print(f"  {name}: {'' if orig is None else f'{orig:.3f} → '}{row['accuracy_masked']:.3f} (n={row['n']})")
+    return 0
+
+
+def build_parser():
+    from ..training.config import TrainConfig
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="nabi", formatter_class=HelpFormatter,
+        description="Convolutional networks written from scratch: train, evaluate and inspect image classifiers.\n"
+                    "P1–P4 below are the four background-class accuracies that `nabi eval --help` defines.",
+        epilog=_examples("nabi demo                                  # a first run, under a minute on 2 cores",
+                         "nabi train photos/ --model resnet18 --epochs 20 --out runs/cats",
+                         "nabi COMMAND --help                        # each command's flags"))
+    parser.add_argument("--version", action="version", version=f"nabi {__import__('nabi').__version__}",
+                        help="print nabi's version and exit")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for BLAS and nabi's compiled kernels; goes before the command: "
+                             "nabi --threads 1 train … (default: all cores)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, help, description=None, examples=(), definitions=None):
+        text = textwrap.fill(description or help[0].upper() + help[1:] + ".", 79)
+        if definitions:
+            text += "\n\n" + definitions
+        return sub.add_parser(name, help=help, description=text, epilog=_examples(*examples) if examples else None,
+                              formatter_class=HelpFormatter)
+
+    p = command("train", "train a zoo model on an image folder",
+                "Train a zoo model on a folder of photos (one sub-folder per class) and keep the run folder: "
+                "weights, checkpoints, metrics.jsonl, test.json. Settings come from the flags, then a --config "
+                "TOML file, then the defaults shown.",
+                ["nabi train photos/ --model resnet18 --epochs 20 --augment standard --out runs/cats",
+                 "nabi train --config cats.toml --resume"])
+    _add_train_args(p, defaults)
+    p.set_defaults(func=cmd_train)
+
+    p = command("demo", "train LeNet-5 on the embedded MNIST sample (under a minute on 2 cores)",
+                "Train LeNet-5 on the 5,000-digit MNIST sample stored in nabi (70% train, 10% validation, 20% "
+                "test), evaluate it, and keep the run folder.",
+                ["nabi demo", "nabi demo --epochs 2 --out /tmp/demo > demo.log 2>&1"])
+    p.add_argument("--out", default="runs/demo", help="the run folder to write")
+    p.add_argument("--epochs", type=int, default=6, help="passes over the training digits")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights and the batch order")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
+    p.set_defaults(func=cmd_demo)
+
+    p = command("eval", "evaluate a run on a folder: accuracy, per-class report, confusion matrix, P1–P4",
+                "Evaluate a run on a folder of photos: accuracy, a per-class report and a confusion matrix; "
+                "with a background folder also P1–P4.", definitions=P_DEFINITIONS,
+                examples=["nabi eval runs/cats photos/test", "nabi eval runs/cats photos/ --json > eval.json"])
+    p.add_argument("run", help="a run folder (or a .safetensors file with its .json sidecar)")
+    p.add_argument("data", help="a folder with one sub-folder per class (or with test/)")
+    p.add_argument("--background", help="the background class's folder name (default: background)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the network runs")
+    p.add_argument("--out", help="where to write eval.json, eval.txt and confusion_matrix.png (default: RUN/eval)")
+    p.add_argument("--strict", action="store_true", help="a corrupt image is an error, not a warning "
+                                                         "(default: off)")
+    p.add_argument("--masked", metavar="MASKS", help="also evaluate with the background blanked out by the masks in "
+                   "MASKS (same class/file layout; white = animal); '-' when DATA already holds masked photos "
+                   "(default: none)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (default: text)")
+    p.set_defaults(func=cmd_eval)
+
+    from ..studies.experiment import add_arguments as _experiment_arguments, main_from_args as _experiment_main
+    p = command("experiment", "paired multi-seed experiment: model A (individuals) vs model B "
+                              "(+ background class), P1–P4 with statistics",
+                "Paired multi-seed experiment: model A learns the individuals only, model B the individuals "
+                "and a background class; both are trained over several seeds and scored on the same test "
+                "photos, and the report gives A·P2 and B·P1–B·P4 per run, their mean and standard deviation, "
+                "and paired tests of B against A.", definitions=P_DEFINITIONS,
+                examples=["nabi experiment photos/ --runs 10 --recipe modern",
+                 "nabi experiment photos/ --recipe tiny --runs 2 --jobs 2 --out /tmp/exp"])
+    _experiment_arguments(p)
+    p.set_defaults(func=_experiment_main)
+
+    from ..studies.ablation import add_arguments as _ablation_arguments, main_from_args as _ablation_main
+    p = command("ablate", "train variants that differ in one factor from shared initial weights, "
+                          "over several seeds: mean ± std of accuracy, parameters, MACs, time",
+                examples=["nabi ablate examples/ablation_cifar10.toml --check",
+                          "nabi ablate examples/ablation_cifar10.toml --jobs 2 --set base.epochs=1"])
+    _ablation_arguments(p)
+    p.set_defaults(func=_ablation_main)
+
+    p = command("explain", "Grad-CAM and occlusion heat-maps of what the network looks at in a photo",
+                examples=["nabi explain runs/cats photos/test/tom/0001.jpg",
+                          "nabi explain runs/cats cat.jpg --method occlusion --target tom"])
+    p.add_argument("run", help="a run folder (or a .safetensors file with its .json sidecar)")
+    p.add_argument("image", help="the photo to explain")
+    p.add_argument("--method", default="both", choices=["both", "gradcam", "occlusion"], help="which heat-maps")
+    p.add_argument("--layer", help="the conv layer for Grad-CAM (default: the last spatial one)")
+    p.add_argument("--target", help="explain this class (name or index; default: the predicted one)")
+    p.add_argument("--out", help="folder for the PNGs (default: RUN/explain)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (default: text)")
+    p.set_defaults(func=cmd_explain)
+
+    p = command("predict", "top-k classes for an image or a folder of images",
+                examples=["nabi predict runs/cats cat.jpg", "nabi predict runs/cats new_photos/ --topk 1 --json"])
+    p.add_argument("run", help="a run folder (or a .safetensors file with its .json sidecar)")
+    p.add_argument("image", help="an image, or a folder searched recursively for images")
+    p.add_argument("--topk", type=int, default=3, help="classes to list per image")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the network runs")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (default: text)")
+    p.set_defaults(func=cmd_predict)
+
+    p = command("summary", "per-layer table: shapes, parameters, MACs, memory",
+                examples=["nabi summary resnet18 --input 3x224x224", "nabi summary --list"])
+    p.add_argument("model", nargs="?", help="a zoo model name (default: list the names)")
+    p.add_argument("--input", help="CxHxW, e.g. 3x336x336 (default: the model's)")
+    p.add_argument("--classes", type=int, help="output classes (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size for the memory column")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (default: text)")
+    p.add_argument("--list", action="store_true", help="list the zoo's model names (default: off)")
+    p.set_defaults(func=cmd_summary)
+
+    p = command("export", "export a run or a zoo model to ONNX (checked with onnxruntime; needs the onnx extra)",
+                examples=["nabi export runs/cats --onnx cats.onnx", "nabi export resnet18 --onnx resnet18.onnx"])
+    p.add_argument("source", help="a run folder, a .safetensors file, or a zoo model name")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--classes", type=int, help="output classes of a zoo model (default: the model's)")
+    p.set_defaults(func=cmd_export)
+    from ..selfsup.cli import add_commands as add_selfsup_commands
+    add_selfsup_commands(sub)                                          # nabi pretrain
+    __import__("nabi.serve.cli", fromlist=["add_commands"]).add_commands(sub)     # nabi serve
+    sub.choices["pretrain"].epilog = _examples(
+        "nabi pretrain nyala_more/ --model resnet18_cifar --image-size 64 --epochs 50 --out runs/pretrain",
+        "nabi train photos/ --model resnet18_cifar --image-size 64 --init runs/pretrain/backbone.safetensors")
+    sub.choices["serve"].epilog = _examples(
+        "nabi serve runs/cats                                # http://127.0.0.1:8000 on this machine",
+        "nabi serve runs/cats --host 0.0.0.0 --token SECRET  # reachable from the network")
+    for command_parser in sub.choices.values():                        # commands added outside this module too
+        command_parser.formatter_class = HelpFormatter
+    return parser
+
+
+def main(argv=None):
+    from ..training.trainer import TrainingDiverged, TrainingInterrupted
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        if args.threads is not None:
+            from ..backend import set_num_threads
+            set_num_threads(args.threads)
+        return args.func(args)
+    except BrokenPipeError:  # `nabi summary vgg16 | head`: the reader left; not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except TrainingDiverged as e:
+        print(f"nabi {args.command}: training diverged: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        print(f"nabi {args.command}: interrupted. {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, PermissionError, KeyError, TypeError, RuntimeError, ImportError,
+            NotImplementedError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, ImportError):
+            from ..extras import missing_module_message
+            msg = missing_module_message(e) or msg
+        print(f"nabi {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""``nabi serve GALLERY_OR_RUN``: the command line of the web app (``add_commands`` registers it)."""
+from __future__ import annotations
+
+import os
+import secrets
+
+INSTALL_HINT = ('nabi serve needs the web server packages: pip install "nabi[serve]" '
+                '(FastAPI, uvicorn, python-multipart)')
+
+
+def add_commands(subparsers):
+    """Add ``serve`` to the ``nabi`` command's sub-parsers (nothing web-related is imported here)."""
+    p = subparsers.add_parser(
+        "serve", help="a web app to identify individuals in photos and keep their sightings",
+        description="Serve a web app on this machine: identify photos with a classifier run or a "
+                    "re-identification gallery, decide, and keep individuals and sightings in DATA. "
+                    "Loopback by default; another address needs a token for every change.")
+    p.add_argument("source", metavar="GALLERY_OR_RUN", help="a nabi run folder (classifier) or a gallery")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--data", default="nabi-data", help="the data folder: database and photos (default ./nabi-data)")
+    p.add_argument("--kind", default="auto", choices=["auto", "classifier", "gallery"],
+                   help="what SOURCE is; auto tells a run folder from a gallery")
+    p.add_argument("--token", help="the token changes need when not on loopback (default: $NABI_SERVE_TOKEN, "
+                                   "else a random one, printed at start)")
+    p.add_argument("--require-token", action="store_true",
+                   help="require the token even on loopback (as if the server were reachable from other machines) "
+                        "(default: off)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="classifier: below this top probability the answer is 'unknown' (default 0.5)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest photo accepted, in MiB (default 20)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="most pixels (width × height) a photo may have (default 40,000,000)")
+    p.add_argument("--max-files", type=int, default=20, help="most photos in one upload (default 20)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another host name the server answers to (repeatable; default: none)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the network runs; gpu needs "
+                                                                          "the gpu extra")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def _need_web_packages():
+    import importlib.util
+    missing = []
+    for module in ("fastapi", "uvicorn"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if not (importlib.util.find_spec("python_multipart") or importlib.util.find_spec("multipart")):
+        missing.append("python-multipart")
+    if missing:
+        raise ImportError(f"{INSTALL_HINT}; missing: {', '.join(missing)}")
+
+
+def cmd_serve(args):
+    """Open the data folder and the identifier, then serve until interrupted."""
+    _need_web_packages()
+    import uvicorn
+
+    from .app import Settings, create_app, is_loopback
+    from .identifiers import open_identifier
+    from .service import Service
+    from .storage import Store
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.max_files <= 0:
+        raise ValueError("--max-upload-mb, --max-pixels and --max-files must be positive")
+    if not 0 <= args.threshold <= 1:
+        raise ValueError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    token = args.token or os.environ.get("NABI_SERVE_TOKEN")
+    require = args.require_token or not is_loopback(args.host)
+    generated = False
+    if require and not token:
+        token, generated = secrets.token_urlsafe(24), True
+    settings = Settings(host=args.host, port=args.port, token=token, require_token=require,
+                        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                        max_files=args.max_files, allowed_hosts=args.allowed_host)
+    identifier = open_identifier(args.source, kind=args.kind, threshold=args.threshold, device=args.device)
+    store = Store(args.data)
+    try:
+        service = Service(store, identifier, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        app = create_app(service, settings)
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"nabi serve: {identifier.kind} {args.source}; data in {store.root} (schema version "
+              f"{store.schema_version}); http://{shown}:{args.port}/", flush=True)
+        if require:
+            where = "printed here once" if generated else "the one you gave"
+            print(f"nabi serve: changes need the token ({where}): {token if generated else '…'}", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,168 @@
+"""Training recipes for the studies: named sets of training settings, checked before anything runs.
+
+``resolve_recipe(name, overrides)`` returns a recipe's settings with ``overrides`` applied and
+every value checked. ``alexnet336-2019`` is the setup of the 2019 report "CNN을 이용한 고려대학교
+길고양이 분류 및 배경 학습을 통한 성능 개선" (COSE362, Korea University, 2019): its AlexNet-style
+network at 336×336, batch 1, plain SGD; ``modern`` is a current from-scratch recipe; ``tiny`` is
+for tests.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import numpy as np
+
+from .. import backend
+
+
+# -- recipes -----------------------------------------------------------------------------------------------
+RECIPES = {
+    "alexnet336-2019": {
+        "description": "the 2019 report's setup: AlexNet-style 336×336 (He-uniform), RGB/256, batch 1, plain SGD "
+                       "1.5e-5 → 5e-6 in 10 steps, 2,000 iterations per class, offline ×8 augmentation",
+        "model": "alexnet336", "model_args": {}, "image_size": 336, "normalize": "pixel256", "augment": "none",
+        "offline_variants": 8, "batch_size": 1, "optimizer": "sgd", "lr": 1.5e-5, "momentum": 0.0,
+        "weight_decay": 0.0, "schedule": "linear_step", "iterations_per_class": 2000, "label_smoothing": 0.0,
+        "test_ratio": 0.1, "checkpoint_every": 1000,
+    },
+    "modern": {
+        "description": "ResNet-18 at 128×128, ImageNet normalisation, strong online augmentation, batch 32, "
+                       "AdamW with warm-up + cosine, label smoothing 0.1, 30 epochs",
+        "model": "resnet18", "model_args": {}, "image_size": 128, "normalize": "imagenet", "augment": "strong",
+        "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "warmup_cosine",
+        "warmup_epochs": 2, "label_smoothing": 0.1, "epochs": 30, "test_ratio": 0.2,
+    },
+    "tiny": {
+        "description": "for tests and CI: the small CIFAR CNN at 32×32, Adam, a few iterations per class",
+        "model": "cifar_cnn", "model_args": {}, "image_size": 32, "normalize": "unit", "augment": "flip",
+        "batch_size": 8, "optimizer": "adam", "lr": 3e-3, "schedule": "constant", "iterations_per_class": 8,
+        "test_ratio": 0.2,
+    },
+}
+
+# Table 1 of the 2019 report (10 paired runs of AlexNet-336), for reference in reports.
+REPORT2019_TABLE1 = {
+    "A·P2": [0.5375, 0.5500, 0.5750, 0.5250, 0.4500, 0.5750, 0.5000, 0.5250, 0.6000, 0.4625],
+    "B·P1": [0.5600, 0.5300, 0.5300, 0.4800, 0.4700, 0.5100, 0.5000, 0.4800, 0.5700, 0.4500],
+    "B·P2": [0.5875, 0.5500, 0.5250, 0.5250, 0.5000, 0.5625, 0.4875, 0.4875, 0.5875, 0.4125],
+    "B·P3": [0.5950, 0.5789, 0.5915, 0.5455, 0.5405, 0.6164, 0.5270, 0.5652, 0.6438, 0.4783],
+    "B·P4": [0.6000, 0.5750, 0.5500, 0.5500, 0.5250, 0.5750, 0.5000, 0.5250, 0.6375, 0.4625],
+}
+
+# Old recipe names that still work, with a warning.
+RENAMED_RECIPES = {"seed2019": "alexnet336-2019"}
+
+TRAIN_KEYS = ("model", "model_args", "epochs", "iterations", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+               "weight_decay", "schedule", "schedule_unit", "warmup", "step_size", "gamma", "label_smoothing",
+               "clip_norm", "image_size", "normalize", "augment", "strict", "device", "workers", "checkpoint_every",
+               "keep_last")
+# Passed on only when this nabi's TrainConfig has them (and then to the Trainer).
+OPTIONAL_TRAIN_KEYS = ("fused_sgd", "precision")
+EXTRA_KEYS = ("description", "iterations_per_class", "warmup_epochs", "offline_variants", "test_ratio",
+               "keep_checkpoints")
+LENGTH_KEYS = ("iterations_per_class", "iterations", "epochs")
+# Settings that change how, not what, is computed: left out of the fingerprint.
+EXECUTION_KEYS = ("device", "workers", "checkpoint_every", "keep_last", "keep_checkpoints", "description")
+def recipe_defaults() -> dict:
+    from ..training.config import TrainConfig
+    d = {k: v for k, v in TrainConfig().to_dict().items() if k in TRAIN_KEYS}
+    d.update(epochs=None, iterations=None, iterations_per_class=None, warmup_epochs=None, offline_variants=1,
+             test_ratio=0.2, keep_checkpoints=False, description="", image_size=None, checkpoint_every=None,
+             keep_last=2)
+    return d
+
+
+def optional_train_keys() -> list:
+    from ..training.config import TrainConfig
+    return [k for k in OPTIONAL_TRAIN_KEYS if k in TrainConfig.__dataclass_fields__]
+
+
+def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
+    """The recipe's settings with ``overrides`` applied and checked (``ValueError`` on anything wrong).
+
+    Training length: exactly one of ``iterations_per_class``, ``iterations``, ``epochs``;
+    overriding any of them replaces the recipe's choice.
+    """
+    from .. import models
+    if recipe in RENAMED_RECIPES:
+        new = RENAMED_RECIPES[recipe]
+        warnings.warn(f"recipe {recipe!r} is now called {new!r}; the old name will go away", FutureWarning,
+                      stacklevel=2)
+        recipe = new
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    overrides = dict(overrides or {})
+    allowed = set(TRAIN_KEYS) | set(EXTRA_KEYS) | set(optional_train_keys())
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for an experiment; known: {', '.join(sorted(allowed))}")
+    cfg = recipe_defaults()
+    cfg.update(copy.deepcopy(RECIPES[recipe]))
+    if any(k in overrides for k in LENGTH_KEYS):
+        for k in LENGTH_KEYS:
+            cfg[k] = None
+    cfg.update(copy.deepcopy(overrides))
+    cfg["recipe"] = recipe
+    given = [k for k in LENGTH_KEYS if cfg[k] is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(LENGTH_KEYS)} (got {given or 'none'})")
+    for k in given:
+        if not isinstance(cfg[k], (int, np.integer)) or isinstance(cfg[k], bool) or cfg[k] < 1:
+            raise ValueError(f"{k} must be a positive integer, got {cfg[k]!r}")
+    models.builder(cfg["model"])  # ValueError listing the zoo's names
+    if not isinstance(cfg["model_args"], dict):
+        raise ValueError(f"model_args must be a dict, got {cfg['model_args']!r}")
+    from ..training.config import NORMALIZATIONS, SCHEDULES, current_name
+    cfg["normalize"] = current_name("normalize", cfg["normalize"])      # old names warn and map
+    cfg["schedule"] = current_name("schedule", cfg["schedule"])
+    for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", NORMALIZATIONS),
+                         ("augment", ("none", "flip", "standard", "strong")), ("schedule", SCHEDULES),
+                         ("schedule_unit", ("iteration", "epoch")), ("device", ("cpu", "gpu"))):
+        if cfg[key] not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}; got {cfg[key]!r}")
+    if not isinstance(cfg["batch_size"], (int, np.integer)) or cfg["batch_size"] < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {cfg['batch_size']!r}")
+    if cfg["image_size"] is not None and (not isinstance(cfg["image_size"], (int, np.integer))
+                                          or cfg["image_size"] < 8):
+        raise ValueError(f"image_size must be an integer >= 8 (or None for the model's), got {cfg['image_size']!r}")
+    if not isinstance(cfg["offline_variants"], (int, np.integer)) or cfg["offline_variants"] < 1:
+        raise ValueError(f"offline_variants must be a positive integer, got {cfg['offline_variants']!r}")
+    if not 0 < float(cfg["test_ratio"]) < 1:
+        raise ValueError(f"test_ratio must be between 0 and 1, got {cfg['test_ratio']!r}")
+    if not float(cfg["lr"]) > 0:
+        raise ValueError(f"lr must be positive, got {cfg['lr']!r}")
+    if cfg["warmup_epochs"] is not None and cfg["warmup_epochs"] < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {cfg['warmup_epochs']!r}")
+    return cfg
+
+
+def probe_input_size(cfg) -> list:
+    """Build the model once and run one input through it: ``[C, H, W]`` it will be trained at."""
+    from ..training.build import build_model
+    from ..models.registry import model_input_size
+    try:
+        model = build_model(cfg["model"], 3, cfg["model_args"], seed=0)
+    except TypeError as e:
+        raise ValueError(f"model_args {cfg['model_args']} do not fit model {cfg['model']}: {e}") from None
+    C, H, W = model_input_size(model)
+    size = cfg["image_size"] or H
+    if (size, size) != (H, W):
+        model.eval()
+        try:
+            model(np.zeros((1, C, size, size), dtype=backend.get_default_dtype()))
+        except ValueError as e:
+            raise ValueError(f"recipe {cfg['recipe']!r}: model {cfg['model']} cannot take {size}×{size} inputs "
+                             f"(it is built for {H}×{W}); set image_size={H}: {e}") from None
+    return [int(C), int(size), int(size)]
+
+
+# -- command line helpers -----------------------------------------------------------------------------------------
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+

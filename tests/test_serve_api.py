@@ -1,0 +1,354 @@
+"""nabi serve's JSON API against a running server on loopback, with a real HTTP client (httpx).
+
+The classifier server runs as `nabi serve` in a subprocess; the gallery server (new individuals join at once)
+runs uvicorn in a thread over ``ColourGallery``, a stand-in with the re-identification gallery's interface.
+"""
+import csv
+import io
+import sqlite3
+import struct
+import sys
+import zlib
+
+import httpx
+import pytest
+
+from nabi.cli import main
+from nabi.serve.app import Settings, create_app
+from nabi.serve.identifiers import GalleryIdentifier
+from nabi.serve.service import Service
+from nabi.serve.storage import Store
+
+from serve_support import (COLOURS, ColourGallery, Server, ThreadServer, client, exif_with, photo_bytes,
+                           shared_run, upload)
+
+LIMITS = ["--max-upload-mb", "0.25", "--max-pixels", "4000000", "--max-files", "4"]
+_seed = iter(range(10_000, 10**6))
+
+
+def jpg(name="nabi", **kw):
+    """A fresh photo of ``name``'s colour (never the same bytes twice)."""
+    return photo_bytes(COLOURS[name], seed=next(_seed), **kw)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return shared_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(run, tmp_path_factory):
+    with Server(run, tmp_path_factory.mktemp("serve_api") / "data", extra=LIMITS) as s:
+        yield s
+
+
+@pytest.fixture
+def c(server):
+    with client(server) as cl:
+        yield cl
+
+
+def identify_one(c, name="nabi", **kw):
+    r = upload(c, (f"{name}.jpg", jpg(name, **kw)))
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    assert res["ok"], res
+    return res["photo"]
+
+
+def decide(c, photo_id, action, **kw):
+    return c.post("/api/decisions", json={"photo_id": photo_id, "action": action, **kw})
+
+
+def test_session_pages_and_openapi(c):
+    s = c.get("/api/session").json()
+    assert s["token_required"] is False and s["identifier"]["kind"] == "classifier" and not s["can_enrol_new"]
+    schema = c.get("/api/openapi.json").json()
+    for path in ("/api/identify", "/api/decisions", "/api/individuals", "/api/individuals/merge",
+                 "/api/individuals/{individual_id}/rename", "/api/sightings", "/api/sightings.csv", "/api/review"):
+        assert path in schema["paths"], path
+    for page in ("/", "/review", "/individuals", "/individuals/1", "/sightings"):
+        r = c.get(page)
+        assert r.status_code == 200 and "<script src=\"/static/nabi.js\"" in r.text
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert "http" not in r.text.replace("http-equiv", "")          # nothing from another server
+    assert c.get("/static/nabi.css").status_code == 200 and c.get("/docs").status_code == 404
+
+
+def test_identify_several_then_confirm_background_and_not_identifiable(c, server):
+    r = upload(c, ("a.jpg", jpg("nabi")), ("b.png", jpg("background", fmt="PNG")), ("c.webp", jpg("momo", fmt="WEBP")))
+    assert r.status_code == 200
+    photos = [x["photo"] for x in r.json()["results"]]
+    answers = [(p["result"]["answer"], p["result"]["name"]) for p in photos]
+    assert answers == [("known", "nabi"), ("background", None), ("known", "momo")]
+    nabi = photos[0]
+    assert [c_["name"] for c_ in nabi["result"]["candidates"]] == ["nabi", "momo"]
+    assert nabi["status"] == "pending" and nabi["heatmap_url"]
+    img = c.get(nabi["url"])
+    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg" and img.content[:2] == b"\xff\xd8"
+    heat = c.get(nabi["heatmap_url"])
+    assert heat.status_code == 200 and heat.content[:4] == b"\x89PNG"
+
+    before = c.get("/api/individuals").json()
+    d = decide(c, nabi["id"], "confirm")
+    assert d.status_code == 200 and d.json()["sighting_id"] is not None
+    assert d.json()["photo"]["decision"]["name"] == "nabi"
+    d = decide(c, photos[1]["id"], "confirm")
+    assert d.status_code == 200 and d.json()["sighting_id"] is None
+    assert d.json()["photo"]["decision"]["action"] == "background"
+    d = decide(c, photos[2]["id"], "not_identifiable")
+    assert d.status_code == 200 and d.json()["sighting_id"] is None
+    queue = {p["id"] for p in c.get("/api/review").json()}
+    assert not queue & {p["id"] for p in photos}
+    after = {i["name"]: i for i in c.get("/api/individuals").json()}
+    assert after["nabi"]["sightings"] == {i["name"]: i for i in before}["nabi"]["sightings"] + 1
+    assert after["nabi"]["last_seen"] is not None
+    mine = [s for s in c.get("/api/sightings").json() if s["photo_id"] == nabi["id"]]
+    assert len(mine) == 1 and mine[0]["name"] == "nabi" and mine[0]["time_source"] == "upload"
+    # the confirmed photo is now nabi's closest photo in the next answer
+    nxt = identify_one(c, "nabi")
+    assert nxt["result"]["candidates"][0]["photo_url"] is not None
+
+
+def test_another_individual_from_the_list(c):
+    p = identify_one(c, "nabi")
+    momo = {i["name"]: i["id"] for i in c.get("/api/individuals").json()}["momo"]
+    d = decide(c, p["id"], "other", individual_id=momo)
+    assert d.status_code == 200 and d.json()["photo"]["decision"]["name"] == "momo"
+    assert decide(c, p["id"], "confirm").status_code == 409                 # decided once
+    assert decide(c, identify_one(c)["id"], "other").status_code == 422     # no individual picked
+    assert decide(c, identify_one(c)["id"], "other", individual_id=999).status_code == 404
+
+
+def test_review_queue_is_least_confident_first(c):
+    for name in ("nabi", "momo", "background", "nabi"):
+        identify_one(c, name)
+    queue = c.get("/api/review").json()
+    sims = [p["result"]["similarity"] for p in queue]
+    assert len(queue) >= 4 and sims == sorted(sims)
+
+
+def test_new_individual_is_refused_for_a_classifier(c):
+    d = decide(c, identify_one(c, "momo")["id"], "new", name="뾰또")
+    assert d.status_code == 409 and "re-identification gallery" in d.json()["detail"]
+
+
+def test_sightings_time_place_filters_and_csv(c):
+    ex = exif_with("2019:05:01 09:30:00", (37.5894, 127.0325))
+    a = identify_one(c, "momo", exif=ex)
+    assert a["taken_at"] == "2019-05-01T09:30:00" and a["latitude"] == pytest.approx(37.5894, abs=1e-4)
+    assert decide(c, a["id"], "confirm", place="ignored: GPS wins").status_code == 200
+    b = identify_one(c, "momo", exif=exif_with("2019:06:02 18:00:00"))
+    assert decide(c, b["id"], "confirm", place="=HYPERLINK(\"x\")").status_code == 200
+    momo = {i["name"]: i["id"] for i in c.get("/api/individuals").json()}["momo"]
+    rows = c.get("/api/sightings", params={"individual": momo, "date_from": "2019-05-01",
+                                           "date_to": "2019-05-31"}).json()
+    assert [r["photo_id"] for r in rows] == [a["id"]]
+    assert rows[0]["time"] == "2019-05-01T09:30:00" and rows[0]["time_source"] == "exif"
+    assert rows[0]["latitude"] == pytest.approx(37.5894, abs=1e-4)
+    assert c.get("/api/sightings", params={"date_from": "May 1"}).status_code == 400
+    r = c.get("/api/sightings.csv", params={"individual": momo, "date_from": "2019-01-01", "date_to": "2019-12-31"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    table = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert [int(t["photo_id"]) for t in table] == [b["id"], a["id"]]           # newest first
+    assert table[1]["individual"] == "momo" and table[1]["time"] == "2019-05-01T09:30:00"
+    assert float(table[1]["latitude"]) == pytest.approx(37.5894, abs=1e-4)
+    assert table[0]["place"] == "'=HYPERLINK(\"x\")"                            # not a formula in a spreadsheet
+
+
+def test_rename_merge_and_the_audit_log(c):
+    ids = {i["name"]: i["id"] for i in c.get("/api/individuals").json()}
+    p = identify_one(c, "momo")
+    assert decide(c, p["id"], "confirm").status_code == 200
+    r = c.post(f"/api/individuals/{ids['nabi']}/rename", json={"name": "나비"})
+    assert r.status_code == 200 and r.json()["name"] == "나비"
+    assert c.post(f"/api/individuals/{ids['momo']}/rename", json={"name": "  나비 "}).status_code == 409
+    bad = c.post(f"/api/individuals/{ids['momo']}/rename", json={"name": "../../etc/passwd"})
+    assert bad.status_code == 422 and "looks like a path" in bad.json()["detail"]
+    # a classifier keeps its class: the next nabi photo is answered with the new name
+    assert identify_one(c, "nabi")["result"]["name"] == "나비"
+    n_momo = c.get(f"/api/individuals/{ids['momo']}").json()["count"]
+    n_nabi = c.get(f"/api/individuals/{ids['nabi']}").json()["count"]
+    m = c.post("/api/individuals/merge", json={"source_id": ids["momo"], "target_id": ids["nabi"]})
+    assert m.status_code == 200 and m.json()["count"] == n_momo + n_nabi
+    assert [x["name"] for x in m.json()["merged_from"]] == ["momo"]
+    assert c.get(f"/api/individuals/{ids['momo']}").json()["merged_into"] == ids["nabi"]
+    assert "momo" not in {i["name"] for i in c.get("/api/individuals").json()}
+    q = identify_one(c, "momo")["result"]
+    assert q["name"] == "나비" and [x["name"] for x in q["candidates"]] == ["나비"]
+    again = c.post("/api/individuals/merge", json={"source_id": ids["momo"], "target_id": ids["nabi"]})
+    assert again.status_code == 409 and "was merged into" in again.json()["detail"]
+    audit = c.get("/api/audit").json()
+    kinds = [a["action"] for a in audit]
+    assert "individual.renamed" in kinds and "individual.merged" in kinds
+    merged = next(a for a in audit if a["action"] == "individual.merged")["detail"]
+    assert merged["source"] == "momo" and merged["target"] == "나비" and merged["sightings_moved"] == n_momo
+    renamed = next(a for a in audit if a["action"] == "individual.renamed")["detail"]
+    assert renamed == {"individual_id": ids["nabi"], "old": "nabi", "new": "나비"}
+
+
+def _png_header_only(width, height):
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 4096, 9)) + chunk(b"IEND", b""))
+
+
+def test_upload_refusals(c, server):
+    big = photo_bytes(COLOURS["nabi"], size=(600, 500), fmt="PNG")            # noise compresses badly: ~0.9 MB
+    assert len(big) > 0.25 * 2**20
+    cases = [(("big.png", big), 413, "the limit is 262,144 bytes"),
+             (("bomb.png", _png_header_only(20_000, 20_000)), 413, "refused as a decompression bomb"),
+             (("wide.png", _png_header_only(3_000, 3_000)), 413, "9,000,000 pixels; the limit is 4,000,000"),
+             (("notes.jpg", b"these are my field notes, not a photo\n" * 20), 415, "not a JPEG, PNG or WebP"),
+             (("../../../etc/passwd", b"root:x:0:0:root:/root:/bin/bash\n"), 415, "passwd is not a JPEG")]
+    for (name, data), status, needle in cases:
+        r = upload(c, (name, data))
+        assert r.status_code == status, r.text
+        assert needle in r.json()["results"][0]["error"]
+    assert not list((server.data / "photos").rglob("*passwd*"))
+    n_photos = c.get("/api/status").json()["counts"]["photos"]
+    dup = jpg("nabi")
+    r = upload(c, ("one.jpg", dup), ("two.jpg", dup))
+    assert r.status_code == 200 and [x["ok"] for x in r.json()["results"]] == [True, False]
+    assert "same photo as one.jpg" in r.json()["results"][1]["error"]
+    r = upload(c, ("again.jpg", dup))
+    assert r.status_code == 409 and "already uploaded" in r.json()["results"][0]["error"]
+    assert c.get("/api/status").json()["counts"]["photos"] == n_photos + 1
+    r = upload(c, *[(f"{i}.jpg", jpg()) for i in range(5)])
+    assert r.status_code == 413 and "at most 4" in r.json()["detail"]
+    body = b'{"photo_id": 1, "action": "confirm", "place": "' + b"x" * 200_000 + b'"}'
+    r = c.post("/api/decisions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than 65,536 bytes" in r.json()["detail"]     # by Content-Length
+    r = c.post("/api/decisions", content=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]),
+               headers={"content-type": "application/json"})                           # chunked: counted
+    assert r.status_code == 413 and "larger than 65,536 bytes" in r.json()["detail"]
+
+
+def test_writes_need_the_csrf_token_and_this_origin(server):
+    with httpx.Client(base_url=server.url, timeout=30) as bare:
+        r = bare.post("/api/identify", files=[("files", ("a.jpg", jpg(), "image/jpeg"))])
+        assert r.status_code == 403 and "X-CSRF-Token" in r.json()["detail"]
+        assert bare.post("/api/individuals/merge", json={"source_id": 1, "target_id": 2}).status_code == 403
+    with client(server) as cl:
+        r = cl.post("/api/individuals/1/rename", json={"name": "x"}, headers={"origin": "http://evil.example"})
+        assert r.status_code == 403 and "cross-site" in r.json()["detail"]
+        r = cl.get("/api/session", headers={"host": "rebound.example:8000"})
+        assert r.status_code == 421                                        # DNS rebinding: unknown host
+
+
+def test_bad_requests_are_clear(c):
+    assert decide(c, 10**6, "confirm").status_code == 404
+    r = decide(c, identify_one(c)["id"], "adopt")
+    assert r.status_code == 422 and "action must be one of" in r.json()["detail"]
+    assert c.get("/api/photos/999999/image").status_code == 404
+    assert c.get("/api/gallery-photos/../../etc/passwd").status_code == 404
+
+
+def _token_checks(cl, token):
+    p = upload(cl, ("t.jpg", jpg()))
+    assert p.status_code == 401 and "token" in p.json()["detail"]
+    cl.headers["Authorization"] = "Bearer wrong-token-123456"
+    assert upload(cl, ("t.jpg", jpg())).status_code == 401
+    cl.headers["Authorization"] = f"Bearer {token}"
+    r = upload(cl, ("t.jpg", jpg()))
+    assert r.status_code == 200
+    pid = r.json()["results"][0]["photo"]["id"]
+    del cl.headers["Authorization"]
+    for call in (lambda: decide(cl, pid, "confirm"), lambda: cl.delete(f"/api/photos/{pid}"),
+                 lambda: cl.post("/api/individuals/1/rename", json={"name": "z"}),
+                 lambda: cl.post("/api/individuals/merge", json={"source_id": 1, "target_id": 2})):
+        assert call().status_code == 401
+    assert cl.get("/api/individuals").status_code == 200                  # reading needs no token
+    cl.headers["Authorization"] = f"Bearer {token}"
+    assert cl.delete(f"/api/photos/{pid}").status_code == 200
+
+
+def test_token_required_when_forced_on_loopback(run, tmp_path):
+    """The setting that forces "not loopback" mode (--require-token) on 127.0.0.1."""
+    token = "forced-mode-token-0123"
+    with Server(run, tmp_path / "data", extra=["--require-token", "--token", token]) as s, client(s) as cl:
+        assert cl.get("/api/session").json()["token_required"] is True
+        _token_checks(cl, token)
+
+
+def test_token_required_when_listening_beyond_loopback(run, tmp_path):
+    """The server bound to every address (0.0.0.0, so reachable from the network) requires the token;
+    the test talks to it over loopback only."""
+    token = "network-token-0123456"
+    with Server(run, tmp_path / "data", host="0.0.0.0", env={"NABI_SERVE_TOKEN": token}) as s, client(s) as cl:
+        assert cl.get("/api/session").json()["token_required"] is True
+        _token_checks(cl, token)
+
+
+def test_non_loopback_without_a_token_prints_one(run, tmp_path):
+    s = Server(run, tmp_path / "data", host="0.0.0.0").start()
+    try:
+        printed = s.log.read_text()
+        token = printed.split("printed here once): ", 1)[1].split()[0]
+        with client(s, token=token) as cl:
+            assert upload(cl, ("t.jpg", jpg())).status_code == 200
+    finally:
+        s.stop()
+
+
+# -- a gallery: new individuals join at once ---------------------------------------------------------------
+@pytest.fixture
+def gallery_server(tmp_path):
+    store = Store(tmp_path / "data")
+    gallery = ColourGallery(threshold=0.93)
+    service = Service(store, GalleryIdentifier(gallery, "colour gallery"), max_bytes=2**20, max_pixels=10**6)
+    try:
+        with ThreadServer(create_app(service, Settings())) as s:
+            yield s, gallery, store
+    finally:
+        store.close()
+
+
+def test_gallery_new_individual_joins_at_once_rename_merge(gallery_server):
+    s, gallery, store = gallery_server
+    with client(s) as cl:
+        first = identify_one(cl, "nabi")
+        assert first["result"]["answer"] == "unknown" and first["result"]["candidates"] == []
+        bad = decide(cl, first["id"], "new", name="cats/../nabi")
+        assert bad.status_code == 422 and "looks like a path" in bad.json()["detail"]
+        d = decide(cl, first["id"], "new", name="나비")
+        assert d.status_code == 200 and d.json()["photo"]["decision"] == {**d.json()["photo"]["decision"],
+                                                                         "action": "new", "name": "나비"}
+        assert gallery.names() == ["나비"]                                   # enrolled: embedded, no retraining
+        second = identify_one(cl, "nabi")
+        assert second["result"]["answer"] == "known" and second["result"]["name"] == "나비"
+        assert second["result"]["candidates"][0]["photo_url"] == first["url"]   # its closest gallery photo
+        assert decide(cl, second["id"], "confirm").status_code == 200
+        momo = identify_one(cl, "momo")
+        dup = decide(cl, momo["id"], "new", name="나비")
+        assert dup.status_code == 409 and "already taken" in dup.json()["detail"]
+        assert decide(cl, momo["id"], "new", name="momo").status_code == 200
+        assert gallery.names() == ["momo", "나비"]
+        ids = {i["name"]: i["id"] for i in cl.get("/api/individuals").json()}
+        assert cl.post(f"/api/individuals/{ids['momo']}/rename", json={"name": "Momo"}).status_code == 200
+        assert gallery.names() == ["Momo", "나비"]
+        m = cl.post("/api/individuals/merge", json={"source_id": ids["momo"], "target_id": ids["나비"]})
+        assert m.status_code == 200 and m.json()["count"] == 3
+        assert gallery.names() == ["나비"]
+        assert identify_one(cl, "momo")["result"]["name"] == "나비"
+        assert cl.get(f"/api/photos/{first['id']}/heatmap").status_code == 404     # no heat-map from a gallery
+    db = sqlite3.connect(store.db_path)
+    assert db.execute("SELECT COUNT(*) FROM sightings").fetchone()[0] == 3
+    db.close()
+
+
+def test_serve_names_the_extra_when_fastapi_is_missing(run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    assert main(["serve", str(run)]) == 1
+    assert 'pip install "nabi[serve]"' in capsys.readouterr().err
+
+
+def test_serve_argument_errors(run, tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "missing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", str(run), "--port", "70000"]) == 1
+    assert "--port must be between" in capsys.readouterr().err
+    assert main(["serve", str(run), "--threshold", "2"]) == 1
+    assert "--threshold must be between 0 and 1" in capsys.readouterr().err
