@@ -43,10 +43,11 @@ class Workload:
     shape: tuple          # (C, H, W)
     num_classes: int
     sgd: str = "momentum"  # momentum (0.9) | plain (w ← w − lr·g, both sides) | fused (plain; nabi updates in backward)
+    usage: str = "trainer"  # trainer (as nabi.training.Trainer sets it up) | plain (as a PyTorch user writes it)
 
     def as_dict(self):
         return {"model": self.model, "batch": self.batch, "input": list(self.shape), "num_classes": self.num_classes,
-                "sgd": self.sgd}
+                "sgd": self.sgd, "usage": self.usage}
 
 
 def model_workloads(device, full):
@@ -55,6 +56,7 @@ def model_workloads(device, full):
     w = [Workload("lenet5 b64", "lenet5", 64, (1, 32, 32), 10),
          Workload("cifar_cnn b128", "cifar_cnn", 128, (3, 32, 32), 10),
          Workload("alexnet336 b1", "alexnet336", 1, (3, 336, 336), 5),
+         Workload("alexnet336 b1, plain usage", "alexnet336", 1, (3, 336, 336), 5, usage="plain"),
          Workload("alexnet336 b1 plain SGD (2019 report)", "alexnet336", 1, (3, 336, 336), 5, "plain"),
          Workload("alexnet336 b1 plain SGD, nabi fused", "alexnet336", 1, (3, 336, 336), 5, "fused")]
     if gpu or full:
@@ -115,11 +117,14 @@ def _set_dropout(nabi_model, torch_model, p_by_name=None):
 
 def _nabi_training(model, w):
     """nabi's SGD for workload w, set up as the Trainer does: the first layer computes no image
-    gradient (PyTorch's input has none either), and with ``fused`` the update happens in backward."""
+    gradient (PyTorch's input has none either), and with ``fused`` the update happens in backward.
+    ``usage="plain"``: none of that, as a PyTorch user would write it (the image gradient is computed)."""
     from nabi.training.optim import SGD
-    from nabi.training.trainer import enable_fused_sgd, skip_input_gradient
+    from nabi.training.trainer import enable_fused_sgd
     opt = SGD(model.named_parameters(), lr=LR, momentum=MOMENTUM if w.sgd == "momentum" else 0.0)
-    skip_input_gradient(model)
+    if w.usage == "plain":
+        return opt
+    model.set_input_grad(False)
     if w.sgd == "fused":
         enable_fused_sgd(model, opt)
     return opt
@@ -145,12 +150,17 @@ def run_train(w, args, repeats, warmup):
     phases = {"nabi": [], "torch": []}
     last = {}
 
+    plain = w.usage == "plain"
+
     def nabi_step():
         t0 = pc()
+        if plain:                                       # as in PyTorch: the optimizer zeroes, first
+            opt.zero_grad()
         logits = model(xn)
         loss = loss_fn(logits, yn)                      # a Python float (syncs on the GPU)
         t1 = pc()
-        model.zero_grad()
+        if not plain:
+            model.zero_grad()
         model.backward(loss_fn.backward())
         t2 = pc()
         opt.step()

@@ -7,6 +7,8 @@ random generators every initialiser, dropout mask and data shuffle draws from.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 try:  # CuPy is optional: ``pip install nabi[gpu]``.
@@ -137,6 +139,23 @@ def set_rng_state(gen: np.random.Generator, state: dict) -> None:
 _thread_limits = None
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _set_numba_threads(n: int) -> None:
+    """Threads nabi's compiled CPU kernels split their loops over (at most numba's NUMBA_NUM_THREADS)."""
+    try:
+        import numba
+    except Exception:  # pragma: no cover - numba is optional
+        return
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
 def set_num_threads(n: int, required: bool = True) -> bool:
     """Use ``n`` CPU threads: nabi's compiled kernels and NumPy's BLAS (through threadpoolctl).
 
@@ -147,8 +166,7 @@ def set_num_threads(n: int, required: bool = True) -> bool:
     n = int(n)
     if n < 1:
         raise ValueError(f"threads must be at least 1, got {n}")
-    from .functional import cpu_kernels
-    cpu_kernels.set_num_threads(n)
+    _set_numba_threads(n)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError as e:  # pragma: no cover - threadpoolctl comes with nabi[tools]

@@ -3,11 +3,11 @@
 fan_in n_in = C·KH·KW for a conv weight (F, C, KH, KW), in_features for a
 linear weight (out, in); fan_out = F·KH·KW or out_features.
 
-    he_uniform      U(−√(6/n_in), +√(6/n_in))          (seed 000 §8.3)
+    he_uniform      U(−√(6/n_in), +√(6/n_in))          (He et al., 2015)
     he_normal       N(0, 2/n_in)
     xavier_uniform  U(−√(6/(n_in+n_out)), +√(6/(n_in+n_out)))
     xavier_normal   N(0, 2/(n_in+n_out))
-    gaussian(σ)     N(0, σ²)                            (Caffe's "gaussian" filler, seed 001)
+    gaussian(σ)     N(0, σ²)                            (Caffe's "gaussian" filler)
     constant(v)     v
     torch_default   U(−1/√n_in, +1/√n_in)  (PyTorch's default for Conv2d/Linear weights and biases)
 """

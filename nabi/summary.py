@@ -4,11 +4,12 @@
     res = summary(net, (3, 224, 224))          # prints the table, returns a SummaryResult
     res.total_params, res.total_macs, res.to_markdown(), res.to_json()
 
-One eval-mode forward pass on zeros of shape (batch, *input_shape) is run while
-every leaf module (one without children) has its ``forward`` temporarily
-replaced by a recording wrapper (an instance attribute, removed afterwards).
-MACs follow torchvision/ptflops: Conv2d N·F·OH·OW·C·KH·KW, Linear N·in·out,
-everything else 0 (ResNet-18 at 224×224: 1.814 GMACs).
+One eval-mode forward pass on zeros of shape (batch, *input_shape) is run with a
+recording forward hook (``Module.add_forward_hook``) on every leaf module (one
+without children); the hooks are removed afterwards. Each layer describes itself
+(``summary_geometry``, ``summary_macs``, ``summary_activation``), so this module
+imports no layer. MACs follow torchvision/ptflops: Conv2d N·F·OH·OW·C·KH·KW,
+Linear N·in·out, everything else 0 (ResNet-18 at 224×224: 1.814 GMACs).
 """
 from __future__ import annotations
 
@@ -19,9 +20,6 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import backend
-from .layers.activation import LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from .layers.conv import AdaptiveAvgPool2d, Conv2d, _Pool
-from .layers.linear import Linear
 
 __all__ = ["summary", "SummaryResult"]
 
@@ -41,7 +39,7 @@ def _unique_named_modules(model):
 @contextmanager
 def preserved_eval(model):
     """Run the body with ``model`` in eval mode; afterwards every module's attributes
-    (training flags, backward caches, instance ``forward`` overrides) are as before."""
+    (training flags, backward caches, forward hooks) are as before."""
     saved = [(m, dict(m.__dict__)) for _, m in _unique_named_modules(model)]
     model.eval()
     try:
@@ -63,15 +61,14 @@ class _Tagged(ValueError):
 
 
 def wrap_forwards(named_modules, on_call):
-    """Replace each module's ``forward`` by an instance attribute that calls
-    ``on_call(name, module, x, y)`` after the original; a ValueError inside a module
-    is re-raised naming its dotted path and input shape. Undo with ``preserved_eval``."""
+    """Hook each module's forward (``Module.add_forward_hook``) so that ``on_call(name, module, x, y)``
+    runs after it; a ValueError inside a module is re-raised naming its dotted path and input
+    shape. Undo with ``preserved_eval`` (or the functions returned, one per module)."""
+    removers = []
     for name, m in named_modules:
-        orig = m.forward
-
-        def wrapper(x, *args, _orig=orig, _name=name, _m=m, **kwargs):
+        def hook(_m, forward, x, _name=name):
             try:
-                y = _orig(x, *args, **kwargs)
+                y = forward(x)
             except _Tagged:
                 raise
             except ValueError as e:
@@ -84,51 +81,13 @@ def wrap_forwards(named_modules, on_call):
             on_call(_name, _m, x, y)
             return y
 
-        object.__setattr__(m, "forward", wrapper)
+        removers.append(m.add_forward_hook(hook))
+    return removers
 
 
 # -- formatting helpers -------------------------------------------------------------
 def _fmt_shape(shape):
     return "×".join(str(int(s)) for s in shape) if len(shape) else "scalar"
-
-
-def _fmt_pair(p):
-    return f"{p[0]}" if p[0] == p[1] else f"{p[0]}×{p[1]}"
-
-
-def _activation_name(m):
-    if isinstance(m, LeakyReLU):
-        return f"leaky_relu({m.negative_slope:g})"
-    if isinstance(m, LogSoftmax):
-        return f"log_softmax(dim={m.dim})"
-    if isinstance(m, Softmax):
-        return f"softmax(dim={m.dim})"
-    for cls, name in ((ReLU, "relu"), (Sigmoid, "sigmoid"), (Tanh, "tanh")):
-        if isinstance(m, cls):
-            return name
-    return None
-
-
-def _geometry(m):
-    """(kernel, stride, padding, text) for conv/pool layers, Nones otherwise."""
-    if isinstance(m, (Conv2d, _Pool)):
-        k, s, p = tuple(m.kernel_size), tuple(m.stride), tuple(m.padding)
-        text = f"{k[0]}×{k[1]} /{_fmt_pair(s)} p{_fmt_pair(p)}"
-        if getattr(m, "ceil_mode", False):
-            text += " ceil"
-        return k, s, p, text
-    if isinstance(m, AdaptiveAvgPool2d):
-        return None, None, None, f"→{m.output_size[0]}×{m.output_size[1]}"
-    return None, None, None, ""
-
-
-def _macs(m, x, y):
-    if isinstance(m, Conv2d):
-        kh, kw = m.kernel_size
-        return int(np.prod(y.shape)) * m.in_channels * kh * kw
-    if isinstance(m, Linear):
-        return int(np.prod(y.shape)) * m.in_features
-    return 0
 
 
 class SummaryResult:
@@ -233,14 +192,14 @@ def summary(model, input_shape, batch_size=1, file=None, dtype=np.float32) -> Su
         own = [p for p in m._parameters.values() if p is not None]
         first = id(m) not in seen_params
         seen_params.add(id(m))
-        kernel, stride, padding, geometry = _geometry(m)
+        kernel, stride, padding, geometry = m.summary_geometry()
         rows.append({
             "name": name or "(model)", "type": type(m).__name__,
             "input_shape": tuple(int(s) for s in x.shape[1:]), "output_shape": tuple(int(s) for s in y.shape[1:]),
             "kernel": kernel, "stride": stride, "padding": padding, "geometry": geometry,
-            "activation": _activation_name(m),
+            "activation": m.summary_activation(),
             "params": sum(p.size for p in own) if first else 0, "shared": not first,
-            "macs": _macs(m, x, y), "output_elements": int(np.prod(y.shape)),
+            "macs": int(m.summary_macs(x.shape, y.shape)), "output_elements": int(np.prod(y.shape)),
         })
 
     leaves = [(n, m) for n, m in _unique_named_modules(model) if not m._modules]

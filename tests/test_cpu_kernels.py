@@ -75,17 +75,16 @@ def test_im2col_and_col2im_equal_numpy_exactly(row_min, n, c, hg, wg):
 
 
 def _check_im2col_col2im(n, c, h, w, kh, kw, sh, sw, ph, pw):
-    from nabi.functional.conv import col2im, im2col, pad_input
+    from nabi.functional.conv import col2im, im2col
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     geom = (kh, kw, sh, sw, ph, pw, oh, ow)
     rng = np.random.default_rng(h + 13 * w + 7 * kh)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    want = im2col(pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
+    want = im2col(x, geom)
     got = K.im2col(x, geom, out=np.full(want.shape, np.nan, np.float32))   # every cell written, zeros too
     np.testing.assert_array_equal(got, want)
     dcol = rng.standard_normal(want.shape).astype(np.float32)
-    np.testing.assert_array_equal(K.col2im(dcol, x.shape, geom),
-                                  col2im(dcol, (n, c, h + 2 * ph, w + 2 * pw), kh, kw, sh, sw, oh, ow, (ph, pw)))
+    np.testing.assert_array_equal(K.col2im(dcol, x.shape, geom), col2im(dcol, x.shape, geom))
 
 
 def test_fused_bias_relu_keeps_nan():
@@ -96,15 +95,15 @@ def test_fused_bias_relu_keeps_nan():
 
 def test_conv_chunked_path_matches(monkeypatch):
     """Above the column budget the batch is done in chunks; both paths agree there too."""
-    from nabi.functional import conv
-    monkeypatch.setattr(conv, "COL_BUDGET_BYTES", 2000)
+    from nabi.functional import conv_fast
+    monkeypatch.setattr(conv_fast, "COL_BUDGET_BYTES", 2000)
     rng = np.random.default_rng(0)
     x, wt, b = rng.standard_normal((5, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
 
     def run():
-        y, cache = F.conv2d_forward(x, wt, b, 2, 1)
+        y, cache = conv_fast.conv2d_forward(x, wt, b, 2, 1)
         assert cache[5] is not None                      # really chunked
-        return (y,) + tuple(F.conv2d_backward(np.ones_like(y), cache))
+        return (y,) + tuple(conv_fast.conv2d_backward(np.ones_like(y), cache))
     close(*both(run), np.float64)
 
 

@@ -1,4 +1,4 @@
-"""Engine: im2col against the seeds' loop formulas, the seeds' worked examples, bad input, overfitting."""
+"""Engine: im2col against the loop formulas, textbook worked examples, bad input, overfitting."""
 import math
 
 import numpy as np
@@ -33,8 +33,8 @@ def test_im2col_conv_equals_loop_reference(n, c, f, geometry):
     np.testing.assert_allclose(db, rdb, rtol=1e-10, atol=1e-12)
 
 
-def test_one_dimensional_seed_formula():
-    """Seed 004's 1-D case O_i = Σ_j w_j x_(i+j−1), written as a 1×K convolution."""
+def test_one_dimensional_formula():
+    """The 1-D case O_i = Σ_j w_j x_(i+j−1), written as a 1×K convolution."""
     x = np.array([1.0, 2.0, -1.0, 3.0, 0.5]).reshape(1, 1, 1, 5)
     w = np.array([0.5, -1.0, 2.0]).reshape(1, 1, 1, 3)
     y, cache = F.conv2d_forward(x, w)
@@ -47,8 +47,8 @@ def test_one_dimensional_seed_formula():
     np.testing.assert_allclose(dx.ravel(), np.convolve(dy.ravel(), w.ravel(), mode="full"))
 
 
-# --- the seeds' worked examples -------------------------------------------------------------------
-def test_seed001_seven_by_seven():
+# --- worked examples (cs231n's, AlexNet's and the 2019 report's) --------------------------------
+def test_seven_by_seven_input_with_a_3x3_filter():
     assert output_size(7, 3, 1, 0) == 5
     assert output_size(7, 3, 2, 0) == 3
     # stride 3 does not tile 7 with a 3×3 filter: (7 − 3)/3 + 1 = 2.33 — nabi floors to 2 (as PyTorch),
@@ -59,32 +59,32 @@ def test_seed001_seven_by_seven():
     assert y.shape == (1, 1, 2, 2)
 
 
-def test_seed001_ten_5x5_filters_pad2():
+def test_ten_5x5_filters_pad2():
     conv = L.Conv2d(3, 10, 5, stride=1, padding=2)
     assert conv(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 10, 32, 32)
     assert conv.num_parameters() == 760                         # (5·5·3 + 1)·10
 
 
-def test_seed003_same_padding_7x7():
+def test_same_padding_7x7():
     conv = L.Conv2d(3, 4, 7, padding="same")
     assert conv.padding == (3, 3)
     assert conv(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 4, 32, 32)
 
 
-def test_seed002_alexnet_first_layer():
+def test_alexnet_first_layer():
     conv = L.Conv2d(3, 96, 11, stride=4)
     assert conv(np.zeros((1, 3, 227, 227), np.float32)).shape == (1, 96, 55, 55)
     assert conv.num_parameters() == 34944                       # (11·11·3 + 1)·96
 
 
-def test_seed000_alexnet336_pooling_shapes():
+def test_alexnet336_pooling_shapes():
     assert L.MaxPool2d(3, 2)(np.zeros((1, 96, 81, 81), np.float32)).shape == (1, 96, 40, 40)
     assert L.MaxPool2d(3, 2)(np.zeros((1, 256, 40, 40), np.float32)).shape == (1, 256, 19, 19)
     assert L.MaxPool2d(3, 2, ceil_mode=True)(np.zeros((1, 256, 40, 40), np.float32)).shape == (1, 256, 20, 20)
 
 
 # --- initialisers ----------------------------------------------------------------------------------
-def test_he_uniform_bounds_follow_seed000():
+def test_he_uniform_bounds():
     conv = L.Conv2d(96, 256, 5, init="he_uniform", rng=np.random.default_rng(0))
     bound = math.sqrt(6 / (96 * 25))
     w = conv.weight.data
@@ -265,19 +265,19 @@ def test_model_moves_between_devices(xp):
 
 def test_chunked_im2col_equals_unchunked(monkeypatch):
     """Above COL_BUDGET_BYTES the batch is processed in chunks; results must not change."""
-    from nabi.functional import conv as Cv
+    from nabi.functional import conv_fast as Cv
     rng = np.random.default_rng(9)
     x = rng.standard_normal((5, 3, 9, 8))
     w = rng.standard_normal((4, 3, 3, 3))
     b = rng.standard_normal(4)
     dy = rng.standard_normal((5, 4, 5, 4))
-    y1, c1 = F.conv2d_forward(x, w, b, 2, 1)
-    ref = F.conv2d_backward(dy, c1)
+    y1, c1 = Cv.conv2d_forward(x, w, b, 2, 1)
+    ref = Cv.conv2d_backward(dy, c1)
     monkeypatch.setattr(Cv, "COL_BUDGET_BYTES", 2 * 27 * 20 * 8)          # two samples' columns per chunk
-    y2, c2 = F.conv2d_forward(x, w, b, 2, 1)
+    y2, c2 = Cv.conv2d_forward(x, w, b, 2, 1)
     assert c2[5] is not None and len(c2[5][1]) == 3
     np.testing.assert_allclose(y2, y1, rtol=1e-12)
-    for got, want in zip(F.conv2d_backward(dy, c2), ref):
+    for got, want in zip(Cv.conv2d_backward(dy, c2), ref):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     w1, w2 = w.copy(), w.copy()
     b1, b2 = b.copy(), b.copy()

@@ -11,8 +11,9 @@ import copy
 import numpy as np
 import pytest
 
-from nabi import backend, layers as L, models, optim
-from nabi.amp import DynamicLossScaler, MixedPrecision
+from nabi import backend, layers as L, models
+from nabi.training import optim
+from nabi.training.amp import DynamicLossScaler, MixedPrecision
 from nabi.functional import activation as A, loss as LF, norm as NF, pool as PF
 
 F16_MAX = float(np.finfo(np.float16).max)

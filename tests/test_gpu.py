@@ -115,7 +115,7 @@ def test_cuda_kernels_equal_the_cupy_array_code(cupy, dtype, geom):
     convolution (im2col, col2im, the GEMM-layout moves with bias and a fused ReLU) and max pooling
     (forward and backward, ties and a NaN included)."""
     from nabi import functional as F
-    from nabi.functional import gpu_kernels as G
+    from nabi.functional import conv_fast as CF, gpu_kernels as G
     n, c, k, s, p, ceil, hw = geom
     pk, ps, pp = min(k, 3), max(1, s), min(p, min(k, 3) // 2)
     rng = np.random.default_rng(hw)
@@ -128,8 +128,8 @@ def test_cuda_kernels_equal_the_cupy_array_code(cupy, dtype, geom):
 
     def run():
         r = np.random.default_rng(7)
-        y, cache = F.conv2d_forward(xg, wg, bg, s, p, relu=True)          # bias and a fused ReLU
-        dx, dw, db = F.conv2d_backward(cupy.asarray(r.standard_normal(y.shape).astype(dtype)), cache, relu_y=y)
+        y, cache = CF.conv2d_forward(xg, wg, bg, s, p, relu=True)         # bias and a fused ReLU
+        dx, dw, db = CF.conv2d_backward(cupy.asarray(r.standard_normal(y.shape).astype(dtype)), cache, relu_y=y)
         py, pcache = F.max_pool2d_forward(xg, pk, ps, pp, ceil)
         pdx = F.max_pool2d_backward(cupy.asarray(r.standard_normal(py.shape).astype(dtype)), pcache)
         return [cupy.asnumpy(a) for a in (y, dx, dw, db, py, pdx)]

@@ -20,7 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 import cupy_emulator
 from strategies import window_axis
-from nabi.functional import conv as CV, cpu_kernels as K, gpu_kernels as G, pool as PL
+from nabi.functional import conv as CV, cpu_kernels as K, dispatch as D, gpu_kernels as G, pool as PL
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +57,14 @@ def test_im2col_and_col2im_equal_numpy(harness, n, c, hg, wg, f64):
     geom = (kh, kw, sh, sw, ph, pw, oh, ow)
     rng = np.random.default_rng(h + 11 * w + 5 * kh)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    want = CV.im2col(CV.pad_input(x, ph, pw), kh, kw, sh, sw, oh, ow)
+    want = CV.im2col(x, geom)
     col = np.full(want.shape, np.nan, dtype)
     harness("im2col", dtype, [x, col], x.shape, geom)
     np.testing.assert_array_equal(col, want)
     dcol = rng.standard_normal(want.shape).astype(dtype)
     dx = np.full(x.shape, np.nan, dtype)
     harness("col2im", dtype, [dcol, dx], x.shape, geom)
-    np.testing.assert_array_equal(dx, CV.col2im(dcol, (n, c, h + 2 * ph, w + 2 * pw), kh, kw, sh, sw, oh, ow,
-                                                (ph, pw)))
+    np.testing.assert_array_equal(dx, CV.col2im(dcol, x.shape, geom))
 
 
 @settings(max_examples=80, deadline=None)
@@ -160,7 +159,7 @@ def test_gemm_layout_moves_equal_the_cpu_kernels(harness, n, f, p, bias, relu, f
     ymat.flat[0] = np.nan
     b = rng.standard_normal(f).astype(dtype)
     with K.kernels(False):
-        want = CV._to_nchw(ymat.copy(), b if bias else None, n, 1, p, relu).reshape(n, f, p)   # (in place at n = 1)
+        want = D.REFERENCE.from_gemm(ymat.copy(), b if bias else None, n, relu).reshape(n, f, p)
     y = np.full((n, f, p), -7.0, dtype)
     harness("from_gemm", dtype, [ymat, b, y], (), (n, f, p, int(bias) | (2 if relu else 0)))
     np.testing.assert_array_equal(y, want)                     # NaN stays NaN through the ReLU

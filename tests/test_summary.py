@@ -136,7 +136,7 @@ def test_alexnet_336_matches_the_2019_report_tables():
     res = summary(alexnet_336(), (3, 336, 336), file=False)
     assert res.total_params == 108_629_381
     shape = {r["name"]: r["output_shape"] for r in res.rows}
-    hwc = lambda s: (s[1], s[2], s[0])  # noqa: E731 - the seed report writes H×W×C
+    hwc = lambda s: (s[1], s[2], s[0])  # noqa: E731 - the 2019 report writes H×W×C
     assert [hwc(shape[k]) for k in ("0", "2", "3", "5", "6", "12")] == \
         [(82, 82, 96), (40, 40, 96), (40, 40, 256), (20, 20, 256), (20, 20, 384), (10, 10, 256)]
     assert shape["13"] == (25600,) and shape["16"] == (5,)

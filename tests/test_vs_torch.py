@@ -101,7 +101,7 @@ def test_cross_entropy_equals_torch(dtype, weighted, smoothing, xp):
 
 
 def test_cross_entropy_gradient_is_p_minus_y():
-    """Seed 000, Algorithm 1: for one example the logit gradient is softmax output − one-hot answer."""
+    """For one example the logit gradient is softmax output − one-hot answer (the 2019 report's Algorithm 1)."""
     z = np.array([[2.0, -1.0, 0.5, 0.0]])
     loss_fn = L.CrossEntropyLoss()
     loss_fn(z, np.array([2]))

@@ -16,23 +16,29 @@ over more than 65 504 classes overflows, and loses digits long before.
 from __future__ import annotations
 
 from ..backend import get_array_module
-from . import cpu_kernels as K
+from .dispatch import for_arrays, reference
 
 
 def relu_forward(x):
-    if K.enabled(x):
-        y = K.relu(x)
-        return y, y
-    xp = get_array_module(x)
-    y = xp.maximum(x, 0)
+    y = for_arrays(x).relu(x)
     return y, y
 
 
 def relu_backward(dy, cache):
     """The mask comes from the output: y > 0 exactly where x > 0."""
-    if K.enabled(dy, cache) and dy.shape == cache.shape:
-        return K.relu_backward(dy, cache)
-    return dy * (cache > 0)
+    return for_arrays(dy, cache).relu_backward(dy, cache)
+
+
+@reference
+def relu(x):
+    """y = max(x, 0) (NaN stays NaN)."""
+    return get_array_module(x).maximum(x, 0)
+
+
+@reference("relu_backward")
+def _relu_mask(dy, y):
+    """dx = δ · [y > 0]."""
+    return dy * (y > 0)
 
 
 def leaky_relu_forward(x, negative_slope=0.01):

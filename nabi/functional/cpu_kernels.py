@@ -10,21 +10,29 @@ CPU's cores with ``prange`` over independent rows or image planes (no two
 threads ever write the same element, so results do not depend on the thread
 count).
 
-They mirror the NumPy code in ``conv.py``, ``pool.py`` and ``activation.py``,
-which remains the reference (and the CuPy path): ``tests/test_cpu_kernels.py``
+They mirror the array code in ``conv.py``, ``pool.py``, ``activation.py`` and
+``norm.py``, which remains the reference (and the CuPy path): ``tests/test_cpu_kernels.py``
 checks every kernel against it, and the whole gradient/PyTorch suite runs on
-whichever path is active. ``enabled(x)`` says whether a kernel applies: numba
-installed, ``x`` a NumPy float32/float64 array, and not switched off with
-``NABI_KERNELS=numpy`` or ``use_kernels(False)``.
+whichever path is active. ``dispatch.NUMBA`` presents them to the ops; ``enabled(x)``
+says whether they apply: numba installed, ``x`` a NumPy float32/float64 array, and
+not switched off with ``NABI_KERNELS=numpy`` or ``use_kernels(False)``.
+
+Compiled once per machine: numba caches the machine code on disk (``cache=True``), so
+only the first process compiles (it says so once on stderr) and later ones load it.
+Parallel kernels may be called from several Python threads at once (see ``_guarded``).
 
 Shapes: x (N, C, H, W); geometry (KH, KW, SH, SW, PH, PW, OH, OW); P = OH·OW.
 """
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from contextlib import contextmanager
 
 import numpy as np
+
+from ..backend import _set_numba_threads, usable_cores
 
 try:
     import numba as _nb
@@ -33,6 +41,10 @@ except Exception:  # pragma: no cover - numba is optional (pip install nabi[tool
     _nb = None
 
 _on = _nb is not None and os.environ.get("NABI_KERNELS", "numba").lower() != "numpy"
+if _nb is not None and "NUMBA_NUM_THREADS" not in os.environ and usable_cores() < _nb.config.NUMBA_NUM_THREADS:
+    # numba sizes its pool by the machine's core count; a process limited to fewer cores (a
+    # container, ``taskset``) would otherwise run more kernel threads than it has cores.
+    _set_numba_threads(usable_cores())
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -75,8 +87,7 @@ def kernels(flag: bool):
 
 def set_num_threads(n: int) -> None:
     """Threads the kernels split their loops over (at most numba's NUMBA_NUM_THREADS)."""
-    if _nb is not None:
-        _nb.set_num_threads(max(1, min(int(n), _nb.config.NUMBA_NUM_THREADS)))
+    _set_numba_threads(n)
 
 
 def threading_layer() -> str:
@@ -87,21 +98,81 @@ def threading_layer() -> str:
         return "?"
 
 
+# ---------------------------------------------------------------------------
+# compiling: on disk once, announced once, safe to call from several threads
+# ---------------------------------------------------------------------------
+COMPILING_MESSAGE = "nabi: compiling CPU kernels (first run only, about 15 s)"
+
+
+def _njit(fn, **options):
+    """numba's ``njit`` with the compiled code cached on disk (next to this file, or in numba's
+    user-wide cache directory when that is read-only). Where no cache directory can be written at
+    all, numba refuses ``cache=True``; the kernels are then compiled in every process instead."""
+    try:
+        return _nb.njit(cache=True, nogil=True, **options)(fn)
+    except RuntimeError:        # "cannot cache function …: no locator available for file …"
+        return _nb.njit(cache=False, nogil=True, **options)(fn)
+
+
+if _nb is not None:
+    from numba.core import event as _event
+
+    class _AnnounceCompiling(_event.Listener):
+        """Say once, on stderr, that the kernels are being compiled: only when numba compiles one of
+        them (no usable on-disk cache yet), never when it loads them from the cache."""
+        said = False
+
+        def on_start(self, event):
+            if self.said:
+                return
+            dispatcher = (event.data or {}).get("dispatcher")
+            if getattr(getattr(dispatcher, "py_func", None), "__module__", None) == __name__:
+                type(self).said = True
+                print(COMPILING_MESSAGE, file=sys.stderr, flush=True)
+
+        def on_end(self, event):
+            pass
+
+    _event.register("numba:compile", _AnnounceCompiling())
+
+
+_launch_lock = threading.Lock()
+_threadsafe = None      # whether numba's threading layer may run kernels from several threads at once
+
+
+def _guarded(kernel):
+    """Call ``kernel`` directly when numba's threading layer is thread-safe ('omp', 'tbb'); under
+    one lock otherwise: the 'workqueue' layer aborts the process when two Python threads run
+    parallel kernels at once (a web app serving one model from several threads would)."""
+    def launch(*args):
+        global _threadsafe
+        if _threadsafe:
+            return kernel(*args)
+        with _launch_lock:
+            out = kernel(*args)
+            if _threadsafe is None:
+                _threadsafe = threading_layer() in ("omp", "tbb")
+            return out
+    launch.__name__ = launch.__qualname__ = kernel.__name__ if hasattr(kernel, "__name__") else "kernel"
+    launch.kernel = kernel
+    return launch
+
+
 def _jit(fn=None, *, reassociate=False):
-    """Compile with numba (parallel, cached on disk). ``reassociate`` lets a sum be vectorised
+    """Compile a parallel kernel (see ``_njit``). ``reassociate`` lets a sum be vectorised
     (reordered additions; no other fast-math licence, so NaN and inf behave as usual)."""
     if fn is None:
         return lambda f: _jit(f, reassociate=reassociate)
     if _nb is None:
         return fn
-    return _nb.njit(parallel=True, cache=True, fastmath={"reassoc"} if reassociate else False, nogil=True)(fn)
+    return _guarded(_njit(fn, parallel=True, fastmath={"reassoc"} if reassociate else False))
 
 
 # ---------------------------------------------------------------------------
 # convolution
 # ---------------------------------------------------------------------------
 def _scalar(fn):
-    return fn if _nb is None else _nb.njit(cache=True, nogil=True)(fn)
+    return fn if _nb is None else _njit(fn)
 
 
 @_scalar
@@ -257,14 +328,12 @@ def _to_gemm(dy, y, masked, dmat, db):
             if masked:
                 mask = y[n, f]
                 for p in range(P):
-                    t = src[p] if mask[p] > 0 else 0
-                    dst[p] = t
-                    s += t
+                    dst[p] = src[p] if mask[p] > 0 else 0
             else:
                 for p in range(P):
-                    t = src[p]
-                    dst[p] = t
-                    s += t
+                    dst[p] = src[p]
+            for p in range(P):                   # one summing loop for both cases: the same bits
+                s += dst[p]                      # whether a ReLU's mask was fused here or applied before
         db[f] = s
 
 

@@ -3,13 +3,14 @@
 Linear: x (N, in), w (out, in) as PyTorch stores it, b (out,):
     y = x · wᵀ + b
     ∂L/∂x = δ · w,   ∂L/∂w = δᵀ · x,   ∂L/∂b = Σ_n δ[n]
-For a batch of one, ∂L/∂w is the rank-1 outer product δᵀx of seed 000's Algorithm 1.
+For a batch of one, ∂L/∂w is the rank-1 outer product δᵀx (the setting of the 2019 report
+"CNN을 이용한 고려대학교 길고양이 분류 및 배경 학습을 통한 성능 개선", COSE362, Korea University).
 """
 from __future__ import annotations
 
-from . import cpu_kernels as K
 from ._checks import check_input
 from .blas import gemm_inplace, matmul_into
+from .dispatch import for_arrays, reference
 
 
 def linear_forward(x, w, b=None, layer="linear"):
@@ -40,14 +41,22 @@ def linear_sgd_backward(dy, cache, w, b, lr, need_dx=True):
     The weight gradient is never materialised (BLAS ``ger``/``gemm`` with beta = 1).
     """
     x, _, has_bias = cache
-    if need_dx and dy.shape[0] == 1 and K.enabled(dy, w, x) and w.flags.c_contiguous:
-        # batch of one (seed 000's setting): dx = δ·w and w −= lr·δᵀx in one pass over w
-        dx = K.vecmat_rank1_update(w, dy[0], -lr * dy[0], x[0])[None, :]
+    if need_dx and dy.shape[0] == 1 and w.flags.c_contiguous:
+        # batch of one: dx = δ·w and w −= lr·δᵀx (the compiled CPU loop does both in one pass over w)
+        dx = for_arrays(dy, w, x).vecmat_rank1_update(w, dy[0], -lr * dy[0], x[0])[None, :]
     else:
         dx = dy @ w if need_dx else None
         gemm_inplace(w, dy.T, x, -lr)
     if has_bias:
         b -= lr * dy.sum(axis=0)
+    return dx
+
+
+@reference
+def vecmat_rank1_update(w, v, a, row):
+    """Return v·w (v (M,), w (M, K)) with the old w, then w += a ⊗ row in place."""
+    dx = (v[None, :] @ w)[0]
+    gemm_inplace(w, a[:, None], row[None, :], 1.0)
     return dx
 
 

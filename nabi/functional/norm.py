@@ -22,7 +22,7 @@ Local response normalisation across channels (AlexNet; PyTorch's form), size n:
 from __future__ import annotations
 
 from ..backend import get_array_module
-from . import cpu_kernels as K
+from .dispatch import for_arrays
 
 
 def dropout_forward(x, p, training, rng):
@@ -39,6 +39,13 @@ def dropout_forward(x, p, training, rng):
 
 def dropout_backward(dy, mask):
     return dy if mask is None else dy * mask
+
+
+def _compiled(*arrays):
+    """The implementation with compiled per-channel loops for these 4-D arrays, or None: the
+    formulas written below run then (the reference)."""
+    impl = for_arrays(*arrays)
+    return impl if arrays[0].ndim == 4 and impl.has_batch_norm else None
 
 
 def _is_half(a):
@@ -66,13 +73,14 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         return y.astype(x.dtype), (x_hat.astype(x.dtype), inv_std, gamma, training)
     axes, bs = _bn_axes(x), _bshape(x)
     xp = get_array_module(x)
-    fast = x.ndim == 4 and K.enabled(x, gamma, beta)       # the compiled per-channel loops
+    kern = _compiled(x, gamma, beta)
+    fast = kern is not None                                # the compiled per-channel loops
     if training:
         M = x.size // x.shape[1]
         if M < 2:
             raise ValueError(f"batch_norm: training needs more than one value per channel, got input shape "
                              f"{tuple(x.shape)} (use a batch larger than 1, or call model.eval())")
-        mean, var = K.batch_norm_stats(x) if fast else (x.mean(axis=axes), x.var(axis=axes))
+        mean, var = kern.batch_norm_stats(x) if fast else (x.mean(axis=axes), x.var(axis=axes))
         running_mean *= 1 - momentum
         running_mean += momentum * mean.astype(running_mean.dtype)
         running_var *= 1 - momentum
@@ -83,7 +91,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
     inv_std = 1.0 / xp.sqrt(var + eps)
     if fast:
-        y, x_hat = K.batch_norm_apply(x, mean, inv_std, gamma, beta)
+        y, x_hat = kern.batch_norm_apply(x, mean, inv_std, gamma, beta)
         return y, (x_hat, inv_std, gamma, training)
     x_hat = (x - mean.reshape(bs)) * inv_std.reshape(bs)
     y = x_hat * gamma.reshape(bs) + beta.reshape(bs)
@@ -98,8 +106,9 @@ def batch_norm_backward(dy, cache):
         dx, dgamma, dbeta = batch_norm_backward(dy.astype(f32), (x_hat.astype(f32), inv_std.astype(f32),
                                                                  gamma.astype(f32), training))
         return dx.astype(dy.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
-    if training and dy.ndim == 4 and K.enabled(dy, x_hat, gamma):
-        return K.batch_norm_backward(dy, x_hat, inv_std, gamma)
+    kern = _compiled(dy, x_hat, gamma) if training else None
+    if kern is not None:
+        return kern.batch_norm_train_backward(dy, x_hat, inv_std, gamma)
     axes, bs = _bn_axes(dy), _bshape(dy)
     dbeta = dy.sum(axis=axes)
     dgamma = (dy * x_hat).sum(axis=axes)

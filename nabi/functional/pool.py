@@ -23,12 +23,9 @@ Average:  y[n,c,i,j] = (1/D_ij) Σ_{u,v} x_pad[n,c,i·SH+u, j·SW+v]
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..backend import get_array_module
-from . import cpu_kernels as K
-from . import gpu_kernels as G
 from ._checks import check_input
+from .dispatch import for_arrays, reference
 from .shape import output_hw, pair
 
 
@@ -54,38 +51,40 @@ def _pad(x, ph, pw, eh, ew, value):
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, layer="max_pool2d"):
-    """Returns ``(y, cache)``; y (N, C, OH, OW).
-
-    y is a running ``maximum`` over the KH·KW window offsets, each a strided slice
-    of the padded input (no index array is built: backward finds the maxima again
-    by comparing with y). A NaN in a window reaches the output, as in PyTorch.
-    """
-    xp = check_input(x, 4, layer)
+    """Returns ``(y, cache)``; y (N, C, OH, OW). A NaN in a window reaches the output, as in PyTorch."""
+    check_input(x, 4, layer)
     g = _geometry(x, kernel_size, stride, padding, ceil_mode, layer)
-    kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
-    compiled = K if K.enabled(x) else G if G.enabled(x) else None
-    if compiled is not None:  # one compiled pass (CPU or CUDA) that also records each window's argmax
-        y, arg = compiled.max_pool(x, g[:8])
-        return y, (None, arg, x.shape, g)
-    x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
-    y = _window_reduce(x_pad, kh, kw, sh, sw, oh, ow, xp.maximum)
-    return y, (x_pad, y, x.shape, g)
+    impl = for_arrays(x)
+    y, state = impl.max_pool(x, g)
+    return y, (impl, state, x.shape, g)
 
 
 def max_pool2d_backward(dy, cache):
-    """dx at each window's maximum += δ of that window; returns dx (N, C, H, W).
+    """dx at each window's maximum += δ of that window; returns dx (N, C, H, W)."""
+    impl, state, x_shape, g = cache
+    return impl.max_pool_backward(dy, state, x_shape, g)
 
-    Offsets are visited in row-major window order and a ``taken`` mask keeps only
-    the first cell equal to the maximum, so a tie sends δ to one cell, never two.
-    Overlapping windows add their own δ to a shared maximum. A window whose
-    maximum is NaN passes no gradient.
-    """
-    x_pad, y, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow, eh, ew) = cache
+
+@reference
+def max_pool(x, g):
+    """y = a running ``maximum`` over the KH·KW window offsets, each a strided slice of the padded
+    input. No index array is built: backward finds the maxima again by comparing with y, so the
+    state kept is (x_pad, y). (The compiled implementations record each window's argmax instead.)"""
+    kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
+    xp = get_array_module(x)
+    x_pad = _pad(x, ph, pw, eh, ew, -xp.inf)
+    y = _window_reduce(x_pad, kh, kw, sh, sw, oh, ow, xp.maximum)
+    return y, (x_pad, y)
+
+
+@reference
+def max_pool_backward(dy, state, x_shape, g):
+    """Offsets are visited in row-major window order and a ``taken`` mask keeps only the first
+    cell equal to the maximum, so a tie sends δ to one cell, never two. Overlapping windows add
+    their own δ to a shared maximum. A window whose maximum is NaN passes no gradient."""
+    x_pad, y = state
+    kh, kw, sh, sw, ph, pw, oh, ow, eh, ew = g
     xp = get_array_module(dy)
-    if x_pad is None:  # the compiled forward kept the argmax of every window (here in y's place)
-        if xp is np:
-            return K.max_pool_backward(dy, y, x_shape)
-        return G.max_pool_backward(dy, y, x_shape, (kh, kw, sh, sw, ph, pw, oh, ow))
     N, C, H, W = x_shape
     dx_pad = xp.zeros(x_pad.shape, dtype=dy.dtype)
     overlap = kh > sh or kw > sw

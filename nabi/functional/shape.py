@@ -28,7 +28,7 @@ def pair(v, name: str = "value"):
 def same_padding(kernel_size, stride=1, dilation=1, layer: str = "conv2d"):
     """Padding that keeps H×W for stride 1: P = (F - 1) / 2 per side (F odd).
 
-    A 7×7 kernel on 32×32 pads 3 (seed 003). ``'same'`` with stride > 1 or an even
+    A 7×7 kernel on 32×32 pads 3. ``'same'`` with stride > 1 or an even
     kernel would need asymmetric padding and is refused.
     """
     kh, kw = pair(kernel_size, "kernel_size")
@@ -81,7 +81,7 @@ def output_hw(in_hw, kernel, stride, padding, ceil_mode=False, layer="layer", x_
 def check_divides(size: int, kernel: int, stride: int, pad: int) -> bool:
     """True when (W − F + 2P) is a multiple of S, i.e. the windows tile the input exactly.
 
-    Seed 001's example: a 7×7 input, 3×3 filter and stride 3 gives (7 − 3)/3 + 1 = 2.33 —
+    cs231n's example: a 7×7 input, 3×3 filter and stride 3 gives (7 − 3)/3 + 1 = 2.33 —
     nabi floors it to 2 (the last column is not covered), as PyTorch and Caffe do; this
     helper lets a caller refuse such a configuration instead.
     """

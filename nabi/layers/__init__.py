@@ -5,7 +5,8 @@ from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
 from .embedding import ArcFaceLoss, CosFaceLoss, CosineLinear, EmbeddingHead, L2Normalize, TripletLoss
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss, MSELoss
-from .module import Module, Parameter, WeightedLayer
+from .module import Module, Parameter
+from .weighted import WeightedLayer
 from .norm import BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm
 
 __all__ = ["Module", "Parameter", "Sequential", "Residual", "Concat", "Conv2d", "MaxPool2d", "AvgPool2d",

@@ -21,8 +21,17 @@ class _Elementwise(Module):
 
 
 class ReLU(_Elementwise):
-    """y = max(x, 0); the gradient passes where x > 0 (seed 000 §4.3)."""
+    """y = max(x, 0); the gradient passes where x > 0.
+
+    A layer before it that ``fuses_relu`` (``Conv2d``) may compute it instead: ``Sequential``
+    then hands this ReLU the output (``take_fused_output``) and gives it back to that layer's
+    backward (``release_fused_output``), which applies the mask [y > 0] itself.
+    """
     _fwd, _bwd = staticmethod(A.relu_forward), staticmethod(A.relu_backward)
+    fusable_relu = True
+
+    def summary_activation(self):
+        return "relu"
 
     def take_fused_output(self, y):
         """Record y = max(x, 0) computed by the layer before (a fused Conv2d) as this ReLU's output."""
@@ -39,10 +48,16 @@ class Sigmoid(_Elementwise):
     """y = 1 / (1 + e^(−x))."""
     _fwd, _bwd = staticmethod(A.sigmoid_forward), staticmethod(A.sigmoid_backward)
 
+    def summary_activation(self):
+        return "sigmoid"
+
 
 class Tanh(_Elementwise):
     """y = tanh x."""
     _fwd, _bwd = staticmethod(A.tanh_forward), staticmethod(A.tanh_backward)
+
+    def summary_activation(self):
+        return "tanh"
 
 
 class LeakyReLU(Module):
@@ -63,6 +78,9 @@ class LeakyReLU(Module):
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
 
+    def summary_activation(self):
+        return f"leaky_relu({self.negative_slope:g})"
+
 
 class Softmax(Module):
     """Softmax along ``dim`` (default the class axis 1 of (N, K))."""
@@ -79,6 +97,9 @@ class Softmax(Module):
     def backward(self, dy):
         return A.softmax_backward(dy, self._cache)
 
+    def summary_activation(self):
+        return f"softmax(dim={self.dim})"
+
 
 class LogSoftmax(Softmax):
     """log softmax along ``dim``."""
@@ -89,6 +110,9 @@ class LogSoftmax(Softmax):
 
     def backward(self, dy):
         return A.log_softmax_backward(dy, self._cache)
+
+    def summary_activation(self):
+        return f"log_softmax(dim={self.dim})"
 
 
 class Identity(Module):

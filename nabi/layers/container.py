@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..backend import get_array_module
-from .activation import ReLU
-from .conv import Conv2d
 from .module import Module
 
 
@@ -29,11 +27,12 @@ def _named(args, kind):
     return items
 
 
-def _fusable(conv, relu):
-    """A Conv2d then a plain ReLU, neither with a hooked ``forward``/``backward`` (summary,
-    Grad-CAM and shape probes wrap single layers and must see them run one by one)."""
-    return (isinstance(conv, Conv2d) and type(relu) is ReLU and conv.training == relu.training
-            and not any(k in m.__dict__ for m in (conv, relu) for k in ("forward", "backward")))
+def _fusable(layer, relu):
+    """A layer that ``fuses_relu`` (Conv2d) followed by a ``fusable_relu`` (ReLU), in the same mode,
+    neither with a forward hook (summary, Grad-CAM and shape probes hook single layers and must
+    see them run one by one)."""
+    return (getattr(layer, "fuses_relu", False) and getattr(relu, "fusable_relu", False)
+            and layer.training == relu.training and not layer.has_forward_hooks and not relu.has_forward_hooks)
 
 
 class Sequential(Module):
@@ -65,19 +64,25 @@ class Sequential(Module):
     writes its output, and its mask as the convolution's backward reads δ (two fewer passes
     over the activation). The result is identical; ``fuse = False`` runs them one by one."""
 
+    def input_layer(self):
+        return next(iter(self._modules.values())).input_layer() if self._modules else None
+
     def forward(self, x):
         mods = list(self._modules.values())
-        self._fused = fused = set()
+        fused = set()
         i = 0
         while i < len(mods):
             m = mods[i]
             if self.fuse and i + 1 < len(mods) and _fusable(m, mods[i + 1]):
-                x = mods[i + 1].take_fused_output(m.forward(x, relu=True))
+                y = m.forward(x, relu=True)
+                x = mods[i + 1].take_fused_output(y) if mods[i + 1]._keeps_cache() else y
                 fused.add(i + 1)
                 i += 2
                 continue
             x = m(x)
             i += 1
+        if self._keeps_cache():
+            self._fused = fused
         return x
 
     def backward(self, dy):

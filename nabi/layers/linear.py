@@ -1,9 +1,12 @@
 """``Linear`` and ``Flatten``."""
 from __future__ import annotations
 
+import numpy as np
+
 from .. import init as initialisers
 from ..functional import linear as L
-from .module import Module, Parameter, WeightedLayer
+from .module import Module, Parameter
+from .weighted import WeightedLayer
 
 
 class Linear(WeightedLayer):
@@ -18,17 +21,24 @@ class Linear(WeightedLayer):
         self.bias = Parameter(initialisers.make((self.out_features,), bias_init, rng, self.in_features)) if bias else None
         self._init_state()
 
-    _backward_fn = staticmethod(L.linear_backward)
-    _sgd_backward_fn = staticmethod(L.linear_sgd_backward)
-
     def _name(self):
         return f"Linear({self.in_features}→{self.out_features})"
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
         y, cache = L.linear_forward(x, self.weight.data, b, layer=self._name())
-        self._cache = cache if self.training or self.keep_cache else None
+        self._store_cache(cache)
         return y
+
+    def _backward(self, dy, cache, dw_out, relu_y):
+        return L.linear_backward(dy, cache, need_dx=self.compute_input_grad, dw_out=dw_out)
+
+    def _sgd_backward(self, dy, cache, lr, relu_y):
+        bias = self.bias.data if self.bias is not None else None
+        return L.linear_sgd_backward(dy, cache, self.weight.data, bias, lr, need_dx=self.compute_input_grad)
+
+    def summary_macs(self, x_shape, y_shape):
+        return int(np.prod(y_shape)) * self.in_features
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -5,6 +5,14 @@ A module runs ``y = m(x)`` forward, keeps what its backward needs, and
 adding each parameter's gradient into ``param.grad``. There is no autograd
 tape: containers (``Sequential``, ``Residual``, ``Concat``) call their
 children's ``backward`` in reverse order themselves.
+
+Threads: an eval-mode forward (``model.eval()``) computes from the input, the parameters
+and the buffers only. What a layer records for a backward is written only in training or
+with ``set_keep_cache`` (Conv2d, Linear, pooling), or is never read by a forward (the
+element-wise layers' and batch norm's last output), and the buffers a convolution
+reuses belong to the calling thread. So one model may serve predictions from several
+threads at once, each getting exactly what a serial call returns
+(``tests/test_threads.py``). Training, or ``set_keep_cache(True)``, is one thread's job.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend
+from ..summary import summary as _summary
 
 
 class Parameter:
@@ -117,8 +126,35 @@ class Module:
         object.__setattr__(self, name, array)
 
     # -- running -------------------------------------------------------
+    _forward_hooks = ()   # an instance's own tuple once a hook is added (see ``add_forward_hook``)
+
     def __call__(self, x):
-        return self.forward(x)
+        hooks = self._forward_hooks
+        if not hooks:
+            return self.forward(x)
+        run = self.forward
+        for hook in hooks:
+            run = _hooked(hook, self, run)
+        return run(x)
+
+    def add_forward_hook(self, hook):
+        """Run ``hook(module, forward, x)`` in place of ``forward(x)`` when the module is called;
+        the hook calls ``forward(x)`` itself and returns the output (so it can see the input, the
+        output and any error). Returns a function that removes the hook.
+
+        A container never fuses a hooked layer with its neighbour (``Sequential`` fuses Conv2d +
+        ReLU), so the hook sees exactly this layer's own output. The tuple of hooks is replaced,
+        never changed in place, so a saved ``__dict__`` restores it (``summary.preserved_eval``).
+        """
+        object.__setattr__(self, "_forward_hooks", tuple(self._forward_hooks) + (hook,))
+
+        def remove():
+            object.__setattr__(self, "_forward_hooks", tuple(h for h in self._forward_hooks if h is not hook))
+        return remove
+
+    @property
+    def has_forward_hooks(self) -> bool:
+        return bool(self._forward_hooks)
 
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} has no forward")
@@ -133,6 +169,36 @@ class Module:
         for m in self.modules():
             object.__setattr__(m, "keep_cache", bool(flag))
         return self
+
+    def _keeps_cache(self) -> bool:
+        """Whether a forward keeps what backward needs: in training, or when asked (``set_keep_cache``).
+        An eval-mode forward otherwise writes nothing to the module, so threads may share it."""
+        return self.training or self.keep_cache
+
+    def _store_cache(self, cache) -> None:
+        """``self._cache = cache`` when ``_keeps_cache()``; otherwise drop an older cache (once), so a
+        backward after an eval-mode forward fails clearly instead of using a stale cache."""
+        if self._keeps_cache():
+            self._cache = cache
+        elif getattr(self, "_cache", None) is not None:
+            self._cache = None
+
+    # -- the input gradient ----------------------------------------------
+    def input_layer(self):
+        """The layer that first sees this module's input and can skip ∂L/∂input, or None.
+        Containers whose first child alone sees the input (``Sequential``) pass it on."""
+        return None
+
+    def set_input_grad(self, flag: bool = True):
+        """Whether ``backward`` computes ∂L/∂input (the default). ``set_input_grad(False)`` tells
+        the layer that sees the input (``input_layer()``) to skip it: training never uses the image
+        gradient, and for AlexNet's first convolution it is a GEMM and a col2im per step. Backward
+        then returns None. Returns the layer told, or None when no layer can skip it (the
+        gradient is then still computed)."""
+        layer = self.input_layer()
+        if layer is not None:
+            layer.compute_input_grad = bool(flag)
+        return layer
 
     def train(self, mode: bool = True):
         for m in self.modules():
@@ -268,50 +334,21 @@ class Module:
 
     def summary(self, input_shape, batch_size: int = 1, file=None):
         """Print a per-layer table (shapes, parameters, MACs); see ``nabi.summary``."""
-        from ..summary import summary
-        return summary(self, input_shape, batch_size=batch_size, file=file)
+        return _summary(self, input_shape, batch_size=batch_size, file=file)
+
+    # What ``nabi.summary`` shows of a layer (layers with a kernel, MACs or an activation override).
+    def summary_geometry(self):
+        """(kernel, stride, padding, text) of a layer with a window; Nones and '' otherwise."""
+        return None, None, None, ""
+
+    def summary_macs(self, x_shape, y_shape) -> int:
+        """Multiply–accumulates of one call (torchvision/ptflops convention); 0 for most layers."""
+        return 0
+
+    def summary_activation(self):
+        """The name of the activation function this layer applies, or None."""
+        return None
 
 
-class WeightedLayer(Module):
-    """Common part of ``Conv2d`` and ``Linear``: a weight, an optional bias, and a backward that
-    either accumulates ∂L/∂w, ∂L/∂b (written straight into the kept gradient buffer after
-    ``zero_grad``) or, with ``fused_lr`` set, applies plain SGD in place (``Trainer(fused_sgd=True)``).
-
-    Subclasses set ``_backward_fn(dy, cache, need_dx, dw_out) -> (dx, dw, db)`` and
-    ``_sgd_backward_fn(dy, cache, w, b, lr, need_dx) -> dx``.
-    """
-
-    _backward_fn = _sgd_backward_fn = None
-    _consumes_cache = False    # Conv2d: backward takes ``consume`` and ``workspace`` (see ``Conv2d.forward``)
-
-    def _init_state(self):
-        self.compute_input_grad = True   # False for a network's first layer: no image gradient
-        self.fused_lr = None
-        self._cache = None
-        self._workspace = None           # Conv2d: its buffers kept between training steps
-
-    def _name(self):
-        return type(self).__name__
-
-    def backward(self, dy, relu_y=None):
-        """``relu_y``: the output of a ReLU fused after this layer (see ``Sequential``); dy is then
-        that ReLU's upstream gradient and the layer applies the ReLU's mask itself."""
-        if self._cache is None:
-            raise RuntimeError(f"{self._name()}: backward called without a forward pass in training mode")
-        cache, self._cache = self._cache, None
-        bias = self.bias.data if self.bias is not None else None
-        extra = {} if relu_y is None else {"relu_y": relu_y}
-        if self._consumes_cache:
-            extra["workspace"] = self._workspace if self.training else None
-        if self.fused_lr is not None:
-            return type(self)._sgd_backward_fn(dy, cache, self.weight.data, bias, self.fused_lr,
-                                               need_dx=self.compute_input_grad, **extra)
-        buf = self.weight.overwrite_buffer(dy.dtype)
-        if self._consumes_cache:
-            extra["consume"] = True
-        dx, dw, db = type(self)._backward_fn(dy, cache, need_dx=self.compute_input_grad, dw_out=buf, **extra)
-        if buf is None:
-            self.weight.accumulate(dw, owned=True)
-        if db is not None:
-            self.bias.accumulate(db)
-        return dx
+def _hooked(hook, module, forward):
+    return lambda x: hook(module, forward, x)

@@ -1,0 +1,242 @@
+"""The convolution of ``conv.py`` as the layers run it: the same formulas, with four speed-ups.
+
+1. **Workspaces.** A ``Conv2d`` in training passes a ``Workspace`` (a dict it keeps between
+   steps) in which the compiled CPU path builds the columns, the forward GEMM result and δ in
+   GEMM layout; backward writes Wᵀ·δ over the columns once ∂L/∂W is done (``consume``). Fresh
+   multi-megabyte arrays every step cost the operating system's page faults and cold caches:
+   on 2 cores this took cifar_cnn's training step from 1.45× to 1.12× PyTorch's time.
+   Eval-mode forwards use the calling thread's ``scratch()`` buffers instead (never shared
+   between threads; see ``Conv2d.forward``).
+2. **Chunks.** Above ``COL_BUDGET_BYTES`` of columns the batch is done in chunks and the
+   columns are rebuilt in backward from the input (VGG-16's second layer at 224×224, batch 32,
+   would otherwise need 3.7 GB of columns).
+3. **Fused ReLU.** ``relu=True`` applies max(·, 0) as the GEMM result is moved into (N, F, P);
+   backward with ``relu_y`` (that output) masks δ by [y > 0] as it is moved into GEMM layout.
+4. **Fused SGD.** ``conv2d_sgd_backward`` computes ∂L/∂x with the old weights, then applies
+   W ← W − lr·δ·colᵀ, b ← b − lr·Σδ in place: the weight gradient is never stored.
+
+Every result equals ``conv.conv2d_forward`` / ``conv2d_backward`` (``tests/test_conv_fast.py``).
+The cache is ``(col, w, x_shape, geom, has_bias, chunked)``; ``chunked`` is None or
+``(x, [(start, end), …])`` (then ``col`` is None).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..backend import get_array_module
+from .blas import gemm_inplace, matmul_into
+from .conv import conv_geometry
+from .dispatch import for_arrays
+
+COL_BUDGET_BYTES = 256 * 2**20
+"""Largest im2col matrix built at once; above it the batch is processed in chunks."""
+
+WORKSPACE_MAX_BYTES = 64 * 2**20
+"""Largest buffer a ``Workspace`` keeps: above it a call allocates afresh (such layers are dominated
+by their GEMM, so page faults matter little there), which bounds what layers and threads hold."""
+
+
+class Workspace(dict):
+    """Named buffers kept between calls (``workspace_buffer``); one over ``limit`` bytes
+    (``WORKSPACE_MAX_BYTES``) is not kept: the call allocates a fresh array instead."""
+    limit = WORKSPACE_MAX_BYTES
+
+
+def workspace_buffer(workspace, name, shape, dtype):
+    """A buffer kept in ``workspace`` (a ``Workspace`` or any dict), made or remade when its shape or
+    dtype changes; None without a workspace or over its ``limit``. Only implementations that
+    ``keeps_buffers`` (the compiled CPU loops) are handed one, for arrays they fill completely."""
+    if workspace is None:
+        return None
+    buf = workspace.get(name)
+    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+        limit = getattr(workspace, "limit", None)
+        if limit is not None and int(np.prod(shape)) * np.dtype(dtype).itemsize > limit:
+            return None
+        buf = workspace[name] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+_scratch = threading.local()
+
+
+def scratch():
+    """This thread's buffers for calls whose results keep no reference to them (an eval-mode
+    forward): shared by every layer a thread runs, so an inference pass faults in no fresh pages
+    per layer; each thread has its own, so concurrent inference never shares a buffer."""
+    d = getattr(_scratch, "buffers", None)
+    if d is None:
+        d = _scratch.buffers = Workspace()
+    return d
+
+
+def release_scratch():
+    """Free this thread's scratch buffers (they are otherwise kept for the next inference pass)."""
+    _scratch.buffers = None
+
+
+def _buffer(impl, workspace, name, shape, dtype):
+    return workspace_buffer(workspace, name, shape, dtype) if impl.keeps_buffers else None
+
+
+def _batch_chunks(N, per_sample_bytes):
+    n = max(1, int(COL_BUDGET_BYTES // max(per_sample_bytes, 1)))
+    return [(a, min(N, a + n)) for a in range(0, N, n)]
+
+
+# ---------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------
+def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, workspace=None):
+    """``conv.conv2d_forward`` [then max(·, 0) with ``relu``], its buffers in ``workspace``.
+
+    The columns stay in the cache until backward. Returns ``(y, cache)``, y (N, F, OH, OW).
+    """
+    geom = conv_geometry(x, w, stride, padding, layer)
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    xp = get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    F = w.shape[0]
+    w_mat = w.reshape(F, -1)
+    impl = for_arrays(x, w, b)
+    chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize)
+    if len(chunks) == 1:
+        col = impl.im2col(x, geom, out=_buffer(impl, workspace, "col", (C * kh * kw, N * oh * ow), x.dtype))
+        gemm = _buffer(impl, workspace, "gemm", (F, col.shape[1]), np.result_type(w_mat, col))
+        y_mat = np.matmul(w_mat, col, out=gemm) if gemm is not None else w_mat @ col
+        y = impl.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
+        return y, (col, w, x.shape, geom, b is not None, None)
+    y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
+    for a, e in chunks:
+        y[a:e] = impl.from_gemm(w_mat @ impl.im2col(x[a:e], geom), b, e - a, relu).reshape(e - a, F, oh, ow)
+    return y, (None, w, x.shape, geom, b is not None, (x, chunks))
+
+
+def _column_chunks(cache):
+    """Yield ``(a, e, col)``: the columns of samples a..e (all of them when not chunked)."""
+    col, w, x_shape, geom, has_bias, chunked = cache
+    if chunked is None:
+        yield 0, x_shape[0], col
+        return
+    x, chunks = chunked
+    impl = for_arrays(x)
+    for a, e in chunks:
+        yield a, e, impl.im2col(x[a:e], geom)
+
+
+def _chunk_bounds(cache):
+    chunked = cache[5]
+    return [(0, cache[2][0])] if chunked is None else chunked[1]
+
+
+def _reusable_columns(cache):
+    """The column matrix of a forward cache when it is a buffer of its own (not a view of the
+    input: NumPy's 1×1 columns at batch 1 are), so backward may write over it — else None."""
+    col = cache[0]
+    if type(col) is not np.ndarray:          # None (chunked), or CuPy (its memory pool already reuses)
+        return None
+    return col if col.flags.owndata and col.flags.writeable else None
+
+
+# ---------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------
+def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False, workspace=None):
+    """``conv.conv2d_backward`` with the speed-ups: returns ``(dx, dw, db)``.
+
+    ``dw_out``: a buffer shaped like w to write ∂L/∂w into. ``relu_y``: the output of a ReLU fused
+    after this convolution; dy is then that ReLU's upstream gradient, masked by [y > 0] here.
+    ``consume``: the cache is used once (a layer's), so Wᵀ·δ may be written over its columns once
+    ∂L/∂w is done. ``workspace``: the layer's buffers; δ in GEMM layout goes into its ``gemm``.
+    """
+    _, w, x_shape, geom, has_bias, chunked = cache
+    F = w.shape[0]
+    xp = get_array_module(dy)
+    dw = dw_out if dw_out is not None else xp.empty(w.shape, dtype=xp.result_type(dy, w))
+    dw_mat = dw.reshape(F, -1)
+    parts, db = [], None
+    ws = workspace if chunked is None else None
+    for a, e, col in _column_chunks(cache):
+        dy_mat, db_part = _dy_matrix(dy[a:e], has_bias, _rows(relu_y, a, e), ws)     # (F, n·P), (F,)
+        if not parts:
+            _weight_grad(dy_mat, col, dw_mat)
+            db = db_part
+        else:
+            dw_mat += dy_mat @ col.T
+            if has_bias:
+                db += db_part
+        spare = _reusable_columns(cache) if consume else None
+        parts.append(_input_grad(dy_mat, w, (e - a,) + tuple(x_shape[1:]), geom, spare) if need_dx else None)
+    return (_join(parts, xp) if need_dx else None), dw, db
+
+
+def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspace=None):
+    """Backward fused with plain SGD: dx first (with the old w), then w ← w − lr·δ·colᵀ and
+    b ← b − lr·Σδ in place. Returns dx (None without ``need_dx``).
+
+    ``workspace``: the layer's buffers; δ in GEMM layout, Wᵀ·δ (``dcol``: the columns are still
+    needed for the update) and the update's δ·colᵀ (``dw``) are built in them.
+    """
+    col, w_fwd, x_shape, geom, has_bias, chunked = cache
+    F = w.shape[0]
+    xp = get_array_module(dy)
+    ws = workspace if chunked is None else None
+    mats, parts = {}, []
+    for a, e in _chunk_bounds(cache):   # every input gradient uses the old weights: it comes before any update
+        mats[a] = _dy_matrix(dy[a:e], has_bias, _rows(relu_y, a, e), ws)
+        if need_dx:
+            spare = _buffer(for_arrays(col), ws, "dcol", col.shape, col.dtype) if ws is not None else None
+            parts.append(_input_grad(mats[a][0], w_fwd, (e - a,) + tuple(x_shape[1:]), geom, spare))
+    dx = _join(parts, xp) if need_dx else None
+    for a, e, col in _column_chunks(cache):
+        dy_mat, db = mats.pop(a)
+        w_mat = w.reshape(F, -1)
+        tmp = (_buffer(for_arrays(dy_mat, col), ws, "dw", w_mat.shape, np.result_type(dy_mat, col))
+               if ws is not None and dy_mat.shape[1] > 1 else None)
+        gemm_inplace(w_mat, dy_mat, col.T, -lr, tmp)
+        if has_bias:
+            b -= lr * db
+    return dx
+
+
+def _rows(a, lo, hi):
+    return None if a is None else a[lo:hi]
+
+
+def _dy_matrix(dy, need_db, relu_y, workspace):
+    """δ (N, F, OH, OW) [· [y > 0]] → (δ as (F, N·P), Σδ (F,) or None), into the ``gemm`` buffer."""
+    N, F = dy.shape[:2]
+    impl = for_arrays(dy, relu_y)
+    out = None
+    if workspace is not None and (N > 1 or relu_y is not None):     # (N = 1 without a mask: a free reshape)
+        out = _buffer(impl, workspace, "gemm", (F, dy.size // F), dy.dtype)
+    return impl.to_gemm(dy, relu_y, out=out, need_db=need_db)
+
+
+def _weight_grad(dy_mat, col, out):
+    """out (F, K) = δ (F, P) · colᵀ (P, K). For P ≫ K (many small images) OpenBLAS is faster at
+    col · δᵀ (K, F), transposed into ``out`` (measured: 15–25 % on CIFAR-sized layers)."""
+    xp = get_array_module(col)
+    if xp is np and col.shape[1] > 8 * col.shape[0]:
+        out[...] = (col @ dy_mat.T).T
+    else:
+        xp.matmul(dy_mat, col.T, out=out)
+
+
+def _input_grad(dy_mat, w, x_shape, geom, out=None):
+    """∂L/∂x = col2im(Wᵀ·δ), straight into the unpadded input's shape; ``out`` may hold Wᵀ·δ."""
+    F = w.shape[0]
+    w_t = w.reshape(F, -1).T
+    shape = (w_t.shape[0], dy_mat.shape[1])
+    if out is not None and (out.shape != shape or out.dtype != get_array_module(w).result_type(w, dy_mat)):
+        out = None
+    dcol = matmul_into(w_t, dy_mat, out=out)                   # (C·KH·KW, N·OH·OW)
+    return for_arrays(dcol).col2im(dcol, x_shape, geom)
+
+
+def _join(parts, xp):
+    """The batch chunks' input gradients as one contiguous (N, C, H, W) array."""
+    return xp.ascontiguousarray(parts[0]) if len(parts) == 1 else xp.concatenate(parts)

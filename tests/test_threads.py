@@ -1,0 +1,49 @@
+"""One model shared by several threads (a web app serving predictions): eval-mode forwards
+from 8 threads at once give exactly the serial predictions, bit for bit.
+
+Eval-mode forwards compute from the input, the weights and the buffers only; each thread
+has its own scratch buffers (``conv_fast.scratch``), the implementation choice is
+stateless, and compiled kernels run concurrently only where numba's threading layer
+allows it (``cpu_kernels._guarded``)."""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from nabi import backend, models
+from nabi.functional import cpu_kernels as K
+
+
+def _paths():
+    return [False, True] if K.available() else [False]
+
+
+@pytest.mark.parametrize("kernels", _paths(), ids=lambda k: "numba" if k else "reference")
+@pytest.mark.parametrize("name", ["resnet20", "cifar_cnn"])
+def test_shared_model_predicts_the_same_in_8_threads(name, kernels):
+    backend.seed(0)
+    model = models.get(name, num_classes=10)
+    rng = np.random.default_rng(1)
+    model(rng.standard_normal((4, 3, 32, 32)).astype(np.float32))    # batch-norm statistics off 0 and 1
+    model.eval()
+    # batches of different sizes, so concurrent calls need buffers of different shapes
+    batches = [rng.standard_normal((1 + i % 3, 3, 32, 32)).astype(np.float32) for i in range(16)]
+    with K.kernels(kernels):
+        serial = [model(x) for x in batches]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            parallel = list(pool.map(model, batches))
+    for i, (a, b) in enumerate(zip(parallel, serial)):
+        np.testing.assert_array_equal(a, b, err_msg=f"batch {i}")
+
+
+def test_kernels_are_launched_through_the_thread_guard():
+    """Every parallel kernel goes through ``_guarded`` (direct calls where the threading layer is
+    thread-safe, one at a time where it is not)."""
+    if not K.available():
+        pytest.skip("numba is not installed")
+    for name in ("_im2col", "_col2im", "_from_gemm", "_to_gemm", "_max_pool", "_max_pool_backward", "_relu",
+                 "_relu_backward", "_bn_stats", "_bn_apply", "_bn_sums", "_bn_dx", "_sgd_momentum", "_adam",
+                 "_vecmat_rank1_update"):
+        assert hasattr(getattr(K, name), "kernel"), name
+    K.relu(np.ones(3, np.float32))
+    assert K._threadsafe == (K.threading_layer() in ("omp", "tbb"))
