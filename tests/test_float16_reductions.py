@@ -300,3 +300,46 @@ def test_clip_grad_norm_of_float16_gradients(xp):
     for p, g in zip(params, grads):
         assert host(p.grad).dtype == np.float16
         close(p.grad, g.astype(np.float64) * (1000.0 / exact), 2e-3)
+
+
+# ---------------------------------------------------------------------------
+# bias gradients of convolution and fully connected layers
+# ---------------------------------------------------------------------------
+def _up_then_down(rows, cols):
+    """(rows, cols) float16: +2 in the first half of the rows, −2 in the second. Exact column sums are 0; a
+    float16 running sum climbs to 4096, where adding 2 no longer changes it, and ends near −36 000."""
+    half = rows // 2
+    return np.concatenate([np.full((half, cols), 2.0), np.full((rows - half, cols), -2.0)]).astype(np.float16)
+
+
+def _half(layer, xp):
+    """The layer with float16 parameters on the device of ``xp``."""
+    layer.to("cpu" if xp is np else "gpu")
+    for p in layer.parameters():
+        p.data = xp.asarray(host(p.data).astype(np.float16))
+    return layer
+
+
+def test_conv2d_bias_gradient_of_80000_positions(xp):
+    conv = _half(L.Conv2d(3, 2, 1), xp)
+    x = np.random.default_rng(1).standard_normal((80, 3, 32, 32)).astype(np.float16)
+    rows = _up_then_down(80 * 32 * 32, 2)                          # (N·H·W, F), positions in order
+    assert naive_fails(rows, axis=0)
+    dy = np.ascontiguousarray(rows.reshape(80, 32, 32, 2).transpose(0, 3, 1, 2))
+    conv.train()
+    conv.zero_grad()
+    conv(xp.asarray(x))
+    conv.backward(xp.asarray(dy))
+    close(conv.bias.grad, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=0, scale=1.0)
+
+
+def test_linear_bias_gradient_of_80000_examples(xp):
+    fc = _half(L.Linear(4, 3), xp)
+    x = np.random.default_rng(3).standard_normal((80_000, 4)).astype(np.float16)
+    dy = _up_then_down(80_000, 3)
+    assert naive_fails(dy, axis=0)
+    fc.train()
+    fc.zero_grad()
+    fc(xp.asarray(x))
+    fc.backward(xp.asarray(dy))
+    close(fc.bias.grad, dy.astype(np.float64).sum(axis=0), rtol=0, scale=1.0)

@@ -250,9 +250,9 @@ def test_self_train_rejects_bad_input_before_training(tmp_path, capsys):
     cases = [
         (_argv(lab, empty, tmp_path / "a"), "unlabelled photo folder .*empty holds no image files"),
         (_argv(lab, tmp_path / "absent", tmp_path / "b"), "unlabelled photo folder .*absent does not exist"),
-        (_argv(lab, unl, tmp_path / "c", "--threshold", "0"), r"--threshold must lie in \(0, 1\]"),
-        (_argv(lab, unl, tmp_path / "d", "--threshold", "1.5"), r"--threshold must lie in \(0, 1\]"),
-        (_argv(lab, unl, tmp_path / "e", "--rounds", "0"), "--rounds must be .* at least 1"),
+        (_argv(lab, unl, tmp_path / "c", "--threshold", "0"), r"--threshold must be a finite number in \(0, 1\]"),
+        (_argv(lab, unl, tmp_path / "d", "--threshold", "1.5"), r"--threshold must be a finite number in \(0, 1\]"),
+        (_argv(lab, unl, tmp_path / "e", "--rounds", "0"), "--rounds must be .*at least 1"),
         (_argv(lab, unl, tmp_path / "f", "--test-ratio", "0"), "--test-ratio above 0"),
         (_argv(lab, unl, tmp_path / "g", "--student-model", "lenet5", "--model", "resnet20"),
          "lenet5 has .* parameters, fewer than the teacher resnet20"),

@@ -30,6 +30,7 @@ from ..backend import get_array_module
 from ._checks import check_input
 from .dispatch import for_arrays, reference
 from .shape import output_hw, pair, same_padding
+from .accumulate import sum_over
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d"):
@@ -165,7 +166,7 @@ def to_gemm(dy, relu_y=None, out=None, need_db=True):
     N, F = dy.shape[:2]
     if relu_y is not None:
         dy = dy * (relu_y > 0)
-    db = dy.sum(axis=(0, 2, 3)) if need_db else None
+    db = sum_over(dy, (0, 2, 3)) if need_db else None
     if N == 1:
         return dy.reshape(F, -1), db
     return dy.transpose(1, 0, 2, 3).reshape(F, -1), db

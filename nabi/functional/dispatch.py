@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from . import cpu_kernels as K
 from . import gpu_kernels as G
+from .accumulate import sum_over
 
 
 class Reference:
@@ -128,7 +129,7 @@ class Cuda(Reference):
         if dy.shape[0] == 1 and relu_y is None:        # batch of one, no mask: a free reshape
             return Reference.to_gemm(dy, None, None, need_db)
         dmat = G.to_gemm(dy, relu_y)                   # one launch: mask and layout
-        return dmat, (dmat.sum(axis=1) if need_db else None)
+        return dmat, (sum_over(dmat, 1) if need_db else None)
 
     @staticmethod
     def max_pool(x, g):

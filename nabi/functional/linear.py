@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._checks import check_input
 from .blas import gemm_inplace, matmul_into
 from .dispatch import for_arrays, reference
+from .accumulate import sum_over
 
 
 def linear_forward(x, w, b=None, layer="linear"):
@@ -30,7 +31,7 @@ def linear_backward(dy, cache, need_dx=True, dw_out=None):
     """
     x, w, has_bias = cache
     dw = matmul_into(dy.T, x, out=dw_out)
-    db = dy.sum(axis=0) if has_bias else None
+    db = sum_over(dy, 0) if has_bias else None
     dx = dy @ w if need_dx else None
     return dx, dw, db
 
@@ -48,7 +49,7 @@ def linear_sgd_backward(dy, cache, w, b, lr, need_dx=True):
         dx = dy @ w if need_dx else None
         gemm_inplace(w, dy.T, x, -lr)
     if has_bias:
-        b -= lr * dy.sum(axis=0)
+        b -= lr * sum_over(dy, 0)
     return dx
 
 
