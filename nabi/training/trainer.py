@@ -130,7 +130,7 @@ def skip_input_gradient(model):
 def enable_fused_sgd(model, optimizer, clip_norm=None):
     """Make every Conv2d and Linear apply plain SGD inside its backward; returns those layers.
 
-    Only for ``SGD`` without momentum, weight decay or Nesterov (the seed's rule,
+    Only for ``SGD`` without momentum, weight decay or Nesterov (the 2019 report's rule,
     w ← w − lr·∂L/∂w), and without gradient clipping (which needs all gradients
     before any update). Their weight gradients are never stored; other
     parameters (batch norm) still go through ``optimizer.step()``.
