@@ -141,10 +141,7 @@ def open_run_folder(out, resume: bool = False, overwrite: bool = False, log=prin
                          f"new or empty folder or one holding a run, and never deletes other files; give "
                          f"another --out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        files.ensure_writable_folder(out)
     except OSError as e:
         raise PermissionError(f"output folder {out} cannot be written: {e.strerror or e}") from None
     from filelock import FileLock, Timeout

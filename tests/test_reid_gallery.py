@@ -302,6 +302,29 @@ def test_explain_match(gallery, world, tmp_path):
     assert all(Path(f).stat().st_size > 1000 for f in res["files"])
 
 
+def test_web_app_heat_map_of_a_gallery_match(gallery, tmp_path):
+    """The web app's heat-map for a gallery: Grad-CAM of the query's similarity to its best match, over the
+    photo; a name the photo is not matched with gives none."""
+    import io
+    from PIL import Image
+    from nabi.explain import grad_cam
+    from nabi.reid.explain import SimilarityToEmbedding
+    from nabi.serve.identifiers import GalleryIdentifier
+    q = _png(tmp_path / "q.png", photo(4, 98))
+    ident = GalleryIdentifier(gallery)
+    assert ident.has_heatmap
+    png = ident.heatmap(q, size=96)
+    img = Image.open(io.BytesIO(png))
+    assert img.format == "PNG" and img.size[1] == 96
+    # the overlay differs from the plain photo, and the CAM behind it is the similarity's
+    top = gallery.identify([str(q)])[0]["candidates"][0]
+    emb = gallery.embedder
+    cam, info = grad_cam(SimilarityToEmbedding(emb.model, emb.embed([Path(top["photo"])])[0]), emb.load(q),
+                         target_class=0)
+    assert cam.max() > 0 and info["score"] == pytest.approx(top["similarity"], abs=1e-4)
+    assert ident.heatmap(q, name="nobody-by-this-name") is None
+
+
 def test_moved_weights_need_run(world, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(world / "run", run)

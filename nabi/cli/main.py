@@ -288,12 +288,10 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
 
 def _writable_folder(path, flag):
     """``path`` as a folder that exists and can be written, or a ValueError naming ``flag``."""
+    from ..files import ensure_writable_folder
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        ensure_writable_folder(path)
     except OSError as e:
         raise ValueError(f"{flag} {path} cannot be used: {e.strerror or e} (give a folder that can be created "
                          f"and written)") from None

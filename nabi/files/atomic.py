@@ -95,3 +95,16 @@ def atomic_write_json(path, obj) -> None:
     """
     text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     atomic_write_text(path, text)
+
+
+def ensure_writable_folder(path):
+    """Create the folder ``path`` (and its parents) when missing and check that a file can be written in
+    it; returns it as a ``Path``. An ``OSError`` (read-only file system, a file in the way, no
+    permission) says why it cannot be used."""
+    from pathlib import Path
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".write-test"
+    probe.write_text("ok")
+    probe.unlink()
+    return path

@@ -37,6 +37,7 @@ class Identifier:
     """The interface ``nabi serve`` uses; see the module docstring for the answer's shape."""
 
     kind = "abstract"                 # 'classifier' | 'gallery'
+    has_heatmap = False               # whether ``heatmap`` can draw one
     renames_itself = False            # True: rename/merge change the identifier's own names
 
     def identify(self, images, topk=5) -> list[dict]:
@@ -76,6 +77,7 @@ class ClassifierIdentifier(Identifier):
     """A classifier run: top-k class probabilities, the background answer, Grad-CAM heat-maps."""
 
     kind = "classifier"
+    has_heatmap = True
 
     def __init__(self, run, threshold=0.5, device="cpu"):
         from ..data.prepare import eval_transforms
@@ -134,24 +136,13 @@ class ClassifierIdentifier(Identifier):
     def heatmap(self, image_path, name=None, size=384):
         """PNG bytes: the photo (centre-cropped as the model saw it) with Grad-CAM of class ``name`` (default:
         the predicted class) drawn over it in the 'jet' colours, 45 % opaque."""
-        from ..data.folder import open_image, pil_to_array, resize_center_crop
         from ..explain import grad_cam
         target = self.classes.index(name) if name in self.classes else None
         try:
             cam, _ = grad_cam(self.model, self._input(image_path), target_class=target)
         except ValueError:          # a model without convolutional layers: no Grad-CAM
             return None
-        H, W = self.hw
-        shown = resize_center_crop(open_image(image_path, 3, None), (size, max(1, round(size * W / H))))
-        from PIL import Image
-        cam_img = Image.fromarray((cam * 255).astype(np.uint8)).resize(shown.size, Image.BILINEAR)
-        t = np.asarray(cam_img, dtype=np.float64) / 255.0
-        jet = np.stack([np.clip(1.5 - np.abs(4 * t - k), 0, 1) for k in (3, 2, 1)], axis=-1)
-        photo = pil_to_array(shown).transpose(1, 2, 0).astype(np.float64)
-        mixed = np.clip(0.55 * photo + 0.45 * jet, 0, 1)
-        buf = io.BytesIO()
-        Image.fromarray((mixed * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
-        return buf.getvalue()
+        return heatmap_png(cam, image_path, self.hw, size)
 
     def describe(self):
         return {"kind": self.kind, "source": str(self.source), "classes": self.classes,
@@ -206,6 +197,31 @@ class GalleryIdentifier(Identifier):
     def can_enrol_new(self):
         return True
 
+    def heatmap(self, image_path, name=None, size=384):
+        """PNG bytes: Grad-CAM of the photo's cosine similarity to the closest gallery photo of ``name``
+        (default: the best match), drawn over the photo; None for a gallery built with a classifier run
+        or one that knows nobody yet."""
+        emb = getattr(self.gallery, "embedder", None)
+        if getattr(emb, "kind", None) != "embedding" or not self.names():
+            return None
+        from ..explain import grad_cam
+        from ..reid.explain import SimilarityToEmbedding
+        result = self.gallery.identify([str(image_path)], topk=max(5, len(self.names())))[0]
+        cands = [c for c in result.get("candidates") or [] if c.get("photo") and not _is_background(c["name"])]
+        chosen = [c for c in cands if name is None or c["name"] == name][:1]
+        if not chosen:
+            return None
+        target = emb.embed([Path(chosen[0]["photo"])])[0]
+        try:
+            cam, _ = grad_cam(SimilarityToEmbedding(emb.model, target), emb.load(Path(image_path)), target_class=0)
+        except ValueError:          # a backbone without convolutional layers: no Grad-CAM
+            return None
+        return heatmap_png(cam, image_path, emb.input_size[1:], size)
+
+    @property
+    def has_heatmap(self):
+        return getattr(getattr(self.gallery, "embedder", None), "kind", None) == "embedding"
+
     def enrol(self, name, image_paths):
         try:
             self.gallery.add(name, [str(p) for p in image_paths])
@@ -223,6 +239,23 @@ class GalleryIdentifier(Identifier):
             self.gallery.merge(src, dst)
         except ValueError as e:
             raise EnrolRefused(f"the gallery refused to merge {src!r} into {dst!r}: {e}") from None
+
+
+def heatmap_png(cam, image_path, hw, size=384) -> bytes:
+    """PNG bytes: the photo (centre-cropped to the model's aspect ``hw``, ``size`` pixels high) with the
+    heat-map ``cam`` (values in [0, 1]) drawn over it in the 'jet' colours, 45 % opaque."""
+    from PIL import Image
+    from ..data.folder import open_image, pil_to_array, resize_center_crop
+    H, W = hw
+    shown = resize_center_crop(open_image(image_path, 3, None), (size, max(1, round(size * W / H))))
+    cam_img = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize(shown.size, Image.BILINEAR)
+    t = np.asarray(cam_img, dtype=np.float64) / 255.0
+    jet = np.stack([np.clip(1.5 - np.abs(4 * t - k), 0, 1) for k in (3, 2, 1)], axis=-1)
+    photo = pil_to_array(shown).transpose(1, 2, 0).astype(np.float64)
+    mixed = np.clip(0.55 * photo + 0.45 * jet, 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((mixed * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _is_background(name) -> bool:

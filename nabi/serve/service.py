@@ -186,7 +186,8 @@ class Service:
         d = {k: row[k] for k in ("id", "sha256", "width", "height", "bytes", "original_name", "uploaded_at",
                                  "taken_at", "latitude", "longitude", "place", "status")}
         d["url"] = self.photo_url(row["id"])
-        d["heatmap_url"] = f"/api/photos/{row['id']}/heatmap" if self.identifier.kind == "classifier" else None
+        d["heatmap_url"] = f"/api/photos/{row['id']}/heatmap" if getattr(self.identifier, "has_heatmap", False) \
+            else None
         d["result"] = self._enrich(conn, json.loads(row["result_json"])) if row["result_json"] else None
         dec = conn.execute("SELECT action, individual_id, created_at FROM decisions WHERE photo_id = ? "
                            "ORDER BY id DESC LIMIT 1", (row["id"],)).fetchone()

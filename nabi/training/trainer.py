@@ -260,10 +260,7 @@ class Trainer:
     @staticmethod
     def _check_writable(path: Path):
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
+            files.ensure_writable_folder(path)
         except OSError as e:
             raise PermissionError(f"output folder {path} cannot be written: {e.strerror or e}") from None
 
