@@ -11,7 +11,10 @@ that agree on one geometric transform, photos of different animals few. For phot
 
 Fusion with the embedding similarity s (cosine) of the same query and individual:
 
-    fused = s + w · log(1 + inliers) / log(1 + 50)
+    fused = s + w · log(1 + max(0, inliers − 7)) / log(1 + 50)
+
+(RANSAC fits a homography to any four pairs, so photos of two different animals still agree on 4 to
+about 7 inliers by chance; only the inliers beyond that count as evidence.)
 
 computed for a query's top-5 individuals by embedding similarity, the best fused one answering; the
 weight w is chosen on validation photos (``fit_fusion_weight``: the w of a small grid with the best
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 INLIER_SCALE = math.log1p(50)
+CHANCE_INLIERS = 7          # inliers a RANSAC homography finds between unrelated photos (4 by construction)
 WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
@@ -89,7 +93,8 @@ def inliers(features_a, features_b, ratio=0.8, reprojection_px=5.0) -> int:
 
 
 def fused_score(similarity, n_inliers, weight) -> float:
-    return float(similarity) + float(weight) * math.log1p(n_inliers) / INLIER_SCALE
+    evidence = max(0, int(n_inliers) - CHANCE_INLIERS)
+    return float(similarity) + float(weight) * math.log1p(evidence) / INLIER_SCALE
 
 
 class LocalMatcher:
