@@ -113,7 +113,7 @@ def test_inference_scratch_changes_no_bit(kernels, monkeypatch):
     np.testing.assert_array_equal(first, plain)
     np.testing.assert_array_equal(again, plain)
     monkeypatch.undo()
-    monkeypatch.setattr(C.Workspace, "limit", 64)
+    monkeypatch.setattr(C, "SCRATCH_MAX_BYTES", 64)
     C.release_scratch()
     with K.kernels(kernels):
         np.testing.assert_array_equal(model(x), plain)
@@ -139,3 +139,17 @@ def test_moving_a_layer_drops_its_workspace():
     conv._workspace["col"] = np.empty(4)
     conv.to("cpu")
     assert conv._workspace == {}
+
+
+def test_training_workspaces_keep_any_column_chunk_and_eval_scratch_is_capped():
+    """A layer's training workspace keeps columns up to the im2col chunk budget (they exist during every
+    step anyway; fresh ones cost page faults each step); each thread's eval scratch keeps at most
+    SCRATCH_MAX_BYTES per buffer, since every serving thread holds its own."""
+    assert C.Workspace().limit >= C.COL_BUDGET_BYTES
+    C.release_scratch()
+    assert C.scratch().limit == C.SCRATCH_MAX_BYTES < C.COL_BUDGET_BYTES
+    big = (C.SCRATCH_MAX_BYTES // 4 + 1,)
+    assert C.workspace_buffer(C.scratch(), "col", big, np.float32) is None
+    kept = C.workspace_buffer(C.Workspace(), "col", big, np.float32)
+    assert kept is not None and kept.shape == big
+    C.release_scratch()
