@@ -97,10 +97,16 @@ def test_old_option_names_still_work_with_a_warning():
         assert TrainConfig(schedule="seed2019").schedule == "linear_step"
     with pytest.warns(FutureWarning, match="'seed2019' is now called 'pixel256'"):
         assert TrainConfig.from_dict({"normalize": "seed2019"}).normalize == "pixel256"
-    args = build_parser().parse_args(["train", "x", "--normalize", "seed2019", "--schedule", "seed2019"])
-    assert (args.normalize, args.schedule) == ("seed2019", "seed2019")      # accepted, mapped by TrainConfig
+    with pytest.warns(FutureWarning, match="is now called"):                # accepted, mapped as parsed
+        args = build_parser().parse_args(["train", "x", "--normalize", "seed2019", "--schedule", "seed2019"])
+    assert (args.normalize, args.schedule) == ("pixel256", "linear_step")
+    with pytest.warns(FutureWarning, match="'seed2019' is now called 'alexnet336-2019'"):
+        assert build_parser().parse_args(["experiment", "x", "--recipe", "seed2019"]).recipe == "alexnet336-2019"
+    for command in ("train", "experiment", "pretrain"):                     # no help text shows the old names
+        text = _subparsers()[1][command].format_help()
+        assert "seed2019" not in text, command
     train = _subparsers()[1]["train"].format_usage()
-    assert "seed2019" not in train and "linear_step" in train and "pixel256" in train   # usage shows new names
+    assert "linear_step" in train and "pixel256" in train
 
 
 def test_a_missing_extra_is_named_with_its_pip_line(monkeypatch, capsys):

@@ -51,6 +51,7 @@ def _examples(*lines):
 
 
 def _add_train_args(p, defaults):
+    from ..training.config import NORMALIZATIONS, SCHEDULES, renamed_value
     d = defaults
 
     def dflt(value, none="none"):
@@ -75,13 +76,11 @@ def _add_train_args(p, defaults):
     p.add_argument("--momentum", type=float, help=f"SGD momentum {dflt(d.momentum)}")
     p.add_argument("--weight-decay", type=float, help=f"L2 weight decay (decoupled for adamw) "
                                                       f"{dflt(d.weight_decay)}")
-    p.add_argument("--schedule", choices=["constant", "step", "cosine", "warmup_cosine", "linear_step",
-                                          "seed2019"],
-                   metavar="{constant,step,cosine,warmup_cosine,linear_step}",
+    p.add_argument("--schedule", choices=SCHEDULES, type=renamed_value("schedule"),
                    help="how the learning rate changes: step multiplies it by gamma (0.1) every step_size (10) "
                         "steps (TOML keys step_size, gamma, schedule_unit), cosine anneals it to 0, warmup_cosine ramps up for --warmup steps "
                         "first, linear_step lowers it from 1.5e-5 to 5e-6 in 10 equal steps (the 2019 report's "
-                        f"schedule; its old name seed2019 still works) {dflt(d.schedule)}")
+                        f"schedule) {dflt(d.schedule)}")
     p.add_argument("--warmup", type=int, help=f"warm-up steps for warmup_cosine {dflt(d.warmup)}")
     p.add_argument("--label-smoothing", type=float, help="spread this much of each target's probability over "
                                                          f"the other classes {dflt(d.label_smoothing)}")
@@ -95,10 +94,8 @@ def _add_train_args(p, defaults):
                         f"scaling); meant for --device gpu, slow on the CPU {dflt(d.precision)}")
     p.add_argument("--image-size", type=int, help="resize/crop photos to this size "
                                                   f"{dflt(d.image_size, 'the model’s input size')}")
-    p.add_argument("--normalize", choices=["unit", "pixel256", "dataset", "imagenet", "seed2019"],
-                   metavar="{unit,pixel256,dataset,imagenet}",
-                   help="input scaling: unit = pixel/255, pixel256 = pixel/256 (the 2019 report's; old name "
-                        "seed2019), dataset = the training images' per-channel mean and std, imagenet = "
+    p.add_argument("--normalize", choices=NORMALIZATIONS, type=renamed_value("normalize"),
+                   help="input scaling: unit = pixel/255, pixel256 = pixel/256 (the 2019 report's), dataset = the training images' per-channel mean and std, imagenet = "
                         f"ImageNet's mean and std {dflt(d.normalize)}")
     p.add_argument("--augment", choices=["none", "flip", "standard", "strong"],
                    help="online augmentation: flip = horizontal flips, standard = flips and padded random "

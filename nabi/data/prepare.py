@@ -13,6 +13,8 @@ import numpy as np
 from .. import data as D
 
 EMBEDDED_PREFIX = "embedded:"
+# pixel/256 scaling, under its current name and the name older nabi versions wrote into run folders.
+PIXEL256_KINDS = ("pixel256", "seed2019")
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -39,7 +41,7 @@ def normalization_transform(spec: dict):
     kind = spec["kind"]
     if kind == "unit":
         return None
-    if kind in ("pixel256", "seed2019"):      # seed2019: the old name, in run folders written before
+    if kind in PIXEL256_KINDS:
         return D.Pixel256Scale()
     return D.Normalize(spec["mean"], spec["std"])
 

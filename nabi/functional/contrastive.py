@@ -87,5 +87,4 @@ def nt_xent_backward(cache, dloss=1.0):
 def positive_top1(cache) -> int:
     """How many anchors have their positive as the most similar other row (the contrastive top-1 count)."""
     logits, pos = cache[6], cache[4]
-    xp = get_array_module(logits)
     return int((logits.argmax(axis=1) == pos).sum())

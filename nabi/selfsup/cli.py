@@ -1,6 +1,7 @@
 """``nabi pretrain`` and ``nabi self-train``: the self-supervised commands of the command line."""
 from __future__ import annotations
 
+from ..training.config import renamed_value
 from . import METHODS
 
 
@@ -39,7 +40,8 @@ def add_commands(subparsers):
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "warmup_cosine"],
                    help="how the learning rate changes")
     p.add_argument("--warmup", type=int, default=0, help="warm-up steps for warmup_cosine")
-    p.add_argument("--normalize", default="unit", choices=["unit", "pixel256", "imagenet", "seed2019"],
+    p.add_argument("--normalize", default="unit", choices=["unit", "pixel256", "imagenet"],
+                   type=renamed_value("normalize"),
                    help="pixel scaling; `nabi train --init` should use the same")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, the views and the order")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu needs the gpu extra")

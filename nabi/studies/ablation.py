@@ -60,6 +60,7 @@ from .. import data as D
 from .jobs import (RunLog, as_float, completed_result, plot_history, relative_path, run_parallel, run_resumable,
                    run_seeds, sha256_of_json, state_sha256, strict_json, study_trainer_class)
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
+from ..training.config import NORMALIZATIONS, SCHEDULES, current_name
 from .recipes import EXECUTION_KEYS, TRAIN_KEYS, optional_train_keys, parse_value, resolve_recipe
 
 __all__ = ["Factor", "FACTORS", "register_factor", "SE_PAIRS", "load_config", "plan_ablation", "run_ablation",
@@ -274,8 +275,8 @@ _train_factor("iterations", _positive_int, "iterations (instead of epochs)")
 _train_factor("image_size", lambda f, v: _number(f, v, 8, integer=True), "input size (models with adaptive pooling)")
 _train_factor("optimizer", lambda f, v: _choice(f, v, ("sgd", "adam", "adamw")), "optimizer")
 _train_factor("augment", lambda f, v: _choice(f, v, ("none", "flip", "standard", "strong")), "online augmentation")
-_train_factor("normalize", lambda f, v: _choice(f, v, ("unit", "pixel256", "dataset", "imagenet", "seed2019")), "normalisation")
-_train_factor("schedule", lambda f, v: _choice(f, v, ("constant", "step", "cosine", "warmup_cosine", "linear_step", "seed2019")),
+_train_factor("normalize", lambda f, v: _choice(f, current_name(f, v), NORMALIZATIONS), "normalisation")
+_train_factor("schedule", lambda f, v: _choice(f, current_name(f, v), SCHEDULES),
               "learning-rate schedule")
 
 

@@ -75,7 +75,8 @@ from .jobs import (RunLog, as_float, available_cores, completed_result, plot_his
                    relative_path, run_parallel, run_resumable, run_seeds, sha256_of_json, state_sha256,
                    strict_json, study_trainer_class, worker_init)
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
-from .recipes import (EXECUTION_KEYS, RECIPES, RENAMED_RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, optional_train_keys,
+from ..training.config import renamed_value
+from .recipes import (EXECUTION_KEYS, RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, optional_train_keys,
                       parse_value, probe_input_size, resolve_recipe)
 
 __all__ = ["RECIPES", "REPORT2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
@@ -826,9 +827,9 @@ def add_arguments(parser):
                                      "(split by --set test_ratio=…)")
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
     parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
-    parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES) + sorted(RENAMED_RECIPES),
-                        help="alexnet336-2019 (the 2019 campus-cat report's setup; its old name seed2019 still "
-                             "works), modern (ResNet-18, AdamW, strong augmentation) or tiny (for tests)")
+    parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES), type=renamed_value("recipe"),
+                        help="alexnet336-2019 (the 2019 campus-cat report's setup), modern (ResNet-18, AdamW, "
+                             "strong augmentation) or tiny (for tests)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
     add_executor_arguments(parser)
     parser.add_argument("--background", default="background", help="the background folder's name")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 
 import numpy as np
 
 from .. import backend
+from ..training.config import NORMALIZATIONS, SCHEDULES, current_name
 
 
 # -- recipes -----------------------------------------------------------------------------------------------
@@ -51,8 +51,6 @@ REPORT2019_TABLE1 = {
     "B·P4": [0.6000, 0.5750, 0.5500, 0.5500, 0.5250, 0.5750, 0.5000, 0.5250, 0.6375, 0.4625],
 }
 
-# Old recipe names that still work, with a warning.
-RENAMED_RECIPES = {"seed2019": "alexnet336-2019"}
 
 TRAIN_KEYS = ("model", "model_args", "epochs", "iterations", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                "weight_decay", "schedule", "schedule_unit", "warmup", "step_size", "gamma", "label_smoothing",
@@ -86,11 +84,7 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
     overriding any of them replaces the recipe's choice.
     """
     from .. import models
-    if recipe in RENAMED_RECIPES:
-        new = RENAMED_RECIPES[recipe]
-        warnings.warn(f"recipe {recipe!r} is now called {new!r}; the old name will go away", FutureWarning,
-                      stacklevel=2)
-        recipe = new
+    recipe = current_name("recipe", recipe)
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     overrides = dict(overrides or {})
@@ -114,7 +108,6 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
     models.builder(cfg["model"])  # ValueError listing the zoo's names
     if not isinstance(cfg["model_args"], dict):
         raise ValueError(f"model_args must be a dict, got {cfg['model_args']!r}")
-    from ..training.config import NORMALIZATIONS, SCHEDULES, current_name
     cfg["normalize"] = current_name("normalize", cfg["normalize"])      # old names warn and map
     cfg["schedule"] = current_name("schedule", cfg["schedule"])
     for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", NORMALIZATIONS),

@@ -7,11 +7,19 @@ from pathlib import Path
 
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step")
 NORMALIZATIONS = ("unit", "pixel256", "dataset", "imagenet")
-# Old names still accepted (with a FutureWarning) in TOML files, on the command line and in recipes.
+# Names that were renamed: the old ones are still accepted, with a FutureWarning, in TOML files, on the
+# command line and in recipes, but no help text lists them.
 RENAMED = {
     "schedule": {"seed2019": "linear_step"},
     "normalize": {"seed2019": "pixel256"},
+    "recipe": {"seed2019": "alexnet336-2019"},
 }
+
+
+def renamed_value(key: str):
+    """An argparse ``type`` for the flag of setting ``key``: maps an old name to the current one (warning)
+    before argparse checks ``choices``, so the choices list only current names."""
+    return lambda value: current_name(key, value)
 
 
 def current_name(key: str, value):
