@@ -11,7 +11,7 @@ from .standard import (CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES, Re
 from .split import ArrayDataset, Subset, find_splits, stratified_split
 from .embedded import (DIGIT_CLASSES, embedded_dataset, load_digits_mnist, load_digits_sklearn,
                        write_image_folder)
-from .loader import DataLoader, collate
+from .loader import DataLoader, LoaderView, collate
 from .transforms import (CenterCrop, ColorJitter, Compose, Lambda, Normalize, RandomCrop, RandomHorizontalFlip,
                          RandomResizedCrop, RandomRotate90, RandomRotation, RandomVerticalFlip, Resize, Scale,
                          Pixel256Scale, expand_offline)

@@ -194,3 +194,28 @@ class DataLoader:
     def __repr__(self) -> str:
         return (f"DataLoader(n={len(self.dataset)}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"seed={self.seed}, epoch={self.epoch}, num_workers={self.num_workers}, device={self.device!r})")
+
+
+class LoaderView:
+    """The batches of ``loader``, changed on their way out by a subclass's ``__iter__``; the length, the
+    resumable state and the dataset are the loader's, so a trainer checkpoints and resumes a view as it
+    would the loader itself."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        raise NotImplementedError
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+
+    @property
+    def dataset(self):
+        return self.loader.dataset

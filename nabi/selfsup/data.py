@@ -79,15 +79,9 @@ class TwoViewImages:
         return self.get(i, np.random.default_rng(i))
 
 
-class TwoViewBatches:
+class TwoViewBatches(D.LoaderView):
     """Wrap a ``DataLoader`` over ``TwoViewImages``: batches ``(x (2N, C, H, W), y (2N,) = −1)`` with rows
     i and i + N the two views of image i. Length, state and resume are the loader's."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self):
-        return len(self.loader)
 
     def __iter__(self):
         for views, _ in self.loader:
@@ -95,13 +89,3 @@ class TwoViewBatches:
             n = views.shape[0]
             x = xp.ascontiguousarray(views.swapaxes(0, 1).reshape((2 * n,) + tuple(views.shape[2:])))
             yield x, xp.full((2 * n,), NO_LABEL, dtype=np.int64)
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
-
-    @property
-    def dataset(self):
-        return self.loader.dataset

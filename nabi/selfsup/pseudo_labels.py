@@ -200,18 +200,16 @@ class RowIndexed:
         return self.dataset[i][0], int(i)
 
 
-class SoftTargetBatches:
+class SoftTargetBatches(D.LoaderView):
     """Wrap a ``DataLoader`` over ``RowIndexed`` data: yields ``(x, labels)`` with labels the argmax of each
     example's target row, and registers the rows ``targets[i]`` (N, K) with ``loss.expect`` for those labels.
     Length, state and resume are the loader's."""
 
     def __init__(self, loader, targets, loss):
-        self.loader, self.loss = loader, loss
+        super().__init__(loader)
+        self.loss = loss
         self.targets = np.asarray(targets)
         self._device_targets = None
-
-    def __len__(self):
-        return len(self.loader)
 
     def __iter__(self):
         for x, rows in self.loader:
@@ -222,13 +220,3 @@ class SoftTargetBatches:
             labels = q.argmax(axis=1)
             self.loss.expect(labels, q)
             yield x, labels
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
-
-    @property
-    def dataset(self):
-        return self.loader.dataset
