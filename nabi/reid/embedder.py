@@ -8,13 +8,13 @@ to be searched with any other weights.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from .. import backend
+from ..files.digest import file_sha256
 from ..data import load_image
 
 BACKGROUND = "background"
@@ -23,14 +23,6 @@ BACKGROUND = "background"
 def is_background(name) -> bool:
     """``background`` or ``background/<kind>``: the reserved names of background photos."""
     return isinstance(name, str) and (name == BACKGROUND or name.startswith(BACKGROUND + "/"))
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _final_linear(model):

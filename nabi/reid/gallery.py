@@ -37,7 +37,8 @@ import numpy as np
 
 from .. import files as io
 from ..data import IMG_EXTENSIONS
-from .embedder import BACKGROUND, Embedder, file_sha256, is_background
+from ..files.digest import file_sha256
+from .embedder import BACKGROUND, Embedder, is_background
 from . import metrics as M
 
 INDEX = "index.json"

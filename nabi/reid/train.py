@@ -138,7 +138,7 @@ def split_background_kinds(folder):
 def drop_repeated_files(folder):
     """Leave out of an ``ImageFolder`` every file whose bytes (SHA-256) already appeared: a copy on both the
     gallery and the query side would be a free match. Returns the number left out."""
-    from .embedder import file_sha256
+    from ..files.digest import file_sha256
     seen, kept = set(), []
     for path, label in folder.samples:
         h = file_sha256(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-BACKGROUND = "background"
+from ..reid.embedder import BACKGROUND, is_background
 
 
 class EnrolRefused(ValueError):
@@ -174,7 +174,7 @@ class GalleryIdentifier(Identifier):
 
     def names(self):
         """The enrolled individuals (the reserved ``background`` and ``background/<kind>`` names left out)."""
-        return [n for n in self.gallery.names() if not _is_background(n)]
+        return [n for n in self.gallery.names() if not is_background(n)]
 
     def identify(self, images, topk=5):
         if not self.gallery.names():          # an empty gallery knows nobody yet: every photo is someone new
@@ -184,7 +184,7 @@ class GalleryIdentifier(Identifier):
         for r in raw:
             cands = [{"name": str(c["name"]), "similarity": float(c["similarity"]),
                       "photo": None if c.get("photo") is None else str(c["photo"])}
-                     for c in (r.get("candidates") or []) if not _is_background(c["name"])][:topk]
+                     for c in (r.get("candidates") or []) if not is_background(c["name"])][:topk]
             answer = r.get("answer")
             if answer not in ("background", "known", "unknown"):
                 raise ValueError(f"the gallery answered {answer!r}; expected background, known or unknown")
@@ -207,7 +207,7 @@ class GalleryIdentifier(Identifier):
         from ..explain import grad_cam
         from ..reid.explain import SimilarityToEmbedding
         result = self.gallery.identify([str(image_path)], topk=max(5, len(self.names())))[0]
-        cands = [c for c in result.get("candidates") or [] if c.get("photo") and not _is_background(c["name"])]
+        cands = [c for c in result.get("candidates") or [] if c.get("photo") and not is_background(c["name"])]
         chosen = [c for c in cands if name is None or c["name"] == name][:1]
         if not chosen:
             return None
@@ -256,10 +256,6 @@ def heatmap_png(cam, image_path, hw, size=384) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((mixed * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _is_background(name) -> bool:
-    return isinstance(name, str) and (name == BACKGROUND or name.startswith(BACKGROUND + "/"))
 
 
 def is_classifier_run(path) -> bool:
