@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 

@@ -54,8 +54,6 @@ latest checkpoint.
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import math
 import os
@@ -68,12 +66,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, backend
+from .. import __version__
 from .. import files
 from .. import data as D
-from .jobs import (RunLog, as_float, available_cores, completed_result, plot_history, read_json_or_none,
-                   relative_path, run_parallel, run_resumable, run_seeds, sha256_of_json, state_sha256,
-                   strict_json, study_trainer_class, worker_init)
+from .jobs import (RunLog, as_float, completed_result, plot_history, read_json_or_none, relative_path,
+                   run_parallel, run_resumable, run_seeds, sha256_of_json, state_sha256, strict_json,
+                   study_trainer_class)
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
 from ..training.config import renamed_value
 from .recipes import (EXECUTION_KEYS, RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, optional_train_keys,
