@@ -375,6 +375,7 @@ def explain_image(run, image_path, out_dir, method="both", layer=None, target=No
     """
     from .data.folder import load_image
     from .data.prepare import eval_transforms
+    from .runs import image_fit
     if method not in ("both", "gradcam", "occlusion"):
         raise ValueError(f"method must be 'both', 'gradcam' or 'occlusion', got {method!r}")
     model, meta = _load_run(run)
@@ -386,7 +387,8 @@ def explain_image(run, image_path, out_dir, method="both", layer=None, target=No
             find_target_layer(model, layer)
     C, hw, load_hw = _sizes(meta)
     image_path = Path(image_path)
-    raw = load_image(image_path, C, load_hw)  # FileNotFoundError / ImageDecodeError (a ValueError) name the file
+    # FileNotFoundError / ImageDecodeError (a ValueError) name the file
+    raw = load_image(image_path, C, load_hw, image_fit(meta))
     shown = _apply(eval_transforms(hw, {"kind": "unit"}), raw)
     x = _apply(eval_transforms(hw, meta["normalization"]), raw)
     if target is None:
@@ -487,12 +489,14 @@ def masked_evaluation(run, data_dir, masks_dir=None, background_value=None, batc
     Returns ``{'accuracy_original', 'accuracy_masked', 'change' (masked − original), 'n',
     'missing_masks', 'unreadable', 'foreground_fraction', 'per_class': {name: {...}}}``.
     """
-    from .data.folder import ImageDecodeError, ImageFolder, open_image, pil_to_array, resize_center_crop
+    from .data.folder import ImageDecodeError, ImageFolder, fit_image, open_image, pil_to_array
     from .data.split import find_splits
+    from .runs import image_fit
     from .data.prepare import eval_transforms
     model, meta = _load_run(run)
     classes = list(meta["classes"])
     C, hw, load_hw = _sizes(meta)
+    fit = image_fit(meta)
     value = 0.0 if background_value is None else background_value
     if np.size(value) not in (1, C) or not np.all((np.asarray(value) >= 0) & (np.asarray(value) <= 1)):
         raise ValueError(f"background_value must be one value or {C} values in [0, 1], got {background_value!r}")
@@ -523,11 +527,11 @@ def masked_evaluation(run, data_dir, masks_dir=None, background_value=None, batc
             if mask_path is not None:
                 fg = _read_mask(mask_path, img.size)
                 fractions.append(float(fg.mean()))
-                masked.append(_apply(transforms, pil_to_array(resize_center_crop(_blank(img, fg, value), load_hw))))
+                masked.append(_apply(transforms, pil_to_array(fit_image(_blank(img, fg, value), load_hw, fit))))
         except (ImageDecodeError, OSError) as exc:
             unreadable.append(f"{rel}: {exc}")
             continue
-        x = _apply(transforms, pil_to_array(resize_center_crop(img, load_hw)))
+        x = _apply(transforms, pil_to_array(fit_image(img, load_hw, fit)))
         (originals if mask_path is not None else masked).append(x)
         labels.append(label)
     if not labels:

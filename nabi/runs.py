@@ -24,9 +24,23 @@ from .models.registry import model_input_size
 
 
 def model_metadata(model, classes, norm_spec, config=None) -> dict:
+    """The sidecar of a run's weights: architecture, classes, input size, normalisation, ``fit`` (how photos
+    are brought to the input size: ``config['fit']``, else ``crop``) and the run's ``config``."""
     arch = getattr(model, "arch", None) or {"name": type(model).__name__, "kwargs": {}}
     return {"format": "nabi-model", "nabi_version": __version__, "arch": arch, "classes": list(classes),
-            "input_size": list(model_input_size(model)), "normalization": norm_spec, "config": config or {}}
+            "input_size": list(model_input_size(model)), "normalization": norm_spec,
+            "fit": (config or {}).get("fit") or "crop", "config": config or {}}
+
+
+def image_fit(meta) -> str:
+    """How a run's photos are brought to its input size when read (``crop``, ``squash`` or ``pad``; see
+    ``nabi.data.folder.FITS``): the sidecar's ``fit``; runs written before nabi recorded it cropped."""
+    from .data.folder import FITS
+    fit = meta.get("fit") or (meta.get("config") or {}).get("fit") or "crop"
+    if fit not in FITS:
+        raise ValueError(f"the run's metadata says fit {fit!r}; nabi knows {', '.join(FITS)} (is the run from a "
+                         f"newer nabi?)")
+    return fit
 
 
 # -- loading a run -------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ RATIO = Float(0.0, 1.0)                          # [0, 1)
 TRAIN = {
     "model": ModelName(), "epochs": POSITIVE, "iterations": POSITIVE, "batch_size": POSITIVE,
     "lr": Float(0.0, None, low_open=True), "momentum": RATIO, "weight_decay": Float(0.0),
-    "warmup": NON_NEGATIVE, "step_size": POSITIVE, "gamma": Float(0.0, 1.0, low_open=True, high_open=False),
+    "warmup": NON_NEGATIVE, "warmup_fraction": RATIO, "step_size": POSITIVE, "gamma": Float(0.0, 1.0, low_open=True, high_open=False),
     "label_smoothing": RATIO, "clip_norm": Float(0.0, None, low_open=True), "image_size": Int(8, 4096),
     "channels": Int(1, 4), "val_ratio": RATIO, "test_ratio": RATIO, "seed": NON_NEGATIVE, "workers": Int(0, 256),
     "checkpoint_every": POSITIVE, "keep_last": POSITIVE, "early_stopping": POSITIVE,
@@ -156,6 +156,16 @@ def check_train_config(cfg) -> None:
     if values["val_ratio"] + values["test_ratio"] >= 1:
         raise BadArgument(f"--val-ratio + --test-ratio must be below 1 (something must be left to train on), "
                           f"got {values['val_ratio']} + {values['test_ratio']}")
-    if values["warmup"] and values["schedule"] != "warmup_cosine":
-        raise BadArgument(f"--warmup {values['warmup']} only applies to --schedule warmup_cosine "
-                          f"(the schedule is {values['schedule']})")
+    for key in ("warmup", "warmup_fraction"):
+        if values[key] and values["schedule"] != "warmup_cosine":
+            raise BadArgument(f"{flag(key)} {values[key]} only applies to --schedule warmup_cosine "
+                              f"(the schedule is {values['schedule']})")
+    if values["warmup"] and values["warmup_fraction"] is not None:
+        raise BadArgument(f"give the warm-up one way: --warmup {values['warmup']} (iterations) or "
+                          f"--warmup-fraction {values['warmup_fraction']} (a share of the run), not both")
+    from ..data.folder import FITS
+    from ..training.config import AUGMENTS
+    for key, choices in (("fit", tuple(FITS)), ("augment", AUGMENTS)):
+        if values[key] not in choices:
+            raise BadArgument(f"{flag(key)} (config key {key}) must be one of {', '.join(choices)}, "
+                              f"got {values[key]!r}")

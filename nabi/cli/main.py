@@ -51,7 +51,8 @@ def _examples(*lines):
 
 
 def _add_train_args(p, defaults):
-    from ..training.config import NORMALIZATIONS, SCHEDULES, renamed_value
+    from ..data.folder import FITS
+    from ..training.config import AUGMENTS, NORMALIZATIONS, SCHEDULES, renamed_value
     d = defaults
 
     def dflt(value, none="none"):
@@ -82,6 +83,9 @@ def _add_train_args(p, defaults):
                         "first, linear_step lowers it from 1.5e-5 to 5e-6 in 10 equal steps (the 2019 report's "
                         f"schedule) {dflt(d.schedule)}")
     p.add_argument("--warmup", type=int, help=f"warm-up steps for warmup_cosine {dflt(d.warmup)}")
+    p.add_argument("--warmup-fraction", type=float, dest="warmup_fraction",
+                   help="or the warm-up of warmup_cosine as a share of the whole run, in [0, 1), e.g. 0.3 "
+                        f"{dflt(d.warmup_fraction, 'none: --warmup decides')}")
     p.add_argument("--label-smoothing", type=float, help="spread this much of each target's probability over "
                                                          f"the other classes {dflt(d.label_smoothing)}")
     p.add_argument("--clip-norm", type=float, help="clip the gradient's global L2 norm to this value "
@@ -92,15 +96,22 @@ def _add_train_args(p, defaults):
     p.add_argument("--precision", choices=["float32", "float16"],
                    help="float16: mixed precision (float16 compute, float32 master weights, dynamic loss "
                         f"scaling); meant for --device gpu, slow on the CPU {dflt(d.precision)}")
-    p.add_argument("--image-size", type=int, help="resize/crop photos to this size "
+    p.add_argument("--image-size", type=int, help="bring photos to this size (see --fit) "
                                                   f"{dflt(d.image_size, 'the model’s input size')}")
+    p.add_argument("--fit", choices=list(FITS),
+                   help="how a photo is brought to the square --image-size when read: crop = resize the shorter "
+                        "side and keep the centre (the sides of a wide photo are lost), squash = resize the whole "
+                        "photo (aspect ratio distorted, nothing lost), pad = resize the longer side and pad with "
+                        "black; recorded in the run, so eval, predict, the gallery and the web app read photos the "
+                        f"same way {dflt(d.fit)}")
     p.add_argument("--normalize", choices=NORMALIZATIONS, type=renamed_value("normalize"),
                    help="input scaling: unit = pixel/255, pixel256 = pixel/256 (the 2019 report's), dataset = the training images' per-channel mean and std, imagenet = "
                         f"ImageNet's mean and std {dflt(d.normalize)}")
-    p.add_argument("--augment", choices=["none", "flip", "standard", "strong"],
+    p.add_argument("--augment", choices=AUGMENTS,
                    help="online augmentation: flip = horizontal flips, standard = flips and padded random "
-                        "crops, strong = random resized crops, flips, rotation and colour jitter "
-                        f"{dflt(d.augment)}")
+                        "crops, strong = random resized crops (area 0.5–1), flips, rotation ±10° and colour "
+                        "jitter 0.3, crop_flip_jitter = random resized crops (area 0.5–1), flips and colour "
+                        f"jitter 0.2 {dflt(d.augment)}")
     p.add_argument("--val-ratio", type=float, help="share of each class held out for validation (ignored when "
                                                    f"DATA has val/) {dflt(d.val_ratio)}")
     p.add_argument("--test-ratio", type=float, help="share of each class held out for the final test (ignored "
@@ -297,7 +308,7 @@ def _writable_folder(path, flag):
 
 def cmd_eval(args):
     from .. import data as D
-    from ..runs import load_run
+    from ..runs import image_fit, load_run
     if args.masked:
         return _masked_eval(args)
     _, meta = load_run(args.run)
@@ -313,7 +324,7 @@ def cmd_eval(args):
     unknown = [c for c in folder_classes if c not in classes and c != (args.background or "background")]
     if unknown:
         raise ValueError(f"{root}: class folders {unknown} are not among the model's classes {classes}")
-    ds = D.ImageFolder(root, image_size=(H, W), channels=C, classes=None, strict=args.strict)
+    ds = D.ImageFolder(root, image_size=(H, W), channels=C, classes=None, strict=args.strict, fit=image_fit(meta))
     ds.verify()
     out_dir = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else ".") / "eval"
     _eval_report(args.run, ds, args.device, out_dir, json_out=args.json, background=args.background)
@@ -326,10 +337,11 @@ def cmd_predict(args):
     from .. import data as D
     from ..functional.activation import softmax
     from ..data.prepare import eval_transforms
-    from ..runs import load_run
+    from ..runs import image_fit, load_run
     from .. import backend
     model, meta = load_run(args.run, device=args.device)
     C, H, W = meta["input_size"]
+    fit = image_fit(meta)
     target = Path(args.image)
     if target.is_dir():
         paths = sorted(p for p in target.rglob("*") if p.suffix.lower().lstrip(".") in
@@ -346,7 +358,7 @@ def cmd_predict(args):
     results = []
     for path in paths:
         try:
-            x = D.load_image(path, channels=C, image_size=(H, W))
+            x = D.load_image(path, channels=C, image_size=(H, W), fit=fit)
         except Exception as e:  # a corrupt file: report it and go on
             results.append({"file": str(path), "error": str(e)})
             continue
@@ -493,6 +505,10 @@ def build_parser():
                 "weights, checkpoints, metrics.jsonl, test.json. Settings come from the flags, then a --config "
                 "TOML file, then the defaults shown.",
                 ["nabi train photos/ --model resnet18 --epochs 20 --augment standard --out runs/cats",
+                 "nabi train photos/ --model resnet18 --image-size 160 --fit squash --augment crop_flip_jitter "
+                 "--normalize imagenet --epochs 60 --batch-size 16 --optimizer adamw --lr 2e-3 --weight-decay 0.05 "
+                 "--schedule warmup_cosine --warmup-fraction 0.3 --label-smoothing 0.1 --out runs/individuals"
+                 "    # the strong baseline (recipe resnet18-160)",
                  "nabi train --config cats.toml --resume"])
     _add_train_args(p, defaults)
     p.set_defaults(func=cmd_train)
@@ -533,6 +549,7 @@ def build_parser():
                 "photos, and the report gives A·P2 and B·P1–B·P4 per run, their mean and standard deviation, "
                 "and paired tests of B against A.", definitions=P_DEFINITIONS,
                 examples=["nabi experiment photos/ --runs 10 --recipe modern",
+                 "nabi experiment photos/ --runs 10 --recipe resnet18-160 --background 배경",
                  "nabi experiment photos/ --recipe tiny --runs 2 --jobs 2 --out /tmp/exp"])
     _experiment_arguments(p)
     p.set_defaults(func=_experiment_main)

@@ -3,8 +3,8 @@
 Images are float32 arrays shaped (C, H, W) per example with values in [0, 1]
 (pixel/255); batches are (N, C, H, W) float32 with int64 labels (N,).
 """
-from .folder import (IMG_EXTENSIONS, ImageDecodeError, ImageFolder, array_to_pil, load_image, open_image,
-                     pil_to_array, save_image)
+from .folder import (FITS, IMG_EXTENSIONS, ImageDecodeError, ImageFolder, array_to_pil, fit_image, load_image,
+                     open_image, pil_to_array, save_image)
 from .standard import (CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES, RestrictedUnpickler,
                        cifar_class_names, load_cifar10, load_cifar100, load_fashion_mnist, load_mnist,
                        read_cifar_bin, read_cifar_pickle, read_idx, safe_unpickle)
@@ -18,7 +18,8 @@ from .transforms import (CenterCrop, ColorJitter, Compose, Lambda, Normalize, Ra
 from . import transforms
 
 __all__ = [
-    "IMG_EXTENSIONS", "ImageDecodeError", "ImageFolder", "array_to_pil", "load_image", "open_image",
+    "FITS", "IMG_EXTENSIONS", "ImageDecodeError", "ImageFolder", "array_to_pil", "fit_image", "load_image",
+    "open_image",
     "pil_to_array", "save_image",
     "CIFAR10_CLASSES", "FASHION_MNIST_CLASSES", "MNIST_CLASSES", "RestrictedUnpickler", "cifar_class_names",
     "load_cifar10", "load_cifar100", "load_fashion_mnist", "load_mnist", "read_cifar_bin", "read_cifar_pickle",

@@ -110,16 +110,63 @@ def resize_center_crop(img, size):
     return img
 
 
-def open_image(path, channels: int = 3, image_size=None):
+def resize_squash(img, size):
+    """Resize a Pillow image to exactly ``size`` = (h, w), the whole photo kept, its aspect ratio not
+    (torchvision's ``Resize((h, w))``)."""
+    Image, _ = _pil()
+    th, tw = size
+    return img if img.size == (tw, th) else img.resize((tw, th), Image.BILINEAR)
+
+
+def resize_pad(img, size):
+    """Resize a Pillow image so it fits inside ``size`` = (h, w) (longer side first, aspect kept), then
+    pad it, centred, with black to exactly that size (letter-boxing)."""
+    Image, _ = _pil()
+    th, tw = size
+    w, h = img.size
+    scale = min(th / h, tw / w)
+    nw, nh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR)
+    if (nw, nh) == (tw, th):
+        return img
+    canvas = Image.new(img.mode, (tw, th), 0)
+    canvas.paste(img, ((tw - nw) // 2, (th - nh) // 2))
+    return canvas
+
+
+# How a photo is brought to the square (or (h, w)) input size when it is read:
+#   crop    resize the shorter side to the size, cut the centre out (the sides of a wide photo are lost)
+#   squash  resize the whole photo to the size (aspect ratio distorted, nothing lost)
+#   pad     resize the longer side to the size, pad the rest with black (aspect kept, nothing lost)
+FITS = {"crop": resize_center_crop, "squash": resize_squash, "pad": resize_pad}
+
+
+def check_fit(fit, name: str = "fit") -> str:
+    """``fit`` if it is one of ``FITS``, else a ValueError naming ``name`` and the choices."""
+    if fit not in FITS:
+        raise ValueError(f"{name} must be one of {', '.join(FITS)}; got {fit!r}")
+    return fit
+
+
+def fit_image(img, size, fit: str = "crop"):
+    """A Pillow image brought to ``size`` = (h, w) the way ``fit`` says (see ``FITS``)."""
+    return FITS[check_fit(fit)](img, size)
+
+
+def open_image(path, channels: int = 3, image_size=None, fit: str = "crop"):
     """Decode ``path`` to a Pillow image in mode 'RGB' (channels=3) or 'L' (channels=1).
 
-    EXIF orientation is applied; ``image_size`` (int or (h, w)) resizes the shorter
-    side and center-crops to exactly that size. Raises ``ImageDecodeError`` naming
-    the file when Pillow cannot read it, ``FileNotFoundError`` when it is missing.
+    EXIF orientation is applied; ``image_size`` (int or (h, w)) brings the photo to
+    exactly that size as ``fit`` says: ``crop`` resizes the shorter side and
+    center-crops, ``squash`` resizes the whole photo (aspect ratio not kept),
+    ``pad`` resizes the longer side and pads with black. Raises ``ImageDecodeError``
+    naming the file when Pillow cannot read it, ``FileNotFoundError`` when it is missing.
     """
     Image, ImageOps = _pil()
     channels = _check_channels(channels)
     size = normalize_size(image_size)
+    check_fit(fit)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -129,7 +176,7 @@ def open_image(path, channels: int = 3, image_size=None):
             img = ImageOps.exif_transpose(img)
             img = _to_mode(img, channels)
             if size is not None:
-                img = resize_center_crop(img, size)
+                img = FITS[fit](img, size)
             img.load()
     except Exception as exc:  # Pillow raises many kinds: OSError, SyntaxError, ValueError, ...
         raise ImageDecodeError(f"could not decode image file {path}: {type(exc).__name__}: {exc}") from exc
@@ -146,13 +193,14 @@ def pil_to_array(img) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
-def load_image(path, channels: int = 3, image_size=None) -> np.ndarray:
+def load_image(path, channels: int = 3, image_size=None, fit: str = "crop") -> np.ndarray:
     """Read one image file -> float32 array (C, H, W), values in [0, 1] (pixel/255).
 
-    ``channels`` is 3 (RGB) or 1 (grayscale); ``image_size`` (int or (h, w)) resizes
-    the shorter side and center-crops to that size; ``None`` keeps the file's size.
+    ``channels`` is 3 (RGB) or 1 (grayscale); ``image_size`` (int or (h, w)) brings
+    the photo to that size as ``fit`` says (``crop``, ``squash`` or ``pad``, see
+    ``open_image``); ``None`` keeps the file's size.
     """
-    return pil_to_array(open_image(path, channels, image_size))
+    return pil_to_array(open_image(path, channels, image_size, fit))
 
 
 def array_to_pil(x):
@@ -214,9 +262,11 @@ class ImageFolder:
     callable ``t(x, rng)`` (see ``nabi.data.transforms``); ``ds.get(i, rng)``
     passes a generator for reproducible augmentation.
 
-    Arguments: ``image_size`` int or (h, w) resizes the shorter side and
-    center-crops to exactly that size (``None`` keeps each file's size; a batch
-    of mixed sizes then fails in the collate step); ``channels`` 3 (RGB) or 1
+    Arguments: ``image_size`` int or (h, w) brings each photo to exactly that
+    size as ``fit`` says (``crop``: resize the shorter side and center-crop;
+    ``squash``: resize the whole photo; ``pad``: resize the longer side and pad;
+    ``None`` keeps each file's size; a batch of mixed sizes then fails in the
+    collate step); ``channels`` 3 (RGB) or 1
     (grayscale); ``classes`` fixes the class list and its order (e.g. the
     training classes when reading a test folder; a folder not in it is an
     error); ``exclude`` drops class folders by name (e.g. ``'background'``);
@@ -227,10 +277,11 @@ class ImageFolder:
     """
 
     def __init__(self, root, transform=None, image_size=None, channels=3, classes=None, strict=False,
-                 extensions=IMG_EXTENSIONS, exclude=()):
+                 extensions=IMG_EXTENSIONS, exclude=(), fit="crop"):
         self.root = Path(root)
         self.transform = transform
         self.image_size = normalize_size(image_size)
+        self.fit = check_fit(fit)
         self.channels = _check_channels(channels)
         self.strict = bool(strict)
         self.extensions = _norm_extensions(extensions)
@@ -302,7 +353,7 @@ class ImageFolder:
     def load(self, i) -> np.ndarray:
         """Decode sample ``i`` without the transform -> float32 (C, H, W) in [0, 1]."""
         path, _ = self.samples[i]
-        return load_image(path, self.channels, self.image_size)
+        return load_image(path, self.channels, self.image_size, self.fit)
 
     def get(self, i, rng=None):
         """``(x, y)`` for sample ``i``, with ``transform(x, rng)`` applied."""
@@ -356,4 +407,4 @@ class ImageFolder:
 
     def __repr__(self) -> str:
         return (f"ImageFolder(root={str(self.root)!r}, images={len(self)}, classes={len(self.classes)}, "
-                f"image_size={self.image_size}, channels={self.channels})")
+                f"image_size={self.image_size}, fit={self.fit!r}, channels={self.channels})")

@@ -47,6 +47,16 @@ def normalization_transform(spec: dict):
 
 
 def augmentation(kind: str, hw):
+    """The online training transforms of augmentation level ``kind`` for inputs of size ``hw`` = (H, W).
+
+    ``none``; ``flip``: horizontal flips; ``standard``: random crops of the image zero-padded by H/8,
+    flips; ``strong``: random resized crops (area 0.5–1), flips, rotation by up to ±10°, colour
+    jitter 0.3; ``crop_flip_jitter``: random resized crops (area 0.5–1), flips, colour jitter 0.2
+    (the usual torchvision recipe ``RandomResizedCrop(s, scale=(0.5, 1))``, ``RandomHorizontalFlip()``,
+    ``ColorJitter(0.2, 0.2, 0.2)``). Colour jitter ``j`` draws brightness, contrast and saturation
+    factors from [1 - j, 1 + j], as torchvision's ``ColorJitter(j, j, j)``.
+    """
+    from ..training.config import AUGMENTS
     H, W = hw
     if kind == "none":
         return []
@@ -57,7 +67,9 @@ def augmentation(kind: str, hw):
     if kind == "strong":
         return [D.RandomResizedCrop((H, W), scale=(0.5, 1.0)), D.RandomHorizontalFlip(), D.RandomRotation(10),
                 D.ColorJitter(0.3, 0.3, 0.3)]
-    raise ValueError(f"augment must be one of none, flip, standard, strong; got {kind!r}")
+    if kind == "crop_flip_jitter":
+        return [D.RandomResizedCrop((H, W), scale=(0.5, 1.0)), D.RandomHorizontalFlip(), D.ColorJitter(0.2, 0.2, 0.2)]
+    raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}; got {kind!r}")
 
 
 class Transformed:
@@ -126,9 +138,11 @@ def _targets(ds):
 
 
 def load_datasets(data: str, image_size=None, channels=3, val_ratio=0.1, test_ratio=0.1, seed=0, exclude=(),
-                  strict=False, classes=None):
+                  strict=False, classes=None, fit="crop"):
     """``{'train', 'val', 'test', 'classes', 'source'}`` from a folder or ``embedded:NAME``.
 
+    A folder's photos are brought to ``image_size`` as ``fit`` says (``crop``, ``squash`` or
+    ``pad``; see ``nabi.data.folder.FITS``); embedded samples come at their own size.
     A folder with ``train/`` (and optionally ``val/``, ``test/``) is used as it
     is; any other folder is one class per sub-folder, split by ratio
     (stratified, seeded). Missing val/test parts are split off ``train``.
@@ -144,7 +158,7 @@ def load_datasets(data: str, image_size=None, channels=3, val_ratio=0.1, test_ra
         raise FileNotFoundError(f"data folder {root} does not exist (give a folder with one sub-folder per class, "
                                 f"or {EMBEDDED_PREFIX}mnist5k)")
     splits = D.find_splits(root)
-    kw = dict(image_size=image_size, channels=channels, strict=strict, exclude=tuple(exclude))
+    kw = dict(image_size=image_size, channels=channels, strict=strict, exclude=tuple(exclude), fit=fit)
     if splits:
         train = D.ImageFolder(splits["train"], classes=classes, **kw)
         _verify(train, strict)

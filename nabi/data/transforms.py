@@ -382,7 +382,8 @@ def _variant(x, k, rng):
 
 
 def expand_offline(folder_in, folder_out, variants: int = 8, seed: int = 0, channels: int = 3,
-                   image_size=None, strict: bool = False, extensions=IMG_EXTENSIONS, exclude=()) -> list[Path]:
+                   image_size=None, strict: bool = False, extensions=IMG_EXTENSIONS, exclude=(),
+                   fit: str = "crop") -> list[Path]:
     """Write ``variants`` augmented copies of every image in a class-per-folder tree.
 
     Variant 0 is the original, 1 the mirror image, then random crops and small
@@ -402,11 +403,11 @@ def expand_offline(folder_in, folder_out, variants: int = 8, seed: int = 0, chan
         raise ValueError(f"folder_out {folder_out} must not be folder_in or inside it "
                          "(its files would be read back as a class)")
     ds = ImageFolder(src, image_size=image_size, channels=channels, strict=strict,
-                     extensions=extensions, exclude=exclude)
+                     extensions=extensions, exclude=exclude, fit=fit)
     written = []
     for path, label in ds.samples:
         try:
-            x = load_image(path, channels, image_size)
+            x = load_image(path, channels, image_size, fit)
         except ImageDecodeError as exc:
             if strict:
                 raise

@@ -42,12 +42,13 @@ class Embedder:
 
     def __init__(self, run, device="cpu", batch_size=32):
         from ..data.prepare import eval_transforms
-        from ..runs import find_weights, load_run
+        from ..runs import find_weights, image_fit, load_run
         self.weights = find_weights(run)
         self.model, self.meta = load_run(run, device=device)
         self.sha256 = file_sha256(self.weights)
         self.device, self.batch_size = device, int(batch_size)
         self.input_size = tuple(self.meta["input_size"])
+        self.fit = image_fit(self.meta)     # how photos are brought to the input size, as in training
         self.transforms = [t for t in eval_transforms(self.input_size[1:], self.meta["normalization"])
                            if t is not None]
         self.kind = "embedding" if hasattr(self.model, "embed") else "classifier"
@@ -59,17 +60,18 @@ class Embedder:
         """What a gallery records of the model: weights path, their SHA-256, architecture, kind."""
         return {"weights": str(Path(self.weights).resolve()), "sha256": self.sha256,
                 "arch": self.meta.get("arch", {}).get("name"), "kind": self.kind,
-                "input_size": list(self.input_size)}
+                "input_size": list(self.input_size), "fit": self.fit}
 
     def load(self, item) -> np.ndarray:
         """One photo path, a Pillow image, or an image array ((H, W, C) or (H, W) uint8, (C, H, W) float in
-        [0, 1]) → the model's input (C, H, W), resized and centre-cropped, normalised as in training."""
+        [0, 1]) → the model's input (C, H, W), brought to the input size as the run's ``fit`` says (resized and
+        centre-cropped, squashed or padded), normalised as in training."""
         C, H, W = self.input_size
         if isinstance(item, (str, Path)):
-            x = load_image(item, channels=C, image_size=(H, W))
+            x = load_image(item, channels=C, image_size=(H, W), fit=self.fit)
         else:
             from ..data import array_to_pil, pil_to_array
-            from ..data.folder import resize_center_crop
+            from ..data.folder import fit_image
             if hasattr(item, "convert") and hasattr(item, "size"):          # a Pillow image
                 item = item.convert("RGB")
             a = np.asarray(item)
@@ -83,7 +85,7 @@ class Embedder:
                 raise ValueError(f"an image array must be (H, W, C) or (C, H, W) with 1 or 3 channels, got "
                                  f"shape {np.asarray(item).shape}")
             img = array_to_pil(np.clip(a, 0, 1)).convert("RGB" if C == 3 else "L")
-            x = pil_to_array(resize_center_crop(img, (H, W)))
+            x = pil_to_array(fit_image(img, (H, W), self.fit))
         for t in self.transforms:
             x = t(x, None)
         return x

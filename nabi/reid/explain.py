@@ -61,7 +61,7 @@ def explain_match(gallery, query, out_dir, layer=None):
         cam, info = grad_cam(SimilarityToEmbedding(emb.model, other), x, target_class=0, layer=layer)
         C, H, W = emb.input_size
         from ..data import load_image
-        image = load_image(shown, channels=C, image_size=(H, W)) if isinstance(shown, (str, Path)) \
+        image = load_image(shown, channels=C, image_size=(H, W), fit=emb.fit) if isinstance(shown, (str, Path)) \
             else np.clip(x, 0, 1)
         files.append(str(overlay(image, cam, out_dir / name, title=f"{top['name']}: similarity {info['score']:.3f}",
                                  label="Grad-CAM of the similarity")))

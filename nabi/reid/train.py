@@ -209,7 +209,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
         from ..training.init_from import format_report, load_matching
         log(format_report(load_matching(model.backbone, cfg.init)))
     channels = cfg.channels or C
-    kw = dict(image_size=(H, W), channels=channels, strict=cfg.strict)
+    kw = dict(image_size=(H, W), channels=channels, strict=cfg.strict, fit=cfg.fit)
     train_full = split_background_kinds(D.ImageFolder(cfg.data, exclude=exclude, **kw))
     train_full.verify()
     train_ids = list(train_full.classes)          # background/<kind> folders are classes of their own

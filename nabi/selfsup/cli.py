@@ -1,7 +1,8 @@
 """``nabi pretrain`` and ``nabi self-train``: the self-supervised commands of the command line."""
 from __future__ import annotations
 
-from ..training.config import renamed_value
+from ..data.folder import FITS
+from ..training.config import AUGMENTS, renamed_value
 from . import METHODS
 
 
@@ -25,6 +26,10 @@ def add_commands(subparsers):
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
                    help="an argument of the model's builder (repeatable; default: none)")
     p.add_argument("--image-size", type=int, help="train at this size (default: the model's)")
+    p.add_argument("--fit", default="crop", choices=list(FITS),
+                   help="how a photo is brought to the square image size when read: crop = resize the shorter side "
+                        "and keep the centre, squash = resize the whole photo (aspect ratio distorted), pad = "
+                        "resize the longer side and pad with black")
     p.add_argument("--epochs", type=int, default=100, help="passes over the photos")
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead "
                                                   "(default: none: --epochs decides)")
@@ -79,7 +84,8 @@ def cmd_pretrain(args):
     cfg = TrainConfig(data=args.photos, model=args.model, model_args=model_args, epochs=args.epochs,
                       iterations=args.iterations, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                      warmup=args.warmup, image_size=args.image_size, normalize=args.normalize, seed=args.seed,
+                      warmup=args.warmup, image_size=args.image_size, fit=args.fit, normalize=args.normalize,
+                      seed=args.seed,
                       device=args.device, workers=args.workers, cache=args.cache, out=args.out,
                       checkpoint_every=args.checkpoint_every, keep_last=args.keep_last, progress=args.progress,
                       val_ratio=0.0, test_ratio=0.0)
@@ -121,9 +127,9 @@ def _add_self_train(subparsers):
     p.add_argument("--max-per-class", type=int,
                    help="at most this many pseudo-labels per class, the most confident first (default: the "
                         "size of the largest class of the labelled training split)")
-    p.add_argument("--augment", default="strong", choices=["none", "flip", "standard", "strong"],
-                   help="the students' augmentation noise")
-    p.add_argument("--teacher-augment", default="standard", choices=["none", "flip", "standard", "strong"],
+    p.add_argument("--augment", default="strong", choices=AUGMENTS,
+                   help="the students' augmentation noise (levels as in `nabi train --augment`)")
+    p.add_argument("--teacher-augment", default="standard", choices=AUGMENTS,
                    help="the first teacher's augmentation")
     p.add_argument("--dropout", type=float,
                    help="the students' dropout rate, for models that have dropout (default: the model's)")
@@ -135,7 +141,11 @@ def _add_self_train(subparsers):
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (decoupled for adamw)")
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "warmup_cosine"],
                    help="how the learning rate changes")
-    p.add_argument("--image-size", type=int, help="resize/crop photos to this size (default: the model's)")
+    p.add_argument("--image-size", type=int, help="bring photos to this size, see --fit (default: the model's)")
+    p.add_argument("--fit", default="crop", choices=list(FITS),
+                   help="how a photo is brought to the square image size when read: crop = resize the shorter side "
+                        "and keep the centre, squash = resize the whole photo (aspect ratio distorted), pad = "
+                        "resize the longer side and pad with black")
     p.add_argument("--normalize", default="unit", choices=["unit", "pixel256", "dataset", "imagenet"],
                    help="pixel scaling")
     p.add_argument("--val-ratio", type=float, default=0.1, help="labelled photos kept for choosing the best epoch")
@@ -162,7 +172,8 @@ def cmd_self_train(args):
     cfg = TrainConfig(data=args.labelled, model=args.model, model_args=_model_args(args.model_arg),
                       epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                      image_size=args.image_size, normalize=args.normalize, augment=args.teacher_augment,
+                      image_size=args.image_size, fit=args.fit, normalize=args.normalize,
+                      augment=args.teacher_augment,
                       val_ratio=args.val_ratio, test_ratio=args.test_ratio, exclude=list(args.exclude),
                       seed=args.seed, device=args.device, workers=args.workers, cache=args.cache, out=args.out,
                       progress=args.progress)

@@ -1,8 +1,8 @@
 """Two augmented views of every photo in a folder tree, batched as SimCLR wants them.
 
 ``TwoViewImages(root, size)`` lists every image under ``root`` (recursively; sub-folder
-names are not labels), decodes each at ``size`` × ``size`` (shorter side resized, centre
-crop) and returns ``(views (2, C, H, W), -1)``: the augmentation applied twice with
+names are not labels), decodes each at ``size`` × ``size`` (as ``fit`` says: by default the
+shorter side resized and the centre cropped) and returns ``(views (2, C, H, W), -1)``: the augmentation applied twice with
 successive draws from the batch's generator, so the two views differ and the same
 (seed, epoch, batch) gives the same views again (a resumed run sees the same batches).
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import backend
 from .. import data as D
-from ..data.folder import IMG_EXTENSIONS, _list_images
+from ..data.folder import IMG_EXTENSIONS, _list_images, check_fit
 
 NO_LABEL = -1
 
@@ -38,7 +38,7 @@ class TwoViewImages:
     normalisation). ``cache``: keep the decoded photos in memory as uint8 after first use.
     """
 
-    def __init__(self, root, image_size, transforms, channels=3, cache=False):
+    def __init__(self, root, image_size, transforms, channels=3, cache=False, fit="crop"):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"photo folder {self.root} does not exist (give a folder of images; "
@@ -48,6 +48,7 @@ class TwoViewImages:
             raise ValueError(f"photo folder {self.root} holds {len(self.files)} image file(s) with extensions "
                              f"{', '.join(IMG_EXTENSIONS)}; contrastive pretraining needs at least 2")
         self.size = (int(image_size), int(image_size))
+        self.fit = check_fit(fit)
         self.channels = int(channels)
         self.transforms = [t for t in transforms if t is not None]
         self.transform = self._one_view          # the loader hands a generator when a dataset has a transform
@@ -60,7 +61,7 @@ class TwoViewImages:
         """Photo ``i`` decoded: float32 (C, H, W) in [0, 1]."""
         if self._cache is not None and self._cache[i] is not None:
             return self._cache[i].astype(np.float32) * np.float32(1 / 255)
-        x = D.load_image(self.files[i], self.channels, self.size)
+        x = D.load_image(self.files[i], self.channels, self.size, self.fit)
         if self._cache is not None:
             self._cache[i] = np.round(x * 255).astype(np.uint8)
         return x

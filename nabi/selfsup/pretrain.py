@@ -95,7 +95,7 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
         model = SimCLR(backbone, feature_dim, projection_dim)    # the head draws from the generator seeded above
     norm = normalization_spec(cfg.normalize, None, channels)
     photos = TwoViewImages(cfg.data, H, simclr_augmentation((H, W)) + [normalization_transform(norm)],
-                           channels=channels, cache=cfg.cache)
+                           channels=channels, cache=cfg.cache, fit=cfg.fit)
     if len(photos) < cfg.batch_size:
         raise ValueError(f"{cfg.data}: {len(photos)} photos, fewer than --batch-size {cfg.batch_size}; "
                          f"give a smaller batch size")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import backend, files
 from .. import data as D
-from ..data.folder import IMG_EXTENSIONS, _list_images
+from ..data.folder import IMG_EXTENSIONS, _list_images, check_fit
 
 MANIFEST_FORMAT = "nabi-pseudo-labels"
 
@@ -36,12 +36,12 @@ def list_photos(root) -> list[Path]:
 
 
 class PhotoList:
-    """Photos by path as ``(x (C, H, W) in [0, 1], label)``: decoded at ``size`` (shorter side resized,
-    centre crop). ``labels`` default to −1 (unknown)."""
+    """Photos by path as ``(x (C, H, W) in [0, 1], label)``: decoded at ``size`` as ``fit`` says (``crop``:
+    shorter side resized, centre crop; ``squash``; ``pad``). ``labels`` default to −1 (unknown)."""
 
-    def __init__(self, paths, size, channels=3, labels=None):
+    def __init__(self, paths, size, channels=3, labels=None, fit="crop"):
         self.paths = [str(p) for p in paths]
-        self.size, self.channels = tuple(size), int(channels)
+        self.size, self.channels, self.fit = tuple(size), int(channels), check_fit(fit)
         self.labels = np.full(len(self.paths), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
         if self.labels.shape != (len(self.paths),):
             raise ValueError(f"PhotoList: {len(self.paths)} photos but {self.labels.shape} labels")
@@ -54,15 +54,17 @@ class PhotoList:
         return self.labels
 
     def __getitem__(self, i):
-        return D.load_image(self.paths[i], self.channels, self.size), int(self.labels[i])
+        return D.load_image(self.paths[i], self.channels, self.size, self.fit), int(self.labels[i])
 
 
 def predict(teacher, meta, photos, batch_size=64, device="cpu"):
     """The teacher's softmax probabilities (N, K) float64 over ``photos`` (paths), in eval mode."""
     from ..data.prepare import eval_loader
     from ..functional.activation import softmax
+    from ..runs import image_fit
     C, H, W = meta["input_size"]
-    loader = eval_loader(PhotoList(photos, (H, W), C), meta, batch_size=batch_size, device=device)
+    loader = eval_loader(PhotoList(photos, (H, W), C, fit=image_fit(meta)), meta, batch_size=batch_size,
+                         device=device)
     was_training = teacher.training
     teacher.eval()
     out = []

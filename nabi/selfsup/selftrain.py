@@ -51,7 +51,7 @@ from ..data.prepare import (Cached, Transformed, augmentation, eval_loader, eval
                             load_datasets, normalization_spec)
 from ..models import registry
 from ..models.registry import model_input_size, set_input_size
-from ..runs import load_run, model_metadata, write_config
+from ..runs import image_fit, load_run, model_metadata, write_config
 from ..training.build import build_model, build_trainer, run_training
 from ..training.config import TrainConfig
 from ..training.trainer import Trainer, evaluate
@@ -109,7 +109,8 @@ def _test_accuracy(run_dir, parts, cfg):
     model, meta = load_run(run_dir, device=cfg.device)
     C, H, W = meta["input_size"]
     test = load_datasets(cfg.data, image_size=(H, W), channels=C, val_ratio=cfg.val_ratio,
-                         test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)["test"]
+                         test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
+                         fit=image_fit(meta))["test"]
     ev = evaluate(model, eval_loader(test, meta, batch_size=max(cfg.batch_size, 64), device=cfg.device))
     return model, meta, ev["acc"], ev["n"]
 
@@ -125,10 +126,11 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
         H = W = set_input_size(model, cfg.image_size)
     channels = cfg.channels or C
     labelled = load_datasets(cfg.data, image_size=(H, W), channels=channels, val_ratio=cfg.val_ratio,
-                             test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)
+                             test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
+                             fit=cfg.fit)
     norm = normalization_spec(cfg.normalize, labelled["train"], channels)
     base = eval_transforms((H, W), norm)
-    pseudo = P.PhotoList(pseudo_paths, (H, W), channels, labels=pseudo_labels)
+    pseudo = P.PhotoList(pseudo_paths, (H, W), channels, labels=pseudo_labels, fit=cfg.fit)
     combined = P.Concat([labelled["train"], pseudo])
     train_targets = combined.targets
     loss = None

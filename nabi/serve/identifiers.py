@@ -81,7 +81,7 @@ class ClassifierIdentifier(Identifier):
 
     def __init__(self, run, threshold=0.5, device="cpu"):
         from ..data.prepare import eval_transforms
-        from ..runs import load_run
+        from ..runs import image_fit, load_run
         self.source = Path(run)
         self.model, self.meta = load_run(run, device=device)
         self.device = device
@@ -90,6 +90,7 @@ class ClassifierIdentifier(Identifier):
         C, H, W = (int(s) for s in self.meta["input_size"])
         self.channels, self.hw = C, (H, W)
         self.transforms = [t for t in eval_transforms((H, W), self.meta["normalization"]) if t is not None]
+        self.fit = image_fit(self.meta)
         self.background = self.classes.index(BACKGROUND) if BACKGROUND in self.classes else None
 
     def names(self):
@@ -98,7 +99,7 @@ class ClassifierIdentifier(Identifier):
     def _input(self, path):
         """(C, H, W) the way ``nabi predict`` prepares a photo: read at the input size, then the run's transforms."""
         from ..data import load_image
-        x = load_image(path, channels=self.channels, image_size=self.hw)
+        x = load_image(path, channels=self.channels, image_size=self.hw, fit=self.fit)
         for t in self.transforms:
             x = t(x, None)
         return x
@@ -142,7 +143,7 @@ class ClassifierIdentifier(Identifier):
             cam, _ = grad_cam(self.model, self._input(image_path), target_class=target)
         except ValueError:          # a model without convolutional layers: no Grad-CAM
             return None
-        return heatmap_png(cam, image_path, self.hw, size)
+        return heatmap_png(cam, image_path, self.hw, size, self.fit)
 
     def describe(self):
         return {"kind": self.kind, "source": str(self.source), "classes": self.classes,
@@ -216,7 +217,7 @@ class GalleryIdentifier(Identifier):
             cam, _ = grad_cam(SimilarityToEmbedding(emb.model, target), emb.load(Path(image_path)), target_class=0)
         except ValueError:          # a backbone without convolutional layers: no Grad-CAM
             return None
-        return heatmap_png(cam, image_path, emb.input_size[1:], size)
+        return heatmap_png(cam, image_path, emb.input_size[1:], size, emb.fit)
 
     @property
     def has_heatmap(self):
@@ -241,13 +242,13 @@ class GalleryIdentifier(Identifier):
             raise EnrolRefused(f"the gallery refused to merge {src!r} into {dst!r}: {e}") from None
 
 
-def heatmap_png(cam, image_path, hw, size=384) -> bytes:
-    """PNG bytes: the photo (centre-cropped to the model's aspect ``hw``, ``size`` pixels high) with the
-    heat-map ``cam`` (values in [0, 1]) drawn over it in the 'jet' colours, 45 % opaque."""
+def heatmap_png(cam, image_path, hw, size=384, fit="crop") -> bytes:
+    """PNG bytes: the photo (brought to the model's aspect ``hw`` as the run's ``fit`` says, ``size`` pixels
+    high) with the heat-map ``cam`` (values in [0, 1]) drawn over it in the 'jet' colours, 45 % opaque."""
     from PIL import Image
-    from ..data.folder import open_image, pil_to_array, resize_center_crop
+    from ..data.folder import fit_image, open_image, pil_to_array
     H, W = hw
-    shown = resize_center_crop(open_image(image_path, 3, None), (size, max(1, round(size * W / H))))
+    shown = fit_image(open_image(image_path, 3, None), (size, max(1, round(size * W / H))), fit)
     cam_img = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize(shown.size, Image.BILINEAR)
     t = np.asarray(cam_img, dtype=np.float64) / 255.0
     jet = np.stack([np.clip(1.5 - np.abs(4 * t - k), 0, 1) for k in (3, 2, 1)], axis=-1)

@@ -61,7 +61,7 @@ from .jobs import (RunLog, as_float, completed_result, plot_history, relative_pa
                    run_seeds, sha256_of_json, state_sha256, strict_json, study_trainer_class)
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
 from ..training.config import NORMALIZATIONS, SCHEDULES, current_name
-from .recipes import EXECUTION_KEYS, TRAIN_KEYS, optional_train_keys, parse_value, resolve_recipe
+from .recipes import TRAIN_KEYS, fingerprint_config, optional_train_keys, parse_value, resolve_recipe
 
 __all__ = ["Factor", "FACTORS", "register_factor", "SE_PAIRS", "load_config", "plan_ablation", "run_ablation",
            "share_initial_weights", "shared_keys", "paired_variant_models", "write_report", "add_arguments",
@@ -472,7 +472,7 @@ class _Data:
 
     def key(self, cfg, channels, size):
         split = (cfg["val_ratio"], cfg["test_ratio"], tuple(cfg["exclude"]), bool(cfg["strict"]))
-        return split if self.embedded else (channels, size, *split)
+        return split if self.embedded else (channels, size, cfg["fit"], *split)
 
     def get(self, cfg, channels, size):
         from ..data.prepare import load_datasets
@@ -480,7 +480,7 @@ class _Data:
         if key not in self.parts:
             parts = load_datasets(self.path, image_size=(size, size), channels=channels, val_ratio=cfg["val_ratio"],
                                   test_ratio=cfg["test_ratio"], seed=self.seed, exclude=cfg["exclude"],
-                                  strict=cfg["strict"])
+                                  strict=cfg["strict"], fit=cfg["fit"])
             if parts.get("test") is None:
                 raise ValueError(f"{self.data} gives no test set: add a test/ folder or set test_ratio > 0 in [base]")
             if len(parts["classes"]) < 2:
@@ -627,8 +627,7 @@ def plan_ablation(config, log=None) -> dict:
 
 
 def _fingerprint(plan, v, s) -> str:
-    drop = set(EXECUTION_KEYS)
-    strip = lambda c: {k: val for k, val in c.items() if k not in drop}  # noqa: E731
+    strip = fingerprint_config              # the execution settings left out
     ref = plan["variants"][0]
     return sha256_of_json({"data": plan["_parts"][v["name"]]["signature"], "data_seed": plan["seed"],
                    "classes": plan["classes"], "config": strip(v["config"]), "input_size": v["input_size"],

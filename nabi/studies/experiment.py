@@ -74,8 +74,8 @@ from .jobs import (RunLog, as_float, completed_result, plot_history, read_json_o
                    study_trainer_class)
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
 from ..training.config import renamed_value
-from .recipes import (EXECUTION_KEYS, RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, optional_train_keys,
-                      parse_value, probe_input_size, resolve_recipe)
+from .recipes import (RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, fingerprint_config,
+                      optional_train_keys, parse_value, probe_input_size, resolve_recipe)
 
 __all__ = ["RECIPES", "REPORT2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
            "derive_a_state", "state_sha256", "PairedOrderLoader", "training_datasets", "training_loaders",
@@ -168,14 +168,17 @@ def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=M
             "test_ratio": float(test_ratio) if layout == "split" else None, "seed": int(seed)}
 
 
-def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log) -> dict:
-    """Offline ×``variants`` expansion of the training photos into ``exp_dir/cache`` (once, reused)."""
+def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log, fit="crop") -> dict:
+    """Offline ×``variants`` expansion of the training photos, brought to the input size as ``fit`` says,
+    into ``exp_dir/cache`` (once, reused)."""
     cache_root = exp_dir / "cache"
     out = cache_root / f"train-x{variants}"
     marker = cache_root / f"train-x{variants}.json"
     H, W = input_size[1:]
     want = {"variants": int(variants), "seed": int(seed), "image_size": [H, W],
             "source": sha256_of_json([(relative_path(p, spec["root"]), c) for p, c in spec["train"]])}
+    if fit != "crop":                  # caches written before photos could be squashed or padded were cropped
+        want["fit"] = fit
     done = read_json_or_none(marker)
     if not (done and {k: done.get(k) for k in want} == want and out.is_dir()):
         log(f"expanding {len(spec['train'])} training photos ×{variants} into {out} (once per experiment)")
@@ -195,7 +198,7 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
                 shutil.copy2(path, dst)
         try:
             D.expand_offline(stage, out, variants=variants, seed=int(seed), channels=input_size[0],
-                             image_size=(H, W))
+                             image_size=(H, W), fit=fit)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         files.atomic_write_json(marker, {**want, "n_source": len(spec["train"])})
@@ -205,9 +208,9 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
     return spec
 
 
-def _folder_dataset(root, classes, paths, input_size, exclude=()):
+def _folder_dataset(root, classes, paths, input_size, exclude=(), fit="crop"):
     ds = D.ImageFolder(root, image_size=tuple(input_size[1:]), channels=input_size[0], classes=classes,
-                       exclude=exclude)
+                       exclude=exclude, fit=fit)
     keep = set(paths)
     ds.samples = [s for s in ds.samples if s[0] in keep]
     if len(ds.samples) != len(keep):
@@ -216,21 +219,24 @@ def _folder_dataset(root, classes, paths, input_size, exclude=()):
     return ds
 
 
-def training_datasets(spec: dict, input_size) -> dict:
-    """``{'B': ImageFolder, 'A': ImageFolder, 'test': ImageFolder, 'parent_to_child': array}``.
+def training_datasets(spec: dict, input_size, fit="crop") -> dict:
+    """``{'B': ImageFolder, 'A': ImageFolder, 'test': ImageFolder, 'parent_to_child': array}``, each photo
+    brought to ``input_size`` as ``fit`` says (``crop``, ``squash`` or ``pad``).
 
     A's folder excludes the background; ``parent_to_child[i]`` is A's index of B's photo
     ``i`` (-1 for a background photo). Without a background folder 'B' is None.
     """
     bg, train_root = spec["background"], spec["train_root"]
     paths = [p for p, _ in spec["train"]]
-    b = _folder_dataset(train_root, spec["classes_B"], paths, input_size) if spec["has_background"] else None
+    b = _folder_dataset(train_root, spec["classes_B"], paths, input_size, fit=fit) if spec["has_background"] \
+        else None
     a = _folder_dataset(train_root, spec["individuals"], [p for p, c in spec["train"] if c != bg], input_size,
-                        exclude=(bg,))
+                        exclude=(bg,), fit=fit)
     parent = b if b is not None else a
     index_a = {p: i for i, (p, _) in enumerate(a.samples)}
     p2c = np.array([index_a.get(p, -1) for p, _ in parent.samples], dtype=np.int64)
-    test = _folder_dataset(spec["test_root"], spec["test_classes"], [p for p, _ in spec["test"]], input_size)
+    test = _folder_dataset(spec["test_root"], spec["test_classes"], [p for p, _ in spec["test"]], input_size,
+                           fit=fit)
     return {"A": a, "B": b, "test": test, "parent_to_child": p2c}
 
 
@@ -348,6 +354,8 @@ def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
     total = iterations or d["epochs"] * steps_per_epoch
     if cfg["warmup_epochs"] is not None:
         d["warmup"] = int(round(cfg["warmup_epochs"] * steps_per_epoch))
+    if cfg.get("warmup_fraction") is not None:         # resolved here, so the clamp below applies to it too
+        d["warmup"] = int(round(d.pop("warmup_fraction") * total))
     if cfg["schedule"] == "warmup_cosine":
         d["warmup"] = max(1, min(int(d.get("warmup") or 1), max(1, total - 1)))
     return TrainConfig.from_dict(d), epochs, iterations
@@ -407,7 +415,7 @@ def _run_one_inner(job, run_dir, log):
     spec, cfg, seeds, models = job["data"], job["config"], job["seeds"], job["models"]
     input_size, norm = job["input_size"], job["normalization"]
     rlog = RunLog(run_dir / "run.log", f"[run {job['run']:02d}]", echo=log)
-    datasets = training_datasets(spec, input_size)
+    datasets = training_datasets(spec, input_size, cfg.get("fit", "crop"))
     loaders = training_loaders(datasets, cfg, seeds["order_seed"], input_size, norm)
     bg = spec["background"]
     if spec["has_background"]:
@@ -494,7 +502,7 @@ def _fingerprint(spec, cfg, seed) -> str:
     listing = lambda lst: [(relative_path(p, spec["root"]), c) for p, c in lst]  # noqa: E731
     what = {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
             "train": listing(spec["train"]), "test": listing(spec["test"]), "seed": int(seed),
-            "config": {k: v for k, v in cfg.items() if k not in EXECUTION_KEYS}}
+            "config": fingerprint_config(cfg)}
     return sha256_of_json(what)
 
 
@@ -502,7 +510,7 @@ def _normalization(cfg, spec, input_size):
     from ..data.prepare import normalization_spec
     if cfg["normalize"] != "dataset":
         return normalization_spec(cfg["normalize"], None, input_size[0])
-    ds = training_datasets(spec, input_size)
+    ds = training_datasets(spec, input_size, cfg.get("fit", "crop"))
     return normalization_spec("dataset", ds["B"] if ds["B"] is not None else ds["A"], input_size[0])
 
 
@@ -548,8 +556,8 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
             diff = [k for k in ("root", "layout", "background", "seed") if old.get("data", {}).get(k) !=
                     {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
                      "seed": int(seed)}[k]]
-            diff += [f"config.{k}" for k, v in cfg.items() if k not in EXECUTION_KEYS
-                     and old.get("config", {}).get(k) != strict_json(v)]
+            old_cfg = fingerprint_config(old.get("config", {}))
+            diff += [f"config.{k}" for k, v in fingerprint_config(cfg).items() if old_cfg.get(k) != strict_json(v)]
             raise ValueError(f"{exp_dir} holds an experiment with a different setup "
                              f"(differs in: {', '.join(diff) or 'the photo lists'}); use another out_dir or "
                              "delete that folder")
@@ -578,7 +586,8 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
         f"models {', '.join(models)}, {runs} run(s), seed {seed}")
 
     if cfg["offline_variants"] > 1:
-        spec = _expand(spec, exp_dir, int(cfg["offline_variants"]), int(seed), input_size, log)
+        spec = _expand(spec, exp_dir, int(cfg["offline_variants"]), int(seed), input_size, log,
+                       cfg.get("fit", "crop"))
     if norm is None:  # mean/std of B's training photos (after any expansion), shared by A and B
         norm = _normalization(cfg, spec, input_size)
     jobs_list = []
@@ -826,8 +835,9 @@ def add_arguments(parser):
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
     parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
     parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES), type=renamed_value("recipe"),
-                        help="alexnet336-2019 (the 2019 campus-cat report's setup), modern (ResNet-18, AdamW, "
-                             "strong augmentation) or tiny (for tests)")
+                        help="alexnet336-2019 (the 2019 campus-cat report's setup), resnet18-160 (the strong "
+                             "from-scratch baseline: ResNet-18 at 160 px on whole photos, 60 epochs), modern (an "
+                             "earlier, shorter ResNet-18 recipe: 128 px centre crops, 30 epochs) or tiny (for tests)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
     add_executor_arguments(parser)
     parser.add_argument("--background", default="background", help="the background folder's name")

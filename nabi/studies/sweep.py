@@ -371,14 +371,15 @@ def select_best(trials: list):
 def evaluate_selected(sweep: dict, best: dict) -> dict | None:
     """The selected trial's best weights on the test split, evaluated once after selection (None: no test split)."""
     from ..data.prepare import eval_loader, load_datasets
-    from ..runs import load_run
+    from ..runs import image_fit, load_run
     from ..training.config import TrainConfig
     from ..training.trainer import evaluate
     cfg = TrainConfig.from_dict({**trial_settings(sweep["base"], best["params"]), "out": best["run_dir"]})
     model, meta = load_run(best["run_dir"], device=cfg.device)
     _, h, w = meta["input_size"]
     parts = load_datasets(cfg.data, image_size=(h, w), channels=meta["input_size"][0], val_ratio=cfg.val_ratio,
-                          test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)
+                          test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
+                          fit=image_fit(meta))
     if parts.get("test") is None or len(parts["test"]) == 0:
         return None
     ev = evaluate(model, eval_loader(parts["test"], meta, device=cfg.device))

@@ -41,6 +41,14 @@ def make_optimizer(cfg: TrainConfig, model):
     raise ValueError(f"optimizer must be sgd, adam or adamw; got {cfg.optimizer!r}")
 
 
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    """The warm-up length of ``warmup_cosine`` in schedule steps: ``cfg.warmup``, or, when
+    ``cfg.warmup_fraction`` is given, ``round(warmup_fraction * total)`` (at least 1)."""
+    if cfg.warmup_fraction is None:
+        return int(cfg.warmup)
+    return max(1, int(round(float(cfg.warmup_fraction) * total)))
+
+
 def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     from . import optim
     total = cfg.iterations or cfg.epochs * steps_per_epoch
@@ -54,7 +62,8 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     if name == "cosine":
         return optim.make_schedule("cosine", optimizer, total_steps=total)
     if name == "warmup_cosine":
-        return optim.make_schedule("warmup_cosine", optimizer, warmup_steps=cfg.warmup, total_steps=total)
+        return optim.make_schedule("warmup_cosine", optimizer, warmup_steps=warmup_steps(cfg, total),
+                                   total_steps=total)
     if name == "linear_step":
         return optim.make_schedule("linear_step", optimizer, total_steps=total)
     raise ValueError(f"schedule must be constant, step, cosine, warmup_cosine or linear_step; got {name!r}")
@@ -85,6 +94,17 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
         precision=cfg.precision)
 
 
+def check_warmup(cfg: TrainConfig) -> None:
+    """``ValueError`` unless the warm-up is given one way: ``warmup`` iterations or ``warmup_fraction``."""
+    f = cfg.warmup_fraction
+    if f is not None:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
+            raise ValueError(f"--warmup-fraction must be a number in [0, 1), got {f!r}")
+        if cfg.warmup:
+            raise ValueError(f"give the warm-up one way: --warmup {cfg.warmup} (iterations) or --warmup-fraction "
+                             f"{f:g} (a share of the run), not both")
+
+
 # -- the record of a run -------------------------------------------------------------------------------
 def _split_sources(cfg: TrainConfig) -> dict:
     """Where each part came from: a split folder, a stratified share of another part, or nowhere."""
@@ -112,8 +132,12 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
         raise ValueError(f"--early-stopping {cfg.early_stopping} needs a validation part, and {cfg.data} gives none: "
                          f"use --val-ratio above 0 (or a val/ folder), or drop --early-stopping")
     total = cfg.iterations or cfg.epochs * steps_per_epoch
-    if cfg.schedule == "warmup_cosine" and cfg.warmup >= total:
-        raise ValueError(f"--warmup {cfg.warmup} is not shorter than the whole run ({total} iterations): "
+    check_warmup(cfg)
+    warmup = warmup_steps(cfg, cfg.epochs if cfg.schedule_unit == "epoch" else total)
+    if cfg.schedule == "warmup_cosine" and warmup >= (cfg.epochs if cfg.schedule_unit == "epoch" else total):
+        given = (f"--warmup-fraction {cfg.warmup_fraction:g} ({warmup} steps)" if cfg.warmup_fraction is not None
+                 else f"--warmup {cfg.warmup}")
+        raise ValueError(f"{given} is not shorter than the whole run ({total} iterations): "
                          f"give fewer warm-up steps")
     count = lambda name: len(parts[name]) if parts.get(name) is not None else 0
     sgd = cfg.optimizer == "sgd"
@@ -124,7 +148,9 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
         "val_ratio": cfg.val_ratio if splits["val"] and not (folders and "val" in folders) else None,
         "test_ratio": cfg.test_ratio if splits["test"] and not (folders and "test" in folders) else None,
         "momentum": cfg.momentum if sgd else None, "nesterov": cfg.nesterov if sgd else None,
-        "warmup": cfg.warmup if cfg.schedule == "warmup_cosine" else None,
+        "warmup": warmup if cfg.schedule == "warmup_cosine" else None,
+        "warmup_fraction": cfg.warmup_fraction if cfg.schedule == "warmup_cosine" else None,
+        "fit": cfg.fit if not cfg.data.startswith(EMBEDDED_PREFIX) else None,
         "step_size": cfg.step_size if cfg.schedule == "step" else None,
         "gamma": cfg.gamma if cfg.schedule == "step" else None,
         "iterations_per_epoch": steps_per_epoch, "total_iterations": total,
@@ -175,7 +201,8 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     size = cfg.image_size or H
     if parts is None:
         parts = load_datasets(cfg.data, image_size=(size, size), channels=channels, val_ratio=cfg.val_ratio,
-                              test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)
+                              test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
+                              fit=cfg.fit)
     classes = parts["classes"]
     norm = normalization_spec(cfg.normalize, parts["train"], channels)
     base = eval_transforms((H, W), norm)

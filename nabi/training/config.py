@@ -7,6 +7,8 @@ from pathlib import Path
 
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step")
 NORMALIZATIONS = ("unit", "pixel256", "dataset", "imagenet")
+# Online augmentation levels (``nabi.data.prepare.augmentation`` builds each).
+AUGMENTS = ("none", "flip", "standard", "strong", "crop_flip_jitter")
 # Names that were renamed: the old ones are still accepted, with a FutureWarning, in TOML files, on the
 # command line and in recipes, but no help text lists them.
 RENAMED = {
@@ -49,7 +51,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"         # constant | step | cosine | warmup_cosine | linear_step
     schedule_unit: str = "iteration"
-    warmup: int = 0
+    warmup: int = 0                    # warm-up iterations of warmup_cosine
+    warmup_fraction: float | None = None   # or the warm-up as a share of the whole run, in [0, 1)
     step_size: int = 10
     gamma: float = 0.1
     label_smoothing: float = 0.0
@@ -57,9 +60,10 @@ class TrainConfig:
     fused_sgd: bool = False            # plain SGD applied inside backward (no gradient buffers)
     precision: str = "float32"         # float32 | float16 (mixed precision: float32 masters, loss scaling)
     image_size: int | None = None      # default: the model's input size
+    fit: str = "crop"                  # crop | squash | pad: how a photo is brought to image_size when read
     channels: int | None = None        # default: the model's input channels
     normalize: str = "unit"            # unit (pixel/255) | pixel256 (pixel/256) | dataset (mean/std) | imagenet
-    augment: str = "none"              # none | flip | standard | strong
+    augment: str = "none"              # none | flip | standard | strong | crop_flip_jitter
     val_ratio: float = 0.1
     test_ratio: float = 0.1
     exclude: list = field(default_factory=list)

@@ -1,0 +1,136 @@
+"""The strong from-scratch recipe ``resnet18-160`` and what it is made of: the ``crop_flip_jitter``
+augmentation, the warm-up given as a share of the run, and the checks on recipe settings."""
+import math
+
+import numpy as np
+import pytest
+
+from nabi import data as D
+from nabi import models as zoo
+from nabi.data.prepare import augmentation
+from nabi.studies import experiment as X
+from nabi.studies.recipes import RECIPES, fingerprint_config
+from nabi.training.build import check_warmup, make_optimizer, make_schedule, warmup_steps, what_ran
+from nabi.training.config import TrainConfig
+
+
+# -- the recipe -----------------------------------------------------------------------------------------------
+def test_strong_recipe_settings():
+    r = X.resolve_recipe("resnet18-160")
+    assert (r["model"], r["image_size"], r["fit"], r["epochs"], r["batch_size"]) == ("resnet18", 160, "squash", 60, 16)
+    assert (r["optimizer"], r["lr"], r["weight_decay"], r["label_smoothing"]) == ("adamw", 2e-3, 0.05, 0.1)
+    assert (r["schedule"], r["warmup_fraction"], r["warmup_epochs"]) == ("warmup_cosine", 0.3, None)
+    assert (r["augment"], r["normalize"]) == ("crop_flip_jitter", "imagenet")
+    assert "strong from-scratch baseline" in RECIPES["resnet18-160"]["description"]
+    assert X.probe_input_size(r) == [3, 160, 160]
+
+
+def test_strong_recipe_trains_with_a_30_percent_warmup_then_cosine():
+    cfg = X.resolve_recipe("resnet18-160", {"model": "cifar_cnn", "image_size": 32})
+    tc, epochs, iterations = X._train_config(cfg, 4, 10, "/tmp/unused", 0)
+    assert (epochs, iterations, tc.epochs) == (60, None, 60)
+    assert tc.warmup == 180 and tc.warmup_fraction is None and tc.fit == "squash"   # 0.3 × 600 iterations
+    opt = make_optimizer(tc, zoo.get("cifar_cnn", num_classes=4))
+    sched = make_schedule(tc, opt, 10)
+    base = 2e-3
+    for t in (0, 1, 90, 179, 180, 181, 390, 599):
+        want = base * (t + 1) / 180 if t < 180 else base * (1 + math.cos(math.pi * (t - 180) / 420)) / 2
+        assert sched.get_lr(t) == pytest.approx(want, rel=1e-12), t
+
+
+def test_the_other_recipes_keep_their_settings():
+    m = X.resolve_recipe("modern")
+    assert (m["image_size"], m["fit"], m["warmup_epochs"], m["warmup_fraction"], m["augment"]) == \
+        (128, "crop", 2, None, "strong")
+    assert X.resolve_recipe("alexnet336-2019")["fit"] == "crop"
+
+
+# -- recipe checks ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe, overrides, match", [
+    ("resnet18-160", {"fit": "zoom"}, "fit must be one of crop, squash, pad; got 'zoom'"),
+    ("resnet18-160", {"augment": "wild"}, "augment must be one of .*crop_flip_jitter"),
+    ("resnet18-160", {"warmup_fraction": 1.0}, r"warmup_fraction must be a number in \[0, 1\), got 1.0"),
+    ("resnet18-160", {"warmup_fraction": "0.3"}, "warmup_fraction must be a number"),
+    ("resnet18-160", {"warmup_epochs": 2}, "give the warm-up one way: warmup_fraction 0.3 or warmup_epochs 2"),
+    ("modern", {"warmup_fraction": 0.3}, "give the warm-up one way"),
+    ("resnet18-160", {"schedule": "cosine"}, "warmup_fraction only applies to schedule warmup_cosine"),
+])
+def test_bad_recipe_settings_are_refused(recipe, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        X.resolve_recipe(recipe, overrides)
+
+
+def test_one_warmup_replaces_the_other_when_the_other_is_cleared():
+    r = X.resolve_recipe("modern", {"warmup_fraction": 0.3, "warmup_epochs": None})
+    assert r["warmup_fraction"] == 0.3 and r["warmup_epochs"] is None
+    r = X.resolve_recipe("resnet18-160", {"warmup_fraction": None, "warmup_epochs": 5})
+    tc, _, _ = X._train_config(r, 4, 10, "/tmp/unused", 0)
+    assert tc.warmup == 50
+
+
+def test_new_settings_at_their_old_values_leave_study_fingerprints_unchanged():
+    old = {"model": "resnet18", "lr": 1e-3, "device": "cpu"}
+    assert fingerprint_config({**old, "fit": "crop", "warmup_fraction": None}) == {"model": "resnet18", "lr": 1e-3}
+    assert fingerprint_config({**old, "fit": "squash"})["fit"] == "squash"
+    assert fingerprint_config({**old, "warmup_fraction": 0.3})["warmup_fraction"] == 0.3
+
+
+def test_ablation_base_takes_the_new_settings_and_checks_them():
+    from nabi.studies.ablation import _base_config, _validate
+    base = _base_config({"model": "cifar_cnn", "fit": "squash", "augment": "crop_flip_jitter",
+                         "schedule": "warmup_cosine", "warmup_fraction": 0.3})
+    _validate(base, "[base]")
+    with pytest.raises(ValueError, match=r"\[base\]: fit must be one of"):
+        _validate({**base, "fit": "zoom"}, "[base]")
+
+
+# -- the augmentation -------------------------------------------------------------------------------------------
+def test_crop_flip_jitter_is_resized_crop_flip_and_jitter_02():
+    rrc, flip, jitter = augmentation("crop_flip_jitter", (20, 24))
+    assert isinstance(rrc, D.RandomResizedCrop) and rrc.size == (20, 24) and rrc.scale == (0.5, 1.0)
+    assert rrc.ratio == pytest.approx((3 / 4, 4 / 3))
+    assert isinstance(flip, D.RandomHorizontalFlip) and flip.p == 0.5
+    assert isinstance(jitter, D.ColorJitter)
+    assert (jitter.brightness, jitter.contrast, jitter.saturation) == (0.2, 0.2, 0.2)
+    with pytest.raises(ValueError, match="augment must be one of none, flip, standard, strong, crop_flip_jitter"):
+        augmentation("wild", (8, 8))
+
+
+def test_colour_jitter_factors_lie_in_one_plus_minus_j():
+    """As torchvision's ColorJitter(j): a brightness factor from [1 - j, 1 + j] multiplies every pixel."""
+    x = np.full((3, 4, 4), 0.5, np.float32)
+    jitter = D.ColorJitter(brightness=0.2)
+    factors = np.array([jitter(x, np.random.default_rng(i))[0, 0, 0] / 0.5 for i in range(400)])
+    assert factors.min() >= 0.8 - 1e-6 and factors.max() <= 1.2 + 1e-6
+    assert factors.min() < 0.81 and factors.max() > 1.19
+
+
+# -- the warm-up as a share of the run ------------------------------------------------------------------------
+def test_warmup_fraction_in_iterations():
+    cfg = TrainConfig(schedule="warmup_cosine", warmup_fraction=0.3, epochs=7)
+    assert warmup_steps(cfg, 70) == 21 and warmup_steps(cfg, 3) == 1
+    assert warmup_steps(TrainConfig(warmup=5), 70) == 5
+    sched = make_schedule(cfg, make_optimizer(cfg, zoo.get("cifar_cnn", num_classes=2)), 10)
+    assert sched.warmup_steps == 21 and sched.after.T_max == 49
+
+
+def test_warmup_given_twice_or_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="give the warm-up one way: --warmup 5"):
+        check_warmup(TrainConfig(schedule="warmup_cosine", warmup=5, warmup_fraction=0.3))
+    with pytest.raises(ValueError, match=r"--warmup-fraction must be a number in \[0, 1\)"):
+        check_warmup(TrainConfig(schedule="warmup_cosine", warmup_fraction=1.5))
+    cfg = TrainConfig(data="embedded:digits8x8", schedule="warmup_cosine", warmup_fraction=0.9, iterations=1)
+    parts = {"train": [0], "val": None, "test": None, "classes": ["a", "b"]}
+    with pytest.raises(ValueError, match=r"--warmup-fraction 0.9 \(1 steps\) is not shorter than the whole run"):
+        what_ran(cfg, parts, [3, 8, 8], 3, {"kind": "unit"}, 1)
+
+
+def test_the_command_line_checks_the_new_settings():
+    from nabi.cli.checks import BadArgument, check_train_config
+    check_train_config(TrainConfig(schedule="warmup_cosine", warmup_fraction=0.3, fit="pad"))
+    for cfg, match in ((TrainConfig(warmup_fraction=0.3), "--warmup-fraction 0.3 only applies to --schedule"),
+                       (TrainConfig(schedule="warmup_cosine", warmup=3, warmup_fraction=0.3), "one way"),
+                       (TrainConfig(fit="zoom"), "--fit .*must be one of crop, squash, pad, got 'zoom'"),
+                       (TrainConfig(augment="wild"), "--augment .*crop_flip_jitter")):
+        with pytest.raises(BadArgument, match=match):
+            check_train_config(cfg)
