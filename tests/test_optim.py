@@ -261,6 +261,34 @@ def test_schedule_state_dict_round_trip():
         optim.CosineAnnealingLR(opt2, T_max=3).load_state_dict(s.state_dict())
 
 
+@pytest.mark.parametrize("total, pct", [(50, 0.3), (37, 0.25), (12, 0.5)])
+def test_one_cycle_matches_torch(total, pct):
+    """Smith & Topin's one-cycle rate equals torch's OneCycleLR (cosine, two phases, momentum not cycled)."""
+    ours, sched, _ = _our_lrs(lambda o: optim.OneCycleLR(o, total_steps=total, pct_start=pct), total, lr=0.4)
+    theirs = _torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=0.4, total_steps=total, pct_start=pct, cycle_momentum=False), total, lr=0.4)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    assert ours[0] == pytest.approx(0.4 / 25) and 0.39 < max(ours) <= 0.4
+    top = total * pct - 1                            # the rise ends here: exactly 0.4 when it is a whole step
+    assert (max(ours) == pytest.approx(0.4)) == (top == int(top))
+    assert ours[-1] == pytest.approx(0.4 / 25 / 1e4) and sched.get_lr(total + 5) == pytest.approx(0.4 / 25 / 1e4)
+    # resume: a schedule loaded from state_dict continues the same sequence
+    opt2 = optim.SGD([("w", Parameter(np.zeros(1)))], lr=9.0)
+    sched2 = optim.OneCycleLR(opt2, total_steps=total, pct_start=pct)
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.lr == sched.lr and sched2.base_lr == 0.4
+
+
+def test_one_cycle_refuses_a_run_too_short_for_a_rise_and_a_fall():
+    def opt():
+        return optim.SGD([("w", Parameter(np.zeros(1)))], lr=0.1)
+    with pytest.raises(ValueError, match=r"one_cycle needs its rising share × the run's steps above 1"):
+        optim.OneCycleLR(opt(), total_steps=3, pct_start=0.3)
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\), got 1"):
+        optim.OneCycleLR(opt(), total_steps=30, pct_start=1.0)
+    assert isinstance(optim.make_schedule("one_cycle", opt(), total_steps=30), optim.OneCycleLR)
+
+
 def test_make_schedule():
     def opt():
         return optim.SGD([("w", Parameter(np.zeros(1)))], lr=0.1)

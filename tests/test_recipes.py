@@ -134,3 +134,27 @@ def test_the_command_line_checks_the_new_settings():
                        (TrainConfig(augment="wild"), "--augment .*crop_flip_jitter")):
         with pytest.raises(BadArgument, match=match):
             check_train_config(cfg)
+
+
+# -- one-cycle ------------------------------------------------------------------------------------------------
+def test_one_cycle_rises_over_the_warmup_fraction_or_0_3():
+    from nabi.training.optim import OneCycleLR
+    for fraction, rise in ((None, 0.3), (0.2, 0.2)):
+        cfg = TrainConfig(schedule="one_cycle", warmup_fraction=fraction, epochs=5, lr=0.01)
+        sched = make_schedule(cfg, make_optimizer(cfg, zoo.get("cifar_cnn", num_classes=2)), 20)
+        assert isinstance(sched, OneCycleLR) and (sched.total_steps, sched.pct_start) == (100, rise)
+        assert sched.lr == pytest.approx(0.01 / 25) and sched.get_lr(int(rise * 100) - 1) == pytest.approx(0.01)
+    r = X.resolve_recipe("resnet18-160", {"schedule": "one_cycle"})
+    tc, _, _ = X._train_config(r, 4, 10, "/tmp/unused", 0)
+    assert tc.warmup_fraction == 0.3 and tc.warmup == 0
+    assert make_schedule(tc, make_optimizer(tc, zoo.get("cifar_cnn", num_classes=4)), 10).pct_start == 0.3
+
+
+def test_one_cycle_too_short_is_refused_before_training():
+    cfg = TrainConfig(data="embedded:digits8x8", schedule="one_cycle", iterations=3)
+    parts = {"train": [0], "val": None, "test": None, "classes": ["a", "b"]}
+    with pytest.raises(ValueError, match="one_cycle needs its rising share"):
+        what_ran(cfg, parts, [3, 8, 8], 3, {"kind": "unit"}, 1)
+    ok = what_ran(TrainConfig(data="embedded:digits8x8", schedule="one_cycle", iterations=30), parts, [3, 8, 8], 3,
+                  {"kind": "unit"}, 1)
+    assert ok["warmup_fraction"] == 0.3 and ok["warmup"] is None

@@ -156,10 +156,12 @@ def check_train_config(cfg) -> None:
     if values["val_ratio"] + values["test_ratio"] >= 1:
         raise BadArgument(f"--val-ratio + --test-ratio must be below 1 (something must be left to train on), "
                           f"got {values['val_ratio']} + {values['test_ratio']}")
-    for key in ("warmup", "warmup_fraction"):
-        if values[key] and values["schedule"] != "warmup_cosine":
-            raise BadArgument(f"{flag(key)} {values[key]} only applies to --schedule warmup_cosine "
-                              f"(the schedule is {values['schedule']})")
+    if values["warmup"] and values["schedule"] != "warmup_cosine":
+        raise BadArgument(f"--warmup {values['warmup']} only applies to --schedule warmup_cosine "
+                          f"(the schedule is {values['schedule']})")
+    if values["warmup_fraction"] is not None and values["schedule"] not in ("warmup_cosine", "one_cycle"):
+        raise BadArgument(f"--warmup-fraction {values['warmup_fraction']} only applies to --schedule warmup_cosine "
+                          f"or one_cycle (the schedule is {values['schedule']})")
     if values["warmup"] and values["warmup_fraction"] is not None:
         raise BadArgument(f"give the warm-up one way: --warmup {values['warmup']} (iterations) or "
                           f"--warmup-fraction {values['warmup_fraction']} (a share of the run), not both")

@@ -80,11 +80,14 @@ def _add_train_args(p, defaults):
     p.add_argument("--schedule", choices=SCHEDULES, type=renamed_value("schedule"),
                    help="how the learning rate changes: step multiplies it by gamma (0.1) every step_size (10) "
                         "steps (TOML keys step_size, gamma, schedule_unit), cosine anneals it to 0, warmup_cosine ramps up for --warmup steps "
-                        "first, linear_step lowers it from 1.5e-5 to 5e-6 in 10 equal steps (the 2019 report's "
-                        f"schedule) {dflt(d.schedule)}")
+                        "(or --warmup-fraction of the run) first, linear_step lowers it from 1.5e-5 to 5e-6 in 10 "
+                        "equal steps (the 2019 report's schedule), one_cycle (Smith & Topin 2019) rises from "
+                        "--lr/25 to --lr over --warmup-fraction of the run (0.3 if not given) and falls by cosine "
+                        f"to --lr/250000 {dflt(d.schedule)}")
     p.add_argument("--warmup", type=int, help=f"warm-up steps for warmup_cosine {dflt(d.warmup)}")
     p.add_argument("--warmup-fraction", type=float, dest="warmup_fraction",
-                   help="or the warm-up of warmup_cosine as a share of the whole run, in [0, 1), e.g. 0.3 "
+                   help="or the warm-up of warmup_cosine (the rise of one_cycle) as a share of the whole run, "
+                        "in [0, 1), e.g. 0.3 "
                         f"{dflt(d.warmup_fraction, 'none: --warmup decides')}")
     p.add_argument("--label-smoothing", type=float, help="spread this much of each target's probability over "
                                                          f"the other classes {dflt(d.label_smoothing)}")

@@ -354,7 +354,7 @@ def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
     total = iterations or d["epochs"] * steps_per_epoch
     if cfg["warmup_epochs"] is not None:
         d["warmup"] = int(round(cfg["warmup_epochs"] * steps_per_epoch))
-    if cfg.get("warmup_fraction") is not None:         # resolved here, so the clamp below applies to it too
+    if cfg.get("warmup_fraction") is not None and cfg["schedule"] == "warmup_cosine":   # so the clamp applies
         d["warmup"] = int(round(d.pop("warmup_fraction") * total))
     if cfg["schedule"] == "warmup_cosine":
         d["warmup"] = max(1, min(int(d.get("warmup") or 1), max(1, total - 1)))

@@ -163,9 +163,9 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
         if given:
             raise ValueError(f"give the warm-up one way: warmup_fraction {f!r} or {given[0]} {cfg[given[0]]!r}, "
                              f"not both (set the other to null)")
-        if cfg["schedule"] != "warmup_cosine":
-            raise ValueError(f"warmup_fraction only applies to schedule warmup_cosine (the schedule is "
-                             f"{cfg['schedule']})")
+        if cfg["schedule"] not in ("warmup_cosine", "one_cycle"):
+            raise ValueError(f"warmup_fraction only applies to schedule warmup_cosine or one_cycle (the schedule "
+                             f"is {cfg['schedule']})")
     return cfg
 
 

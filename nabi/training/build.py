@@ -15,7 +15,7 @@ from ..data.prepare import (EMBEDDED_PREFIX, Cached, Transformed, augmentation, 
                             normalization_spec, folder_classes)
 from ..models.registry import model_input_size, set_input_size
 from ..runs import model_metadata, write_config
-from .config import TrainConfig
+from .config import ONE_CYCLE_RISE, TrainConfig
 
 
 # -- model -------------------------------------------------------------------------------------------
@@ -66,7 +66,11 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
                                    total_steps=total)
     if name == "linear_step":
         return optim.make_schedule("linear_step", optimizer, total_steps=total)
-    raise ValueError(f"schedule must be constant, step, cosine, warmup_cosine or linear_step; got {name!r}")
+    if name == "one_cycle":
+        rise = ONE_CYCLE_RISE if cfg.warmup_fraction is None else cfg.warmup_fraction
+        return optim.make_schedule("one_cycle", optimizer, total_steps=total, pct_start=rise)
+    raise ValueError(f"schedule must be constant, step, cosine, warmup_cosine, linear_step or one_cycle; "
+                     f"got {name!r}")
 
 
 def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out_dir=None, metadata=None,
@@ -139,6 +143,10 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
                  else f"--warmup {cfg.warmup}")
         raise ValueError(f"{given} is not shorter than the whole run ({total} iterations): "
                          f"give fewer warm-up steps")
+    if cfg.schedule == "one_cycle":
+        from .optim import OneCycleLR
+        OneCycleLR.check(cfg.epochs if cfg.schedule_unit == "epoch" else total,
+                         ONE_CYCLE_RISE if cfg.warmup_fraction is None else cfg.warmup_fraction)
     count = lambda name: len(parts[name]) if parts.get(name) is not None else 0
     sgd = cfg.optimizer == "sgd"
     return {
@@ -149,7 +157,9 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
         "test_ratio": cfg.test_ratio if splits["test"] and not (folders and "test" in folders) else None,
         "momentum": cfg.momentum if sgd else None, "nesterov": cfg.nesterov if sgd else None,
         "warmup": warmup if cfg.schedule == "warmup_cosine" else None,
-        "warmup_fraction": cfg.warmup_fraction if cfg.schedule == "warmup_cosine" else None,
+        "warmup_fraction": (cfg.warmup_fraction if cfg.schedule == "warmup_cosine" else
+                            (ONE_CYCLE_RISE if cfg.warmup_fraction is None else cfg.warmup_fraction)
+                            if cfg.schedule == "one_cycle" else None),
         "fit": cfg.fit if not cfg.data.startswith(EMBEDDED_PREFIX) else None,
         "step_size": cfg.step_size if cfg.schedule == "step" else None,
         "gamma": cfg.gamma if cfg.schedule == "step" else None,

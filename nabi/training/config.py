@@ -5,7 +5,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step")
+SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step", "one_cycle")
+ONE_CYCLE_RISE = 0.3                   # one_cycle's rising share of the run when warmup_fraction is not given
 NORMALIZATIONS = ("unit", "pixel256", "dataset", "imagenet")
 # Online augmentation levels (``nabi.data.prepare.augmentation`` builds each).
 AUGMENTS = ("none", "flip", "standard", "strong", "crop_flip_jitter")
@@ -49,10 +50,10 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
-    schedule: str = "constant"         # constant | step | cosine | warmup_cosine | linear_step
+    schedule: str = "constant"         # constant | step | cosine | warmup_cosine | linear_step | one_cycle
     schedule_unit: str = "iteration"
     warmup: int = 0                    # warm-up iterations of warmup_cosine
-    warmup_fraction: float | None = None   # or the warm-up as a share of the whole run, in [0, 1)
+    warmup_fraction: float | None = None   # or the warm-up (one_cycle: the rise) as a share of the run, in [0, 1)
     step_size: int = 10
     gamma: float = 0.1
     label_smoothing: float = 0.0

@@ -585,6 +585,61 @@ class LinearStepDecay(LRSchedule):
                 "n_steps": self.n_steps}
 
 
+class OneCycleLR(LRSchedule):
+    """The one-cycle learning rate of Smith & Topin (2019), "Super-convergence: very fast training of neural
+    networks using large learning rates": up from ``max_lr / div_factor`` to ``max_lr`` (the optimizer's
+    ``lr``) over the first ``pct_start`` of the run, then down to ``max_lr / div_factor / final_div_factor``,
+    each half a cosine. The values of ``torch.optim.lr_scheduler.OneCycleLR(anneal_strategy='cos',
+    three_phase=False)``; the momentum is not cycled (torch's ``cycle_momentum=False``).
+
+    With ``lr_0 = max_lr / div_factor``, ``lr_min = lr_0 / final_div_factor``, ``a = pct_start * total_steps - 1``
+    and ``b = total_steps - 1``::
+
+        lr(t) = max_lr + (lr_0 - max_lr) * (1 + cos(pi * t / a)) / 2                  for t <= a
+        lr(t) = lr_min + (max_lr - lr_min) * (1 + cos(pi * (t - a) / (b - a))) / 2    for a < t <= b
+
+    and ``lr_min`` past ``b`` (torch refuses to step that far). Needs ``a > 0`` and ``b > a``.
+    """
+
+    def __init__(self, optimizer, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4):
+        total_steps, pct_start = int(total_steps), float(pct_start)
+        self.check(total_steps, pct_start)
+        if div_factor <= 0 or final_div_factor <= 0:
+            raise ValueError(f"div_factor and final_div_factor must be positive, got {div_factor}, "
+                             f"{final_div_factor}")
+        self.total_steps, self.pct_start = total_steps, pct_start
+        self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
+        super().__init__(optimizer)
+
+    @staticmethod
+    def check(total_steps: int, pct_start: float) -> None:
+        """``ValueError`` unless ``0 < pct_start < 1`` and ``0 < a < b`` (a rise and a fall of a step or more)."""
+        if not 0 < pct_start < 1:
+            raise ValueError(f"one_cycle's rising share (pct_start, --warmup-fraction) must be in (0, 1), got "
+                             f"{pct_start:g}")
+        if not 0 < pct_start * total_steps - 1 < total_steps - 1:
+            raise ValueError(f"one_cycle needs its rising share × the run's steps above 1 and below the steps (a "
+                             f"rise and a fall of at least one step each); got {pct_start:g} × {total_steps}: train "
+                             f"longer or change the share")
+
+    def get_lr(self, t):
+        top = self.base_lr
+        lr0 = top / self.div_factor
+        low = lr0 / self.final_div_factor
+        a, b = self.pct_start * self.total_steps - 1, self.total_steps - 1
+        t = int(t)
+        if t <= a:
+            return top + (lr0 - top) * (1.0 + math.cos(math.pi * t / a)) / 2.0
+        if t <= b:
+            return low + (top - low) * (1.0 + math.cos(math.pi * (t - a) / (b - a))) / 2.0
+        return low
+
+    def _config(self):
+        return {"total_steps": self.total_steps, "pct_start": self.pct_start, "div_factor": self.div_factor,
+                "final_div_factor": self.final_div_factor}
+
+
 def _warmup_cosine(optimizer, warmup_steps: int, T_max: int | None = None, eta_min: float = 0.0,
                    total_steps: int | None = None):
     """Linear warm-up for ``warmup_steps``, then cosine annealing over ``T_max``
@@ -611,11 +666,12 @@ SCHEDULES = {
     "cosine": _cosine,
     "linear_step": LinearStepDecay,
     "warmup_cosine": _warmup_cosine,
+    "one_cycle": OneCycleLR,
 }
 
 
 def make_schedule(name: str, optimizer, **kw) -> LRSchedule:
-    """Build a schedule by name: 'constant', 'step', 'cosine', 'warmup_cosine' or 'linear_step'.
+    """Build a schedule by name: 'constant', 'step', 'cosine', 'warmup_cosine', 'linear_step' or 'one_cycle'.
 
     Keyword arguments go to the class (``cosine`` and ``warmup_cosine`` also take
     ``total_steps`` in place of ``T_max``).
