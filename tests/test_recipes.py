@@ -158,3 +158,72 @@ def test_one_cycle_too_short_is_refused_before_training():
     ok = what_ran(TrainConfig(data="embedded:digits8x8", schedule="one_cycle", iterations=30), parts, [3, 8, 8], 3,
                   {"kind": "unit"}, 1)
     assert ok["warmup_fraction"] == 0.3 and ok["warmup"] is None
+
+
+# -- a recipe as the start of nabi train and of an ablation's [base] ------------------------------------------
+def test_recipe_as_train_settings():
+    from nabi.studies.recipes import recipe_train_settings
+    s = recipe_train_settings("resnet18-160")
+    tc = TrainConfig.from_dict(s)
+    assert (tc.model, tc.image_size, tc.fit, tc.augment, tc.epochs, tc.batch_size, tc.lr) == \
+        ("resnet18", 160, "squash", "crop_flip_jitter", 60, 16, 2e-3)
+    assert (tc.schedule, tc.warmup_fraction, tc.warmup, tc.test_ratio) == ("warmup_cosine", 0.3, 0, 0.2)
+    m = recipe_train_settings("modern")
+    assert m["warmup_fraction"] == pytest.approx(2 / 30) and m["fit"] == "crop"
+    for name, what in (("alexnet336-2019", r"offline ×8 variants and 2000 iterations per class"),
+                       ("tiny", "8 iterations per class")):
+        with pytest.raises(ValueError, match=f"trains with {what}.*nabi experiment DATA --recipe {name}"):
+            recipe_train_settings(name)
+
+
+def _train_args(*argv):
+    from nabi.cli.main import _config_from_args, build_parser
+    return _config_from_args(build_parser().parse_args(["train", "DATA", *argv]))
+
+
+def test_nabi_train_recipe_then_config_then_flags(tmp_path):
+    cfg = _train_args("--recipe", "resnet18-160")
+    assert (cfg.model, cfg.fit, cfg.warmup_fraction, cfg.epochs, cfg.data) == ("resnet18", "squash", 0.3, 60, "DATA")
+    cfg = _train_args("--recipe", "resnet18-160", "--epochs", "2", "--fit", "pad", "--warmup", "5")
+    assert (cfg.epochs, cfg.fit, cfg.warmup, cfg.warmup_fraction) == (2, "pad", 5, None)   # the flag's warm-up
+    (tmp_path / "run.toml").write_text('lr = 0.01\nwarmup_fraction = 0.1\n', encoding="utf-8")
+    cfg = _train_args("--recipe", "modern", "--config", str(tmp_path / "run.toml"), "--lr", "0.02")
+    assert (cfg.lr, cfg.warmup_fraction, cfg.image_size) == (0.02, 0.1, 128)
+    assert _train_args("--epochs", "3").fit == "crop"            # no recipe: TrainConfig's defaults
+
+
+def test_nabi_train_with_the_strong_recipe_runs(tmp_path, capsys):
+    from PIL import Image
+    from nabi.cli import main
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("a", "b")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(5):
+            a = rng.integers(0, 60, (24, 40, 3)).astype(np.uint8)
+            a[..., k] += 150
+            Image.fromarray(a).save(tmp_path / "data" / name / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "data"), "--recipe", "resnet18-160", "--model", "cifar_cnn",
+                 "--image-size", "32", "--epochs", "2", "--val-ratio", "0", "--test-ratio", "0.2",
+                 "--out", str(out), "--no-progress"]) == 0
+    import json
+    c = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert (c["fit"], c["augment"], c["optimizer"], c["batch_size"], c["warmup_fraction"]) == \
+        ("squash", "crop_flip_jitter", "adamw", 16, 0.3)
+    assert c["warmup"] == max(1, round(0.3 * c["total_iterations"]))
+    assert main(["train", str(tmp_path / "data"), "--recipe", "tiny", "--out", str(tmp_path / "t")]) == 1
+    assert "only the experiment does" in capsys.readouterr().err
+
+
+def test_ablation_base_from_a_recipe():
+    from nabi.studies.ablation import _base_config, _validate
+    base = _base_config({"recipe": "resnet18-160", "model": "cifar_cnn", "image_size": 32, "epochs": 2})
+    assert (base["fit"], base["augment"], base["warmup_fraction"], base["epochs"], base["batch_size"]) == \
+        ("squash", "crop_flip_jitter", 0.3, 2, 16)
+    _validate(base, "[base]")
+    assert _base_config({"recipe": "resnet18-160", "warmup": 4})["warmup_fraction"] is None
+    assert _base_config({"recipe": "resnet18-160", "iterations": 9})["epochs"] is None
+    with pytest.raises(ValueError, match=r"\[base\] recipe: recipe 'tiny' trains with 8 iterations per class"):
+        _base_config({"recipe": "tiny"})
+    with pytest.raises(ValueError, match=r"\[base\] recipe must be a recipe's name"):
+        _base_config({"recipe": 3})

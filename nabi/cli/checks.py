@@ -84,7 +84,8 @@ RATIO = Float(0.0, 1.0)                          # [0, 1)
 TRAIN = {
     "model": ModelName(), "epochs": POSITIVE, "iterations": POSITIVE, "batch_size": POSITIVE,
     "lr": Float(0.0, None, low_open=True), "momentum": RATIO, "weight_decay": Float(0.0),
-    "warmup": NON_NEGATIVE, "warmup_fraction": RATIO, "step_size": POSITIVE, "gamma": Float(0.0, 1.0, low_open=True, high_open=False),
+    "warmup": NON_NEGATIVE, "warmup_fraction": RATIO, "step_size": POSITIVE,
+    "gamma": Float(0.0, 1.0, low_open=True, high_open=False),
     "label_smoothing": RATIO, "clip_norm": Float(0.0, None, low_open=True), "image_size": Int(8, 4096),
     "channels": Int(1, 4), "val_ratio": RATIO, "test_ratio": RATIO, "seed": NON_NEGATIVE, "workers": Int(0, 256),
     "checkpoint_every": POSITIVE, "keep_last": POSITIVE, "early_stopping": POSITIVE,

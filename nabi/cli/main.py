@@ -52,6 +52,7 @@ def _examples(*lines):
 
 def _add_train_args(p, defaults):
     from ..data.folder import FITS
+    from ..studies.recipes import RECIPES
     from ..training.config import AUGMENTS, NORMALIZATIONS, SCHEDULES, renamed_value
     d = defaults
 
@@ -61,6 +62,10 @@ def _add_train_args(p, defaults):
                                            f"or embedded:mnist5k / embedded:digits8x8 {dflt(d.data)}")
     p.add_argument("--config", help="a TOML file whose keys stand in for these flags; flags given win "
                                     "(default: none)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), type=renamed_value("recipe"),
+                   help="start from a named recipe's settings (nabi experiment --help describes them; resnet18-160 "
+                        "is the strong from-scratch baseline; alexnet336-2019 and tiny need the experiment's "
+                        "offline variants or iterations per class); --config and the flags given win (default: none)")
     p.add_argument("--model", help=f"a zoo model name; `nabi summary --list` lists them {dflt(d.model)}")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
                    help="an argument of the model's builder, e.g. --model-arg activation=relu (repeatable; "
@@ -145,15 +150,26 @@ def _add_train_args(p, defaults):
 
 
 def _config_from_args(args, base=None):
+    """The ``TrainConfig`` of a train command: ``base``, then ``--recipe``'s settings, then the ``--config``
+    TOML file, then the flags given, each winning over the ones before. A warm-up given later in one form
+    (``warmup`` iterations or ``warmup_fraction``) replaces one given earlier in the other."""
     from ..training.config import TrainConfig, load_toml
     cfg = dict(base or {})
+    later = {}
+    if getattr(args, "recipe", None):
+        from ..studies.recipes import recipe_train_settings
+        cfg.update(recipe_train_settings(args.recipe))
     if getattr(args, "config", None):
-        cfg.update(load_toml(args.config))
-    mapping = {f: f for f in TrainConfig.__dataclass_fields__}
-    for key in mapping:
+        later.update(load_toml(args.config))
+    for key in TrainConfig.__dataclass_fields__:
         value = getattr(args, key, None)
         if value is not None:
-            cfg[key] = value
+            later[key] = value
+    if later.get("warmup") and "warmup_fraction" not in later:
+        cfg.pop("warmup_fraction", None)
+    if later.get("warmup_fraction") is not None and "warmup" not in later:
+        cfg.pop("warmup", None)
+    cfg.update(later)
     for item in getattr(args, "model_arg", None) or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -2,9 +2,10 @@
 
 ``TwoViewImages(root, size)`` lists every image under ``root`` (recursively; sub-folder
 names are not labels), decodes each at ``size`` × ``size`` (as ``fit`` says: by default the
-shorter side resized and the centre cropped) and returns ``(views (2, C, H, W), -1)``: the augmentation applied twice with
-successive draws from the batch's generator, so the two views differ and the same
-(seed, epoch, batch) gives the same views again (a resumed run sees the same batches).
+shorter side resized and the centre cropped) and returns ``(views (2, C, H, W), -1)``: the
+augmentation applied twice with successive draws from the batch's generator, so the two views
+differ and the same (seed, epoch, batch) gives the same views again (a resumed run sees the same
+batches).
 
 ``TwoViewBatches(loader)`` turns the loader's ``(N, 2, C, H, W)`` batches into
 ``x (2N, C, H, W)`` with view 1 of every image first, then view 2 — rows i and i + N are a

@@ -8,7 +8,8 @@ Config (TOML)::
     seed = 0                              # data split, max_* subsets, and the run seeds when seeds is a count
     paired_init = true                    # default
     max_train = 4000                      # optional stratified, seeded subsets (also max_val, max_test)
-    [base]                                # TrainConfig fields (not data/out/seed/progress)
+    [base]                                # TrainConfig fields (not data/out/seed/progress), and
+                                          # recipe = "resnet18-160" to start from a recipe's settings
     model = "resnet20"
     epochs = 3
     [[variants]]                          # the first variant is the reference
@@ -306,12 +307,27 @@ def _base_config(base) -> dict:
     for k, why in _BASE_FORBIDDEN.items():
         if k in base:
             raise ValueError(f"[base] cannot set {k!r}: {why}")
+    base = dict(base)
+    recipe = base.pop("recipe", None)
     out = TrainConfig().to_dict()
     for k in _BASE_FORBIDDEN:
         out.pop(k)
     unknown = sorted(set(base) - set(out))
     if unknown:
-        raise ValueError(f"[base] has unknown key(s) {unknown}; known: {', '.join(sorted(out))}")
+        raise ValueError(f"[base] has unknown key(s) {unknown}; known: recipe, {', '.join(sorted(out))}")
+    if recipe is not None:
+        from .recipes import RECIPES, recipe_train_settings
+        if not isinstance(recipe, str):
+            raise ValueError(f"[base] recipe must be a recipe's name ({', '.join(RECIPES)}), got {recipe!r}")
+        try:
+            settings = recipe_train_settings(recipe)
+        except ValueError as e:
+            raise ValueError(f"[base] recipe: {e}") from None
+        out.update({k: v for k, v in settings.items() if k in out})
+        if base.get("warmup") and "warmup_fraction" not in base:        # a warm-up given in [base] replaces
+            out["warmup_fraction"] = None                               # the recipe's, in either form
+        if base.get("warmup_fraction") is not None and "warmup" not in base:
+            out["warmup"] = 0
     out.update(copy.deepcopy(base))
     if not isinstance(out["model_args"], dict):
         raise ValueError(f"[base] model_args must be a table, got {out['model_args']!r}")

@@ -169,6 +169,33 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
     return cfg
 
 
+def recipe_train_settings(recipe: str) -> dict:
+    """A recipe's settings as ``TrainConfig`` fields: the start of ``nabi train --recipe`` and of an
+    ablation's ``[base]`` with ``recipe = NAME``.
+
+    ``warmup_epochs`` becomes ``warmup_fraction = warmup_epochs / epochs`` (the same number of
+    iterations, as the length is in epochs). A recipe that needs the experiment's own machinery
+    (offline ×N variants, a length in iterations per class) is refused (``ValueError``).
+    """
+    from ..training.config import TrainConfig
+    cfg = resolve_recipe(recipe)
+    needs = [what for what, used in (
+        (f"offline ×{cfg['offline_variants']} variants", cfg["offline_variants"] > 1),
+        (f"{cfg['iterations_per_class']} iterations per class", cfg["iterations_per_class"] is not None)) if used]
+    if needs:
+        raise ValueError(f"recipe {cfg['recipe']!r} trains with {' and '.join(needs)}, which only the experiment "
+                         f"does: nabi experiment DATA --recipe {cfg['recipe']}")
+    fields = TrainConfig.__dataclass_fields__
+    out = {k: copy.deepcopy(cfg[k]) for k in (*TRAIN_KEYS, *optional_train_keys())
+           if k in fields and cfg.get(k) is not None}
+    out["test_ratio"] = cfg["test_ratio"]
+    if cfg["warmup_epochs"] is not None:
+        if cfg["epochs"] is None:
+            raise ValueError(f"recipe {cfg['recipe']!r} gives its warm-up in epochs but its length in iterations")
+        out["warmup_fraction"] = float(cfg["warmup_epochs"]) / int(cfg["epochs"])
+    return out
+
+
 def probe_input_size(cfg) -> list:
     """Build the model once and run one input through it: ``[C, H, W]`` it will be trained at."""
     from ..training.build import build_model
