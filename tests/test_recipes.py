@@ -227,3 +227,19 @@ def test_ablation_base_from_a_recipe():
         _base_config({"recipe": "tiny"})
     with pytest.raises(ValueError, match=r"\[base\] recipe must be a recipe's name"):
         _base_config({"recipe": 3})
+
+
+def test_self_train_settings_from_defaults_recipe_and_flags():
+    from nabi.cli.main import build_parser
+    from nabi.selfsup.cli import SELF_TRAIN_DEFAULTS, cmd_self_train, self_train_settings
+
+    def parse(*argv):
+        return build_parser().parse_args(["self-train", "LAB", "UNL", *argv])
+    assert self_train_settings(parse()) == SELF_TRAIN_DEFAULTS
+    assert (SELF_TRAIN_DEFAULTS["model"], SELF_TRAIN_DEFAULTS["epochs"], SELF_TRAIN_DEFAULTS["augment"]) == \
+        ("resnet18_cifar", 10, "standard")                  # the defaults the command had before --recipe
+    s = self_train_settings(parse("--recipe", "resnet18-160", "--epochs", "3", "--teacher-augment", "flip"))
+    assert (s["model"], s["fit"], s["warmup_fraction"], s["epochs"], s["augment"], s["label_smoothing"]) == \
+        ("resnet18", "squash", 0.3, 3, "flip", 0.1)
+    with pytest.raises(ValueError, match="warmup_cosine needs --warmup-fraction"):
+        cmd_self_train(parse("--schedule", "warmup_cosine"))

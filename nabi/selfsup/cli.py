@@ -2,8 +2,21 @@
 from __future__ import annotations
 
 from ..data.folder import FITS
+from ..studies.recipes import RECIPES
 from ..training.config import AUGMENTS, renamed_value
 from . import METHODS
+
+# The rounds' training settings when neither --recipe nor a flag gives them (TrainConfig field names;
+# "augment" is the first teacher's, --teacher-augment).
+SELF_TRAIN_DEFAULTS = {"model": "resnet18_cifar", "epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 1e-3,
+                       "momentum": 0.9, "weight_decay": 0.0, "schedule": "constant", "label_smoothing": 0.0,
+                       "fit": "crop", "normalize": "unit", "augment": "standard", "val_ratio": 0.1,
+                       "test_ratio": 0.1}
+
+
+def _default(text: str, key: str) -> str:
+    """A self-train flag's help ending with its default, which --recipe replaces."""
+    return f"{text} (default: {SELF_TRAIN_DEFAULTS[key]}; with --recipe, the recipe's)"
 
 
 def add_commands(subparsers):
@@ -113,7 +126,11 @@ def _add_self_train(subparsers):
     p.add_argument("unlabelled", help="a folder of unlabelled photos (searched recursively; if its sub-folders "
                                       "are named like the classes, the pseudo-label accuracy is reported)")
     p.add_argument("--rounds", type=int, default=1, help="student rounds after the teacher")
-    p.add_argument("--model", default="resnet18_cifar", help="the teacher's zoo model")
+    p.add_argument("--recipe", choices=sorted(RECIPES), type=renamed_value("recipe"),
+                   help="take the teacher's and students' training settings from a named recipe (as `nabi train "
+                        "--recipe`; resnet18-160 is the strong from-scratch baseline); flags given win "
+                        "(default: none: the defaults below)")
+    p.add_argument("--model", help=_default("the teacher's zoo model", "model"))
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
                    help="an argument of the teacher's builder (repeatable; default: none)")
     p.add_argument("--student-model", help="the students' zoo model, at least as large (default: --model)")
@@ -129,28 +146,39 @@ def _add_self_train(subparsers):
                         "size of the largest class of the labelled training split)")
     p.add_argument("--augment", default="strong", choices=AUGMENTS,
                    help="the students' augmentation noise (levels as in `nabi train --augment`)")
-    p.add_argument("--teacher-augment", default="standard", choices=AUGMENTS,
-                   help="the first teacher's augmentation")
+    p.add_argument("--teacher-augment", choices=AUGMENTS, help=_default("the first teacher's augmentation",
+                                                                       "augment"))
     p.add_argument("--dropout", type=float,
                    help="the students' dropout rate, for models that have dropout (default: the model's)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of each round's training")
-    p.add_argument("--batch-size", type=int, default=64, help="photos per step")
-    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the schedule's starting value)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (decoupled for adamw)")
-    p.add_argument("--schedule", default="constant", choices=["constant", "cosine", "warmup_cosine"],
-                   help="how the learning rate changes")
-    p.add_argument("--image-size", type=int, help="bring photos to this size, see --fit (default: the model's)")
-    p.add_argument("--fit", default="crop", choices=list(FITS),
-                   help="how a photo is brought to the square image size when read: crop = resize the shorter side "
-                        "and keep the centre, squash = resize the whole photo (aspect ratio distorted), pad = "
-                        "resize the longer side and pad with black")
-    p.add_argument("--normalize", default="unit", choices=["unit", "pixel256", "dataset", "imagenet"],
-                   help="pixel scaling")
-    p.add_argument("--val-ratio", type=float, default=0.1, help="labelled photos kept for choosing the best epoch")
-    p.add_argument("--test-ratio", type=float, default=0.1,
-                   help="labelled photos kept for each round's test accuracy (never trained on)")
+    p.add_argument("--epochs", type=int, help=_default("epochs of each round's training", "epochs"))
+    p.add_argument("--batch-size", type=int, help=_default("photos per step", "batch_size"))
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=_default("the update rule", "optimizer"))
+    p.add_argument("--lr", type=float, help=_default("learning rate (the schedule's starting value)", "lr"))
+    p.add_argument("--momentum", type=float, help=_default("SGD momentum", "momentum"))
+    p.add_argument("--weight-decay", type=float, help=_default("L2 weight decay (decoupled for adamw)",
+                                                               "weight_decay"))
+    p.add_argument("--schedule", choices=["constant", "cosine", "warmup_cosine", "one_cycle"],
+                   help=_default("how the learning rate changes (warmup_cosine needs --warmup-fraction)",
+                                 "schedule"))
+    p.add_argument("--warmup-fraction", type=float, dest="warmup_fraction",
+                   help="the warm-up of warmup_cosine (the rise of one_cycle) as a share of each round's run, in "
+                        "[0, 1) (default: none; with --recipe, the recipe's)")
+    p.add_argument("--label-smoothing", type=float, dest="label_smoothing",
+                   help=_default("spread this much of each target's probability over the other classes",
+                                 "label_smoothing"))
+    p.add_argument("--image-size", type=int, help="bring photos to this size, see --fit (default: the model's; "
+                                                  "with --recipe, the recipe's)")
+    p.add_argument("--fit", choices=list(FITS),
+                   help=_default("how a photo is brought to the square image size when read: crop = resize the "
+                                 "shorter side and keep the centre, squash = resize the whole photo (aspect ratio "
+                                 "distorted), pad = resize the longer side and pad with black", "fit"))
+    p.add_argument("--normalize", choices=["unit", "pixel256", "dataset", "imagenet"],
+                   help=_default("pixel scaling", "normalize"))
+    p.add_argument("--val-ratio", type=float, help=_default("labelled photos kept for choosing the best epoch",
+                                                            "val_ratio"))
+    p.add_argument("--test-ratio", type=float,
+                   help=_default("labelled photos kept for each round's test accuracy (never trained on)",
+                                 "test_ratio"))
     p.add_argument("--exclude", action="append", default=[],
                    help="leave out a labelled class folder (repeatable; default: none)")
     p.add_argument("--seed", type=int, default=0, help="seeds the split, the initial weights and the order")
@@ -163,20 +191,36 @@ def _add_self_train(subparsers):
     p.set_defaults(func=cmd_self_train)
 
 
+def self_train_settings(args) -> dict:
+    """The rounds' training settings: ``SELF_TRAIN_DEFAULTS``, then ``--recipe``'s, then the flags given."""
+    settings = dict(SELF_TRAIN_DEFAULTS)
+    if args.recipe:
+        from ..studies.recipes import recipe_train_settings
+        settings.update(recipe_train_settings(args.recipe))
+    given = {key: getattr(args, "teacher_augment" if key == "augment" else key) for key in SELF_TRAIN_DEFAULTS}
+    given.update(image_size=args.image_size, warmup_fraction=args.warmup_fraction)
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.model_arg:
+        given["model_args"] = _model_args(args.model_arg)
+    settings.update(given)
+    return settings
+
+
 def cmd_self_train(args):
     from ..training.config import TrainConfig
+    from ..training.build import check_warmup
     from .selftrain import run_self_training
+    settings = self_train_settings(args)
     for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    cfg = TrainConfig(data=args.labelled, model=args.model, model_args=_model_args(args.model_arg),
-                      epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                      momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-                      image_size=args.image_size, fit=args.fit, normalize=args.normalize,
-                      augment=args.teacher_augment,
-                      val_ratio=args.val_ratio, test_ratio=args.test_ratio, exclude=list(args.exclude),
-                      seed=args.seed, device=args.device, workers=args.workers, cache=args.cache, out=args.out,
-                      progress=args.progress)
+        if settings[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {settings[name]}")
+    if settings["schedule"] == "warmup_cosine" and settings.get("warmup_fraction") is None \
+            and not settings.get("warmup"):
+        raise ValueError("--schedule warmup_cosine needs --warmup-fraction (the warm-up's share of each round)")
+    cfg = TrainConfig.from_dict({**settings, "data": args.labelled, "exclude": list(args.exclude), "seed": args.seed,
+                                 "device": args.device, "workers": args.workers, "cache": args.cache,
+                                 "out": args.out, "progress": args.progress})
+    check_warmup(cfg)
     student_args = _model_args(args.student_model_arg, "--student-model-arg") if args.student_model_arg else None
     summary = run_self_training(cfg, args.unlabelled, rounds=args.rounds, student_model=args.student_model,
                                 student_model_args=student_args, student_augment=args.augment, soft=args.soft,
