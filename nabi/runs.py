@@ -1,8 +1,9 @@
 """Run folders: what a run wrote and how to rebuild its model.
 
 A run folder always says how to rebuild its model: ``model.json`` (the weights'
-sidecar) holds the architecture and its arguments, the class names, the input size
-and the normalisation, and ``load_run`` rebuilds the model from it.
+sidecar) holds the architecture and its arguments, the class names, the input size,
+the normalisation and ``fit`` (how photos are brought to the input size; ``image_fit``),
+and ``load_run`` rebuilds the model from it.
 
 ``open_run_folder`` guards a run folder for as long as a run writes it: a lock
 (``RUN/.lock``, the ``filelock`` library; the holder's process id in

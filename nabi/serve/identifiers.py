@@ -135,8 +135,8 @@ class ClassifierIdentifier(Identifier):
         # A known individual: the photo is kept as one of its photos; the classifier itself does not change.
 
     def heatmap(self, image_path, name=None, size=384):
-        """PNG bytes: the photo (centre-cropped as the model saw it) with Grad-CAM of class ``name`` (default:
-        the predicted class) drawn over it in the 'jet' colours, 45 % opaque."""
+        """PNG bytes: the photo (cropped, squashed or padded as the model saw it) with Grad-CAM of class
+        ``name`` (default: the predicted class) drawn over it in the 'jet' colours, 45 % opaque."""
         from ..explain import grad_cam
         target = self.classes.index(name) if name in self.classes else None
         try:
