@@ -38,7 +38,7 @@ def image_fit(meta) -> str:
     ``nabi.data.folder.FITS``): the sidecar's ``fit``; runs written before nabi recorded it cropped."""
     from .data.folder import FITS
     fit = meta.get("fit") or (meta.get("config") or {}).get("fit") or "crop"
-    if fit not in FITS:
+    if not isinstance(fit, str) or fit not in FITS:
         raise ValueError(f"the run's metadata says fit {fit!r}; nabi knows {', '.join(FITS)} (is the run from a "
                          f"newer nabi?)")
     return fit

@@ -62,6 +62,8 @@ def test_an_unknown_fit_is_refused_naming_the_choices(tmp_path):
     path = stripes(tmp_path / "wide.png")
     with pytest.raises(ValueError, match="fit must be one of crop, squash, pad; got 'zoom'"):
         D.load_image(path, 3, 32, fit="zoom")
+    with pytest.raises(ValueError, match=r"fit must be one of crop, squash, pad; got \['crop'\]"):
+        D.load_image(path, 3, 32, fit=["crop"])
     (tmp_path / "folder" / "a").mkdir(parents=True)
     with pytest.raises(ValueError, match="fit must be one of"):
         D.ImageFolder(tmp_path / "folder", image_size=32, fit="stretch")
@@ -176,3 +178,5 @@ def test_a_run_without_the_key_reads_photos_cropped(squash_run, tmp_path):
     assert emb.fit == "crop" and np.array_equal(emb.load(path), _cropped(path, meta))
     with pytest.raises(ValueError, match="fit 'zoom'.*crop, squash, pad"):
         image_fit({"fit": "zoom"})
+    with pytest.raises(ValueError, match=r"fit \['squash'\]"):
+        image_fit({"fit": ["squash"]})

@@ -144,7 +144,7 @@ FITS = {"crop": resize_center_crop, "squash": resize_squash, "pad": resize_pad}
 
 def check_fit(fit, name: str = "fit") -> str:
     """``fit`` if it is one of ``FITS``, else a ValueError naming ``name`` and the choices."""
-    if fit not in FITS:
+    if not isinstance(fit, str) or fit not in FITS:
         raise ValueError(f"{name} must be one of {', '.join(FITS)}; got {fit!r}")
     return fit
 

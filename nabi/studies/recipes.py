@@ -90,6 +90,7 @@ def fingerprint_config(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items()
             if k not in EXECUTION_KEYS and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
 
+
 def recipe_defaults() -> dict:
     from ..training.config import TrainConfig
     d = {k: v for k, v in TrainConfig().to_dict().items() if k in TRAIN_KEYS}
