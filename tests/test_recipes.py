@@ -243,3 +243,19 @@ def test_self_train_settings_from_defaults_recipe_and_flags():
         ("resnet18", "squash", 0.3, 3, "flip", 0.1)
     with pytest.raises(ValueError, match="warmup_cosine needs --warmup-fraction"):
         cmd_self_train(parse("--schedule", "warmup_cosine"))
+
+
+def test_ablation_factors_for_the_new_settings():
+    from nabi.studies.ablation import FACTORS, _base_config, _validate
+    base = _base_config({"model": "cifar_cnn", "schedule": "warmup_cosine", "warmup": 5})
+    for fit in ("crop", "squash", "pad"):
+        FACTORS["fit"].check(base, fit)
+        assert FACTORS["fit"].apply(base, fit)["fit"] == fit
+    with pytest.raises(ValueError, match="factor 'fit'"):
+        FACTORS["fit"].check(base, "zoom")
+    FACTORS["augment"].check(base, "crop_flip_jitter")
+    v = FACTORS["warmup_fraction"].apply(base, 0.3)
+    assert (v["warmup_fraction"], v["warmup"]) == (0.3, 0)
+    _validate(v, "variant")
+    with pytest.raises(ValueError, match="factor 'warmup_fraction'"):
+        FACTORS["warmup_fraction"].check(base, 1.0)

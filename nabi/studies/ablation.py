@@ -61,7 +61,8 @@ from .. import data as D
 from .jobs import (RunLog, as_float, completed_result, plot_history, relative_path, run_parallel, run_resumable,
                    run_seeds, sha256_of_json, state_sha256, strict_json, study_trainer_class)
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
-from ..training.config import NORMALIZATIONS, SCHEDULES, current_name
+from ..data.folder import FITS
+from ..training.config import AUGMENTS, NORMALIZATIONS, SCHEDULES, current_name
 from .recipes import TRAIN_KEYS, fingerprint_config, optional_train_keys, parse_value, resolve_recipe
 
 __all__ = ["Factor", "FACTORS", "register_factor", "SE_PAIRS", "load_config", "plan_ablation", "run_ablation",
@@ -171,6 +172,8 @@ def _train_factor(name, validate, doc, key=None):
         cfg[key] = value
         if key in ("iterations", "epochs"):  # the other length bound no longer applies
             cfg["epochs" if key == "iterations" else "iterations"] = None
+        if key == "warmup_fraction":         # the warm-up given one way: the share replaces the iterations
+            cfg["warmup"] = 0
         return cfg
     register_factor(name, apply, lambda base, value: validate(name, value), doc)
 
@@ -275,7 +278,10 @@ _train_factor("epochs", _positive_int, "epochs")
 _train_factor("iterations", _positive_int, "iterations (instead of epochs)")
 _train_factor("image_size", lambda f, v: _number(f, v, 8, integer=True), "input size (models with adaptive pooling)")
 _train_factor("optimizer", lambda f, v: _choice(f, v, ("sgd", "adam", "adamw")), "optimizer")
-_train_factor("augment", lambda f, v: _choice(f, v, ("none", "flip", "standard", "strong")), "online augmentation")
+_train_factor("augment", lambda f, v: _choice(f, v, AUGMENTS), "online augmentation")
+_train_factor("fit", lambda f, v: _choice(f, v, tuple(FITS)),
+              "how photos are brought to the input size: crop (centre), squash (whole photo) or pad")
+_train_factor("warmup_fraction", lambda f, v: _number(f, v, 0, 1), "warm-up share of the run (warmup_cosine)")
 _train_factor("normalize", lambda f, v: _choice(f, current_name(f, v), NORMALIZATIONS), "normalisation")
 _train_factor("schedule", lambda f, v: _choice(f, current_name(f, v), SCHEDULES),
               "learning-rate schedule")
