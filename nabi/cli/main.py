@@ -27,7 +27,10 @@ of the report "CNN을 이용한 고려대학교 길고양이 분류 및 배경 �
   P3  accuracy on the animal photos the model did not call background
   P4  accuracy on the animal photos, taking the most likely individual
       (the background output ignored)
-A model without a background output has P3 = P4 = P2."""
+A model without a background output has P3 = P4 = P2. A model that learnt
+background kinds (background/trees, background/pavement, ...) is scored with
+every kind counted as background: any kind is "called background", a background
+photo given another kind is right, and P4 ignores every background output."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -555,9 +558,13 @@ def build_parser():
                 "Paired multi-seed experiment: model A learns the individuals only, model B the individuals "
                 "and a background class; both are trained over several seeds and scored on the same test "
                 "photos, and the report gives A·P2 and B·P1–B·P4 per run, their mean and standard deviation, "
-                "and paired tests of B against A.", definitions=P_DEFINITIONS,
+                "and paired tests of B against A. With sub-folders background/<kind>/ (trees, pavement, …), "
+                "--background-classes kinds lets B learn one class per kind; every kind counts as background "
+                "in P1–P4.", definitions=P_DEFINITIONS,
                 examples=["nabi experiment photos/ --runs 10 --recipe modern",
-                 "nabi experiment photos/ --recipe tiny --runs 2 --jobs 2 --out /tmp/exp"])
+                 "nabi experiment photos/ --recipe tiny --runs 2 --jobs 2 --out /tmp/exp",
+                 "nabi experiment photos/ --runs 10 --background-classes kinds   # B learns background/<kind> "
+                 "classes"])
     _experiment_arguments(p)
     p.set_defaults(func=_experiment_main)
 
