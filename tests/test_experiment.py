@@ -632,3 +632,19 @@ def test_bad_background_kinds_input(tmp_path, case, data_kw, kwargs, match):
     with pytest.raises(ValueError, match=match):
         X.run_experiment(data, out, runs=1, recipe="tiny", overrides=TINY, log=None, **kwargs)
     assert not out.exists()
+
+
+def test_offline_expansion_keeps_the_kinds(tmp_path):
+    data = make_kinds_data(tmp_path / "data", n_train=2, n_test=1, direct=1)
+    out = tmp_path / "out"
+    X.run_experiment(data, out, runs=1, recipe="tiny", overrides={"offline_variants": 2, "iterations_per_class": 1},
+                     background_classes="kinds", log=None)
+    cache = out / "tiny-kinds" / "cache" / "train-x2"
+    folders = sorted({p.parent.relative_to(cache).as_posix() for p in cache.rglob("*.png")})
+    assert folders == ["aaa", "background", "background/pavement", "background/trees", "bbb", "ccc"]
+    assert len(list((cache / "background" / "trees").glob("*.png"))) == 2 * 2
+    res = _results(out / "tiny-kinds", 1)[0]
+    assert res["models"]["B"]["classes"] == ["aaa", "background", "background/pavement", "background/trees",
+                                             "bbb", "ccc"]
+    assert res["models"]["B"]["training"]["num_train"] == 2 * (6 + 1 + 4)
+    assert res["models"]["A"]["training"]["num_train"] == 2 * 6
