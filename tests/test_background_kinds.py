@@ -64,6 +64,8 @@ def test_image_folder_gives_each_kind_a_class(tmp_path):
     assert again.samples == split.samples
     less = D.ImageFolder(root, background_kinds=True, exclude=("background/trees",))
     assert "background/trees" not in less.classes and len(less) == 17
+    with pytest.raises(ValueError, match=r"exclude names background kind\(s\) \['background/trees'\]"):
+        D.ImageFolder(root, exclude=("background/trees",))          # read as one class: a kind cannot go
     # listing only (no image read) gives the same names
     assert folder_classes(root, (), background_kinds=True) == split.classes
     assert folder_classes(root, ()) == merged.classes

@@ -275,6 +275,11 @@ class ImageFolder:
                                  f"{', '.join(self.extensions)}")
             files_by_class[name] = files
         self.background_kinds = bool(background_kinds)
+        kind_names = [e for e in self.exclude if "/" in e]
+        if kind_names and not self.background_kinds:
+            raise ValueError(f"exclude names background kind(s) {kind_names}, but this folder is read with the "
+                             "background as one class; leave out the whole background folder by its name, or read "
+                             "the kinds as classes (nabi train --background-kinds split)")
         if self.background_kinds:
             bg = _nfc(str(background))
             if bg in folders:

@@ -198,8 +198,9 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
                                 num_workers=cfg.workers, device=cfg.device)
     val_loader, val_info = None, {}
     if val_ids:
-        val_full = D.ImageFolder(cfg.data, exclude=tuple(cfg.exclude) + tuple(n for n in individuals
-                                                                               if n not in val_ids), **kw)
+        # held-out individuals only: every other folder (the background one included) stays out
+        val_full = D.ImageFolder(cfg.data, exclude=tuple(e for e in cfg.exclude if "/" not in e)
+                                 + tuple(n for n in individuals if n not in val_ids), **kw)
         val_full.verify()
         repeated = drop_repeated_files(val_full)
         gi, qi = split_gallery_queries(val_full.targets, cfg.seed)
