@@ -16,7 +16,7 @@ import numpy as np
 from .. import backend
 from ..files.digest import file_sha256
 from ..data import load_image
-from ..data.background import BACKGROUND, is_background  # noqa: F401  (re-exported: the reserved names)
+from ..data.background import is_background
 
 
 def _final_linear(model):

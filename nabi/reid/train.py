@@ -153,7 +153,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     from ..runs import model_metadata, write_config
     from ..training.build import build_model, build_trainer
     from ..training.trainer import Trainer, skip_input_gradient
-    from .embedder import is_background
+    from ..data.background import is_background
 
     backend.check_device(cfg.device)
     if cfg.data.startswith("embedded:"):
