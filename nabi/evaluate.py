@@ -472,6 +472,7 @@ class EvalReport:
     test_has_background: bool = True
     background: str = "background"
     extra: dict = field(default_factory=dict)
+    background_classes: list = field(default_factory=list)   # the model's background class(es), kinds included
 
     @classmethod
     def from_statistics(cls, stats: dict, name: str = "model", **extra) -> "EvalReport":
@@ -481,7 +482,8 @@ class EvalReport:
                    n_background_photos=stats.get("n_background_photos", stats["n_test1"] - stats["n_test2"]),
                    model_has_background=stats.get("model_has_background", True),
                    test_has_background=stats.get("test_has_background", stats["n_test1"] > stats["n_test2"]),
-                   background=stats.get("background", "background"), extra=dict(extra))
+                   background=stats.get("background", "background"), extra=dict(extra),
+                   background_classes=list(stats.get("background_classes", [])))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -505,6 +507,8 @@ def format_report(report, name: str | None = None, digits: int = 4) -> str:
     lines = [
         f"{r.name}: Testset 1 = {r.n_test1} photos ({r.n_background_photos} {r.background}), "
         f"Testset 2 = {r.n_test2} animal photos",
+        *([f"  background = any of the model's {len(r.background_classes)} background classes: "
+           + ", ".join(r.background_classes)] if len(r.background_classes) > 1 else []),
         f"  P1 accuracy on Testset 1               {_fmt(r.p1, digits)}{p1_note}",
         f"  P2 accuracy on Testset 2               {_fmt(r.p2, digits)}",
         f"  P3 on Testset 2 minus 'background'     {_fmt(r.p3, digits)}  n={r.n_p3}{p3_note}",

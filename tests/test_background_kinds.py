@@ -155,6 +155,7 @@ def test_train_learns_each_kind_as_a_class_and_records_it(tmp_path, capsys):
     st = report["background_statistics"]
     assert st["n_background_photos"] == 10 and st["n_test2"] == 8
     assert st["background_classes"] == ["background", "background/pavement", "background/trees"]
+    assert "pred_answer" not in st and "pred_name" not in st               # per-photo lists stay out
     # predict: a background kind may win; the answer then says background
     assert main(["predict", str(tmp_path / "split"), str(data / "background" / "trees"), "--json"]) == 0
     for r in json.loads(capsys.readouterr().out):
@@ -220,6 +221,7 @@ def test_p1_to_p4_count_every_kind_as_background():
     assert [MODEL[i] for i in st["pred_individual"]] == ["aaa", "aaa", "bbb", "aaa", "bbb", "aaa", "aaa", "aaa"]
     text = E.format_report(st)
     assert "3 background" in text and "2 called background" in text
+    assert "background = any of the model's 2 background classes: background/pavement, background/trees" in text
 
 
 def test_p1_to_p4_with_a_flat_background_test_class():

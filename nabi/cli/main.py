@@ -284,8 +284,8 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
         text += "\n\n" + E.format_report(stats)
         report["background_statistics"] = {k: v for k, v in stats.items()
                                            if isinstance(v, (int, float, str, list)) and k not in
-                                           ("pred", "pred_individual", "pred_name", "target", "correct",
-                                            "is_background_photo")}
+                                           ("pred", "pred_individual", "pred_name", "pred_answer", "target",
+                                            "correct", "is_background_photo", "called_background")}
     files.atomic_write_json(out_dir / "eval.json", report)
     files.atomic_write_text(out_dir / "eval.txt", text + "\n")
     if json_out:
