@@ -1,5 +1,9 @@
 """Background kinds: ``background/<kind>/`` folders as classes of their own in image folders, ``nabi train``
-and ``nabi eval``, and P1–P4 counting every kind as background (on tiny photos the tests write)."""
+and ``nabi eval``, and P1–P4 counting every kind as background (on tiny photos the tests write).
+
+P1: accuracy on every test photo (a background photo is right when called background); P2: accuracy on the
+animal photos only; P3: accuracy on the animal photos not called background; P4: accuracy on the animal
+photos with the background output(s) ignored (see ``nabi.evaluate``)."""
 import json
 import math
 from pathlib import Path
