@@ -109,7 +109,8 @@ def _test_accuracy(run_dir, parts, cfg):
     model, meta = load_run(run_dir, device=cfg.device)
     C, H, W = meta["input_size"]
     test = load_datasets(cfg.data, image_size=(H, W), channels=C, val_ratio=cfg.val_ratio,
-                         test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)["test"]
+                         test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
+                         background_kinds=cfg.background_kinds == "split")["test"]
     ev = evaluate(model, eval_loader(test, meta, batch_size=max(cfg.batch_size, 64), device=cfg.device))
     return model, meta, ev["acc"], ev["n"]
 
@@ -125,7 +126,8 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
         H = W = set_input_size(model, cfg.image_size)
     channels = cfg.channels or C
     labelled = load_datasets(cfg.data, image_size=(H, W), channels=channels, val_ratio=cfg.val_ratio,
-                             test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)
+                             test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
+                             background_kinds=cfg.background_kinds == "split")
     norm = normalization_spec(cfg.normalize, labelled["train"], channels)
     base = eval_transforms((H, W), norm)
     pseudo = P.PhotoList(pseudo_paths, (H, W), channels, labels=pseudo_labels)
@@ -201,7 +203,7 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     photos = check_arguments(cfg, unlabelled, rounds, threshold, max_per_class, student_model, student_args,
                              dropout)
     backend.check_device(cfg.device)
-    num_classes = len(folder_classes(cfg.data, cfg.exclude))
+    num_classes = len(folder_classes(cfg.data, cfg.exclude, background_kinds=cfg.background_kinds == "split"))
     n_teacher = registry.count_parameters(cfg.model, num_classes=num_classes, **cfg.model_args)
     n_student = registry.count_parameters(student_model, num_classes=num_classes, **student_args)
     if n_student < n_teacher:

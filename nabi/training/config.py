@@ -7,6 +7,7 @@ from pathlib import Path
 
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step")
 NORMALIZATIONS = ("unit", "pixel256", "dataset", "imagenet")
+BACKGROUND_KINDS = ("split", "merge")
 # Names that were renamed: the old ones are still accepted, with a FutureWarning, in TOML files, on the
 # command line and in recipes, but no help text lists them.
 RENAMED = {
@@ -63,6 +64,7 @@ class TrainConfig:
     val_ratio: float = 0.1
     test_ratio: float = 0.1
     exclude: list = field(default_factory=list)
+    background_kinds: str = "split"    # split: background/<kind>/ folders are classes of their own | merge
     strict: bool = False
     seed: int = 0
     device: str = "cpu"
@@ -77,6 +79,9 @@ class TrainConfig:
     def __post_init__(self):
         self.schedule = current_name("schedule", self.schedule)
         self.normalize = current_name("normalize", self.normalize)
+        if self.background_kinds not in BACKGROUND_KINDS:
+            raise ValueError(f"background_kinds must be one of {', '.join(BACKGROUND_KINDS)}; "
+                             f"got {self.background_kinds!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
