@@ -197,5 +197,5 @@ def resnet18_cifar(num_classes=10, init="he_uniform", zero_init_residual=False, 
                   zero_init_residual=zero_init_residual, drop_path=drop_path)
 
 
-__all__ = ["basic_block", "bottleneck", "resnet", "add_drop_path", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-           "resnet20", "resnet32", "resnet44", "resnet56", "resnet18_cifar"]
+__all__ = ["basic_block", "bottleneck", "resnet", "add_drop_path", "resnet18", "resnet34", "resnet50", "resnet101",
+           "resnet152", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18_cifar"]
