@@ -24,6 +24,13 @@ the cat photos only. With ``pred`` the argmax over the model's classes:
 * ``P3 = #{pred == true} / #{pred != background}`` over Testset 2 (``nan`` if every cat was called background)
 * ``P4 = #{argmax over individuals == true} / |Testset 2|``
 
+Background kinds: a model may learn the background as several classes
+``background/<kind>`` (one per sub-folder of the background folder: trees, pavement, …),
+and a test set may label its background photos by kind. Every one of those names means
+"background": a photo predicted as any background class is "called background", a
+background photo predicted as any background class (another kind included) is right,
+and P4's argmax runs over the individuals' columns only (every background column ignored).
+
 Decisions: with no background photos in the test set, Testset 1 = Testset 2 and
 ``P1 = P2``. For a model without a background output (model A), background photos
 can never be predicted right, so ``P1`` counts them as wrong (it is still
@@ -41,11 +48,12 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .backend import to_numpy
+from .data.background import is_background
 
 __all__ = [
     "accuracy", "topk_accuracy", "confusion_matrix", "precision_recall", "PrecisionRecall",
     "classification_report", "confusion_matrix_text", "plot_confusion_matrix",
-    "background_statistics", "EvalReport", "format_report",
+    "background_statistics", "merge_background_classes", "EvalReport", "format_report",
 ]
 
 
@@ -357,32 +365,37 @@ def background_statistics(probs, labels, class_names: Sequence[str], background:
         raise ValueError(f"probs has {k} columns but the model has {len(mnames)} classes {mnames}")
     y = _labels_1d(labels, n, len(names))
 
-    individuals = [m for m in mnames if m != bg]
+    is_bg_col = np.array([is_background(m, bg) for m in mnames], dtype=bool)
+    individuals = [m for m, b in zip(mnames, is_bg_col) if not b]
     if len(individuals) < 2:
         raise ValueError(f"need at least two individuals (non-background model classes), got {individuals}; "
                          f"background={bg!r}")
-    missing = [c for c in names if c != bg and c not in mnames]
+    missing = [c for c in names if not is_background(c, bg) and c not in mnames]
     if missing:
         raise ValueError(f"test classes {missing} are not among the model's classes {mnames}; "
                          f"if one of them is the background folder, pass background=<its name>")
 
-    model_has_bg = bg in mnames
-    bg_col = mnames.index(bg) if model_has_bg else -1
-    test_bg = names.index(bg) if bg in names else -1
-    # model column for each test class (background -> bg_col, which is -1 for model A)
-    to_model = np.array([bg_col if c == bg else mnames.index(c) for c in names], dtype=np.int64)
+    model_has_bg = bool(is_bg_col.any())
+    bg_cols = np.nonzero(is_bg_col)[0]
+    first_bg = int(bg_cols[0]) if model_has_bg else -1
+    # model column for each test class: an individual's own; a background class's own column when the model
+    # has it, else its first background column (-1 for model A, which has none)
+    to_model = np.array([(mnames.index(c) if c in mnames else first_bg) if is_background(c, bg)
+                         else mnames.index(c) for c in names], dtype=np.int64)
     target = to_model[y]
-    is_bg_photo = (y == test_bg) if test_bg >= 0 else np.zeros(n, dtype=bool)
+    is_bg_photo = np.array([is_background(c, bg) for c in names], dtype=bool)[y] if n else np.zeros(0, bool)
     animal = ~is_bg_photo
     n_test2 = int(animal.sum())
     if n_test2 == 0:
         raise ValueError("the test set has no animal photos (Testset 2 is empty); P2-P4 are undefined")
 
     pred = s.argmax(axis=1)
-    ind_cols = np.array([i for i, m in enumerate(mnames) if m != bg], dtype=np.int64)
+    ind_cols = np.nonzero(~is_bg_col)[0].astype(np.int64)
     pred_ind = ind_cols[s[:, ind_cols].argmax(axis=1)]
-    correct = pred == target  # target -1 never matches: model A's background photos are wrong
-    called_bg = animal & (pred == bg_col) if model_has_bg else np.zeros(n, dtype=bool)
+    pred_bg = is_bg_col[pred]                       # called background: any background class wins
+    # a background photo is right when called background (any kind); an animal when its own column wins
+    correct = np.where(is_bg_photo, pred_bg, pred == target)
+    called_bg = animal & pred_bg
     kept = animal & ~called_bg
 
     n_called = int(called_bg.sum())
@@ -400,16 +413,45 @@ def background_statistics(probs, labels, class_names: Sequence[str], background:
         "model_has_background": model_has_bg,
         "test_has_background": bool(is_bg_photo.any()),
         "background": bg,
+        "background_classes": [mnames[i] for i in bg_cols],
         "individuals": individuals,
         "model_classes": list(mnames),
         "class_names": list(names),
         "pred": pred,
         "pred_individual": pred_ind,
         "pred_name": [mnames[i] for i in pred],
+        "pred_answer": [bg if b else mnames[i] for i, b in zip(pred, pred_bg)],
         "target": target,
         "is_background_photo": is_bg_photo,
+        "called_background": pred_bg,
         "correct": correct,
     }
+
+
+def merge_background_classes(cm, class_names: Sequence[str], background: str = "background"):
+    """A confusion matrix with every background class (``background``, ``background/<kind>``) summed into
+    one row and one column named ``background`` (placed where the first of them was).
+
+    ``cm`` (K, K) counts, rows = true, columns = predicted. Returns ``(cm_merged (K', K'), names')``;
+    without two or more background classes, ``cm`` and the names come back unchanged.
+    """
+    cm = _check_cm(cm)
+    names = _check_names(class_names, cm.shape[0])
+    bg = _nfc(background)
+    is_bg = [is_background(_nfc(c), bg) for c in names]
+    if sum(is_bg) < 2:
+        return cm.copy(), names
+    first = is_bg.index(True)
+    groups, out_names = [], []
+    for i, c in enumerate(names):
+        if not is_bg[i]:
+            groups.append([i])
+            out_names.append(c)
+        elif i == first:
+            groups.append([j for j, b in enumerate(is_bg) if b])
+            out_names.append(bg)
+    m = np.array([[cm[np.ix_(r, c)].sum() for c in groups] for r in groups], dtype=cm.dtype)
+    return m, out_names
 
 
 @dataclass
@@ -430,6 +472,7 @@ class EvalReport:
     test_has_background: bool = True
     background: str = "background"
     extra: dict = field(default_factory=dict)
+    background_classes: list = field(default_factory=list)   # the model's background class(es), kinds included
 
     @classmethod
     def from_statistics(cls, stats: dict, name: str = "model", **extra) -> "EvalReport":
@@ -439,7 +482,8 @@ class EvalReport:
                    n_background_photos=stats.get("n_background_photos", stats["n_test1"] - stats["n_test2"]),
                    model_has_background=stats.get("model_has_background", True),
                    test_has_background=stats.get("test_has_background", stats["n_test1"] > stats["n_test2"]),
-                   background=stats.get("background", "background"), extra=dict(extra))
+                   background=stats.get("background", "background"), extra=dict(extra),
+                   background_classes=list(stats.get("background_classes", [])))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -463,6 +507,8 @@ def format_report(report, name: str | None = None, digits: int = 4) -> str:
     lines = [
         f"{r.name}: Testset 1 = {r.n_test1} photos ({r.n_background_photos} {r.background}), "
         f"Testset 2 = {r.n_test2} animal photos",
+        *([f"  background = any of the model's {len(r.background_classes)} background classes: "
+           + ", ".join(r.background_classes)] if len(r.background_classes) > 1 else []),
         f"  P1 accuracy on Testset 1               {_fmt(r.p1, digits)}{p1_note}",
         f"  P2 accuracy on Testset 2               {_fmt(r.p2, digits)}",
         f"  P3 on Testset 2 minus 'background'     {_fmt(r.p3, digits)}  n={r.n_p3}{p3_note}",

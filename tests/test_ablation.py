@@ -330,3 +330,58 @@ def test_example_config_parses():
     assert setup["factor"] == "se" and len(setup["seeds"]) == 2
     assert [v["config"]["model"] for v in setup["variants"]] == ["resnet20", "se_resnet20"]
     assert setup["limits"]["train"] <= 5000 and setup["base"]["epochs"] <= 3
+
+
+# -- factor 'init': pretrained weights against the paired random initialisation ---------------------------------
+def _pretrained_lenet(path, n_classes=3, seed=11):
+    """A lenet5 weight file whose classifier has ``n_classes`` outputs (another task's head)."""
+    from nabi.files.weights import save_weights
+    from nabi.training.build import build_model
+    model = build_model("lenet5", n_classes, {}, seed=seed)
+    save_weights(path, model.state_dict())
+    return {k: np.asarray(v) for k, v in model.state_dict().items()}
+
+
+def test_init_factor_starts_from_the_file_where_names_and_shapes_match(tmp_path):
+    file_state = _pretrained_lenet(tmp_path / "pre.safetensors")
+    cfg = digits_config(factor="init", seeds=1, variants=[{"name": "scratch", "init": False},
+                                                           {"name": "pretrained", "init": str(tmp_path / "pre.safetensors")}])
+    plan = A.plan_ablation(cfg)
+    start = A.paired_variant_models(plan, 1)
+    scratch_model, _ = start["scratch"]
+    from nabi.training.init_from import load_matching
+    model, _ = start["pretrained"]
+    report = load_matching(model, str(tmp_path / "pre.safetensors"))
+    head = {k for k in file_state if file_state[k].shape != np.shape(model.state_dict()[k])}
+    assert head and set(report["skipped"]) and all(k.split(":")[0] in head for k in report["skipped"])
+    A.run_ablation(cfg, out_dir=tmp_path / "out", log=None)
+    res = _results(tmp_path / "out")
+    pre, scratch = res[("pretrained", 1)]["init"], res[("scratch", 1)]["init"]
+    assert pre["sha256"] == X.state_sha256(model.state_dict()) != scratch["sha256"]
+    assert scratch["sha256"] == X.state_sha256(scratch_model.state_dict()) and "pretrained" not in scratch
+    assert pre["pretrained"]["loaded"] == len(report["loaded"]) == len(file_state) - len(head)
+    assert pre["pretrained"]["file_sha256"] and pre["pretrained"]["skipped"] == report["skipped"]
+    # the head the file could not fill is the paired initialisation, shared with the reference
+    for k in head:
+        np.testing.assert_array_equal(np.asarray(model.state_dict()[k]), np.asarray(scratch_model.state_dict()[k]))
+    # other weights in the same file name are another setup: the finished runs are not reused
+    _pretrained_lenet(tmp_path / "pre.safetensors", seed=12)
+    with pytest.raises(ValueError, match="different setup"):
+        A.run_ablation(cfg, out_dir=tmp_path / "out", log=None)
+
+
+@pytest.mark.parametrize("value, match", [(str(Path("no") / "such.safetensors"), "such.safetensors"),
+                                          (3, "weight file or run folder")])
+def test_init_factor_bad_values(value, match, no_training):
+    cfg = digits_config(factor="init", variants=[{"name": "scratch", "init": False}, {"name": "pre", "init": value}])
+    with pytest.raises(ValueError, match=match):
+        A.plan_ablation(cfg)
+
+
+def test_init_factor_refuses_weights_of_another_architecture(tmp_path, no_training):
+    from nabi.files.weights import save_weights
+    save_weights(tmp_path / "mlp.safetensors", {"stem.weight": np.zeros((4, 4), np.float32)})
+    cfg = digits_config(factor="init", variants=[{"name": "scratch", "init": False},
+                                                 {"name": "pre", "init": str(tmp_path / "mlp.safetensors")}])
+    with pytest.raises(ValueError, match="mlp.safetensors"):
+        A.plan_ablation(cfg)

@@ -415,7 +415,7 @@ def test_registry_and_arch():
     assert [len(model.features._modules[f"denseblock{i}"].layers()) for i in (1, 2, 3)] == [6, 6, 6]
     se = zoo.get("SE-ResNet-50", num_classes=10, reduction=8, init=registry._shape_only)
     assert se.arch == {"name": "se_resnet50", "kwargs": {"num_classes": 10, "reduction": 8, "init": se.arch[
-        "kwargs"]["init"], "stride_on": "3x3", "zero_init_residual": False}}
+        "kwargs"]["init"], "stride_on": "3x3", "zero_init_residual": False, "drop_path": 0.0}}
     assert se.input_size == (3, 224, 224)
     assert se.layer1[0].se.squeeze_channels == 256 // 8 and se.layer4[2].se.channels == 2048
     zi = se_resnet18(zero_init_residual=True)

@@ -368,9 +368,9 @@ def test_compare_recipes_side_by_side(exp1, tmp_path):
     f.write_text(json.dumps(rj), encoding="utf-8")
     md = X.compare_recipes(root)
     lines = md.splitlines()
-    assert any(l.startswith("| tiny | cifar_cnn 32×32 | 2 |") for l in lines)
+    assert any(l.startswith("| tiny | cifar_cnn 32×32 | one class | 2 |") for l in lines)
     assert any(l.startswith("| tiny-copy |") for l in lines)
-    assert "| 2019 report | alexnet336 336×336 | 10 | 0.5300 | 0.5080 | 0.5225 |" in md
+    assert "| 2019 report | alexnet336 336×336 | one class | 10 | 0.5300 | 0.5080 | 0.5225 |" in md
     a = report["summary"]["A·P2"]
     assert f"{a['mean']:.4f} ± {a['std']:.4f}" in md
     with pytest.raises(ValueError, match="no <recipe>/report.json"):
@@ -465,6 +465,9 @@ def test_add_arguments_and_main_from_args(monkeypatch):
     assert X.main_from_args(args, log=lambda *a: None) == 0
     assert seen["data"] == "DATA" and seen["runs"] == 3 and seen["jobs"] == 2 and seen["background"] == "배경"
     assert seen["overrides"] == {"lr": 0.01, "augment": "none", "epochs": 4} and seen["recipe"] == "tiny"
+    assert seen["background_classes"] == "one"
+    X.main_from_args(p.parse_args(["DATA", "--background-classes", "kinds"]), log=lambda *a: None)
+    assert seen["background_classes"] == "kinds"
     with pytest.raises(ValueError, match="KEY=VALUE"):
         X.main_from_args(p.parse_args(["DATA", "--set", "oops"]))
 
@@ -483,3 +486,165 @@ def test_example_builds_a_photo_dataset(tmp_path):
             assert len(list((root / split / f).glob("*.png"))) == (nb if f == "background" else n)
     spec_data = X.prepare_data(root, "background", 0)
     assert spec_data["individuals"] == sorted(ex.SUBJECTS) and spec_data["has_background"]
+
+
+# -- background kinds: model B learns one class per background/<kind>/ folder --------------------------------
+KINDS = ("trees", "pavement")
+
+
+def make_kinds_data(root, n_train=4, n_test=2, layout="train/test", direct=0):
+    """``make_data`` without a flat background: ``background/<kind>/`` folders for each of ``KINDS`` (and
+    ``direct`` photos directly in ``background/`` of the training part)."""
+    root = make_data(root, background=None, n_train=n_train, n_test=n_test, layout=layout)
+    rng = np.random.default_rng(9)
+    parts = [(root, n_train + n_test)] if layout == "split" else [(root / "train", n_train), (root / "test", n_test)]
+    for folder, n in parts:
+        for kind in KINDS:
+            d = folder / "background" / kind
+            d.mkdir(parents=True)
+            for j in range(n):
+                _photo(None, rng).save(d / f"{j:03d}.png")
+    if direct:
+        d = parts[0][0] / "background"
+        for j in range(direct):
+            _photo(None, rng).save(d / f"direct{j}.png")
+    return root
+
+
+def _recompute_kinds(model_result):
+    """P1-P4 from the saved probabilities with every name starting 'background/' as background, by hand."""
+    classes, preds = model_result["classes"], model_result["predictions"]
+    bg = lambda name: name == "background" or name.startswith("background/")  # noqa: E731
+    probs = np.array([p["probs"] for p in preds])
+    true = [p["true"] for p in preds]
+    argmax = [classes[i] for i in probs.argmax(1)]
+    ind_cols = [i for i, c in enumerate(classes) if not bg(c)]
+    pred_ind = [classes[ind_cols[i]] for i in probs[:, ind_cols].argmax(1)]
+    right = [bg(p) if bg(t) else p == t for p, t in zip(argmax, true)]
+    animal = [not bg(t) for t in true]
+    kept = [a and not bg(p) for a, p in zip(animal, argmax)]
+    n2 = sum(animal)
+    return {"p1": sum(right) / len(true), "p2": sum(r for r, a in zip(right, animal) if a) / n2,
+            "p3": (sum(r for r, k in zip(right, kept) if k) / sum(kept)) if sum(kept) else float("nan"),
+            "p4": sum(p == t for p, t, a in zip(pred_ind, true, animal) if a) / n2,
+            "n_called_background": sum(a and bg(p) for a, p in zip(animal, argmax))}
+
+
+def test_experiment_with_background_kinds_end_to_end(tmp_path):
+    data = make_kinds_data(tmp_path / "data", direct=2)
+    out = tmp_path / "out"
+    lines = []
+    report = X.run_experiment(data, out, runs=1, recipe="tiny", overrides=TINY, background_classes="kinds",
+                              log=lines.append)
+    exp_dir = out / "tiny-kinds"                         # beside OUT/tiny/, which a 'one' run would use
+    assert report["dir"] == str(exp_dir) and report["background_classes"] == "kinds"
+    exp = json.loads((exp_dir / "experiment.json").read_text(encoding="utf-8"))
+    b_classes = ["aaa", "background", "background/pavement", "background/trees", "bbb", "ccc"]
+    assert exp["data"]["classes_B"] == b_classes and exp["data"]["background_classes"] == "kinds"
+    assert exp["counts"]["train_B"] == 12 + 2 + 8 and exp["counts"]["train_A"] == 12
+    assert exp["counts"]["test_background"] == 4 and exp["counts"]["test"] == 10
+    res = _results(exp_dir, 1)[0]
+    a, b = res["models"]["A"], res["models"]["B"]
+    assert b["classes"] == b_classes and a["classes"] == ["aaa", "bbb", "ccc"]
+    assert b["training"]["iterations"] == 3 * 6 and a["training"]["iterations"] == 3 * 3
+    assert a["init"]["sha256"] == b["init"]["shared_sha256"] != b["init"]["sha256"]
+    assert b["init"]["classifier_keys"] == ["fc.weight", "fc.bias"]
+    assert {p["true"] for p in b["predictions"]} >= {"background/pavement", "background/trees"}
+    for m in (a, b):
+        mine = _recompute_kinds(m)
+        for k, v in mine.items():
+            assert _close(float(m["statistics"][k]), v), (m["model"], k, m["statistics"][k], v)
+    md = (exp_dir / "report.md").read_text(encoding="utf-8")
+    assert "B learns the background kinds" in md and "## Table 1 (B learns 3 background kinds)" in md
+    assert "`background/pavement`" in md and "A = B without the background output rows" in md
+    assert "| Run | A·P2 | B·P1 | B·P2 | B·P3 | B·P4 |" in md
+    row = report["rows"][0]
+    assert _close(row["B·P4"], _recompute_kinds(b)["p4"]) and _close(row["A·P2"], _recompute_kinds(a)["p2"])
+    # resume: the finished run is kept; the fingerprint tells the two designs apart
+    lines.clear()
+    X.run_experiment(data, out, runs=1, recipe="tiny", overrides=TINY, background_classes="kinds", log=lines.append)
+    assert any("complete, kept" in l for l in lines), lines
+    cfg = X.resolve_recipe("tiny", TINY)
+    one = X.prepare_data(data, "background", 0, cfg["test_ratio"])
+    kinds = X.prepare_data(data, "background", 0, cfg["test_ratio"], background_classes="kinds")
+    assert one["classes_B"] == ["aaa", "background", "bbb", "ccc"] and one["background_classes"] == "one"
+    assert X._fingerprint(one, cfg, 0) != X._fingerprint(kinds, cfg, 0) == exp["fingerprint"]
+    # the fingerprint of a one-class experiment is what it was before kinds existed
+    legacy = {k: v for k, v in one.items() if k != "background_classes"}
+    assert X._fingerprint(legacy, cfg, 0) == X._fingerprint(one, cfg, 0)
+    assert X.experiment_folder(out, "tiny") == out / "tiny"
+    # the recipes table names which background each experiment learnt
+    X.run_experiment(data, out, runs=1, recipe="tiny", overrides=TINY, log=None)
+    md = (out / "recipes.md").read_text(encoding="utf-8")
+    assert "| tiny | cifar_cnn 32×32 | one class | 1 |" in md and "| tiny | cifar_cnn 32×32 | 3 kinds | 1 |" in md
+
+
+def test_kinds_split_layout_is_stratified_by_kind(tmp_path):
+    data = make_kinds_data(tmp_path / "data", n_train=4, n_test=1, layout="split")
+    spec = X.prepare_data(data, "background", 0, test_ratio=0.2, background_classes="kinds")
+    assert spec["classes_B"] == ["aaa", "background/pavement", "background/trees", "bbb", "ccc"]
+    assert sorted(c for _, c in spec["test"]) == spec["classes_B"]            # one photo of each, kinds too
+    assert spec["test_classes"] == spec["classes_B"]
+
+
+def test_derive_a_state_removes_every_background_row():
+    rng = np.random.default_rng(0)
+    w, bias, conv = rng.normal(size=(5, 3)), rng.normal(size=5), rng.normal(size=(2, 2))
+    state_b = {"conv": conv, "fc.weight": w, "fc.bias": bias}
+    template = {"conv": np.zeros((2, 2)), "fc.weight": np.zeros((3, 3)), "fc.bias": np.zeros(3)}
+    state, changed = X.derive_a_state(state_b, template, [1, 3])
+    assert changed == ["fc.weight", "fc.bias"]
+    # the direct check: rows 0, 2, 4 of B, written out by hand
+    assert np.array_equal(state["fc.weight"], np.stack([w[0], w[2], w[4]]))
+    assert np.array_equal(state["fc.bias"], np.array([bias[0], bias[2], bias[4]]))
+    assert np.array_equal(state["conv"], conv)
+    with pytest.raises(ValueError, match="cannot pair"):
+        X.derive_a_state(state_b, template, [1])                 # one row fewer than the shapes differ by
+    with pytest.raises(ValueError, match="distinct rows"):
+        X.derive_a_state(state_b, template, [1, 1])
+    # the zoo model: A's logits are B's individual logits for the same input
+    classes = ["aaa", "background/pavement", "bbb", "background/trees", "ccc"]
+    ma, mb, changed = X.paired_models("cifar_cnn", {}, classes, "background", 5)
+    assert X.background_rows(classes) == [1, 3] and changed == ["fc.weight", "fc.bias"]
+    x = rng.random((2, 3, 32, 32)).astype(np.float32)
+    ma.eval(), mb.eval()
+    np.testing.assert_allclose(np.asarray(ma(x)), np.asarray(mb(x))[:, [0, 2, 4]], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case, data_kw, kwargs, match", [
+    ("kinds without kind folders", {"flat": True}, {"background_classes": "kinds"}, "needs sub-folders <kind>/"),
+    ("unknown design", {}, {"background_classes": "many"}, "background_classes must be one of one, kinds"),
+    ("empty kind folder", {"empty": "rocks"}, {"background_classes": "kinds"}, r"rocks.*hold no image files"),
+    ("kind named like an individual", {"empty": "aaa", "fill": True}, {"background_classes": "kinds"},
+     r"named like individual\(s\) \['aaa'\]"),
+])
+def test_bad_background_kinds_input(tmp_path, case, data_kw, kwargs, match):
+    if data_kw.get("flat"):
+        data = make_data(tmp_path / "data", n_train=2, n_test=1)
+    else:
+        data = make_kinds_data(tmp_path / "data", n_train=2, n_test=1, direct=1)
+    if "empty" in data_kw:
+        d = data / "train" / "background" / data_kw["empty"]
+        d.mkdir()
+        if data_kw.get("fill"):
+            _photo(None, np.random.default_rng(0)).save(d / "x.png")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        X.run_experiment(data, out, runs=1, recipe="tiny", overrides=TINY, log=None, **kwargs)
+    assert not out.exists()
+
+
+def test_offline_expansion_keeps_the_kinds(tmp_path):
+    data = make_kinds_data(tmp_path / "data", n_train=2, n_test=1, direct=1)
+    out = tmp_path / "out"
+    X.run_experiment(data, out, runs=1, recipe="tiny", overrides={"offline_variants": 2, "iterations_per_class": 1},
+                     background_classes="kinds", log=None)
+    cache = out / "tiny-kinds" / "cache" / "train-x2"
+    folders = sorted({p.parent.relative_to(cache).as_posix() for p in cache.rglob("*.png")})
+    assert folders == ["aaa", "background", "background/pavement", "background/trees", "bbb", "ccc"]
+    assert len(list((cache / "background" / "trees").glob("*.png"))) == 2 * 2
+    res = _results(out / "tiny-kinds", 1)[0]
+    assert res["models"]["B"]["classes"] == ["aaa", "background", "background/pavement", "background/trees",
+                                             "bbb", "ccc"]
+    assert res["models"]["B"]["training"]["num_train"] == 2 * (6 + 1 + 4)
+    assert res["models"]["A"]["training"]["num_train"] == 2 * 6

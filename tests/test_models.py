@@ -210,7 +210,7 @@ def test_unknown_name_lists_known_ones():
 def test_get_normalises_names_and_records_arch():
     model = zoo.get("ResNet-20", num_classes=7)
     assert model.arch == {"name": "resnet20", "kwargs": {"num_classes": 7, "init": "he_uniform",
-                                                         "zero_init_residual": False}}
+                                                         "zero_init_residual": False, "drop_path": 0.0}}
     assert model.input_size == (3, 32, 32)
     again = zoo.get(model.arch["name"], **model.arch["kwargs"])
     assert list(again.state_dict()) == list(model.state_dict())

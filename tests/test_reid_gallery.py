@@ -257,6 +257,35 @@ def test_classifier_run_with_background_class(world, tmp_path):
     assert res[3]["name"] == "ind02"
 
 
+def test_classifier_run_with_background_kinds(world, tmp_path):
+    """A classifier trained with background/<kind>/ folders (nabi train's default splits them): any kind
+    winning is the answer "background", and no kind is ever an enrolled name."""
+    from PIL import Image
+
+    from reid_synth import background_photo
+    data = write_photos(tmp_path / "cls", range(20, 24), 8)
+    for kind, shift in (("grass", 0), ("water", 50)):
+        d = data / "background" / kind
+        d.mkdir(parents=True)
+        for j in range(8):
+            Image.fromarray(np.roll(background_photo(j + shift), shift, axis=2)).save(d / f"{j}.png")
+    assert main(["--threads", "1", "train", str(data), "--model", "cifar_cnn", "--epochs", "4", "--batch-size", "8",
+                 "--lr", "3e-3", "--out", str(tmp_path / "run"), "--no-progress", "--val-ratio", "0",
+                 "--test-ratio", "0"]) == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["background_classes"] == ["background/grass", "background/water"]
+    g = Gallery.build(tmp_path / "run", world / "val", tmp_path / "g")
+    assert g.embedder.kind == "classifier" and not any(n.startswith("background") for n in g.names())
+    queries = [np.roll(background_photo(j + 30, seed=5), s, axis=2) for j, s in ((0, 0), (1, 50), (2, 0))]
+    _, probs = g.embedder.embed(queries + [photo(2, 80)], with_probs=True)
+    won = [cfg["classes"][i] for i in probs.argmax(1)]
+    assert set(won[:3]) == {"background/grass", "background/water"}           # both kinds win ...
+    assert not won[3].startswith("background")              # (an individual of training wins for an animal)
+    res = g.identify(queries + [photo(2, 80)])
+    assert [r["answer"] for r in res] == ["background"] * 3 + ["known"]     # ... any kind is "background"
+    assert res[3]["name"] == "ind02"
+
+
 def test_evaluate_closed_and_open_set(gallery, world, tmp_path, capsys):
     res = gallery.evaluate(world / "val")
     assert res["known_queries"] == 12 and res["unknown_queries"] == 6

@@ -203,6 +203,7 @@ def test_self_train_two_rounds_logs_counts_and_trains_students_on_the_pseudo_lab
     summary = json.loads((out / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     assert summary["soft"] is soft and summary["num_unlabelled"] == 20 and summary["classes"] == ["dark", "light"]
+    assert summary["stochastic_depth"] == 0.0                               # cifar_cnn students: none
     cap = summary["max_per_class"]
     assert cap == max(summary["labelled_train_counts"].values()) == 7     # 12 per class: 7 train, 3 val, 2 test
     md = (out / "summary.md").read_text()
@@ -241,6 +242,32 @@ def test_self_train_two_rounds_logs_counts_and_trains_students_on_the_pseudo_lab
     assert "round 2: test accuracy" in capsys.readouterr().out
 
 
+def test_self_train_stochastic_depth_gives_the_resnet_students_drop_path_and_records_the_rate(tmp_path, capsys):
+    from nabi.layers import DropPath
+    from nabi.runs import load_run
+    lab = write_labelled(tmp_path / "lab", 8, 0)
+    unl = write_labelled(tmp_path / "unl", 4, 1)
+    out = tmp_path / "out"
+    argv = _argv(lab, unl, out, "--stochastic-depth", "0.2")
+    argv[argv.index("cifar_cnn")] = "resnet20"
+    argv[argv.index("--rounds") + 1] = "1"
+    assert nabi_main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stochastic_depth"] == 0.2 and summary["student_model_args"] == {"drop_path": 0.2}
+    student, meta = load_run(out / "round-1" / "train")
+    rates = [m.p for m in student.modules() if isinstance(m, DropPath)]
+    np.testing.assert_allclose(rates, [0.2 * i / 8 for i in range(1, 9)])     # resnet20: 9 blocks, 0 → 0.2
+    assert meta["arch"]["kwargs"]["drop_path"] == 0.2
+    teacher, _ = load_run(out / "round-0" / "train")
+    assert not any(isinstance(m, DropPath) for m in teacher.modules())        # only the students are noised
+
+
+def test_student_args_add_drop_path_only_when_stochastic_depth_is_given():
+    from nabi.selfsup.selftrain import _student_args
+    assert _student_args("resnet20", {}, None, None) == {}
+    assert _student_args("resnet20", {"init": "he_normal"}, None, 0.1) == {"init": "he_normal", "drop_path": 0.1}
+
+
 def test_self_train_rejects_bad_input_before_training(tmp_path, capsys):
     lab = write_labelled(tmp_path / "lab", 4, 0)
     empty = tmp_path / "empty"
@@ -258,6 +285,12 @@ def test_self_train_rejects_bad_input_before_training(tmp_path, capsys):
          "lenet5 has .* parameters, fewer than the teacher resnet20"),
         (_argv(lab, unl, tmp_path / "h", "--dropout", "0.3"), "model cifar_cnn has no dropout"),
         (_argv(lab, unl, tmp_path / "i", "--max-per-class", "0"), "--max-per-class must be at least 1"),
+        (_argv(lab, unl, tmp_path / "j", "--stochastic-depth", "0.2"),
+         "--stochastic-depth: model cifar_cnn has no residual blocks to drop"),
+        (_argv(lab, unl, tmp_path / "k", "--stochastic-depth", "1", "--model", "resnet20"),
+         r"--stochastic-depth must be a finite number in \[0, 1\), got 1"),
+        (_argv(lab, unl, tmp_path / "l", "--stochastic-depth", "-0.1", "--model", "resnet20"),
+         r"--stochastic-depth must be a finite number in \[0, 1\)"),
     ]
     import re
     for argv, message in cases:

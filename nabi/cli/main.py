@@ -27,7 +27,10 @@ of the report "CNN을 이용한 고려대학교 길고양이 분류 및 배경 �
   P3  accuracy on the animal photos the model did not call background
   P4  accuracy on the animal photos, taking the most likely individual
       (the background output ignored)
-A model without a background output has P3 = P4 = P2."""
+A model without a background output has P3 = P4 = P2. A model that learnt
+background kinds (background/trees, background/pavement, ...) is scored with
+every kind counted as background: any kind is "called background", a background
+photo given another kind is right, and P4 ignores every background output."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -53,7 +56,7 @@ def _examples(*lines):
 def _add_train_args(p, defaults):
     from ..data.folder import FITS
     from ..studies.recipes import RECIPES
-    from ..training.config import AUGMENTS, NORMALIZATIONS, SCHEDULES, renamed_value
+    from ..training.config import AUGMENTS, BACKGROUND_KINDS, NORMALIZATIONS, SCHEDULES, renamed_value
     d = defaults
 
     def dflt(value, none="none"):
@@ -124,7 +127,14 @@ def _add_train_args(p, defaults):
                                                    f"DATA has val/) {dflt(d.val_ratio)}")
     p.add_argument("--test-ratio", type=float, help="share of each class held out for the final test (ignored "
                                                     f"when DATA has test/) {dflt(d.test_ratio)}")
-    p.add_argument("--exclude", action="append", help="leave out a class folder (repeatable; default: none)")
+    p.add_argument("--exclude", action="append", help="leave out a class folder, or one background kind as "
+                                                      "background/<kind> (repeatable; default: none)")
+    p.add_argument("--background-kinds", choices=BACKGROUND_KINDS,
+                   help="split: each sub-folder <kind>/ of DATA/background/ is a class background/<kind> of its own "
+                        "(photos directly in background/ stay 'background'), as re-identification and the gallery "
+                        "already read it, so a user who sorted the empty scenes by kind gets the kinds; merge: the "
+                        "whole folder is one class 'background', as before kinds existed (a background folder "
+                        f"without sub-folders is one class either way) {dflt(d.background_kinds)}")
     p.add_argument("--strict", action="store_true", default=None,
                    help="a corrupt image is an error, not a warning (default: off)")
     p.add_argument("--seed", type=int, help=f"seeds the split, the initial weights and the batch order "
@@ -254,6 +264,7 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
     from .. import evaluate as E
     from .. import files
     from ..runs import load_run
+    from ..data.background import is_background
     from ..data.prepare import eval_loader
     from ..training.trainer import evaluate
     model, meta = load_run(run, device=device)
@@ -281,6 +292,11 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
         cm = E.confusion_matrix(ev["probs"], labels, len(classes))
         text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
         report["confusion_matrix"] = cm.tolist()
+        merged, merged_names = E.merge_background_classes(cm, classes, background or "background")
+        if merged_names != classes:     # background kinds: the same counts with every kind called background
+            report["confusion_matrix_background_merged"] = {"classes": merged_names, "counts": merged.tolist()}
+            text += ("\n\nwith every background kind counted as background:\n"
+                     + E.confusion_matrix_text(merged, merged_names))
         try:
             E.plot_confusion_matrix(cm, classes, out_dir / "confusion_matrix.png")
             plotted = True
@@ -292,14 +308,14 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
             report["top5"] = ev["topk"]
     else:
         text, plotted = "", False
-    bg = background or ("background" if "background" in ds_classes else None)
-    if bg is not None and bg in ds_classes:
+    bg = background or ("background" if any(is_background(c) for c in ds_classes) else None)
+    if bg is not None and any(is_background(c, bg) for c in ds_classes):
         stats = E.background_statistics(ev["probs"], labels, ds_classes, background=bg, model_classes=classes)
         text += "\n\n" + E.format_report(stats)
         report["background_statistics"] = {k: v for k, v in stats.items()
                                            if isinstance(v, (int, float, str, list)) and k not in
-                                           ("pred", "pred_individual", "pred_name", "target", "correct",
-                                            "is_background_photo")}
+                                           ("pred", "pred_individual", "pred_name", "pred_answer", "target",
+                                            "correct", "is_background_photo", "called_background")}
     files.atomic_write_json(out_dir / "eval.json", report)
     files.atomic_write_text(out_dir / "eval.txt", text + "\n")
     if json_out:
@@ -327,6 +343,7 @@ def _writable_folder(path, flag):
 
 def cmd_eval(args):
     from .. import data as D
+    from ..data.background import is_background
     from ..runs import image_fit, load_run
     if args.masked:
         return _masked_eval(args)
@@ -343,7 +360,11 @@ def cmd_eval(args):
     unknown = [c for c in folder_classes if c not in classes and c != (args.background or "background")]
     if unknown:
         raise ValueError(f"{root}: class folders {unknown} are not among the model's classes {classes}")
-    ds = D.ImageFolder(root, image_size=(H, W), channels=C, classes=None, strict=args.strict, fit=image_fit(meta))
+    # a model that learnt background kinds reads the background folder's <kind>/ sub-folders as its kinds
+    kinds = any(is_background(c, args.background or "background") and c != (args.background or "background")
+                for c in classes)
+    ds = D.ImageFolder(root, image_size=(H, W), channels=C, classes=None, strict=args.strict, fit=image_fit(meta),
+                       background_kinds=kinds, background=args.background or "background")
     ds.verify()
     out_dir = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else ".") / "eval"
     _eval_report(args.run, ds, args.device, out_dir, json_out=args.json, background=args.background)
@@ -355,6 +376,7 @@ def cmd_predict(args):
 
     from .. import data as D
     from ..functional.activation import softmax
+    from ..data.background import BACKGROUND, is_background
     from ..data.prepare import eval_transforms
     from ..runs import image_fit, load_run
     from .. import backend
@@ -385,7 +407,9 @@ def cmd_predict(args):
             x = t(x, None)
         p = backend.to_numpy(softmax(model(backend.to_device(x[None], args.device)), axis=1))[0]
         top = np.argsort(-p, kind="stable")[:k]
-        results.append({"file": str(path), "top": [{"class": classes[i], "probability": float(p[i])} for i in top]})
+        best = classes[int(top[0])]     # a background kind shows as itself in "top"; the answer says background
+        results.append({"file": str(path), "answer": BACKGROUND if is_background(best) else best,
+                        "top": [{"class": classes[i], "probability": float(p[i])} for i in top]})
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
     else:
@@ -393,7 +417,9 @@ def cmd_predict(args):
             if "error" in r:
                 print(f"{r['file']}: ERROR {r['error']}")
             else:
-                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]))
+                kind = r["top"][0]["class"]
+                note = f" → {BACKGROUND}" if r["answer"] != kind else ""
+                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"]) + note)
     return 0 if all("error" not in r for r in results) else EXIT_ERROR
 
 
@@ -523,7 +549,8 @@ def build_parser():
                 "Train a zoo model on a folder of photos (one sub-folder per class) and keep the run folder: "
                 "weights, checkpoints, metrics.jsonl, test.json. Settings come from the flags, then a --config "
                 "TOML file, then the defaults shown.",
-                ["nabi train photos/ --model resnet18 --epochs 20 --augment standard --out runs/cats",
+                ["nabi train photos/ --model resnet18 --epochs 20 --augment standard --background-kinds merge "
+                 "--out runs/cats   # photos/background/{trees,pavement}/ as one class",
                  "nabi train photos/ --model resnet18 --image-size 160 --fit squash --augment crop_flip_jitter "
                  "--normalize imagenet --epochs 60 --batch-size 16 --optimizer adamw --lr 2e-3 --weight-decay 0.05 "
                  "--schedule warmup_cosine --warmup-fraction 0.3 --label-smoothing 0.1 --out runs/individuals"
@@ -566,8 +593,11 @@ def build_parser():
                 "Paired multi-seed experiment: model A learns the individuals only, model B the individuals "
                 "and a background class; both are trained over several seeds and scored on the same test "
                 "photos, and the report gives A·P2 and B·P1–B·P4 per run, their mean and standard deviation, "
-                "and paired tests of B against A.", definitions=P_DEFINITIONS,
-                examples=["nabi experiment photos/ --runs 10 --recipe modern",
+                "and paired tests of B against A. With sub-folders background/<kind>/ (trees, pavement, …), "
+                "--background-classes kinds lets B learn one class per kind; every kind counts as background "
+                "in P1–P4.", definitions=P_DEFINITIONS,
+                examples=["nabi experiment photos/ --runs 10 --recipe modern --background-classes kinds   "
+                          "# B learns background/<kind> classes",
                  "nabi experiment photos/ --runs 10 --recipe resnet18-160 --background 배경",
                  "nabi experiment photos/ --recipe tiny --runs 2 --jobs 2 --out /tmp/exp"])
     _experiment_arguments(p)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_bytes
+from .background import BACKGROUND, expand_background_kinds
 
 IMG_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
@@ -271,13 +272,17 @@ class ImageFolder:
     training classes when reading a test folder; a folder not in it is an
     error); ``exclude`` drops class folders by name (e.g. ``'background'``);
     ``strict`` makes ``verify()`` raise on the first bad file instead of
-    dropping it with a warning. Files are found recursively by extension
+    dropping it with a warning. ``background_kinds`` gives each sub-folder
+    ``<kind>/`` of the ``background`` folder (its name: ``background``) a class
+    ``background/<kind>`` of its own (photos directly in it stay ``background``;
+    see ``nabi.data.background``); ``exclude`` may then also name such a class. Files are found recursively by extension
     (case-insensitive); hidden files are ignored. Images are decoded lazily;
     call ``verify()`` once to find corrupt files up front.
     """
 
     def __init__(self, root, transform=None, image_size=None, channels=3, classes=None, strict=False,
-                 extensions=IMG_EXTENSIONS, exclude=(), fit="crop"):
+                 extensions=IMG_EXTENSIONS, exclude=(), fit="crop", background_kinds=False,
+                 background=BACKGROUND):
         self.root = Path(root)
         self.transform = transform
         self.image_size = normalize_size(image_size)
@@ -314,8 +319,27 @@ class ImageFolder:
             raise ValueError(f"image folder {self.root} has no class sub-folders; expected one "
                              f"sub-folder per class{hint}")
 
+        files_by_class = {}
+        for name, folder in folders.items():
+            files = _list_images(folder, self.extensions)
+            if not files:
+                raise ValueError(f"class folder {folder} has no image files with extensions "
+                                 f"{', '.join(self.extensions)}")
+            files_by_class[name] = files
+        self.background_kinds = bool(background_kinds)
+        kind_names = [e for e in self.exclude if "/" in e]
+        if kind_names and not self.background_kinds:
+            raise ValueError(f"exclude names background kind(s) {kind_names}, but this folder is read with the "
+                             "background as one class; leave out the whole background folder by its name, or read "
+                             "the kinds as classes (nabi train --background-kinds split)")
+        if self.background_kinds:
+            bg = _nfc(str(background))
+            if bg in folders:
+                files_by_class = expand_background_kinds(files_by_class, folders[bg], bg, _is_hidden)
+            files_by_class = {n: f for n, f in files_by_class.items() if n not in self.exclude}
+
         if classes is None:
-            class_list = sorted(folders)
+            class_list = sorted(files_by_class)
         else:
             if isinstance(classes, str):
                 raise ValueError("classes must be a list of class names, not one string")
@@ -323,7 +347,7 @@ class ImageFolder:
             dup = sorted({c for c in class_list if class_list.count(c) > 1})
             if dup:
                 raise ValueError(f"classes has duplicate names: {dup}")
-            unknown = [n for n in folders if n not in class_list]
+            unknown = [n for n in files_by_class if n not in class_list]
             if unknown:
                 raise ValueError(f"image folder {self.root} has class folder(s) {unknown} that are not in "
                                  f"the given classes {class_list}; pass exclude={unknown!r} to skip them")
@@ -331,11 +355,7 @@ class ImageFolder:
         self.class_to_idx = {c: i for i, c in enumerate(class_list)}
 
         samples = []
-        for name, folder in folders.items():
-            files = _list_images(folder, self.extensions)
-            if not files:
-                raise ValueError(f"class folder {folder} has no image files with extensions "
-                                 f"{', '.join(self.extensions)}")
+        for name, files in files_by_class.items():
             label = self.class_to_idx[name]
             samples.extend((str(p), label) for p in files)
         samples.sort(key=lambda s: (s[1], _nfc(s[0])))

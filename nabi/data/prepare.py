@@ -138,7 +138,7 @@ def _targets(ds):
 
 
 def load_datasets(data: str, image_size=None, channels=3, val_ratio=0.1, test_ratio=0.1, seed=0, exclude=(),
-                  strict=False, classes=None, fit="crop"):
+                  strict=False, classes=None, fit="crop", background_kinds=False):
     """``{'train', 'val', 'test', 'classes', 'source'}`` from a folder or ``embedded:NAME``.
 
     A folder's photos are brought to ``image_size`` as ``fit`` says (``crop``, ``squash`` or
@@ -146,6 +146,9 @@ def load_datasets(data: str, image_size=None, channels=3, val_ratio=0.1, test_ra
     A folder with ``train/`` (and optionally ``val/``, ``test/``) is used as it
     is; any other folder is one class per sub-folder, split by ratio
     (stratified, seeded). Missing val/test parts are split off ``train``.
+    ``background_kinds``: each ``background/<kind>/`` sub-folder is a class
+    ``background/<kind>`` of its own (``ImageFolder``'s option), in every part,
+    and the ratio splits are stratified by it.
     """
     if data.startswith(EMBEDDED_PREFIX):
         name = data[len(EMBEDDED_PREFIX):]
@@ -158,7 +161,8 @@ def load_datasets(data: str, image_size=None, channels=3, val_ratio=0.1, test_ra
         raise FileNotFoundError(f"data folder {root} does not exist (give a folder with one sub-folder per class, "
                                 f"or {EMBEDDED_PREFIX}mnist5k)")
     splits = D.find_splits(root)
-    kw = dict(image_size=image_size, channels=channels, strict=strict, exclude=tuple(exclude), fit=fit)
+    kw = dict(image_size=image_size, channels=channels, strict=strict, exclude=tuple(exclude), fit=fit,
+              background_kinds=bool(background_kinds))
     if splits:
         train = D.ImageFolder(splits["train"], classes=classes, **kw)
         _verify(train, strict)
@@ -232,13 +236,17 @@ def eval_transforms(input_hw, norm_spec):
     return [_Pad(input_hw), normalization_transform(norm_spec)]
 
 
-def folder_classes(data, exclude):
+def folder_classes(data, exclude, background_kinds=False):
+    """The sorted class names of a folder (of its ``train/`` part when it has one), without reading
+    any image; ``background_kinds`` as in ``load_datasets``."""
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist (give a folder with one sub-folder per class, "
                                 f"or {EMBEDDED_PREFIX}mnist5k)")
     splits = D.find_splits(root)
     base = Path(splits["train"]) if splits else root
+    if background_kinds:
+        return list(D.ImageFolder(base, exclude=tuple(exclude), background_kinds=True).classes)
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
                      and p.name not in set(exclude))
     if not classes:

@@ -383,7 +383,7 @@ def _variant(x, k, rng):
 
 def expand_offline(folder_in, folder_out, variants: int = 8, seed: int = 0, channels: int = 3,
                    image_size=None, strict: bool = False, extensions=IMG_EXTENSIONS, exclude=(),
-                   fit: str = "crop") -> list[Path]:
+                   fit: str = "crop", background_kinds: bool = False) -> list[Path]:
     """Write ``variants`` augmented copies of every image in a class-per-folder tree.
 
     Variant 0 is the original, 1 the mirror image, then random crops and small
@@ -392,7 +392,9 @@ def expand_offline(folder_in, folder_out, variants: int = 8, seed: int = 0, chan
     flat). Each file is written to a temp file and moved into place
     (``os.replace``). The same ``seed`` gives the same pixels; an image's
     variants depend only on the seed and its relative path. Unreadable files are
-    skipped with a warning (or raise with ``strict=True``). Returns the written paths.
+    skipped with a warning (or raise with ``strict=True``). ``background_kinds``: each
+    ``background/<kind>/`` is a class of its own (``ImageFolder``'s option) and its copies go to
+    ``folder_out/background/<kind>/``. Returns the written paths.
     """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -403,7 +405,7 @@ def expand_offline(folder_in, folder_out, variants: int = 8, seed: int = 0, chan
         raise ValueError(f"folder_out {folder_out} must not be folder_in or inside it "
                          "(its files would be read back as a class)")
     ds = ImageFolder(src, image_size=image_size, channels=channels, strict=strict,
-                     extensions=extensions, exclude=exclude, fit=fit)
+                     extensions=extensions, exclude=exclude, fit=fit, background_kinds=background_kinds)
     written = []
     for path, label in ds.samples:
         try:

@@ -28,6 +28,7 @@ from ..layers.activation import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, 
 from . import atomic_write_bytes
 from ..layers.container import Concat, Residual, Sequential
 from ..layers.conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
+from ..layers.drop_path import DropPath
 from ..layers.linear import Flatten, Linear
 from ..layers.module import Parameter
 from ..layers.norm import BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm
@@ -133,7 +134,7 @@ class _Builder:
     def leaf(self, m, x, path):
         label = f"{path or 'model'} ({type(m).__name__})"
         shape = self.in_shape(m, path)
-        if _own_forward(m, Identity) or _own_forward(m, Dropout):
+        if _own_forward(m, Identity) or _own_forward(m, Dropout) or _own_forward(m, DropPath):
             return x
         if _own_forward(m, Conv2d):
             ph, pw = m.padding

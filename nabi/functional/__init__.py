@@ -13,6 +13,7 @@ from .activation import (leaky_relu_backward, leaky_relu_forward, log_softmax, l
                          softmax, softmax_backward, softmax_forward, tanh_backward, tanh_forward)
 from .conv import col2im, conv2d_backward, conv2d_forward, im2col, resolve_padding
 from .conv_loops import conv2d_reference_backward, conv2d_reference_forward
+from .drop_path import check_drop_probability, drop_path_backward, drop_path_forward
 from .embedding import (arcface_backward, arcface_forward, batch_hard_pairs, cosface_backward, cosface_forward,
                         cosine_linear_backward, cosine_linear_forward, l2_normalize_backward, l2_normalize_forward,
                         subcenter_max_backward, subcenter_max_forward, triplet_batch_hard_backward,

@@ -125,6 +125,20 @@ class Residual(Module):
             self.after = after
         self._has_after = after is not None
 
+    def append_to_body(self, name, module):
+        """Run ``module`` (registered as ``name``) on the body's output, before the addition.
+
+        Used to add stochastic depth (``DropPath``) to a built block; the module is listed
+        after the body's others and before the shortcut and ``after``.
+        """
+        if name in self._modules or hasattr(type(self), name):
+            raise ValueError(f"Residual: {name!r} is already taken in this block; give the new body module "
+                             f"another name")
+        setattr(self, name, module)
+        self._body_names.append(name)
+        for later in ([self._shortcut_name] if self._shortcut_name else []) + (["after"] if self._has_after else []):
+            self._modules.move_to_end(later)
+
     @property
     def body_modules(self):
         return [self._modules[n] for n in self._body_names]

@@ -8,6 +8,22 @@ from ..functional import norm as F
 from .module import Module, Parameter
 
 
+def mask_generator(layer, x):
+    """The generator a random-mask layer (``Dropout``, ``DropPath``) draws its mask for ``x`` from.
+
+    On the CPU it is the layer's own NumPy Generator ``layer.rng`` (its state is saved in
+    checkpoints, so a resumed run draws the masks an uninterrupted one would). On the GPU it is
+    a CuPy generator seeded once from ``layer.rng``; restoring ``layer.rng`` sets
+    ``layer._cupy_rng`` to None so the next draw reseeds it.
+    """
+    if backend.get_array_module(x) is np:
+        return layer.rng
+    if getattr(layer, "_cupy_rng", None) is None:
+        import cupy
+        object.__setattr__(layer, "_cupy_rng", cupy.random.default_rng(int(layer.rng.integers(2**63 - 1))))
+    return layer._cupy_rng
+
+
 class Dropout(Module):
     """Inverted dropout with drop probability ``p``: active in training, identity in eval."""
 
@@ -20,17 +36,8 @@ class Dropout(Module):
         self._mask = None
 
     def forward(self, x):
-        rng = self.rng
-        if backend.get_array_module(x) is not np:
-            rng = self._gpu_rng()
-        y, self._mask = F.dropout_forward(x, self.p, self.training, rng)
+        y, self._mask = F.dropout_forward(x, self.p, self.training, mask_generator(self, x))
         return y
-
-    def _gpu_rng(self):
-        if getattr(self, "_cupy_rng", None) is None:
-            import cupy
-            object.__setattr__(self, "_cupy_rng", cupy.random.default_rng(int(self.rng.integers(2**63 - 1))))
-        return self._cupy_rng
 
     def backward(self, dy):
         return F.dropout_backward(dy, self._mask)

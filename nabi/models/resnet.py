@@ -24,13 +24,23 @@ three stages of n basic blocks with 16, 32, 64 channels (depth 6n + 2: resnet20,
 projection + BN (the paper's option B; the paper's CIFAR runs used option A,
 zero-padding identity, which has no parameters). ``resnet18_cifar``: torchvision's
 ResNet-18 blocks behind a 3×3/1 stem with no max-pool (11,173,962 parameters at 10 classes).
+
+Stochastic depth (Huang et al., 2016), ``drop_path`` = P > 0: in training, residual block
+i of the L blocks (i = 0 … L−1, in forward order) drops its body for each sample with
+probability p_i = P · i/(L − 1), rising linearly from 0 at the first block to P at the
+last, and scales a kept body by 1/(1 − p_i) (``DropPath``, last in the body, before the
+addition); evaluation keeps every body unscaled. The blocks get their ``DropPath`` after
+every weight is drawn, and it has no parameters: a seed gives the same initial weights and
+the same ``state_dict`` keys as with P = 0, and P = 0 (the default) builds no ``DropPath``.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 
 
-from ..layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Residual, Sequential
+from ..functional.drop_path import check_drop_probability
+from ..layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, DropPath, Flatten, Linear, MaxPool2d, ReLU, Residual,
+                      Sequential)
 from .registry import Network, register
 
 
@@ -86,19 +96,35 @@ def _zero_last_bn(model):
             bns[-1].weight.data[...] = 0
 
 
+def add_drop_path(model, drop_path):
+    """Stochastic depth on every ``Residual`` block of ``model``: block i of L gets a ``DropPath`` of
+    rate P · i/(L − 1) (P = ``drop_path``; one block alone gets P) last in its body; blocks whose rate is 0
+    get none. Returns the rates, in block order."""
+    drop_path = check_drop_probability(drop_path, "resnet: drop_path")
+    blocks = [m for m in model.modules() if isinstance(m, Residual)]
+    last = max(len(blocks) - 1, 1)
+    rates = [drop_path * i / last if len(blocks) > 1 else drop_path for i in range(len(blocks))]
+    for block, rate in zip(blocks, rates):
+        if rate > 0:
+            block.append_to_body("drop_path", DropPath(rate))
+    return rates
+
+
 def _check_stride_on(stride_on):
     if stride_on not in ("3x3", "1x1"):
         raise ValueError(f"resnet: stride_on must be '3x3' (torchvision v1.5) or '1x1' (paper v1), got {stride_on!r}")
 
 
 def resnet(block, layers, num_classes=1000, widths=(64, 128, 256, 512), stem="imagenet", init="he_uniform",
-           stride_on="3x3", zero_init_residual=False):
+           stride_on="3x3", zero_init_residual=False, drop_path=0.0):
     """A ResNet: ``block`` (basic_block or bottleneck), blocks per stage ``layers``.
 
     ``stem='imagenet'``: 7×7/2 conv + 3×3/2 max-pool (input 224×224);
     ``stem='cifar'``: 3×3/1 conv, no max-pool (input 32×32).
+    ``drop_path``: the stochastic-depth rate of the last block (see the module docstring).
     """
     _check_stride_on(stride_on)
+    check_drop_probability(drop_path, "resnet: drop_path")
     c0 = widths[0]
     if stem == "imagenet":
         head = [("conv1", Conv2d(3, c0, 7, stride=2, padding=3, bias=False, init=init)), ("bn1", BatchNorm2d(c0)),
@@ -115,6 +141,8 @@ def resnet(block, layers, num_classes=1000, widths=(64, 128, 256, 512), stem="im
         ("avgpool", AdaptiveAvgPool2d(1)), ("flatten", Flatten()), ("fc", Linear(c, num_classes, init=init))]))
     if zero_init_residual:
         _zero_last_bn(model)
+    if drop_path:
+        add_drop_path(model, drop_path)
     model.input_size = (3, 224, 224) if stem == "imagenet" else (3, 32, 32)
     return model
 
@@ -127,9 +155,9 @@ _IMAGENET = {"resnet18": (basic_block, [2, 2, 2, 2]), "resnet34": (basic_block, 
 def _imagenet_variant(name):
     block, layers = _IMAGENET[name]
 
-    def build(num_classes=1000, init="he_uniform", stride_on="3x3", zero_init_residual=False):
+    def build(num_classes=1000, init="he_uniform", stride_on="3x3", zero_init_residual=False, drop_path=0.0):
         return resnet(block, layers, num_classes, init=init, stride_on=stride_on,
-                      zero_init_residual=zero_init_residual)
+                      zero_init_residual=zero_init_residual, drop_path=drop_path)
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (f"{name}, torchvision layout ({block.__name__} blocks {layers}): "
                      f"(N, 3, 224, 224) → (N, num_classes).")
@@ -142,9 +170,9 @@ def _cifar_variant(depth):
     n = (depth - 2) // 6
     name = f"resnet{depth}"
 
-    def build(num_classes=10, init="he_uniform", zero_init_residual=False):
+    def build(num_classes=10, init="he_uniform", zero_init_residual=False, drop_path=0.0):
         return resnet(basic_block, [n, n, n], num_classes, widths=(16, 32, 64), stem="cifar", init=init,
-                      zero_init_residual=zero_init_residual)
+                      zero_init_residual=zero_init_residual, drop_path=drop_path)
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (f"CIFAR {name}: 3×3 stem, 3 stages × {n} basic blocks (16, 32, 64 channels), "
                      f"1×1 projection shortcuts: (N, 3, 32, 32) → (N, num_classes).")
@@ -163,11 +191,11 @@ resnet56 = _cifar_variant(56)
 
 
 @register("resnet18_cifar")
-def resnet18_cifar(num_classes=10, init="he_uniform", zero_init_residual=False):
+def resnet18_cifar(num_classes=10, init="he_uniform", zero_init_residual=False, drop_path=0.0):
     """ResNet-18 blocks behind a 3×3/1 stem without max-pool: (N, 3, 32, 32) → (N, num_classes)."""
     return resnet(basic_block, [2, 2, 2, 2], num_classes, stem="cifar", init=init,
-                  zero_init_residual=zero_init_residual)
+                  zero_init_residual=zero_init_residual, drop_path=drop_path)
 
 
-__all__ = ["basic_block", "bottleneck", "resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-           "resnet20", "resnet32", "resnet44", "resnet56", "resnet18_cifar"]
+__all__ = ["basic_block", "bottleneck", "resnet", "add_drop_path", "resnet18", "resnet34", "resnet50", "resnet101",
+           "resnet152", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18_cifar"]

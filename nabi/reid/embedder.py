@@ -16,13 +16,7 @@ import numpy as np
 from .. import backend
 from ..files.digest import file_sha256
 from ..data import load_image
-
-BACKGROUND = "background"
-
-
-def is_background(name) -> bool:
-    """``background`` or ``background/<kind>``: the reserved names of background photos."""
-    return isinstance(name, str) and (name == BACKGROUND or name.startswith(BACKGROUND + "/"))
+from ..data.background import is_background
 
 
 def _final_linear(model):

@@ -38,7 +38,8 @@ import numpy as np
 from .. import files as io
 from ..data import IMG_EXTENSIONS
 from ..files.digest import file_sha256
-from .embedder import BACKGROUND, Embedder, is_background
+from ..data.background import BACKGROUND, is_background
+from .embedder import Embedder
 from . import metrics as M
 
 INDEX = "index.json"

@@ -112,29 +112,6 @@ def _retrieval_trainer():
     return RetrievalTrainer
 
 
-def split_background_kinds(folder):
-    """Give each ``background/<kind>/`` sub-folder of an ``ImageFolder`` its own class ``background/<kind>``
-    (photos directly in ``background/`` keep the class ``background``). Classes stay sorted; returns ``folder``."""
-    from .embedder import BACKGROUND
-    if BACKGROUND not in folder.class_to_idx:
-        return folder
-    bg_root = folder.root / BACKGROUND
-    names = []
-    for path, label in folder.samples:
-        name = folder.classes[label]
-        if name == BACKGROUND:
-            rel = Path(path).relative_to(bg_root)
-            if len(rel.parts) > 1:
-                name = f"{BACKGROUND}/{rel.parts[0]}"
-        names.append(name)
-    classes = sorted(set(names))
-    folder.classes = classes
-    folder.class_to_idx = {c: i for i, c in enumerate(classes)}
-    folder.samples = sorted(((p, folder.class_to_idx[n]) for (p, _), n in zip(folder.samples, names)),
-                            key=lambda s: (s[1], s[0]))
-    return folder
-
-
 def drop_repeated_files(folder):
     """Leave out of an ``ImageFolder`` every file whose bytes (SHA-256) already appeared: a copy on both the
     gallery and the query side would be a free match. Returns the number left out."""
@@ -176,7 +153,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     from ..runs import model_metadata, write_config
     from ..training.build import build_model, build_trainer
     from ..training.trainer import Trainer, skip_input_gradient
-    from .embedder import is_background
+    from ..data.background import is_background
 
     backend.check_device(cfg.device)
     if cfg.data.startswith("embedded:"):
@@ -200,7 +177,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     model_args = {"backbone": cfg.model, "embedding_dim": int(embedding_dim), "head": head,
                   "subcenters": int(subcenters), "backbone_args": dict(cfg.model_args)}
     exclude = tuple(cfg.exclude) + tuple(val_ids)
-    train_classes = split_background_kinds(D.ImageFolder(cfg.data, exclude=exclude)).classes   # listing only
+    train_classes = D.ImageFolder(cfg.data, exclude=exclude, background_kinds=True).classes   # listing only
     model = build_model("embedding_net", len(train_classes), model_args, seed=cfg.seed)
     C, H, W = model_input_size(model)
     if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
@@ -210,7 +187,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
         log(format_report(load_matching(model.backbone, cfg.init)))
     channels = cfg.channels or C
     kw = dict(image_size=(H, W), channels=channels, strict=cfg.strict, fit=cfg.fit)
-    train_full = split_background_kinds(D.ImageFolder(cfg.data, exclude=exclude, **kw))
+    train_full = D.ImageFolder(cfg.data, exclude=exclude, background_kinds=True, **kw)
     train_full.verify()
     train_ids = list(train_full.classes)          # background/<kind> folders are classes of their own
     norm = normalization_spec(cfg.normalize, train_full, channels)
@@ -221,7 +198,9 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
                                 num_workers=cfg.workers, device=cfg.device)
     val_loader, val_info = None, {}
     if val_ids:
-        val_full = D.ImageFolder(cfg.data, exclude=tuple(cfg.exclude) + tuple(train_ids), **kw)
+        # held-out individuals only: every other folder (the background one included) stays out
+        val_full = D.ImageFolder(cfg.data, exclude=tuple(e for e in cfg.exclude if "/" not in e)
+                                 + tuple(n for n in individuals if n not in val_ids), **kw)
         val_full.verify()
         repeated = drop_repeated_files(val_full)
         gi, qi = split_gallery_queries(val_full.targets, cfg.seed)

@@ -121,7 +121,9 @@ def _add_self_train(subparsers):
                     "pseudo-label counts per class and the accuracy on the labelled test split.",
         epilog="examples:\n"
                "  nabi self-train photos/ more_photos/ --model resnet18_cifar --rounds 2 --out runs/noisy\n"
-               "  nabi self-train photos/ more_photos/ --model cifar_cnn --soft --threshold 0.8 --out runs/soft")
+               "  nabi self-train photos/ more_photos/ --model cifar_cnn --soft --threshold 0.8 --out runs/soft\n"
+               "  nabi self-train photos/ more_photos/ --model resnet20 --student-model resnet32 "
+               "--stochastic-depth 0.2 --out runs/deep")
     p.add_argument("labelled", help="a folder with one sub-folder per class (or train/ val/ test/)")
     p.add_argument("unlabelled", help="a folder of unlabelled photos (searched recursively; if its sub-folders "
                                       "are named like the classes, the pseudo-label accuracy is reported)")
@@ -150,6 +152,10 @@ def _add_self_train(subparsers):
                                                                        "augment"))
     p.add_argument("--dropout", type=float,
                    help="the students' dropout rate, for models that have dropout (default: the model's)")
+    p.add_argument("--stochastic-depth", type=float, metavar="P",
+                   help="the students' stochastic depth, for ResNets (resnet*, se_resnet*): in training each "
+                        "residual block drops its branch per photo, with a probability rising linearly from 0 "
+                        "at the first block to P at the last; P in [0, 1) (default: none)")
     p.add_argument("--epochs", type=int, help=_default("epochs of each round's training", "epochs"))
     p.add_argument("--batch-size", type=int, help=_default("photos per step", "batch_size"))
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=_default("the update rule", "optimizer"))
@@ -224,7 +230,8 @@ def cmd_self_train(args):
     student_args = _model_args(args.student_model_arg, "--student-model-arg") if args.student_model_arg else None
     summary = run_self_training(cfg, args.unlabelled, rounds=args.rounds, student_model=args.student_model,
                                 student_model_args=student_args, student_augment=args.augment, soft=args.soft,
-                                threshold=args.threshold, max_per_class=args.max_per_class, dropout=args.dropout)
+                                threshold=args.threshold, max_per_class=args.max_per_class, dropout=args.dropout,
+                                stochastic_depth=args.stochastic_depth)
     last = summary["rounds"][-1]
     print(f"round {last['round']}: test accuracy {last['test_acc']:.4f}; summary: {args.out}/summary.md")
     return 0

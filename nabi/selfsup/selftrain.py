@@ -22,9 +22,13 @@ labelled classes include ``background``, photos the teacher calls background sta
 
 The student's noise: strong augmentation (``augment``, default ``strong``: random resized crop,
 flip, rotation, colour jitter), the dropout of models that have it (active in training; its
-rate set with ``dropout`` where the model's builder takes one). Stochastic depth is left out:
-nabi's residual blocks have no drop-path. The student must have at least as many parameters
-as the teacher (equal or larger, as in the paper).
+rate set with ``dropout`` where the model's builder takes one) and stochastic depth
+(``stochastic_depth`` = P, for the models whose builder takes ``drop_path``: the ResNets and
+SE-ResNets): in training each residual block drops its branch for a sample with a probability
+rising linearly from 0 at the first block to P at the last (Huang et al., 2016;
+``nabi.layers.DropPath``); the paper's students keep the last block with probability 0.8,
+P = 0.2. Pseudo-labelling runs the teacher in evaluation mode, unnoised. The student must have
+at least as many parameters as the teacher (equal or larger, as in the paper).
 
 Run folder::
 
@@ -71,8 +75,12 @@ def _soft_target_trainer(loss):
     return SoftTargetTrainer
 
 
+def _takes(model, argument):
+    return argument in inspect.signature(registry.builder(model)).parameters
+
+
 def check_arguments(cfg: TrainConfig, unlabelled, rounds, threshold, max_per_class, student_model,
-                    student_model_args, dropout):
+                    student_model_args, dropout, stochastic_depth=None):
     """Every argument checked before any training starts; returns the unlabelled photo paths."""
     if rounds is None or int(rounds) != rounds or rounds < 1:
         raise ValueError(f"--rounds must be a whole number of at least 1, got {rounds}")
@@ -82,14 +90,22 @@ def check_arguments(cfg: TrainConfig, unlabelled, rounds, threshold, max_per_cla
         raise ValueError(f"--max-per-class must be at least 1, got {max_per_class}")
     if dropout is not None and not 0 <= dropout < 1:
         raise ValueError(f"--dropout must lie in [0, 1), got {dropout}")
+    if stochastic_depth is not None and not (isinstance(stochastic_depth, (int, float))
+                                             and 0 <= stochastic_depth < 1):
+        raise ValueError(f"--stochastic-depth must lie in [0, 1) (the drop probability of the last residual "
+                         f"block), got {stochastic_depth}")
     if cfg.test_ratio <= 0 and not (Path(cfg.data) / "test").is_dir():
         raise ValueError(f"self-training reports each round's accuracy on the labelled test split: give "
                          f"--test-ratio above 0 or a {Path(cfg.data) / 'test'} folder")
     for name in (cfg.model, student_model):
         registry.builder(name)                                       # unknown name: lists the known ones
-    if dropout is not None and "dropout" not in inspect.signature(registry.builder(student_model)).parameters:
+    if dropout is not None and not _takes(student_model, "dropout"):
         raise ValueError(f"--dropout: model {student_model} has no dropout layer to set (models with one: "
                          f"alexnet, vgg*, googlenet); leave --dropout out")
+    if stochastic_depth is not None and not _takes(student_model, "drop_path"):
+        raise ValueError(f"--stochastic-depth: model {student_model} has no residual blocks to drop (models "
+                         f"with them: resnet*, se_resnet*); leave --stochastic-depth out or give --student-model "
+                         f"a ResNet")
     if Path(cfg.data).resolve() == Path(unlabelled).resolve():
         raise ValueError(f"the labelled and unlabelled folders are the same ({cfg.data})")
     out = Path(cfg.out)
@@ -98,10 +114,12 @@ def check_arguments(cfg: TrainConfig, unlabelled, rounds, threshold, max_per_cla
     return P.list_photos(unlabelled)
 
 
-def _student_args(student_model, student_model_args, dropout):
+def _student_args(student_model, student_model_args, dropout, stochastic_depth=None):
     args = dict(student_model_args or {})
     if dropout is not None:
         args["dropout"] = float(dropout)
+    if stochastic_depth is not None:
+        args["drop_path"] = float(stochastic_depth)
     return args
 
 
@@ -110,7 +128,7 @@ def _test_accuracy(run_dir, parts, cfg):
     C, H, W = meta["input_size"]
     test = load_datasets(cfg.data, image_size=(H, W), channels=C, val_ratio=cfg.val_ratio,
                          test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
-                         fit=image_fit(meta))["test"]
+                         fit=image_fit(meta), background_kinds=cfg.background_kinds == "split")["test"]
     ev = evaluate(model, eval_loader(test, meta, batch_size=max(cfg.batch_size, 64), device=cfg.device))
     return model, meta, ev["acc"], ev["n"]
 
@@ -127,7 +145,7 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
     channels = cfg.channels or C
     labelled = load_datasets(cfg.data, image_size=(H, W), channels=channels, val_ratio=cfg.val_ratio,
                              test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
-                             fit=cfg.fit)
+                             fit=cfg.fit, background_kinds=cfg.background_kinds == "split")
     norm = normalization_spec(cfg.normalize, labelled["train"], channels)
     base = eval_transforms((H, W), norm)
     pseudo = P.PhotoList(pseudo_paths, (H, W), channels, labels=pseudo_labels, fit=cfg.fit)
@@ -190,20 +208,22 @@ def _write_summary(out, summary):
 
 def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None, student_model_args=None,
                       student_augment="strong", soft=False, threshold=0.5, max_per_class=None, dropout=None,
-                      log=print):
+                      stochastic_depth=None, log=print):
     """Self-train for ``rounds`` rounds; returns the summary dict (also written to ``cfg.out``).
 
     ``cfg`` is the teacher's ``nabi train`` configuration (``data`` is the labelled folder, ``augment``
     the teacher's augmentation); the students use the same settings with ``student_model``
-    (default ``cfg.model``), ``student_model_args``, ``student_augment`` and ``dropout``.
+    (default ``cfg.model``), ``student_model_args``, ``student_augment``, ``dropout`` and
+    ``stochastic_depth`` (the students' ``drop_path``; None: the model's default, none).
     """
     student_model = student_model or cfg.model
     student_args = _student_args(student_model, student_model_args if student_model_args is not None
-                                 else (cfg.model_args if student_model == cfg.model else {}), dropout)
+                                 else (cfg.model_args if student_model == cfg.model else {}), dropout,
+                                 stochastic_depth)
     photos = check_arguments(cfg, unlabelled, rounds, threshold, max_per_class, student_model, student_args,
-                             dropout)
+                             dropout, stochastic_depth)
     backend.check_device(cfg.device)
-    num_classes = len(folder_classes(cfg.data, cfg.exclude))
+    num_classes = len(folder_classes(cfg.data, cfg.exclude, background_kinds=cfg.background_kinds == "split"))
     n_teacher = registry.count_parameters(cfg.model, num_classes=num_classes, **cfg.model_args)
     n_student = registry.count_parameters(student_model, num_classes=num_classes, **student_args)
     if n_student < n_teacher:
@@ -226,7 +246,8 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
                "soft": bool(soft), "threshold": float(threshold), "max_per_class": cap,
                "background_class": BACKGROUND if background is not None else None,
                "teacher_model": cfg.model, "student_model": student_model, "student_model_args": student_args,
-               "student_augment": student_augment, "stochastic_depth": False,
+               "student_augment": student_augment,
+               "stochastic_depth": float(student_args.get("drop_path", 0.0)),
                "num_test": n_test, "rounds_requested": int(rounds), "rounds": []}
     record = {"round": 0, "model": cfg.model, "role": "teacher", "run": str(r0 / "train"),
               "test_acc": acc, "num_train": len(parts["train"]), "num_pseudo_labelled": 0}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..reid.embedder import BACKGROUND, is_background
+from ..data.background import BACKGROUND, is_background
 
 
 class EnrolRefused(ValueError):

@@ -36,6 +36,11 @@ per run), ``ablation.json`` and ``ablation.png``. Running again resumes: a finis
 ``result.json`` is kept, a half-trained run resumes from its latest checkpoint
 (``checkpoint_every``). A run folder holding results of another setup is an error.
 
+The ``init`` factor compares starting weights: ``init = false`` is the paired random initialisation,
+a weight file or run folder (a ``nabi pretrain`` run, another training run) is loaded over it
+wherever name and shape match (the classifier usually stays as initialised); the file's SHA-256 is
+part of each run's fingerprint, so new weights under the same name are never mixed with old results.
+
 The ``se`` factor maps CIFAR ResNets to the zoo's ``se_resnet20/32/44/56`` and
 ``se_resnet18_cifar`` (``nabi.models.senet``; ``reduction`` is a model argument).
 """
@@ -74,7 +79,8 @@ _TOP_KEYS = ("data", "base", "factor", "variants", "seeds", "seed", "paired_init
 _BASE_FORBIDDEN = {"data": "set data at the top level", "out": "set out at the top level or pass --out",
                    "seed": "set seed (data split) and seeds (runs) at the top level",
                    "progress": "ablation runs never draw progress bars",
-                   "init": "the variants start from shared initial weights drawn per seed"}
+                   "init": "the variants start from shared initial weights drawn per seed (compare starting "
+                           "weights with factor = \"init\")"}
 _NAME = re.compile(r"^[\w][\w.+-]*$")
 
 
@@ -269,6 +275,35 @@ _model_arg_factor("dropout", ("dropout", "drop_rate"), _fraction,
 _model_arg_factor("activation", ("activation",), lambda f, v: _choice(f, v, ("tanh", "relu")),
                   "LeNet-5 activation")
 _model_arg_factor("pool", ("pool",), lambda f, v: _choice(f, v, ("avg", "max")), "LeNet-5 pooling")
+def _init_value(value):
+    """A factor-'init' value as a weight path, or None for "from scratch" (false, "none" or "")."""
+    if value is False or value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"init must be a weight file or run folder (a string), or false for the paired random "
+                         f"initialisation; got {value!r}")
+    return value
+
+
+def _check_init(base, value):
+    from ..training.init_from import resolve_init_path
+    path = _init_value(value)
+    if path is not None:
+        try:
+            resolve_init_path(path)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+
+
+def _apply_init(base, value):
+    cfg = copy.deepcopy(base)
+    cfg["init"] = _init_value(value)
+    return cfg
+
+
+register_factor("init", _apply_init, _check_init,
+                "starting weights: false (the paired random initialisation of each run seed) or a weight file / run folder "
+                "(e.g. a `nabi pretrain` run) loaded over it wherever name and shape match")
 _train_factor("lr", _positive, "learning rate")
 _train_factor("weight_decay", _non_negative, "weight decay")
 _train_factor("momentum", lambda f, v: _number(f, v, 0, 1), "SGD momentum")
@@ -639,6 +674,11 @@ def plan_ablation(config, log=None) -> dict:
         if setup["paired_init"] and v["shared"]["arrays"] == 0:
             _no_shared(v, ref)
     for v in variants:
+        if v["config"].get("init"):  # the weights must fit this model (ValueError naming the file otherwise)
+            from ..files.digest import file_sha256
+            from ..training.init_from import load_matching, resolve_init_path
+            load_matching(v["_probe"], v["config"]["init"])
+            v["init_sha256"] = file_sha256(resolve_init_path(v["config"]["init"]))
         del v["_probe"]
     parts_of = {v["name"]: data.parts[v["data_key"]] for v in variants}
     first = parts_of[ref["name"]]
@@ -655,7 +695,8 @@ def _fingerprint(plan, v, s) -> str:
                    "classes": plan["classes"], "config": strip(v["config"]), "input_size": v["input_size"],
                    "normalization": v["normalization"], "paired_init": plan["paired_init"],
                    "reference": None if v is ref else strip(ref["config"]),
-                   "seeds": {"init_seed": s["init_seed"], "order_seed": s["order_seed"]}})
+                   "seeds": {"init_seed": s["init_seed"], "order_seed": s["order_seed"]},
+                   **({"init_sha256": v["init_sha256"]} if v.get("init_sha256") else {})})
 
 
 def _run_dir(out_dir, variant, s) -> Path:
@@ -686,6 +727,13 @@ def _train_run(job, run_dir, log):
             "shared_sha256": state_sha256({k: init_state[k] for k in keys}),
             "reference_shared_sha256": state_sha256({k: ref_state[k] for k in keys})}
     del init_state, ref_state
+    if cfg.get("init"):  # factor 'init': pretrained arrays over the paired initialisation
+        from ..training.init_from import format_report, load_matching
+        loaded = load_matching(model, cfg["init"])
+        rlog(format_report(loaded))
+        init.update(sha256=state_sha256(model.state_dict()),
+                    pretrained={"path": loaded["path"], "file_sha256": job["init_sha256"],
+                                "loaded": len(loaded["loaded"]), "new": loaded["new"], "skipped": loaded["skipped"]})
     H, W = job["input_size"][1:]
     norm = job["normalization"]
     base = eval_transforms((H, W), norm)
@@ -803,7 +851,7 @@ def run_ablation(config, out_dir=None, jobs=None, log=print, plan=None, executor
                               "paired_init": plan["paired_init"], "input_size": v["input_size"],
                               "normalization": v["normalization"], "classes": plan["classes"],
                               "parts": {w: plan["_parts"][v["name"]].get(w) for w in ("train", "val", "test")},
-                              "keep_checkpoints": plan["keep_checkpoints"]})
+                              "keep_checkpoints": plan["keep_checkpoints"], "init_sha256": v.get("init_sha256")})
     if clashes:
         raise ValueError(f"{out_dir} holds runs of a different setup ({', '.join(clashes[:3])}"
                          f"{' …' if len(clashes) > 3 else ''}); use another --out or delete them")

@@ -22,16 +22,23 @@ folder is ignored), or one class-per-folder ``DATA`` split into train and test b
 and both models). The background folder's name is ``background`` unless given
 (Unicode NFC is compared, so ``'배경'`` works).
 
+Background kinds (``background_classes='kinds'``, ``--background-classes kinds``): the
+background folder's sub-folders ``<kind>/`` (trees, pavement, …) become B's classes
+``background/<kind>`` (photos directly in it stay ``background``); the split is stratified by
+kind, A is B without every background row (``derive_a_state`` with several rows), P1–P4 count
+every kind as background, and the experiment lives in ``out_dir/<recipe>-kinds/`` with a
+fingerprint of its own. The default ``'one'`` is the 2019 protocol, one background class.
+
 Pairing, run ``r`` (1-based):
 
 * seeds: ``c = SeedSequence(seed).spawn(R)[r-1]``; ``c.spawn(2)`` gives the init
   seed and the order seed (each a 63-bit int from ``generate_state``). Run r's
   seeds do not depend on the number of runs R. All are recorded.
 * weights: B is built by the zoo with ``build_model(..., seed=init_seed)``. A is
-  the same architecture with one class fewer and is given B's arrays: every array
-  of equal shape is copied; the arrays whose first axis is one longer in B (the
-  final classifier's weight and bias) are B's with the background class's row
-  deleted. A's initial logit for an individual is thus B's for that individual.
+  the same architecture without the background class(es) and is given B's arrays: every
+  array of equal shape is copied; the arrays whose first axis is longer in B by the number
+  of background classes (the final classifier's weight and bias) are B's with the
+  background rows deleted. A's initial logit for an individual is thus B's for that individual.
 * order: B's loader shuffles B's photos with the order seed (``DataLoader``'s
   permutation of epoch e). A's loader takes the same permutation of B's photos,
   drops the background photos, and visits A's photos in the order that remains,
@@ -73,6 +80,7 @@ from .jobs import (RunLog, as_float, completed_result, plot_history, read_json_o
                    run_parallel, run_resumable, run_seeds, sha256_of_json, state_sha256, strict_json,
                    study_trainer_class)
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
+from ..data.background import is_background
 from ..training.config import renamed_value
 from .recipes import (RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, fingerprint_config,
                       optional_train_keys, parse_value, probe_input_size, resolve_recipe)
@@ -82,6 +90,8 @@ __all__ = ["RECIPES", "REPORT2019_TABLE1", "resolve_recipe", "prepare_data", "ru
            "run_experiment", "write_report", "compare_recipes", "add_arguments", "main_from_args"]
 
 MODELS = ("A", "B")
+# What model B learns of the background: one class, or one class per kind (sub-folder of the background folder).
+BACKGROUND_CLASSES = ("one", "kinds")
 
 _COMPARISONS = (("A·P2", "B·P2"), ("A·P2", "B·P3"), ("A·P2", "B·P4"))
 
@@ -96,8 +106,8 @@ def _class_folders(root: Path) -> list:
                   and p.name not in ("__MACOSX", "@eaDir"))
 
 
-def _listing(root, classes, strict, verify=True):
-    ds = D.ImageFolder(root, classes=classes, strict=strict)
+def _listing(root, classes, strict, verify=True, kinds=False, background="background"):
+    ds = D.ImageFolder(root, classes=classes, strict=strict, background_kinds=kinds, background=background)
     if verify:  # decode each file once; unreadable ones are dropped with a warning (strict: an error)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -105,13 +115,18 @@ def _listing(root, classes, strict, verify=True):
     return [[p, ds.classes[y]] for p, y in ds.samples]
 
 
-def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=MODELS, strict=False) -> dict:
+def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=MODELS, strict=False,
+                 background_classes="one") -> dict:
     """Find the layout, list and check the photos; ``ValueError`` for unusable input.
 
+    ``background_classes``: ``'one'`` (model B learns one background class) or ``'kinds'`` (one
+    class ``<background>/<kind>`` per sub-folder of the background folder, photos directly in it
+    staying ``<background>``; the split is then stratified by kind).
+
     Returns a JSON-able dict: ``root``, ``layout`` ('train/test' or 'split'),
-    ``background``, ``classes_B`` (sorted class names, background included when
-    present), ``individuals``, ``test_classes``, ``has_background``, ``train_root``,
-    ``test_root``, and ``train`` / ``test``: lists of ``[absolute path, class name]``.
+    ``background``, ``background_classes``, ``classes_B`` (sorted class names, the background
+    class(es) included when present), ``individuals``, ``test_classes``, ``has_background``,
+    ``train_root``, ``test_root``, and ``train`` / ``test``: lists of ``[absolute path, class name]``.
     """
     root = Path(data).absolute()
     if not root.is_dir():
@@ -119,6 +134,10 @@ def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=M
     bg = _nfc(background)
     if not bg or "/" in bg or bg in (".", ".."):
         raise ValueError(f"background must be a folder name, got {background!r}")
+    if background_classes not in BACKGROUND_CLASSES:
+        raise ValueError(f"background_classes must be one of {', '.join(BACKGROUND_CLASSES)}; "
+                         f"got {background_classes!r}")
+    kinds = background_classes == "kinds"
     splits = D.find_splits(root)
     if splits:
         if "test" not in splits:
@@ -147,22 +166,34 @@ def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=M
                          f"(training individuals: {', '.join(individuals)})")
     classes_b = sorted(train_folders)
     test_classes = sorted(set(classes_b) | ({bg} if bg in test_folders else set()))
+    if kinds and has_bg:        # the class lists with the background split by kind (no image is read here)
+        classes_b = list(D.ImageFolder(train_root, background_kinds=True, background=bg).classes)
+        if not any(c.startswith(bg + "/") for c in classes_b):
+            raise ValueError(f"background_classes 'kinds' needs sub-folders <kind>/ in {train_root / bg} "
+                             f"(e.g. {bg}/trees/, {bg}/pavement/), and it has none; sort the background photos "
+                             "by kind or use background_classes 'one'")
+        test_classes = classes_b
+        if layout == "train/test" and bg in test_folders:
+            test_bg = D.ImageFolder(test_root, background_kinds=True, background=bg).classes
+            test_classes = sorted(set(classes_b) | {c for c in test_bg if is_background(c, bg)})
+    lkw = dict(kinds=kinds, background=bg)
     if layout == "train/test":
-        train = _listing(train_root, classes_b, strict)
-        test = _listing(test_root, test_classes, strict)
+        train = _listing(train_root, classes_b, strict, **lkw)
+        test = _listing(test_root, test_classes, strict, **lkw)
     else:
-        everything = _listing(root, classes_b, strict)
+        everything = _listing(root, classes_b, strict, **lkw)
         labels = np.array([classes_b.index(c) for _, c in everything])
         idx = D.stratified_split(labels, (1.0 - float(test_ratio), float(test_ratio)), int(seed))
         train, test = [everything[i] for i in idx[0]], [everything[i] for i in idx[1]]
-    n_animals = sum(c != bg for _, c in test)
+    n_animals = sum(not is_background(c, bg) for _, c in test)
     if n_animals == 0:
         raise ValueError(f"the test set in {test_root} has no animal photos (only {bg!r}); P2-P4 need photos of "
                          "the individuals")
     for c in individuals:
         if not any(k == c for _, k in train):
             raise ValueError(f"individual {c!r} has no readable training photos")
-    return {"root": str(root), "layout": layout, "background": bg, "classes_B": classes_b,
+    return {"root": str(root), "layout": layout, "background": bg, "background_classes": background_classes,
+            "classes_B": classes_b,
             "individuals": individuals, "test_classes": test_classes, "has_background": has_bg,
             "train_root": str(train_root), "test_root": str(test_root), "train": train, "test": test,
             "test_ratio": float(test_ratio) if layout == "split" else None, "seed": int(seed)}
@@ -175,10 +206,13 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
     out = cache_root / f"train-x{variants}"
     marker = cache_root / f"train-x{variants}.json"
     H, W = input_size[1:]
+    kinds = spec.get("background_classes") == "kinds"
     want = {"variants": int(variants), "seed": int(seed), "image_size": [H, W],
             "source": sha256_of_json([(relative_path(p, spec["root"]), c) for p, c in spec["train"]])}
     if fit != "crop":                  # caches written before photos could be squashed or padded were cropped
         want["fit"] = fit
+    if kinds:
+        want["background_classes"] = "kinds"
     done = read_json_or_none(marker)
     if not (done and {k: done.get(k) for k in want} == want and out.is_dir()):
         log(f"expanding {len(spec['train'])} training photos ×{variants} into {out} (once per experiment)")
@@ -190,7 +224,7 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
         train_root = Path(spec["train_root"])
         for path, cls in spec["train"]:
             inner = Path(path).relative_to(train_root).parts[1:]  # path inside its class folder
-            dst = stage.joinpath(cls, *inner)
+            dst = stage.joinpath(cls.split("/", 1)[0], *inner)    # background/<kind>/…: the kind stays a folder
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.symlink(path, dst)
@@ -198,19 +232,21 @@ def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log
                 shutil.copy2(path, dst)
         try:
             D.expand_offline(stage, out, variants=variants, seed=int(seed), channels=input_size[0],
-                             image_size=(H, W), fit=fit)
+                             image_size=(H, W), fit=fit, background_kinds=kinds)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         files.atomic_write_json(marker, {**want, "n_source": len(spec["train"])})
     spec = dict(spec)
     spec["train_root"] = str(out)
-    spec["train"] = [[p, c] for p, c in _listing(out, spec["classes_B"], False, verify=False)]
+    spec["train"] = [[p, c] for p, c in _listing(out, spec["classes_B"], False, verify=False, kinds=kinds,
+                                                 background=spec["background"])]
     return spec
 
 
-def _folder_dataset(root, classes, paths, input_size, exclude=(), fit="crop"):
+def _folder_dataset(root, classes, paths, input_size, exclude=(), fit="crop", kinds=False,
+                    background="background"):
     ds = D.ImageFolder(root, image_size=tuple(input_size[1:]), channels=input_size[0], classes=classes,
-                       exclude=exclude, fit=fit)
+                       exclude=exclude, fit=fit, background_kinds=kinds, background=background)
     keep = set(paths)
     ds.samples = [s for s in ds.samples if s[0] in keep]
     if len(ds.samples) != len(keep):
@@ -227,16 +263,17 @@ def training_datasets(spec: dict, input_size, fit="crop") -> dict:
     ``i`` (-1 for a background photo). Without a background folder 'B' is None.
     """
     bg, train_root = spec["background"], spec["train_root"]
+    kw = dict(kinds=spec.get("background_classes") == "kinds", background=bg)
     paths = [p for p, _ in spec["train"]]
-    b = _folder_dataset(train_root, spec["classes_B"], paths, input_size, fit=fit) if spec["has_background"] \
-        else None
-    a = _folder_dataset(train_root, spec["individuals"], [p for p, c in spec["train"] if c != bg], input_size,
-                        exclude=(bg,), fit=fit)
+    b = _folder_dataset(train_root, spec["classes_B"], paths, input_size, fit=fit, **kw) \
+        if spec["has_background"] else None
+    a = _folder_dataset(train_root, spec["individuals"], [p for p, c in spec["train"] if not is_background(c, bg)],
+                        input_size, exclude=(bg,), fit=fit)
     parent = b if b is not None else a
     index_a = {p: i for i, (p, _) in enumerate(a.samples)}
     p2c = np.array([index_a.get(p, -1) for p, _ in parent.samples], dtype=np.int64)
     test = _folder_dataset(spec["test_root"], spec["test_classes"], [p for p, _ in spec["test"]], input_size,
-                           fit=fit)
+                           fit=fit, **kw)
     return {"A": a, "B": b, "test": test, "parent_to_child": p2c}
 
 
@@ -292,11 +329,15 @@ def training_loaders(datasets: dict, cfg: dict, order_seed: int, input_size, nor
 
 
 # -- pairing -------------------------------------------------------------------------------------------------
-def derive_a_state(state_b, template_a, bg_index: int):
-    """A's state from B's: equal shapes copied; arrays one row longer in B lose row ``bg_index``.
+def derive_a_state(state_b, template_a, bg_index):
+    """A's state from B's: equal shapes copied; arrays ``len(bg_index)`` rows longer in B lose those rows.
 
-    Returns ``(state, changed_keys)``; ``ValueError`` if a shape cannot be paired.
+    ``bg_index``: B's background class (an int) or classes (a sequence of ints: one per background
+    kind). Returns ``(state, changed_keys)``; ``ValueError`` if a shape cannot be paired.
     """
+    rows = [int(bg_index)] if np.ndim(bg_index) == 0 else [int(i) for i in bg_index]
+    if not rows or len(set(rows)) != len(rows):
+        raise ValueError(f"bg_index must name one or more distinct rows of B's classifier, got {bg_index!r}")
     out, changed = OrderedDict(), []
     for k, ta in template_a.items():
         if k not in state_b:
@@ -305,14 +346,22 @@ def derive_a_state(state_b, template_a, bg_index: int):
         shape_a = tuple(np.shape(ta))
         if vb.shape == shape_a:
             out[k] = vb.copy()
-        elif vb.ndim >= 1 and vb.shape[0] == shape_a[0] + 1 and vb.shape[1:] == shape_a[1:]:
-            out[k] = np.delete(vb, bg_index, axis=0)
+        elif vb.ndim >= 1 and vb.shape[0] == shape_a[0] + len(rows) and vb.shape[1:] == shape_a[1:]:
+            if max(rows) >= vb.shape[0] or min(rows) < 0:
+                raise ValueError(f"background rows {rows} are outside {k!r}'s {vb.shape[0]} rows")
+            out[k] = np.delete(vb, rows, axis=0)
             changed.append(k)
         else:
             raise ValueError(f"cannot pair {k!r}: model B has shape {vb.shape}, model A {shape_a}")
     if not changed:
-        raise ValueError("model A and model B have no array that differs by one class: no classifier found")
+        raise ValueError(f"model A and model B have no array that differs by {len(rows)} class(es): "
+                         "no classifier found")
     return out, changed
+
+
+def background_rows(classes_b, background="background") -> list:
+    """B's output rows that are background classes (``background`` and every ``background/<kind>``)."""
+    return [i for i, c in enumerate(classes_b) if is_background(c, _nfc(background))]
 
 
 def paired_models(model_name, model_args, classes_b, background, init_seed, input_size=None):
@@ -320,11 +369,12 @@ def paired_models(model_name, model_args, classes_b, background, init_seed, inpu
     from ..training.build import build_model
     bg = _nfc(background)
     classes_b = [_nfc(c) for c in classes_b]
-    if bg not in classes_b:
+    rows = background_rows(classes_b, bg)
+    if not rows:
         raise ValueError(f"background {bg!r} is not among B's classes {classes_b}")
     model_b = build_model(model_name, len(classes_b), model_args, seed=int(init_seed))
-    model_a = build_model(model_name, len(classes_b) - 1, model_args, seed=int(init_seed))
-    state, changed = derive_a_state(model_b.state_dict(), model_a.state_dict(), classes_b.index(bg))
+    model_a = build_model(model_name, len(classes_b) - len(rows), model_args, seed=int(init_seed))
+    state, changed = derive_a_state(model_b.state_dict(), model_a.state_dict(), rows)
     model_a.load_state_dict(state)
     if input_size is not None:
         model_a.input_size = model_b.input_size = tuple(int(s) for s in input_size)
@@ -424,7 +474,7 @@ def _run_one_inner(job, run_dir, log):
         init = {"A": {"sha256": state_sha256(model_a.state_dict())},
                 "B": {"sha256": state_sha256(model_b.state_dict()),
                       "shared_sha256": state_sha256(derive_a_state(model_b.state_dict(), model_a.state_dict(),
-                                                                   spec["classes_B"].index(bg))[0]),
+                                                                   background_rows(spec["classes_B"], bg))[0]),
                       "classifier_keys": changed}}
     else:
         from ..training.build import build_model
@@ -503,7 +553,15 @@ def _fingerprint(spec, cfg, seed) -> str:
     what = {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
             "train": listing(spec["train"]), "test": listing(spec["test"]), "seed": int(seed),
             "config": fingerprint_config(cfg)}
+    if spec.get("background_classes", "one") != "one":  # 'one' adds nothing: older experiments keep their print
+        what["background_classes"] = spec["background_classes"]
     return sha256_of_json(what)
+
+
+def experiment_folder(out_dir, recipe, background_classes="one") -> Path:
+    """``out_dir/<recipe>/``, or ``out_dir/<recipe>-kinds/`` when B learns the background kinds: the two
+    designs keep their own runs side by side (and ``recipes.md`` compares them)."""
+    return Path(out_dir) / (recipe if background_classes == "one" else f"{recipe}-{background_classes}")
 
 
 def _normalization(cfg, spec, input_size):
@@ -516,8 +574,12 @@ def _normalization(cfg, spec, input_size):
 
 def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", jobs=1, background="background",
                    seed=0, overrides=None, log=print, executor="local", address=None, cpus_per_run=1,
-                   gpus_per_run=0) -> dict:
+                   gpus_per_run=0, background_classes="one") -> dict:
     """Run (or resume) the paired experiment into ``out_dir/<recipe>/``; returns the report dict.
+
+    ``background_classes``: ``'one'`` (model B learns one background class, the 2019 protocol) or
+    ``'kinds'`` (B learns one class per ``background/<kind>/`` folder; A is B without all of those
+    output rows; the results go to ``out_dir/<recipe>-kinds/``). P1–P4 count every kind as background.
 
     ``jobs`` > 1 runs that many runs at once in 'spawn' worker processes (each limits
     BLAS to ``max(1, cores // jobs)`` threads with threadpoolctl when installed);
@@ -535,9 +597,10 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     check_executor(executor, address, cpus_per_run, gpus_per_run)
     cfg = resolve_recipe(recipe, overrides)
     recipe = cfg["recipe"]                  # an old name resolves to the current one
-    spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]))
+    spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]),
+                        background_classes=background_classes)
     input_size = probe_input_size(cfg)
-    counts = {"B": len(spec["train"]), "A": sum(c != spec["background"] for _, c in spec["train"])}
+    counts = {"B": len(spec["train"]), "A": sum(not is_background(c, spec["background"]) for _, c in spec["train"])}
     n_classes = {"A": len(spec["individuals"]), "B": len(spec["classes_B"])}
     for m in models:
         steps = math.ceil(counts[m] * cfg["offline_variants"] / cfg["batch_size"])
@@ -548,14 +611,15 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
             raise ValueError(f"schedule 'linear_step' lowers the rate 10 times and needs at least 11 steps; "
                              f"model {m} would get {total} iterations")
     fingerprint = _fingerprint(spec, cfg, seed)
-    exp_dir = Path(out_dir) / recipe
+    exp_dir = experiment_folder(out_dir, recipe, spec["background_classes"])
     exp_file = exp_dir / "experiment.json"
     if exp_file.is_file():
         old = json.loads(exp_file.read_text(encoding="utf-8"))
         if old.get("fingerprint") != fingerprint:
-            diff = [k for k in ("root", "layout", "background", "seed") if old.get("data", {}).get(k) !=
-                    {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
-                     "seed": int(seed)}[k]]
+            now = {"root": spec["root"], "layout": spec["layout"], "background": spec["background"],
+                   "background_classes": spec["background_classes"], "seed": int(seed)}
+            diff = [k for k in now if old.get("data", {}).get(k, "one" if k == "background_classes" else None)
+                    != now[k]]
             old_cfg = fingerprint_config(old.get("config", {}))
             diff += [f"config.{k}" for k, v in fingerprint_config(cfg).items() if old_cfg.get(k) != strict_json(v)]
             raise ValueError(f"{exp_dir} holds an experiment with a different setup "
@@ -570,10 +634,11 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
                   "description": cfg.get("description", ""), "models": list(models), "seed": int(seed),
                   "runs": int(runs), "fingerprint": fingerprint, "input_size": input_size,
                   "config": strict_json(cfg),
-                  "data": {k: spec[k] for k in ("root", "layout", "background", "classes_B", "individuals",
-                                                "test_classes", "has_background", "test_ratio")} | {"seed": int(seed)},
+                  "data": {k: spec[k] for k in ("root", "layout", "background", "background_classes", "classes_B",
+                                                "individuals", "test_classes", "has_background", "test_ratio")}
+                  | {"seed": int(seed)},
                   "counts": {"train_B": counts["B"], "train_A": counts["A"], "test": len(spec["test"]),
-                             "test_background": sum(c == spec["background"] for _, c in spec["test"]),
+                             "test_background": sum(is_background(c, spec["background"]) for _, c in spec["test"]),
                              "train_per_class": {c: sum(k == c for _, k in spec["train"]) for c in spec["classes_B"]},
                              "test_per_class": {c: sum(k == c for _, k in spec["test"]) for c in spec["test_classes"]}},
                   "run_seeds": seeds_all}
@@ -671,22 +736,30 @@ def write_report(exp_dir, runs=None) -> dict:
                            "n_animal_photos": st["n_test2"], "n_p3": st["n_p3"]})
     cfg, counts = exp["config"], exp["counts"]
     bg = exp["data"]["background"]
+    design = exp["data"].get("background_classes", "one")
+    bg_classes = [c for c in exp["data"]["classes_B"] if is_background(c, bg)]
     C, H, W = exp["input_size"]
+    if design == "kinds":
+        learns = (f"{len(bg_classes)} background classes, one per kind: " + ", ".join(f"`{c}`" for c in bg_classes))
+    else:
+        learns = f"one background class `{bg}`"
 
     def length(m):
-        n = len(exp["data"]["individuals"]) + (m == "B")
+        n = len(exp["data"]["individuals"]) + (len(exp["data"]["classes_B"]) - len(exp["data"]["individuals"])
+                                               if m == "B" else 0)
         if cfg.get("iterations_per_class"):
             return f"{cfg['iterations_per_class'] * n:,} iterations"
         if cfg.get("iterations"):
             return f"{cfg['iterations']:,} iterations"
         return f"{cfg['epochs']} epochs"
 
-    lines = [f"# Background-class experiment · recipe `{exp['recipe']}` · {runs} run(s)", ""]
+    lines = [f"# Background-class experiment · recipe `{exp['recipe']}` · "
+             f"B learns {'the background kinds' if design == 'kinds' else 'one background class'} · {runs} run(s)", ""]
     if exp.get("description"):
         lines += [f"Recipe: {exp['description']}.", ""]
     lines += [
         f"- Data: `{exp['data']['root']}` ({exp['data']['layout']} layout); individuals: "
-        f"{', '.join(exp['data']['individuals'])}; background class: `{bg}`",
+        f"{', '.join(exp['data']['individuals'])}; model B learns {learns}",
         f"- Training photos: B {counts['train_B']} ({counts['train_B'] - counts['train_A']} background), "
         f"A {counts['train_A']}" + (f"; offline ×{cfg['offline_variants']} expansion" if cfg["offline_variants"] > 1
                                     else ""),
@@ -696,13 +769,17 @@ def write_report(exp_dir, runs=None) -> dict:
         f"schedule {cfg['schedule']}, normalise {cfg['normalize']}, augment {cfg['augment']}; "
         + ", ".join(f"{m}: {length(m)}" for m in models),
         f"- Experiment seed {exp['seed']}; each run's init and order seeds are in `experiment.json`. "
-        "A and B start from the same weights (A = B without the background output row) and see the photos in "
+        "A and B start from the same weights (A = B without the background output "
+        + ("rows" if design == "kinds" else "row") + ") and see the photos in "
         "the same order (A: B's order without the background photos). Final weights are scored.",
-        "", "## Table 1", "", md_table,
+        "", "## Table 1" + (f" (B learns {len(bg_classes)} background kinds)" if design == "kinds" else ""), "",
+        md_table,
         "A·P2: A's accuracy on the animal photos. B·P1: B's accuracy on all test photos (background photos right "
         "when called background). B·P2: on the animal photos. B·P3: on the animal photos B did not call "
-        "background. B·P4: on the animal photos, taking B's most likely individual. Std: sample standard "
-        "deviation; n/a: undefined (Avg and Std then use the defined runs)."]
+        "background. B·P4: on the animal photos, taking B's most likely individual. "
+        + ("Every background kind counts as background: a photo B gives any kind is called background, and a "
+           "background photo given another kind is right. " if design == "kinds" else "")
+        + "Std: sample standard deviation; n/a: undefined (Avg and Std then use the defined runs)."]
     if called:
         lines += ["", "## Animal photos model B called background", "",
                   "| Run | called background | animal photos | used by B·P3 |", "|---|---:|---:|---:|"]
@@ -733,7 +810,7 @@ def write_report(exp_dir, runs=None) -> dict:
     except ImportError:  # matplotlib missing: the tables have every number
         pass
     report = {"format": "nabi-experiment-report", "nabi_version": __version__, "recipe": exp["recipe"],
-              "dir": str(exp_dir), "runs": runs, "models": models, "seed": exp["seed"], "config": cfg,
+              "background_classes": design, "dir": str(exp_dir), "runs": runs, "models": models, "seed": exp["seed"], "config": cfg,
               "data": exp["data"], "counts": counts, "input_size": exp["input_size"], "columns": columns,
               "rows": [{"run": int(l), **r} for l, r in zip(labels, rows)], "summary": summary,
               "comparisons": comparisons, "called_background": called,
@@ -805,8 +882,9 @@ def compare_recipes(out_dir) -> str:
         raise ValueError(f"{out_dir} holds no <recipe>/report.json; run an experiment into it first")
     key = "A·P2 vs B·P4"
     lines = ["# Recipes side by side", "",
-             "| Recipe | Model | Runs | " + " | ".join(TABLE1_COLUMNS) + " | B·P4 − A·P2 (95% CI) | sign-test p |",
-             "|---|---|---:|" + "---:|" * len(TABLE1_COLUMNS) + "---|---:|"]
+             "| Recipe | Model | B's background | Runs | " + " | ".join(TABLE1_COLUMNS)
+             + " | B·P4 − A·P2 (95% CI) | sign-test p |",
+             "|---|---|---|---:|" + "---:|" * len(TABLE1_COLUMNS) + "---|---:|"]
     for r in reports:
         cells = []
         for c in TABLE1_COLUMNS:
@@ -820,10 +898,14 @@ def compare_recipes(out_dir) -> str:
         else:
             diff, p = "–", "–"
         C, H, W = r["input_size"]
-        lines.append(f"| {r['recipe']} | {r['config']['model']} {H}×{W} | {r['runs']} | " + " | ".join(cells)
+        design = r.get("background_classes", "one")
+        learns = "one class" if design == "one" else \
+            f"{sum(is_background(c, r['data']['background']) for c in r['data']['classes_B'])} kinds"
+        lines.append(f"| {r['recipe']} | {r['config']['model']} {H}×{W} | {learns} | {r['runs']} | "
+                     + " | ".join(cells)
                      + f" | {diff} | {p} |")
     ref = " | ".join(f"{float(np.mean(REPORT2019_TABLE1[c])):.4f}" for c in TABLE1_COLUMNS)
-    lines.append(f"| 2019 report | alexnet336 336×336 | 10 | {ref} | "
+    lines.append(f"| 2019 report | alexnet336 336×336 | one class | 10 | {ref} | "
                  f"{np.mean(REPORT2019_TABLE1['B·P4']) - np.mean(REPORT2019_TABLE1['A·P2']):+.4f} | – |")
     return "\n".join(lines) + "\n"
 
@@ -840,9 +922,17 @@ def add_arguments(parser):
                              "earlier, shorter ResNet-18 recipe: 128 px centre crops, 30 epochs) or tiny (for tests)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes")
     add_executor_arguments(parser)
-    parser.add_argument("--background", default="background", help="the background folder's name")
+    parser.add_argument("--background", default="background", help="the background folder's name "
+                                                                    "(default: background)")
+    parser.add_argument("--background-classes", choices=BACKGROUND_CLASSES, default="one",
+                        help="what model B learns of the background: one = one background class (the 2019 "
+                             "report's protocol); kinds = one class per sub-folder BACKGROUND/<kind>/ (photos "
+                             "directly in BACKGROUND/ stay one class of their own), results in OUT/<recipe>-kinds/; "
+                             "A is B without every background row, and P1–P4 count every kind as background "
+                             "(default: one)")
     parser.add_argument("--seed", type=int, default=0, help="experiment seed: the split and every run's seeds")
-    parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/")
+    parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/ (OUT/<recipe>-kinds/ "
+                                                                 "with --background-classes kinds)")
     parser.add_argument("--epochs", type=int, help="train each model this many epochs instead "
                                                    "(default: the recipe's length)")
     parser.add_argument("--iterations", type=int, help="train each model this many iterations instead "
@@ -874,7 +964,8 @@ def main_from_args(args, log=print) -> int:
             overrides[k] = v
     report = run_experiment(args.data, args.out, runs=args.runs, models=args.models, recipe=args.recipe,
                             jobs=args.jobs, background=args.background, seed=args.seed, overrides=overrides,
-                            log=log, **executor_kwargs(args))
+                            log=log, background_classes=getattr(args, "background_classes", "one"),
+                            **executor_kwargs(args))
     log(report["markdown"])
     log("written: " + ", ".join(v for v in report["files"].values() if v))
     return 0

@@ -149,8 +149,10 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
                          ONE_CYCLE_RISE if cfg.warmup_fraction is None else cfg.warmup_fraction)
     count = lambda name: len(parts[name]) if parts.get(name) is not None else 0
     sgd = cfg.optimizer == "sgd"
+    from ..data.background import is_background
     return {
-        "classes": parts["classes"], "input_size": list(input_size), "image_size": input_size[1],
+        "classes": parts["classes"], "background_classes": [c for c in parts["classes"] if is_background(c)],
+        "input_size": list(input_size), "image_size": input_size[1],
         "channels": channels, "normalization": norm,
         "num_train": count("train"), "num_val": count("val"), "num_test": count("test"), "splits": splits,
         "val_ratio": cfg.val_ratio if splits["val"] and not (folders and "val" in folders) else None,
@@ -191,13 +193,14 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     # Build the model first (it fixes the input size), then the data.
     probe_classes = None
     model_args = dict(cfg.model_args)
+    kinds = cfg.background_kinds == "split"
     parts = load_datasets(cfg.data, image_size=None, channels=3, val_ratio=cfg.val_ratio,
                           test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict) \
         if cfg.data.startswith(EMBEDDED_PREFIX) else None
     if parts is not None:
         probe_classes = parts["classes"]
     if probe_classes is None:
-        probe_classes = folder_classes(cfg.data, cfg.exclude)
+        probe_classes = folder_classes(cfg.data, cfg.exclude, background_kinds=kinds)
     if len(probe_classes) < 2:
         raise ValueError(f"{cfg.data}: need at least two classes, found {probe_classes}")
     model = build_model(cfg.model, len(probe_classes), model_args, seed=cfg.seed)
@@ -212,7 +215,7 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     if parts is None:
         parts = load_datasets(cfg.data, image_size=(size, size), channels=channels, val_ratio=cfg.val_ratio,
                               test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
-                              fit=cfg.fit)
+                              fit=cfg.fit, background_kinds=kinds)
     classes = parts["classes"]
     norm = normalization_spec(cfg.normalize, parts["train"], channels)
     base = eval_transforms((H, W), norm)

@@ -10,6 +10,7 @@ ONE_CYCLE_RISE = 0.3                   # one_cycle's rising share of the run whe
 NORMALIZATIONS = ("unit", "pixel256", "dataset", "imagenet")
 # Online augmentation levels (``nabi.data.prepare.augmentation`` builds each).
 AUGMENTS = ("none", "flip", "standard", "strong", "crop_flip_jitter")
+BACKGROUND_KINDS = ("split", "merge")
 # Names that were renamed: the old ones are still accepted, with a FutureWarning, in TOML files, on the
 # command line and in recipes, but no help text lists them.
 RENAMED = {
@@ -68,6 +69,7 @@ class TrainConfig:
     val_ratio: float = 0.1
     test_ratio: float = 0.1
     exclude: list = field(default_factory=list)
+    background_kinds: str = "split"    # split: background/<kind>/ folders are classes of their own | merge
     strict: bool = False
     seed: int = 0
     device: str = "cpu"
@@ -82,6 +84,9 @@ class TrainConfig:
     def __post_init__(self):
         self.schedule = current_name("schedule", self.schedule)
         self.normalize = current_name("normalize", self.normalize)
+        if self.background_kinds not in BACKGROUND_KINDS:
+            raise ValueError(f"background_kinds must be one of {', '.join(BACKGROUND_KINDS)}; "
+                             f"got {self.background_kinds!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -36,7 +36,7 @@ from .. import backend
 from .. import files
 from .checkpoint import checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from .faults import fault_point
-from ..layers import CrossEntropyLoss, Dropout
+from ..layers import CrossEntropyLoss, DropPath, Dropout
 from .amp import MixedPrecision, check_precision
 from .optim import clip_grad_norm
 from .progress import Progress
@@ -154,11 +154,21 @@ def enable_fused_sgd(model, optimizer, clip_norm=None):
     return layers
 
 
+def _mask_layer_key(name, m):
+    """The checkpoint key of a random-mask layer's generator state, or None for other modules."""
+    if isinstance(m, Dropout):
+        return f"dropout:{name}"
+    if isinstance(m, DropPath):
+        return f"drop_path:{name}"
+    return None
+
+
 def _rng_states(model):
     states = {"nabi_global": backend.rng_state(backend.get_rng())}
     for name, m in model.named_modules():
-        if isinstance(m, Dropout):
-            states[f"dropout:{name}"] = backend.rng_state(m.rng)
+        key = _mask_layer_key(name, m)
+        if key is not None:
+            states[key] = backend.rng_state(m.rng)
     return states
 
 
@@ -166,8 +176,8 @@ def _set_rng_states(model, states):
     if "nabi_global" in states:
         backend.set_rng_state(backend.get_rng(), states["nabi_global"])
     for name, m in model.named_modules():
-        key = f"dropout:{name}"
-        if isinstance(m, Dropout) and key in states:
+        key = _mask_layer_key(name, m)
+        if key is not None and key in states:
             backend.set_rng_state(m.rng, states[key])
             object.__setattr__(m, "_cupy_rng", None)
 
