@@ -489,6 +489,7 @@ def masked_evaluation(run, data_dir, masks_dir=None, background_value=None, batc
     Returns ``{'accuracy_original', 'accuracy_masked', 'change' (masked − original), 'n',
     'missing_masks', 'unreadable', 'foreground_fraction', 'per_class': {name: {...}}}``.
     """
+    from .data.background import background_kinds
     from .data.folder import ImageDecodeError, ImageFolder, fit_image, open_image, pil_to_array
     from .data.split import find_splits
     from .runs import image_fit
@@ -511,7 +512,8 @@ def masked_evaluation(run, data_dir, masks_dir=None, background_value=None, batc
         root = splits["test"]
     if masks_root is not None and not masks_root.is_dir():
         raise FileNotFoundError(f"masks folder not found: {masks_root}")
-    folder = ImageFolder(root, channels=C, classes=classes)
+    # a model that learnt background kinds reads the background folder's <kind>/ sub-folders as its kinds
+    folder = ImageFolder(root, channels=C, classes=classes, background_kinds=bool(background_kinds(classes)))
     transforms = eval_transforms(hw, meta["normalization"])
     originals, masked, labels, missing, unreadable, fractions = [], [], [], [], [], []
     for path, label in folder.samples:

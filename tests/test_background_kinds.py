@@ -17,6 +17,7 @@ from nabi import evaluate as E
 from nabi.cli import main
 from nabi.data.background import background_kinds, expand_background_kinds, is_background
 from nabi.data.prepare import folder_classes, load_datasets
+from nabi.explain import masked_evaluation
 
 COLOURS = {"aaa": (220, 40, 40), "bbb": (40, 70, 220), "background": (120, 120, 120),
            "background/trees": (30, 140, 40), "background/pavement": (200, 200, 200)}
@@ -164,6 +165,11 @@ def test_train_learns_each_kind_as_a_class_and_records_it(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "split"), str(data / "background" / "trees"), "--json"]) == 0
     for r in json.loads(capsys.readouterr().out):
         assert r["answer"] == ("background" if is_background(r["top"][0]["class"]) else r["top"][0]["class"])
+    # masked evaluation (photos given as already masked) scores each kind photo against its kind
+    masked = masked_evaluation(tmp_path / "split", data, masks_dir=None)
+    assert masked["n"] == 18 and sorted(masked["per_class"]) == kinds
+    assert {c: masked["per_class"][c]["n"] for c in kinds} == {"aaa": 4, "background": 2, "background/pavement": 4,
+                                                               "background/trees": 4, "bbb": 4}
     # merge: the whole folder is one class, as before kinds existed
     assert _train(data, tmp_path / "merge", "--background-kinds", "merge") == 0
     cfg = json.loads((tmp_path / "merge" / "config.json").read_text(encoding="utf-8"))
