@@ -2,7 +2,7 @@
 identify the other half.
 
     python -m benchmarks.reid_identification RUN PHOTOS [--seed 0] [--unknown N] [--matcher] [--json]
-        [--nfeatures 1000] [--ratio 0.8] [--top 2] [--max-photos N]
+        [--nfeatures 2000] [--ratio 0.8] [--top 2] [--max-photos N]
 
 PHOTOS has one folder per individual, none of them seen in training. Each individual's photos are
 shuffled (seeded) and split in two: the first half is enrolled in a gallery (``Gallery.build``, in a

@@ -63,7 +63,7 @@ def _gray(item, max_side=512):
     return np.ascontiguousarray(img)
 
 
-def rootsift(item, nfeatures=1000, max_side=512):
+def rootsift(item, nfeatures=2000, max_side=512):
     """``(points (n, 2) float32, descriptors (n, 128) float32)`` of a photo; RootSIFT descriptors."""
     cv2 = _cv2()
     sift = cv2.SIFT_create(nfeatures=nfeatures)
@@ -124,7 +124,7 @@ class LocalMatcher:
     max_photos  at most this many photos per individual are matched (None: all)
     """
 
-    def __init__(self, nfeatures=1000, ratio=0.8, max_side=512, top=2, max_photos=None):
+    def __init__(self, nfeatures=2000, ratio=0.8, max_side=512, top=2, max_photos=None):
         checks = {"nfeatures": (nfeatures, 1), "max_side": (max_side, 16), "top": (top, 1)}
         if max_photos is not None:
             checks["max_photos"] = (max_photos, 1)
