@@ -20,6 +20,10 @@ an individual's similarity is that of its closest photo. The answer for a photo 
                 (None when only one is enrolled) and the top-k candidates with their closest photo
     unknown     the best similarity is at or under the threshold
 
+With a local-feature matcher (``nabi.reid.matcher``) each individual's score is instead the fusion of its
+similarity and its keypoint evidence (``nabi.reid.fusion``), compared with the fused threshold of a
+calibration made with the same matcher settings.
+
 A ``Gallery`` is an in-memory object safe to share between threads of one process: searches read a
 consistent snapshot, and writes (``add``, ``rename``, ``merge``, ``calibrate``) take a lock and save.
 """
