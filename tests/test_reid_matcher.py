@@ -47,38 +47,99 @@ def test_inliers_of_featureless_photos_is_zero():
     assert LM.inliers(blank, LM.rootsift(view(0, 0))) == 0
 
 
-def test_fusion_weight_by_auroc():
-    known = [[(0.80, 40)], [(0.75, 30), (0.9, 0)], [(0.70, 25)]]     # each query: its candidates
-    unknown = [[(0.82, 0)], [(0.60, 2)], [(0.65, 1)]]    # embedding alone ranks an unknown on top
-    w, auc = LM.fit_fusion_weight(known, unknown)
-    assert w > 0 and auc == 1.0
-    assert LM.fit_fusion_weight([[(0.9, 0)]], [[(0.1, 0)]]) == (0.0, 1.0)    # ties go to the smaller weight
+def test_individual_evidence_sums_the_best_photos_beyond_chance():
+    n = np.array([[3.0, 17.0, 12.0, np.nan], [np.nan, np.nan, np.nan, np.nan]])
+    ev = LM.individual_evidence(n, top=2)
+    assert ev[0] == pytest.approx(np.log1p((17 - 7) + (12 - 7))) and np.isnan(ev[1])
+    assert LM.individual_evidence(n[:1], top=1)[0] == pytest.approx(np.log1p(10))
+    assert LM.individual_evidence([[4.0, 6.0]])[0] == 0.0                    # chance-level fits are no evidence
+    np.testing.assert_allclose(LM.photo_evidence([0, 7, 8]), [0, 0, np.log(2)])
 
 
-def test_gallery_identify_with_matcher(tmp_path):
+def test_matcher_settings_are_checked():
+    with pytest.raises(ValueError, match="ratio must be in"):
+        LM.LocalMatcher(ratio=1.5)
+    with pytest.raises(ValueError, match="nfeatures must be an integer ≥ 1, got 0"):
+        LM.LocalMatcher(nfeatures=0)
+    with pytest.raises(ValueError, match="max_photos must be an integer"):
+        LM.LocalMatcher(max_photos=2.5)
+    with pytest.raises(ValueError, match=r"got shape \(2, 3, 4, 5\)"):
+        LM.rootsift(np.zeros((2, 3, 4, 5), np.uint8))
+
+
+def write_coats(root, ids, js):
     from PIL import Image
+    for i in ids:
+        d = root / f"coat{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        for j in js:
+            Image.fromarray(view(i, j)).save(d / f"{j}.png")
+    return root
 
+
+@pytest.fixture(scope="module")
+def coat_gallery(tmp_path_factory):
+    """A gallery of four coats, two photos each, with an embedding barely trained (one step): the coats are
+    told apart by their keypoints, hardly by the embedding."""
     from nabi.cli import main
     from nabi.reid.gallery import Gallery
-
-    def write(root, ids, js):
-        for i in ids:
-            d = root / f"coat{i}"
-            d.mkdir(parents=True, exist_ok=True)
-            for j in js:
-                Image.fromarray(view(i, j)).save(d / f"{j}.png")
-        return root
-    train = write(tmp_path / "train", range(10, 14), range(3))
+    root = tmp_path_factory.mktemp("coats")
+    train = write_coats(root / "train", range(10, 14), range(3))
     assert main(["--threads", "1", "train", str(train), "--model", "cifar_cnn", "--head", "arcface",
                  "--embedding-dim", "8", "--iterations", "1", "--batch-size", "8", "--k", "2", "--image-size", "32",
-                 "--out", str(tmp_path / "run"), "--no-progress", "--val-ratio", "0"]) == 0
-    g = Gallery.build(tmp_path / "run", write(tmp_path / "enrol", range(4), range(2)), tmp_path / "g")
-    val = write(tmp_path / "val", range(4), [5])
-    write(val, [7, 8], [0, 1])
-    summary, _ = g.calibrate(val, target_far=0.0, matcher=LM.LocalMatcher())
+                 "--out", str(root / "run"), "--no-progress", "--val-ratio", "0"]) == 0
+    g = Gallery.build(root / "run", write_coats(root / "enrol", range(4), range(2)), root / "g")
+    return root, g
+
+
+def test_matcher_alone_ranks_every_individual(coat_gallery):
+    root, g = coat_gallery
+    queries = write_coats(root / "queries", range(4), [5, 6])
+    write_coats(queries, [7, 8], [0])
+    res = g.evaluate(queries, matcher=LM.LocalMatcher())
+    assert res["matcher"]["rank1"] == 1.0 and res["matcher"]["auroc"] == 1.0     # keypoints alone, all 4 ranked
+    assert res["matcher"]["mAP"] == 1.0 and "fused" not in res                 # no fusion before calibration
+
+
+def test_identify_with_matcher_needs_its_calibration(coat_gallery):
+    _, g = coat_gallery
+    g.calibration = None
+    with pytest.raises(ValueError, match="no calibration with the local-feature matcher"):
+        g.identify([view(0, 9)], matcher=LM.LocalMatcher())
+
+
+def test_fusion_calibrated_on_gallery_photos_only(coat_gallery):
+    root, g = coat_gallery
+    m = LM.LocalMatcher()
+    summary, _ = g.calibrate(None, target_far=0.0, matcher=m)       # leave-one-out over the 8 enrolled photos
     fu = summary["fusion"]
-    assert fu["auroc"] >= summary["auroc"] and fu["auroc"] == 1.0 and fu["far"] == 0.0
-    res = g.identify([view(2, 9), view(9, 0)], matcher=LM.LocalMatcher())
-    assert res[0]["answer"] == "known" and res[0]["name"] == "coat2"
-    assert res[0]["candidates"][0]["inliers"] >= 10
-    assert res[1]["answer"] == "unknown"
+    assert summary["validation"].startswith("leave-one-out") and summary["known_queries"] == 8
+    assert summary["unknown_queries"] == 8 and len(fu["selection"]) == 11
+    best = max(fu["selection"], key=lambda r: (r["rank1"] + r["auroc"]) / 2)
+    assert fu["weight"] > 0 and (best["rank1"] + best["auroc"]) / 2 == pytest.approx(
+        next((r["rank1"] + r["auroc"]) / 2 for r in fu["selection"] if r["weight"] == fu["weight"]))
+    queries = write_coats(root / "queries2", range(4), [7])
+    write_coats(queries, [8, 9], [1])
+    res = g.evaluate(queries, matcher=m)
+    assert res["fused"]["weight"] == fu["weight"]                 # the queries never choose the weight
+    assert res["fused"]["rank1"] == 1.0 and res["fused"]["auroc"] == 1.0
+    out = g.identify([view(2, 9), view(9, 0)], matcher=m)
+    assert out[0]["answer"] == "known" and out[0]["name"] == "coat2"
+    assert out[0]["candidates"][0]["inliers"] >= 10 and len(out[0]["candidates"]) == 4
+    assert out[1]["answer"] == "unknown"
+    with pytest.raises(ValueError, match="calibrated with matcher settings"):
+        g.identify([view(2, 9)], matcher=LM.LocalMatcher(nfeatures=300))
+
+
+def test_cli_evaluate_prints_each_scorer(coat_gallery, capsys):
+    from nabi.cli import main
+    root, g = coat_gallery
+    val = write_coats(root / "val_cli", range(4), [11])
+    write_coats(val, [12], [0, 1])
+    assert main(["gallery", "calibrate", str(g.path), str(val), "--matcher", "--target-far", "0"]) == 0
+    assert "with local-feature matching: weight" in capsys.readouterr().out
+    queries = write_coats(root / "queries_cli", range(4), [13])
+    assert main(["gallery", "evaluate", str(g.path), str(queries), "--matcher"]) == 0
+    out = capsys.readouterr().out
+    assert "local-feature matcher alone:" in out and "embedding and matcher fused (weight" in out
+    assert out.count("rank-1") == 3

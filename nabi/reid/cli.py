@@ -85,12 +85,20 @@ def cmd_gallery_evaluate(args):
         return 0
     print(f"{res['queries']} query photos: {res['known_queries']} of enrolled individuals, "
           f"{res['unknown_queries']} of others ({res['individuals_enrolled']} individuals enrolled)")
-    for key, label in (("rank1", "rank-1"), ("rank5", "rank-5"), ("mAP", "mAP"),
-                       ("rank1_with_matcher", "rank-1 with the matcher"), ("auroc", "AUROC known vs unknown"),
-                       ("tar_at_far_1pct", "TAR at FAR 1 %"), ("tar_at_far_5pct", "TAR at FAR 5 %"),
-                       ("three_way_accuracy", "three-way answer accuracy")):
-        if key in res:
-            print(f"{label:<28} {res[key]:.4f}")
+    figures = (("rank1", "rank-1"), ("rank5", "rank-5"), ("mAP", "mAP"), ("auroc", "AUROC known vs unknown"),
+               ("tar_at_far_1pct", "TAR at FAR 1 %"), ("tar_at_far_5pct", "TAR at FAR 5 %"))
+    for part, title in ((res, None), (res.get("matcher"), "local-feature matcher alone"),
+                        (res.get("fused"), "embedding and matcher fused")):
+        if part is None:
+            continue
+        if title:
+            print(title + (f" (weight {part['weight']})" if "weight" in part else "") + ":")
+        for key, label in figures:
+            if key in part:
+                print(f"{label:<28} {part[key]:.4f}")
+    if "matcher" in res and "fused" not in res:
+        print("(fused figures need a calibration with --matcher: nabi gallery calibrate GALLERY VALIDATION --matcher)")
+    print(f"{'three-way answer accuracy':<28} {res['three_way_accuracy']:.4f}")
     if res["threshold"] is None:
         print("(not calibrated: every non-background photo was answered with its closest individual)")
     return 0
@@ -222,7 +230,8 @@ def add_commands(sub):
 
     def matcher_flag(p):
         p.add_argument("--matcher", action="store_true", help="also match RootSIFT keypoints (RANSAC-verified) "
-                       "against the top candidates and fuse with the embedding similarity (OpenCV; default: off)")
+                       "with every enrolled individual and fuse with the embedding similarity, weight from "
+                       "calibrate --matcher (OpenCV; default: off)")
 
     gal = sub.add_parser("gallery", help="enrol individuals for re-identification: build, add, calibrate, list",
                          epilog=_examples(

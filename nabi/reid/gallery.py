@@ -20,6 +20,10 @@ an individual's similarity is that of its closest photo. The answer for a photo 
                 (None when only one is enrolled) and the top-k candidates with their closest photo
     unknown     the best similarity is at or under the threshold
 
+With a local-feature matcher (``nabi.reid.matcher``) each individual's score is instead the fusion of its
+similarity and its keypoint evidence (``nabi.reid.fusion``), compared with the fused threshold of a
+calibration made with the same matcher settings.
+
 A ``Gallery`` is an in-memory object safe to share between threads of one process: searches read a
 consistent snapshot, and writes (``add``, ``rename``, ``merge``, ``calibrate``) take a lock and save.
 """
@@ -387,37 +391,92 @@ class Gallery:
             out.append((ranked, best, cands, bool(probs_bg[r]) if probs_bg is not None else False, uniq))
         return out
 
+    def _per_individual(self, photo_scores, entries, reduce):
+        """(Q, U) scores per sorted name from (Q, M) per-photo scores in entry order: ``reduce`` of each
+        individual's columns ((Q, m) → (Q,))."""
+        uniq, perm, starts = self._groups(entries)
+        ends = np.append(starts[1:], len(perm))
+        out = np.stack([reduce(photo_scores[:, perm[a:b]]) for a, b in zip(starts, ends)], axis=1)
+        return uniq, out
+
+    def _score(self, q, E, entries, items, matcher=None, skip=None) -> dict:
+        """Every query's scores for every enrolled individual (sorted names ``names``):
+
+        photo_similarity (Q, M)  cosine with each gallery photo (entry order); NaN where ``skip`` (Q, M) is set
+        similarity (Q, U)        the closest photo's cosine (NaN: no photo of that individual left)
+        with a ``LocalMatcher``: inliers (Q, M) with each matched photo (NaN: not matched; at most
+        ``max_photos`` per individual) and evidence (Q, U) (``nabi.reid.matcher.individual_evidence``).
+        """
+        from .matcher import individual_evidence
+        S = (q @ E.T).astype(np.float64)
+        if skip is not None:
+            S[skip] = np.nan
+
+        def closest(x):
+            filled = np.where(np.isnan(x), -np.inf, x).max(axis=1)
+            return np.where(np.isinf(filled), np.nan, filled)
+        names, best = self._per_individual(S, entries, closest)
+        out = {"names": names, "photo_similarity": S, "similarity": best}
+        if matcher is not None:
+            leave = np.zeros(S.shape, bool) if skip is None else skip.copy()
+            if matcher.max_photos is not None:
+                seen = {}
+                for j, e in enumerate(entries):
+                    seen[e["name"]] = seen.get(e["name"], 0) + 1
+                    leave[:, j] |= seen[e["name"]] > matcher.max_photos
+            n = matcher.inlier_matrix(items, [Path(e["photo"]) for e in entries], skip=leave)
+            out["inliers"] = n
+            out["evidence"] = self._per_individual(n, entries, lambda x: individual_evidence(x, matcher.top))[1]
+        return out
+
+    def _fusion(self, matcher):
+        """(``Fusion``, threshold) calibrated for ``matcher``'s settings; a clear error when there is none."""
+        from .fusion import Fusion
+        fu = (self.calibration or {}).get("fusion")
+        where = f"gallery {self.path}" if self.path is not None else "the gallery"
+        if not fu:
+            raise ValueError(f"{where} has no calibration with the local-feature matcher: run nabi gallery calibrate "
+                             "GALLERY VALIDATION --matcher (Gallery.calibrate(..., matcher=...)) first")
+        if fu.get("matcher") != matcher.settings():
+            raise ValueError(f"{where} was calibrated with matcher settings {fu.get('matcher')}, not "
+                             f"{matcher.settings()}; calibrate again with these settings")
+        return Fusion.from_dict(fu, f"{where}'s calibration"), fu.get("threshold")
+
     def identify(self, paths_or_images, topk=5, matcher=None) -> list:
         """The three-way answer for each photo (path or image array); see the module docstring.
 
-        With a ``LocalMatcher`` (``nabi.reid.matcher``) the top-k individuals are re-scored by the fused score
-        s + w·log(1 + inliers)/log 51, with w and the threshold from a calibration run with the same matcher
-        (``calibrate(..., matcher=...)``); each candidate then also reports its ``inliers``.
+        With a ``LocalMatcher`` (``nabi.reid.matcher``) every enrolled individual is scored by the fused score
+        of ``nabi.reid.fusion`` (its weight, scales and threshold from a calibration with the same matcher
+        settings, ``calibrate(..., matcher=...)``); ``similarity`` is then the fused score and each candidate
+        also reports its ``embedding_similarity``, ``evidence`` and best photo's ``inliers``.
         """
         items = [paths_or_images] if isinstance(paths_or_images, (str, Path)) else list(paths_or_images)
         E, entries, threshold = self._snapshot()
         if not entries:
             raise ValueError("the gallery is empty: enrol individuals first (nabi gallery add)")
-        fusion = (self.calibration or {}).get("fusion") if matcher is not None else None
         if matcher is not None:
-            threshold = fusion["threshold"] if fusion else None
+            fusion, threshold = self._fusion(matcher)
         q, probs = self.embedder.embed(items, with_probs=True)
         bg_wins = self.embedder.background_wins(probs)
+        n_names = len({e["name"] for e in entries})
+        ranked_all = self.rank_embeddings(q, E, entries, bg_wins, n_names if matcher is not None else int(topk))
+        if matcher is not None:
+            scored = self._score(q, E, entries, items, matcher)
+            fused = fusion(scored["similarity"], scored["evidence"])
+            photo_inliers = self._per_individual(scored["inliers"], entries,
+                                                 lambda x: np.where(np.isnan(x), -1, x).max(axis=1))[1]
         results = []
-        ranked_all = self.rank_embeddings(q, E, entries, bg_wins, max(int(topk), 2) if matcher else int(topk))
-        for item, (ranked, best, cands, bg, uniq) in zip(items, ranked_all):
-            best = best.copy()
+        for r, (ranked, best, cands, bg, uniq) in enumerate(ranked_all):
             if matcher is not None:
-                from .matcher import fused_score
-                w = fusion["weight"] if fusion else 0.2
-                for c in cands:
-                    c["inliers"] = matcher.best_inliers(item, self._photos_of(entries, c["name"]))
-                    c["embedding_similarity"] = c["similarity"]
-                    c["similarity"] = fused_score(c["similarity"], c["inliers"], w)
-                    best[uniq.index(c["name"])] = c["similarity"]
-                cands.sort(key=lambda c: -c["similarity"])
-                cands = cands[:int(topk)]
+                best = fused[r]
                 ranked = np.argsort(-best, kind="stable")
+                by_name = {c["name"]: c for c in cands}
+                cands = []
+                for i in ranked[:int(topk)]:
+                    c = dict(by_name[uniq[i]])
+                    c.update(embedding_similarity=c["similarity"], similarity=float(best[i]),
+                             evidence=float(scored["evidence"][r, i]), inliers=max(0, int(photo_inliers[r, i])))
+                    cands.append(c)
             top = uniq[ranked[0]]
             people = [i for i in ranked if not is_background(uniq[i])]
             sim = float(best[ranked[0]])
@@ -437,49 +496,34 @@ class Gallery:
         return results
 
     @staticmethod
-    def _photos_of(entries, name):
-        return [Path(e["photo"]) for e in entries if e["name"] == name]
-
-    def best_matches(self, paths_or_images):
-        """(best similarity over non-background individuals, that individual's name) per photo."""
-        E, entries, _ = self._snapshot()
-        q = self.embedder.embed(list(paths_or_images))
-        out = []
-        for ranked, best, _, _, uniq in self.rank_embeddings(q, E, entries, None, 1):
-            people = [i for i in ranked if not is_background(uniq[i])]
-            out.append((float(best[people[0]]), uniq[people[0]]) if people else (float("-inf"), None))
+    def _ranking_metrics(scores, photo_scores, names, g_labels, labels, enrolled):
+        """rank-1, rank-5, mAP (over gallery photos) of the known queries and, with unknown ones, AUROC and TAR at
+        FAR 1 % / 5 % of the best score; background individuals and photos are left out of the ranking."""
+        people = np.array([not is_background(n) for n in names])
+        photo_people = np.array([not is_background(n) for n in g_labels])
+        names_p = np.array(names, dtype=object)[people]
+        scores = np.where(np.isnan(scores[:, people]), -np.inf, scores[:, people])
+        known = np.array([n in enrolled for n in labels], bool)
+        unknown = np.array([n not in enrolled and not is_background(n) for n in labels], bool)
+        out = {}
+        if not names_p.size:
+            return out
+        order = np.argsort(-scores, axis=1, kind="stable")
+        top_name = names_p[order[:, 0]]
+        best = scores[np.arange(len(scores)), order[:, 0]]
+        if known.any():
+            lab = np.array(labels, dtype=object)[known]
+            hits = names_p[order[known]] == lab[:, None]
+            out["rank1"] = float(hits[:, :1].any(axis=1).mean())
+            out["rank5"] = float(hits[:, :5].any(axis=1).mean())
+            ps = np.where(np.isnan(photo_scores), -np.inf, photo_scores)[known][:, photo_people]
+            out["mAP"] = M.mean_average_precision(ps, lab, np.asarray(g_labels, dtype=object)[photo_people])
+        if known.any() and unknown.any():
+            kc = top_name[known] == np.array(labels, dtype=object)[known]
+            out["auroc"] = M.auroc(best[known], best[unknown])
+            out["tar_at_far_1pct"] = M.tar_at_far(best[known], kc, best[unknown], 0.01)["tar"]
+            out["tar_at_far_5pct"] = M.tar_at_far(best[known], kc, best[unknown], 0.05)["tar"]
         return out
-
-    def _candidates(self, paths, matcher, topk=5):
-        """Per query: its top-k individuals by embedding similarity (background left out) as
-        ``[(name, similarity, inliers)]``."""
-        E, entries, _ = self._snapshot()
-        q = self.embedder.embed(list(paths))
-        out = []
-        for p, (_, _, cands, _, _) in zip(paths, self.rank_embeddings(q, E, entries, None, topk + 2)):
-            people = [c for c in cands if not is_background(c["name"])][:topk]
-            out.append([(c["name"], c["similarity"], matcher.best_inliers(p, self._photos_of(entries, c["name"])))
-                        for c in people])
-        return out
-
-    def _calibrate_fusion(self, matcher, known, unknown, target_far):
-        """Fusion weight (best AUROC) and fused-score threshold at ``target_far`` from the validation queries."""
-        from .matcher import fit_fusion_weight, fused_best
-        if not known:
-            raise ValueError("fusing the local-feature matcher needs known queries in the validation folder too")
-        kc_all = self._candidates([p for _, p in known], matcher)
-        uc_all = self._candidates([p for _, p in unknown], matcher)
-        w, a = fit_fusion_weight([[c[1:] for c in cs] for cs in kc_all], [[c[1:] for c in cs] for cs in uc_all])
-        ks, kc = [], []
-        for (true, _), cs in zip(known, kc_all):
-            score, i = fused_best([c[1:] for c in cs], w)
-            ks.append(score)
-            kc.append(cs[i][0] == true)
-        us = [fused_best([c[1:] for c in cs], w)[0] for cs in uc_all]
-        point = M.tar_at_far(np.array(ks), np.array(kc, bool), np.array(us), target_far)
-        return {"weight": w, "auroc": a, "threshold": point["threshold"], "far": point["far"],
-                "frr": point["frr"], "tar": point["tar"],
-                "matcher": {"nfeatures": matcher.nfeatures, "ratio": matcher.ratio, "max_photos": matcher.max_photos}}
 
     def evaluate(self, queries_dir, matcher=None) -> dict:
         """Score the gallery on labelled query photos (``queries_dir``: one folder per individual).
@@ -488,84 +532,147 @@ class Gallery:
         closest photo) and mAP over gallery photos. Folders of other names are unknowns: with both kinds,
         AUROC of the best similarity and the true-accept rate at 1 % and 5 % false accepts. ``background``
         folders expect the answer background. The three-way accuracy uses the current threshold.
+
+        With a ``LocalMatcher`` the same figures are added for the matcher alone under ``"matcher"`` (individuals
+        ranked by evidence, photos by log(1 + inliers beyond chance)) and, when the gallery is calibrated with
+        this matcher, for the fused score under ``"fused"`` (its weight too); the three-way accuracy is then the
+        fused answer's.
         """
+        from .matcher import photo_evidence
         folders = individual_folders(queries_dir)
         E, entries, _ = self._snapshot()
         enrolled = set(self.individuals())
         items = [(n, p) for n, ps in folders for p in ps]
+        labels = [n for n, _ in items]
+        g_labels = [e["name"] for e in entries]
         q = self.embedder.embed([p for _, p in items])
-        ranked_all = self.rank_embeddings(q, E, entries, None, 1)
-        g_labels = np.array([e["name"] for e in entries], dtype=object)
-        known_idx = [i for i, (n, _) in enumerate(items) if n in enrolled]
-        unknown_idx = [i for i, (n, _) in enumerate(items) if n not in enrolled and not is_background(n)]
-        out = {"queries": len(items), "known_queries": len(known_idx), "unknown_queries": len(unknown_idx),
+        scored = self._score(q, E, entries, [p for _, p in items], matcher)
+        out = {"queries": len(items), "known_queries": sum(n in enrolled for n in labels),
+               "unknown_queries": sum(n not in enrolled and not is_background(n) for n in labels),
                "individuals_enrolled": len(enrolled)}
-        best, top_name, ranks = [], [], []
-        for (n, _), (ranked, b, _, _, uniq) in zip(items, ranked_all):
-            people = [uniq[i] for i in ranked if not is_background(uniq[i])]
-            best.append(float(b[uniq.index(people[0])]) if people else float("-inf"))
-            top_name.append(people[0] if people else None)
-            ranks.append(people.index(n) + 1 if n in people else None)
-        if known_idx:
-            out["rank1"] = float(np.mean([ranks[i] <= 1 for i in known_idx]))
-            out["rank5"] = float(np.mean([ranks[i] <= 5 for i in known_idx]))
-            people_cols = np.array([not is_background(n) for n in g_labels])
-            sims = q[known_idx] @ E[people_cols].T
-            out["mAP"] = M.mean_average_precision(sims, np.array([items[i][0] for i in known_idx], dtype=object),
-                                                  g_labels[people_cols])
-        if known_idx and unknown_idx:
-            ks = np.array([best[i] for i in known_idx])
-            kc = np.array([top_name[i] == items[i][0] for i in known_idx])
-            us = np.array([best[i] for i in unknown_idx])
-            out["auroc"] = M.auroc(ks, us)
-            out["tar_at_far_1pct"] = M.tar_at_far(ks, kc, us, 0.01)["tar"]
-            out["tar_at_far_5pct"] = M.tar_at_far(ks, kc, us, 0.05)["tar"]
-        answers = self.identify([p for _, p in items], matcher=matcher)
+        args = (scored["names"], g_labels, labels, enrolled)
+        out.update(self._ranking_metrics(scored["similarity"], scored["photo_similarity"], *args))
+        fused_matcher = None
+        if matcher is not None:
+            out["matcher"] = self._ranking_metrics(scored["evidence"], photo_evidence(scored["inliers"]), *args)
+            if (self.calibration or {}).get("fusion"):
+                fusion, _ = self._fusion(matcher)
+                fused_matcher = matcher
+                out["fused"] = dict(self._ranking_metrics(fusion(scored["similarity"], scored["evidence"]),
+                                                          fusion(scored["photo_similarity"],
+                                                                 photo_evidence(scored["inliers"])), *args),
+                                    weight=fusion.weight)
+        answers = self.identify([p for _, p in items], matcher=fused_matcher)
         truths = [("background", None) if is_background(n) else ("known", n) if n in enrolled else ("unknown", None)
                   for n, _ in items]
         out["three_way_accuracy"] = M.three_way_accuracy([(a["answer"], a["name"]) for a in answers], truths)
-        if matcher is not None and known_idx:       # rank-1 after the matcher re-ranked the top candidates
-            top = [next((c["name"] for c in answers[i]["candidates"] if not is_background(c["name"])), None)
-                   for i in known_idx]
-            out["rank1_with_matcher"] = float(np.mean([t == items[i][0] for t, i in zip(top, known_idx)]))
         out["threshold"] = answers[0]["threshold"] if answers else None
         return out
 
     # -- calibration ------------------------------------------------------------------------------------------
-    def calibrate(self, validation_dir, target_far=0.01, plot=None, matcher=None):
-        """Choose the unknown threshold from photos in ``validation_dir`` (one folder per individual).
+    def _validation_scores(self, validation_dir, matcher):
+        """Scores of validation queries for the enrolled individuals (background left out): ``(summary facts,
+        similarity (Q, U), evidence (Q, U) or None, truth (Q,) column or −1 for unknown)``.
 
-        Folders named like an enrolled individual are known queries; the others are individuals held out as
-        unknowns (at least one is needed); ``background`` folders are skipped. The threshold is the lowest
-        with a false-accept rate at most ``target_far`` over the unknowns. Returns the calibration summary
-        (also stored in the index) and writes the FAR/FRR curve as a PNG to ``plot`` when given.
+        From a folder: enrolled names are known queries, the others unknowns. Without one, leave-one-out over
+        the enrolled photos: each photo is a known query against the gallery without it (when its individual
+        has another photo) and an unknown query against the gallery without its individual.
         """
-        folders = [(n, p) for n, p in individual_folders(validation_dir) if not is_background(n)]
-        enrolled = set(self.individuals())
-        if len(enrolled) < 1:
+        E, entries, _ = self._snapshot()
+        enrolled = sorted(set(self.individuals()))
+        if not enrolled:
             raise ValueError("calibration needs a gallery with at least one enrolled individual")
-        known = [(n, p) for n, ps in folders if n in enrolled for p in ps]
-        unknown = [(n, p) for n, ps in folders if n not in enrolled for p in ps]
-        if not unknown:
-            raise ValueError(f"validation folder {validation_dir} has no individual outside the gallery: hold "
-                             "some individuals out of it to stand for unknowns")
-        kb = self.best_matches([p for _, p in known]) if known else []
-        ub = self.best_matches([p for _, p in unknown])
-        ks = np.array([s for s, _ in kb])
-        kc = np.array([name == n for (s, name), (n, _) in zip(kb, known)], dtype=bool)
-        us = np.array([s for s, _ in ub])
-        point = M.tar_at_far(ks, kc, us, target_far)
+        if validation_dir is not None:
+            folders = [(n, p) for n, p in individual_folders(validation_dir) if not is_background(n)]
+            known = [(n, p) for n, ps in folders if n in enrolled for p in ps]
+            unknown = [(n, p) for n, ps in folders if n not in enrolled for p in ps]
+            if not unknown:
+                raise ValueError(f"validation folder {validation_dir} has no individual outside the gallery: hold "
+                                 "some individuals out of it to stand for unknowns")
+            items = known + unknown
+            paths = [p for _, p in items]
+            scored = self._score(self.embedder.embed(paths), E, entries, paths, matcher)
+            truth = np.array([scored["names"].index(n) if n in enrolled else -1 for n, _ in items])
+            facts = {"known_queries": len(known), "unknown_queries": len(unknown),
+                     "unknown_individuals": sorted({n for n, _ in unknown}),
+                     "validation": str(Path(validation_dir).resolve())}
+        else:
+            rows = [j for j, e in enumerate(entries) if not is_background(e["name"])]
+            g_labels = np.array([e["name"] for e in entries], dtype=object)
+            if len(enrolled) < 2:
+                raise ValueError("calibrating without a validation folder (leave-one-out) needs at least two "
+                                 "enrolled individuals")
+            counts = {n: int((g_labels == n).sum()) for n in enrolled}
+            if max(counts.values()) < 2:
+                raise ValueError("calibrating without a validation folder (leave-one-out) needs an individual with "
+                                 "at least two photos")
+            paths = [Path(entries[j]["photo"]) for j in rows]
+            ids = np.arange(len(entries))
+            skip_self = ids[None, :] == np.array(rows)[:, None]                   # (R, M): the query itself
+            skip_all = g_labels[None, :] == g_labels[rows][:, None]             # its whole individual
+            q = E[rows]
+            as_known = self._score(q, E, entries, paths, matcher, skip=skip_self)
+            as_unknown = self._score(q, E, entries, paths, None, skip=skip_all)
+            names = as_known["names"]
+            if matcher is not None:            # the same pairs, with the individual's own photos left out
+                n = np.where(skip_all, np.nan, as_known["inliers"])
+                from .matcher import individual_evidence
+                as_unknown["evidence"] = self._per_individual(n, entries,
+                                                              lambda x: individual_evidence(x, matcher.top))[1]
+            keep = np.array([counts[g_labels[j]] >= 2 for j in rows])
+            scored = {"names": names,
+                      "similarity": np.concatenate([as_known["similarity"][keep], as_unknown["similarity"]])}
+            if matcher is not None:
+                scored["evidence"] = np.concatenate([as_known["evidence"][keep], as_unknown["evidence"]])
+            truth = np.concatenate([[names.index(g_labels[j]) for j, k in zip(rows, keep) if k],
+                                    -np.ones(len(rows), int)]).astype(int)
+            facts = {"known_queries": int(keep.sum()), "unknown_queries": len(rows), "unknown_individuals": [],
+                     "validation": "leave-one-out over the enrolled photos"}
+        people = np.array([not is_background(n) for n in scored["names"]])
+        similarity = scored["similarity"][:, people]
+        evidence = scored["evidence"][:, people] if matcher is not None else None
+        remap = np.cumsum(people) - 1                                   # column among the people
+        truth = np.where(truth >= 0, remap[np.maximum(truth, 0)], -1)
+        return facts, similarity, evidence, truth
+
+    @staticmethod
+    def _operating_point(scores, truth, target_far):
+        """(known best, known right, unknown best) of (Q, U) scores and the rates at ``target_far``."""
+        from .fusion import best_of
+        best, col = best_of(scores)
+        known = truth >= 0
+        ks, kc, us = best[known], col[known] == truth[known], best[~known]
+        return ks, kc, us, M.tar_at_far(ks, kc, us, target_far)
+
+    def calibrate(self, validation_dir=None, target_far=0.01, plot=None, matcher=None):
+        """Choose the unknown threshold from validation queries.
+
+        ``validation_dir`` holds one folder per individual: folders named like an enrolled individual are known
+        queries, the others individuals held out as unknowns (at least one is needed); ``background`` folders are
+        skipped. Without it, the enrolled photos themselves are the queries, leave-one-out (see
+        ``_validation_scores``). The threshold is the lowest with a false-accept rate at most ``target_far`` over
+        the unknowns. With a ``LocalMatcher`` the fusion of ``nabi.reid.fusion`` (weight and scales) is chosen on
+        the same queries and its own threshold stored under ``"fusion"`` (with the selection table). Returns the
+        calibration summary (also stored in the index) and writes the FAR/FRR curve as a PNG to ``plot``.
+        """
+        facts, similarity, evidence, truth = self._validation_scores(validation_dir, matcher)
+        ks, kc, us, point = self._operating_point(similarity, truth, target_far)
         curve = M.far_frr_curve(ks, kc, us)
         summary = {"target_far": float(target_far), "threshold": point["threshold"], "far": point["far"],
-                   "frr": point["frr"], "tar": point["tar"], "known_queries": len(known),
-                   "unknown_queries": len(unknown), "unknown_individuals": sorted({n for n, _ in unknown}),
-                   "validation": str(Path(validation_dir).resolve())}
-        if len(ks) and len(us):
+                   "frr": point["frr"], "tar": point["tar"], **facts}
+        if len(ks):
             summary["auroc"] = M.auroc(ks, us)
             for far in (0.01, 0.05):
                 summary[f"tar_at_far_{int(far * 100)}pct"] = M.tar_at_far(ks, kc, us, far)["tar"]
         if matcher is not None:
-            summary["fusion"] = self._calibrate_fusion(matcher, known, unknown, target_far)
+            from .fusion import fit_fusion
+            if not len(ks):
+                raise ValueError("fusing the local-feature matcher needs known queries in the validation folder too")
+            fusion, table = fit_fusion(similarity, evidence, truth)
+            fks, _, fus, fpoint = self._operating_point(fusion(similarity, evidence), truth, target_far)
+            summary["fusion"] = {**fusion.to_dict(), "auroc": M.auroc(fks, fus), "threshold": fpoint["threshold"],
+                                 "far": fpoint["far"], "frr": fpoint["frr"], "tar": fpoint["tar"],
+                                 "matcher": matcher.settings(), "selection": table}
         with self._lock:
             self.threshold = point["threshold"]
             self.calibration = summary

@@ -1,4 +1,4 @@
-"""Local-feature matching between two photos: RootSIFT keypoints, Lowe's ratio test, RANSAC.
+"""Local-feature matching: RootSIFT keypoints, Lowe's ratio test, RANSAC, and a score per individual.
 
 Coat patterns (stripes, spots) are individual; two photos of the same animal share many keypoints
 that agree on one geometric transform, photos of different animals few. For photos a and b:
@@ -6,30 +6,26 @@ that agree on one geometric transform, photos of different animals few. For phot
     keypoints and SIFT descriptors (OpenCV), each descriptor made RootSIFT: d ← √(d / ‖d‖₁)
     (Arandjelović & Zisserman 2012: Euclidean distance of RootSIFT is the Hellinger kernel of SIFT)
     for each descriptor of a its two nearest in b; kept when d₁ < ratio · d₂ (Lowe 2004)
-    a homography fitted to the kept pairs by RANSAC (reprojection error ≤ 5 px); the score is the
+    a homography fitted to the kept pairs by RANSAC (reprojection error ≤ 5 px); n(a, b) is the
     number of inlier pairs (0 with fewer than 4 kept pairs)
 
-Fusion with the embedding similarity s (cosine) of the same query and individual:
+RANSAC fits a homography to any four pairs, so photos of two different animals still agree on 4 to
+about 7 inliers by chance; only the inliers beyond that count as evidence. The matcher's score of a
+query q for an enrolled individual with photos g₁ … g_m is
 
-    fused = s + w · log(1 + max(0, inliers − 7)) / log(1 + 50)
+    evidence(q) = log(1 + Σ_{k largest} max(0, n(q, g_j) − 7))
 
-(RANSAC fits a homography to any four pairs, so photos of two different animals still agree on 4 to
-about 7 inliers by chance; only the inliers beyond that count as evidence.)
-
-computed for a query's top-5 individuals by embedding similarity, the best fused one answering; the
-weight w is chosen on validation photos (``fit_fusion_weight``: the w of a small grid with the best
-AUROC of known against unknown queries, then the widest gap between them). Needs ``opencv-python-headless``.
+over the ``top`` (default 2) photos with the most inliers: a full ranking of every enrolled individual
+by local features alone, with no training. ``nabi.reid.fusion`` puts it on the scale of the embedding's
+cosine similarity. Needs ``opencv-python-headless``.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
-INLIER_SCALE = math.log1p(50)
 CHANCE_INLIERS = 7          # inliers a RANSAC homography finds between unrelated photos (4 by construction)
-WEIGHT_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 def _cv2():
@@ -41,7 +37,8 @@ def _cv2():
 
 
 def _gray(item, max_side=512):
-    """uint8 grey image from a path or an array (H, W, C) uint8 / (C, H, W) float in [0, 1]."""
+    """uint8 grey image from a path or an array (H, W, C) uint8 / (C, H, W) float in [0, 1], its longer side
+    shrunk to ``max_side`` (never enlarged)."""
     cv2 = _cv2()
     if isinstance(item, (str, Path)):
         img = cv2.imread(str(item), cv2.IMREAD_GRAYSCALE)
@@ -51,6 +48,9 @@ def _gray(item, max_side=512):
         a = np.asarray(item)
         if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
             a = a.transpose(1, 2, 0)
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3)) or a.size == 0:
+            raise ValueError(f"a photo for local-feature matching must be (H, W), (H, W, 1|3) or (1|3, H, W), "
+                             f"got shape {a.shape}")
         if a.dtype != np.uint8:
             a = (np.clip(a, 0, 1) * 255).astype(np.uint8)
         if a.ndim == 3:
@@ -63,11 +63,11 @@ def _gray(item, max_side=512):
     return np.ascontiguousarray(img)
 
 
-def rootsift(item, nfeatures=500):
+def rootsift(item, nfeatures=2000, max_side=512):
     """``(points (n, 2) float32, descriptors (n, 128) float32)`` of a photo; RootSIFT descriptors."""
     cv2 = _cv2()
     sift = cv2.SIFT_create(nfeatures=nfeatures)
-    kps, desc = sift.detectAndCompute(_gray(item), None)
+    kps, desc = sift.detectAndCompute(_gray(item, max_side), None)
     if desc is None or len(kps) == 0:
         return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
     desc = desc.astype(np.float32)
@@ -92,52 +92,79 @@ def inliers(features_a, features_b, ratio=0.8, reprojection_px=5.0) -> int:
     return int(mask.sum()) if mask is not None else 0
 
 
-def fused_score(similarity, n_inliers, weight) -> float:
-    evidence = max(0, int(n_inliers) - CHANCE_INLIERS)
-    return float(similarity) + float(weight) * math.log1p(evidence) / INLIER_SCALE
+def photo_evidence(n_inliers):
+    """log(1 + max(0, n − 7)) of inlier counts (any shape; NaN, for a pair not matched, stays NaN)."""
+    n = np.asarray(n_inliers, dtype=np.float64)
+    return np.log1p(np.maximum(n - CHANCE_INLIERS, 0.0))
+
+
+def individual_evidence(n_inliers, top=2):
+    """The matcher's score of one individual from a query's inlier counts with its photos.
+
+    n_inliers: (..., m) counts over the individual's m photos (NaN: photo not matched, e.g. the query itself).
+    Returns (...,): log(1 + Σ of the ``top`` largest max(0, n − 7)); NaN where no photo was matched.
+    """
+    n = np.asarray(n_inliers, dtype=np.float64)
+    if n.shape[-1] == 0:
+        raise ValueError("an individual's evidence needs at least one of its photos")
+    beyond = np.where(np.isnan(n), -1.0, np.maximum(n - CHANCE_INLIERS, 0.0))
+    k = min(int(top), n.shape[-1])
+    best = -np.sort(-beyond, axis=-1)[..., :k]
+    out = np.log1p(np.maximum(best, 0.0).sum(axis=-1))
+    return np.where(np.isnan(n).all(axis=-1), np.nan, out)
 
 
 class LocalMatcher:
-    """Keeps each gallery photo's RootSIFT features (computed once); ``best_inliers(query, photos)``."""
+    """RootSIFT + ratio test + RANSAC with fixed settings; keeps each photo file's features (computed once).
 
-    def __init__(self, nfeatures=500, ratio=0.8, max_photos=5):
-        self.nfeatures, self.ratio, self.max_photos = int(nfeatures), float(ratio), int(max_photos)
-        self._cache = {}
+    nfeatures   SIFT keypoints kept per photo (strongest first)
+    ratio       Lowe's ratio-test threshold
+    max_side    photos are shrunk to this longer side before detection (never enlarged)
+    top         how many of an individual's best-matching photos its evidence sums
+    max_photos  at most this many photos per individual are matched (None: all)
+    """
+
+    def __init__(self, nfeatures=2000, ratio=0.8, max_side=512, top=2, max_photos=None):
+        checks = {"nfeatures": (nfeatures, 1), "max_side": (max_side, 16), "top": (top, 1)}
+        if max_photos is not None:
+            checks["max_photos"] = (max_photos, 1)
+        for name, (value, low) in checks.items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"LocalMatcher {name} must be an integer ≥ {low}, got {value!r}")
+        if not 0.0 < float(ratio) < 1.0:
+            raise ValueError(f"LocalMatcher ratio must be in (0, 1), got {ratio!r}")
+        self.nfeatures, self.ratio, self.max_side = int(nfeatures), float(ratio), int(max_side)
+        self.top, self.max_photos = int(top), None if max_photos is None else int(max_photos)
+        self._features, self._pairs = {}, {}
+
+    def settings(self) -> dict:
+        return {"nfeatures": self.nfeatures, "ratio": self.ratio, "max_side": self.max_side, "top": self.top,
+                "max_photos": self.max_photos}
 
     def features(self, item):
         if isinstance(item, (str, Path)):
             key = str(item)
-            if key not in self._cache:
-                self._cache[key] = rootsift(item, self.nfeatures)
-            return self._cache[key]
-        return rootsift(item, self.nfeatures)
+            if key not in self._features:
+                self._features[key] = rootsift(item, self.nfeatures, self.max_side)
+            return self._features[key]
+        return rootsift(item, self.nfeatures, self.max_side)
 
-    def best_inliers(self, query, photos) -> int:
-        """The most RANSAC inliers between ``query`` and any of (up to ``max_photos`` of) ``photos``."""
-        fq = self.features(query)
-        return max((inliers(fq, self.features(p), self.ratio) for p in list(photos)[:self.max_photos]), default=0)
-
-
-def fused_best(candidates, weight):
-    """``(fused score, index)`` of the best of a query's candidates ``[(similarity, inliers), ...]``."""
-    scores = [fused_score(sim, n, weight) for sim, n in candidates]
-    i = int(np.argmax(scores))
-    return scores[i], i
-
-
-def fit_fusion_weight(known, unknown, grid=WEIGHT_GRID):
-    """The fusion weight w with the best AUROC of known against unknown queries.
-
-    ``known`` / ``unknown``: for each query the list of its candidates' (similarity, inliers); a query's
-    score is its best fused candidate. Among weights with the same AUROC the one with the widest gap
-    (lowest known score − highest unknown score) wins, then the smaller w. Returns ``(w, auroc at w)``.
-    """
-    from .metrics import auroc
-    best = None
-    for w in grid:
-        ks = [fused_best(c, w)[0] for c in known]
-        us = [fused_best(c, w)[0] for c in unknown]
-        key = (round(auroc(ks, us), 12), round(min(ks) - max(us), 12))
-        if best is None or key > best[1]:
-            best = (float(w), key)
-    return best[0], best[1][0]
+    def inlier_matrix(self, queries, photos, skip=None):
+        """(Q, M) float inlier counts of each query with each photo; NaN where ``skip`` (a (Q, M) bool mask)
+        is set. Counts between two photo files are kept, so a pair is matched once."""
+        queries, photos = list(queries), list(photos)
+        out = np.full((len(queries), len(photos)), np.nan)
+        for i, q in enumerate(queries):
+            fq = self.features(q)
+            for j, p in enumerate(photos):
+                if skip is not None and skip[i, j]:
+                    continue
+                key = (str(q), str(p)) if isinstance(q, (str, Path)) and isinstance(p, (str, Path)) else None
+                if key is not None and key in self._pairs:
+                    out[i, j] = self._pairs[key]
+                    continue
+                n = inliers(fq, self.features(p), self.ratio)
+                if key is not None:
+                    self._pairs[key] = n
+                out[i, j] = n
+        return out
