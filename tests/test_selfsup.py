@@ -340,3 +340,21 @@ def test_pretrain_killed_then_resumed_gives_the_weights_of_an_uninterrupted_run(
     ref_rows = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
     got_rows = (killed / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["train_loss"] for r in got_rows] == [json.loads(r)["train_loss"] for r in ref_rows]
+
+
+def test_load_matching_starts_a_classifier_from_an_embedding_runs_network(tmp_path):
+    """An embedding run keeps the zoo network under ``backbone.``: a classifier of that zoo model takes it."""
+    emb = models.get("embedding_net", backbone="cifar_cnn", num_classes=6, embedding_dim=8)
+    path = _save(tmp_path / "model.safetensors", emb.state_dict())
+    dst = models.get("cifar_cnn", num_classes=5)
+    fc_before = dst.fc.weight.data.copy()
+    report = load_matching(dst, path)
+    assert report["prefix"] == "backbone." and report["new"] == ["fc.weight", "fc.bias"]
+    assert report["loaded"] == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+    assert report["unused"] and all(k.startswith("neck.") or k.startswith("classifier.") for k in report["unused"])
+    np.testing.assert_array_equal(dst.conv2.weight.data, emb.backbone.conv2.weight.data)
+    np.testing.assert_array_equal(dst.fc.weight.data, fc_before)
+    assert "backbone.* arrays" in format_report(report)
+    # a model that itself has a backbone. prefix is matched name for name, not stripped
+    same = models.get("embedding_net", backbone="cifar_cnn", num_classes=6, embedding_dim=8)
+    assert load_matching(same, path)["prefix"] == ""

@@ -5,7 +5,9 @@
 ``backbone.safetensors``, else its best or final weights). Names that exist in both with the
 same shape are copied; what the model has and the file lacks stays as initialised (typically
 the new classifier); names in both with different shapes are skipped and reported (e.g. a
-classifier trained for another number of classes); names only in the file are unused.
+classifier trained for another number of classes); names only in the file are unused. The
+weights of an embedding run (``nabi train --head arcface …``: the zoo network under ``backbone.``,
+then the embedding head) start a classifier of the same zoo model from that network.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .. import files
 from ..runs import find_weights
 
 BACKBONE_FILE = "backbone.safetensors"
+EMBEDDING_PREFIX = "backbone."          # where an embedding run's weights keep the zoo network
 
 
 def resolve_init_path(path) -> Path:
@@ -45,6 +48,14 @@ def load_matching(model, path) -> dict:
         raise ValueError(f"--init {path}: not a readable weight file (expected .safetensors written by nabi or "
                          f"safetensors): {e}") from None
     own = model.state_dict()
+    prefix = ""
+    if not any(k in own for k in state) and any(k.startswith(EMBEDDING_PREFIX) for k in state) \
+            and not any(k.startswith(EMBEDDING_PREFIX) for k in own):
+        # an embedding run (``nabi train --head …``) keeps its network under ``backbone.``: a classifier
+        # built from the same zoo model takes those arrays under their plain names
+        prefix = EMBEDDING_PREFIX
+        head = [k for k in state if not k.startswith(prefix)]        # the embedding head: unused
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     loaded, skipped = [], []
     for name, value in own.items():
         if name in state:
@@ -53,7 +64,7 @@ def load_matching(model, path) -> dict:
             else:
                 skipped.append(f"{name}: file {tuple(np.shape(state[name]))}, model {tuple(value.shape)}")
     new = [k for k in own if k not in state]
-    unused = [k for k in state if k not in own]
+    unused = [prefix + k for k in state if k not in own] + (head if prefix else [])
     if not loaded:
         raise ValueError(f"--init {path}: none of its {len(state)} arrays matches the model by name and shape "
                          f"(file has e.g. {', '.join(list(state)[:3]) or 'nothing'}; model has e.g. "
@@ -61,12 +72,13 @@ def load_matching(model, path) -> dict:
                          f"{' (' + str(metadata['arch'].get('name')) + ')' if isinstance(metadata.get('arch'), dict) else ''}?")
     model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     return {"path": str(path), "loaded": loaded, "new": new, "skipped": skipped, "unused": unused,
-            "metadata": metadata}
+            "metadata": metadata, "prefix": prefix}
 
 
 def format_report(report: dict) -> str:
     """Lines for the log: how many arrays were loaded, and the names of the new, skipped and unused ones."""
-    lines = [f"--init {report['path']}: loaded {len(report['loaded'])} arrays matching by name and shape"]
+    lines = [f"--init {report['path']}: loaded {len(report['loaded'])} arrays matching by name and shape"
+             + (f" (the file's {report['prefix']}* arrays: an embedding run's network)" if report.get("prefix") else "")]
     for label, key in (("new (kept as initialised)", "new"), ("skipped (shape differs)", "skipped"),
                        ("unused (not in this model)", "unused")):
         if report[key]:
