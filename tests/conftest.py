@@ -11,6 +11,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nabi import backend
 
 
+@pytest.fixture(autouse=True)
+def _restore_thread_counts():
+    """A test that runs ``nabi --threads N …`` in this process changes its thread counts for good (numba's, and
+    every BLAS loaded by then or later); put them back, so later tests (whose results depend on the summation
+    order) see the process's own."""
+    import numba
+    from threadpoolctl import threadpool_info, threadpool_limits
+    before = numba.get_num_threads()
+    blas = sorted((i["filepath"], i["num_threads"]) for i in threadpool_info())
+    yield
+    if backend._thread_limits is not None:
+        backend._thread_limits.restore_original_limits()
+        backend._thread_limits = None
+    if numba.get_num_threads() != before:
+        numba.set_num_threads(before)
+    now = threadpool_info()
+    if sorted((i["filepath"], i["num_threads"]) for i in now) != blas:
+        known = dict(blas)
+        for info in now:
+            want = known.get(info["filepath"], max(known.values(), default=before))
+            if info["num_threads"] != want:
+                threadpool_limits(limits={info["prefix"]: want})
+
+
 def _cupy_or_skip():
     if not backend.gpu_available():
         pytest.skip("CuPy with a CUDA device is not available here")
