@@ -6,6 +6,7 @@
     explain.overlay(image01, cam, "cam.png")
     explain.explain_image("runs/train", "cat.jpg", "out/")       # both maps of one photo of a run
     explain.masked_evaluation("runs/train", "test/", "masks/")   # accuracy with the background blanked
+    explain.habitat_reliance(cam, animal_mask)                   # share of the heat off the animal
 
 Grad-CAM (Selvaraju et al., 2017), for the target layer's output A (1, K, h, w)
 and the chosen logit y_c:
@@ -34,7 +35,8 @@ from . import backend
 from .layers.conv import Conv2d
 from .summary import _unique_named_modules, preserved_eval, wrap_forwards
 
-__all__ = ["find_target_layer", "grad_cam", "occlusion_map", "overlay", "explain_image", "masked_evaluation"]
+__all__ = ["find_target_layer", "grad_cam", "occlusion_map", "overlay", "explain_image", "masked_evaluation",
+           "mask_at_input", "habitat_reliance"]
 
 
 class _StopBackward(Exception):
@@ -287,10 +289,11 @@ def occlusion_map(model, x, target_class=None, patch=None, stride=None, fill=Non
 
 
 # -- pictures --------------------------------------------------------------------------
-def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vmax=None, label=None):
+def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vmax=None, label=None, outline=None):
     """Write a PNG: the photo, and the photo with ``heat`` over it in a colour map plus a colour bar.
 
-    ``image`` (C, H, W) in [0, 1] with C = 1 (shown in gray) or 3; ``heat`` (H, W).
+    ``image`` (C, H, W) in [0, 1] with C = 1 (shown in gray) or 3; ``heat`` (H, W);
+    ``outline`` an optional (H, W) mask whose border is drawn in white on both panels.
     Default colours: 'jet' from 0 to max(heat) for a map ≥ 0; a signed map (occlusion)
     gets 'RdBu_r' symmetric about 0. Written atomically (``nabi.plots.save_figure``).
     """
@@ -303,6 +306,8 @@ def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vma
     heat = np.asarray(backend.to_numpy(heat), dtype=np.float64)
     if heat.shape != img.shape[1:]:
         raise ValueError(f"heat map {heat.shape} and image {img.shape[1:]} must have the same (H, W)")
+    if outline is not None and np.shape(outline) != heat.shape:
+        raise ValueError(f"outline mask {np.shape(outline)} and image {img.shape[1:]} must have the same (H, W)")
     img = np.clip(img, 0, 1)
     lo, hi = float(np.nanmin(heat)), float(np.nanmax(heat))
     if cmap is None:
@@ -324,6 +329,9 @@ def overlay(image, heat, path, title=None, alpha=0.45, cmap=None, vmin=None, vma
             a.set_title("image")
             im = b.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, interpolation="bilinear")
             b.set_title(label or "heat map")
+            if outline is not None and 0 < np.count_nonzero(outline) < np.size(outline):
+                for ax in (a, b):
+                    ax.contour(np.asarray(outline, dtype=np.float64), levels=[0.5], colors="white", linewidths=1)
             bar = fig.colorbar(im, ax=b, fraction=0.046, pad=0.04)
             if bar.solids is not None:
                 bar.solids.set_alpha(1)
@@ -462,6 +470,58 @@ def _read_mask(path, size):
         raise ImageDecodeError(f"could not decode mask file {path}: {type(exc).__name__}: {exc}") from exc
     top = m.max()
     return m > top / 2 if top > 0 else np.zeros(m.shape, dtype=bool)
+
+
+def mask_at_input(mask_path, photo_path, size, fit="crop"):
+    """Boolean (H, W) animal mask of ``photo_path`` as the model sees the photo.
+
+    The mask file is read as ``masked_evaluation`` reads it (alpha or gray, foreground
+    above half the maximum, resized with nearest to the photo's own size, any size of
+    file), then brought to ``size`` = (H, W) with the same ``fit`` (crop, squash or pad,
+    see ``nabi.data.folder.FITS``) that brings the photo there; pixels the fit blends
+    count as animal when they are more than half white, and padding counts as not animal.
+    Raises ``ImageDecodeError`` naming the file when it is not an image.
+    """
+    from PIL import Image
+
+    from .data.folder import fit_image, open_image
+    mask_path = Path(mask_path)
+    if not mask_path.is_file():
+        raise FileNotFoundError(f"mask file not found: {mask_path}")
+    photo = open_image(photo_path, 1, None)
+    fg = _read_mask(mask_path, photo.size)
+    shown = fit_image(Image.fromarray(fg.astype(np.uint8) * 255), tuple(size), fit)
+    return np.asarray(shown) > 127
+
+
+def habitat_reliance(heat, mask):
+    """How much of a heat map falls off the animal: ``{'heat_share', 'area_share', 'heat_total'}``.
+
+    ``heat`` (H, W), negative values clipped to 0 (h = max(heat, 0)); ``mask`` (H, W), animal where
+    true / non-zero (m = 1) and habitat elsewhere (m = 0):
+
+        heat_share = Σ h·(1 − m) / Σ h        the share of the heat on the habitat
+        area_share = Σ (1 − m) / (H·W)         the habitat's share of the photo: heat_share for a
+                                                heat map spread evenly, the figure to read it against
+
+    Raises ValueError when the shapes differ, when the mask is all animal or all habitat (the
+    share is then 0 or 1 whatever the heat), or when the heat is zero everywhere (no share to give).
+    """
+    h = np.maximum(np.asarray(backend.to_numpy(heat), dtype=np.float64), 0)
+    m = np.asarray(backend.to_numpy(mask)) != 0
+    if h.ndim != 2 or h.shape != m.shape:
+        raise ValueError(f"heat map {h.shape} and mask {m.shape} must both be (H, W) of the same size")
+    n_animal = int(m.sum())
+    if n_animal == 0:
+        raise ValueError("the mask has no animal (all black): habitat reliance would be 1 whatever the heat")
+    if n_animal == m.size:
+        raise ValueError("the mask is all animal (all white): habitat reliance would be 0 whatever the heat")
+    total = float(h.sum())
+    if not total > 0:
+        raise ValueError("the heat map is zero everywhere: nothing in the photo raises the score, so there "
+                         "is no share of the heat to give")
+    return {"heat_share": float(h[~m].sum() / total), "area_share": float(1 - n_animal / m.size),
+            "heat_total": total}
 
 
 def _blank(img, mask, value):

@@ -417,3 +417,63 @@ def test_masked_evaluation(tmp_path):
         explain.masked_evaluation(run, data, tmp_path / "no_masks")
     with pytest.raises(FileNotFoundError, match="masks folder"):
         explain.masked_evaluation(run, data, tmp_path / "nowhere")
+
+
+# -- habitat reliance ------------------------------------------------------------------
+def test_habitat_reliance_exact_shares():
+    heat = np.array([[1.0, 2.0, 0.0, 3.0],
+                     [0.0, 4.0, -5.0, 0.0]])       # the −5 is clipped to 0: heat total 10
+    animal = np.array([[1, 1, 0, 0],
+                       [0, 1, 0, 0]], dtype=bool)  # 3 of 8 pixels are animal
+    r = explain.habitat_reliance(heat, animal)
+    assert r["heat_share"] == pytest.approx(3.0 / 10.0, abs=1e-15)       # only the 3.0 is on the habitat
+    assert r["area_share"] == pytest.approx(5.0 / 8.0, abs=1e-15)
+    assert r["heat_total"] == pytest.approx(10.0, abs=1e-15)
+    # a 0/255 mask reads the same as a boolean one; heat spread evenly gives the area share
+    assert explain.habitat_reliance(heat, animal.astype(np.uint8) * 255) == r
+    assert explain.habitat_reliance(np.ones((2, 4)), animal)["heat_share"] == pytest.approx(5.0 / 8.0, abs=1e-15)
+    # all the heat on the animal, all on the habitat
+    assert explain.habitat_reliance(animal * 7.0, animal)["heat_share"] == 0.0
+    assert explain.habitat_reliance(~animal * 0.5, animal)["heat_share"] == 1.0
+
+
+def test_habitat_reliance_errors():
+    animal = np.zeros((3, 3), dtype=bool)
+    animal[1, 1] = True
+    with pytest.raises(ValueError, match="all black"):
+        explain.habitat_reliance(np.ones((3, 3)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="all white"):
+        explain.habitat_reliance(np.ones((3, 3)), np.ones((3, 3)))
+    with pytest.raises(ValueError, match="zero everywhere"):
+        explain.habitat_reliance(-np.ones((3, 3)), animal)          # nothing positive: no division by zero
+    with pytest.raises(ValueError, match=r"\(3, 3\) and mask \(3, 4\)"):
+        explain.habitat_reliance(np.ones((3, 3)), np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("fit", ["crop", "squash", "pad"])
+def test_mask_at_input_follows_the_photos_fit(tmp_path, fit):
+    """A mask of another size than its photo is brought to the input exactly as the photo is: a photo
+    whose white pixels are the animal gives back its own mask."""
+    from nabi.data import load_image
+    a = np.zeros((40, 80), dtype=np.uint8)
+    a[10:30, 50:70] = 255                                   # the animal, off centre in a wide photo
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.stack([a] * 3, axis=2)).save(photo)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.kron(a, np.ones((2, 2), dtype=np.uint8))).save(mask)     # twice the photo's size
+    m = explain.mask_at_input(mask, photo, (16, 16), fit)
+    seen = load_image(photo, channels=1, image_size=(16, 16), fit=fit)[0] > 0.5
+    assert m.shape == (16, 16) and m.dtype == bool and m.any()
+    np.testing.assert_array_equal(m, seen)
+
+
+def test_mask_at_input_bad_files(tmp_path):
+    from nabi.data.folder import ImageDecodeError
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(photo)
+    text = tmp_path / "mask.png"
+    text.write_text("not an image")
+    with pytest.raises(ImageDecodeError, match="mask.png"):
+        explain.mask_at_input(text, photo, (8, 8))
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        explain.mask_at_input(tmp_path / "missing.png", photo, (8, 8))

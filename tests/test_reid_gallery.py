@@ -331,6 +331,45 @@ def test_explain_match(gallery, world, tmp_path):
     assert all(Path(f).stat().st_size > 1000 for f in res["files"])
 
 
+def test_cli_explain_habitat_reliance(gallery, tmp_path, capsys):
+    """--mask / --match-mask: the share of the similarity's heat on the habitat (mask black), against the
+    habitat's share of the photo; masks of another size than the photo; bad masks are clear errors."""
+    from nabi.explain import grad_cam, habitat_reliance, mask_at_input
+    from nabi.reid.explain import SimilarityToEmbedding
+    q = _png(tmp_path / "q.png", photo(4, 97))
+    left = np.zeros((64, 64), dtype=np.uint8)
+    left[:, :32] = 255                                      # the animal: the left half, at twice the size
+    top = np.zeros((16, 16), dtype=np.uint8)
+    top[:4] = 255                                           # the matched photo's animal: the top quarter
+    mask, match_mask = _png(tmp_path / "m" / "q_mask.png", left), _png(tmp_path / "m" / "match_mask.png", top)
+    g, out = str(gallery.path), tmp_path / "cam"
+    assert main(["gallery", "explain", g, str(q), "--mask", str(mask), "--match-mask", str(match_mask),
+                 "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    hq, hm = res["habitat"]["query"], res["habitat"]["match"]
+    assert hq["area_share"] == 0.5 and hm["area_share"] == 0.75 and hq["mask"] == str(mask)
+    # the same figure from the heat map and the mask as the model sees them
+    emb = gallery.embedder
+    best = Path(res["candidates"][0]["photo"])
+    cam, _ = grad_cam(SimilarityToEmbedding(emb.model, emb.embed([best])[0]), emb.load(q), target_class=0)
+    expected = habitat_reliance(cam, mask_at_input(mask, q, emb.input_size[1:], emb.fit))
+    assert cam[:, 16:].sum() > 0 and hq["heat_share"] == pytest.approx(expected["heat_share"], abs=1e-12)
+    assert hq["heat_share"] == pytest.approx(cam[:, 16:].sum() / cam.sum(), abs=1e-6)
+    assert main(["gallery", "explain", g, str(q), "--mask", str(mask), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"habitat reliance, query photo: {100 * hq['heat_share']:.0f} % of the heat on the habitat, which is " \
+           f"50 % of the photo" in text and "match photo" not in text
+    # bad masks: not an image, all black, all white; nothing written
+    notes = tmp_path / "m" / "notes.png"
+    notes.write_text("hello")
+    black, white = _png(tmp_path / "m" / "black.png", left * 0), _png(tmp_path / "m" / "white.png", left * 0 + 255)
+    for bad, message in ((notes, "could not decode mask file"), (black, "all black"), (white, "all white")):
+        assert main(["gallery", "explain", g, str(q), "--mask", str(bad), "--out", str(tmp_path / "none")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and str(bad) in err, err
+    assert not (tmp_path / "none").exists()
+
+
 def test_web_app_heat_map_of_a_gallery_match(gallery, tmp_path):
     """The web app's heat-map for a gallery: Grad-CAM of the query's similarity to its best match, over the
     photo; a name the photo is not matched with gives none."""

@@ -105,16 +105,18 @@ def cmd_gallery_evaluate(args):
 
 
 def cmd_gallery_explain(args):
-    from .explain import explain_match
+    from .explain import describe_habitat, explain_match
     from .gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
     out = Path(args.out) if args.out else Path(args.gallery) / "explain"
-    res = explain_match(g, args.photo, out, layer=args.layer)
+    res = explain_match(g, args.photo, out, layer=args.layer, mask=args.mask, match_mask=args.match_mask)
     if args.json:
         _print_json(res)
         return 0
     print(f"{args.photo}: {res['answer']}; explaining the match with {res['explained']} "
           f"(similarity {res['similarity_explained']:.3f}, photo {res['candidates'][0]['photo']})")
+    for which, share in res.get("habitat", {}).items():
+        print(f"habitat reliance, {which} photo: {describe_habitat(share)} (mask {share['mask']})")
     for f in res["files"]:
         print(f"written: {f}")
     return 0
@@ -277,9 +279,14 @@ def add_commands(sub):
     matcher_flag(p)
     p.set_defaults(func=cmd_gallery_evaluate)
 
-    p = gsub.add_parser("explain", help="Grad-CAM of a photo's similarity to its best match, in both photos")
+    p = gsub.add_parser("explain", help="Grad-CAM of a photo's similarity to its best match, in both photos",
+                        epilog=_examples("nabi gallery explain gallery photo.jpg",
+                                         "nabi gallery explain gallery photo.jpg --mask photo_mask.png"))
     p.add_argument("gallery", help="a gallery folder (nabi gallery build)")
     p.add_argument("photo", help="the photo to explain")
+    p.add_argument("--mask", help="black/white image of the photo, white = animal, any size: report the share of "
+                   "the heat on the habitat (black) against the habitat's share of the photo (default: none)")
+    p.add_argument("--match-mask", help="the same for the matched gallery photo (default: none)")
     p.add_argument("--layer", help="the conv layer for Grad-CAM (default: the last spatial one)")
     p.add_argument("--out", help="folder for the PNGs (default GALLERY/explain)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
