@@ -370,6 +370,27 @@ def test_cli_explain_habitat_reliance(gallery, tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+def test_explain_habitat_reliance_of_a_heat_map_that_is_zero(gallery, tmp_path, monkeypatch):
+    """A similarity whose Grad-CAM is zero everywhere has no habitat share: a clear error naming the
+    photo and the mask, and no PNG written."""
+    import nabi.explain
+    from nabi.reid.explain import explain_match
+    real = nabi.explain.grad_cam
+
+    def flat(model, x, **kwargs):
+        cam, info = real(model, x, **kwargs)
+        return np.zeros_like(cam), info
+    monkeypatch.setattr(nabi.explain, "grad_cam", flat)
+    q = _png(tmp_path / "q.png", photo(4, 96))
+    m = np.zeros((32, 32), dtype=np.uint8)
+    m[8:24, 8:24] = 255
+    mask = _png(tmp_path / "mask.png", m)
+    with pytest.raises(ValueError, match="zero everywhere") as err:
+        explain_match(gallery, q, tmp_path / "cam", mask=mask)
+    assert str(q) in str(err.value) and str(mask) in str(err.value)
+    assert not (tmp_path / "cam").exists()
+
+
 def test_web_app_heat_map_of_a_gallery_match(gallery, tmp_path):
     """The web app's heat-map for a gallery: Grad-CAM of the query's similarity to its best match, over the
     photo; a name the photo is not matched with gives none."""
