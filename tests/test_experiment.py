@@ -741,3 +741,18 @@ def test_ab_fingerprint_is_unchanged_by_the_embedding_arm():
             "test": [["/photos/test/aaa/2.png", "aaa"], ["/photos/test/bbb/2.png", "bbb"]]}
     cfg = X.resolve_recipe("tiny", {"iterations_per_class": 3})
     assert X._fingerprint(spec, cfg, 0) == "02f59a51e3e00ff1b3bfbcd9d59df7957b72e971c4e5e965534bf70e84c51091"
+
+
+def test_embedding_arm_learns_the_background_kinds_like_b(tmp_path):
+    data = make_kinds_data(tmp_path / "data", n_train=3, n_test=1)
+    report = X.run_experiment(data, tmp_path / "out", runs=1, recipe="tiny", models="A,B,E",
+                              overrides={"iterations_per_class": 1}, background_classes="kinds",
+                              embedding={"head": "cosface", "embedding_dim": 16}, log=None)
+    res = _results(tmp_path / "out" / "tiny-kinds", 1)[0]
+    e, b = res["models"]["E"], res["models"]["B"]
+    assert e["classes"] == b["classes"] == ["aaa", "background/pavement", "background/trees", "bbb", "ccc"]
+    assert e["training"]["iterations"] == b["training"]["iterations"] == 5
+    want = _recompute_kinds(e)
+    for k in ("p1", "p2", "p3", "p4"):
+        assert _close(report["rows"][0][f"E·{k.upper()}"], want[k])
+    assert e["statistics"]["n_called_background"] == want["n_called_background"]
