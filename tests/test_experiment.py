@@ -713,6 +713,9 @@ def test_embedding_arm_joins_an_ab_experiment_end_to_end(tmp_path, monkeypatch):
     lines = []
     X.run_experiment(data, out, runs=2, recipe="tiny", models="A,B,E", overrides=TINY, log=lines.append)
     assert calls == [] and sum("complete, kept" in l for l in lines) == 2
+    X.run_experiment(data, out, runs=2, recipe="tiny", overrides=TINY, log=None)      # an A/B rerun in between
+    assert calls == [] and json.loads((exp_dir / "experiment.json").read_text(encoding="utf-8"))["embedding"] \
+        == {"head": "arcface", "embedding_dim": 128}
     with pytest.raises(ValueError, match="model E runs with embedding"):
         X.run_experiment(data, out, runs=2, recipe="tiny", models="A,B,E", overrides=TINY, log=None,
                          embedding={"head": "cosface"})

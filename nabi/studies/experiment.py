@@ -758,8 +758,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
             raise ValueError(f"{exp_dir} holds an experiment with a different setup "
                              f"(differs in: {', '.join(diff) or 'the photo lists'}); use another out_dir or "
                              "delete that folder")
-        if EMBEDDING_MODEL in models and EMBEDDING_MODEL in old.get("models", []) \
-                and old.get("embedding", EMBEDDING_DEFAULTS) != embedding:
+        if EMBEDDING_MODEL in models and old.get("embedding", embedding) != embedding:   # kept by A/B reruns
             raise ValueError(f"{exp_dir} holds model E runs with embedding {old.get('embedding')}, not {embedding}; "
                              "use another out_dir, or the same --embedding-head and --embedding-dim")
     norm = _normalization(cfg, spec, input_size) if cfg["normalize"] != "dataset" else None
