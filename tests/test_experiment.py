@@ -13,6 +13,7 @@ import pytest
 
 from nabi.studies import experiment as X
 from nabi import models as zoo
+from nabi.studies.jobs import as_float
 from nabi.studies.stats import TABLE1_COLUMNS
 
 COLOURS = [(220, 40, 40), (40, 70, 220), (40, 180, 60), (230, 200, 30)]
@@ -81,7 +82,7 @@ def _recompute(model_result, background):
     """P1-P4 from the saved per-photo probabilities, independently of nabi.evaluate."""
     classes = model_result["classes"]
     preds = model_result["predictions"]
-    probs = np.array([p["probs"] for p in preds])
+    probs = np.array([p["scores"] if "scores" in p else p["probs"] for p in preds])   # model E saves scores
     true = [p["true"] for p in preds]
     argmax = [classes[i] for i in probs.argmax(1)]
     assert argmax == [p["pred"] for p in preds]
@@ -386,6 +387,12 @@ def test_compare_recipes_side_by_side(exp1, tmp_path):
     ("unknown recipe", {"recipe": "fancy"}, {}, "unknown recipe 'fancy'"),
     ("zero runs", {"runs": 0}, {}, "runs must be a positive integer"),
     ("bad model letter", {"models": ("A", "C")}, {}, "models must be some of A, B"),
+    ("embedding arm on a model without a Linear classifier", {"models": "A,B,E", "overrides": {"model": "googlenet"}},
+     {}, "model E .* cannot use the recipe's model 'googlenet'.*does not end with a Linear classifier"),
+    ("embedding arm with a bad size", {"models": "A,B,E", "embedding": {"embedding_dim": 0}}, {},
+     "--embedding-dim must be a positive integer, got 0"),
+    ("embedding arm with an unknown head", {"models": "A,B,E", "embedding": {"head": "softmax"}}, {},
+     "--embedding-head must be one of arcface"),
     ("unknown override", {"overrides": {"colour": 1}}, {}, r"unknown setting\(s\) \['colour'\]"),
     ("fixed-size model resized", {"overrides": {"image_size": 64}}, {}, "cannot take 64×64 inputs"),
 ])
@@ -466,6 +473,10 @@ def test_add_arguments_and_main_from_args(monkeypatch):
     assert seen["data"] == "DATA" and seen["runs"] == 3 and seen["jobs"] == 2 and seen["background"] == "배경"
     assert seen["overrides"] == {"lr": 0.01, "augment": "none", "epochs": 4} and seen["recipe"] == "tiny"
     assert seen["background_classes"] == "one"
+    assert seen["models"] == "A,B" and seen["embedding"] == {"head": "arcface", "embedding_dim": 128}
+    X.main_from_args(p.parse_args(["DATA", "--models", "A,B,E", "--embedding-head", "cosface", "--embedding-dim",
+                                   "32"]), log=lambda *a: None)
+    assert seen["models"] == "A,B,E" and seen["embedding"] == {"head": "cosface", "embedding_dim": 32}
     X.main_from_args(p.parse_args(["DATA", "--background-classes", "kinds"]), log=lambda *a: None)
     assert seen["background_classes"] == "kinds"
     with pytest.raises(ValueError, match="KEY=VALUE"):
@@ -515,7 +526,7 @@ def _recompute_kinds(model_result):
     """P1-P4 from the saved probabilities with every name starting 'background/' as background, by hand."""
     classes, preds = model_result["classes"], model_result["predictions"]
     bg = lambda name: name == "background" or name.startswith("background/")  # noqa: E731
-    probs = np.array([p["probs"] for p in preds])
+    probs = np.array([p["scores"] if "scores" in p else p["probs"] for p in preds])   # model E saves scores
     true = [p["true"] for p in preds]
     argmax = [classes[i] for i in probs.argmax(1)]
     ind_cols = [i for i, c in enumerate(classes) if not bg(c)]
@@ -648,3 +659,103 @@ def test_offline_expansion_keeps_the_kinds(tmp_path):
                                              "bbb", "ccc"]
     assert res["models"]["B"]["training"]["num_train"] == 2 * (6 + 1 + 4)
     assert res["models"]["A"]["training"]["num_train"] == 2 * 6
+
+
+# -- the embedding arm (model E) ------------------------------------------------------------------------------
+def test_embedding_arm_joins_an_ab_experiment_end_to_end(tmp_path, monkeypatch):
+    """E added to a finished A/B experiment: only E trains, the fingerprint stays, the report pairs E with A and B,
+    E's P1-P4 follow from its saved gallery scores, and a rerun keeps everything."""
+    data = make_data(tmp_path / "data", n_train=6, n_test=2)
+    out = tmp_path / "out"
+    X.run_experiment(data, out, runs=2, recipe="tiny", overrides=TINY, log=None)
+    exp_dir = out / "tiny"
+    fp_ab = json.loads((exp_dir / "experiment.json").read_text(encoding="utf-8"))["fingerprint"]
+    kept = {(r, m): (exp_dir / "runs" / r / m / "eval.json").read_bytes() for r in ("run-01", "run-02") for m in "AB"}
+    calls, real = [], X._train_model
+
+    def spy(key, *args, **kwargs):
+        calls.append((Path(args[7]).parent.name, key))
+        return real(key, *args, **kwargs)
+
+    monkeypatch.setattr(X, "_train_model", spy)
+    report = X.run_experiment(data, out, runs=2, recipe="tiny", models="A,B,E", overrides=TINY, log=None)
+    assert calls == [("run-01", "E"), ("run-02", "E")]
+    exp = json.loads((exp_dir / "experiment.json").read_text(encoding="utf-8"))
+    assert exp["fingerprint"] == fp_ab and exp["models"] == ["A", "B", "E"]
+    assert exp["embedding"] == {"head": "arcface", "embedding_dim": 128}
+    assert all((exp_dir / "runs" / r / m / "eval.json").read_bytes() == b for (r, m), b in kept.items())
+
+    assert report["columns"] == list(TABLE1_COLUMNS) + ["E·P1", "E·P2", "E·P3", "E·P4"]
+    for a, b in [("A·P2", "B·P4"), ("A·P2", "E·P2"), ("A·P2", "E·P4"), ("B·P1", "E·P1"), ("B·P2", "E·P2"),
+                 ("B·P4", "E·P4")]:
+        comp = report["comparisons"][f"{a} vs {b}"]
+        assert comp["n"] == 2 and _close(as_float(comp["mean_diff"]),
+                                         np.mean([r[b] - r[a] for r in report["rows"]]))
+    md = (exp_dir / "report.md").read_text(encoding="utf-8")
+    assert "| Run | A·P2 | B·P1 | B·P2 | B·P3 | B·P4 | E·P1 | E·P2 | E·P3 | E·P4 |" in md
+    assert "| E·P4 − A·P2 | 2 |" in md and "| E·P1 − B·P1 | 2 |" in md and "head arcface, 128-d" in md
+    with open(exp_dir / "report.csv", newline="", encoding="utf-8") as f:
+        assert next(csv.reader(f))[-4:] == ["E·P1", "E·P2", "E·P3", "E·P4"]
+
+    for res, row in zip(_results(exp_dir, 2), report["rows"]):
+        e = res["models"]["E"]
+        assert e["classes"] == ["aaa", "background", "bbb", "ccc"]   # E learns what B learns
+        assert e["init"]["embedding"] == {"head": "arcface", "embedding_dim": 128}
+        assert (exp_dir / "runs" / f"run-{res['run']:02d}" / "E" / "model.safetensors").is_file()
+        scores = np.array([p["scores"] for p in e["predictions"]])
+        assert scores.shape == (12 - 4, 4) and np.all(np.abs(scores) <= 1 + 1e-5)   # best cosine per class
+        want = _recompute(e, "background")
+        for k in ("p1", "p2", "p3", "p4"):
+            assert _close(row[f"E·{k.upper()}"], want[k]) and _close(as_float(e["statistics"][k]), want[k])
+        assert e["statistics"]["n_called_background"] == want["called"]
+
+    calls.clear()
+    lines = []
+    X.run_experiment(data, out, runs=2, recipe="tiny", models="A,B,E", overrides=TINY, log=lines.append)
+    assert calls == [] and sum("complete, kept" in l for l in lines) == 2
+    X.run_experiment(data, out, runs=2, recipe="tiny", overrides=TINY, log=None)      # an A/B rerun in between
+    assert calls == [] and json.loads((exp_dir / "experiment.json").read_text(encoding="utf-8"))["embedding"] \
+        == {"head": "arcface", "embedding_dim": 128}
+    with pytest.raises(ValueError, match="model E runs with embedding"):
+        X.run_experiment(data, out, runs=2, recipe="tiny", models="A,B,E", overrides=TINY, log=None,
+                         embedding={"head": "cosface"})
+
+
+def test_embedding_arm_scores_are_the_best_cosine_to_each_class():
+    """gallery_scores: per query and class, the largest dot product of unit embeddings with that class's photos."""
+    from nabi.training.build import build_model
+    rng = np.random.default_rng(0)
+    net = build_model("embedding_net", 3, {"backbone": "cifar_cnn", "embedding_dim": 8}, seed=0)
+    gx, gy = rng.normal(size=(7, 3, 32, 32)).astype(np.float32), np.array([0, 0, 1, 1, 1, 2, 2])
+    qx = rng.normal(size=(5, 3, 32, 32)).astype(np.float32)
+    scores, truth = X.gallery_scores(net, [(gx[:4], gy[:4]), (gx[4:], gy[4:])], [(qx, np.arange(5))], 3)
+    net.eval()
+    g, q = np.asarray(net.embed(gx), np.float64), np.asarray(net.embed(qx), np.float64)
+    want = np.stack([(q @ g[gy == c].T).max(1) for c in range(3)], axis=1)
+    assert np.allclose(np.linalg.norm(g, axis=1), 1, atol=1e-5)
+    assert np.allclose(scores, want, atol=1e-5) and truth.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_ab_fingerprint_is_unchanged_by_the_embedding_arm():
+    """An A/B experiment's fingerprint is the value it had before model E existed, so its runs resume."""
+    spec = {"root": "/photos", "layout": "train/test", "background": "background",
+            "train": [["/photos/train/aaa/1.png", "aaa"], ["/photos/train/background/1.png", "background"],
+                      ["/photos/train/bbb/1.png", "bbb"]],
+            "test": [["/photos/test/aaa/2.png", "aaa"], ["/photos/test/bbb/2.png", "bbb"]]}
+    cfg = X.resolve_recipe("tiny", {"iterations_per_class": 3})
+    assert X._fingerprint(spec, cfg, 0) == "02f59a51e3e00ff1b3bfbcd9d59df7957b72e971c4e5e965534bf70e84c51091"
+
+
+def test_embedding_arm_learns_the_background_kinds_like_b(tmp_path):
+    data = make_kinds_data(tmp_path / "data", n_train=3, n_test=1)
+    report = X.run_experiment(data, tmp_path / "out", runs=1, recipe="tiny", models="A,B,E",
+                              overrides={"iterations_per_class": 1}, background_classes="kinds",
+                              embedding={"head": "cosface", "embedding_dim": 16}, log=None)
+    res = _results(tmp_path / "out" / "tiny-kinds", 1)[0]
+    e, b = res["models"]["E"], res["models"]["B"]
+    assert e["classes"] == b["classes"] == ["aaa", "background/pavement", "background/trees", "bbb", "ccc"]
+    assert e["training"]["iterations"] == b["training"]["iterations"] == 5
+    want = _recompute_kinds(e)
+    for k in ("p1", "p2", "p3", "p4"):
+        assert _close(report["rows"][0][f"E·{k.upper()}"], want[k])
+    assert e["statistics"]["n_called_background"] == want["n_called_background"]

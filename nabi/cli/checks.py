@@ -102,6 +102,7 @@ RULES = {
     "export": {"classes": Int(2)},
     "explain": {},
     "experiment": {"runs": POSITIVE, "jobs": Int(1, 256), "seed": NON_NEGATIVE, "epochs": POSITIVE,
+                   "embedding_dim": POSITIVE,
                    "iterations": POSITIVE, "iterations_per_class": POSITIVE, "image_size": Int(8, 4096),
                    "cpus_per_run": Float(0.0, None, low_open=True), "gpus_per_run": Float(0.0)},
     "ablate": {"jobs": Int(1, 256), "cpus_per_run": Float(0.0, None, low_open=True), "gpus_per_run": Float(0.0)},

@@ -595,11 +595,15 @@ def build_parser():
                 "photos, and the report gives A·P2 and B·P1–B·P4 per run, their mean and standard deviation, "
                 "and paired tests of B against A. With sub-folders background/<kind>/ (trees, pavement, …), "
                 "--background-classes kinds lets B learn one class per kind; every kind counts as background "
-                "in P1–P4.", definitions=P_DEFINITIONS,
+                "in P1–P4. --models A,B,E adds model E, the embedding arm: the same network trained as an "
+                "identity embedding (ArcFace by default) on B's photos from the same seed, each test photo "
+                "answered by the class of its most similar training photo (best cosine similarity); its "
+                "E·P1–E·P4 are paired with A's and B's.", definitions=P_DEFINITIONS,
                 examples=["nabi experiment photos/ --runs 10 --recipe modern --background-classes kinds   "
                           "# B learns background/<kind> classes",
                  "nabi experiment photos/ --runs 10 --recipe resnet18-160 --background 배경",
-                 "nabi experiment photos/ --recipe tiny --runs 2 --jobs 2 --out /tmp/exp"])
+                 "nabi experiment photos/ --recipe tiny --runs 2 --jobs 2 --models A,B,E --out /tmp/exp   "
+                 "# + the embedding arm"])
     _experiment_arguments(p)
     p.set_defaults(func=_experiment_main)
 

@@ -50,9 +50,20 @@ Pairing, run ``r`` (1-based):
 
 The test set is scored with the final weights (there is no validation split).
 
+The embedding arm (``models`` with ``E``, off by default): model E is the recipe's zoo network as an identity
+embedding (``embedding_net``: the classifier replaced by the BN-neck, trained with the ``arcface`` head's loss
+unless another is given) built from the run's init seed, trained on B's photos and classes (A's without a
+background folder; the kinds with ``'kinds'``) in P×K batches (K = 4 photos of each of P = batch_size // 4
+classes, at least 2) seeded by the run's order seed, for as many iterations as B. Its score for test photo
+``i`` and class ``j`` is ``s_ij = max over training photos g of class j of <e_i, e_g>`` (unit embeddings
+from the final weights: the best cosine similarity), an (N, classes) matrix scored by the same
+``background_statistics``: E's answer is its closest class, background when a background class is closest.
+The report adds E·P1–E·P4 and the paired comparisons of E with A and B. E is not part of the fingerprint,
+so it can be added to a finished A/B experiment (A's and B's models are kept).
+
 Files under ``out_dir/<recipe>/``: ``experiment.json`` (setup, seeds, fingerprint),
 ``split.json`` (the photo lists), ``cache/`` (offline-expanded training photos),
-``runs/run-XX/{A,B}/`` (each model's training folder: checkpoints, metrics,
+``runs/run-XX/{A,B,E}/`` (each model's training folder: checkpoints, metrics,
 ``model.safetensors``, ``eval.json``), ``runs/run-XX/result.json`` (written last),
 and ``report.md``, ``report.csv``, ``report.json``, ``report.png``. Running again
 with the same setup resumes: a complete ``result.json`` is kept, a model whose
@@ -87,13 +98,22 @@ from .recipes import (RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, fingerprint_config
 
 __all__ = ["RECIPES", "REPORT2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
            "derive_a_state", "state_sha256", "PairedOrderLoader", "training_datasets", "training_loaders",
+           "embedding_model", "embedding_loader", "gallery_scores",
            "run_experiment", "write_report", "compare_recipes", "add_arguments", "main_from_args"]
 
 MODELS = ("A", "B")
+# The optional embedding arm: model E, an identity embedding of the same zoo network scored through a gallery.
+EMBEDDING_MODEL = "E"
+ALL_MODELS = MODELS + (EMBEDDING_MODEL,)
+EMBEDDING_K = 4             # photos per class in E's P×K batches
+EMBEDDING_DEFAULTS = {"head": "arcface", "embedding_dim": 128}
 # What model B learns of the background: one class, or one class per kind (sub-folder of the background folder).
 BACKGROUND_CLASSES = ("one", "kinds")
 
 _COMPARISONS = (("A·P2", "B·P2"), ("A·P2", "B·P3"), ("A·P2", "B·P4"))
+# With model E: E against the classifier without (A) and with (B) the background class.
+_E_COMPARISONS = (("A·P2", "E·P2"), ("A·P2", "E·P4"), ("B·P1", "E·P1"), ("B·P2", "E·P2"), ("B·P4", "E·P4"))
+E_COLUMNS = ("E·P1", "E·P2", "E·P3", "E·P4")
 
 
 # -- data --------------------------------------------------------------------------------------------------
@@ -411,8 +431,65 @@ def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
     return TrainConfig.from_dict(d), epochs, iterations
 
 
-def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, seed, log) -> dict:
-    """Train one model (resuming from its checkpoint) and score it on the test set: the ``eval.json`` dict."""
+def embedding_model(cfg, classes, embedding, init_seed, input_size=None):
+    """Model E: ``embedding_net`` over the recipe's zoo model (its classifier replaced by the BN-neck and the
+    ``embedding['head']``'s cosine classifier over ``classes``), built with the run's init seed.
+    ``ValueError`` when the zoo model cannot be an embedding backbone."""
+    from ..training.build import build_model
+    args = {"backbone": cfg["model"], "embedding_dim": int(embedding["embedding_dim"]), "head": embedding["head"],
+            "backbone_args": dict(cfg.get("model_args") or {})}
+    try:
+        model = build_model("embedding_net", len(classes), args, seed=int(init_seed))
+    except ValueError as e:
+        raise ValueError(f"model E (the embedding arm) cannot use the recipe's model {cfg['model']!r}: {e}") from None
+    if input_size is not None:
+        model.input_size = tuple(int(s) for s in input_size)
+    return model
+
+
+def embedding_loader(dataset, cfg, order_seed, input_size, norm, n_classes):
+    """E's training loader: P×K batches (``EMBEDDING_K`` photos of each of P classes, P = batch_size // K, at
+    least 2, at most the number of classes) with the recipe's transforms, seeded by the run's order seed."""
+    from ..data.pk_sampler import PKDataLoader
+    from ..data.prepare import Transformed, augmentation, eval_transforms
+    H, W = input_size[1:]
+    base = eval_transforms((H, W), norm)
+    p = min(max(2, int(cfg["batch_size"]) // EMBEDDING_K), int(n_classes))
+    return PKDataLoader(Transformed(dataset, [base[0]] + augmentation(cfg["augment"], (H, W)) + base[1:]),
+                        p=p, k=EMBEDDING_K, seed=int(order_seed), num_workers=int(cfg["workers"] or 0),
+                        device=cfg["device"])
+
+
+def gallery_scores(model, gallery_loader, query_loader, n_classes):
+    """Per query photo and class, the best cosine similarity to that class's gallery photos: (N, n_classes).
+
+    The gallery photos are embedded with the model's final weights and set on the network
+    (``EmbeddingNet.set_gallery``, the scoring reid's retrieval validation uses); an eval-mode forward of a query
+    then returns ``max_{g in class j} <e_q, e_g>`` per class j (-2, below any cosine, for a class with no photo)."""
+    from .. import backend
+    model.eval()
+    embs, labels = [], []
+    for x, y in gallery_loader:
+        embs.append(model.embed(x))
+        labels.append(backend.to_numpy(y))
+    xp = backend.get_array_module(embs[0])
+    model.set_gallery(xp.concatenate(embs), xp.asarray(np.concatenate(labels)), int(n_classes))
+    try:
+        scores, truth = [], []
+        for x, y in query_loader:
+            scores.append(backend.to_numpy(model(x)))
+            truth.append(backend.to_numpy(y))
+    finally:
+        model.clear_gallery()
+    return np.concatenate(scores).astype(np.float64), np.concatenate(truth).astype(np.int64)
+
+
+def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, seed, log, embedding=None,
+                 train_dataset=None) -> dict:
+    """Train one model (resuming from its checkpoint) and score it on the test set: the ``eval.json`` dict.
+
+    With ``embedding`` (model E: ``{'head', 'embedding_dim'}``) the head's loss trains it, and the test photos are
+    scored against a gallery of ``train_dataset`` (the training photos, evaluation transforms)."""
     from .. import evaluate as E
     from ..training.build import build_trainer
     from ..runs import model_metadata, write_config
@@ -426,24 +503,37 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
                                       "normalization": norm, "num_train": len(loader.dataset), "num_val": 0,
                                       "num_test": len(datasets["test"]), "experiment_model": key})
     meta = model_metadata(model, classes, norm, resolved)
+    if embedding is not None:
+        meta["embedding"] = dict(embedding)
     trainer = build_trainer(tc, model, loader, None, out_dir=out, metadata=meta, config=resolved, log=log,
                             trainer_class=study_trainer_class())
+    if embedding is not None:
+        from ..reid.train import make_loss
+        from ..training.trainer import skip_input_gradient
+        skip_input_gradient(model.backbone)
+        trainer.loss_fn = make_loss(embedding["head"])      # the head's loss instead of cross-entropy
     t0 = time.perf_counter()
     trainer.resume()
     trainer.fit()
     seconds = time.perf_counter() - t0
     plot_history(trainer.history, out / "curves.png")
-    # Test labels index the test classes (background included), not A's outputs: no loss here.
-    ev = evaluate(model, eval_loader(datasets["test"], meta, device=cfg["device"]), loss_fn=_no_loss,
-                  return_outputs=True)
-    stats = E.background_statistics(ev["probs"], ev["labels"], spec["test_classes"], background=spec["background"],
+    test_loader = eval_loader(datasets["test"], meta, device=cfg["device"])
+    if embedding is None:
+        # Test labels index the test classes (background included), not A's outputs: no loss here.
+        ev = evaluate(model, test_loader, loss_fn=_no_loss, return_outputs=True)
+        scores, truth, key_scores = ev["probs"], ev["labels"], "probs"
+    else:
+        scores, truth = gallery_scores(model, eval_loader(train_dataset, meta, device=cfg["device"]), test_loader,
+                                       len(classes))
+        key_scores = "scores"
+    stats = E.background_statistics(scores, truth, spec["test_classes"], background=spec["background"],
                                     model_classes=classes)
     preds = []
     for i, (path, label) in enumerate(datasets["test"].samples):
         preds.append({"file": relative_path(path, spec["root"]), "true": spec["test_classes"][label],
                       "pred": classes[int(stats["pred"][i])],
                       "pred_individual": classes[int(stats["pred_individual"][i])],
-                      "probs": [float(p) for p in ev["probs"][i]]})
+                      key_scores: [float(p) for p in scores[i]]})
     last = trainer.history[-1] if trainer.history else {}
     return {"model": key, "classes": list(classes), "statistics": {k: stats[k] for k in _SCALARS},
             "training": {"iterations": trainer.iteration, "epochs": trainer.epoch, "status": trainer.status,
@@ -484,20 +574,35 @@ def _run_one_inner(job, run_dir, log):
         init = {"A": {"sha256": state_sha256(model_a.state_dict())}}
     built = {"A": (model_a, spec["individuals"]), "B": (model_b, spec["classes_B"])}
     del model_a, model_b  # held by ``built`` only, so each is freed once trained
+    embedding = job.get("embedding") or dict(EMBEDDING_DEFAULTS)
+    if EMBEDDING_MODEL in models:   # E learns what B learns (A's classes when there is no background)
+        e_data = "B" if spec["has_background"] else "A"
+        e_classes = spec["classes_B"] if spec["has_background"] else spec["individuals"]
+        model_e = embedding_model(cfg, e_classes, embedding, seeds["init_seed"], input_size)
+        init["E"] = {"sha256": state_sha256(model_e.state_dict()), "embedding": dict(embedding)}
+        built["E"] = (model_e, e_classes)
+        loaders["E"] = embedding_loader(datasets[e_data], cfg, seeds["order_seed"], input_size, norm,
+                                        len(e_classes))
+        del model_e
     results = {}
-    for key in [m for m in ("B", "A") if m in models]:
+    for key in [m for m in ("B", "A", EMBEDDING_MODEL) if m in models]:
         out = run_dir / key
         eval_path = out / "eval.json"
         res = read_json_or_none(eval_path)
         if res is not None and res.get("init", {}).get("sha256") != init[key]["sha256"]:
+            res = None
+        if res is not None and key == EMBEDDING_MODEL and res.get("init", {}).get("embedding") != embedding:
             res = None
         if res is None:
             model, classes = built[key]
             built[key] = (None, classes)
             mlog = RunLog(run_dir / "run.log", f"[run {job['run']:02d} · {key}]", echo=log)
             mlog(f"training model {key} ({len(classes)} classes, {len(loaders[key].dataset)} photos)")
+            extra = {}
+            if key == EMBEDDING_MODEL:
+                extra = {"embedding": embedding, "train_dataset": datasets[e_data]}
             res = _train_model(key, model, classes, datasets, loaders[key], cfg, norm, spec, out,
-                               seeds["order_seed"], mlog)
+                               seeds["order_seed"], mlog, **extra)
             del model
             res["init"] = init[key]
             res = strict_json(res)
@@ -542,10 +647,25 @@ def _check_args(runs, models, jobs, seed):
     if isinstance(models, str):
         models = models.split(",")
     models = [str(m).strip().upper() for m in models]
-    bad = [m for m in models if m not in MODELS]
+    bad = [m for m in models if m not in ALL_MODELS]
     if bad or not models:
-        raise ValueError(f"models must be some of A, B; got {bad or 'none'}")
-    return tuple(m for m in MODELS if m in models)
+        raise ValueError(f"models must be some of A, B, E; got {bad or 'none'}")
+    return tuple(m for m in ALL_MODELS if m in models)
+
+
+def _check_embedding(embedding) -> dict:
+    """E's settings ``{'head', 'embedding_dim'}`` (defaults filled in); ``ValueError`` for a bad one."""
+    from ..models.embedding import HEADS
+    out = dict(EMBEDDING_DEFAULTS, **(embedding or {}))
+    unknown = sorted(set(out) - set(EMBEDDING_DEFAULTS))
+    if unknown:
+        raise ValueError(f"embedding settings are {', '.join(EMBEDDING_DEFAULTS)}; got unknown {unknown}")
+    if out["head"] not in HEADS:
+        raise ValueError(f"--embedding-head must be one of {', '.join(HEADS)}; got {out['head']!r}")
+    dim = out["embedding_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"--embedding-dim must be a positive integer, got {dim!r}")
+    return {"head": str(out["head"]), "embedding_dim": int(dim)}
 
 
 def _fingerprint(spec, cfg, seed) -> str:
@@ -574,12 +694,20 @@ def _normalization(cfg, spec, input_size):
 
 def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", jobs=1, background="background",
                    seed=0, overrides=None, log=print, executor="local", address=None, cpus_per_run=1,
-                   gpus_per_run=0, background_classes="one") -> dict:
+                   gpus_per_run=0, background_classes="one", embedding=None) -> dict:
     """Run (or resume) the paired experiment into ``out_dir/<recipe>/``; returns the report dict.
 
     ``background_classes``: ``'one'`` (model B learns one background class, the 2019 protocol) or
     ``'kinds'`` (B learns one class per ``background/<kind>/`` folder; A is B without all of those
     output rows; the results go to ``out_dir/<recipe>-kinds/``). P1–P4 count every kind as background.
+
+    ``models`` may add ``'E'``, the embedding arm: the recipe's zoo model as an identity embedding
+    (``embedding_net``, ``embedding = {'head': 'arcface', 'embedding_dim': 128}`` by default) trained from
+    the run's init seed on B's training photos and classes (A's without a background folder) in P×K batches
+    (K = 4) for as long as B, then scored by a gallery of those training photos: a test photo's score for
+    a class is its best cosine similarity to that class's training photos, and these scores go through
+    the same P1–P4 (its answer is the closest class; background when a background class is closest). E
+    does not enter the fingerprint: adding it to an A/B experiment keeps A's and B's finished models.
 
     ``jobs`` > 1 runs that many runs at once in 'spawn' worker processes (each limits
     BLAS to ``max(1, cores // jobs)`` threads with threadpoolctl when installed);
@@ -591,17 +719,22 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     """
     log = log or (lambda *a, **k: None)
     models = _check_args(runs, models, jobs, seed)
+    embedding = _check_embedding(embedding)
     if executor == "ray" and jobs != 1:
         raise ValueError("--jobs is for the local executor; with --executor ray each run is a Ray task "
                          "(share the cores with --cpus-per-run)")
     check_executor(executor, address, cpus_per_run, gpus_per_run)
     cfg = resolve_recipe(recipe, overrides)
     recipe = cfg["recipe"]                  # an old name resolves to the current one
+    if EMBEDDING_MODEL in models:           # fail before any photo is read if the model cannot embed
+        embedding_model(cfg, ["x", "y"], embedding, 0)
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]),
                         background_classes=background_classes)
     input_size = probe_input_size(cfg)
     counts = {"B": len(spec["train"]), "A": sum(not is_background(c, spec["background"]) for _, c in spec["train"])}
     n_classes = {"A": len(spec["individuals"]), "B": len(spec["classes_B"])}
+    counts["E"], n_classes["E"] = (counts["B"], n_classes["B"]) if spec["has_background"] else \
+        (counts["A"], n_classes["A"])
     for m in models:
         steps = math.ceil(counts[m] * cfg["offline_variants"] / cfg["batch_size"])
         epochs, iterations = _model_length(cfg, n_classes[m], steps)
@@ -625,6 +758,9 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
             raise ValueError(f"{exp_dir} holds an experiment with a different setup "
                              f"(differs in: {', '.join(diff) or 'the photo lists'}); use another out_dir or "
                              "delete that folder")
+        if EMBEDDING_MODEL in models and old.get("embedding", embedding) != embedding:   # kept by A/B reruns
+            raise ValueError(f"{exp_dir} holds model E runs with embedding {old.get('embedding')}, not {embedding}; "
+                             "use another out_dir, or the same --embedding-head and --embedding-dim")
     norm = _normalization(cfg, spec, input_size) if cfg["normalize"] != "dataset" else None
     seeds_all = run_seeds(seed, runs)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -642,8 +778,12 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
                              "train_per_class": {c: sum(k == c for _, k in spec["train"]) for c in spec["classes_B"]},
                              "test_per_class": {c: sum(k == c for _, k in spec["test"]) for c in spec["test_classes"]}},
                   "run_seeds": seeds_all}
+    if EMBEDDING_MODEL in models:
+        experiment["embedding"] = embedding
     if exp_file.is_file():
         old = json.loads(exp_file.read_text(encoding="utf-8"))
+        if "embedding" in old and "embedding" not in experiment:   # an A/B rerun keeps E's record
+            experiment["embedding"] = old["embedding"]
         experiment["runs"] = max(int(runs), int(old.get("runs", 0)))
         experiment["run_seeds"] = run_seeds(seed, experiment["runs"])
     files.atomic_write_json(exp_file, experiment)
@@ -663,7 +803,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
             continue
         jobs_list.append({"run": s["run"], "run_dir": str(run_dir), "seeds": s, "models": list(models),
                           "fingerprint": fingerprint, "data": spec, "config": cfg, "input_size": input_size,
-                          "normalization": norm})
+                          "normalization": norm, "embedding": embedding})
     t0 = time.perf_counter()
     if executor == "ray":
         run_on_ray(jobs_list, _run_one, log, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
@@ -697,7 +837,13 @@ def _load_results(exp_dir: Path, runs: int, models, fingerprint) -> list:
 
 def _columns(models) -> list:
     from .stats import TABLE1_COLUMNS
-    return [c for c in TABLE1_COLUMNS if c[0] in models]
+    return [c for c in TABLE1_COLUMNS if c[0] in models] + (list(E_COLUMNS) if EMBEDDING_MODEL in models else [])
+
+
+def _comparison_pairs(models) -> list:
+    """The paired comparisons ``(first, second)`` the report makes for these models (d = second − first)."""
+    pairs = list(_COMPARISONS) if "A" in models and "B" in models else []
+    return pairs + [(a, b) for a, b in _E_COMPARISONS if a[0] in models and b[0] in models]
 
 
 def _row(res, columns) -> dict:
@@ -724,10 +870,9 @@ def write_report(exp_dir, runs=None) -> dict:
     table_csv(rows, columns, path=csv_path, row_labels=labels, ignore_nan=True)
     summary = {c: dict(zip(("mean", "std"), mean_std([r[c] for r in rows], ignore_nan=True))) for c in columns}
     comparisons = {}
-    if "A" in models and "B" in models:
-        for a, b in _COMPARISONS:
-            s = paired_summary([r[a] for r in rows], [r[b] for r in rows])
-            comparisons[f"{a} vs {b}"] = {"a": a, "b": b, **s.to_dict()}
+    for a, b in _comparison_pairs(models):
+        s = paired_summary([r[a] for r in rows], [r[b] for r in rows])
+        comparisons[f"{a} vs {b}"] = {"a": a, "b": b, **s.to_dict()}
     called = []
     if "B" in models:
         for res in results:
@@ -746,7 +891,7 @@ def write_report(exp_dir, runs=None) -> dict:
 
     def length(m):
         n = len(exp["data"]["individuals"]) + (len(exp["data"]["classes_B"]) - len(exp["data"]["individuals"])
-                                               if m == "B" else 0)
+                                               if m in ("B", EMBEDDING_MODEL) else 0)
         if cfg.get("iterations_per_class"):
             return f"{cfg['iterations_per_class'] * n:,} iterations"
         if cfg.get("iterations"):
@@ -771,7 +916,16 @@ def write_report(exp_dir, runs=None) -> dict:
         f"- Experiment seed {exp['seed']}; each run's init and order seeds are in `experiment.json`. "
         "A and B start from the same weights (A = B without the background output "
         + ("rows" if design == "kinds" else "row") + ") and see the photos in "
-        "the same order (A: B's order without the background photos). Final weights are scored.",
+        "the same order (A: B's order without the background photos). Final weights are scored."]
+    if EMBEDDING_MODEL in models:
+        emb = exp.get("embedding", EMBEDDING_DEFAULTS)
+        lines += [f"- Model E (embedding arm): `{cfg['model']}` as an identity embedding (`embedding_net`, head "
+                  f"{emb['head']}, {emb['embedding_dim']}-d), initialised from the run's init seed, trained on "
+                  + ("B's photos and classes" if exp["data"]["has_background"] else "A's photos and classes")
+                  + f" in P×K batches (K = {EMBEDDING_K}) seeded by the run's order seed; each test photo's score "
+                  "for a class is its best cosine similarity to that class's training photos (a gallery of "
+                  "them, embedded with the final weights), and the closest class is E's answer."]
+    lines += [
         "", "## Table 1" + (f" (B learns {len(bg_classes)} background kinds)" if design == "kinds" else ""), "",
         md_table,
         "A·P2: A's accuracy on the animal photos. B·P1: B's accuracy on all test photos (background photos right "
@@ -779,6 +933,8 @@ def write_report(exp_dir, runs=None) -> dict:
         "background. B·P4: on the animal photos, taking B's most likely individual. "
         + ("Every background kind counts as background: a photo B gives any kind is called background, and a "
            "background photo given another kind is right. " if design == "kinds" else "")
+        + ("E·P1–E·P4: the same four figures for model E, its answer being the class of the most similar "
+           "training photo. " if EMBEDDING_MODEL in models else "")
         + "Std: sample standard deviation; n/a: undefined (Avg and Std then use the defined runs)."]
     if called:
         lines += ["", "## Animal photos model B called background", "",
@@ -786,8 +942,11 @@ def write_report(exp_dir, runs=None) -> dict:
         lines += [f"| {c['run']} | {c['n_called_background']} | {c['n_animal_photos']} | {c['n_p3']} |"
                   for c in called]
     if comparisons:
-        lines += ["", "## Paired comparisons (d = B − A per run)", "",
-                  "| Comparison | n | mean A | mean B | mean d | 95% CI of d | Wilcoxon p | sign-test p | + / − / = |",
+        lines += ["", "## Paired comparisons (d = " + ("B − A" if EMBEDDING_MODEL not in models else
+                                                       "the second − the first") + " per run)", "",
+                  ("| Comparison | n | mean A | mean B | " if EMBEDDING_MODEL not in models else
+                   "| Comparison | n | mean first | mean second | ")
+                  + "mean d | 95% CI of d | Wilcoxon p | sign-test p | + / − / = |",
                   "|---|---:|---:|---:|---:|---|---:|---:|---|"]
         notes = []
         for name, s in comparisons.items():
@@ -797,9 +956,10 @@ def write_report(exp_dir, runs=None) -> dict:
                   "differences dropped); sign test: exact, two-sided."]
         if notes:
             lines += [""] + [f"- note: {n}" for n in notes]
-    ref = [mean_std(REPORT2019_TABLE1[c])[0] for c in columns]
+    ref_columns = [c for c in columns if c in REPORT2019_TABLE1]     # the 2019 report had no model E
+    ref = [mean_std(REPORT2019_TABLE1[c])[0] for c in ref_columns]
     lines += ["", "## For reference: Table 1 of the 2019 report (alexnet336, 10 runs)", "",
-              "| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns),
+              "| | " + " | ".join(ref_columns) + " |", "|---|" + "---:|" * len(ref_columns),
               "| 2019 Avg | " + " | ".join(f"{v:.4f}" for v in ref) + " |", ""]
     markdown = "\n".join(lines) + "\n"
     files.atomic_write_text(exp_dir / "report.md", markdown)
@@ -818,7 +978,7 @@ def write_report(exp_dir, runs=None) -> dict:
                            **{m: {"statistics": res["models"][m]["statistics"], "init": res["models"][m].get("init"),
                                   "training": res["models"][m].get("training")} for m in models}}
                           for res in results],
-              "reference_2019": {"table": REPORT2019_TABLE1, "avg": dict(zip(columns, ref))},
+              "reference_2019": {"table": REPORT2019_TABLE1, "avg": dict(zip(ref_columns, ref))},
               "markdown": markdown, "files": outputs}
     files.atomic_write_json(exp_dir / "report.json", strict_json(report))
     return report
@@ -836,7 +996,7 @@ def _comparison_line(s) -> str:
 
 def _plot(path, rows, labels, comparisons, recipe):
     from ..plots import plotting, save_figure
-    pairs = list(_COMPARISONS) if comparisons else []
+    pairs = [(s["a"], s["b"]) for s in comparisons.values()]
     cols = list(rows[0]) if rows else []
     with plotting() as plt:
         if not pairs:  # one model: its columns per run
@@ -846,7 +1006,8 @@ def _plot(path, rows, labels, comparisons, recipe):
             ax.set_xlabel("run"), ax.set_ylabel("accuracy"), ax.legend(), ax.grid(alpha=0.3)
             ax.set_title(f"recipe {recipe}")
         else:
-            fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 4), sharey=True)
+            fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 4), sharey=True, squeeze=False)
+            axes = axes[0]
             for ax, (a, b) in zip(axes, pairs):
                 for r in rows:
                     ya, yb = r[a], r[b]
@@ -862,7 +1023,8 @@ def _plot(path, rows, labels, comparisons, recipe):
                 ax.grid(alpha=0.3)
             axes[0].set_ylabel("accuracy")
             axes[0].legend(loc="lower left", fontsize=8)
-            fig.suptitle(f"paired runs, recipe {recipe} (green: B higher, red: A higher)", fontsize=11)
+            fig.suptitle(f"paired runs, recipe {recipe} (green: the right-hand one higher, red: the left-hand one "
+                         "higher)", fontsize=11)
         try:
             return save_figure(fig, path)
         finally:
@@ -912,10 +1074,19 @@ def compare_recipes(out_dir) -> str:
 
 def add_arguments(parser):
     """Add ``nabi experiment``'s arguments to an argparse parser."""
+    from ..models.embedding import HEADS as EMBEDDING_HEADS
     parser.add_argument("data", help="DATA/train/<class>/… + DATA/test/<class>/…, or one folder per class "
                                      "(split by --set test_ratio=…)")
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
-    parser.add_argument("--models", default="A,B", help="A,B (default), A or B")
+    parser.add_argument("--models", default="A,B",
+                        help="which models to train, comma-separated: A, B, and E, the embedding arm (the recipe's "
+                             "model as an identity embedding scored by a gallery of the training photos), e.g. "
+                             "A,B,E (default: A,B)")
+    parser.add_argument("--embedding-head", default=EMBEDDING_DEFAULTS["head"],
+                        choices=list(EMBEDDING_HEADS),
+                        help="model E's training head and loss (default: arcface)")
+    parser.add_argument("--embedding-dim", type=int, default=EMBEDDING_DEFAULTS["embedding_dim"],
+                        help="model E's embedding size (default: 128)")
     parser.add_argument("--recipe", default="modern", choices=sorted(RECIPES), type=renamed_value("recipe"),
                         help="alexnet336-2019 (the 2019 campus-cat report's setup), resnet18-160 (the strong "
                              "from-scratch baseline: ResNet-18 at 160 px on whole photos, 60 epochs), modern (an "
@@ -965,6 +1136,9 @@ def main_from_args(args, log=print) -> int:
     report = run_experiment(args.data, args.out, runs=args.runs, models=args.models, recipe=args.recipe,
                             jobs=args.jobs, background=args.background, seed=args.seed, overrides=overrides,
                             log=log, background_classes=getattr(args, "background_classes", "one"),
+                            embedding={"head": getattr(args, "embedding_head", EMBEDDING_DEFAULTS["head"]),
+                                       "embedding_dim": getattr(args, "embedding_dim",
+                                                                EMBEDDING_DEFAULTS["embedding_dim"])},
                             **executor_kwargs(args))
     log(report["markdown"])
     log("written: " + ", ".join(v for v in report["files"].values() if v))
