@@ -74,9 +74,7 @@ def run_self_training_arm(args, split, out):
             return summary
     if out.exists():
         shutil.rmtree(out)   # an unfinished self-training of this study: start it again
-    s = base_settings(args)
-    cfg = TrainConfig(data=str(args.labelled), seed=split, out=str(out), progress=False,
-                      **{k: v for k, v in s.items()})
+    cfg = TrainConfig(data=str(args.labelled), seed=split, out=str(out), progress=False, **base_settings(args))
     return run_self_training(cfg, str(args.unlabelled), rounds=args.rounds, student_augment="strong",
                              threshold=args.threshold, log=lambda m: print(f"  {m}", flush=True))
 
