@@ -705,6 +705,8 @@ def main(argv=None):
           f"threads {args.threads}; numpy {info['numpy']} ({info['numpy_blas'].get('name', '?')}), "
           f"torch {info['torch']} ({info['torch_blas'].get('blas_info', '?')}); repeats {repeats}, warmup {warmup}"
           + (f"; GPU {info['gpu']}" if args.device == "gpu" else ""))
+    if args.device == "cpu":
+        C.log(C.blas_kernel_note())
     for n in info["notes"]:
         C.log("NOTE: " + n)
     rows = []

@@ -304,6 +304,21 @@ def _kernels_info():
     return f"{state} {numba.__version__}, threading layer {cpu_kernels.threading_layer()}, {numba.get_num_threads()} threads"
 
 
+def blas_kernel_note():
+    """Which kernels NumPy's OpenBLAS runs, and whether ``OPENBLAS_CORETYPE`` chose them.
+
+    OpenBLAS picks its kernels for the processor at load time unless ``OPENBLAS_CORETYPE`` names
+    one; a machine that pins an older kernel (e.g. ``Haswell``, AVX2, on a processor with AVX-512)
+    runs nabi's matrix products at about half speed while PyTorch's oneDNN is unaffected. The
+    benchmarks print this line so that a ratio is read with the kernels it was measured with."""
+    info = threadpool_info()
+    archs = sorted({i.get("architecture") for i in (info if isinstance(info, list) else [])
+                    if i.get("internal_api") == "openblas" and i.get("architecture")})
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    line = f"NumPy's OpenBLAS runs its {'/'.join(archs) or 'unknown'} kernels"
+    return line + (f" (OPENBLAS_CORETYPE={pinned} pins them)" if pinned else " (chosen for this processor)")
+
+
 def machine_info(args, device, command, notes=()):
     import torch
     import nabi
@@ -328,7 +343,8 @@ def machine_info(args, device, command, notes=()):
         "threadpool_info": threadpool_info(),
         "notes": [n for n in notes if n],
         "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS",
-                                               "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "CUPY_TF32")},
+                                               "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "CUPY_TF32",
+                                               "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
     }
     try:
         import threadpoolctl

@@ -157,6 +157,7 @@ def main(argv=None):
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.blas_threads, user_api="blas")
         note = (note + " " if note else "") + f"NumPy's BLAS limited to {args.blas_threads} thread(s)"
+    print(C.blas_kernel_note())
     model, twin = build(args.model, args.projection_dim)
     model.train()
     twin.train()
