@@ -364,3 +364,32 @@ def test_resuming_a_byol_run_from_another_methods_checkpoint_is_refused(tmp_path
                           epochs=1, progress=False, log=None)
     with pytest.raises(ValueError, match="no BYOL target state"):
         trainer._resume_from(tmp_path / "ckpt-000000004", {"state": {}, "model_metadata": {}})
+
+
+def test_byol_steps_on_every_array_module_as_on_numpy(xp):
+    """Two BYOL training steps (forward, loss, backward, SGD, the target's moving average, the collapse
+    statistic) where the weights live on the device give the weights of the NumPy run (emulated CuPy runs
+    the GPU code path on the CPU)."""
+    from nabi.selfsup.collapse import normalised_std
+    x = np.random.default_rng(6).standard_normal((8, 3, 2, 2))
+    y = np.full(8, -1)
+
+    def run(device):
+        model = _tiny_byol(5)
+        if device == "gpu":
+            model.to("gpu")
+        batches = [(xp.asarray(x) if device == "gpu" else x, y)] * 2
+        trainer = BYOLTrainer(model, optim.SGD(model.named_parameters(), lr=0.3, momentum=0.9), batches,
+                              epochs=1, progress=False, log=None)
+        trainer.fit()
+        return model.state_dict(), trainer.history[0]
+
+    ref, ref_row = run("cpu")
+    got, row = run("cpu" if xp is np else "gpu")
+    assert list(got) == list(ref) and any(k.startswith("target.") for k in ref)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    assert row["z_std"] == pytest.approx(ref_row["z_std"], rel=1e-10)
+    assert row["train_loss"] == pytest.approx(ref_row["train_loss"], rel=1e-10)
+    z = xp.asarray(np.random.default_rng(2).standard_normal((6, 4)))
+    assert normalised_std(z) == pytest.approx(normalised_std(backend.to_numpy(z)), rel=1e-12)
