@@ -314,8 +314,8 @@ class _Killed(Exception):
 
 def test_pretrain_byol_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
     """24 photos, 4 a step: 6 steps an epoch, 12 in all, a checkpoint every 4 and at each epoch's end. The run
-    dies after step 10; --resume continues from iteration 8 (batch 2 of epoch 2) and ends with the weights of the run that was
-    never stopped: online and target, batch-norm statistics included, bit for bit."""
+    dies after step 10; --resume continues from iteration 8 (batch 2 of epoch 2) and ends with the weights of
+    the run that was never stopped: online and target, batch-norm statistics included, bit for bit."""
     from test_selfsup import write_photos
     import nabi.training.trainer as trainer_module
     photos = write_photos(tmp_path / "photos")

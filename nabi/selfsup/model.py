@@ -129,7 +129,8 @@ class SimSiam(Module):
 
 
 def byol_mlp(in_features: int, hidden: int, out_features: int):
-    """Linear(in, hidden) → BN → ReLU → Linear(hidden, out): BYOL's projector and predictor (no bias before a BN)."""
+    """Linear(in, hidden) → BN → ReLU → Linear(hidden, out): BYOL's projector and predictor
+    (no bias before a BN)."""
     return Sequential(OrderedDict([("fc1", Linear(in_features, hidden, bias=False)), ("bn1", BatchNorm1d(hidden)),
                                    ("relu", ReLU()), ("fc2", Linear(hidden, out_features))]))
 
@@ -146,8 +147,10 @@ class BYOL(Module):
     The target runs in training mode, normalising with the batch's own statistics, as in the paper's
     code (which runs the target with ``is_training=True``): the target's projections are then computed
     exactly like the online network's (whose batch norm also uses batch statistics), and the target's
-    running statistics, never averaged from the online network, are never used. Its running statistics
-    are its own (updated by its forward passes).
+    running statistics are its own (updated by its forward passes, never averaged from the online network)
+    and are never used. Like any training-mode forward it keeps its layers' backward caches (memory of one
+    more forward pass), though no backward runs through it. The target starts as an exact copy of the
+    online network (the paper's code draws it separately and reports no difference).
 
     Parameters are named ``backbone.*``, ``projector.*``, ``predictor.*`` (online, trained) and
     ``target.backbone.*``, ``target.projector.*``. ``named_parameters()`` (what an optimiser is given,
