@@ -109,6 +109,7 @@ RULES = {
     "sweep": {"cpus_per_trial": Int(1, 1024)},
     "pretrain": {"model": ModelName(), "image_size": Int(8, 4096), "epochs": POSITIVE, "iterations": POSITIVE,
                  "batch_size": Int(2), "temperature": Float(0.0, None, low_open=True), "projection_dim": POSITIVE,
+                 "ema_momentum": RATIO,
                  "lr": Float(0.0, None, low_open=True), "momentum": RATIO, "weight_decay": Float(0.0),
                  "warmup": NON_NEGATIVE, "seed": NON_NEGATIVE, "workers": Int(0, 256), "checkpoint_every": POSITIVE,
                  "keep_last": POSITIVE},

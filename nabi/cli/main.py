@@ -675,6 +675,7 @@ def build_parser():
     __import__("nabi.serve.cli", fromlist=["add_commands"]).add_commands(sub)     # nabi serve
     sub.choices["pretrain"].epilog = _examples(
         "nabi pretrain nyala_more/ --model resnet18_cifar --image-size 64 --epochs 50 --out runs/pretrain",
+        "nabi pretrain nyala_more/ --method byol --model resnet20 --image-size 64 --batch-size 64 --out runs/byol",
         "nabi train photos/ --model resnet18_cifar --image-size 64 --init runs/pretrain/backbone.safetensors")
     sub.choices["serve"].epilog = _examples(
         "nabi serve runs/cats                                # http://127.0.0.1:8000 on this machine",

@@ -23,17 +23,20 @@ def add_commands(subparsers):
     """Add ``pretrain`` and ``self-train`` to the ``nabi`` sub-command parser."""
     _add_self_train(subparsers)
     p = subparsers.add_parser(
-        "pretrain", help="self-supervised pretraining (SimCLR, SimSiam) of a zoo model's backbone on unlabelled "
-                         "photos",
+        "pretrain", help="self-supervised pretraining (SimCLR, SimSiam, BYOL) of a zoo model's backbone on "
+                         "unlabelled photos",
         description="Pretrain a zoo model's backbone with SimCLR's contrastive loss (NT-Xent; wants large "
-                    "batches) or SimSiam's stop-gradient cosine loss (no negatives; suits small batches) on every "
+                    "batches), SimSiam's stop-gradient cosine loss (no negatives; suits small batches) or BYOL's (a "
+                    "predictor chasing a moving average of the network; no negatives) on every "
                     "photo under PHOTOS (sub-folders are searched; their names are ignored). Writes "
                     "OUT/backbone.safetensors (+ backbone.json naming the architecture) for "
                     "`nabi train DATA --model SAME --init OUT/backbone.safetensors`. The log's acc column is "
-                    "the contrastive top-1: how often a view's nearest other view is its own pair.")
+                    "the contrastive top-1: how often a view's nearest other view is its own pair; SimSiam and BYOL "
+                    "also log z_std, and warn when their projections collapse.")
     p.add_argument("photos", help="a folder of photos (searched recursively; labels are not used)")
     p.add_argument("--method", default="simclr", choices=list(METHODS),
-                   help="the self-supervised method: simclr (NT-Xent) or simsiam (predictor + stop-gradient)")
+                   help="the self-supervised method: simclr (NT-Xent), simsiam (predictor + stop-gradient) or byol "
+                        "(predictor + a target network that is a moving average of the online one)")
     p.add_argument("--model", default="resnet18_cifar", help="a zoo model ending in a Linear classifier "
                                                              "(default resnet18_cifar)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
@@ -50,7 +53,11 @@ def add_commands(subparsers):
     p.add_argument("--temperature", type=float, default=0.5, help="τ of NT-Xent (SimCLR only; default 0.5)")
     p.add_argument("--projection-dim", type=int, default=128,
                    help="output size of the projection head (SimSiam: also the predictor's, whose hidden layer "
-                        "is a quarter of it)")
+                        "is a quarter of it; BYOL: also the predictor's)")
+    p.add_argument("--ema-momentum", type=float, default=0.99,
+                   help="BYOL only: the target network's starting momentum τ in [0, 1); after each step its "
+                        "weights become τ·target + (1−τ)·online, τ rising to 1 on a cosine over the run "
+                        "(default 0.99, for short runs; the paper's 0.996 suits 1000 epochs)")
     p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the schedule's starting value)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -106,7 +113,8 @@ def cmd_pretrain(args):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     trainer, path = run_pretraining(cfg, method=args.method, temperature=args.temperature,
-                                    projection_dim=args.projection_dim, resume=args.resume)
+                                    projection_dim=args.projection_dim, resume=args.resume,
+                                    ema_momentum=args.ema_momentum)
     print(f"run folder: {cfg.out}")
     return 0
 

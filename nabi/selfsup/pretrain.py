@@ -1,20 +1,28 @@
-"""``nabi pretrain``: SimCLR or SimSiam on a folder of unlabelled photos with nabi's trainer; keeps the backbone.
+"""``nabi pretrain``: SimCLR, SimSiam or BYOL on a folder of unlabelled photos with nabi's trainer; keeps the
+backbone.
 
 Per step: two augmented views of N photos → x (2N, C, H, W) → backbone → heads → loss → backward →
 optimiser step. SimCLR: projection head → z (2N, D) → NT-Xent(z, τ), which needs many negatives
 (large batches). SimSiam: projector → z, predictor → p, loss ½ D(p₁, sg(z₂)) + ½ D(p₂, sg(z₁)) with
-D the negative cosine and sg the stop-gradient: no negatives, so it suits small batches and CPUs. The trainer brings progress, the
-metrics log, checkpoints (``--checkpoint-every``) and exact resume (``--resume``).
+D the negative cosine and sg the stop-gradient: no negatives, so it suits small batches and CPUs.
+BYOL: the same online predictor, but the other view's projection z' comes from a target network, a
+copy of backbone and projector whose weights are an exponential moving average of the online ones
+(updated after each optimiser step, momentum τ rising from ``--ema-momentum`` to 1); loss
+‖p̂₁ − sg(ẑ'₂)‖² + ‖p̂₂ − sg(ẑ'₁)‖² over unit vectors. The trainer brings progress, the
+metrics log, checkpoints (``--checkpoint-every``; BYOL's target weights and update count included) and
+exact resume (``--resume``).
 
 The run folder holds what ``nabi train`` writes (``config.json``, ``metrics.jsonl``,
-``checkpoints/``, ``model.safetensors``: backbone and head) and ``backbone.safetensors``
-with its sidecar ``backbone.json`` (format ``nabi-backbone``, the zoo architecture and its
-arguments, input size, normalisation, how it was pretrained): the weights that
-``nabi train --init RUN/backbone.safetensors`` starts a classifier from.
+``checkpoints/``, ``model.safetensors``: backbone and heads, for BYOL the target too) and
+``backbone.safetensors`` with its sidecar ``backbone.json`` (format ``nabi-backbone``, the zoo
+architecture and its arguments, input size, normalisation, how it was pretrained): the weights that
+``nabi train --init RUN/backbone.safetensors`` starts a classifier from (for BYOL the online backbone).
 
 The ``acc`` column of the log is the contrastive top-1: the fraction of the 2N views
-whose most similar other view (cosine similarity of z; for SimSiam, of p against the others' z)
-is the other view of the same photo.
+whose most similar other view (cosine similarity of z; for SimSiam, of p against the others' z; for BYOL,
+of p against the others' target z') is the other view of the same photo. SimSiam and BYOL, which have no
+negatives to keep the photos apart, also log ``z_std`` (``nabi.selfsup.collapse``) and warn when their
+projections collapse.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from pathlib import Path
 from .. import __version__, backend, files
 from .. import data as D
 from ..data.prepare import normalization_spec, normalization_transform
+from ..layers.byol import BYOLLoss
 from ..layers.contrastive import NTXentLoss
 from ..layers.simsiam import SimSiamLoss
 from ..models.registry import model_input_size, set_input_size
@@ -31,8 +40,10 @@ from ..training.build import build_model, build_trainer
 from ..training.config import TrainConfig
 from ..training.trainer import Trainer, skip_input_gradient
 from . import METHODS
+from .collapse import collapse_warning, healthy_std, is_collapsing, normalised_std
 from .data import TwoViewBatches, TwoViewImages, simclr_augmentation
-from .model import SimCLR, SimSiam, backbone_of
+from .ema import check_momentum, ema_momentum as target_momentum
+from .model import BYOL, SimCLR, SimSiam, backbone_of
 
 BACKBONE_FILE = "backbone.safetensors"
 
@@ -44,6 +55,11 @@ class ContrastiveTrainer(Trainer):
     The batches' labels are −1 (``TwoViewBatches``), so the trainer's own argmax-equals-label
     count is always 0; each step adds the loss layer's count of anchors whose positive is the
     nearest other view instead.
+
+    For a model that exposes its projections (SimSiam and BYOL set ``model.projection``, the online z of
+    the step) each step also adds the collapse statistic ``normalised_std(z)`` (``nabi.selfsup.collapse``);
+    each epoch's metrics row gets its mean over the epoch's batches as ``z_std``, with ``z_std_healthy`` =
+    1/√D, and the first epoch whose ``z_std`` is below 0.2/√D prints one warning for the run.
     """
 
     def __init__(self, *args, temperature=0.5, loss=None, **kwargs):
@@ -53,9 +69,74 @@ class ContrastiveTrainer(Trainer):
     def _step(self, x, y, sums):
         super()._step(x, y, sums)
         sums["correct"] += self.loss_fn.correct
+        z = getattr(self.model, "projection", None)
+        if z is not None:
+            sums["z_std"] = sums.get("z_std", 0.0) + normalised_std(z)
+            sums["z_batches"] = sums.get("z_batches", 0) + 1
+
+    def _epoch_extras(self, sums):
+        if not sums.get("z_batches"):
+            return {}
+        return {"z_std": sums["z_std"] / sums["z_batches"], "z_std_healthy": healthy_std(self.model.projection_dim)}
+
+    def _end_epoch(self):
+        super()._end_epoch()
+        rows = [r for r in self.history if "z_std" in r]
+        if not rows or rows[-1] is not self.history[-1]:
+            return
+        dim = self.model.projection_dim
+        if is_collapsing(rows[-1]["z_std"], dim) and not any(is_collapsing(r["z_std"], dim) for r in rows[:-1]):
+            self.log(collapse_warning(rows[-1]["z_std"], dim, rows[-1]["epoch"]))
 
 
-def _contrastive_trainer(temperature, method="simclr"):
+class BYOLTrainer(ContrastiveTrainer):
+    """The contrastive trainer with BYOL's loss and, after every optimiser step, the target update
+    ξ ← τ_k ξ + (1 − τ_k) θ with τ_k rising from ``ema_momentum`` to 1 over the run's K steps
+    (``nabi.selfsup.ema``). The target's weights are part of the model's ``state_dict`` and so of every
+    checkpoint; the count k of target updates is saved beside the trainer's counters (``state.json``,
+    key ``ema``), so a resumed run continues exactly where the killed one stopped."""
+
+    def __init__(self, *args, ema_momentum=0.99, **kwargs):
+        kwargs.pop("temperature", None)
+        super().__init__(*args, loss=BYOLLoss(), **kwargs)
+        self.ema_momentum = check_momentum(ema_momentum)
+        self.ema_steps = 0
+
+    @property
+    def ema_total_steps(self) -> int:
+        """K: the optimiser steps of the whole run (the iteration budget when it ends the run sooner)."""
+        total = self.epochs * len(self.train_loader)
+        return min(total, self.max_iterations) if self.max_iterations is not None else total
+
+    def _step(self, x, y, sums):
+        super()._step(x, y, sums)
+        self.model.update_target(target_momentum(self.ema_steps, self.ema_total_steps, self.ema_momentum))
+        self.ema_steps += 1
+
+    def _state(self):
+        state = super()._state()
+        state["ema"] = {"steps": self.ema_steps, "momentum_base": self.ema_momentum,
+                        "total_steps": self.ema_total_steps}
+        return state
+
+    def _resume_from(self, path, ck):
+        ema = ck["state"].get("ema")
+        if not isinstance(ema, dict) or "steps" not in ema:
+            raise ValueError(f"checkpoint {path} holds no BYOL target state (state.json has no 'ema' entry); "
+                             f"it is not from a `nabi pretrain --method byol` run")
+        out = super()._resume_from(path, ck)
+        self.ema_steps = int(ema["steps"])
+        return out
+
+
+def _contrastive_trainer(temperature, method="simclr", ema_momentum=0.99):
+    if method == "byol":
+        class _BYOL(BYOLTrainer):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, ema_momentum=ema_momentum, **kwargs)
+        _BYOL.__name__ = _BYOL.__qualname__ = "BYOLTrainer"
+        return _BYOL
+
     class _Bound(ContrastiveTrainer):
         def __init__(self, *args, **kwargs):
             loss = SimSiamLoss() if method == "simsiam" else None
@@ -65,17 +146,19 @@ def _contrastive_trainer(temperature, method="simclr"):
 
 
 def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projection_dim=128, resume=False,
-                    log=print):
+                    log=print, ema_momentum=0.99):
     """Pretrain ``cfg.model``'s backbone on the photos under ``cfg.data``; returns ``(trainer, backbone_path)``.
 
     Uses of ``cfg``: model, model_args, image_size, channels, normalize, epochs/iterations, batch_size,
     optimizer, lr, momentum, weight_decay, schedule, warmup, clip_norm, seed, device, workers, cache,
-    out, checkpoint_every, keep_last, progress.
+    out, checkpoint_every, keep_last, progress. ``method``: simclr, simsiam or byol; ``temperature``: NT-Xent's
+    τ (simclr); ``ema_momentum``: BYOL's starting target momentum τ_base, in [0, 1).
     """
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if not temperature > 0:
         raise ValueError(f"--temperature must be positive, got {temperature}")
+    ema_momentum = check_momentum(ema_momentum)
     if cfg.batch_size < 2:
         raise ValueError(f"--batch-size must be at least 2 photos (each batch holds 2 × batch-size views), "
                          f"got {cfg.batch_size}")
@@ -91,6 +174,9 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
     if method == "simsiam":
         model = SimSiam(backbone, feature_dim, projection_dim)   # the heads draw from the generator seeded above
         skip_input_gradient(backbone)          # the trainer's own call stops at SimSiam, which is no Sequential
+    elif method == "byol":
+        model = BYOL(backbone, feature_dim, projection_dim)      # the target starts as a copy of the online net
+        skip_input_gradient(backbone)
     else:
         model = SimCLR(backbone, feature_dim, projection_dim)    # the head draws from the generator seeded above
     norm = normalization_spec(cfg.normalize, None, channels)
@@ -105,11 +191,13 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
     pretraining = {"method": method, "projection_dim": int(projection_dim), "num_photos": len(photos)}
     if method == "simclr":
         pretraining["temperature"] = float(temperature)
+    if method == "byol":
+        pretraining["ema_momentum"] = ema_momentum
     resolved = write_config(out, cfg, {"input_size": [C, H, W], "normalization": norm, "pretraining": pretraining})
     meta = {"format": f"nabi-{method}", "nabi_version": __version__, "arch": model.arch, "classes": [],
             "input_size": [C, H, W], "normalization": norm, "config": resolved}
     trainer = build_trainer(cfg, model, loader, None, out_dir=out, metadata=meta, config=resolved, log=log,
-                            trainer_class=_contrastive_trainer(temperature, method))
+                            trainer_class=_contrastive_trainer(temperature, method, ema_momentum))
     if resume and trainer.resume() is None:
         log(f"no checkpoint in {out}: starting from the beginning")
     trainer.fit()

@@ -505,6 +505,7 @@ class Trainer:
         row = {"epoch": self.epoch + 1, "iteration": self.iteration, "lr": self.optimizer.lr,
                "train_loss": sums["loss"] / max(sums["n"], 1), "train_acc": sums["correct"] / max(sums["n"], 1),
                "train_images_per_s": sums["n"] / max(sums["time"], 1e-9), "epoch_time_s": sums["time"]}
+        row.update(self._epoch_extras(sums))
         if self.val_loader is not None:
             ev = evaluate(self.model, self.val_loader, self.loss_fn, topk=self.topk)
             row.update(val_loss=ev["loss"], val_acc=ev["acc"])
@@ -537,6 +538,11 @@ class Trainer:
                      f"(best {self.best_acc:.4f} at epoch {self.best_epoch})")
         self.save_checkpoint()
         fault_point("epoch_saved")
+
+    def _epoch_extras(self, sums) -> dict:
+        """More columns for the epoch's metrics row, from the epoch's running sums (none here; a
+        subclass that adds its own sums in ``_step`` reports them)."""
+        return {}
 
     def _num_classes(self):
         classes = self.metadata.get("classes")

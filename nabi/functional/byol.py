@@ -1,0 +1,58 @@
+"""BYOL's loss (Grill et al., "Bootstrap your own latent", NeurIPS 2020): the symmetric mean squared error
+between each view's l2-normalised online prediction and the other view's l2-normalised target projection,
+the target behind a stop-gradient. Forward and backward.
+
+Input: out (M, 2D), M = 2N views, rows i and i + N two views of one photo; columns [0, D) are the online
+network's predictions p, columns [D, 2D) the target network's projections z'. With the partner
+t(i) = (i + N) mod M:
+
+    n_i      = max(‖p_i‖, ε),  m_j = max(‖z'_j‖, ε)     (ε = 1e-12, as torch.nn.functional.normalize)
+    u_i      = p_i / n_i,      v_j = z'_j / m_j          (p̂ and ẑ')
+    L        = (1/N) Σ_i ‖u_i − v_t(i)‖²                 (the sum runs over all M = 2N rows)
+             = mean over the N photos of ‖p̂₁ − ẑ'₂‖² + ‖p̂₂ − ẑ'₁‖²
+             = 4 − (2/N) Σ_i cos(p_i, z'_t(i))           (for non-zero rows: ‖u − v‖² = 2 − 2 u·v)
+
+so 0 ≤ L ≤ 8, and L = 0 when every prediction points where its partner's target projection points.
+
+Backward, for an upstream scalar g = ∂out/∂L; the stop-gradient sg(·) makes z' a constant:
+
+    ∂L/∂u_i  = (2g/N) (u_i − v_t(i))
+    ∂L/∂p_i  = (∂L/∂u_i − u_i (u_i · ∂L/∂u_i)) / n_i      the L2-normalisation's backward
+               (= ∂L/∂u_i / ε where ‖p_i‖ < ε: the clamp passes no gradient to the norm)
+    ∂L/∂z'   = 0                                           the stop-gradient: the target never learns by
+                                                           gradient, it follows the online network by EMA
+
+The layout is SimSiam's [p | z] (``nabi.functional.simsiam``), whose checks, normalisation and partner rows
+are shared; ``pair_top1`` counts the same "the partner is the nearest other view" sanity figure.
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+from .simsiam import _check, _normalise, pair_top1, partners
+
+__all__ = ["byol_forward", "byol_backward", "pair_top1"]
+
+
+def byol_forward(out, layer="byol"):
+    """BYOL loss of ``out`` (2N, 2D) = [p | z']; returns ``(loss, cache)``, ``loss`` a 0-d array of out's dtype."""
+    _check(out, layer)
+    xp = get_array_module(out)
+    M, D = out.shape[0], out.shape[1] // 2
+    u, n, unclamped = _normalise(out[:, :D], xp)
+    v, _, _ = _normalise(out[:, D:], xp)
+    t = partners(M, xp)
+    diff = u - v[t]
+    loss = (diff * diff).sum() / out.dtype.type(M // 2)
+    return loss, (u, n, unclamped, v, t)
+
+
+def byol_backward(cache, dloss=1.0):
+    """∂L/∂out (2N, 2D): the predictions' gradient in columns [0, D), zeros (stop-gradient) in [D, 2D)."""
+    u, n, unclamped, v, t = cache
+    xp = get_array_module(u)
+    M, D = u.shape
+    du = (u - v[t]) * (u.dtype.type(2 * dloss) / u.dtype.type(M // 2))
+    radial = (u * du).sum(axis=1, keepdims=True)
+    grad = xp.zeros((M, 2 * D), dtype=u.dtype)
+    grad[:, :D] = xp.where(unclamped, du - u * radial, du) / n
+    return grad
