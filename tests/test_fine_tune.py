@@ -102,6 +102,19 @@ def test_module_train_leaves_frozen_stages_in_eval_mode():
     assert not model.conv1.training and model.conv2.training
 
 
+def test_mixed_precision_keeps_frozen_stages_as_loaded():
+    nabi.seed(0)
+    model = models.get("cifar_cnn", num_classes=3)
+    before = model.state_dict()
+    trainer, _ = _trainer(model, freeze_until="conv1", precision="float16")
+    trainer.fit()
+    after = trainer.model_state()
+    assert after["conv1.weight"].dtype == np.float32
+    assert np.array_equal(after["conv1.weight"], before["conv1.weight"])
+    assert np.array_equal(after["conv1.bias"], before["conv1.bias"])
+    assert not np.array_equal(after["conv2.weight"], before["conv2.weight"])
+
+
 def _torch_pair(dtype=np.float64):
     """The same small network (two conv + batch-norm stages and a head) in nabi and in PyTorch."""
     with backend.default_dtype(dtype):
@@ -162,6 +175,32 @@ def test_frozen_and_decayed_training_equals_pytorch_with_requires_grad_off_and_p
     for k, v in got.items():
         np.testing.assert_allclose(v, want[k].numpy(), rtol=1e-9, atol=1e-11, err_msg=k)
     assert net[0].weight.grad is None and net[1].weight.grad is None
+
+
+def test_backward_stops_at_the_frozen_stages_of_googlenet_and_of_an_embedding_network():
+    """Containers other than Sequential stop too: GoogLeNet (its auxiliary heads, registered after
+    inception5b, still train although they read frozen stages) and the embedding network (backbone, neck)."""
+    nabi.seed(0)
+    g = models.get("googlenet", num_classes=3, aux_logits=True)
+    fine_tune.prepare(g, "inception4e", 1.0)
+    g.train()
+    assert not g.inception4a.training and g.aux1.training and g.inception5a.training
+    out = g(np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype(np.float32))
+    assert g.backward(np.ones_like(out), daux=tuple(np.ones_like(a) for a in g.aux_outputs)) is None
+    has_grad = lambda prefix: {p.grad is not None for n, p in g.named_parameters() if n.startswith(prefix)}  # noqa
+    assert has_grad("conv1.") == has_grad("inception4e.") == {False}
+    assert has_grad("aux1.") == has_grad("aux2.") == has_grad("inception5a.") == has_grad("fc.") == {True}
+
+    e = models.get("embedding_net", backbone="resnet20", num_classes=4)
+    plan = fine_tune.prepare(e, "backbone.layer2", 0.5)
+    assert plan["lr_scale"]["backbone.layer3.0.conv1.weight"] == 0.25 and plan["lr_scale"]["neck.fc.weight"] == 0.5
+    e.train()
+    out = e(np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    assert e.backward(np.ones_like(out)) is None
+    grads = {n: p.grad is not None for n, p in e.named_parameters()}
+    assert not any(v for n, v in grads.items() if n.startswith(("backbone.layer2.", "backbone.conv1.")))
+    assert all(v for n, v in grads.items() if n.startswith(("backbone.layer3.", "neck.", "classifier.")))
+    fine_tune.prepare(models.get("embedding_net", backbone="resnet20", num_classes=4), "neck", 1.0)  # head trains
 
 
 # -- layer-wise learning rates -------------------------------------------------------------------------------
