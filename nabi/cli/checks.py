@@ -84,6 +84,7 @@ RATIO = Float(0.0, 1.0)                          # [0, 1)
 TRAIN = {
     "model": ModelName(), "epochs": POSITIVE, "iterations": POSITIVE, "batch_size": POSITIVE,
     "lr": Float(0.0, None, low_open=True), "momentum": RATIO, "weight_decay": Float(0.0),
+    "layer_lr_decay": Float(0.0, 1.0, low_open=True, high_open=False),
     "warmup": NON_NEGATIVE, "warmup_fraction": RATIO, "step_size": POSITIVE,
     "gamma": Float(0.0, 1.0, low_open=True, high_open=False),
     "label_smoothing": RATIO, "clip_norm": Float(0.0, None, low_open=True), "image_size": Int(8, 4096),
@@ -157,6 +158,10 @@ def check_train_config(cfg) -> None:
     """Check a resolved ``TrainConfig`` (flags and TOML keys alike) against ``RULES['train']``."""
     values = cfg.to_dict()
     _check(TRAIN, values, lambda d: f"config key {d}" if d in CONFIG_ONLY else f"{flag(d)} (config key {d})")
+    freeze = values.get("freeze_until")
+    if freeze is not None and (not isinstance(freeze, str) or not freeze.strip()):
+        raise BadArgument(f"--freeze-until (config key freeze_until) must be a stage name such as layer2, "
+                          f"got {freeze!r}")
     if values["val_ratio"] + values["test_ratio"] >= 1:
         raise BadArgument(f"--val-ratio + --test-ratio must be below 1 (something must be left to train on), "
                           f"got {values['val_ratio']} + {values['test_ratio']}")

@@ -76,6 +76,19 @@ def _add_train_args(p, defaults):
     p.add_argument("--init", metavar="WEIGHTS", help="start from these weights (e.g. a pretrain run's "
                    "backbone.safetensors): every array matching by name and shape is loaded (default: none: "
                    "the model's own initialisation)")
+    p.add_argument("--freeze-until", metavar="LAYER", dest="freeze_until",
+                   help="do not train the network's stages up to and including LAYER, a stage name as its weights' "
+                        "names begin (conv1, layer2, features.6, backbone.layer3 …; an unknown name lists them): "
+                        "their weights get no step, no weight decay and no momentum, they run in eval mode while "
+                        "the rest trains (batch norm uses and keeps the running statistics it was loaded with, "
+                        "dropout is off), and backward stops above them; the run prints the frozen stages and "
+                        "the trainable and frozen parameter counts; meant for --init (default: none: every "
+                        "stage trains)")
+    p.add_argument("--layer-lr-decay", type=float, metavar="D", dest="layer_lr_decay",
+                   help="layer-wise learning-rate decay, D in (0, 1]: the last stage (the classifier) trains at "
+                        "--lr, the stage below it at --lr·D, the next at --lr·D² … down to the first (stages "
+                        "without parameters do not count); the --schedule scales every stage's rate alike "
+                        f"(default: {d.layer_lr_decay}: one rate for every stage)")
     p.add_argument("--epochs", type=int, help=f"passes over the training images {dflt(d.epochs)}")
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead of --epochs "
                                                   f"{dflt(d.iterations, 'none: --epochs decides')}")

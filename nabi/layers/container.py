@@ -86,10 +86,15 @@ class Sequential(Module):
         return x
 
     def backward(self, dy):
+        """Children's backward in reverse order. Stops (returns None) at a frozen child (``Module.frozen``:
+        it and every child before it are frozen) or when a child returned None (it skipped ∂L/∂input,
+        ``set_input_grad``): nothing below needs a gradient then."""
         mods = list(self._modules.values())
         fused = getattr(self, "_fused", set())
         i = len(mods) - 1
         while i >= 0:
+            if dy is None or mods[i].frozen or (i in fused and mods[i - 1].frozen):
+                return None
             if i in fused:                                   # ReLU fused into the Conv2d before it
                 dy = mods[i - 1].backward(dy, relu_y=mods[i].release_fused_output())
                 i -= 2

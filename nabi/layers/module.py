@@ -200,9 +200,16 @@ class Module:
             layer.compute_input_grad = bool(flag)
         return layer
 
+    frozen = False
+    """True on every module of a frozen stage (``nabi.training.fine_tune.freeze_until``): ``train()``
+    leaves it in eval mode (batch norm keeps its running statistics, dropout is off), and containers do
+    not run its backward: freezing is a prefix of the network, so a frozen child and every child
+    before it get no gradient."""
+
     def train(self, mode: bool = True):
+        """Training mode for every module (eval mode with ``mode=False``); frozen modules stay in eval."""
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", bool(mode) and not m.frozen)
         return self
 
     def eval(self):

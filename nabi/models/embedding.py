@@ -84,11 +84,16 @@ class EmbeddingNet(Module):
 
     def backward(self, dy):
         if self._classifier is not None:
+            if self._classifier.frozen:
+                return None
             dy = self._classifier.backward(dy)
         return self.backward_embed(dy)
 
     def backward_embed(self, de):
-        """∂L/∂x from ∂L/∂embedding (N, D), after an ``embed`` with caches kept."""
+        """∂L/∂x from ∂L/∂embedding (N, D), after an ``embed`` with caches kept (None when the neck is
+        frozen, ``Module.frozen``: the backbone before it is frozen too)."""
+        if de is None or self.neck.frozen:
+            return None
         return self.backbone.backward(self.neck.backward(de))
 
 

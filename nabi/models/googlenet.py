@@ -176,10 +176,20 @@ class GoogLeNet(Module):
             if len(daux) != 2:
                 raise ValueError(f"googlenet: daux must be (d_aux1, d_aux2), got {len(daux)} arrays")
             grads = {tap: (aux, g) for (tap, aux, _), g in zip(AUX_TAPS, daux) if g is not None}
-        for name, m in reversed(self.named_eval_chain()):
+        chain = self.named_eval_chain()
+        for i in range(len(chain) - 1, -1, -1):
+            name, m = chain[i]
+            if m.frozen or dy is None:
+                # frozen stages (``Module.frozen``) and everything before them get no gradient; an
+                # auxiliary head that still trains gets its own backward (its input gradient is unused)
+                for tap, _ in chain[:i + 1]:
+                    if tap in grads and not self._modules[grads[tap][0]].frozen:
+                        self._modules[grads[tap][0]].backward(grads[tap][1])
+                return None
             if name in grads:
                 aux, g = grads[name]
-                dy = dy + self._modules[aux].backward(g)
+                if not self._modules[aux].frozen:
+                    dy = dy + self._modules[aux].backward(g)
             dy = m.backward(dy)
         return dy
 

@@ -88,7 +88,7 @@ class MixedPrecision:
         for mname, m in model.named_modules():
             for pname, p in list(m._parameters.items()):
                 name = f"{mname}.{pname}" if mname else pname
-                if id(p) not in by_id:
+                if id(p) not in by_id and not m.frozen:        # a frozen stage's stay as they are
                     raise ValueError(f"mixed precision: parameter {name!r} is not in the optimiser")
                 if p.data.dtype != np.float32:
                     raise ValueError(f"mixed precision: parameter {name!r} is {p.data.dtype}, expected float32 masters")

@@ -28,16 +28,18 @@ def build_model(name: str, num_classes: int, model_args=None, seed=None):
     return models.get(name, num_classes=num_classes, **args)
 
 
-def make_optimizer(cfg: TrainConfig, model):
+def make_optimizer(cfg: TrainConfig, model, params=None, lr_scale=None):
+    """``cfg.optimizer`` over ``params`` (``(name, Parameter)`` pairs; default: all of ``model``'s), each
+    parameter stepping with ``lr · lr_scale[name]`` (default 1)."""
     from . import optim
-    params = model.named_parameters()
+    params = model.named_parameters() if params is None else params
     if cfg.optimizer == "sgd":
         return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                         nesterov=cfg.nesterov)
+                         nesterov=cfg.nesterov, lr_scale=lr_scale)
     if cfg.optimizer == "adam":
-        return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_scale=lr_scale)
     if cfg.optimizer == "adamw":
-        return optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_scale=lr_scale)
     raise ValueError(f"optimizer must be sgd, adam or adamw; got {cfg.optimizer!r}")
 
 
@@ -84,10 +86,20 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
     to ``cfg.out``; ``metadata`` goes into every weight file's sidecar and ``config`` is the resolved
     configuration the run records. ``trainer_class``: a ``Trainer`` subclass, for runners that change
     what is written when (the experiment runner writes its curves once, at the end).
+
+    ``cfg.freeze_until`` and ``cfg.layer_lr_decay`` (``nabi.training.fine_tune``) freeze the stages up
+    to one (left out of the optimiser, in eval mode, no backward) and give each stage its learning-rate
+    multiplier; what they did is logged.
     """
     from ..layers import CrossEntropyLoss
+    from . import fine_tune
     from .trainer import Trainer
-    optimizer = make_optimizer(cfg, model)
+    plan = fine_tune.prepare(model, cfg.freeze_until, cfg.layer_lr_decay)
+    if cfg.freeze_until is not None and not cfg.init:
+        log(f"note: --freeze-until {cfg.freeze_until} without --init freezes the model's initial weights")
+    for line in plan["lines"]:
+        log(line)
+    optimizer = make_optimizer(cfg, model, plan["params"], plan["lr_scale"])
     schedule = make_schedule(cfg, optimizer, len(train_loader))
     return (trainer_class or Trainer)(
         model, optimizer, train_loader, val_loader, loss_fn=CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
@@ -210,6 +222,9 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     if cfg.init:
         from .init_from import format_report, load_matching
         log(format_report(load_matching(model, cfg.init)))
+    if cfg.freeze_until is not None:                # an unknown stage name is refused before the data is read
+        from .fine_tune import frozen_stage_count, stages
+        frozen_stage_count(stages(model), cfg.freeze_until)
     channels = cfg.channels or C
     size = cfg.image_size or H
     if parts is None:

@@ -43,6 +43,8 @@ class TrainConfig:
     model: str = "lenet5"
     model_args: dict = field(default_factory=dict)
     init: str | None = None            # start from these weights (matching names and shapes)
+    freeze_until: str | None = None    # freeze the stages up to and including this one (nabi.training.fine_tune)
+    layer_lr_decay: float = 1.0        # the head trains at lr, each stage below at D times the one above
     epochs: int = 10
     iterations: int | None = None
     batch_size: int = 64

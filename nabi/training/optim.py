@@ -12,7 +12,14 @@ freshly built model in a new process.
 Array math goes through ``xp = backend.get_array_module(p.data)``, so the
 same code updates NumPy (CPU) and CuPy (GPU) parameters, in place.
 
-Schedules set ``optimizer.lr``; the caller calls ``schedule.step()`` once per
+Per-parameter learning rates (``torch.optim``'s parameter groups with their
+own ``lr``) are multipliers: ``lr_scale = {name: s}`` makes parameter ``name``
+step with ``s · lr`` (weight decay included, as a torch group of lr ``s · lr``
+does); the others use ``lr``. Layer-wise learning-rate decay
+(``nabi.training.fine_tune``) is built on them.
+
+Schedules set ``optimizer.lr``, so they scale every parameter's rate alike;
+the caller calls ``schedule.step()`` once per
 epoch or once per iteration, as it likes. Each schedule has a closed form
 ``get_lr(t)`` for the rate after ``t`` calls to ``step()``.
 """
@@ -95,7 +102,8 @@ class Optimizer:
     """Base class: holds named parameters, the learning rate ``lr`` and per-name state.
 
     Subclasses list their hyper-parameters in ``_hyper`` (attribute names) and
-    implement ``_update(name, p, state)`` for one parameter whose ``grad`` is set.
+    implement ``_update(name, p, state)`` for one parameter whose ``grad`` is set,
+    stepping with ``lr_of(name)``: ``lr · lr_scale[name]`` (``lr_scale`` defaults to 1).
     Parameters whose ``grad`` is ``None`` are skipped by ``step()`` (no update,
     no state change), as in PyTorch.
     """
@@ -103,11 +111,29 @@ class Optimizer:
     _hyper: tuple = ()
     _int_state: tuple = ()  # state keys kept as Python ints (saved as int64 0-d arrays)
 
-    def __init__(self, params, lr: float):
+    def __init__(self, params, lr: float, lr_scale=None):
         self.params = _named_params(params, type(self).__name__)
         self.lr = _check_nonneg("lr", lr)
+        self.lr_scale = self._check_lr_scale(lr_scale)
         self.state: "dict[str, dict]" = {}
         self.step_count = 0
+
+    def _check_lr_scale(self, lr_scale) -> dict:
+        """``{name: multiplier}`` for parameters of this optimizer, each multiplier > 0 and finite."""
+        out = {}
+        for name, s in dict(lr_scale or {}).items():
+            if name not in self.params:
+                raise KeyError(f"{type(self).__name__}: lr_scale names {name!r}, which is not one of its parameters")
+            s = float(s)
+            if not (s > 0 and math.isfinite(s)):
+                raise ValueError(f"{type(self).__name__}: lr_scale[{name!r}] must be a finite number > 0, got {s}")
+            if s != 1.0:
+                out[name] = s
+        return out
+
+    def lr_of(self, name: str) -> float:
+        """The learning rate parameter ``name`` steps with now: ``lr · lr_scale[name]``."""
+        return self.lr * self.lr_scale.get(name, 1.0)
 
     # -- running ------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = False) -> None:
@@ -154,6 +180,7 @@ class Optimizer:
         return {
             "optimizer": type(self).__name__,
             "lr": self.lr,
+            "lr_scale": dict(self.lr_scale),
             "hyper": dict(self.hyper),
             "step_count": int(self.step_count),
             "param_names": list(self.params),
@@ -208,6 +235,8 @@ class Optimizer:
         for k, v in hyper.items():
             setattr(self, k, tuple(v) if isinstance(v, list) else v)
         self.lr = float(d.get("lr", self.lr))
+        if "lr_scale" in d:
+            self.lr_scale = self._check_lr_scale(d["lr_scale"])
         self.step_count = int(d.get("step_count", 0))
         self.state = new_state
 
@@ -230,8 +259,8 @@ class SGD(Optimizer):
     _hyper = ("momentum", "dampening", "weight_decay", "nesterov")
 
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False):
-        super().__init__(params, lr)
+                 weight_decay: float = 0.0, nesterov: bool = False, lr_scale=None):
+        super().__init__(params, lr, lr_scale)
         self.momentum = _check_nonneg("momentum", momentum)
         self.dampening = float(dampening)
         self.weight_decay = _check_nonneg("weight_decay", weight_decay)
@@ -246,7 +275,7 @@ class SGD(Optimizer):
             first = buf is None
             if first:
                 buf = state["momentum_buffer"] = np.empty_like(p.data)
-            K.sgd_momentum_step(p.data, g, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
+            K.sgd_momentum_step(p.data, g, buf, self.lr_of(name), self.momentum, self.dampening, self.weight_decay,
                                 self.nesterov, first)
             return
         if self.weight_decay != 0:
@@ -263,7 +292,7 @@ class SGD(Optimizer):
                 else:
                     buf += (1.0 - self.dampening) * g
             g = g + self.momentum * buf if self.nesterov else buf
-        axpy(p.data, g, -self.lr)                # p -= lr·g, in place
+        axpy(p.data, g, -self.lr_of(name))       # p -= lr·g, in place
 
 
 class Adam(Optimizer):
@@ -283,8 +312,8 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False):
-        super().__init__(params, lr)
+                 weight_decay: float = 0.0, amsgrad: bool = False, lr_scale=None):
+        super().__init__(params, lr, lr_scale)
         b1, b2 = (float(b) for b in betas)
         for i, b in enumerate((b1, b2)):
             if not 0.0 <= b < 1.0:
@@ -306,15 +335,16 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
         t = state["step"]
+        lr = self.lr_of(name)
         if K.enabled(p.data, g) and g.dtype == p.data.dtype and p.data.flags.c_contiguous and g.flags.c_contiguous:
             if self.amsgrad and state.get("max_exp_avg_sq") is None:   # amsgrad switched on mid-run
                 state["max_exp_avg_sq"] = state["exp_avg_sq"].copy()
-            K.adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), self.lr,
+            K.adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), lr,
                         self.betas, self.eps, self.weight_decay, self._decoupled, self.amsgrad, t)
             return
         if self.weight_decay != 0:
             if self._decoupled:
-                p.data *= 1.0 - self.lr * self.weight_decay
+                p.data *= 1.0 - lr * self.weight_decay
             else:
                 g = g + self.weight_decay * p.data
         m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -331,7 +361,7 @@ class Adam(Optimizer):
                 vmax = state["max_exp_avg_sq"] = v.copy()
             xp.maximum(vmax, v, out=vmax)
             v = vmax
-        step_size = self.lr / (1.0 - b1 ** t)
+        step_size = lr / (1.0 - b1 ** t)
         denom = xp.sqrt(v)
         denom /= math.sqrt(1.0 - b2 ** t)
         denom += self.eps
@@ -346,8 +376,9 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False):
-        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+                 weight_decay: float = 1e-2, amsgrad: bool = False, lr_scale=None):
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         lr_scale=lr_scale)
 
 
 # ---------------------------------------------------------------------------

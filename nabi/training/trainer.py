@@ -133,7 +133,9 @@ def enable_fused_sgd(model, optimizer, clip_norm=None):
     Only for ``SGD`` without momentum, weight decay or Nesterov (the 2019 report's rule,
     w ← w − lr·∂L/∂w), and without gradient clipping (which needs all gradients
     before any update). Their weight gradients are never stored; other
-    parameters (batch norm) still go through ``optimizer.step()``.
+    parameters (batch norm) still go through ``optimizer.step()``. Layers whose weight
+    the optimiser does not hold (a frozen stage) are left alone; each layer's rate is
+    the optimiser's for its weight (``lr_of``: layer-wise learning rates apply).
     """
     from ..layers import Conv2d, Linear
     from .optim import SGD
@@ -145,12 +147,13 @@ def enable_fused_sgd(model, optimizer, clip_norm=None):
     if clip_norm:
         raise ValueError("fused SGD cannot clip the gradient norm (each layer updates before the next "
                          "layer's gradient exists); drop --clip-norm or the fused update")
-    layers = [m for m in model.modules() if isinstance(m, (Conv2d, Linear))]
+    names = {id(p): name for name, p in optimizer.params.items()}
+    layers = [m for m in model.modules() if isinstance(m, (Conv2d, Linear)) and id(m.weight) in names]
     for m in layers:
         m.weight.grad = None
         if m.bias is not None:
             m.bias.grad = None
-        m.fused_lr = optimizer.lr
+        m.fused_lr = optimizer.lr_of(names[id(m.weight)])
     return layers
 
 
@@ -261,6 +264,8 @@ class Trainer:
             raise ValueError("fused SGD and mixed precision cannot be combined: the fused update needs the "
                              "float32 weights inside backward (use one or the other)")
         self.fused_layers = enable_fused_sgd(model, optimizer, clip_norm) if fused_sgd else []
+        names = {id(p): name for name, p in optimizer.params.items()}
+        self._fused_names = [names[id(layer.weight)] for layer in self.fused_layers]
         self.amp = MixedPrecision(model, optimizer, self.precision) if self.precision != "float32" else None
         skip_input_gradient(model)
         if self.out_dir is not None:
@@ -336,6 +341,7 @@ class Trainer:
         arch_now = self.metadata.get("arch")
         if arch_saved and arch_now and arch_saved != arch_now:
             raise ValueError(f"checkpoint {path} is of architecture {arch_saved}, but this run builds {arch_now}")
+        _check_same_fine_tuning(path, ck["state"].get("config") or {}, self.config)
         if self.amp is not None:
             self.amp.load_master_state_dict(ck["model"])
         else:
@@ -457,8 +463,8 @@ class Trainer:
 
     def _step(self, x, y, sums):
         model, loss_fn = self.model, self.loss_fn
-        for layer in self.fused_layers:      # the schedule may have changed the rate
-            layer.fused_lr = self.optimizer.lr
+        for layer, name in zip(self.fused_layers, self._fused_names):   # the schedule may have changed the rate
+            layer.fused_lr = self.optimizer.lr_of(name)
         amp = self.amp
         logits = model(amp.cast_input(x) if amp else x)
         if amp:
@@ -547,6 +553,22 @@ class Trainer:
     def _num_classes(self):
         classes = self.metadata.get("classes")
         return len(classes) if classes else 0
+
+
+FINE_TUNING_DEFAULTS = {"freeze_until": None, "layer_lr_decay": 1.0}
+"""The fine-tuning settings a resumed run must share with its checkpoint, and their values when not recorded."""
+
+
+def _check_same_fine_tuning(path, saved: dict, now: dict) -> None:
+    """``ValueError`` when the checkpoint's run froze other stages or decayed the learning rate otherwise
+    than this one (``--freeze-until``, ``--layer-lr-decay``): continuing would change the training."""
+    flags = {"freeze_until": "--freeze-until", "layer_lr_decay": "--layer-lr-decay"}
+    for key, default in FINE_TUNING_DEFAULTS.items():
+        a, b = saved.get(key, default), now.get(key, default)
+        if a != b:
+            raise ValueError(f"checkpoint {path} was trained with {flags[key]} {'none' if a is None else a}, but "
+                             f"this run gives {'none' if b is None else b}: resume with the run's own settings "
+                             f"(its config.json records them)")
 
 
 def _format_row(row):
