@@ -287,6 +287,12 @@ def test_pretrain_rejects_bad_arguments(tmp_path, capsys):
     assert "not a Linear" in capsys.readouterr().err
     assert nabi_main(_pretrain_argv(tmp_path / "missing", tmp_path / "c")) == 1
     assert "missing does not exist" in capsys.readouterr().err
+    # a setting of another method is refused, not silently ignored, and nothing is written
+    assert nabi_main(_pretrain_argv(photos, tmp_path / "d", "--method", "simsiam")) == 1
+    assert "--temperature is a setting of --method simclr; --method simsiam has no use for it" in capsys.readouterr().err
+    assert nabi_main(_pretrain_argv(photos, tmp_path / "e", "--ema-momentum", "0.9")) == 1
+    assert "--ema-momentum is a setting of --method byol; --method simclr" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
 
 
 _SLOW_STEP = """

@@ -50,12 +50,13 @@ def add_commands(subparsers):
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead "
                                                   "(default: none: --epochs decides)")
     p.add_argument("--batch-size", type=int, default=256, help="photos per step; each gives two views")
-    p.add_argument("--temperature", type=float, default=0.5, help="τ of NT-Xent (SimCLR only; default 0.5)")
+    p.add_argument("--temperature", type=float,
+                   help="τ of NT-Xent (SimCLR only: refused with the other methods; default 0.5)")
     p.add_argument("--projection-dim", type=int, default=128,
                    help="output size of the projection head (SimSiam: also the predictor's, whose hidden layer "
                         "is a quarter of it; BYOL: also the predictor's)")
-    p.add_argument("--ema-momentum", type=float, default=0.99,
-                   help="BYOL only: the target network's starting momentum τ in [0, 1); after each step its "
+    p.add_argument("--ema-momentum", type=float,
+                   help="BYOL only (refused with the other methods): the target network's starting momentum τ in [0, 1); after each step its "
                         "weights become τ·target + (1−τ)·online, τ rising to 1 on a cosine over the run "
                         "(default 0.99, for short runs; the paper's 0.996 suits 1000 epochs)")
     p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
@@ -112,9 +113,15 @@ def cmd_pretrain(args):
     for name in ("epochs", "batch_size", "projection_dim"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    trainer, path = run_pretraining(cfg, method=args.method, temperature=args.temperature,
+    for flag, value, method in (("--temperature", args.temperature, "simclr"),
+                                ("--ema-momentum", args.ema_momentum, "byol")):
+        if value is not None and args.method != method:
+            raise ValueError(f"{flag} is a setting of --method {method}; --method {args.method} has no use for it "
+                             f"(leave it out, or choose --method {method})")
+    trainer, path = run_pretraining(cfg, method=args.method,
+                                    temperature=0.5 if args.temperature is None else args.temperature,
                                     projection_dim=args.projection_dim, resume=args.resume,
-                                    ema_momentum=args.ema_momentum)
+                                    ema_momentum=0.99 if args.ema_momentum is None else args.ema_momentum)
     print(f"run folder: {cfg.out}")
     return 0
 
