@@ -320,3 +320,131 @@ def test_read_manifest_rejects_other_files(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="cannot read .*broken.json"):
         P.read_manifest(tmp_path / "broken.json")
+
+
+# -- starting from pretrained weights (--init, --freeze-until, --layer-lr-decay) --------------------------------
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny ``nabi pretrain`` run of cifar_cnn: its backbone.safetensors has conv1 and conv2, no fc."""
+    root = tmp_path_factory.mktemp("pretrain")
+    photos = write_labelled(root / "photos", 4, 7)
+    assert nabi_main(["pretrain", str(photos), "--model", "cifar_cnn", "--image-size", "32", "--method", "simsiam",
+                      "--iterations", "2", "--batch-size", "8", "--out", str(root / "run"), "--no-progress"]) == 0
+    from nabi import files
+    path = root / "run" / "backbone.safetensors"
+    state, _ = files.load_weights(path)
+    assert sorted(state) == ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight"]
+    return path, state
+
+
+@pytest.fixture
+def initial_weights(monkeypatch):
+    """The weights every ``Trainer.fit`` starts from, in call order (teacher first, then each student)."""
+    from nabi.training.trainer import Trainer
+    seen, fit = [], Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append({k: np.array(v) for k, v in self.model.state_dict().items()})
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    return seen
+
+
+def test_self_train_init_starts_the_teacher_and_every_student_from_the_weights(tmp_path, capsys, pretrained,
+                                                                                initial_weights):
+    path, state = pretrained
+    lab = write_labelled(tmp_path / "lab", 8, 0)
+    unl = write_labelled(tmp_path / "unl", 4, 1)
+    out = tmp_path / "out"
+    assert nabi_main(_argv(lab, unl, out, "--init", str(path.parent))) == 0      # a run folder: its backbone
+    log = capsys.readouterr().out
+    assert log.count(f"--init {path}: loaded 4 arrays matching by name and shape") == 3
+    assert len(initial_weights) == 3                                              # teacher, two students
+    for start in initial_weights:
+        for name, value in state.items():
+            assert np.array_equal(start[name], value), name
+        assert set(start) - set(state) == {"fc.weight", "fc.bias"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["init"] == str(path) and summary["freeze_until"] is None and summary["layer_lr_decay"] == 1.0
+    assert f"started from {path}" in (out / "summary.md").read_text()
+    for k in (0, 1, 2):
+        rec = json.loads((out / f"round-{k}" / "round.json").read_text())
+        assert rec["init"] == {"weights": str(path), "loaded": 4, "new": ["fc.weight", "fc.bias"], "skipped": [],
+                               "unused": []}
+        assert rec == summary["rounds"][k]
+        config = json.loads((out / f"round-{k}" / "train" / "config.json").read_text())
+        assert config["init"] == str(path.parent) and config["freeze_until"] is None
+        assert config["layer_lr_decay"] == 1.0
+
+
+def test_self_train_freeze_until_keeps_the_loaded_stage_in_teacher_and_another_architecture_student(
+        tmp_path, capsys, pretrained, initial_weights):
+    from nabi import files
+    path, state = pretrained
+    lab = write_labelled(tmp_path / "lab", 8, 0)
+    unl = write_labelled(tmp_path / "unl", 4, 1)
+    out = tmp_path / "out"
+    argv = _argv(lab, unl, out, "--init", str(path), "--freeze-until", "conv1", "--layer-lr-decay", "0.5",
+                 "--student-model", "resnet20")
+    argv[argv.index("--rounds") + 1] = "1"
+    assert nabi_main(argv) == 0
+    log = capsys.readouterr().out
+    assert log.count("--freeze-until conv1: frozen stages conv1") == 2 and "layer3  0.5" in log
+    # the teacher (cifar_cnn) took all four arrays; the student (resnet20) only conv1.weight, the one that fits
+    teacher_start, student_start = initial_weights
+    assert all(np.array_equal(teacher_start[k], v) for k, v in state.items())
+    assert np.array_equal(student_start["conv1.weight"], state["conv1.weight"])
+    teacher_rec = json.loads((out / "round-0" / "round.json").read_text())
+    student_rec = json.loads((out / "round-1" / "round.json").read_text())
+    assert teacher_rec["init"]["loaded"] == 4
+    assert student_rec["init"]["loaded"] == 1 and "fc.weight" in student_rec["init"]["new"]
+    assert student_rec["init"]["unused"] == ["conv1.bias", "conv2.weight", "conv2.bias"]
+    # the frozen stage is bit-identical to the file after training; the stage above it trained
+    for k, frozen in ((0, ["conv1.weight", "conv1.bias"]), (1, ["conv1.weight"])):
+        for weights in ("best.safetensors", "model.safetensors"):
+            final, _ = files.load_weights(out / f"round-{k}" / "train" / weights)
+            for name in frozen:
+                assert np.array_equal(final[name], state[name]), (k, weights, name)
+    teacher_final, _ = files.load_weights(out / "round-0" / "train" / "model.safetensors")
+    assert not np.array_equal(teacher_final["conv2.weight"], state["conv2.weight"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["init"], summary["freeze_until"], summary["layer_lr_decay"]) == (str(path), "conv1", 0.5)
+    for k in (0, 1):
+        config = json.loads((out / f"round-{k}" / "train" / "config.json").read_text())
+        assert (config["init"], config["freeze_until"], config["layer_lr_decay"]) == (str(path), "conv1", 0.5)
+
+
+def test_self_train_refuses_bad_init_freeze_and_decay_before_writing_anything(tmp_path, capsys, pretrained):
+    import re
+    from nabi import files
+    path, _ = pretrained
+    lab = write_labelled(tmp_path / "lab", 4, 0)
+    unl = write_labelled(tmp_path / "unl", 2, 1)
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not weights")
+    other = tmp_path / "lenet.safetensors"
+    files.save_weights(other, {"lenet_only": np.zeros(3, np.float32)}, {})
+    cases = [
+        (["--init", str(tmp_path / "absent.safetensors")], r"--init .*absent\.safetensors"),
+        (["--init", str(tmp_path / "no-run")], r"--init .*no-run.* does not exist"),
+        (["--init", str(text)], r"--init .*notes\.safetensors: not a readable weight file"),
+        (["--init", str(other)], r"--init .*lenet\.safetensors: none of its 1 arrays matches .*\(the teacher, "
+                                 r"cifar_cnn\)"),
+        (["--init", str(path), "--freeze-until", "conv2", "--student-model", "resnet20"],
+         r"--freeze-until conv2: not a stage .*\(the student, resnet20\)"),
+        (["--init", str(path), "--freeze-until", "fc"], r"--freeze-until fc freezes every stage .*\(the teacher"),
+        (["--layer-lr-decay", "0"], r"--layer-lr-decay must be a finite number in \(0, 1\]"),
+        (["--layer-lr-decay", "1.5"], r"--layer-lr-decay must be a finite number in \(0, 1\]"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        assert nabi_main(_argv(lab, unl, out, *extra)) == 1, extra
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err, (message, err)
+        assert not out.exists(), extra                                            # nothing written
+    from nabi.selfsup.selftrain import run_self_training
+    from nabi.training.config import TrainConfig
+    with pytest.raises(ValueError, match=r"--layer-lr-decay must be a number in \(0, 1\], got 0"):
+        run_self_training(TrainConfig(data=str(lab), model="cifar_cnn", layer_lr_decay=0, out=str(tmp_path / "api")),
+                          unl)
+    assert not (tmp_path / "api").exists()

@@ -120,7 +120,8 @@ RULES = {
                    "dropout": RATIO, "stochastic_depth": RATIO, "epochs": POSITIVE, "batch_size": POSITIVE,
                    "lr": Float(0.0, None, low_open=True), "momentum": RATIO, "weight_decay": Float(0.0),
                    "image_size": Int(8, 4096), "val_ratio": RATIO, "test_ratio": RATIO, "seed": NON_NEGATIVE,
-                   "workers": Int(0, 256), "warmup_fraction": RATIO, "label_smoothing": RATIO},
+                   "workers": Int(0, 256), "warmup_fraction": RATIO, "label_smoothing": RATIO,
+                   "layer_lr_decay": Float(0.0, 1.0, low_open=True, high_open=False)},
     "serve": {"port": Int(1, 65535), "threshold": Float(0.0, 1.0, high_open=False),
               "max_upload_mb": Float(0.0, None, low_open=True), "max_pixels": POSITIVE, "max_files": POSITIVE},
 }

@@ -136,7 +136,8 @@ def _add_self_train(subparsers):
                     "pseudo-label counts per class and the accuracy on the labelled test split.",
         epilog="examples:\n"
                "  nabi self-train photos/ more_photos/ --model resnet18_cifar --rounds 2 --out runs/noisy\n"
-               "  nabi self-train photos/ more_photos/ --model cifar_cnn --soft --threshold 0.8 --out runs/soft\n"
+               "  nabi self-train photos/ more_photos/ --model resnet18_cifar --init runs/ssl --freeze-until layer1 "
+               "--soft --out runs/soft\n"
                "  nabi self-train photos/ more_photos/ --model resnet20 --student-model resnet32 "
                "--stochastic-depth 0.2 --out runs/deep")
     p.add_argument("labelled", help="a folder with one sub-folder per class (or train/ val/ test/)")
@@ -150,6 +151,21 @@ def _add_self_train(subparsers):
     p.add_argument("--model", help=_default("the teacher's zoo model", "model"))
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", dest="model_arg",
                    help="an argument of the teacher's builder (repeatable; default: none)")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start the first teacher and every student from these weights (a .safetensors file such "
+                        "as a pretrain run's backbone.safetensors, or a run folder), as `nabi train --init`: every "
+                        "array matching by name and shape is loaded; a student of another architecture loads what "
+                        "matches; each round.json records what was loaded, new and skipped (default: none: each "
+                        "round starts from the model's own initialisation)")
+    p.add_argument("--freeze-until", metavar="LAYER", dest="freeze_until",
+                   help="in the teacher and every student, do not train the stages up to and including LAYER (a "
+                        "stage name as the weights' names begin: conv1, layer2, features.6 …), as `nabi train "
+                        "--freeze-until`: no step, eval mode, no backward below them; meant for --init "
+                        "(default: none: every stage trains)")
+    p.add_argument("--layer-lr-decay", type=float, metavar="D", dest="layer_lr_decay",
+                   help="layer-wise learning-rate decay for the teacher and every student, D in (0, 1], as `nabi "
+                        "train --layer-lr-decay`: the classifier trains at --lr, the stage below at --lr·D, the "
+                        "next at --lr·D² … (default: 1.0: one rate for every stage)")
     p.add_argument("--student-model", help="the students' zoo model, at least as large (default: --model)")
     p.add_argument("--student-model-arg", action="append", metavar="KEY=VALUE", dest="student_model_arg",
                    help="an argument of the students' builder (repeatable; default: --model-arg for the same "
@@ -240,7 +256,10 @@ def cmd_self_train(args):
         raise ValueError("--schedule warmup_cosine needs --warmup-fraction (the warm-up's share of each round)")
     cfg = TrainConfig.from_dict({**settings, "data": args.labelled, "exclude": list(args.exclude), "seed": args.seed,
                                  "device": args.device, "workers": args.workers, "cache": args.cache,
-                                 "out": args.out, "progress": args.progress})
+                                 "out": args.out, "progress": args.progress, "init": args.init,
+                                 "freeze_until": args.freeze_until,
+                                 **({"layer_lr_decay": args.layer_lr_decay} if args.layer_lr_decay is not None
+                                    else {})})
     check_warmup(cfg)
     student_args = _model_args(args.student_model_arg, "--student-model-arg") if args.student_model_arg else None
     summary = run_self_training(cfg, args.unlabelled, rounds=args.rounds, student_model=args.student_model,

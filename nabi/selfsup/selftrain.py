@@ -30,6 +30,15 @@ rising linearly from 0 at the first block to P at the last (Huang et al., 2016;
 P = 0.2. Pseudo-labelling runs the teacher in evaluation mode, unnoised. The student must have
 at least as many parameters as the teacher (equal or larger, as in the paper).
 
+Pretrained start (``cfg.init``, ``cfg.freeze_until``, ``cfg.layer_lr_decay``, as ``nabi train --init
+--freeze-until --layer-lr-decay``): the round-0 teacher and every student start from the same
+weights (``nabi.training.init_from.load_matching``: every array matching by name and shape; a
+student of another architecture takes what matches), with the same frozen stages and per-stage
+learning rates. Each ``round.json`` records what its model loaded, which arrays stayed new and
+which were skipped; the summary records the three settings. Before anything trains, the weights
+are loaded into the teacher's and the student's architecture and the frozen stage is looked up in
+both, so a file that fits neither, or a stage one of them lacks, is refused up front.
+
 Run folder::
 
     OUT/round-0/train/          the teacher's nabi train run;   OUT/round-0/round.json
@@ -56,8 +65,10 @@ from ..data.prepare import (Cached, Transformed, augmentation, eval_loader, eval
 from ..models import registry
 from ..models.registry import model_input_size, set_input_size
 from ..runs import image_fit, load_run, model_metadata, write_config
+from ..training import fine_tune
 from ..training.build import build_model, build_trainer, run_training
 from ..training.config import TrainConfig
+from ..training.init_from import format_report, load_matching, resolve_init_path
 from ..training.trainer import Trainer, evaluate
 from . import pseudo_labels as P
 
@@ -94,6 +105,13 @@ def check_arguments(cfg: TrainConfig, unlabelled, rounds, threshold, max_per_cla
                                              and 0 <= stochastic_depth < 1):
         raise ValueError(f"--stochastic-depth must lie in [0, 1) (the drop probability of the last residual "
                          f"block), got {stochastic_depth}")
+    decay = cfg.layer_lr_decay
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+        raise ValueError(f"--layer-lr-decay must be a number in (0, 1], got {decay!r}")
+    if cfg.freeze_until is not None and (not isinstance(cfg.freeze_until, str) or not cfg.freeze_until.strip()):
+        raise ValueError(f"--freeze-until must be a stage name such as conv1 or layer2, got {cfg.freeze_until!r}")
+    if cfg.init:
+        resolve_init_path(cfg.init)          # a missing file or run folder: FileNotFoundError naming --init
     if cfg.test_ratio <= 0 and not (Path(cfg.data) / "test").is_dir():
         raise ValueError(f"self-training reports each round's accuracy on the labelled test split: give "
                          f"--test-ratio above 0 or a {Path(cfg.data) / 'test'} folder")
@@ -112,6 +130,41 @@ def check_arguments(cfg: TrainConfig, unlabelled, rounds, threshold, max_per_cla
     if (out / SUMMARY_JSON).exists():
         raise ValueError(f"{out} already holds a self-training run ({SUMMARY_JSON}); give another --out")
     return P.list_photos(unlabelled)
+
+
+def _start_model(cfg: TrainConfig, model_name, model_args, num_classes, seed=None):
+    """``model_name`` built as a round builds it (``cfg.image_size``), then ``cfg.init`` loaded into it:
+    ``(model, report)``, the report None without ``cfg.init``."""
+    model = build_model(model_name, num_classes, dict(model_args), seed=seed)
+    C, H, W = model_input_size(model)
+    if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
+        set_input_size(model, cfg.image_size)
+    return model, (load_matching(model, cfg.init) if cfg.init else None)
+
+
+def check_fine_tuning(cfg: TrainConfig, num_classes, roles) -> None:
+    """Load ``cfg.init`` into each of ``roles`` (``[(role, model name, model args)]``, e.g. the teacher and
+    the student) and look ``cfg.freeze_until`` up in it: a ``ValueError`` naming the flag and the role
+    before any training, for weights that match nothing or a stage the model lacks (or that would freeze
+    all of it)."""
+    if not cfg.init and cfg.freeze_until is None:
+        return
+    for role, name, args in roles:
+        try:
+            model, _ = _start_model(cfg, name, args, num_classes)
+            if cfg.freeze_until is not None:
+                fine_tune.freeze_until(model, cfg.freeze_until)
+        except ValueError as e:
+            raise ValueError(f"{e} (the {role}, {name})") from None
+
+
+def init_record(report) -> dict | None:
+    """What a round's ``round.json`` keeps of ``init_from.load_matching``'s report: the file, how many
+    arrays were loaded, and the names left new, skipped (shape differs) and unused (not in the model)."""
+    if report is None:
+        return None
+    return {"weights": report["path"], "loaded": len(report["loaded"]), "new": list(report["new"]),
+            "skipped": list(report["skipped"]), "unused": list(report["unused"])}
 
 
 def _student_args(student_model, student_model_args, dropout, stochastic_depth=None):
@@ -136,12 +189,13 @@ def _test_accuracy(run_dir, parts, cfg):
 def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_targets, out_dir, seed, log=print):
     """Train ``cfg.model`` on the labelled training part plus the pseudo-labelled photos (``pseudo_targets``
     (M, K) soft rows, or None for hard labels), noised by ``cfg.augment``; validation on the labelled
-    validation part. Writes the run to ``out_dir``; returns the trainer."""
+    validation part. The model starts from ``cfg.init`` when given (logged, and kept as the trainer's
+    ``init_report``). Writes the run to ``out_dir``; returns the trainer."""
     classes = parts["classes"]
-    model = build_model(cfg.model, len(classes), dict(cfg.model_args), seed=seed)
+    model, report = _start_model(cfg, cfg.model, cfg.model_args, len(classes), seed=seed)
+    if report is not None:
+        log(format_report(report))
     C, H, W = model_input_size(model)
-    if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
-        H = W = set_input_size(model, cfg.image_size)
     channels = cfg.channels or C
     labelled = load_datasets(cfg.data, image_size=(H, W), channels=channels, val_ratio=cfg.val_ratio,
                              test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
@@ -182,6 +236,7 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(replace(cfg, seed=seed), model, loader, val_loader, out_dir=Path(out_dir), metadata=meta,
                             config=resolved, log=log, trainer_class=trainer_class)
+    trainer.init_report = report
     trainer.fit()
     return trainer
 
@@ -193,6 +248,11 @@ def _write_summary(out, summary):
              f"Labelled: {summary['labelled']}; unlabelled: {summary['unlabelled']} "
              f"({summary['num_unlabelled']} photos). Targets: {'soft' if summary['soft'] else 'hard'}; "
              f"threshold {summary['threshold']}; at most {summary['max_per_class']} pseudo-labels per class.", "",
+             *([f"Every round's model started from {summary['init']}"
+                + (f", stages up to {summary['freeze_until']} frozen" if summary["freeze_until"] else "")
+                + (f", layer-wise learning-rate decay {summary['layer_lr_decay']:g}"
+                   if summary["layer_lr_decay"] != 1 else "")
+                + " (round.json: what each loaded).", ""] if summary.get("init") else []),
              "Test accuracy is on the labelled test split (never trained on). Pseudo-label accuracy counts only "
              "unlabelled photos whose folder is named like a class (a diagnostic; those names are not used).", "",
              "| round | model | role | pseudo-labelled | " + " | ".join(classes) + " | test acc | pseudo-label acc |",
@@ -215,6 +275,7 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     the teacher's augmentation); the students use the same settings with ``student_model``
     (default ``cfg.model``), ``student_model_args``, ``student_augment``, ``dropout`` and
     ``stochastic_depth`` (the students' ``drop_path``; None: the model's default, none).
+    ``cfg.init``, ``cfg.freeze_until`` and ``cfg.layer_lr_decay`` apply to the teacher and every student.
     """
     student_model = student_model or cfg.model
     student_args = _student_args(student_model, student_model_args if student_model_args is not None
@@ -229,11 +290,13 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     if n_student < n_teacher:
         raise ValueError(f"--student-model {student_model} has {n_student:,} parameters, fewer than the teacher "
                          f"{cfg.model} ({n_teacher:,}): a noisy student must be equal or larger")
+    check_fine_tuning(cfg, num_classes, [("teacher", cfg.model, cfg.model_args),
+                                         ("student", student_model, student_args)])
     out = Path(cfg.out)
     Trainer._check_writable(out)
     log(f"round 0: teacher {cfg.model} on the labelled photos of {cfg.data}")
     r0 = out / "round-0"
-    _, parts = run_training(replace(cfg, out=str(r0 / "train")), log=log)
+    teacher_trainer, parts = run_training(replace(cfg, out=str(r0 / "train")), log=log)
     classes = list(parts["classes"])
     train_counts = np.bincount(np.asarray(parts["train"].targets), minlength=len(classes))
     cap = int(max_per_class or train_counts.max())
@@ -248,14 +311,17 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
                "teacher_model": cfg.model, "student_model": student_model, "student_model_args": student_args,
                "student_augment": student_augment,
                "stochastic_depth": float(student_args.get("drop_path", 0.0)),
+               "init": str(resolve_init_path(cfg.init)) if cfg.init else None, "freeze_until": cfg.freeze_until,
+               "layer_lr_decay": float(cfg.layer_lr_decay),
                "num_test": n_test, "rounds_requested": int(rounds), "rounds": []}
     record = {"round": 0, "model": cfg.model, "role": "teacher", "run": str(r0 / "train"),
-              "test_acc": acc, "num_train": len(parts["train"]), "num_pseudo_labelled": 0}
+              "test_acc": acc, "num_train": len(parts["train"]), "num_pseudo_labelled": 0,
+              "init": init_record(teacher_trainer.init_report)}
     files.atomic_write_json(r0 / "round.json", record)
     summary["rounds"].append(record)
     _write_summary(out, summary)
     log(f"round 0: test accuracy {acc:.4f} on {n_test} labelled test photos")
-    scfg = replace(cfg, model=student_model, model_args=student_args, augment=student_augment, init=None)
+    scfg = replace(cfg, model=student_model, model_args=student_args, augment=student_augment)
     for k in range(1, int(rounds) + 1):
         rk = out / f"round-{k}"
         rk.mkdir(parents=True, exist_ok=True)
@@ -284,7 +350,8 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
                   "teacher_accuracy_on_unlabelled": (float((probs.argmax(1)[known_all] == true[known_all]).mean())
                                                      if known_all.any() else None),
                   "train_epochs": trainer.epoch, "train_iterations": trainer.iteration,
-                  "final_train_loss": trainer.history[-1]["train_loss"] if trainer.history else None}
+                  "final_train_loss": trainer.history[-1]["train_loss"] if trainer.history else None,
+                  "init": init_record(trainer.init_report)}
         files.atomic_write_json(rk / "round.json", record)
         summary["rounds"].append(record)
         _write_summary(out, summary)

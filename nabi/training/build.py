@@ -189,7 +189,8 @@ def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False, tra
 
     The run folder is locked for the whole run, and an existing run in it is continued
     (``resume``), replaced (``overwrite``) or refused (``nabi.runs.open_run_folder``).
-    ``trainer_class``: as in ``build_trainer`` (``nabi sweep`` reports each epoch to Ray Tune from a subclass)."""
+    ``trainer_class``: as in ``build_trainer`` (``nabi sweep`` reports each epoch to Ray Tune from a subclass).
+    The trainer's ``init_report`` is what ``cfg.init`` loaded (``init_from.load_matching``), or None."""
     from ..runs import open_run_folder
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
         return _train(cfg, resume, log, trainer_class)
@@ -219,9 +220,11 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     C, H, W = model_input_size(model)
     if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
         H = W = set_input_size(model, cfg.image_size)
+    init_report = None
     if cfg.init:
         from .init_from import format_report, load_matching
-        log(format_report(load_matching(model, cfg.init)))
+        init_report = load_matching(model, cfg.init)
+        log(format_report(init_report))
     if cfg.freeze_until is not None:                # an unknown stage name is refused before the data is read
         from .fine_tune import frozen_stage_count, stages
         frozen_stage_count(stages(model), cfg.freeze_until)
@@ -250,6 +253,7 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
                             log=log, trainer_class=trainer_class)
+    trainer.init_report = init_report           # what --init loaded (init_from.load_matching), or None
     if resume:
         if trainer.resume() is None:
             log(f"no checkpoint in {out}: starting from the beginning")
