@@ -84,10 +84,19 @@ def load_run(run, device="cpu"):
     return model, meta
 
 
-def write_config(out_dir, cfg, extra=None):
-    """Write ``config.json``: the ``TrainConfig`` ``cfg`` and ``extra`` (what the run resolved); returns it."""
+def resolved_config(cfg, extra=None) -> dict:
+    """What a run's ``config.json`` holds: the ``TrainConfig`` ``cfg`` and ``extra`` (what the run resolved)."""
     d = cfg.to_dict()
     d.update(extra or {})
+    return d
+
+
+def write_config(out_dir, cfg, extra=None):
+    """Write ``config.json``: the ``TrainConfig`` ``cfg`` and ``extra`` (what the run resolved); returns it.
+
+    A resumed run writes it only once its checkpoint has been accepted (``Trainer.resume``), so a
+    refused resume leaves the run's own record as it was."""
+    d = resolved_config(cfg, extra)
     files.atomic_write_json(Path(out_dir) / "config.json", d)
     return d
 

@@ -352,4 +352,21 @@ def test_killed_fine_tuning_run_resumes_to_the_uninterrupted_runs_weights(photos
     other = tmp_path / "other"
     assert nabi_train(photos, other, *extra, fault="step:9").returncode != 0
     changed = nabi_train(photos, other, "--init", str(init_weights), "--freeze-until", "conv1", "--resume")
-    assert changed.returncode == 1 and "--layer-lr-decay 0.5" in changed.stderr and "Traceback" not in changed.stderr
+    assert changed.returncode == 1 and "--layer-lr-decay: 0.5 in the checkpoint" in changed.stderr and "Traceback" not in changed.stderr
+
+
+def test_refused_resume_leaves_config_json_byte_identical_and_lists_every_differing_setting(photos, init_weights,
+                                                                                           tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", str(photos), "--model", "cifar_cnn", "--image-size", "32", "--batch-size", "8", "--iterations",
+            "2", "--val-ratio", "0", "--test-ratio", "0", "--init", str(init_weights), "--out", str(out),
+            "--no-progress"]
+    assert nabi_main(base + ["--freeze-until", "conv1", "--layer-lr-decay", "0.5"]) == 0
+    before = (out / "config.json").read_bytes()
+    capsys.readouterr()
+    code = nabi_main(base + ["--freeze-until", "conv2", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "--freeze-until: conv1 in the checkpoint, conv2 now" in err
+    assert "--layer-lr-decay: 0.5 in the checkpoint, 1 now" in err
+    assert (out / "config.json").read_bytes() == before

@@ -150,7 +150,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     from ..data.prepare import (Cached, Transformed, augmentation, eval_transforms, folder_classes,
                                 normalization_spec)
     from ..models.registry import model_input_size, set_input_size
-    from ..runs import model_metadata, write_config
+    from ..runs import model_metadata, resolved_config, write_config
     from ..training.build import build_model, build_trainer
     from ..training.trainer import Trainer, skip_input_gradient
     from ..data.background import is_background
@@ -221,8 +221,9 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
                       "scale": float(scale), "p": train_loader.p, "k": k, "train_individuals": train_ids,
                       "validation_individuals": val_ids,
                       "validation": "rank-1 of held-out individuals (half their photos as gallery)", **val_info}
-    resolved = write_config(out, cfg, {"classes": train_ids, "input_size": [C, H, W], "normalization": norm,
-                                       "num_train": len(train_full), "embedding": embedding_info})
+    ran = {"classes": train_ids, "input_size": [C, H, W], "normalization": norm, "num_train": len(train_full),
+           "embedding": embedding_info}
+    resolved = resolved_config(cfg, ran)
     meta = model_metadata(model, train_ids, norm, resolved)
     meta["embedding"] = embedding_info
     loss = EmbeddingObjective(model, make_loss(head, margin, scale), scale)
@@ -235,5 +236,6 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     trainer.loss_fn = loss          # the head's loss instead of build_trainer's cross-entropy
     if resume and trainer.resume() is None:
         log(f"no checkpoint in {out}: starting from the beginning")
+    write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     return trainer, {"train_individuals": train_ids, "validation_individuals": val_ids, **val_info}

@@ -35,7 +35,7 @@ from ..layers.byol import BYOLLoss
 from ..layers.contrastive import NTXentLoss
 from ..layers.simsiam import SimSiamLoss
 from ..models.registry import model_input_size, set_input_size
-from ..runs import write_config
+from ..runs import resolved_config, write_config
 from ..training.build import build_model, build_trainer
 from ..training.config import TrainConfig
 from ..training.trainer import Trainer, skip_input_gradient
@@ -193,13 +193,15 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
         pretraining["temperature"] = float(temperature)
     if method == "byol":
         pretraining["ema_momentum"] = ema_momentum
-    resolved = write_config(out, cfg, {"input_size": [C, H, W], "normalization": norm, "pretraining": pretraining})
+    ran = {"input_size": [C, H, W], "normalization": norm, "pretraining": pretraining}
+    resolved = resolved_config(cfg, ran)
     meta = {"format": f"nabi-{method}", "nabi_version": __version__, "arch": model.arch, "classes": [],
             "input_size": [C, H, W], "normalization": norm, "config": resolved}
     trainer = build_trainer(cfg, model, loader, None, out_dir=out, metadata=meta, config=resolved, log=log,
                             trainer_class=_contrastive_trainer(temperature, method, ema_momentum))
     if resume and trainer.resume() is None:
         log(f"no checkpoint in {out}: starting from the beginning")
+    write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     path = out / BACKBONE_FILE
     files.save_weights(path, model.backbone_state(), {

@@ -14,7 +14,7 @@ from .. import data as D
 from ..data.prepare import (EMBEDDED_PREFIX, Cached, Transformed, augmentation, eval_transforms, load_datasets,
                             normalization_spec, folder_classes)
 from ..models.registry import model_input_size, set_input_size
-from ..runs import model_metadata, write_config
+from ..runs import model_metadata, resolved_config, write_config
 from .config import ONE_CYCLE_RISE, TrainConfig
 
 
@@ -249,7 +249,8 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
         val_loader = D.DataLoader(Transformed(parts["val"], base), batch_size=max(cfg.batch_size, 64),
                                   num_workers=cfg.workers, device=cfg.device)
     model.to(cfg.device)
-    resolved = write_config(out, cfg, what_ran(cfg, parts, [C, H, W], channels, norm, len(train_loader)))
+    ran = what_ran(cfg, parts, [C, H, W], channels, norm, len(train_loader))
+    resolved = resolved_config(cfg, ran)
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
                             log=log, trainer_class=trainer_class)
@@ -257,5 +258,6 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     if resume:
         if trainer.resume() is None:
             log(f"no checkpoint in {out}: starting from the beginning")
+    write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     return trainer, parts

@@ -336,12 +336,20 @@ class Trainer:
         raise ValueError(f"no checkpoint of {self.out_dir} can be read: " + "; ".join(problems)
                          + ". Start the run again with --overwrite")
 
-    def _resume_from(self, path, ck):
+    def _setting_differences(self, ck) -> list:
+        """``[(flag, saved value, new value)]``: the settings in which the checkpoint ``ck``'s run and this
+        one differ although a resumed run must keep them (the fine-tuning ones here; subclasses add theirs)."""
+        return fine_tuning_differences(ck["state"].get("config") or {}, self.config)
+
+    def _check_resumable(self, path, ck) -> None:
         arch_saved = ck["model_metadata"].get("arch")
         arch_now = self.metadata.get("arch")
         if arch_saved and arch_now and arch_saved != arch_now:
             raise ValueError(f"checkpoint {path} is of architecture {arch_saved}, but this run builds {arch_now}")
-        _check_same_fine_tuning(path, ck["state"].get("config") or {}, self.config)
+        _refuse_other_settings(path, self._setting_differences(ck))
+
+    def _resume_from(self, path, ck):
+        self._check_resumable(path, ck)
         if self.amp is not None:
             self.amp.load_master_state_dict(ck["model"])
         else:
@@ -557,18 +565,29 @@ class Trainer:
 
 FINE_TUNING_DEFAULTS = {"freeze_until": None, "layer_lr_decay": 1.0}
 """The fine-tuning settings a resumed run must share with its checkpoint, and their values when not recorded."""
+FINE_TUNING_FLAGS = {"freeze_until": "--freeze-until", "layer_lr_decay": "--layer-lr-decay"}
 
 
-def _check_same_fine_tuning(path, saved: dict, now: dict) -> None:
-    """``ValueError`` when the checkpoint's run froze other stages or decayed the learning rate otherwise
-    than this one (``--freeze-until``, ``--layer-lr-decay``): continuing would change the training."""
-    flags = {"freeze_until": "--freeze-until", "layer_lr_decay": "--layer-lr-decay"}
+def fine_tuning_differences(saved: dict, now: dict) -> list:
+    """``[(flag, saved value, new value)]`` for each fine-tuning setting (``--freeze-until``,
+    ``--layer-lr-decay``) in which the saved run configuration ``saved`` and this run's ``now`` differ."""
+    out = []
     for key, default in FINE_TUNING_DEFAULTS.items():
         a, b = saved.get(key, default), now.get(key, default)
         if a != b:
-            raise ValueError(f"checkpoint {path} was trained with {flags[key]} {'none' if a is None else a}, but "
-                             f"this run gives {'none' if b is None else b}: resume with the run's own settings "
-                             f"(its config.json records them)")
+            out.append((FINE_TUNING_FLAGS[key], a, b))
+    return out
+
+
+def _refuse_other_settings(path, differences) -> None:
+    """``ValueError`` listing every ``(flag, saved, new)`` in ``differences``: continuing the checkpoint
+    ``path`` with other settings would change the training."""
+    if not differences:
+        return
+    shown = lambda v: "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+    listed = "; ".join(f"{flag}: {shown(a)} in the checkpoint, {shown(b)} now" for flag, a, b in differences)
+    raise ValueError(f"checkpoint {path} was trained with other settings than this run gives ({listed}): "
+                     f"resume with the run's own settings (its config.json records them)")
 
 
 def _format_row(row):
