@@ -393,3 +393,19 @@ def test_byol_steps_on_every_array_module_as_on_numpy(xp):
     assert row["train_loss"] == pytest.approx(ref_row["train_loss"], rel=1e-10)
     z = xp.asarray(np.random.default_rng(2).standard_normal((6, 4)))
     assert normalised_std(z) == pytest.approx(normalised_std(backend.to_numpy(z)), rel=1e-12)
+
+
+def test_resuming_byol_with_another_ema_momentum_or_run_length_is_refused_and_config_kept(tmp_path, capsys):
+    from test_selfsup import write_photos
+    photos = write_photos(tmp_path / "photos")
+    run = tmp_path / "pre"
+    assert nabi_main(_argv(photos, run, "--epochs", "1")) == 0           # 6 steps, τ_base 0.99
+    before = (run / "config.json").read_bytes()
+    capsys.readouterr()
+    assert nabi_main(_argv(photos, run, "--epochs", "2", "--ema-momentum", "0.9", "--resume")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "--ema-momentum: 0.99 in the checkpoint, 0.9 now" in err
+    assert "(--epochs/--iterations, --batch-size): 6 in the checkpoint, 12 now" in err
+    assert (run / "config.json").read_bytes() == before
+    assert nabi_main(_argv(photos, run, "--epochs", "1", "--resume")) == 0            # its own settings: accepted

@@ -128,6 +128,19 @@ class BYOLTrainer(ContrastiveTrainer):
         self.ema_steps = int(ema["steps"])
         return out
 
+    def _setting_differences(self, ck):
+        """The fine-tuning settings, and the two that fix the target's momentum schedule τ_k: the starting
+        momentum (``--ema-momentum``) and the run's K optimiser steps (``--epochs``/``--iterations`` with
+        ``--batch-size`` and the number of photos). Checkpoints that do not record them are not compared."""
+        out = super()._setting_differences(ck)
+        ema = ck["state"].get("ema") or {}
+        if "momentum_base" in ema and float(ema["momentum_base"]) != self.ema_momentum:
+            out.append(("--ema-momentum", float(ema["momentum_base"]), self.ema_momentum))
+        if "total_steps" in ema and int(ema["total_steps"]) != self.ema_total_steps:
+            out.append(("the run's length in optimiser steps (--epochs/--iterations, --batch-size)",
+                        int(ema["total_steps"]), self.ema_total_steps))
+        return out
+
 
 def _contrastive_trainer(temperature, method="simclr", ema_momentum=0.99):
     if method == "byol":
