@@ -370,3 +370,67 @@ def test_refused_resume_leaves_config_json_byte_identical_and_lists_every_differ
     assert "--freeze-until: conv1 in the checkpoint, conv2 now" in err
     assert "--layer-lr-decay: 0.5 in the checkpoint, 1 now" in err
     assert (out / "config.json").read_bytes() == before
+
+
+def test_freezing_weights_that_init_did_not_load_is_refused_naming_the_stage_and_arrays(photos, init_weights,
+                                                                                        tmp_path, capsys):
+    start, meta = files.load_weights(init_weights)
+    no_bias = tmp_path / "no_bias.safetensors"
+    files.save_weights(no_bias, {k: v for k, v in start.items() if k != "conv1.bias"}, meta)
+    other_shape = tmp_path / "other_shape.safetensors"
+    files.save_weights(other_shape, dict(start, **{"conv2.weight": np.zeros((8, 16, 3, 3), np.float32)}), meta)
+    for i, (path, layer, message) in enumerate([
+            (no_bias, "conv1", "stage conv1, but --init"),
+            (other_shape, "conv2", "stage conv2, but --init")]):
+        out = tmp_path / f"run{i}"
+        code = nabi_main(["train", str(photos), "--model", "cifar_cnn", "--image-size", "32", "--init", str(path),
+                          "--freeze-until", layer, "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err, err
+        assert f"--freeze-until {layer} would freeze {message}" in err
+        assert ("conv1.bias (new)" if i == 0 else "conv2.weight (shape differs)") in err
+        assert not out.exists()
+    # the stages below the missing array may still be frozen
+    assert nabi_main(["train", str(photos), "--model", "cifar_cnn", "--image-size", "32", "--init",
+                      str(other_shape), "--freeze-until", "conv1", "--iterations", "1", "--batch-size", "8",
+                      "--out", str(tmp_path / "ok"), "--no-progress"]) == 0
+
+
+def test_freeze_until_without_init_is_a_note_and_nothing_to_train_is_refused_before_the_data_is_read(
+        photos, tmp_path, capsys, monkeypatch):
+    assert nabi_main(["train", str(photos), "--model", "cifar_cnn", "--image-size", "32", "--freeze-until", "conv1",
+                      "--iterations", "1", "--batch-size", "8", "--out", str(tmp_path / "ok"), "--no-progress"]) == 0
+    assert "note: --freeze-until conv1 without --init freezes the model's initial weights" in capsys.readouterr().out
+    import nabi.training.build as build
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the photos were read")
+    monkeypatch.setattr(build, "load_datasets", no_reading)
+    code = nabi_main(["train", str(photos), "--model", "cifar_cnn", "--image-size", "32", "--freeze-until", "fc",
+                      "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--freeze-until fc freezes every stage with parameters: nothing would train" in err
+    assert "the photos were read" not in err and not (tmp_path / "run").exists()
+
+
+def test_embedding_training_checks_freeze_until_before_reading_the_photos(photos, init_weights, tmp_path, capsys,
+                                                                          monkeypatch):
+    from nabi.data import ImageFolder
+
+    def no_reading(self, *args, **kwargs):
+        raise AssertionError("the photos were read")
+    monkeypatch.setattr(ImageFolder, "verify", no_reading)
+    start, meta = files.load_weights(init_weights)
+    no_bias = tmp_path / "no_bias.safetensors"
+    files.save_weights(no_bias, {k: v for k, v in start.items() if k != "conv1.bias"}, meta)
+    base = ["train", str(photos), "--model", "cifar_cnn", "--image-size", "32", "--head", "arcface", "--no-progress"]
+    for i, (extra, message) in enumerate([
+            (["--freeze-until", "classifier"], "--freeze-until classifier freezes every stage with parameters"),
+            (["--freeze-until", "nope"], "--freeze-until nope: not a stage of this network"),
+            (["--init", str(no_bias), "--freeze-until", "backbone.conv1"],
+             "--freeze-until backbone.conv1 would freeze stage backbone.conv1, but --init")]):
+        code = nabi_main(base + extra + ["--out", str(tmp_path / f"run{i}")])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and "Traceback" not in err, err
+        assert "the photos were read" not in err and not (tmp_path / f"run{i}").exists()
+    assert "backbone.conv1.bias (new)" in err

@@ -448,3 +448,24 @@ def test_self_train_refuses_bad_init_freeze_and_decay_before_writing_anything(tm
         run_self_training(TrainConfig(data=str(lab), model="cifar_cnn", layer_lr_decay=0, out=str(tmp_path / "api")),
                           unl)
     assert not (tmp_path / "api").exists()
+
+
+def test_self_train_refuses_freezing_what_init_did_not_load_naming_the_role(tmp_path, capsys):
+    """A resnet20 file loads whole into the resnet20 teacher, but the deeper resnet32 student's layer1 has two
+    blocks more: freezing layer1 would keep them as initialised, so it is refused naming the student."""
+    import nabi
+    from nabi import files, models
+    lab = write_labelled(tmp_path / "lab", 4, 0)
+    unl = write_labelled(tmp_path / "unl", 2, 1)
+    nabi.seed(1)
+    teacher = models.get("resnet20", num_classes=2)
+    path = tmp_path / "resnet20.safetensors"
+    files.save_weights(path, teacher.state_dict(), {"arch": teacher.arch})
+    out = tmp_path / "out"
+    argv = _argv(lab, unl, out, "--init", str(path), "--freeze-until", "layer1", "--student-model", "resnet32")
+    argv[argv.index("--model") + 1] = "resnet20"
+    assert nabi_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--freeze-until layer1 would freeze stage layer1 of the student (resnet32), but --init" in err, err
+    assert "layer1.3." in err and "(new)" in err and "Traceback" not in err
+    assert not out.exists()

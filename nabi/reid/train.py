@@ -182,9 +182,16 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     C, H, W = model_input_size(model)
     if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
         H = W = set_input_size(model, cfg.image_size)
+    init_report = None
     if getattr(cfg, "init", None):        # e.g. a self-supervised backbone: its names are the backbone's
         from ..training.init_from import format_report, load_matching
-        log(format_report(load_matching(model.backbone, cfg.init)))
+        init_report = load_matching(model.backbone, cfg.init)
+        log(format_report(init_report))
+    if getattr(cfg, "freeze_until", None) is not None:     # refused before the photos are read
+        from ..training.fine_tune import check_frozen_were_loaded, frozen_stages
+        frozen_stages(model, cfg.freeze_until)
+        if init_report is not None:
+            check_frozen_were_loaded(model, cfg.freeze_until, init_report, prefix="backbone.")
     channels = cfg.channels or C
     kw = dict(image_size=(H, W), channels=channels, strict=cfg.strict, fit=cfg.fit)
     train_full = D.ImageFolder(cfg.data, exclude=exclude, background_kinds=True, **kw)

@@ -146,16 +146,18 @@ def check_fine_tuning(cfg: TrainConfig, num_classes, roles) -> None:
     """Load ``cfg.init`` into each of ``roles`` (``[(role, model name, model args)]``, e.g. the teacher and
     the student) and look ``cfg.freeze_until`` up in it: a ``ValueError`` naming the flag and the role
     before any training, for weights that match nothing or a stage the model lacks (or that would freeze
-    all of it)."""
+    all of it, or freeze arrays ``cfg.init`` did not load, ``fine_tune.check_frozen_were_loaded``)."""
     if not cfg.init and cfg.freeze_until is None:
         return
     for role, name, args in roles:
         try:
-            model, _ = _start_model(cfg, name, args, num_classes)
+            model, report = _start_model(cfg, name, args, num_classes)
             if cfg.freeze_until is not None:
-                fine_tune.freeze_until(model, cfg.freeze_until)
+                fine_tune.frozen_stages(model, cfg.freeze_until)
         except ValueError as e:
             raise ValueError(f"{e} (the {role}, {name})") from None
+        if cfg.freeze_until is not None and report is not None:
+            fine_tune.check_frozen_were_loaded(model, cfg.freeze_until, report, role=f"{role} ({name})")
 
 
 def init_record(report) -> dict | None:

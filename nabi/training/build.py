@@ -225,9 +225,11 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
         from .init_from import format_report, load_matching
         init_report = load_matching(model, cfg.init)
         log(format_report(init_report))
-    if cfg.freeze_until is not None:                # an unknown stage name is refused before the data is read
-        from .fine_tune import frozen_stage_count, stages
-        frozen_stage_count(stages(model), cfg.freeze_until)
+    if cfg.freeze_until is not None:       # refused before the data is read: an unknown stage, one that
+        from .fine_tune import check_frozen_were_loaded, frozen_stages     # leaves nothing to train, or
+        frozen_stages(model, cfg.freeze_until)                              # weights --init did not load
+        if init_report is not None:
+            check_frozen_were_loaded(model, cfg.freeze_until, init_report)
     channels = cfg.channels or C
     size = cfg.image_size or H
     if parts is None:

@@ -87,6 +87,37 @@ def frozen_stage_count(all_stages, layer: str) -> int:
                      + (f" (or {', '.join(others)}: all of it)" if others else ""))
 
 
+def frozen_stages(model, layer: str) -> list:
+    """``[(name, module), …]``: the stages ``--freeze-until layer`` freezes, changing nothing. ``ValueError``
+    naming the flag for an unknown name, or one that would leave no parameter to train."""
+    all_stages = stages(model)
+    k = frozen_stage_count(all_stages, layer)
+    if not any(_has_parameters(m) for _, m in all_stages[k:]):
+        raise ValueError(f"--freeze-until {layer} freezes every stage with parameters: nothing would train; "
+                         f"give an earlier stage")
+    return all_stages[:k]
+
+
+def check_frozen_were_loaded(model, layer: str, report: dict, role: str | None = None, prefix: str = "") -> None:
+    """``ValueError`` when ``--freeze-until layer`` would freeze an array (parameter or buffer) that ``--init``
+    did not load: one ``report`` (``init_from.load_matching``) lists as new (absent from the file) or skipped
+    (its shape differs). Such weights would stay as initialised and never train. ``prefix``: what the
+    report's names lack before ``model``'s own (``backbone.`` when only the backbone was loaded); ``role``
+    (``teacher``, ``student``) is named in the message."""
+    not_loaded = {prefix + name: "new" for name in report["new"]}
+    not_loaded.update({prefix + entry.split(":")[0]: "shape differs" for entry in report["skipped"]})
+    for name, _ in frozen_stages(model, layer):
+        hit = [k for k in not_loaded if k.startswith(name + ".")]
+        if hit:
+            shown = ", ".join(f"{k} ({not_loaded[k]})" for k in hit[:3]) + (f" and {len(hit) - 3} more"
+                                                                            if len(hit) > 3 else "")
+            raise ValueError(f"--freeze-until {layer} would freeze stage {name}"
+                             + (f" of the {role}" if role else "")
+                             + f", but --init {report['path']} did not load {shown}: frozen, those weights "
+                             f"would stay as initialised and never train; freeze fewer stages or give --init "
+                             f"weights that hold them")
+
+
 def freeze_until(model, layer: str) -> dict:
     """Freeze every stage of ``model`` up to and including ``layer`` (see the module docstring).
 
@@ -95,11 +126,8 @@ def freeze_until(model, layer: str) -> dict:
     leave no parameter to train.
     """
     all_stages = stages(model)
-    k = frozen_stage_count(all_stages, layer)
-    frozen = all_stages[:k]
-    if not any(_has_parameters(m) for _, m in all_stages[k:]):
-        raise ValueError(f"--freeze-until {layer} freezes every stage with parameters: nothing would train; "
-                         f"give an earlier stage")
+    frozen = frozen_stages(model, layer)
+    k = len(frozen)
     for _, stage in frozen:
         for m in stage.modules():
             object.__setattr__(m, "frozen", True)
