@@ -140,8 +140,9 @@ def test_frozen_and_decayed_training_equals_pytorch_with_requires_grad_off_and_p
     with requires_grad=False and eval mode on the frozen stages and one parameter group per stage."""
     net, tnet = _torch_pair()
     plan = fine_tune.prepare(net, "1", 0.5)
-    assert plan["lr_scale"] == {"3.weight": 0.25, "3.bias": 0.25, "4.weight": 0.5, "4.bias": 0.5, "7.weight": 1.0,
-                               "7.bias": 1.0}
+    # stage 4 (batch norm alone) shares stage 3's rate: conv + batch norm are one step
+    assert plan["lr_scale"] == {"3.weight": 0.5, "3.bias": 0.5, "4.weight": 0.5, "4.bias": 0.5, "7.weight": 1.0,
+                                "7.bias": 1.0}
     assert [n for n, _ in plan["params"]] == ["3.weight", "3.bias", "4.weight", "4.bias", "7.weight", "7.bias"]
     if kind == "sgd":
         opt = optim.SGD(plan["params"], lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True,
@@ -150,7 +151,7 @@ def test_frozen_and_decayed_training_equals_pytorch_with_requires_grad_off_and_p
         opt = optim.AdamW(plan["params"], lr=0.01, weight_decay=1e-2, lr_scale=plan["lr_scale"])
     for p in list(tnet[0].parameters()) + list(tnet[1].parameters()):
         p.requires_grad_(False)
-    groups = [{"params": list(tnet[3].parameters()), "lr": opt.lr * 0.25},
+    groups = [{"params": list(tnet[3].parameters()), "lr": opt.lr * 0.5},
               {"params": list(tnet[4].parameters()), "lr": opt.lr * 0.5},
               {"params": list(tnet[7].parameters()), "lr": opt.lr}]
     topt = (torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True) if kind == "sgd"
@@ -207,9 +208,16 @@ def test_backward_stops_at_the_frozen_stages_of_googlenet_and_of_an_embedding_ne
 def test_layer_lr_multipliers_equal_hand_computed_values():
     st = fine_tune.stages(models.get("resnet20", num_classes=3))
     got = fine_tune.layer_lr_multipliers(st, 0.5)
-    assert got == {"conv1": 0.03125, "bn1": 0.0625, "layer1": 0.125, "layer2": 0.25, "layer3": 0.5, "fc": 1.0}
+    # bn1 holds only batch norm: it shares conv1's step (conv1 + bn1, layer1, layer2, layer3, fc: 5 steps)
+    assert got == {"conv1": 0.0625, "bn1": 0.0625, "layer1": 0.125, "layer2": 0.25, "layer3": 0.5, "fc": 1.0}
     scale = fine_tune.parameter_lr_scale(st, got)
     assert scale["layer2.0.conv1.weight"] == 0.25 and scale["bn1.bias"] == 0.0625 and scale["fc.bias"] == 1.0
+    # vgg11_bn's trunk: 8 convolutions, each with its batch norm: 8 steps below the classifier, not 16
+    vgg = fine_tune.layer_lr_multipliers(fine_tune.stages(models.get("vgg11_bn", num_classes=3)), 0.5)
+    assert vgg["features.0"] == vgg["features.1"] == 0.5 ** 8 and vgg["features.25"] == vgg["features.26"] == 0.5
+    assert vgg["classifier"] == 1.0 and sorted(set(vgg.values())) == [0.5 ** k for k in range(8, -1, -1)]
+    lines = fine_tune.prepare(models.get("resnet20", num_classes=3), None, 0.5)["lines"]
+    assert any(line.split() == ["bn1", "0.0625", "(normalisation:", "with", "conv1)"] for line in lines), lines
     assert fine_tune.layer_lr_multipliers(st, 1.0) == dict.fromkeys(got, 1.0)
     lenet = fine_tune.layer_lr_multipliers(fine_tune.stages(models.get("lenet5", num_classes=3)), 0.9)
     assert list(lenet) == ["c1", "c3", "c5", "f6", "output"]
@@ -274,7 +282,7 @@ def test_fused_sgd_takes_each_layers_rate_and_leaves_frozen_layers_alone():
                               fused_sgd=fused)
         if fused:
             assert trainer.fused_layers == [net[3], net[7]]
-            assert net[3].fused_lr == pytest.approx(0.05 * 0.25) and net[0].fused_lr is None
+            assert net[3].fused_lr == pytest.approx(0.05 * 0.5) and net[0].fused_lr is None
         trainer.fit()
         after = net.state_dict()
         assert all(np.array_equal(before[k], after[k]) for k in before if k.startswith(("0.", "1.")))

@@ -87,7 +87,8 @@ def _add_train_args(p, defaults):
     p.add_argument("--layer-lr-decay", type=float, metavar="D", dest="layer_lr_decay",
                    help="layer-wise learning-rate decay, D in (0, 1]: the last stage (the classifier) trains at "
                         "--lr, the stage below it at --lr·D, the next at --lr·D² … down to the first (stages "
-                        "without parameters do not count); the --schedule scales every stage's rate alike "
+                        "without parameters do not count, and a stage of batch norm alone, such as a ResNet's "
+                        "bn1, shares the rate of the stage before it); the --schedule scales every stage's rate alike "
                         f"(default: {d.layer_lr_decay}: one rate for every stage)")
     p.add_argument("--epochs", type=int, help=f"passes over the training images {dflt(d.epochs)}")
     p.add_argument("--iterations", type=int, help="stop after this many optimiser steps instead of --epochs "

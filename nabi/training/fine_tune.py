@@ -23,13 +23,18 @@ name, or the name of an opened child such as ``features``: all of it):
 
 ``layer_lr_multipliers(stages, D)``: the last stage with parameters (the classifier or head)
 steps with ``lr``, the one below it with ``lr·D``, the next with ``lr·D²`` … down to the stem;
-stages without parameters are not counted. They are the optimiser's ``lr_scale``, so every
+stages without parameters are not counted, and a stage of batch norm alone (a ResNet's ``bn1``,
+a VGG trunk's ``features.1``) shares the depth of the stage before it: a convolution and its
+batch norm are one step. They are the optimiser's ``lr_scale``, so every
 schedule (warm-up, cosine, one-cycle) scales every stage's rate alike.
 """
 from __future__ import annotations
 
-from ..layers import Sequential
+from ..layers import BatchNorm1d, BatchNorm2d, Sequential
 from ..models.registry import Network
+
+NORMALISATION_LAYERS = (BatchNorm1d, BatchNorm2d)
+"""Layers that only normalise: a stage holding nothing else shares the learning-rate depth of the one before it."""
 
 TRUNK_MIN_CHILDREN = 4          # a plain Sequential with this many children with parameters is a trunk
 
@@ -159,14 +164,36 @@ def _skip_input_gradient_after(model, all_stages, k):
         return
 
 
+def _normalisation_only(module) -> bool:
+    """Whether every layer of ``module`` that holds parameters is a normalisation layer (batch norm)."""
+    owners = [m for m in module.modules() if m._parameters]
+    return bool(owners) and all(isinstance(m, NORMALISATION_LAYERS) for m in owners)
+
+
 def layer_lr_multipliers(all_stages, decay: float) -> dict:
     """``{stage name: decay**depth}`` for the stages with parameters, depth 0 for the last (the head), 1 for
-    the one below it, … (stages without parameters are not counted)."""
+    the one below it, … Stages without parameters are not counted, and a stage holding only normalisation
+    parameters (a ResNet's ``bn1``, a VGG trunk's ``features.1``) takes the depth of the stage before it,
+    so a convolution and its batch norm are one step."""
     decay = float(decay)
     if not 0 < decay <= 1:
         raise ValueError(f"--layer-lr-decay must be in (0, 1], got {decay}")
-    named = [n for n, m in all_stages if _has_parameters(m)]
-    return {name: decay ** (len(named) - 1 - i) for i, name in enumerate(named)}
+    steps = _lr_steps(all_stages)
+    last = steps[-1][1] if steps else 0
+    return {name: decay ** (last - step) for name, step, _ in steps}
+
+
+def _lr_steps(all_stages) -> list:
+    """``[(stage name, step, the stage it joins or None)]`` for the stages with parameters, steps counted
+    from 0 at the first; a normalisation-only stage joins the step of the stage before it."""
+    steps = []
+    for name, m in all_stages:
+        if _has_parameters(m):
+            if steps and _normalisation_only(m):
+                steps.append((name, steps[-1][1], steps[-1][2] or steps[-1][0]))
+            else:
+                steps.append((name, steps[-1][1] + 1 if steps else 0, None))
+    return steps
 
 
 def parameter_lr_scale(all_stages, multipliers: dict) -> dict:
@@ -210,6 +237,8 @@ def prepare(model, freeze: str | None = None, decay: float = 1.0) -> dict:
                     if n in dict(params)}
         width = max(len(n) for n in multipliers)
         lines.append(f"--layer-lr-decay {decay:g}: learning rate per stage (× the schedule's lr)")
+        joins = {name: joined for name, _, joined in _lr_steps(all_stages) if joined}
         for name, s in multipliers.items():
-            lines.append(f"  {name:<{width}}  " + ("frozen" if name in frozen_names else f"{s:.6g}"))
+            lines.append(f"  {name:<{width}}  " + ("frozen" if name in frozen_names else f"{s:.6g}")
+                         + (f"  (normalisation: with {joins[name]})" if name in joins else ""))
     return {"params": params, "lr_scale": lr_scale, "lines": lines}
