@@ -409,3 +409,15 @@ def test_resuming_byol_with_another_ema_momentum_or_run_length_is_refused_and_co
     assert "(--epochs/--iterations, --batch-size): 6 in the checkpoint, 12 now" in err
     assert (run / "config.json").read_bytes() == before
     assert nabi_main(_argv(photos, run, "--epochs", "1", "--resume")) == 0            # its own settings: accepted
+
+
+def test_byol_under_mixed_precision_is_refused_with_a_clear_message_before_anything_is_written(tmp_path):
+    from test_selfsup import write_photos
+    from nabi.selfsup.pretrain import run_pretraining
+    from nabi.training.config import TrainConfig
+    photos = write_photos(tmp_path / "photos")
+    cfg = TrainConfig(data=str(photos), model="cifar_cnn", image_size=32, batch_size=4, iterations=1,
+                      precision="float16", out=str(tmp_path / "run"), progress=False)
+    with pytest.raises(ValueError, match=r"BYOL pretraining runs in float32 only, got precision 'float16'"):
+        run_pretraining(cfg, method="byol", projection_dim=16, log=None)
+    assert not (tmp_path / "run").exists()

@@ -165,13 +165,19 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
     Uses of ``cfg``: model, model_args, image_size, channels, normalize, epochs/iterations, batch_size,
     optimizer, lr, momentum, weight_decay, schedule, warmup, clip_norm, seed, device, workers, cache,
     out, checkpoint_every, keep_last, progress. ``method``: simclr, simsiam or byol; ``temperature``: NT-Xent's
-    τ (simclr); ``ema_momentum``: BYOL's starting target momentum τ_base, in [0, 1).
+    τ (simclr); ``ema_momentum``: BYOL's starting target momentum τ_base, in [0, 1). BYOL runs in float32
+    only (``cfg.precision`` other than float32 is refused): its target network is updated outside the optimiser.
     """
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if not temperature > 0:
         raise ValueError(f"--temperature must be positive, got {temperature}")
     ema_momentum = check_momentum(ema_momentum)
+    if method == "byol" and cfg.precision != "float32":
+        raise ValueError(f"BYOL pretraining runs in float32 only, got precision {cfg.precision!r}: its target "
+                         f"network is a moving average of the online weights, outside the optimiser, and mixed "
+                         f"precision keeps float32 masters only of the optimiser's parameters (give precision "
+                         f"'float32', or another method)")
     if cfg.batch_size < 2:
         raise ValueError(f"--batch-size must be at least 2 photos (each batch holds 2 × batch-size views), "
                          f"got {cfg.batch_size}")
