@@ -141,6 +141,22 @@ def test_load_state_dict_errors_name_the_parameters():
         optim.SGD(named, lr=0.1, momentum=0.9).load_state_dict(sd)
 
 
+@pytest.mark.parametrize("bad, error", [({"conv.weight": 0.0}, ValueError), ({"nowhere": 0.5}, KeyError)])
+def test_load_state_dict_with_a_bad_lr_scale_leaves_the_optimiser_unchanged(bad, error):
+    named, _, grads = _setup()
+    saved = optim.SGD(named, lr=0.3, momentum=0.5, weight_decay=0.1)
+    for k, p in named:
+        p.grad = grads[0][k].copy()
+    saved.step()
+    sd = saved.state_dict()
+    sd["lr_scale"] = bad
+    opt = optim.SGD(named, lr=0.1, momentum=0.9, lr_scale={"conv.weight": 0.25})
+    with pytest.raises(error, match="lr_scale"):
+        opt.load_state_dict(sd)
+    assert (opt.lr, opt.momentum, opt.weight_decay) == (0.1, 0.9, 0.0)
+    assert opt.lr_scale == {"conv.weight": 0.25} and opt.step_count == 0 and opt.state == {}
+
+
 def test_constructor_checks():
     p = Parameter(np.zeros(3))
     with pytest.raises(TypeError, match="named_parameters"):

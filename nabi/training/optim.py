@@ -231,13 +231,13 @@ class Optimizer:
                 arr = backend.to_device(v, device) if device != "cpu" else v
                 out[k] = xp.array(arr, dtype=p.data.dtype, copy=True)
             new_state[name] = out
+        lr = float(d.get("lr", self.lr))
+        lr_scale = self._check_lr_scale(d["lr_scale"]) if "lr_scale" in d else self.lr_scale
+        step_count = int(d.get("step_count", 0))
         # everything checked: apply
         for k, v in hyper.items():
             setattr(self, k, tuple(v) if isinstance(v, list) else v)
-        self.lr = float(d.get("lr", self.lr))
-        if "lr_scale" in d:
-            self.lr_scale = self._check_lr_scale(d["lr_scale"])
-        self.step_count = int(d.get("step_count", 0))
+        self.lr, self.lr_scale, self.step_count = lr, lr_scale, step_count
         self.state = new_state
 
     def __repr__(self):
