@@ -353,6 +353,11 @@ def test_killed_fine_tuning_run_resumes_to_the_uninterrupted_runs_weights(photos
     out = tmp_path / "run"
     killed = nabi_train(photos, out, *extra, fault="step:9")
     assert killed.returncode != 0
+    # the optimiser checkpoint's sidecar holds the per-parameter multipliers: conv1 frozen (not in the
+    # optimiser), conv2 one step below fc, fc at 1 (not stored)
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    optimiser_sidecar = json.loads((out / "checkpoints" / Path(latest).name / "optimizer.json").read_text())
+    assert optimiser_sidecar["lr_scale"] == {"conv2.weight": 0.5, "conv2.bias": 0.5}
     resumed = nabi_train(photos, out, *extra, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(ref, out)

@@ -469,3 +469,19 @@ def test_self_train_refuses_freezing_what_init_did_not_load_naming_the_role(tmp_
     assert "--freeze-until layer1 would freeze stage layer1 of the student (resnet32), but --init" in err, err
     assert "layer1.3." in err and "(new)" in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("init", [None, "runs/ssl/backbone.safetensors"])
+def test_summary_md_names_freeze_until_and_layer_lr_decay_with_or_without_init(tmp_path, init):
+    from nabi.selfsup.selftrain import _write_summary
+    summary = {"labelled": "lab", "unlabelled": "unl", "num_unlabelled": 4, "soft": False, "threshold": 0.5,
+               "max_per_class": 3, "classes": ["a", "b"], "init": init, "freeze_until": "conv1",
+               "layer_lr_decay": 0.5,
+               "rounds": [{"round": 0, "model": "cifar_cnn", "role": "teacher", "test_acc": 0.5}]}
+    _write_summary(tmp_path, summary)
+    md = (tmp_path / "summary.md").read_text()
+    assert "stages up to conv1 frozen, layer-wise learning-rate decay 0.5" in md
+    assert (f"started from {init}" if init else "started from its own initialisation") in md
+    summary.update(freeze_until=None, layer_lr_decay=1.0, init=None)
+    _write_summary(tmp_path, summary)
+    assert "started from" not in (tmp_path / "summary.md").read_text()

@@ -82,7 +82,9 @@ def _add_train_args(p, defaults):
                         "their weights get no step, no weight decay and no momentum, they run in eval mode while "
                         "the rest trains (batch norm uses and keeps the running statistics it was loaded with, "
                         "dropout is off), and backward stops above them; the run prints the frozen stages and "
-                        "the trainable and frozen parameter counts; meant for --init (default: none: every "
+                        "the trainable and frozen parameter counts; GoogLeNet's auxiliary heads, even when frozen, still "
+                        "run in training and add their 0.3× loss to train_loss; with --init, a frozen stage whose "
+                        "arrays it did not all load is refused; meant for --init (default: none: every "
                         "stage trains)")
     p.add_argument("--layer-lr-decay", type=float, metavar="D", dest="layer_lr_decay",
                    help="layer-wise learning-rate decay, D in (0, 1]: the last stage (the classifier) trains at "

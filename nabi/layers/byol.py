@@ -11,8 +11,8 @@ class BYOLLoss:
 
     ``loss = loss_fn(out, labels)`` ignores ``labels`` (the trainer's ``loss_fn(out, y)`` calls it
     unchanged). ``backward()`` returns ∂L/∂out with zeros in the target columns: the stop-gradient.
-    After each call ``correct`` holds how many of the 2N rows have their partner's target projection as
-    the most similar other target projection.
+    After each call ``correct`` holds how many of the 2N rows' predictions p̂ are most similar (cosine)
+    to their partner's target projection ẑ' among the other rows' target projections.
     """
 
     def __init__(self):

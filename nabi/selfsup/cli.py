@@ -56,8 +56,8 @@ def add_commands(subparsers):
                    help="output size of the projection head (SimSiam: also the predictor's, whose hidden layer "
                         "is a quarter of it; BYOL: also the predictor's)")
     p.add_argument("--ema-momentum", type=float,
-                   help="BYOL only (refused with the other methods): the target network's starting momentum τ in [0, 1); after each step its "
-                        "weights become τ·target + (1−τ)·online, τ rising to 1 on a cosine over the run "
+                   help="BYOL only (refused with the other methods): the target network's starting momentum "
+                        "τ in [0, 1); after each step its weights become τ·target + (1−τ)·online, τ rising to 1 on a cosine over the run "
                         "(default 0.99, for short runs; the paper's 0.996 suits 1000 epochs)")
     p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"], help="the update rule")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the schedule's starting value)")
@@ -160,7 +160,8 @@ def _add_self_train(subparsers):
     p.add_argument("--freeze-until", metavar="LAYER", dest="freeze_until",
                    help="in the teacher and every student, do not train the stages up to and including LAYER (a "
                         "stage name as the weights' names begin: conv1, layer2, features.6 …), as `nabi train "
-                        "--freeze-until`: no step, eval mode, no backward below them; meant for --init "
+                        "--freeze-until`: no step, eval mode (so --stochastic-depth never drops a frozen block), no "
+                        "backward below them; meant for --init "
                         "(default: none: every stage trains)")
     p.add_argument("--layer-lr-decay", type=float, metavar="D", dest="layer_lr_decay",
                    help="layer-wise learning-rate decay for the teacher and every student, D in (0, 1], as `nabi "
@@ -186,7 +187,8 @@ def _add_self_train(subparsers):
     p.add_argument("--stochastic-depth", type=float, metavar="P",
                    help="the students' stochastic depth, for ResNets (resnet*, se_resnet*): in training each "
                         "residual block drops its branch per photo, with a probability rising linearly from 0 "
-                        "at the first block to P at the last; P in [0, 1) (default: none)")
+                        "at the first block to P at the last; P in [0, 1); blocks frozen by --freeze-until run in eval mode "
+                        "and are never dropped (default: none)")
     p.add_argument("--epochs", type=int, help=_default("epochs of each round's training", "epochs"))
     p.add_argument("--batch-size", type=int, help=_default("photos per step", "batch_size"))
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=_default("the update rule", "optimizer"))

@@ -27,7 +27,8 @@ rate set with ``dropout`` where the model's builder takes one) and stochastic de
 SE-ResNets): in training each residual block drops its branch for a sample with a probability
 rising linearly from 0 at the first block to P at the last (Huang et al., 2016;
 ``nabi.layers.DropPath``); the paper's students keep the last block with probability 0.8,
-P = 0.2. Pseudo-labelling runs the teacher in evaluation mode, unnoised. The student must have
+P = 0.2. Residual blocks frozen by ``cfg.freeze_until`` run in eval mode, so stochastic depth never
+drops them: only the blocks that train are noised. Pseudo-labelling runs the teacher in evaluation mode, unnoised. The student must have
 at least as many parameters as the teacher (equal or larger, as in the paper).
 
 Pretrained start (``cfg.init``, ``cfg.freeze_until``, ``cfg.layer_lr_decay``, as ``nabi train --init
@@ -243,6 +244,22 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
     return trainer
 
 
+def _start_lines(summary) -> list:
+    """The summary's sentence on how every round's model started: ``--init``, ``--freeze-until`` and
+    ``--layer-lr-decay`` (each when given; the last two also without ``--init``), then a blank line."""
+    parts = []
+    if summary.get("freeze_until"):
+        parts.append(f"stages up to {summary['freeze_until']} frozen")
+    if summary.get("layer_lr_decay", 1) != 1:
+        parts.append(f"layer-wise learning-rate decay {summary['layer_lr_decay']:g}")
+    if summary.get("init"):
+        return [f"Every round's model started from {summary['init']}" + "".join(", " + p for p in parts)
+                + " (round.json: what each loaded).", ""]
+    if parts:
+        return [f"Every round's model started from its own initialisation, {', '.join(parts)}.", ""]
+    return []
+
+
 def _write_summary(out, summary):
     files.atomic_write_json(out / SUMMARY_JSON, summary)
     classes = summary["classes"]
@@ -250,11 +267,7 @@ def _write_summary(out, summary):
              f"Labelled: {summary['labelled']}; unlabelled: {summary['unlabelled']} "
              f"({summary['num_unlabelled']} photos). Targets: {'soft' if summary['soft'] else 'hard'}; "
              f"threshold {summary['threshold']}; at most {summary['max_per_class']} pseudo-labels per class.", "",
-             *([f"Every round's model started from {summary['init']}"
-                + (f", stages up to {summary['freeze_until']} frozen" if summary["freeze_until"] else "")
-                + (f", layer-wise learning-rate decay {summary['layer_lr_decay']:g}"
-                   if summary["layer_lr_decay"] != 1 else "")
-                + " (round.json: what each loaded).", ""] if summary.get("init") else []),
+             *_start_lines(summary),
              "Test accuracy is on the labelled test split (never trained on). Pseudo-label accuracy counts only "
              "unlabelled photos whose folder is named like a class (a diagnostic; those names are not used).", "",
              "| round | model | role | pseudo-labelled | " + " | ".join(classes) + " | test acc | pseudo-label acc |",

@@ -21,6 +21,12 @@ name, or the name of an opened child such as ``features``: all of it):
   the frozen stages at all; in a network that is one chain of ``Sequential`` containers the
   first stage with parameters after them also skips its input gradient.
 
+In eval mode a frozen residual block never drops its branch (stochastic depth, ``DropPath``, is off).
+GoogLeNet's auxiliary heads run whenever the network trains, so frozen ones still add their 0.3×
+loss to the logged ``train_loss`` (they take no step).
+With ``--init``, every array of the frozen stages must have been loaded from the file
+(``check_frozen_were_loaded``): frozen, a new one would stay as initialised.
+
 ``layer_lr_multipliers(stages, D)``: the last stage with parameters (the classifier or head)
 steps with ``lr``, the one below it with ``lr·D``, the next with ``lr·D²`` … down to the stem;
 stages without parameters are not counted, and a stage of batch norm alone (a ResNet's ``bn1``,
