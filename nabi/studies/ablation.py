@@ -714,7 +714,7 @@ def _train_run(job, run_dir, log):
     from ..training.config import TrainConfig
     from ..data.prepare import Transformed, augmentation, eval_transforms, eval_loader
     from ..training.build import build_trainer
-    from ..runs import model_metadata, write_config
+    from ..runs import model_metadata, resolved_config, write_config
     from ..training.trainer import evaluate
     cfg, seeds, parts, name = job["config"], job["seeds"], job["parts"], job["variant"]
     rlog = RunLog(run_dir / "run.log", f"[{name} · seed {seeds['run']:02d}]", echo=log)
@@ -748,11 +748,10 @@ def _train_run(job, run_dir, log):
     tc = TrainConfig.from_dict({**cfg, "epochs": epochs, "data": "(ablation)", "out": str(run_dir),
                                 "seed": int(seeds["order_seed"]), "progress": False})
     model.to(cfg["device"])
-    resolved = write_config(run_dir, tc, {"classes": job["classes"], "input_size": job["input_size"],
-                                          "normalization": norm, "num_train": len(parts["train"]),
-                                          "num_val": len(parts["val"]) if parts.get("val") is not None else 0,
-                                          "num_test": len(parts["test"]), "ablation_variant": name,
-                                          "factor": job["factor"], "init": init})
+    ran = {"classes": job["classes"], "input_size": job["input_size"], "normalization": norm,
+           "num_train": len(parts["train"]), "num_val": len(parts["val"]) if parts.get("val") is not None else 0,
+           "num_test": len(parts["test"]), "ablation_variant": name, "factor": job["factor"], "init": init}
+    resolved = resolved_config(tc, ran)
     meta = model_metadata(model, job["classes"], norm, resolved)
     trainer = build_trainer(tc, model, loader, val_loader, out_dir=run_dir, metadata=meta, config=resolved,
                             log=rlog, trainer_class=study_trainer_class())
@@ -760,6 +759,7 @@ def _train_run(job, run_dir, log):
          f"reference) on {len(parts['train'])} images")
     t0 = time.perf_counter()
     trainer.resume()
+    write_config(run_dir, tc, ran)       # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     plot_history(trainer.history, run_dir / "curves.png")
     test = evaluate(model, eval_loader(parts["test"], meta, device=cfg["device"]))

@@ -492,16 +492,16 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
     scored against a gallery of ``train_dataset`` (the training photos, evaluation transforms)."""
     from .. import evaluate as E
     from ..training.build import build_trainer
-    from ..runs import model_metadata, write_config
+    from ..runs import model_metadata, resolved_config, write_config
     from ..data.prepare import eval_loader
     from ..training.trainer import evaluate
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tc, epochs, iterations = _train_config(cfg, len(classes), len(loader), out, seed)
     model.to(cfg["device"])
-    resolved = write_config(out, tc, {"classes": list(classes), "input_size": list(model.input_size),
-                                      "normalization": norm, "num_train": len(loader.dataset), "num_val": 0,
-                                      "num_test": len(datasets["test"]), "experiment_model": key})
+    ran = {"classes": list(classes), "input_size": list(model.input_size), "normalization": norm,
+           "num_train": len(loader.dataset), "num_val": 0, "num_test": len(datasets["test"]), "experiment_model": key}
+    resolved = resolved_config(tc, ran)
     meta = model_metadata(model, classes, norm, resolved)
     if embedding is not None:
         meta["embedding"] = dict(embedding)
@@ -514,6 +514,7 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
         trainer.loss_fn = make_loss(embedding["head"])      # the head's loss instead of cross-entropy
     t0 = time.perf_counter()
     trainer.resume()
+    write_config(out, tc, ran)                  # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     seconds = time.perf_counter() - t0
     plot_history(trainer.history, out / "curves.png")
