@@ -94,7 +94,8 @@ class BYOLTrainer(ContrastiveTrainer):
     ξ ← τ_k ξ + (1 − τ_k) θ with τ_k rising from ``ema_momentum`` to 1 over the run's K steps
     (``nabi.selfsup.ema``). The target's weights are part of the model's ``state_dict`` and so of every
     checkpoint; the count k of target updates is saved beside the trainer's counters (``state.json``,
-    key ``ema``), so a resumed run continues exactly where the killed one stopped."""
+    key ``ema``), so a resumed run continues exactly where the killed one stopped. A resume with another
+    starting momentum or another K (the momentum schedule) is refused, naming both values."""
 
     def __init__(self, *args, ema_momentum=0.99, **kwargs):
         kwargs.pop("temperature", None)
