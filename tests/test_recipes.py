@@ -75,6 +75,19 @@ def test_new_settings_at_their_old_values_leave_study_fingerprints_unchanged():
     assert fingerprint_config({**old, "warmup_fraction": 0.3})["warmup_fraction"] == 0.3
 
 
+def test_an_ablations_fingerprint_holds_the_settings_it_always_held():
+    """A setting added to training later must not enter the fingerprint at its default value (add it to
+    ADDED_SETTINGS with that value), or every unfinished ablation would be refused after an upgrade."""
+    from nabi.studies.ablation import _base_config
+    assert sorted(fingerprint_config(_base_config({"model": "cifar_cnn"}))) == [
+        "augment", "background_kinds", "batch_size", "cache", "channels", "clip_norm", "early_stopping", "epochs",
+        "exclude", "fused_sgd", "gamma", "image_size", "iterations", "label_smoothing", "lr", "model", "model_args",
+        "momentum", "nesterov", "normalize", "optimizer", "precision", "schedule", "schedule_unit", "step_size",
+        "strict", "test_ratio", "val_ratio", "warmup", "weight_decay"]
+    tuned = fingerprint_config(_base_config({"model": "cifar_cnn", "freeze_until": "conv1", "layer_lr_decay": 0.5}))
+    assert tuned["freeze_until"] == "conv1" and tuned["layer_lr_decay"] == 0.5
+
+
 def test_ablation_base_takes_the_new_settings_and_checks_them():
     from nabi.studies.ablation import _base_config, _validate
     base = _base_config({"model": "cifar_cnn", "fit": "squash", "augment": "crop_flip_jitter",

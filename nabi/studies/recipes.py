@@ -81,7 +81,7 @@ LENGTH_KEYS = ("iterations_per_class", "iterations", "epochs")
 EXECUTION_KEYS = ("device", "workers", "checkpoint_every", "keep_last", "keep_checkpoints", "description")
 # Settings added after studies were first fingerprinted, with the value every earlier study used: left out of
 # a fingerprint while they hold it, so a study started before they existed still resumes.
-ADDED_SETTINGS = {"fit": "crop", "warmup_fraction": None}
+ADDED_SETTINGS = {"fit": "crop", "warmup_fraction": None, "freeze_until": None, "layer_lr_decay": 1.0}
 
 
 def fingerprint_config(cfg: dict) -> dict:
