@@ -27,32 +27,21 @@ are shared; ``pair_top1`` counts the same "the partner is the nearest other view
 """
 from __future__ import annotations
 
-from ..backend import get_array_module
-from .simsiam import _check, _normalise, pair_top1, partners
+from .simsiam import normalised_pairs, pair_top1, through_normalisation
 
 __all__ = ["byol_forward", "byol_backward", "pair_top1"]
 
 
 def byol_forward(out, layer="byol"):
     """BYOL loss of ``out`` (2N, 2D) = [p | z']; returns ``(loss, cache)``, ``loss`` a 0-d array of out's dtype."""
-    _check(out, layer)
-    xp = get_array_module(out)
-    M, D = out.shape[0], out.shape[1] // 2
-    u, n, unclamped = _normalise(out[:, :D], xp)
-    v, _, _ = _normalise(out[:, D:], xp)
-    t = partners(M, xp)
+    cache = normalised_pairs(out, layer)
+    u, _, _, v, t = cache
     diff = u - v[t]
-    loss = (diff * diff).sum() / out.dtype.type(M // 2)
-    return loss, (u, n, unclamped, v, t)
+    loss = (diff * diff).sum() / out.dtype.type(out.shape[0] // 2)
+    return loss, cache
 
 
 def byol_backward(cache, dloss=1.0):
     """∂L/∂out (2N, 2D): the predictions' gradient in columns [0, D), zeros (stop-gradient) in [D, 2D)."""
-    u, n, unclamped, v, t = cache
-    xp = get_array_module(u)
-    M, D = u.shape
-    du = (u - v[t]) * (u.dtype.type(2 * dloss) / u.dtype.type(M // 2))
-    radial = (u * du).sum(axis=1, keepdims=True)
-    grad = xp.zeros((M, 2 * D), dtype=u.dtype)
-    grad[:, :D] = xp.where(unclamped, du - u * radial, du) / n
-    return grad
+    u, _, _, v, t = cache
+    return through_normalisation((u - v[t]) * (u.dtype.type(2 * dloss) / u.dtype.type(u.shape[0] // 2)), cache)

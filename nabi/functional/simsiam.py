@@ -52,28 +52,41 @@ def partners(M: int, xp=np):
     return (xp.arange(M, dtype=np.int64) + M // 2) % M
 
 
-def simsiam_forward(out, layer="simsiam"):
-    """SimSiam loss of ``out`` (2N, 2D) = [p | z]; returns ``(loss, cache)``, ``loss`` a 0-d array of out's dtype."""
+def normalised_pairs(out, layer):
+    """Checks ``out`` (2N, 2D) = [p | z] and returns the cache both losses keep: (p̂, ‖p‖ clamped to ε,
+    whether ‖p‖ ≥ ε, ẑ, partner rows t)."""
     _check(out, layer)
     xp = get_array_module(out)
-    M, D = out.shape[0], out.shape[1] // 2
+    D = out.shape[1] // 2
     u, n, unclamped = _normalise(out[:, :D], xp)
     v, _, _ = _normalise(out[:, D:], xp)
-    t = partners(M, xp)
-    loss = -(u * v[t]).sum() / out.dtype.type(M)
-    return loss, (u, n, unclamped, v, t)
+    return u, n, unclamped, v, partners(out.shape[0], xp)
 
 
-def simsiam_backward(cache, dloss=1.0):
-    """∂L/∂out (2N, 2D): the predictions' gradient in columns [0, D), zeros (stop-gradient) in [D, 2D)."""
-    u, n, unclamped, v, t = cache
+def through_normalisation(du, cache):
+    """∂L/∂out (2N, 2D) from ∂L/∂p̂ ``du`` (2N, D): through p̂ = p/‖p‖, (du − p̂·(p̂·du))/‖p‖ (plain du/ε where
+    ‖p‖ was clamped), and zeros in the z columns: the stop-gradient."""
+    u, n, unclamped, _, _ = cache
     xp = get_array_module(u)
     M, D = u.shape
-    du = v[t] * (-u.dtype.type(dloss) / u.dtype.type(M))
     radial = (u * du).sum(axis=1, keepdims=True)
     grad = xp.zeros((M, 2 * D), dtype=u.dtype)
     grad[:, :D] = xp.where(unclamped, du - u * radial, du) / n
     return grad
+
+
+def simsiam_forward(out, layer="simsiam"):
+    """SimSiam loss of ``out`` (2N, 2D) = [p | z]; returns ``(loss, cache)``, ``loss`` a 0-d array of out's dtype."""
+    cache = normalised_pairs(out, layer)
+    u, _, _, v, t = cache
+    loss = -(u * v[t]).sum() / out.dtype.type(out.shape[0])
+    return loss, cache
+
+
+def simsiam_backward(cache, dloss=1.0):
+    """∂L/∂out (2N, 2D): the predictions' gradient in columns [0, D), zeros (stop-gradient) in [D, 2D)."""
+    u, _, _, v, t = cache
+    return through_normalisation(v[t] * (-u.dtype.type(dloss) / u.dtype.type(u.shape[0])), cache)
 
 
 def pair_top1(cache) -> int:
