@@ -64,7 +64,7 @@ def model_workloads(device, full):
     else:
         w.append(Workload("alexnet336 b8 (CPU; b32 with --full)", "alexnet336", 8, (3, 336, 336), 5))
     if gpu:
-        w.append(Workload("vgg11 b32 224x224", "vgg11", 32, (3, 224, 224), 1000))
+        w.append(Workload("vgg11 b64 224x224", "vgg11", 64, (3, 224, 224), 1000))
         w.append(Workload("resnet18 b128 224x224", "resnet18", 128, (3, 224, 224), 1000))
     elif full:
         w.append(Workload("vgg11 b8 224x224 (CPU --full)", "vgg11", 8, (3, 224, 224), 1000))
