@@ -176,14 +176,20 @@ def _normalisation_only(module) -> bool:
     return bool(owners) and all(isinstance(m, NORMALISATION_LAYERS) for m in owners)
 
 
+def check_decay(decay) -> float:
+    """``decay`` as a float, or a ``ValueError`` naming ``--layer-lr-decay`` unless it lies in (0, 1]."""
+    decay = float(decay)
+    if not 0 < decay <= 1:
+        raise ValueError(f"--layer-lr-decay must be in (0, 1], got {decay}")
+    return decay
+
+
 def layer_lr_multipliers(all_stages, decay: float) -> dict:
     """``{stage name: decay**depth}`` for the stages with parameters, depth 0 for the last (the head), 1 for
     the one below it, … Stages without parameters are not counted, and a stage holding only normalisation
     parameters (a ResNet's ``bn1``, a VGG trunk's ``features.1``) takes the depth of the stage before it,
     so a convolution and its batch norm are one step."""
-    decay = float(decay)
-    if not 0 < decay <= 1:
-        raise ValueError(f"--layer-lr-decay must be in (0, 1], got {decay}")
+    decay = check_decay(decay)
     steps = _lr_steps(all_stages)
     last = steps[-1][1] if steps else 0
     return {name: decay ** (last - step) for name, step, _ in steps}
@@ -218,9 +224,7 @@ def prepare(model, freeze: str | None = None, decay: float = 1.0) -> dict:
     Returns ``{'params': [(name, Parameter)] to optimise, 'lr_scale': {name: multiplier},
     'lines': [str] for the log}``. With neither option: every parameter, no multipliers, no lines.
     """
-    decay = 1.0 if decay is None else float(decay)
-    if not 0 < decay <= 1:
-        raise ValueError(f"--layer-lr-decay must be in (0, 1], got {decay}")
+    decay = 1.0 if decay is None else check_decay(decay)
     if freeze is None and decay == 1.0:
         return {"params": list(model.named_parameters()), "lr_scale": {}, "lines": []}
     all_stages = stages(model)
