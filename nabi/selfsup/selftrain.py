@@ -68,7 +68,7 @@ from ..models.registry import model_input_size, set_input_size
 from ..runs import image_fit, load_run, model_metadata, write_config
 from ..training import fine_tune
 from ..training.build import build_model, build_trainer, run_training
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, check
 from ..training.init_from import format_report, load_matching, resolve_init_path
 from ..training.trainer import Trainer, evaluate
 from . import pseudo_labels as P
@@ -291,7 +291,9 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     (default ``cfg.model``), ``student_model_args``, ``student_augment``, ``dropout`` and
     ``stochastic_depth`` (the students' ``drop_path``; None: the model's default, none).
     ``cfg.init``, ``cfg.freeze_until`` and ``cfg.layer_lr_decay`` apply to the teacher and every student.
+    A bad configuration is refused first (``nabi.training.config.check``).
     """
+    check(cfg)
     student_model = student_model or cfg.model
     student_args = _student_args(student_model, student_model_args if student_model_args is not None
                                  else (cfg.model_args if student_model == cfg.model else {}), dropout,
