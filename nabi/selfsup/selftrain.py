@@ -291,15 +291,16 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     (default ``cfg.model``), ``student_model_args``, ``student_augment``, ``dropout`` and
     ``stochastic_depth`` (the students' ``drop_path``; None: the model's default, none).
     ``cfg.init``, ``cfg.freeze_until`` and ``cfg.layer_lr_decay`` apply to the teacher and every student.
-    A bad configuration is refused first (``nabi.training.config.check``).
+    Every argument is checked before anything is read or written (``check_arguments``, then
+    ``nabi.training.config.check`` for the rest of the configuration).
     """
-    check(cfg)
     student_model = student_model or cfg.model
     student_args = _student_args(student_model, student_model_args if student_model_args is not None
                                  else (cfg.model_args if student_model == cfg.model else {}), dropout,
                                  stochastic_depth)
     photos = check_arguments(cfg, unlabelled, rounds, threshold, max_per_class, student_model, student_args,
                              dropout, stochastic_depth)
+    check(cfg)
     backend.check_device(cfg.device)
     num_classes = len(folder_classes(cfg.data, cfg.exclude, background_kinds=cfg.background_kinds == "split"))
     n_teacher = registry.count_parameters(cfg.model, num_classes=num_classes, **cfg.model_args)

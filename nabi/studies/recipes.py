@@ -91,7 +91,7 @@ def fingerprint_config(cfg: dict) -> dict:
 
 def recipe_defaults() -> dict:
     from ..training.config import TrainConfig
-    keys = train_keys()
+    keys = recipe_settings(held=True)
     d = {k: v for k, v in TrainConfig().to_dict().items() if k in keys}
     d.update(epochs=None, iterations=None, iterations_per_class=None, warmup_epochs=None, offline_variants=1,
              test_ratio=0.2, keep_checkpoints=False, description="", image_size=None, checkpoint_every=None,

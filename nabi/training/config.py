@@ -48,6 +48,9 @@ ALWAYS = "always"                  # its value is part of every fingerprint
 NEVER = "never"                    # it changes how, not what, is computed (the device, checkpoints)
 UNLESS_DEFAULT = "unless_default"  # added after studies were first fingerprinted: part of a fingerprint only
 #                                    when it differs from its default, so a study started before it existed resumes
+# recipe=GIVEN: a recipe or `--set` may set it, but a recipe holds it only when given (it was added to the
+# recipes' keys after experiments were first fingerprinted); recipe=True: every recipe holds it.
+GIVEN = "given"
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Setting:
     metavar: str | None = None
     shown: str | None = None           # the default as help shows it, when not the value itself ("none: …")
     commands: tuple = (TRAIN,)         # the commands that take it as a flag
-    recipe: bool = False               # a recipe, `nabi experiment --set` and `self-train --recipe` may set it
+    recipe: bool | str = False         # a recipe, `nabi experiment --set`, `self-train --recipe` may set it (GIVEN)
     fingerprint: str = UNLESS_DEFAULT
     name: str = ""                     # filled in from the field by settings()
     default: Any = None
@@ -159,10 +162,10 @@ class TrainConfig:
                                       Float(0.0, None, low_open=True), shown="none: no clipping", recipe=True,
                                       fingerprint=ALWAYS)
     fused_sgd: bool = setting(False, "plain SGD only: update each layer inside backward, never storing weight "
-                              "gradients", Flag(), recipe=True, fingerprint=ALWAYS)
+                              "gradients", Flag(), recipe=GIVEN, fingerprint=ALWAYS)
     precision: str = setting("float32", "float16: mixed precision (float16 compute, float32 master weights, "
                              "dynamic loss scaling); meant for --device gpu, slow on the CPU",
-                             OneOf(("float32", "float16")), recipe=True, fingerprint=ALWAYS)
+                             OneOf(("float32", "float16")), recipe=GIVEN, fingerprint=ALWAYS)
     image_size: int | None = setting(None, "bring photos to this size (see --fit)", _SIZE,
                                      shown="the model’s input size", commands=(*ALL, EXPERIMENT), recipe=True,
                                      fingerprint=ALWAYS)
@@ -266,9 +269,10 @@ def choices(name: str) -> tuple:
     return setting_named(name).rule.values
 
 
-def recipe_settings() -> tuple:
-    """The names of the settings a recipe may set (``nabi experiment --set``, ``self-train --recipe``)."""
-    return tuple(s.name for s in settings() if s.recipe)
+def recipe_settings(held=False) -> tuple:
+    """The names of the settings a recipe may set (``nabi experiment --set``, ``self-train --recipe``); with
+    ``held``, only those every recipe holds (not the ``GIVEN`` ones)."""
+    return tuple(s.name for s in settings() if (s.recipe is True if held else s.recipe))
 
 
 def flag(name: str) -> str:
