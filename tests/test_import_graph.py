@@ -162,3 +162,18 @@ def test_the_ring_walk_sees_local_and_dynamic_imports(tmp_path):
     found = {m for m, _ in _all_imports(source, "nabi.data.probe", modules)}
     assert found == {"nabi.cli.main", "nabi.serve.app"}
     assert ring_of("nabi.data.probe") < ring_of("nabi.cli.main")
+
+
+def test_the_command_line_starts_without_optional_or_web_modules():
+    """Building ``nabi``'s parser (what `nabi --help` and every command do first) imports no optional
+    package and neither the web app nor re-identification: those load when their command runs."""
+    import subprocess
+    import sys
+    code = ("import sys; from nabi.cli import build_parser; build_parser(); "
+            "print(' '.join(sorted(m for m in sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=NABI.parent).stdout.split())
+    assert "nabi.cli.train" in loaded and "nabi.training.config" in loaded
+    heavy = {"fastapi", "uvicorn", "matplotlib", "ray", "cv2", "onnx", "onnxruntime", "sklearn", "cupy",
+             "nabi.serve.app", "nabi.reid.gallery", "nabi.training.trainer"}
+    assert loaded & heavy == set()

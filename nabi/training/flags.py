@@ -43,7 +43,7 @@ def add_setting_flags(parser, command, *, defaults=None, layered=False, note="",
         text = f"{prefix[s.name]}: {s.help}" if s.name in prefix else s.help
         if s.name in suffix:
             text = f"{text}; {suffix[s.name]}"
-        if "default" not in text:
+        if "default: " not in text:                   # help that names its own default keeps it
             said = shown or ("off" if s.type is bool and not value else
                              s.shown if s.shown is not None and s.name not in defaults else _shown(value))
             text = f"{text} (default: {said}{note if late else ''})"
