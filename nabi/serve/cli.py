@@ -29,11 +29,16 @@ def add_commands(subparsers):
     p.add_argument("--threshold", type=float, default=0.5,
                    help="classifier: below this top probability the answer is 'unknown' (default 0.5)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest photo accepted, in MiB (default 20)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="most pixels (width × height) a photo may have (default 40,000,000)")
+    p.add_argument("--max-pixels", type=int, default=120_000_000,
+                   help="most pixels (width × height) a photo may have; above 40,000,000 a photo is identified "
+                        "through a downscaled working copy, the original kept (default 120,000,000)")
     p.add_argument("--max-files", type=int, default=20, help="most photos in one upload (default 20)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="another host name the server answers to (repeatable; default: none)")
+    p.add_argument("--fields", metavar="FILE.toml",
+                   help="the fields the club keeps for each individual, one [[field]] table each (key, label, "
+                        "type = text | longtext | date | choice | number, choices); default: sex, age class, "
+                        "status, status date, health notes")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the network runs; gpu needs "
                                                                           "the gpu extra")
     p.set_defaults(func=cmd_serve)
@@ -60,6 +65,7 @@ def cmd_serve(args):
     import uvicorn
 
     from .app import Settings, create_app, is_loopback
+    from .fields import load_fields
     from .identifiers import open_identifier
     from .service import Service
     from .storage import Store
@@ -78,14 +84,22 @@ def cmd_serve(args):
     settings = Settings(host=args.host, port=args.port, token=token, require_token=require,
                         max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                         max_files=args.max_files, allowed_hosts=args.allowed_host)
+    fields = load_fields(args.fields) if args.fields else None
     identifier = open_identifier(args.source, kind=args.kind, threshold=args.threshold, device=args.device)
     store = Store(args.data)
     try:
-        service = Service(store, identifier, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        service = Service(store, identifier, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+                          fields=fields)
         app = create_app(service, settings)
         shown = f"[{args.host}]" if ":" in args.host else args.host
         print(f"nabi serve: {identifier.kind} {args.source}; data in {store.root} (schema version "
               f"{store.schema_version}); http://{shown}:{args.port}/", flush=True)
+        for note in service.notes:
+            print(f"nabi serve: {note}", flush=True)
+        if not identifier.calibrated:
+            print(f"nabi serve: the gallery is not calibrated: answers never say 'not seen before' and their "
+                  f"similarity is not a probability; calibrate it with: nabi gallery calibrate {args.source}",
+                  flush=True)
         if require:
             where = "printed here once" if generated else "the one you gave"
             print(f"nabi serve: changes need the token ({where}): {token if generated else '…'}", flush=True)
