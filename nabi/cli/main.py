@@ -695,7 +695,8 @@ def build_parser():
         "nabi train photos/ --model resnet18_cifar --image-size 64 --init runs/pretrain/backbone.safetensors")
     sub.choices["serve"].epilog = _examples(
         "nabi serve runs/cats                                # http://127.0.0.1:8000 on this machine",
-        "nabi serve runs/cats --host 0.0.0.0 --token SECRET  # reachable from the network")
+        "nabi serve runs/cats --host 0.0.0.0 --token SECRET  # reachable from the network",
+        "nabi serve --data club-data/ --backup backups/may   # a backup folder (restore: --data backups/may)")
     from ..reid.cli import add_commands; add_commands(sub)  # noqa: E702  (gallery, identify, train --head)
     def use_formatter(parsers):                                        # commands added outside this module too,
         for command_parser in parsers:                                 # and their own sub-commands

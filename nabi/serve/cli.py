@@ -14,11 +14,19 @@ def add_commands(subparsers):
         "serve", help="a web app to identify individuals in photos and keep their sightings",
         description="Serve a web app on this machine: identify photos with a classifier run or a "
                     "re-identification gallery, decide, and keep individuals and sightings in DATA. "
-                    "Loopback by default; another address needs a token for every change.")
-    p.add_argument("source", metavar="GALLERY_OR_RUN", help="a nabi run folder (classifier) or a gallery")
+                    "Loopback by default; on another address every page and request needs a token. "
+                    "With --backup, copy DATA to a new folder instead (while a server may run) and stop.")
+    p.add_argument("source", metavar="GALLERY_OR_RUN", nargs="?",
+                   help="a nabi run folder (classifier) or a gallery (read only: what the server adds is kept in "
+                        "DATA); not needed with --backup")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--data", default="nabi-data", help="the data folder: database and photos (default ./nabi-data)")
+    p.add_argument("--data", default="nabi-data",
+                   help="the data folder: everything the server changes (database, photos, the photos it enrolled); "
+                        "one server at a time (default ./nabi-data)")
+    p.add_argument("--backup", metavar="DEST",
+                   help="copy the data folder to the new folder DEST (SQLite's online backup, the photos, checked "
+                        "by SHA-256), then stop; restore by serving DEST as --data (default: serve, no backup)")
     p.add_argument("--kind", default="auto", choices=["auto", "classifier", "gallery"],
                    help="what SOURCE is; auto tells a run folder from a gallery")
     p.add_argument("--token", help="the token changes need when not on loopback (default: $NABI_SERVE_TOKEN, "
@@ -60,7 +68,13 @@ def _need_web_packages():
 
 
 def cmd_serve(args):
-    """Open the data folder and the identifier, then serve until interrupted."""
+    """Open the data folder and the identifier, then serve until interrupted (or, with --backup, back up)."""
+    if args.backup:
+        from .backup import backup
+        backup(args.data, args.backup)
+        return 0
+    if not args.source:
+        raise ValueError("give the gallery or run to serve (GALLERY_OR_RUN), or --backup DEST")
     _need_web_packages()
     import uvicorn
 

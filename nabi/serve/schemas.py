@@ -213,3 +213,22 @@ class StatusOut(BaseModel):
 
 class SignedIn(BaseModel):
     signed_in: bool
+
+
+class EstimateOut(BaseModel):
+    method: str
+    n: Optional[float] = Field(description="the estimated number of animals (null: not estimable from these data)")
+    se: Optional[float] = None
+    low: Optional[float] = Field(None, description="95 % interval")
+    high: Optional[float] = None
+    note: str = ""
+
+
+class PopulationOut(BaseModel):
+    occasion: Literal["day", "week"]
+    occasions: list[str] = Field(description="the days (or Mondays of the weeks) with at least one sighting")
+    individuals: int = Field(description="individuals seen at least once")
+    caught: list[int] = Field(description="individuals seen on each occasion")
+    recaptured: list[int] = Field(description="of them, seen on an earlier occasion")
+    frequencies: list[int] = Field(description="f_k: individuals seen on exactly k occasions")
+    estimates: list[EstimateOut]

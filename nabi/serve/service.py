@@ -588,6 +588,91 @@ class Service:
     def counts(self):
         return repo.counts(self.store.read())
 
+    # -- how many animals ---------------------------------------------------------------------------------
+    def _histories(self, occasion, date_from, date_to):
+        from .population import capture_histories
+        if occasion not in ("day", "week"):
+            raise Refused(f"occasion must be day or week, got {occasion!r}", 422)
+        rows = self.views.sightings(date_from=date_from, date_to=date_to)
+        occasions, histories = capture_histories([(s.individual_id, s.time) for s in rows], occasion)
+        return rows, occasions, histories
+
+    def population(self, occasion="day", date_from=None, date_to=None) -> S.PopulationOut:
+        from .population import estimates, summaries
+        _, occasions, histories = self._histories(occasion, date_from, date_to)
+        s = summaries(histories)
+        return S.PopulationOut(occasion=occasion, occasions=occasions, individuals=s["individuals"],
+                               caught=s["caught"], recaptured=s["recaptured"], frequencies=s["frequencies"],
+                               estimates=[S.EstimateOut(**e.as_dict()) for e in estimates(histories)])
+
+    def capture_histories_csv(self, occasion="day", layout="matrix", date_from=None, date_to=None):
+        """``(file name, CSV text)`` of the capture histories in ``layout`` (see ``routes.population``)."""
+        from .population import occasion_of, sighting_day
+        rows, occasions, histories = self._histories(occasion, date_from, date_to)
+        names = repo.names(self.store.read())
+        index = {o: i + 1 for i, o in enumerate(occasions)}
+        detectors = _detectors(rows)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\r\n")
+        if layout == "matrix":
+            w.writerow(["individual_id", "individual", *occasions])
+            for ind, h in histories.items():
+                w.writerow([ind, csv_cell(names.get(ind, "")), *h])
+        elif layout == "rmark":
+            w.writerow(["ch", "freq", "individual_id", "individual"])
+            for ind, h in histories.items():
+                w.writerow(["".join(map(str, h)), 1, ind, csv_cell(names.get(ind, ""))])
+        elif layout == "secr":
+            w.writerow(["Session", "ID", "Occasion", "Detector"])
+            done = set()
+            for s in sorted(rows, key=lambda s: (s.individual_id, s.time)):
+                key = (s.individual_id, occasion_of(sighting_day(s.time), occasion), detectors[s.id][0])
+                if key not in done:
+                    done.add(key)
+                    w.writerow([1, s.individual_id, index[key[1]], key[2]])
+        elif layout == "camtrapr":
+            w.writerow(["Station", "Species", "Individual", "DateTimeOriginal", "Date", "Time", "FileName"])
+            for s in sorted(rows, key=lambda s: s.time):
+                t = s.time[:-1] if s.time.endswith("Z") else s.time
+                if s.time.endswith("Z"):          # an upload time: this computer's local time, as cameras write
+                    from datetime import datetime
+                    t = datetime.fromisoformat(s.time[:-1] + "+00:00").astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+                w.writerow([detectors[s.id][0], "animal", s.individual_id, t.replace("T", " ")[:19], t[:10],
+                            t[11:19], csv_cell(s.original_name or "")])
+        elif layout == "detectors":
+            w.writerow(["Detector", "x", "y", "latitude", "longitude", "place"])
+            for det, x, y, lat, lon, place in sorted(set(detectors.values())):
+                w.writerow([det, x, y, lat, lon, csv_cell(place or "")])
+        else:
+            raise Refused(f"layout must be matrix, rmark, secr, camtrapr or detectors, got {layout!r}", 422)
+        return f"capture_histories_{layout}_{occasion}.csv", buf.getvalue()
+
+
+def _detectors(rows) -> dict:
+    """{sighting id: (detector, x, y, latitude, longitude, place)}: one detector per GPS position (rounded to
+    4 decimals, ~10 m) or, without GPS, per place; x, y in metres east and north of the positions' mean
+    (an equirectangular projection, good over a few kilometres); empty without GPS."""
+    import math
+    gps = [(s.latitude, s.longitude) for s in rows if s.latitude is not None]
+    lat0 = sum(a for a, _ in gps) / len(gps) if gps else 0.0
+    lon0 = sum(b for _, b in gps) / len(gps) if gps else 0.0
+    keys, out = {}, {}
+    for s in sorted(rows, key=lambda s: s.id):
+        if s.latitude is not None:
+            key = ("gps", round(s.latitude, 4), round(s.longitude, 4))
+        else:
+            key = ("place", s.place or "")
+        if key not in keys:
+            det = f"D{len(keys) + 1}"
+            if key[0] == "gps":
+                x = round(math.radians(key[2] - lon0) * 6371000 * math.cos(math.radians(lat0)), 1)
+                y = round(math.radians(key[1] - lat0) * 6371000, 1)
+                keys[key] = (det, x, y, key[1], key[2], s.place)
+            else:
+                keys[key] = (det, "", "", "", "", key[1])
+        out[s.id] = keys[key]
+    return out
+
 
 def csv_cell(v):
     """A CSV cell: text a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a leading '."""

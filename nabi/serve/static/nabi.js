@@ -395,6 +395,86 @@ const pages = {
     await show();
   },
 
+  // Sightings with GPS as points on a plain projection (x = longitude · cos(mean latitude), y = latitude):
+  // no map tiles, nothing from another server; each individual has its own colour.
+  async map() {
+    const select = el("select", { id: "map-individual" }, el("option", { value: "", text: "all individuals" }),
+      ...(await loadIndividuals()).map(i => el("option", { value: i.id, text: i.name })));
+    const holder = el("div", { id: "map-holder" });
+    content().append(el("form", { class: "row" }, el("label", {}, "Show ", select)), holder);
+    async function draw() {
+      const q = new URLSearchParams({ with_gps: "true" });
+      if (select.value) q.set("individual", select.value);
+      const rows = await api("GET", "/api/sightings?" + q);
+      if (!rows.length) { fill(holder, el("p", { class: "hint", id: "map-empty", text: "No sighting with a GPS position yet (photos whose EXIF holds one)." })); return; }
+      const lat0 = rows.reduce((a, s) => a + s.latitude, 0) / rows.length;
+      const k = Math.cos(lat0 * Math.PI / 180);
+      const xs = rows.map(s => s.longitude * k), ys = rows.map(s => -s.latitude);
+      const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+      const span = Math.max(x1 - x0, y1 - y0, 1e-4);              // at least ~10 m across
+      const W = 800, H = Math.max(240, Math.round(W * Math.max(y1 - y0, span * 0.3) / span)), pad = 30;
+      const sx = x => pad + (x - x0) / span * (W - 2 * pad), sy = y => pad + (y - y0) / span * (W - 2 * pad);
+      const svg = document.createElementNS(SVG, "svg");
+      svg.setAttribute("viewBox", "0 0 " + W + " " + (H + pad)); svg.setAttribute("class", "map"); svg.setAttribute("id", "map");
+      svg.setAttribute("role", "img"); svg.setAttribute("aria-label", rows.length + " sightings");
+      const colour = id => "hsl(" + ((id * 137.508) % 360).toFixed(0) + " 70% 42%)";
+      const metres = span * 111320;                                  // degrees of latitude → metres
+      const bar = document.createElementNS(SVG, "text");
+      bar.setAttribute("x", pad); bar.setAttribute("y", H + pad - 8); bar.setAttribute("class", "scale");
+      bar.textContent = "width ≈ " + (metres >= 1000 ? (metres / 1000).toFixed(1) + " km" : Math.round(metres) + " m") + " · north up";
+      svg.append(bar);
+      for (const s of rows) {
+        const dot = document.createElementNS(SVG, "circle");
+        dot.setAttribute("cx", sx(s.longitude * k).toFixed(1)); dot.setAttribute("cy", sy(-s.latitude).toFixed(1));
+        dot.setAttribute("r", 6); dot.setAttribute("fill", colour(s.individual_id)); dot.setAttribute("class", "sighting");
+        dot.setAttribute("data-individual", s.individual_id);
+        const title = document.createElementNS(SVG, "title");
+        title.textContent = s.name + " · " + sightingTime(s) + (s.place ? " · " + s.place : "");
+        dot.append(title);
+        const link = document.createElementNS(SVG, "a");
+        link.setAttribute("href", "/photos/" + s.photo_id); link.append(dot);
+        svg.append(link);
+      }
+      const who = new Map(rows.map(s => [s.individual_id, s.name]));
+      fill(holder, svg, el("ul", { class: "legend" }, ...[...who].map(([id, name]) =>
+        el("li", {}, el("span", { class: "swatch", style: null, "data-colour": colour(id) }), name))));
+      for (const sw of holder.querySelectorAll(".swatch")) sw.style.background = sw.dataset.colour;
+    }
+    select.onchange = () => draw().catch(err => flash(err.message, "error"));
+    await draw();
+  },
+
+  async population() {
+    const occasion = el("select", { id: "occasion" }, el("option", { value: "day", text: "a day" }), el("option", { value: "week", text: "a week" }));
+    const from = el("input", { id: "pop-from", type: "date" }), to = el("input", { id: "pop-to", type: "date" });
+    const form = el("form", { id: "population-form", class: "row" }, el("label", {}, "One occasion is ", occasion),
+      el("label", {}, "From ", from), el("label", {}, "To ", to), el("button", { type: "submit", text: "Estimate" }));
+    const out = el("div", { id: "population" });
+    content().append(el("p", { class: "hint", text: "Each day (or week) with identified photos is an occasion; an animal is “captured” on an occasion when it was photographed. The estimates assume a closed population: no animal arrives or leaves during the period." }), form, out);
+    async function show() {
+      const q = new URLSearchParams({ occasion: occasion.value });
+      if (from.value) q.set("date_from", from.value);
+      if (to.value) q.set("date_to", to.value);
+      const p = await api("GET", "/api/population?" + q);
+      const round = x => x === null || x === undefined ? "—" : (isFinite(x) ? Math.round(x).toLocaleString() : "∞");
+      const rows = p.estimates.map(e => el("tr", {}, el("td", { text: e.method }), el("td", { class: "n", text: round(e.n) }),
+        el("td", { text: e.low === null ? "—" : round(e.low) + " – " + round(e.high) }), el("td", { class: "hint", text: e.note })));
+      const links = ["matrix", "rmark", "secr", "camtrapr", "detectors"].map(layout => {
+        const lq = new URLSearchParams(q); lq.set("layout", layout);
+        return el("a", { class: "button", href: "/api/capture-histories.csv?" + lq, download: true, text: layout + ".csv" });
+      });
+      fill(out, el("p", { id: "population-summary", text: p.individuals + " individual(s) seen on " + p.occasions.length + " occasion(s)" +
+          (p.occasions.length ? " (" + p.occasions[0] + " … " + p.occasions[p.occasions.length - 1] + ")" : "") }),
+        p.estimates.length ? table("estimates", ["Method", "How many", "95 % interval", ""], rows)
+                           : el("p", { class: "hint", text: "An estimate needs at least two occasions." }),
+        el("h2", { text: "Capture histories for R" }),
+        el("p", { class: "hint", text: "matrix: one 0/1 column per occasion · rmark: ch and freq (RMark's process.data; read ch as text) · secr: Session, ID, Occasion, Detector (secr's make.capthist, with detectors.csv as traps) · camtrapr: camtrapR's record table" }),
+        el("div", { class: "row" }, ...links));
+    }
+    form.onsubmit = e => { e.preventDefault(); show().catch(err => flash(err.message, "error")); };
+    await show();
+  },
+
   async changes() {
     const log = el("ol", { id: "audit", class: "audit" });
     content().append(el("p", { class: "hint", text: "Every change, newest first: who, when, what. A decision still in force can be undone here." }), log);
