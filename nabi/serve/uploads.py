@@ -82,7 +82,7 @@ def check_photo(data: bytes, max_bytes: int, max_pixels: int, label="the upload"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 if large:
-                    img.draft("RGB", (WORK_SIDE, WORK_SIDE))     # JPEG: decode at 1/2, 1/4 or 1/8 scale
+                    img.draft("RGB", (WORK_SIDE // 2, WORK_SIDE // 2))   # JPEG: decode at 1/2, 1/4 or 1/8 scale
                 img.load()
         except Exception as e:
             raise UploadRefused(f"{label} could not be decoded as {fmt}: {type(e).__name__}: {e}",
