@@ -3,15 +3,18 @@
 Layout::
 
     DATA/
-        nabi.sqlite3        individuals, labels, photos, sightings, decisions, audit (WAL mode)
+        nabi.sqlite3        individuals, labels, photos (with the embedding identify made), sightings,
+                            decisions, enrolments (the photos this server added to the search), the change
+                            log, the sources served (WAL mode)
         photos/ab/abcdef….jpg   each photo once, named by the SHA-256 of its bytes
-        cache/              heat-maps (can be deleted at any time)
+        work/ab/abcdef….jpg     the working copy of a photo above images.WORK_PIXELS
+        cache/              thumbnails and heat-maps (can be deleted at any time)
         .lock               held while a server uses the folder
 
-A backup is a copy of the folder (with the server stopped, or with ``sqlite3 nabi.sqlite3
-".backup …"`` while it runs). The schema version is SQLite's ``user_version``; opening an
-older database migrates it forward step by step, each step in one transaction; a database
-newer than this nabi is refused.
+The folder is the whole state the server changes (a gallery it serves is only read). A backup:
+``nabi serve --data DATA --backup DEST`` (``backup``), also while a server runs. The schema
+version is SQLite's ``user_version``; opening an older database migrates it forward step by
+step, each step in one transaction; a database newer than this nabi is refused.
 
 Writes go through ``Store.write()``: one writer at a time (a process-wide lock, then
 ``BEGIN IMMEDIATE``), committed with ``synchronous=FULL`` so that an acknowledged change
