@@ -396,3 +396,51 @@ def test_serve_argument_errors(run, tmp_path, capsys):
     assert "--port must be" in capsys.readouterr().err
     assert main(["serve", str(run), "--threshold", "2"]) == 1
     assert "--threshold must be a finite number in [0, 1]" in capsys.readouterr().err
+
+
+def test_serve_backup_from_the_command_line(tmp_path, capsys):
+    store = Store(tmp_path / "data")
+    try:
+        service = Service(store, colour_identifier(), max_bytes=2**20, max_pixels=10**6)
+        (res,) = service.identify([("a.jpg", jpg("nabi"))])
+        service.decide(res.photo.id, "new", name="나비")
+        assert main(["serve", "--data", str(tmp_path / "data"), "--backup", str(tmp_path / "b")]) == 0  # server open
+    finally:
+        store.close()
+    assert "backed up" in capsys.readouterr().out
+    assert (tmp_path / "b" / "backup.json").is_file() and len(list((tmp_path / "b" / "photos").rglob("*.jpg"))) == 1
+    assert main(["serve", "--data", str(tmp_path / "data"), "--backup", str(tmp_path / "b")]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["serve", "--data", str(tmp_path / "data")]) == 1
+    assert "give the gallery or run to serve" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_real_gallery_served_backed_up_and_restored(run, tmp_path):
+    """`nabi serve GALLERY` over a gallery built with a real network: its start says it is not calibrated; the
+    photos it enrols stay in the data folder (the gallery is never written); `nabi serve --backup` while it
+    runs; the backup served from a fresh folder answers new photos exactly as the original did."""
+    from nabi.reid.gallery import Gallery
+    folder = tmp_path / "cats"
+    for name in ("nabi", "momo"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            (folder / name / f"{i}.jpg").write_bytes(jpg(name))
+    Gallery.build(run, folder, tmp_path / "gallery")
+    index = (tmp_path / "gallery" / "index.json").read_bytes()
+    queries = [("q1.jpg", jpg("nabi")), ("q2.jpg", jpg("momo")), ("q3.jpg", jpg("yellow"))]
+    with Server(tmp_path / "gallery", tmp_path / "data") as s, client(s) as cl:
+        assert "the gallery is not calibrated" in s.log.read_text()
+        new = identify_one(cl, "yellow")
+        assert decide(cl, new["id"], "new", name="Yellow").status_code == 200
+        assert decide(cl, identify_one(cl, "nabi")["id"], "confirm").status_code == 200
+        done = __import__("subprocess").run([sys.executable, "-m", "nabi", "serve", "--data", str(tmp_path / "data"),
+                                             "--backup", str(tmp_path / "backup")], capture_output=True, text=True,
+                                            env=s.env)
+        assert done.returncode == 0, done.stderr
+        before = [r["photo"]["result"] for r in upload(cl, *queries).json()["results"]]
+    assert (tmp_path / "gallery" / "index.json").read_bytes() == index                 # read only
+    __import__("shutil").copytree(tmp_path / "backup", tmp_path / "restored")
+    with Server(tmp_path / "gallery", tmp_path / "restored") as s, client(s) as cl:
+        after = [r["photo"]["result"] for r in upload(cl, *queries).json()["results"]]
+    assert after == before and before[2]["individual"]["name"] == "Yellow"
