@@ -187,8 +187,8 @@ def test_rename_merge_and_the_audit_log(c):
     r = c.post(f"/api/individuals/{ids['nabi']}/rename", json={"name": "나비"})
     assert r.status_code == 200 and r.json()["name"] == "나비"
     assert c.post(f"/api/individuals/{ids['momo']}/rename", json={"name": "  나비 "}).status_code == 409
-    bad = c.post(f"/api/individuals/{ids['momo']}/rename", json={"name": "../../etc/passwd"})
-    assert bad.status_code == 422 and "looks like a path" in bad.json()["detail"]
+    bad = c.post(f"/api/individuals/{ids['momo']}/rename", json={"name": "momo\x00"})
+    assert bad.status_code == 422 and "control characters" in bad.json()["detail"]
     # a classifier keeps its class: the next nabi photo is answered with the new name
     assert identify_one(c, "nabi")["result"]["individual"]["name"] == "나비"
     n_momo = c.get(f"/api/individuals/{ids['momo']}").json()["count"]
@@ -352,8 +352,8 @@ def test_gallery_new_individual_joins_at_once_rename_merge(gallery_server):
         first = identify_one(cl, "nabi")
         assert first["result"]["answer"] == "unknown" and first["result"]["candidates"] == []
         assert first["result"]["words"] == "an animal not seen before (nobody is enrolled yet)"
-        bad = decide(cl, first["id"], "new", name="cats/../nabi")
-        assert bad.status_code == 422 and "looks like a path" in bad.json()["detail"]
+        bad = decide(cl, first["id"], "new", name="  ")
+        assert bad.status_code == 422 and "is empty" in bad.json()["detail"]
         d = decide(cl, first["id"], "new", name="나비")
         assert d.status_code == 200 and d.json()["photo"]["decision"]["action"] == "new"
         nabi_id = d.json()["photo"]["decision"]["individual"]["id"]

@@ -135,8 +135,7 @@ def test_a_bomb_is_refused_before_its_pixels_are_decoded():
 
 
 @pytest.mark.parametrize("name,needle", [
-    ("../etc/passwd", "looks like a path"), ("a/b", "looks like a path"), ("C:\\cats\\nabi", "looks like a path"),
-    ("..", "looks like a path"), ("", "is empty"), ("   ", "is empty"), ("x" * 81, "at most 80"),
+    ("", "is empty"), ("   ", "is empty"), ("x" * 81, "at most 80"),
     ("nabi\x00", "control characters"), ("Background", "reserved"), ("na\nbi", "control characters"),
 ])
 def test_names_that_are_refused(name, needle):
@@ -146,6 +145,8 @@ def test_names_that_are_refused(name, needle):
 
 def test_names_kept_and_compared():
     assert clean_name("  뾰또 ") == "뾰또"
+    for label in ("Mama/Kitty", "C:\\cats\\nabi", "../etc/passwd", ".."):     # labels only: never a path
+        assert clean_name(label) == label
     nfd = unicodedata.normalize("NFD", "뾰또")      # as macOS writes it: decomposed jamo
     assert nfd != "뾰또"
     assert clean_name(nfd) == "뾰또" and name_key(nfd) == name_key("뾰또")

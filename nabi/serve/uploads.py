@@ -165,10 +165,10 @@ MAX_NAME_LENGTH = 80
 
 
 def clean_name(name, what="name") -> str:
-    """An individual's name as typed, checked: 1–80 characters, NFC, no path separators or control characters.
+    """An individual's name as typed, checked: 1–80 characters, NFC, no control characters.
 
-    Names are only ever stored in the database; the refusal of ``/``, ``\\`` and ``..`` makes that plain to
-    whoever types one (a name is never a file path).
+    A name is only a label: answers, sightings and the gallery's search refer to the individual's id, and no
+    name ever becomes a file path, so ``/`` and ``\\`` are allowed ("Mama/Kitty").
     """
     if not isinstance(name, str):
         raise ValueError(f"{what} must be text, got {type(name).__name__}")
@@ -177,8 +177,6 @@ def clean_name(name, what="name") -> str:
         raise ValueError(f"{what} is empty")
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"{what} is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
-    if "/" in name or "\\" in name or name in (".", ".."):
-        raise ValueError(f"{what} {name!r} looks like a path: '/' and '\\' are not allowed in names")
     if name.casefold() == "background":
         raise ValueError(f"{what} 'background' is reserved for photos without an animal")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
