@@ -14,6 +14,7 @@ from pathlib import Path
 
 EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 3, 130
 DEMO_OUT = "runs/demo"
+KEEP_CHECKPOINTS = 3                  # --keep-checkpoints: the checkpoints kept before --keep-last existed
 
 
 P_DEFINITIONS = """\
@@ -163,14 +164,15 @@ def _add_train_args(p, defaults):
     p.add_argument("--out", help=f"the run folder to write {dflt(d.out)}")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations "
                                                         f"{dflt(d.checkpoint_every, 'at each epoch end only')}")
-    p.add_argument("--keep-last", type=int, help=f"checkpoints to keep {dflt(d.keep_last)}")
+    p.add_argument("--keep-last", type=int, help="checkpoints a finished run keeps, the newest ones (while it runs, "
+                                                 f"at least 2, so a damaged newest one has a fallback) {dflt(d.keep_last)}")
     p.add_argument("--early-stopping", type=int, help="stop after N epochs without a better validation accuracy "
                                                       f"{dflt(d.early_stopping, 'none: never stop early')}")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
                                                          "(default: off)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: off)")
     p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep every checkpoint after the run ends (default: only the newest)")
+                   help=f"the same as --keep-last {KEEP_CHECKPOINTS} (kept for older scripts) (default: off)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="no progress bar (default: a bar on a terminal, a line every 15 s in a log)")
 
@@ -191,6 +193,8 @@ def _config_from_args(args, base=None):
         value = getattr(args, key, None)
         if value is not None:
             later[key] = value
+    if getattr(args, "keep_checkpoints", False) and "keep_last" not in later:
+        later["keep_last"] = KEEP_CHECKPOINTS
     if later.get("warmup") and "warmup_fraction" not in later:
         cfg.pop("warmup_fraction", None)
     if later.get("warmup_fraction") is not None and "warmup" not in later:
@@ -224,11 +228,9 @@ def cmd_train(args):
 
 
 def _finish_run(out, keep_checkpoints=False):
-    """Prune the checkpoints but the newest (unless kept) and print the run folder's size."""
+    """Print the run folder's size (the trainer already kept its --keep-last newest checkpoints;
+    ``keep_checkpoints`` is read by ``_config_from_args``)."""
     from ..runs import folder_size, format_size
-    from ..training.checkpoint import prune_checkpoints
-    if not keep_checkpoints:
-        prune_checkpoints(out, keep=1)
     print(f"run folder: {out} ({format_size(folder_size(out))})")
 
 
@@ -275,7 +277,7 @@ def cmd_demo(args):
     return 0 if result is not None else EXIT_ERROR
 
 
-def _eval_report(run, dataset, device, out_dir, json_out=False, background=None):
+def _eval_report(run, dataset, device, out_dir, json_out=False, background=None, scope=None):
     """Accuracy, per-class report, confusion matrix (text and PNG), and P1–P4 with a background class."""
     from .. import evaluate as E
     from .. import files
@@ -302,11 +304,14 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
                 f"still predict them")
         ds_classes = classes
     report = {"accuracy": ev["acc"], "n": ev["n"], "classes": classes}
+    if scope:
+        report["scored"] = scope
     if note:
         report["note"] = note
     if ds_classes == classes:
         cm = E.confusion_matrix(ev["probs"], labels, len(classes))
         text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
+        report["per_class"] = E.per_class_scores(cm, classes)        # an undefined 0/0 is null (n/a in the text)
         report["confusion_matrix"] = cm.tolist()
         merged, merged_names = E.merge_background_classes(cm, classes, background or "background")
         if merged_names != classes:     # background kinds: the same counts with every kind called background
@@ -332,6 +337,7 @@ def _eval_report(run, dataset, device, out_dir, json_out=False, background=None)
                                            if isinstance(v, (int, float, str, list)) and k not in
                                            ("pred", "pred_individual", "pred_name", "pred_answer", "target",
                                             "correct", "is_background_photo", "called_background")}
+    report = E.json_ready(report)                          # NaN (an undefined P3, ...) as null: valid JSON
     files.atomic_write_json(out_dir / "eval.json", report)
     files.atomic_write_text(out_dir / "eval.txt", text + "\n")
     if json_out:
@@ -360,7 +366,7 @@ def _writable_folder(path, flag):
 def cmd_eval(args):
     from .. import data as D
     from ..data.background import is_background
-    from ..runs import image_fit, load_run
+    from ..runs import image_fit, load_run, scoring_scope
     if args.masked:
         return _masked_eval(args)
     _, meta = load_run(args.run)
@@ -368,9 +374,22 @@ def cmd_eval(args):
     root = Path(args.data)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
+    out_dir = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else ".") / "eval"
     splits = D.find_splits(root)
+    held_out = scope = None
     if splits and "test" in splits:
         root = Path(splits["test"])
+    else:                                  # the folder the run trained on: its held-out test part, or a warning
+        held_out, scope = scoring_scope(meta, root, args.strict)
+        if args.all_photos and held_out is not None:
+            held_out, scope = None, (f"warning: --all-photos: scoring every photo of {root}, the folder this run "
+                                     f"trained on; most were trained on, so the scores overstate new photos")
+        if scope:
+            print(scope, file=sys.stderr)
+    if held_out is not None:
+        _eval_report(args.run, held_out, args.device, out_dir, json_out=args.json, background=args.background,
+                     scope=scope)
+        return 0
     classes = meta["classes"]
     folder_classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [c for c in folder_classes if c not in classes and c != (args.background or "background")]
@@ -382,8 +401,7 @@ def cmd_eval(args):
     ds = D.ImageFolder(root, image_size=(H, W), channels=C, classes=None, strict=args.strict, fit=image_fit(meta),
                        background_kinds=kinds, background=args.background or "background")
     ds.verify()
-    out_dir = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else ".") / "eval"
-    _eval_report(args.run, ds, args.device, out_dir, json_out=args.json, background=args.background)
+    _eval_report(args.run, ds, args.device, out_dir, json_out=args.json, background=args.background, scope=scope)
     return 0
 
 
@@ -601,6 +619,8 @@ def build_parser():
                    "MASKS (same class/file layout; white = animal); '-' when DATA already holds masked photos "
                    "(default: none)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (default: text)")
+    p.add_argument("--all-photos", action="store_true", help="DATA is the folder the run trained on: score every "
+                   "photo, not only the ones the run held out for testing (default: off)")
     p.set_defaults(func=cmd_eval)
 
     from ..studies.experiment import add_arguments as _experiment_arguments, main_from_args as _experiment_main

@@ -76,7 +76,8 @@ def add_commands(subparsers):
     p.add_argument("--out", default="runs/pretrain", help="the run folder to write")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations "
                                                         "(default: at each epoch end only)")
-    p.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--keep-last", type=int, default=1, help="checkpoints a finished run keeps, the newest ones "
+                                                            "(default: 1; while it runs, at least 2)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
                                                          "(default: off)")
     p.add_argument("--no-progress", dest="progress", action="store_false",

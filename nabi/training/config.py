@@ -5,6 +5,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..optim import RENAMED_SCHEDULES
+
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step", "one_cycle")
 ONE_CYCLE_RISE = 0.3                   # one_cycle's rising share of the run when warmup_fraction is not given
 NORMALIZATIONS = ("unit", "pixel256", "dataset", "imagenet")
@@ -14,7 +16,7 @@ BACKGROUND_KINDS = ("split", "merge")
 # Names that were renamed: the old ones are still accepted, with a FutureWarning, in TOML files, on the
 # command line and in recipes, but no help text lists them.
 RENAMED = {
-    "schedule": {"seed2019": "linear_step"},
+    "schedule": RENAMED_SCHEDULES,
     "normalize": {"seed2019": "pixel256"},
     "recipe": {"seed2019": "alexnet336-2019"},
 }
@@ -79,7 +81,7 @@ class TrainConfig:
     cache: bool = False                # keep decoded images in memory (uint8) after the first epoch
     out: str = "runs/train"
     checkpoint_every: int | None = None
-    keep_last: int = 3
+    keep_last: int = 1                 # checkpoints a finished run keeps (while it runs, at least 2)
     early_stopping: int | None = None
     progress: bool = True
 
