@@ -149,3 +149,20 @@ def test_save_weights_links_only_to_a_sound_file_with_the_same_bytes(tmp_path):
     # rewriting a linked name replaces it under a new inode: the other name keeps its bytes
     files.save_weights(tmp_path / "b.safetensors", other)
     np.testing.assert_array_equal(files.load_weights(tmp_path / "a.safetensors")[0]["w"], w["w"])
+
+
+def test_equal_weights_give_equal_bytes_every_time(tmp_path):
+    """The safetensors library writes its header's metadata map in an order that varies between calls;
+    nabi writes the header in one order, so equal weights are equal files (and can be one file)."""
+    state = {f"layer{i}.weight": np.full((3, i + 1), i, np.float32) for i in range(20)}
+    state["고양이.running_var"] = np.ones(4, np.float64)
+    digests = set()
+    for k in range(12):
+        files.save_weights(tmp_path / f"{k}.safetensors", state, {"k": k})
+        digests.add(digest(tmp_path / f"{k}.safetensors"))
+    assert len(digests) == 1
+    loaded, meta = files.load_weights(tmp_path / "3.safetensors")
+    assert list(loaded) == list(state) and meta["k"] == 3
+    assert all(np.array_equal(loaded[k], state[k]) and loaded[k].dtype == state[k].dtype for k in state)
+    import safetensors.numpy as stnp                       # still a plain safetensors file for any reader
+    assert set(stnp.load((tmp_path / "3.safetensors").read_bytes())) == set(state)

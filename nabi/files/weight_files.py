@@ -100,7 +100,7 @@ def save_weights(path, state: Mapping, metadata: dict | None = None, *, same_as=
     header = {_KEYS_FIELD: json.dumps(list(arrays), ensure_ascii=False),
               _HASH_FIELD: _digest([arrays[k] for k in sorted(arrays)])}
     try:
-        blob = stnp.save(dict(arrays), metadata=header)
+        blob = _canonical(stnp.save(dict(arrays), metadata=header))
     except Exception as e:
         raise ValueError(f"cannot write {path}: {e}") from e
     side = dict(metadata or {})
@@ -111,6 +111,24 @@ def save_weights(path, state: Mapping, metadata: dict | None = None, *, same_as=
     if twin is None or not _link(twin, path):
         atomic_write_bytes(path, blob)
     atomic_write_text(sidecar_path(path), meta_text)
+
+
+def _canonical(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header in one fixed order (the metadata's keys sorted, then
+    the tensors by offset): the library writes its metadata map in an order that varies from call to
+    call, and equal weights must give equal bytes (a file's SHA-256 in its sidecar, hard links between
+    equal files). The data and its offsets are untouched; the header is padded to 8 bytes as the format
+    asks."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n].decode("utf-8"))
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    for name in sorted(header, key=lambda k: (header[k]["data_offsets"], k)):
+        ordered[name] = header[name]
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + n:]
 
 
 def _refuse_foreign_sidecar(path: str, overwrite: bool) -> None:
