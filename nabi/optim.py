@@ -62,8 +62,8 @@ def _named_params(params, who: str) -> "OrderedDict[str, Parameter]":
         try:
             items = list(params)
         except TypeError:
-            raise TypeError(f"{who} needs model.parameters(), model.named_parameters(), a dict name -> Parameter or a Module; "
-                            f"got {type(params).__name__}") from None
+            raise TypeError(f"{who} needs model.parameters(), model.named_parameters(), a dict name -> Parameter "
+                            f"or a Module; got {type(params).__name__}") from None
     bare = [isinstance(item, Parameter) for item in items]
     if any(bare):
         if not all(bare):

@@ -75,15 +75,20 @@ def test_a_finished_run_keeps_one_copy_of_identical_weights(photos, tmp_path, ca
 
 
 def test_killed_before_the_final_weights_then_resumed_links_them_to_the_checkpoint(photos, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), NABI_FAULT="final_weights:1")
-    ref = tmp_path / "ref"
-    assert main(["train", str(photos), *ARGS, "--out", str(ref)]) == 0
-    out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, "-m", "nabi", "train", str(photos), *ARGS, "--out", str(out)],
-                            env=env, capture_output=True, text=True, timeout=300)
+    def nabi_train(out, *extra, fault=None):      # both runs in a child: the same thread count, the same sums
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("NABI_FAULT", None)
+        if fault:
+            env["NABI_FAULT"] = fault
+        return subprocess.run([sys.executable, "-m", "nabi", "train", str(photos), *ARGS, "--out", str(out), *extra],
+                              env=env, capture_output=True, text=True, timeout=300)
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert nabi_train(ref).returncode == 0
+    killed = nabi_train(out, fault="final_weights:1")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "model.safetensors").exists() and len(list((out / "checkpoints").glob("ckpt-*"))) == 2
-    assert main(["train", str(photos), *ARGS, "--out", str(out), "--resume"]) == 0
+    resumed = nabi_train(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
     assert os.path.samefile(out / "model.safetensors", latest_checkpoint(out) / "model.safetensors")
     assert_one_copy_of_each(out)
     for name in ("model.safetensors", "best.safetensors"):

@@ -164,8 +164,9 @@ def _add_train_args(p, defaults):
     p.add_argument("--out", help=f"the run folder to write {dflt(d.out)}")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N iterations "
                                                         f"{dflt(d.checkpoint_every, 'at each epoch end only')}")
-    p.add_argument("--keep-last", type=int, help="checkpoints a finished run keeps, the newest ones (while it runs, "
-                                                 f"at least 2, so a damaged newest one has a fallback) {dflt(d.keep_last)}")
+    p.add_argument("--keep-last", type=int, help="checkpoints a finished run keeps, the newest ones (while it "
+                                                 "runs, at least 2, so a damaged newest one has a fallback) "
+                                                 f"{dflt(d.keep_last)}")
     p.add_argument("--early-stopping", type=int, help="stop after N epochs without a better validation accuracy "
                                                       f"{dflt(d.early_stopping, 'none: never stop early')}")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "

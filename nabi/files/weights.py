@@ -14,7 +14,7 @@ def __getattr__(name):
         value = getattr(weight_files, "load_model" if name == "load_model_weights" else name)
     except AttributeError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    where = _TOP_LEVEL.get(name, f"nabi.files.{name}" if not name.startswith("_") else f"nabi.files.weight_files.{name}")
+    where = _TOP_LEVEL.get(name, f"nabi.files.weight_files.{name}" if name.startswith("_") else f"nabi.files.{name}")
     _warnings.warn(f"nabi.files.weights is deprecated: use {where} (the old path will be removed)",
                    DeprecationWarning, stacklevel=2)
     return value
