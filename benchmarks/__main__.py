@@ -119,7 +119,7 @@ def _nabi_training(model, w):
     """nabi's SGD for workload w, set up as the Trainer does: the first layer computes no image
     gradient (PyTorch's input has none either), and with ``fused`` the update happens in backward.
     ``usage="plain"``: none of that, as a PyTorch user would write it (the image gradient is computed)."""
-    from nabi.training.optim import SGD
+    from nabi.optim import SGD
     from nabi.training.trainer import enable_fused_sgd
     opt = SGD(model.named_parameters(), lr=LR, momentum=MOMENTUM if w.sgd == "momentum" else 0.0)
     if w.usage == "plain":
@@ -395,7 +395,7 @@ def _warm_up_kernels():
     Returns the seconds it took."""
     t0 = time.perf_counter()
     import nabi.layers as L
-    from nabi.training.optim import SGD
+    from nabi.optim import SGD
     from nabi.training.trainer import enable_fused_sgd
     for fused in (False, True):
         net = L.Sequential(L.Conv2d(3, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU(), L.Conv2d(4, 4, 3, padding=1),

@@ -150,7 +150,7 @@ def main(argv=None):
     import torch.nn.functional as TF
     from nabi.layers import CrossEntropyLoss
     from nabi.layers.contrastive import NTXentLoss
-    from nabi.training.optim import SGD
+    from nabi.optim import SGD
     from nabi.training.trainer import skip_input_gradient
     note = C.set_threads(args.threads)
     if args.blas_threads is not None:

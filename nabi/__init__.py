@@ -2,6 +2,8 @@
 
     import nabi
     from nabi.layers import Conv2d, ReLU, MaxPool2d, Flatten, Linear, Sequential, CrossEntropyLoss
+    from nabi.optim import SGD, Adam, AdamW          # and the learning-rate schedules
+    nabi.save_model(net, "net.safetensors")          # weights + a JSON sidecar; nabi.load_model(net, ...)
 """
 __version__ = "0.1.0"
 
@@ -16,6 +18,7 @@ import os as _os
 for _k, _v in (("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_THREAD_TIMEOUT", "4")):
     _os.environ.setdefault(_k, _v)
 
-from . import backend, functional, init, layers  # noqa: E402
+from . import backend, functional, init, layers, optim  # noqa: E402
 from .backend import get_array_module, seed  # noqa: E402
+from .files.weight_files import load_model, save_model  # noqa: E402
 from .layers import *  # noqa: E402,F401,F403

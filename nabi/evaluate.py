@@ -9,7 +9,11 @@ Conventions
   index (``np.argmax``). Probabilities and logits give the same answers.
 * Labels are integer class indices ``(N,)``; one-hot ``(N, K)`` labels are
   accepted by :func:`accuracy` and :func:`topk_accuracy`.
-* A ratio with a zero denominator is ``nan`` (never a silent 0).
+* A ratio with a zero denominator is ``nan`` (never a silent 0): the precision of a class never
+  predicted, the recall of a class with no photos. Reports print it as ``n/a`` (with a note saying
+  why) and JSON holds ``null`` (``json_ready``), so every JSON file stays valid.
+* Text tables line up by display width: a Korean (East Asian wide) character takes two columns, and
+  names arriving decomposed (NFD, from macOS file systems) are composed (NFC) first.
 
 Background statistics (the 2019 campus-cats protocol)
 -----------------------------------------------------
@@ -100,9 +104,10 @@ def _nfc(name) -> str:
 
 
 def _width(text: str) -> int:
-    """Terminal display width: East Asian wide/full-width characters take two columns."""
+    """Terminal display width: East Asian wide/full-width characters take two columns (measured on the
+    composed form: a decomposed Hangul syllable is shown as one wide character, not as its jamo)."""
     w = 0
-    for ch in text:
+    for ch in _nfc(text):
         if unicodedata.combining(ch):
             continue
         w += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
@@ -110,6 +115,7 @@ def _width(text: str) -> int:
 
 
 def _pad(text: str, width: int, align: str = "<") -> str:
+    text = _nfc(text)
     gap = max(0, width - _width(text))
     return text + " " * gap if align == "<" else " " * gap + text
 
@@ -118,7 +124,28 @@ def _fmt(x, digits: int) -> str:
     if x is None:
         return "-"
     x = float(x)
-    return "nan" if math.isnan(x) else f"{x:.{digits}f}"
+    return UNDEFINED if math.isnan(x) else f"{x:.{digits}f}"
+
+
+UNDEFINED = "n/a"
+UNDEFINED_NOTE = ("n/a: undefined (0/0): the precision of a class never predicted, the recall of a class "
+                  "with no photos here; the averages leave it out")
+
+
+def json_ready(x):
+    """``x`` with every NaN or infinite float as ``None`` (JSON ``null``) and NumPy values as Python ones,
+    recursively: what JSON files of results hold (``json.dumps`` would write the invalid token ``NaN``)."""
+    if isinstance(x, dict):
+        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_ready(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def _check_cm(cm) -> np.ndarray:
@@ -248,7 +275,19 @@ def classification_report(cm, class_names: Sequence[str], digits: int = 4) -> st
         lines.append(_pad(label, name_w) + "".join(_pad(_fmt(_avg(v, w), digits), col_w, ">")
                                                    for v in (pr.precision, pr.recall, pr.f1))
                      + _pad(str(total), col_w, ">"))
+    if np.isnan(pr.precision).any() or np.isnan(pr.recall).any():
+        lines += ["", UNDEFINED_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def per_class_scores(cm, class_names: Sequence[str]) -> dict:
+    """``{name: {'precision', 'recall', 'f1', 'support'}}`` for a JSON report: an undefined value (0/0)
+    is ``None``, as ``classification_report`` prints ``n/a``."""
+    cm = _check_cm(cm)
+    names = _check_names(class_names, cm.shape[0])
+    pr = precision_recall(cm)
+    return json_ready({n: {"precision": pr.precision[i], "recall": pr.recall[i], "f1": pr.f1[i],
+                           "support": int(pr.support[i])} for i, n in enumerate(names)})
 
 
 def confusion_matrix_text(cm, class_names: Sequence[str]) -> str:

@@ -106,6 +106,35 @@ def read_json(path):
         return json.load(f)
 
 
+def scoring_scope(meta, data, strict=False):
+    """What ``nabi eval RUN DATA`` should score when DATA has no ``test/`` folder: ``(dataset, note)``.
+
+    When DATA is the folder the run trained on (its ``config['data']``) and the run held a test part out
+    by ratio, that part is the dataset — the same photos, split the same way (ratios, seed, exclusions),
+    that ``test.json`` scored — and the note says so; scoring every photo there would mostly score
+    photos the model trained on. When the run held none out, the dataset is None and the note warns that
+    every photo of DATA was trained on or chose the best epoch. Another folder: ``(None, None)``.
+    """
+    cfg = meta.get("config") or {}
+    trained_on = cfg.get("data")
+    if not trained_on or str(trained_on).startswith("embedded:") or not Path(trained_on).is_dir() \
+            or Path(trained_on).resolve() != Path(data).resolve():
+        return None, None
+    ratio = cfg.get("test_ratio") or 0
+    if ratio <= 0:
+        return None, (f"warning: {data} is the folder this run trained on, and the run held no test photos out "
+                      f"of it (test ratio 0): every photo here was trained on or chose the best epoch, so these "
+                      f"scores overstate how the model does on photos it has never seen")
+    from .data.prepare import load_datasets
+    C, H, W = meta["input_size"]
+    test = load_datasets(str(data), image_size=(H, W), channels=C, val_ratio=cfg.get("val_ratio") or 0,
+                         test_ratio=ratio, seed=cfg.get("seed", 0), exclude=cfg.get("exclude") or (), strict=strict,
+                         fit=image_fit(meta), background_kinds=cfg.get("background_kinds", "split") == "split")["test"]
+    return test, (f"{data} is the folder this run trained on and has no test/ folder: scoring the {len(test)} "
+                  f"photos the run held out for testing ({ratio:g} of each class, seed {cfg.get('seed', 0)}), not "
+                  f"the photos it trained on; --all-photos scores every photo")
+
+
 # -- the run folder while a run writes it ----------------------------------------------------------
 LOCK_NAME, OWNER_NAME = ".lock", ".lock-owner.json"
 RUN_MARKERS = {"config.json", "checkpoints", "metrics.jsonl", "model.safetensors", "best.safetensors"}
@@ -201,8 +230,15 @@ def open_run_folder(out, resume: bool = False, overwrite: bool = False, log=prin
 
 
 def folder_size(folder) -> int:
-    """Bytes of every file under ``folder``."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes of every file under ``folder``, a file with several names (hard links) counted once."""
+    seen, total = set(), 0
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
 
 
 def format_size(n: int) -> str:

@@ -151,7 +151,7 @@ def test_train_learns_each_kind_as_a_class_and_records_it(tmp_path, capsys):
     assert cfg["num_test"] == 5                # one photo of each of the 5 classes (stratified by kind)
     capsys.readouterr()
     # eval: the kinds show in the per-class report, the merged matrix and P1-P4 say background
-    assert main(["eval", str(tmp_path / "split"), str(data), "--out", str(tmp_path / "ev"), "--json"]) == 0
+    assert main(["eval", str(tmp_path / "split"), str(data), "--all-photos", "--out", str(tmp_path / "ev"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["classes"] == kinds and len(report["confusion_matrix"]) == 5
     assert report["confusion_matrix_background_merged"]["classes"] == ["aaa", "background", "bbb"]

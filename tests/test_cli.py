@@ -78,7 +78,8 @@ def test_predict_folder_reports_a_corrupt_file(trained_run, tmp_path, capsys):
 
 def test_eval_writes_report_and_background_statistics(trained_run, tmp_path, capsys):
     root, data, out = trained_run
-    code, stdout, _ = run(["eval", out, data, "--background", "배경", "--out", tmp_path / "ev"], capsys)
+    code, stdout, _ = run(["eval", out, data, "--all-photos", "--background", "배경", "--out", tmp_path / "ev"],
+                          capsys)       # every photo of the training folder, not only the held-out ones
     assert code == 0
     report = json.loads((tmp_path / "ev" / "eval.json").read_text(encoding="utf-8"))
     assert report["n"] == 36 and 0 <= report["accuracy"] <= 1

@@ -219,7 +219,7 @@ def test_batch_norm_matches_numpy(dtype, training):
 @pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(momentum=0.9, weight_decay=1e-3),
                                 dict(momentum=0.8, dampening=0.3), dict(momentum=0.9, nesterov=True, weight_decay=0.01)])
 def test_sgd_momentum_step_matches_numpy_exactly(dtype, kw):
-    from nabi.training import optim
+    from nabi import optim
     from nabi.layers.module import Parameter
     rng = np.random.default_rng(6)
     p0 = rng.standard_normal((7, 5)).astype(dtype)
@@ -243,7 +243,7 @@ def test_sgd_momentum_step_matches_numpy_exactly(dtype, kw):
 def test_adam_step_matches_numpy(dtype, cls, kw):
     """Same operations in the same order: equal to the NumPy path (float64 exactly; float32 within
     an ulp, the compiled sqrt/divide may round the last bit differently)."""
-    from nabi.training import optim
+    from nabi import optim
     from nabi.layers.module import Parameter
     rng = np.random.default_rng(7)
     p0 = rng.standard_normal((6, 5)).astype(dtype)

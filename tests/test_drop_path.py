@@ -273,7 +273,7 @@ def _trainer(out_dir, epochs=2):
     from sklearn.datasets import load_digits
 
     from nabi import data as D
-    from nabi.training import optim
+    from nabi import optim
     from nabi.training.trainer import Trainer
     digits = load_digits()
     x = (digits.images[:96] / 16.0).astype(np.float32)[:, None]

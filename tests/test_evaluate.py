@@ -217,7 +217,7 @@ def test_everything_called_background():
     _check(s, dict(p1=0.25, p2=0.0, p3=float("nan"), p4=2 / 3, n_test1=4, n_test2=3,
                    n_called_background=3, n_p3=0))
     text = format_report(s, "B")
-    assert "nan" in text and "undefined" in text
+    assert "n/a" in text and "undefined" in text
 
 
 def test_no_background_photos_p1_equals_p2():

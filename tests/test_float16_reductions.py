@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nabi import backend, layers as L, models
-from nabi.training import optim
+from nabi import optim
 from nabi.training.amp import DynamicLossScaler, MixedPrecision
 from nabi.functional import activation as A, loss as LF, norm as NF, pool as PF
 

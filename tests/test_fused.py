@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nabi import backend, layers as L
-from nabi.training import optim
+from nabi import optim
 from nabi.functional.blas import gemm_inplace, matmul_into
 from nabi.training.trainer import enable_fused_sgd
 

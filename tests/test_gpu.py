@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nabi import backend, layers as L, models
-from nabi.training import optim
+from nabi import optim
 from nabi.data import ArrayDataset, DataLoader
 
 

@@ -167,14 +167,14 @@ class _Tiny(Module):
         self.register_buffer("running_mean", np.ones(n, np.float32))
 
 
-def test_save_model_and_load_model_weights(tmp_path):
+def test_save_model_and_load_model(tmp_path):
     path = tmp_path / "tiny.safetensors"
     src = _Tiny()
     src.bias.data[:] = [1, 2, 3]
     nio.save_model(src, path, {"class_names": ["가", "나", "다"]})
     dst = _Tiny()
     dst.weight.data[:] = 0
-    report = nio.load_model_weights(dst, path)
+    report = nio.load_model(dst, path)
     assert report["missing"] == report["unexpected"] == report["mismatched"] == []
     assert report["metadata"]["class_names"] == ["가", "나", "다"] and "nabi_version" in report["metadata"]
     for k, v in src.state_dict().items():
@@ -182,10 +182,10 @@ def test_save_model_and_load_model_weights(tmp_path):
     wrong = _Tiny(n=4)
     before = wrong.state_dict()
     with pytest.raises(KeyError, match="tiny.safetensors"):
-        nio.load_model_weights(wrong, path)
+        nio.load_model(wrong, path)
     for k, v in before.items():
         np.testing.assert_array_equal(wrong.state_dict()[k], v)
-    report = nio.load_model_weights(wrong, path, strict=False)
+    report = nio.load_model(wrong, path, strict=False)
     assert len(report["mismatched"]) == 3
 
 

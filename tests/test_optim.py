@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from nabi.training import optim
+from nabi import optim
 from nabi.layers.module import Parameter
 
 torch = pytest.importorskip("torch")
@@ -159,8 +159,9 @@ def test_load_state_dict_with_a_bad_lr_scale_leaves_the_optimiser_unchanged(bad,
 
 def test_constructor_checks():
     p = Parameter(np.zeros(3))
-    with pytest.raises(TypeError, match="named_parameters"):
-        optim.SGD([p], lr=0.1)
+    assert list(optim.SGD([p], lr=0.1).params) == ["0"]        # bare Parameters: named by position
+    with pytest.raises(TypeError, match="not a mix"):
+        optim.SGD([p, ("w", Parameter(np.zeros(2)))], lr=0.1)
     with pytest.raises(ValueError, match="empty"):
         optim.SGD([], lr=0.1)
     with pytest.raises(ValueError, match="Nesterov"):

@@ -141,7 +141,8 @@ def test_training_and_every_reader_see_the_same_input(squash_run, capsys):
     k = meta["classes"].index(top[0]["class"])
     assert top[0]["probability"] == pytest.approx(float(p_train[0, k]), abs=1e-6)
     # nabi eval reads the folder the same way: its accuracy equals the one on the training-side inputs
-    assert main(["eval", str(out), str(data), "--json", "--out", str(out / "eval")]) == 0
+    # (--all-photos: every photo of the folder the run trained on, not only its held-out test part)
+    assert main(["eval", str(out), str(data), "--all-photos", "--json", "--out", str(out / "eval")]) == 0
     report = json.loads(capsys.readouterr().out)
     everything = load_datasets(str(data), image_size=(32, 32), val_ratio=0, test_ratio=0, fit="squash")["train"]
     x_all, y_all = next(iter(eval_loader(everything, meta, batch_size=len(everything))))

@@ -135,7 +135,7 @@ FORBIDDEN = [
 # they are accepted as aliases that warn, and in the tests of those aliases.
 OLD_NAME = re.compile(r"seed2019|SeedScale|SeedStepDecay")
 ALIAS_FILES = {
-    "nabi/training/config.py", "nabi/training/optim.py", "nabi/data/transforms.py", "nabi/data/__init__.py",
+    "nabi/training/config.py", "nabi/optim.py", "nabi/data/transforms.py", "nabi/data/__init__.py",
     "nabi/data/prepare.py", "nabi/cli/main.py", "nabi/studies/experiment.py", "nabi/studies/ablation.py",
     "tests/test_optim.py", "tests/test_data.py", "tests/test_experiment.py", "tests/test_product.py",
     "README.md", "examples/README.md", "nabi/studies/recipes.py", "nabi/selfsup/cli.py",

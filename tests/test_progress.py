@@ -83,7 +83,7 @@ def test_progress_on_a_terminal_uses_tqdm_started_after_the_first_batch():
 
 def test_training_into_a_log_writes_a_few_lines_per_epoch(tmp_path, capsys):
     from nabi import data as D, layers as L
-    from nabi.training import optim
+    from nabi import optim
     from nabi.training.trainer import Trainer
     rng = np.random.default_rng(0)
     x = rng.random((256, 1, 8, 8), dtype=np.float32)

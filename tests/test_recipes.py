@@ -152,7 +152,7 @@ def test_the_command_line_checks_the_new_settings():
 
 # -- one-cycle ------------------------------------------------------------------------------------------------
 def test_one_cycle_rises_over_the_warmup_fraction_or_0_3():
-    from nabi.training.optim import OneCycleLR
+    from nabi.optim import OneCycleLR
     for fraction, rise in ((None, 0.3), (0.2, 0.2)):
         cfg = TrainConfig(schedule="one_cycle", warmup_fraction=fraction, epochs=5, lr=0.01)
         sched = make_schedule(cfg, make_optimizer(cfg, zoo.get("cifar_cnn", num_classes=2)), 20)

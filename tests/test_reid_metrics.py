@@ -65,3 +65,32 @@ def test_leave_individuals_out():
     assert M.leave_individuals_out(names, 0.3, seed=1, keep=["background"]) == (kept, out)
     with pytest.raises(ValueError, match="two individuals"):
         M.leave_individuals_out(["a"], 0.5)
+    assert len(M.leave_individuals_out(names, 0.05, seed=1, keep=["background"], at_least=2)[1]) == 2
+
+
+@pytest.mark.parametrize("n,held_out,line", [
+    (4, 2, "note: holding out 2 of the 4 individuals for validation, not 1 (--val-ratio 0.1)"),
+    (3, 0, "has 3 individuals, too few to validate on held-out ones"),
+])
+def test_an_embedding_run_never_validates_on_one_held_out_individual(tmp_path, capsys, n, held_out, line):
+    """Rank-1 among one held-out individual is 1.0 whatever the network: with four individuals the run holds
+    out two (a note says why), with three it trains without validation (a warning says why)."""
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reid_synth import write_photos
+    from nabi.cli import main
+    data = write_photos(tmp_path / "photos", range(n), 4)
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--model", "cifar_cnn", "--head", "arcface", "--embedding-dim", "8",
+                 "--epochs", "1", "--batch-size", "8", "--val-ratio", "0.1", "--test-ratio", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert line in printed
+    emb = json.loads((out / "config.json").read_text())["embedding"]
+    assert len(emb["validation_individuals"]) == held_out
+    assert len(emb["train_individuals"]) == n - held_out
+    assert (out / "best.safetensors").exists() == bool(held_out)
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert ("val_rank1" in rows[0]) == bool(held_out)

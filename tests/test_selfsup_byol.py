@@ -18,7 +18,7 @@ from nabi.models.registry import Network
 from nabi.selfsup.ema import check_momentum, ema_momentum, ema_update
 from nabi.selfsup.model import BYOL
 from nabi.selfsup.pretrain import BYOLTrainer
-from nabi.training import optim
+from nabi import optim
 
 
 def torch_byol(out):

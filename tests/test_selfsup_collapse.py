@@ -12,7 +12,7 @@ from nabi.models.registry import Network
 from nabi.selfsup.collapse import collapse_warning, healthy_std, is_collapsing, normalised_std
 from nabi.selfsup.model import BYOL, SimCLR, SimSiam
 from nabi.selfsup.pretrain import BYOLTrainer, ContrastiveTrainer
-from nabi.training import optim
+from nabi import optim
 
 
 def test_normalised_std_of_constant_rows_is_zero_and_of_random_rows_is_one_over_root_d():

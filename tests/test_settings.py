@@ -87,7 +87,7 @@ def test_a_new_setting_enters_fingerprints_only_when_it_leaves_its_default(dummy
 
 def test_every_flag_of_the_training_commands_is_a_declared_setting_or_the_commands_own():
     """No training flag is declared twice: each is made from the declaration, or belongs to one command."""
-    own = {"train": {"config", "recipe", "resume", "overwrite", "keep_checkpoints", "head", "embedding_dim",
+    own = {"train": {"config", "recipe", "resume", "overwrite", "head", "embedding_dim",
                      "margin", "scale", "k", "data"},
            "pretrain": {"photos", "method", "temperature", "projection_dim", "ema_momentum", "resume"},
            "self-train": {"labelled", "unlabelled", "rounds", "recipe", "student_model", "student_model_arg",
@@ -96,10 +96,28 @@ def test_every_flag_of_the_training_commands_is_a_declared_setting_or_the_comman
     for command, extra in own.items():
         declared = {"model_arg" if s.type is dict else s.name for s in C.settings()
                     if command in s.commands and s.option is not None}
+        declared |= {s.shorthand.dest for s in C.settings() if s.shorthand and command in s.shorthand.commands}
         if command == "self-train":
             declared = (declared - {"augment"}) | {"teacher_augment"}
         dests = {a.dest for a in parsers[command]._actions if a.dest != "help"}
         assert dests == declared | extra, command
+
+
+def test_keep_checkpoints_is_declared_as_keep_last_3_and_keep_last_given_wins(tmp_path):
+    """``--keep-checkpoints`` is the declared shorthand of ``--keep-last 3``; ``--keep-last`` given too wins, and
+    without either a run keeps the declared default, 1."""
+    from nabi.cli.train import train_config
+    parser = _command_parsers()["train"]
+    assert "the same as --keep-last 3 (kept for older scripts) (default: off)" in " ".join(parser.format_help().split())
+    for argv, kept in ((["--keep-checkpoints"], 3), (["--keep-checkpoints", "--keep-last", "5"], 5),
+                       (["--keep-last", "2"], 2), ([], 1)):
+        assert train_config(parser.parse_args(["data", *argv])).keep_last == kept, argv
+    assert C.TrainConfig().keep_last == 1 and C.setting_named("keep_last").shorthand.value == C.KEEP_CHECKPOINTS
+    assert "--keep-checkpoints" not in _command_parsers()["pretrain"].format_help()       # train's flag only
+    from nabi.training.run import checkpoints_kept                                      # the library's keyword
+    assert checkpoints_kept(C.TrainConfig(), keep_checkpoints=True).keep_last == 3
+    assert checkpoints_kept(C.TrainConfig(keep_last=5), keep_checkpoints=True).keep_last == 5
+    assert checkpoints_kept(C.TrainConfig(keep_last=2)).keep_last == 2
 
 
 def test_the_declaration_is_complete():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nabi import layers as L
-from nabi.training import optim
+from nabi import optim
 from nabi.functional import conv_fast as C
 from nabi.functional import cpu_kernels as K
 from nabi.training.trainer import enable_fused_sgd

@@ -27,7 +27,7 @@ photo given another kind is right, and P4 ignores every background output."""
 def run(args):
     from .. import data as D
     from ..data.background import is_background
-    from ..runs import image_fit, load_run
+    from ..runs import image_fit, load_run, scoring_scope
     if args.masked:
         return masked_eval(args)
     _, meta = load_run(args.run)
@@ -35,9 +35,22 @@ def run(args):
     root = Path(args.data)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
+    out_dir = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else ".") / "eval"
     splits = D.find_splits(root)
+    held_out = scope = None
     if splits and "test" in splits:
         root = Path(splits["test"])
+    else:                                  # the folder the run trained on: its held-out test part, or a warning
+        held_out, scope = scoring_scope(meta, root, args.strict)
+        if args.all_photos and held_out is not None:
+            held_out, scope = None, (f"warning: --all-photos: scoring every photo of {root}, the folder this run "
+                                     f"trained on; most were trained on, so the scores overstate new photos")
+        if scope:
+            print(scope, file=sys.stderr)
+    if held_out is not None:
+        eval_report(args.run, held_out, args.device, out_dir, json_out=args.json, background=args.background,
+                    scope=scope)
+        return 0
     classes = meta["classes"]
     folder_classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [c for c in folder_classes if c not in classes and c != (args.background or "background")]
@@ -49,19 +62,18 @@ def run(args):
     ds = D.ImageFolder(root, image_size=(H, W), channels=C, classes=None, strict=args.strict, fit=image_fit(meta),
                        background_kinds=kinds, background=args.background or "background")
     ds.verify()
-    out_dir = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir() else ".") / "eval"
-    eval_report(args.run, ds, args.device, out_dir, json_out=args.json, background=args.background)
+    eval_report(args.run, ds, args.device, out_dir, json_out=args.json, background=args.background, scope=scope)
     return 0
 
 
-def eval_report(run, dataset, device, out_dir, json_out=False, background=None):
+def eval_report(run, dataset, device, out_dir, json_out=False, background=None, scope=None):
     """Accuracy, per-class report, confusion matrix (text and PNG), and P1–P4 with a background class."""
     from .. import evaluate as E
     from .. import files
     from ..runs import load_run
     from ..data.background import is_background
     from ..data.prepare import eval_loader
-    from ..training.trainer import evaluate
+    from ..training.evaluation import evaluate
     model, meta = load_run(run, device=device)
     ev = evaluate(model, eval_loader(dataset, meta, device=device), return_outputs=True)
     classes = meta["classes"]
@@ -81,11 +93,14 @@ def eval_report(run, dataset, device, out_dir, json_out=False, background=None):
                 f"still predict them")
         ds_classes = classes
     report = {"accuracy": ev["acc"], "n": ev["n"], "classes": classes}
+    if scope:
+        report["scored"] = scope
     if note:
         report["note"] = note
     if ds_classes == classes:
         cm = E.confusion_matrix(ev["probs"], labels, len(classes))
         text = E.classification_report(cm, classes) + "\n\n" + E.confusion_matrix_text(cm, classes)
+        report["per_class"] = E.per_class_scores(cm, classes)        # an undefined 0/0 is null (n/a in the text)
         report["confusion_matrix"] = cm.tolist()
         merged, merged_names = E.merge_background_classes(cm, classes, background or "background")
         if merged_names != classes:     # background kinds: the same counts with every kind called background
@@ -111,6 +126,7 @@ def eval_report(run, dataset, device, out_dir, json_out=False, background=None):
                                            if isinstance(v, (int, float, str, list)) and k not in
                                            ("pred", "pred_individual", "pred_name", "pred_answer", "target",
                                             "correct", "is_background_photo", "called_background")}
+    report = E.json_ready(report)                          # NaN (an undefined P3, ...) as null: valid JSON
     files.atomic_write_json(out_dir / "eval.json", report)
     files.atomic_write_text(out_dir / "eval.txt", text + "\n")
     if json_out:
@@ -156,6 +172,8 @@ def add_arguments(p):
                    "MASKS (same class/file layout; white = animal); '-' when DATA already holds masked photos "
                    "(default: none)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (default: text)")
+    p.add_argument("--all-photos", action="store_true", help="DATA is the folder the run trained on: score every "
+                   "photo, not only the ones the run held out for testing (default: off)")
 
 
 COMMAND = Command(

@@ -24,8 +24,6 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
                                                          "(default: off)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: off)")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep every checkpoint after the run ends (default: only the newest)")
     g = p.add_argument_group("embedding (re-identification)")
     g.add_argument("--head", choices=["softmax", *HEADS], help="softmax (default): a classifier; the others train an "
                    "identity embedding on held-in individuals and validate by rank-1 on held-out ones")
@@ -74,12 +72,11 @@ def run(args):
         if cfg.data is None:
             raise ValueError("give a data folder (or embedded:mnist5k)")
         from ..training.run import train
-        train(cfg, resume=args.resume, overwrite=args.overwrite, keep_checkpoints=args.keep_checkpoints)
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
         return 0
     from ..reid.train import train_embedding
     finished = train_embedding(cfg, head=head, embedding_dim=args.embedding_dim or 128, margin=args.margin,
-                               scale=args.scale, k=args.k, resume=args.resume, overwrite=args.overwrite,
-                               keep_checkpoints=args.keep_checkpoints)
+                               scale=args.scale, k=args.k, resume=args.resume, overwrite=args.overwrite)
     print(f"next: {finished.next}")
     return 0
 

@@ -70,6 +70,25 @@ def atomic_write_bytes(path, data) -> None:
     _fsync_dir(directory)
 
 
+def atomic_link(source, path) -> None:
+    """Make ``path`` a hard link to the file ``source`` all at once: a link under a temporary name in
+    ``path``'s folder, ``os.replace`` onto ``path``, fsync of the folder. An ``OSError`` (a file system
+    without hard links, another device, too many links) leaves ``path`` as it was."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.link-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    os.link(source, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
 def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
     """``atomic_write_bytes`` of ``text`` encoded (UTF-8 by default)."""
     atomic_write_bytes(path, text.encode(encoding))

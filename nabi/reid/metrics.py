@@ -123,14 +123,15 @@ def three_way_accuracy(answers, truths) -> float:
     return right / len(answers)
 
 
-def leave_individuals_out(names, held_out=0.2, seed=0, keep=()):
+def leave_individuals_out(names, held_out=0.2, seed=0, keep=(), at_least=1):
     """Split individual names into ``(enrolled, held_out)`` sorted lists, holding out a ``held_out``
-    fraction (at least one, at most all but one); names in ``keep`` (e.g. ``background``) stay enrolled."""
+    fraction (at least ``at_least``, at most all but one); names in ``keep`` (e.g. ``background``) stay
+    enrolled."""
     names = sorted(set(names))
     pool = [n for n in names if n not in set(keep)]
     if len(pool) < 2:
         raise ValueError(f"a leave-individuals-out split needs at least two individuals, got {pool}")
-    n_out = min(max(1, int(round(held_out * len(pool)))), len(pool) - 1)
+    n_out = min(max(int(at_least), int(round(held_out * len(pool)))), len(pool) - 1)
     rng = np.random.default_rng(seed)
     out = sorted(pool[i] for i in rng.permutation(len(pool))[:n_out])
     return sorted(n for n in names if n not in set(out)), out

@@ -20,8 +20,8 @@ written as ``val_rank1`` and ``val_rank5`` in ``metrics.jsonl``) and
 ``val_loss`` the cross-entropy of the scaled query-to-individual similarities; the best weights are
 those with the best rank-1. ``train_acc`` is the arg-max accuracy of the cosine classifier over the
 training individuals (not meaningful for ``triplet``, whose training output is the embedding).
-The existing ``Trainer`` drives all this unchanged: the network returns what the loss takes and
-the loss returns the gradient of its input.
+The standard ``Trainer`` drives all this: the network returns what the loss takes and the loss returns
+the gradient of its input; one extension (``RetrievalColumns``) names the retrieval figures in the rows.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import backend
 from ..layers import ArcFaceLoss, CosFaceLoss, CrossEntropyLoss, TripletLoss
+from ..training.extensions import Extension
 from .metrics import leave_individuals_out
 
 DEFAULT_MARGIN = {"arcface": 0.5, "subcenter_arcface": 0.5, "cosface": 0.35, "triplet": 0.3}
@@ -96,20 +97,49 @@ class RetrievalValidation:
             self.net.clear_gallery()
 
 
-def _retrieval_trainer():
-    from ..training.trainer import Trainer
+class RetrievalColumns(Extension):
+    """A trainer extension: each metrics row also names the retrieval figures, ``val_rank1`` (= ``val_acc``)
+    and ``val_rank5`` (= ``val_top5``, when reported)."""
 
-    class RetrievalTrainer(Trainer):
-        """A ``Trainer`` whose metrics rows also name the retrieval figures: ``val_rank1`` (= ``val_acc``)
-        and ``val_rank5`` (= ``val_top5``, when reported)."""
+    name = "retrieval_columns"
+    priority = 650                       # after validation and the best model, before the metrics file
 
-        def _write_metrics(self, row):
-            if "val_acc" in row:
-                row["val_rank1"] = row["val_acc"]
-                if "val_top5" in row:
-                    row["val_rank5"] = row["val_top5"]
-            super()._write_metrics(row)
-    return RetrievalTrainer
+    def __call__(self, trainer):
+        row = trainer.history[-1]
+        if "val_acc" in row:
+            row["val_rank1"] = row["val_acc"]
+            if "val_top5" in row:
+                row["val_rank5"] = row["val_top5"]
+
+
+MIN_HELD_OUT = 2
+"""Individuals retrieval validation holds out at least: rank-1 among one held-out individual is always 1.0."""
+
+
+def hold_out_individuals(data, individuals, val_ratio, seed=0, log=print):
+    """``(training individuals, held-out individuals)`` for retrieval validation: ``val_ratio`` of the
+    individuals (background folders always train), but never one alone — each query would then match its
+    own individual, rank-1 would be 1.0 every epoch and the "best" epoch the first. So at least
+    ``MIN_HELD_OUT`` are held out (a note says so when the ratio gave fewer), and with fewer than
+    ``2 + MIN_HELD_OUT`` individuals (two must train) the run trains on all of them without validation,
+    with a warning: its final weights are the run's."""
+    from ..data.background import is_background
+    if val_ratio <= 0:
+        return list(individuals), []
+    background = [n for n in individuals if is_background(n)]
+    pool = [n for n in individuals if n not in background]
+    if len(pool) < 2 + MIN_HELD_OUT:
+        log(f"warning: {data} has {len(pool)} individuals, too few to validate on held-out ones (that needs "
+            f"{2 + MIN_HELD_OUT}: two to train on, {MIN_HELD_OUT} to hold out; rank-1 among one held-out "
+            f"individual is always 1.0, so every epoch would look best). Training on all {len(pool)} without "
+            f"validation: the final weights are the run's (--val-ratio 0 says so without this warning)")
+        return list(individuals), []
+    asked = int(round(val_ratio * len(pool)))
+    train_ids, val_ids = leave_individuals_out(individuals, val_ratio, seed, keep=background, at_least=MIN_HELD_OUT)
+    if asked < MIN_HELD_OUT:
+        log(f"note: holding out {len(val_ids)} of the {len(pool)} individuals for validation, not {max(asked, 1)} "
+            f"(--val-ratio {val_ratio:g}): rank-1 among one held-out individual is always 1.0")
+    return train_ids, val_ids
 
 
 def drop_repeated_files(folder):
@@ -152,8 +182,8 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     from ..models.registry import model_input_size, set_input_size
     from ..runs import model_metadata, resolved_config, write_config
     from ..training.build import build_model, build_trainer
-    from ..training.trainer import Trainer, skip_input_gradient
-    from ..data.background import is_background
+    from ..training.trainer import Trainer
+    from ..training.updater import skip_input_gradient
 
     backend.check_device(cfg.device)
     if cfg.data.startswith("embedded:"):
@@ -162,11 +192,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     out = Path(cfg.out)
     Trainer._check_writable(out)
     individuals = folder_classes(cfg.data, cfg.exclude)
-    if cfg.val_ratio > 0:
-        train_ids, val_ids = leave_individuals_out(individuals, cfg.val_ratio, cfg.seed,
-                                                   keep=[n for n in individuals if is_background(n)])
-    else:
-        train_ids, val_ids = list(individuals), []
+    train_ids, val_ids = hold_out_individuals(cfg.data, individuals, cfg.val_ratio, cfg.seed, log)
     if len(train_ids) < 2:
         raise ValueError(f"{cfg.data}: need at least two individuals to train on, found {train_ids}")
     k = int(k)
@@ -239,8 +265,7 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
             f"{train_loader.p}×{k}; validation: {len(val_ids)} held-out individuals, {val_info['gallery_photos']} "
             f"gallery and {val_info['query_photos']} query photos — val_acc is rank-1, val_top5 rank-5")
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
-                            log=log, trainer_class=_retrieval_trainer() if val_loader is not None else None)
-    trainer.loss_fn = loss          # the head's loss instead of build_trainer's cross-entropy
+                            log=log, loss_fn=loss, extensions=[RetrievalColumns()] if val_loader is not None else ())
     if resume and trainer.resume() is None:
         log(f"no checkpoint in {out}: starting from the beginning")
     write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
@@ -252,19 +277,20 @@ def train_embedding(cfg, head="arcface", embedding_dim=128, margin=None, scale=3
                     overwrite=False, keep_checkpoints=False, log=print):
     """The whole of ``nabi train --head HEAD``: check ``cfg`` (``nabi.training.config.check``), train in the
     locked run folder ``cfg.out`` (``run_embedding_training``; continued with ``resume``, replaced with
-    ``overwrite``), keep only the newest checkpoint unless ``keep_checkpoints``, and log the best rank-1 on
-    the held-out individuals. Returns a ``nabi.training.run.FinishedRun`` (``info``: the individuals) whose
+    ``overwrite``; the newest ``cfg.keep_last`` checkpoints kept, at least 3 with ``keep_checkpoints``, as in
+    ``nabi.training.run.train``), and log the best rank-1 on the held-out individuals. Returns a ``nabi.training.run.FinishedRun`` (``info``: the individuals) whose
     ``next`` builds a gallery with the run."""
     from ..runs import open_run_folder
     from ..training.config import check
-    from ..training.run import FinishedRun, finish_run
+    from ..training.run import FinishedRun, checkpoints_kept, finish_run
     check(cfg)
+    cfg = checkpoints_kept(cfg, keep_checkpoints)
     if cfg.data is None:
         raise ValueError("give a data folder with one sub-folder per individual")
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
         trainer, info = run_embedding_training(cfg, head=head, embedding_dim=embedding_dim, margin=margin,
                                                scale=scale, k=k, resume=resume, log=log)
-        finish_run(cfg.out, keep_checkpoints, log=log)
+        finish_run(cfg.out, log=log)
     if trainer.best_epoch is not None and info["validation_individuals"]:
         log(f"best rank-1 on {len(info['validation_individuals'])} held-out individuals: "
             f"{trainer.best_acc:.4f} (epoch {trainer.best_epoch})")

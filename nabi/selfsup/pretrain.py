@@ -26,6 +26,7 @@ projections collapse.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from .. import __version__, backend, files
@@ -38,7 +39,9 @@ from ..models.registry import model_input_size, set_input_size
 from ..runs import resolved_config, write_config
 from ..training.build import build_model, build_trainer
 from ..training.config import TrainConfig, check
-from ..training.trainer import Trainer, skip_input_gradient
+from ..training.extensions import Extension
+from ..training.trainer import Trainer
+from ..training.updater import StandardUpdater, skip_input_gradient
 from . import METHODS
 from .collapse import collapse_warning, healthy_std, is_collapsing, normalised_std
 from .data import TwoViewBatches, TwoViewImages, simclr_augmentation
@@ -48,115 +51,138 @@ from .model import BYOL, SimCLR, SimSiam, backbone_of
 BACKBONE_FILE = "backbone.safetensors"
 
 
-class ContrastiveTrainer(Trainer):
-    """The trainer with a two-view loss (NT-Xent, or ``loss`` when given); its accuracy column counts
-    the contrastive top-1.
+class ContrastiveUpdater(StandardUpdater):
+    """The step with a two-view loss (``nabi.training.updater``); its ``correct`` counts the contrastive top-1.
 
-    The batches' labels are −1 (``TwoViewBatches``), so the trainer's own argmax-equals-label
-    count is always 0; each step adds the loss layer's count of anchors whose positive is the
-    nearest other view instead.
+    The batches' labels are −1 (``TwoViewBatches``), so the standard argmax-equals-label count is
+    always 0; each step adds the loss layer's count of anchors whose positive is the nearest other
+    view instead.
 
     For a model that exposes its projections (SimSiam and BYOL set ``model.projection``, the online z of
     the step) each step also adds the collapse statistic ``normalised_std(z)`` (``nabi.selfsup.collapse``);
     each epoch's metrics row gets its mean over the epoch's batches as ``z_std``, with ``z_std_healthy`` =
-    1/√D, and the first epoch whose ``z_std`` is below 0.2/√D prints one warning for the run.
+    1/√D (``CollapseWarning`` warns once when it falls below 0.2/√D).
     """
 
-    def __init__(self, *args, temperature=0.5, loss=None, **kwargs):
-        kwargs["loss_fn"] = loss if loss is not None else NTXentLoss(temperature)
-        super().__init__(*args, **kwargs)
-
-    def _step(self, x, y, sums):
-        super()._step(x, y, sums)
-        sums["correct"] += self.loss_fn.correct
+    def update(self, x, y):
+        batch = super().update(x, y)
+        batch["correct"] += self.loss_fn.correct
         z = getattr(self.model, "projection", None)
         if z is not None:
-            sums["z_std"] = sums.get("z_std", 0.0) + normalised_std(z)
-            sums["z_batches"] = sums.get("z_batches", 0) + 1
+            batch["z_std"] = normalised_std(z)
+            batch["z_batches"] = 1
+        return batch
 
-    def _epoch_extras(self, sums):
+    def epoch_columns(self, sums):
         if not sums.get("z_batches"):
             return {}
         return {"z_std": sums["z_std"] / sums["z_batches"], "z_std_healthy": healthy_std(self.model.projection_dim)}
 
-    def _end_epoch(self):
-        super()._end_epoch()
-        rows = [r for r in self.history if "z_std" in r]
-        if not rows or rows[-1] is not self.history[-1]:
-            return
-        dim = self.model.projection_dim
-        if is_collapsing(rows[-1]["z_std"], dim) and not any(is_collapsing(r["z_std"], dim) for r in rows[:-1]):
-            self.log(collapse_warning(rows[-1]["z_std"], dim, rows[-1]["epoch"]))
 
+class BYOLUpdater(ContrastiveUpdater):
+    """The contrastive step with, after every optimiser step, the target update ξ ← τ_k ξ + (1 − τ_k) θ,
+    τ_k rising from ``ema_momentum`` to 1 over the run's K steps (``nabi.selfsup.ema``). The target's
+    weights are part of the model's ``state_dict`` and so of every checkpoint; the count k of target
+    updates is saved beside the trainer's counters (``state.json``, key ``ema``), so a resumed run
+    continues exactly where the killed one stopped. A resume with another starting momentum or another
+    K (the momentum schedule) is refused, naming both values."""
 
-class BYOLTrainer(ContrastiveTrainer):
-    """The contrastive trainer with BYOL's loss and, after every optimiser step, the target update
-    ξ ← τ_k ξ + (1 − τ_k) θ with τ_k rising from ``ema_momentum`` to 1 over the run's K steps
-    (``nabi.selfsup.ema``). The target's weights are part of the model's ``state_dict`` and so of every
-    checkpoint; the count k of target updates is saved beside the trainer's counters (``state.json``,
-    key ``ema``), so a resumed run continues exactly where the killed one stopped. A resume with another
-    starting momentum or another K (the momentum schedule) is refused, naming both values."""
-
-    def __init__(self, *args, ema_momentum=0.99, **kwargs):
-        kwargs.pop("temperature", None)
-        super().__init__(*args, loss=BYOLLoss(), **kwargs)
+    def __init__(self, model, optimizer, ema_momentum=0.99, **kwargs):
+        super().__init__(model, optimizer, **kwargs)
         self.ema_momentum = check_momentum(ema_momentum)
         self.ema_steps = 0
 
     @property
-    def ema_total_steps(self) -> int:
+    def total_steps(self) -> int:
         """K: the optimiser steps of the whole run (the iteration budget when it ends the run sooner)."""
-        total = self.epochs * len(self.train_loader)
-        return min(total, self.max_iterations) if self.max_iterations is not None else total
+        t = self.trainer
+        total = t.epochs * len(t.train_loader)
+        return min(total, t.max_iterations) if t.max_iterations is not None else total
 
-    def _step(self, x, y, sums):
-        super()._step(x, y, sums)
-        self.model.update_target(target_momentum(self.ema_steps, self.ema_total_steps, self.ema_momentum))
+    def update(self, x, y):
+        batch = super().update(x, y)
+        self.model.update_target(target_momentum(self.ema_steps, self.total_steps, self.ema_momentum))
         self.ema_steps += 1
+        return batch
 
-    def _state(self):
-        state = super()._state()
-        state["ema"] = {"steps": self.ema_steps, "momentum_base": self.ema_momentum,
-                        "total_steps": self.ema_total_steps}
+    def state_dict(self):
+        state = super().state_dict()
+        state["ema"] = {"steps": self.ema_steps, "momentum_base": self.ema_momentum, "total_steps": self.total_steps}
         return state
 
-    def _resume_from(self, path, ck):
-        ema = ck["state"].get("ema")
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.ema_steps = int(state["ema"]["steps"])
+
+    def resume_differences(self, path, state):
+        """The two settings that fix the target's momentum schedule τ_k: the starting momentum
+        (``--ema-momentum``) and the run's K optimiser steps (``--epochs``/``--iterations`` with
+        ``--batch-size`` and the number of photos). Checkpoints that do not record them are not compared;
+        one without BYOL's target state is refused."""
+        ema = state.get("ema")
         if not isinstance(ema, dict) or "steps" not in ema:
             raise ValueError(f"checkpoint {path} holds no BYOL target state (state.json has no 'ema' entry); "
                              f"it is not from a `nabi pretrain --method byol` run")
-        out = super()._resume_from(path, ck)
-        self.ema_steps = int(ema["steps"])
-        return out
-
-    def _setting_differences(self, ck):
-        """The fine-tuning settings, and the two that fix the target's momentum schedule τ_k: the starting
-        momentum (``--ema-momentum``) and the run's K optimiser steps (``--epochs``/``--iterations`` with
-        ``--batch-size`` and the number of photos). Checkpoints that do not record them are not compared."""
-        out = super()._setting_differences(ck)
-        ema = ck["state"].get("ema") or {}
+        out = super().resume_differences(path, state)
         if "momentum_base" in ema and float(ema["momentum_base"]) != self.ema_momentum:
             out.append(("--ema-momentum", float(ema["momentum_base"]), self.ema_momentum))
-        if "total_steps" in ema and int(ema["total_steps"]) != self.ema_total_steps:
+        if "total_steps" in ema and int(ema["total_steps"]) != self.total_steps:
             out.append(("the run's length in optimiser steps (--epochs/--iterations, --batch-size)",
-                        int(ema["total_steps"]), self.ema_total_steps))
+                        int(ema["total_steps"]), self.total_steps))
         return out
+
+
+class CollapseWarning(Extension):
+    """One warning for the run, at the first epoch whose ``z_std`` is below 0.2/√D (``nabi.selfsup.collapse``)."""
+
+    name = "collapse_warning"
+    priority = 450
+
+    def __call__(self, trainer):
+        rows = [r for r in trainer.history if "z_std" in r]
+        if not rows or rows[-1] is not trainer.history[-1]:
+            return
+        dim = trainer.model.projection_dim
+        if is_collapsing(rows[-1]["z_std"], dim) and not any(is_collapsing(r["z_std"], dim) for r in rows[:-1]):
+            trainer.log(collapse_warning(rows[-1]["z_std"], dim, rows[-1]["epoch"]))
+
+
+class ContrastiveTrainer(Trainer):
+    """A ``Trainer`` with the contrastive step (``ContrastiveUpdater``; NT-Xent at ``temperature``, or ``loss``)
+    and the collapse warning."""
+
+    def __init__(self, *args, temperature=0.5, loss=None, **kwargs):
+        kwargs["loss_fn"] = loss if loss is not None else NTXentLoss(temperature)
+        if kwargs.get("updater") is None:
+            kwargs["updater"] = ContrastiveUpdater
+        kwargs["extensions"] = [*kwargs.get("extensions", ()), CollapseWarning()]
+        super().__init__(*args, **kwargs)
+
+
+class BYOLTrainer(ContrastiveTrainer):
+    """A ``Trainer`` with BYOL's step (``BYOLUpdater``, target momentum from ``ema_momentum``) and loss."""
+
+    def __init__(self, *args, ema_momentum=0.99, **kwargs):
+        kwargs.pop("temperature", None)
+        kwargs["updater"] = partial(BYOLUpdater, ema_momentum=ema_momentum)
+        super().__init__(*args, loss=BYOLLoss(), **kwargs)
+
+    @property
+    def ema_total_steps(self) -> int:
+        """K: the optimiser steps of the whole run (``BYOLUpdater.total_steps``)."""
+        return self.updater.total_steps
+
+    @property
+    def ema_steps(self) -> int:
+        """k: the target updates so far."""
+        return self.updater.ema_steps
 
 
 def _contrastive_trainer(temperature, method="simclr", ema_momentum=0.99):
     if method == "byol":
-        class _BYOL(BYOLTrainer):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, ema_momentum=ema_momentum, **kwargs)
-        _BYOL.__name__ = _BYOL.__qualname__ = "BYOLTrainer"
-        return _BYOL
-
-    class _Bound(ContrastiveTrainer):
-        def __init__(self, *args, **kwargs):
-            loss = SimSiamLoss() if method == "simsiam" else None
-            super().__init__(*args, temperature=temperature, loss=loss, **kwargs)
-    _Bound.__name__ = _Bound.__qualname__ = "ContrastiveTrainer"
-    return _Bound
+        return partial(BYOLTrainer, ema_momentum=ema_momentum)
+    return partial(ContrastiveTrainer, temperature=temperature,
+                   loss=SimSiamLoss() if method == "simsiam" else None)
 
 
 def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projection_dim=128, resume=False,

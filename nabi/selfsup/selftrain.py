@@ -70,21 +70,12 @@ from ..training import fine_tune
 from ..training.build import build_model, build_trainer, run_training
 from ..training.config import TrainConfig, check
 from ..training.init_from import format_report, load_matching, resolve_init_path
-from ..training.trainer import Trainer, evaluate
+from ..training.evaluation import evaluate
+from ..training.trainer import Trainer
 from . import pseudo_labels as P
 
 BACKGROUND = "background"
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
-
-
-def _soft_target_trainer(loss):
-    class SoftTargetTrainer(Trainer):
-        """The trainer with the soft-target cross-entropy as its loss."""
-
-        def __init__(self, *args, **kwargs):
-            kwargs["loss_fn"] = loss
-            super().__init__(*args, **kwargs)
-    return SoftTargetTrainer
 
 
 def _takes(model, argument):
@@ -218,12 +209,10 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
     train_ds = Transformed(combined, [base[0]] + augmentation(cfg.augment, (H, W)) + base[1:])
     loader = D.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, seed=seed, num_workers=cfg.workers,
                           device=cfg.device)
-    trainer_class = None
     if pseudo_targets is not None:
         from ..layers.soft_target import SoftTargetCrossEntropyLoss
         loss = SoftTargetCrossEntropyLoss()
         loader = P.SoftTargetBatches(loader, table, loss)
-        trainer_class = _soft_target_trainer(loss)
     val_loader = None
     if labelled.get("val") is not None:
         val_loader = D.DataLoader(Transformed(labelled["val"], base), batch_size=max(cfg.batch_size, 64),
@@ -238,7 +227,7 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
         "pseudo_targets": "soft" if pseudo_targets is not None else "hard"})
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(replace(cfg, seed=seed), model, loader, val_loader, out_dir=Path(out_dir), metadata=meta,
-                            config=resolved, log=log, trainer_class=trainer_class)
+                            config=resolved, log=log, loss_fn=loss)
     trainer.init_report = report
     trainer.fit()
     return trainer

@@ -706,7 +706,7 @@ def _train_run(job, run_dir, log):
     from ..data.prepare import Transformed, augmentation, eval_transforms, eval_loader
     from ..training.build import build_trainer
     from ..runs import model_metadata, resolved_config, write_config
-    from ..training.trainer import evaluate
+    from ..training.evaluation import evaluate
     cfg, seeds, parts, name = job["config"], job["seeds"], job["parts"], job["variant"]
     rlog = RunLog(run_dir / "run.log", f"[{name} · seed {seeds['run']:02d}]", echo=log)
     files.atomic_write_json(run_dir / "run.json", {"fingerprint": job["fingerprint"], "variant": name, "seeds": seeds})

@@ -494,7 +494,7 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
     from ..training.build import build_trainer
     from ..runs import model_metadata, resolved_config, write_config
     from ..data.prepare import eval_loader
-    from ..training.trainer import evaluate
+    from ..training.evaluation import evaluate
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tc, epochs, iterations = _train_config(cfg, len(classes), len(loader), out, seed)
@@ -505,13 +505,14 @@ def _train_model(key, model, classes, datasets, loader, cfg, norm, spec, out, se
     meta = model_metadata(model, classes, norm, resolved)
     if embedding is not None:
         meta["embedding"] = dict(embedding)
-    trainer = build_trainer(tc, model, loader, None, out_dir=out, metadata=meta, config=resolved, log=log,
-                            trainer_class=study_trainer_class())
+    loss_fn = None
     if embedding is not None:
         from ..reid.train import make_loss
-        from ..training.trainer import skip_input_gradient
+        from ..training.updater import skip_input_gradient
         skip_input_gradient(model.backbone)
-        trainer.loss_fn = make_loss(embedding["head"])      # the head's loss instead of cross-entropy
+        loss_fn = make_loss(embedding["head"])      # the head's loss instead of cross-entropy
+    trainer = build_trainer(tc, model, loader, None, out_dir=out, metadata=meta, config=resolved, log=log,
+                            trainer_class=study_trainer_class(), loss_fn=loss_fn)
     t0 = time.perf_counter()
     trainer.resume()
     write_config(out, tc, ran)                  # after the resume: a refused one leaves config.json as it was

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .. import backend, files
+from .. import backend
 
 
 def relative_path(path, root) -> str:
@@ -56,18 +55,9 @@ def sha256_of_json(obj) -> str:
 
 
 def strict_json(x):
-    """NaN/inf -> None, NumPy -> Python, recursively (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: strict_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [strict_json(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return strict_json(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    """NaN/inf -> None, NumPy -> Python, recursively (strict JSON; ``nabi.evaluate.json_ready``)."""
+    from ..evaluate import json_ready
+    return json_ready(x)
 
 
 def as_float(x) -> float:
@@ -87,15 +77,14 @@ class RunLog:
 
 
 def study_trainer_class():
+    """The trainer of a study's runs: every standard extension but the curves, which the study draws once,
+    at the end of each run (``plot_history``)."""
     from ..training.trainer import Trainer
 
     class _ExperimentTrainer(Trainer):
-        """A Trainer that logs metrics every epoch but leaves the curves plot to the end."""
-
-        def _write_metrics(self, row):
-            if self.out_dir is not None:
-                files.atomic_write_text(self.out_dir / "metrics.jsonl",
-                                     "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.history))
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.extensions.pop("curves", None)
     return _ExperimentTrainer
 
 

@@ -262,19 +262,22 @@ def param_space(search: dict) -> dict:
 
 
 # -- one trial ---------------------------------------------------------------------------------------------------
-def reporting_trainer_class(report):
-    """A ``Trainer`` that calls ``report(metrics)`` after each epoch, once its checkpoint is written."""
-    from ..training.trainer import Trainer
+def reporting_extension(report):
+    """A trainer extension (``nabi.training.extensions``) that calls ``report(metrics)`` after each epoch,
+    once its checkpoint is written."""
+    from ..training.extensions import Extension
 
-    class _ReportingTrainer(Trainer):
-        def _end_epoch(self):
-            super()._end_epoch()
-            row = self.history[-1]
+    class ReportEachEpoch(Extension):
+        name = "report"
+        priority = -100                                  # after the epoch's checkpoint
+
+        def __call__(self, trainer):
+            row = trainer.history[-1]
             report({"epoch": int(row["epoch"]), "val_acc": float(row.get("val_acc", float("nan"))),
                     "val_loss": float(row.get("val_loss", float("nan"))), "train_acc": float(row["train_acc"]),
-                    "train_loss": float(row["train_loss"]), "best_val_acc": float(self.best_acc),
-                    "early_stopped": self.status == "early_stopped"})
-    return _ReportingTrainer
+                    "train_loss": float(row["train_loss"]), "best_val_acc": float(trainer.best_acc),
+                    "early_stopped": trainer.status == "early_stopped"})
+    return ReportEachEpoch()
 
 
 def _trial_dirname(trial) -> str:
@@ -300,7 +303,7 @@ def run_trial(params: dict, sweep: dict):
         raise ValueError("a sweep selects on the validation split: val_ratio must be above 0")
     log = RunLog(trial_dir / TRIAL_LOG, f"[trial {trial_id}]")
     files.atomic_write_json(trial_dir / PARAMS, strict_json(params))
-    trainer, _ = run_training(cfg, resume=True, log=log, trainer_class=reporting_trainer_class(tune.report))
+    trainer, _ = run_training(cfg, resume=True, log=log, extensions=[reporting_extension(tune.report)])
     files.atomic_write_json(trial_dir / FINISHED, {"status": trainer.status, "epochs": trainer.epoch})
 
 
@@ -377,7 +380,7 @@ def evaluate_selected(sweep: dict, best: dict) -> dict | None:
     from ..data.prepare import eval_loader, load_datasets
     from ..runs import image_fit, load_run
     from ..training.config import TrainConfig
-    from ..training.trainer import evaluate
+    from ..training.evaluation import evaluate
     cfg = TrainConfig.from_dict({**trial_settings(sweep["base"], best["params"]), "out": best["run_dir"]})
     model, meta = load_run(best["run_dir"], device=cfg.device)
     _, h, w = meta["input_size"]

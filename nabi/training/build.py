@@ -32,7 +32,7 @@ def build_model(name: str, num_classes: int, model_args=None, seed=None):
 def make_optimizer(cfg: TrainConfig, model, params=None, lr_scale=None):
     """``cfg.optimizer`` over ``params`` (``(name, Parameter)`` pairs; default: all of ``model``'s), each
     parameter stepping with ``lr · lr_scale[name]`` (default 1)."""
-    from . import optim
+    from .. import optim
     params = model.named_parameters() if params is None else params
     if cfg.optimizer == "sgd":
         return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -53,7 +53,7 @@ def warmup_steps(cfg: TrainConfig, total: int) -> int:
 
 
 def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
-    from . import optim
+    from .. import optim
     total = cfg.iterations or cfg.epochs * steps_per_epoch
     if cfg.schedule_unit == "epoch":
         total = cfg.epochs
@@ -77,7 +77,7 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
 
 
 def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out_dir=None, metadata=None,
-                  config=None, log=print, trainer_class=None):
+                  config=None, log=print, trainer_class=None, loss_fn=None, updater=None, extensions=()):
     """The one place a ``Trainer`` is put together from a ``TrainConfig``.
 
     Makes the optimiser (``cfg.optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``nesterov``), the
@@ -85,8 +85,10 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
     with ``cfg.label_smoothing``), and passes every training option of ``cfg`` (length, clipping,
     checkpoints, early stopping, progress, fused SGD, precision) to the trainer. ``out_dir`` defaults
     to ``cfg.out``; ``metadata`` goes into every weight file's sidecar and ``config`` is the resolved
-    configuration the run records. ``trainer_class``: a ``Trainer`` subclass, for runners that change
-    what is written when (the experiment runner writes its curves once, at the end).
+    configuration the run records. ``loss_fn`` replaces the cross-entropy (an embedding head's loss, soft
+    targets); ``updater``: the step's class (``nabi.training.updater``; a contrastive or BYOL step);
+    ``extensions``: more of them (``nabi.training.extensions``; retrieval columns, reporting to Ray Tune).
+    ``trainer_class``: a ``Trainer`` subclass (the study runners leave the curves to the end).
 
     ``cfg.freeze_until`` and ``cfg.layer_lr_decay`` (``nabi.training.fine_tune``) freeze the stages up
     to one (left out of the optimiser, in eval mode, no backward) and give each stage its learning-rate
@@ -103,12 +105,13 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
     optimizer = make_optimizer(cfg, model, plan["params"], plan["lr_scale"])
     schedule = make_schedule(cfg, optimizer, len(train_loader))
     return (trainer_class or Trainer)(
-        model, optimizer, train_loader, val_loader, loss_fn=CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        model, optimizer, train_loader, val_loader,
+        loss_fn=loss_fn if loss_fn is not None else CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         schedule=schedule, schedule_unit=cfg.schedule_unit, epochs=cfg.epochs, iterations=cfg.iterations,
         out_dir=cfg.out if out_dir is None else out_dir, clip_norm=cfg.clip_norm,
         checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last, early_stopping=cfg.early_stopping,
         progress=cfg.progress, metadata=metadata, config=config, log=log, fused_sgd=cfg.fused_sgd,
-        precision=cfg.precision)
+        precision=cfg.precision, updater=updater, extensions=extensions)
 
 
 def check_warmup(cfg: TrainConfig) -> None:
@@ -157,7 +160,7 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
         raise ValueError(f"{given} is not shorter than the whole run ({total} iterations): "
                          f"give fewer warm-up steps")
     if cfg.schedule == "one_cycle":
-        from .optim import OneCycleLR
+        from ..optim import OneCycleLR
         OneCycleLR.check(cfg.epochs if cfg.schedule_unit == "epoch" else total,
                          ONE_CYCLE_RISE if cfg.warmup_fraction is None else cfg.warmup_fraction)
     count = lambda name: len(parts[name]) if parts.get(name) is not None else 0
@@ -185,21 +188,22 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
     }
 
 
-def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False, trainer_class=None):
+def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False, trainer_class=None, extensions=()):
     """Train as ``cfg`` says; writes the run folder; returns ``(trainer, parts)``.
 
     The run folder is locked for the whole run, and an existing run in it is continued
     (``resume``), replaced (``overwrite``) or refused (``nabi.runs.open_run_folder``).
-    ``trainer_class``: as in ``build_trainer`` (``nabi sweep`` reports each epoch to Ray Tune from a subclass).
+    ``trainer_class``, ``extensions``: as in ``build_trainer`` (``nabi sweep`` reports each epoch to Ray Tune
+    from an extension).
     The trainer's ``init_report`` is what ``cfg.init`` loaded (``init_from.load_matching``), or None.
     A bad configuration is refused first (``config.check``)."""
     from ..runs import open_run_folder
     check(cfg)
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
-        return _train(cfg, resume, log, trainer_class)
+        return _train(cfg, resume, log, trainer_class, extensions)
 
 
-def _train(cfg: TrainConfig, resume, log, trainer_class=None):
+def _train(cfg: TrainConfig, resume, log, trainer_class=None, extensions=()):
     from .trainer import Trainer
     backend.check_device(cfg.device)
     if cfg.device == "gpu":
@@ -258,7 +262,7 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None):
     resolved = resolved_config(cfg, ran)
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
-                            log=log, trainer_class=trainer_class)
+                            log=log, trainer_class=trainer_class, extensions=extensions)
     trainer.init_report = init_report           # what --init loaded (init_from.load_matching), or None
     if resume:
         if trainer.resume() is None:

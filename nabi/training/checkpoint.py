@@ -12,7 +12,9 @@ checkpoint after a ``checkpoint_every`` one) replaces it by two renames: the old
 folder moves aside, the new one takes its name, the old one is deleted; a crash
 between them leaves ``latest`` naming a missing folder, and ``latest_checkpoint``
 falls back to the newest complete one. The last ``keep_last`` checkpoints are
-kept. No pickles anywhere.
+kept. A checkpoint's weights that equal a file already in the run folder (``best.safetensors``)
+are a hard link to it, not a second copy; nothing is ever rewritten in place, so a link never
+changes under another name. No pickles anywhere.
 """
 from __future__ import annotations
 
@@ -64,8 +66,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(run_dir, model, optimizer, state: dict, model_metadata: dict | None = None,
-                    keep_last: int = 3) -> Path:
-    """Write ``checkpoints/ckpt-<state['iteration']>`` atomically and point ``latest`` at it."""
+                    keep_last: int = 3, same_as=()) -> Path:
+    """Write ``checkpoints/ckpt-<state['iteration']>`` atomically and point ``latest`` at it.
+
+    ``model``: the weights (name -> array) or an object with ``state_dict()``. ``same_as``: weight files
+    (e.g. ``best.safetensors``) that the checkpoint's ``model.safetensors`` becomes a hard link to when
+    it holds the same bytes (``nabi.files.save_weights``). The newest ``keep_last`` checkpoints are kept."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{int(state['iteration']):09d}"
@@ -75,7 +81,8 @@ def save_checkpoint(run_dir, model, optimizer, state: dict, model_metadata: dict
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        files.save_weights(tmp / "model.safetensors", model.state_dict(), model_metadata or {})
+        weights = model.state_dict() if hasattr(model, "state_dict") else model
+        files.save_weights(tmp / "model.safetensors", weights, model_metadata or {}, same_as=same_as)
         arrays, meta = _flatten_optimizer(optimizer.state_dict())
         files.save_weights(tmp / "optimizer.safetensors", arrays, meta)
         files.atomic_write_json(tmp / "state.json", state)

@@ -25,6 +25,7 @@ from typing import Any, get_args
 
 from ..data.folder import FITS as _FITS
 from ..data.prepare import AUGMENTS, NORMALIZATIONS
+from ..optim import RENAMED_SCHEDULES
 from .rules import NON_NEGATIVE, POSITIVE, RATIO, BadArgument, Flag, Float, Int, ModelName, OneOf, Text
 
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step", "one_cycle")
@@ -35,7 +36,7 @@ BACKGROUND_KINDS = ("split", "merge")
 # Names that were renamed: the old ones are still accepted, with a FutureWarning, in TOML files, on the
 # command line and in recipes, but no help text lists them.
 RENAMED = {
-    "schedule": {"seed2019": "linear_step"},
+    "schedule": RENAMED_SCHEDULES,
     "normalize": {"seed2019": "pixel256"},
     "recipe": {"seed2019": "alexnet336-2019"},
 }
@@ -51,6 +52,23 @@ UNLESS_DEFAULT = "unless_default"  # added after studies were first fingerprinte
 # recipe=GIVEN: a recipe or `--set` may set it, but a recipe holds it only when given (it was added to the
 # recipes' keys after experiments were first fingerprinted); recipe=True: every recipe holds it.
 GIVEN = "given"
+KEEP_CHECKPOINTS = 3                   # --keep-checkpoints: the checkpoints kept before --keep-last existed
+
+
+@dataclass(frozen=True)
+class Shorthand:
+    """A flag that stands for one value of a setting (``--keep-checkpoints`` is ``--keep-last 3``), on the
+    commands whose setting flags are layered (a flag not given is None, so the setting's own flag, when
+    given too, wins)."""
+    flag: str
+    value: Any
+    help: str
+    commands: tuple = (TRAIN,)
+
+    @property
+    def dest(self) -> str:
+        """The argparse ``dest`` of the flag: ``--keep-checkpoints`` → ``keep_checkpoints``."""
+        return self.flag.lstrip("-").replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,7 @@ class Setting:
     commands: tuple = (TRAIN,)         # the commands that take it as a flag
     recipe: bool | str = False         # a recipe, `nabi experiment --set`, `self-train --recipe` may set it (GIVEN)
     fingerprint: str = UNLESS_DEFAULT
+    shorthand: Shorthand | None = None  # another flag that gives it one value (--keep-checkpoints)
     name: str = ""                     # filled in from the field by settings()
     default: Any = None
     type: type | None = None           # int, float, str, bool, dict or list, from the field's annotation
@@ -79,7 +98,7 @@ class Setting:
 def setting(default, help, rule=None, **declared):
     """A ``TrainConfig`` field declared as a setting: ``default``, ``help`` (what the flag does), the value
     ``rule``, and any ``Setting`` attribute (``flag``, ``metavar``, ``shown``, ``commands``, ``recipe``,
-    ``fingerprint``)."""
+    ``fingerprint``, ``shorthand``)."""
     meta = {"setting": Setting(help=help, rule=rule, **declared)}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -212,8 +231,11 @@ class TrainConfig:
     checkpoint_every: int | None = setting(None, "also checkpoint every N iterations", POSITIVE,
                                            shown="at each epoch end only", commands=(TRAIN, PRETRAIN), recipe=True,
                                            fingerprint=NEVER)
-    keep_last: int = setting(3, "checkpoints to keep", POSITIVE, commands=(TRAIN, PRETRAIN), recipe=True,
-                             fingerprint=NEVER)
+    keep_last: int = setting(
+        1, "checkpoints a finished run keeps, the newest ones (while it runs, at least 2, so a damaged newest one "
+        "has a fallback)", POSITIVE, commands=(TRAIN, PRETRAIN), recipe=True, fingerprint=NEVER,
+        shorthand=Shorthand("--keep-checkpoints", KEEP_CHECKPOINTS,
+                            f"the same as --keep-last {KEEP_CHECKPOINTS} (kept for older scripts)"))
     early_stopping: int | None = setting(None, "stop after N epochs without a better validation accuracy",
                                          POSITIVE, shown="none: never stop early", fingerprint=ALWAYS)
     progress: bool = setting(True, "no progress bar", Flag(), flag="--no-progress",

@@ -27,7 +27,8 @@ def add_setting_flags(parser, command, *, defaults=None, layered=False, note="",
     ``{setting: flag name}`` where the command calls a setting otherwise (``augment`` →
     ``teacher_augment``). ``choices``: ``{setting: values}`` where a command allows fewer. ``prefix``:
     ``{setting: text}`` put before the declared help (whose augmentation, for instance), ``suffix`` after
-    it (what the setting means for this command). Returns the settings added.
+    it (what the setting means for this command). A setting's ``shorthand`` flag (``--keep-checkpoints``)
+    is added after its own on the commands it names. Returns the settings added.
     """
     defaults, rename, choices = dict(defaults or {}), dict(rename or {}), dict(choices or {})
     prefix, suffix = dict(prefix or {}), dict(suffix or {})
@@ -64,6 +65,13 @@ def add_setting_flags(parser, command, *, defaults=None, layered=False, note="",
             elif s.type in (int, float):
                 kwargs["type"] = s.type
         target.add_argument(option, **kwargs)
+        shorthand = s.shorthand
+        if shorthand is not None and command in shorthand.commands:
+            if not late:
+                raise ValueError(f"{shorthand.flag} stands for {option} {shorthand.value}, which needs {option} "
+                                 f"to default to None on `{command}` (layered flags)")
+            target.add_argument(shorthand.flag, dest=shorthand.dest, action="store_true", default=None,
+                                help=f"{shorthand.help} (default: off)")
         added.append(s)
     return added
 
@@ -75,12 +83,15 @@ def flag_dest(s, rename=None) -> str:
 
 def given_settings(args, command, rename=None, model_args_flag="--model-arg") -> dict:
     """The settings whose flags were given (not None) in the parsed ``args`` of ``command``;
-    ``--model-arg KEY=VALUE`` items become the ``model_args`` dict."""
+    ``--model-arg KEY=VALUE`` items become the ``model_args`` dict; a shorthand flag given
+    (``--keep-checkpoints``) gives its setting its value, unless the setting's own flag was given too."""
     out = {}
     for s in C.settings():
         if command not in s.commands or s.option is None:
             continue
         value = getattr(args, flag_dest(s, rename), None)
+        if value is None and s.shorthand is not None and getattr(args, s.shorthand.dest, None):
+            value = s.shorthand.value
         if value is None:
             continue
         out[s.name] = parse_model_args(value, model_args_flag) if s.type is dict else value

@@ -25,12 +25,23 @@ EMBEDDING_PREFIX = "backbone."          # where an embedding run's weights keep 
 def resolve_init_path(path) -> Path:
     """A weight file, or the weights of a run folder (its backbone first)."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--init {path}: it does not exist (give a weight file or a run folder)")
     if path.is_dir() and (path / BACKBONE_FILE).is_file():
         return path / BACKBONE_FILE
     try:
         return find_weights(path)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"--init {path}: {e}") from None
+        raise FileNotFoundError(_naming(path, e)) from None
+
+
+def _naming(path, error, lead="", hint="") -> str:
+    """``error``'s message for ``--init path``, the path named once (the messages of ``find_weights`` and
+    ``load_weights`` already name it): ``--init X: <lead>it is ...``."""
+    text, p = str(error.args[0] if error.args else error), str(path)
+    if text.startswith(p + " "):
+        return f"--init {p}: {lead}it {text[len(p) + 1:]}{hint}"
+    return f"--init {p}: {lead}{text}{hint}"
 
 
 def load_matching(model, path) -> dict:
@@ -45,8 +56,8 @@ def load_matching(model, path) -> dict:
     try:
         state, metadata = files.load_weights(path)
     except ValueError as e:
-        raise ValueError(f"--init {path}: not a readable weight file (expected .safetensors written by nabi or "
-                         f"safetensors): {e}") from None
+        raise ValueError(_naming(path, e, "not a readable weight file: ", "; --init takes a .safetensors weight "
+                                 "file (nabi's, or any safetensors file) or a run folder")) from None
     own = model.state_dict()
     prefix = ""
     if not any(k in own for k in state) and any(k.startswith(EMBEDDING_PREFIX) for k in state) \

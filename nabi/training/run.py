@@ -1,9 +1,9 @@
-"""A whole training run, as ``nabi train`` makes it: train, test, prune, say what comes next.
+"""A whole training run, as ``nabi train`` makes it: train, test, say what comes next.
 
 ``train(cfg)`` checks the configuration (``config.check``), trains into the run folder ``cfg.out``
-(``build.run_training``: locked, continued with ``resume``, replaced with ``overwrite``), scores the
-held-out test part once with the best weights (``test.json``), keeps only the newest checkpoint unless
-told otherwise, and returns a ``FinishedRun`` whose ``next`` is the command to run next. A Python user
+(``build.run_training``: locked, continued with ``resume``, replaced with ``overwrite``; the trainer keeps
+the newest ``cfg.keep_last`` checkpoints), scores the held-out test part once with the best weights
+(``test.json``), and returns a ``FinishedRun`` whose ``next`` is the command to run next. A Python user
 calling it gets the same run folder, and the same lines through ``log``, as ``nabi train``.
 (``nabi.reid.train.train_embedding`` is the same for an embedding head.)
 """
@@ -28,20 +28,22 @@ class FinishedRun:
 
 
 def train(cfg, *, resume=False, overwrite=False, keep_checkpoints=False, log=print) -> FinishedRun:
-    """Train as ``cfg`` (a ``TrainConfig``) says, test the best weights, prune the checkpoints.
+    """Train as ``cfg`` (a ``TrainConfig``) says and test the best weights.
 
     ``resume``: continue the run in ``cfg.out`` from its latest checkpoint; ``overwrite``: replace the
-    run there; ``keep_checkpoints``: keep every checkpoint instead of the newest only. Refuses a bad
+    run there; ``keep_checkpoints``: as ``--keep-checkpoints``, keep at least the newest
+    ``config.KEEP_CHECKPOINTS`` (3) checkpoints (``cfg.keep_last`` says how many otherwise). Refuses a bad
     configuration (``BadArgument``) before anything is read or written.
     """
     from ..runs import open_run_folder
     from .build import run_training
     from .config import check
     check(cfg)
+    cfg = checkpoints_kept(cfg, keep_checkpoints)
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
         trainer, parts = run_training(cfg, resume=resume, log=log)
         test = test_best_weights(trainer, parts, cfg, log=log)
-        finish_run(cfg.out, keep_checkpoints, log=log)
+        finish_run(cfg.out, log=log)
     out = Path(cfg.out)
     return FinishedRun(out, trainer, parts, test, next=f"nabi predict {out} IMAGE · nabi eval {out} DATA")
 
@@ -52,7 +54,7 @@ def test_best_weights(trainer, parts, cfg, log=print) -> dict | None:
     from .. import files
     from ..data.prepare import eval_loader
     from ..runs import load_run
-    from .trainer import evaluate
+    from .evaluation import evaluate
     if parts.get("test") is None:
         return None
     best = trainer.val_loader is not None and (Path(cfg.out) / "best.safetensors").is_file()
@@ -70,10 +72,18 @@ def test_best_weights(trainer, parts, cfg, log=print) -> dict | None:
     return result
 
 
-def finish_run(out, keep_checkpoints=False, log=print) -> None:
-    """Prune the checkpoints but the newest (unless ``keep_checkpoints``) and log the run folder's size."""
+def checkpoints_kept(cfg, keep_checkpoints=False):
+    """``cfg``, keeping at least ``config.KEEP_CHECKPOINTS`` checkpoints when ``keep_checkpoints`` (the library's
+    ``--keep-checkpoints``)."""
+    from dataclasses import replace
+    from .config import KEEP_CHECKPOINTS
+    if keep_checkpoints and cfg.keep_last < KEEP_CHECKPOINTS:
+        return replace(cfg, keep_last=KEEP_CHECKPOINTS)
+    return cfg
+
+
+def finish_run(out, log=print) -> None:
+    """Log the run folder's size (a weight file with several names counted once; the trainer already kept
+    its ``keep_last`` newest checkpoints)."""
     from ..runs import folder_size, format_size
-    from .checkpoint import prune_checkpoints
-    if not keep_checkpoints:
-        prune_checkpoints(out, keep=1)
     log(f"run folder: {out} ({format_size(folder_size(out))})")
