@@ -8,7 +8,7 @@ import numpy as np
 def make_trainer(out_dir, slow=0.0, epochs=3, precision="float32"):
     import nabi
     from nabi import data as D, layers as L
-    from nabi.training import optim
+    from nabi import optim
     from nabi.training.trainer import Trainer
     from sklearn.datasets import load_digits
     digits = load_digits()

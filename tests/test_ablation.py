@@ -335,7 +335,7 @@ def test_example_config_parses():
 # -- factor 'init': pretrained weights against the paired random initialisation ---------------------------------
 def _pretrained_lenet(path, n_classes=3, seed=11):
     """A lenet5 weight file whose classifier has ``n_classes`` outputs (another task's head)."""
-    from nabi.files.weights import save_weights
+    from nabi.files import save_weights
     from nabi.training.build import build_model
     model = build_model("lenet5", n_classes, {}, seed=seed)
     save_weights(path, model.state_dict())
@@ -379,7 +379,7 @@ def test_init_factor_bad_values(value, match, no_training):
 
 
 def test_init_factor_refuses_weights_of_another_architecture(tmp_path, no_training):
-    from nabi.files.weights import save_weights
+    from nabi.files import save_weights
     save_weights(tmp_path / "mlp.safetensors", {"stem.weight": np.zeros((4, 4), np.float32)})
     cfg = digits_config(factor="init", variants=[{"name": "scratch", "init": False},
                                                  {"name": "pre", "init": str(tmp_path / "mlp.safetensors")}])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nabi import layers as L
-from nabi.training import optim
+from nabi import optim
 from nabi.training.amp import DynamicLossScaler, MixedPrecision
 
 

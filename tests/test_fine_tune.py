@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import nabi
-from nabi import backend, files, layers as L, models
+from nabi import backend, files, layers as L, models, optim
 from nabi.cli.main import main as nabi_main
 from nabi.data import ArrayDataset, DataLoader
 from nabi.layers.module import Parameter
-from nabi.training import fine_tune, optim
+from nabi.training import fine_tune
 from nabi.training.build import build_trainer
 from nabi.training.config import TrainConfig
 

@@ -127,7 +127,7 @@ def test_googlenet_auxiliary_losses_are_added_with_weight_0_3(tmp_path):
     parameters of both aux heads receive gradients (they would not without daux)."""
     import nabi.models as zoo
     from nabi import data as D
-    from nabi.training import optim
+    from nabi import optim
     from nabi.layers import CrossEntropyLoss
     from nabi.training.trainer import Trainer
     rng = np.random.default_rng(0)
