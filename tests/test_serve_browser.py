@@ -45,9 +45,11 @@ def test_upload_confirm_and_see_the_sighting(browser, tmp_path, tmp_path_factory
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    wait = WebDriverWait(browser, 60)
+    # The page re-renders after each change: an element read mid-render is retried, not an error.
+    wait = WebDriverWait(browser, 60, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
 
     def ready(path):
         browser.get(server.url + path)
