@@ -10,23 +10,19 @@ An upload is accepted when
   refused without being decoded);
 - it then decodes completely.
 
-EXIF: ``DateTimeOriginal`` (tag 36867 in the Exif IFD) gives the time the photo was taken;
-the GPS IFD (latitude/longitude as degrees, minutes, seconds with N/S, E/W references)
-gives the place, in signed decimal degrees.
+EXIF time and place are read by ``nabi.data.exif``.
 """
 from __future__ import annotations
 
 import io
-import re
 import unicodedata
 import warnings
 from dataclasses import dataclass
 
+from ..data.exif import exif_time_place
+
 FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-
-_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
-_DATETIME_ORIGINAL, _DATETIME = 36867, 306
 
 
 class UploadRefused(ValueError):
@@ -80,54 +76,6 @@ def check_photo(data: bytes, max_bytes: int, max_pixels: int, label="the upload"
                                 415) from None
         taken_at, lat, lon = exif_time_place(img)
         return CheckedPhoto(data, FORMATS[img.format], width, height, taken_at, lat, lon)
-
-
-def _rational(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError, ZeroDivisionError):
-        num, den = v
-        return float(num) / float(den)
-
-
-def _dms(value, ref) -> float | None:
-    try:
-        d, m, s = (_rational(x) for x in value)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    deg = d + m / 60 + s / 3600
-    if isinstance(ref, bytes):
-        ref = ref.decode("ascii", "replace")
-    return -deg if str(ref).strip().upper() in ("S", "W") else deg
-
-
-def exif_time_place(img):
-    """``(taken_at, latitude, longitude)`` from a Pillow image's EXIF; ``None`` where absent or unreadable."""
-    try:
-        exif = img.getexif()
-    except Exception:
-        return None, None, None
-    taken = None
-    try:
-        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-    except Exception:
-        raw = None
-    if isinstance(raw, bytes):
-        raw = raw.decode("ascii", "replace")
-    if isinstance(raw, str):
-        m = re.match(r"^\s*(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})", raw)
-        if m and m.group(1) != "0000":
-            taken = "{}-{}-{}T{}:{}:{}".format(*m.groups())
-    lat = lon = None
-    try:
-        gps = exif.get_ifd(_GPS_IFD)
-    except Exception:
-        gps = {}
-    if gps and 2 in gps and 4 in gps:
-        lat, lon = _dms(gps[2], gps.get(1, "N")), _dms(gps[4], gps.get(3, "E"))
-        if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
-            lat = lon = None
-    return taken, lat, lon
 
 
 # -- names -----------------------------------------------------------------------------------
