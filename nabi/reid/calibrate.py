@@ -192,8 +192,59 @@ def _check_answers(source, calibration, scored, truth, matcher):
         out["strangers"] = int(len(SP0))
         out["strangers_called_new"] = float(np.mean(SP0 > st))
         if has_own.any():     # each photo once as a known query and once as a stranger: a half-and-half mix
-            out["ece_mixed"] = expected_calibration_error(np.concatenate([shown[has_own], np.where(SP0 > st, SP0, st)]),
-                                                          np.concatenate([correct[has_own], SP0 > st]))
+            from .calibration import reliability
+            p_mix = np.concatenate([shown[has_own], np.where(SP0 > st, SP0, st)])
+            right = np.concatenate([correct[has_own], SP0 > st])
+            out["ece_mixed"] = expected_calibration_error(p_mix, right)
+            out["reliability"] = reliability(p_mix, right)
         return out
     finally:
         source.calibration = saved
+
+
+SHIPPED_MATCHER = "matcher-calibration.json"
+
+
+def shipped_matcher_calibration():
+    """The keypoint matcher's calibration shipped with nabi (``nabi/reid/data/matcher-calibration.json``: its
+    provenance inside), or None when this nabi ships none."""
+    import json
+    path = Path(__file__).with_name("data") / SHIPPED_MATCHER
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_calibration(run):
+    """The embedding's calibration a run folder carries (``calibration.json``, written when an embedding run
+    finishes: fitted on its held-out individuals), or None."""
+    import json
+    folder = Path(run)
+    folder = folder if folder.is_dir() else folder.parent
+    path = folder / "calibration.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
+def default_calibration(gallery):
+    """A calibration for a gallery that cannot calibrate on itself: the run's embedding calibration and, when the
+    gallery's local features match it, nabi's shipped matcher calibration; None when the run has none."""
+    from .calibration import Fusion, PairCalibration
+    emb = run_calibration(gallery.embedder.weights)
+    if not emb or "embedding" not in (emb.get("fusion") or {}).get("scorers", {}):
+        return None
+    cals = {"embedding": PairCalibration.from_dict(emb["fusion"]["scorers"]["embedding"])}
+    source = f"the run's own calibration ({emb.get('source', 'its held-out individuals')})"
+    shipped = shipped_matcher_calibration()
+    local = gallery.local_settings.to_dict() if gallery.has_local_features else None
+    if shipped and local is not None and shipped.get("local_settings") == local:
+        cals["matcher"] = PairCalibration.from_dict(shipped["fusion"]["scorers"]["matcher"])
+        source += f" and nabi's shipped matcher calibration ({shipped.get('provenance', {}).get('data', '')})"
+    fu = Fusion(cals, "mean" if len(cals) > 1 else "logistic")
+    return {"version": 2, "fusion": fu.to_dict(), "prior_known": DEFAULT_PRIOR_KNOWN, "source": source,
+            "local_settings": local if "matcher" in cals else None,
+            "matcher_settings": gallery.matcher_settings.to_dict() if "matcher" in cals else None}
