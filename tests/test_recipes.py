@@ -76,8 +76,9 @@ def test_new_settings_at_their_old_values_leave_study_fingerprints_unchanged():
 
 
 def test_an_ablations_fingerprint_holds_the_settings_it_always_held():
-    """A setting added to training later must not enter the fingerprint at its default value (add it to
-    ADDED_SETTINGS with that value), or every unfinished ablation would be refused after an upgrade."""
+    """A setting added to training later must not enter the fingerprint at its default value (declare it
+    fingerprint=UNLESS_DEFAULT, nabi.training.config), or every unfinished ablation would be refused after an
+    upgrade."""
     from nabi.studies.ablation import _base_config
     assert sorted(fingerprint_config(_base_config({"model": "cifar_cnn"}))) == [
         "augment", "background_kinds", "batch_size", "cache", "channels", "clip_norm", "early_stopping", "epochs",
@@ -190,8 +191,9 @@ def test_recipe_as_train_settings():
 
 
 def _train_args(*argv):
-    from nabi.cli.main import _config_from_args, build_parser
-    return _config_from_args(build_parser().parse_args(["train", "DATA", *argv]))
+    from nabi.cli.main import build_parser
+    from nabi.cli.train import train_config
+    return train_config(build_parser().parse_args(["train", "DATA", *argv]))
 
 
 def test_nabi_train_recipe_then_config_then_flags(tmp_path):
@@ -244,7 +246,8 @@ def test_ablation_base_from_a_recipe():
 
 def test_self_train_settings_from_defaults_recipe_and_flags():
     from nabi.cli.main import build_parser
-    from nabi.selfsup.cli import SELF_TRAIN_DEFAULTS, cmd_self_train, self_train_settings
+    from nabi.cli.self_train import SELF_TRAIN_DEFAULTS, self_train_settings
+    from nabi.cli.self_train import run as cmd_self_train
 
     def parse(*argv):
         return build_parser().parse_args(["self-train", "LAB", "UNL", *argv])

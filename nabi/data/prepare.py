@@ -15,6 +15,9 @@ from .. import data as D
 EMBEDDED_PREFIX = "embedded:"
 # pixel/256 scaling, under its current name and the name older nabi versions wrote into run folders.
 PIXEL256_KINDS = ("pixel256", "seed2019")
+# Input scalings (``normalization_spec``) and online augmentation levels (``augmentation``).
+NORMALIZATIONS = ("unit", "pixel256", "dataset", "imagenet")
+AUGMENTS = ("none", "flip", "standard", "strong", "crop_flip_jitter")
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -56,7 +59,6 @@ def augmentation(kind: str, hw):
     ``ColorJitter(0.2, 0.2, 0.2)``). Colour jitter ``j`` draws brightness, contrast and saturation
     factors from [1 - j, 1 + j], as torchvision's ``ColorJitter(j, j, j)``.
     """
-    from ..training.config import AUGMENTS
     H, W = hw
     if kind == "none":
         return []
@@ -218,8 +220,10 @@ def dataset_mean_std(ds, limit=2000, seed=0):
 
 
 def normalization_spec(kind: str, train_ds=None, channels=3) -> dict:
-    from ..training.config import current_name
-    kind = current_name("normalize", kind)
+    """The input scaling ``kind`` (one of ``NORMALIZATIONS``) as the run records it: ``{"kind": ...}``, with
+    the per-channel ``mean`` and ``std`` for ``imagenet`` and ``dataset`` (measured on ``train_ds``).
+    The old name of pixel256 is read as pixel256 (the settings warn about it: ``nabi.training.config``)."""
+    kind = "pixel256" if kind in PIXEL256_KINDS else kind
     if kind in ("unit", "pixel256"):
         return {"kind": kind}
     if kind == "imagenet":

@@ -248,3 +248,44 @@ def default_calibration(gallery):
     return {"version": 2, "fusion": fu.to_dict(), "prior_known": DEFAULT_PRIOR_KNOWN, "source": source,
             "local_settings": local if "matcher" in cals else None,
             "matcher_settings": gallery.matcher_settings.to_dict() if "matcher" in cals else None}
+
+
+def describe(summary) -> list:
+    """Plain-text lines saying what a calibration was made from and what it does on those photos."""
+    c = summary.get("check") or {}
+    pairs = summary.get("pairs") or {}
+    lines = []
+    if pairs:
+        auroc = ", ".join(f"{k} {v:.3f}" for k, v in (summary.get("auroc_pairs") or {}).items())
+        lines.append(f"calibrated on {summary.get('source')}: {summary.get('individuals')} individuals, "
+                     f"{summary.get('photos')} photos in {summary.get('encounters')} encounters; {pairs.get('same')} "
+                     f"same-individual and {pairs.get('different')} other pairs (AUROC of the pairs: {auroc})")
+    else:
+        lines.append(f"calibrated from {summary.get('source')}")
+    if c.get("known_photos"):
+        lines.append(f"on those photos: {100 * c['known_named_correctly']:.0f} % of known photos named correctly, "
+                     f"{100 * c['known_called_unknown']:.0f} % called unknown; {100 * c['strangers_called_new']:.0f} % "
+                     f"of strangers called new; expected calibration error {c.get('ece_mixed', float('nan')):.3f}")
+    lines.append(f"prior that a photo shows an enrolled individual: {summary.get('prior_known')}")
+    return lines
+
+
+def calibrate_new_gallery(gallery, calibration_dir=None, log=None):
+    """Calibrate a freshly built gallery: from ``calibration_dir`` photos, else leave-one-encounter-out over the
+    gallery, else ``default_calibration``. Returns ``(summary or None, note or None)``: the note says why a
+    fallback (or nothing) was used."""
+    from .calibration import CalibrationError
+    try:
+        return gallery.calibrate(calibration_dir, log=log), None
+    except CalibrationError as e:
+        if calibration_dir is not None:
+            raise
+        fallback = default_calibration(gallery)
+        if fallback is not None:
+            with gallery._lock:
+                gallery.calibration = fallback
+                if gallery.path is not None:
+                    gallery.save()
+            return fallback, f"too few photos to calibrate on the gallery itself ({e}); using {fallback['source']}"
+        return None, (f"the gallery is not calibrated: {e}. It answers with the closest individual until it is "
+                      "(nabi gallery calibrate GALLERY [CALIBRATION_PHOTOS])")

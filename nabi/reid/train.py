@@ -246,3 +246,27 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     return trainer, {"train_individuals": train_ids, "validation_individuals": val_ids, **val_info}
+
+
+def train_embedding(cfg, head="arcface", embedding_dim=128, margin=None, scale=30.0, k=4, *, resume=False,
+                    overwrite=False, keep_checkpoints=False, log=print):
+    """The whole of ``nabi train --head HEAD``: check ``cfg`` (``nabi.training.config.check``), train in the
+    locked run folder ``cfg.out`` (``run_embedding_training``; continued with ``resume``, replaced with
+    ``overwrite``), keep only the newest checkpoint unless ``keep_checkpoints``, and log the best rank-1 on
+    the held-out individuals. Returns a ``nabi.training.run.FinishedRun`` (``info``: the individuals) whose
+    ``next`` builds a gallery with the run."""
+    from ..runs import open_run_folder
+    from ..training.config import check
+    from ..training.run import FinishedRun, finish_run
+    check(cfg)
+    if cfg.data is None:
+        raise ValueError("give a data folder with one sub-folder per individual")
+    with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
+        trainer, info = run_embedding_training(cfg, head=head, embedding_dim=embedding_dim, margin=margin,
+                                               scale=scale, k=k, resume=resume, log=log)
+        finish_run(cfg.out, keep_checkpoints, log=log)
+    if trainer.best_epoch is not None and info["validation_individuals"]:
+        log(f"best rank-1 on {len(info['validation_individuals'])} held-out individuals: "
+            f"{trainer.best_acc:.4f} (epoch {trainer.best_epoch})")
+    return FinishedRun(Path(cfg.out), trainer, None, None, next=f"nabi gallery build {cfg.out} PHOTOS --out GALLERY",
+                       info=info)

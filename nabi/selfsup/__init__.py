@@ -7,8 +7,8 @@ small batches and CPUs) or BYOL (predictor against a slowly moving average of th
 
 ``model`` (backbone and heads; BYOL's target network), ``data`` (two-view photos), ``ema`` (BYOL's target
 update and its momentum schedule), ``collapse`` (the collapse statistic of SimSiam and BYOL), ``pretrain``
-(the run), ``cli`` (the commands). The losses are ``nabi.layers.contrastive.NTXentLoss``,
-``nabi.layers.simsiam.SimSiamLoss`` and ``nabi.layers.byol.BYOLLoss``.
+(the run); the commands are ``nabi.cli.pretrain`` and ``nabi.cli.self_train``. The losses are
+``nabi.layers.contrastive.NTXentLoss``, ``nabi.layers.simsiam.SimSiamLoss`` and ``nabi.layers.byol.BYOLLoss``.
 
 Self-training with a noisy student (``selftrain``, ``pseudo_labels``):
 

@@ -37,7 +37,7 @@ from ..layers.simsiam import SimSiamLoss
 from ..models.registry import model_input_size, set_input_size
 from ..runs import resolved_config, write_config
 from ..training.build import build_model, build_trainer
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, check
 from ..training.trainer import Trainer, skip_input_gradient
 from . import METHODS
 from .collapse import collapse_warning, healthy_std, is_collapsing, normalised_std
@@ -168,7 +168,9 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
     out, checkpoint_every, keep_last, progress. ``method``: simclr, simsiam or byol; ``temperature``: NT-Xent's
     τ (simclr); ``ema_momentum``: BYOL's starting target momentum τ_base, in [0, 1). BYOL runs in float32
     only (``cfg.precision`` other than float32 is refused): its target network is updated outside the optimiser.
+    A bad configuration is refused first (``nabi.training.config.check``).
     """
+    check(cfg)
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if not temperature > 0:

@@ -68,7 +68,7 @@ from ..models.registry import model_input_size, set_input_size
 from ..runs import image_fit, load_run, model_metadata, write_config
 from ..training import fine_tune
 from ..training.build import build_model, build_trainer, run_training
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, check
 from ..training.init_from import format_report, load_matching, resolve_init_path
 from ..training.trainer import Trainer, evaluate
 from . import pseudo_labels as P
@@ -291,6 +291,8 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     (default ``cfg.model``), ``student_model_args``, ``student_augment``, ``dropout`` and
     ``stochastic_depth`` (the students' ``drop_path``; None: the model's default, none).
     ``cfg.init``, ``cfg.freeze_until`` and ``cfg.layer_lr_decay`` apply to the teacher and every student.
+    Every argument is checked before anything is read or written (``check_arguments``, then
+    ``nabi.training.config.check`` for the rest of the configuration).
     """
     student_model = student_model or cfg.model
     student_args = _student_args(student_model, student_model_args if student_model_args is not None
@@ -298,6 +300,7 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
                                  stochastic_depth)
     photos = check_arguments(cfg, unlabelled, rounds, threshold, max_per_class, student_model, student_args,
                              dropout, stochastic_depth)
+    check(cfg)
     backend.check_device(cfg.device)
     num_classes = len(folder_classes(cfg.data, cfg.exclude, background_kinds=cfg.background_kinds == "split"))
     n_teacher = registry.count_parameters(cfg.model, num_classes=num_classes, **cfg.model_args)

@@ -10,8 +10,9 @@ Modules, one idea each:
   reading its EXIF time and place;
 - ``identifiers``: the ``Identifier`` adapters over a classifier run or a re-identification gallery;
 - ``service``: what the app does (identify, decide, rename, merge, sightings), independent of HTTP;
-- ``app``: the FastAPI application (JSON API, pages, safety checks);
-- ``cli``: the ``nabi serve`` command.
+- ``app``: the FastAPI application (JSON API, pages, safety checks).
+
+The ``nabi serve`` command that starts it is ``nabi.cli.serve``.
 
 The HTTP parts need the ``serve`` extra: ``pip install "nabi[serve]"``.
 """

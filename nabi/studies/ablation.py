@@ -66,9 +66,8 @@ from .. import data as D
 from .jobs import (RunLog, as_float, completed_result, plot_history, relative_path, run_parallel, run_resumable,
                    run_seeds, sha256_of_json, state_sha256, strict_json, study_trainer_class)
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
-from ..data.folder import FITS
-from ..training.config import AUGMENTS, NORMALIZATIONS, SCHEDULES, current_name
-from .recipes import TRAIN_KEYS, fingerprint_config, optional_train_keys, parse_value, resolve_recipe
+from ..training.config import check, current_name, setting_named
+from .recipes import fingerprint_config, parse_value, resolve_recipe, train_keys
 
 __all__ = ["Factor", "FACTORS", "register_factor", "SE_PAIRS", "load_config", "plan_ablation", "run_ablation",
            "share_initial_weights", "shared_keys", "paired_variant_models", "write_report", "add_arguments",
@@ -170,7 +169,14 @@ def _model_arg_factor(name, keys, validate, doc):
     register_factor(name, apply, check, doc)
 
 
-def _train_factor(name, validate, doc, key=None):
+def _setting_value(factor, value):
+    """A training factor's value checked by its setting's declared rule (``nabi.training.config``)."""
+    problem = setting_named(factor).rule.problem(current_name(factor, value))
+    if problem:
+        raise ValueError(f"factor {factor!r}: value {problem}")
+
+
+def _train_factor(name, doc, key=None):
     key = key or name
 
     def apply(base, value):
@@ -181,7 +187,7 @@ def _train_factor(name, validate, doc, key=None):
         if key == "warmup_fraction":         # the warm-up given one way: the share replaces the iterations
             cfg["warmup"] = 0
         return cfg
-    register_factor(name, apply, lambda base, value: validate(name, value), doc)
+    register_factor(name, apply, lambda base, value: _setting_value(name, value), doc)
 
 
 def _model_value(value):
@@ -248,16 +254,8 @@ def _positive_int(f, v):
     _number(f, v, 1, integer=True)
 
 
-def _positive(f, v):
-    _number(f, v, 0, lo_open=True)
-
-
 def _fraction(f, v):
     _number(f, v, 0, 1)
-
-
-def _non_negative(f, v):
-    _number(f, v, 0)
 
 
 register_factor("model", _apply_model, _check_model,
@@ -304,22 +302,20 @@ def _apply_init(base, value):
 register_factor("init", _apply_init, _check_init,
                 "starting weights: false (the paired random initialisation of each run seed) or a weight file / run folder "
                 "(e.g. a `nabi pretrain` run) loaded over it wherever name and shape match")
-_train_factor("lr", _positive, "learning rate")
-_train_factor("weight_decay", _non_negative, "weight decay")
-_train_factor("momentum", lambda f, v: _number(f, v, 0, 1), "SGD momentum")
-_train_factor("batch_size", _positive_int, "batch size")
-_train_factor("label_smoothing", _fraction, "label smoothing")
-_train_factor("epochs", _positive_int, "epochs")
-_train_factor("iterations", _positive_int, "iterations (instead of epochs)")
-_train_factor("image_size", lambda f, v: _number(f, v, 8, integer=True), "input size (models with adaptive pooling)")
-_train_factor("optimizer", lambda f, v: _choice(f, v, ("sgd", "adam", "adamw")), "optimizer")
-_train_factor("augment", lambda f, v: _choice(f, v, AUGMENTS), "online augmentation")
-_train_factor("fit", lambda f, v: _choice(f, v, tuple(FITS)),
-              "how photos are brought to the input size: crop (centre), squash (whole photo) or pad")
-_train_factor("warmup_fraction", lambda f, v: _number(f, v, 0, 1), "warm-up share of the run (warmup_cosine)")
-_train_factor("normalize", lambda f, v: _choice(f, current_name(f, v), NORMALIZATIONS), "normalisation")
-_train_factor("schedule", lambda f, v: _choice(f, current_name(f, v), SCHEDULES),
-              "learning-rate schedule")
+_train_factor("lr", "learning rate")
+_train_factor("weight_decay", "weight decay")
+_train_factor("momentum", "SGD momentum")
+_train_factor("batch_size", "batch size")
+_train_factor("label_smoothing", "label smoothing")
+_train_factor("epochs", "epochs")
+_train_factor("iterations", "iterations (instead of epochs)")
+_train_factor("image_size", "input size (models with adaptive pooling)")
+_train_factor("optimizer", "optimizer")
+_train_factor("augment", "online augmentation")
+_train_factor("fit", "how photos are brought to the input size: crop (centre), squash (whole photo) or pad")
+_train_factor("warmup_fraction", "warm-up share of the run (warmup_cosine)")
+_train_factor("normalize", "normalisation")
+_train_factor("schedule", "learning-rate schedule")
 
 
 # -- configuration --------------------------------------------------------------------------------------------
@@ -378,21 +374,16 @@ def _base_config(base) -> dict:
 
 
 def _validate(cfg, where):
-    """Check a variant's training config with ``nabi.experiment.resolve_recipe``'s checks (ValueError)."""
+    """Check a variant's training config: ``resolve_recipe``'s checks, then ``nabi.training.config.check``
+    (ValueError)."""
     try:
-        keys = (*TRAIN_KEYS, *optional_train_keys())
-        ov = {k: cfg[k] for k in keys if k in cfg and k not in ("epochs", "iterations")}
+        ov = {k: cfg[k] for k in train_keys() if k in cfg and k not in ("epochs", "iterations")}
         length = "iterations" if cfg.get("iterations") is not None else "epochs"
         ov[length] = cfg[length]
         resolve_recipe("tiny", ov)
         if cfg.get("channels") not in (None, 1, 3):
             raise ValueError(f"channels must be 1, 3 or absent, got {cfg['channels']!r}")
-        for k in ("val_ratio", "test_ratio"):
-            _number(k, cfg[k], 0, 1)
-        if cfg["val_ratio"] + cfg["test_ratio"] >= 1:
-            raise ValueError("val_ratio + test_ratio must be below 1")
-        if cfg.get("early_stopping") is not None:
-            _positive_int("early_stopping", cfg["early_stopping"])
+        check(cfg, name_of=lambda setting: setting.name)     # the rest of the training settings' rules
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 
@@ -1048,9 +1039,11 @@ def add_arguments(parser):
     parser.add_argument("--jobs", type=int, help="runs trained at once in worker processes (default: the config's, "
                                                  "else 1)")
     add_executor_arguments(parser)
+    from ..training.flags import setting_keys_help
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200 (repeatable; "
-                             "default: none)")
+                        help="override a config value, e.g. --set base.epochs=1 --set max_train=200; base.KEY takes "
+                             f"the training settings {setting_keys_help(leave_out=_BASE_FORBIDDEN)} and recipe "
+                             "(`nabi train --help` describes each) (repeatable; default: none)")
     parser.add_argument("--check", action="store_true", help="check the config, data and models; train nothing "
                                                              "(default: off)")
     return parser

@@ -93,8 +93,8 @@ from .jobs import (RunLog, as_float, completed_result, plot_history, read_json_o
 from .ray_executor import add_executor_arguments, check_executor, executor_kwargs, run_on_ray
 from ..data.background import is_background
 from ..training.config import renamed_value
-from .recipes import (RECIPES, REPORT2019_TABLE1, TRAIN_KEYS, fingerprint_config,
-                      optional_train_keys, parse_value, probe_input_size, resolve_recipe)
+from .recipes import (EXTRA_KEYS, RECIPES, REPORT2019_TABLE1, fingerprint_config, parse_value, probe_input_size,
+                      resolve_recipe, train_keys)
 
 __all__ = ["RECIPES", "REPORT2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
            "derive_a_state", "state_sha256", "PairedOrderLoader", "training_datasets", "training_loaders",
@@ -417,7 +417,7 @@ def _model_length(cfg, n_classes, steps_per_epoch):
 def _train_config(cfg, n_classes, steps_per_epoch, out, seed):
     from ..training.config import TrainConfig
     epochs, iterations = _model_length(cfg, n_classes, steps_per_epoch)
-    d = {k: cfg[k] for k in (*TRAIN_KEYS, *optional_train_keys()) if cfg.get(k) is not None}
+    d = {k: cfg[k] for k in train_keys() if cfg.get(k) is not None}
     d.update(epochs=epochs if epochs is not None else math.ceil(iterations / steps_per_epoch),
              iterations=iterations, out=str(out), seed=int(seed), val_ratio=0.0, test_ratio=0.0, progress=False,
              data="(experiment)")
@@ -1074,8 +1074,11 @@ def compare_recipes(out_dir) -> str:
 
 
 def add_arguments(parser):
-    """Add ``nabi experiment``'s arguments to an argparse parser."""
+    """Add ``nabi experiment``'s arguments to an argparse parser (the training settings it takes as flags come
+    from their declaration, ``nabi.training.config``)."""
     from ..models.embedding import HEADS as EMBEDDING_HEADS
+    from ..training.config import EXPERIMENT
+    from ..training.flags import add_setting_flags, setting_keys_help
     parser.add_argument("data", help="DATA/train/<class>/… + DATA/test/<class>/…, or one folder per class "
                                      "(split by --set test_ratio=…)")
     parser.add_argument("--runs", type=int, default=10, help="paired runs (seeds) (default 10)")
@@ -1105,20 +1108,14 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="experiment seed: the split and every run's seeds")
     parser.add_argument("--out", default="runs/experiment", help="results go to OUT/<recipe>/ (OUT/<recipe>-kinds/ "
                                                                  "with --background-classes kinds)")
-    parser.add_argument("--epochs", type=int, help="train each model this many epochs instead "
-                                                   "(default: the recipe's length)")
-    parser.add_argument("--iterations", type=int, help="train each model this many iterations instead "
-                                                       "(default: the recipe's length)")
     parser.add_argument("--iterations-per-class", type=int,
                         help="train each model this many iterations per class it learns; the 2019 report used "
                              "2,000 (default: the recipe's length)")
-    parser.add_argument("--image-size", type=int, help="input size; models with a fixed size refuse others "
-                                                       "(default: the recipe's)")
-    parser.add_argument("--device", choices=["cpu", "gpu"], help="where the networks train; gpu needs the gpu "
-                                                                 "extra (default: the recipe's, else cpu)")
+    add_setting_flags(parser, EXPERIMENT, layered=True, shown="the recipe's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip (repeatable; "
-                             "default: none)")
+                        help="override any recipe setting, e.g. --set lr=0.01 --set augment=flip: KEY is one of "
+                             f"{setting_keys_help(train_keys())} (`nabi train --help` describes each), or "
+                             f"{', '.join(EXTRA_KEYS[1:])} (repeatable; default: none)")
     return parser
 
 
@@ -1130,10 +1127,11 @@ def main_from_args(args, log=print) -> int:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k.strip().replace("-", "_")] = parse_value(v.strip())
-    for k in ("epochs", "iterations", "iterations_per_class", "image_size", "device"):
-        v = getattr(args, k, None)
-        if v is not None:
-            overrides[k] = v
+    from ..training.config import EXPERIMENT
+    from ..training.flags import given_settings
+    overrides.update(given_settings(args, EXPERIMENT))
+    if getattr(args, "iterations_per_class", None) is not None:
+        overrides["iterations_per_class"] = args.iterations_per_class
     report = run_experiment(args.data, args.out, runs=args.runs, models=args.models, recipe=args.recipe,
                             jobs=args.jobs, background=args.background, seed=args.seed, overrides=overrides,
                             log=log, background_classes=getattr(args, "background_classes", "one"),

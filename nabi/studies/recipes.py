@@ -18,8 +18,7 @@ import json
 import numpy as np
 
 from .. import backend
-from ..data.folder import FITS
-from ..training.config import AUGMENTS, NORMALIZATIONS, SCHEDULES, current_name
+from ..training.config import check, choices, current_name, fingerprint_settings, recipe_settings
 
 
 # -- recipes -----------------------------------------------------------------------------------------------
@@ -68,45 +67,41 @@ REPORT2019_TABLE1 = {
 }
 
 
-TRAIN_KEYS = ("model", "model_args", "epochs", "iterations", "batch_size", "optimizer", "lr", "momentum", "nesterov",
-               "weight_decay", "schedule", "schedule_unit", "warmup", "warmup_fraction", "step_size", "gamma",
-               "label_smoothing", "clip_norm", "image_size", "fit", "normalize", "augment", "strict", "device",
-               "workers", "checkpoint_every", "keep_last")
-# Passed on only when this nabi's TrainConfig has them (and then to the Trainer).
-OPTIONAL_TRAIN_KEYS = ("fused_sgd", "precision")
+# A recipe's keys: the training settings declared recipe=True (``nabi.training.config``, ``train_keys()``)
+# and these of the studies' own.
 EXTRA_KEYS = ("description", "iterations_per_class", "warmup_epochs", "offline_variants", "test_ratio",
-               "keep_checkpoints")
+              "keep_checkpoints")
 LENGTH_KEYS = ("iterations_per_class", "iterations", "epochs")
-# Settings that change how, not what, is computed: left out of the fingerprint.
-EXECUTION_KEYS = ("device", "workers", "checkpoint_every", "keep_last", "keep_checkpoints", "description")
-# Settings added after studies were first fingerprinted, with the value every earlier study used: left out of
-# a fingerprint while they hold it, so a study started before they existed still resumes.
-ADDED_SETTINGS = {"fit": "crop", "warmup_fraction": None, "freeze_until": None, "layer_lr_decay": 1.0}
+# The studies' own keys that change how, not what, is computed: left out of the fingerprint (the settings
+# say for themselves whether they enter it).
+EXECUTION_KEYS = ("keep_checkpoints", "description")
+
+
+def train_keys() -> tuple:
+    """The training settings a recipe (and ``nabi experiment --set``) may set."""
+    return recipe_settings()
 
 
 def fingerprint_config(cfg: dict) -> dict:
-    """The settings of ``cfg`` that decide what a study computes: without ``EXECUTION_KEYS``, and without
-    ``ADDED_SETTINGS`` that hold the value studies used before the setting existed."""
-    return {k: v for k, v in cfg.items()
-            if k not in EXECUTION_KEYS and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
+    """The entries of ``cfg`` that decide what a study computes: without the studies' ``EXECUTION_KEYS`` and
+    as ``nabi.training.config.fingerprint_settings`` keeps the settings (none that only change how a run
+    is computed, none added later while it holds its default)."""
+    return fingerprint_settings({k: v for k, v in cfg.items() if k not in EXECUTION_KEYS})
 
 
 def recipe_defaults() -> dict:
     from ..training.config import TrainConfig
-    d = {k: v for k, v in TrainConfig().to_dict().items() if k in TRAIN_KEYS}
+    keys = recipe_settings(held=True)
+    d = {k: v for k, v in TrainConfig().to_dict().items() if k in keys}
     d.update(epochs=None, iterations=None, iterations_per_class=None, warmup_epochs=None, offline_variants=1,
              test_ratio=0.2, keep_checkpoints=False, description="", image_size=None, checkpoint_every=None,
              keep_last=2)
     return d
 
 
-def optional_train_keys() -> list:
-    from ..training.config import TrainConfig
-    return [k for k in OPTIONAL_TRAIN_KEYS if k in TrainConfig.__dataclass_fields__]
-
-
 def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
-    """The recipe's settings with ``overrides`` applied and checked (``ValueError`` on anything wrong).
+    """The recipe's settings with ``overrides`` applied and checked (``ValueError`` on anything wrong): the
+    recipe's own keys here, the training settings also by ``nabi.training.config.check``.
 
     Training length: exactly one of ``iterations_per_class``, ``iterations``, ``epochs``;
     overriding any of them replaces the recipe's choice.
@@ -116,7 +111,7 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     overrides = dict(overrides or {})
-    allowed = set(TRAIN_KEYS) | set(EXTRA_KEYS) | set(optional_train_keys())
+    allowed = set(train_keys()) | set(EXTRA_KEYS)
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown} for an experiment; known: {', '.join(sorted(allowed))}")
@@ -138,11 +133,9 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
         raise ValueError(f"model_args must be a dict, got {cfg['model_args']!r}")
     cfg["normalize"] = current_name("normalize", cfg["normalize"])      # old names warn and map
     cfg["schedule"] = current_name("schedule", cfg["schedule"])
-    for key, choices in (("optimizer", ("sgd", "adam", "adamw")), ("normalize", NORMALIZATIONS),
-                         ("augment", AUGMENTS), ("fit", tuple(FITS)), ("schedule", SCHEDULES),
-                         ("schedule_unit", ("iteration", "epoch")), ("device", ("cpu", "gpu"))):
-        if cfg[key] not in choices:
-            raise ValueError(f"{key} must be one of {', '.join(choices)}; got {cfg[key]!r}")
+    for key in ("optimizer", "normalize", "augment", "fit", "schedule", "schedule_unit", "device"):
+        if cfg[key] not in choices(key):
+            raise ValueError(f"{key} must be one of {', '.join(choices(key))}; got {cfg[key]!r}")
     if not isinstance(cfg["batch_size"], (int, np.integer)) or cfg["batch_size"] < 1:
         raise ValueError(f"batch_size must be a positive integer, got {cfg['batch_size']!r}")
     if cfg["image_size"] is not None and (not isinstance(cfg["image_size"], (int, np.integer))
@@ -167,6 +160,7 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
         if cfg["schedule"] not in ("warmup_cosine", "one_cycle"):
             raise ValueError(f"warmup_fraction only applies to schedule warmup_cosine or one_cycle (the schedule "
                              f"is {cfg['schedule']})")
+    check({k: cfg[k] for k in train_keys() if k in cfg}, name_of=lambda setting: setting.name)   # every other rule
     return cfg
 
 
@@ -187,8 +181,7 @@ def recipe_train_settings(recipe: str) -> dict:
         raise ValueError(f"recipe {cfg['recipe']!r} trains with {' and '.join(needs)}, which only the experiment "
                          f"does: nabi experiment DATA --recipe {cfg['recipe']}")
     fields = TrainConfig.__dataclass_fields__
-    out = {k: copy.deepcopy(cfg[k]) for k in (*TRAIN_KEYS, *optional_train_keys())
-           if k in fields and cfg.get(k) is not None}
+    out = {k: copy.deepcopy(cfg[k]) for k in train_keys() if k in fields and cfg.get(k) is not None}
     out["test_ratio"] = cfg["test_ratio"]
     if cfg["warmup_epochs"] is not None:
         if cfg["epochs"] is None:

@@ -153,7 +153,7 @@ def trial_settings(base: dict, params: dict) -> dict:
 
 
 def _check_settings(where, settings):
-    from ..training.config import TrainConfig
+    from ..training.config import TrainConfig, check
     try:
         cfg = TrainConfig.from_dict(settings)
     except (ValueError, TypeError) as e:
@@ -166,6 +166,10 @@ def _check_settings(where, settings):
     if not (0 < cfg.val_ratio < 1 and 0 <= cfg.test_ratio < 1 and cfg.val_ratio + cfg.test_ratio < 1):
         raise ValueError(f"{where}: a sweep selects on the validation split: val_ratio must be in (0, 1), "
                          f"test_ratio in [0, 1), their sum below 1; got {cfg.val_ratio!r}, {cfg.test_ratio!r}")
+    try:
+        check(cfg)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def load_config(path, out=None) -> dict:
@@ -530,7 +534,11 @@ def run_sweep(sweep: dict, cpus_per_trial=1, address=None, log=print) -> dict:
 # -- command line -------------------------------------------------------------------------------------------------
 def add_arguments(parser):
     """Add ``nabi sweep``'s arguments to an argparse parser."""
-    parser.add_argument("config", help="the sweep's TOML file (data, [base], [search], samples, max_epochs, …)")
+    from ..training.flags import setting_keys_help
+    parser.add_argument("config", help="the sweep's TOML file (data, [base], [search], samples, max_epochs, …); "
+                                       "[base] and [search] take the training settings "
+                                       f"{setting_keys_help(leave_out=_FIXED)} (`nabi train --help` describes each), "
+                                       "[search] also model_args.NAME")
     parser.add_argument("--out", help="output folder (default: the config's out, else runs/sweep); the same "
                                       "folder again resumes the sweep")
     parser.add_argument("--cpus-per-trial", type=int, default=1, metavar="N",

@@ -3,7 +3,8 @@
 ``build_trainer`` is the one place a ``Trainer`` is put together from a ``TrainConfig``:
 ``nabi train``, the background-class experiment and the ablations all call it, so the
 same setting (fused SGD, precision, early stopping, label smoothing, ...) means the same
-thing everywhere. ``run_training`` is ``nabi train``: data, model, trainer, fit.
+thing everywhere. ``run_training`` trains: data, model, trainer, fit (``nabi.training.run.train`` is the
+whole of ``nabi train``: this, then the test and the pruning).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..data.prepare import (EMBEDDED_PREFIX, Cached, Transformed, augmentation, 
                             normalization_spec, folder_classes)
 from ..models.registry import model_input_size, set_input_size
 from ..runs import model_metadata, resolved_config, write_config
-from .config import ONE_CYCLE_RISE, TrainConfig
+from .config import ONE_CYCLE_RISE, TrainConfig, check
 
 
 # -- model -------------------------------------------------------------------------------------------
@@ -111,7 +112,8 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
 
 
 def check_warmup(cfg: TrainConfig) -> None:
-    """``ValueError`` unless the warm-up is given one way: ``warmup`` iterations or ``warmup_fraction``."""
+    """``ValueError`` unless the warm-up is given one way: ``warmup`` iterations or ``warmup_fraction``
+    (the warm-up part of ``nabi.training.config.check``, for callers that check nothing else)."""
     f = cfg.warmup_fraction
     if f is not None:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
@@ -141,14 +143,13 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
     apply as ``None`` (a ratio where a split folder was used, momentum for Adam, ...).
 
     Also refuses settings that cannot mean anything for this data: early stopping without a
-    validation part, a warm-up as long as the whole run."""
+    validation part, a warm-up as long as the whole run (the rest is ``config.check``'s, run before)."""
     splits = _split_sources(cfg)
     folders = None if cfg.data.startswith(EMBEDDED_PREFIX) else D.find_splits(cfg.data)
     if cfg.early_stopping and parts.get("val") is None:
         raise ValueError(f"--early-stopping {cfg.early_stopping} needs a validation part, and {cfg.data} gives none: "
                          f"use --val-ratio above 0 (or a val/ folder), or drop --early-stopping")
     total = cfg.iterations or cfg.epochs * steps_per_epoch
-    check_warmup(cfg)
     warmup = warmup_steps(cfg, cfg.epochs if cfg.schedule_unit == "epoch" else total)
     if cfg.schedule == "warmup_cosine" and warmup >= (cfg.epochs if cfg.schedule_unit == "epoch" else total):
         given = (f"--warmup-fraction {cfg.warmup_fraction:g} ({warmup} steps)" if cfg.warmup_fraction is not None
@@ -190,8 +191,10 @@ def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False, tra
     The run folder is locked for the whole run, and an existing run in it is continued
     (``resume``), replaced (``overwrite``) or refused (``nabi.runs.open_run_folder``).
     ``trainer_class``: as in ``build_trainer`` (``nabi sweep`` reports each epoch to Ray Tune from a subclass).
-    The trainer's ``init_report`` is what ``cfg.init`` loaded (``init_from.load_matching``), or None."""
+    The trainer's ``init_report`` is what ``cfg.init`` loaded (``init_from.load_matching``), or None.
+    A bad configuration is refused first (``config.check``)."""
     from ..runs import open_run_folder
+    check(cfg)
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
         return _train(cfg, resume, log, trainer_class)
 

@@ -1,20 +1,17 @@
-"""``nabi serve GALLERY_OR_RUN``: the command line of the web app (``add_commands`` registers it)."""
+"""``nabi serve GALLERY_OR_RUN``: the web app (``nabi.serve``) on this machine; nothing web-related is imported
+until it runs."""
 from __future__ import annotations
 
 import os
 import secrets
 
+from .command import Command
+
 INSTALL_HINT = ('nabi serve needs the web server packages: pip install "nabi[serve]" '
                 '(FastAPI, uvicorn, python-multipart)')
 
 
-def add_commands(subparsers):
-    """Add ``serve`` to the ``nabi`` command's sub-parsers (nothing web-related is imported here)."""
-    p = subparsers.add_parser(
-        "serve", help="a web app to identify individuals in photos and keep their sightings",
-        description="Serve a web app on this machine: identify photos with a classifier run or a "
-                    "re-identification gallery, decide, and keep individuals and sightings in DATA. "
-                    "Loopback by default; another address needs a token for every change.")
+def add_arguments(p):
     p.add_argument("source", metavar="GALLERY_OR_RUN", help="a nabi run folder (classifier) or a gallery")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -36,16 +33,15 @@ def add_commands(subparsers):
                    help="another host name the server answers to (repeatable; default: none)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="where the network runs; gpu needs "
                                                                           "the gpu extra")
-    p.set_defaults(func=cmd_serve)
-    return p
 
 
 def _need_web_packages():
+    import importlib
     import importlib.util
     missing = []
     for module in ("fastapi", "uvicorn"):
         try:
-            __import__(module)
+            importlib.import_module(module)
         except ImportError:
             missing.append(module)
     if not (importlib.util.find_spec("python_multipart") or importlib.util.find_spec("multipart")):
@@ -54,22 +50,17 @@ def _need_web_packages():
         raise ImportError(f"{INSTALL_HINT}; missing: {', '.join(missing)}")
 
 
-def cmd_serve(args):
-    """Open the data folder and the identifier, then serve until interrupted."""
+def run(args):
+    """Open the data folder and the identifier, then serve until interrupted (the flags' ranges are checked
+    before, by ``nabi.cli.checks``)."""
     _need_web_packages()
     import uvicorn
 
-    from .app import Settings, create_app, is_loopback
-    from .identifiers import open_identifier
-    from .service import Service
-    from .storage import Store
+    from ..serve.app import Settings, create_app, is_loopback
+    from ..serve.identifiers import open_identifier
+    from ..serve.service import Service
+    from ..serve.storage import Store
 
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
-    if args.max_upload_mb <= 0 or args.max_pixels <= 0 or args.max_files <= 0:
-        raise ValueError("--max-upload-mb, --max-pixels and --max-files must be positive")
-    if not 0 <= args.threshold <= 1:
-        raise ValueError(f"--threshold must be between 0 and 1, got {args.threshold}")
     token = args.token or os.environ.get("NABI_SERVE_TOKEN")
     require = args.require_token or not is_loopback(args.host)
     generated = False
@@ -93,3 +84,12 @@ def cmd_serve(args):
     finally:
         store.close()
     return 0
+
+
+COMMAND = Command(
+    "serve", "a web app to identify individuals in photos and keep their sightings", add_arguments, run,
+    description="Serve a web app on this machine: identify photos with a classifier run or a "
+                "re-identification gallery, decide, and keep individuals and sightings in DATA. "
+                "Loopback by default; another address needs a token for every change.",
+    examples=("nabi serve runs/cats                                # http://127.0.0.1:8000 on this machine",
+              "nabi serve runs/cats --host 0.0.0.0 --token SECRET  # reachable from the network"))
