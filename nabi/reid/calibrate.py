@@ -67,16 +67,17 @@ def leave_encounter_out_scores(gallery, matcher, snap=None, whole_individual=Fal
 
 def pairs_from_scores(scored, truth, matcher):
     """Flatten (Q, N) scores into pairs over the individuals (background names left out): ``({scorer: (n,)},
-    same (n,) bool)``; pairs a scorer could not score (NaN) are kept (the fit leaves them out)."""
+    same (n,) bool, query (n,) int)``; pairs a scorer could not score (NaN) are kept (the fit leaves them out)."""
     people = np.array([not is_background(n) for n in scored["names"]])
     Q, N = scored["similarity"].shape
     cols = np.tile(np.arange(N), (Q, 1))
     have = ~np.isnan(scored["similarity"]) & people[None, :]
     same = (cols == np.asarray(truth)[:, None])[have]
+    query = np.tile(np.arange(Q)[:, None], (1, N))[have]
     out = {"embedding": scored["similarity"][have]}
     if matcher:
         out["matcher"] = scored["evidence"][have]
-    return out, same
+    return out, same, query
 
 
 def _calibration_gallery(gallery, calibration_dir, log=None):
@@ -112,7 +113,7 @@ def _calibration_gallery(gallery, calibration_dir, log=None):
 
 
 def fit_pairs(gallery, calibration_dir=None, matcher=False, log=None):
-    """``(pairs {scorer: scores}, same, source facts, scored gallery)`` for a calibration."""
+    """``(pairs {scorer: scores}, same, query of each pair, source facts, (source gallery, scores, truth))``."""
     if calibration_dir is not None:
         source = _calibration_gallery(gallery, calibration_dir, log)
         facts = {"source": "calibration folder", "calibration_folder": str(Path(calibration_dir).resolve())}
@@ -120,11 +121,11 @@ def fit_pairs(gallery, calibration_dir=None, matcher=False, log=None):
         source = gallery
         facts = {"source": "leave-one-encounter-out over the gallery's own photos"}
     scored, truth, rows = leave_encounter_out_scores(source, matcher, log=log)
-    pairs, same = pairs_from_scores(scored, truth, matcher)
+    pairs, same, query = pairs_from_scores(scored, truth, matcher)
     snap = source.snapshot()
     facts.update(individuals=len([n for n in snap.names if not is_background(n)]), photos=len(rows),
                  encounters=len(encounter_queries(snap)))
-    return pairs, same, facts, (source, scored, truth)
+    return pairs, same, query, facts, (source, scored, truth)
 
 
 def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic",
@@ -147,8 +148,8 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
         prior_known = float((gallery.calibration or {}).get("prior_known", DEFAULT_PRIOR_KNOWN))
     if not 0.0 < float(prior_known) < 1.0:
         raise ValueError(f"the prior that a photo shows an enrolled individual must be in (0, 1), got {prior_known}")
-    pairs, same, facts, (source, scored, truth) = fit_pairs(gallery, calibration_dir, matcher, log)
-    fu = Fusion.fit(pairs, same, kind=kind, method=fusion)
+    pairs, same, query, facts, (source, scored, truth) = fit_pairs(gallery, calibration_dir, matcher, log)
+    fu = Fusion.fit(pairs, same, kind=kind, method=fusion, groups=query)
     summary = {"version": 2, "fusion": fu.to_dict(), "prior_known": float(prior_known),
                "local_settings": gallery.local_settings.to_dict() if matcher else None,
                "matcher_settings": gallery.matcher_settings.to_dict() if matcher else None,

@@ -186,22 +186,39 @@ class Fusion:
         return np.where(np.isnan(p), np.nan, np.clip(p, self.eps, 1.0 - self.eps))
 
     @classmethod
-    def fit(cls, scores: dict, same, kind="isotonic", method="mean"):
-        """Calibrate each scorer on the same pairs (``{scorer: (n,) scores}``, truth ``same`` (n,)) and fuse."""
+    def fit(cls, scores: dict, same, kind="isotonic", method="mean", groups=None, folds=5, seed=0):
+        """Calibrate each scorer on the same pairs (``{scorer: (n,) scores}``, truth ``same`` (n,)) and fuse.
+
+        ``logistic`` fits its weights on *out-of-fold* calibrated logits (each pair's probability from
+        calibrations fitted without its fold; ``groups``, e.g. the query of each pair, keeps a query's pairs in
+        one fold), so a scorer whose calibration merely fits noise gets no weight."""
         calibrations = {n: PairCalibration.fit(s, same, kind, scorer=n) for n, s in scores.items()}
         same = np.asarray(same, bool).ravel()
         prior = float(same.mean())
-        if method == "logistic" and len(calibrations) > 1:
-            _sklearn()
-            from sklearn.linear_model import LogisticRegression
-            eps = min(c.eps for c in calibrations.values())
-            cols = [np.nan_to_num(_logit(np.clip(c(np.asarray(scores[n], np.float64).ravel()), eps, 1 - eps)))
-                    for n, c in calibrations.items()]
-            X = np.stack(cols, axis=1)
-            lr = LogisticRegression(C=1e4).fit(X, same)
-            weights = {n: max(0.0, float(w)) for n, w in zip(calibrations, lr.coef_[0])}
-            return cls(calibrations, "logistic", weights, float(lr.intercept_[0]), prior)
-        return cls(calibrations, "mean" if len(calibrations) > 1 else method, prior=prior)
+        if method != "logistic" or len(calibrations) == 1:
+            return cls(calibrations, "mean" if len(calibrations) > 1 else method, prior=prior)
+        _sklearn()
+        from sklearn.linear_model import LogisticRegression
+        eps = min(c.eps for c in calibrations.values())
+        n = len(same)
+        g = np.arange(n) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+        fold_of_group = np.random.default_rng(seed).integers(0, int(folds), g.max() + 1)
+        fold = fold_of_group[g]
+        X = np.zeros((n, len(calibrations)))
+        for k in range(int(folds)):
+            test = fold == k
+            if not test.any():
+                continue
+            for c, (name, s) in enumerate(scores.items()):
+                s = np.asarray(s, np.float64).ravel()
+                try:
+                    cal = PairCalibration.fit(s[~test], same[~test], kind, scorer=name)
+                except CalibrationError:                   # a fold too small to fit on: use the full fit
+                    cal = calibrations[name]
+                X[test, c] = np.nan_to_num(_logit(np.clip(cal(s[test]), eps, 1 - eps)))
+        lr = LogisticRegression(C=1e4).fit(X, same)
+        weights = {name: max(0.0, float(w)) for name, w in zip(calibrations, lr.coef_[0])}
+        return cls(calibrations, "logistic", weights, float(lr.intercept_[0]), prior)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "weights": self.weights, "bias": self.bias, "prior": self.prior,

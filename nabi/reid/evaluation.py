@@ -119,8 +119,7 @@ def evaluate(gallery, queries_dir, matcher=None, groups="encounter", log=None) -
     if matcher:
         ev = scored["evidence"][:, people]
         tie = np.nan_to_num(sim, nan=-1.0) * 1e-6                      # equal evidence: the embedding decides
-        fig, order = _ranking(ev + tie, names_p, labels, known,
-                              M_photo_evidence(scored["inliers"])[:, g_people], g_labels)
+        fig, order = _ranking(ev + tie, names_p, labels, known, scored["verified"][:, g_people], g_labels)
         best = np.nanmax(np.where(np.isnan(ev), -np.inf, ev), axis=1)
         fig.update(_open_set(best, known, unknown, names_p[order[known, 0]] == lab_known))
         per["matcher"] = fig
@@ -154,8 +153,3 @@ def evaluate(gallery, queries_dir, matcher=None, groups="encounter", log=None) -
             out["ece"] = expected_calibration_error(shown, correct)
             out["reliability"] = reliability(shown, correct)
     return out
-
-
-def M_photo_evidence(inliers):
-    from .matcher import photo_evidence
-    return photo_evidence(inliers)

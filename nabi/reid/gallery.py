@@ -426,7 +426,8 @@ class Gallery:
         photo_similarity (Q, M)  cosine with each gallery photo; NaN where ``skip`` (Q, M) is set
         similarity (Q, N)        the closest photo's cosine (NaN: no photo of that name left)
         with ``matcher``: evidence (Q, N) (NaN for background names and names with no photo left), lnbnn
-        (Q, N) and inliers (Q, M) (NaN: photo not verified). ``query_features``: the queries' local
+        (Q, N), inliers and verified (Q, M) (the photo's RANSAC inliers and their LNBNN weight; NaN: not
+        verified). ``query_features``: the queries' local
         features when already computed (else from ``items``); ``verify_top``: the embedding's closest photos
         verified besides the matcher's shortlist.
         """
@@ -450,6 +451,7 @@ class Gallery:
         ev = np.full((len(S), N), np.nan)
         ln = np.full((len(S), N), np.nan)
         inl = np.full(S.shape, np.nan)
+        ver = np.full(S.shape, np.nan)
         pos = np.full(len(snap.entries), -1, np.int64)
         pos[rows] = np.arange(len(rows))
         people = snap.people
@@ -466,7 +468,8 @@ class Gallery:
             ev[r, people] = m["evidence"][people]
             ln[r, people] = m["lnbnn"][people]
             inl[r, rows] = m["inliers"]
-        out.update(evidence=ev, lnbnn=ln, inliers=inl)
+            ver[r, rows] = m["verified"]
+        out.update(evidence=ev, lnbnn=ln, inliers=inl, verified=ver)
         return out
 
     def _fusion(self, matcher):
@@ -547,7 +550,7 @@ class Gallery:
         by_sim = [i for i in np.argsort(-np.nan_to_num(sim, nan=-np.inf), kind="stable") if not np.isnan(sim[i])]
         if post is not None:
             P, P0, p_same = post[0][r], float(post[1][r]), post[2][r]
-            ranked = [i for i in np.argsort(-P, kind="stable") if people[i]]
+            ranked = [i for i in np.lexsort((-np.nan_to_num(sim, nan=-np.inf), -P)) if people[i]]   # ties: similarity
         elif matcher:
             ev = np.nan_to_num(scored["evidence"][r], nan=-np.inf)
             ranked = [i for i in np.lexsort((-np.nan_to_num(sim, nan=-np.inf), -ev)) if people[i]]
@@ -556,21 +559,21 @@ class Gallery:
             ranked = [i for i in by_sim if people[i]]
             P = P0 = p_same = None
         photo_sim = scored["photo_similarity"][r]
+        top_sim = by_sim[0] if by_sim else None
+        background = bg_win or (top_sim is not None and not people[top_sim])
         cands = []
-        for i in ranked[:topk]:
+        for i in (by_sim if background else ranked)[:topk]:     # a background answer: the closest groups
             rows = np.flatnonzero(snap.columns == i)
             j = rows[int(np.argmax(np.nan_to_num(photo_sim[rows], nan=-np.inf)))]
             c = {"name": names[i], "similarity": float(sim[i]), "photo": snap.entries[j]["photo"]}
-            if P is not None:
+            if P is not None and people[i]:
                 c["probability"] = float(P[i])
                 c["p_same"] = float(p_same[i])
-            if matcher:
+            if matcher and people[i]:
                 c["evidence"] = float(np.nan_to_num(scored["evidence"][r, i]))
                 n = scored["inliers"][r, rows]
                 c["inliers"] = int(np.nanmax(n)) if np.any(~np.isnan(n)) else 0
             cands.append(c)
-        top_sim = by_sim[0] if by_sim else None
-        background = bg_win or (top_sim is not None and not people[top_sim])
         out = {"calibrated": P is not None, "candidates": cands, "threshold": None}
         if post is not None:
             out["p_unknown"] = P0

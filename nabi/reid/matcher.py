@@ -18,15 +18,12 @@ Lowe's local naive-Bayes nearest neighbour, 2012):
    behind many individuals gives every one of them about the same distance, so it weighs little. A
    gallery photo's LNBNN score is the sum of the weights its descriptors won; the ``shortlist`` photos
    with the highest scores (and any photos the caller adds, e.g. the embedding's closest) are verified.
-3. **Verification.** For each shortlisted photo g: its descriptors are matched with the query's
-   (Lowe's ratio test), a homography is fitted by RANSAC (reprojection error ≤ 5 px) and n(q, g) is the
-   number of inlier pairs (0 with fewer than 4 pairs). RANSAC fits any four pairs, so photos of two
-   different animals still agree on 4 to about 7 inliers by chance; only inliers beyond that count:
-
-       evidence_u(q) = log(1 + Σ_{the top photos of u} max(0, n(q, g) − 7))
-
-   A photo that was not shortlisted counts as 0 inliers. evidence is the matcher's score of an
-   individual; ``nabi.reid.calibration`` turns it into a probability.
+3. **Verification.** For each shortlisted photo g, the correspondences the LNBNN lists already hold
+   (query descriptor → one of its k nearest, when that one lies in g) are checked geometrically: a
+   homography is fitted by RANSAC (reprojection error ≤ 5 px), and g's verified score is the sum of the
+   LNBNN weights of the inlier correspondences — distinctive keypoints that agree on one transform
+   (HotSpotter's spatially verified score). An individual's evidence is the sum of its ``top`` best
+   verified photos (0 when none was shortlisted); ``nabi.reid.calibration`` turns it into a probability.
 
 A query is therefore matched with ``shortlist`` photos, not the whole gallery: its cost grows with the
 index lookup only (logarithmic with FLANN).
@@ -51,7 +48,7 @@ class MatcherSettings:
     leaves visited per lookup (more: closer to exact, slower)."""
     k: int = 4
     shortlist: int = 20
-    top: int = 2
+    top: int = 1
     ratio: float = 0.8
     reprojection_px: float = 5.0
     index: str = "auto"
@@ -143,6 +140,8 @@ class LocalIndex:
         dim = next((f.descriptors.shape[1] for f in self.features if len(f)), 128)
         self.descriptors = (np.ascontiguousarray(np.concatenate([f.descriptors for f in self.features]), np.float32)
                             if counts.sum() else np.zeros((0, dim), np.float32))
+        self.points = (np.ascontiguousarray(np.concatenate([f.points for f in self.features]), np.float32)
+                       if counts.sum() else np.zeros((0, 2), np.float32))
         kind = settings.index
         if kind == "auto":
             kind = "exact" if len(self.descriptors) <= EXACT_LIMIT else "flann"
@@ -175,15 +174,16 @@ class LocalIndex:
             out_d[s:s + step] = np.sqrt(np.maximum(np.take_along_axis(dd, order, axis=1), 0.0))
         return out_i, out_d
 
-    def lnbnn(self, query: Features, skip=None):
-        """LNBNN scores of a query: ``(per individual (U,), per photo (M,))``.
+    def weights(self, query: Features, skip=None):
+        """The LNBNN weights of a query's descriptors: ``(query rows (m,), neighbour rows (m, k), weights (m, k))``
+        with weights[i, j] = d_{k+1} − d_j ≥ 0 for the j-th nearest gallery descriptor of query descriptor i.
 
         ``skip``: photos (indices) left out, as if not in the gallery (the query's own encounter when the
         gallery is scored leave-one-out); their descriptors are passed over in the neighbour lists."""
         k = self.settings.k
-        U, M = self.n_owners, len(self.features)
+        empty = (np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)))
         if not len(query) or not len(self.descriptors):
-            return np.zeros(U), np.zeros(M)
+            return empty
         skip_rows = None
         extra = 0
         if skip is not None and len(skip):
@@ -193,60 +193,83 @@ class LocalIndex:
                 skip_rows[self.offsets[j]:self.offsets[j + 1]] = True
             extra = int(min(64, max(8, 2 * k)))
         idx, dist = self._neighbours(np.ascontiguousarray(query.descriptors, np.float32), k + 1 + extra)
+        rows = np.arange(len(idx))
         if skip_rows is not None:                         # keep the first k + 1 neighbours that are not skipped
             ok = ~skip_rows[idx]
             order = np.argsort(~ok, axis=1, kind="stable")[:, :k + 1]
             idx, dist = np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
             valid = np.take_along_axis(ok, order, axis=1).all(axis=1)
-            idx, dist = idx[valid], dist[valid]
-            if not len(idx):
-                return np.zeros(U), np.zeros(M)
+            idx, dist, rows = idx[valid], dist[valid], rows[valid]
         if idx.shape[1] < k + 1:                          # fewer gallery descriptors than k + 1
             k = idx.shape[1] - 1
-            if k < 1:
-                return np.zeros(U), np.zeros(M)
-        norm = dist[:, k]
+        if k < 1 or not len(idx):
+            return empty
+        w = np.maximum(dist[:, k:k + 1] - dist[:, :k], 0.0)
+        return rows, idx[:, :k], w
+
+    def lnbnn(self, query: Features, skip=None, _weights=None):
+        """LNBNN scores of a query: ``(per individual (U,), per photo (M,))``. An individual's score sums, over the
+        query's descriptors, the weight of its closest descriptor among the k nearest; a photo's sums every
+        weight its descriptors won."""
+        U, M = self.n_owners, len(self.features)
+        rows, idx, w = _weights if _weights is not None else self.weights(query, skip)
+        if not len(rows):
+            return np.zeros(U), np.zeros(M)
         per_owner = np.zeros((len(idx), U))
-        best_row = np.full((len(idx), U), -1, np.int64)
-        for j in range(k - 1, -1, -1):                    # nearest last, so it wins ties per individual
+        r = np.arange(len(idx))
+        for j in range(idx.shape[1] - 1, -1, -1):         # nearest last, so it wins ties per individual
             o = self.row_owner[idx[:, j]]
-            w = np.maximum(norm - dist[:, j], 0.0)
-            r = np.arange(len(idx))
-            better = w >= per_owner[r, o]
-            per_owner[r[better], o[better]] = w[better]
-            best_row[r[better], o[better]] = idx[better, j]
-        per_photo = np.zeros(M)
-        has = best_row >= 0
-        np.add.at(per_photo, self.row_photo[best_row[has]], per_owner[has])
+            better = w[:, j] >= per_owner[r, o]
+            per_owner[r[better], o[better]] = w[better, j]
+        per_photo = np.bincount(self.row_photo[idx].ravel(), w.ravel(), minlength=M)
         return per_owner.sum(axis=0), per_photo
+
+    def verify(self, query: Features, photo, rows, idx, w):
+        """Spatial verification of one gallery photo: a homography fitted by RANSAC to the query's nearest-
+        neighbour correspondences into that photo; returns ``(inliers, Σ of the inliers' LNBNN weights)``."""
+        cv2 = _cv2()
+        sel = (self.row_photo[idx] == photo) & (w > 0)
+        qi, kk = np.nonzero(sel)
+        if len(qi) < 4:
+            return 0, 0.0
+        src = query.points[rows[qi]].reshape(-1, 1, 2)
+        dst = self.points[idx[qi, kk]].reshape(-1, 1, 2)
+        cv2.setRNGSeed(0)                                 # the same photos give the same answer
+        _, mask = cv2.findHomography(src, dst, cv2.RANSAC, float(self.settings.reprojection_px))
+        if mask is None:
+            return 0, 0.0
+        keep = mask.ravel() > 0
+        return int(keep.sum()), float(w[qi, kk][keep].sum())
 
     def match(self, query: Features, skip=None, also=None):
         """Score a query against every individual; returns a dict:
 
-        lnbnn     (U,) LNBNN score per individual
+        lnbnn     (U,) LNBNN score per individual (NaN: none of its photos left)
         inliers   (M,) RANSAC inliers with each verified photo, NaN for photos not verified or skipped
-        evidence  (U,) log(1 + Σ_top max(0, n − 7)) over each individual's verified photos (0 when none)
+        verified  (M,) the LNBNN weight of those inliers (the spatially verified score of a photo)
+        evidence  (U,) the sum of an individual's ``top`` best verified photo scores (0 when none verified)
 
-        ``skip``: photos left out (see ``lnbnn``); ``also``: photos verified besides the LNBNN shortlist
-        (e.g. the embedding's closest photos)."""
+        The ``shortlist`` photos with the highest LNBNN scores are verified, and ``also`` (e.g. the embedding's
+        closest photos) besides; ``skip``: photos left out (see ``weights``)."""
         s = self.settings
-        per_owner, per_photo = self.lnbnn(query, skip)
         M = len(self.features)
+        wts = self.weights(query, skip)
+        per_owner, per_photo = self.lnbnn(query, _weights=wts)
         skipped = np.zeros(M, bool)
         if skip is not None and len(skip):
             skipped[np.asarray(skip, np.int64)] = True
-        ranked = [j for j in np.argsort(-per_photo, kind="stable") if not skipped[j] and per_photo[j] > 0]
+        ranked = [int(j) for j in np.argsort(-per_photo, kind="stable") if not skipped[j] and per_photo[j] > 0]
         chosen = list(dict.fromkeys(ranked[:s.shortlist] + [int(j) for j in (also if also is not None else [])
                                                            if not skipped[int(j)]]))
         n = np.full(M, np.nan)
+        v = np.full(M, np.nan)
         for j in chosen:
-            n[j] = inliers(query, self.features[j], s.ratio, s.reprojection_px)
-        evidence = np.zeros(self.n_owners)
-        filled = np.where(np.isnan(n), 0.0, n)
+            n[j], v[j] = self.verify(query, j, *wts)
+        evidence = np.full(self.n_owners, np.nan)
+        filled = np.where(np.isnan(v), 0.0, v)
         for u in range(self.n_owners):
             cols = np.flatnonzero((self.owners == u) & ~skipped)
             if len(cols):
-                evidence[u] = individual_evidence(filled[cols][None, :], s.top)[0]
-            else:
-                evidence[u] = np.nan
-        return {"lnbnn": np.where(np.isnan(evidence), np.nan, per_owner), "inliers": n, "evidence": evidence}
+                evidence[u] = np.sort(filled[cols])[::-1][:s.top].sum()
+        return {"lnbnn": np.where(np.isnan(evidence), np.nan, per_owner), "inliers": n, "verified": v,
+                "evidence": evidence}
