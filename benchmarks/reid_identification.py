@@ -78,13 +78,14 @@ def run_split(args, seed, calibration, log):
                                args.by_photo)
         g = Gallery.build(args.run, tmp / "enrol", tmp / "gallery", local=local, encounters=args.encounters,
                           log=log, matcher_settings=MatcherSettings(k=args.k, shortlist=args.shortlist), flip=args.flip)
+        alpha = "auto" if args.prior_known == "auto" else float(args.prior_known)
         if calibration is None:
-            summary = g.calibrate(None, fusion=args.fusion, prior_known=args.prior_known, log=log)
+            summary = g.calibrate(None, fusion=args.fusion, log=log)
         else:
-            g.calibration = dict(calibration, prior_known=args.prior_known)
+            g.calibration = dict(calibration)
             summary = g.calibration
-        res = {"per_photo": g.evaluate(tmp / "query", groups=None, log=log),
-               "encounter": g.evaluate(tmp / "query", groups="encounter", log=log)}
+        res = {"per_photo": g.evaluate(tmp / "query", groups=None, log=log, prior_known=alpha),
+               "encounter": g.evaluate(tmp / "query", groups="encounter", log=log, prior_known=alpha)}
     res.update(seed=seed, unknown_individuals=unknown, gallery_photos=len(g), calibration_check=summary.get("check"))
     return res, summary
 
@@ -132,7 +133,8 @@ def main(argv=None):
     ap.add_argument("--shortlist", type=int, default=20, help="photos verified by RANSAC per query")
     ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
     ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])
-    ap.add_argument("--prior-known", type=float, default=0.5)
+    ap.add_argument("--prior-known", default="0.5", help="α, the prior that a query shows an enrolled individual, "
+                    "or 'auto' (estimated from each split's queries, without their truth)")
     ap.add_argument("--encounters", default="name", help="how photos are grouped into encounters, each kept on one "
                     "side of the split (nabi.data.encounters: name, folder, time, photo, auto or name:REGEX)")
     ap.add_argument("--by-photo", action="store_true", help="split the photos at random instead, encounters ignored "
@@ -153,7 +155,7 @@ def main(argv=None):
         local = False if args.no_matcher else LocalSettings(args.nfeatures, args.max_side, args.descriptor)
         g = Gallery.create(args.run, None, local=local, encounters=args.encounters,
                            matcher_settings=MatcherSettings(k=args.k, shortlist=args.shortlist), flip=args.flip)
-        calibration = g.calibrate(args.calibration, fusion=args.fusion, prior_known=args.prior_known, log=log)
+        calibration = g.calibrate(args.calibration, fusion=args.fusion, log=log)
         print(f"calibrated on {args.calibration}: {calibration['pairs']}, AUROC on the pairs "
               f"{calibration['auroc_pairs']}, check {calibration['check']} ({time.perf_counter() - t0:.0f} s)")
         if args.save_calibration:
@@ -172,7 +174,7 @@ def main(argv=None):
                 print(f"  {mode:<9} {scorer:<9} " + " ".join(f"{k} {_cell(r[scorer], k):>5}" for k in FIGURES
                                                              if r[scorer].get(k) is not None))
             print(f"  {mode:<9} answer    three-way {r['three_way_accuracy']:.3f}  ECE {_cell(r, 'ece')}  "
-                  f"answered {r['answered']}")
+                  f"α {_cell(r, 'prior_known')}  answered {r['answered']}")
     summary = summarise(results)
     print(f"\nmean ± sd over {len(seeds)} split(s) ({'random photos' if args.by_photo else 'encounters kept whole'}; "
           f"{args.unknown} unknown individual(s)):")

@@ -108,3 +108,20 @@ def test_ece_and_reliability_by_hand():
     assert math.isclose(expected_calibration_error(prob, right), want)
     with pytest.raises(ValueError, match="same length"):
         reliability(prob, right[:-1])
+
+
+def test_prior_known_is_estimated_from_unlabelled_queries():
+    """Queries of which a share α shows one of U enrolled individuals, scored by a calibrated pair score:
+    expectation–maximisation recovers α without the truth."""
+    from nabi.reid.calibration import estimate_prior_known
+    rng = np.random.default_rng(5)
+    U, Q = 8, 4000
+    s_train, same_train = _pairs(20000, seed=6, shift=2.5)
+    cal = PairCalibration.fit(s_train, same_train, "logistic")
+    for alpha in (0.2, 0.5, 0.8):
+        known = rng.random(Q) < alpha
+        who = rng.integers(0, U, Q)
+        scores = rng.normal(0, 1, (Q, U))
+        scores[np.arange(Q)[known], who[known]] += 2.5
+        est = estimate_prior_known(cal(scores), cal.prior)
+        assert abs(est - alpha) < 0.05, (alpha, est)

@@ -112,45 +112,51 @@ def test_lnbnn_index_equals_its_definition():
     rng = np.random.default_rng(0)
     feats = _random_features(rng, 9)
     owners = [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    index = LM.LocalIndex(feats, owners, 3, LM.MatcherSettings(k=3, index="exact"))
+    index = LM.LocalIndex(feats, LM.MatcherSettings(k=3, index="exact"))
     query = _random_features(rng, 1)[0]
-    got = index.lnbnn(query)
+    got = index.lnbnn(query, owners, 3)
     want = _naive_lnbnn(query, feats, owners, 3, 3)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
-    # leaving photos out is the same as an index without them
-    got = index.lnbnn(query, skip=[0, 4])
-    want = _naive_lnbnn(query, feats, owners, 3, 3, skip=[0, 4])
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
-    assert got[1][0] == 0 and got[1][4] == 0
+    # leaving photos out (skipped, or owned by nobody) is the same as an index without them
+    for got in (index.lnbnn(query, owners, 3, skip=[0, 4]), index.lnbnn(query, [-1, 0, 0, 1, -1, 1, 2, 2, 2], 3)):
+        want = _naive_lnbnn(query, feats, owners, 3, 3, skip=[0, 4])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+        assert got[1][0] == 0 and got[1][4] == 0
 
 
-def test_flann_index_agrees_with_the_exact_one():
+def test_flann_index_agrees_with_the_exact_one_and_grows_without_a_rebuild():
     rng = np.random.default_rng(1)
     feats = _random_features(rng, 40, per_photo=50, dim=32)
     owners = np.repeat(np.arange(10), 4)
-    exact = LM.LocalIndex(feats, owners, 10, LM.MatcherSettings(index="exact"))
-    flann = LM.LocalIndex(feats, owners, 10, LM.MatcherSettings(index="flann", checks=2048))
+    exact = LM.LocalIndex(feats, LM.MatcherSettings(index="exact"))
+    flann = LM.LocalIndex(feats[:36], LM.MatcherSettings(index="flann", checks=2048))
+    grown = flann.with_photos(feats[36:])                      # appended photos: searched beside the tree
+    assert grown._flann is flann._flann and grown.n_tree == 36 * 50 and len(grown) == 40
     for q in _random_features(rng, 5, per_photo=50, dim=32):
-        a, b = exact.lnbnn(q)[0], flann.lnbnn(q)[0]
+        a, b = exact.lnbnn(q, owners, 10)[0], grown.lnbnn(q, owners, 10)[0]
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)      # enough checks: the same neighbours
+    big = flann.with_photos(_random_features(rng, 30, per_photo=400, dim=32))      # 12,000 new descriptors
+    assert big._flann is not flann._flann and big.n_tree == len(big.descriptors)      # outgrown: rebuilt
 
 
 def test_match_verifies_a_shortlist_and_scores_every_individual():
     gallery = [(i, j) for i in range(4) for j in range(2)]
     feats = [extract(view(i, j)) for i, j in gallery]
-    index = LM.LocalIndex(feats, [i for i, _ in gallery], 4, LM.MatcherSettings(shortlist=3))
-    m = index.match(extract(view(2, 5)))
+    owners = [i for i, _ in gallery]
+    index = LM.LocalIndex(feats, LM.MatcherSettings(shortlist=3))
+    m = index.match(extract(view(2, 5)), owners, 4)
     assert np.argmax(m["lnbnn"]) == 2 and np.argmax(m["evidence"]) == 2
     assert (~np.isnan(m["inliers"])).sum() <= 3                        # only the shortlist is verified by RANSAC
     assert m["inliers"][4] >= 20 or m["inliers"][5] >= 20              # coat 2's photos: many inliers
-    skipped = index.match(extract(view(2, 5)), skip=[4, 5])            # coat 2 left out: no evidence for it
+    assert m["verified"][4] > 0 or m["verified"][5] > 0
+    skipped = index.match(extract(view(2, 5)), owners, 4, skip=[4, 5])  # coat 2 left out: no evidence for it
     assert np.isnan(skipped["evidence"][2]) and np.all(np.isnan(skipped["inliers"][[4, 5]]))
-    blank = index.match(extract(np.zeros((64, 64), np.uint8)))           # a query without keypoints
+    blank = index.match(extract(np.zeros((64, 64), np.uint8)), owners, 4)     # a query without keypoints
     assert np.all(blank["lnbnn"] == 0) and np.all(blank["evidence"] == 0)
-    with_blank = LM.LocalIndex(feats + [Features.empty()], [i for i, _ in gallery] + [3], 4)
-    assert np.argmax(with_blank.match(extract(view(1, 6)))["evidence"]) == 1     # a photo without keypoints
+    with_blank = LM.LocalIndex(feats + [Features.empty()])
+    assert np.argmax(with_blank.match(extract(view(1, 6)), owners + [3], 4)["evidence"]) == 1   # a photo w/o keypoints
 
 
 def test_packed_features_round_trip_and_damage_is_refused():

@@ -263,6 +263,20 @@ def posterior(p_same, prior_pairs, prior_known=DEFAULT_PRIOR_KNOWN):
     return w[:, :-1], w[:, -1]
 
 
+def estimate_prior_known(p_same, prior_pairs, start=DEFAULT_PRIOR_KNOWN, iterations=100, tol=1e-6):
+    """α estimated from a batch of queries without their truth (expectation–maximisation): start from ``start``,
+    then α ← the mean over the queries of P(known | scores, α) until it settles. The answer for a batch of a
+    club's photos then reflects how many of them show enrolled animals. Returns α in [0.01, 0.99]."""
+    alpha = float(start)
+    for _ in range(int(iterations)):
+        _, P0 = posterior(p_same, prior_pairs, alpha)
+        new = float(np.clip(1.0 - P0.mean(), 0.01, 0.99))
+        if abs(new - alpha) < tol:
+            return new
+        alpha = new
+    return alpha
+
+
 def reliability(probabilities, correct, bins=10) -> list:
     """Per equal-width bin of the shown probability: ``{lo, hi, count, mean_probability, accuracy}``."""
     p = np.asarray(probabilities, np.float64).ravel()

@@ -87,7 +87,7 @@ def query_items(gallery, queries_dir, log=None):
     return items, keys, {"shared_encounters": int(shared), "left_out_enrolled": len(dropped)}
 
 
-def evaluate(gallery, queries_dir, matcher=None, groups="encounter", log=None) -> dict:
+def evaluate(gallery, queries_dir, matcher=None, groups="encounter", log=None, prior_known=None) -> dict:
     """The figures of the module docstring for ``gallery`` on ``queries_dir``."""
     from .calibration import expected_calibration_error, reliability
     matcher = gallery.use_matcher(matcher)
@@ -128,9 +128,9 @@ def evaluate(gallery, queries_dir, matcher=None, groups="encounter", log=None) -
         grouping = [f"{n}\x00{k}" if k else f"photo\x00{i}" for i, ((n, _), k) in enumerate(zip(items, keys))]
     elif groups is not None:
         raise ValueError(f"groups must be 'encounter' or None, got {groups!r}")
-    post = gallery.probabilities(scored, matcher, grouping)
+    post = gallery.probabilities(scored, matcher, grouping, prior_known)
     if post is not None:
-        P, P0, _ = post
+        P, P0, _, out["prior_known"] = post
         Pp = P[:, people]
         fig, order = _ranking(Pp, names_p, labels, known)
         fig.update(_open_set(1.0 - P0, known, unknown, names_p[order[known, 0]] == lab_known))

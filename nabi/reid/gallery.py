@@ -83,16 +83,6 @@ class Snapshot:
         e = self.entries[j]
         return e["name"], e.get("encounter") or f"photo:{e['sha256']}"
 
-    def local_index(self, settings):
-        """The ``LocalIndex`` over the individuals' photos (background left out), built once per snapshot."""
-        key = ("index", settings)
-        if key not in self._cache:
-            from .matcher import LocalIndex
-            rows = np.flatnonzero(self.people[self.columns])
-            self._cache[key] = (rows, LocalIndex([self.local[j] for j in rows], self.columns[rows],
-                                                 len(self.names), settings))
-        return self._cache[key]
-
 
 class Gallery:
     """Enrolled individuals, their photos' embeddings and local features; see the module docstring."""
@@ -119,6 +109,7 @@ class Gallery:
         parse_rule(encounter_rule)
         self.encounter_rule, self.gap_minutes = encounter_rule, float(gap_minutes)
         self._lock = threading.RLock()
+        self._index = None                 # (LocalIndex, {entry sha256: index photo id}) once built
         self._files = ()
         self.skipped = []
 
@@ -313,6 +304,7 @@ class Gallery:
             E_all = E if len(snap.entries) == 0 else np.concatenate([snap.embeddings, E])
             local = None if snap.local is None else snap.local + tuple(feats if feats is not None else ())
             self._snap = Snapshot(snap.entries + tuple(new), E_all, local)
+            self._extend_index(new, feats)
             if save and self.path is not None:
                 self.save()
             return new
@@ -402,8 +394,40 @@ class Gallery:
                 raise RuntimeError("the gallery changed while its local features were computed; try again")
             self.local_settings = settings
             self._snap = Snapshot(snap.entries, snap.embeddings, tuple(feats))
+            self._index = None
             if self.path is not None:
                 self.save()
+
+    # -- the keypoint index ---------------------------------------------------------------------------------
+    def local_index(self, snap=None):
+        """``(LocalIndex, (M,) index photo id of each entry of snap)`` — the index over every enrolled photo's
+        keypoints, built once and extended as photos are added (``LocalIndex.with_photos``); photos taken out
+        stay in it, never searched."""
+        from .matcher import LocalIndex
+        snap = snap or self._snap
+        with self._lock:
+            state = self._index
+            if state is not None and state[0].settings != self.matcher_settings:
+                state = self._index = None
+            covered = state is not None and all(e["sha256"] in state[1] for e in snap.entries)
+            if not covered:
+                fresh = (LocalIndex(list(snap.local), self.matcher_settings),
+                         {e["sha256"]: j for j, e in enumerate(snap.entries)})
+                if snap is not self._snap:            # an older snapshot than the gallery's: its own index
+                    return fresh[0], np.arange(len(snap.entries))
+                state = self._index = fresh
+            index, ids = state
+        return index, np.array([ids[e["sha256"]] for e in snap.entries], np.int64)
+
+    def _extend_index(self, new_entries, feats):
+        """Under the lock: add just-enrolled photos to a built index (nothing when none is built yet)."""
+        if self._index is None or feats is None:
+            return
+        index, ids = self._index
+        ids = dict(ids)
+        for k, e in enumerate(new_entries):
+            ids[e["sha256"]] = len(index) + k
+        self._index = (index.with_photos(feats), ids)
 
     # -- scoring --------------------------------------------------------------------------------------------
     def use_matcher(self, matcher=None) -> bool:
@@ -446,29 +470,30 @@ class Gallery:
         out = {"names": list(snap.names), "photo_similarity": S, "similarity": sim}
         if not matcher:
             return out
-        rows, index = snap.local_index(self.matcher_settings)
+        index, pid = self.local_index(snap)
         feats = query_features if query_features is not None else self._local_features(items)
+        people = snap.people
+        owners = np.full(len(index), -1, np.int64)
+        searched = people[cols]                                   # background photos are not matched
+        owners[pid[searched]] = cols[searched]
         ev = np.full((len(S), N), np.nan)
         ln = np.full((len(S), N), np.nan)
         inl = np.full(S.shape, np.nan)
         ver = np.full(S.shape, np.nan)
-        pos = np.full(len(snap.entries), -1, np.int64)
-        pos[rows] = np.arange(len(rows))
-        people = snap.people
+        rows = np.flatnonzero(searched)
 
         def one(r):
-            sk = None if skip is None else pos[np.flatnonzero(skip[r])]
-            sk = None if sk is None else sk[sk >= 0]
+            sk = None if skip is None else pid[np.flatnonzero(skip[r])]
             also = []
             if verify_top:
                 order = np.argsort(-np.nan_to_num(S[r, rows], nan=-np.inf), kind="stable")[:int(verify_top)]
-                also = [int(o) for o in order if not np.isnan(S[r, rows[o]])]
-            return index.match(feats[r], skip=sk, also=also)
+                also = [int(pid[rows[o]]) for o in order if not np.isnan(S[r, rows[o]])]
+            return index.match(feats[r], owners, N, skip=sk, also=also)
         for r, m in enumerate(_map(one, range(len(feats)))):
             ev[r, people] = m["evidence"][people]
             ln[r, people] = m["lnbnn"][people]
-            inl[r, rows] = m["inliers"]
-            ver[r, rows] = m["verified"]
+            inl[r] = m["inliers"][pid]
+            ver[r] = m["verified"][pid]
         out.update(evidence=ev, lnbnn=ln, inliers=inl, verified=ver)
         return out
 
@@ -492,10 +517,12 @@ class Gallery:
             raise ValueError(f"{where} has no calibration of the embedding alone")
         return Fusion({"embedding": fu.calibrations["embedding"]}, prior=fu.calibrations["embedding"].prior)
 
-    def probabilities(self, scored, matcher, groups=None):
-        """(P (Q, N) over the names, P_unknown (Q,), p_same (Q, N)) from ``scores`` with the calibration; background
+    def probabilities(self, scored, matcher, groups=None, prior_known=None):
+        """(P (Q, N) over the names, P_unknown (Q,), p_same (Q, N), α used) from ``scores`` with the calibration; background
         names get P 0. ``groups``: a key per query; queries sharing one are a sighting whose answer combines
-        their evidence (the sum of each individual's log likelihood ratios). None when not calibrated."""
+        their evidence (the sum of each individual's log likelihood ratios). ``prior_known``: α (default: the
+        calibration's), or 'auto' to estimate it from these queries (``calibration.estimate_prior_known``: one
+        sighting counted once). None when not calibrated."""
         from .calibration import posterior
         fusion = self._fusion(matcher)
         if fusion is None:
@@ -507,20 +534,26 @@ class Gallery:
             inputs["matcher"] = scored["evidence"]
         p = fusion.probabilities(inputs)
         p = np.where(people[None, :], p, np.nan)
-        prior_known = float(self.calibration.get("prior_known", 0.5))
+        prior_known = self.calibration.get("prior_known", 0.5) if prior_known is None else prior_known
         if groups is not None:
             p = _combine_groups(p, groups, fusion.prior)
-        P, P0 = posterior(p[:, people], fusion.prior, prior_known)
+        if prior_known == "auto":
+            from .calibration import estimate_prior_known
+            rows = np.unique([str(g) for g in groups], return_index=True)[1] if groups is not None else slice(None)
+            prior_known = estimate_prior_known(p[rows][:, people], fusion.prior) if len(p) > 1 else 0.5
+        P, P0 = posterior(p[:, people], fusion.prior, float(prior_known))
         full = np.zeros(p.shape)
         full[:, people] = P
-        return full, P0, p
+        return full, P0, p, float(prior_known)
 
-    def identify(self, paths_or_images, topk=TOPK, matcher=None, groups=None) -> list:
+    def identify(self, paths_or_images, topk=TOPK, matcher=None, groups=None, prior_known=None) -> list:
         """The answer for each photo (path or image array); see the module docstring.
 
         ``matcher``: use the keypoint matcher (None: as the gallery is calibrated). ``groups``: one key per photo;
-        photos with the same key are one sighting and get one answer from their evidence together. A photo that
-        cannot be read gets ``{'answer': 'error', 'error': message}`` and the others are answered.
+        photos with the same key are one sighting and get one answer from their evidence together.
+        ``prior_known``: the prior that a photo shows an enrolled individual (default: the calibration's; 'auto':
+        estimated from these photos). A photo that cannot be read gets ``{'answer': 'error', 'error': message}``
+        and the others are answered.
         """
         items = [paths_or_images] if isinstance(paths_or_images, (str, Path)) else list(paths_or_images)
         snap = self._snap
@@ -537,7 +570,7 @@ class Gallery:
         bg_wins = self.embedder.background_wins(probs)
         scored = self.scores(q, good, matcher=matcher, snap=snap)
         g = None if groups is None else [groups[i] for i in ok]
-        post = self.probabilities(scored, matcher, g)
+        post = self.probabilities(scored, matcher, g, prior_known)
         for r, i in enumerate(ok):
             results[i] = self._answer(scored, post, r, bool(bg_wins[r]) if bg_wins is not None else False,
                                       int(topk), snap, matcher)
@@ -611,10 +644,10 @@ class Gallery:
         return calibrate_gallery(self, calibration_dir, matcher=matcher, prior_known=prior_known, kind=kind,
                                  fusion=fusion, log=log)
 
-    def evaluate(self, queries_dir, matcher=None, groups="encounter", log=None) -> dict:
+    def evaluate(self, queries_dir, matcher=None, groups="encounter", log=None, prior_known=None) -> dict:
         """Figures on labelled query photos (``nabi.reid.evaluation.evaluate``)."""
         from .evaluation import evaluate
-        return evaluate(self, queries_dir, matcher=matcher, groups=groups, log=log)
+        return evaluate(self, queries_dir, matcher=matcher, groups=groups, log=log, prior_known=prior_known)
 
 
 def _map(fn, items):

@@ -117,69 +117,95 @@ def individual_evidence(n_inliers, top=2):
 
 
 # -- the index --------------------------------------------------------------------------------------------
-class LocalIndex:
-    """Every gallery photo's descriptors in one index; ``match`` scores a query against all individuals.
+def _exact_neighbours(q, base, n):
+    """(indices, distances) of the n nearest rows of ``base`` to each row of ``q``, by matrix products."""
+    n = min(n, len(base))
+    out_i = np.empty((len(q), n), np.int64)
+    out_d = np.empty((len(q), n), np.float32)
+    if n == 0:
+        return out_i, out_d
+    sq = (base ** 2).sum(axis=1)
+    step = max(16, (1 << 23) // max(1, len(base)))      # about 32 MB of distances at a time
+    for s in range(0, len(q), step):
+        block = q[s:s + step]
+        d2 = sq[None, :] - 2.0 * (block @ base.T) + (block ** 2).sum(axis=1)[:, None]
+        part = np.argpartition(d2, n - 1, axis=1)[:, :n] if n < d2.shape[1] else np.tile(np.arange(n), (len(block), 1))
+        dd = np.take_along_axis(d2, part, axis=1)
+        order = np.argsort(dd, axis=1, kind="stable")
+        out_i[s:s + step] = np.take_along_axis(part, order, axis=1)
+        out_d[s:s + step] = np.sqrt(np.maximum(np.take_along_axis(dd, order, axis=1), 0.0))
+    return out_i, out_d
 
-    features    one ``Features`` per gallery photo (entry order)
-    owners      (M,) each photo's individual as a column index into the individuals (0 … U − 1)
-    n_owners    U
+
+class LocalIndex:
+    """Every gallery photo's descriptors in one nearest-neighbour index; ``match`` scores a query against all
+    individuals.
+
+    features   one ``Features`` per indexed photo (index photo ids 0 … P − 1)
+
+    The index knows photos, not names: each call says which individual (a column 0 … U − 1, or −1: not
+    searched, e.g. a photo taken out of the gallery) every indexed photo belongs to, so renaming, merging and
+    removing never rebuild it. ``with_photos`` appends photos: the new ones are searched exactly beside the
+    existing index until they outgrow a tenth of it, and only then is the index built again.
     """
 
-    def __init__(self, features, owners, n_owners, settings: MatcherSettings = MatcherSettings()):
+    def __init__(self, features, settings: MatcherSettings = MatcherSettings(), _base=None):
         self.settings = settings
         self.features = list(features)
-        self.owners = np.asarray(owners, np.int64)
-        self.n_owners = int(n_owners)
-        if len(self.owners) != len(self.features):
-            raise ValueError(f"one owner per gallery photo is needed, got {len(self.owners)} for "
-                             f"{len(self.features)} photos")
         counts = np.array([len(f) for f in self.features], np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.row_photo = np.repeat(np.arange(len(self.features)), counts)
-        self.row_owner = self.owners[self.row_photo] if len(self.row_photo) else np.zeros(0, np.int64)
         dim = next((f.descriptors.shape[1] for f in self.features if len(f)), 128)
         self.descriptors = (np.ascontiguousarray(np.concatenate([f.descriptors for f in self.features]), np.float32)
                             if counts.sum() else np.zeros((0, dim), np.float32))
         self.points = (np.ascontiguousarray(np.concatenate([f.points for f in self.features]), np.float32)
                        if counts.sum() else np.zeros((0, 2), np.float32))
+        if _base is not None:                       # share the base's tree over its rows, search the rest exactly
+            self.kind, self._flann, self.n_tree = _base.kind, _base._flann, _base.n_tree
+            return
         kind = settings.index
         if kind == "auto":
             kind = "exact" if len(self.descriptors) <= EXACT_LIMIT else "flann"
-        self.kind = kind
-        self._flann = None
+        self.kind, self._flann, self.n_tree = kind, None, 0
         if kind == "flann" and len(self.descriptors):
             cv2 = _cv2()
             self._flann = cv2.flann_Index(self.descriptors, dict(algorithm=1, trees=4))
+            self.n_tree = len(self.descriptors)
 
     def __len__(self):
         return len(self.features)
 
+    def with_photos(self, features) -> "LocalIndex":
+        """A new index with ``features`` appended (their photo ids follow the existing ones)."""
+        features = list(features)
+        if not features:
+            return self
+        allf = self.features + features
+        extra = sum(len(f) for f in allf) - self.n_tree
+        if self._flann is not None and extra <= max(EXACT_LIMIT // 5, self.n_tree // 10):
+            return LocalIndex(allf, self.settings, _base=self)
+        return LocalIndex(allf, self.settings)
+
     def _neighbours(self, q, n):
         """(indices (m, n) into the index rows, distances (m, n) ascending) of the n nearest descriptors."""
         n = min(n, len(self.descriptors))
-        if self.kind == "flann":
-            idx, d2 = self._flann.knnSearch(q, n, params=dict(checks=int(self.settings.checks)))
-            return idx.astype(np.int64), np.sqrt(np.maximum(d2, 0.0))
-        out_i = np.empty((len(q), n), np.int64)
-        out_d = np.empty((len(q), n), np.float32)
-        sq = (self.descriptors ** 2).sum(axis=1)
-        step = max(16, (1 << 23) // max(1, len(self.descriptors)))      # about 32 MB of distances at a time
-        for s in range(0, len(q), step):
-            block = q[s:s + step]
-            d2 = sq[None, :] - 2.0 * (block @ self.descriptors.T) + (block ** 2).sum(axis=1)[:, None]
-            part = np.argpartition(d2, n - 1, axis=1)[:, :n] if n < d2.shape[1] else np.tile(np.arange(n), (len(block), 1))
-            dd = np.take_along_axis(d2, part, axis=1)
-            order = np.argsort(dd, axis=1, kind="stable")
-            out_i[s:s + step] = np.take_along_axis(part, order, axis=1)
-            out_d[s:s + step] = np.sqrt(np.maximum(np.take_along_axis(dd, order, axis=1), 0.0))
-        return out_i, out_d
+        if self._flann is None:
+            return _exact_neighbours(q, self.descriptors, n)
+        i1, d2 = self._flann.knnSearch(q, min(n, self.n_tree), params=dict(checks=int(self.settings.checks)))
+        i1, d1 = i1.astype(np.int64), np.sqrt(np.maximum(d2, 0.0))
+        if self.n_tree == len(self.descriptors):
+            return i1, d1
+        i2, d2 = _exact_neighbours(q, self.descriptors[self.n_tree:], n)      # photos added since the tree
+        idx, dist = np.concatenate([i1, i2 + self.n_tree], axis=1), np.concatenate([d1, d2], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :n]
+        return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
 
     def weights(self, query: Features, skip=None):
         """The LNBNN weights of a query's descriptors: ``(query rows (m,), neighbour rows (m, k), weights (m, k))``
         with weights[i, j] = d_{k+1} − d_j ≥ 0 for the j-th nearest gallery descriptor of query descriptor i.
 
-        ``skip``: photos (indices) left out, as if not in the gallery (the query's own encounter when the
-        gallery is scored leave-one-out); their descriptors are passed over in the neighbour lists."""
+        ``skip``: photos (index photo ids) left out, as if not in the gallery (the query's own encounter when the
+        gallery is scored leave-one-out, photos taken out of it); their descriptors are passed over."""
         k = self.settings.k
         empty = (np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)))
         if not len(query) or not len(self.descriptors):
@@ -187,11 +213,13 @@ class LocalIndex:
         skip_rows = None
         extra = 0
         if skip is not None and len(skip):
-            skip = np.asarray(skip, np.int64)
             skip_rows = np.zeros(len(self.descriptors), bool)
-            for j in skip:
+            for j in np.asarray(skip, np.int64):
                 skip_rows[self.offsets[j]:self.offsets[j + 1]] = True
-            extra = int(min(64, max(8, 2 * k)))
+            if skip_rows.any():
+                extra = int(min(64, max(8, 2 * k)))
+            else:
+                skip_rows = None
         idx, dist = self._neighbours(np.ascontiguousarray(query.descriptors, np.float32), k + 1 + extra)
         rows = np.arange(len(idx))
         if skip_rows is not None:                         # keep the first k + 1 neighbours that are not skipped
@@ -207,22 +235,24 @@ class LocalIndex:
         w = np.maximum(dist[:, k:k + 1] - dist[:, :k], 0.0)
         return rows, idx[:, :k], w
 
-    def lnbnn(self, query: Features, skip=None, _weights=None):
-        """LNBNN scores of a query: ``(per individual (U,), per photo (M,))``. An individual's score sums, over the
+    def lnbnn(self, query: Features, owners, n_owners, skip=None, _weights=None):
+        """LNBNN scores of a query: ``(per individual (U,), per photo (P,))``. An individual's score sums, over the
         query's descriptors, the weight of its closest descriptor among the k nearest; a photo's sums every
-        weight its descriptors won."""
-        U, M = self.n_owners, len(self.features)
-        rows, idx, w = _weights if _weights is not None else self.weights(query, skip)
+        weight its descriptors won. ``owners`` (P,): each photo's individual column (−1: not searched)."""
+        owners = np.asarray(owners, np.int64)
+        U, P = int(n_owners), len(self.features)
+        rows, idx, w = _weights if _weights is not None else self.weights(query, self._skip(owners, skip))
         if not len(rows):
-            return np.zeros(U), np.zeros(M)
-        per_owner = np.zeros((len(idx), U))
+            return np.zeros(U), np.zeros(P)
+        per_owner = np.zeros((len(idx), U + 1))           # column U: photos of nobody (never searched, kept 0)
         r = np.arange(len(idx))
         for j in range(idx.shape[1] - 1, -1, -1):         # nearest last, so it wins ties per individual
-            o = self.row_owner[idx[:, j]]
+            o = owners[self.row_photo[idx[:, j]]]
+            o = np.where(o < 0, U, o)
             better = w[:, j] >= per_owner[r, o]
             per_owner[r[better], o[better]] = w[better, j]
-        per_photo = np.bincount(self.row_photo[idx].ravel(), w.ravel(), minlength=M)
-        return per_owner.sum(axis=0), per_photo
+        per_photo = np.bincount(self.row_photo[idx].ravel(), w.ravel(), minlength=P)
+        return per_owner[:, :U].sum(axis=0), per_photo
 
     def verify(self, query: Features, photo, rows, idx, w):
         """Spatial verification of one gallery photo: a homography fitted by RANSAC to the query's nearest-
@@ -241,34 +271,44 @@ class LocalIndex:
         keep = mask.ravel() > 0
         return int(keep.sum()), float(w[qi, kk][keep].sum())
 
-    def match(self, query: Features, skip=None, also=None):
+    @staticmethod
+    def _skip(owners, skip):
+        dead = np.flatnonzero(np.asarray(owners) < 0)
+        if skip is None or not len(skip):
+            return dead
+        return np.union1d(dead, np.asarray(skip, np.int64))
+
+    def match(self, query: Features, owners, n_owners, skip=None, also=None):
         """Score a query against every individual; returns a dict:
 
-        lnbnn     (U,) LNBNN score per individual (NaN: none of its photos left)
-        inliers   (M,) RANSAC inliers with each verified photo, NaN for photos not verified or skipped
-        verified  (M,) the LNBNN weight of those inliers (the spatially verified score of a photo)
+        lnbnn     (U,) LNBNN score per individual (NaN: none of its photos searched)
+        inliers   (P,) RANSAC inliers with each verified photo, NaN for photos not verified
+        verified  (P,) the LNBNN weight of those inliers (the spatially verified score of a photo)
         evidence  (U,) the sum of an individual's ``top`` best verified photo scores (0 when none verified)
 
-        The ``shortlist`` photos with the highest LNBNN scores are verified, and ``also`` (e.g. the embedding's
+        ``owners`` (P,): each indexed photo's individual column 0 … U − 1, or −1 (not searched). The
+        ``shortlist`` photos with the highest LNBNN scores are verified, and ``also`` (e.g. the embedding's
         closest photos) besides; ``skip``: photos left out (see ``weights``)."""
         s = self.settings
-        M = len(self.features)
-        wts = self.weights(query, skip)
-        per_owner, per_photo = self.lnbnn(query, _weights=wts)
-        skipped = np.zeros(M, bool)
-        if skip is not None and len(skip):
-            skipped[np.asarray(skip, np.int64)] = True
+        owners = np.asarray(owners, np.int64)
+        if len(owners) != len(self.features):
+            raise ValueError(f"one owner per indexed photo is needed, got {len(owners)} for {len(self.features)}")
+        P = len(self.features)
+        skipped = np.zeros(P, bool)
+        skipped[self._skip(owners, skip)] = True
+        wts = self.weights(query, np.flatnonzero(skipped))
+        per_owner, per_photo = self.lnbnn(query, owners, n_owners, _weights=wts)
         ranked = [int(j) for j in np.argsort(-per_photo, kind="stable") if not skipped[j] and per_photo[j] > 0]
         chosen = list(dict.fromkeys(ranked[:s.shortlist] + [int(j) for j in (also if also is not None else [])
                                                            if not skipped[int(j)]]))
-        n = np.full(M, np.nan)
-        v = np.full(M, np.nan)
+        n = np.full(P, np.nan)
+        v = np.full(P, np.nan)
         for j in chosen:
             n[j], v[j] = self.verify(query, j, *wts)
-        evidence = np.full(self.n_owners, np.nan)
+        evidence = np.full(int(n_owners), np.nan)
         filled = np.where(np.isnan(v), 0.0, v)
-        for u in range(self.n_owners):
-            cols = np.flatnonzero((self.owners == u) & ~skipped)
+        for u in range(int(n_owners)):
+            cols = np.flatnonzero((owners == u) & ~skipped)
             if len(cols):
                 evidence[u] = np.sort(filled[cols])[::-1][:s.top].sum()
         return {"lnbnn": np.where(np.isnan(evidence), np.nan, per_owner), "inliers": n, "verified": v,
