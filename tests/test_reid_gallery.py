@@ -532,3 +532,32 @@ def test_embedding_training_keeps_an_existing_run(world, capsys):
                  "--out", str(world / "run"), "--no-progress"]) == 1
     assert "--out" in capsys.readouterr().err
     assert (world / "run" / "best.safetensors").read_bytes() == before
+
+
+def test_damaged_local_features_file_is_an_error(gallery):
+    local = next(gallery.path.glob("local-*.safetensors"))
+    local.write_bytes(local.read_bytes()[:-16])
+    with pytest.raises(GalleryError, match=rf"local features file .*{local.name} does not match the SHA-256"):
+        Gallery.open(gallery.path)
+
+
+def test_a_version_1_gallery_still_opens_and_upgrades(gallery):
+    """A gallery written before encounters, keypoints and probabilities: its cosine threshold still answers."""
+    index = gallery.path / "index.json"
+    data = json.loads(index.read_text())
+    for key in ("local", "local_settings", "matcher_settings", "encounter_rule", "gap_minutes"):
+        data.pop(key, None)
+    data["version"] = 1
+    data["entries"] = [{k: e[k] for k in ("name", "photo", "sha256")} for e in data["entries"]]
+    data["threshold"], data["calibration"] = 0.5, {"target_far": 0.01, "threshold": 0.5}
+    index.write_text(json.dumps(data))
+    old = Gallery.open(gallery.path)
+    assert not old.has_local_features and not old.calibrated and old.threshold == 0.5
+    r = old.identify([photo(2, 70), photo(19, 60)])
+    assert r[0]["answer"] == "known" and r[0]["name"] == "ind02" and r[0]["probability"] is None
+    assert all(r_["answer"] in ("known", "unknown") for r_ in r) and r[1]["threshold"] in (0.5, None)
+    with pytest.raises(ValueError, match="has no local features"):
+        old.identify([photo(2, 70)], matcher=True)
+    old.ensure_local_features()
+    again = Gallery.open(gallery.path)
+    assert again.has_local_features and json.loads(index.read_text())["version"] == 2

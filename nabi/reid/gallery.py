@@ -309,9 +309,9 @@ class Gallery:
                 self.save()
             return new
 
-    def _local_features(self, items):
+    def _local_features(self, items, settings=None):
         from .local_features import extract
-        return [extract(p, self.local_settings) for p in items]
+        return [extract(p, settings or self.local_settings) for p in items]
 
     def _check_new(self, name, paths, hashes, merge):
         """The name to enrol under (a letter-case collision only with ``merge``); duplicates are refused."""
@@ -388,7 +388,7 @@ class Gallery:
             snap = self._snap
         if log:
             log(f"computing the local features of {len(snap.entries)} gallery photo(s) (once)")
-        feats = self._local_features([Path(e["photo"]) for e in snap.entries])
+        feats = self._local_features([Path(e["photo"]) for e in snap.entries], settings)
         with self._lock:
             if self._snap is not snap:
                 raise RuntimeError("the gallery changed while its local features were computed; try again")
