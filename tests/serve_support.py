@@ -15,6 +15,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"nabi": (220, 40, 40), "momo": (40, 200, 60), "background": (50, 60, 210)}
+OTHER_COLOURS = {"yellow": (220, 200, 40), "purple": (150, 40, 200)}     # animals the tiny run never saw
 _RUNS = {}
 
 
@@ -106,7 +107,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nabi serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/api/session", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/api/session", timeout=2).status_code in (200, 401):
                     return self
             except httpx.HTTPError:
                 pass
@@ -141,11 +142,11 @@ class Server:
 def client(server, token=None):
     """An httpx client with the server's CSRF token (and the bearer token when given)."""
     import httpx
-    session = httpx.get(server.url + "/api/session", timeout=60).json()
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    session = httpx.get(server.url + "/api/session", timeout=60, headers=auth).json()
     c = httpx.Client(base_url=server.url, timeout=60)
     c.headers["X-CSRF-Token"] = session["csrf_token"]
-    if token:
-        c.headers["Authorization"] = f"Bearer {token}"
+    c.headers.update(auth)
     return c
 
 
@@ -163,56 +164,35 @@ def mean_colour(path):
         return np.asarray(img.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0) / 255.0
 
 
-class ColourGallery:
-    """A stand-in with the re-identification gallery's interface (``add``, ``identify``, ``names``, ``rename``,
-    ``merge``): a photo's embedding is its mean colour; similarity = 1 − distance / √3. It learns a new
-    individual the moment its photos are added, as a real gallery does."""
+class ColourEmbedder:
+    """A stand-in for the embedding network only, for the fast tests: a photo's embedding is its mean colour
+    (unit length). Everything around it is real: the re-identification ``Gallery`` searching it, the server's
+    enrolments, the database. (The subprocess and browser tests use a real network's embedder.)"""
 
-    def __init__(self, threshold=0.9):
-        self.items = []                 # [name, path, embedding]
-        self.threshold = threshold
+    kind = "colour"
+    sha256 = "c0" * 32
+    input_size = (3, 8, 8)
 
-    def names(self):
-        return sorted({n for n, _, _ in self.items})
+    def embed(self, items, with_probs=False):
+        E = np.stack([mean_colour(p) for p in items]).astype(np.float32) if len(items) else np.zeros((0, 3), np.float32)
+        E /= np.linalg.norm(E, axis=1, keepdims=True)
+        return (E, None) if with_probs else E
 
-    def add(self, name, paths):
-        known = {str(p) for _, p, _ in self.items}
-        for p in paths:
-            if str(p) in known:
-                raise ValueError(f"{p} is already in the gallery")
-        for p in paths:
-            self.items.append([name, str(p), mean_colour(p)])
+    def background_wins(self, probs):
+        return None
 
-    def identify(self, paths, topk=5):
-        out = []
-        for p in paths:
-            e = mean_colour(p)
-            best = {}
-            for name, path, emb in self.items:
-                s = 1 - float(np.linalg.norm(e - emb)) / np.sqrt(3)
-                if name not in best or s > best[name][0]:
-                    best[name] = (s, path)
-            cands = sorted(({"name": n, "similarity": s, "photo": ph} for n, (s, ph) in best.items()),
-                           key=lambda c: -c["similarity"])[:topk]
-            top = cands[0] if cands else None
-            answer = "known" if top and top["similarity"] >= self.threshold else "unknown"
-            out.append({"answer": answer, "name": top["name"] if top else None,
-                        "similarity": top["similarity"] if top else 0.0,
-                        "margin": (cands[0]["similarity"] - cands[1]["similarity"]) if len(cands) > 1 else 1.0,
-                        "candidates": cands})
-        return out
+    def identity(self):
+        return {"weights": "mean colour", "sha256": self.sha256, "kind": self.kind}
 
-    def rename(self, old, new):
-        if new in self.names():
-            raise ValueError(f"{new} is already in the gallery")
-        for item in self.items:
-            if item[0] == old:
-                item[0] = new
 
-    def merge(self, src, dst):
-        for item in self.items:
-            if item[0] == src:
-                item[0] = dst
+def colour_identifier(threshold=0.92, calibrated=True):
+    """A ``GalleryIdentifier`` over an empty in-memory ``nabi.reid.gallery.Gallery`` of mean colours."""
+    from nabi.reid.gallery import Gallery
+    from nabi.serve.identifiers import GalleryIdentifier
+    from nabi.serve.served_gallery import ServedGallery
+    gallery = Gallery(ColourEmbedder(), path=None, entries=[], embeddings=np.zeros((0, 3), np.float32),
+                      threshold=threshold if calibrated else None)
+    return GalleryIdentifier(ServedGallery(gallery, checksum="colour"), source="colour gallery")
 
 
 class ThreadServer:

@@ -475,8 +475,10 @@ def test_web_app_heat_map_of_a_gallery_match(gallery, tmp_path):
     from nabi.explain import grad_cam
     from nabi.reid.explain import SimilarityToEmbedding
     from nabi.serve.identifiers import GalleryIdentifier
+    from nabi.serve.served_gallery import ServedGallery
     q = _png(tmp_path / "q.png", photo(4, 98))
-    ident = GalleryIdentifier(gallery)
+    ident = GalleryIdentifier(ServedGallery(gallery))
+    ident.load({name: i for i, name in enumerate(ident.labels(), 1)})     # the web app's individual ids
     assert ident.has_heatmap
     png = ident.heatmap(q, size=96)
     img = Image.open(io.BytesIO(png))
@@ -487,7 +489,7 @@ def test_web_app_heat_map_of_a_gallery_match(gallery, tmp_path):
     cam, info = grad_cam(SimilarityToEmbedding(emb.model, emb.embed([Path(top["photo"])])[0]), emb.load(q),
                          target_class=0)
     assert cam.max() > 0 and info["score"] == pytest.approx(top["similarity"], abs=1e-4)
-    assert ident.heatmap(q, name="nobody-by-this-name") is None
+    assert ident.heatmap(q, individual_id=10**6) is None              # an individual the photo is not matched with
 
 
 def test_moved_weights_need_run(world, tmp_path):

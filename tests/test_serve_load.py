@@ -170,7 +170,8 @@ def test_sigkill_during_a_burst_of_decisions_loses_nothing_acknowledged(run, tmp
 
 
 class _Watched:
-    """Wraps a gallery: counts callers inside it at once (each call lingers a little to let overlaps happen)."""
+    """Wraps the served gallery: counts callers inside it at once (each call lingers a little to let overlaps
+    happen)."""
 
     def __init__(self, gallery):
         self.gallery, self.inside, self.most = gallery, 0, 0
@@ -178,6 +179,8 @@ class _Watched:
 
     def __getattr__(self, name):
         method = getattr(self.gallery, name)
+        if not callable(method):
+            return method
 
         def watched(*args, **kwargs):
             with self.guard:
@@ -196,14 +199,14 @@ def test_one_caller_at_a_time_in_the_gallery_while_clients_enrol(tmp_path):
     """8 clients identify and enrol new individuals in a gallery at once: the gallery is never entered by two
     requests together, and every enrolment, decision and sighting is there afterwards."""
     from nabi.serve.app import Settings, create_app
-    from nabi.serve.identifiers import GalleryIdentifier
     from nabi.serve.service import Service
     from nabi.serve.storage import Store
-    from serve_support import ColourGallery, ThreadServer
+    from serve_support import ThreadServer, colour_identifier
 
-    gallery = _Watched(ColourGallery(threshold=0.999))
+    ident = colour_identifier(threshold=0.9999)
+    gallery = ident.served = _Watched(ident.served)
     store = Store(tmp_path / "data")
-    service = Service(store, GalleryIdentifier(gallery), max_bytes=2**20, max_pixels=10**6)
+    service = Service(store, ident, max_bytes=2**20, max_pixels=10**6)
     per_client = 5
     failures = []
     try:
@@ -224,7 +227,7 @@ def test_one_caller_at_a_time_in_the_gallery_while_clients_enrol(tmp_path):
         assert failures == []
         assert gallery.most == 1                                  # never two requests inside the gallery at once
         n = CLIENTS * per_client
-        assert len(gallery.names()) == n and len(gallery.gallery.items) == n
+        assert len(gallery.gallery._added) == n and len({k for k, _, _ in gallery.gallery._added.values()}) == n
         assert service.counts()["sightings"] == n and service.counts()["decisions"] == n
     finally:
         store.close()

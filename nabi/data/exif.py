@@ -1,7 +1,8 @@
 """A photo's EXIF time and place.
 
 ``DateTimeOriginal`` (tag 36867 in the Exif IFD; else ``DateTime``, tag 306) gives the time the photo was
-taken, in the camera's local time (EXIF records no zone); the GPS IFD (latitude/longitude as degrees,
+taken, in the camera's clock; ``OffsetTimeOriginal`` (tag 36881, EXIF 2.31) its offset from UTC when the
+camera wrote one; the GPS IFD (latitude/longitude as degrees,
 minutes, seconds with N/S, E/W references) gives the place, in signed decimal degrees.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 from datetime import datetime
 
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
-_DATETIME_ORIGINAL, _DATETIME = 36867, 306
+_DATETIME_ORIGINAL, _DATETIME, _OFFSET_ORIGINAL = 36867, 306, 36881
 
 
 def _rational(v) -> float:
@@ -30,6 +31,21 @@ def _dms(value, ref) -> float | None:
     if isinstance(ref, bytes):
         ref = ref.decode("ascii", "replace")
     return -deg if str(ref).strip().upper() in ("S", "W") else deg
+
+
+def exif_offset(img):
+    """The camera's offset from UTC (``OffsetTimeOriginal``, e.g. "+09:00"), or None."""
+    try:
+        raw = img.getexif().get_ifd(_EXIF_IFD).get(_OFFSET_ORIGINAL)
+    except Exception:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    if isinstance(raw, str):
+        m = re.fullmatch(r"\s*([+-])(\d{2}):(\d{2})\s*\x00*", raw)
+        if m and int(m.group(2)) <= 14 and int(m.group(3)) < 60:
+            return f"{m.group(1)}{m.group(2)}:{m.group(3)}"
+    return None
 
 
 def exif_time_place(img):

@@ -1,13 +1,17 @@
-"""The ``nabi serve`` web application (FastAPI): the JSON API, the pages, and the safety checks.
+"""The ``nabi serve`` web application (FastAPI): the safety checks around the routes and the pages.
 
-Safety:
+The routes live in ``routes/`` (one module per resource), their answers in ``schemas``, what they
+do in ``service``. Safety:
 
-- Every request that changes data (identify, decisions, rename, merge, delete) must carry the
-  header ``X-CSRF-Token`` with this server's token (``GET /api/session`` gives it; a page of
-  another site can neither read it nor send a custom header without a CORS pre-flight, which
-  this server never grants), and its ``Origin``, when present, must be this server.
-- ``token_required`` (on whenever the server listens on an address other than loopback, or
-  forced by ``Settings.require_token``): those requests also need ``Authorization: Bearer TOKEN``.
+- Every request that changes data (POST, DELETE) must carry the header ``X-CSRF-Token`` with this
+  server's token (``GET /api/session`` gives it; a page of another site can neither read it nor send a
+  custom header without a CORS pre-flight, which this server never grants), and its ``Origin``, when
+  present, must be this server.
+- ``require_token`` (on whenever the server listens on an address other than loopback, or forced by
+  ``Settings.require_token``): *every* request but the sign-in page needs the token, reads included
+  (photos, GPS positions, the CSV): ``Authorization: Bearer TOKEN``, or the HttpOnly, SameSite=Strict
+  cookie that ``POST /api/signin`` sets for the pages. A page asked for without it is sent to
+  ``/signin``; an API call is answered 401.
 - Only the host names this server answers to are accepted (a defence against DNS rebinding).
 - Request bodies are bounded (``max_files`` × ``max_upload_bytes`` for uploads, 64 KiB for the
   rest); photos are checked by ``uploads.check_photo``; no name or path from a client becomes
@@ -18,24 +22,29 @@ Everything the pages need is in ``static/``: no CDN. The OpenAPI schema is serve
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+from urllib.parse import quote
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from .service import Refused, Service
 
 STATIC = Path(__file__).with_name("static")
-PAGES = {"/": "identify.html", "/review": "review.html", "/individuals": "individuals.html",
-         "/sightings": "sightings.html"}
+# Every page is the one shell (static/shell.html) with its name and title; nabi.js builds what it shows.
+PAGES = {"/": ("identify", "Identify photos"), "/review": ("review", "Review queue"),
+         "/individuals": ("individuals", "Individuals"), "/individuals/{individual_id}": ("individual", "Individual"),
+         "/photos/{photo_id}": ("photo", "Photo"), "/sightings": ("sightings", "Sightings"),
+         "/map": ("map", "Map of sightings"), "/population": ("population", "How many animals are there?"),
+         "/changes": ("changes", "Changes")}
+OPEN_PATHS = {"/signin", "/api/signin", "/static/nabi.css", "/static/signin.js", "/static/favicon.svg"}
 SMALL_BODY = 64 * 1024
 
 
@@ -57,10 +66,12 @@ class Settings:
     token: Optional[str] = None
     require_token: Optional[bool] = None
     max_upload_bytes: int = 20 * 2**20
-    max_pixels: int = 40_000_000
+    max_pixels: int = 120_000_000
     max_files: int = 20
     allowed_hosts: list = field(default_factory=list)
     csrf_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+    COOKIE = "nabi_signin"
 
     def __post_init__(self):
         if self.require_token is None:
@@ -70,6 +81,21 @@ class Settings:
                              f"NABI_SERVE_TOKEN")
         if self.token is not None and len(self.token) < 12:
             raise ValueError("the token must be at least 12 characters long")
+
+    def cookie_value(self) -> str:
+        """The sign-in cookie's value: an HMAC of the token (the same across restarts; a new token voids it)."""
+        return hmac.new(self.token.encode(), b"nabi serve sign-in", hashlib.sha256).hexdigest()
+
+    def signed_in(self, request) -> bool:
+        """Whether ``request`` carries the token (bearer header) or the sign-in cookie."""
+        if not self.require_token:
+            return True
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if given and hmac.compare_digest(given.encode(), self.token.encode()):
+            return True
+        cookie = request.cookies.get(self.COOKIE, "")
+        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.cookie_value().encode())
 
     def hosts(self):
         """Host names (without port) the server answers to; None: any (it listens on every address)."""
@@ -141,48 +167,28 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class Decision(BaseModel):
-    photo_id: int
-    action: str = Field(description="confirm | other | new | not_identifiable | background")
-    individual_id: Optional[int] = Field(None, description="for 'other': the individual picked from the list")
-    name: Optional[str] = Field(None, description="for 'new': the new individual's name")
-    place: Optional[str] = Field(None, description="where the photo was taken, when its EXIF has no GPS")
-    request_id: Optional[str] = Field(None, description="any unique text; a retry with the same id is done once")
-
-
-class Rename(BaseModel):
-    name: str
-
-
-class Merge(BaseModel):
-    source_id: int = Field(description="the individual that goes away")
-    target_id: int = Field(description="the individual that stays")
-
-
 def create_app(service: Service, settings: Settings) -> FastAPI:
     """The FastAPI application over ``service``."""
+    from .routes import api_router
     app = FastAPI(title="nabi serve", version=__import__("nabi").__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json",
                   description="Identify individual animals in photos; keep their sightings. Every request that "
-                              "changes data (POST, DELETE) needs the header X-CSRF-Token (from GET /api/session) "
-                              "and, when the session says token_required, Authorization: Bearer TOKEN.")
+                              "changes data (POST, DELETE) needs the header X-CSRF-Token (from GET /api/session). "
+                              "When the session says token_required, every request but POST /api/signin also "
+                              "needs Authorization: Bearer TOKEN (or the cookie that sign-in sets).")
     app.state.service, app.state.settings = service, settings
     allowed = settings.hosts()
 
     def write_refusal(request: Request):
-        """None when a request that changes data may go on, else the refusal: same origin, this server's CSRF
-        token, and the token when required. Checked before the body is read."""
+        """None when a request that changes data may go on, else the refusal: same origin and this server's
+        CSRF token (sign-in needs only the origin). Checked before the body is read."""
         origin = request.headers.get("origin")
         if origin is not None and origin.split("://", 1)[-1].lower() != request.headers.get("host", "").lower():
             return 403, f"cross-site request refused (Origin {origin} is not this server)"
+        if request.url.path == "/api/signin":
+            return None
         if not hmac.compare_digest(request.headers.get("x-csrf-token", "").encode(), settings.csrf_token.encode()):
             return 403, "missing or wrong X-CSRF-Token header (GET /api/session gives it)"
-        if settings.require_token:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if not given or not hmac.compare_digest(given.encode(), settings.token.encode()):
-                return 401, ("this server is reachable from other machines: changes need its token "
-                             "(Authorization: Bearer TOKEN; the token was printed when the server started)")
         return None
 
     @app.middleware("http")
@@ -191,6 +197,14 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if allowed is not None and name not in allowed:
             return JSONResponse({"detail": f"unknown host {host!r}"}, status_code=421)
+        path = request.url.path
+        if settings.require_token and path not in OPEN_PATHS and not settings.signed_in(request):
+            if request.method == "GET" and not path.startswith(("/api/", "/static/")):
+                return RedirectResponse("/signin?next=" + quote(path), status_code=303)
+            return JSONResponse({"detail": "this server is reachable from other machines: every request needs its "
+                                           "token (sign in at /signin, or send Authorization: Bearer TOKEN; the "
+                                           "token was printed when the server started)"},
+                                status_code=401, headers={"Connection": "close"} if request.method != "GET" else None)
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             refusal = write_refusal(request)
             if refusal is not None:
@@ -210,127 +224,23 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
     async def refused(request, exc: Refused):
         return JSONResponse({"detail": str(exc), **exc.extra}, status_code=exc.status)
 
-    # -- API ----------------------------------------------------------------------------------
-    @app.get("/api/session", tags=["session"])
-    def session():
-        """The CSRF token for writes, whether a token is also needed, and what identifies the photos."""
-        return {"csrf_token": settings.csrf_token, "token_required": bool(settings.require_token),
-                "identifier": service.identifier.describe(), "can_enrol_new": service.identifier.can_enrol_new(),
-                "max_upload_bytes": settings.max_upload_bytes, "max_files": settings.max_files,
-                "max_pixels": settings.max_pixels}
+    app.include_router(api_router)
 
-    @app.get("/api/status", tags=["session"])
-    def status():
-        """Row counts and the schema version of the database."""
-        return {"counts": service.counts(), "schema_version": service.store.schema_version}
+    shell = (STATIC / "shell.html").read_text(encoding="utf-8")
 
-    @app.post("/api/identify", tags=["photos"])
-    async def identify(files: list[UploadFile] = File(..., description="one or more photos (JPEG, PNG, WebP)"),
-                       place: Optional[str] = Form(None, description="where the photos were taken, if not in EXIF")):
-        """Store the photos (by content hash) and identify them: background, a known individual or a new one.
+    def page(name, title):
+        html = shell.replace("{{page}}", name).replace("{{title}}", title).encode("utf-8")
 
-        Answers ``{"results": [...]}``, one per file: ``{"ok": true, "photo": {..., "result": {"answer", "name",
-        "similarity", "margin", "candidates": [{"name", "similarity", "photo_url"}]}}}`` or ``{"ok": false,
-        "error", "status"}``. When every file is refused, the HTTP status is the refusal's."""
-        if len(files) > settings.max_files:
-            raise Refused(f"{len(files)} files in one request; at most {settings.max_files}", 413)
-        uploads = []
-        for f in files:
-            data = await f.read(settings.max_upload_bytes + 1)
-            uploads.append((f.filename, data))
-            await f.close()
-        results = await run_in_threadpool(service.identify, uploads, place)
-        body = {"results": results}
-        if results and not any(r["ok"] for r in results):
-            codes = {r["status"] for r in results}
-            return JSONResponse(body, status_code=codes.pop() if len(codes) == 1 else 400)
-        return body
-
-    @app.post("/api/decisions", tags=["photos"])
-    def decide(decision: Decision):
-        """Decide a photo: confirm the answer, pick another individual, name a new one, or not identifiable."""
-        return service.decide(decision.photo_id, decision.action, individual_id=decision.individual_id,
-                              name=decision.name, place=decision.place, request_id=decision.request_id)
-
-    @app.get("/api/photos/{photo_id}", tags=["photos"])
-    def photo(photo_id: int):
-        return service.photo(photo_id)
-
-    @app.delete("/api/photos/{photo_id}", tags=["photos"])
-    def delete_photo(photo_id: int):
-        """Remove a photo that is not a sighting (still waiting, not identifiable or background)."""
-        return service.delete_photo(photo_id)
-
-    @app.get("/api/photos/{photo_id}/image", tags=["photos"])
-    def photo_image(photo_id: int):
-        path, media = service.photo_file(photo_id)
-        return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
-
-    @app.get("/api/photos/{photo_id}/heatmap", tags=["photos"])
-    def photo_heatmap(photo_id: int):
-        """The photo as the model saw it with Grad-CAM over it (classifier runs)."""
-        return Response(service.heatmap(photo_id), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=86400"})
-
-    @app.get("/api/gallery-photos/{key}", tags=["photos"])
-    def gallery_photo(key: str):
-        """A gallery photo an answer pointed to (only those)."""
-        path = service.external_photo(key)
-        if path is None or not Path(path).is_file():
-            raise Refused("no such gallery photo", 404)
-        from .uploads import MEDIA_TYPES
-        ext = Path(path).suffix.lower().lstrip(".").replace("jpeg", "jpg")
-        return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"))
-
-    @app.get("/api/review", tags=["photos"])
-    def review(limit: int = 200):
-        """Photos waiting for a decision, least confident first."""
-        return service.review_queue(limit)
-
-    @app.get("/api/individuals", tags=["individuals"])
-    def individuals():
-        return service.individuals()
-
-    @app.get("/api/individuals/{individual_id}", tags=["individuals"])
-    def individual(individual_id: int):
-        return service.individual(individual_id)
-
-    @app.post("/api/individuals/{individual_id}/rename", tags=["individuals"])
-    def rename(individual_id: int, body: Rename):
-        return service.rename(individual_id, body.name)
-
-    @app.post("/api/individuals/merge", tags=["individuals"])
-    def merge(body: Merge):
-        """Merge two individuals that turn out to be one animal; the source's sightings move to the target."""
-        return service.merge(body.source_id, body.target_id)
-
-    @app.get("/api/sightings", tags=["sightings"])
-    def sightings(individual: Optional[int] = None, date_from: Optional[str] = None, date_to: Optional[str] = None):
-        """Sightings, newest first; filter by individual id and by date (YYYY-MM-DD, inclusive)."""
-        return service.sightings(individual_id=individual, date_from=date_from, date_to=date_to)
-
-    @app.get("/api/sightings.csv", tags=["sightings"], response_class=PlainTextResponse)
-    def sightings_csv(individual: Optional[int] = None, date_from: Optional[str] = None,
-                      date_to: Optional[str] = None):
-        text = service.sightings_csv(individual_id=individual, date_from=date_from, date_to=date_to)
-        return Response(text.encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="sightings.csv"'})
-
-    @app.get("/api/audit", tags=["individuals"])
-    def audit(limit: int = 200):
-        """Every change (individuals created, renamed, merged; decisions; deletions), newest first."""
-        return service.audit(limit)
-
-    # -- pages --------------------------------------------------------------------------------
-    def page(name):
         def serve_page():
-            return FileResponse(STATIC / name, media_type="text/html; charset=utf-8",
-                                headers={"Cache-Control": "no-cache"})
+            return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
         return serve_page
 
-    for route, name in PAGES.items():
-        app.add_api_route(route, page(name), methods=["GET"], include_in_schema=False)
-    app.add_api_route("/individuals/{individual_id}", page("individual.html"), methods=["GET"],
-                      include_in_schema=False)
+    for route, (name, title) in PAGES.items():
+        app.add_api_route(route, page(name, title), methods=["GET"], include_in_schema=False)
+
+    def sign_in_page():
+        return FileResponse(STATIC / "signin.html", media_type="text/html; charset=utf-8",
+                            headers={"Cache-Control": "no-cache"})
+    app.add_api_route("/signin", sign_in_page, methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -3,34 +3,35 @@
 Every identifier answers ``identify(image_paths)`` with one dict per photo::
 
     {"answer": "background" | "known" | "unknown",
-     "name": str | None,                 # the proposed individual (None for background)
-     "similarity": float,                # confidence of the answer, in [0, 1] for a classifier
-     "margin": float,                    # best minus second-best candidate similarity
-     "candidates": [{"name", "similarity", "photo"}, ...]}   # best first, at most ``topk``
+     "individual_id": int | None,        # the proposed individual (None: background, or nobody enrolled)
+     "similarity": float,                # the best individual's score: probability (classifier) or cosine
+     "margin": float | None,             # best minus second-best individual (None with one individual)
+     "probability": float | None,        # calibrated P(same individual) of the best, when the gallery gives it
+     "threshold": float | None,          # the score at or under which the answer is unknown (None: uncalibrated)
+     "candidates": [{"individual_id", "similarity", "probability", "photo"}, ...],   # best first, ≤ topk
+     "embedding": (D,) float32 | None}   # the photo's embedding, kept to enrol it on a decision
 
-- ``ClassifierIdentifier``: a nabi classifier run (``nabi train``). The similarity is the
-  softmax probability p_k = exp(z_k) / Σ_j exp(z_j). The answer is ``background`` when the run
-  has a class named ``background`` and it wins, ``unknown`` when the top probability is under
-  ``threshold``, else ``known``. It cannot learn a new individual without retraining, so
-  ``enrol`` of a name it does not know is refused. ``heatmap`` draws Grad-CAM
-  (``nabi.explain.grad_cam``) over the photo.
-- ``GalleryIdentifier``: a re-identification gallery (``nabi.reid.gallery.Gallery``): new
-  photos and new individuals are embedded and join at once.
+Individuals are the server's ids: ``load(label_ids, enrolments)`` gives the identifier the map from its
+own names (classes of a run, names in a built gallery) to individual ids, and the photos enrolled by
+the server.
+
+- ``ClassifierIdentifier``: a nabi classifier run (``nabi train``). The similarity is the softmax
+  probability p_k = exp(z_k) / Σ_j exp(z_j). The answer is ``background`` when the run has a class named
+  ``background`` and it wins, ``unknown`` when the top probability is under ``threshold``, else
+  ``known``. It knows only the individuals it was trained on (``can_enrol_new`` is False) and nothing is
+  enrolled. ``heatmap`` draws Grad-CAM (``nabi.explain.grad_cam``) over the photo.
+- ``GalleryIdentifier``: a re-identification gallery (``served_gallery.ServedGallery``): photos the people
+  decide on join the search at once, new individuals too, without retraining.
 
 Neither is thread-safe on its own: the caller runs one call at a time (``service`` holds a lock).
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
-from ..data.background import BACKGROUND, is_background
-
-
-class EnrolRefused(ValueError):
-    """The identifier refuses a change: these photos under this name, a rename, a merge."""
+from ..data.background import BACKGROUND
 
 
 class Identifier:
@@ -38,39 +39,53 @@ class Identifier:
 
     kind = "abstract"                 # 'classifier' | 'gallery'
     has_heatmap = False               # whether ``heatmap`` can draw one
-    renames_itself = False            # True: rename/merge change the identifier's own names
+    enrols = False                    # True: decided photos join the search (``put`` / ``drop``)
+    source = None
+    checksum = ""                     # identifies what is served (gallery index / weights SHA-256)
+    model_sha256 = None               # the weights that make the embeddings (None: no embeddings)
 
-    def identify(self, images, topk=5) -> list[dict]:
+    def labels(self) -> list:
         raise NotImplementedError
 
-    def names(self) -> list[str]:
+    def load(self, label_ids: dict, enrolments=()) -> None:
         raise NotImplementedError
 
-    def enrol(self, name, image_paths) -> None:
+    def identify(self, images, topk=5) -> list:
         raise NotImplementedError
 
     def can_enrol_new(self) -> bool:
         return False
 
-    def rename(self, old, new) -> None:
-        """Called after the app renamed an individual; identifiers that keep their own names follow."""
+    def put(self, photo_id, individual_id, path, embedding) -> None:
+        """A decided photo joins the search under ``individual_id``."""
 
-    def merge(self, src, dst) -> None:
-        """Called after the app merged ``src`` into ``dst``."""
+    def drop(self, photo_id) -> None:
+        """A photo whose decision was undone leaves the search."""
 
-    def heatmap(self, image_path, name=None) -> bytes | None:
+    def embed(self, paths):
+        """(N, D) embeddings of photos (None when this identifier has none)."""
+        return None
+
+    @property
+    def threshold(self):
+        return None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the unknown threshold was chosen on validation photos (a classifier's is given)."""
+        return True
+
+    def heatmap(self, image_path, individual_id=None) -> bytes | None:
         """A PNG of the photo with a heat-map of what decided the answer, or None when not available."""
         return None
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "source": str(getattr(self, "source", ""))}
+        return {"kind": self.kind, "source": str(self.source or ""), "threshold": self.threshold,
+                "calibrated": self.calibrated, "can_enrol_new": self.can_enrol_new()}
 
 
-def _result(answer, name, similarity, candidates) -> dict:
-    sims = [c["similarity"] for c in candidates]
-    margin = (sims[0] - sims[1]) if len(sims) > 1 else (sims[0] if sims else 0.0)
-    return {"answer": answer, "name": name, "similarity": float(similarity), "margin": float(margin),
-            "candidates": candidates}
+def _margin(sims):
+    return float(sims[0] - sims[1]) if len(sims) > 1 else None
 
 
 class ClassifierIdentifier(Identifier):
@@ -81,20 +96,33 @@ class ClassifierIdentifier(Identifier):
 
     def __init__(self, run, threshold=0.5, device="cpu"):
         from ..data.prepare import eval_transforms
-        from ..runs import image_fit, load_run
+        from ..files.digest import file_sha256
+        from ..runs import find_weights, image_fit, load_run
         self.source = Path(run)
         self.model, self.meta = load_run(run, device=device)
+        self.checksum = file_sha256(find_weights(run))
         self.device = device
         self.classes = list(self.meta["classes"])
-        self.threshold = float(threshold)
+        self._threshold = float(threshold)
         C, H, W = (int(s) for s in self.meta["input_size"])
         self.channels, self.hw = C, (H, W)
         self.transforms = [t for t in eval_transforms((H, W), self.meta["normalization"]) if t is not None]
         self.fit = image_fit(self.meta)
         self.background = self.classes.index(BACKGROUND) if BACKGROUND in self.classes else None
+        self._ids = {}
 
-    def names(self):
+    @property
+    def threshold(self):
+        return self._threshold
+
+    def labels(self):
         return [c for i, c in enumerate(self.classes) if i != self.background]
+
+    def load(self, label_ids, enrolments=()):
+        missing = [c for c in self.labels() if c not in label_ids]
+        if missing:
+            raise ValueError(f"no individual for the classes {missing[:5]}")
+        self._ids = dict(label_ids)
 
     def _input(self, path):
         """(C, H, W) the way ``nabi predict`` prepares a photo: read at the input size, then the run's transforms."""
@@ -117,146 +145,104 @@ class ClassifierIdentifier(Identifier):
         out = []
         for p in probs:
             order = [int(i) for i in np.argsort(-p, kind="stable") if i != self.background]
-            cands = [{"name": self.classes[i], "similarity": float(p[i]), "photo": None} for i in order[:topk]]
+            cands = [{"individual_id": self._ids[self.classes[i]], "similarity": float(p[i]), "probability": None,
+                      "photo": None} for i in order[:topk]]
             best = int(np.argmax(p))
             if best == self.background:
-                out.append(_result(BACKGROUND, None, p[best], cands))
-            elif p[best] < self.threshold:
-                out.append(_result("unknown", self.classes[best], p[best], cands))
+                answer, ind = BACKGROUND, None
+            elif p[best] < self._threshold:
+                answer, ind = "unknown", None
             else:
-                out.append(_result("known", self.classes[best], p[best], cands))
+                answer, ind = "known", self._ids[self.classes[best]]
+            out.append({"answer": answer, "individual_id": ind, "similarity": float(p[best]),
+                        "margin": _margin([c["similarity"] for c in cands]), "probability": None,
+                        "threshold": self._threshold, "candidates": cands, "embedding": None})
         return out
 
-    def enrol(self, name, image_paths):
-        if name not in self.names():
-            raise EnrolRefused(f"a classifier run ({self.source}) knows only the individuals it was trained on; "
-                               f"adding the new individual {name!r} needs a re-identification gallery "
-                               f"(serve a gallery instead of a run) or retraining")
-        # A known individual: the photo is kept as one of its photos; the classifier itself does not change.
-
-    def heatmap(self, image_path, name=None, size=384):
-        """PNG bytes: the photo (cropped, squashed or padded as the model saw it) with Grad-CAM of class
-        ``name`` (default: the predicted class) drawn over it in the 'jet' colours, 45 % opaque."""
+    def heatmap(self, image_path, individual_id=None, size=384):
+        """PNG bytes: the photo (cropped, squashed or padded as the model saw it) with Grad-CAM of the class of
+        ``individual_id`` (default: the predicted class) drawn over it in the 'jet' colours, 45 % opaque."""
         from ..explain import grad_cam
-        target = self.classes.index(name) if name in self.classes else None
+        classes = [c for c, i in self._ids.items() if i == individual_id]
+        target = self.classes.index(classes[0]) if classes else None
         try:
             cam, _ = grad_cam(self.model, self._input(image_path), target_class=target)
         except ValueError:          # a model without convolutional layers: no Grad-CAM
             return None
+        from .images import heatmap_png
         return heatmap_png(cam, image_path, self.hw, size, self.fit)
 
     def describe(self):
-        return {"kind": self.kind, "source": str(self.source), "classes": self.classes,
-                "threshold": self.threshold, "background": self.background is not None}
+        return {**super().describe(), "classes": self.classes, "background": self.background is not None}
 
 
 class GalleryIdentifier(Identifier):
-    """A re-identification gallery (``nabi.reid.gallery.Gallery``): enrolment without retraining.
-
-    The gallery is used through ``add(name, paths)``, ``identify(paths, topk)``, ``names()``,
-    ``rename(old, new)`` and ``merge(src, dst)``; its answers are checked into the shape above.
-    """
+    """A re-identification gallery and the server's enrolments (``served_gallery.ServedGallery``)."""
 
     kind = "gallery"
-    renames_itself = True
+    enrols = True
 
-    def __init__(self, gallery, source=None):
-        self.gallery = gallery
-        self.source = source
+    def __init__(self, served, source=None):
+        self.served = served
+        self.source = source if source is not None else served.path
+        self.checksum = served.checksum or "in-memory"
 
     @classmethod
-    def open(cls, path):
+    def open(cls, path, device="cpu"):
         try:
-            from ..reid.gallery import Gallery
+            from .served_gallery import ServedGallery
+            served = ServedGallery.open(path, device=device)
         except ImportError as e:
             raise ImportError(f"{path} is not a classifier run, and re-identification galleries need "
                               f"nabi.reid.gallery, which this nabi lacks ({e})") from None
-        return cls(Gallery.open(path), Path(path))
+        return cls(served, Path(path))
 
-    def names(self):
-        """The enrolled individuals (the reserved ``background`` and ``background/<kind>`` names left out)."""
-        return [n for n in self.gallery.names() if not is_background(n)]
+    @property
+    def model_sha256(self):
+        return self.served.model_sha256
+
+    @property
+    def threshold(self):
+        return self.served.threshold
+
+    @property
+    def calibrated(self):
+        return self.served.threshold is not None
+
+    @property
+    def has_heatmap(self):
+        return self.served.embedding_kind == "embedding"
+
+    def labels(self):
+        return self.served.labels()
+
+    def load(self, label_ids, enrolments=()):
+        self.served.load(label_ids, enrolments)
 
     def identify(self, images, topk=5):
-        if not self.gallery.names():          # an empty gallery knows nobody yet: every photo is someone new
-            return [_result("unknown", None, 0.0, []) for _ in images]
-        raw = self.gallery.identify([str(p) for p in images], topk=topk)
-        out = []
-        for r in raw:
-            cands = [{"name": str(c["name"]), "similarity": float(c["similarity"]),
-                      "photo": None if c.get("photo") is None else str(c["photo"])}
-                     for c in (r.get("candidates") or []) if not is_background(c["name"])][:topk]
-            answer = r.get("answer")
-            if answer not in ("background", "known", "unknown"):
-                raise ValueError(f"the gallery answered {answer!r}; expected background, known or unknown")
-            res = _result(answer, r.get("name"), r.get("similarity") or 0.0, cands)
-            if r.get("margin") is not None:
-                res["margin"] = float(r["margin"])
-            out.append(res)
+        out = self.served.identify(images, topk=topk)
+        for r in out:
+            if r["answer"] not in ("background", "known", "unknown"):
+                raise ValueError(f"the gallery answered {r['answer']!r}; expected background, known or unknown")
         return out
 
     def can_enrol_new(self):
         return True
 
-    def heatmap(self, image_path, name=None, size=384):
-        """PNG bytes: Grad-CAM of the photo's cosine similarity to the closest gallery photo of ``name``
-        (default: the best match), drawn over the photo; None for a gallery built with a classifier run
-        or one that knows nobody yet."""
-        emb = getattr(self.gallery, "embedder", None)
-        if getattr(emb, "kind", None) != "embedding" or not self.names():
-            return None
-        from ..explain import grad_cam
-        from ..reid.explain import SimilarityToEmbedding
-        result = self.gallery.identify([str(image_path)], topk=max(5, len(self.names())))[0]
-        cands = [c for c in result.get("candidates") or [] if c.get("photo") and not is_background(c["name"])]
-        chosen = [c for c in cands if name is None or c["name"] == name][:1]
-        if not chosen:
-            return None
-        target = emb.embed([Path(chosen[0]["photo"])])[0]
-        try:
-            cam, _ = grad_cam(SimilarityToEmbedding(emb.model, target), emb.load(Path(image_path)), target_class=0)
-        except ValueError:          # a backbone without convolutional layers: no Grad-CAM
-            return None
-        return heatmap_png(cam, image_path, emb.input_size[1:], size, emb.fit)
+    def put(self, photo_id, individual_id, path, embedding):
+        self.served.put(photo_id, individual_id, path, embedding)
 
-    @property
-    def has_heatmap(self):
-        return getattr(getattr(self.gallery, "embedder", None), "kind", None) == "embedding"
+    def drop(self, photo_id):
+        self.served.drop(photo_id)
 
-    def enrol(self, name, image_paths):
-        try:
-            self.gallery.add(name, [str(p) for p in image_paths])
-        except ValueError as e:
-            raise EnrolRefused(f"the gallery refused {name!r}: {e}") from None
+    def embed(self, paths):
+        return self.served.embed(paths)
 
-    def rename(self, old, new):
-        try:
-            self.gallery.rename(old, new)
-        except ValueError as e:
-            raise EnrolRefused(f"the gallery refused to rename {old!r} to {new!r}: {e}") from None
+    def heatmap(self, image_path, individual_id=None, size=384):
+        return self.served.heatmap(image_path, individual_id, size)
 
-    def merge(self, src, dst):
-        try:
-            self.gallery.merge(src, dst)
-        except ValueError as e:
-            raise EnrolRefused(f"the gallery refused to merge {src!r} into {dst!r}: {e}") from None
-
-
-def heatmap_png(cam, image_path, hw, size=384, fit="crop") -> bytes:
-    """PNG bytes: the photo (brought to the model's aspect ``hw`` as the run's ``fit`` says, ``size`` pixels
-    high) with the heat-map ``cam`` (values in [0, 1]) drawn over it in the 'jet' colours, 45 % opaque."""
-    from PIL import Image
-    from ..data.folder import fit_image, open_image, pil_to_array
-    H, W = hw
-    shown = fit_image(open_image(image_path, 3, None), (size, max(1, round(size * W / H))), fit)
-    cam_img = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize(shown.size, Image.BILINEAR)
-    t = np.asarray(cam_img, dtype=np.float64) / 255.0
-    jet = np.stack([np.clip(1.5 - np.abs(4 * t - k), 0, 1) for k in (3, 2, 1)], axis=-1)
-    photo = pil_to_array(shown).transpose(1, 2, 0).astype(np.float64)
-    mixed = np.clip(0.55 * photo + 0.45 * jet, 0, 1)
-    buf = io.BytesIO()
-    Image.fromarray((mixed * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    def gallery_photos(self):
+        return self.served.photos()
 
 
 def is_classifier_run(path) -> bool:
@@ -285,5 +271,5 @@ def open_identifier(path, kind="auto", threshold=0.5, device="cpu") -> Identifie
     if kind == "classifier" or (kind == "auto" and is_classifier_run(path)):
         return ClassifierIdentifier(path, threshold=threshold, device=device)
     if kind in ("gallery", "auto"):
-        return GalleryIdentifier.open(path)
+        return GalleryIdentifier.open(path, device=device)
     raise ValueError(f"kind must be auto, classifier or gallery, got {kind!r}")

@@ -3,15 +3,18 @@
 Layout::
 
     DATA/
-        nabi.sqlite3        individuals, labels, photos, sightings, decisions, audit (WAL mode)
+        nabi.sqlite3        individuals, labels, photos (with the embedding identify made), sightings,
+                            decisions, enrolments (the photos this server added to the search), the change
+                            log, the sources served (WAL mode)
         photos/ab/abcdef….jpg   each photo once, named by the SHA-256 of its bytes
-        cache/              heat-maps (can be deleted at any time)
+        work/ab/abcdef….jpg     the working copy of a photo above images.WORK_PIXELS
+        cache/              thumbnails and heat-maps (can be deleted at any time)
         .lock               held while a server uses the folder
 
-A backup is a copy of the folder (with the server stopped, or with ``sqlite3 nabi.sqlite3
-".backup …"`` while it runs). The schema version is SQLite's ``user_version``; opening an
-older database migrates it forward step by step, each step in one transaction; a database
-newer than this nabi is refused.
+The folder is the whole state the server changes (a gallery it serves is only read). A backup:
+``nabi serve --data DATA --backup DEST`` (``backup``), also while a server runs. The schema
+version is SQLite's ``user_version``; opening an older database migrates it forward step by
+step, each step in one transaction; a database newer than this nabi is refused.
 
 Writes go through ``Store.write()``: one writer at a time (a process-wide lock, then
 ``BEGIN IMMEDIATE``), committed with ``synchronous=FULL`` so that an acknowledged change
@@ -98,7 +101,66 @@ CREATE INDEX photos_queue ON photos(status, similarity);
 CREATE INDEX sightings_individual_time ON sightings(individual_id, time);
 """
 
-MIGRATIONS = [_V1, _V2]          # MIGRATIONS[k] takes the schema from version k to k + 1
+# Version 3: identity by id and one folder that owns the state.
+# - An answer keeps the id of the individual it proposes (``proposed_individual_id``), never a name:
+#   rename and merge cannot break a waiting card or refile a photo.
+# - The identify request's embedding is kept with the photo (``embedding``, float32 bytes, and the SHA-256
+#   of the weights that made it), so a decision enrols it without decoding or embedding the photo again.
+# - ``enrolments``: the photos this server added to the re-identification search, with their embeddings;
+#   the built gallery it started from is never written (``sources`` records its checksum).
+# - Decisions can be reverted (``reverted_at``); changes record who made them (``actor``). A deleted photo's or
+#   individual's id is never given again (``retired_ids``): a page still showing it cannot act on another.
+# - Individuals get free notes and the club's own fields (``individual_fields``).
+# - ``confidence`` (0: unsure … 1: sure) orders the review queue; ``work_*``: the downscaled working copy
+#   of a photo above the working size (the original is kept).
+_V3 = """
+ALTER TABLE photos ADD COLUMN proposed_individual_id INTEGER REFERENCES individuals(id);
+ALTER TABLE photos ADD COLUMN confidence REAL;
+ALTER TABLE photos ADD COLUMN embedding BLOB;
+ALTER TABLE photos ADD COLUMN embedding_model TEXT;
+ALTER TABLE photos ADD COLUMN taken_offset TEXT;
+ALTER TABLE photos ADD COLUMN work_width INTEGER;
+ALTER TABLE photos ADD COLUMN work_height INTEGER;
+UPDATE photos SET proposed_individual_id = (SELECT individual_id FROM labels WHERE labels.label = photos.proposed_label),
+                  confidence = margin;
+CREATE INDEX photos_review ON photos(status, confidence);
+ALTER TABLE individuals ADD COLUMN notes TEXT NOT NULL DEFAULT '';
+CREATE TABLE individual_fields (
+    individual_id INTEGER NOT NULL REFERENCES individuals(id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (individual_id, key)
+);
+CREATE TABLE enrolments (
+    id INTEGER PRIMARY KEY,
+    photo_id INTEGER NOT NULL UNIQUE REFERENCES photos(id),
+    individual_id INTEGER NOT NULL REFERENCES individuals(id),
+    model_sha256 TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE sources (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,                     -- classifier | gallery
+    path TEXT NOT NULL,
+    checksum TEXT NOT NULL,                 -- SHA-256 of the gallery's index.json or of the run's weights
+    first_used_at TEXT NOT NULL,
+    last_used_at TEXT NOT NULL,
+    UNIQUE (kind, checksum)
+);
+ALTER TABLE decisions ADD COLUMN reverted_at TEXT;
+ALTER TABLE decisions ADD COLUMN actor TEXT;
+ALTER TABLE audit ADD COLUMN actor TEXT;
+CREATE TABLE retired_ids (                -- the highest id ever deleted per table: ids are never used twice
+    tbl TEXT PRIMARY KEY,
+    id INTEGER NOT NULL
+);
+CREATE INDEX decisions_photo ON decisions(photo_id, id);
+CREATE INDEX sightings_time ON sightings(time);
+"""
+
+MIGRATIONS = [_V1, _V2, _V3]     # MIGRATIONS[k] takes the schema from version k to k + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -237,6 +299,26 @@ class Store:
             path.parent.mkdir(exist_ok=True)
             atomic_write_bytes(path, data)
         return sha, path
+
+    def work_path(self, sha256: str) -> Path:
+        """Where the working copy (JPEG) of a very large photo lives."""
+        self.photo_path(sha256, "jpg")                     # the same check of the hash
+        return self.root / "work" / sha256[:2] / f"{sha256}.jpg"
+
+    def put_work_copy(self, sha256: str, data: bytes) -> Path:
+        """Store the working copy of the photo ``sha256`` (atomically); its path."""
+        path = self.work_path(sha256)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+        return path
+
+    def remove_photo_files(self, sha256: str, ext: str):
+        """Delete a photo's file, its working copy and what the cache holds of it."""
+        self.photo_path(sha256, ext).unlink(missing_ok=True)
+        self.work_path(sha256).unlink(missing_ok=True)
+        for cached in (self.root / "cache").glob(f"*-{sha256}*"):
+            cached.unlink(missing_ok=True)
 
     def cache_path(self, key: str, suffix: str) -> Path:
         return self.root / "cache" / f"{key}{suffix}"
