@@ -560,7 +560,8 @@ class Gallery:
         if not snap.entries:
             raise ValueError("the gallery is empty: enrol individuals first (nabi gallery add)")
         matcher = self.use_matcher(matcher)
-        problems = [self.embedder.check_readable(it) if isinstance(it, (str, Path)) else None for it in items]
+        check = getattr(self.embedder, "check_readable", None)          # embedders without it read everything
+        problems = [check(it) if check is not None and isinstance(it, (str, Path)) else None for it in items]
         ok = [i for i, pr in enumerate(problems) if pr is None]
         results = [{"answer": "error", "error": pr, "name": None} for pr in problems]
         if not ok:
