@@ -1,21 +1,25 @@
-"""Leave-individuals-out identification with a trained run: enrol half of each individual's photos,
-identify the other half.
+"""Identification of never-seen individuals on paired, encounter-kept splits.
 
-    python -m benchmarks.reid_identification RUN PHOTOS [--seed 0] [--unknown N] [--matcher] [--json]
-        [--nfeatures 2000] [--ratio 0.8] [--top 2] [--max-photos N]
+    python -m benchmarks.reid_identification RUN PHOTOS [--splits 6] [--unknown 4] [--calibration CAL]
+        [--calibration-file FILE] [--no-matcher] [--encounters name] [--by-photo] [--json OUT]
 
-PHOTOS has one folder per individual, none of them seen in training. Each individual's photos are
-shuffled (seeded) and split in two: the first half is enrolled in a gallery (``Gallery.build``, in a
-temporary folder, through symbolic links), the second half is queried (``Gallery.evaluate``): rank-1,
-rank-5 and mAP. Files repeated within an individual's folder count once (a byte-identical copy on
-both sides would be a free match). ``--unknown N`` leaves N individuals out of the gallery altogether, so their query
-photos are unknowns: AUROC and the true-accept rate at 1 % and 5 % false accepts are added.
+PHOTOS has one folder per individual, none of them seen in training. For each split seed 0 … n − 1,
+about half of each individual's *encounters* (photos taken together, ``nabi.data.encounters``: for the
+nyala photos the number in the file name) are enrolled in a gallery and the rest identified — an
+encounter is never on both sides. ``--unknown N`` leaves N individuals (chosen by the seed) out of the
+gallery altogether, so their photos are strangers. Every variant run with the same ``--splits`` sees the
+same splits (paired).
 
-The gallery is calibrated on its own photos only (``Gallery.calibrate`` without a validation folder:
-leave-one-out over the enrolled photos, target false-accept rate 1 %), never on the query photos; the
-three-way accuracy uses that threshold. With ``--matcher`` the figures are printed for the embedding alone,
-the local-feature matcher alone (``nabi.reid.matcher``: every enrolled individual ranked by its RANSAC
-evidence) and their fusion (``nabi.reid.fusion``), whose weight and scales that calibration chose.
+Calibration (the probabilities the answer carries): from ``--calibration CAL``, photos of individuals
+that are neither enrolled nor queried (done once, reused for every split, and written to
+``--save-calibration FILE``), from a ``--calibration-file`` written earlier, or — without either —
+leave-one-encounter-out over each split's gallery.
+
+Printed per split and as mean ± standard deviation over the splits: rank-1, rank-5, mAP, AUROC and the
+true-accept rate at 1 % / 5 % false accepts for the embedding alone, the keypoint matcher alone and the
+calibrated fusion; the three-way accuracy and the expected calibration error (ECE) of the shown
+probability, per photo and with the photos of one query encounter answered together (``encounter``).
+``--by-photo`` splits photos at random instead (the older, flattering protocol) for comparison.
 """
 from __future__ import annotations
 
@@ -31,8 +35,14 @@ import numpy as np
 FIGURES = ("rank1", "rank5", "mAP", "auroc", "tar_at_far_1pct", "tar_at_far_5pct")
 
 
-def split_folder(photos, enrol_dir, query_dir, seed=0, unknown=0):
-    from nabi.reid.gallery import individual_folders, unique_photos
+def split_folder(photos, enrol_dir, query_dir, seed=0, unknown=0, encounters="name", by_photo=False):
+    """Link about half of each individual's encounters into ``enrol_dir`` and the rest into ``query_dir``
+    (``unknown`` individuals, chosen by ``seed``, entirely into ``query_dir``); returns the unknown names.
+
+    Each encounter (``nabi.data.encounters``, grouped by the rule ``encounters``) lies wholly on one side;
+    ``by_photo`` splits the photos themselves at random instead (the older, flattering protocol)."""
+    from nabi.data.encounters import encounter_keys, split_by_encounter
+    from nabi.reid.folders import individual_folders, unique_photos
     from nabi.reid.metrics import leave_individuals_out
     folders, copies = unique_photos(individual_folders(photos))       # a copy must not be query and gallery
     if copies:
@@ -42,66 +52,143 @@ def split_folder(photos, enrol_dir, query_dir, seed=0, unknown=0):
         raise SystemExit(f"--unknown must be between 0 and {len(names) - 1} (the individuals of {photos} "
                          f"less one), got {unknown}")
     out = set(leave_individuals_out(names, unknown / len(names), seed)[1]) if unknown else set()
-    rng = np.random.default_rng(seed)
-    for name, paths in folders:
-        order = rng.permutation(len(paths))
-        half = max(1, len(paths) // 2)
-        for k, i in enumerate(order):
-            dest = (query_dir if (k >= half or name in out) else enrol_dir) / name
-            dest.mkdir(parents=True, exist_ok=True)
-            os.symlink(Path(paths[i]).resolve(), dest / Path(paths[i]).name)
+    paths = [p for _, ps in folders for p in ps]
+    labels = [n for n, ps in folders for _ in ps]
+    if by_photo:
+        keys = [f"photo:{p}" for p in paths]
+    else:
+        keys = [k for n, ps in folders for k in encounter_keys(ps, encounters, individual_dir=Path(photos) / n)]
+    enrol, _ = split_by_encounter(labels, keys, (0.5, 0.5), seed)
+    enrol = set(enrol.tolist())
+    for i, (name, path) in enumerate(zip(labels, paths)):
+        dest = (enrol_dir if i in enrol and name not in out else query_dir) / name
+        dest.mkdir(parents=True, exist_ok=True)
+        os.symlink(Path(path).resolve(), dest / Path(path).name)
     return sorted(out)
 
 
+def run_split(args, seed, calibration, log):
+    from nabi.reid.gallery import Gallery
+    from nabi.reid.local_features import LocalSettings
+    from nabi.reid.matcher import MatcherSettings
+    local = False if args.no_matcher else LocalSettings(args.nfeatures, args.max_side, args.descriptor)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        unknown = split_folder(args.photos, tmp / "enrol", tmp / "query", seed, args.unknown, args.encounters,
+                               args.by_photo)
+        g = Gallery.build(args.run, tmp / "enrol", tmp / "gallery", local=local, encounters=args.encounters,
+                          log=log, matcher_settings=MatcherSettings(k=args.k, shortlist=args.shortlist), flip=args.flip)
+        alpha = "auto" if args.prior_known == "auto" else float(args.prior_known)
+        if calibration is None:
+            summary = g.calibrate(None, fusion=args.fusion, log=log)
+        else:
+            g.calibration = dict(calibration)
+            summary = g.calibration
+        res = {"per_photo": g.evaluate(tmp / "query", groups=None, log=log, prior_known=alpha),
+               "encounter": g.evaluate(tmp / "query", groups="encounter", log=log, prior_known=alpha)}
+    res.update(seed=seed, unknown_individuals=unknown, gallery_photos=len(g), calibration_check=summary.get("check"))
+    return res, summary
+
+
+def _cell(figs, key):
+    v = figs.get(key) if figs else None
+    return "" if v is None else f"{v:.3f}"
+
+
+def summarise(results):
+    """Mean and standard deviation of every figure over the splits."""
+    out = {}
+    for mode in ("per_photo", "encounter"):
+        out[mode] = {}
+        for scorer in ("embedding", "matcher", "fused"):
+            vals = {}
+            for k in FIGURES:
+                xs = [r[mode][scorer][k] for r in results if scorer in r[mode] and r[mode][scorer].get(k) is not None]
+                if xs:
+                    vals[k] = (float(np.mean(xs)), float(np.std(xs)))
+            if vals:
+                out[mode][scorer] = vals
+        for k in ("three_way_accuracy", "ece"):
+            xs = [r[mode][k] for r in results if r[mode].get(k) is not None]
+            if xs:
+                out[mode][k] = (float(np.mean(xs)), float(np.std(xs)))
+    return out
+
+
 def main(argv=None):
-    from nabi.reid.matcher import LocalMatcher
-    defaults = LocalMatcher().settings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
     ap.add_argument("photos")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--unknown", type=int, default=0, help="individuals left out of the gallery as unknowns")
-    ap.add_argument("--matcher", action="store_true", help="also the RootSIFT + RANSAC matcher alone and fused "
-                    "with the embedding over every enrolled individual")
-    ap.add_argument("--nfeatures", type=int, default=defaults["nfeatures"], help="SIFT keypoints per photo")
-    ap.add_argument("--ratio", type=float, default=defaults["ratio"], help="Lowe's ratio-test threshold")
-    ap.add_argument("--top", type=int, default=defaults["top"], help="an individual's best photos its evidence sums")
-    ap.add_argument("--max-photos", type=int, default=defaults["max_photos"],
-                    help="photos matched per individual (default: all)")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--splits", type=int, default=6, help="split seeds 0 … N − 1 (paired across variants)")
+    ap.add_argument("--seeds", help="or a comma-separated list of split seeds")
+    ap.add_argument("--unknown", type=int, default=0, help="individuals left out of the gallery as strangers")
+    ap.add_argument("--calibration", help="photos of other individuals to calibrate on (once, for every split)")
+    ap.add_argument("--calibration-file", help="a calibration JSON written by --save-calibration")
+    ap.add_argument("--save-calibration", help="write the calibration made from --calibration here")
+    ap.add_argument("--no-matcher", action="store_true", help="the embedding alone (no local features)")
+    ap.add_argument("--nfeatures", type=int, default=1000, help="SIFT keypoints per photo")
+    ap.add_argument("--max-side", type=int, default=512)
+    ap.add_argument("--descriptor", default="rootsift", help="rootsift, learned or learned:PATH")
+    ap.add_argument("--k", type=int, default=4, help="LNBNN neighbours")
+    ap.add_argument("--shortlist", type=int, default=20, help="photos verified by RANSAC per query")
+    ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
+    ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])
+    ap.add_argument("--prior-known", default="0.5", help="α, the prior that a query shows an enrolled individual, "
+                    "or 'auto' (estimated from each split's queries, without their truth)")
+    ap.add_argument("--encounters", default="name", help="how photos are grouped into encounters, each kept on one "
+                    "side of the split (nabi.data.encounters: name, folder, time, photo, auto or name:REGEX)")
+    ap.add_argument("--by-photo", action="store_true", help="split the photos at random instead, encounters ignored "
+                    "(the older protocol, flattered by encounters on both sides)")
+    ap.add_argument("--json", help="write every split's figures and the summary to this file")
+    ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    from nabi.reid.gallery import Gallery
-    matcher = None
-    if args.matcher:
-        try:
-            matcher = LocalMatcher(args.nfeatures, args.ratio, top=args.top, max_photos=args.max_photos)
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
+    log = (lambda m: None) if args.quiet else (lambda m: print(f"  {m}", flush=True))
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(args.splits))
+    calibration = None
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        unknown = split_folder(args.photos, tmp / "enrol", tmp / "query", args.seed, args.unknown)
-        g = Gallery.build(args.run, tmp / "enrol", tmp / "gallery")
-        summary, _ = g.calibrate(None, target_far=0.01, matcher=matcher)
-        res = g.evaluate(tmp / "query", matcher=matcher)
-    res.update(unknown_individuals=unknown, gallery_photos=len(g), seed=args.seed, seconds=time.perf_counter() - t0)
-    if matcher is not None:
-        res.update(matcher_settings=matcher.settings(), fusion_selection=summary["fusion"]["selection"])
+    if args.calibration_file:
+        calibration = json.loads(Path(args.calibration_file).read_text())
+    elif args.calibration:
+        from nabi.reid.gallery import Gallery
+        from nabi.reid.local_features import LocalSettings
+        from nabi.reid.matcher import MatcherSettings
+        local = False if args.no_matcher else LocalSettings(args.nfeatures, args.max_side, args.descriptor)
+        g = Gallery.create(args.run, None, local=local, encounters=args.encounters,
+                           matcher_settings=MatcherSettings(k=args.k, shortlist=args.shortlist), flip=args.flip)
+        calibration = g.calibrate(args.calibration, fusion=args.fusion, log=log)
+        print(f"calibrated on {args.calibration}: {calibration['pairs']}, AUROC on the pairs "
+              f"{calibration['auroc_pairs']}, check {calibration['check']} ({time.perf_counter() - t0:.0f} s)")
+        if args.save_calibration:
+            Path(args.save_calibration).write_text(json.dumps(calibration, indent=1))
+    results = []
+    for seed in seeds:
+        t = time.perf_counter()
+        res, _ = run_split(args, seed, calibration, log)
+        res["seconds"] = time.perf_counter() - t
+        results.append(res)
+        pp, en = res["per_photo"], res["encounter"]
+        print(f"split {seed}: {pp['known_queries']} known, {pp['unknown_queries']} unknown queries, "
+              f"{res['gallery_photos']} gallery photos ({res['seconds']:.0f} s)")
+        for mode, r in (("photo", pp), ("encounter", en)):
+            for scorer in r["scorers"]:
+                print(f"  {mode:<9} {scorer:<9} " + " ".join(f"{k} {_cell(r[scorer], k):>5}" for k in FIGURES
+                                                             if r[scorer].get(k) is not None))
+            print(f"  {mode:<9} answer    three-way {r['three_way_accuracy']:.3f}  ECE {_cell(r, 'ece')}  "
+                  f"α {_cell(r, 'prior_known')}  answered {r['answered']}")
+    summary = summarise(results)
+    print(f"\nmean ± sd over {len(seeds)} split(s) ({'random photos' if args.by_photo else 'encounters kept whole'}; "
+          f"{args.unknown} unknown individual(s)):")
+    for mode, rows in summary.items():
+        for scorer in ("embedding", "matcher", "fused"):
+            if scorer in rows:
+                print(f"  {mode:<9} {scorer:<9} " + "  ".join(f"{k} {m:.3f}±{s:.3f}" for k, (m, s) in rows[scorer].items()))
+        for k in ("three_way_accuracy", "ece"):
+            if k in rows:
+                print(f"  {mode:<9} {k} {rows[k][0]:.3f}±{rows[k][1]:.3f}")
+    print(f"{time.perf_counter() - t0:.0f} s in all")
     if args.json:
-        print(json.dumps(res, indent=2))
-        return
-    print(f"{len(g)} gallery photos of {res['individuals_enrolled']} individuals; {res['known_queries']} known "
-          f"and {res['unknown_queries']} unknown query photos (split seed {args.seed})")
-    if matcher is not None:
-        print(f"matcher {matcher.settings()}; fusion weight {res['fused']['weight']} chosen on the gallery's own "
-              "photos (leave-one-out)")
-    keys = [k for k in FIGURES if k in res]
-    print(f"{'':<10}" + "".join(f"{k:>17}" for k in keys))
-    rows = [("embedding", res)] + ([("matcher", res["matcher"]), ("fused", res["fused"])] if matcher else [])
-    for label, figs in rows:
-        print(f"{label:<10}" + "".join(f"{figs[k]:>17.4f}" for k in keys))
-    print(f"three-way accuracy {res['three_way_accuracy']:.4f} (threshold from leave-one-out on the gallery, "
-          f"{'fused' if matcher else 'embedding'} score); {res['seconds']:.0f} s")
+        Path(args.json).write_text(json.dumps({"args": vars(args), "splits": results, "summary": summary,
+                                               "calibration": calibration}, indent=1, default=str))
 
 
 if __name__ == "__main__":

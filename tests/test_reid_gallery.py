@@ -25,6 +25,7 @@ def world(tmp_path_factory):
     write_photos(root / "enrol", ENROLLED, 3, background=4)
     write_photos(root / "val", ENROLLED, 2, start=10)
     write_photos(root / "val", CALIBRATION_UNKNOWNS, 3)
+    write_photos(root / "cal", range(50, 62), 4)                    # other individuals, for calibration
     rc = main(["--threads", "1", "train", str(root / "train"), "--model", "cifar_cnn", "--head", "arcface",
                "--embedding-dim", "32", "--epochs", "6", "--batch-size", "16", "--lr", "3e-3",
                "--out", str(root / "run"), "--no-progress", "--val-ratio", "0.2", "--seed", "0"])
@@ -101,24 +102,69 @@ def test_individual_added_after_training_is_found(gallery, tmp_path):
 def test_unknown_once_calibrated(gallery, world):
     strangers = [photo(i, j) for i in NEVER_SEEN for j in (60, 61)]
     before = gallery.identify(strangers)
-    assert all(r["answer"] == "known" for r in before)           # no threshold yet: the closest individual
-    summary, curve = gallery.calibrate(world / "val", target_far=0.0, plot=gallery.path / "far_frr.png")
-    assert summary["unknown_individuals"] == ["ind07", "ind08"] and summary["far"] == 0.0
-    assert summary["tar"] == 1.0 and summary["auroc"] == 1.0
-    assert (gallery.path / "far_frr.png").stat().st_size > 1000 and len(curve) > 10
+    assert all(r["answer"] == "known" and not r["calibrated"] for r in before)   # uncalibrated: the closest one
+    summary = gallery.calibrate(world / "cal")
+    assert summary["source"] == "calibration folder" and summary["individuals"] == 12
+    assert summary["pairs"] == {"same": 48, "different": 48 * 11}
+    assert summary["check"]["known_named_correctly"] > 0.9 and summary["check"]["strangers_called_new"] > 0.9
     after = Gallery.open(gallery.path)
-    assert after.threshold == pytest.approx(summary["threshold"])
+    assert after.calibrated and after.calibration["pairs"] == summary["pairs"]
     res = after.identify(strangers)
     assert [r["answer"] for r in res] == ["unknown"] * 4
-    assert all(r["similarity"] <= after.threshold for r in res)
+    assert all(r["probability"] == r["p_unknown"] > 0.5 for r in res)
     known = after.identify([photo(i, 70) for i in ENROLLED])
-    assert [r["name"] for r in known] == [f"ind{i:02d}" for i in ENROLLED]
+    named = [r["name"] for r in known]
+    assert all(n in (f"ind{i:02d}", None) for n, i in zip(named, ENROLLED)) and named.count(None) <= 1
+    for r in known:
+        if r["answer"] != "known":
+            continue
+        p = [c["probability"] for c in r["candidates"]]
+        assert r["probability"] == p[0] > 0.5 and p == sorted(p, reverse=True)
+        assert sum(p) + r["p_unknown"] <= 1.0 + 1e-9 and r["margin"] == pytest.approx(p[0] - p[1])
 
 
-def test_calibration_needs_unknowns(gallery, world, tmp_path):
-    write_photos(tmp_path / "val_known_only", ENROLLED, 1, start=20)
-    with pytest.raises(ValueError, match="no individual outside the gallery"):
-        gallery.calibrate(tmp_path / "val_known_only")
+def test_calibration_needs_enough_pairs_and_other_individuals(gallery, world, tmp_path):
+    from nabi.reid.calibration import CalibrationError
+    with pytest.raises(CalibrationError, match=r"at least 20 same-individual pairs .* got 18"):
+        gallery.calibrate()                      # leave-one-encounter-out over 18 photos: too few pairs
+    overlap = tmp_path / "cal_overlap"
+    shutil.copytree(world / "cal", overlap)
+    shutil.copy(world / "enrol" / "ind01" / "000.png", overlap / "ind50" / "enrolled.png")
+    with pytest.raises(ValueError, match="enrolled in the gallery .*enrolled.png"):
+        gallery.calibrate(overlap)
+    assert not gallery.calibrated                # a refused calibration leaves the gallery as it was
+
+
+def test_leave_one_out_leaves_the_whole_encounter_out(world, tmp_path):
+    """Two photos of one encounter are near copies: scored against each other they would be a free match."""
+    photos = tmp_path / "enc"
+    for i in range(6):
+        d = photos / f"ind{i:02d}"
+        for e in range(4):                # four encounters of two photos each: the same pixels in two files
+            for ext in ("png", "bmp"):
+                _png(d / f"{e}" / f"shot.{ext}", photo(i, 10 * e))
+    g = Gallery.build(world / "run", photos, tmp_path / "g", encounters="folder")
+    assert {e["encounter"] for e in g.entries if e["name"] == "ind00"} == {f"folder:{e}" for e in range(4)}
+    from nabi.reid.calibrate import leave_encounter_out_scores
+    scored, truth, rows = leave_encounter_out_scores(g, matcher=False)
+    own = scored["similarity"][np.arange(len(rows)), truth]
+    assert own.max() < 0.999                                   # never its encounter twin (similarity 1)
+    summary = g.calibrate()
+    assert summary["encounters"] == 24 and summary["photos"] == 48 and summary["pairs"]["same"] == 48
+
+
+def test_remove_takes_a_photo_out_of_every_answer(gallery, world):
+    entry = next(e for e in gallery.entries if e["name"] == "ind02")
+    q = Path(entry["photo"])
+    assert gallery.identify([q])[0]["candidates"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    removed = gallery.remove(entry["sha256"])
+    assert removed[0]["photo"] == entry["photo"] and len(gallery) == 21
+    reopened = Gallery.open(gallery.path)
+    assert entry["sha256"] not in {e["sha256"] for e in reopened.entries}
+    assert reopened.identify([q])[0]["candidates"][0]["similarity"] < 0.9999
+    assert len(reopened.local) == 21 and reopened.embeddings.shape[0] == 21
+    with pytest.raises(ValueError, match="no photo with SHA-256"):
+        gallery.remove(entry["sha256"])
 
 
 def test_duplicate_photo_refused(gallery, world):
@@ -196,37 +242,62 @@ def test_bad_input(world, tmp_path):
     (photos / "empty_one").rmdir()
     (photos / "ind01" / "fake.png").write_text("not an image")
     with pytest.raises(ValueError, match="could not decode image file .*fake.png"):
-        Gallery.build(world / "run", photos, tmp_path / "g")
+        Gallery.build(world / "run", photos, tmp_path / "g", strict=True)
     assert not (tmp_path / "g").exists()                            # nothing half-written
+    said = []
+    g = Gallery.build(world / "run", photos, tmp_path / "g", log=said.append)      # skipped with a line
+    assert len(g) == 4 and any("fake.png" in m for m in said) and any("1 photo(s) could not be read" in m
+                                                                       for m in said)
+    res = g.identify([photos / "ind01" / "fake.png", photos / "ind02" / "000.png"])
+    assert res[0]["answer"] == "error" and "fake.png" in res[0]["error"] and res[1]["name"] == "ind02"
     with pytest.raises(ValueError, match="cannot contain '/'"):
         Gallery.create(world / "run").add("a/b", [world / "enrol" / "ind01" / "000.png"])
 
 
+def test_evaluate_warns_about_flattering_queries(gallery, world, tmp_path):
+    queries = tmp_path / "q"
+    write_photos(queries, [1, 2], 2, start=40)
+    shutil.copy(world / "enrol" / "ind01" / "000.png", queries / "ind01" / "enrolled.png")
+    said = []
+    res = gallery.evaluate(queries, log=said.append)
+    assert res["queries"] == 4 and res["left_out_enrolled"] == 1
+    assert any("enrolled in the gallery" in m for m in said)
+    assert "note" not in res                 # six individuals enrolled: rank-5 is a figure, not trivially 1
+
+
 def test_cli_end_to_end(world, tmp_path, capsys):
     g = str(tmp_path / "g")
-    assert main(["gallery", "build", str(world / "run"), str(world / "enrol"), "--out", g]) == 0
+    assert main(["gallery", "build", str(world / "run"), str(world / "enrol"), "--out", g,
+                 "--calibration", str(world / "cal")]) == 0
+    out = capsys.readouterr().out
+    assert "22 photos of 6 individuals in 18 encounters" in out and "calibrated on calibration folder" in out
     new = _png(tmp_path / "p" / "a.png", photo(13, 1))
     assert main(["gallery", "add", g, "Bora", str(new)]) == 0
     assert main(["gallery", "add", g, "Bora", str(new)]) == 1
     assert "already in the gallery" in capsys.readouterr().err
-    assert main(["gallery", "calibrate", g, str(world / "val"), "--target-far", "0.05"]) == 0
-    out = capsys.readouterr().out
-    assert "operating point at target FAR 0.050" in out and (tmp_path / "g" / "far_frr.png").is_file()
     q = _png(tmp_path / "p" / "q.png", photo(13, 2))
     assert main(["identify", g, str(q), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res[0]["answer"] == "known" and res[0]["name"] == "Bora"
+    assert res[0]["answer"] == "known" and res[0]["name"] == "Bora" and 0.5 < res[0]["probability"] <= 1
+    assert main(["identify", g, str(q)]) == 0
+    assert "known: Bora (probability" in capsys.readouterr().out
     text = tmp_path / "p" / "notes.png"
     text.write_text("hello")
-    assert main(["identify", g, str(text)]) == 1
-    assert "notes.png" in capsys.readouterr().err
+    assert main(["identify", g, str(text), str(q)]) == 1
+    captured = capsys.readouterr()
+    assert "notes.png: not identified" in captured.out and "Bora" in captured.out
     assert main(["gallery", "rename", g, "Bora", "ind01"]) == 1
     assert "collides" in capsys.readouterr().err
     assert main(["gallery", "rename", g, "Bora", "ind01", "--merge"]) == 0
     capsys.readouterr()
     assert main(["gallery", "list", g, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed["names"]["ind01"] == 4 and "Bora" not in listed["names"] and listed["threshold"] is not None
+    assert listed["names"]["ind01"] == 4 and "Bora" not in listed["names"] and listed["calibrated"]
+    assert main(["gallery", "remove", g, str(new)]) == 0
+    assert "1 photo(s) removed" in capsys.readouterr().out
+    assert main(["gallery", "calibrate", g, str(world / "cal"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["pairs"]["same"] == 48 and (tmp_path / "g" / "reliability.png").stat().st_size > 1000
 
 
 def test_in_memory_writes_are_locked(world, tmp_path):
@@ -288,12 +359,17 @@ def test_classifier_run_with_background_kinds(world, tmp_path):
 
 def test_evaluate_closed_and_open_set(gallery, world, tmp_path, capsys):
     res = gallery.evaluate(world / "val")
-    assert res["known_queries"] == 12 and res["unknown_queries"] == 6
-    assert res["rank1"] == 1.0 and res["rank5"] == 1.0 and res["mAP"] > 0.9
-    assert 0.0 <= res["auroc"] <= 1.0 and res["threshold"] is None
+    assert res["known_queries"] == 12 and res["unknown_queries"] == 6 and not res["calibrated"]
+    emb = res["embedding"]
+    assert emb["rank1"] == 1.0 and emb["rank5"] == 1.0 and emb["mAP"] > 0.9 and 0.0 <= emb["auroc"] <= 1.0
     assert res["three_way_accuracy"] == pytest.approx(12 / 18)     # uncalibrated: unknowns answered known
+    assert "fused" not in res and "ece" not in res
+    gallery.calibrate(world / "cal")
+    res = gallery.evaluate(world / "val")
+    assert res["fused"]["rank1"] == 1.0 and res["three_way_accuracy"] == 1.0 and 0 <= res["ece"] < 0.3
     assert main(["gallery", "evaluate", str(gallery.path), str(world / "val")]) == 0
-    assert "rank-1                       1.0000" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "embedding alone:" in out and "rank-1                     1.0000" in out
 
 
 def test_background_kinds_train_as_classes_and_answer_background(world, tmp_path):
@@ -458,3 +534,32 @@ def test_embedding_training_keeps_an_existing_run(world, capsys):
                  "--out", str(world / "run"), "--no-progress"]) == 1
     assert "--out" in capsys.readouterr().err
     assert (world / "run" / "best.safetensors").read_bytes() == before
+
+
+def test_damaged_local_features_file_is_an_error(gallery):
+    local = next(gallery.path.glob("local-*.safetensors"))
+    local.write_bytes(local.read_bytes()[:-16])
+    with pytest.raises(GalleryError, match=rf"local features file .*{local.name} does not match the SHA-256"):
+        Gallery.open(gallery.path)
+
+
+def test_a_version_1_gallery_still_opens_and_upgrades(gallery):
+    """A gallery written before encounters, keypoints and probabilities: its cosine threshold still answers."""
+    index = gallery.path / "index.json"
+    data = json.loads(index.read_text())
+    for key in ("local", "local_settings", "matcher_settings", "encounter_rule", "gap_minutes"):
+        data.pop(key, None)
+    data["version"] = 1
+    data["entries"] = [{k: e[k] for k in ("name", "photo", "sha256")} for e in data["entries"]]
+    data["threshold"], data["calibration"] = 0.5, {"target_far": 0.01, "threshold": 0.5}
+    index.write_text(json.dumps(data))
+    old = Gallery.open(gallery.path)
+    assert not old.has_local_features and not old.calibrated and old.threshold == 0.5
+    r = old.identify([photo(2, 70), photo(19, 60)])
+    assert r[0]["answer"] == "known" and r[0]["name"] == "ind02" and r[0]["probability"] is None
+    assert all(r_["answer"] in ("known", "unknown") for r_ in r) and r[1]["threshold"] in (0.5, None)
+    with pytest.raises(ValueError, match="has no local features"):
+        old.identify([photo(2, 70)], matcher=True)
+    old.ensure_local_features()
+    again = Gallery.open(gallery.path)
+    assert again.has_local_features and json.loads(index.read_text())["version"] == 2

@@ -1,10 +1,12 @@
-"""Local-feature matcher: RootSIFT, ratio test, RANSAC; fusion with the embedding similarity in the gallery."""
+"""Keypoint matching: RootSIFT features, the LNBNN index over a gallery's descriptors, RANSAC on a shortlist, and
+the matcher inside a gallery (calibrated with the embedding)."""
 import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
 
 from nabi.reid import matcher as LM  # noqa: E402
+from nabi.reid.local_features import Features, LocalSettings, extract, pack, unpack  # noqa: E402
 
 
 def coat(i, size=160):
@@ -30,21 +32,27 @@ def view(i, j, size=128):
 
 
 def test_rootsift_descriptors_are_hellinger_normalised():
-    pts, desc = LM.rootsift(view(0, 0))
-    assert len(pts) > 20 and desc.shape == (len(pts), 128)
-    np.testing.assert_allclose((desc ** 2).sum(1), 1.0, rtol=1e-5)       # √(d/‖d‖₁) has unit L2 norm
+    f = extract(view(0, 0))
+    assert len(f) > 20 and f.descriptors.shape == (len(f), 128) and f.points.shape == (len(f), 2)
+    np.testing.assert_allclose((f.descriptors ** 2).sum(1), 1.0, rtol=1e-5)     # √(d/‖d‖₁) has unit L2 norm
+
+
+def test_points_are_in_the_original_photo_pixels():
+    big = cv2.resize(view(1, 0), (512, 512), interpolation=cv2.INTER_CUBIC)
+    f = extract(big, LocalSettings(nfeatures=300, max_side=128))           # detected on a 128 px copy
+    assert f.points[:, 0].max() > 200 and f.points.max() <= 512
 
 
 def test_same_individual_has_more_inliers():
-    f = {(i, j): LM.rootsift(view(i, j)) for i in range(3) for j in range(2)}
+    f = {(i, j): extract(view(i, j)) for i in range(3) for j in range(2)}
     same = [LM.inliers(f[i, 0], f[i, 1]) for i in range(3)]
     other = [LM.inliers(f[i, 0], f[(i + 1) % 3, 1]) for i in range(3)]
     assert min(same) >= 20 and max(other) <= 10, (same, other)      # chance RANSAC fits stay small
 
 
 def test_inliers_of_featureless_photos_is_zero():
-    blank = LM.rootsift(np.zeros((64, 64), np.uint8))
-    assert LM.inliers(blank, LM.rootsift(view(0, 0))) == 0
+    blank = extract(np.zeros((64, 64), np.uint8))
+    assert len(blank) == 0 and LM.inliers(blank, extract(view(0, 0))) == 0
 
 
 def test_individual_evidence_sums_the_best_photos_beyond_chance():
@@ -56,15 +64,111 @@ def test_individual_evidence_sums_the_best_photos_beyond_chance():
     np.testing.assert_allclose(LM.photo_evidence([0, 7, 8]), [0, 0, np.log(2)])
 
 
-def test_matcher_settings_are_checked():
+def test_settings_are_checked():
     with pytest.raises(ValueError, match="ratio must be in"):
-        LM.LocalMatcher(ratio=1.5)
+        LM.MatcherSettings(ratio=1.5)
+    with pytest.raises(ValueError, match="shortlist must be an integer ≥ 1, got 0"):
+        LM.MatcherSettings(shortlist=0)
+    with pytest.raises(ValueError, match="index must be auto, exact or flann"):
+        LM.MatcherSettings(index="faiss")
     with pytest.raises(ValueError, match="nfeatures must be an integer ≥ 1, got 0"):
-        LM.LocalMatcher(nfeatures=0)
-    with pytest.raises(ValueError, match="max_photos must be an integer"):
-        LM.LocalMatcher(max_photos=2.5)
+        LocalSettings(nfeatures=0)
+    with pytest.raises(ValueError, match="unknown descriptor 'surf'"):
+        LocalSettings(descriptor="surf")
     with pytest.raises(ValueError, match=r"got shape \(2, 3, 4, 5\)"):
-        LM.rootsift(np.zeros((2, 3, 4, 5), np.uint8))
+        extract(np.zeros((2, 3, 4, 5), np.uint8))
+
+
+def _random_features(rng, n_photos, per_photo=30, dim=16):
+    feats = []
+    for _ in range(n_photos):
+        d = rng.normal(size=(per_photo, dim)).astype(np.float32)
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        feats.append(Features(rng.uniform(0, 100, (per_photo, 2)).astype(np.float32), d))
+    return feats
+
+
+def _naive_lnbnn(query, feats, owners, n_owners, k, skip=()):
+    """LNBNN by its definition, one query descriptor at a time: (per individual, per photo)."""
+    rows = [(j, d) for j, f in enumerate(feats) if j not in set(skip) for d in f.descriptors]
+    per_owner = np.zeros(n_owners)
+    per_photo = np.zeros(len(feats))
+    for q in query.descriptors:
+        dist = np.array([np.linalg.norm(q - d) for _, d in rows])
+        order = np.argsort(dist, kind="stable")
+        norm = dist[order[k]]
+        won = {}
+        for r in order[:k]:
+            j = rows[r][0]
+            w = max(norm - dist[r], 0.0)
+            per_photo[j] += w                                   # a photo: every weight its descriptors won
+            won[owners[j]] = max(won.get(owners[j], 0.0), w)    # an individual: its closest descriptor's
+        for o, w in won.items():
+            per_owner[o] += w
+    return per_owner, per_photo
+
+
+def test_lnbnn_index_equals_its_definition():
+    rng = np.random.default_rng(0)
+    feats = _random_features(rng, 9)
+    owners = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    index = LM.LocalIndex(feats, LM.MatcherSettings(k=3, index="exact"))
+    query = _random_features(rng, 1)[0]
+    got = index.lnbnn(query, owners, 3)
+    want = _naive_lnbnn(query, feats, owners, 3, 3)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+    # leaving photos out (skipped, or owned by nobody) is the same as an index without them
+    for got in (index.lnbnn(query, owners, 3, skip=[0, 4]), index.lnbnn(query, [-1, 0, 0, 1, -1, 1, 2, 2, 2], 3)):
+        want = _naive_lnbnn(query, feats, owners, 3, 3, skip=[0, 4])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+        assert got[1][0] == 0 and got[1][4] == 0
+
+
+def test_flann_index_agrees_with_the_exact_one_and_grows_without_a_rebuild():
+    rng = np.random.default_rng(1)
+    feats = _random_features(rng, 40, per_photo=50, dim=32)
+    owners = np.repeat(np.arange(10), 4)
+    exact = LM.LocalIndex(feats, LM.MatcherSettings(index="exact"))
+    flann = LM.LocalIndex(feats[:36], LM.MatcherSettings(index="flann", checks=2048))
+    grown = flann.with_photos(feats[36:])                      # appended photos: searched beside the tree
+    assert grown._flann is flann._flann and grown.n_tree == 36 * 50 and len(grown) == 40
+    for q in _random_features(rng, 5, per_photo=50, dim=32):
+        a, b = exact.lnbnn(q, owners, 10)[0], grown.lnbnn(q, owners, 10)[0]
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)      # enough checks: the same neighbours
+    big = flann.with_photos(_random_features(rng, 30, per_photo=400, dim=32))      # 12,000 new descriptors
+    assert big._flann is not flann._flann and big.n_tree == len(big.descriptors)      # outgrown: rebuilt
+
+
+def test_match_verifies_a_shortlist_and_scores_every_individual():
+    gallery = [(i, j) for i in range(4) for j in range(2)]
+    feats = [extract(view(i, j)) for i, j in gallery]
+    owners = [i for i, _ in gallery]
+    index = LM.LocalIndex(feats, LM.MatcherSettings(shortlist=3))
+    m = index.match(extract(view(2, 5)), owners, 4)
+    assert np.argmax(m["lnbnn"]) == 2 and np.argmax(m["evidence"]) == 2
+    assert (~np.isnan(m["inliers"])).sum() <= 3                        # only the shortlist is verified by RANSAC
+    assert m["inliers"][4] >= 20 or m["inliers"][5] >= 20              # coat 2's photos: many inliers
+    assert m["verified"][4] > 0 or m["verified"][5] > 0
+    skipped = index.match(extract(view(2, 5)), owners, 4, skip=[4, 5])  # coat 2 left out: no evidence for it
+    assert np.isnan(skipped["evidence"][2]) and np.all(np.isnan(skipped["inliers"][[4, 5]]))
+    blank = index.match(extract(np.zeros((64, 64), np.uint8)), owners, 4)     # a query without keypoints
+    assert np.all(blank["lnbnn"] == 0) and np.all(blank["evidence"] == 0)
+    with_blank = LM.LocalIndex(feats + [Features.empty()])
+    assert np.argmax(with_blank.match(extract(view(1, 6)), owners + [3], 4)["evidence"]) == 1   # a photo w/o keypoints
+
+
+def test_packed_features_round_trip_and_damage_is_refused():
+    feats = [extract(view(0, 0)), Features.empty(), extract(view(1, 0))]
+    back = unpack(pack(feats))
+    assert [len(f) for f in back] == [len(f) for f in feats]
+    np.testing.assert_array_equal(back[2].points, feats[2].points)
+    np.testing.assert_allclose(back[0].descriptors, feats[0].descriptors, atol=1e-3)      # stored as float16
+    arrays = pack(feats)
+    arrays["offsets"] = arrays["offsets"][::-1].copy()
+    with pytest.raises(ValueError, match="do not agree"):
+        unpack(arrays)
 
 
 def write_coats(root, ids, js):
@@ -79,7 +183,7 @@ def write_coats(root, ids, js):
 
 @pytest.fixture(scope="module")
 def coat_gallery(tmp_path_factory):
-    """A gallery of four coats, two photos each, with an embedding barely trained (one step): the coats are
+    """A gallery of six coats, five photos each, with an embedding barely trained (one step): the coats are
     told apart by their keypoints, hardly by the embedding."""
     from nabi.cli import main
     from nabi.reid.gallery import Gallery
@@ -88,58 +192,44 @@ def coat_gallery(tmp_path_factory):
     assert main(["--threads", "1", "train", str(train), "--model", "cifar_cnn", "--head", "arcface",
                  "--embedding-dim", "8", "--iterations", "1", "--batch-size", "8", "--k", "2", "--image-size", "32",
                  "--out", str(root / "run"), "--no-progress", "--val-ratio", "0"]) == 0
-    g = Gallery.build(root / "run", write_coats(root / "enrol", range(4), range(2)), root / "g")
+    g = Gallery.build(root / "run", write_coats(root / "enrol", range(6), range(5)), root / "g")
     return root, g
 
 
 def test_matcher_alone_ranks_every_individual(coat_gallery):
     root, g = coat_gallery
-    queries = write_coats(root / "queries", range(4), [5, 6])
+    queries = write_coats(root / "queries", range(6), [5, 6])
     write_coats(queries, [7, 8], [0])
-    res = g.evaluate(queries, matcher=LM.LocalMatcher())
-    assert res["matcher"]["rank1"] == 1.0 and res["matcher"]["auroc"] == 1.0     # keypoints alone, all 4 ranked
-    assert res["matcher"]["mAP"] == 1.0 and "fused" not in res                 # no fusion before calibration
+    res = g.evaluate(queries, matcher=True, groups=None)
+    assert res["matcher"]["rank1"] == 1.0 and res["matcher"]["auroc"] == 1.0     # keypoints alone, all 6 ranked
+    assert res["matcher"]["mAP"] > 0.9
 
 
-def test_identify_with_matcher_needs_its_calibration(coat_gallery):
-    _, g = coat_gallery
-    g.calibration = None
-    with pytest.raises(ValueError, match="no calibration with the local-feature matcher"):
-        g.identify([view(0, 9)], matcher=LM.LocalMatcher())
-
-
-def test_fusion_calibrated_on_gallery_photos_only(coat_gallery):
+def test_calibrated_gallery_answers_with_probabilities(coat_gallery):
     root, g = coat_gallery
-    m = LM.LocalMatcher()
-    summary, _ = g.calibrate(None, target_far=0.0, matcher=m)       # leave-one-out over the 8 enrolled photos
-    fu = summary["fusion"]
-    assert summary["validation"].startswith("leave-one-out") and summary["known_queries"] == 8
-    assert summary["unknown_queries"] == 8 and len(fu["selection"]) == 11
-    best = max(fu["selection"], key=lambda r: (r["rank1"] + r["auroc"]) / 2)
-    assert fu["weight"] > 0 and (best["rank1"] + best["auroc"]) / 2 == pytest.approx(
-        next((r["rank1"] + r["auroc"]) / 2 for r in fu["selection"] if r["weight"] == fu["weight"]))
-    queries = write_coats(root / "queries2", range(4), [7])
+    summary = g.calibrate(None, matcher=True)                         # leave-one-encounter-out, 30 photos
+    assert summary["source"].startswith("leave-one-encounter-out") and summary["pairs"]["same"] == 30
+    assert summary["auroc_pairs"]["matcher"] > 0.95
+    assert summary["check"]["known_named_correctly"] > 0.9 and summary["check"]["strangers_called_new"] > 0.9
+    out = g.identify([view(2, 9), view(9, 0)])
+    assert out[0]["answer"] == "known" and out[0]["name"] == "coat2" and out[0]["probability"] > 0.8
+    assert out[0]["candidates"][0]["inliers"] >= 10 and len(out[0]["candidates"]) == 5
+    assert out[1]["answer"] == "unknown" and out[1]["probability"] > 0.5
+    assert sum(c["probability"] for c in out[0]["candidates"]) <= 1.0
+    queries = write_coats(root / "queries2", range(6), [7])
     write_coats(queries, [8, 9], [1])
-    res = g.evaluate(queries, matcher=m)
-    assert res["fused"]["weight"] == fu["weight"]                 # the queries never choose the weight
-    assert res["fused"]["rank1"] == 1.0 and res["fused"]["auroc"] == 1.0
-    out = g.identify([view(2, 9), view(9, 0)], matcher=m)
-    assert out[0]["answer"] == "known" and out[0]["name"] == "coat2"
-    assert out[0]["candidates"][0]["inliers"] >= 10 and len(out[0]["candidates"]) == 4
-    assert out[1]["answer"] == "unknown"
-    with pytest.raises(ValueError, match="calibrated with matcher settings"):
-        g.identify([view(2, 9)], matcher=LM.LocalMatcher(nfeatures=300))
+    res = g.evaluate(queries, groups=None)
+    assert res["fused"]["rank1"] == 1.0 and res["fused"]["auroc"] == 1.0 and res["three_way_accuracy"] == 1.0
+    assert res["ece"] < 0.2
 
 
 def test_cli_evaluate_prints_each_scorer(coat_gallery, capsys):
     from nabi.cli import main
     root, g = coat_gallery
-    val = write_coats(root / "val_cli", range(4), [11])
-    write_coats(val, [12], [0, 1])
-    assert main(["gallery", "calibrate", str(g.path), str(val), "--matcher", "--target-far", "0"]) == 0
-    assert "with local-feature matching: weight" in capsys.readouterr().out
-    queries = write_coats(root / "queries_cli", range(4), [13])
-    assert main(["gallery", "evaluate", str(g.path), str(queries), "--matcher"]) == 0
+    assert main(["gallery", "calibrate", str(g.path), "--matcher"]) == 0
+    assert "of known photos named correctly" in capsys.readouterr().out
+    queries = write_coats(root / "queries_cli", range(6), [13])
+    assert main(["gallery", "evaluate", str(g.path), str(queries)]) == 0
     out = capsys.readouterr().out
-    assert "local-feature matcher alone:" in out and "embedding and matcher fused (weight" in out
-    assert out.count("rank-1") == 3
+    assert "keypoint matcher alone:" in out and "the answer (calibrated fusion" in out
+    assert out.count("rank-1") == 3 and "expected calibration error" in out

@@ -34,13 +34,13 @@ def _final_linear(model):
 class Embedder:
     """``embed(items) -> (N, D)`` unit rows for photo paths or image arrays, with the run's preprocessing."""
 
-    def __init__(self, run, device="cpu", batch_size=32):
+    def __init__(self, run, device="cpu", batch_size=32, flip=False):
         from ..data.prepare import eval_transforms
         from ..runs import find_weights, image_fit, load_run
         self.weights = find_weights(run)
         self.model, self.meta = load_run(run, device=device)
         self.sha256 = file_sha256(self.weights)
-        self.device, self.batch_size = device, int(batch_size)
+        self.device, self.batch_size, self.flip = device, int(batch_size), bool(flip)
         self.input_size = tuple(self.meta["input_size"])
         self.fit = image_fit(self.meta)     # how photos are brought to the input size, as in training
         self.transforms = [t for t in eval_transforms(self.input_size[1:], self.meta["normalization"])
@@ -54,7 +54,7 @@ class Embedder:
         """What a gallery records of the model: weights path, their SHA-256, architecture, kind."""
         return {"weights": str(Path(self.weights).resolve()), "sha256": self.sha256,
                 "arch": self.meta.get("arch", {}).get("name"), "kind": self.kind,
-                "input_size": list(self.input_size), "fit": self.fit}
+                "input_size": list(self.input_size), "fit": self.fit, "flip": self.flip}
 
     def load(self, item) -> np.ndarray:
         """One photo path, a Pillow image, or an image array ((H, W, C) or (H, W) uint8, (C, H, W) float in
@@ -91,29 +91,44 @@ class Embedder:
         if self.kind == "embedding":
             return backend.to_numpy(self.model.embed(xb)).astype(np.float32), None
         feats = {}
-        lin = self._linear
-        inner = type(lin).forward
 
-        def capture(z):
+        def capture(module, forward, z):          # the classifier's input: the features it reads
             feats["x"] = z
-            return inner(lin, z)
-        object.__setattr__(lin, "forward", capture)
+            return forward(z)
+        remove = self._linear.add_forward_hook(capture)
         try:
             logits = self.model(xb)
         finally:
-            object.__delattr__(lin, "forward")
+            remove()
         f = backend.to_numpy(feats["x"]).astype(np.float64)
         f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
         return f.astype(np.float32), backend.to_numpy(softmax(logits, axis=1))
 
+    def check_readable(self, item):
+        """None when the photo can be read, else a message naming it (the photo is decoded once to check)."""
+        if not isinstance(item, (str, Path)):
+            return None
+        try:
+            self.load(item)
+        except (OSError, ValueError) as e:
+            return str(e) if str(item) in str(e) else f"could not read photo {item}: {e}"
+        return None
+
     def embed(self, items, with_probs=False):
-        """Unit embeddings (N, D) (and class probabilities (N, K) or None with ``with_probs``)."""
+        """Unit embeddings (N, D) (and class probabilities (N, K) or None with ``with_probs``).
+
+        With ``flip`` set (``Embedder(..., flip=True)``), each photo's embedding is the normalised mean of its
+        own and its mirror image's (test-time augmentation)."""
         items = list(items)
         embs, probs = [], []
         for s in range(0, len(items), self.batch_size):
             x = np.stack([self.load(it) for it in items[s:s + self.batch_size]])
             with self._lock:
                 e, p = self._forward(x)
+                if self.flip:
+                    e2, _ = self._forward(np.ascontiguousarray(x[..., ::-1]))
+                    e = e + e2
+                    e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
             embs.append(e)
             probs.append(p)
         E = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)

@@ -1,279 +1,264 @@
-"""A gallery of enrolled individuals: their photos' embeddings, searched by cosine similarity.
+"""A gallery of enrolled individuals and the answer it gives for a photo.
 
-On disk a gallery is a folder:
+A gallery holds, for every enrolled photo, its individual's name, its encounter (``nabi.data.encounters``),
+its embedding (``nabi.reid.embedder``) and, unless built without, its local features
+(``nabi.reid.local_features``), stored in a folder (``nabi.reid.store``). For a query photo:
 
-    index.json                      names, photo paths and SHA-256 of every enrolled photo, the model's
-                                    identity (weights path and SHA-256), the unknown threshold and its
-                                    calibration, and the name and SHA-256 of the embeddings file
-    embeddings-<hash>.safetensors   the (M, D) float32 unit embeddings, one row per index entry
+    similarity_u   the embedding's cosine with u's closest photo
+    evidence_u     the keypoint matcher's evidence for u (``nabi.reid.matcher``: one index over every
+                   gallery descriptor, LNBNN, RANSAC on a shortlist)
+    p_u            the probability that the photo shows u, from those scores (``nabi.reid.calibration``:
+                   each score calibrated on pairs of known truth, the probabilities fused), and
+    P(u), P(unknown)   the open-set posterior over "one of the U enrolled individuals, or none"
 
-Each save writes a new embeddings file, then the index atomically, then removes the old file, so
-the two always agree; an edited index or a damaged embeddings file is an error naming the file.
+The answer for a photo is
 
-Search: the similarity of a query q to gallery row e_i is q·e_i (both unit length, so the cosine);
-an individual's similarity is that of its closest photo. The answer for a photo is
-
-    background  the closest individual is ``background`` or ``background/<kind>`` (photos of empty
+    background  the closest group by embedding is ``background`` or ``background/<kind>`` (photos of empty
                 scenes enrolled under that reserved name), or a classifier run's background class wins
-    known       otherwise, when the best similarity exceeds the calibrated threshold (always, before
-                calibration): the name, its similarity, the margin to the runner-up individual
-                (None when only one is enrolled) and the top-k candidates with their closest photo
-    unknown     the best similarity is at or under the threshold
+    known       the most probable hypothesis is an enrolled individual: its name and its probability
+    unknown     the most probable hypothesis is "none of them": P(unknown)
 
-With a local-feature matcher (``nabi.reid.matcher``) each individual's score is instead the fusion of its
-similarity and its keypoint evidence (``nabi.reid.fusion``), compared with the fused threshold of a
-calibration made with the same matcher settings.
+Each answer carries ``probability`` (of the answer given), ``p_unknown``, ``similarity`` (the top
+candidate's embedding cosine), ``margin`` (the top two individuals' difference, in probability when
+calibrated) and the top-k ``candidates`` with their probability, similarity, evidence and closest photo.
+A gallery without a probability calibration answers with its closest individual, or by the cosine
+threshold of an older calibration, and says ``calibrated: False``.
+
+Calibration (``calibrate``): from photos of other individuals (a folder of individuals that are neither
+enrolled nor queried) or, without one, leave-one-encounter-out over the gallery's own photos (each
+encounter a query against the gallery without it). ``nabi.reid.calibrate`` makes the pairs.
 
 A ``Gallery`` is an in-memory object safe to share between threads of one process: searches read a
-consistent snapshot, and writes (``add``, ``rename``, ``merge``, ``calibrate``) take a lock and save.
+consistent snapshot, and writes (``add``, ``remove``, ``rename``, ``merge``, ``calibrate``) take a lock,
+replace the snapshot and save.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import threading
-import unicodedata
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .. import files as io
-from ..data import IMG_EXTENSIONS
+from ..data.background import is_background
+from ..data.encounters import DEFAULT_GAP_MINUTES, encounter_keys, parse_rule
 from ..files.digest import file_sha256
-from ..data.background import BACKGROUND, is_background
+from . import store
 from .embedder import Embedder
-from . import metrics as M
+from .folders import check_name, individual_folders, list_photos, unique_photos  # noqa: F401 (public names)
+from .store import INDEX, GalleryError  # noqa: F401 (public names)
 
-INDEX = "index.json"
-FORMAT = "nabi-gallery"
-VERSION = 1
-
-
-def _nfc(s):
-    return unicodedata.normalize("NFC", str(s))
+TOPK = 5
 
 
-def check_name(name) -> str:
-    """A usable individual name: non-empty, no path separators (except the reserved background/<kind>)."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"an individual's name must be a non-empty string, got {name!r}")
-    name = _nfc(name.strip())
-    if is_background(name):
-        kind = name[len(BACKGROUND) + 1:]
-        if name != BACKGROUND and (not kind or "/" in kind or "\\" in kind):
-            raise ValueError(f"background names are 'background' or 'background/<kind>', got {name!r}")
-        return name
-    if "/" in name or "\\" in name or name in (".", ".."):
-        raise ValueError(f"an individual's name cannot contain '/' or '\\' (got {name!r})")
-    return name
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent state of a gallery (never changed in place; writers make a new one)."""
+    entries: tuple
+    embeddings: np.ndarray
+    local: tuple | None = None                 # Features per entry, or None
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def names(self) -> list:
+        if "names" not in self._cache:
+            self._cache["names"] = sorted({e["name"] for e in self.entries})
+        return self._cache["names"]
 
-def list_photos(folder) -> list:
-    """Image files directly in ``folder``, sorted (hidden files skipped)."""
-    exts = {e.lower().lstrip(".") for e in IMG_EXTENSIONS}
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower().lstrip(".") in exts)
+    @property
+    def columns(self) -> np.ndarray:
+        """(M,) each entry's column in ``names``."""
+        if "columns" not in self._cache:
+            col = {n: i for i, n in enumerate(self.names)}
+            self._cache["columns"] = np.array([col[e["name"]] for e in self.entries], np.int64)
+        return self._cache["columns"]
 
+    @property
+    def people(self) -> np.ndarray:
+        """(N,) bool: which names are individuals (not background)."""
+        return np.array([not is_background(n) for n in self.names], bool)
 
-def individual_folders(photos_dir) -> list:
-    """``[(name, [photo paths])]`` of a folder with one sub-folder per individual; ``background/`` may hold
-    photos and/or ``background/<kind>/`` sub-folders. An empty individual folder is an error naming it."""
-    root = Path(photos_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"photo folder {root} does not exist")
-    out = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        name = _nfc(sub.name)
-        if name == BACKGROUND:
-            photos = list_photos(sub)
-            if photos:
-                out.append((BACKGROUND, photos))
-            for kind in sorted(p for p in sub.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                kp = list_photos(kind)
-                if not kp:
-                    raise ValueError(f"background folder {kind} holds no photos ({', '.join(sorted(IMG_EXTENSIONS))})")
-                out.append((f"{BACKGROUND}/{_nfc(kind.name)}", kp))
-            continue
-        photos = list_photos(sub)
-        if not photos:
-            raise ValueError(f"individual folder {sub} holds no photos ({', '.join(sorted(IMG_EXTENSIONS))})")
-        out.append((check_name(name), photos))
-    if not out:
-        raise ValueError(f"photo folder {root} has no individual sub-folders (expected {root}/<name>/<photos>)")
-    return out
-
-
-def unique_photos(folders):
-    """``(folders without repeated files, [(copy, original)])``: a file whose SHA-256 already appeared in the
-    same individual's folder is left out; the same file under two names is a ``ValueError`` naming both."""
-    seen, out, skipped = {}, [], []
-    for name, photos in folders:
-        kept = []
-        for p in photos:
-            h = file_sha256(p)
-            if h in seen:
-                other_name, other = seen[h]
-                if other_name != name:
-                    raise ValueError(f"photo {p} (individual {name!r}) is the same file as {other} (individual "
-                                     f"{other_name!r}); one photo cannot show two individuals")
-                skipped.append((p, other))
-                continue
-            seen[h] = (name, p)
-            kept.append(p)
-        out.append((name, kept))
-    return out, skipped
-
-
-class GalleryError(ValueError):
-    """A gallery folder that cannot be used (damaged, edited, or made with other weights)."""
+    def encounter_of(self, j) -> tuple:
+        e = self.entries[j]
+        return e["name"], e.get("encounter") or f"photo:{e['sha256']}"
 
 
 class Gallery:
-    """Enrolled individuals and their photo embeddings; see the module docstring."""
+    """Enrolled individuals, their photos' embeddings and local features; see the module docstring."""
 
-    def __init__(self, embedder, path=None, entries=None, embeddings=None, threshold=None, calibration=None):
+    def __init__(self, embedder, path=None, entries=None, embeddings=None, local=None, local_settings=None,
+                 matcher_settings=None, calibration=None, threshold=None, encounter_rule="auto",
+                 gap_minutes=DEFAULT_GAP_MINUTES):
+        from .local_features import LocalSettings
+        from .matcher import MatcherSettings
         self.embedder = embedder
         self.path = Path(path) if path is not None else None
-        self.entries = list(entries or [])
+        entries = tuple(dict(e) for e in (entries or ()))
         D = None if embeddings is None else embeddings.shape[1]
-        self.embeddings = embeddings if embeddings is not None else np.zeros((0, D or 0), np.float32)
-        self.threshold = threshold
+        E = embeddings if embeddings is not None else np.zeros((0, D or 0), np.float32)
+        if local is not None and len(local) != len(entries):
+            raise ValueError(f"local features for {len(local)} photos given with {len(entries)} entries")
+        self._snap = Snapshot(entries, E, None if local is None else tuple(local))
+        self.local_settings = local_settings if local_settings is None or isinstance(local_settings, LocalSettings) \
+            else LocalSettings.from_dict(local_settings)
+        self.matcher_settings = matcher_settings if isinstance(matcher_settings, MatcherSettings) \
+            else MatcherSettings.from_dict(matcher_settings or {})
         self.calibration = calibration
+        self.threshold = threshold
+        parse_rule(encounter_rule)
+        self.encounter_rule, self.gap_minutes = encounter_rule, float(gap_minutes)
         self._lock = threading.RLock()
-        self._embeddings_file = None
-        self._group_cache = None
+        self._index = None                 # (LocalIndex, {entry sha256: index photo id}) once built
+        self._files = ()
         self.skipped = []
 
-    # -- creating and opening ----------------------------------------------------------------
+    # -- the state ---------------------------------------------------------------------------------------
+    @property
+    def entries(self) -> list:
+        return list(self._snap.entries)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self._snap.embeddings
+
+    @property
+    def local(self):
+        return self._snap.local
+
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    def names(self) -> list:
+        """Enrolled names (background names included), sorted."""
+        return list(self._snap.names)
+
+    def individuals(self) -> list:
+        """Enrolled names without the background ones."""
+        return [n for n in self._snap.names if not is_background(n)]
+
+    def __len__(self):
+        return len(self._snap.entries)
+
+    @property
+    def has_local_features(self) -> bool:
+        return self.local_settings is not None and self._snap.local is not None
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the gallery answers with probabilities (a version-2 calibration)."""
+        return bool((self.calibration or {}).get("fusion"))
+
+    # -- creating and opening -------------------------------------------------------------------------------
     @classmethod
-    def create(cls, run, out=None, device="cpu"):
-        """An empty gallery for ``run``'s model (saved to ``out`` when given)."""
-        g = cls(Embedder(run, device=device), out)
+    def create(cls, run, out=None, device="cpu", local=True, encounters="auto", gap_minutes=DEFAULT_GAP_MINUTES,
+               matcher_settings=None, flip=False):
+        """An empty gallery for ``run``'s model (saved to ``out`` when given). ``local``: compute local features
+        (True: the default ``LocalSettings``; a ``LocalSettings``; False: none, no keypoint matcher);
+        ``matcher_settings``: a ``MatcherSettings``; ``flip``: embeddings with test-time flip."""
+        from .local_features import LocalSettings
+        settings = LocalSettings() if local is True else (local or None)
+        g = cls(Embedder(run, device=device, flip=flip), out, local_settings=settings,
+                local=[] if settings is not None else None, encounter_rule=encounters, gap_minutes=gap_minutes,
+                matcher_settings=matcher_settings)
         if out is not None:
             g.save()
         return g
 
     @classmethod
-    def build(cls, run, photos_dir, out, device="cpu", log=None):
+    def build(cls, run, photos_dir, out, device="cpu", log=None, local=True, encounters="auto",
+              gap_minutes=DEFAULT_GAP_MINUTES, strict=False, calibration=None, matcher_settings=None, flip=False):
         """Enrol every individual of ``photos_dir`` (one sub-folder each, ``background/`` optional) and save
-        the gallery at ``out``. A file repeated within one individual's folder (same SHA-256) is enrolled once
-        (the copies are reported through ``log``, default ``warnings.warn``); the same file under two names
-        is an error naming both. Nothing is written if a photo cannot be read. ``g.skipped`` lists the copies."""
+        the gallery at ``out``.
+
+        A file repeated within one individual's folder (same SHA-256) is enrolled once; the same file under two
+        names is an error naming both. A photo that cannot be read is left out with a line through ``log``
+        (default ``warnings.warn``) — an error naming it with ``strict``. ``encounters``/``gap_minutes`` group
+        each individual's photos into encounters (``nabi.data.encounters``). ``calibration``: a calibration
+        dict to start from (``nabi.reid.calibrate.default_calibration``); ``g.skipped`` lists the copies and
+        the unreadable photos."""
         if (Path(out) / INDEX).exists():
             raise ValueError(f"{out} already holds a gallery; add photos to it with nabi gallery add "
                              "(Gallery.add) or build into another folder")
+        say = log or (lambda m: warnings.warn(m, stacklevel=3))
         folders, skipped = unique_photos(individual_folders(photos_dir))
         if skipped:
-            msg = (f"{len(skipped)} photo(s) in {photos_dir} repeat another file of the same individual and were "
-                   "enrolled once: " + ", ".join(f"{p} (= {q})" for p, q in skipped[:5])
-                   + (" …" if len(skipped) > 5 else ""))
-            (log or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
-        g = cls(Embedder(run, device=device), None)
+            say(f"{len(skipped)} photo(s) in {photos_dir} repeat another file of the same individual and were "
+                "enrolled once: " + ", ".join(f"{p} (= {q})" for p, q in skipped[:5]) + (" …" if len(skipped) > 5 else ""))
+        g = cls.create(run, None, device, local, encounters, gap_minutes, matcher_settings, flip)
+        unreadable = []
         for name, photos in folders:
-            g.add(name, photos, save=False)
+            keys = encounter_keys(photos, encounters, gap_minutes, individual_dir=Path(photos_dir) / name) \
+                if not is_background(name) else [None] * len(photos)
+            readable, rkeys = [], []
+            for p, k in zip(photos, keys):
+                problem = g.embedder.check_readable(p)
+                if problem is None:
+                    readable.append(p)
+                    rkeys.append(k)
+                elif strict:
+                    raise ValueError(problem)
+                else:
+                    unreadable.append(p)
+                    say(f"skipped: {problem}")
+            if readable:
+                g.add(name, readable, save=False, encounters=rkeys)
+        if unreadable:
+            say(f"{len(unreadable)} photo(s) could not be read and were left out (--strict makes this an error)")
+        if not len(g):
+            raise ValueError(f"no photo of {photos_dir} could be enrolled")
+        g.calibration = calibration
         g.path = Path(out)
         g.save()
-        g.skipped = skipped
+        g.skipped = skipped + [(p, None) for p in unreadable]
         return g
 
     @classmethod
     def open(cls, path, run=None, device="cpu"):
         """Load a saved gallery; ``run`` (default: the weights it was built with) must have the same SHA-256."""
         path = Path(path)
-        index_path = path / INDEX
-        if not index_path.is_file():
-            raise FileNotFoundError(f"{path} is not a gallery: {index_path} does not exist")
-        try:
-            with open(index_path, encoding="utf-8") as f:
-                index = json.load(f)
-        except ValueError as e:
-            raise GalleryError(f"gallery index {index_path} is not valid JSON: {e}") from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise GalleryError(f"{index_path} is not a nabi gallery index (format {FORMAT!r} expected)")
-        try:
-            model, entries = index["model"], index["entries"]
-            emb_name, emb_sha = index["embeddings"]["file"], index["embeddings"]["sha256"]
-        except (KeyError, TypeError) as e:
-            raise GalleryError(f"gallery index {index_path} lacks the field {e}") from None
-        if not isinstance(emb_name, str) or Path(emb_name).name != emb_name:
-            raise GalleryError(f"gallery index {index_path} names the embeddings file {emb_name!r}; expected a file "
-                               "name inside the gallery folder")
-        emb_path = path / emb_name
-        if not emb_path.is_file():
-            raise GalleryError(f"gallery index {index_path} names the embeddings file {emb_path}, which does "
-                               "not exist")
-        if file_sha256(emb_path) != emb_sha:
-            raise GalleryError(f"gallery embeddings file {emb_path} does not match the SHA-256 recorded in "
-                               f"{index_path}: the file was changed or damaged; rebuild the gallery")
-        try:
-            state, _ = io.load_weights(emb_path)
-            E = np.asarray(state["embeddings"], dtype=np.float32)
-        except (ValueError, KeyError) as e:
-            raise GalleryError(f"gallery embeddings file {emb_path} is unreadable: {e}") from None
-        if E.ndim != 2 or E.shape[0] != len(entries) or any(
-                not isinstance(e, dict) or not {"name", "photo", "sha256"} <= set(e) for e in entries):
-            raise GalleryError(f"gallery index {index_path} does not match {emb_path}: the index lists "
-                               f"{len(entries)} photos, the embeddings file holds {E.shape[0] if E.ndim == 2 else '?'} "
-                               "rows (was the index edited?)")
+        index = store.read_index(path)
+        emb_file, E = store.read_embeddings(path, index)
+        local_file, local = store.read_local(path, index)
+        model = index["model"] if isinstance(index["model"], dict) else {}
         weights = run if run is not None else model.get("weights")
         if run is None and (not weights or not Path(weights).is_file()):
             raise FileNotFoundError(f"gallery {path} was built with the weights {weights}, which no longer exist; "
                                     "give the run (or a copy of the same weights) with --run / "
                                     "Gallery.open(path, run=…)")
-        embedder = Embedder(weights, device=device)
+        embedder = Embedder(weights, device=device, flip=bool(model.get("flip", False)))
         if embedder.sha256 != model.get("sha256"):
             raise GalleryError(f"gallery {path} was built with the model {model.get('weights')} (SHA-256 "
                                f"{str(model.get('sha256'))[:12]}…), not with {embedder.weights} (SHA-256 "
                                f"{embedder.sha256[:12]}…): embeddings of different models cannot be compared; "
                                "build a new gallery with this model")
-        g = cls(embedder, path, entries, E, index.get("threshold"), index.get("calibration"))
-        g._embeddings_file = emb_name
+        calibration = index.get("calibration")
+        threshold = index.get("threshold")
+        try:
+            g = cls(embedder, path, index["entries"], E, local, index.get("local_settings") if local is not None
+                    else None, index.get("matcher_settings"), calibration, threshold,
+                    index.get("encounter_rule", "auto"), index.get("gap_minutes", DEFAULT_GAP_MINUTES))
+        except ValueError as e:
+            raise GalleryError(f"gallery index {path / INDEX} is not usable: {e}") from None
+        g._files = (emb_file, local_file)
         return g
 
-    # -- saving ------------------------------------------------------------------------------------
     def save(self):
-        """Write the embeddings file, then the index (atomically), then drop the previous embeddings file."""
+        """Write the array files, then the index (atomically), then drop the files the old index named."""
         if self.path is None:
             raise ValueError("this gallery has no folder: give one with gallery.path = ... before saving")
         with self._lock:
-            self.path.mkdir(parents=True, exist_ok=True)
-            E = np.ascontiguousarray(self.embeddings, dtype=np.float32)
-            digest = hashlib.sha256(E.tobytes() + json.dumps(self.entries).encode()).hexdigest()
-            name = f"embeddings-{digest[:16]}.safetensors"
-            io.save_weights(self.path / name, {"embeddings": E}, {"format": FORMAT, "rows": int(E.shape[0])})
-            index = {"format": FORMAT, "version": VERSION, "model": self.embedder.identity(),
-                     "embedding_dim": int(E.shape[1]) if E.ndim == 2 else 0,
-                     "embeddings": {"file": name, "sha256": file_sha256(self.path / name)},
-                     "threshold": self.threshold, "calibration": self.calibration, "entries": self.entries}
-            io.atomic_write_json(self.path / INDEX, index)
-            old = self._embeddings_file
-            self._embeddings_file = name
-            if old and old != name:
-                for f in (self.path / old, Path(io.sidecar_path(self.path / old))):
-                    try:
-                        os.remove(f)
-                    except FileNotFoundError:
-                        pass
+            snap = self._snap
+            index = {"model": self.embedder.identity(), "entries": list(snap.entries),
+                     "encounter_rule": self.encounter_rule, "gap_minutes": self.gap_minutes,
+                     "local_settings": self.local_settings.to_dict() if self.has_local_features else None,
+                     "matcher_settings": self.matcher_settings.to_dict(),
+                     "calibration": self.calibration, "threshold": self.threshold}
+            index = store.write(self.path, index, snap.embeddings,
+                                snap.local if self.has_local_features else None, self._files)
+            self._files = (index["embeddings"]["file"], (index.get("local") or {}).get("file"))
 
-    # -- reading ----------------------------------------------------------------------------------------
-    def names(self) -> list:
-        """Enrolled names (background names included), sorted."""
-        with self._lock:
-            return sorted({e["name"] for e in self.entries})
-
-    def individuals(self) -> list:
-        """Enrolled names without the background ones."""
-        return [n for n in self.names() if not is_background(n)]
-
-    def __len__(self):
-        return len(self.entries)
-
-    def _snapshot(self):
-        with self._lock:      # writers replace these objects, never change them in place
-            return self.embeddings, self.entries, self.threshold
-
+    # -- writing ------------------------------------------------------------------------------------------
     def _collision(self, name, existing):
         fold = name.casefold()
         for other in existing:
@@ -281,13 +266,14 @@ class Gallery:
                 return other
         return None
 
-    # -- writing -----------------------------------------------------------------------------------------
-    def add(self, name, paths, save=True, merge=False) -> list:
+    def add(self, name, paths, save=True, merge=False, encounters=None) -> list:
         """Enrol photos under ``name`` (a new individual, or more photos of an enrolled one).
 
-        Returns the added entries ``[{'name', 'photo', 'sha256'}]``. A photo already in the gallery (same
-        SHA-256), twice in ``paths``, or unreadable is a ``ValueError`` naming it, and nothing is added.
-        A name equal to an enrolled one but for letter case is refused unless ``merge``.
+        ``encounters``: one key per photo, one key for all (photos of one sighting), or None (grouped by the
+        gallery's encounter rule). Returns the added entries ``[{'name', 'photo', 'sha256', 'encounter'}]``. A
+        photo already in the gallery (same SHA-256), twice in ``paths``, or unreadable is a ``ValueError``
+        naming it, and nothing is added. A name equal to an enrolled one but for letter case is refused unless
+        ``merge``.
         """
         name = check_name(name)
         paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
@@ -298,27 +284,45 @@ class Gallery:
             if not p.is_file():
                 raise FileNotFoundError(f"photo {p} does not exist")
             hashes.append(file_sha256(p))
-        name = self._check_new(name, paths, hashes, merge)
+        if encounters is None:
+            keys = [None] * len(paths) if is_background(name) else encounter_keys(paths, self.encounter_rule,
+                                                                                  self.gap_minutes)
+        elif isinstance(encounters, str):
+            keys = [encounters] * len(paths)
+        else:
+            keys = [None if k is None else str(k) for k in encounters]
+            if len(keys) != len(paths):
+                raise ValueError(f"{len(keys)} encounter keys given for {len(paths)} photos")
+        self._check_new(name, paths, hashes, merge)
         E = self.embedder.embed(paths)                     # outside the lock: searches go on meanwhile
+        feats = self._local_features(paths) if self.has_local_features else None
         with self._lock:
             name = self._check_new(name, paths, hashes, merge)     # again: another writer may have been quicker
-            new = [{"name": name, "photo": str(p.resolve()), "sha256": h} for p, h in zip(paths, hashes)]
-            self.embeddings = E if len(self.entries) == 0 else np.concatenate([self.embeddings, E])
-            self.entries = self.entries + new
+            new = [{"name": name, "photo": str(p.resolve()), "sha256": h, "encounter": k}
+                   for p, h, k in zip(paths, hashes, keys)]
+            snap = self._snap
+            E_all = E if len(snap.entries) == 0 else np.concatenate([snap.embeddings, E])
+            local = None if snap.local is None else snap.local + tuple(feats if feats is not None else ())
+            self._snap = Snapshot(snap.entries + tuple(new), E_all, local)
+            self._extend_index(new, feats)
             if save and self.path is not None:
                 self.save()
             return new
 
+    def _local_features(self, items, settings=None):
+        from .local_features import extract
+        return [extract(p, settings or self.local_settings) for p in items]
+
     def _check_new(self, name, paths, hashes, merge):
         """The name to enrol under (a letter-case collision only with ``merge``); duplicates are refused."""
         with self._lock:
-            other = self._collision(name, {e["name"] for e in self.entries})
+            other = self._collision(name, set(self._snap.names))
             if other is not None:
                 if not merge:
                     raise ValueError(f"name {name!r} collides with the enrolled individual {other!r}; use "
                                      f"{other!r}, or --merge to add the photos to {other!r}")
                 name = other
-            known = {e["sha256"]: e for e in self.entries}
+            known = {e["sha256"]: e for e in self._snap.entries}
             seen = {}
             for p, h in zip(paths, hashes):
                 if h in known:
@@ -329,11 +333,30 @@ class Gallery:
                 seen[h] = p
             return name
 
+    def remove(self, sha256s) -> list:
+        """Take photos out of the gallery by their SHA-256 (one or several); returns the removed entries. An
+        unknown SHA-256 is a ``ValueError`` and nothing is removed."""
+        wanted = [sha256s] if isinstance(sha256s, str) else list(sha256s)
+        with self._lock:
+            snap = self._snap
+            have = {e["sha256"] for e in snap.entries}
+            missing = [h for h in wanted if h not in have]
+            if missing:
+                raise ValueError(f"no photo with SHA-256 {missing[0][:12]}… in the gallery")
+            keep = [j for j, e in enumerate(snap.entries) if e["sha256"] not in set(wanted)]
+            removed = [e for e in snap.entries if e["sha256"] in set(wanted)]
+            local = None if snap.local is None else tuple(snap.local[j] for j in keep)
+            self._snap = Snapshot(tuple(snap.entries[j] for j in keep), snap.embeddings[keep], local)
+            if self.path is not None:
+                self.save()
+            return removed
+
     def rename(self, old, new, merge=False):
         """Rename an individual; to an enrolled name only with ``merge`` (the photos join that individual)."""
         old, new = check_name(old), check_name(new)
         with self._lock:
-            names = {e["name"] for e in self.entries}
+            snap = self._snap
+            names = set(snap.names)
             if old not in names:
                 raise ValueError(f"no individual {old!r} in the gallery (enrolled: {', '.join(sorted(names))})")
             clash = new if new in names else self._collision(new, names - {old})
@@ -341,7 +364,8 @@ class Gallery:
                 raise ValueError(f"name {new!r} collides with the enrolled individual {clash!r}; "
                                  f"use merge to join {old!r} into it")
             target = clash if clash is not None and clash != old else new
-            self.entries = [dict(e, name=target) if e["name"] == old else e for e in self.entries]
+            entries = tuple(dict(e, name=target) if e["name"] == old else e for e in snap.entries)
+            self._snap = Snapshot(entries, snap.embeddings, snap.local)
             if self.path is not None:
                 self.save()
 
@@ -349,336 +373,312 @@ class Gallery:
         """Move every photo of ``src`` to the enrolled individual ``dst``."""
         dst = check_name(dst)
         with self._lock:
-            if dst not in {e["name"] for e in self.entries}:
+            if dst not in set(self._snap.names):
                 raise ValueError(f"no individual {dst!r} in the gallery to merge into")
             self.rename(src, dst, merge=True)
 
-    # -- searching ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _groups(entries):
-        """Entries grouped by name: (sorted names, permutation putting each name's rows together, group starts)."""
-        names = np.array([e["name"] for e in entries], dtype=object)
-        uniq = sorted(set(names.tolist()))
-        col = np.searchsorted(np.array(uniq, dtype=object), names)
-        perm = np.argsort(col, kind="stable")
-        starts = np.searchsorted(col[perm], np.arange(len(uniq)))
-        return uniq, perm, starts
+    def ensure_local_features(self, settings=None, log=None):
+        """Compute the local features of every enrolled photo (a gallery built without them, or an older one),
+        under ``settings`` (default ``LocalSettings()``), and save."""
+        from .local_features import LocalSettings
+        settings = settings or self.local_settings or LocalSettings()
+        with self._lock:
+            if self.has_local_features and settings == self.local_settings:
+                return
+            snap = self._snap
+        if log:
+            log(f"computing the local features of {len(snap.entries)} gallery photo(s) (once)")
+        feats = self._local_features([Path(e["photo"]) for e in snap.entries], settings)
+        with self._lock:
+            if self._snap is not snap:
+                raise RuntimeError("the gallery changed while its local features were computed; try again")
+            self.local_settings = settings
+            self._snap = Snapshot(snap.entries, snap.embeddings, tuple(feats))
+            self._index = None
+            if self.path is not None:
+                self.save()
 
-    def _grouped(self, E, entries):
-        """``_groups`` and the embeddings with each individual's rows together, kept until the next write."""
-        cache = self._group_cache
-        if cache is None or cache[0] is not E or cache[1] is not entries:
-            uniq, perm, starts = self._groups(entries)
-            cache = (E, entries, uniq, perm, starts, np.ascontiguousarray(E[perm]))
-            self._group_cache = cache
-        return cache[2:]
+    # -- the keypoint index ---------------------------------------------------------------------------------
+    def local_index(self, snap=None):
+        """``(LocalIndex, (M,) index photo id of each entry of snap)`` — the index over every enrolled photo's
+        keypoints, built once and extended as photos are added (``LocalIndex.with_photos``); photos taken out
+        stay in it, never searched."""
+        from .matcher import LocalIndex
+        snap = snap or self._snap
+        with self._lock:
+            state = self._index
+            if state is not None and state[0].settings != self.matcher_settings:
+                state = self._index = None
+            covered = state is not None and all(e["sha256"] in state[1] for e in snap.entries)
+            if not covered:
+                fresh = (LocalIndex(list(snap.local), self.matcher_settings),
+                         {e["sha256"]: j for j, e in enumerate(snap.entries)})
+                if snap is not self._snap:            # an older snapshot than the gallery's: its own index
+                    return fresh[0], np.arange(len(snap.entries))
+                state = self._index = fresh
+            index, ids = state
+        return index, np.array([ids[e["sha256"]] for e in snap.entries], np.int64)
 
-    def rank_embeddings(self, q, E, entries, probs_bg=None, topk=5):
-        """Per query: (individuals ranked by best similarity, best similarity per individual, top-k candidates,
-        background-class flag, sorted names). One matrix product (Q, D)·(D, M), then a max per individual."""
-        uniq, perm, starts, grouped = self._grouped(E, entries)
-        ends = np.append(starts[1:], len(perm))
-        sims = q @ grouped.T                                   # (Q, M), each individual's rows together
-        best_all = np.maximum.reduceat(sims, starts, axis=1)   # (Q, U)
-        out = []
-        for r in range(q.shape[0]):
-            best = best_all[r]
-            ranked = np.argsort(-best, kind="stable")
-            cands = []
-            for i in ranked[:topk]:
-                j = perm[starts[i] + int(np.argmax(sims[r, starts[i]:ends[i]]))]
-                cands.append({"name": uniq[i], "similarity": float(best[i]), "photo": entries[j]["photo"]})
-            out.append((ranked, best, cands, bool(probs_bg[r]) if probs_bg is not None else False, uniq))
-        return out
+    def _extend_index(self, new_entries, feats):
+        """Under the lock: add just-enrolled photos to a built index (nothing when none is built yet)."""
+        if self._index is None or feats is None:
+            return
+        index, ids = self._index
+        ids = dict(ids)
+        for k, e in enumerate(new_entries):
+            ids[e["sha256"]] = len(index) + k
+        self._index = (index.with_photos(feats), ids)
 
-    def _per_individual(self, photo_scores, entries, reduce):
-        """(Q, U) scores per sorted name from (Q, M) per-photo scores in entry order: ``reduce`` of each
-        individual's columns ((Q, m) → (Q,))."""
-        uniq, perm, starts = self._groups(entries)
-        ends = np.append(starts[1:], len(perm))
-        out = np.stack([reduce(photo_scores[:, perm[a:b]]) for a, b in zip(starts, ends)], axis=1)
-        return uniq, out
+    # -- scoring --------------------------------------------------------------------------------------------
+    def use_matcher(self, matcher=None) -> bool:
+        """Whether answers use the keypoint matcher: ``matcher`` True/False, or None: when the gallery has local
+        features and its calibration includes the matcher (or, uncalibrated, whenever it has local features)."""
+        if matcher is None:
+            if not self.has_local_features:
+                return False
+            if self.calibrated:
+                return "matcher" in self.calibration["fusion"].get("scorers", {})
+            return False
+        if matcher and not self.has_local_features:
+            raise ValueError(f"gallery {self.path or ''} has no local features: build it with them (the default) or "
+                             "compute them with Gallery.ensure_local_features (nabi gallery calibrate --matcher)")
+        return bool(matcher)
 
-    def _score(self, q, E, entries, items, matcher=None, skip=None) -> dict:
-        """Every query's scores for every enrolled individual (sorted names ``names``):
+    def scores(self, q, items=None, skip=None, matcher=False, snap=None, query_features=None, verify_top=5):
+        """Every query's scores for every enrolled name (``snap.names``):
 
-        photo_similarity (Q, M)  cosine with each gallery photo (entry order); NaN where ``skip`` (Q, M) is set
-        similarity (Q, U)        the closest photo's cosine (NaN: no photo of that individual left)
-        with a ``LocalMatcher``: inliers (Q, M) with each matched photo (NaN: not matched; at most
-        ``max_photos`` per individual) and evidence (Q, U) (``nabi.reid.matcher.individual_evidence``).
+        photo_similarity (Q, M)  cosine with each gallery photo; NaN where ``skip`` (Q, M) is set
+        similarity (Q, N)        the closest photo's cosine (NaN: no photo of that name left)
+        with ``matcher``: evidence (Q, N) (NaN for background names and names with no photo left), lnbnn
+        (Q, N), inliers and verified (Q, M) (the photo's RANSAC inliers and their LNBNN weight; NaN: not
+        verified). ``query_features``: the queries' local
+        features when already computed (else from ``items``); ``verify_top``: the embedding's closest photos
+        verified besides the matcher's shortlist.
         """
-        from .matcher import individual_evidence
-        S = (q @ E.T).astype(np.float64)
+        snap = snap or self._snap
+        S = (np.asarray(q, np.float32) @ snap.embeddings.T).astype(np.float64)
         if skip is not None:
             S[skip] = np.nan
+        cols = snap.columns
+        N = len(snap.names)
+        sim = np.full((len(S), N), np.nan)
+        for c in range(N):
+            block = S[:, cols == c]
+            if block.shape[1]:
+                filled = np.where(np.isnan(block), -np.inf, block).max(axis=1)
+                sim[:, c] = np.where(np.isinf(filled), np.nan, filled)
+        out = {"names": list(snap.names), "photo_similarity": S, "similarity": sim}
+        if not matcher:
+            return out
+        index, pid = self.local_index(snap)
+        feats = query_features if query_features is not None else self._local_features(items)
+        people = snap.people
+        owners = np.full(len(index), -1, np.int64)
+        searched = people[cols]                                   # background photos are not matched
+        owners[pid[searched]] = cols[searched]
+        ev = np.full((len(S), N), np.nan)
+        ln = np.full((len(S), N), np.nan)
+        inl = np.full(S.shape, np.nan)
+        ver = np.full(S.shape, np.nan)
+        rows = np.flatnonzero(searched)
 
-        def closest(x):
-            filled = np.where(np.isnan(x), -np.inf, x).max(axis=1)
-            return np.where(np.isinf(filled), np.nan, filled)
-        names, best = self._per_individual(S, entries, closest)
-        out = {"names": names, "photo_similarity": S, "similarity": best}
-        if matcher is not None:
-            leave = np.zeros(S.shape, bool) if skip is None else skip.copy()
-            if matcher.max_photos is not None:
-                seen = {}
-                for j, e in enumerate(entries):
-                    seen[e["name"]] = seen.get(e["name"], 0) + 1
-                    leave[:, j] |= seen[e["name"]] > matcher.max_photos
-            n = matcher.inlier_matrix(items, [Path(e["photo"]) for e in entries], skip=leave)
-            out["inliers"] = n
-            out["evidence"] = self._per_individual(n, entries, lambda x: individual_evidence(x, matcher.top))[1]
+        def one(r):
+            sk = None if skip is None else pid[np.flatnonzero(skip[r])]
+            also = []
+            if verify_top:
+                order = np.argsort(-np.nan_to_num(S[r, rows], nan=-np.inf), kind="stable")[:int(verify_top)]
+                also = [int(pid[rows[o]]) for o in order if not np.isnan(S[r, rows[o]])]
+            return index.match(feats[r], owners, N, skip=sk, also=also)
+        for r, m in enumerate(_map(one, range(len(feats)))):
+            ev[r, people] = m["evidence"][people]
+            ln[r, people] = m["lnbnn"][people]
+            inl[r] = m["inliers"][pid]
+            ver[r] = m["verified"][pid]
+        out.update(evidence=ev, lnbnn=ln, inliers=inl, verified=ver)
         return out
 
     def _fusion(self, matcher):
-        """(``Fusion``, threshold) calibrated for ``matcher``'s settings; a clear error when there is none."""
-        from .fusion import Fusion
-        fu = (self.calibration or {}).get("fusion")
-        where = f"gallery {self.path}" if self.path is not None else "the gallery"
-        if not fu:
-            raise ValueError(f"{where} has no calibration with the local-feature matcher: run nabi gallery calibrate "
-                             "GALLERY VALIDATION --matcher (Gallery.calibrate(..., matcher=...)) first")
-        if fu.get("matcher") != matcher.settings():
-            raise ValueError(f"{where} was calibrated with matcher settings {fu.get('matcher')}, not "
-                             f"{matcher.settings()}; calibrate again with these settings")
-        return Fusion.from_dict(fu, f"{where}'s calibration"), fu.get("threshold")
+        """The calibrated ``Fusion`` for the answer (embedding alone when ``matcher`` is False), or None."""
+        if not self.calibrated:
+            return None
+        from .calibration import Fusion
+        where = f"gallery {self.path}'s calibration" if self.path is not None else "the gallery's calibration"
+        fu = Fusion.from_dict(self.calibration["fusion"], where)
+        if matcher and "matcher" not in fu.calibrations:
+            raise ValueError(f"{where} does not include the keypoint matcher: calibrate with it (nabi gallery "
+                             "calibrate GALLERY --matcher)")
+        if matcher:
+            want = self.calibration.get("local_settings")
+            if want is not None and want != self.local_settings.to_dict():
+                raise ValueError(f"{where} was made with local features {want}, the gallery has "
+                                 f"{self.local_settings.to_dict()}; calibrate again")
+            return fu
+        if "embedding" not in fu.calibrations:
+            raise ValueError(f"{where} has no calibration of the embedding alone")
+        return Fusion({"embedding": fu.calibrations["embedding"]}, prior=fu.calibrations["embedding"].prior)
 
-    def identify(self, paths_or_images, topk=5, matcher=None) -> list:
-        """The three-way answer for each photo (path or image array); see the module docstring.
+    def probabilities(self, scored, matcher, groups=None, prior_known=None):
+        """(P (Q, N) over the names, P_unknown (Q,), p_same (Q, N), α used) from ``scores`` with the calibration; background
+        names get P 0. ``groups``: a key per query; queries sharing one are a sighting whose answer combines
+        their evidence (the sum of each individual's log likelihood ratios). ``prior_known``: α (default: the
+        calibration's), or 'auto' to estimate it from these queries (``calibration.estimate_prior_known``: one
+        sighting counted once). None when not calibrated."""
+        from .calibration import posterior
+        fusion = self._fusion(matcher)
+        if fusion is None:
+            return None
+        names = scored["names"]
+        people = np.array([not is_background(n) for n in names])
+        inputs = {"embedding": scored["similarity"]}
+        if matcher:
+            inputs["matcher"] = scored["evidence"]
+        p = fusion.probabilities(inputs)
+        p = np.where(people[None, :], p, np.nan)
+        prior_known = self.calibration.get("prior_known", 0.5) if prior_known is None else prior_known
+        if groups is not None:
+            p = _combine_groups(p, groups, fusion.prior)
+        if prior_known == "auto":
+            from .calibration import estimate_prior_known
+            rows = np.unique([str(g) for g in groups], return_index=True)[1] if groups is not None else slice(None)
+            prior_known = estimate_prior_known(p[rows][:, people], fusion.prior) if len(p) > 1 else 0.5
+        P, P0 = posterior(p[:, people], fusion.prior, float(prior_known))
+        full = np.zeros(p.shape)
+        full[:, people] = P
+        return full, P0, p, float(prior_known)
 
-        With a ``LocalMatcher`` (``nabi.reid.matcher``) every enrolled individual is scored by the fused score
-        of ``nabi.reid.fusion`` (its weight, scales and threshold from a calibration with the same matcher
-        settings, ``calibrate(..., matcher=...)``); ``similarity`` is then the fused score and each candidate
-        also reports its ``embedding_similarity``, ``evidence`` and best photo's ``inliers``.
+    def identify(self, paths_or_images, topk=TOPK, matcher=None, groups=None, prior_known=None) -> list:
+        """The answer for each photo (path or image array); see the module docstring.
+
+        ``matcher``: use the keypoint matcher (None: as the gallery is calibrated). ``groups``: one key per photo;
+        photos with the same key are one sighting and get one answer from their evidence together.
+        ``prior_known``: the prior that a photo shows an enrolled individual (default: the calibration's; 'auto':
+        estimated from these photos). A photo that cannot be read gets ``{'answer': 'error', 'error': message}``
+        and the others are answered.
         """
         items = [paths_or_images] if isinstance(paths_or_images, (str, Path)) else list(paths_or_images)
-        E, entries, threshold = self._snapshot()
-        if not entries:
+        snap = self._snap
+        if not snap.entries:
             raise ValueError("the gallery is empty: enrol individuals first (nabi gallery add)")
-        if matcher is not None:
-            fusion, threshold = self._fusion(matcher)
-        q, probs = self.embedder.embed(items, with_probs=True)
+        matcher = self.use_matcher(matcher)
+        check = getattr(self.embedder, "check_readable", None)          # embedders without it read everything
+        problems = [check(it) if check is not None and isinstance(it, (str, Path)) else None for it in items]
+        ok = [i for i, pr in enumerate(problems) if pr is None]
+        results = [{"answer": "error", "error": pr, "name": None} for pr in problems]
+        if not ok:
+            return results
+        good = [items[i] for i in ok]
+        q, probs = self.embedder.embed(good, with_probs=True)
         bg_wins = self.embedder.background_wins(probs)
-        n_names = len({e["name"] for e in entries})
-        ranked_all = self.rank_embeddings(q, E, entries, bg_wins, n_names if matcher is not None else int(topk))
-        if matcher is not None:
-            scored = self._score(q, E, entries, items, matcher)
-            fused = fusion(scored["similarity"], scored["evidence"])
-            photo_inliers = self._per_individual(scored["inliers"], entries,
-                                                 lambda x: np.where(np.isnan(x), -1, x).max(axis=1))[1]
-        results = []
-        for r, (ranked, best, cands, bg, uniq) in enumerate(ranked_all):
-            if matcher is not None:
-                best = fused[r]
-                ranked = np.argsort(-best, kind="stable")
-                by_name = {c["name"]: c for c in cands}
-                cands = []
-                for i in ranked[:int(topk)]:
-                    c = dict(by_name[uniq[i]])
-                    c.update(embedding_similarity=c["similarity"], similarity=float(best[i]),
-                             evidence=float(scored["evidence"][r, i]), inliers=max(0, int(photo_inliers[r, i])))
-                    cands.append(c)
-            top = uniq[ranked[0]]
-            people = [i for i in ranked if not is_background(uniq[i])]
-            sim = float(best[ranked[0]])
-            if bg or is_background(top):
-                answer, name = "background", None
-                if people:
-                    sim = float(best[people[0]])
-            elif threshold is not None and sim <= threshold:
-                answer, name = "unknown", None
-            else:
-                answer, name = "known", top
-            margin = float(best[people[0]] - best[people[1]]) if len(people) > 1 else None
-            results.append({"answer": answer, "name": name, "similarity": sim, "margin": margin,
-                            "candidates": cands, "threshold": threshold,
-                            "background_similarity": max((float(best[i]) for i in ranked if is_background(uniq[i])),
-                                                         default=None)})
+        scored = self.scores(q, good, matcher=matcher, snap=snap)
+        g = None if groups is None else [groups[i] for i in ok]
+        post = self.probabilities(scored, matcher, g, prior_known)
+        for r, i in enumerate(ok):
+            results[i] = self._answer(scored, post, r, bool(bg_wins[r]) if bg_wins is not None else False,
+                                      int(topk), snap, matcher)
         return results
 
-    @staticmethod
-    def _ranking_metrics(scores, photo_scores, names, g_labels, labels, enrolled):
-        """rank-1, rank-5, mAP (over gallery photos) of the known queries and, with unknown ones, AUROC and TAR at
-        FAR 1 % / 5 % of the best score; background individuals and photos are left out of the ranking."""
+    def _answer(self, scored, post, r, bg_win, topk, snap, matcher):
+        names = scored["names"]
+        sim = scored["similarity"][r]
         people = np.array([not is_background(n) for n in names])
-        photo_people = np.array([not is_background(n) for n in g_labels])
-        names_p = np.array(names, dtype=object)[people]
-        scores = np.where(np.isnan(scores[:, people]), -np.inf, scores[:, people])
-        known = np.array([n in enrolled for n in labels], bool)
-        unknown = np.array([n not in enrolled and not is_background(n) for n in labels], bool)
-        out = {}
-        if not names_p.size:
-            return out
-        order = np.argsort(-scores, axis=1, kind="stable")
-        top_name = names_p[order[:, 0]]
-        best = scores[np.arange(len(scores)), order[:, 0]]
-        if known.any():
-            lab = np.array(labels, dtype=object)[known]
-            hits = names_p[order[known]] == lab[:, None]
-            out["rank1"] = float(hits[:, :1].any(axis=1).mean())
-            out["rank5"] = float(hits[:, :5].any(axis=1).mean())
-            ps = np.where(np.isnan(photo_scores), -np.inf, photo_scores)[known][:, photo_people]
-            out["mAP"] = M.mean_average_precision(ps, lab, np.asarray(g_labels, dtype=object)[photo_people])
-        if known.any() and unknown.any():
-            kc = top_name[known] == np.array(labels, dtype=object)[known]
-            out["auroc"] = M.auroc(best[known], best[unknown])
-            out["tar_at_far_1pct"] = M.tar_at_far(best[known], kc, best[unknown], 0.01)["tar"]
-            out["tar_at_far_5pct"] = M.tar_at_far(best[known], kc, best[unknown], 0.05)["tar"]
-        return out
-
-    def evaluate(self, queries_dir, matcher=None) -> dict:
-        """Score the gallery on labelled query photos (``queries_dir``: one folder per individual).
-
-        Folders of enrolled names are known queries: rank-1 and rank-5 over individuals (each ranked by its
-        closest photo) and mAP over gallery photos. Folders of other names are unknowns: with both kinds,
-        AUROC of the best similarity and the true-accept rate at 1 % and 5 % false accepts. ``background``
-        folders expect the answer background. The three-way accuracy uses the current threshold.
-
-        With a ``LocalMatcher`` the same figures are added for the matcher alone under ``"matcher"`` (individuals
-        ranked by evidence, photos by log(1 + inliers beyond chance)) and, when the gallery is calibrated with
-        this matcher, for the fused score under ``"fused"`` (its weight too); the three-way accuracy is then the
-        fused answer's.
-        """
-        from .matcher import photo_evidence
-        folders = individual_folders(queries_dir)
-        E, entries, _ = self._snapshot()
-        enrolled = set(self.individuals())
-        items = [(n, p) for n, ps in folders for p in ps]
-        labels = [n for n, _ in items]
-        g_labels = [e["name"] for e in entries]
-        q = self.embedder.embed([p for _, p in items])
-        scored = self._score(q, E, entries, [p for _, p in items], matcher)
-        out = {"queries": len(items), "known_queries": sum(n in enrolled for n in labels),
-               "unknown_queries": sum(n not in enrolled and not is_background(n) for n in labels),
-               "individuals_enrolled": len(enrolled)}
-        args = (scored["names"], g_labels, labels, enrolled)
-        out.update(self._ranking_metrics(scored["similarity"], scored["photo_similarity"], *args))
-        fused_matcher = None
-        if matcher is not None:
-            out["matcher"] = self._ranking_metrics(scored["evidence"], photo_evidence(scored["inliers"]), *args)
-            if (self.calibration or {}).get("fusion"):
-                fusion, _ = self._fusion(matcher)
-                fused_matcher = matcher
-                out["fused"] = dict(self._ranking_metrics(fusion(scored["similarity"], scored["evidence"]),
-                                                          fusion(scored["photo_similarity"],
-                                                                 photo_evidence(scored["inliers"])), *args),
-                                    weight=fusion.weight)
-        answers = self.identify([p for _, p in items], matcher=fused_matcher)
-        truths = [("background", None) if is_background(n) else ("known", n) if n in enrolled else ("unknown", None)
-                  for n, _ in items]
-        out["three_way_accuracy"] = M.three_way_accuracy([(a["answer"], a["name"]) for a in answers], truths)
-        out["threshold"] = answers[0]["threshold"] if answers else None
-        return out
-
-    # -- calibration ------------------------------------------------------------------------------------------
-    def _validation_scores(self, validation_dir, matcher):
-        """Scores of validation queries for the enrolled individuals (background left out): ``(summary facts,
-        similarity (Q, U), evidence (Q, U) or None, truth (Q,) column or −1 for unknown)``.
-
-        From a folder: enrolled names are known queries, the others unknowns. Without one, leave-one-out over
-        the enrolled photos: each photo is a known query against the gallery without it (when its individual
-        has another photo) and an unknown query against the gallery without its individual.
-        """
-        E, entries, _ = self._snapshot()
-        enrolled = sorted(set(self.individuals()))
-        if not enrolled:
-            raise ValueError("calibration needs a gallery with at least one enrolled individual")
-        if validation_dir is not None:
-            folders = [(n, p) for n, p in individual_folders(validation_dir) if not is_background(n)]
-            known = [(n, p) for n, ps in folders if n in enrolled for p in ps]
-            unknown = [(n, p) for n, ps in folders if n not in enrolled for p in ps]
-            if not unknown:
-                raise ValueError(f"validation folder {validation_dir} has no individual outside the gallery: hold "
-                                 "some individuals out of it to stand for unknowns")
-            items = known + unknown
-            paths = [p for _, p in items]
-            scored = self._score(self.embedder.embed(paths), E, entries, paths, matcher)
-            truth = np.array([scored["names"].index(n) if n in enrolled else -1 for n, _ in items])
-            facts = {"known_queries": len(known), "unknown_queries": len(unknown),
-                     "unknown_individuals": sorted({n for n, _ in unknown}),
-                     "validation": str(Path(validation_dir).resolve())}
+        by_sim = [i for i in np.argsort(-np.nan_to_num(sim, nan=-np.inf), kind="stable") if not np.isnan(sim[i])]
+        if post is not None:
+            P, P0, p_same = post[0][r], float(post[1][r]), post[2][r]
+            ranked = [i for i in np.lexsort((-np.nan_to_num(sim, nan=-np.inf), -P)) if people[i]]   # ties: similarity
+        elif matcher:
+            ev = np.nan_to_num(scored["evidence"][r], nan=-np.inf)
+            ranked = [i for i in np.lexsort((-np.nan_to_num(sim, nan=-np.inf), -ev)) if people[i]]
+            P = P0 = p_same = None
         else:
-            rows = [j for j, e in enumerate(entries) if not is_background(e["name"])]
-            g_labels = np.array([e["name"] for e in entries], dtype=object)
-            if len(enrolled) < 2:
-                raise ValueError("calibrating without a validation folder (leave-one-out) needs at least two "
-                                 "enrolled individuals")
-            counts = {n: int((g_labels == n).sum()) for n in enrolled}
-            if max(counts.values()) < 2:
-                raise ValueError("calibrating without a validation folder (leave-one-out) needs an individual with "
-                                 "at least two photos")
-            paths = [Path(entries[j]["photo"]) for j in rows]
-            ids = np.arange(len(entries))
-            skip_self = ids[None, :] == np.array(rows)[:, None]                   # (R, M): the query itself
-            skip_all = g_labels[None, :] == g_labels[rows][:, None]             # its whole individual
-            q = E[rows]
-            as_known = self._score(q, E, entries, paths, matcher, skip=skip_self)
-            as_unknown = self._score(q, E, entries, paths, None, skip=skip_all)
-            names = as_known["names"]
-            if matcher is not None:            # the same pairs, with the individual's own photos left out
-                n = np.where(skip_all, np.nan, as_known["inliers"])
-                from .matcher import individual_evidence
-                as_unknown["evidence"] = self._per_individual(n, entries,
-                                                              lambda x: individual_evidence(x, matcher.top))[1]
-            keep = np.array([counts[g_labels[j]] >= 2 for j in rows])
-            scored = {"names": names,
-                      "similarity": np.concatenate([as_known["similarity"][keep], as_unknown["similarity"]])}
-            if matcher is not None:
-                scored["evidence"] = np.concatenate([as_known["evidence"][keep], as_unknown["evidence"]])
-            truth = np.concatenate([[names.index(g_labels[j]) for j, k in zip(rows, keep) if k],
-                                    -np.ones(len(rows), int)]).astype(int)
-            facts = {"known_queries": int(keep.sum()), "unknown_queries": len(rows), "unknown_individuals": [],
-                     "validation": "leave-one-out over the enrolled photos"}
-        people = np.array([not is_background(n) for n in scored["names"]])
-        similarity = scored["similarity"][:, people]
-        evidence = scored["evidence"][:, people] if matcher is not None else None
-        remap = np.cumsum(people) - 1                                   # column among the people
-        truth = np.where(truth >= 0, remap[np.maximum(truth, 0)], -1)
-        return facts, similarity, evidence, truth
+            ranked = [i for i in by_sim if people[i]]
+            P = P0 = p_same = None
+        photo_sim = scored["photo_similarity"][r]
+        top_sim = by_sim[0] if by_sim else None
+        background = bg_win or (top_sim is not None and not people[top_sim])
+        cands = []
+        for i in (by_sim if background else ranked)[:topk]:     # a background answer: the closest groups
+            rows = np.flatnonzero(snap.columns == i)
+            j = rows[int(np.argmax(np.nan_to_num(photo_sim[rows], nan=-np.inf)))]
+            c = {"name": names[i], "similarity": float(sim[i]), "photo": snap.entries[j]["photo"]}
+            if P is not None and people[i]:
+                c["probability"] = float(P[i])
+                c["p_same"] = float(p_same[i])
+            if matcher and people[i]:
+                c["evidence"] = float(np.nan_to_num(scored["evidence"][r, i]))
+                n = scored["inliers"][r, rows]
+                c["inliers"] = int(np.nanmax(n)) if np.any(~np.isnan(n)) else 0
+            cands.append(c)
+        out = {"calibrated": P is not None, "candidates": cands, "threshold": None}
+        if post is not None:
+            out["p_unknown"] = P0
+        bg_sims = [float(sim[i]) for i in range(len(names)) if not people[i] and not np.isnan(sim[i])]
+        out["background_similarity"] = max(bg_sims) if bg_sims else None
+        best = ranked[0] if ranked else None
+        second = ranked[1] if len(ranked) > 1 else None
+        if P is not None:
+            out["margin"] = None if second is None else float(P[best] - P[second])
+        else:
+            out["margin"] = None if second is None else float(sim[best] - sim[second]) if not matcher else \
+                float(np.nan_to_num(scored["evidence"][r, best]) - np.nan_to_num(scored["evidence"][r, second]))
+        out["similarity"] = float(sim[best]) if best is not None else (float(sim[top_sim]) if top_sim is not None
+                                                                        else 0.0)
+        if background:
+            out.update(answer="background", name=None, probability=None)
+        elif best is None:
+            out.update(answer="unknown", name=None, probability=P0)
+        elif P is not None:
+            if P[best] >= P0:
+                out.update(answer="known", name=names[best], probability=float(P[best]))
+            else:
+                out.update(answer="unknown", name=None, probability=P0)
+        elif self.threshold is not None and not matcher and sim[best] <= self.threshold:
+            out.update(answer="unknown", name=None, probability=None, threshold=self.threshold)
+        else:
+            out.update(answer="known", name=names[best], probability=None, threshold=self.threshold)
+        return out
 
-    @staticmethod
-    def _operating_point(scores, truth, target_far):
-        """(known best, known right, unknown best) of (Q, U) scores and the rates at ``target_far``."""
-        from .fusion import best_of
-        best, col = best_of(scores)
-        known = truth >= 0
-        ks, kc, us = best[known], col[known] == truth[known], best[~known]
-        return ks, kc, us, M.tar_at_far(ks, kc, us, target_far)
+    # -- calibration and evaluation ------------------------------------------------------------------------
+    def calibrate(self, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic", fusion="logistic",
+                  log=None):
+        """Fit the probability calibration and save it; returns its summary (``nabi.reid.calibrate``)."""
+        from .calibrate import calibrate_gallery
+        return calibrate_gallery(self, calibration_dir, matcher=matcher, prior_known=prior_known, kind=kind,
+                                 fusion=fusion, log=log)
 
-    def calibrate(self, validation_dir=None, target_far=0.01, plot=None, matcher=None):
-        """Choose the unknown threshold from validation queries.
+    def evaluate(self, queries_dir, matcher=None, groups="encounter", log=None, prior_known=None) -> dict:
+        """Figures on labelled query photos (``nabi.reid.evaluation.evaluate``)."""
+        from .evaluation import evaluate
+        return evaluate(self, queries_dir, matcher=matcher, groups=groups, log=log, prior_known=prior_known)
 
-        ``validation_dir`` holds one folder per individual: folders named like an enrolled individual are known
-        queries, the others individuals held out as unknowns (at least one is needed); ``background`` folders are
-        skipped. Without it, the enrolled photos themselves are the queries, leave-one-out (see
-        ``_validation_scores``). The threshold is the lowest with a false-accept rate at most ``target_far`` over
-        the unknowns. With a ``LocalMatcher`` the fusion of ``nabi.reid.fusion`` (weight and scales) is chosen on
-        the same queries and its own threshold stored under ``"fusion"`` (with the selection table). Returns the
-        calibration summary (also stored in the index) and writes the FAR/FRR curve as a PNG to ``plot``.
-        """
-        facts, similarity, evidence, truth = self._validation_scores(validation_dir, matcher)
-        ks, kc, us, point = self._operating_point(similarity, truth, target_far)
-        curve = M.far_frr_curve(ks, kc, us)
-        summary = {"target_far": float(target_far), "threshold": point["threshold"], "far": point["far"],
-                   "frr": point["frr"], "tar": point["tar"], **facts}
-        if len(ks):
-            summary["auroc"] = M.auroc(ks, us)
-            for far in (0.01, 0.05):
-                summary[f"tar_at_far_{int(far * 100)}pct"] = M.tar_at_far(ks, kc, us, far)["tar"]
-        if matcher is not None:
-            from .fusion import fit_fusion
-            if not len(ks):
-                raise ValueError("fusing the local-feature matcher needs known queries in the validation folder too")
-            fusion, table = fit_fusion(similarity, evidence, truth)
-            fks, _, fus, fpoint = self._operating_point(fusion(similarity, evidence), truth, target_far)
-            summary["fusion"] = {**fusion.to_dict(), "auroc": M.auroc(fks, fus), "threshold": fpoint["threshold"],
-                                 "far": fpoint["far"], "frr": fpoint["frr"], "tar": fpoint["tar"],
-                                 "matcher": matcher.settings(), "selection": table}
-        with self._lock:
-            self.threshold = point["threshold"]
-            self.calibration = summary
-            if self.path is not None:
-                self.save()
-        if plot is not None:
-            from .plots import plot_far_frr
-            plot_far_frr(curve, point, plot)
-        return summary, curve
+
+def _map(fn, items):
+    """``map`` over threads when there is more than one item (OpenCV and NumPy release the GIL while matching)."""
+    items = list(items)
+    if len(items) < 2:
+        return [fn(i) for i in items]
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1))) as ex:
+        return list(ex.map(fn, items))
+
+
+def _combine_groups(p, groups, prior):
+    """Pair probabilities of a sighting's photos combined: each individual's log likelihood ratios summed over
+    the photos that scored it, back to a probability at the same pair prior."""
+    from .calibration import _logit
+    groups = list(groups)
+    if len(groups) != len(p):
+        raise ValueError(f"one group key per photo is needed, got {len(groups)} for {len(p)} photos")
+    out = p.copy()
+    logit = _logit(np.clip(np.nan_to_num(p, nan=0.5), 1e-12, 1 - 1e-12))
+    base = np.log(prior / (1 - prior))
+    keys = np.array([str(k) for k in groups], dtype=object)
+    for key in set(keys.tolist()):
+        rows = np.flatnonzero(keys == key)
+        if len(rows) < 2:
+            continue
+        have = ~np.isnan(p[rows])
+        z = np.where(have, logit[rows] - base, 0.0).sum(axis=0) + base
+        combined = 0.5 * (1.0 + np.tanh(0.5 * z))
+        out[rows] = np.where(have.any(axis=0), combined, np.nan)[None, :]
+    return out

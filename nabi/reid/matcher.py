@@ -1,94 +1,96 @@
-"""Local-feature matching: RootSIFT keypoints, Lowe's ratio test, RANSAC, and a score per individual.
+"""Local-feature matching that scales: one nearest-neighbour index over every gallery descriptor, LNBNN
+scores per individual, and geometric verification of a shortlist.
 
-Coat patterns (stripes, spots) are individual; two photos of the same animal share many keypoints
-that agree on one geometric transform, photos of different animals few. For photos a and b:
+Coat patterns (stripes, spots) are individual: two photos of one animal share keypoints that agree on
+one geometric transform, photos of different animals few. Matching a query with every gallery photo
+costs a ratio test and a RANSAC fit per pair; instead (HotSpotter, Crall et al. 2013, after McCann &
+Lowe's local naive-Bayes nearest neighbour, 2012):
 
-    keypoints and SIFT descriptors (OpenCV), each descriptor made RootSIFT: d ← √(d / ‖d‖₁)
-    (Arandjelović & Zisserman 2012: Euclidean distance of RootSIFT is the Hellinger kernel of SIFT)
-    for each descriptor of a its two nearest in b; kept when d₁ < ratio · d₂ (Lowe 2004)
-    a homography fitted to the kept pairs by RANSAC (reprojection error ≤ 5 px); n(a, b) is the
-    number of inlier pairs (0 with fewer than 4 kept pairs)
+1. **Index.** The descriptors of every gallery photo (``nabi.reid.local_features``, stored with the
+   gallery) go into one nearest-neighbour index (exact for small galleries, else OpenCV's FLANN
+   randomised k-d trees).
+2. **LNBNN.** For each query descriptor q, its k + 1 nearest gallery descriptors at distances
+   d₁ ≤ … ≤ d_{k+1}. Each individual u among the first k gets the weight
 
-RANSAC fits a homography to any four pairs, so photos of two different animals still agree on 4 to
-about 7 inliers by chance; only the inliers beyond that count as evidence. The matcher's score of a
-query q for an enrolled individual with photos g₁ … g_m is
+       w_u(q) = d_{k+1} − d_u(q)          (d_u: the distance to u's closest of those k)
 
-    evidence(q) = log(1 + Σ_{k largest} max(0, n(q, g_j) − 7))
+   — how much closer u's descriptor is than the (k+1)-th, a descriptor of "anybody". Habitat seen
+   behind many individuals gives every one of them about the same distance, so it weighs little. A
+   gallery photo's LNBNN score is the sum of the weights its descriptors won; the ``shortlist`` photos
+   with the highest scores (and any photos the caller adds, e.g. the embedding's closest) are verified.
+3. **Verification.** For each shortlisted photo g, the correspondences the LNBNN lists already hold
+   (query descriptor → one of its k nearest, when that one lies in g) are checked geometrically: a
+   homography is fitted by RANSAC (reprojection error ≤ 5 px), and g's verified score is the sum of the
+   LNBNN weights of the inlier correspondences — distinctive keypoints that agree on one transform
+   (HotSpotter's spatially verified score). An individual's evidence is the sum of its ``top`` best
+   verified photos (0 when none was shortlisted); ``nabi.reid.calibration`` turns it into a probability.
 
-over the ``top`` (default 2) photos with the most inliers: a full ranking of every enrolled individual
-by local features alone, with no training. ``nabi.reid.fusion`` puts it on the scale of the embedding's
-cosine similarity. Needs ``opencv-python-headless``.
+A query is therefore matched with ``shortlist`` photos, not the whole gallery: its cost grows with the
+index lookup only (logarithmic with FLANN).
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .local_features import Features, _cv2
+
 CHANCE_INLIERS = 7          # inliers a RANSAC homography finds between unrelated photos (4 by construction)
+EXACT_LIMIT = 50_000        # gallery descriptors up to which the index is exact (a matrix product)
 
 
-def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise ImportError('the local-feature matcher needs OpenCV: pip install "nabi[reid]"') from None
-    return cv2
+@dataclass(frozen=True)
+class MatcherSettings:
+    """k: neighbours per query descriptor (LNBNN); shortlist: photos verified per query; top: an individual's
+    best photos its evidence sums; ratio: Lowe's ratio test; reprojection_px: RANSAC's inlier distance;
+    index: 'auto' (exact up to EXACT_LIMIT descriptors, else 'flann'), 'exact' or 'flann'; checks: FLANN's
+    leaves visited per lookup (more: closer to exact, slower)."""
+    k: int = 4
+    shortlist: int = 20
+    top: int = 1
+    ratio: float = 0.8
+    reprojection_px: float = 5.0
+    index: str = "auto"
+    checks: int = 64
+
+    def __post_init__(self):
+        for name, low in (("k", 1), ("shortlist", 1), ("top", 1), ("checks", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ValueError(f"matcher {name} must be an integer ≥ {low}, got {v!r}")
+        if not 0.0 < float(self.ratio) < 1.0:
+            raise ValueError(f"matcher ratio must be in (0, 1), got {self.ratio!r}")
+        if not float(self.reprojection_px) > 0:
+            raise ValueError(f"matcher reprojection_px must be > 0, got {self.reprojection_px!r}")
+        if self.index not in ("auto", "exact", "flann"):
+            raise ValueError(f"matcher index must be auto, exact or flann, got {self.index!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d, where="the matcher settings"):
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where} are not usable: {e}") from None
 
 
-def _gray(item, max_side=512):
-    """uint8 grey image from a path or an array (H, W, C) uint8 / (C, H, W) float in [0, 1], its longer side
-    shrunk to ``max_side`` (never enlarged)."""
+# -- one pair of photos -------------------------------------------------------------------------------
+def inliers(a: Features, b: Features, ratio=0.8, reprojection_px=5.0) -> int:
+    """RANSAC homography inliers among the ratio-test matches of two photos' features."""
     cv2 = _cv2()
-    if isinstance(item, (str, Path)):
-        img = cv2.imread(str(item), cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            raise ValueError(f"could not decode image file {item} for local-feature matching")
-    else:
-        a = np.asarray(item)
-        if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-            a = a.transpose(1, 2, 0)
-        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3)) or a.size == 0:
-            raise ValueError(f"a photo for local-feature matching must be (H, W), (H, W, 1|3) or (1|3, H, W), "
-                             f"got shape {a.shape}")
-        if a.dtype != np.uint8:
-            a = (np.clip(a, 0, 1) * 255).astype(np.uint8)
-        if a.ndim == 3:
-            a = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY) if a.shape[-1] == 3 else a[..., 0]
-        img = a
-    h, w = img.shape[:2]
-    if max(h, w) > max_side:
-        s = max_side / max(h, w)
-        img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img)
-
-
-def rootsift(item, nfeatures=2000, max_side=512):
-    """``(points (n, 2) float32, descriptors (n, 128) float32)`` of a photo; RootSIFT descriptors."""
-    cv2 = _cv2()
-    sift = cv2.SIFT_create(nfeatures=nfeatures)
-    kps, desc = sift.detectAndCompute(_gray(item, max_side), None)
-    if desc is None or len(kps) == 0:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
-    desc = desc.astype(np.float32)
-    desc /= np.maximum(desc.sum(axis=1, keepdims=True), 1e-7)
-    return np.array([k.pt for k in kps], np.float32), np.sqrt(desc)
-
-
-def inliers(features_a, features_b, ratio=0.8, reprojection_px=5.0) -> int:
-    """RANSAC inliers among the ratio-test matches of two ``rootsift`` results."""
-    cv2 = _cv2()
-    (pa, da), (pb, db) = features_a, features_b
-    if len(da) < 2 or len(db) < 2:
+    if len(a) < 2 or len(b) < 2:
         return 0
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors, b.descriptors, k=2)
     good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < ratio * n.distance]
     if len(good) < 4:
         return 0
-    src = pa[[m.queryIdx for m in good]].reshape(-1, 1, 2)
-    dst = pb[[m.trainIdx for m in good]].reshape(-1, 1, 2)
+    src = a.points[[m.queryIdx for m in good]].reshape(-1, 1, 2)
+    dst = b.points[[m.trainIdx for m in good]].reshape(-1, 1, 2)
     cv2.setRNGSeed(0)                                   # the same photos give the same count
-    _, mask = cv2.findHomography(src, dst, cv2.RANSAC, reprojection_px)
+    _, mask = cv2.findHomography(src, dst, cv2.RANSAC, float(reprojection_px))
     return int(mask.sum()) if mask is not None else 0
 
 
@@ -114,57 +116,200 @@ def individual_evidence(n_inliers, top=2):
     return np.where(np.isnan(n).all(axis=-1), np.nan, out)
 
 
-class LocalMatcher:
-    """RootSIFT + ratio test + RANSAC with fixed settings; keeps each photo file's features (computed once).
+# -- the index --------------------------------------------------------------------------------------------
+def _exact_neighbours(q, base, n):
+    """(indices, distances) of the n nearest rows of ``base`` to each row of ``q``, by matrix products."""
+    n = min(n, len(base))
+    out_i = np.empty((len(q), n), np.int64)
+    out_d = np.empty((len(q), n), np.float32)
+    if n == 0:
+        return out_i, out_d
+    sq = (base ** 2).sum(axis=1)
+    step = max(16, (1 << 23) // max(1, len(base)))      # about 32 MB of distances at a time
+    for s in range(0, len(q), step):
+        block = q[s:s + step]
+        d2 = sq[None, :] - 2.0 * (block @ base.T) + (block ** 2).sum(axis=1)[:, None]
+        part = np.argpartition(d2, n - 1, axis=1)[:, :n] if n < d2.shape[1] else np.tile(np.arange(n), (len(block), 1))
+        dd = np.take_along_axis(d2, part, axis=1)
+        order = np.argsort(dd, axis=1, kind="stable")
+        out_i[s:s + step] = np.take_along_axis(part, order, axis=1)
+        out_d[s:s + step] = np.sqrt(np.maximum(np.take_along_axis(dd, order, axis=1), 0.0))
+    return out_i, out_d
 
-    nfeatures   SIFT keypoints kept per photo (strongest first)
-    ratio       Lowe's ratio-test threshold
-    max_side    photos are shrunk to this longer side before detection (never enlarged)
-    top         how many of an individual's best-matching photos its evidence sums
-    max_photos  at most this many photos per individual are matched (None: all)
+
+class LocalIndex:
+    """Every gallery photo's descriptors in one nearest-neighbour index; ``match`` scores a query against all
+    individuals.
+
+    features   one ``Features`` per indexed photo (index photo ids 0 … P − 1)
+
+    The index knows photos, not names: each call says which individual (a column 0 … U − 1, or −1: not
+    searched, e.g. a photo taken out of the gallery) every indexed photo belongs to, so renaming, merging and
+    removing never rebuild it. ``with_photos`` appends photos: the new ones are searched exactly beside the
+    existing index until they outgrow a tenth of it, and only then is the index built again.
     """
 
-    def __init__(self, nfeatures=2000, ratio=0.8, max_side=512, top=2, max_photos=None):
-        checks = {"nfeatures": (nfeatures, 1), "max_side": (max_side, 16), "top": (top, 1)}
-        if max_photos is not None:
-            checks["max_photos"] = (max_photos, 1)
-        for name, (value, low) in checks.items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"LocalMatcher {name} must be an integer ≥ {low}, got {value!r}")
-        if not 0.0 < float(ratio) < 1.0:
-            raise ValueError(f"LocalMatcher ratio must be in (0, 1), got {ratio!r}")
-        self.nfeatures, self.ratio, self.max_side = int(nfeatures), float(ratio), int(max_side)
-        self.top, self.max_photos = int(top), None if max_photos is None else int(max_photos)
-        self._features, self._pairs = {}, {}
+    def __init__(self, features, settings: MatcherSettings = MatcherSettings(), _base=None):
+        self.settings = settings
+        self.features = list(features)
+        counts = np.array([len(f) for f in self.features], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.row_photo = np.repeat(np.arange(len(self.features)), counts)
+        dim = next((f.descriptors.shape[1] for f in self.features if len(f)), 128)
+        self.descriptors = (np.ascontiguousarray(np.concatenate([f.descriptors for f in self.features]), np.float32)
+                            if counts.sum() else np.zeros((0, dim), np.float32))
+        self.points = (np.ascontiguousarray(np.concatenate([f.points for f in self.features]), np.float32)
+                       if counts.sum() else np.zeros((0, 2), np.float32))
+        if _base is not None:                       # share the base's tree over its rows, search the rest exactly
+            self.kind, self._flann, self.n_tree = _base.kind, _base._flann, _base.n_tree
+            return
+        kind = settings.index
+        if kind == "auto":
+            kind = "exact" if len(self.descriptors) <= EXACT_LIMIT else "flann"
+        self.kind, self._flann, self.n_tree = kind, None, 0
+        if kind == "flann" and len(self.descriptors):
+            cv2 = _cv2()
+            self._flann = cv2.flann_Index(self.descriptors, dict(algorithm=1, trees=4))
+            self.n_tree = len(self.descriptors)
 
-    def settings(self) -> dict:
-        return {"nfeatures": self.nfeatures, "ratio": self.ratio, "max_side": self.max_side, "top": self.top,
-                "max_photos": self.max_photos}
+    def __len__(self):
+        return len(self.features)
 
-    def features(self, item):
-        if isinstance(item, (str, Path)):
-            key = str(item)
-            if key not in self._features:
-                self._features[key] = rootsift(item, self.nfeatures, self.max_side)
-            return self._features[key]
-        return rootsift(item, self.nfeatures, self.max_side)
+    def with_photos(self, features) -> "LocalIndex":
+        """A new index with ``features`` appended (their photo ids follow the existing ones)."""
+        features = list(features)
+        if not features:
+            return self
+        allf = self.features + features
+        extra = sum(len(f) for f in allf) - self.n_tree
+        if self._flann is not None and extra <= max(EXACT_LIMIT // 5, self.n_tree // 10):
+            return LocalIndex(allf, self.settings, _base=self)
+        return LocalIndex(allf, self.settings)
 
-    def inlier_matrix(self, queries, photos, skip=None):
-        """(Q, M) float inlier counts of each query with each photo; NaN where ``skip`` (a (Q, M) bool mask)
-        is set. Counts between two photo files are kept, so a pair is matched once."""
-        queries, photos = list(queries), list(photos)
-        out = np.full((len(queries), len(photos)), np.nan)
-        for i, q in enumerate(queries):
-            fq = self.features(q)
-            for j, p in enumerate(photos):
-                if skip is not None and skip[i, j]:
-                    continue
-                key = (str(q), str(p)) if isinstance(q, (str, Path)) and isinstance(p, (str, Path)) else None
-                if key is not None and key in self._pairs:
-                    out[i, j] = self._pairs[key]
-                    continue
-                n = inliers(fq, self.features(p), self.ratio)
-                if key is not None:
-                    self._pairs[key] = n
-                out[i, j] = n
-        return out
+    def _neighbours(self, q, n):
+        """(indices (m, n) into the index rows, distances (m, n) ascending) of the n nearest descriptors."""
+        n = min(n, len(self.descriptors))
+        if self._flann is None:
+            return _exact_neighbours(q, self.descriptors, n)
+        i1, d2 = self._flann.knnSearch(q, min(n, self.n_tree), params=dict(checks=int(self.settings.checks)))
+        i1, d1 = i1.astype(np.int64), np.sqrt(np.maximum(d2, 0.0))
+        if self.n_tree == len(self.descriptors):
+            return i1, d1
+        i2, d2 = _exact_neighbours(q, self.descriptors[self.n_tree:], n)      # photos added since the tree
+        idx, dist = np.concatenate([i1, i2 + self.n_tree], axis=1), np.concatenate([d1, d2], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :n]
+        return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
+
+    def weights(self, query: Features, skip=None):
+        """The LNBNN weights of a query's descriptors: ``(query rows (m,), neighbour rows (m, k), weights (m, k))``
+        with weights[i, j] = d_{k+1} − d_j ≥ 0 for the j-th nearest gallery descriptor of query descriptor i.
+
+        ``skip``: photos (index photo ids) left out, as if not in the gallery (the query's own encounter when the
+        gallery is scored leave-one-out, photos taken out of it); their descriptors are passed over."""
+        k = self.settings.k
+        empty = (np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)))
+        if not len(query) or not len(self.descriptors):
+            return empty
+        skip_rows = None
+        extra = 0
+        if skip is not None and len(skip):
+            skip_rows = np.zeros(len(self.descriptors), bool)
+            for j in np.asarray(skip, np.int64):
+                skip_rows[self.offsets[j]:self.offsets[j + 1]] = True
+            if skip_rows.any():
+                extra = int(min(64, max(8, 2 * k)))
+            else:
+                skip_rows = None
+        idx, dist = self._neighbours(np.ascontiguousarray(query.descriptors, np.float32), k + 1 + extra)
+        rows = np.arange(len(idx))
+        if skip_rows is not None:                         # keep the first k + 1 neighbours that are not skipped
+            ok = ~skip_rows[idx]
+            order = np.argsort(~ok, axis=1, kind="stable")[:, :k + 1]
+            idx, dist = np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
+            valid = np.take_along_axis(ok, order, axis=1).all(axis=1)
+            idx, dist, rows = idx[valid], dist[valid], rows[valid]
+        if idx.shape[1] < k + 1:                          # fewer gallery descriptors than k + 1
+            k = idx.shape[1] - 1
+        if k < 1 or not len(idx):
+            return empty
+        w = np.maximum(dist[:, k:k + 1] - dist[:, :k], 0.0)
+        return rows, idx[:, :k], w
+
+    def lnbnn(self, query: Features, owners, n_owners, skip=None, _weights=None):
+        """LNBNN scores of a query: ``(per individual (U,), per photo (P,))``. An individual's score sums, over the
+        query's descriptors, the weight of its closest descriptor among the k nearest; a photo's sums every
+        weight its descriptors won. ``owners`` (P,): each photo's individual column (−1: not searched)."""
+        owners = np.asarray(owners, np.int64)
+        U, P = int(n_owners), len(self.features)
+        rows, idx, w = _weights if _weights is not None else self.weights(query, self._skip(owners, skip))
+        if not len(rows):
+            return np.zeros(U), np.zeros(P)
+        per_owner = np.zeros((len(idx), U + 1))           # column U: photos of nobody (never searched, kept 0)
+        r = np.arange(len(idx))
+        for j in range(idx.shape[1] - 1, -1, -1):         # nearest last, so it wins ties per individual
+            o = owners[self.row_photo[idx[:, j]]]
+            o = np.where(o < 0, U, o)
+            better = w[:, j] >= per_owner[r, o]
+            per_owner[r[better], o[better]] = w[better, j]
+        per_photo = np.bincount(self.row_photo[idx].ravel(), w.ravel(), minlength=P)
+        return per_owner[:, :U].sum(axis=0), per_photo
+
+    def verify(self, query: Features, photo, rows, idx, w):
+        """Spatial verification of one gallery photo: a homography fitted by RANSAC to the query's nearest-
+        neighbour correspondences into that photo; returns ``(inliers, Σ of the inliers' LNBNN weights)``."""
+        cv2 = _cv2()
+        sel = (self.row_photo[idx] == photo) & (w > 0)
+        qi, kk = np.nonzero(sel)
+        if len(qi) < 4:
+            return 0, 0.0
+        src = query.points[rows[qi]].reshape(-1, 1, 2)
+        dst = self.points[idx[qi, kk]].reshape(-1, 1, 2)
+        cv2.setRNGSeed(0)                                 # the same photos give the same answer
+        _, mask = cv2.findHomography(src, dst, cv2.RANSAC, float(self.settings.reprojection_px))
+        if mask is None:
+            return 0, 0.0
+        keep = mask.ravel() > 0
+        return int(keep.sum()), float(w[qi, kk][keep].sum())
+
+    @staticmethod
+    def _skip(owners, skip):
+        dead = np.flatnonzero(np.asarray(owners) < 0)
+        if skip is None or not len(skip):
+            return dead
+        return np.union1d(dead, np.asarray(skip, np.int64))
+
+    def match(self, query: Features, owners, n_owners, skip=None, also=None):
+        """Score a query against every individual; returns a dict:
+
+        lnbnn     (U,) LNBNN score per individual (NaN: none of its photos searched)
+        inliers   (P,) RANSAC inliers with each verified photo, NaN for photos not verified
+        verified  (P,) the LNBNN weight of those inliers (the spatially verified score of a photo)
+        evidence  (U,) the sum of an individual's ``top`` best verified photo scores (0 when none verified)
+
+        ``owners`` (P,): each indexed photo's individual column 0 … U − 1, or −1 (not searched). The
+        ``shortlist`` photos with the highest LNBNN scores are verified, and ``also`` (e.g. the embedding's
+        closest photos) besides; ``skip``: photos left out (see ``weights``)."""
+        s = self.settings
+        owners = np.asarray(owners, np.int64)
+        if len(owners) != len(self.features):
+            raise ValueError(f"one owner per indexed photo is needed, got {len(owners)} for {len(self.features)}")
+        P = len(self.features)
+        skipped = np.zeros(P, bool)
+        skipped[self._skip(owners, skip)] = True
+        wts = self.weights(query, np.flatnonzero(skipped))
+        per_owner, per_photo = self.lnbnn(query, owners, n_owners, _weights=wts)
+        ranked = [int(j) for j in np.argsort(-per_photo, kind="stable") if not skipped[j] and per_photo[j] > 0]
+        chosen = list(dict.fromkeys(ranked[:s.shortlist] + [int(j) for j in (also if also is not None else [])
+                                                           if not skipped[int(j)]]))
+        n = np.full(P, np.nan)
+        v = np.full(P, np.nan)
+        for j in chosen:
+            n[j], v[j] = self.verify(query, j, *wts)
+        evidence = np.full(int(n_owners), np.nan)
+        filled = np.where(np.isnan(v), 0.0, v)
+        for u in range(int(n_owners)):
+            cols = np.flatnonzero((owners == u) & ~skipped)
+            if len(cols):
+                evidence[u] = np.sort(filled[cols])[::-1][:s.top].sum()
+        return {"lnbnn": np.where(np.isnan(evidence), np.nan, per_owner), "inliers": n, "verified": v,
+                "evidence": evidence}

@@ -1,0 +1,127 @@
+"""Scores → probabilities: pair calibration, fusion, the open-set posterior, calibration error."""
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from nabi.reid.calibration import (CalibrationError, Fusion, PairCalibration, expected_calibration_error,  # noqa: E402
+                                   posterior, reliability)
+
+
+def _pairs(n=600, seed=0, shift=2.0):
+    """Scores of same-individual pairs drawn around ``shift``, of other pairs around 0 (one in six is same)."""
+    rng = np.random.default_rng(seed)
+    same = rng.random(n) < 1 / 6
+    return rng.normal(0, 1, n) + shift * same, same
+
+
+@pytest.mark.parametrize("kind", ["isotonic", "logistic"])
+def test_pair_calibration_is_monotone_bounded_and_calibrated(kind):
+    s, same = _pairs()
+    cal = PairCalibration.fit(s, same, kind)
+    grid = np.linspace(-5, 8, 400)
+    p = cal(grid)
+    assert np.all(np.diff(p) >= -1e-12)                         # monotone non-decreasing in the score
+    assert np.all((p >= cal.eps) & (p <= 1 - cal.eps)) and cal.eps == pytest.approx(1 / 1200)
+    assert cal.prior == pytest.approx(same.mean())
+    test_s, test_same = _pairs(20000, seed=1)                  # fresh pairs from the same distribution
+    assert expected_calibration_error(cal(test_s), test_same) < 0.03
+    assert np.isnan(cal(np.array([np.nan, 0.0]))[0])
+
+
+def test_isotonic_matches_sklearn_and_round_trips():
+    from sklearn.isotonic import IsotonicRegression
+    s, same = _pairs(300, seed=2)
+    cal = PairCalibration.fit(s, same, "isotonic", scorer="embedding")
+    ref = IsotonicRegression(increasing=True, out_of_bounds="clip", y_min=0, y_max=1).fit(s, same)
+    x = np.linspace(-3, 5, 50)
+    np.testing.assert_allclose(cal(x), np.clip(ref.predict(x), cal.eps, 1 - cal.eps), atol=1e-12)
+    back = PairCalibration.from_dict(cal.to_dict())
+    np.testing.assert_array_equal(back(x), cal(x))
+    assert back.scorer == "embedding" and back.pairs == cal.pairs
+
+
+def test_too_few_pairs_is_refused_with_the_counts():
+    s, same = _pairs(60, seed=3)
+    with pytest.raises(CalibrationError, match=r"at least 20 same-individual pairs .* got \d+ and \d+"):
+        PairCalibration.fit(s[:40], np.zeros(40, bool) | (np.arange(40) < 3), "isotonic", scorer="matcher")
+    with pytest.raises(CalibrationError, match="same length"):
+        PairCalibration.fit(s, same[:-1])
+
+
+def test_damaged_calibration_dicts_are_refused():
+    with pytest.raises(CalibrationError, match="not a usable pair calibration"):
+        PairCalibration.from_dict({"kind": "isotonic"})
+    with pytest.raises(CalibrationError, match="increasing knots"):
+        PairCalibration("isotonic", {"x": [1, 0], "y": [0.2, 0.3]}, 0.01, 0.2)
+    with pytest.raises(CalibrationError, match="unknown calibration kind"):
+        PairCalibration("magic", {}, 0.01, 0.2)
+
+
+def test_fusion_weighs_an_informative_scorer_over_noise():
+    rng = np.random.default_rng(4)
+    n = 3000
+    same = rng.random(n) < 0.2
+    good = rng.normal(0, 1, n) + 3 * same
+    noise = rng.normal(0, 1, n)
+    fu = Fusion.fit({"embedding": good, "matcher": noise}, same, method="logistic")
+    assert fu.weights["embedding"] > 5 * fu.weights["matcher"]
+    t_same = rng.random(n) < 0.2
+    t_good, t_noise = rng.normal(0, 1, n) + 3 * t_same, rng.normal(0, 1, n)
+    p_log = fu.probabilities({"embedding": t_good, "matcher": t_noise})
+    p_mean = Fusion.fit({"embedding": good, "matcher": noise}, same, method="mean").probabilities(
+        {"embedding": t_good, "matcher": t_noise})
+    assert expected_calibration_error(p_log, t_same) < expected_calibration_error(p_mean, t_same)
+    back = Fusion.from_dict(fu.to_dict())
+    np.testing.assert_allclose(back.probabilities({"embedding": t_good, "matcher": t_noise}), p_log)
+    # a pair one scorer could not score is fused from the other
+    one = fu.probabilities({"embedding": np.array([3.0, np.nan]), "matcher": np.array([np.nan, np.nan])})
+    assert not np.isnan(one[0]) and np.isnan(one[1])
+    with pytest.raises(CalibrationError, match="needs the scores of matcher"):
+        fu.probabilities({"embedding": t_good})
+
+
+def test_posterior_is_bayes_rule_over_the_hypotheses():
+    p = np.array([[0.9, 0.1, 0.2], [0.05, 0.05, np.nan]])
+    prior_pairs, alpha = 0.25, 0.6
+    P, P0 = posterior(p, prior_pairs, alpha)
+    np.testing.assert_allclose(P.sum(axis=1) + P0, 1.0)
+    for r in range(2):                                      # by hand: (α/U)·LR_u against (1 − α)
+        have = ~np.isnan(p[r])
+        lr = p[r][have] / (1 - p[r][have]) * (1 - prior_pairs) / prior_pairs
+        w = np.concatenate([alpha / have.sum() * lr, [1 - alpha]])
+        np.testing.assert_allclose(np.append(P[r][have], P0[r]), w / w.sum(), rtol=1e-12)
+    assert P[1, 2] == 0.0
+    assert posterior(p, 0.25, 0.0)[1].tolist() == [1.0, 1.0]          # α = 0: never a known individual
+    with pytest.raises(ValueError, match="pair prior"):
+        posterior(p, 0.0)
+
+
+def test_ece_and_reliability_by_hand():
+    prob = np.array([0.05, 0.15, 0.15, 0.95, 0.95, 0.95, 0.95])
+    right = np.array([0, 1, 0, 1, 1, 1, 0], bool)
+    rows = reliability(prob, right, bins=10)
+    assert [r["count"] for r in rows] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 4]
+    want = (1 * abs(0 - 0.05) + 2 * abs(0.5 - 0.15) + 4 * abs(0.75 - 0.95)) / 7
+    assert math.isclose(expected_calibration_error(prob, right), want)
+    with pytest.raises(ValueError, match="same length"):
+        reliability(prob, right[:-1])
+
+
+def test_prior_known_is_estimated_from_unlabelled_queries():
+    """Queries of which a share α shows one of U enrolled individuals, scored by a calibrated pair score:
+    expectation–maximisation recovers α without the truth."""
+    from nabi.reid.calibration import estimate_prior_known
+    rng = np.random.default_rng(5)
+    U, Q = 8, 4000
+    s_train, same_train = _pairs(20000, seed=6, shift=2.5)
+    cal = PairCalibration.fit(s_train, same_train, "logistic")
+    for alpha in (0.2, 0.5, 0.8):
+        known = rng.random(Q) < alpha
+        who = rng.integers(0, U, Q)
+        scores = rng.normal(0, 1, (Q, U))
+        scores[np.arange(Q)[known], who[known]] += 2.5
+        est = estimate_prior_known(cal(scores), cal.prior)
+        assert abs(est - alpha) < 0.05, (alpha, est)
