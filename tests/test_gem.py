@@ -217,3 +217,22 @@ def test_an_embedding_net_with_gem_trains_and_its_saved_run_loads_back(tmp_path)
     assert meta["arch"]["kwargs"]["backbone_args"] == {"pool": "gem"}
     assert loaded.backbone.avgpool.exponent() == pool.exponent()
     np.testing.assert_array_equal(loaded.embed(x), emb)
+
+
+def test_gem_exports_to_onnx_and_onnxruntime_agrees(tmp_path):
+    """A ResNet with a learnt p, and a small network with a fixed p (a buffer): both export, and
+    onnxruntime gives nabi's outputs."""
+    pytest.importorskip("onnxruntime")
+    from nabi.files.onnx import export_onnx, verify_onnx
+    from nabi.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+    backend.seed(2)
+    resnet = zoo.get("resnet20", num_classes=5, pool="gem")
+    resnet.avgpool.p.data[:] = 4.2                                 # a learnt value, not the default
+    small = Sequential(Conv2d(3, 6, 3, padding=1), ReLU(), GeneralizedMeanPool2d(p=2.5, learn_p=False), Flatten(),
+                       Linear(6, 4))
+    x = np.random.default_rng(7).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    for name, model in (("resnet", resnet), ("small", small)):
+        model.eval()
+        proto = export_onnx(model, tmp_path / f"{name}.onnx", (3, 32, 32))
+        assert {"Max", "Pow", "GlobalAveragePool", "Reciprocal"} <= {n.op_type for n in proto.graph.node}
+        assert verify_onnx(model, tmp_path / f"{name}.onnx", x) < 1e-4, name
