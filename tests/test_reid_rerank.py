@@ -176,6 +176,28 @@ def test_with_lambda_one_individual_scores_are_the_best_cosine():
     np.testing.assert_allclose(scores, best, atol=1e-12)
 
 
+def test_a_shortlist_re_ranks_the_nearest_photos_and_puts_the_rest_at_jaccard_one():
+    rng = np.random.default_rng(7)
+    x, labels = _embeddings(rng, 5, 8)
+    q, g, g_labels = x[:4], x[4:], labels[4:]
+    q_g, g_g = q @ g.T, g @ g.T
+    full, names = reranked_individual_scores(q_g, g_g, g_labels, k1=6, k2=3)
+    same, _ = reranked_individual_scores(q_g, g_g, g_labels, k1=6, k2=3, shortlist=len(g))
+    np.testing.assert_array_equal(same, full)
+    M, lam = 12, 0.3
+    short, _ = reranked_individual_scores(q_g, g_g, g_labels, k1=6, k2=3, lambda_value=lam, shortlist=M)
+    _, _, g_g_d = _blocks(q, g)
+    for i in range(len(q)):
+        near = np.argsort(-q_g[i], kind="stable")[:M]
+        sim = 1 - ((1 - lam) + lam * np.clip(1 - q_g[i], 0, None))                  # d_J = 1 outside
+        sim[near] = 1 - k_reciprocal(np.clip(1 - q_g[i:i + 1, near], 0, None), np.zeros((1, 1)),
+                                     g_g_d[np.ix_(near, near)], k1=6, k2=3, lambda_value=lam)[0]
+        far = np.setdiff1d(np.arange(len(g)), near)
+        assert sim[far].max() < np.sort(sim[near])[-1]
+        for j, name in enumerate(names):
+            assert short[i, j] == pytest.approx(sim[g_labels == name].max(), abs=1e-12)
+
+
 # -- bad input -------------------------------------------------------------------------------------------------------
 
 def test_bad_input_is_refused_with_a_clear_message():
@@ -198,3 +220,8 @@ def test_bad_input_is_refused_with_a_clear_message():
         k_reciprocal(np.zeros((0, 3)), np.zeros((0, 0)), g_g)
     with pytest.raises(ValueError, match=r"gallery_labels \(gallery,\)"):
         reranked_individual_scores(np.ones((2, 3)), np.ones((3, 3)), ["a", "b"])
+    with pytest.raises(ValueError, match=r"reranked_individual_scores: shortlist must be an integer ≥ 1, got 0"):
+        reranked_individual_scores(np.ones((2, 3)), np.ones((3, 3)), ["a", "b", "c"], shortlist=0)
+    with pytest.raises(ValueError, match="cannot be combined with q_q_sim"):
+        reranked_individual_scores(np.ones((2, 3)), np.ones((3, 3)), ["a", "b", "c"], q_q_sim=np.ones((2, 2)),
+                                   shortlist=2)

@@ -33,9 +33,9 @@ import numbers
 import numpy as np
 
 
-def _check_k(value, name, lowest=1):
+def _check_k(value, name, where="k_reciprocal", lowest=1):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
-        raise ValueError(f"k_reciprocal: {name} must be an integer ≥ {lowest}, got {value!r}")
+        raise ValueError(f"{where}: {name} must be an integer ≥ {lowest}, got {value!r}")
     return int(value)
 
 
@@ -135,7 +135,8 @@ def k_reciprocal(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
     return (1.0 - lambda_value) * d_j + lambda_value * q_g
 
 
-def reranked_individual_scores(q_g_sim, g_g_sim, gallery_labels, q_q_sim=None, k1=20, k2=6, lambda_value=0.3):
+def reranked_individual_scores(q_g_sim, g_g_sim, gallery_labels, q_q_sim=None, k1=20, k2=6, lambda_value=0.3,
+                               shortlist=None):
     """Per-individual scores of each query after re-ranking its per-photo cosine similarities.
 
     q_g_sim (Q, G) cosine similarities of the queries to the gallery photos, g_g_sim (G, G) of the gallery
@@ -143,6 +144,12 @@ def reranked_individual_scores(q_g_sim, g_g_sim, gallery_labels, q_q_sim=None, k
     re-ranked, each becomes a similarity 1 − d*, and an individual scores the best re-ranked similarity of
     its photos. Without ``q_q_sim`` each query is re-ranked with the gallery alone (a gallery answers one
     photo at a time); with it (Q, Q), the queries are re-ranked together.
+
+    ``shortlist`` M (per query; not with ``q_q_sim``): re-rank only among the query's M most similar gallery
+    photos, so the cost is O(M²) per query whatever the gallery's size. A photo outside the shortlist is
+    taken to share no neighbourhood with the query (d_J = 1): its similarity is 1 − ((1 − λ) + λ·(1 − cos)),
+    below that of any shortlisted photo as near as it. An approximation: the shortlisted photos' own
+    neighbourhoods are then taken within the shortlist too.
 
     Returns ``(scores (Q, K), individuals (K,))``, the individuals in sorted order.
     """
@@ -152,20 +159,33 @@ def reranked_individual_scores(q_g_sim, g_g_sim, gallery_labels, q_q_sim=None, k
     if q_g.ndim != 2 or labels.shape != (q_g.shape[1],):
         raise ValueError(f"reranked_individual_scores: q_g_sim must be (queries, gallery) and gallery_labels "
                          f"(gallery,), got shapes {q_g.shape} and {labels.shape}")
+    if shortlist is not None:
+        shortlist = _check_k(shortlist, "shortlist", "reranked_individual_scores")
+        if q_q_sim is not None:
+            raise ValueError("reranked_individual_scores: a shortlist re-ranks each query alone; it cannot be "
+                             "combined with q_q_sim")
 
     def distance(sim):
         return np.clip(1.0 - sim, 0.0, None)          # rounding can make cos(x, x) a hair above 1
 
     g_g_d = distance(g_g)
     np.fill_diagonal(g_g_d, 0.0)
-    if q_q_sim is None:
-        final = np.vstack([k_reciprocal(distance(q_g[i:i + 1]), np.zeros((1, 1)), g_g_d, k1, k2, lambda_value)
-                           for i in range(q_g.shape[0])]) if len(q_g) else np.zeros((0, q_g.shape[1]))
-    else:
+    if q_q_sim is not None:
         q_q_d = distance(np.asarray(q_q_sim, dtype=np.float64))
         if q_q_d.shape == (len(q_g), len(q_g)):
             np.fill_diagonal(q_q_d, 0.0)
         final = k_reciprocal(distance(q_g), q_q_d, g_g_d, k1, k2, lambda_value)
+    else:
+        final = np.empty(q_g.shape)
+        for i in range(q_g.shape[0]):
+            d = distance(q_g[i:i + 1])
+            if shortlist is None or shortlist >= q_g.shape[1]:
+                final[i] = k_reciprocal(d, np.zeros((1, 1)), g_g_d, k1, k2, lambda_value)[0]
+                continue
+            near = np.argsort(-q_g[i], kind="stable")[:shortlist]
+            final[i] = (1.0 - lambda_value) + lambda_value * d[0]
+            final[i, near] = k_reciprocal(d[:, near], np.zeros((1, 1)), g_g_d[np.ix_(near, near)], k1, k2,
+                                          lambda_value)[0]
     similarity = 1.0 - final
     individuals = np.unique(labels)
     scores = np.stack([similarity[:, labels == name].max(axis=1) for name in individuals], axis=1) \
