@@ -220,6 +220,8 @@ def test_bad_input_is_refused_with_a_clear_message():
         k_reciprocal(np.zeros((0, 3)), np.zeros((0, 0)), g_g)
     with pytest.raises(ValueError, match=r"gallery_labels \(gallery,\)"):
         reranked_individual_scores(np.ones((2, 3)), np.ones((3, 3)), ["a", "b"])
+    with pytest.raises(ValueError, match=r"g_g_sim \(gallery, gallery\)"):
+        reranked_individual_scores(np.ones((2, 3)), np.ones((2, 2)), ["a", "b", "c"])
     with pytest.raises(ValueError, match=r"reranked_individual_scores: shortlist must be an integer ≥ 1, got 0"):
         reranked_individual_scores(np.ones((2, 3)), np.ones((3, 3)), ["a", "b", "c"], shortlist=0)
     with pytest.raises(ValueError, match="cannot be combined with q_q_sim"):

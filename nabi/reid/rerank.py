@@ -154,11 +154,11 @@ def reranked_individual_scores(q_g_sim, g_g_sim, gallery_labels, q_q_sim=None, k
     Returns ``(scores (Q, K), individuals (K,))``, the individuals in sorted order.
     """
     q_g = np.asarray(q_g_sim, dtype=np.float64)
-    g_g = np.asarray(g_g_sim, dtype=np.float64)
+    g_g = np.asarray(g_g_sim)                         # read block by block: a shortlist never copies all of it
     labels = np.asarray(gallery_labels)
-    if q_g.ndim != 2 or labels.shape != (q_g.shape[1],):
-        raise ValueError(f"reranked_individual_scores: q_g_sim must be (queries, gallery) and gallery_labels "
-                         f"(gallery,), got shapes {q_g.shape} and {labels.shape}")
+    if q_g.ndim != 2 or labels.shape != (q_g.shape[1],) or g_g.shape != (q_g.shape[1],) * 2:
+        raise ValueError(f"reranked_individual_scores: q_g_sim must be (queries, gallery), g_g_sim (gallery, gallery) "
+                         f"and gallery_labels (gallery,), got shapes {q_g.shape}, {g_g.shape} and {labels.shape}")
     if shortlist is not None:
         shortlist = _check_k(shortlist, "shortlist", "reranked_individual_scores")
         if q_q_sim is not None:
@@ -166,26 +166,28 @@ def reranked_individual_scores(q_g_sim, g_g_sim, gallery_labels, q_q_sim=None, k
                              "combined with q_q_sim")
 
     def distance(sim):
-        return np.clip(1.0 - sim, 0.0, None)          # rounding can make cos(x, x) a hair above 1
+        return np.clip(1.0 - np.asarray(sim, dtype=np.float64), 0.0, None)   # cos(x, x) may round a hair above 1
 
-    g_g_d = distance(g_g)
-    np.fill_diagonal(g_g_d, 0.0)
+    def gallery_distances(rows=slice(None)):
+        d = distance(g_g[rows][:, rows])
+        np.fill_diagonal(d, 0.0)
+        return d
+
     if q_q_sim is not None:
         q_q_d = distance(np.asarray(q_q_sim, dtype=np.float64))
         if q_q_d.shape == (len(q_g), len(q_g)):
             np.fill_diagonal(q_q_d, 0.0)
-        final = k_reciprocal(distance(q_g), q_q_d, g_g_d, k1, k2, lambda_value)
+        final = k_reciprocal(distance(q_g), q_q_d, gallery_distances(), k1, k2, lambda_value)
+    elif shortlist is None or shortlist >= q_g.shape[1]:
+        g_g_d = gallery_distances()
+        final = np.vstack([k_reciprocal(distance(q_g[i:i + 1]), np.zeros((1, 1)), g_g_d, k1, k2, lambda_value)
+                           for i in range(q_g.shape[0])]) if len(q_g) else np.zeros(q_g.shape)
     else:
-        final = np.empty(q_g.shape)
+        final = (1.0 - lambda_value) + lambda_value * distance(q_g)
         for i in range(q_g.shape[0]):
-            d = distance(q_g[i:i + 1])
-            if shortlist is None or shortlist >= q_g.shape[1]:
-                final[i] = k_reciprocal(d, np.zeros((1, 1)), g_g_d, k1, k2, lambda_value)[0]
-                continue
-            near = np.argsort(-q_g[i], kind="stable")[:shortlist]
-            final[i] = (1.0 - lambda_value) + lambda_value * d[0]
-            final[i, near] = k_reciprocal(d[:, near], np.zeros((1, 1)), g_g_d[np.ix_(near, near)], k1, k2,
-                                          lambda_value)[0]
+            near = np.sort(np.argsort(-q_g[i], kind="stable")[:shortlist])
+            final[i, near] = k_reciprocal(distance(q_g[i:i + 1, near]), np.zeros((1, 1)), gallery_distances(near),
+                                          k1, k2, lambda_value)[0]
     similarity = 1.0 - final
     individuals = np.unique(labels)
     scores = np.stack([similarity[:, labels == name].max(axis=1) for name in individuals], axis=1) \
