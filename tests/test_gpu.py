@@ -55,9 +55,10 @@ def _one_step(model, opt, loss_fn, x, y):
     return loss
 
 
-@pytest.mark.parametrize("name", ["cifar_cnn", "resnet20"])
-def test_no_array_crosses_host_device_inside_a_training_step(cupy, monkeypatch, name):
-    model = models.get(name, num_classes=10).to("gpu")
+@pytest.mark.parametrize("name,kwargs", [("cifar_cnn", {}), ("resnet20", {}), ("resnet20", {"pool": "gem"})],
+                         ids=["cifar_cnn", "resnet20", "resnet20_gem"])
+def test_no_array_crosses_host_device_inside_a_training_step(cupy, monkeypatch, name, kwargs):
+    model = models.get(name, num_classes=10, **kwargs).to("gpu")
     model.train()
     opt = optim.SGD(model.named_parameters(), lr=0.01, momentum=0.9)
     loss_fn = L.CrossEntropyLoss()
@@ -154,12 +155,14 @@ def _bottleneck_resnet(num_classes):
 
 
 ZOO = [("lenet5", {}, (2, 1, 32, 32)), ("cifar_cnn", {}, (2, 3, 32, 32)), ("resnet20", {}, (2, 3, 32, 32)),
+       ("resnet20", dict(pool="gem"), (2, 3, 32, 32)),
        (_bottleneck_resnet, {}, (2, 3, 64, 64)), ("se_resnet20", {}, (2, 3, 32, 32)),
        ("densenet_cifar", dict(depth=16, growth_rate=6), (2, 3, 32, 32)),
        ("googlenet", dict(aux_logits=True, dropout=0.0, aux_dropout=0.0), (2, 3, 64, 64))]
 
 
-@pytest.mark.parametrize("name,kwargs,shape", ZOO, ids=[z[0] if isinstance(z[0], str) else "resnet_bottleneck"
+@pytest.mark.parametrize("name,kwargs,shape", ZOO, ids=[(z[0] if isinstance(z[0], str) else "resnet_bottleneck")
+                                                          + ("_gem" if z[1].get("pool") == "gem" else "")
                                                           for z in ZOO])
 def test_zoo_models_train_on_the_gpu_as_on_the_cpu(cupy, name, kwargs, shape):
     """Two SGD-with-momentum steps (float64) on the device give the CPU's losses and weights, and an

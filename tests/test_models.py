@@ -210,13 +210,25 @@ def test_unknown_name_lists_known_ones():
 def test_get_normalises_names_and_records_arch():
     model = zoo.get("ResNet-20", num_classes=7)
     assert model.arch == {"name": "resnet20", "kwargs": {"num_classes": 7, "init": "he_uniform",
-                                                         "zero_init_residual": False, "drop_path": 0.0}}
+                                                         "zero_init_residual": False, "drop_path": 0.0,
+                                                         "pool": "avg"}}
     assert model.input_size == (3, 32, 32)
     again = zoo.get(model.arch["name"], **model.arch["kwargs"])
     assert list(again.state_dict()) == list(model.state_dict())
     assert zoo.vgg11_bn(num_classes=3, init="zeros").arch["name"] == "vgg11_bn"
     assert zoo.vgg("C", init="zeros").arch == {"name": "vgg", "kwargs": {
         "cfg": "C", "batch_norm": False, "num_classes": 1000, "dropout": 0.5, "init": "zeros"}}
+
+
+def test_an_architecture_recorded_before_an_argument_existed_equals_it_with_defaults_filled_in():
+    """A run saved before ``pool`` existed recorded resnet20 without it: the same network."""
+    now = zoo.get("resnet20", num_classes=7).arch
+    older = {"name": "resnet20", "kwargs": {k: v for k, v in now["kwargs"].items() if k != "pool"}}
+    assert older != now and zoo.same_architecture(older, now)
+    assert zoo.with_defaults(older) == now
+    assert not zoo.same_architecture(older, zoo.get("resnet20", num_classes=7, pool="gem").arch)
+    assert not zoo.same_architecture(now, {"name": "resnet32", "kwargs": now["kwargs"]})
+    assert zoo.with_defaults({"name": "no_such_net", "kwargs": {}}) == {"name": "no_such_net", "kwargs": {}}
 
 
 @pytest.mark.parametrize("name,size", [("lenet5", (1, 32, 32)), ("cifar_cnn", (3, 32, 32)), ("alexnet", (3, 227, 227)),

@@ -18,6 +18,7 @@ from .embedding import (arcface_backward, arcface_forward, batch_hard_pairs, cos
                         cosine_linear_backward, cosine_linear_forward, l2_normalize_backward, l2_normalize_forward,
                         subcenter_max_backward, subcenter_max_forward, triplet_batch_hard_backward,
                         triplet_batch_hard_forward)
+from .gem import check_gem_exponent, gem_backward, gem_forward
 from .linear import flatten_backward, flatten_forward, linear_backward, linear_forward
 from .loss import cross_entropy_backward, cross_entropy_forward, mse_backward, mse_forward
 from .norm import (batch_norm_backward, batch_norm_forward, dropout_backward, dropout_forward, lrn_backward,

@@ -3,6 +3,7 @@ from .activation import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax,
 from .container import Concat, Residual, Sequential
 from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, MaxPool2d
 from .drop_path import DropPath
+from .gem import GeM, GeneralizedMeanPool2d
 from .embedding import ArcFaceLoss, CosFaceLoss, CosineLinear, EmbeddingHead, L2Normalize, TripletLoss
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss, MSELoss
@@ -11,8 +12,8 @@ from .weighted import WeightedLayer
 from .norm import BatchNorm1d, BatchNorm2d, Dropout, LocalResponseNorm
 
 __all__ = ["Module", "Parameter", "Sequential", "Residual", "Concat", "Conv2d", "MaxPool2d", "AvgPool2d",
-           "AdaptiveAvgPool2d", "Linear", "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
-           "LogSoftmax", "Identity", "Dropout", "DropPath", "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm",
-           "CrossEntropyLoss", "MSELoss", "L2Normalize", "CosineLinear", "EmbeddingHead", "ArcFaceLoss",
-           "CosFaceLoss", "TripletLoss"]
+           "AdaptiveAvgPool2d", "GeneralizedMeanPool2d", "GeM", "Linear", "Flatten", "ReLU", "LeakyReLU",
+           "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Identity", "Dropout", "DropPath", "BatchNorm1d",
+           "BatchNorm2d", "LocalResponseNorm", "CrossEntropyLoss", "MSELoss", "L2Normalize", "CosineLinear",
+           "EmbeddingHead", "ArcFaceLoss", "CosFaceLoss", "TripletLoss"]
 from .blocks import *; from .blocks import __all__ as _blocks_all; __all__ += _blocks_all  # noqa: E402,E702,F401,F403

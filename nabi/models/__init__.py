@@ -11,7 +11,8 @@ generic containers, with torchvision's parameter names where torchvision has the
 
 New models register with ``@nabi.models.register("name")``.
 """
-from .registry import Network, builder, count_parameters, get, names, register  # noqa: F401
+from .registry import (Network, builder, count_parameters, get, names, register, same_architecture,  # noqa: F401
+                       with_defaults)
 from . import alexnet as _alexnet, googlenet as _googlenet, lenet as _lenet  # noqa: E402,F401
 from . import resnet as _resnet, simple as _simple, vgg as _vgg  # noqa: E402,F401
 from .alexnet import alexnet, alexnet336, alexnet_tv  # noqa: E402,F401

@@ -89,6 +89,28 @@ def get(name: str, **kwargs):
     return builder(name)(**kwargs)
 
 
+def with_defaults(arch):
+    """``arch`` (``{'name', 'kwargs'}``, as a model or a sidecar records it) with every argument its builder
+    declares and the record lacks filled in from the builder's defaults. A network recorded by an older nabi,
+    before an argument existed (``drop_path``, ``pool``), then reads as the same network recorded now.
+    An unknown name or a record of another shape is returned as it is."""
+    if not isinstance(arch, dict) or not isinstance(arch.get("kwargs"), dict):
+        return arch
+    try:
+        fn = builder(arch.get("name"))
+    except ValueError:
+        return arch
+    params = inspect.signature(fn).parameters
+    filled = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    filled.update(arch["kwargs"])
+    return {**arch, "kwargs": filled}
+
+
+def same_architecture(a, b) -> bool:
+    """Whether two architecture records describe the same network (``with_defaults`` on both)."""
+    return with_defaults(a) == with_defaults(b)
+
+
 def _shape_only(shape, rng=None, fan_in=None):
     """An initialiser that allocates nothing: a read-only zero-stride view of one zero."""
     return np.broadcast_to(np.zeros((), dtype=backend.get_default_dtype()), shape)

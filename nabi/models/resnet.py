@@ -4,7 +4,7 @@ ImageNet ResNets, (N, 3, 224, 224) → (N, num_classes):
 
     conv1 7×7/2 p3, 64 (no bias), bn1, relu, maxpool 3/2 p1      → 64×56×56
     layer1 … layer4: blocks of 64, 128, 256, 512 base channels   → 56, 28, 14, 7
-    avgpool AdaptiveAvgPool2d(1), flatten, fc (512·expansion → num_classes)
+    avgpool AdaptiveAvgPool2d(1) (or GeM, ``pool='gem'``), flatten, fc (512·expansion → num_classes)
 
     basic block (18, 34)       conv1 3×3/s, bn1, relu, conv2 3×3, bn2
     bottleneck (50, 101, 152)  conv1 1×1, bn1, relu1, conv2 3×3, bn2, relu2, conv3 1×1 (×4), bn3
@@ -32,6 +32,13 @@ last, and scales a kept body by 1/(1 − p_i) (``DropPath``, last in the body, b
 addition); evaluation keeps every body unscaled. The blocks get their ``DropPath`` after
 every weight is drawn, and it has no parameters: a seed gives the same initial weights and
 the same ``state_dict`` keys as with P = 0, and P = 0 (the default) builds no ``DropPath``.
+
+Global pooling, ``pool``: ``'avg'`` (default) is torchvision's ``AdaptiveAvgPool2d(1)``; ``'gem'`` is
+generalised-mean pooling (Radenović et al., 2018; ``GeneralizedMeanPool2d``), y_c = (mean_hw
+max(x_c, ε)^p)^{1/p} with one learnable p starting at 3, which lets a channel's strongest responses
+(a stripe, a spot) decide its value instead of being averaged over the photo, as image-retrieval and
+re-identification embeddings do. The stage keeps its name, so every torchvision key is unchanged and
+the one new array is ``avgpool.p`` (shape (1,)); the initial weights of a seed are the same either way.
 """
 from __future__ import annotations
 
@@ -39,8 +46,8 @@ from collections import OrderedDict
 
 
 from ..functional.drop_path import check_drop_probability
-from ..layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, DropPath, Flatten, Linear, MaxPool2d, ReLU, Residual,
-                      Sequential)
+from ..layers import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, DropPath, Flatten, GeneralizedMeanPool2d, Linear,
+                      MaxPool2d, ReLU, Residual, Sequential)
 from .registry import Network, register
 
 
@@ -115,15 +122,31 @@ def _check_stride_on(stride_on):
         raise ValueError(f"resnet: stride_on must be '3x3' (torchvision v1.5) or '1x1' (paper v1), got {stride_on!r}")
 
 
+POOLS = ("avg", "gem")
+
+
+def global_pool(pool, where="resnet"):
+    """The global pooling before the classifier: ``'avg'`` ``AdaptiveAvgPool2d(1)`` (torchvision's),
+    ``'gem'`` ``GeneralizedMeanPool2d`` with a learnable exponent p (starting at 3; saved as ``avgpool.p``)."""
+    if pool == "avg":
+        return AdaptiveAvgPool2d(1)
+    if pool == "gem":
+        return GeneralizedMeanPool2d()
+    raise ValueError(f"{where}: pool must be one of {', '.join(repr(p) for p in POOLS)} (average or "
+                     f"generalised-mean pooling), got {pool!r}")
+
+
 def resnet(block, layers, num_classes=1000, widths=(64, 128, 256, 512), stem="imagenet", init="he_uniform",
-           stride_on="3x3", zero_init_residual=False, drop_path=0.0):
+           stride_on="3x3", zero_init_residual=False, drop_path=0.0, pool="avg"):
     """A ResNet: ``block`` (basic_block or bottleneck), blocks per stage ``layers``.
 
     ``stem='imagenet'``: 7×7/2 conv + 3×3/2 max-pool (input 224×224);
     ``stem='cifar'``: 3×3/1 conv, no max-pool (input 32×32).
     ``drop_path``: the stochastic-depth rate of the last block (see the module docstring).
+    ``pool``: the global pooling, ``'avg'`` or ``'gem'`` (see the module docstring).
     """
     _check_stride_on(stride_on)
+    pooling = global_pool(pool)
     check_drop_probability(drop_path, "resnet: drop_path")
     c0 = widths[0]
     if stem == "imagenet":
@@ -138,7 +161,7 @@ def resnet(block, layers, num_classes=1000, widths=(64, 128, 256, 512), stem="im
         stage, c = _stage(block, c, w, n, 1 if i == 0 else 2, init, stride_on)
         stages.append((f"layer{i + 1}", stage))
     model = Network(OrderedDict(head + stages + [
-        ("avgpool", AdaptiveAvgPool2d(1)), ("flatten", Flatten()), ("fc", Linear(c, num_classes, init=init))]))
+        ("avgpool", pooling), ("flatten", Flatten()), ("fc", Linear(c, num_classes, init=init))]))
     if zero_init_residual:
         _zero_last_bn(model)
     if drop_path:
@@ -155,9 +178,10 @@ _IMAGENET = {"resnet18": (basic_block, [2, 2, 2, 2]), "resnet34": (basic_block, 
 def _imagenet_variant(name):
     block, layers = _IMAGENET[name]
 
-    def build(num_classes=1000, init="he_uniform", stride_on="3x3", zero_init_residual=False, drop_path=0.0):
+    def build(num_classes=1000, init="he_uniform", stride_on="3x3", zero_init_residual=False, drop_path=0.0,
+              pool="avg"):
         return resnet(block, layers, num_classes, init=init, stride_on=stride_on,
-                      zero_init_residual=zero_init_residual, drop_path=drop_path)
+                      zero_init_residual=zero_init_residual, drop_path=drop_path, pool=pool)
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (f"{name}, torchvision layout ({block.__name__} blocks {layers}): "
                      f"(N, 3, 224, 224) → (N, num_classes).")
@@ -170,9 +194,9 @@ def _cifar_variant(depth):
     n = (depth - 2) // 6
     name = f"resnet{depth}"
 
-    def build(num_classes=10, init="he_uniform", zero_init_residual=False, drop_path=0.0):
+    def build(num_classes=10, init="he_uniform", zero_init_residual=False, drop_path=0.0, pool="avg"):
         return resnet(basic_block, [n, n, n], num_classes, widths=(16, 32, 64), stem="cifar", init=init,
-                      zero_init_residual=zero_init_residual, drop_path=drop_path)
+                      zero_init_residual=zero_init_residual, drop_path=drop_path, pool=pool)
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (f"CIFAR {name}: 3×3 stem, 3 stages × {n} basic blocks (16, 32, 64 channels), "
                      f"1×1 projection shortcuts: (N, 3, 32, 32) → (N, num_classes).")
@@ -191,11 +215,11 @@ resnet56 = _cifar_variant(56)
 
 
 @register("resnet18_cifar")
-def resnet18_cifar(num_classes=10, init="he_uniform", zero_init_residual=False, drop_path=0.0):
+def resnet18_cifar(num_classes=10, init="he_uniform", zero_init_residual=False, drop_path=0.0, pool="avg"):
     """ResNet-18 blocks behind a 3×3/1 stem without max-pool: (N, 3, 32, 32) → (N, num_classes)."""
     return resnet(basic_block, [2, 2, 2, 2], num_classes, stem="cifar", init=init,
-                  zero_init_residual=zero_init_residual, drop_path=drop_path)
+                  zero_init_residual=zero_init_residual, drop_path=drop_path, pool=pool)
 
 
-__all__ = ["basic_block", "bottleneck", "resnet", "add_drop_path", "resnet18", "resnet34", "resnet50", "resnet101",
-           "resnet152", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18_cifar"]
+__all__ = ["basic_block", "bottleneck", "resnet", "global_pool", "POOLS", "add_drop_path", "resnet18", "resnet34",
+           "resnet50", "resnet101", "resnet152", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18_cifar"]
