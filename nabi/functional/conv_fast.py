@@ -14,9 +14,12 @@
    backward with ``relu_y`` (that output) masks δ by [y > 0] as it is moved into GEMM layout.
 4. **Fused SGD.** ``conv2d_sgd_backward`` computes ∂L/∂x with the old weights, then applies
    W ← W − lr·δ·colᵀ, b ← b − lr·Σδ in place: the weight gradient is never stored.
+5. **Another algorithm where it is faster.** 3×3 stride-1 layers may run Winograd F(2×2, 3×3)
+   (``conv_winograd``) instead of im2col; ``conv_algo`` decides per layer shape, by measurement
+   (or as ``NABI_CONV_ALGO`` forces). Its cache is a ``conv_winograd.WinogradCache``.
 
 Every result equals ``conv.conv2d_forward`` / ``conv2d_backward`` (``tests/test_conv_fast.py``).
-The cache is ``(col, w, x_shape, geom, has_bias, chunked)``; ``chunked`` is None or
+The im2col cache is ``(col, w, x_shape, geom, has_bias, chunked)``; ``chunked`` is None or
 ``(x, [(start, end), …])`` (then ``col`` is None).
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ import threading
 import numpy as np
 
 from ..backend import get_array_module
+from . import conv_algo
+from . import conv_winograd as CW
 from .blas import gemm_inplace, matmul_into
 from .conv import conv_geometry
 from .dispatch import for_arrays
@@ -88,6 +93,13 @@ def _buffer(impl, workspace, name, shape, dtype):
     return workspace_buffer(workspace, name, shape, dtype) if impl.keeps_buffers else None
 
 
+def _buffers(impl, workspace):
+    """``buffer(name, shape, dtype)`` over a workspace, for ``conv_winograd``."""
+    if workspace is None or not impl.keeps_buffers:
+        return None
+    return lambda name, shape, dtype: workspace_buffer(workspace, name, shape, dtype)
+
+
 def _batch_chunks(N, per_sample_bytes):
     n = max(1, int(COL_BUDGET_BYTES // max(per_sample_bytes, 1)))
     return [(a, min(N, a + n)) for a in range(0, N, n)]
@@ -96,19 +108,28 @@ def _batch_chunks(N, per_sample_bytes):
 # ---------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------
-def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, workspace=None):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, workspace=None, purpose="train"):
     """``conv.conv2d_forward`` [then max(·, 0) with ``relu``], its buffers in ``workspace``.
 
-    The columns stay in the cache until backward. Returns ``(y, cache)``, y (N, F, OH, OW).
+    The columns stay in the cache until backward. ``purpose``: 'train' (a backward follows) or 'eval', which
+    ``conv_algo`` times when it chooses the algorithm. Returns ``(y, cache)``, y (N, F, OH, OW).
     """
     geom = conv_geometry(x, w, stride, padding, layer)
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
+    impl = for_arrays(x, w, b)
+    if algorithm_for(x, w, geom, impl, purpose) == "winograd":
+        return CW.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
+    return _im2col_forward(x, w, b, geom, relu, workspace, impl)
+
+
+def _im2col_forward(x, w, b, geom, relu, workspace, impl):
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    xp = get_array_module(x)
     N, C = x.shape[:2]
     F = w.shape[0]
     w_mat = w.reshape(F, -1)
-    impl = for_arrays(x, w, b)
     chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize)
     if len(chunks) == 1:
         col = impl.im2col(x, geom, out=_buffer(impl, workspace, "col", (C * kh * kw, N * oh * ow), x.dtype))
@@ -120,6 +141,37 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     for a, e in chunks:
         y[a:e] = impl.from_gemm(w_mat @ impl.im2col(x[a:e], geom), b, e - a, relu).reshape(e - a, F, oh, ow)
     return y, (None, w, x.shape, geom, b is not None, (x, chunks))
+
+
+def algorithm_for(x, w, geom, impl, purpose="train"):
+    """'im2col' or 'winograd' for this call, as ``conv_algo`` chooses (timed once per shape and machine)."""
+    if not CW.applies(geom, np.result_type(x.dtype, w.dtype)) or CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize) > COL_BUDGET_BYTES:
+        return "im2col"
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    key = f"{purpose} {N}x{C}x{H}x{W} -> {F} {kh}x{kw} p{ph}x{pw} {x.dtype}"
+    return conv_algo.choose(("im2col", "winograd"), key, N * F * C * kh * kw * oh * ow, impl.keeps_buffers,
+                            lambda name: _trial(name, x.shape, w.shape, geom, x.dtype, purpose))
+
+
+def _trial(name, x_shape, w_shape, geom, dtype, purpose):
+    """One step of algorithm ``name`` on random data of this shape, for ``conv_algo`` to time."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
+    dy = rng.standard_normal((x_shape[0], w_shape[0], geom[6], geom[7])).astype(dtype)
+    ws = Workspace()
+    impl = for_arrays(x, w)
+
+    def step():
+        if name == "winograd":
+            y, cache = CW.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
+        else:
+            y, cache = _im2col_forward(x, w, None, geom, False, ws, impl)
+        if purpose == "train":
+            conv2d_backward(dy, cache, consume=True, workspace=ws)
+    return step
 
 
 def _column_chunks(cache):
@@ -159,6 +211,9 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
     ``consume``: the cache is used once (a layer's), so Wᵀ·δ may be written over its columns once
     ∂L/∂w is done. ``workspace``: the layer's buffers; δ in GEMM layout goes into its ``gemm``.
     """
+    if isinstance(cache, CW.WinogradCache):
+        return CW.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
+                                  buffer=_buffers(for_arrays(dy, cache.V), workspace))
     _, w, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -187,6 +242,9 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspac
     ``workspace``: the layer's buffers; δ in GEMM layout, Wᵀ·δ (``dcol``: the columns are still
     needed for the update) and the update's δ·colᵀ (``dw``) are built in them.
     """
+    if isinstance(cache, CW.WinogradCache):
+        return CW.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
+                                      buffer=_buffers(for_arrays(dy, cache.V), workspace))
     col, w_fwd, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
