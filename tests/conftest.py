@@ -32,8 +32,10 @@ def _restore_thread_counts():
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
     before = numba.get_num_threads()
+    cpu_threads = backend._cpu_threads
     blas = sorted((i["filepath"], i["num_threads"]) for i in threadpool_info())
     yield
+    backend._cpu_threads = cpu_threads
     if backend._thread_limits is not None:
         backend._thread_limits.restore_original_limits()
         backend._thread_limits = None

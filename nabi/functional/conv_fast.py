@@ -31,7 +31,7 @@ import numpy as np
 from ..backend import get_array_module
 from . import conv_algo
 from . import conv_winograd as CW
-from .blas import gemm_inplace, matmul_into
+from .blas import gemm_inplace, matmul, matmul_into
 from .conv import conv_geometry
 from .dispatch import for_arrays
 
@@ -134,12 +134,12 @@ def _im2col_forward(x, w, b, geom, relu, workspace, impl):
     if len(chunks) == 1:
         col = impl.im2col(x, geom, out=_buffer(impl, workspace, "col", (C * kh * kw, N * oh * ow), x.dtype))
         gemm = _buffer(impl, workspace, "gemm", (F, col.shape[1]), np.result_type(w_mat, col))
-        y_mat = np.matmul(w_mat, col, out=gemm) if gemm is not None else w_mat @ col
+        y_mat = matmul(w_mat, col, out=gemm)
         y = impl.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
         return y, (col, w, x.shape, geom, b is not None, None)
     y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
     for a, e in chunks:
-        y[a:e] = impl.from_gemm(w_mat @ impl.im2col(x[a:e], geom), b, e - a, relu).reshape(e - a, F, oh, ow)
+        y[a:e] = impl.from_gemm(matmul(w_mat, impl.im2col(x[a:e], geom)), b, e - a, relu).reshape(e - a, F, oh, ow)
     return y, (None, w, x.shape, geom, b is not None, (x, chunks))
 
 
@@ -227,7 +227,7 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
             _weight_grad(dy_mat, col, dw_mat)
             db = db_part
         else:
-            dw_mat += dy_mat @ col.T
+            dw_mat += matmul(dy_mat, col.T)
             if has_bias:
                 db += db_part
         spare = _reusable_columns(cache) if consume else None
@@ -286,9 +286,9 @@ def _weight_grad(dy_mat, col, out):
     col · δᵀ (K, F), transposed into ``out`` (measured: 15–25 % on CIFAR-sized layers)."""
     xp = get_array_module(col)
     if xp is np and col.shape[1] > 8 * col.shape[0]:
-        out[...] = (col @ dy_mat.T).T
+        out[...] = matmul(col, dy_mat.T).T
     else:
-        xp.matmul(dy_mat, col.T, out=out)
+        matmul(dy_mat, col.T, out=out)
 
 
 def _input_grad(dy_mat, w, x_shape, geom, out=None):

@@ -46,6 +46,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .accumulate import sum_over
+from .blas import matmul as split_matmul
 from .dispatch import for_arrays, reference
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
@@ -94,11 +95,11 @@ def conv2d_forward(x, w, b, geom, relu=False, buffer=None, batched_matmul=None):
 
     x (N, C, H, W), w (F, C, 3, 3), b (F,) or None. ``buffer(name, shape, dtype)``: a kept buffer to fill, or None
     (``conv_fast`` hands out a layer's workspace this way). ``batched_matmul(a, b, out=None)``: the 16 products
-    (default: the array module's ``matmul``). Returns ``(y, cache)``, y (N, F, OH, OW).
+    (default: ``blas.matmul``, over nabi's threads). Returns ``(y, cache)``, y (N, F, OH, OW).
     """
     impl = for_arrays(x, w, b)
     buffer = buffer or _no_buffer
-    matmul = batched_matmul or get_array_module(x).matmul
+    matmul = batched_matmul or split_matmul
     N, C, H, W = x.shape
     F = w.shape[0]
     th, tw = tiles(geom)
@@ -136,7 +137,7 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, buffer=N
 def _weight_gradient(dy, cache, relu_y, buffer, batched_matmul, dw_out):
     """∂M = A δ Aᵀ per tile (into the M buffer), ∂b = Σδ, ∂w = Gᵀ (∂M · Vᵀ) G."""
     impl = for_arrays(dy, relu_y, cache.V)
-    matmul = batched_matmul or get_array_module(dy).matmul
+    matmul = batched_matmul or split_matmul
     F = cache.w_shape[0]
     _, C, T = cache.V.shape
     dM, db = impl.winograd_output_backward(dy, cache.geom, relu_y, need_db=cache.has_bias,
@@ -148,7 +149,7 @@ def _weight_gradient(dy, cache, relu_y, buffer, batched_matmul, dw_out):
 def _input_gradient(dM, cache, U, consume, batched_matmul):
     """∂V = Uᵀ · ∂M (over V when ``consume``), then ∂x = Σ_t B ∂V_t Bᵀ scattered onto the input."""
     impl = for_arrays(dM, U)
-    matmul = batched_matmul or get_array_module(dM).matmul
+    matmul = batched_matmul or split_matmul
     V = cache.V
     spare = V if consume and type(V) is np.ndarray and V.dtype == np.result_type(U, dM) else None
     dV = matmul(U.transpose(0, 2, 1), dM, out=spare)
