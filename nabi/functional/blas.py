@@ -209,16 +209,23 @@ def matmul(a, b, out=None):
             xp.matmul(a, b, out=out)
         return out
     queue = iter(tasks)                                   # next() on it is atomic: each block runs once
+    left = [len(tasks)]
+    count = threading.Lock()
+    finished = threading.Event()
 
     def work():
         for x, y, o in queue:
             _block(x, y, o)
+            with count:
+                left[0] -= 1
+                if left[0] == 0:
+                    finished.set()
     with _single_blas:
         pool = _gemm_workers(threads - 1)
-        helpers = [pool.submit(work) for _ in range(threads - 1)]
+        for _ in range(threads - 1):
+            pool.submit(work)
         work()
-        for h in helpers:
-            h.result()
+        finished.wait()       # for the blocks others took; a helper not yet started finds the queue empty later
     return out
 
 
