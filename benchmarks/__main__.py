@@ -552,8 +552,10 @@ def memory_child(args):
     else:
         _memory_gpu(step, side, out)
     if side == "nabi":   # buffers Conv2d layers keep between steps (in RSS before step 2, so not in its peak)
+        from nabi.functional.conv_fast import training_scratch_bytes
         out["workspace_bytes"] = int(sum(b.nbytes for m in model.modules()
-                                         for b in (getattr(m, "_workspace", None) or {}).values()))
+                                         for b in (getattr(m, "_workspace", None) or {}).values())
+                                     + training_scratch_bytes())
     print("MEMORY-RESULT " + json.dumps(out), flush=True)
     return 0
 
@@ -739,7 +741,8 @@ def print_suite_table(suite, rows, args, gemm_peak=None):
         C.log("   MB = peak extra memory during the first training step (s2: the second step); "
               + ("traced = nabi's NumPy allocations seen by tracemalloc (step 1)" if args.device == "cpu"
                  else "torch alloc = max_memory_allocated growth")
-              + "\n   nabi kept = Conv2d workspaces held between steps (already resident when step 2 starts)")
+              + "\n   nabi kept = Conv2d workspaces and the shared training scratch held between steps (already "
+                "resident when step 2 starts)")
     if suite == "memory":
         C.log("   ratio = nabi / torch (step 1); < 1 means nabi needs less")
     else:

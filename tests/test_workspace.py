@@ -68,18 +68,31 @@ def test_workspace_changes_no_bit(kernels, batch, fused, algo, monkeypatch):
 
 @pytest.mark.skipif(not K.available(), reason="numba is not installed")
 def test_workspace_is_reused_and_dropped_in_eval():
+    """The columns are the layer's own; the GEMM buffer (its contents die within a call) is the thread's shared
+    training scratch, one for every layer."""
     conv = L.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+    other = L.Conv2d(3, 8, 3, padding=1, rng=np.random.default_rng(1))
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    C.release_training_scratch()
     with K.kernels(True):
         conv(x)
         ws = dict(conv._workspace)
-        assert ws["col"].shape == (27, 128) and ws["gemm"].shape == (4, 128)
+        assert set(ws) == {"col"} and ws["col"].shape == (27, 128)
+        shared = C.training_scratch()["gemm"]
+        assert shared.nbytes == 4 * 128 * 4
         conv.backward(np.ones((2, 4, 8, 8), np.float32))
         conv(x)
         assert all(conv._workspace[k] is ws[k] for k in ws)                # the same buffers, refilled
+        other(x)                                                           # a layer needing a larger one grows it
+        assert C.training_scratch()["gemm"].nbytes == 8 * 128 * 4
+        conv.backward(np.ones((2, 4, 8, 8), np.float32))
+        other.backward(np.ones((2, 8, 8, 8), np.float32))
+        assert C.training_scratch_bytes() == 8 * 128 * 4
         conv.eval()
         conv(x)
         assert conv._workspace == {}
+    C.release_training_scratch()
+    assert C.training_scratch_bytes() == 0
 
 
 def test_two_forwards_then_backward_use_the_second():
@@ -142,7 +155,7 @@ def test_training_workspace_keeps_nothing_over_the_limit(monkeypatch):
         for _ in range(2):
             conv(x)
             conv.backward(np.ones((2, 4, 8, 8), np.float32))
-    assert set(conv._workspace) == {"gemm"}
+    assert set(conv._workspace) == set()                               # the GEMM buffer is the shared one
 
 
 def test_moving_a_layer_drops_its_workspace():

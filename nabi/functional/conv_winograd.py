@@ -68,19 +68,20 @@ def tiles(geom):
 
 
 def workspace_bytes(x_shape, F, geom, itemsize) -> int:
-    """Bytes of V (16, C, T) — the largest array the method keeps from forward to backward."""
+    """Bytes of the larger of V (16, C, T) and M (16, F, T), the method's largest arrays."""
     th, tw = tiles(geom)
     return 16 * max(x_shape[1], F) * x_shape[0] * th * tw * itemsize
 
 
 class WinogradCache:
-    """What backward needs: V (the transformed input), U (the transformed weight, of the weight the forward
-    used), the shapes, and whether there is a bias."""
+    """What backward needs: the input x and the weight w the forward used (references, no copies: U and V are
+    computed again in backward, so a layer keeps nothing of its own between forward and backward), the
+    geometry, and whether there is a bias."""
 
-    __slots__ = ("V", "U", "w_shape", "x_shape", "geom", "has_bias")
+    __slots__ = ("x", "w", "geom", "has_bias")
 
-    def __init__(self, V, U, w_shape, x_shape, geom, has_bias):
-        self.V, self.U, self.w_shape, self.x_shape, self.geom, self.has_bias = V, U, w_shape, x_shape, geom, has_bias
+    def __init__(self, x, w, geom, has_bias):
+        self.x, self.w, self.geom, self.has_bias = x, w, geom, has_bias
 
 
 def _no_buffer(name, shape, dtype):
@@ -93,67 +94,69 @@ def _no_buffer(name, shape, dtype):
 def conv2d_forward(x, w, b, geom, relu=False, buffer=None, batched_matmul=None):
     """y = conv2d(x, w) + b [then max(·, 0) with ``relu``] for a 3×3 stride-1 ``geom`` (``conv.conv_geometry``).
 
-    x (N, C, H, W), w (F, C, 3, 3), b (F,) or None. ``buffer(name, shape, dtype)``: a kept buffer to fill, or None
-    (``conv_fast`` hands out a layer's workspace this way). ``batched_matmul(a, b, out=None)``: the 16 products
-    (default: ``blas.matmul``, over nabi's threads). Returns ``(y, cache)``, y (N, F, OH, OW).
+    x (N, C, H, W), w (F, C, 3, 3), b (F,) or None. ``buffer(name, shape, dtype)``: a buffer to fill, or None
+    (``conv_fast`` hands out its shared scratch this way); U, V and M die within the call. ``batched_matmul(a, b,
+    out=None)``: the 16 products (default: ``blas.matmul``, over nabi's threads). Returns ``(y, cache)``,
+    y (N, F, OH, OW). The cache holds x and w themselves: neither may change before backward.
     """
     impl = for_arrays(x, w, b)
     buffer = buffer or _no_buffer
     matmul = batched_matmul or split_matmul
-    N, C, H, W = x.shape
+    U, V = _transformed(impl, x, w, geom, buffer)
+    M = matmul(U, V, out=buffer("wino_m", (16, w.shape[0], V.shape[2]), np.result_type(U, V)))
+    y = impl.winograd_output(M, b, x.shape[0], geom, relu)
+    return y, WinogradCache(x, w, geom, b is not None)
+
+
+def _transformed(impl, x, w, geom, buffer):
+    """U (16, F, C) and V (16, C, T) of w and x."""
+    N, C = x.shape[:2]
     F = w.shape[0]
     th, tw = tiles(geom)
-    T = N * th * tw
     U = impl.winograd_weight(w, out=buffer("wino_u", (16, F, C), w.dtype))
-    V = impl.winograd_input(x, geom, out=buffer("wino_v", (16, C, T), x.dtype))
-    M = matmul(U, V, out=buffer("wino_m", (16, F, T), np.result_type(U, V)))
-    y = impl.winograd_output(M, b, N, geom, relu)
-    return y, WinogradCache(V, U, tuple(w.shape), tuple(x.shape), geom, b is not None)
+    V = impl.winograd_input(x, geom, out=buffer("wino_v", (16, C, N * th * tw), x.dtype))
+    return U, V
 
 
 def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False, buffer=None,
                     batched_matmul=None):
     """Gradients of ``conv2d_forward``: ``(dx, dw, db)``; dx None without ``need_dx``, db None without a bias.
 
-    ``relu_y``: the output of a ReLU fused after the convolution (δ is masked by [y > 0] first). ``consume``: the
-    cache is used once, so ∂V may be written over V. ``dw_out``: a buffer shaped like w for ∂L/∂w.
+    ``relu_y``: the output of a ReLU fused after the convolution (δ is masked by [y > 0] first). ``dw_out``: a
+    buffer shaped like w for ∂L/∂w. (``consume`` is accepted for ``conv_fast``'s signature: V is always computed
+    afresh here, so ∂V is always written over it.)
     """
-    dM, db, dw = _weight_gradient(dy, cache, relu_y, buffer or _no_buffer, batched_matmul, dw_out)
-    dx = _input_gradient(dM, cache, cache.U, consume, batched_matmul) if need_dx else None
+    dx, dw, db = _gradients(dy, cache, need_dx, relu_y, buffer or _no_buffer, batched_matmul, dw_out)
     return dx, dw, db
 
 
 def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, buffer=None, batched_matmul=None):
     """Backward fused with plain SGD: dx with the old weights, then w ← w − lr·∂L/∂w, b ← b − lr·Σδ in place."""
-    dM, db, dw = _weight_gradient(dy, cache, relu_y, buffer or _no_buffer, batched_matmul,
-                                  buffer("dw", tuple(w.shape), w.dtype) if buffer else None)
-    dx = _input_gradient(dM, cache, cache.U, True, batched_matmul) if need_dx else None
+    dw_buf = buffer("dw", tuple(w.shape), w.dtype) if buffer else None
+    dx, dw, db = _gradients(dy, cache, need_dx, relu_y, buffer or _no_buffer, batched_matmul, dw_buf)
     w -= w.dtype.type(lr) * dw
     if b is not None and db is not None:
         b -= b.dtype.type(lr) * db
     return dx
 
 
-def _weight_gradient(dy, cache, relu_y, buffer, batched_matmul, dw_out):
-    """∂M = A δ Aᵀ per tile (into the M buffer), ∂b = Σδ, ∂w = Gᵀ (∂M · Vᵀ) G."""
-    impl = for_arrays(dy, relu_y, cache.V)
+def _gradients(dy, cache, need_dx, relu_y, buffer, batched_matmul, dw_out):
+    """U and V again; ∂M = A δ Aᵀ per tile, ∂b = Σδ; ∂w = Gᵀ (∂M · Vᵀ) G; ∂V = Uᵀ · ∂M (over V), then
+    ∂x = Σ_t B ∂V_t Bᵀ scattered onto the input."""
+    x, w, geom = cache.x, cache.w, cache.geom
+    impl = for_arrays(dy, relu_y, x, w)
     matmul = batched_matmul or split_matmul
-    F = cache.w_shape[0]
-    _, C, T = cache.V.shape
-    dM, db = impl.winograd_output_backward(dy, cache.geom, relu_y, need_db=cache.has_bias,
+    U, V = _transformed(impl, x, w, geom, buffer)
+    F, C, T = w.shape[0], x.shape[1], V.shape[2]
+    dM, db = impl.winograd_output_backward(dy, geom, relu_y, need_db=cache.has_bias,
                                            out=buffer("wino_m", (16, F, T), dy.dtype))
-    dU = matmul(dM, cache.V.transpose(0, 2, 1), out=buffer("wino_du", (16, F, C), np.result_type(dM, cache.V)))
-    return dM, db, impl.winograd_weight_backward(dU, out=dw_out)
-
-
-def _input_gradient(dM, cache, U, consume, batched_matmul):
-    """∂V = Uᵀ · ∂M (over V when ``consume``), then ∂x = Σ_t B ∂V_t Bᵀ scattered onto the input."""
-    impl = for_arrays(dM, U)
-    matmul = batched_matmul or split_matmul
-    V = cache.V
-    spare = V if consume and type(V) is np.ndarray and V.dtype == np.result_type(U, dM) else None
+    dU = matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_du", (16, F, C), np.result_type(dM, V)))
+    dw = impl.winograd_weight_backward(dU, out=dw_out)
+    if not need_dx:
+        return None, dw, db
+    spare = V if type(V) is np.ndarray and V.dtype == np.result_type(U, dM) else None
     dV = matmul(U.transpose(0, 2, 1), dM, out=spare)
-    return impl.winograd_input_backward(dV, cache.x_shape, cache.geom)
+    return impl.winograd_input_backward(dV, x.shape, geom), dw, db
 
 
 # ---------------------------------------------------------------------------

@@ -30,6 +30,8 @@ class Conv2d(WeightedLayer):
     """``forward(x, relu=True)`` returns max(conv + b, 0) in the same pass, and ``backward(dy, relu_y=y)``
     applies that ReLU's mask as it reads δ."""
 
+    fresh_input_grad = True     # ∂L/∂x is always a new array (col2im's or Winograd's)
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  init="he_uniform", bias_init="zeros", rng=None):
         super().__init__()
