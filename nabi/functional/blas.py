@@ -7,10 +7,11 @@ threads are set to one only while such a product runs (and put back when the las
 splits a product statically between its threads and synchronises them many times, so on a machine whose cores
 other processes also use, one descheduled thread stalls the others — measured on 2 shared cores (load 13):
 2 OpenBLAS threads ran a 256×2304×512 product at 4.8 GFLOP/s, one thread at 26, and the same product cut into
-8 blocks over 2 nabi threads at 34. A block that a slow thread has not taken is taken by the other. The threads
-are ``nabi.backend.cpu_threads()`` (``set_num_threads``; by default the usable cores); ``NABI_GEMM=blas`` leaves every product to the
-BLAS as it is set up (its own threads), as do a BLAS other than OpenBLAS with a pthreads pool (its thread
-count is one number per process only there) and a missing ``threadpoolctl``.
+8 blocks over 2 nabi threads at 34. A block that a slow thread has not taken is taken by the other. The
+threads are ``nabi.backend.cpu_threads()`` (``set_num_threads``; by default the usable cores).
+``NABI_GEMM=blas`` leaves every product to the BLAS as it is set up (its own threads), as do a BLAS other
+than OpenBLAS with a pthreads pool (its thread count is one number per process only there) and a missing
+``threadpoolctl``.
 
 Used by the optimiser step (p ← p − lr·g) and the fused SGD path (``W -= lr·δᵀx``
 inside backward). For AlexNet-336's fc6 at batch 1 the update is a rank-1 product

@@ -22,6 +22,7 @@ leaves the choices in memory for this process. Timing a layer takes a few of its
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -146,6 +147,7 @@ def machine_key() -> str:
     return f"{_cpu_model()} | {platform.machine()} | {usable_cores()} cores | {threads} kernel threads"
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -190,7 +190,8 @@ def _im2col_forward(x, w, b, geom, relu, workspace, impl):
 
 def algorithm_for(x, w, geom, impl, purpose="train"):
     """'im2col' or 'winograd' for this call, as ``conv_algo`` chooses (timed once per shape and machine)."""
-    if not CW.applies(geom, np.result_type(x.dtype, w.dtype)) or CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize) > COL_BUDGET_BYTES:
+    if (not CW.applies(geom, np.result_type(x.dtype, w.dtype))
+            or CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize) > COL_BUDGET_BYTES):
         return "im2col"
     N, C, H, W = x.shape
     F = w.shape[0]
