@@ -226,7 +226,7 @@ def matmul(a, b, out=None):
         for _ in range(threads - 1):
             pool.submit(work)
         work()
-        finished.wait()       # for the blocks others took; a helper not yet started finds the queue empty later
+        finished.wait()       # for the blocks others took; a worker that starts later finds the queue empty
     return out
 
 
