@@ -44,10 +44,11 @@ class Workload:
     num_classes: int
     sgd: str = "momentum"  # momentum (0.9) | plain (w ← w − lr·g, both sides) | fused (plain; nabi updates in backward)
     usage: str = "trainer"  # trainer (as nabi.training.Trainer sets it up) | plain (as a PyTorch user writes it)
+    kind: str = "classify"  # classify (cross-entropy) | reid (embedding_net + ArcFace) | simclr (SimCLR + NT-Xent)
 
     def as_dict(self):
         return {"model": self.model, "batch": self.batch, "input": list(self.shape), "num_classes": self.num_classes,
-                "sgd": self.sgd, "usage": self.usage}
+                "sgd": self.sgd, "usage": self.usage, "kind": self.kind}
 
 
 def model_workloads(device, full):
@@ -72,6 +73,13 @@ def model_workloads(device, full):
     else:
         w.append(Workload("vgg11 b8 64x64 (CPU; 224 with --full)", "vgg11", 8, (3, 64, 64), 1000))
         w.append(Workload("resnet18 b8 64x64 (CPU; 224 with --full)", "resnet18", 8, (3, 64, 64), 1000))
+    if not gpu:                 # the sizes people train with on a CPU, and the re-ID and self-supervised steps
+        w += [Workload("resnet18 b32 64x64", "resnet18", 32, (3, 64, 64), 1000),
+              Workload("resnet18 b16 160x160", "resnet18", 16, (3, 160, 160), 1000),
+              Workload("re-ID embedding resnet18 b16 160x160 ArcFace", "resnet18", 16, (3, 160, 160), 100,
+                       kind="reid"),
+              Workload("SimCLR resnet18_cifar 2x32 views 32x32", "resnet18_cifar", 64, (3, 32, 32), 128,
+                       kind="simclr")]
     return w
 
 
@@ -111,6 +119,32 @@ def _set_dropout(nabi_model, torch_model, p_by_name=None):
     return old
 
 
+def step_macs(model, x, w):
+    """Multiply-adds of one training step: 3× the forward's (the forward, ∂L/∂input and ∂L/∂weight of every
+    convolution and fully connected layer; the torchvision/ptflops count of ``summary_macs``), less the first
+    layer's ∂L/∂input, which neither side computes (the image needs no gradient; ``usage="plain"`` computes it).
+    Counted in one eval-mode forward with hooks, before the timed steps."""
+    counts = []
+
+    def hook(m, forward, inp):
+        out = forward(inp)
+        counts.append(int(m.summary_macs(tuple(inp.shape), tuple(out.shape))))
+        return out
+    from nabi.layers import Module
+    removers = [m.add_forward_hook(hook) for m in model.modules() if type(m).summary_macs is not Module.summary_macs]
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for r in removers:
+            r()
+        model.train(was)
+    total = sum(counts)
+    first = counts[0] if counts and w.usage != "plain" else 0
+    return 3 * total - first
+
+
 # ----------------------------------------------------------------------------------
 # train suite
 # ----------------------------------------------------------------------------------
@@ -120,30 +154,76 @@ def _nabi_training(model, w):
     gradient (PyTorch's input has none either), and with ``fused`` the update happens in backward.
     ``usage="plain"``: none of that, as a PyTorch user would write it (the image gradient is computed)."""
     from nabi.optim import SGD
-    from nabi.training.trainer import enable_fused_sgd
+    from nabi.training.trainer import enable_fused_sgd, skip_input_gradient
     opt = SGD(model.named_parameters(), lr=LR, momentum=MOMENTUM if w.sgd == "momentum" else 0.0)
     if w.usage == "plain":
         return opt
-    model.set_input_grad(False)
+    if model.set_input_grad(False) is None:          # the re-ID network: its backbone's first layer (as nabi.reid)
+        skip_input_gradient(getattr(model, "backbone", model))
     if w.sgd == "fused":
         enable_fused_sgd(model, opt)
     return opt
 
 
+class _NTXent:
+    """nabi's NT-Xent loss with the (unused) labels argument of the other losses."""
+
+    def __init__(self, temperature=0.5):
+        from nabi.layers.contrastive import NTXentLoss
+        self.loss = NTXentLoss(temperature)
+
+    def __call__(self, z, labels):
+        return self.loss(z)
+
+    def backward(self):
+        return self.loss.backward()
+
+
+def nabi_network(w, seed=0):
+    """The nabi side of ``training_pair`` alone (``(model, loss)``), without importing torch."""
+    from nabi.layers import ArcFaceLoss, CrossEntropyLoss
+    if w.kind == "reid":
+        return (C.build_nabi("embedding_net", w.num_classes, "cpu", seed,
+                             {"backbone": w.model, "embedding_dim": 128, "head": "arcface"}), ArcFaceLoss(30.0, 0.5))
+    if w.kind == "simclr":
+        from .simclr_step import nabi_network as simclr_network
+        return simclr_network(w.model, w.num_classes, seed), _NTXent(0.5)
+    return C.build_nabi(w.model, w.num_classes, "cpu", seed), CrossEntropyLoss()
+
+
+def training_pair(w, dev, seed=0):
+    """``(model, twin, nabi_loss, torch_loss)`` for workload ``w``: the two networks with the same float32 weights;
+    ``nabi_loss(out, labels)`` returns a float and has ``backward()``; ``torch_loss(out, labels)`` a tensor."""
+    import torch.nn.functional as F
+    from nabi.layers import ArcFaceLoss, CrossEntropyLoss
+    from .torch_models import build_embedding_pair, build_pair, torch_arcface
+    if w.kind == "reid":
+        model, twin = build_embedding_pair(w.model, w.num_classes, seed=seed)
+        pair = model, twin, ArcFaceLoss(30.0, 0.5), torch_arcface
+    elif w.kind == "simclr":
+        from .simclr_step import build, torch_nt_xent
+        model, twin = build(w.model, w.num_classes, seed=seed)
+        pair = model, twin, _NTXent(0.5), lambda z, labels: torch_nt_xent(z, 0.5)
+    else:
+        model, twin = build_pair(w.model, w.num_classes, "cpu", seed)
+        pair = model, twin, CrossEntropyLoss(), F.cross_entropy
+    if dev == "gpu":
+        model.to("gpu")
+        twin.to("cuda")
+    return pair
+
+
 def run_train(w, args, repeats, warmup):
     import torch
-    import torch.nn.functional as F
-    from nabi.layers import CrossEntropyLoss
-    from .torch_models import build_pair
 
     dev = args.device
-    model, twin = build_pair(w.model, w.num_classes, dev)
+    model, twin, loss_fn, torch_loss = training_pair(w, dev)
     x, labels = _batch(w)
     xn, yn = C.to_nabi(x, dev), C.to_nabi(labels, dev)
     xt, yt = C.to_torch(x, dev), C.to_torch(labels, dev)
     model.train()
     twin.train()
-    loss_fn = CrossEntropyLoss()
+    macs = step_macs(model, xn, w)
     opt = _nabi_training(model, w)
     topt = torch.optim.SGD(twin.parameters(), lr=LR, momentum=opt.hyper["momentum"])
     pc = time.perf_counter
@@ -172,7 +252,7 @@ def run_train(w, args, repeats, warmup):
         t0 = pc()
         topt.zero_grad(set_to_none=True)
         out = twin(xt)
-        loss = F.cross_entropy(out, yt)
+        loss = torch_loss(out, yt)
         t1 = pc()
         loss.backward()
         t2 = pc()
@@ -231,8 +311,10 @@ def run_train(w, args, repeats, warmup):
                         (lambda: C.torch_sync(dev)) if dev == "gpu" else None,
                         nabi_restore, torch_restore)
     row = {"suite": "train", "workload": w.name, **w.as_dict(), **C.summarize(times), "check": chk.summary(),
-           "params": int(model.num_parameters()),
+           "params": int(model.num_parameters()), "macs_per_step": macs,
            "final_loss": {"nabi": float(last["nabi"][0]), "torch": float(last["torch"][0].item())}}
+    for side in ("nabi", "torch"):
+        row[side]["gflops"] = 2 * macs / (row[side]["median_ms"] / 1e3) / 1e9
     if dev == "cpu":
         for side in ("nabi", "torch"):
             ph = np.array(phases[side][-repeats:]) * 1e3
@@ -417,7 +499,7 @@ def memory_child(args):
     spec = json.loads(args.memory_child)
     side, dev = spec["side"], args.device
     w = Workload(spec["name"], spec["model"], spec["batch"], tuple(spec["shape"]), spec["num_classes"],
-                 spec.get("sgd", "momentum"))
+                 spec.get("sgd", "momentum"), kind=spec.get("kind", "classify"))
     momentum = MOMENTUM if w.sgd == "momentum" else 0.0
     if side == "torch":
         C.set_threads(args.threads)
@@ -428,13 +510,13 @@ def memory_child(args):
     x, labels = _batch(w)
     out = {"side": side}
     if side == "nabi":
-        from nabi.layers import CrossEntropyLoss
         if dev == "cpu":
             out["kernels_warm_up_s"] = _warm_up_kernels()
-        model = C.build_nabi(w.model, w.num_classes, dev)
+        model, loss_fn = nabi_network(w)
+        if dev == "gpu":
+            model.to("gpu")
         model.train()
         xn, yn = C.to_nabi(x, dev), C.to_nabi(labels, dev)
-        loss_fn = CrossEntropyLoss()
         opt = _nabi_training(model, w)
 
         def step():
@@ -449,9 +531,7 @@ def memory_child(args):
         out["dropout"] = any(isinstance(m, Dropout) and m.p > 0 for m in model.modules())
     else:
         import torch
-        import torch.nn.functional as F
-        from .torch_models import build_pair
-        model, twin = build_pair(w.model, w.num_classes, dev)
+        model, twin, _, torch_loss = training_pair(w, dev)
         del model
         twin.train()
         xt, yt = C.to_torch(x, dev), C.to_torch(labels, dev)
@@ -459,7 +539,7 @@ def memory_child(args):
 
         def step():
             topt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(twin(xt), yt)
+            loss = torch_loss(twin(xt), yt)
             loss.backward()
             topt.step()
             C.torch_sync(dev)
@@ -472,8 +552,10 @@ def memory_child(args):
     else:
         _memory_gpu(step, side, out)
     if side == "nabi":   # buffers Conv2d layers keep between steps (in RSS before step 2, so not in its peak)
+        from nabi.functional.conv_fast import training_scratch_bytes
         out["workspace_bytes"] = int(sum(b.nbytes for m in model.modules()
-                                         for b in (getattr(m, "_workspace", None) or {}).values()))
+                                         for b in (getattr(m, "_workspace", None) or {}).values())
+                                     + training_scratch_bytes())
     print("MEMORY-RESULT " + json.dumps(out), flush=True)
     return 0
 
@@ -537,7 +619,7 @@ def _memory_gpu(step, side, out):
 def run_memory(w, args):
     root = Path(__file__).resolve().parent.parent
     spec = {"name": w.name, "model": w.model, "batch": w.batch, "shape": list(w.shape), "num_classes": w.num_classes,
-            "sgd": w.sgd}
+            "sgd": w.sgd, "kind": w.kind}
     res = {}
     for side in ("nabi", "torch"):
         cmd = [sys.executable, "-m", "benchmarks", "--memory-child", json.dumps({**spec, "side": side}),
@@ -625,7 +707,24 @@ def _print_progress(row):
     C.log("  " + "  ".join(cells))
 
 
-def print_suite_table(suite, rows, args):
+def print_roofline(rows, peak):
+    """Per training workload: multiply-adds per step, each side's achieved GFLOP/s and its share of the peak."""
+    rows = [r for r in rows if r["suite"] == "train" and not r.get("error") and r.get("macs_per_step")]
+    if not rows or not peak:
+        return
+    C.log("")
+    C.log(f"== roofline: machine GEMM peak {peak['peak']} GFLOP/s (float32 {peak['size']}^3, best of NumPy's BLAS, "
+          f"nabi's split product and torch.mm) ==")
+    cells = [[r["workload"], f"{r['macs_per_step'] / 1e9:.2f}", f"{r['nabi']['gflops']:.1f}",
+              f"{r['torch']['gflops']:.1f}", f"{100 * r['nabi']['gflops'] / peak['peak']:.0f}%",
+              f"{100 * r['torch']['gflops'] / peak['peak']:.0f}%"] for r in rows]
+    C.log(C.table(["workload (train step)", "GMAC/step", "nabi GFLOP/s", "torch GFLOP/s", "nabi % peak",
+                   "torch % peak"], cells))
+    C.log("   GMAC/step = multiply-adds of the convolutions and fully connected layers in one step (3x the forward's,"
+          " less the image gradient);\n   GFLOP/s = 2 x GMAC/step / median step time")
+
+
+def print_suite_table(suite, rows, args, gemm_peak=None):
     rows = [r for r in rows if r["suite"] == suite]
     if not rows:
         return
@@ -642,13 +741,16 @@ def print_suite_table(suite, rows, args):
         C.log("   MB = peak extra memory during the first training step (s2: the second step); "
               + ("traced = nabi's NumPy allocations seen by tracemalloc (step 1)" if args.device == "cpu"
                  else "torch alloc = max_memory_allocated growth")
-              + "\n   nabi kept = Conv2d workspaces held between steps (already resident when step 2 starts)")
+              + "\n   nabi kept = Conv2d workspaces and the shared training scratch held between steps (already "
+                "resident when step 2 starts)")
     if suite == "memory":
         C.log("   ratio = nabi / torch (step 1); < 1 means nabi needs less")
     else:
         C.log("   ratio = median nabi time / median torch time (wall clock); < 1 means nabi is faster\n"
               "   cpu ratio = the same with process CPU time (less sensitive to other processes; counts spinning "
               "threads)\n   IQR n/t = interquartile range / median of nabi / torch wall times (noise)")
+    if suite == "train":
+        print_roofline(rows, gemm_peak)
 
 
 # ----------------------------------------------------------------------------------
@@ -707,8 +809,16 @@ def main(argv=None):
           + (f"; GPU {info['gpu']}" if args.device == "gpu" else ""))
     if args.device == "cpu":
         C.log(C.blas_kernel_note())
+        wait_note = C.omp_wait_note()
+        if wait_note:
+            info["notes"].append(wait_note)
     for n in info["notes"]:
         C.log("NOTE: " + n)
+    if args.device == "cpu" and "train" in suites:
+        info["gemm_peak"] = C.gemm_peak()
+        g = info["gemm_peak"]
+        C.log(f"GEMM peak (float32 {g['size']}^3, {args.threads} threads, best of 5): {g['peak']} GFLOP/s "
+              f"(NumPy's BLAS {g['numpy_blas']}, nabi's split product {g['nabi']}, torch.mm {g['torch']})")
     rows = []
     t_start = time.perf_counter()
     for suite in suites:
@@ -735,7 +845,7 @@ def main(argv=None):
                 _free(args.device)
                 rows.append(row)
                 _print_progress(row)
-        print_suite_table(suite, rows, args)
+        print_suite_table(suite, rows, args, info.get("gemm_peak"))
     info["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     info["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     out = Path(args.out) if args.out else C.default_out(args.suite, args.threads, args.device)

@@ -319,6 +319,54 @@ def blas_kernel_note():
     return line + (f" (OPENBLAS_CORETYPE={pinned} pins them)" if pinned else " (chosen for this processor)")
 
 
+GEMM_PEAK_SIZE = 1536
+
+
+def gemm_peak(rounds=5):
+    """The machine's measured float32 matrix-product rate (GFLOP/s) with the thread counts set: the best of
+    ``rounds`` timed 1536×1536×1536 products each through NumPy's BLAS as it is set up, nabi's split product
+    (``nabi.functional.blas.matmul``) and ``torch.mm``, alternated. Returns ``{"numpy_blas": …, "nabi": …,
+    "torch": …, "peak": the largest, "size": n}``: the roofline's ceiling, so "close to the limit" is a number."""
+    import torch
+    from nabi.functional.blas import matmul
+    n = GEMM_PEAK_SIZE
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty((n, n), np.float32)
+    ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(np.empty((n, n), np.float32))
+    ways = {"numpy_blas": lambda: np.matmul(a, b, out=out), "nabi": lambda: matmul(a, b, out=out),
+            "torch": lambda: torch.mm(ta, tb, out=tout)}
+    best = {k: float("inf") for k in ways}
+    for f in ways.values():
+        f()
+    for _ in range(rounds):
+        for k, f in ways.items():
+            t0 = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    rates = {k: 2 * n ** 3 / t / 1e9 for k, t in best.items()}
+    return {**{k: round(v, 1) for k, v in rates.items()}, "peak": round(max(rates.values()), 1), "size": n}
+
+
+def omp_wait_note():
+    """A warning when PyTorch's OpenMP threads may spin while nabi runs, else ''.
+
+    ``benchmarks/__init__.py`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported. That cannot work when
+    torch was imported before the benchmarks (GNU OpenMP reads the variable once, when it loads) or when the
+    environment asks for ``ACTIVE``: torch's idle threads then busy-wait after each of its parallel regions and
+    nabi's steps, alternated with torch's, measured up to about 2× slower on 2 cores."""
+    from . import TORCH_BEFORE, WAIT_ENV
+    policy = os.environ.get("OMP_WAIT_POLICY", "").upper()
+    if TORCH_BEFORE:
+        return ("torch was imported before the benchmarks could set OMP_WAIT_POLICY=PASSIVE: its OpenMP threads "
+                "spin after each parallel region and slow nabi's alternated steps (up to ~2x on 2 cores); run "
+                "`python -m benchmarks` in a fresh interpreter, or set OMP_WAIT_POLICY=PASSIVE before importing torch")
+    if policy != WAIT_ENV["OMP_WAIT_POLICY"]:
+        return (f"OMP_WAIT_POLICY={policy or '(unset)'}: torch's idle OpenMP threads spin between its parallel regions "
+                f"and slow nabi's alternated steps (up to ~2x on 2 cores); the default here is PASSIVE")
+    return ""
+
+
 def machine_info(args, device, command, notes=()):
     import torch
     import nabi

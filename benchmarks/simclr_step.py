@@ -53,16 +53,22 @@ def classifier_pair(model_name, num_classes=10, seed=0):
     return model, twin
 
 
+def nabi_network(model_name, projection_dim, seed=0):
+    """The nabi SimCLR network (zoo backbone + projection head) in float32 from a fixed seed; no torch import."""
+    from nabi import backend
+    from nabi.selfsup.model import SimCLR, backbone_of
+    zoo = C.build_nabi(model_name, 10, "cpu", seed)
+    backbone, f = backbone_of(zoo)
+    with backend.default_dtype(np.float32):
+        return SimCLR(backbone, f, projection_dim)
+
+
 def build(model_name, projection_dim, seed=0):
     import torch
     import torch.nn as tnn
-    from nabi.selfsup.model import SimCLR, backbone_of
     from .torch_models import TBasicBlock, TResNet, t_cifar_cnn
-    zoo = C.build_nabi(model_name, 10, "cpu", seed)
-    backbone, f = backbone_of(zoo)
-    from nabi import backend
-    with backend.default_dtype(np.float32):
-        model = SimCLR(backbone, f, projection_dim)
+    model = nabi_network(model_name, projection_dim, seed)
+    f = model.feature_dim
     if model_name == "resnet18_cifar":
         tb = TResNet(TBasicBlock, (2, 2, 2, 2), 10, cifar=True)
     elif model_name == "cifar_cnn":

@@ -294,3 +294,46 @@ def build_pair(name, num_classes, device="cpu", seed=0, nabi_kwargs=None):
         model.to("gpu")
         twin = twin.to("cuda")
     return model, twin
+
+
+# ----------------------------------------------------------------------------------
+# the re-identification embedding and the SimCLR network
+# ----------------------------------------------------------------------------------
+
+class TEmbeddingNet(tnn.Module):
+    """nabi's ``embedding_net`` (head 'arcface'): backbone without fc → Linear (no bias) → BatchNorm1d → L2
+    normalisation → cosines to the class centres (``CosineLinear``)."""
+
+    def __init__(self, backbone, features, dim, num_classes):
+        super().__init__()
+        backbone.fc = tnn.Identity()
+        self.backbone = backbone
+        self.neck = tnn.Module()
+        self.neck.fc = tnn.Linear(features, dim, bias=False)
+        self.neck.bn = tnn.BatchNorm1d(dim)
+        self.classifier = tnn.Module()
+        self.classifier.weight = tnn.Parameter(torch.zeros(num_classes, dim))
+
+    def forward(self, x):
+        e = tF.normalize(self.neck.bn(self.neck.fc(self.backbone(x))), dim=1)
+        return e @ tF.normalize(self.classifier.weight, dim=1).T
+
+
+def torch_arcface(c, y, s=30.0, m=0.5):
+    """ArcFace on cosines c (N, C), as ``nabi.functional.arcface_forward`` (no easy margin)."""
+    import math
+    ct = c.gather(1, y[:, None])[:, 0].clamp(-1 + 1e-7, 1 - 1e-7)
+    phi = ct * math.cos(m) - torch.sqrt(1 - ct * ct) * math.sin(m)
+    phi = torch.where(ct > math.cos(math.pi - m), phi, ct - math.sin(math.pi - m) * m)
+    z = torch.where(tF.one_hot(y, c.shape[1]).bool(), phi[:, None], c) * s
+    return tF.cross_entropy(z, y)
+
+
+def build_embedding_pair(backbone, num_classes, dim=128, seed=0):
+    """nabi's ``embedding_net`` (``backbone``, ArcFace head) and its twin, same float32 weights."""
+    model = build_nabi("embedding_net", num_classes, "cpu", seed,
+                       {"backbone": backbone, "embedding_dim": dim, "head": "arcface"})
+    twin = TEmbeddingNet(TWINS[backbone](num_classes=2), 512, dim, num_classes).to(torch.float32)
+    copy_weights(model, twin)
+    return model, twin
+

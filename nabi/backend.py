@@ -137,6 +137,7 @@ def set_rng_state(gen: np.random.Generator, state: dict) -> None:
 
 
 _thread_limits = None
+_cpu_threads = None
 
 
 def usable_cores() -> int:
@@ -145,6 +146,11 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads() -> int:
+    """Threads nabi splits its CPU matrix products over: what ``set_num_threads`` set, else the usable cores."""
+    return max(1, min(_cpu_threads or usable_cores(), usable_cores()))
 
 
 def _set_numba_threads(n: int) -> None:
@@ -157,15 +163,17 @@ def _set_numba_threads(n: int) -> None:
 
 
 def set_num_threads(n: int, required: bool = True) -> bool:
-    """Use ``n`` CPU threads: nabi's compiled kernels and NumPy's BLAS (through threadpoolctl).
+    """Use ``n`` CPU threads: nabi's compiled kernels, the matrix products nabi splits over its own threads
+    (``cpu_threads``, see ``functional.blas.matmul``) and NumPy's BLAS (through threadpoolctl).
 
     Returns True when both were limited. Without threadpoolctl the BLAS stays as it is: an
     ImportError with ``required``, else False.
     """
-    global _thread_limits
+    global _thread_limits, _cpu_threads
     n = int(n)
     if n < 1:
         raise ValueError(f"threads must be at least 1, got {n}")
+    _cpu_threads = n
     _set_numba_threads(n)
     try:
         from threadpoolctl import threadpool_limits

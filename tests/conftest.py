@@ -11,6 +11,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nabi import backend
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_algorithm_cache(tmp_path_factory):
+    """The convolution-algorithm choices that ``nabi.functional.conv_algo`` measures go to a folder of this test
+    run (children inherit it), never to the user's cache, so no test depends on what an earlier run measured."""
+    old = os.environ.get("NABI_CACHE_DIR")
+    os.environ["NABI_CACHE_DIR"] = str(tmp_path_factory.mktemp("nabi-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NABI_CACHE_DIR", None)
+    else:
+        os.environ["NABI_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _restore_thread_counts():
     """A test that runs ``nabi --threads N …`` in this process changes its thread counts for good (numba's, and
@@ -19,8 +32,10 @@ def _restore_thread_counts():
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
     before = numba.get_num_threads()
+    cpu_threads = backend._cpu_threads
     blas = sorted((i["filepath"], i["num_threads"]) for i in threadpool_info())
     yield
+    backend._cpu_threads = cpu_threads
     if backend._thread_limits is not None:
         backend._thread_limits.restore_original_limits()
         backend._thread_limits = None

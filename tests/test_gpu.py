@@ -203,5 +203,7 @@ def test_zoo_models_train_on_the_gpu_as_on_the_cpu(cupy, name, kwargs, shape):
     assert list(s_gpu) == list(s_cpu)
     for k in s_cpu:
         assert isinstance(s_gpu[k], np.ndarray) and not isinstance(s_gpu[k], cupy.ndarray), k
-        scale = max(1.0, float(np.abs(s_cpu[k]).max(initial=0)))   # sums that cancel to ~0 differ in the last bits
-        np.testing.assert_allclose(s_gpu[k], s_cpu[k], rtol=1e-8, atol=1e-12 * scale, err_msg=k)
+        # sums that cancel to ~0 differ in the last bits; the CPU splits its products into blocks over its threads
+        # (functional.blas.matmul), which sums in another order than one BLAS call: measured up to 2e-12 here
+        scale = max(1.0, float(np.abs(s_cpu[k]).max(initial=0)))
+        np.testing.assert_allclose(s_gpu[k], s_cpu[k], rtol=1e-8, atol=1e-11 * scale, err_msg=k)

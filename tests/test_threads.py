@@ -36,14 +36,42 @@ def test_shared_model_predicts_the_same_in_8_threads(name, kernels):
         np.testing.assert_array_equal(a, b, err_msg=f"batch {i}")
 
 
-def test_kernels_are_launched_through_the_thread_guard():
+def test_kernels_are_launched_through_the_thread_guard(monkeypatch):
     """Every parallel kernel goes through ``_guarded`` (direct calls where the threading layer is
-    thread-safe, one at a time where it is not)."""
+    thread-safe, one at a time where it is not; its one-thread build for small arrays)."""
     if not K.available():
         pytest.skip("numba is not installed")
     for name in ("_im2col", "_col2im", "_from_gemm", "_to_gemm", "_max_pool", "_max_pool_backward", "_relu",
                  "_relu_backward", "_bn_stats", "_bn_apply", "_bn_sums", "_bn_dx", "_sgd_momentum", "_adam",
-                 "_vecmat_rank1_update"):
-        assert hasattr(getattr(K, name), "kernel"), name
+                 "_vecmat_rank1_update", "_wino_weight", "_wino_weight_backward", "_wino_input", "_wino_output",
+                 "_wino_output_backward", "_wino_input_backward"):
+        assert hasattr(getattr(K, name), "kernel") and hasattr(getattr(K, name), "serial"), name
+    monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", 0)           # the parallel build, whatever the size
     K.relu(np.ones(3, np.float32))
     assert K._threadsafe == (K.threading_layer() in ("omp", "tbb"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_thread_and_parallel_builds_compute_the_same_bits(dtype, monkeypatch):
+    """Small arrays run a kernel's one-thread build: a network's outputs and gradients are bit for bit those of
+    the parallel build."""
+    if not K.available():
+        pytest.skip("numba is not installed")
+    from nabi import layers as L
+
+    def run():
+        backend.seed(0)
+        with backend.default_dtype(dtype):
+            model = models.get("resnet20", num_classes=10)
+        x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(dtype)
+        loss = L.CrossEntropyLoss()
+        out = loss(model(x), np.array([1, 2]))
+        model.backward(loss.backward())
+        return [out] + [p.grad.copy() for p in model.parameters()]
+    with K.kernels(True):
+        monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", 1 << 40)
+        serial = run()
+        monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", 0)
+        parallel = run()
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)

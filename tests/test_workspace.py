@@ -1,13 +1,21 @@
-"""Conv2d keeps its im2col matrix as a workspace between training steps (no fresh pages each step)
-and lets backward write wᵀ·δ over it. Neither may change a single bit of any result."""
+"""Conv2d keeps its im2col matrix (or Winograd's transformed arrays) as a workspace between training steps
+(no fresh pages each step) and lets backward write wᵀ·δ over it. Neither may change a single bit of any result.
+The tests run im2col unless they say otherwise (``conv_algo``)."""
 import numpy as np
 import pytest
 
 from nabi import layers as L
 from nabi import optim
+from nabi.functional import conv_algo
 from nabi.functional import conv_fast as C
 from nabi.functional import cpu_kernels as K
 from nabi.training.trainer import enable_fused_sgd
+
+
+@pytest.fixture(autouse=True)
+def _im2col():
+    with conv_algo.algorithm("im2col"):
+        yield
 
 
 def net(rng):
@@ -34,13 +42,14 @@ def train(model, steps, rng, batch, fused):
     return out, [p.data for p in model.parameters()]
 
 
+@pytest.mark.parametrize("algo", ["im2col", "winograd"])
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("batch", [1, 4])      # at batch 1 NumPy's 1×1 columns are a view of the input
 @pytest.mark.parametrize("kernels", [True, False])
-def test_workspace_changes_no_bit(kernels, batch, fused, monkeypatch):
+def test_workspace_changes_no_bit(kernels, batch, fused, algo, monkeypatch):
     if kernels and not K.available():
         pytest.skip("numba is not installed")
-    with K.kernels(kernels):
+    with K.kernels(kernels), conv_algo.algorithm(algo):
         a = net(np.random.default_rng(0))
         hist_a, final_a = train(a, 3, np.random.default_rng(1), batch, fused)
         if kernels:
@@ -59,18 +68,31 @@ def test_workspace_changes_no_bit(kernels, batch, fused, monkeypatch):
 
 @pytest.mark.skipif(not K.available(), reason="numba is not installed")
 def test_workspace_is_reused_and_dropped_in_eval():
+    """The columns are the layer's own; the GEMM buffer (its contents die within a call) is the thread's shared
+    training scratch, one for every layer."""
     conv = L.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+    other = L.Conv2d(3, 8, 3, padding=1, rng=np.random.default_rng(1))
     x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    C.release_training_scratch()
     with K.kernels(True):
         conv(x)
         ws = dict(conv._workspace)
-        assert ws["col"].shape == (27, 128) and ws["gemm"].shape == (4, 128)
+        assert set(ws) == {"col"} and ws["col"].shape == (27, 128)
+        shared = C.training_scratch()["gemm"]
+        assert shared.nbytes == 4 * 128 * 4
         conv.backward(np.ones((2, 4, 8, 8), np.float32))
         conv(x)
         assert all(conv._workspace[k] is ws[k] for k in ws)                # the same buffers, refilled
+        other(x)                                                           # a layer needing a larger one grows it
+        assert C.training_scratch()["gemm"].nbytes == 8 * 128 * 4
+        conv.backward(np.ones((2, 4, 8, 8), np.float32))
+        other.backward(np.ones((2, 8, 8, 8), np.float32))
+        assert C.training_scratch_bytes() == 8 * 128 * 4
         conv.eval()
         conv(x)
         assert conv._workspace == {}
+    C.release_training_scratch()
+    assert C.training_scratch_bytes() == 0
 
 
 def test_two_forwards_then_backward_use_the_second():
@@ -92,22 +114,24 @@ def test_two_forwards_then_backward_use_the_second():
     np.testing.assert_array_equal(conv.weight.grad, ref.weight.grad)
 
 
+@pytest.mark.parametrize("algo", ["im2col", "winograd"])
 @pytest.mark.parametrize("kernels", [True, False])
-def test_inference_scratch_changes_no_bit(kernels, monkeypatch):
+def test_inference_scratch_changes_no_bit(kernels, algo, monkeypatch):
     """Eval-mode forwards share this thread's scratch buffers: same outputs as without them,
     one buffer reused by every layer, nothing over the size limit kept, and release frees them."""
     if kernels and not K.available():
         pytest.skip("numba is not installed")
     model = net(np.random.default_rng(0)).eval()
     x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
-    with K.kernels(kernels):
+    with K.kernels(kernels), conv_algo.algorithm(algo):
         C.release_scratch()
         first = model(x)
         again = model(x)
         kept = dict(C.scratch())
         assert all(C.scratch()[k] is kept[k] for k in kept)
         if kernels:
-            assert set(kept) == {"col", "gemm"}
+            assert set(kept) == ({"col", "gemm"} if algo == "im2col" else {"col", "gemm", "wino_u", "wino_v",
+                                                                            "wino_m"})
         monkeypatch.setattr(C, "workspace_buffer", lambda *a: None)
         plain = model(x)
     np.testing.assert_array_equal(first, plain)
@@ -115,7 +139,7 @@ def test_inference_scratch_changes_no_bit(kernels, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(C, "SCRATCH_MAX_BYTES", 64)
     C.release_scratch()
-    with K.kernels(kernels):
+    with K.kernels(kernels), conv_algo.algorithm(algo):
         np.testing.assert_array_equal(model(x), plain)
     assert dict(C.scratch()) == {}
     C.release_scratch()
@@ -131,7 +155,7 @@ def test_training_workspace_keeps_nothing_over_the_limit(monkeypatch):
         for _ in range(2):
             conv(x)
             conv.backward(np.ones((2, 4, 8, 8), np.float32))
-    assert set(conv._workspace) == {"gemm"}
+    assert set(conv._workspace) == set()                               # the GEMM buffer is the shared one
 
 
 def test_moving_a_layer_drops_its_workspace():

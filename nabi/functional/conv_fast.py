@@ -2,7 +2,9 @@
 
 1. **Workspaces.** A ``Conv2d`` in training passes a ``Workspace`` (a dict it keeps between
    steps) in which the compiled CPU path builds the columns, the forward GEMM result and δ in
-   GEMM layout; backward writes Wᵀ·δ over the columns once ∂L/∂W is done (``consume``). Fresh
+   GEMM layout; backward writes Wᵀ·δ over the columns once ∂L/∂W is done (``consume``). Buffers
+   whose contents die within a call (``TRANSIENT``: GEMM results, Winograd's arrays) come from one
+   scratch shared by all the layers a thread trains (``training_scratch``). Fresh
    multi-megabyte arrays every step cost the operating system's page faults and cold caches:
    on 2 cores this took cifar_cnn's training step from 1.45× to 1.12× PyTorch's time.
    Eval-mode forwards use the calling thread's ``scratch()`` buffers instead (never shared
@@ -14,9 +16,12 @@
    backward with ``relu_y`` (that output) masks δ by [y > 0] as it is moved into GEMM layout.
 4. **Fused SGD.** ``conv2d_sgd_backward`` computes ∂L/∂x with the old weights, then applies
    W ← W − lr·δ·colᵀ, b ← b − lr·Σδ in place: the weight gradient is never stored.
+5. **Another algorithm where it is faster.** 3×3 stride-1 layers may run Winograd F(2×2, 3×3)
+   (``conv_winograd``) instead of im2col; ``conv_algo`` decides per layer shape, by measurement
+   (or as ``NABI_CONV_ALGO`` forces). Its cache is a ``conv_winograd.WinogradCache``.
 
 Every result equals ``conv.conv2d_forward`` / ``conv2d_backward`` (``tests/test_conv_fast.py``).
-The cache is ``(col, w, x_shape, geom, has_bias, chunked)``; ``chunked`` is None or
+The im2col cache is ``(col, w, x_shape, geom, has_bias, chunked)``; ``chunked`` is None or
 ``(x, [(start, end), …])`` (then ``col`` is None).
 """
 from __future__ import annotations
@@ -26,7 +31,9 @@ import threading
 import numpy as np
 
 from ..backend import get_array_module
-from .blas import gemm_inplace, matmul_into
+from . import conv_algo
+from . import conv_winograd as CW
+from .blas import gemm_inplace, matmul, matmul_into
 from .conv import conv_geometry
 from .dispatch import for_arrays
 
@@ -44,10 +51,19 @@ SCRATCH_MAX_BYTES = 64 * 2**20
 """Largest buffer a thread's eval-mode ``scratch`` keeps (every serving thread holds its own)."""
 
 
+TRANSIENT = frozenset({"gemm", "dcol", "dw", "wino_u", "wino_v", "wino_m", "wino_du"})
+"""Buffers whose contents die within one call (a forward's GEMM result, backward's δ matrix, Wᵀ·δ, Winograd's
+transformed arrays): a layer's ``Workspace`` takes them from its thread's shared ``training_scratch`` instead of
+keeping its own, so a network holds one of each (as large as its largest layer needs), not one per layer. The
+im2col columns (``col``) live from forward to backward and stay the layer's."""
+
+
 class Workspace(dict):
     """Named buffers kept between calls (``workspace_buffer``); one over ``limit`` bytes
-    (``WORKSPACE_MAX_BYTES``) is not kept: the call allocates a fresh array instead."""
+    (``WORKSPACE_MAX_BYTES``) is not kept: the call allocates a fresh array instead. With ``shares_transients``
+    (a layer's training workspace) the ``TRANSIENT`` ones come from the thread's ``training_scratch``."""
     limit = WORKSPACE_MAX_BYTES
+    shares_transients = True
 
 
 def workspace_buffer(workspace, name, shape, dtype):
@@ -56,6 +72,8 @@ def workspace_buffer(workspace, name, shape, dtype):
     ``keeps_buffers`` (the compiled CPU loops) are handed one, for arrays they fill completely."""
     if workspace is None:
         return None
+    if name in TRANSIENT and getattr(workspace, "shares_transients", False):
+        return _shared_buffer(name, shape, dtype)
     buf = workspace.get(name)
     if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
         limit = getattr(workspace, "limit", None)
@@ -76,6 +94,7 @@ def scratch():
     if d is None:
         d = _scratch.buffers = Workspace()
         d.limit = SCRATCH_MAX_BYTES
+        d.shares_transients = False
     return d
 
 
@@ -84,8 +103,46 @@ def release_scratch():
     _scratch.buffers = None
 
 
+def training_scratch():
+    """This thread's shared buffers for the ``TRANSIENT`` names of training workspaces: name → flat bytes, grown
+    to the largest request and handed out as views of the shape asked for (so layers of different shapes share
+    one allocation instead of remaking it layer by layer)."""
+    d = getattr(_scratch, "shared", None)
+    if d is None:
+        d = _scratch.shared = {}
+    return d
+
+
+def release_training_scratch():
+    """Free this thread's shared training buffers."""
+    _scratch.shared = None
+
+
+def training_scratch_bytes() -> int:
+    """Bytes this thread's shared training buffers hold."""
+    return sum(b.nbytes for b in training_scratch().values())
+
+
+def _shared_buffer(name, shape, dtype):
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes > WORKSPACE_MAX_BYTES:
+        return None
+    d = training_scratch()
+    flat = d.get(name)
+    if flat is None or flat.nbytes < nbytes:
+        flat = d[name] = np.empty(nbytes, dtype=np.uint8)
+    return flat[:nbytes].view(dtype).reshape(shape)
+
+
 def _buffer(impl, workspace, name, shape, dtype):
     return workspace_buffer(workspace, name, shape, dtype) if impl.keeps_buffers else None
+
+
+def _buffers(impl, workspace):
+    """``buffer(name, shape, dtype)`` over a workspace, for ``conv_winograd``."""
+    if workspace is None or not impl.keeps_buffers:
+        return None
+    return lambda name, shape, dtype: workspace_buffer(workspace, name, shape, dtype)
 
 
 def _batch_chunks(N, per_sample_bytes):
@@ -96,30 +153,71 @@ def _batch_chunks(N, per_sample_bytes):
 # ---------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------
-def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, workspace=None):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, workspace=None, purpose="train"):
     """``conv.conv2d_forward`` [then max(·, 0) with ``relu``], its buffers in ``workspace``.
 
-    The columns stay in the cache until backward. Returns ``(y, cache)``, y (N, F, OH, OW).
+    The columns stay in the cache until backward. ``purpose``: 'train' (a backward follows) or 'eval', which
+    ``conv_algo`` times when it chooses the algorithm. Returns ``(y, cache)``, y (N, F, OH, OW).
     """
     geom = conv_geometry(x, w, stride, padding, layer)
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
+    impl = for_arrays(x, w, b)
+    if algorithm_for(x, w, geom, impl, purpose) == "winograd":
+        return CW.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
+    return _im2col_forward(x, w, b, geom, relu, workspace, impl)
+
+
+def _im2col_forward(x, w, b, geom, relu, workspace, impl):
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    xp = get_array_module(x)
     N, C = x.shape[:2]
     F = w.shape[0]
     w_mat = w.reshape(F, -1)
-    impl = for_arrays(x, w, b)
     chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize)
     if len(chunks) == 1:
         col = impl.im2col(x, geom, out=_buffer(impl, workspace, "col", (C * kh * kw, N * oh * ow), x.dtype))
         gemm = _buffer(impl, workspace, "gemm", (F, col.shape[1]), np.result_type(w_mat, col))
-        y_mat = np.matmul(w_mat, col, out=gemm) if gemm is not None else w_mat @ col
+        y_mat = matmul(w_mat, col, out=gemm)
         y = impl.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
         return y, (col, w, x.shape, geom, b is not None, None)
     y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
     for a, e in chunks:
-        y[a:e] = impl.from_gemm(w_mat @ impl.im2col(x[a:e], geom), b, e - a, relu).reshape(e - a, F, oh, ow)
+        y[a:e] = impl.from_gemm(matmul(w_mat, impl.im2col(x[a:e], geom)), b, e - a, relu).reshape(e - a, F, oh, ow)
     return y, (None, w, x.shape, geom, b is not None, (x, chunks))
+
+
+def algorithm_for(x, w, geom, impl, purpose="train"):
+    """'im2col' or 'winograd' for this call, as ``conv_algo`` chooses (timed once per shape and machine)."""
+    if (not CW.applies(geom, np.result_type(x.dtype, w.dtype))
+            or CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize) > COL_BUDGET_BYTES):
+        return "im2col"
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    key = f"{purpose} {N}x{C}x{H}x{W} -> {F} {kh}x{kw} p{ph}x{pw} {x.dtype}"
+    return conv_algo.choose(("im2col", "winograd"), key, N * F * C * kh * kw * oh * ow, impl.keeps_buffers,
+                            lambda name: _trial(name, x.shape, w.shape, geom, x.dtype, purpose))
+
+
+def _trial(name, x_shape, w_shape, geom, dtype, purpose):
+    """One step of algorithm ``name`` on random data of this shape, for ``conv_algo`` to time."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
+    dy = rng.standard_normal((x_shape[0], w_shape[0], geom[6], geom[7])).astype(dtype)
+    ws = Workspace()
+    impl = for_arrays(x, w)
+
+    def step():
+        if name == "winograd":
+            y, cache = CW.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
+        else:
+            y, cache = _im2col_forward(x, w, None, geom, False, ws, impl)
+        if purpose == "train":
+            conv2d_backward(dy, cache, consume=True, workspace=ws)
+    return step
 
 
 def _column_chunks(cache):
@@ -159,6 +257,9 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
     ``consume``: the cache is used once (a layer's), so Wᵀ·δ may be written over its columns once
     ∂L/∂w is done. ``workspace``: the layer's buffers; δ in GEMM layout goes into its ``gemm``.
     """
+    if isinstance(cache, CW.WinogradCache):
+        return CW.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
+                                  buffer=_buffers(for_arrays(dy, cache.x), workspace))
     _, w, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -172,7 +273,7 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
             _weight_grad(dy_mat, col, dw_mat)
             db = db_part
         else:
-            dw_mat += dy_mat @ col.T
+            dw_mat += matmul(dy_mat, col.T)
             if has_bias:
                 db += db_part
         spare = _reusable_columns(cache) if consume else None
@@ -187,6 +288,9 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspac
     ``workspace``: the layer's buffers; δ in GEMM layout, Wᵀ·δ (``dcol``: the columns are still
     needed for the update) and the update's δ·colᵀ (``dw``) are built in them.
     """
+    if isinstance(cache, CW.WinogradCache):
+        return CW.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
+                                      buffer=_buffers(for_arrays(dy, cache.x), workspace))
     col, w_fwd, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -228,9 +332,9 @@ def _weight_grad(dy_mat, col, out):
     col · δᵀ (K, F), transposed into ``out`` (measured: 15–25 % on CIFAR-sized layers)."""
     xp = get_array_module(col)
     if xp is np and col.shape[1] > 8 * col.shape[0]:
-        out[...] = (col @ dy_mat.T).T
+        out[...] = matmul(col, dy_mat.T).T
     else:
-        xp.matmul(dy_mat, col.T, out=out)
+        matmul(dy_mat, col.T, out=out)
 
 
 def _input_grad(dy_mat, w, x_shape, geom, out=None):

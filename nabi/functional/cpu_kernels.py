@@ -140,12 +140,23 @@ _launch_lock = threading.Lock()
 _threadsafe = None      # whether numba's threading layer may run kernels from several threads at once
 
 
-def _guarded(kernel):
-    """Call ``kernel`` directly when numba's threading layer is thread-safe ('omp', 'tbb'); under
-    one lock otherwise: the 'workqueue' layer aborts the process when two Python threads run
-    parallel kernels at once (a web app serving one model from several threads would)."""
+PARALLEL_MIN_ELEMENTS = 1 << 20
+"""Kernels whose largest array has fewer elements run their loops on the calling thread alone. A parallel loop
+ends when its last thread does: on cores that other processes also use, a descheduled thread holds every such
+loop up by a scheduler time slice (measured on 2 shared cores, load 15: batch-norm statistics of 0.5 M values
+took 7.5 ms in two threads instead of ~0.3 ms), while a loop over a few MB takes well under a millisecond on
+one core. Larger arrays are worth the threads. (PyTorch makes the same choice with a smaller grain.)"""
+
+
+def _guarded(kernel, serial=None):
+    """Call ``kernel`` (or ``serial``, its one-thread build, when every array is under ``PARALLEL_MIN_ELEMENTS``)
+    directly when numba's threading layer is thread-safe ('omp', 'tbb'); under one lock otherwise: the
+    'workqueue' layer aborts the process when two Python threads run parallel kernels at once (a web app serving
+    one model from several threads would). The one-thread build needs no lock."""
     def launch(*args):
         global _threadsafe
+        if serial is not None and _small(args):
+            return serial(*args)
         if _threadsafe:
             return kernel(*args)
         with _launch_lock:
@@ -155,17 +166,35 @@ def _guarded(kernel):
             return out
     launch.__name__ = launch.__qualname__ = kernel.__name__ if hasattr(kernel, "__name__") else "kernel"
     launch.kernel = kernel
+    launch.serial = serial
     return launch
 
 
+def _small(args) -> bool:
+    for a in args:
+        if type(a) is np.ndarray and a.size >= PARALLEL_MIN_ELEMENTS:
+            return False
+    return True
+
+
+def _serial_copy(fn):
+    """``fn`` under another name, so numba caches its one-thread build in files of its own."""
+    import types
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + "_serial"
+    return copy
+
+
 def _jit(fn=None, *, reassociate=False):
-    """Compile a parallel kernel (see ``_njit``). ``reassociate`` lets a sum be vectorised
-    (reordered additions; no other fast-math licence, so NaN and inf behave as usual)."""
+    """Compile a parallel kernel and its one-thread build (see ``_njit``, ``_guarded``). ``reassociate`` lets a
+    sum be vectorised (reordered additions; no other fast-math licence, so NaN and inf behave as usual). The two
+    builds compute the same bits: no loop's result depends on how its iterations are split."""
     if fn is None:
         return lambda f: _jit(f, reassociate=reassociate)
     if _nb is None:
         return fn
-    return _guarded(_njit(fn, parallel=True, fastmath={"reassoc"} if reassociate else False))
+    fastmath = {"reassoc"} if reassociate else False
+    return _guarded(_njit(fn, parallel=True, fastmath=fastmath), _njit(_serial_copy(fn), fastmath=fastmath))
 
 
 # ---------------------------------------------------------------------------
@@ -381,6 +410,350 @@ def vecmat_rank1_update(w, v, a, row):
     _vecmat_rank1_update(w, v.astype(w.dtype, copy=False), a.astype(w.dtype, copy=False),
                          row.astype(w.dtype, copy=False), parts)
     return parts.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Winograd F(2×2, 3×3) transforms (see ``conv_winograd``): one pass each, split over image planes
+# ---------------------------------------------------------------------------
+def _chunks():
+    return 4 * max(1, _nb.get_num_threads())
+
+
+@_jit
+def _wino_input(x, ph, pw, th, tw, V, nchunks):
+    # V[ξ, c, (n, a, b)] = (Bᵀ d B)[ξ], d = x_pad[n, c, 2a:2a+4, 2b:2b+4]. Each plane is copied into a
+    # zero-bordered buffer first (no bounds tests in the tile loop) and transformed into a small buffer
+    # (16, TH·TW), whose 16 rows are then copied out whole: V's 16 planes lie a power of two apart for
+    # common sizes, and storing to all 16 tile by tile made cache lines evict each other (3–5× slower).
+    N, C, H, W = x.shape
+    P = th * tw
+    for k in prange(nchunks):
+        lo = N * C * k // nchunks
+        hi = N * C * (k + 1) // nchunks
+        buf = np.zeros((2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+        v = np.empty((16, P), dtype=V.dtype)
+        for nc in range(lo, hi):
+            n = nc // C
+            c = nc % C
+            buf[ph:ph + H, pw:pw + W] = x[n, c]
+            for a in range(th):
+                r0 = buf[2 * a]
+                r1 = buf[2 * a + 1]
+                r2 = buf[2 * a + 2]
+                r3 = buf[2 * a + 3]
+                for b in range(tw):
+                    s = 2 * b
+                    t = a * tw + b
+                    # Bᵀ d: rows (d0 − d2, d1 + d2, d2 − d1, d1 − d3), per column j
+                    z00 = r0[s] - r2[s]
+                    z01 = r0[s + 1] - r2[s + 1]
+                    z02 = r0[s + 2] - r2[s + 2]
+                    z03 = r0[s + 3] - r2[s + 3]
+                    z10 = r1[s] + r2[s]
+                    z11 = r1[s + 1] + r2[s + 1]
+                    z12 = r1[s + 2] + r2[s + 2]
+                    z13 = r1[s + 3] + r2[s + 3]
+                    z20 = r2[s] - r1[s]
+                    z21 = r2[s + 1] - r1[s + 1]
+                    z22 = r2[s + 2] - r1[s + 2]
+                    z23 = r2[s + 3] - r1[s + 3]
+                    z30 = r1[s] - r3[s]
+                    z31 = r1[s + 1] - r3[s + 1]
+                    z32 = r1[s + 2] - r3[s + 2]
+                    z33 = r1[s + 3] - r3[s + 3]
+                    # (·) B: the same combination of columns
+                    v[0, t] = z00 - z02
+                    v[1, t] = z01 + z02
+                    v[2, t] = z02 - z01
+                    v[3, t] = z01 - z03
+                    v[4, t] = z10 - z12
+                    v[5, t] = z11 + z12
+                    v[6, t] = z12 - z11
+                    v[7, t] = z11 - z13
+                    v[8, t] = z20 - z22
+                    v[9, t] = z21 + z22
+                    v[10, t] = z22 - z21
+                    v[11, t] = z21 - z23
+                    v[12, t] = z30 - z32
+                    v[13, t] = z31 + z32
+                    v[14, t] = z32 - z31
+                    v[15, t] = z31 - z33
+            base = n * P
+            for xi in range(16):
+                V[xi, c, base:base + P] = v[xi]
+
+
+@_jit
+def _wino_weight(w, U):
+    # U[ξ, f, c] = (G w[f, c] Gᵀ)[ξ]; G's rows combine g0, g1, g2 as (g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2).
+    F, C = w.shape[:2]
+    for f in prange(F):
+        u = np.empty((16, C), dtype=U.dtype)
+        z = np.empty((4, 3), dtype=U.dtype)
+        for c in range(C):
+            g = w[f, c]
+            for j in range(3):
+                z[0, j] = g[0, j]
+                z[1, j] = 0.5 * (g[0, j] + g[1, j] + g[2, j])
+                z[2, j] = 0.5 * (g[0, j] - g[1, j] + g[2, j])
+                z[3, j] = g[2, j]
+            for i in range(4):
+                u[4 * i, c] = z[i, 0]
+                u[4 * i + 1, c] = 0.5 * (z[i, 0] + z[i, 1] + z[i, 2])
+                u[4 * i + 2, c] = 0.5 * (z[i, 0] - z[i, 1] + z[i, 2])
+                u[4 * i + 3, c] = z[i, 2]
+        for xi in range(16):
+            U[xi, f] = u[xi]
+
+
+def winograd_weight(w, out=None):
+    """Winograd weight transform: w (F, C, 3, 3) → U (16, F, C) (see ``conv_winograd``)."""
+    F, C = w.shape[:2]
+    U = out if out is not None else np.empty((16, F, C), dtype=w.dtype)
+    _wino_weight(np.ascontiguousarray(w), U)
+    return U
+
+
+@_jit
+def _wino_weight_backward(du, dw):
+    # dw[f, c] = Gᵀ ∂U[f, c] G; Gᵀ's rows combine d0…d3 as (d0 + (d1+d2)/2, (d1−d2)/2, (d1+d2)/2 + d3).
+    F, C = dw.shape[:2]
+    for f in prange(F):
+        q = np.empty((16, C), dtype=du.dtype)
+        for xi in range(16):
+            q[xi] = du[xi, f]
+        e = np.empty((3, 4), dtype=du.dtype)
+        for c in range(C):
+            for j in range(4):
+                d0 = q[j, c]
+                d1 = q[4 + j, c]
+                d2 = q[8 + j, c]
+                d3 = q[12 + j, c]
+                e[0, j] = d0 + 0.5 * (d1 + d2)
+                e[1, j] = 0.5 * (d1 - d2)
+                e[2, j] = 0.5 * (d1 + d2) + d3
+            o = dw[f, c]
+            for i in range(3):
+                o[i, 0] = e[i, 0] + 0.5 * (e[i, 1] + e[i, 2])
+                o[i, 1] = 0.5 * (e[i, 1] - e[i, 2])
+                o[i, 2] = 0.5 * (e[i, 1] + e[i, 2]) + e[i, 3]
+
+
+def winograd_weight_backward(du, out=None):
+    """Adjoint of the weight transform: ∂U (16, F, C) → ∂w (F, C, 3, 3) (into ``out`` when given)."""
+    F, C = du.shape[1:]
+    dw = out if out is not None else np.empty((F, C, 3, 3), dtype=du.dtype)
+    _wino_weight_backward(du, dw)
+    return dw
+
+
+def winograd_input(x, geom, out=None):
+    """Winograd input transform: x (N, C, H, W) → V (16, C, N·TH·TW) (see ``conv_winograd``)."""
+    N, C = x.shape[:2]
+    th, tw = (geom[6] + 1) // 2, (geom[7] + 1) // 2
+    V = out if out is not None else np.empty((16, C, N * th * tw), dtype=x.dtype)
+    _wino_input(np.ascontiguousarray(x), geom[4], geom[5], th, tw, V, _chunks())
+    return V
+
+
+@_jit
+def _wino_output(m, b, N, oh, ow, th, tw, relu, y, nchunks):
+    # y[n, f, 2a + i, 2b + j] = (Aᵀ M_t A)[i, j] + b[f], cut at (OH, OW); then max(·, 0) when relu.
+    # The plane's 16 rows of M are copied into a small buffer first (see ``_wino_input``).
+    F = m.shape[1]
+    P = th * tw
+    for k in prange(nchunks):
+        q = np.empty((16, P), dtype=m.dtype)
+        for nf in range(N * F * k // nchunks, N * F * (k + 1) // nchunks):
+            n = nf // F
+            f = nf % F
+            bf = b[f]
+            dst = y[n, f]
+            for xi in range(16):
+                q[xi] = m[xi, f, n * P:(n + 1) * P]
+            for a in range(th):
+                for bb in range(tw):
+                    t = a * tw + bb
+                    # Aᵀ M: rows (m0 + m1 + m2, m1 − m2 − m3), per column j
+                    q0 = q[0, t] + q[4, t] + q[8, t]
+                    q1 = q[1, t] + q[5, t] + q[9, t]
+                    q2 = q[2, t] + q[6, t] + q[10, t]
+                    q3 = q[3, t] + q[7, t] + q[11, t]
+                    p0 = q[4, t] - q[8, t] - q[12, t]
+                    p1 = q[5, t] - q[9, t] - q[13, t]
+                    p2 = q[6, t] - q[10, t] - q[14, t]
+                    p3 = q[7, t] - q[11, t] - q[15, t]
+                    y00 = q0 + q1 + q2 + bf
+                    y01 = q1 - q2 - q3 + bf
+                    y10 = p0 + p1 + p2 + bf
+                    y11 = p1 - p2 - p3 + bf
+                    if relu:
+                        y00 = 0 if y00 < 0 else y00          # NaN stays NaN
+                        y01 = 0 if y01 < 0 else y01
+                        y10 = 0 if y10 < 0 else y10
+                        y11 = 0 if y11 < 0 else y11
+                    i = 2 * a
+                    j = 2 * bb
+                    dst[i, j] = y00
+                    if j + 1 < ow:
+                        dst[i, j + 1] = y01
+                    if i + 1 < oh:
+                        dst[i + 1, j] = y10
+                        if j + 1 < ow:
+                            dst[i + 1, j + 1] = y11
+
+
+def winograd_output(m, b, N, geom, relu=False):
+    """Winograd output transform: M (16, F, T) (+ b) [then max(·, 0)] → y (N, F, OH, OW)."""
+    F = m.shape[1]
+    oh, ow = geom[6], geom[7]
+    if b is None:
+        b = np.zeros(F, dtype=m.dtype)
+    y = np.empty((N, F, oh, ow), dtype=m.dtype)
+    _wino_output(m, b.astype(m.dtype, copy=False), N, oh, ow, (oh + 1) // 2, (ow + 1) // 2, relu, y, _chunks())
+    return y
+
+
+@_jit(reassociate=True)
+def _wino_output_backward(dy, y, masked, th, tw, dm, db):
+    # ∂M_t = A δ_t Aᵀ with δ_t the 2×2 tile of δ (· [y > 0] when masked; 0 beyond OH, OW); db[f] = Σ δ.
+    # Each plane's 16 rows of ∂M are built in a small buffer and copied out whole (see ``_wino_input``).
+    N, F, oh, ow = dy.shape
+    P = th * tw
+    for f in prange(F):
+        s = 0.0
+        e = np.empty((16, P), dtype=dm.dtype)
+        for n in range(N):
+            d = dy[n, f]
+            mk = y[n, f]
+            for a in range(th):
+                for bb in range(tw):
+                    i = 2 * a
+                    j = 2 * bb
+                    d00 = d[i, j]
+                    d01 = d[i, j + 1] if j + 1 < ow else 0
+                    d10 = d[i + 1, j] if i + 1 < oh else 0
+                    d11 = d[i + 1, j + 1] if i + 1 < oh and j + 1 < ow else 0
+                    if masked:
+                        d00 = d00 if mk[i, j] > 0 else 0
+                        if j + 1 < ow:
+                            d01 = d01 if mk[i, j + 1] > 0 else 0
+                        if i + 1 < oh:
+                            d10 = d10 if mk[i + 1, j] > 0 else 0
+                            if j + 1 < ow:
+                                d11 = d11 if mk[i + 1, j + 1] > 0 else 0
+                    s += d00 + d01 + d10 + d11
+                    # A δ: rows (d0, d0 + d1, d0 − d1, −d1), per column j; then (·) Aᵀ on columns alike
+                    e00 = d00
+                    e01 = d01
+                    e10 = d00 + d10
+                    e11 = d01 + d11
+                    e20 = d00 - d10
+                    e21 = d01 - d11
+                    e30 = -d10
+                    e31 = -d11
+                    t = a * tw + bb
+                    e[0, t] = e00
+                    e[1, t] = e00 + e01
+                    e[2, t] = e00 - e01
+                    e[3, t] = -e01
+                    e[4, t] = e10
+                    e[5, t] = e10 + e11
+                    e[6, t] = e10 - e11
+                    e[7, t] = -e11
+                    e[8, t] = e20
+                    e[9, t] = e20 + e21
+                    e[10, t] = e20 - e21
+                    e[11, t] = -e21
+                    e[12, t] = e30
+                    e[13, t] = e30 + e31
+                    e[14, t] = e30 - e31
+                    e[15, t] = -e31
+            for xi in range(16):
+                dm[xi, f, n * P:(n + 1) * P] = e[xi]
+        db[f] = s
+
+
+def winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None):
+    """Adjoint of the output transform: δ (N, F, OH, OW) [· [relu_y > 0]] → (∂M (16, F, T), Σδ (F,) or None)."""
+    N, F, oh, ow = dy.shape
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    d = np.ascontiguousarray(dy)
+    y = d if relu_y is None else np.ascontiguousarray(relu_y)
+    dm = out if out is not None else np.empty((16, F, N * th * tw), dtype=dy.dtype)
+    db = np.empty(F, dtype=dy.dtype)
+    _wino_output_backward(d, y, relu_y is not None, th, tw, dm, db)
+    return dm, (db if need_db else None)
+
+
+@_jit
+def _wino_input_backward(dv, ph, pw, th, tw, dx, nchunks):
+    # dx[n, c] = the padded plane's interior after adding B ∂V_t Bᵀ (4×4) at (2a, 2b) for every tile t.
+    # The plane's 16 rows of ∂V are copied into a small buffer first (see ``_wino_input``).
+    N, C, H, W = dx.shape
+    P = th * tw
+    for k in prange(nchunks):
+        lo = N * C * k // nchunks
+        hi = N * C * (k + 1) // nchunks
+        buf = np.empty((2 * th + 2, 2 * tw + 2), dtype=dx.dtype)
+        q = np.empty((16, P), dtype=dv.dtype)
+        for nc in range(lo, hi):
+            n = nc // C
+            c = nc % C
+            for xi in range(16):
+                q[xi] = dv[xi, c, n * P:(n + 1) * P]
+            buf[:, :] = 0
+            for a in range(th):
+                r0 = buf[2 * a]
+                r1 = buf[2 * a + 1]
+                r2 = buf[2 * a + 2]
+                r3 = buf[2 * a + 3]
+                for b in range(tw):
+                    t = a * tw + b
+                    s = 2 * b
+                    # B ∂V: rows (v0, v1 − v2 + v3, −v0 + v1 + v2, −v3), per column j
+                    w00 = q[0, t]
+                    w01 = q[1, t]
+                    w02 = q[2, t]
+                    w03 = q[3, t]
+                    w10 = q[4, t] - q[8, t] + q[12, t]
+                    w11 = q[5, t] - q[9, t] + q[13, t]
+                    w12 = q[6, t] - q[10, t] + q[14, t]
+                    w13 = q[7, t] - q[11, t] + q[15, t]
+                    w20 = -q[0, t] + q[4, t] + q[8, t]
+                    w21 = -q[1, t] + q[5, t] + q[9, t]
+                    w22 = -q[2, t] + q[6, t] + q[10, t]
+                    w23 = -q[3, t] + q[7, t] + q[11, t]
+                    w30 = -q[12, t]
+                    w31 = -q[13, t]
+                    w32 = -q[14, t]
+                    w33 = -q[15, t]
+                    # (·) Bᵀ: columns (w0, w1 − w2 + w3, −w0 + w1 + w2, −w3), added onto the patch
+                    r0[s] += w00
+                    r0[s + 1] += w01 - w02 + w03
+                    r0[s + 2] += -w00 + w01 + w02
+                    r0[s + 3] -= w03
+                    r1[s] += w10
+                    r1[s + 1] += w11 - w12 + w13
+                    r1[s + 2] += -w10 + w11 + w12
+                    r1[s + 3] -= w13
+                    r2[s] += w20
+                    r2[s + 1] += w21 - w22 + w23
+                    r2[s + 2] += -w20 + w21 + w22
+                    r2[s + 3] -= w23
+                    r3[s] += w30
+                    r3[s + 1] += w31 - w32 + w33
+                    r3[s + 2] += -w30 + w31 + w32
+                    r3[s + 3] -= w33
+            dx[n, c] = buf[ph:ph + H, pw:pw + W]
+
+
+def winograd_input_backward(dv, x_shape, geom):
+    """Adjoint of the input transform: ∂V (16, C, T) → ∂x (N, C, H, W), overlaps summed, padding dropped."""
+    th, tw = (geom[6] + 1) // 2, (geom[7] + 1) // 2
+    dx = np.empty(x_shape, dtype=dv.dtype)
+    _wino_input_backward(dv, geom[4], geom[5], th, tw, dx, _chunks())
+    return dx
 
 
 # ---------------------------------------------------------------------------

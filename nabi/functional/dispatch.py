@@ -24,6 +24,12 @@ The methods (geometry ``geom`` = (KH, KW, SH, SW, PH, PW, OH, OW); P = OH·OW):
     max_pool_backward(dy, state, x_shape, geom10)   implementation needs (kept in the op's cache)
     relu(x), relu_backward(dy, y)
     vecmat_rank1_update(w, v, a, row)       v·w with the old w, then w += a ⊗ row (fused SGD, batch 1)
+    winograd_weight(w, out=None), winograd_weight_backward(du, out=None)
+                                            w (F, C, 3, 3) ↔ U (16, F, C): G w Gᵀ and its adjoint Gᵀ ∂U G
+    winograd_input(x, geom, out=None)       x (N, C, H, W) → V (16, C, T): Bᵀ d B per 4×4 patch (``conv_winograd``)
+    winograd_output(m, b, N, geom, relu=False)      M (16, F, T) → Aᵀ M A + b [then max(·, 0)] (N, F, OH, OW)
+    winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None)   δ → (A δ Aᵀ (16, F, T), Σδ or None)
+    winograd_input_backward(dv, x_shape, geom)      ∂V (16, C, T) → Σ_t B ∂V_t Bᵀ on the input (N, C, H, W)
     batch_norm_stats(x), batch_norm_apply(x, mean, inv_std, gamma, beta),
     batch_norm_train_backward(dy, x_hat, inv_std, gamma)          (4-D input; compiled CPU only)
 
@@ -103,6 +109,12 @@ class Numba(Reference):
         return K.relu_backward(dy, y)
 
     vecmat_rank1_update = staticmethod(K.vecmat_rank1_update)
+    winograd_weight = staticmethod(K.winograd_weight)
+    winograd_weight_backward = staticmethod(K.winograd_weight_backward)
+    winograd_input = staticmethod(K.winograd_input)
+    winograd_output = staticmethod(K.winograd_output)
+    winograd_output_backward = staticmethod(K.winograd_output_backward)
+    winograd_input_backward = staticmethod(K.winograd_input_backward)
     batch_norm_stats = staticmethod(K.batch_norm_stats)
     batch_norm_apply = staticmethod(K.batch_norm_apply)
     batch_norm_train_backward = staticmethod(K.batch_norm_backward)

@@ -9,7 +9,7 @@ For a batch of one, ∂L/∂w is the rank-1 outer product δᵀx (the setting of
 from __future__ import annotations
 
 from ._checks import check_input
-from .blas import gemm_inplace, matmul_into
+from .blas import gemm_inplace, matmul, matmul_into
 from .dispatch import for_arrays, reference
 from .accumulate import sum_over
 
@@ -18,7 +18,7 @@ def linear_forward(x, w, b=None, layer="linear"):
     check_input(x, 2, layer, what="(N, in_features)")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"{layer}: expected {w.shape[1]} input features, got input of shape {tuple(x.shape)}")
-    y = x @ w.T
+    y = matmul(x, w.T)
     if b is not None:
         y += b
     return y, (x, w, b is not None)
@@ -32,7 +32,7 @@ def linear_backward(dy, cache, need_dx=True, dw_out=None):
     x, w, has_bias = cache
     dw = matmul_into(dy.T, x, out=dw_out)
     db = sum_over(dy, 0) if has_bias else None
-    dx = dy @ w if need_dx else None
+    dx = matmul(dy, w) if need_dx else None
     return dx, dw, db
 
 

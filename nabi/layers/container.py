@@ -4,7 +4,9 @@ Each container calls its children's ``backward`` itself, in reverse order:
 
     Sequential  y = f_n(…f_1(x))            dx = f_1'(…f_n'(δ))
     Residual    y = body(x) + shortcut(x)   dx = body.backward(δ) + shortcut.backward(δ)
-                (identity shortcut when ``shortcut`` is None: dx = body.backward(δ) + δ)
+                (identity shortcut when ``shortcut`` is None: dx = body.backward(δ) + δ); each sum is
+                added in place into the body's array when its module says that array is its own
+                (``fresh_output``, ``fresh_input_grad``): no extra activation-sized array per block
     Concat      y = [b_1(x), …, b_k(x)] on channels (axis 1)
                 dx = Σ_i b_i.backward(δ[:, channels of b_i])
 """
@@ -161,7 +163,14 @@ class Residual(Module):
         if y.shape != s.shape:
             raise ValueError(f"Residual: body output {tuple(y.shape)} and shortcut output {tuple(s.shape)} differ; "
                              f"give a projection shortcut (e.g. a 1×1 Conv2d with the body's stride)")
-        out = y + s
+        body = self.body_modules
+        last = body[-1] if body else None
+        if (last is not None and last.fresh_output and not last.has_forward_hooks and y is not x and y is not s
+                and y.dtype == get_array_module(y).result_type(y, s)):
+            y += s                      # the body's own new array (batch norm's output), seen by no hook
+            out = y
+        else:
+            out = y + s
         return self.after(out) if self._has_after else out
 
     def backward(self, dy):
@@ -174,6 +183,11 @@ class Residual(Module):
         ds = sc.backward(dy) if sc is not None else dy
         if dx is None:
             return ds
+        body = self.body_modules
+        if body and body[0].fresh_input_grad and dx is not dy and dx is not ds and dx.dtype == get_array_module(
+                dx).result_type(dx, ds):
+            dx += ds                    # the first layer's own new array (a convolution's ∂L/∂x)
+            return dx
         return dx + ds
 
 

@@ -30,6 +30,8 @@ class Conv2d(WeightedLayer):
     """``forward(x, relu=True)`` returns max(conv + b, 0) in the same pass, and ``backward(dy, relu_y=y)``
     applies that ReLU's mask as it reads δ."""
 
+    fresh_input_grad = True     # ∂L/∂x is always a new array (col2im's or Winograd's)
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  init="he_uniform", bias_init="zeros", rng=None):
         super().__init__()
@@ -60,7 +62,7 @@ class Conv2d(WeightedLayer):
                 self._workspace = CF.Workspace()
             ws = None if self.keep_cache else CF.scratch()
         y, cache = CF.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name(),
-                                     relu=relu, workspace=ws)
+                                     relu=relu, workspace=ws, purpose="train" if self.training else "eval")
         self._store_cache(cache)
         return y
 

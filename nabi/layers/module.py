@@ -162,6 +162,13 @@ class Module:
     def backward(self, dy):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} has no backward")
 
+    fresh_output = False
+    """True when ``forward`` always returns a new array that nothing the module keeps refers to, so a container
+    may add into it in place (``Residual``)."""
+
+    fresh_input_grad = False
+    """True when ``backward`` always returns a new array that nothing the module keeps refers to."""
+
     keep_cache = False  # keep backward caches in eval mode too (Grad-CAM, gradient checks)
 
     def set_keep_cache(self, flag: bool = True):

@@ -48,6 +48,7 @@ class Dropout(Module):
 
 class _BatchNorm(Module):
     _rank = None
+    fresh_output = True         # y is new; the cache keeps x̂, not y
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()

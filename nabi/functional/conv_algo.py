@@ -1,0 +1,224 @@
+"""Which algorithm computes a convolution: chosen per layer shape by measurement, remembered per machine.
+
+    im2col     ``conv.py`` / ``conv_fast.py``: columns + one matrix product. Any geometry; the reference.
+    winograd   ``conv_winograd.py``: F(2×2, 3×3), 2.25× fewer multiplications. 3×3 kernels, stride 1.
+
+The setting has one home, ``NABI_CONV_ALGO`` (read when a convolution runs), or ``set_algorithm`` /
+``with algorithm(name):`` in code, which win over the environment:
+
+    auto       (default) compiled CPU arrays (NumPy float32/float64, ``cpu_kernels`` on): a layer of at least
+               ``MIN_TUNED_MACS`` multiply-adds whose Winograd buffers fit ``conv_fast.COL_BUDGET_BYTES`` is
+               timed once with each algorithm that applies (forward + backward in training, forward in eval,
+               on random data of its shape, alternated, median of ``ROUNDS``) and runs the faster from then on.
+               Smaller layers, other arrays (CuPy, float16) and other geometries: im2col.
+    im2col     always im2col.
+    winograd   Winograd wherever it applies (3×3, stride 1), im2col elsewhere: for tests and measurements.
+
+The choices are kept per machine (CPU model, usable cores, nabi's kernel threads) and per shape in
+``<cache folder>/conv-algorithms.json``: ``$NABI_CACHE_DIR``, else ``$XDG_CACHE_HOME/nabi``, else
+``~/.cache/nabi``. The file is rewritten atomically (temporary file, fsync, rename) after each new
+measurement; one that cannot be read is reported once on stderr and replaced, one that cannot be written
+leaves the choices in memory for this process. Timing a layer takes a few of its steps, once per machine.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ALGORITHMS = ("im2col", "winograd")
+SETTINGS = ("auto",) + ALGORITHMS
+ENV = "NABI_CONV_ALGO"
+CACHE_ENV = "NABI_CACHE_DIR"
+CACHE_FILE = "conv-algorithms.json"
+FORMAT = 1
+
+MIN_TUNED_MACS = 20_000_000
+"""Layers with fewer multiply-adds (N·F·C·KH·KW·OH·OW) run im2col without being timed: measuring costs more
+than any difference could save, and tiny layers are overhead-bound whatever the algorithm."""
+
+ROUNDS = 3
+"""Timed rounds per algorithm (after one untimed round each), alternated; the median is compared."""
+
+_forced = None
+_lock = threading.RLock()
+_choices = None            # {machine key: {shape key: entry}} as loaded from / written to the cache file
+_warned = set()
+
+
+def setting() -> str:
+    """The algorithm setting in force: ``set_algorithm``'s, else ``NABI_CONV_ALGO``'s, else 'auto'."""
+    if _forced is not None:
+        return _forced
+    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if value not in SETTINGS:
+        raise ValueError(f"{ENV}={os.environ.get(ENV)!r}: expected one of {', '.join(SETTINGS)}")
+    return value
+
+
+def set_algorithm(name) -> None:
+    """Force an algorithm for every convolution of this process ('im2col', 'winograd'), or go back to
+    'auto' / the environment's setting with None."""
+    global _forced
+    if name is not None and name not in SETTINGS:
+        raise ValueError(f"set_algorithm: expected one of {', '.join(SETTINGS)} or None, got {name!r}")
+    _forced = name
+
+
+@contextmanager
+def algorithm(name):
+    """``with algorithm('winograd'): ...`` runs a block with that setting, then restores the previous one."""
+    global _forced
+    old = _forced
+    set_algorithm(name)
+    try:
+        yield
+    finally:
+        _forced = old
+
+
+def choose(candidates, shape_key, macs, compiled, trial):
+    """The algorithm for one convolution call.
+
+    ``candidates``: the algorithms that apply to this call (im2col first); ``shape_key``: a string naming the
+    shape, dtype and purpose; ``macs``: its multiply-adds; ``compiled``: whether the compiled CPU kernels serve
+    its arrays; ``trial(name)``: a function that runs one step of that algorithm on random data of this shape.
+    """
+    mode = setting()
+    if mode != "auto":
+        return mode if mode in candidates else candidates[0]
+    if len(candidates) == 1 or not compiled or macs < MIN_TUNED_MACS:
+        return candidates[0]
+    with _lock:
+        table = _machine_table()
+        entry = table.get(shape_key)
+        if entry is not None and entry.get("algorithm") in candidates:
+            return entry["algorithm"]
+        ms = measure(candidates, trial)
+        best = min(candidates, key=lambda a: ms[a])
+        table[shape_key] = {"algorithm": best, "ms": {a: round(ms[a], 3) for a in candidates}}
+        _save(shape_key, table[shape_key])
+        return best
+
+
+def measure(candidates, trial):
+    """Median milliseconds of a step of each candidate: one untimed round each, then ``ROUNDS`` alternated."""
+    runs = {a: trial(a) for a in candidates}
+    for a in candidates:
+        runs[a]()
+    times = {a: [] for a in candidates}
+    for _ in range(ROUNDS):
+        for a in candidates:
+            t0 = time.perf_counter()
+            runs[a]()
+            times[a].append(1e3 * (time.perf_counter() - t0))
+    return {a: float(np.median(t)) for a, t in times.items()}
+
+
+# ---------------------------------------------------------------------------
+# the cache file
+# ---------------------------------------------------------------------------
+def cache_path() -> Path:
+    """``$NABI_CACHE_DIR/conv-algorithms.json``, else under ``$XDG_CACHE_HOME/nabi`` or ``~/.cache/nabi``."""
+    folder = os.environ.get(CACHE_ENV)
+    if not folder:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "nabi")
+    return Path(folder) / CACHE_FILE
+
+
+def machine_key() -> str:
+    """What the timings depend on besides the shape: the processor, the usable cores, the kernel threads."""
+    from ..backend import usable_cores
+    try:
+        import numba
+        threads = numba.get_num_threads()
+    except Exception:  # pragma: no cover - numba is optional
+        threads = 1
+    return f"{_cpu_model()} | {platform.machine()} | {usable_cores()} cores | {threads} kernel threads"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        print(f"nabi: {message}", file=sys.stderr, flush=True)
+
+
+def _read(path):
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        _warn_once(f"cannot read the convolution-algorithm cache {path} ({e}); it will be measured again and "
+                   f"the file replaced")
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("machines"), dict):
+        _warn_once(f"the convolution-algorithm cache {path} is not in format {FORMAT}; it will be replaced")
+        return {}
+    return data["machines"]
+
+
+def _machine_table():
+    global _choices
+    if _choices is None:
+        _choices = _read(cache_path())
+    return _choices.setdefault(machine_key(), {})
+
+
+def _save(shape_key, entry):
+    """Merge one new entry into the file (re-read first: another process may have added its own)."""
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        machines = _read(path)
+        machines.setdefault(machine_key(), {})[shape_key] = entry
+        _write_atomic(path, json.dumps({"format": FORMAT, "machines": machines}, indent=1, sort_keys=True))
+    except OSError as e:
+        _warn_once(f"cannot write the convolution-algorithm cache {path} ({e}); the choices are kept for this "
+                   f"process only")
+
+
+def _write_atomic(path, text):
+    """Temporary file in the same folder, flushed and fsync'd, then renamed over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def forget() -> None:
+    """Drop the choices held in memory (the next call reads the cache file again)."""
+    global _choices
+    with _lock:
+        _choices = None

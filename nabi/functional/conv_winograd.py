@@ -1,0 +1,286 @@
+"""3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms
+for Convolutional Neural Networks", CVPR 2016): 16 multiplications for 4 outputs instead of 36.
+
+Notation as in ``conv.py``: x (N, C, H, W), w (F, C, 3, 3), zero padding (PH, PW), stride 1, y (N, F, OH, OW).
+The output is cut into TH × TW tiles of 2×2 (TH = ⌈OH/2⌉, TW = ⌈OW/2⌉; T = N·TH·TW tiles in all); tile
+t = (n, a, b) covers output rows 2a, 2a+1 and columns 2b, 2b+1 and reads the 4×4 input patch d_t at rows
+2a − PH … 2a − PH + 3 (columns alike; zero outside the image). With
+
+    Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]
+    G  = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]
+    Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]
+
+the forward pass is four steps, ξ running over the 16 positions of a 4×4 tile:
+
+    U[ξ, f, c] = (G w[f, c] Gᵀ)[ξ]          weight transform           U (16, F, C)
+    V[ξ, c, t] = (Bᵀ d_t[c] B)[ξ]             input transform            V (16, C, T)
+    M[ξ] = U[ξ] · V[ξ]                         16 matrix products (F×C)(C×T), batched through BLAS
+    y_t[f] = Aᵀ M_t[f] A + b[f]                output transform (2×2 per tile, cut at the image's edge)
+
+Backward, for δ = ∂L/∂y (zero on a tile's cells beyond the edge), each step's adjoint in reverse:
+
+    ∂M_t[f] = A δ_t[f] Aᵀ                      output transform's adjoint   (16, F, T)
+    ∂U[ξ] = ∂M[ξ] · V[ξ]ᵀ     ∂w[f, c] = Gᵀ ∂U[f, c] G                       16 products (F×T)(T×C)
+    ∂V[ξ] = U[ξ]ᵀ · ∂M[ξ]     ∂x = Σ_t B ∂V_t Bᵀ, added onto each tile's patch (tiles overlap by 2 rows
+                                                and columns), padding dropped; 16 products (C×F)(F×T)
+    ∂b = Σ δ
+
+so the gradients are the exact derivatives of the forward computation: a gradient check in float64 holds to
+rounding. Each of the three passes does 4·F·C·N·P multiply-adds in its products instead of im2col's 9·F·C·N·P
+(P = OH·OW; 2.25× fewer for even OH and OW), and V holds 4·C·N·P numbers where im2col's columns hold 9·C·N·P.
+
+Numerical error. Winograd's transforms add and subtract inputs before the products, so its float32 results
+are further from the exact (float64) convolution than im2col's. Measured on random normal inputs and He-scaled
+weights (C = F = 3…512, 5×5…17×17), the norm-relative error ‖r − r₆₄‖ / ‖r₆₄‖ of the output and of both
+gradients was at most 4.8e-7 (im2col: at most 3.0e-7), about 1–1.7× im2col's; ``tests/test_conv_winograd.py``
+bounds it at 1.5e-6 per result, and the float64 results equal im2col's to 1e-11. (F(4×4, 3×3) would save
+another 1.8× of multiplications at several times this error; it is not used.)
+
+The primitives (the transforms) come from the implementation that serves the arrays (``dispatch.for_arrays``):
+compiled CPU loops (``cpu_kernels``) or the array code below, which is their reference and the CuPy path. The
+layers reach this module through ``conv_fast``, where ``conv_algo`` chooses it per layer shape by measurement.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+from .accumulate import sum_over
+from .blas import matmul as split_matmul
+from .dispatch import for_arrays, reference
+
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+
+def applies(geom, dtype=np.float32) -> bool:
+    """Whether Winograd F(2×2, 3×3) computes a convolution of geometry ``geom`` on arrays of ``dtype``: a 3×3
+    kernel, stride 1, float32 or float64 (in float16 its transforms would lose too much; im2col serves it)."""
+    kh, kw, sh, sw = geom[:4]
+    return kh == 3 and kw == 3 and sh == 1 and sw == 1 and np.dtype(dtype) in (np.float32, np.float64)
+
+
+def tiles(geom):
+    """(TH, TW): the 2×2 output tiles per image."""
+    oh, ow = geom[6], geom[7]
+    return (oh + 1) // 2, (ow + 1) // 2
+
+
+def workspace_bytes(x_shape, F, geom, itemsize) -> int:
+    """Bytes of the larger of V (16, C, T) and M (16, F, T), the method's largest arrays."""
+    th, tw = tiles(geom)
+    return 16 * max(x_shape[1], F) * x_shape[0] * th * tw * itemsize
+
+
+class WinogradCache:
+    """What backward needs: the input x and the weight w the forward used (references, no copies: U and V are
+    computed again in backward, so a layer keeps nothing of its own between forward and backward), the
+    geometry, and whether there is a bias."""
+
+    __slots__ = ("x", "w", "geom", "has_bias")
+
+    def __init__(self, x, w, geom, has_bias):
+        self.x, self.w, self.geom, self.has_bias = x, w, geom, has_bias
+
+
+def _no_buffer(name, shape, dtype):
+    return None
+
+
+# ---------------------------------------------------------------------------
+# forward and backward
+# ---------------------------------------------------------------------------
+def conv2d_forward(x, w, b, geom, relu=False, buffer=None, batched_matmul=None):
+    """y = conv2d(x, w) + b [then max(·, 0) with ``relu``] for a 3×3 stride-1 ``geom`` (``conv.conv_geometry``).
+
+    x (N, C, H, W), w (F, C, 3, 3), b (F,) or None. ``buffer(name, shape, dtype)``: a buffer to fill, or None
+    (``conv_fast`` hands out its shared scratch this way); U, V and M die within the call. ``batched_matmul(a, b,
+    out=None)``: the 16 products (default: ``blas.matmul``, over nabi's threads). Returns ``(y, cache)``,
+    y (N, F, OH, OW). The cache holds x and w themselves: neither may change before backward.
+    """
+    impl = for_arrays(x, w, b)
+    buffer = buffer or _no_buffer
+    matmul = batched_matmul or split_matmul
+    U, V = _transformed(impl, x, w, geom, buffer)
+    M = matmul(U, V, out=buffer("wino_m", (16, w.shape[0], V.shape[2]), np.result_type(U, V)))
+    y = impl.winograd_output(M, b, x.shape[0], geom, relu)
+    return y, WinogradCache(x, w, geom, b is not None)
+
+
+def _transformed(impl, x, w, geom, buffer):
+    """U (16, F, C) and V (16, C, T) of w and x."""
+    N, C = x.shape[:2]
+    F = w.shape[0]
+    th, tw = tiles(geom)
+    U = impl.winograd_weight(w, out=buffer("wino_u", (16, F, C), w.dtype))
+    V = impl.winograd_input(x, geom, out=buffer("wino_v", (16, C, N * th * tw), x.dtype))
+    return U, V
+
+
+def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False, buffer=None,
+                    batched_matmul=None):
+    """Gradients of ``conv2d_forward``: ``(dx, dw, db)``; dx None without ``need_dx``, db None without a bias.
+
+    ``relu_y``: the output of a ReLU fused after the convolution (δ is masked by [y > 0] first). ``dw_out``: a
+    buffer shaped like w for ∂L/∂w. (``consume`` is accepted for ``conv_fast``'s signature: V is always computed
+    afresh here, so ∂V is always written over it.)
+    """
+    dx, dw, db = _gradients(dy, cache, need_dx, relu_y, buffer or _no_buffer, batched_matmul, dw_out)
+    return dx, dw, db
+
+
+def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, buffer=None, batched_matmul=None):
+    """Backward fused with plain SGD: dx with the old weights, then w ← w − lr·∂L/∂w, b ← b − lr·Σδ in place."""
+    dw_buf = buffer("dw", tuple(w.shape), w.dtype) if buffer else None
+    dx, dw, db = _gradients(dy, cache, need_dx, relu_y, buffer or _no_buffer, batched_matmul, dw_buf)
+    w -= w.dtype.type(lr) * dw
+    if b is not None and db is not None:
+        b -= b.dtype.type(lr) * db
+    return dx
+
+
+def _gradients(dy, cache, need_dx, relu_y, buffer, batched_matmul, dw_out):
+    """U and V again; ∂M = A δ Aᵀ per tile, ∂b = Σδ; ∂w = Gᵀ (∂M · Vᵀ) G; ∂V = Uᵀ · ∂M (over V), then
+    ∂x = Σ_t B ∂V_t Bᵀ scattered onto the input."""
+    x, w, geom = cache.x, cache.w, cache.geom
+    impl = for_arrays(dy, relu_y, x, w)
+    matmul = batched_matmul or split_matmul
+    U, V = _transformed(impl, x, w, geom, buffer)
+    F, C, T = w.shape[0], x.shape[1], V.shape[2]
+    dM, db = impl.winograd_output_backward(dy, geom, relu_y, need_db=cache.has_bias,
+                                           out=buffer("wino_m", (16, F, T), dy.dtype))
+    dU = matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_du", (16, F, C), np.result_type(dM, V)))
+    dw = impl.winograd_weight_backward(dU, out=dw_out)
+    if not need_dx:
+        return None, dw, db
+    spare = V if type(V) is np.ndarray and V.dtype == np.result_type(U, dM) else None
+    dV = matmul(U.transpose(0, 2, 1), dM, out=spare)
+    return impl.winograd_input_backward(dV, x.shape, geom), dw, db
+
+
+# ---------------------------------------------------------------------------
+# The transforms as array code (NumPy or CuPy): the reference implementation. Each applies a small matrix
+# (Bᵀ, G, Aᵀ or a transpose) along one axis of length 3 or 4 by slicing, with its entries as Python numbers,
+# so nothing is copied to the device on the GPU.
+# ---------------------------------------------------------------------------
+def _along(matrix, a, axis):
+    """out[..., r, ...] = Σ_k matrix[r][k] · a[..., k, ...] along ``axis``."""
+    xp = get_array_module(a)
+    a = xp.moveaxis(a, axis, 0)
+    rows = []
+    for coeffs in matrix:
+        acc = None
+        for k, m in enumerate(coeffs):
+            if m == 0:
+                continue
+            term = a[k] if m == 1 else (-a[k] if m == -1 else a[k] * a.dtype.type(m))
+            acc = term if acc is None else acc + term
+        rows.append(acc)
+    return xp.moveaxis(xp.stack(rows), 0, axis)
+
+
+def _both(matrix, a):
+    """matrix · a · matrixᵀ on the last two axes."""
+    return _along(matrix, _along(matrix, a, -2), -1)
+
+
+@reference("winograd_weight")
+def weight_transform(w, out=None):
+    """U[ξ, f, c] = (G w[f, c] Gᵀ)[ξ]: w (F, C, 3, 3) → U (16, F, C)."""
+    xp = get_array_module(w)
+    F, C = w.shape[:2]
+    u = _both(G, w).reshape(F, C, 16).transpose(2, 0, 1)
+    if out is None:
+        return xp.ascontiguousarray(u)
+    out[...] = u
+    return out
+
+
+@reference("winograd_weight_backward")
+def weight_transform_backward(du, out=None):
+    """∂w[f, c] = Gᵀ ∂U[f, c] G: ∂U (16, F, C) → ∂w (F, C, 3, 3) (into ``out`` when given)."""
+    F, C = du.shape[1:]
+    dw = _both(G.T, du.transpose(1, 2, 0).reshape(F, C, 4, 4))
+    if out is None:
+        return dw
+    out[...] = dw
+    return out
+
+
+def _padded(x, geom):
+    """x zero-padded to the (2·TH + 2, 2·TW + 2) rows and columns the tiles read, the image at (PH, PW)."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    ph, pw = geom[4], geom[5]
+    th, tw = tiles(geom)
+    out = xp.zeros((N, C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+    out[:, :, ph:ph + H, pw:pw + W] = x
+    return out
+
+
+@reference
+def winograd_input(x, geom, out=None):
+    """V[ξ, c, (n, a, b)] = (Bᵀ d B)[ξ], d = the 4×4 patch of x_pad[n, c] at (2a, 2b): x (N, C, H, W) → (16, C, T).
+    (``out`` is accepted for the common signature and not used.)"""
+    xp = get_array_module(x)
+    N, C = x.shape[:2]
+    th, tw = tiles(geom)
+    xpad = _padded(x, geom)
+    sN, sC, sH, sW = xpad.strides
+    lib = np.lib if xp is np else xp.lib
+    d = lib.stride_tricks.as_strided(xpad, shape=(N, C, th, tw, 4, 4), strides=(sN, sC, 2 * sH, 2 * sW, sH, sW))
+    v = _both(BT, d)                                                        # (N, C, TH, TW, 4, 4)
+    return xp.ascontiguousarray(v.transpose(4, 5, 1, 0, 2, 3)).reshape(16, C, N * th * tw)
+
+
+@reference
+def winograd_output(m, b, N, geom, relu=False):
+    """y[n, f, 2a + i, 2b + j] = (Aᵀ M_t A)[i, j] + b[f] (cut at OH, OW) [then max(·, 0)]: (16, F, T) → (N, F, OH, OW)."""
+    xp = get_array_module(m)
+    F = m.shape[1]
+    oh, ow = geom[6], geom[7]
+    th, tw = tiles(geom)
+    mt = m.reshape(4, 4, F, N, th, tw).transpose(3, 2, 4, 5, 0, 1)          # (N, F, TH, TW, 4, 4)
+    yt = _both(AT, mt)                                                       # (N, F, TH, TW, 2, 2)
+    y = yt.transpose(0, 1, 2, 4, 3, 5).reshape(N, F, 2 * th, 2 * tw)[:, :, :oh, :ow]
+    y = xp.ascontiguousarray(y)
+    if b is not None:
+        y += b.reshape(1, F, 1, 1)
+    if relu:
+        xp.maximum(y, 0, out=y)
+    return y
+
+
+@reference
+def winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None):
+    """∂M_t = A δ_t Aᵀ (δ masked by [relu_y > 0] when given, zero beyond OH, OW): dy (N, F, OH, OW) →
+    (∂M (16, F, T), Σδ (F,) or None). (``out`` is accepted for the common signature and not used.)"""
+    xp = get_array_module(dy)
+    N, F, oh, ow = dy.shape
+    th, tw = tiles(geom)
+    if relu_y is not None:
+        dy = dy * (relu_y > 0)
+    db = sum_over(dy, (0, 2, 3)) if need_db else None
+    d = xp.zeros((N, F, 2 * th, 2 * tw), dtype=dy.dtype)
+    d[:, :, :oh, :ow] = dy
+    dt = d.reshape(N, F, th, 2, tw, 2).transpose(1, 0, 2, 4, 3, 5)          # (F, N, TH, TW, 2, 2)
+    dm = _both(AT.T, dt)                                                     # (F, N, TH, TW, 4, 4)
+    return xp.ascontiguousarray(dm.transpose(4, 5, 0, 1, 2, 3)).reshape(16, F, N * th * tw), db
+
+
+@reference
+def winograd_input_backward(dv, x_shape, geom):
+    """∂x: each tile's B ∂V_t Bᵀ (4×4) added onto its patch of the padded input, padding dropped:
+    (16, C, T) → (N, C, H, W). The loop runs over the 16 patch offsets only, never over pixels."""
+    xp = get_array_module(dv)
+    N, C, H, W = x_shape
+    ph, pw = geom[4], geom[5]
+    th, tw = tiles(geom)
+    v = dv.reshape(4, 4, C, N, th, tw).transpose(3, 2, 4, 5, 0, 1)          # (N, C, TH, TW, 4, 4)
+    d = _both(BT.T, v)
+    dpad = xp.zeros((N, C, 2 * th + 2, 2 * tw + 2), dtype=dv.dtype)
+    for u in range(4):
+        for s in range(4):
+            dpad[:, :, u:u + 2 * th:2, s:s + 2 * tw:2] += d[..., u, s]
+    return xp.ascontiguousarray(dpad[:, :, ph:ph + H, pw:pw + W])

@@ -1,0 +1,54 @@
+"""``Residual`` adds the shortcut into the body's own new array (batch norm's output; a convolution's input
+gradient) instead of allocating a sum: the results are those of the plain sums, the input and the shortcut are
+never written, and an output a forward hook sees is never changed afterwards."""
+from collections import OrderedDict
+
+import numpy as np
+
+from nabi import backend
+from nabi import layers as L
+
+
+def _block(rng):
+    with backend.default_dtype(np.float64):
+        return L.Residual(OrderedDict(conv=L.Conv2d(3, 3, 3, padding=1, rng=rng), bn=L.BatchNorm2d(3)),
+                          after=L.ReLU())
+
+
+def _plain(block, x, dy):
+    """The same block's forward and backward with the sums written out."""
+    conv, bn, relu = block.conv, block.bn, block.after
+    s = bn(conv(x)) + x
+    y = relu(s)
+    g = relu.backward(dy)
+    return y, conv.backward(bn.backward(g)) + g
+
+
+def test_in_place_sums_equal_the_plain_ones_and_write_no_input():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 5))
+    dy = rng.standard_normal((2, 3, 5, 5))
+    a, b = _block(np.random.default_rng(1)), _block(np.random.default_rng(1))
+    x0, dy0 = x.copy(), dy.copy()
+    y = a(x)
+    dx = a.backward(dy)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dy, dy0)
+    y_ref, dx_ref = _plain(b, x, dy)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_a_hooked_body_output_is_left_as_the_hook_saw_it():
+    rng = np.random.default_rng(2)
+    block = _block(np.random.default_rng(3))
+    seen = []
+
+    def hook(m, forward, x):
+        out = forward(x)
+        seen.append((out, out.copy()))
+        return out
+    block.bn.add_forward_hook(hook)
+    block(rng.standard_normal((2, 3, 5, 5)))
+    out, copy = seen[0]
+    np.testing.assert_array_equal(out, copy)
