@@ -69,15 +69,13 @@ def split_folder(photos, enrol_dir, query_dir, seed=0, unknown=0, encounters="na
 
 def run_split(args, seed, calibration, log):
     from nabi.reid.gallery import Gallery
-    from nabi.reid.local_features import LocalSettings
-    from nabi.reid.matcher import MatcherSettings
-    local = False if args.no_matcher else LocalSettings(args.nfeatures, args.max_side, args.descriptor)
+    local = False if args.no_matcher else _local_settings(args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         unknown = split_folder(args.photos, tmp / "enrol", tmp / "query", seed, args.unknown, args.encounters,
                                args.by_photo)
         g = Gallery.build(args.run, tmp / "enrol", tmp / "gallery", local=local, encounters=args.encounters,
-                          log=log, matcher_settings=MatcherSettings(k=args.k, shortlist=args.shortlist), flip=args.flip)
+                          log=log, matcher_settings=_matcher_settings(args), flip=args.flip)
         alpha = "auto" if args.prior_known == "auto" else float(args.prior_known)
         if calibration is None:
             summary = g.calibrate(None, fusion=args.fusion, log=log)
@@ -115,6 +113,20 @@ def summarise(results):
     return out
 
 
+def _given(args, names):
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _local_settings(args):
+    from nabi.reid.local_features import LocalSettings
+    return LocalSettings(**_given(args, ("nfeatures", "max_side", "descriptor")))
+
+
+def _matcher_settings(args):
+    from nabi.reid.matcher import MatcherSettings
+    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px")))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
@@ -126,11 +138,14 @@ def main(argv=None):
     ap.add_argument("--calibration-file", help="a calibration JSON written by --save-calibration")
     ap.add_argument("--save-calibration", help="write the calibration made from --calibration here")
     ap.add_argument("--no-matcher", action="store_true", help="the embedding alone (no local features)")
-    ap.add_argument("--nfeatures", type=int, default=1000, help="SIFT keypoints per photo")
-    ap.add_argument("--max-side", type=int, default=512)
-    ap.add_argument("--descriptor", default="rootsift", help="rootsift, learned or learned:PATH")
-    ap.add_argument("--k", type=int, default=4, help="LNBNN neighbours")
-    ap.add_argument("--shortlist", type=int, default=20, help="photos verified by RANSAC per query")
+    # Left out, each of these is nabi's default (LocalSettings, MatcherSettings): the figures are the product's.
+    ap.add_argument("--nfeatures", type=int, help="SIFT keypoints per photo")
+    ap.add_argument("--max-side", type=int, help="photos are shrunk to this longer side before the detector")
+    ap.add_argument("--descriptor", help="rootsift, learned or learned:PATH")
+    ap.add_argument("--k", type=int, help="LNBNN neighbours")
+    ap.add_argument("--shortlist", type=int, help="photos verified by RANSAC per query")
+    ap.add_argument("--top", type=int, help="an individual's best verified photos its evidence sums")
+    ap.add_argument("--reprojection-px", type=float, help="RANSAC's inlier distance in pixels")
     ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
     ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])
     ap.add_argument("--prior-known", default="0.5", help="α, the prior that a query shows an enrolled individual, "
@@ -150,11 +165,9 @@ def main(argv=None):
         calibration = json.loads(Path(args.calibration_file).read_text())
     elif args.calibration:
         from nabi.reid.gallery import Gallery
-        from nabi.reid.local_features import LocalSettings
-        from nabi.reid.matcher import MatcherSettings
-        local = False if args.no_matcher else LocalSettings(args.nfeatures, args.max_side, args.descriptor)
+        local = False if args.no_matcher else _local_settings(args)
         g = Gallery.create(args.run, None, local=local, encounters=args.encounters,
-                           matcher_settings=MatcherSettings(k=args.k, shortlist=args.shortlist), flip=args.flip)
+                           matcher_settings=_matcher_settings(args), flip=args.flip)
         calibration = g.calibrate(args.calibration, fusion=args.fusion, log=log)
         print(f"calibrated on {args.calibration}: {calibration['pairs']}, AUROC on the pairs "
               f"{calibration['auroc_pairs']}, check {calibration['check']} ({time.perf_counter() - t0:.0f} s)")

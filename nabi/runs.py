@@ -129,7 +129,8 @@ def scoring_scope(meta, data, strict=False):
     C, H, W = meta["input_size"]
     test = load_datasets(str(data), image_size=(H, W), channels=C, val_ratio=cfg.get("val_ratio") or 0,
                          test_ratio=ratio, seed=cfg.get("seed", 0), exclude=cfg.get("exclude") or (), strict=strict,
-                         fit=image_fit(meta), background_kinds=cfg.get("background_kinds", "split") == "split")["test"]
+                         fit=image_fit(meta), background_kinds=cfg.get("background_kinds", "split") == "split",
+                         encounters=cfg.get("encounters") or "photo")["test"]
     return test, (f"{data} is the folder this run trained on and has no test/ folder: scoring the {len(test)} "
                   f"photos the run held out for testing ({ratio:g} of each class, seed {cfg.get('seed', 0)}), not "
                   f"the photos it trained on; --all-photos scores every photo")

@@ -95,3 +95,72 @@ def test_split_checks_its_arguments():
         split_by_encounter(["a"], ["1"], (0.5, 0.6))
     with pytest.raises(ValueError, match="both be"):
         split_by_encounter(["a", "b"], ["1"], (0.5, 0.5))
+
+
+def _encounter_folder(root, individuals=3, encounters=5, per=2):
+    """``root/<individual>/<e>_<k>.png``: ``per`` photos of each encounter, coloured by individual."""
+    for i in range(individuals):
+        for e in range(encounters):
+            for k in range(per):
+                img = Image.new("RGB", (8, 8), (40 * i, 10 * e, 5 * k))
+                (root / f"ind{i}").mkdir(parents=True, exist_ok=True)
+                img.save(root / f"ind{i}" / f"{100 + e}_{k}.png")
+    return root
+
+
+def _encounters_of(ds, idx):
+    return {(ds.classes[ds.samples[i][1]], ds.samples[i][0].split("/")[-1].split("_")[0]) for i in idx}
+
+
+def test_training_splits_keep_encounters_whole(tmp_path):
+    from nabi.data.prepare import load_datasets
+    root = _encounter_folder(tmp_path / "photos")
+    plain = load_datasets(str(root), image_size=8, val_ratio=0.2, test_ratio=0.2, seed=3)
+    kept = load_datasets(str(root), image_size=8, val_ratio=0.2, test_ratio=0.2, seed=3, encounters="name")
+    full = kept["train"].dataset
+    sides = {name: _encounters_of(full, kept[name].indices) for name in ("train", "val", "test")}
+    assert sides["train"] and sides["val"] and sides["test"]
+    assert not (sides["train"] & sides["val"]) and not (sides["train"] & sides["test"]) \
+        and not (sides["val"] & sides["test"])                     # no encounter on two sides
+    assert sum(len(kept[n]) for n in ("train", "val", "test")) == len(full)
+    for name in ("val", "test"):                                   # both photos of an encounter go together
+        assert len(kept[name]) == 2 * len(sides[name])
+    # the plain split (the default) is the stratified one it always was, and here it does cut encounters
+    plain_sides = {n: _encounters_of(plain["train"].dataset, plain[n].indices) for n in ("train", "test")}
+    assert plain_sides["train"] & plain_sides["test"]
+
+
+def test_encounters_setting_is_a_flag_and_is_checked(tmp_path):
+    from nabi.cli.main import main
+    from nabi.training.config import TrainConfig, check
+    from nabi.training.rules import BadArgument
+    check(TrainConfig(data="embedded:mnist5k", encounters="name:^(\\d+)_"))
+    with pytest.raises(BadArgument, match="encounters"):
+        check(TrainConfig(data="embedded:mnist5k", encounters="by-day"))
+    root = _encounter_folder(tmp_path / "photos")
+    out = tmp_path / "run"
+    rc = main(["train", str(root), "--model", "lenet5", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+               "--encounters", "name", "--val-ratio", "0.2", "--test-ratio", "0.2", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    import json
+    assert json.loads((out / "config.json").read_text())["encounters"] == "name"
+    # eval on the same folder scores the run's own test photos: the encounter-kept split, made again
+    from nabi.data.prepare import load_datasets
+    from nabi.runs import load_run, scoring_scope
+    _, meta = load_run(out)
+    test, note = scoring_scope(meta, root)
+    expected = load_datasets(str(root), image_size=32, val_ratio=0.2, test_ratio=0.2, seed=0, encounters="name")
+    assert sorted(test.dataset.samples[i][0] for i in test.indices) == \
+        sorted(expected["test"].dataset.samples[i][0] for i in expected["test"].indices)
+    assert "held out" in note
+
+
+def test_embedding_validation_keeps_encounters_whole():
+    from nabi.reid.train import split_gallery_queries
+    targets = [0] * 6 + [1] * 6
+    paths = [f"/x/{t}/{e}_{k}.png" for t in (0, 1) for e in (1, 2, 3) for k in (0, 1)]
+    g, q = split_gallery_queries(targets, 0, paths, "name")
+    enc = lambda i: (targets[i], paths[i].split("/")[-1].split("_")[0])   # noqa: E731
+    assert not ({enc(i) for i in g} & {enc(i) for i in q})
+    assert len(g) + len(q) == 12 and len(q) > 0

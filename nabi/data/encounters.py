@@ -175,3 +175,33 @@ def _shares(n, fractions, min_per_part):
             counts[np.argmax(counts)] -= 1
             counts[k] += 1
     return counts
+
+
+def split_photos(paths, labels, ratios, seed=0, rule="photo", class_dirs=None) -> list:
+    """Split labelled photos into parts (train/val/test), each encounter whole on one side.
+
+    paths       (N,) photo paths; labels (N,) their classes
+    ratios      the share of each part, e.g. (0.8, 0.1, 0.1)
+    rule        an encounter rule (module docstring); ``photo`` is the plain stratified split of
+                ``nabi.data.split.stratified_split``, so a run without encounters splits as it always did
+    class_dirs  {label: the class's folder}, for the ``folder`` and ``auto`` rules
+
+    With another rule, each class's *encounters* are shared out by ``ratios``: a class with fewer
+    encounters than parts fills the first parts (training first), so its photos are never seen twice.
+    Returns one sorted int64 index array per part.
+    """
+    from .split import stratified_split
+    kind, _ = parse_rule(rule)
+    labels = np.asarray(labels)
+    if kind == "photo":
+        return stratified_split(labels, tuple(ratios), seed)
+    paths = [Path(p) for p in paths]
+    if len(paths) != len(labels):
+        raise ValueError(f"paths and labels differ in length ({len(paths)} and {len(labels)})")
+    keys = [None] * len(paths)
+    for label in sorted(set(labels.tolist()), key=str):
+        idx = np.flatnonzero(labels == label)
+        where = None if class_dirs is None else class_dirs.get(label)
+        for i, k in zip(idx, encounter_keys([paths[i] for i in idx], rule, individual_dir=where)):
+            keys[i] = k
+    return split_by_encounter(labels, np.array(keys, dtype=object), tuple(ratios), seed)

@@ -140,7 +140,7 @@ def _targets(ds):
 
 
 def load_datasets(data: str, image_size=None, channels=3, val_ratio=0.1, test_ratio=0.1, seed=0, exclude=(),
-                  strict=False, classes=None, fit="crop", background_kinds=False):
+                  strict=False, classes=None, fit="crop", background_kinds=False, encounters="photo"):
     """``{'train', 'val', 'test', 'classes', 'source'}`` from a folder or ``embedded:NAME``.
 
     A folder's photos are brought to ``image_size`` as ``fit`` says (``crop``, ``squash`` or
@@ -151,9 +151,14 @@ def load_datasets(data: str, image_size=None, channels=3, val_ratio=0.1, test_ra
     ``background_kinds``: each ``background/<kind>/`` sub-folder is a class
     ``background/<kind>`` of its own (``ImageFolder``'s option), in every part,
     and the ratio splits are stratified by it.
+    ``encounters``: how a folder's photos are grouped into encounters, each kept whole in one part of a
+    ratio split (``nabi.data.encounters``; ``photo``, the default, is the plain stratified split).
     """
     if data.startswith(EMBEDDED_PREFIX):
         name = data[len(EMBEDDED_PREFIX):]
+        if encounters != "photo":
+            raise ValueError(f"{data} has no photo files to group into encounters: encounters applies to a "
+                             f"folder of photos (got encounters={encounters!r})")
         full = D.embedded_dataset(name)
         parts = _split(full, val_ratio, test_ratio, seed)
         parts.update(classes=list(full.classes), source=data)
@@ -176,13 +181,13 @@ def load_datasets(data: str, image_size=None, channels=3, val_ratio=0.1, test_ra
                 _verify(part, strict)
         out = {"train": train, "val": val, "test": test}
         if val is None and val_ratio > 0:
-            idx = D.stratified_split(train.targets, (1 - val_ratio, val_ratio), seed)
+            idx = _split_indices(train, (1 - val_ratio, val_ratio), seed, encounters)
             out["train"], out["val"] = D.Subset(train, idx[0]), D.Subset(train, idx[1])
         out.update(classes=cls, source=str(root))
         return out
     full = D.ImageFolder(root, classes=classes, **kw)
     _verify(full, strict)
-    parts = _split(full, val_ratio, test_ratio, seed)
+    parts = _split(full, val_ratio, test_ratio, seed, encounters)
     parts.update(classes=list(full.classes), source=str(root))
     return parts
 
@@ -193,7 +198,18 @@ def _verify(folder, strict):
         raise ValueError(f"no readable images in {folder.root}")
 
 
-def _split(full, val_ratio, test_ratio, seed):
+def _split_indices(ds, ratios, seed, encounters="photo"):
+    """Index arrays per part: stratified by class, and with a folder's encounters kept whole."""
+    if encounters == "photo" or not hasattr(ds, "samples"):
+        return D.stratified_split(_targets(ds), tuple(ratios), seed)
+    from .encounters import split_photos
+    paths = [p for p, _ in ds.samples]
+    labels = [ds.classes[y] for _, y in ds.samples]
+    class_dirs = {c: Path(ds.root, *c.split("/")) for c in ds.classes}
+    return split_photos(paths, labels, ratios, seed, encounters, class_dirs)
+
+
+def _split(full, val_ratio, test_ratio, seed, encounters="photo"):
     ratios = [1 - val_ratio - test_ratio]
     names = ["train"]
     for name, r in (("val", val_ratio), ("test", test_ratio)):
@@ -204,7 +220,7 @@ def _split(full, val_ratio, test_ratio, seed):
         raise ValueError(f"val_ratio + test_ratio must be below 1, got {val_ratio} + {test_ratio}")
     if len(ratios) == 1:
         return {"train": full, "val": None, "test": None}
-    idx = D.stratified_split(_targets(full), tuple(ratios), seed)
+    idx = _split_indices(full, ratios, seed, encounters)
     out = {"train": None, "val": None, "test": None}
     for name, ix in zip(names, idx):
         out[name] = D.Subset(full, ix)

@@ -34,7 +34,7 @@ def _cv2():
 @dataclass(frozen=True)
 class LocalSettings:
     """How local features are computed (see the module docstring)."""
-    nfeatures: int = 1000
+    nfeatures: int = 2000
     max_side: int = 512
     descriptor: str = "rootsift"
 

@@ -50,7 +50,7 @@ class MatcherSettings:
     shortlist: int = 20
     top: int = 1
     ratio: float = 0.8
-    reprojection_px: float = 5.0
+    reprojection_px: float = 8.0
     index: str = "auto"
     checks: int = 64
 

@@ -157,10 +157,16 @@ def drop_repeated_files(folder):
     return dropped
 
 
-def split_gallery_queries(targets, seed=0):
+def split_gallery_queries(targets, seed=0, paths=None, encounters="photo", class_dirs=None):
     """Per individual, the first half of its photos (shuffled, seeded; at least one) as gallery and the
-    rest as queries: ``(gallery indices, query indices)``."""
+    rest as queries: ``(gallery indices, query indices)``. With ``paths`` and an ``encounters`` rule other
+    than ``photo``, half of each individual's *encounters* instead (``nabi.data.encounters``), so no query
+    meets a photo taken with it."""
     targets = np.asarray(targets)
+    if encounters != "photo" and paths is not None:
+        from ..data.encounters import split_photos
+        gal, qry = split_photos(paths, targets, (0.5, 0.5), seed, encounters, class_dirs)
+        return gal, qry
     rng = np.random.default_rng(seed)
     gal, qry = [], []
     for c in np.unique(targets):
@@ -236,7 +242,8 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
                                  + tuple(n for n in individuals if n not in val_ids), **kw)
         val_full.verify()
         repeated = drop_repeated_files(val_full)
-        gi, qi = split_gallery_queries(val_full.targets, cfg.seed)
+        gi, qi = split_gallery_queries(val_full.targets, cfg.seed, [p for p, _ in val_full.samples], cfg.encounters,
+                                       {i: Path(val_full.root, *c.split("/")) for i, c in enumerate(val_full.classes)})
         if len(qi) == 0:
             raise ValueError(f"{cfg.data}: the held-out individuals {val_ids} have one photo each; retrieval "
                              "validation needs two or more photos of some (or --val-ratio 0)")
@@ -247,7 +254,8 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
         query_loader = D.DataLoader(Transformed(D.Subset(val_src, qi), base), batch_size=vb,
                                     num_workers=cfg.workers, device=cfg.device)
         val_loader = RetrievalValidation(model, gallery_loader, query_loader, len(val_full.classes))
-        val_info = {"gallery_photos": int(len(gi)), "query_photos": int(len(qi)), "repeated_files_left_out": repeated}
+        val_info = {"gallery_photos": int(len(gi)), "query_photos": int(len(qi)), "repeated_files_left_out": repeated,
+                    **({"encounters": cfg.encounters} if cfg.encounters != "photo" else {})}
     model.to(cfg.device)
     skip_input_gradient(model.backbone)
     embedding_info = {"head": head, "embedding_dim": int(embedding_dim), "margin": make_loss(head, margin).margin,

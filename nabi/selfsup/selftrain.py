@@ -175,7 +175,8 @@ def _test_accuracy(run_dir, parts, cfg):
     C, H, W = meta["input_size"]
     test = load_datasets(cfg.data, image_size=(H, W), channels=C, val_ratio=cfg.val_ratio,
                          test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
-                         fit=image_fit(meta), background_kinds=cfg.background_kinds == "split")["test"]
+                         fit=image_fit(meta), background_kinds=cfg.background_kinds == "split",
+                         encounters=cfg.encounters)["test"]
     ev = evaluate(model, eval_loader(test, meta, batch_size=max(cfg.batch_size, 64), device=cfg.device))
     return model, meta, ev["acc"], ev["n"]
 
@@ -193,7 +194,8 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
     channels = cfg.channels or C
     labelled = load_datasets(cfg.data, image_size=(H, W), channels=channels, val_ratio=cfg.val_ratio,
                              test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
-                             fit=cfg.fit, background_kinds=cfg.background_kinds == "split")
+                             fit=cfg.fit, background_kinds=cfg.background_kinds == "split",
+                             encounters=cfg.encounters)
     norm = normalization_spec(cfg.normalize, labelled["train"], channels)
     base = eval_transforms((H, W), norm)
     pseudo = P.PhotoList(pseudo_paths, (H, W), channels, labels=pseudo_labels, fit=cfg.fit)

@@ -519,7 +519,8 @@ class _Data:
         self.parts, self.norms = {}, {}
 
     def key(self, cfg, channels, size):
-        split = (cfg["val_ratio"], cfg["test_ratio"], tuple(cfg["exclude"]), bool(cfg["strict"]))
+        split = (cfg["val_ratio"], cfg["test_ratio"], tuple(cfg["exclude"]), bool(cfg["strict"]),
+                 cfg.get("encounters") or "photo")
         return split if self.embedded else (channels, size, cfg["fit"], *split)
 
     def get(self, cfg, channels, size):
@@ -528,7 +529,8 @@ class _Data:
         if key not in self.parts:
             parts = load_datasets(self.path, image_size=(size, size), channels=channels, val_ratio=cfg["val_ratio"],
                                   test_ratio=cfg["test_ratio"], seed=self.seed, exclude=cfg["exclude"],
-                                  strict=cfg["strict"], fit=cfg["fit"])
+                                  strict=cfg["strict"], fit=cfg["fit"],
+                                  encounters=cfg.get("encounters") or "photo")
             if parts.get("test") is None:
                 raise ValueError(f"{self.data} gives no test set: add a test/ folder or set test_ratio > 0 in [base]")
             if len(parts["classes"]) < 2:

@@ -136,7 +136,7 @@ def _listing(root, classes, strict, verify=True, kinds=False, background="backgr
 
 
 def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=MODELS, strict=False,
-                 background_classes="one") -> dict:
+                 background_classes="one", encounters="photo") -> dict:
     """Find the layout, list and check the photos; ``ValueError`` for unusable input.
 
     ``background_classes``: ``'one'`` (model B learns one background class) or ``'kinds'`` (one
@@ -202,8 +202,10 @@ def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=M
         test = _listing(test_root, test_classes, strict, **lkw)
     else:
         everything = _listing(root, classes_b, strict, **lkw)
-        labels = np.array([classes_b.index(c) for _, c in everything])
-        idx = D.stratified_split(labels, (1.0 - float(test_ratio), float(test_ratio)), int(seed))
+        from ..data.encounters import split_photos
+        class_dirs = {c: Path(root, *c.split("/")) for c in classes_b}
+        idx = split_photos([p for p, _ in everything], [c for _, c in everything],
+                           (1.0 - float(test_ratio), float(test_ratio)), int(seed), encounters, class_dirs)
         train, test = [everything[i] for i in idx[0]], [everything[i] for i in idx[1]]
     n_animals = sum(not is_background(c, bg) for _, c in test)
     if n_animals == 0:
@@ -216,7 +218,8 @@ def prepare_data(data, background="background", seed=0, test_ratio=0.2, models=M
             "classes_B": classes_b,
             "individuals": individuals, "test_classes": test_classes, "has_background": has_bg,
             "train_root": str(train_root), "test_root": str(test_root), "train": train, "test": test,
-            "test_ratio": float(test_ratio) if layout == "split" else None, "seed": int(seed)}
+            "test_ratio": float(test_ratio) if layout == "split" else None, "seed": int(seed),
+            **({"encounters": encounters} if layout == "split" and encounters != "photo" else {})}
 
 
 def _expand(spec: dict, exp_dir: Path, variants: int, seed: int, input_size, log, fit="crop") -> dict:
@@ -731,7 +734,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     if EMBEDDING_MODEL in models:           # fail before any photo is read if the model cannot embed
         embedding_model(cfg, ["x", "y"], embedding, 0)
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]),
-                        background_classes=background_classes)
+                        background_classes=background_classes, encounters=cfg.get("encounters") or "photo")
     input_size = probe_input_size(cfg)
     counts = {"B": len(spec["train"]), "A": sum(not is_background(c, spec["background"]) for _, c in spec["train"])}
     n_classes = {"A": len(spec["individuals"]), "B": len(spec["classes_B"])}

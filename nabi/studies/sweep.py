@@ -386,7 +386,8 @@ def evaluate_selected(sweep: dict, best: dict) -> dict | None:
     _, h, w = meta["input_size"]
     parts = load_datasets(cfg.data, image_size=(h, w), channels=meta["input_size"][0], val_ratio=cfg.val_ratio,
                           test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
-                          fit=image_fit(meta), background_kinds=cfg.background_kinds == "split")
+                          fit=image_fit(meta), background_kinds=cfg.background_kinds == "split",
+                          encounters=cfg.encounters)
     if parts.get("test") is None or len(parts["test"]) == 0:
         return None
     ev = evaluate(model, eval_loader(parts["test"], meta, device=cfg.device))

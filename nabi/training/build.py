@@ -242,7 +242,7 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None, extensions=()):
     if parts is None:
         parts = load_datasets(cfg.data, image_size=(size, size), channels=channels, val_ratio=cfg.val_ratio,
                               test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
-                              fit=cfg.fit, background_kinds=kinds)
+                              fit=cfg.fit, background_kinds=kinds, encounters=cfg.encounters)
     classes = parts["classes"]
     norm = normalization_spec(cfg.normalize, parts["train"], channels)
     base = eval_transforms((H, W), norm)

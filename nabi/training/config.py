@@ -26,7 +26,7 @@ from typing import Any, get_args
 from ..data.folder import FITS as _FITS
 from ..data.prepare import AUGMENTS, NORMALIZATIONS
 from ..optim import RENAMED_SCHEDULES
-from .rules import NON_NEGATIVE, POSITIVE, RATIO, BadArgument, Flag, Float, Int, ModelName, OneOf, Text
+from .rules import NON_NEGATIVE, POSITIVE, RATIO, BadArgument, EncounterRule, Flag, Float, Int, ModelName, OneOf, Text
 
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "linear_step", "one_cycle")
 ONE_CYCLE_RISE = 0.3                   # one_cycle's rising share of the run when warmup_fraction is not given
@@ -209,6 +209,13 @@ class TrainConfig:
                                RATIO, commands=(TRAIN, SELF_TRAIN), fingerprint=ALWAYS)
     test_ratio: float = setting(0.1, "share of each class held out for the final test (ignored when DATA has "
                                 "test/)", RATIO, commands=(TRAIN, SELF_TRAIN), fingerprint=ALWAYS)
+    encounters: str = setting(
+        "photo", "how a folder's photos are grouped into encounters (photos taken together), each kept whole on "
+        "one side of the train/val/test split: photo = every photo alone (a plain stratified split), name = the "
+        "first number in the file name (275_left.jpg, 275_right.jpg), name:REGEX = its first group, folder = one "
+        "more folder level per class, time = EXIF times within 30 minutes, auto = folder, else time, else photo. "
+        "Burst photos on both sides of a split flatter the test score", EncounterRule(),
+        commands=(TRAIN, SELF_TRAIN), recipe=GIVEN, fingerprint=UNLESS_DEFAULT)
     exclude: list = setting([], "leave out a class folder, or one background kind as background/<kind> "
                             "(repeatable; default: none)", commands=(TRAIN, SELF_TRAIN), fingerprint=ALWAYS)
     background_kinds: str = setting(

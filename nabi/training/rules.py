@@ -87,6 +87,23 @@ class Text:
 
 
 @dataclass(frozen=True)
+class EncounterRule:
+    """How photos are grouped into encounters (``nabi.data.encounters``): auto, name, folder, time, photo or
+    name:REGEX."""
+
+    def problem(self, v):
+        from nabi.data.encounters import parse_rule
+        try:
+            parse_rule(v)
+        except ValueError as e:
+            return f"must be auto, name, folder, time, photo or name:REGEX ({e})"
+        return None
+
+    def describe(self):
+        return "auto, name, folder, time, photo or name:REGEX"
+
+
+@dataclass(frozen=True)
 class Flag:
     """On or off (``true`` / ``false`` in a TOML file)."""
 
