@@ -235,7 +235,20 @@ def main(argv=None):
             counts[k] = np.load(f)
             print(f"{k}: inlier counts read from {f}", flush=True)
     missing = [k for k in kinds if k not in counts]
-    features, times = describe_all(paths, descriptor, args.nfeatures)
+    described = cache / f"{_cache_key(paths, args.nfeatures, 'learned' if learned else 'rootsift', descriptor_path)}.features.npz"
+    if described.exists():
+        with np.load(described) as z:
+            features = [{k: z[f"{i}/{k}"] for k in ("points", "rootsift", "learned", "concat") if f"{i}/{k}" in z}
+                        for i in range(n)]
+            times = {k: list(z[f"times/{k}"]) for k in ("detect", "rootsift", "learned", "learned_torch")}
+        print(f"features read from {described} (and the description times measured when they were made)", flush=True)
+    else:
+        features, times = describe_all(paths, descriptor, args.nfeatures)
+        arrays = {f"{i}/{k}": v for i, f in enumerate(features) for k, v in f.items()}
+        arrays.update({f"times/{k}": np.asarray(v, np.float64) for k, v in times.items()})
+        tmp = cache / f".{described.name}.tmp.npz"
+        np.savez(tmp, **arrays)
+        tmp.replace(described)
     agree = [(inliers((features[i]["points"], features[i]["rootsift"]), (features[j]["points"], features[j]["rootsift"])),
               ratio_inliers((features[i]["points"], features[i]["rootsift"]), (features[j]["points"], features[j]["rootsift"])))
              for i in range(min(n, 6)) for j in range(min(n, 6)) if i != j]
@@ -247,7 +260,9 @@ def main(argv=None):
             counts[k] = np.full((n, n), -1.0)
         total, done = int(len(iu)), 0
         t_match = time.perf_counter()
-        with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(features,)) as pool:
+        import multiprocessing
+        spawn = multiprocessing.get_context("spawn")     # a forked child can inherit a BLAS/OpenCV lock held by a thread
+        with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init, initargs=(features,)) as pool:
             for i, js, got in pool.map(_match_row, todo.keys(), todo.values(), [missing] * n, chunksize=1):
                 for j, row in zip(js, got):
                     for k, c in zip(missing, row):

@@ -315,6 +315,29 @@ def test_command_line(photo_folder, pair_cache, tmp_path, capsys):
     assert "--matched-repeats" in parser._subparsers._group_actions[0].choices["train-descriptor"].format_help()
 
 
+# -- the shipped descriptor ------------------------------------------------------------------------------------
+def test_shipped_descriptor_is_small_loads_and_is_packaged():
+    path = default_path()
+    assert path.stat().st_size < 3_000_000
+    net = PatchDescriptor.load()
+    meta = net.metadata
+    assert meta["format"] == "nabi-descriptor" and net.dim == 128
+    assert meta["training"]["command"].startswith("nabi train-descriptor") and meta["training"]["commit"]
+    import fnmatch
+    from pathlib import Path
+    try:
+        import tomllib
+    except ModuleNotFoundError:                                         # Python 3.10
+        import tomli as tomllib
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["nabi.reid"]
+    for shipped in (path, path.with_suffix(".json")):                  # both files go into the wheel
+        assert any(fnmatch.fnmatch(f"data/{shipped.name}", p) for p in patterns), shipped.name
+    patches = np.random.default_rng(7).integers(0, 256, (5, 32, 32)).astype(np.uint8)
+    d = net.describe_patches(patches)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
+
+
 # -- real photos -----------------------------------------------------------------------------------------------
 @pytest.mark.shared_data
 def test_shipped_descriptor_matches_a_real_photo_to_its_warped_copy(nabi_data_dir):
