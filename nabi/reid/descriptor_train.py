@@ -148,13 +148,19 @@ class DescriptorTrainer(Trainer):
         return out
 
 
-def _commit() -> str | None:
+def source_commit() -> str | None:
+    """The git commit of this nabi checkout (``+dirty`` when its tracked files under nabi/ differ from it), or
+    None outside a git checkout."""
+    here = Path(__file__).resolve().parent
     try:
-        got = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", str(here.parent)],
+                               cwd=here, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return got.stdout.strip() or None if got.returncode == 0 else None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def split_pairs(pairs, val_ratio, seed, matched_repeats):
@@ -194,6 +200,7 @@ def run_descriptor_training(photos, out, *, width=8, embedding_dim=128, dropout=
     if int(matched_repeats) < 1:
         raise ValueError(f"--matched-repeats must be at least 1, got {matched_repeats}")
     out = Path(out)
+    commit = source_commit()                    # the code that trains, taken before the run starts
     with open_run_folder(out, resume=resume, overwrite=overwrite, log=log):
         pairs, cache_file = cached_pairs(photos, mining, cache_dir, progress=Progress(enabled=progress), log=log)
         train_rows, val_rows, held = split_pairs(pairs, val_ratio, seed, matched_repeats)
@@ -255,7 +262,7 @@ def run_descriptor_training(photos, out, *, width=8, embedding_dim=128, dropout=
                     "final": {k: v for k, v in last.items() if k.startswith(("val_", "train_"))},
                     "optimizer": {"name": optimizer, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                                   "schedule": schedule, "batch_pairs": batch_size},
-                    "commit": _commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "seed": int(seed)}
         path = out / DESCRIPTOR_FILE
         save_descriptor(path, model, training, half=half)
