@@ -193,3 +193,15 @@ def test_atomic_write(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["model.onnx"]
+
+
+def test_batch_norm_without_affine_exports(tmp_path):
+    """γ = 1, β = 0 of ``BatchNorm2d(affine=False)`` (no parameters) become constants of the BatchNormalization node."""
+    bn = BatchNorm2d(3, affine=False)
+    net = Sequential(Conv2d(2, 3, 3, padding=1, bias=False, rng=np.random.default_rng(4)), bn, ReLU())
+    bn.running_mean[:] = [0.2, -0.4, 1.0]
+    bn.running_var[:] = [0.5, 2.0, 1.5]
+    path = tmp_path / "bn.onnx"
+    proto = export_onnx(net, path, (2, 6, 6))
+    assert "BatchNormalization" in {n.op_type for n in proto.graph.node}
+    assert verify_onnx(net, path, np.random.default_rng(5).standard_normal((2, 2, 6, 6)).astype(np.float32)) < 1e-5

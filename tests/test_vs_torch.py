@@ -49,6 +49,8 @@ CASES = {
     "flatten": (lambda: L.Flatten(), lambda: tnn.Flatten(), (2, 3, 4, 5)),
     "bn1d": (lambda: L.BatchNorm1d(5), lambda: tnn.BatchNorm1d(5), (8, 5)),
     "bn2d": (lambda: L.BatchNorm2d(3), lambda: tnn.BatchNorm2d(3), (4, 3, 5, 6)),
+    "bn1d_no_affine": (lambda: L.BatchNorm1d(5, affine=False), lambda: tnn.BatchNorm1d(5, affine=False), (8, 5)),
+    "bn2d_no_affine": (lambda: L.BatchNorm2d(3, affine=False), lambda: tnn.BatchNorm2d(3, affine=False), (4, 3, 5, 6)),
     "lrn_alexnet": (lambda: L.LocalResponseNorm(5, 1e-4, 0.75, 2.0), lambda: tnn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
                     (2, 8, 4, 4)),
     "lrn_even": (lambda: L.LocalResponseNorm(4, 0.3, 0.6, 1.0), lambda: tnn.LocalResponseNorm(4, 0.3, 0.6, 1.0),

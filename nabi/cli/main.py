@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from . import (check, demo, eval, explain, export, gallery, identify, predict, pretrain, self_train, serve, studies,
-               summary, train)
+               summary, train, train_descriptor)
 from .command import EXIT_DIVERGED, EXIT_ERROR, EXIT_INTERRUPTED, HelpFormatter, examples
 
 __all__ = ["COMMANDS", "build_parser", "main", "HelpFormatter", "EXIT_ERROR", "EXIT_DIVERGED", "EXIT_INTERRUPTED"]
@@ -20,7 +20,7 @@ __all__ = ["COMMANDS", "build_parser", "main", "HelpFormatter", "EXIT_ERROR", "E
 # Every command, in the order `nabi --help` lists them: the one place a command is registered.
 COMMANDS = (train.COMMAND, demo.COMMAND, eval.COMMAND, studies.EXPERIMENT, studies.ABLATE, studies.SWEEP,
             explain.COMMAND, predict.COMMAND, summary.COMMAND, check.COMMAND, export.COMMAND, self_train.COMMAND,
-            pretrain.COMMAND, serve.COMMAND, gallery.COMMAND, identify.COMMAND)
+            pretrain.COMMAND, serve.COMMAND, gallery.COMMAND, identify.COMMAND, train_descriptor.COMMAND)
 
 
 def build_parser():

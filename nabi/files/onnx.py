@@ -173,7 +173,13 @@ class _Builder:
             ins = [x, self.param(m, path, "weight")] + ([self.param(m, path, "bias")] if m.bias is not None else [])
             return self.node("Gemm", ins, path, transB=1)  # nabi's Linear takes (N, in) only
         if _own_forward(m, BatchNorm1d) or _own_forward(m, BatchNorm2d):
-            ins = [x] + [self.param(m, path, a) for a in ("weight", "bias", "running_mean", "running_var")]
+            if m.affine:
+                ins = [x] + [self.param(m, path, a) for a in ("weight", "bias", "running_mean", "running_var")]
+            else:                               # γ = 1, β = 0 (no parameters) as constants
+                ones = np.ones(m.num_features, np.float32)
+                ins = [x, self.const(ones, f"{path}.weight", key=(id(m), "weight")),
+                       self.const(ones * 0, f"{path}.bias", key=(id(m), "bias"))] + \
+                      [self.param(m, path, a) for a in ("running_mean", "running_var")]
             return self.node("BatchNormalization", ins, path, epsilon=float(m.eps))
         if _own_forward(m, LocalResponseNorm):
             return self.lrn(m, x, path, shape)

@@ -55,19 +55,28 @@ class _BatchNorm(Module):
         self.num_features = int(num_features)
         self.eps, self.momentum = float(eps), float(momentum)
         dtype = backend.get_default_dtype()
-        self.weight = Parameter(np.ones(self.num_features, dtype=dtype))
-        self.bias = Parameter(np.zeros(self.num_features, dtype=dtype))
-        self.affine = affine
+        self.affine = bool(affine)
+        if self.affine:         # without: γ = 1, β = 0 fixed, no parameters (PyTorch's affine=False, same keys)
+            self.weight = Parameter(np.ones(self.num_features, dtype=dtype))
+            self.bias = Parameter(np.zeros(self.num_features, dtype=dtype))
         self.register_buffer("running_mean", np.zeros(self.num_features, dtype=dtype))
         self.register_buffer("running_var", np.ones(self.num_features, dtype=dtype))
         self._cache = None
+
+    def _gamma_beta(self):
+        if self.affine:
+            return self.weight.data, self.bias.data
+        xp = backend.get_array_module(self.running_mean)
+        return (xp.ones(self.num_features, dtype=self.running_mean.dtype),
+                xp.zeros(self.num_features, dtype=self.running_mean.dtype))
 
     def forward(self, x):
         name = f"{type(self).__name__}({self.num_features})"
         if x.ndim != self._rank or x.shape[1] != self.num_features:
             want = "(N, C)" if self._rank == 2 else "(N, C, H, W)"
             raise ValueError(f"{name}: expected input {want} with C = {self.num_features}, got shape {tuple(x.shape)}")
-        y, self._cache = F.batch_norm_forward(x, self.weight.data, self.bias.data, self.running_mean,
+        gamma, beta = self._gamma_beta()
+        y, self._cache = F.batch_norm_forward(x, gamma, beta, self.running_mean,
                                               self.running_var, self.training, self.momentum, self.eps)
         return y
 
@@ -79,7 +88,7 @@ class _BatchNorm(Module):
         return dx
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + ("" if self.affine else ", affine=False")
 
 
 class BatchNorm1d(_BatchNorm):

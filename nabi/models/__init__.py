@@ -30,3 +30,4 @@ __all__ = ["get", "names", "register", "builder", "count_parameters", "Network",
            "resnet152", "resnet20", "resnet32", "resnet44", "resnet56", "resnet18_cifar", "googlenet"]
 from . import densenet as _densenet, senet as _senet  # noqa: E402,F401
 from . import embedding as _embedding  # noqa: E402,F401  (registers embedding_net)
+from . import hardnet as _hardnet  # noqa: E402,F401  (registers hardnet, the local-descriptor network)

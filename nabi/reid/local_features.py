@@ -132,8 +132,8 @@ _LEARNED = {}
 def _learned(descriptor):
     """The patch network named by ``learned`` or ``learned:PATH``, loaded once per process."""
     if descriptor not in _LEARNED:
-        from .descriptors import PatchDescriptor, default_descriptor_path
-        path = descriptor.split(":", 1)[1] if ":" in descriptor else default_descriptor_path()
+        from .descriptors import PatchDescriptor, default_path
+        path = descriptor.split(":", 1)[1] if ":" in descriptor else default_path()
         _LEARNED[descriptor] = PatchDescriptor.load(path)
     return _LEARNED[descriptor]
 
@@ -173,3 +173,8 @@ def unpack(arrays) -> list:
         raise ValueError("local features: offsets, points and descriptors do not agree")
     d32 = np.asarray(desc, np.float32)
     return [Features(np.asarray(pts[a:b], np.float32), d32[a:b]) for a, b in zip(off[:-1], off[1:])]
+
+
+def gray_image(item, max_side=512):
+    """The uint8 grey image of a photo with its longer side at most ``max_side`` (``grey`` without the scale)."""
+    return grey(item, max_side)[0]
