@@ -563,3 +563,31 @@ def test_a_version_1_gallery_still_opens_and_upgrades(gallery):
     old.ensure_local_features()
     again = Gallery.open(gallery.path)
     assert again.has_local_features and json.loads(index.read_text())["version"] == 2
+
+
+def test_web_app_answers_with_the_matcher_as_identify_does(gallery, world, tmp_path):
+    """A gallery calibrated with the keypoint matcher: the web app's answers (its own enrolments included)
+    are the probabilities ``Gallery.identify`` gives on the same photos, and a new photo extends the keypoint
+    index instead of building it again."""
+    from nabi.serve.served_gallery import ServedGallery
+    summary = gallery.calibrate(world / "cal")
+    assert "matcher" in summary["fusion"]["scorers"]
+    served = ServedGallery(Gallery.open(gallery.path))
+    ids = {name: i for i, name in enumerate(served.labels(), 1)}
+    served.load(ids, [])
+    queries = [str(_png(tmp_path / f"q{i}.png", photo(i, 71))) for i in (0, 3)]
+    mine = served.identify(queries)
+    theirs = gallery.identify(queries)
+    assert gallery.use_matcher(None) and served.base.use_matcher(None)
+    for a, b in zip(mine, theirs):
+        assert a["individual_id"] == (ids[b["name"]] if b["name"] else None)
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-9)
+    index_before = served._index_state[0]
+    new = _png(tmp_path / "new.png", photo(2, 72))
+    served.put(1, ids["ind02"], new, served.embed([new])[0])
+    mine = served.identify(queries)
+    assert len(served._index_state[0]) == len(index_before) + 1        # extended by the new photo
+    gallery.add("ind02", [new])                                        # the same enrolment, on disk
+    theirs = gallery.identify(queries)
+    for a, b in zip(mine, theirs):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-9)

@@ -14,6 +14,11 @@ the entries of the individual that went away.
 
 Searching keeps each photo's embedding (``Answer["embedding"]``): a decision on the photo enrols that
 row as it is, without decoding or embedding the photo again.
+
+When the built gallery has local features (``nabi gallery build`` computes them), the server's photos get
+theirs too — once per photo, kept in memory — and the keypoint index is carried from one search to the
+next and extended, never built again for one new photo; answers then use the matcher exactly as
+``nabi identify`` does on that gallery (its calibration decides).
 """
 from __future__ import annotations
 
@@ -52,6 +57,9 @@ class ServedGallery:
         self.embedder = _KeepsEmbeddings(gallery.embedder)
         self._label_ids = {}
         self._added = {}            # photo id -> (key, photo path, (D,) float32 embedding)
+        self._features = {}         # photo id -> its local features (when the built gallery has them)
+        self._feature_path = {}     # photo id -> the file its features were computed from
+        self._index_state = None    # the last search's keypoint index, carried to the next
         self._search = None
 
     @classmethod
@@ -96,36 +104,81 @@ class ServedGallery:
             raise ValueError(f"no individual for the gallery's names {missing[:5]}")
         self._label_ids = {k: int(v) for k, v in label_ids.items()}
         self._added = {int(p): (str(int(i)), str(path), np.asarray(e, np.float32)) for p, i, path, e in enrolments}
+        self._features = {p: f for p, f in self._features.items() if p in self._added and
+                          self._added[p][1] == self._feature_path.get(p)}
         self._search = None
 
     def put(self, photo_id, individual_id, path, embedding):
         """Add (or move) one photo of the server's to the search."""
         self._added[int(photo_id)] = (str(int(individual_id)), str(path), np.asarray(embedding, np.float32))
+        if self._feature_path.get(int(photo_id)) != str(path):
+            self._features.pop(int(photo_id), None)
         self._search = None
 
     def drop(self, photo_id):
         """Take one photo of the server's out of the search (nothing when it is not there)."""
         if self._added.pop(int(photo_id), None) is not None:
+            self._features.pop(int(photo_id), None)
             self._search = None
 
     def _key(self, name):
         return name if is_background(name) else str(self._label_ids[name])
 
+    def _local_features_of_added(self):
+        """The local features of every added photo (computed once per photo), or None without a matcher."""
+        base = self.base
+        if not base.use_matcher(None):         # no local features, or a calibration without the matcher
+            return None
+        from ..reid.local_features import extract
+        for pid, (_, path, _) in self._added.items():
+            if pid not in self._features:
+                self._features[pid] = extract(path, base.local_settings)
+                self._feature_path[pid] = path
+        return [self._features[pid] for pid in self._added]
+
     def _gallery(self):
-        """The in-memory ``Gallery`` over the built entries and the additions (made again after a change)."""
+        """The in-memory ``Gallery`` over the built entries and the additions (made again after a change, its
+        keypoint index carried over and extended)."""
         if self._search is None:
             from ..reid.gallery import Gallery
             base = self.base
-            entries = [{"name": self._key(e["name"]), "photo": e["photo"], "sha256": e["sha256"]}
-                       for e in base.entries]
+            entries = [{"name": self._key(e["name"]), "photo": e["photo"], "sha256": e["sha256"],
+                        "encounter": e.get("encounter")} for e in base.entries]
             rows = [np.asarray(base.embeddings, np.float32)] if len(base.entries) else []
             for pid, (key, path, emb) in self._added.items():
-                entries.append({"name": key, "photo": path, "sha256": f"photo-{pid}"})
+                entries.append({"name": key, "photo": path, "sha256": f"photo-{pid}", "encounter": f"photo-{pid}"})
                 rows.append(emb[None, :])
             E = np.concatenate(rows) if rows else None
-            self._search = Gallery(self.embedder, path=None, entries=entries, embeddings=E,
-                                   threshold=base.threshold, calibration=base.calibration)
+            added = self._local_features_of_added()
+            local = None if added is None else list(base.local) + added
+            search = Gallery(self.embedder, path=None, entries=entries, embeddings=E, local=local,
+                             local_settings=base.local_settings if local is not None else None,
+                             matcher_settings=base.matcher_settings, threshold=base.threshold,
+                             calibration=base.calibration, encounter_rule=base.encounter_rule,
+                             gap_minutes=base.gap_minutes)
+            if local is not None:
+                self._carry_index(search, entries, local)
+            self._search = search
         return self._search
+
+    def _carry_index(self, search, entries, local):
+        """Give ``search`` the keypoint index built for an earlier search, extended by its new photos (the
+        index is by photo; photos taken out stay in it, never searched)."""
+        state = self._index_state
+        if state is None:
+            return
+        index, ids = state
+        if index.settings != search.matcher_settings:
+            return
+        missing = [(e, f) for e, f in zip(entries, local) if e["sha256"] not in ids]
+        ids = dict(ids)
+        for k, (e, _) in enumerate(missing):
+            ids[e["sha256"]] = len(index) + k
+        search._index = (index.with_photos([f for _, f in missing]), ids)
+
+    def _remember_index(self, search):
+        if search._index is not None:
+            self._index_state = search._index
 
     # -- searching ------------------------------------------------------------------------------------
     def identify(self, paths, topk=5) -> list:
@@ -139,6 +192,7 @@ class ServedGallery:
                      "threshold": self.threshold, "candidates": [], "embedding": E[i]} for i in range(len(paths))]
         self.embedder.last = None
         raw = gallery.identify(paths, topk=topk)
+        self._remember_index(gallery)
         E = self.embedder.last
         if E is None or len(E) != len(paths):
             raise RuntimeError("the gallery's search did not embed the photos through its embedder")
