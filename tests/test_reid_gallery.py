@@ -591,3 +591,22 @@ def test_web_app_answers_with_the_matcher_as_identify_does(gallery, world, tmp_p
     theirs = gallery.identify(queries)
     for a, b in zip(mine, theirs):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-9)
+
+
+def test_embedding_run_carries_a_calibration_a_small_gallery_falls_back_on(world, tmp_path):
+    """An embedding run ends with calibration.json fitted on its held-out individuals; a gallery with one photo
+    per individual (nothing to calibrate on) uses it and says so."""
+    from nabi.reid.calibrate import calibrate_new_gallery
+    cal = json.loads((world / "run" / "calibration.json").read_text())
+    held_out = json.loads((world / "run" / "config.json").read_text())["embedding"]["validation_individuals"]
+    assert cal["source"].startswith(f"the run's {len(held_out)} held-out individuals")
+    assert list(cal["fusion"]["scorers"]) == ["embedding"] and cal["pairs"]["same"] > 0
+    small = tmp_path / "small"
+    for i in (0, 1, 2):
+        _png(small / f"ind{i:02d}" / "a.png", photo(i, 80))
+    g = Gallery.build(world / "run", small, tmp_path / "g", local=False)
+    summary, note = calibrate_new_gallery(g)
+    assert "too few photos" in note and "held-out individuals" in note
+    assert g.calibrated and Gallery.open(tmp_path / "g").calibrated
+    res = g.identify([photo(1, 81)])[0]
+    assert 0.0 <= res["probability"] <= 1.0 and res["calibrated"]

@@ -281,6 +281,40 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     return trainer, {"train_individuals": train_ids, "validation_individuals": val_ids, **val_info}
 
 
+def write_run_calibration(cfg, individuals, log=print):
+    """``calibration.json`` in the run folder: the embedding's cosine similarity calibrated to P(same
+    individual) on the held-out ``individuals`` (never trained on), leave-one-encounter-out. A gallery too
+    small to calibrate on itself falls back on it (``nabi.reid.calibrate.default_calibration``). Returns its
+    path, or None (with a line saying why) when those photos are too few to calibrate on."""
+    from ..files import atomic_write_json
+    from .calibration import CalibrationError
+    from .folders import list_photos, unique_photos
+    from .gallery import Gallery
+    rule = cfg.encounters if cfg.encounters != "photo" else "auto"
+    gallery = Gallery.create(cfg.out, None, device=cfg.device, local=False, encounters=rule)
+    root = Path(cfg.data)
+    try:
+        folders, _ = unique_photos([(name, list_photos(root / name, recursive=True)) for name in individuals])
+        for name, photos in folders:
+            if photos:
+                gallery.add(name, photos, save=False)
+    except ValueError as e:                      # the same file under two individuals' names
+        log(f"no calibration.json: {e}")
+        return None
+    try:
+        summary = gallery.calibrate(None, matcher=False, log=None)
+    except CalibrationError as e:
+        log(f"no calibration.json: the {len(individuals)} held-out individuals are too few to calibrate on ({e})")
+        return None
+    summary = {**summary, "source": f"the run's {len(individuals)} held-out individuals (leave one encounter "
+                                    f"out, encounters by {rule})"}
+    path = Path(cfg.out) / "calibration.json"
+    atomic_write_json(path, summary)
+    log(f"wrote {path}: the embedding's similarity as P(same individual), from {summary['pairs']['same']} same and "
+        f"{summary['pairs']['different']} other pairs of held-out individuals")
+    return path
+
+
 def train_embedding(cfg, head="arcface", embedding_dim=128, margin=None, scale=30.0, k=4, *, resume=False,
                     overwrite=False, keep_checkpoints=False, log=print):
     """The whole of ``nabi train --head HEAD``: check ``cfg`` (``nabi.training.config.check``), train in the
@@ -302,5 +336,7 @@ def train_embedding(cfg, head="arcface", embedding_dim=128, margin=None, scale=3
     if trainer.best_epoch is not None and info["validation_individuals"]:
         log(f"best rank-1 on {len(info['validation_individuals'])} held-out individuals: "
             f"{trainer.best_acc:.4f} (epoch {trainer.best_epoch})")
+    if info["validation_individuals"] and trainer.status == "finished":
+        write_run_calibration(cfg, info["validation_individuals"], log=log)
     return FinishedRun(Path(cfg.out), trainer, None, None, next=f"nabi gallery build {cfg.out} PHOTOS --out GALLERY",
                        info=info)
