@@ -30,6 +30,7 @@ def main(argv=None):
     ap.add_argument("photos", help="one folder per individual, several encounters each")
     ap.add_argument("--encounters", default="name", help="how photos are grouped into encounters")
     ap.add_argument("--descriptor", default="rootsift")
+    ap.add_argument("--about", help="what PHOTOS are, for the file's provenance (default: the folder's path)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "nabi" / "reid" / "data" /
                                          "matcher-calibration.json"))
     args = ap.parse_args(argv)
@@ -63,8 +64,7 @@ def main(argv=None):
                                     "prior": cal.prior, "eps": cal.eps, "scorers": {"matcher": cal.to_dict()}},
            "local_settings": local.to_dict(), "matcher_settings": g.matcher_settings.to_dict(),
            "auroc_pairs": {"matcher": auroc}, "pairs": cal.pairs,
-           "provenance": {"data": "nyala_more: 1,449 photos of 217 individual nyala (Dlamini & van Zyl 2020), "
-                                  "encounters kept whole" if "nyala_more" in str(args.photos) else str(args.photos),
+           "provenance": {"data": args.about or str(args.photos),
                           "command": "python -m benchmarks.reid_default_calibration " + " ".join(
                               a if not a.startswith("/") else Path(a).name for a in (argv or sys.argv[1:])),
                           "nabi_commit": commit, "date": date.today().isoformat(),
