@@ -610,3 +610,30 @@ def test_embedding_run_carries_a_calibration_a_small_gallery_falls_back_on(world
     assert g.calibrated and Gallery.open(tmp_path / "g").calibrated
     res = g.identify([photo(1, 81)])[0]
     assert 0.0 <= res["probability"] <= 1.0 and res["calibrated"]
+
+
+def test_a_gallery_has_one_writer_at_a_time(gallery, world, tmp_path, capsys):
+    """While another process changes a gallery (it holds the folder's lock), add, remove, rename, calibrate and
+    a build into it are refused at once with a clear message, and the gallery is unchanged; identify still reads."""
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from nabi.reid.store import one_writer\n"
+        f"with one_writer({str(gallery.path)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        index = (gallery.path / "index.json").read_bytes()
+        new = _png(tmp_path / "new.png", photo(3, 90))
+        for argv in (["gallery", "add", str(gallery.path), "ind03", str(new)],
+                     ["gallery", "rename", str(gallery.path), "ind03", "Ind-3"],
+                     ["gallery", "calibrate", str(gallery.path)],
+                     ["gallery", "build", str(world / "run"), str(world / "enrol"), "--out", str(gallery.path)]):
+            assert main(argv) == 1, argv
+            assert "being changed by another nabi process" in capsys.readouterr().err
+        assert (gallery.path / "index.json").read_bytes() == index
+        assert main(["identify", str(gallery.path), str(new)]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["gallery", "add", str(gallery.path), "ind03", str(new)]) == 0       # free again

@@ -42,6 +42,20 @@ def encounter_flags(p):
                    "photos of one encounter (default: 30)")
 
 
+def _one_writer(folder_arg, create=False):
+    """Run a sub-command that changes the gallery at ``args.<folder_arg>`` as its only writer
+    (``nabi.reid.store.one_writer``: a second writer is refused with a clear message)."""
+    def wrap(fn):
+        def run(args):
+            from ..reid.store import one_writer
+            with one_writer(getattr(args, folder_arg), create=create):
+                return fn(args)
+        run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+        return run
+    return wrap
+
+
+@_one_writer("out", create=True)
 def build(args):
     from ..reid.calibrate import calibrate_new_gallery, describe
     from ..reid.gallery import Gallery
@@ -69,6 +83,7 @@ def build(args):
     return 0
 
 
+@_one_writer("gallery")
 def add(args):
     from ..reid.gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
@@ -81,6 +96,7 @@ def add(args):
     return 0
 
 
+@_one_writer("gallery")
 def remove(args):
     from ..files.digest import file_sha256
     from ..reid.gallery import Gallery
@@ -99,6 +115,7 @@ def remove(args):
     return 0
 
 
+@_one_writer("gallery")
 def calibrate(args):
     from ..reid.calibrate import describe
     from ..reid.gallery import Gallery
@@ -194,6 +211,7 @@ def list_(args):
     return 0
 
 
+@_one_writer("gallery")
 def rename(args):
     from ..reid.gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)

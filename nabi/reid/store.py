@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,35 @@ def write(path, index: dict, embeddings, local=None, previous=()) -> dict:
                 except FileNotFoundError:
                     pass
     return index
+
+
+class GalleryBusy(GalleryError):
+    """Another process is changing the gallery folder."""
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def one_writer(path, create=False):
+    """Hold the gallery folder ``path`` for one writer (``filelock``; ``path/.lock``): a second process that
+    tries to change the same gallery meanwhile gets ``GalleryBusy`` at once instead of overwriting the
+    first one's changes. Readers (``identify``, ``nabi serve``) never wait for it. ``create``: make the folder
+    first (a gallery being built)."""
+    from filelock import FileLock, Timeout
+    path = Path(path)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    elif not path.is_dir():                  # nothing to hold: opening it will say what is wrong
+        yield path
+        return
+    lock = FileLock(path / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise GalleryBusy(f"gallery {path} is being changed by another nabi process (build, add, remove, rename or "
+                          "calibrate); wait for it to finish, then try again") from None
+    try:
+        yield path
+    finally:
+        lock.release()
