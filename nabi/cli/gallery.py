@@ -342,5 +342,4 @@ COMMAND = Command(
     "gallery", "enrol individuals for re-identification: build, add, calibrate, evaluate", add_arguments, None,
     examples=("nabi gallery build runs/emb known/ --out gallery     # known/<name>/<photos>",
               "nabi gallery add gallery Nala new1.jpg new2.jpg",
-              "nabi gallery calibrate gallery other-animals/       # or leave-one-encounter-out",
-              "nabi gallery evaluate gallery queries/"))
+              "nabi gallery evaluate gallery queries/             # rank-1, open set, calibration"))

@@ -106,9 +106,9 @@ def add_arguments(p):
     r = p.add_argument_group("the run")
     r.add_argument("--checkpoint-every", type=_positive_int, default=200,
                    help="also checkpoint every N steps (default: 200)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint (default: off)")
+    r.add_argument("--overwrite", action="store_true", help="replace a run already in --out (default: off)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
 
 
 def cmd_train_descriptor(args):
