@@ -233,3 +233,13 @@ def test_cli_evaluate_prints_each_scorer(coat_gallery, capsys):
     out = capsys.readouterr().out
     assert "keypoint matcher alone:" in out and "the answer (calibrated fusion" in out
     assert out.count("rank-1") == 3 and "expected calibration error" in out
+
+
+def test_the_same_photos_build_the_same_flann_index():
+    """FLANN's kd-trees split at random: the index is seeded, so a gallery answers the same on every run."""
+    rng = np.random.default_rng(3)
+    feats = _random_features(rng, 30, per_photo=60, dim=32)
+    a, b = (LM.LocalIndex(feats, LM.MatcherSettings(index="flann", checks=16)) for _ in range(2))
+    q = _random_features(rng, 1, per_photo=200, dim=32)[0].descriptors
+    for x, y in zip(a._neighbours(q, 5), b._neighbours(q, 5)):
+        np.testing.assert_array_equal(x, y)

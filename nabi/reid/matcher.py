@@ -169,6 +169,7 @@ class LocalIndex:
         self.kind, self._flann, self.n_tree = kind, None, 0
         if kind == "flann" and len(self.descriptors):
             cv2 = _cv2()
+            cv2.setRNGSeed(0)                           # the kd-trees' random splits: the same photos, the same index
             self._flann = cv2.flann_Index(self.descriptors, dict(algorithm=1, trees=4))
             self.n_tree = len(self.descriptors)
 
