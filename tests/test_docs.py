@@ -9,7 +9,8 @@ folder). An HTML comment right before a block says how (there is no comment for 
     <!-- doc-test: help -->             parse only: nabi's own parser and range checks (`python -m` modules:
                                         their argparse parser; other tools: ``--help``), so every flag used
                                         must exist and every value must be allowed
-    <!-- doc-test: skip (why) -->       not run, with the reason (a server, a cluster, the test suite itself)
+    <!-- doc-test: skip (why) -->       not run, with the reason (a server, a cluster, the test suite itself);
+                                        its ``nabi`` commands are still parsed
     <!-- doc-test: file NAME -->        before a non-shell block (TOML): written to NAME in the folder
 
 ``pip install`` lines never run; the extras they name must exist in pyproject.toml. The inputs a command names
@@ -288,6 +289,9 @@ def check_page(page, folder, capsys, monkeypatch, parse_only):
         if block.mode == "skip":
             assert block.arg.startswith("(") and block.arg.endswith(")") and len(block.arg) > 2, \
                 f"{block.where()}: a skipped block says why: <!-- doc-test: skip (why) -->"
+            for argv in commands(block):
+                if argv[0] == "nabi":
+                    parse_nabi(argv, block.where())        # not run, but its flags must still parse
             continue
         for argv in commands(block):
             if is_install(argv):
