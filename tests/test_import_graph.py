@@ -73,7 +73,7 @@ def test_engine_modules_have_no_import_cycle():
 
 
 # -- the rings ----------------------------------------------------------------------------------------------------
-# README "Architecture": nabi is built in rings, innermost first. A module imports only from its own ring and the
+# docs/architecture.md: nabi is built in rings, innermost first. A module imports only from its own ring and the
 # rings inside it; the package's front door, nabi/__init__.py (re-exports and __version__), stands outside them.
 RINGS = [
     ("engine", ["nabi.backend", "nabi.functional", "nabi.layers", "nabi.optim", "nabi.init", "nabi.gradcheck",
@@ -135,11 +135,11 @@ def _modules():
 
 def test_every_module_sits_in_a_ring():
     outside = [name for name in _modules() if name != "nabi" and ring_of(name) is None]
-    assert outside == [], f"add these modules to a ring of RINGS (and to README's Architecture): {outside}"
+    assert outside == [], f"add these modules to a ring of RINGS (and to the diagram in docs/architecture.md): {outside}"
 
 
 def test_no_import_runs_back_up_the_rings():
-    """An inner ring never imports an outer one, not even inside a function (README "Architecture")."""
+    """An inner ring never imports an outer one, not even inside a function (docs/architecture.md)."""
     modules = _modules()
     wrong = []
     for name, path in modules.items():

@@ -3,7 +3,7 @@
 ``NABI_DATA_DIR`` names a folder holding ``nyala_dev/`` (one sub-folder per
 individual) or the archive ``nyala_dev.tar.gz``. The photos come from the
 ``Nyala_Data_Zero`` folder of github.com/tvanzyl/wildlife_reidentification
-(Dlamini & van Zyl, 2020), 196 photos of 8 individuals; the README says how
+(Dlamini & van Zyl, 2020), 196 photos of 8 individuals; docs/measured.md says how
 to lay them out.
 """
 import tarfile
