@@ -47,7 +47,11 @@ class Dropout(Module):
 
 
 class _BatchNorm(Module):
+    """``sync``: None (the statistics of this batch), or ``all_reduce(a) -> Σ a over the replicas`` of a
+    data-parallel run, which makes the training statistics those of every replica's shard together
+    (synchronised batch norm, ``functional.norm.sync_batch_norm_forward``)."""
     _rank = None
+    sync = None
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()
@@ -66,12 +70,18 @@ class _BatchNorm(Module):
         if x.ndim != self._rank or x.shape[1] != self.num_features:
             want = "(N, C)" if self._rank == 2 else "(N, C, H, W)"
             raise ValueError(f"{name}: expected input {want} with C = {self.num_features}, got shape {tuple(x.shape)}")
+        if self.sync is not None:
+            y, self._cache = F.sync_batch_norm_forward(x, self.weight.data, self.bias.data, self.running_mean,
+                                                       self.running_var, self.training, self.momentum, self.eps,
+                                                       self.sync)
+            return y
         y, self._cache = F.batch_norm_forward(x, self.weight.data, self.bias.data, self.running_mean,
                                               self.running_var, self.training, self.momentum, self.eps)
         return y
 
     def backward(self, dy):
-        dx, dgamma, dbeta = F.batch_norm_backward(dy, self._cache)
+        backward = F.sync_batch_norm_backward if self.sync is not None else F.batch_norm_backward
+        dx, dgamma, dbeta = backward(dy, self._cache)
         if self.affine:
             self.weight.accumulate(dgamma)
             self.bias.accumulate(dbeta)
