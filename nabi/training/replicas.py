@@ -284,7 +284,9 @@ def _process_main():
     from multiprocessing.connection import Client
     conn = Client(("127.0.0.1", int(os.environ["NABI_REPLICA_LAUNCHER"])),
                   authkey=bytes.fromhex(os.environ.pop("NABI_REPLICA_KEY")))
-    payload, rank = conn.recv()
+    rank = int(os.environ["NABI_REPLICA_RANK"])
+    conn.send(rank)
+    payload = conn.recv()
     try:
         result = replica_main(payload, rank, send=lambda kind, value: conn.send((kind, value)))
         conn.send(("done", result))
@@ -362,20 +364,22 @@ def _launch_local(cfg, payload, log) -> dict:
     env = dict(os.environ, NABI_REPLICA_LAUNCHER=str(listener.address[1]), NABI_REPLICA_KEY=key.hex())
     home = str(Path(nabi.__file__).resolve().parents[1])       # the nabi this process runs
     env["PYTHONPATH"] = os.pathsep.join([home] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    procs, conns = [], []
+    procs, conns = [], [None] * cfg.replicas
     try:
         for rank in range(cfg.replicas):
             procs.append(subprocess.Popen([sys.executable, "-c", "from nabi.training.replicas import "
-                                           "_process_main; _process_main()"], env=env))
+                                           "_process_main; _process_main()"],
+                                          env=dict(env, NABI_REPLICA_RANK=str(rank))))
         listener._listener._socket.settimeout(cfg.replica_timeout)
-        for rank in range(cfg.replicas):
+        for _ in range(cfg.replicas):
             try:
                 conn = listener.accept()
-            except OSError as e:
+                rank = conn.recv()                 # the processes connect in any order
+            except (OSError, EOFError) as e:
                 raise ReplicaError(f"the replica processes did not start within {cfg.replica_timeout:g} s "
                                    f"({e}); see the lines above") from None
-            conn.send((payload, rank))
-            conns.append(conn)
+            conn.send(payload)
+            conns[rank] = conn
     except BaseException:
         for p in procs:
             p.kill()
