@@ -15,8 +15,8 @@ from nabi.training import config as C
 
 torch = pytest.importorskip("torch")
 
-# Two replicas of lenet5 on the 8×8 digits: 15-image batches split 8 + 7, so the shards' unequal weights count.
-BASE = dict(data="embedded:digits8x8", model="lenet5", batch_size=15, iterations=6, epochs=1, optimizer="sgd",
+# Two replicas of lenet5 on the embedded MNIST sample: 15-image batches split 8 + 7, so the shards' unequal weights count.
+BASE = dict(data="embedded:mnist5k", model="lenet5", batch_size=15, iterations=6, epochs=1, optimizer="sgd",
             lr=0.05, momentum=0.9, weight_decay=1e-4, schedule="cosine", checkpoint_every=2, progress=False,
             test_ratio=0.05, val_ratio=0.05, replica_timeout=30.0)
 
