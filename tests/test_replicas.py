@@ -280,3 +280,10 @@ def test_a_batch_that_would_leave_a_replica_without_an_image_is_refused(tmp_path
     with pytest.raises(ValueError, match="a batch of 1 image"):
         shard_train_loader(D.DataLoader(ds, batch_size=10), 0, 2)
     shard_train_loader(D.DataLoader(ds, batch_size=10, drop_last=True), 0, 2)
+
+
+def test_an_embedding_head_with_replicas_is_refused_before_anything_is_read(tmp_path):
+    from nabi.reid.train import train_embedding
+    with pytest.raises(C.BadArgument, match="--replicas 2: an embedding head trains in one process"):
+        train_embedding(C.TrainConfig(replicas=2, out=str(tmp_path / "x")), head="arcface")
+    assert not (tmp_path / "x").exists()

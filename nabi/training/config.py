@@ -395,6 +395,14 @@ def check(cfg, name_of=named) -> None:
                               f"and --precision float32; got {', '.join(wrong)}")
 
 
+def one_process_only(cfg, what: str) -> None:
+    """``BadArgument`` when ``cfg`` asks for replicas where ``what`` trains in one process."""
+    values = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    if (values.get("replicas") or 1) > 1:
+        raise BadArgument(f"--replicas {values['replicas']}: {what} trains in one process; data-parallel replicas "
+                          f"train nabi train's classifier (leave out --head, or --replicas)")
+
+
 # -- studies --------------------------------------------------------------------------------------------------
 def fingerprint_settings(cfg: dict) -> dict:
     """The entries of ``cfg`` (settings and a study's own keys) that decide what a study computes: without
