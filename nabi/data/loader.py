@@ -48,6 +48,14 @@ class DataLoader:
     when present). ``transform``: an extra ``t(x, rng)`` applied per example.
     ``num_workers > 0`` loads batches in background threads with prefetch
     (Pillow releases the GIL while decoding); batch order stays the same.
+
+    ``shard(rank, replicas)`` makes the loader one replica's view of a data-parallel run: the
+    order and the batches are the unsharded loader's (same seed, same global batches, same length
+    and resumable state), and each global batch is split into ``replicas`` consecutive shards
+    whose sizes differ by at most one (``np.array_split``); this loader yields shard ``rank``.
+    ``global_batch_size`` is then the size of the global batch the last shard came from. A
+    shard's augmentation generator is seeded by ``(seed, e, b, replicas, rank)``, so a sharded
+    run is reproducible for a given number of replicas.
     """
 
     def __init__(self, dataset, batch_size: int = 32, shuffle: bool = False, seed=None, drop_last: bool = False,
@@ -77,7 +85,18 @@ class DataLoader:
         self.epoch = 0
         self._position = 0  # batches handed out in the current epoch
         self._start = 0
+        self.rank, self.replicas = 0, 1
+        self.global_batch_size = None   # size of the global batch the last batch came from
         self.skip_batches(start_batch)
+
+    def shard(self, rank: int, replicas: int) -> "DataLoader":
+        """Yield only shard ``rank`` of ``replicas`` of every batch (see the class docstring); returns self."""
+        if not isinstance(replicas, (int, np.integer)) or replicas < 1:
+            raise ValueError(f"replicas must be a positive int, got {replicas!r}")
+        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < replicas:
+            raise ValueError(f"rank must be an int in [0, {replicas}), got {rank!r}")
+        self.rank, self.replicas = int(rank), int(replicas)
+        return self
 
     # -- sizes and order ---------------------------------------------------------
     def __len__(self) -> int:
@@ -141,7 +160,12 @@ class DataLoader:
         if self.transform is None and getattr(ds, "transform", None) is None and hasattr(ds, "get_batch"):
             x, y = ds.get_batch(indices)
             return np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
-        rng = np.random.default_rng(_seed_seq(self.seed, epoch, 1, batch)) if self._needs_rng() else None
+        if not self._needs_rng():
+            rng = None
+        elif self.replicas == 1:
+            rng = np.random.default_rng(_seed_seq(self.seed, epoch, 1, batch))
+        else:
+            rng = np.random.default_rng(_seed_seq(self.seed, epoch, 1, batch, self.replicas, self.rank))
         get = getattr(ds, "get", None)
         items = []
         for i in indices:
@@ -156,11 +180,13 @@ class DataLoader:
         epoch, order = self.epoch, self.order()
         start = self._start
         self._start, self._position = 0, start
-        chunks = self._batches_from(order, start)
+        sizes = {}
+        chunks = self._sharded(self._batches_from(order, start), sizes)
         if self.num_workers == 0:
             for b, idx in chunks:
                 batch = self._load(idx, epoch, b)
                 self._position += 1
+                self.global_batch_size = sizes.pop(b)
                 yield self._to_device(batch)
         else:
             pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="nabi-data")
@@ -170,10 +196,12 @@ class DataLoader:
                     pending.append(pool.submit(self._load, idx, epoch, b))
                     if len(pending) >= self.num_workers * self.prefetch:
                         batch = pending.popleft().result()
+                        self.global_batch_size = sizes.pop(self._position)
                         self._position += 1
                         yield self._to_device(batch)
                 while pending:
                     batch = pending.popleft().result()
+                    self.global_batch_size = sizes.pop(self._position)
                     self._position += 1
                     yield self._to_device(batch)
             finally:
@@ -184,6 +212,12 @@ class DataLoader:
         n = len(order)
         for b in range(start, len(self)):
             yield b, order[b * self.batch_size: min(n, (b + 1) * self.batch_size)]
+
+    def _sharded(self, chunks, sizes):
+        """This replica's shard of each global batch ``(b, indices)``; ``sizes[b]``: the global batch's size."""
+        for b, idx in chunks:
+            sizes[b] = len(idx)
+            yield b, (np.array_split(idx, self.replicas)[self.rank] if self.replicas > 1 else idx)
 
     def _to_device(self, batch):
         x, y = batch

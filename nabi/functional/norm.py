@@ -13,6 +13,14 @@ Batch norm over the axes ``axes`` (N for 1-d, N, H, W for 2-d), per feature c:
     (a float16 sum of squares overflows once M·σ² > 65 504); y, x̂, dx, dγ, dβ are
     returned in float16 and the running buffers keep their own dtype.
 
+Synchronised batch norm (data-parallel replicas, each holding a shard of the batch): the same
+formulas over the union of the shards. ``all_reduce(a)`` returns the element-wise sum of ``a``
+over the replicas (float64, the same on each). Forward: M = Σ_r M_r and μ = Σ_r Σ x / M from
+one sum, σ² = Σ_r Σ (x − μ)² / M from a second (two passes, no cancellation). Backward: the
+sums Σ g and Σ g x̂ of the formula above are the replicas' summed sums, and dγ, dβ are returned
+as this shard's own Σ δ x̂, Σ δ (the replicas' parameter gradients are summed afterwards, like
+every other parameter's). With one replica it is batch norm itself.
+
 Local response normalisation across channels (AlexNet; PyTorch's form), size n:
     s_c = k + (α/n) Σ_{c' = c − ⌊n/2⌋}^{c + ⌊(n−1)/2⌋} x_{c'}²,     y_c = x_c · s_c^(−β)
     dx_j = δ_j s_j^(−β) − (2αβ/n) x_j Σ_{c: j ∈ window(c)} δ_c x_c s_c^(−β−1)
@@ -119,6 +127,52 @@ def batch_norm_backward(dy, cache):
     dx = (inv_std.reshape(bs) / M) * (M * g - g.sum(axis=axes).reshape(bs)
                                      - x_hat * (g * x_hat).sum(axis=axes).reshape(bs))
     return dx, dgamma, dbeta
+
+
+def sync_batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, all_reduce):
+    """Batch norm whose training statistics are those of every replica's shard together (module docstring).
+    Returns ``(y, cache)``; ``cache`` goes to ``sync_batch_norm_backward``."""
+    if not training:
+        return batch_norm_forward(x, gamma, beta, running_mean, running_var, False, momentum, eps)
+    if _is_half(x):
+        raise ValueError("synchronised batch norm runs in float32 or float64, got float16 input")
+    xp = get_array_module(x)
+    axes, bs = _bn_axes(x), _bshape(x)
+    C = x.shape[1]
+    local_m = x.size // C
+    first = all_reduce(xp.concatenate([x.sum(axis=axes, dtype="float64"), xp.asarray([float(local_m)])]))
+    M = float(first[C])
+    if M < 2:
+        raise ValueError(f"synchronised batch norm: training needs more than one value per channel over all "
+                         f"replicas, got {M:g}")
+    mean = first[:C] / M
+    centred = x - mean.astype(x.dtype).reshape(bs)
+    var = all_reduce((centred * centred).sum(axis=axes, dtype="float64")) / M
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean.astype(running_mean.dtype)
+    running_var *= 1 - momentum
+    running_var += momentum * (var * (M / (M - 1))).astype(running_var.dtype)
+    inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+    x_hat = centred * inv_std.reshape(bs)
+    y = x_hat * gamma.reshape(bs) + beta.reshape(bs)
+    return y, (x_hat, inv_std, gamma, M, all_reduce)
+
+
+def sync_batch_norm_backward(dy, cache):
+    """Returns ``(dx, dgamma, dbeta)``: dx of the whole batch's loss for this shard; dγ, dβ this shard's sums."""
+    if len(cache) == 4:                                    # evaluation mode: plain batch norm
+        return batch_norm_backward(dy, cache)
+    x_hat, inv_std, gamma, M, all_reduce = cache
+    xp = get_array_module(dy)
+    axes, bs = _bn_axes(dy), _bshape(dy)
+    C = dy.shape[1]
+    dbeta = dy.sum(axis=axes, dtype="float64")
+    dgamma = (dy * x_hat).sum(axis=axes, dtype="float64")
+    total = all_reduce(xp.concatenate([dbeta, dgamma]))
+    g_mean = (total[:C] * gamma.astype("float64") / M).astype(dy.dtype)          # Σ g / M
+    gx_mean = (total[C:] * gamma.astype("float64") / M).astype(dy.dtype)         # Σ g x̂ / M
+    dx = inv_std.reshape(bs) * (dy * gamma.reshape(bs) - g_mean.reshape(bs) - x_hat * gx_mean.reshape(bs))
+    return dx, dgamma.astype(dy.dtype), dbeta.astype(dy.dtype)
 
 
 def _channel_window_sum(a, before, after):

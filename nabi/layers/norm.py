@@ -47,8 +47,12 @@ class Dropout(Module):
 
 
 class _BatchNorm(Module):
+    """``sync``: None (the statistics of this batch), or ``all_reduce(a) -> Σ a over the replicas`` of a
+    data-parallel run, which makes the training statistics those of every replica's shard together
+    (synchronised batch norm, ``functional.norm.sync_batch_norm_forward``)."""
     _rank = None
     fresh_output = True         # y is new; the cache keeps x̂, not y
+    sync = None
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()
@@ -76,12 +80,17 @@ class _BatchNorm(Module):
             want = "(N, C)" if self._rank == 2 else "(N, C, H, W)"
             raise ValueError(f"{name}: expected input {want} with C = {self.num_features}, got shape {tuple(x.shape)}")
         gamma, beta = self._gamma_beta()
+        if self.sync is not None:
+            y, self._cache = F.sync_batch_norm_forward(x, gamma, beta, self.running_mean, self.running_var,
+                                                       self.training, self.momentum, self.eps, self.sync)
+            return y
         y, self._cache = F.batch_norm_forward(x, gamma, beta, self.running_mean,
                                               self.running_var, self.training, self.momentum, self.eps)
         return y
 
     def backward(self, dy):
-        dx, dgamma, dbeta = F.batch_norm_backward(dy, self._cache)
+        backward = F.sync_batch_norm_backward if self.sync is not None else F.batch_norm_backward
+        dx, dgamma, dbeta = backward(dy, self._cache)
         if self.affine:
             self.weight.accumulate(dgamma)
             self.bias.accumulate(dbeta)

@@ -326,6 +326,8 @@ def train_embedding(cfg, head="arcface", embedding_dim=128, margin=None, scale=3
     from ..training.config import check
     from ..training.run import FinishedRun, checkpoints_kept, finish_run
     check(cfg)
+    from ..training.config import one_process_only
+    one_process_only(cfg, "an embedding head")
     cfg = checkpoints_kept(cfg, keep_checkpoints)
     if cfg.data is None:
         raise ValueError("give a data folder with one sub-folder per individual")

@@ -197,6 +197,8 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
     A bad configuration is refused first (``nabi.training.config.check``).
     """
     check(cfg)
+    from ..training.config import one_process_only
+    one_process_only(cfg, "pretraining")
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if not temperature > 0:

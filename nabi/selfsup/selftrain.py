@@ -292,6 +292,8 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     photos = check_arguments(cfg, unlabelled, rounds, threshold, max_per_class, student_model, student_args,
                              dropout, stochastic_depth)
     check(cfg)
+    from ..training.config import one_process_only
+    one_process_only(cfg, "self-training")
     backend.check_device(cfg.device)
     num_classes = len(folder_classes(cfg.data, cfg.exclude, background_kinds=cfg.background_kinds == "split"))
     n_teacher = registry.count_parameters(cfg.model, num_classes=num_classes, **cfg.model_args)

@@ -77,7 +77,8 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
 
 
 def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out_dir=None, metadata=None,
-                  config=None, log=print, trainer_class=None, loss_fn=None, updater=None, extensions=()):
+                  config=None, log=print, trainer_class=None, loss_fn=None, updater=None, extensions=(),
+                  replicas=None):
     """The one place a ``Trainer`` is put together from a ``TrainConfig``.
 
     Makes the optimiser (``cfg.optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``nesterov``), the
@@ -89,6 +90,8 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
     targets); ``updater``: the step's class (``nabi.training.updater``; a contrastive or BYOL step);
     ``extensions``: more of them (``nabi.training.extensions``; retrieval columns, reporting to Ray Tune).
     ``trainer_class``: a ``Trainer`` subclass (the study runners leave the curves to the end).
+    ``replicas``: this process's place in a data-parallel run (``nabi.training.replicas``); ``train_loader``
+    is then sharded here and the model's batch norms synchronised with ``cfg.sync_batch_norm``.
 
     ``cfg.freeze_until`` and ``cfg.layer_lr_decay`` (``nabi.training.fine_tune``) freeze the stages up
     to one (left out of the optimiser, in eval mode, no backward) and give each stage its learning-rate
@@ -104,6 +107,11 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
         log(line)
     optimizer = make_optimizer(cfg, model, plan["params"], plan["lr_scale"])
     schedule = make_schedule(cfg, optimizer, len(train_loader))
+    kwargs = {}
+    if replicas is not None:
+        shard_train_loader(train_loader, replicas.rank, replicas.world)
+        replicas.attach(model, cfg.sync_batch_norm)
+        kwargs["replicas"] = replicas
     return (trainer_class or Trainer)(
         model, optimizer, train_loader, val_loader,
         loss_fn=loss_fn if loss_fn is not None else CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
@@ -111,7 +119,26 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
         out_dir=cfg.out if out_dir is None else out_dir, clip_norm=cfg.clip_norm,
         checkpoint_every=cfg.checkpoint_every, keep_last=cfg.keep_last, early_stopping=cfg.early_stopping,
         progress=cfg.progress, metadata=metadata, config=config, log=log, fused_sgd=cfg.fused_sgd,
-        precision=cfg.precision, updater=updater, extensions=extensions)
+        precision=cfg.precision, updater=updater, extensions=extensions, **kwargs)
+
+
+def shard_train_loader(loader, rank: int, world: int) -> None:
+    """Make ``loader`` (a ``DataLoader``, or a view of one) yield shard ``rank`` of ``world`` of every batch;
+    ``ValueError`` when some batch would leave a replica without an image."""
+    inner = loader
+    while not hasattr(inner, "shard") and hasattr(inner, "loader"):
+        inner = inner.loader
+    if not hasattr(inner, "shard"):
+        raise ValueError(f"--replicas {world}: the training loader {type(loader).__name__} cannot be sharded")
+    n, b = len(inner.dataset), inner.batch_size
+    smallest = min(b, n) if inner.drop_last or n % b == 0 else min(b, n % b)
+    if hasattr(inner, "p") and hasattr(inner, "k"):
+        smallest = b                                   # P×K batches are all full
+    if smallest < world:
+        raise ValueError(f"--replicas {world}: a batch of {smallest} image(s) (the last of each epoch: "
+                         f"{n} training images in batches of {b}) leaves a replica without an image; change "
+                         f"--batch-size or --replicas so that every batch holds at least {world} images")
+    inner.shard(rank, world)
 
 
 def check_warmup(cfg: TrainConfig) -> None:
@@ -182,10 +209,20 @@ def what_ran(cfg: TrainConfig, parts, input_size, channels, norm, steps_per_epoc
         "step_size": cfg.step_size if cfg.schedule == "step" else None,
         "gamma": cfg.gamma if cfg.schedule == "step" else None,
         "iterations_per_epoch": steps_per_epoch, "total_iterations": total,
+        "replicas": cfg.replicas,
+        "batch_per_replica": _per_replica(cfg.batch_size, cfg.replicas),
         "best_weights": ("the epoch with the best validation accuracy (best.safetensors)"
                          if parts.get("val") is not None else
                          "none kept: no validation part to choose by; the final weights are the run's"),
     }
+
+
+def _per_replica(batch_size: int, replicas: int):
+    """What each replica holds of a global batch, as the run records it (None for one process)."""
+    if replicas <= 1:
+        return None
+    low, high = batch_size // replicas, -(-batch_size // replicas)
+    return f"{low if low == high else f'{low} or {high}'} of every {batch_size} images"
 
 
 def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False, trainer_class=None, extensions=()):
@@ -196,20 +233,26 @@ def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False, tra
     ``trainer_class``, ``extensions``: as in ``build_trainer`` (``nabi sweep`` reports each epoch to Ray Tune
     from an extension).
     The trainer's ``init_report`` is what ``cfg.init`` loaded (``init_from.load_matching``), or None.
-    A bad configuration is refused first (``config.check``)."""
+    A bad configuration is refused first (``config.check``). One process: a run of ``cfg.replicas`` ≥ 2 goes
+    through ``nabi.training.run.train`` (``nabi.training.replicas``)."""
     from ..runs import open_run_folder
     check(cfg)
+    if cfg.replicas > 1:
+        raise ValueError(f"--replicas {cfg.replicas}: run_training trains in this one process; a replicated run "
+                         f"is started by nabi.training.run.train (nabi train)")
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
         return _train(cfg, resume, log, trainer_class, extensions)
 
 
-def _train(cfg: TrainConfig, resume, log, trainer_class=None, extensions=()):
+def _train(cfg: TrainConfig, resume, log, trainer_class=None, extensions=(), replicas=None):
     from .trainer import Trainer
     backend.check_device(cfg.device)
     if cfg.device == "gpu":
         backend.array_module("gpu")
     out = Path(cfg.out)
-    Trainer._check_writable(out)
+    first = replicas is None or replicas.rank == 0          # the process that writes the run folder
+    if first:
+        Trainer._check_writable(out)
     # Build the model first (it fixes the input size), then the data.
     probe_classes = None
     model_args = dict(cfg.model_args)
@@ -262,11 +305,12 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None, extensions=()):
     resolved = resolved_config(cfg, ran)
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
-                            log=log, trainer_class=trainer_class, extensions=extensions)
+                            log=log, trainer_class=trainer_class, extensions=extensions, replicas=replicas)
     trainer.init_report = init_report           # what --init loaded (init_from.load_matching), or None
     if resume:
         if trainer.resume() is None:
             log(f"no checkpoint in {out}: starting from the beginning")
-    write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
+    if first:
+        write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     return trainer, parts

@@ -33,6 +33,7 @@ ONE_CYCLE_RISE = 0.3                   # one_cycle's rising share of the run whe
 FITS = tuple(_FITS)                    # how a photo is brought to the input size (nabi.data.folder)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 BACKGROUND_KINDS = ("split", "merge")
+EXECUTORS = ("local", "ray")           # where the replicas of a --replicas run are started
 # Names that were renamed: the old ones are still accepted, with a FutureWarning, in TOML files, on the
 # command line and in recipes, but no help text lists them.
 RENAMED = {
@@ -232,6 +233,27 @@ class TrainConfig:
                           recipe=True, fingerprint=NEVER)
     workers: int = setting(0, "background threads decoding images", Int(0, 256), commands=ALL, recipe=True,
                            fingerprint=NEVER)
+    replicas: int = setting(
+        1, "data-parallel replicas of this one run: N worker processes, each computing the gradients of its "
+        "share of every batch; the gradients are summed once per step and every replica takes the same step, "
+        "so --batch-size stays the global batch and the learning rate and schedule are unchanged (needs the "
+        "distributed extra; batch norm normalises each replica's share unless --sync-batch-norm)",
+        Int(1, 1024), commands=(TRAIN,), fingerprint=UNLESS_DEFAULT)
+    sync_batch_norm: bool = setting(
+        False, "with --replicas: batch norm statistics over the whole global batch (summed across the "
+        "replicas in the forward and the backward pass), as one process would compute them",
+        Flag(), commands=(TRAIN,), fingerprint=UNLESS_DEFAULT)
+    executor: str = setting(
+        "local", "where --replicas run: local = worker processes on this machine; ray = Ray actors on a local "
+        "Ray instance or the cluster at --address (the run folder must be on a filesystem every node sees at "
+        "the same path)", OneOf(EXECUTORS), commands=(TRAIN,), fingerprint=NEVER)
+    address: str | None = setting(
+        None, "with --executor ray: the Ray cluster (host:port, ray://host:port or auto)", Text("a Ray address"),
+        metavar="ADDR", shown="none: start a local Ray instance", commands=(TRAIN,), fingerprint=NEVER)
+    replica_timeout: float = setting(
+        60.0, "with --replicas: seconds a replica waits for the others (to meet them at the start, or inside a "
+        "step) before it stops with an error naming the replica that did not answer", Float(0.0, None, low_open=True),
+        commands=(TRAIN,), fingerprint=NEVER)
     cache: bool = setting(False, "keep decoded images in memory after the first epoch (uint8; CIFAR-10 needs "
                           "~150 MB)", Flag(), commands=ALL, fingerprint=ALWAYS)
     out: str = setting("runs/train", "the run folder to write", Text("a folder"), commands=ALL, fingerprint=ALWAYS)
@@ -355,6 +377,21 @@ def check(cfg, name_of=named) -> None:
     if values.get("warmup") and values.get("warmup_fraction") is not None:
         raise BadArgument(f"give the warm-up one way: --warmup {values['warmup']} (iterations) or "
                           f"--warmup-fraction {values['warmup_fraction']} (a share of the run), not both")
+    replicas = values.get("replicas") or 1
+    if replicas > 1:
+        refused = [label(k) if values[k] is True else f"{label(k)} {values[k]}" for k, bad in (("fused_sgd", True), ("precision", "float16"),
+                                                            ("device", "gpu")) if given(k) and values[k] == bad]
+        if refused:
+            raise BadArgument(f"--replicas {replicas} sums the replicas' gradients between backward and the "
+                              f"optimiser's step, on the CPU in float32 or float64; it cannot be combined with "
+                              f"{', '.join(refused)}")
+    else:
+        alone = [label(k) if values[k] is True else f"{label(k)} {values[k]}" for k, want in (("sync_batch_norm", False), ("executor", "local"),
+                                                           ("address", None)) if given(k) and values[k] != want]
+        if alone:
+            raise BadArgument(f"{', '.join(alone)} only applies to a run of --replicas 2 or more")
+    if given("address") and values["address"] is not None and values.get("executor", "local") != "ray":
+        raise BadArgument(f"--address {values['address']} needs --executor ray")
     if values.get("fused_sgd"):
         plain = {"optimizer": "sgd", "momentum": 0, "weight_decay": 0, "nesterov": False, "clip_norm": None,
                  "precision": "float32"}
@@ -363,6 +400,14 @@ def check(cfg, name_of=named) -> None:
             raise BadArgument(f"--fused-sgd updates each layer inside backward with plain SGD in float32: it needs "
                               f"--optimizer sgd, --momentum 0 and --weight-decay 0, no Nesterov, no --clip-norm "
                               f"and --precision float32; got {', '.join(wrong)}")
+
+
+def one_process_only(cfg, what: str) -> None:
+    """``BadArgument`` when ``cfg`` asks for replicas where ``what`` trains in one process."""
+    values = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    if (values.get("replicas") or 1) > 1:
+        raise BadArgument(f"--replicas {values['replicas']}: {what} trains in one process; data-parallel replicas "
+                          f"train nabi train's classifier (leave out --head, or --replicas)")
 
 
 # -- studies --------------------------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ class BestModel(Extension):
         if score > self.best_acc:
             self.best_acc, self.best_epoch = score, trainer.epoch
             self.epochs_without_improvement = 0
-            if "val_acc" in row and trainer.out_dir is not None:
+            if "val_acc" in row and trainer.out_dir is not None and getattr(trainer, "writes_files", True):
                 latest = latest_checkpoint(trainer.out_dir)
                 save_run_weights(trainer, "best", {"best_epoch": trainer.epoch, "best_acc": score,
                                                    "chosen_by": "validation accuracy"},

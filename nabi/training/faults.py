@@ -3,7 +3,8 @@
 ``fault_point(name)`` does nothing unless the environment variable ``NABI_FAULT``
 names that point: ``NABI_FAULT=best_saved:2`` kills the process with SIGKILL the
 second time the trainer reaches ``best_saved``; ``any:N`` kills at the N-th point
-of any name. Several rules may be given, separated by commas. A real SIGKILL:
+of any name; ``step:3@1`` only in replica 1 of a ``--replicas`` run (the process whose
+``NABI_REPLICA_RANK`` is 1). Several rules may be given, separated by commas. A real SIGKILL:
 no ``finally`` block, no atexit handler and no buffered write gets to run, as
 when the machine loses power or the kernel's out-of-memory killer strikes.
 ``NABI_FAULT_LOG=FILE`` appends each point's name to FILE as it is reached
@@ -37,7 +38,11 @@ def fault_point(name: str) -> None:
         return
     _counts[name] = _counts.get(name, 0) + 1
     _counts["any"] = _counts.get("any", 0) + 1
+    rank = os.environ.get("NABI_REPLICA_RANK")
     for rule in spec.split(","):
-        point, _, count = rule.strip().partition(":")
+        rule, _, only = rule.strip().partition("@")
+        if only and only != rank:
+            continue
+        point, _, count = rule.partition(":")
         if point in (name, "any") and _counts[point] == int(count or 1):
             os.kill(os.getpid(), signal.SIGKILL)

@@ -33,7 +33,9 @@ def train(cfg, *, resume=False, overwrite=False, keep_checkpoints=False, log=pri
     ``resume``: continue the run in ``cfg.out`` from its latest checkpoint; ``overwrite``: replace the
     run there; ``keep_checkpoints``: as ``--keep-checkpoints``, keep at least the newest
     ``config.KEEP_CHECKPOINTS`` (3) checkpoints (``cfg.keep_last`` says how many otherwise). Refuses a bad
-    configuration (``BadArgument``) before anything is read or written.
+    configuration (``BadArgument``) before anything is read or written. With ``cfg.replicas`` ≥ 2 the run is
+    data-parallel (``nabi.training.replicas``): ``trainer`` is then replica 0's report (``ReplicatedRun``: its
+    history, best epoch and score) and ``parts`` None.
     """
     from ..runs import open_run_folder
     from .build import run_training
@@ -41,8 +43,13 @@ def train(cfg, *, resume=False, overwrite=False, keep_checkpoints=False, log=pri
     check(cfg)
     cfg = checkpoints_kept(cfg, keep_checkpoints)
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
-        trainer, parts = run_training(cfg, resume=resume, log=log)
-        test = test_best_weights(trainer, parts, cfg, log=log)
+        if cfg.replicas > 1:                 # replica 0 tests the best weights and writes test.json
+            from .replicas import train_replicated
+            trainer, parts = train_replicated(cfg, resume=resume, log=log), None
+            test = trainer.test
+        else:
+            trainer, parts = run_training(cfg, resume=resume, log=log)
+            test = test_best_weights(trainer, parts, cfg, log=log)
         finish_run(cfg.out, log=log)
     out = Path(cfg.out)
     return FinishedRun(out, trainer, parts, test, next=f"nabi predict {out} IMAGE · nabi eval {out} DATA")

@@ -101,13 +101,17 @@ class Trainer:
     precision=...)`` builds it (default ``StandardUpdater``; ``nabi.training.updater``): ``fused_sgd``
     applies plain SGD inside each layer's backward; ``precision='float16'`` trains in mixed precision
     (float32 masters, dynamic loss scaling; saved weights and checkpoints hold the float32 masters).
+
+    ``replicas``: this process's ``nabi.training.replicas.Replicas`` in a data-parallel run (``train_loader``
+    yields its shard of each batch): the gradients and the step's sums are summed over the replicas, and
+    only replica 0 writes files or shows progress (the others read the run folder to resume).
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, loss_fn=None, schedule=None,
                  schedule_unit="iteration", epochs=1, iterations=None, out_dir=None, clip_norm=None,
                  checkpoint_every=None, keep_last=1, early_stopping=None, progress=True, metadata=None,
                  config=None, log=print, topk=5, fused_sgd=False, precision="float32", updater=None,
-                 extensions=()):
+                 extensions=(), replicas=None):
         if schedule_unit not in ("iteration", "epoch"):
             raise ValueError(f"schedule_unit must be 'iteration' or 'epoch', got {schedule_unit!r}")
         if epochs is None and iterations is None:
@@ -131,19 +135,25 @@ class Trainer:
         self.updater = (updater or StandardUpdater)(model, optimizer, loss_fn=loss_fn, clip_norm=clip_norm,
                                                     fused_sgd=fused_sgd, precision=precision)
         self.updater.attach(self)
+        self.replicas = replicas
+        self.updater.replicas = replicas
+        self.writes_files = replicas is None or replicas.rank == 0
+        if replicas is not None:
+            replicas.loader = train_loader
         self.extensions = {}
         self._order = None          # the extensions in firing order, while fit runs
-        if self.out_dir is not None:
+        writes = self.out_dir is not None and self.writes_files
+        if writes:
             self._check_writable(self.out_dir)
         standard = [LearningRateSchedule(schedule, schedule_unit) if schedule is not None else None,
-                    ProgressBar(Progress(enabled=True)) if progress else None,
+                    ProgressBar(Progress(enabled=True)) if progress and self.writes_files else None,
                     Validation(val_loader, topk) if val_loader is not None else None,
                     BestModel(),
-                    MetricsLog() if self.out_dir is not None else None,
-                    Curves() if self.out_dir is not None else None,
+                    MetricsLog() if writes else None,
+                    Curves() if writes else None,
                     PrintRow(),
                     EarlyStopping(early_stopping) if early_stopping else None,
-                    Checkpoints(checkpoint_every, keep_last) if self.out_dir is not None else None,
+                    Checkpoints(checkpoint_every, keep_last) if writes else None,
                     StopOnSignal()]
         for ext in [e for e in standard if e is not None] + list(extensions):
             self.extend(ext)
@@ -360,6 +370,9 @@ class Trainer:
                 break
 
     def _step(self, x, y, sums):
+        replicas = self.replicas
+        if replicas is not None:
+            replicas.before_step()
         try:
             batch = self.updater.update(x, y)
         except NonFiniteLoss as e:
@@ -370,6 +383,9 @@ class Trainer:
                 f"stopped without saving this state. Last good checkpoint: {ck or 'none'}. Lower the learning "
                 f"rate (now {self.optimizer.lr:.3g}), add gradient clipping (--clip-norm), or check the input "
                 f"data" + e.hint) from None
+        if replicas is not None:
+            replicas.after_step()
+            batch = replicas.sum_batch(batch)
         self.iteration += 1
         self.batch_in_epoch += 1
         for key, value in batch.items():

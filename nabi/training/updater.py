@@ -120,6 +120,7 @@ class StandardUpdater:
         self._fused_names = [names[id(layer.weight)] for layer in self.fused_layers]
         self.amp = MixedPrecision(model, optimizer, self.precision) if self.precision != "float32" else None
         self.trainer = None
+        self.replicas = None       # a data-parallel run's ``nabi.training.replicas.Replicas``, set by the trainer
         skip_input_gradient(model)
 
     def attach(self, trainer) -> None:
@@ -146,14 +147,21 @@ class StandardUpdater:
             raise NonFiniteLoss(loss, " (under float16, an activation may have passed 65504: try --precision "
                                       "float32)." if amp else ".")
         model.zero_grad()
+        share = self.replicas.loss_share(int(y.shape[0])) if self.replicas is not None else None
         if amp:
             amp.backward(loss_fn.backward(), daux)
             amp.step(clip=(lambda ps: clip_grad_norm(ps, self.clip_norm)) if self.clip_norm else None)
         else:
+            dout = loss_fn.backward()
+            if share is not None:              # the gradient of this shard's part of the global batch's mean loss
+                dout = dout * dout.dtype.type(share)
+                daux = None if daux is None else tuple(d * d.dtype.type(share) for d in daux)
             if daux is None:
-                model.backward(loss_fn.backward())
+                model.backward(dout)
             else:
-                model.backward(loss_fn.backward(), daux=daux)
+                model.backward(dout, daux=daux)
+            if share is not None:
+                self.replicas.sum_gradients(list(self.optimizer.params.values()), self.replicas.buffers)
             if self.clip_norm:
                 clip_grad_norm(self.optimizer.params, self.clip_norm)
             self.optimizer.step()

@@ -1,0 +1,495 @@
+"""Data-parallel training: one run as N replica processes, on this machine or a Ray cluster.
+
+``nabi train … --replicas N`` starts N worker processes (``executor='local'``) or N Ray actors
+(``executor='ray'``). Each builds the same model from the same seed, reads the same data and runs
+the same trainer; its loader yields its shard of every global batch (``DataLoader.shard``: the
+global batch of ``--batch-size`` images split into N consecutive parts whose sizes differ by at
+most one). The step, per replica r holding n_r of the global batch's n images:
+
+    forward and loss on the shard (batch norm over the shard, or over all of them with
+    --sync-batch-norm: ``nabi.functional.norm.sync_batch_norm_forward``)
+    backward of (n_r / n) · L_r, so that Σ_r of the gradients is the gradient of the
+    global batch's mean loss L = Σ_r (n_r / n) L_r
+    the parameter gradients summed over the replicas (one all-reduce, in buckets)
+    clipping and the optimiser's step, identical on every replica
+
+so every replica holds the same weights after every step, and the run is the run one process
+would make on the whole batch (to rounding; exactly the same arithmetic apart from the order of
+the sums). Batch norm's running statistics are averaged over the replicas in the same all-reduce
+(with per-replica batch norm each replica's differ), so the replicas' states stay identical.
+Dropout and drop-path masks differ between replicas: each replica draws its masks from the
+shared generator jumped ``rank`` times, and every replica then moves the shared generator on by
+``replicas`` jumps, so a run is reproducible for a given N and a checkpoint (one generator state)
+resumes it exactly. The epoch's sums (loss, correct, n) are summed over the replicas every step.
+
+Replica 0 writes the run folder (checkpoints, metrics, weights, test.json) as a one-process run
+would; the checkpoint holds nothing of N, so a run with another number of replicas continues it
+(exactly the same result needs the same N: the shards' augmentation and dropout streams depend
+on it). The others write nothing. A replica that dies (SIGKILL, out of memory, a lost node) makes
+the others' next collective fail at once (the transport sees the closed connection), or after
+``replica_timeout`` seconds when it hangs; every replica stops without finishing the step, and
+the run reports which replica failed and the last checkpoint to continue from with ``--resume``.
+
+The transport is ``torch.distributed``'s gloo backend, used only to sum NumPy buffers (``torch``
+never sees the model): ``pip install "nabi[distributed]"``. The README's architecture section says
+why it was chosen over MPI (``mpi4py``).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+EXTRA = "distributed"
+BUCKET_BYTES = 25 * 2**20       # gradients are summed in buckets of this size (DDP's default)
+
+
+class ReplicaError(RuntimeError):
+    """A replica could not meet the others, lost them inside a step, or died."""
+
+
+def require_transport():
+    """``torch.distributed`` with the gloo backend, or an ImportError naming the extra to install."""
+    hint = f'--replicas needs the {EXTRA} extra (torch.distributed\'s gloo backend sums the gradients between ' \
+           f'the replica processes): pip install "nabi[{EXTRA}]"'
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError as e:
+        raise ImportError(hint) from e
+    if not dist.is_available() or not dist.is_gloo_available():
+        raise ImportError(f"{hint} (this torch {torch.__version__} was built without gloo)")
+    return dist
+
+
+def free_port(host="127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# -- one replica's side --------------------------------------------------------------------------------------
+class Replicas:
+    """This process's place in a run of ``world`` replicas: its ``rank`` and the collectives it takes part in.
+
+    ``address``: ``(host, port)`` where replica 0 listens for the others; ``timeout_s``: how long to wait for
+    them, at the start and inside every collective. ``ReplicaError`` when they cannot be met in time.
+    """
+
+    def __init__(self, rank: int, world: int, address, timeout_s: float = 60.0, bucket_bytes: int = BUCKET_BYTES):
+        from datetime import timedelta
+        dist = require_transport()
+        import torch
+        self.rank, self.world, self.timeout_s = int(rank), int(world), float(timeout_s)
+        self.host, self.port = address[0], int(address[1])
+        self.bucket_bytes = int(bucket_bytes)
+        self._dist, self._torch = dist, torch
+        self.loader = None              # the sharded train loader (its global batch sizes weigh the shards)
+        self.sync_batch_norm = False
+        self.comm_seconds = 0.0         # time spent inside gradient all-reduces, for the benchmark
+        self._flat = {}
+        timeout = timedelta(seconds=self.timeout_s)
+        try:
+            store = dist.TCPStore(self.host, self.port, self.world, is_master=self.rank == 0, timeout=timeout,
+                                  wait_for_workers=False)
+            dist.init_process_group("gloo", store=store, rank=self.rank, world_size=self.world, timeout=timeout)
+        except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, DistStoreError, TimeoutError …
+            raise ReplicaError(
+                f"replica {self.rank} of {self.world} could not meet the other replicas at {self.host}:{self.port} "
+                f"within {self.timeout_s:g} s ({type(e).__name__}: {_first_line(e)}); check that every replica "
+                f"can reach that address, or raise --replica-timeout") from None
+
+    def close(self) -> None:
+        try:
+            self._dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    # -- collectives ---------------------------------------------------------------------------------------
+    def _lost(self, e, during):
+        return ReplicaError(f"replica {self.rank} of {self.world} lost the other replicas during {during} "
+                            f"({type(e).__name__}: {_first_line(e)}): another replica stopped or did not answer "
+                            f"within {self.timeout_s:g} s")
+
+    def all_reduce(self, array, during="a collective"):
+        """``array`` (a NumPy array) summed over the replicas, in place; returns it."""
+        a = np.ascontiguousarray(array)
+        try:
+            self._dist.all_reduce(self._torch.from_numpy(a))
+        except Exception as e:  # noqa: BLE001
+            raise self._lost(e, during) from None
+        return a
+
+    def sum_batch(self, batch: dict) -> dict:
+        """The step's sums ``{"loss", "correct", "n", …}`` summed over the replicas."""
+        keys = sorted(batch)
+        total = self.all_reduce(np.array([float(batch[k]) for k in keys], dtype=np.float64), "the step's sums")
+        return {k: (int(round(v)) if isinstance(batch[k], (int, np.integer)) else float(v))
+                for k, v in zip(keys, total)}
+
+    def loss_share(self, n_local: int) -> float:
+        """n_r / n: this replica's part of the global batch, the weight of its mean loss."""
+        n = getattr(self.loader, "global_batch_size", None)
+        return n_local / n if n else 1.0 / self.world
+
+    def sum_gradients(self, params, buffers=()) -> None:
+        """Sum every parameter's gradient over the replicas (a missing one counts as zeros) and average the
+        float ``buffers`` (``(module, name)`` pairs: batch norm's running statistics), in one all-reduce per
+        dtype, in buckets of ``bucket_bytes``; each bucket is sent as soon as it is packed."""
+        t0 = time.perf_counter()
+        by_dtype = {}
+        for p in params:
+            by_dtype.setdefault(np.dtype(p.data.dtype), ([], []))[0].append(p)
+        for module, name in buffers:
+            a = getattr(module, name)
+            if a.dtype.kind == "f":
+                by_dtype.setdefault(np.dtype(a.dtype), ([], []))[1].append((module, name))
+        for dtype, (ps, bufs) in by_dtype.items():
+            sizes = [p.data.size for p in ps] + [getattr(m, n).size for m, n in bufs]
+            total = int(sum(sizes))
+            flat = self._flat.get(dtype)
+            if flat is None or flat.size != total:
+                flat = self._flat[dtype] = np.empty(total, dtype)
+            per_bucket = max(1, self.bucket_bytes // dtype.itemsize)
+            works, start, o = [], 0, 0
+            items = [(p, None) for p in ps] + [(None, mb) for mb in bufs]
+            for (p, mb), n in zip(items, sizes):
+                if p is not None:
+                    g = p.grad
+                    if g is None:
+                        flat[o:o + n] = 0
+                    else:
+                        flat[o:o + n] = g.reshape(-1)
+                else:
+                    flat[o:o + n] = getattr(*mb).reshape(-1) / self.world
+                o += n
+                if o - start >= per_bucket:
+                    works.append(self._send(flat[start:o]))
+                    start = o
+            if o > start:
+                works.append(self._send(flat[start:o]))
+            for w in works:
+                try:
+                    w.wait()
+                except Exception as e:  # noqa: BLE001
+                    raise self._lost(e, "the gradients' all-reduce") from None
+            o = 0
+            for (p, mb), n in zip(items, sizes):
+                if p is not None:
+                    view = flat[o:o + n].reshape(p.data.shape)
+                    g = p.grad
+                    if g is None or g.shape != view.shape:
+                        p.grad = view.copy()
+                    else:
+                        g[...] = view
+                else:
+                    getattr(*mb)[...] = flat[o:o + n].reshape(getattr(*mb).shape)
+                o += n
+        self.comm_seconds += time.perf_counter() - t0
+
+    def _send(self, part):
+        try:
+            return self._dist.all_reduce(self._torch.from_numpy(part), async_op=True)
+        except Exception as e:  # noqa: BLE001
+            raise self._lost(e, "the gradients' all-reduce") from None
+
+    # -- the model's random masks and batch norms ----------------------------------------------------------
+    def attach(self, model, sync_batch_norm=False) -> None:
+        """Make ``model``'s batch norms synchronised (``sync_batch_norm``), and remember its mask layers."""
+        from ..layers import DropPath, Dropout
+        from ..layers.norm import _BatchNorm
+        self.sync_batch_norm = bool(sync_batch_norm)
+        self.norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+        if sync_batch_norm:
+            reduce = lambda a: self.all_reduce(np.array(a, dtype=np.float64), "synchronised batch norm")  # noqa: E731
+            for m in self.norms:
+                m.sync = reduce
+        self.buffers = [] if sync_batch_norm else [(m, n) for m in self.norms for n in ("running_mean",
+                                                                                         "running_var")]
+        self.masks = [m for m in model.modules() if isinstance(m, (Dropout, DropPath))]
+        self._shared = None
+
+    def before_step(self) -> None:
+        """Each mask layer draws from its shared generator jumped ``rank`` times during the step."""
+        self._shared = [m.rng for m in self.masks]
+        for m, g in zip(self.masks, self._shared):
+            m.rng = np.random.Generator(g.bit_generator.jumped(self.rank))
+
+    def after_step(self) -> None:
+        """Every replica moves each shared generator on by ``world`` jumps (the same state everywhere)."""
+        if self._shared is None:
+            return
+        for m, g in zip(self.masks, self._shared):
+            m.rng = np.random.Generator(g.bit_generator.jumped(self.world))
+        self._shared = None
+
+
+def _first_line(e) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# -- the launcher ------------------------------------------------------------------------------------------
+class ReplicatedRun:
+    """What replica 0 reports of a finished run: the history, the best epoch and score, the test scores."""
+
+    def __init__(self, summary: dict):
+        self.history = summary["history"]
+        self.best_epoch, self.best_acc = summary["best_epoch"], summary["best_acc"]
+        self.epoch, self.iteration, self.status = summary["epoch"], summary["iteration"], summary["status"]
+        self.test = summary.get("test")
+        self.replicas = summary["replicas"]
+        self.comm_seconds = summary.get("comm_seconds")
+
+
+def replica_main(payload: dict, rank: int, send=None) -> dict | None:
+    """One replica: meet the others, train as ``payload['cfg']`` says, and (replica 0) test the best weights.
+
+    Returns replica 0's summary (``ReplicatedRun``'s fields), None elsewhere. ``send(kind, value)`` carries
+    replica 0's log lines (``"log"``) to the launcher."""
+    from .. import backend
+    from .build import _train
+    from .config import TrainConfig
+    from .run import test_best_weights
+    os.environ["NABI_REPLICA_RANK"] = str(rank)
+    backend.set_default_dtype(np.dtype(payload["dtype"]))
+    if payload.get("threads"):
+        backend.set_num_threads(payload["threads"], required=False)
+    cfg = TrainConfig.from_dict(payload["cfg"])
+    if rank == 0:
+        log = (lambda *a, **k: send("log", " ".join(str(x) for x in a))) if send else print
+    else:
+        log = lambda *a, **k: None  # noqa: E731
+    replicas = Replicas(rank, cfg.replicas, payload["address"], cfg.replica_timeout)
+    try:
+        trainer, parts = _train(cfg, payload["resume"], log, replicas=replicas)
+        if rank != 0:
+            return None
+        test = test_best_weights(trainer, parts, cfg, log=log)
+        return {"history": trainer.history, "best_epoch": trainer.best_epoch, "best_acc": trainer.best_acc,
+                "epoch": trainer.epoch, "iteration": trainer.iteration, "status": trainer.status, "test": test,
+                "replicas": cfg.replicas, "comm_seconds": replicas.comm_seconds}
+    finally:
+        replicas.close()
+
+
+def _process_main():
+    """A local replica process (``python -c …``, started by ``_launch_local``): it connects back to the
+    launcher, reads its payload and rank, runs ``replica_main`` and sends back its result or its error."""
+    from multiprocessing.connection import Client
+    conn = Client(("127.0.0.1", int(os.environ["NABI_REPLICA_LAUNCHER"])),
+                  authkey=bytes.fromhex(os.environ.pop("NABI_REPLICA_KEY")))
+    rank = int(os.environ["NABI_REPLICA_RANK"])
+    conn.send(rank)
+    payload = conn.recv()
+    try:
+        result = replica_main(payload, rank, send=lambda kind, value: conn.send((kind, value)))
+        conn.send(("done", result))
+        code = 0
+    except BaseException as e:  # noqa: BLE001 - reported to the launcher, which names the replica
+        try:
+            conn.send(("error", {"type": type(e).__name__, "message": str(e),
+                                 "lost": isinstance(e, ReplicaError) and "lost the other" in str(e),
+                                 "traceback": traceback.format_exc()}))
+        except Exception:  # noqa: BLE001
+            pass
+        code = 1
+    conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)     # no interpreter teardown: a transport thread left behind cannot hang the exit
+
+
+def _signal_name(code) -> str:
+    import signal
+    try:
+        return signal.Signals(-code).name
+    except (ValueError, TypeError):
+        return f"signal {-code}"
+
+
+def train_replicated(cfg, *, resume=False, log=print) -> ReplicatedRun:
+    """Run ``cfg`` (``cfg.replicas`` ≥ 2) as replica processes (``cfg.executor``) and wait for them; the run
+    folder must already be open (``nabi.runs.open_run_folder``). ``ReplicaError`` names the replica that
+    failed first and the checkpoint to continue from."""
+    from .. import backend
+    require_transport()
+    payload = {"cfg": cfg.to_dict(), "resume": bool(resume), "dtype": backend.get_default_dtype().name,
+               "threads": max(1, backend.usable_cores() // cfg.replicas)
+               if os.environ.get("NABI_REPLICA_THREADS") is None else int(os.environ["NABI_REPLICA_THREADS"])}
+    log(f"{cfg.replicas} replicas ({cfg.executor}), each with about {cfg.batch_size / cfg.replicas:g} of every "
+        f"{cfg.batch_size}-image batch; gradients summed by torch.distributed (gloo)")
+    if cfg.executor == "ray":
+        summary = _launch_on_ray(cfg, payload, log)
+    else:
+        summary = _launch_local(cfg, payload, log)
+    return ReplicatedRun(summary)
+
+
+def _failure(cfg, errors: dict, exits: dict) -> ReplicaError:
+    """The error that stops the run: the first replica that failed by itself (not by losing the others)."""
+    from .checkpoint import latest_checkpoint
+    lines = []
+    for rank in sorted(set(errors) | set(exits)):
+        e = errors.get(rank)
+        if e is not None and not e["lost"]:
+            lines.insert(0, f"replica {rank}: {e['type']}: {e['message']}")
+        elif e is None and exits.get(rank) not in (None, 0):
+            code = exits[rank]
+            how = f"was killed by {_signal_name(code)}" if code < 0 else f"exited with status {code}"
+            lines.insert(0, f"replica {rank} (process) {how}")
+        elif e is not None:
+            lines.append(f"replica {rank}: {e['message']}")
+    ck = latest_checkpoint(cfg.out)
+    after = (f"the last checkpoint, {ck}, is intact: continue with --resume (with any number of replicas)"
+             if ck is not None else "no checkpoint was written yet: start the run again")
+    return ReplicaError(f"the run of {cfg.replicas} replicas stopped: " + "; ".join(lines) + f". {after}")
+
+
+def _launch_local(cfg, payload, log) -> dict:
+    """The replicas as child processes of this one (``python -c``, so no script is imported again); each
+    connects back through a local authenticated socket that carries its payload, log lines and result."""
+    import subprocess
+    import sys
+    from multiprocessing.connection import Listener
+    import nabi
+    payload = dict(payload, address=("127.0.0.1", free_port()))
+    key = os.urandom(16)
+    listener = Listener(("127.0.0.1", 0), authkey=key)
+    env = dict(os.environ, NABI_REPLICA_LAUNCHER=str(listener.address[1]), NABI_REPLICA_KEY=key.hex())
+    home = str(Path(nabi.__file__).resolve().parents[1])       # the nabi this process runs
+    env["PYTHONPATH"] = os.pathsep.join([home] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    procs, conns = [], [None] * cfg.replicas
+    try:
+        for rank in range(cfg.replicas):
+            procs.append(subprocess.Popen([sys.executable, "-c", "from nabi.training.replicas import "
+                                           "_process_main; _process_main()"],
+                                          env=dict(env, NABI_REPLICA_RANK=str(rank))))
+        listener._listener._socket.settimeout(cfg.replica_timeout)
+        for _ in range(cfg.replicas):
+            try:
+                conn = listener.accept()
+                rank = conn.recv()                 # the processes connect in any order
+            except (OSError, EOFError) as e:
+                raise ReplicaError(f"the replica processes did not start within {cfg.replica_timeout:g} s "
+                                   f"({e}); see the lines above") from None
+            conn.send(payload)
+            conns[rank] = conn
+    except BaseException:
+        for p in procs:
+            p.kill()
+        listener.close()
+        raise
+    listener.close()
+    return _wait_local(cfg, procs, conns, log)
+
+
+def _wait_local(cfg, procs, conns, log) -> dict:
+    """Relay replica 0's log lines, collect the result, and when a replica fails, give the others
+    ``replica_timeout`` (and some) to notice before stopping them."""
+    errors, exits, result, failed_at = {}, {}, None, None
+    ranks_of = {id(c): r for r, c in enumerate(conns)}
+    open_conns = list(conns)
+    try:
+        while len(exits) < len(procs) or open_conns:
+            from multiprocessing.connection import wait
+            for conn in wait(open_conns, timeout=0.05) if open_conns else []:
+                rank = ranks_of[id(conn)]
+                try:
+                    kind, value = conn.recv()
+                except (EOFError, OSError):
+                    open_conns.remove(conn)
+                    continue
+                if kind == "log":
+                    log(value)
+                elif kind == "done":
+                    result = value if rank == 0 else result
+                elif kind == "error":
+                    errors[rank] = value
+            for rank, p in enumerate(procs):
+                if rank not in exits and p.poll() is not None:
+                    exits[rank] = p.returncode
+                    if p.returncode != 0 and failed_at is None:
+                        failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > cfg.replica_timeout + 10:
+                for rank, p in enumerate(procs):       # a replica that did not notice: stop it
+                    if rank not in exits:
+                        p.kill()
+            if not open_conns and len(exits) < len(procs):
+                time.sleep(0.05)
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(5)
+            except Exception:  # noqa: BLE001
+                p.kill()
+        raise
+    finally:
+        for c in conns:
+            c.close()
+    if any(code != 0 for code in exits.values()) or result is None:
+        raise _failure(cfg, errors, exits)
+    return result
+
+
+class _RayReplica:
+    """A replica as a Ray actor."""
+
+    def address(self):
+        import ray
+        host = ray.util.get_node_ip_address()
+        return host, free_port(host)
+
+    def run(self, payload, rank):
+        try:
+            return replica_main(payload, rank, send=None)
+        except ReplicaError as e:
+            raise ReplicaError(str(e)) from None
+
+
+def _launch_on_ray(cfg, payload, log) -> dict:
+    from .ray_cluster import _connect, _failure_text, require_ray
+    ray = require_ray()
+    started = _connect(ray, cfg.address, log)
+    actors = []
+    try:
+        actor = ray.remote(num_cpus=payload["threads"])(_RayReplica)
+        actors = [actor.options(scheduling_strategy="SPREAD").remote() for _ in range(cfg.replicas)]
+        address = ray.get(actors[0].address.remote(), timeout=cfg.replica_timeout)
+        payload = dict(payload, address=tuple(address))
+        refs = {a.run.remote(payload, rank): rank for rank, a in enumerate(actors)}
+        result, errors, exits = None, {}, {}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                rank = refs[ref]
+                try:
+                    value = ray.get(ref)
+                    exits[rank] = 0
+                    if rank == 0:
+                        result = value
+                except Exception as e:  # noqa: BLE001 - the replica's error, or its actor's death
+                    exc, text = _failure_text(e)
+                    errors[rank] = {"type": type(exc).__name__, "message": text,
+                                    "lost": isinstance(exc, ReplicaError) and "lost the other" in str(exc)}
+                    exits[rank] = 1
+        if errors or result is None:
+            raise _failure(cfg, errors, exits)
+        return result
+    finally:
+        for a in actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001
+                pass
+        if started:
+            ray.shutdown()
