@@ -287,3 +287,16 @@ def test_an_embedding_head_with_replicas_is_refused_before_anything_is_read(tmp_
     with pytest.raises(C.BadArgument, match="--replicas 2: an embedding head trains in one process"):
         train_embedding(C.TrainConfig(replicas=2, out=str(tmp_path / "x")), head="arcface")
     assert not (tmp_path / "x").exists()
+
+
+def test_replicas_as_ray_actors_train_what_replica_processes_train(two_replicas, tmp_path):
+    """``--executor ray``: the replicas are Ray actors on a local Ray instance; the run is the same run."""
+    ray = pytest.importorskip("ray")
+    try:
+        finished = _train(tmp_path / "ray", replicas=2, executor="ray")
+    finally:
+        ray.shutdown()
+    _assert_same_weights(_weights(tmp_path / "ray"), _weights(two_replicas[0]), rtol=0, atol=0)
+    config = json.loads((tmp_path / "ray" / "config.json").read_text())
+    assert config["replicas"] == 2 and config["executor"] == "ray"
+    assert finished.trainer.iteration == BASE["iterations"]
