@@ -300,3 +300,21 @@ def test_replicas_as_ray_actors_train_what_replica_processes_train(two_replicas,
     config = json.loads((tmp_path / "ray" / "config.json").read_text())
     assert config["replicas"] == 2 and config["executor"] == "ray"
     assert finished.trainer.iteration == BASE["iterations"]
+
+
+@pytest.mark.slow
+def test_replicas_on_two_ray_nodes_train_what_one_machine_trains(two_replicas, tmp_path):
+    """Two Ray nodes of one CPU each on this machine (Ray's own multi-node test cluster), one replica on each,
+    reached through ``--address``: the same weights as two replica processes."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        _train(tmp_path / "nodes", replicas=2, executor="ray", address=cluster.address)
+    finally:
+        import ray
+        ray.shutdown()
+        cluster.shutdown()
+    _assert_same_weights(_weights(tmp_path / "nodes"), _weights(two_replicas[0]), rtol=0, atol=0)
