@@ -134,9 +134,14 @@ def test_flann_index_agrees_with_the_exact_one_and_grows_without_a_rebuild():
     flann = LM.LocalIndex(feats[:36], LM.MatcherSettings(index="flann", checks=2048))
     grown = flann.with_photos(feats[36:])                      # appended photos: searched beside the tree
     assert grown._flann is flann._flann and grown.n_tree == 36 * 50 and len(grown) == 40
+    assert grown._head_desc is flann._head_desc                # the tree's rows are shared, never copied
+    again = grown.with_photos(_random_features(rng, 1, per_photo=50, dim=32))
+    assert again._head_desc is flann._head_desc and again.n_rows == 41 * 50 and len(again._tail_desc) == 5 * 50
     for q in _random_features(rng, 5, per_photo=50, dim=32):
         a, b = exact.lnbnn(q, owners, 10)[0], grown.lnbnn(q, owners, 10)[0]
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)      # enough checks: the same neighbours
+        ma, mb = exact.match(q, owners, 10), grown.match(q, owners, 10)     # keypoints of the tree and the tail
+        np.testing.assert_array_equal(ma["inliers"], mb["inliers"])
     big = flann.with_photos(_random_features(rng, 30, per_photo=400, dim=32))      # 12,000 new descriptors
     assert big._flann is not flann._flann and big.n_tree == len(big.descriptors)      # outgrown: rebuilt
 

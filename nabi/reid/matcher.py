@@ -137,6 +137,15 @@ def _exact_neighbours(q, base, n):
     return out_i, out_d
 
 
+def _stack(features, dim):
+    """(descriptors (n, dim) float32, points (n, 2) float32) of ``features`` one after the other."""
+    features = [f for f in features if len(f)]
+    if not features:
+        return np.zeros((0, dim), np.float32), np.zeros((0, 2), np.float32)
+    return (np.ascontiguousarray(np.concatenate([f.descriptors for f in features]), np.float32),
+            np.ascontiguousarray(np.concatenate([f.points for f in features]), np.float32))
+
+
 class LocalIndex:
     """Every gallery photo's descriptors in one nearest-neighbour index; ``match`` scores a query against all
     individuals.
@@ -156,22 +165,46 @@ class LocalIndex:
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.row_photo = np.repeat(np.arange(len(self.features)), counts)
         dim = next((f.descriptors.shape[1] for f in self.features if len(f)), 128)
-        self.descriptors = (np.ascontiguousarray(np.concatenate([f.descriptors for f in self.features]), np.float32)
-                            if counts.sum() else np.zeros((0, dim), np.float32))
-        self.points = (np.ascontiguousarray(np.concatenate([f.points for f in self.features]), np.float32)
-                       if counts.sum() else np.zeros((0, 2), np.float32))
-        if _base is not None:                       # share the base's tree over its rows, search the rest exactly
+        if _base is not None:           # share the base's tree and its rows (never copied), search the rest exactly
             self.kind, self._flann, self.n_tree = _base.kind, _base._flann, _base.n_tree
+            self._head_desc, self._head_pts = _base._head_desc, _base._head_pts
+            first = int(np.searchsorted(self.offsets, len(self._head_desc)))
+            self._tail_desc, self._tail_pts = _stack(self.features[first:], dim)
             return
+        self._head_desc, self._head_pts = _stack(self.features, dim)
+        self._tail_desc, self._tail_pts = _stack([], dim)
         kind = settings.index
         if kind == "auto":
-            kind = "exact" if len(self.descriptors) <= EXACT_LIMIT else "flann"
+            kind = "exact" if len(self._head_desc) <= EXACT_LIMIT else "flann"
         self.kind, self._flann, self.n_tree = kind, None, 0
-        if kind == "flann" and len(self.descriptors):
+        if kind == "flann" and len(self._head_desc):
             cv2 = _cv2()
             cv2.setRNGSeed(0)                           # the kd-trees' random splits: the same photos, the same index
-            self._flann = cv2.flann_Index(self.descriptors, dict(algorithm=1, trees=4))
-            self.n_tree = len(self.descriptors)
+            self._flann = cv2.flann_Index(self._head_desc, dict(algorithm=1, trees=4))
+            self.n_tree = len(self._head_desc)
+
+    @property
+    def n_rows(self) -> int:
+        """Descriptors in the index (every indexed photo's)."""
+        return int(self.offsets[-1])
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        """Every indexed descriptor (n_rows, D) float32, in photo order."""
+        if not len(self._tail_desc):
+            return self._head_desc
+        return np.concatenate([self._head_desc, self._tail_desc])
+
+    def _points_of(self, rows):
+        """The keypoints (…, 2) of index rows ``rows``."""
+        rows = np.asarray(rows, np.int64)
+        n_head = len(self._head_pts)
+        if not len(self._tail_pts):
+            return self._head_pts[rows]
+        head = self._head_pts[np.minimum(rows, max(n_head - 1, 0))] if n_head else np.zeros(rows.shape + (2,),
+                                                                                            np.float32)
+        tail = self._tail_pts[np.clip(rows - n_head, 0, len(self._tail_pts) - 1)]
+        return np.where((rows < n_head)[..., None], head, tail)
 
     def __len__(self):
         return len(self.features)
@@ -189,14 +222,14 @@ class LocalIndex:
 
     def _neighbours(self, q, n):
         """(indices (m, n) into the index rows, distances (m, n) ascending) of the n nearest descriptors."""
-        n = min(n, len(self.descriptors))
+        n = min(n, self.n_rows)
         if self._flann is None:
-            return _exact_neighbours(q, self.descriptors, n)
+            return _exact_neighbours(q, self._head_desc, n)
         i1, d2 = self._flann.knnSearch(q, min(n, self.n_tree), params=dict(checks=int(self.settings.checks)))
         i1, d1 = i1.astype(np.int64), np.sqrt(np.maximum(d2, 0.0))
-        if self.n_tree == len(self.descriptors):
+        if self.n_tree == self.n_rows:
             return i1, d1
-        i2, d2 = _exact_neighbours(q, self.descriptors[self.n_tree:], n)      # photos added since the tree
+        i2, d2 = _exact_neighbours(q, self._tail_desc, n)                   # photos added since the tree
         idx, dist = np.concatenate([i1, i2 + self.n_tree], axis=1), np.concatenate([d1, d2], axis=1)
         order = np.argsort(dist, axis=1, kind="stable")[:, :n]
         return np.take_along_axis(idx, order, axis=1), np.take_along_axis(dist, order, axis=1)
@@ -209,12 +242,12 @@ class LocalIndex:
         gallery is scored leave-one-out, photos taken out of it); their descriptors are passed over."""
         k = self.settings.k
         empty = (np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)))
-        if not len(query) or not len(self.descriptors):
+        if not len(query) or not self.n_rows:
             return empty
         skip_rows = None
         extra = 0
         if skip is not None and len(skip):
-            skip_rows = np.zeros(len(self.descriptors), bool)
+            skip_rows = np.zeros(self.n_rows, bool)
             for j in np.asarray(skip, np.int64):
                 skip_rows[self.offsets[j]:self.offsets[j + 1]] = True
             if skip_rows.any():
@@ -264,7 +297,7 @@ class LocalIndex:
         if len(qi) < 4:
             return 0, 0.0
         src = query.points[rows[qi]].reshape(-1, 1, 2)
-        dst = self.points[idx[qi, kk]].reshape(-1, 1, 2)
+        dst = self._points_of(idx[qi, kk]).reshape(-1, 1, 2)
         cv2.setRNGSeed(0)                                 # the same photos give the same answer
         _, mask = cv2.findHomography(src, dst, cv2.RANSAC, float(self.settings.reprojection_px))
         if mask is None:
