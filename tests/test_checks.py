@@ -14,7 +14,7 @@ POSITIONALS = {"train": ["data"], "demo": [], "eval": ["run", "data"], "predict"
                "summary": ["lenet5"], "export": ["lenet5", "--onnx", "m.onnx"], "explain": ["run", "x.png"],
                "experiment": ["data"], "ablate": ["ablation.toml"], "sweep": ["sweep.toml"], "check": ["run"],
                "pretrain": ["photos"], "serve": ["run"], "self-train": ["labelled", "unlabelled"],
-               "identify": ["gallery", "x.png"]}
+               "identify": ["gallery", "x.png"], "train-descriptor": ["photos", "--out", "run"]}
 
 
 def bad_values(rule):

@@ -312,9 +312,14 @@ def test_command_line(photo_folder, pair_cache, tmp_path, capsys):
     assert args.func(args) == 0
     assert "descriptor.safetensors" in capsys.readouterr().out
     assert PatchDescriptor.load(tmp_path / "run" / "descriptor.safetensors").dim == 128
-    for bad in (["--width", "0"], ["--lr", "-1"], ["--val-ratio", "1.5"], ["--iterations", "x"]):
-        with pytest.raises(SystemExit):
-            parser.parse_args(["train-descriptor", "p", "--out", "o", *bad])
+    from nabi.cli.main import main
+    for bad, flag in ((["--width", "0"], "--width"), (["--lr", "-1"], "--lr"), (["--val-ratio", "1.5"], "--val-ratio"),
+                      (["--min-inliers", "3"], "--min-inliers")):
+        assert main(["train-descriptor", "p", "--out", str(tmp_path / "o"), *bad]) == 1    # refused, naming the flag
+        assert flag in capsys.readouterr().err
+    with pytest.raises(SystemExit):                                                    # not a number: a usage error
+        parser.parse_args(["train-descriptor", "p", "--out", "o", "--iterations", "x"])
+    assert not (tmp_path / "o").exists()
     assert "--matched-repeats" in parser._subparsers._group_actions[0].choices["train-descriptor"].format_help()
     assert "train-descriptor" in parser.format_help()
 

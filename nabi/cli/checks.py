@@ -37,6 +37,12 @@ OWN_RULES = {
     "self-train": {"rounds": POSITIVE, "student_model": ModelName(),
                    "threshold": Float(0.0, 1.0, low_open=True, high_open=False), "max_per_class": POSITIVE,
                    "dropout": RATIO, "stochastic_depth": RATIO},
+    "train-descriptor": {"weight_decay": Float(0.0), "width": POSITIVE, "epochs": POSITIVE, "iterations": POSITIVE,
+                         "batch_size": Int(2), "lr": Float(0.0, None, low_open=True),
+                         "margin": Float(0.0, None, low_open=True), "dropout": RATIO, "val_ratio": RATIO,
+                         "matched_repeats": POSITIVE, "seed": NON_NEGATIVE, "nfeatures": POSITIVE,
+                         "max_side": Int(16), "warps": NON_NEGATIVE, "pairs_per_warp": POSITIVE,
+                         "pairs_per_match": NON_NEGATIVE, "min_inliers": Int(4), "checkpoint_every": POSITIVE},
     "serve": {"port": Int(1, 65535), "threshold": Float(0.0, 1.0, high_open=False),
               "max_upload_mb": Float(0.0, None, low_open=True), "max_pixels": POSITIVE, "max_files": POSITIVE},
 }

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 
@@ -22,45 +21,6 @@ The run folder holds config.json, metrics.jsonl, checkpoints/ (--resume continue
 descriptor.safetensors + descriptor.json, the file nabi.reid.descriptors.PatchDescriptor.load reads."""
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _count(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {v}")
-    return v
-
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
-
-
-def _fraction(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
-    return v
-
 
 def add_arguments(p):
     from ..reid.descriptor_data import MiningSettings
@@ -68,43 +28,43 @@ def add_arguments(p):
     p.add_argument("photos", help="a folder with one sub-folder per individual")
     p.add_argument("--out", required=True, help="the run folder to write")
     g = p.add_argument_group("network and training")
-    g.add_argument("--width", type=_positive_int, default=8,
+    g.add_argument("--width", type=int, default=8,
                    help="channels of the first layers (32 is HardNet's; 8 describes 2,000 keypoints ~16x faster) "
                         "(default: 8)")
-    g.add_argument("--dropout", type=_fraction, default=0.3, help="dropout before the last convolution (default: 0.3)")
-    g.add_argument("--epochs", type=_positive_int, default=2, help="passes over the training pairs (default: 2)")
-    g.add_argument("--iterations", type=_positive_int, help="stop after this many steps instead (default: --epochs)")
-    g.add_argument("--batch-size", type=_positive_int, default=256,
+    g.add_argument("--dropout", type=float, default=0.3, help="dropout before the last convolution (default: 0.3)")
+    g.add_argument("--epochs", type=int, default=2, help="passes over the training pairs (default: 2)")
+    g.add_argument("--iterations", type=int, help="stop after this many steps instead (default: --epochs)")
+    g.add_argument("--batch-size", type=int, default=256,
                    help="pairs per step; each pair's negatives are the others' patches (default: 256)")
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd", help="(default: sgd)")
-    g.add_argument("--lr", type=_positive_float, default=0.1, help="learning rate, cosine-decayed (default: 0.1)")
+    g.add_argument("--lr", type=float, default=0.1, help="learning rate, cosine-decayed (default: 0.1)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="(default: 1e-4)")
-    g.add_argument("--margin", type=_positive_float, default=1.0, help="the triplet margin (default: 1.0)")
-    g.add_argument("--val-ratio", type=_fraction, default=0.05,
+    g.add_argument("--margin", type=float, default=1.0, help="the triplet margin (default: 1.0)")
+    g.add_argument("--val-ratio", type=float, default=0.05,
                    help="share of the individuals whose pairs are held out for validation (default: 0.05)")
-    g.add_argument("--matched-repeats", type=_positive_int, default=4,
+    g.add_argument("--matched-repeats", type=int, default=4,
                    help="times each matched (cross-photo) pair is seen per epoch (default: 4)")
-    g.add_argument("--seed", type=_count, default=0, help="(default: 0)")
+    g.add_argument("--seed", type=int, default=0, help="(default: 0)")
     g.add_argument("--float32", action="store_true",
                    help="store the descriptor's weights in float32 (default: float16, half the size)")
     m = p.add_argument_group("mining the pairs")
-    m.add_argument("--nfeatures", type=_positive_int, default=mining.nfeatures,
+    m.add_argument("--nfeatures", type=int, default=mining.nfeatures,
                    help=f"SIFT keypoints per photo (default: {mining.nfeatures})")
-    m.add_argument("--max-side", type=_positive_int, default=mining.max_side,
+    m.add_argument("--max-side", type=int, default=mining.max_side,
                    help=f"photos are shrunk to this longer side first (default: {mining.max_side})")
-    m.add_argument("--warps", type=_count, default=mining.warps,
+    m.add_argument("--warps", type=int, default=mining.warps,
                    help=f"warped, relit copies of each photo (default: {mining.warps})")
-    m.add_argument("--pairs-per-warp", type=_positive_int, default=mining.pairs_per_warp,
+    m.add_argument("--pairs-per-warp", type=int, default=mining.pairs_per_warp,
                    help=f"at most this many pairs from each copy (default: {mining.pairs_per_warp})")
-    m.add_argument("--pairs-per-match", type=_count, default=mining.pairs_per_match,
+    m.add_argument("--pairs-per-match", type=int, default=mining.pairs_per_match,
                    help=f"at most this many pairs from two photos of one individual; 0: no matched pairs "
                         f"(default: {mining.pairs_per_match})")
-    m.add_argument("--min-inliers", type=_positive_int, default=mining.min_inliers,
+    m.add_argument("--min-inliers", type=int, default=mining.min_inliers,
                    help=f"RANSAC inliers two photos need to give pairs (default: {mining.min_inliers})")
     m.add_argument("--cache-dir", help="where mined pairs are kept (default: $NABI_DESCRIPTOR_CACHE or "
                    "~/.cache/nabi-descriptor)")
     r = p.add_argument_group("the run")
-    r.add_argument("--checkpoint-every", type=_positive_int, default=200,
+    r.add_argument("--checkpoint-every", type=int, default=200,
                    help="also checkpoint every N steps (default: 200)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint (default: off)")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out (default: off)")
@@ -114,8 +74,6 @@ def add_arguments(p):
 def cmd_train_descriptor(args):
     from ..reid.descriptor_data import MiningSettings
     from ..reid.descriptor_train import run_descriptor_training
-    if args.min_inliers < 4:
-        raise ValueError(f"--min-inliers must be at least 4 (a homography needs four points), got {args.min_inliers}")
     mining = MiningSettings(nfeatures=args.nfeatures, max_side=args.max_side, warps=args.warps,
                             pairs_per_warp=args.pairs_per_warp, pairs_per_match=args.pairs_per_match,
                             min_inliers=args.min_inliers)
