@@ -125,3 +125,21 @@ def test_prior_known_is_estimated_from_unlabelled_queries():
         scores[np.arange(Q)[known], who[known]] += 2.5
         est = estimate_prior_known(cal(scores), cal.prior)
         assert abs(est - alpha) < 0.05, (alpha, est)
+
+
+def test_a_sightings_photos_are_averaged_not_counted_twice():
+    """Two photos of one sighting agreeing give the probability one of them gives (they are not independent
+    evidence); disagreeing, the mean of their log likelihood ratios; photos of other sightings are untouched."""
+    from nabi.reid.gallery import _combine_groups
+    prior = 0.1
+    p = np.array([[0.8, 0.05], [0.8, 0.05], [0.3, 0.6], [0.9, np.nan]])
+    out = _combine_groups(p, ["a", "a", "b", "c"], prior)
+    np.testing.assert_allclose(out[0], [0.8, 0.05])
+    np.testing.assert_allclose(out[1], out[0])
+    np.testing.assert_allclose(out[2], p[2])
+    np.testing.assert_allclose(out[3, 0], 0.9)
+    assert np.isnan(out[3, 1])
+    lr = lambda q: np.log(q / (1 - q)) - np.log(prior / (1 - prior))            # noqa: E731
+    both = _combine_groups(np.array([[0.2, 0.5], [0.9, 0.5]]), ["s", "s"], prior)
+    z = (lr(0.2) + lr(0.9)) / 2 + np.log(prior / (1 - prior))
+    np.testing.assert_allclose(both[:, 0], 1 / (1 + np.exp(-z)))
