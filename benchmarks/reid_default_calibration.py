@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -66,7 +67,7 @@ def main(argv=None):
            "auroc_pairs": {"matcher": auroc}, "pairs": cal.pairs,
            "provenance": {"data": args.about or str(args.photos),
                           "command": "python -m benchmarks.reid_default_calibration " + " ".join(
-                              a if not a.startswith("/") else Path(a).name for a in (argv or sys.argv[1:])),
+                              shlex.quote(a if not a.startswith("/") else Path(a).name) for a in (argv or sys.argv[1:])),
                           "nabi_commit": commit, "date": date.today().isoformat(),
                           "photos": len(g), "individuals": len(folders)}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

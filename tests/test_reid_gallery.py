@@ -637,3 +637,23 @@ def test_a_gallery_has_one_writer_at_a_time(gallery, world, tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert main(["gallery", "add", str(gallery.path), "ind03", str(new)]) == 0       # free again
+
+
+def test_the_shipped_matcher_calibration_is_used_by_a_small_gallery(world, tmp_path):
+    """nabi ships a calibration of the keypoint matcher (its provenance inside, made with the default
+    settings); a gallery too small to calibrate on itself uses it beside the run's embedding calibration."""
+    from nabi.reid.calibrate import calibrate_new_gallery, shipped_matcher_calibration
+    from nabi.reid.local_features import LocalSettings
+    shipped = shipped_matcher_calibration()
+    assert shipped["local_settings"] == LocalSettings().to_dict()
+    assert shipped["provenance"]["command"].startswith("python -m benchmarks.reid_default_calibration")
+    assert shipped["pairs"]["same"] >= 100 and 0.5 < shipped["auroc_pairs"]["matcher"] <= 1.0
+    small = tmp_path / "small"
+    for i in (0, 1, 2):
+        _png(small / f"ind{i:02d}" / "a.png", photo(i, 82))
+    g = Gallery.build(world / "run", small, tmp_path / "g")
+    summary, note = calibrate_new_gallery(g)
+    assert "shipped matcher calibration" in note
+    assert set(summary["fusion"]["scorers"]) == {"embedding", "matcher"} and g.use_matcher(None)
+    res = g.identify([photo(2, 83)])[0]
+    assert 0.0 <= res["probability"] <= 1.0
