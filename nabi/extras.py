@@ -13,10 +13,14 @@ digits         the ``embedded:digits8x8`` data set             scikit-learn
 onnx           ``nabi export``                                 onnx, onnxruntime
 gpu            ``--device gpu``                                cupy-cuda12x
 serve          ``nabi serve``, the web app                     fastapi, uvicorn, python-multipart
-reid           ``gallery calibrate``'s curve, ``--matcher``    matplotlib, opencv-python-headless
+reid           keypoints, calibration, ``--matcher``           matplotlib, opencv-python-headless,
+                                                               scikit-learn
 ray            ``--executor ray`` for experiments, ablations   ray
 sweep          ``nabi sweep``                                  ray[tune] (pandas, pyarrow, ...)
-all            every extra above except gpu, ray and sweep
+distributed    ``nabi train --replicas N``                     torch (gloo, as the transport only)
+docs           ``mkdocs build --strict`` of docs/              mkdocs, mkdocs-material
+all            every extra above except gpu, ray, sweep,
+               distributed and docs
 =============  ==============================================  =====================================
 
 :func:`install_hint` turns a ``ModuleNotFoundError`` into the line to run.
