@@ -51,7 +51,7 @@ def test_kernels_are_launched_through_the_thread_guard(monkeypatch):
     assert K._threadsafe == (K.threading_layer() in ("omp", "tbb"))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])   # float64: 30 s
 def test_one_thread_and_parallel_builds_compute_the_same_bits(dtype, monkeypatch):
     """Small arrays run a kernel's one-thread build: a network's outputs and gradients are bit for bit those of
     the parallel build."""
