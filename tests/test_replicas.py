@@ -282,11 +282,80 @@ def test_a_batch_that_would_leave_a_replica_without_an_image_is_refused(tmp_path
     shard_train_loader(D.DataLoader(ds, batch_size=10, drop_last=True), 0, 2)
 
 
-def test_an_embedding_head_with_replicas_is_refused_before_anything_is_read(tmp_path):
+def _quiet(*a, **k):
+    pass
+
+
+def _pretrain(out, photos, method, **settings):
+    from nabi.selfsup.pretrain import run_pretraining
+    cfg = C.TrainConfig(data=str(photos), model="cifar_cnn", batch_size=7, iterations=3, epochs=1,
+                        optimizer="sgd", lr=0.05, momentum=0.9, progress=False, val_ratio=0.0, test_ratio=0.0,
+                        seed=3, replica_timeout=30.0, out=str(out), **settings)
+    with backend.default_dtype(np.float64):
+        return run_pretraining(cfg, method=method, projection_dim=8, temperature=0.3, log=_quiet)
+
+
+@pytest.mark.parametrize("method", ["simclr", pytest.param("byol", marks=pytest.mark.slow),
+                                    pytest.param("simsiam", marks=pytest.mark.slow)])
+def test_pretraining_replicas_train_what_one_process_trains_on_the_whole_batch(tmp_path, method):
+    """``nabi pretrain --replicas 2``: 7 photos a batch, split 4 + 3, each replica augmenting its photos as
+    one process would; the two-view loss is computed over the whole gathered batch (NT-Xent's negatives
+    come from both replicas), so float64 weights equal one process's to rounding. SimSiam's and BYOL's
+    heads hold batch norms: synchronised, as one process normalises the whole batch."""
+    from reid_synth import write_photos
+    photos = write_photos(tmp_path / "photos", range(5), 3)
+    two, path = _pretrain(tmp_path / "two", photos, method, replicas=2, sync_batch_norm=method != "simclr")
+    one, _ = _pretrain(tmp_path / "one", photos, method)
+    assert two.replicas == 2 and path == tmp_path / "two" / "backbone.safetensors" and path.is_file()
+    _assert_same_weights(_weights(tmp_path / "two"), _weights(tmp_path / "one"), rtol=1e-9, atol=1e-12)
+    a, b = two.history[-1], one.history[-1]
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9) and a["train_acc"] == b["train_acc"]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["replicas"] == 2
+
+
+@pytest.mark.parametrize("head", ["triplet", pytest.param("arcface", marks=pytest.mark.slow)])
+def test_embedding_replicas_train_what_one_process_trains_on_the_whole_batch(tmp_path, head):
+    """``nabi train --head … --replicas 2 --sync-batch-norm``: each replica trains on half of every P×K batch;
+    batch-hard triplet mining runs over the whole batch gathered from both (ArcFace is per photo), so the
+    float64 weights equal one process's to rounding, and the run's validation and calibration follow."""
     from nabi.reid.train import train_embedding
-    with pytest.raises(C.BadArgument, match="--replicas 2: an embedding head trains in one process"):
-        train_embedding(C.TrainConfig(replicas=2, out=str(tmp_path / "x")), head="arcface")
-    assert not (tmp_path / "x").exists()
+    from reid_synth import write_photos
+    write_photos(tmp_path / "photos", range(8), 4)
+    runs = {}
+    for name, n in (("two", 2), ("one", 1)):
+        cfg = C.TrainConfig(data=str(tmp_path / "photos"), model="cifar_cnn", batch_size=8,
+                            iterations=3, epochs=1, optimizer="sgd", lr=0.05, momentum=0.9, progress=False,
+                            val_ratio=0.25, seed=1, replica_timeout=30.0, out=str(tmp_path / name), replicas=n,
+                            sync_batch_norm=n > 1)
+        with backend.default_dtype(np.float64):
+            runs[name] = train_embedding(cfg, head=head, embedding_dim=8, k=2, log=_quiet)
+    _assert_same_weights(_weights(tmp_path / "two"), _weights(tmp_path / "one"), rtol=1e-9, atol=1e-12)
+    a, b = runs["two"].trainer.history[-1], runs["one"].trainer.history[-1]
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9) and a["val_acc"] == b["val_acc"]
+    assert runs["two"].info["validation_individuals"] == runs["one"].info["validation_individuals"]
+    assert runs["two"].trainer.replicas == 2
+
+
+def test_a_whole_batch_loss_puts_every_replicas_rows_where_one_process_holds_them():
+    """The layouts of ``WholeBatchLoss``: P×K shards one after another; two-view shards [v1; v2] of each
+    replica's photos interleaved into [all v1; all v2]."""
+    from nabi.training.replicas import WholeBatchLoss
+
+    class Rank:
+        def __init__(self, rank, world):
+            self.rank, self.world = rank, world
+    for counts in ([4, 3], [3, 3, 2]):
+        rows = WholeBatchLoss(None, Rank(0, len(counts)), "rows")
+        place, mine = rows._order(counts)
+        np.testing.assert_array_equal(place, np.arange(sum(counts)))
+    photos = [2, 1, 3]                           # photos per replica; each holds 2 × as many views
+    views = WholeBatchLoss(None, Rank(1, 3), "two_views")
+    place, mine = views._order([2 * p for p in photos])
+    # replica 0: photos 0, 1; replica 1: photo 2; replica 2: photos 3, 4, 5 (6 photos, 12 views)
+    np.testing.assert_array_equal(place, [0, 1, 6, 7, 2, 8, 3, 4, 5, 9, 10, 11])
+    np.testing.assert_array_equal(mine, [2, 8])
+    with pytest.raises(ValueError, match="layout must be one of rows, two_views"):
+        WholeBatchLoss(None, Rank(0, 2), "columns")
 
 
 def test_replicas_as_ray_actors_train_what_replica_processes_train(two_replicas, tmp_path):
@@ -318,3 +387,26 @@ def test_replicas_on_two_ray_nodes_train_what_one_machine_trains(two_replicas, t
         ray.shutdown()
         cluster.shutdown()
     _assert_same_weights(_weights(tmp_path / "nodes"), _weights(two_replicas[0]), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_self_training_replicas_train_the_teacher_and_students_one_process_trains(tmp_path):
+    """``nabi self-train --replicas 2``: round 0's teacher and round 1's student (soft pseudo-labels) each
+    trained by two replicas; float64 weights equal one process's, and so the pseudo-labels and the summary."""
+    from nabi.selfsup.selftrain import run_self_training
+    from test_selfsup_selftrain import write_labelled
+    lab, unl = write_labelled(tmp_path / "lab", 8, 0), write_labelled(tmp_path / "unl", 4, 1)
+    summaries = {}
+    for name, n in (("two", 2), ("one", 1)):
+        cfg = C.TrainConfig(data=str(lab), model="cifar_cnn", epochs=1, batch_size=5, optimizer="sgd", lr=0.05,
+                            val_ratio=0.25, test_ratio=0.25, seed=3, progress=False, replicas=n,
+                            replica_timeout=30.0, out=str(tmp_path / name))
+        with backend.default_dtype(np.float64):
+            summaries[name] = run_self_training(cfg, str(unl), rounds=1, soft=True, threshold=0.5, log=_quiet)
+    for run in ("round-0/train", "round-1/train"):
+        _assert_same_weights(_weights(tmp_path / "two" / run), _weights(tmp_path / "one" / run), rtol=1e-9,
+                             atol=1e-12)
+    two, one = summaries["two"]["rounds"], summaries["one"]["rounds"]
+    assert [r["test_acc"] for r in two] == [r["test_acc"] for r in one]
+    assert two[1]["num_pseudo_labelled"] == one[1]["num_pseudo_labelled"] > 0 and two[1]["replicas"] == 2
+    assert json.loads((tmp_path / "two" / "round-0" / "train" / "config.json").read_text())["replicas"] == 2

@@ -38,9 +38,9 @@ class DataLoader:
 
     Every example is visited exactly once per epoch. With ``shuffle`` the order
     of epoch ``e`` is a permutation drawn from a generator seeded by
-    ``(seed, e)``, and batch ``b``'s augmentation generator (shared by its
-    examples, in order) by ``(seed, e, b)``, so the batches depend only on the
-    seed and the epoch (not on ``num_workers``). The epoch advances by one after each complete
+    ``(seed, e)``, and the augmentation generator of the example at place ``j``
+    of batch ``b`` by ``(seed, e, b, j)``, so the batches depend only on the
+    seed and the epoch (not on ``num_workers``, nor on how a batch is sharded). The epoch advances by one after each complete
     pass; ``set_epoch``, ``skip_batches`` and ``state_dict``/``load_state_dict``
     let a resumed run continue from the same epoch and batch.
 
@@ -53,9 +53,10 @@ class DataLoader:
     order and the batches are the unsharded loader's (same seed, same global batches, same length
     and resumable state), and each global batch is split into ``replicas`` consecutive shards
     whose sizes differ by at most one (``np.array_split``); this loader yields shard ``rank``.
-    ``global_batch_size`` is then the size of the global batch the last shard came from. A
-    shard's augmentation generator is seeded by ``(seed, e, b, replicas, rank)``, so a sharded
-    run is reproducible for a given number of replicas.
+    ``global_batch_size`` is then the size of the global batch the last shard came from and
+    ``shard_size`` the size of the shard. Each example keeps its place ``j`` in the global batch,
+    so it is augmented as the unsharded loader would: the shards of N replicas together are the
+    unsharded batch, for any N.
     """
 
     def __init__(self, dataset, batch_size: int = 32, shuffle: bool = False, seed=None, drop_last: bool = False,
@@ -87,6 +88,7 @@ class DataLoader:
         self._start = 0
         self.rank, self.replicas = 0, 1
         self.global_batch_size = None   # size of the global batch the last batch came from
+        self.shard_size = None          # size of the last batch (this replica's shard of the global batch)
         self.skip_batches(start_batch)
 
     def shard(self, rank: int, replicas: int) -> "DataLoader":
@@ -155,21 +157,18 @@ class DataLoader:
     def _needs_rng(self) -> bool:
         return self.transform is not None or getattr(self.dataset, "transform", None) is not None
 
-    def _load(self, indices: np.ndarray, epoch: int, batch: int):
+    def _load(self, indices: np.ndarray, epoch: int, batch: int, first: int = 0):
+        """The examples ``indices``, places ``first``, ``first + 1``, … of batch ``batch`` of ``epoch``."""
         ds = self.dataset
         if self.transform is None and getattr(ds, "transform", None) is None and hasattr(ds, "get_batch"):
             x, y = ds.get_batch(indices)
             return np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
-        if not self._needs_rng():
-            rng = None
-        elif self.replicas == 1:
-            rng = np.random.default_rng(_seed_seq(self.seed, epoch, 1, batch))
-        else:
-            rng = np.random.default_rng(_seed_seq(self.seed, epoch, 1, batch, self.replicas, self.rank))
+        needs_rng = self._needs_rng()
         get = getattr(ds, "get", None)
         items = []
-        for i in indices:
+        for j, i in enumerate(indices, start=first):
             i = int(i)
+            rng = np.random.default_rng(_seed_seq(self.seed, epoch, 1, batch, j)) if needs_rng else None
             x, y = get(i, rng) if get is not None else ds[i]
             if self.transform is not None:
                 x = self.transform(x, rng)
@@ -183,25 +182,27 @@ class DataLoader:
         sizes = {}
         chunks = self._sharded(self._batches_from(order, start), sizes)
         if self.num_workers == 0:
-            for b, idx in chunks:
-                batch = self._load(idx, epoch, b)
+            for b, idx, first in chunks:
+                batch = self._load(idx, epoch, b, first)
                 self._position += 1
-                self.global_batch_size = sizes.pop(b)
+                self.global_batch_size, self.shard_size = sizes.pop(b), len(idx)
                 yield self._to_device(batch)
         else:
             pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="nabi-data")
             pending = deque()
             try:
-                for b, idx in chunks:
-                    pending.append(pool.submit(self._load, idx, epoch, b))
+                for b, idx, first in chunks:
+                    pending.append(pool.submit(self._load, idx, epoch, b, first))
                     if len(pending) >= self.num_workers * self.prefetch:
                         batch = pending.popleft().result()
                         self.global_batch_size = sizes.pop(self._position)
+                        self.shard_size = len(batch[1])
                         self._position += 1
                         yield self._to_device(batch)
                 while pending:
                     batch = pending.popleft().result()
                     self.global_batch_size = sizes.pop(self._position)
+                    self.shard_size = len(batch[1])
                     self._position += 1
                     yield self._to_device(batch)
             finally:
@@ -214,10 +215,15 @@ class DataLoader:
             yield b, order[b * self.batch_size: min(n, (b + 1) * self.batch_size)]
 
     def _sharded(self, chunks, sizes):
-        """This replica's shard of each global batch ``(b, indices)``; ``sizes[b]``: the global batch's size."""
+        """This replica's shard of each global batch ``(b, indices, place of the first in the batch)``;
+        ``sizes[b]``: the global batch's size."""
         for b, idx in chunks:
             sizes[b] = len(idx)
-            yield b, (np.array_split(idx, self.replicas)[self.rank] if self.replicas > 1 else idx)
+            if self.replicas == 1:
+                yield b, idx, 0
+            else:
+                parts = np.array_split(idx, self.replicas)
+                yield b, parts[self.rank], sum(len(p) for p in parts[:self.rank])
 
     def _to_device(self, batch):
         x, y = batch

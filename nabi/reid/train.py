@@ -57,6 +57,12 @@ class EmbeddingObjective:
         self._val = CrossEntropyLoss()
         self._last = None
 
+    @property
+    def whole_batch(self) -> bool:
+        """True when the training loss is computed over every replica's shard at once
+        (``nabi.training.replicas.WholeBatchLoss``: batch-hard mining in a data-parallel run)."""
+        return getattr(self.loss, "whole_batch", False)
+
     def __call__(self, out, labels):
         if getattr(self.net, "_gallery", None) is not None:
             self._last = self._val
@@ -178,9 +184,13 @@ def split_gallery_queries(targets, seed=0, paths=None, encounters="photo", class
 
 
 def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, scale=30.0, k=4,
-                           subcenters=3, resume=False, log=print):
+                           subcenters=3, resume=False, log=print, replicas=None):
     """Train as ``cfg`` (a ``TrainConfig``; ``cfg.model`` is the backbone) says with an embedding head.
-    Writes the run folder; returns ``(trainer, info)`` with the individuals used for training and validation."""
+    Writes the run folder; returns ``(trainer, info)`` with the individuals used for training and validation.
+    ``replicas``: this process's place in a data-parallel run (``nabi.training.replicas``): each replica
+    trains on its part of every P×K batch (the head's loss per photo weighed by the shard's share; the
+    batch-hard triplet loss mined over the whole batch, gathered from every replica), and only replica 0
+    writes the run folder."""
     from .. import data as D
     from ..data.pk_sampler import PKDataLoader
     from ..data.prepare import (Cached, Transformed, augmentation, eval_transforms, folder_classes,
@@ -196,7 +206,9 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
         raise ValueError("an embedding head trains on a folder with one sub-folder per individual, "
                          f"not {cfg.data}")
     out = Path(cfg.out)
-    Trainer._check_writable(out)
+    first = replicas is None or replicas.rank == 0          # the process that writes the run folder
+    if first:
+        Trainer._check_writable(out)
     individuals = folder_classes(cfg.data, cfg.exclude)
     train_ids, val_ids = hold_out_individuals(cfg.data, individuals, cfg.val_ratio, cfg.seed, log)
     if len(train_ids) < 2:
@@ -267,18 +279,28 @@ def run_embedding_training(cfg, head="arcface", embedding_dim=128, margin=None, 
     resolved = resolved_config(cfg, ran)
     meta = model_metadata(model, train_ids, norm, resolved)
     meta["embedding"] = embedding_info
-    loss = EmbeddingObjective(model, make_loss(head, margin, scale), scale)
+    head_loss = make_loss(head, margin, scale)
+    if replicas is not None and head == "triplet":         # batch-hard mining needs every replica's photos
+        head_loss = replicas.whole_batch(head_loss, "rows")
+    loss = EmbeddingObjective(model, head_loss, scale)
     if val_ids:
         log(f"embedding head {head} ({embedding_dim}-d) on {len(train_ids)} individuals, P×K = "
             f"{train_loader.p}×{k}; validation: {len(val_ids)} held-out individuals, {val_info['gallery_photos']} "
             f"gallery and {val_info['query_photos']} query photos — val_acc is rank-1, val_top5 rank-5")
     trainer = build_trainer(cfg, model, train_loader, val_loader, out_dir=out, metadata=meta, config=resolved,
-                            log=log, loss_fn=loss, extensions=[RetrievalColumns()] if val_loader is not None else ())
+                            log=log, loss_fn=loss, extensions=[RetrievalColumns()] if val_loader is not None else (),
+                            replicas=replicas)
     if resume and trainer.resume() is None:
         log(f"no checkpoint in {out}: starting from the beginning")
-    write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
+    if first:
+        write_config(out, cfg, ran)             # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     return trainer, {"train_individuals": train_ids, "validation_individuals": val_ids, **val_info}
+
+
+def embedding_replica_job(cfg, *, resume, log, replicas, **head):
+    """One replica of a data-parallel embedding run (``nabi.training.replicas.replica_main``)."""
+    return run_embedding_training(cfg, resume=resume, log=log, replicas=replicas, **head)
 
 
 def write_run_calibration(cfg, individuals, log=print):
@@ -326,14 +348,18 @@ def train_embedding(cfg, head="arcface", embedding_dim=128, margin=None, scale=3
     from ..training.config import check
     from ..training.run import FinishedRun, checkpoints_kept, finish_run
     check(cfg)
-    from ..training.config import one_process_only
-    one_process_only(cfg, "an embedding head")
     cfg = checkpoints_kept(cfg, keep_checkpoints)
     if cfg.data is None:
         raise ValueError("give a data folder with one sub-folder per individual")
+    args = dict(head=head, embedding_dim=embedding_dim, margin=margin, scale=scale, k=k)
     with open_run_folder(cfg.out, resume=resume, overwrite=overwrite, log=log):
-        trainer, info = run_embedding_training(cfg, head=head, embedding_dim=embedding_dim, margin=margin,
-                                               scale=scale, k=k, resume=resume, log=log)
+        if cfg.replicas > 1:
+            from ..training.replicas import train_replicated
+            trainer = train_replicated(cfg, resume=resume, log=log,
+                                       job={"entry": f"{__name__}:embedding_replica_job", "args": args})
+            info = trainer.extra
+        else:
+            trainer, info = run_embedding_training(cfg, **args, resume=resume, log=log)
         finish_run(cfg.out, log=log)
     if trainer.best_epoch is not None and info["validation_individuals"]:
         log(f"best rank-1 on {len(info['validation_individuals'])} held-out individuals: "

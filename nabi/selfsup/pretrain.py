@@ -152,7 +152,10 @@ class ContrastiveTrainer(Trainer):
     and the collapse warning."""
 
     def __init__(self, *args, temperature=0.5, loss=None, **kwargs):
-        kwargs["loss_fn"] = loss if loss is not None else NTXentLoss(temperature)
+        loss = loss if loss is not None else NTXentLoss(temperature)
+        if kwargs.get("replicas") is not None:     # the pairs (and NT-Xent's negatives) of the whole batch
+            loss = kwargs["replicas"].whole_batch(loss, "two_views")
+        kwargs["loss_fn"] = loss
         if kwargs.get("updater") is None:
             kwargs["updater"] = ContrastiveUpdater
         kwargs["extensions"] = [*kwargs.get("extensions", ()), CollapseWarning()]
@@ -186,7 +189,7 @@ def _contrastive_trainer(temperature, method="simclr", ema_momentum=0.99):
 
 
 def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projection_dim=128, resume=False,
-                    log=print, ema_momentum=0.99):
+                    log=print, ema_momentum=0.99, replicas=None):
     """Pretrain ``cfg.model``'s backbone on the photos under ``cfg.data``; returns ``(trainer, backbone_path)``.
 
     Uses of ``cfg``: model, model_args, image_size, channels, normalize, epochs/iterations, batch_size,
@@ -195,10 +198,31 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
     τ (simclr); ``ema_momentum``: BYOL's starting target momentum τ_base, in [0, 1). BYOL runs in float32
     only (``cfg.precision`` other than float32 is refused): its target network is updated outside the optimiser.
     A bad configuration is refused first (``nabi.training.config.check``).
+
+    With ``cfg.replicas`` ≥ 2 the run is data-parallel (``nabi.training.replicas``): each replica makes the
+    two views of its share of every batch's photos, and the loss is computed over the whole batch gathered
+    from all of them (NT-Xent's negatives, the contrastive top-1), so the run is the one a single process
+    makes (to rounding; batch norm per replica unless ``cfg.sync_batch_norm``). ``trainer`` is then replica
+    0's report (``ReplicatedRun``). ``replicas``: this process's place in such a run (set by the launcher).
     """
     check(cfg)
-    from ..training.config import one_process_only
-    one_process_only(cfg, "pretraining")
+    args = dict(method=method, temperature=temperature, projection_dim=projection_dim, ema_momentum=ema_momentum)
+    if cfg.replicas > 1 and replicas is None:
+        _check_pretraining(cfg, method, temperature, ema_momentum)
+        from ..training.replicas import train_replicated
+        trainer = train_replicated(cfg, resume=resume, log=log,
+                                   job={"entry": f"{__name__}:pretraining_replica_job", "args": args})
+        return trainer, Path(trainer.extra["backbone"])
+    return _pretrain(cfg, resume=resume, log=log, replicas=replicas, **args)
+
+
+def pretraining_replica_job(cfg, *, resume, log, replicas, **args):
+    """One replica of a data-parallel pretraining run (``nabi.training.replicas.replica_main``)."""
+    trainer, path = _pretrain(cfg, resume=resume, log=log, replicas=replicas, **args)
+    return trainer, {"backbone": str(path)}
+
+
+def _check_pretraining(cfg, method, temperature, ema_momentum):
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if not temperature > 0:
@@ -213,8 +237,15 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
         raise ValueError(f"--batch-size must be at least 2 photos (each batch holds 2 × batch-size views), "
                          f"got {cfg.batch_size}")
     backend.check_device(cfg.device)
+
+
+def _pretrain(cfg, method, temperature, projection_dim, resume, log, ema_momentum, replicas):
+    _check_pretraining(cfg, method, temperature, ema_momentum)
+    ema_momentum = check_momentum(ema_momentum)
     out = Path(cfg.out)
-    Trainer._check_writable(out)
+    first = replicas is None or replicas.rank == 0          # the process that writes the run folder
+    if first:
+        Trainer._check_writable(out)
     zoo = build_model(cfg.model, 2, dict(cfg.model_args), seed=cfg.seed)
     C, H, W = model_input_size(zoo)
     if cfg.image_size and (cfg.image_size, cfg.image_size) != (H, W):
@@ -248,12 +279,16 @@ def run_pretraining(cfg: TrainConfig, method="simclr", temperature=0.5, projecti
     meta = {"format": f"nabi-{method}", "nabi_version": __version__, "arch": model.arch, "classes": [],
             "input_size": [C, H, W], "normalization": norm, "config": resolved}
     trainer = build_trainer(cfg, model, loader, None, out_dir=out, metadata=meta, config=resolved, log=log,
-                            trainer_class=_contrastive_trainer(temperature, method, ema_momentum))
+                            trainer_class=_contrastive_trainer(temperature, method, ema_momentum),
+                            replicas=replicas)
     if resume and trainer.resume() is None:
         log(f"no checkpoint in {out}: starting from the beginning")
-    write_config(out, cfg, ran)                 # after the resume: a refused one leaves config.json as it was
+    if first:
+        write_config(out, cfg, ran)             # after the resume: a refused one leaves config.json as it was
     trainer.fit()
     path = out / BACKBONE_FILE
+    if not first:
+        return trainer, path
     files.save_weights(path, model.backbone_state(), {
         "format": "nabi-backbone", "nabi_version": __version__, "arch": backbone.arch,
         "input_size": [C, H, W], "normalization": norm, "feature_dim": feature_dim,

@@ -181,12 +181,15 @@ def _test_accuracy(run_dir, parts, cfg):
     return model, meta, ev["acc"], ev["n"]
 
 
-def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_targets, out_dir, seed, log=print):
+def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_targets, out_dir, seed, log=print,
+                  replicas=None):
     """Train ``cfg.model`` on the labelled training part plus the pseudo-labelled photos (``pseudo_targets``
     (M, K) soft rows, or None for hard labels), noised by ``cfg.augment``; validation on the labelled
     validation part. The model starts from ``cfg.init`` when given (logged, and kept as the trainer's
-    ``init_report``). Writes the run to ``out_dir``; returns the trainer."""
+    ``init_report``). Writes the run to ``out_dir``; returns the trainer. ``replicas``: this process's
+    place in a data-parallel run (``nabi.training.replicas``; only replica 0 writes)."""
     classes = parts["classes"]
+    first = replicas is None or replicas.rank == 0
     model, report = _start_model(cfg, cfg.model, cfg.model_args, len(classes), seed=seed)
     if report is not None:
         log(format_report(report))
@@ -220,8 +223,9 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
         val_loader = D.DataLoader(Transformed(labelled["val"], base), batch_size=max(cfg.batch_size, 64),
                                   num_workers=cfg.workers, device=cfg.device)
     model.to(cfg.device)
-    Trainer._check_writable(Path(out_dir))
-    resolved = write_config(out_dir, replace(cfg, out=str(out_dir), seed=seed), {
+    if first:
+        Trainer._check_writable(Path(out_dir))
+    resolved = (write_config if first else _resolved)(out_dir, replace(cfg, out=str(out_dir), seed=seed), {
         "classes": classes, "input_size": [C, H, W], "normalization": norm,
         "num_train": len(train_ds), "num_train_labelled": len(labelled["train"]), "num_train_pseudo": len(pseudo),
         "num_val": len(labelled["val"]) if labelled.get("val") is not None else 0,
@@ -229,10 +233,53 @@ def train_student(cfg: TrainConfig, parts, pseudo_paths, pseudo_labels, pseudo_t
         "pseudo_targets": "soft" if pseudo_targets is not None else "hard"})
     meta = model_metadata(model, classes, norm, resolved)
     trainer = build_trainer(replace(cfg, seed=seed), model, loader, val_loader, out_dir=Path(out_dir), metadata=meta,
-                            config=resolved, log=log, loss_fn=loss)
+                            config=resolved, log=log, loss_fn=loss, replicas=replicas)
     trainer.init_report = report
     trainer.fit()
     return trainer
+
+
+def _resolved(out_dir, cfg, ran):
+    """What ``write_config`` records, without writing it (a replica other than 0)."""
+    from ..runs import resolved_config
+    return resolved_config(cfg, ran)
+
+
+def student_replica_job(cfg, *, resume, log, replicas, classes, pseudo_paths, pseudo_labels, pseudo_targets,
+                        out_dir, seed):
+    """One replica of a data-parallel student run (``nabi.training.replicas.replica_main``)."""
+    trainer = train_student(cfg, {"classes": classes}, pseudo_paths, pseudo_labels, pseudo_targets, out_dir, seed,
+                            log=log, replicas=replicas)
+    return trainer, {"train_epochs": trainer.epoch, "init_report": trainer.init_report}
+
+
+def _train_teacher(cfg, log):
+    """Round 0's ``nabi train`` in ``cfg.out``; ``(trainer, parts)``. With ``cfg.replicas`` ≥ 2 the replicas
+    train it and this process reads the same parts again (``nabi.training.build.training_parts``)."""
+    if cfg.replicas <= 1:
+        return run_training(cfg, log=log)
+    from ..runs import open_run_folder
+    from ..training.build import training_parts
+    from ..training.replicas import train_replicated
+    with open_run_folder(cfg.out, log=log):
+        trainer = train_replicated(cfg, log=log)
+    from ..runs import read_json
+    ran = read_json(Path(cfg.out) / "config.json")
+    return trainer, training_parts(cfg, ran["image_size"], ran["channels"])
+
+
+def _train_student(cfg, parts, pseudo_paths, pseudo_labels, pseudo_targets, out_dir, seed, log):
+    """A round's student (``train_student``), on ``cfg.replicas`` replicas when that is 2 or more."""
+    if cfg.replicas <= 1:
+        return train_student(cfg, parts, pseudo_paths, pseudo_labels, pseudo_targets, out_dir, seed, log=log)
+    from ..runs import open_run_folder
+    from ..training.replicas import train_replicated
+    args = {"classes": list(parts["classes"]), "pseudo_paths": [str(p) for p in pseudo_paths],
+            "pseudo_labels": np.asarray(pseudo_labels), "pseudo_targets": pseudo_targets,
+            "out_dir": str(out_dir), "seed": int(seed)}
+    with open_run_folder(out_dir, log=log):
+        return train_replicated(replace(cfg, out=str(out_dir)), log=log,
+                                job={"entry": f"{__name__}:student_replica_job", "args": args})
 
 
 def _start_lines(summary) -> list:
@@ -292,8 +339,6 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     photos = check_arguments(cfg, unlabelled, rounds, threshold, max_per_class, student_model, student_args,
                              dropout, stochastic_depth)
     check(cfg)
-    from ..training.config import one_process_only
-    one_process_only(cfg, "self-training")
     backend.check_device(cfg.device)
     num_classes = len(folder_classes(cfg.data, cfg.exclude, background_kinds=cfg.background_kinds == "split"))
     n_teacher = registry.count_parameters(cfg.model, num_classes=num_classes, **cfg.model_args)
@@ -307,7 +352,7 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
     Trainer._check_writable(out)
     log(f"round 0: teacher {cfg.model} on the labelled photos of {cfg.data}")
     r0 = out / "round-0"
-    teacher_trainer, parts = run_training(replace(cfg, out=str(r0 / "train")), log=log)
+    teacher_trainer, parts = _train_teacher(replace(cfg, out=str(r0 / "train")), log)
     classes = list(parts["classes"])
     train_counts = np.bincount(np.asarray(parts["train"].targets), minlength=len(classes))
     cap = int(max_per_class or train_counts.max())
@@ -346,8 +391,8 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
         log(f"round {k}: {len(kept)} of {len(photos)} unlabelled photos pseudo-labelled "
             f"({', '.join(f'{c} {n}' for c, n in zip(classes, counts))})")
         run_dir = rk / "train"
-        trainer = train_student(scfg, parts, [photos[i] for i in kept], labels, targets if soft else None, run_dir,
-                                seed=cfg.seed + k, log=log)
+        trainer = _train_student(scfg, parts, [photos[i] for i in kept], labels, targets if soft else None, run_dir,
+                                 seed=cfg.seed + k, log=log)
         teacher, meta, acc, _ = _test_accuracy(run_dir, parts, cfg)
         record = {"round": k, "model": student_model, "role": "student", "run": str(run_dir),
                   "teacher_run": summary["rounds"][-1]["run"], "test_acc": acc,
@@ -361,6 +406,7 @@ def run_self_training(cfg: TrainConfig, unlabelled, rounds=1, student_model=None
                   "teacher_accuracy_on_unlabelled": (float((probs.argmax(1)[known_all] == true[known_all]).mean())
                                                      if known_all.any() else None),
                   "train_epochs": trainer.epoch, "train_iterations": trainer.iteration,
+                  **({"replicas": cfg.replicas} if cfg.replicas > 1 else {}),
                   "final_train_loss": trainer.history[-1]["train_loss"] if trainer.history else None,
                   "init": init_record(trainer.init_report)}
         files.atomic_write_json(rk / "round.json", record)

@@ -244,6 +244,18 @@ def run_training(cfg: TrainConfig, resume=False, log=print, overwrite=False, tra
         return _train(cfg, resume, log, trainer_class, extensions)
 
 
+def training_parts(cfg: TrainConfig, size=None, channels=3) -> dict:
+    """The train/val/test parts ``nabi train`` reads for ``cfg`` at ``size`` × ``size`` pixels
+    (``nabi.data.prepare.load_datasets``; embedded data comes at its own size). The same call gives the
+    same parts, so a process that did not train (a data-parallel run's launcher) can score the run."""
+    if cfg.data.startswith(EMBEDDED_PREFIX):
+        return load_datasets(cfg.data, image_size=None, channels=3, val_ratio=cfg.val_ratio,
+                             test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict)
+    return load_datasets(cfg.data, image_size=(size, size), channels=channels, val_ratio=cfg.val_ratio,
+                         test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
+                         fit=cfg.fit, background_kinds=cfg.background_kinds == "split", encounters=cfg.encounters)
+
+
 def _train(cfg: TrainConfig, resume, log, trainer_class=None, extensions=(), replicas=None):
     from .trainer import Trainer
     backend.check_device(cfg.device)
@@ -257,9 +269,7 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None, extensions=(), rep
     probe_classes = None
     model_args = dict(cfg.model_args)
     kinds = cfg.background_kinds == "split"
-    parts = load_datasets(cfg.data, image_size=None, channels=3, val_ratio=cfg.val_ratio,
-                          test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict) \
-        if cfg.data.startswith(EMBEDDED_PREFIX) else None
+    parts = training_parts(cfg) if cfg.data.startswith(EMBEDDED_PREFIX) else None
     if parts is not None:
         probe_classes = parts["classes"]
     if probe_classes is None:
@@ -283,9 +293,7 @@ def _train(cfg: TrainConfig, resume, log, trainer_class=None, extensions=(), rep
     channels = cfg.channels or C
     size = cfg.image_size or H
     if parts is None:
-        parts = load_datasets(cfg.data, image_size=(size, size), channels=channels, val_ratio=cfg.val_ratio,
-                              test_ratio=cfg.test_ratio, seed=cfg.seed, exclude=cfg.exclude, strict=cfg.strict,
-                              fit=cfg.fit, background_kinds=kinds, encounters=cfg.encounters)
+        parts = training_parts(cfg, size, channels)
     classes = parts["classes"]
     norm = normalization_spec(cfg.normalize, parts["train"], channels)
     base = eval_transforms((H, W), norm)

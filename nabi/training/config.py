@@ -238,22 +238,22 @@ class TrainConfig:
         "share of every batch; the gradients are summed once per step and every replica takes the same step, "
         "so --batch-size stays the global batch and the learning rate and schedule are unchanged (needs the "
         "distributed extra; batch norm normalises each replica's share unless --sync-batch-norm)",
-        Int(1, 1024), commands=(TRAIN,), fingerprint=UNLESS_DEFAULT)
+        Int(1, 1024), commands=(TRAIN, PRETRAIN, SELF_TRAIN), fingerprint=UNLESS_DEFAULT)
     sync_batch_norm: bool = setting(
         False, "with --replicas: batch norm statistics over the whole global batch (summed across the "
         "replicas in the forward and the backward pass), as one process would compute them",
-        Flag(), commands=(TRAIN,), fingerprint=UNLESS_DEFAULT)
+        Flag(), commands=(TRAIN, PRETRAIN, SELF_TRAIN), fingerprint=UNLESS_DEFAULT)
     executor: str = setting(
         "local", "where --replicas run: local = worker processes on this machine; ray = Ray actors on a local "
         "Ray instance or the cluster at --address (the run folder must be on a filesystem every node sees at "
-        "the same path)", OneOf(EXECUTORS), commands=(TRAIN,), fingerprint=NEVER)
+        "the same path)", OneOf(EXECUTORS), commands=(TRAIN, PRETRAIN, SELF_TRAIN), fingerprint=NEVER)
     address: str | None = setting(
         None, "with --executor ray: the Ray cluster (host:port, ray://host:port or auto)", Text("a Ray address"),
-        metavar="ADDR", shown="none: start a local Ray instance", commands=(TRAIN,), fingerprint=NEVER)
+        metavar="ADDR", shown="none: start a local Ray instance", commands=(TRAIN, PRETRAIN, SELF_TRAIN), fingerprint=NEVER)
     replica_timeout: float = setting(
         60.0, "with --replicas: seconds a replica waits for the others (to meet them at the start, or inside a "
         "step) before it stops with an error naming the replica that did not answer", Float(0.0, None, low_open=True),
-        commands=(TRAIN,), fingerprint=NEVER)
+        commands=(TRAIN, PRETRAIN, SELF_TRAIN), fingerprint=NEVER)
     cache: bool = setting(False, "keep decoded images in memory after the first epoch (uint8; CIFAR-10 needs "
                           "~150 MB)", Flag(), commands=ALL, fingerprint=ALWAYS)
     out: str = setting("runs/train", "the run folder to write", Text("a folder"), commands=ALL, fingerprint=ALWAYS)
@@ -400,14 +400,6 @@ def check(cfg, name_of=named) -> None:
             raise BadArgument(f"--fused-sgd updates each layer inside backward with plain SGD in float32: it needs "
                               f"--optimizer sgd, --momentum 0 and --weight-decay 0, no Nesterov, no --clip-norm "
                               f"and --precision float32; got {', '.join(wrong)}")
-
-
-def one_process_only(cfg, what: str) -> None:
-    """``BadArgument`` when ``cfg`` asks for replicas where ``what`` trains in one process."""
-    values = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    if (values.get("replicas") or 1) > 1:
-        raise BadArgument(f"--replicas {values['replicas']}: {what} trains in one process; data-parallel replicas "
-                          f"train nabi train's classifier (leave out --head, or --replicas)")
 
 
 # -- studies --------------------------------------------------------------------------------------------------

@@ -15,9 +15,16 @@ most one). The step, per replica r holding n_r of the global batch's n images:
 
 so every replica holds the same weights after every step, and the run is the run one process
 would make on the whole batch (to rounding; exactly the same arithmetic apart from the order of
-the sums). Batch norm's running statistics are averaged over the replicas in the same all-reduce
+the sums). A loss that couples the photos of a batch (NT-Xent, SimSiam, BYOL, batch-hard triplet)
+is computed over the whole batch instead, gathered from every replica (``WholeBatchLoss``), and
+each replica back-propagates its own rows' part of its gradient, unweighted.
+
+The job a replica runs is named by its entry point (``replica_main``): ``nabi train``'s classifier
+here, an embedding head (``nabi.reid.train``), pretraining (``nabi.selfsup.pretrain``) or a
+self-training round (``nabi.selfsup.selftrain``) — each of those modules names its own. Batch norm's running statistics are averaged over the replicas in the same all-reduce
 (with per-replica batch norm each replica's differ), so the replicas' states stay identical.
-Dropout and drop-path masks differ between replicas: each replica draws its masks from the
+Each photo is augmented as one process would (``DataLoader``: a generator per place in the global
+batch). Dropout and drop-path masks differ between replicas: each replica draws its masks from the
 shared generator jumped ``rank`` times, and every replica then moves the shared generator on by
 ``replicas`` jumps, so a run is reproducible for a given N and a checkpoint (one generator state)
 resumes it exactly. The epoch's sums (loss, correct, n) are summed over the replicas every step.
@@ -132,10 +139,31 @@ class Replicas:
         return {k: (int(round(v)) if isinstance(batch[k], (int, np.integer)) else float(v))
                 for k, v in zip(keys, total)}
 
+    def gather_rows(self, a, during="gathering the batch's outputs"):
+        """Every replica's ``a`` (rows × …, NumPy; the replicas' row counts may differ), as a list in rank
+        order. Each replica writes its rows into its own slot of a zero array and the slots are summed, so
+        the rows arrive exactly (x + 0 = x)."""
+        a = np.ascontiguousarray(a)
+        counts = self.all_reduce(np.eye(self.world, dtype=np.int64)[self.rank] * a.shape[0], during)
+        slots = np.zeros((self.world, int(counts.max())) + a.shape[1:], a.dtype)
+        slots[self.rank, :a.shape[0]] = a
+        self.all_reduce(slots, during)
+        return [slots[r, :int(counts[r])] for r in range(self.world)]
+
+    def whole_batch(self, loss, layout="rows"):
+        """``loss`` computed over the whole global batch on every replica (``WholeBatchLoss``)."""
+        return WholeBatchLoss(loss, self, layout)
+
     def loss_share(self, n_local: int) -> float:
         """n_r / n: this replica's part of the global batch, the weight of its mean loss."""
-        n = getattr(self.loader, "global_batch_size", None)
-        return n_local / n if n else 1.0 / self.world
+        inner = self.loader
+        while inner is not None and not hasattr(inner, "global_batch_size"):
+            inner = getattr(inner, "loader", None)          # a view of the loader (soft targets, two views)
+        n = getattr(inner, "global_batch_size", None)
+        if not n:
+            raise ReplicaError(f"replica {self.rank}: the training loader {type(self.loader).__name__} does not "
+                               f"say how large the global batch was, so the shard's share of the loss is unknown")
+        return n_local / n
 
     def sum_gradients(self, params, buffers=()) -> None:
         """Sum every parameter's gradient over the replicas (a missing one counts as zeros) and average the
@@ -229,6 +257,74 @@ class Replicas:
         self._shared = None
 
 
+class WholeBatchLoss:
+    """A loss whose value depends on the whole batch at once (NT-Xent's negatives, batch-hard triplet
+    mining, the pair losses of SimSiam and BYOL), in a data-parallel run.
+
+    Every replica gathers the outputs (and labels) of all replicas' shards into the global batch, in the
+    order one process would hold it, computes the loss L on it — the same number on every replica — and
+    hands back ∂L/∂(its own rows). Backward from those rows gives this replica's share of ∂L/∂θ, and the
+    replicas' shares summed (the all-reduce) are ∂L/∂θ: the step one process takes on the whole batch.
+    The updater therefore does not weigh this loss by the shard's share (``whole_batch`` is True).
+
+    ``layout``: ``"rows"`` — the global batch is the shards one after another (P×K batches);
+    ``"two_views"`` — each shard is [first views; second views] of its photos and the global batch is
+    [all first views; all second views] (``nabi.selfsup.data.TwoViewBatches``), rows i and i + N a pair.
+    ``correct`` (a count over the global batch) is reported by replica 0 only, so the step's sums add up.
+    """
+
+    whole_batch = True
+    LAYOUTS = ("rows", "two_views")
+
+    def __init__(self, loss, replicas, layout="rows"):
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(self.LAYOUTS)}, got {layout!r}")
+        self.loss, self.replicas, self.layout = loss, replicas, layout
+        self.correct = 0
+        self._mine = None
+
+    def __getattr__(self, name):                # the wrapped loss's settings (margin, temperature, …)
+        if name == "loss":
+            raise AttributeError(name)
+        return getattr(self.loss, name)
+
+    def _order(self, counts):
+        """(index of every gathered row in the global batch, this replica's rows in it)."""
+        rank = self.replicas.rank
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        if self.layout == "rows":
+            place = np.arange(starts[-1])
+            return place, place[starts[rank]:starts[rank + 1]]
+        if any(c % 2 for c in counts):
+            raise ValueError(f"two-view batches hold an even number of rows per replica, got {list(counts)}")
+        halves = np.asarray(counts) // 2
+        first = np.concatenate([[0], np.cumsum(halves)])
+        n = int(first[-1])
+        place = np.concatenate([np.concatenate([np.arange(first[r], first[r + 1]),
+                                                n + np.arange(first[r], first[r + 1])]) for r in range(len(counts))])
+        return place, place[starts[rank]:starts[rank + 1]]
+
+    def __call__(self, out, labels=None):
+        outs = self.replicas.gather_rows(out)
+        counts = [len(o) for o in outs]
+        place, self._mine = self._order(counts)
+        whole = np.empty((sum(counts),) + out.shape[1:], out.dtype)
+        whole[place] = np.concatenate(outs)
+        whole_labels = None
+        if labels is not None:
+            ls = self.replicas.gather_rows(np.asarray(labels))
+            whole_labels = np.empty(sum(counts), ls[0].dtype)
+            whole_labels[place] = np.concatenate(ls)
+        value = self.loss(whole, whole_labels)
+        self.correct = getattr(self.loss, "correct", 0) if self.replicas.rank == 0 else 0
+        return value
+
+    def backward(self, dloss=1.0):
+        if self._mine is None:
+            raise RuntimeError("WholeBatchLoss: backward called before the loss was computed")
+        return np.ascontiguousarray(self.loss.backward(dloss)[self._mine])
+
+
 def _first_line(e) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -245,17 +341,44 @@ class ReplicatedRun:
         self.test = summary.get("test")
         self.replicas = summary["replicas"]
         self.comm_seconds = summary.get("comm_seconds")
+        self.extra = summary.get("extra", {})      # what the job's entry point returned beside its trainer
+        self.init_report = self.extra.get("init_report")
+
+
+def classifier_job(cfg, *, resume, log, replicas):
+    """``nabi train``'s classifier as one replica: the run, then (replica 0) the best weights tested."""
+    from .build import _train
+    from .run import test_best_weights
+    trainer, parts = _train(cfg, resume, log, replicas=replicas)
+    if replicas.rank != 0:
+        return trainer, {}
+    return trainer, {"test": test_best_weights(trainer, parts, cfg, log=log), "init_report": trainer.init_report}
+
+
+CLASSIFIER_JOB = f"{__name__}:classifier_job"
+
+
+def _job_entry(name: str):
+    """The job's entry point from its ``"module:function"`` name. The training that a job runs (a
+    classifier, an embedding head, self-supervised pretraining) names its own entry point, so this
+    module imports none of them."""
+    import importlib
+    module, _, function = name.partition(":")
+    if not module.startswith("nabi.") or not function:
+        raise ValueError(f"a replica job is a nabi function named 'nabi.module:function', got {name!r}")
+    return getattr(importlib.import_module(module), function)
 
 
 def replica_main(payload: dict, rank: int, send=None) -> dict | None:
-    """One replica: meet the others, train as ``payload['cfg']`` says, and (replica 0) test the best weights.
+    """One replica: meet the others and run the job ``payload['job']`` (``{"entry": "module:function",
+    "args": {...}}``; default the classifier) as ``payload['cfg']`` says. The entry point is called as
+    ``entry(cfg, resume=…, log=…, replicas=…, **args)`` and returns ``(trainer, extra)``, ``extra`` a dict
+    of JSON values that replica 0 reports beside the trainer's figures.
 
     Returns replica 0's summary (``ReplicatedRun``'s fields), None elsewhere. ``send(kind, value)`` carries
     replica 0's log lines (``"log"``) to the launcher."""
     from .. import backend
-    from .build import _train
     from .config import TrainConfig
-    from .run import test_best_weights
     os.environ["NABI_REPLICA_RANK"] = str(rank)
     backend.set_default_dtype(np.dtype(payload["dtype"]))
     if payload.get("threads"):
@@ -266,14 +389,16 @@ def replica_main(payload: dict, rank: int, send=None) -> dict | None:
     else:
         log = lambda *a, **k: None  # noqa: E731
     replicas = Replicas(rank, cfg.replicas, payload["address"], cfg.replica_timeout)
+    job = payload.get("job") or {"entry": CLASSIFIER_JOB}
     try:
-        trainer, parts = _train(cfg, payload["resume"], log, replicas=replicas)
+        trainer, extra = _job_entry(job["entry"])(cfg, resume=payload["resume"], log=log, replicas=replicas,
+                                                  **job.get("args", {}))
         if rank != 0:
             return None
-        test = test_best_weights(trainer, parts, cfg, log=log)
         return {"history": trainer.history, "best_epoch": trainer.best_epoch, "best_acc": trainer.best_acc,
-                "epoch": trainer.epoch, "iteration": trainer.iteration, "status": trainer.status, "test": test,
-                "replicas": cfg.replicas, "comm_seconds": replicas.comm_seconds}
+                "epoch": trainer.epoch, "iteration": trainer.iteration, "status": trainer.status,
+                "test": extra.get("test"), "extra": extra, "replicas": cfg.replicas,
+                "comm_seconds": replicas.comm_seconds}
     finally:
         replicas.close()
 
@@ -313,13 +438,17 @@ def _signal_name(code) -> str:
         return f"signal {-code}"
 
 
-def train_replicated(cfg, *, resume=False, log=print) -> ReplicatedRun:
+def train_replicated(cfg, *, resume=False, log=print, job=None) -> ReplicatedRun:
     """Run ``cfg`` (``cfg.replicas`` ≥ 2) as replica processes (``cfg.executor``) and wait for them; the run
-    folder must already be open (``nabi.runs.open_run_folder``). ``ReplicaError`` names the replica that
-    failed first and the checkpoint to continue from."""
+    folder must already be open (``nabi.runs.open_run_folder``). ``job``: ``{"entry": "module:function",
+    "args": {...}}`` (``replica_main``; default ``nabi train``'s classifier). ``ReplicaError`` names the
+    replica that failed first and the checkpoint to continue from."""
     from .. import backend
     require_transport()
+    if job is not None:
+        _job_entry(job["entry"])                  # a wrong name fails here, not in every replica
     payload = {"cfg": cfg.to_dict(), "resume": bool(resume), "dtype": backend.get_default_dtype().name,
+               "job": job,
                "threads": max(1, backend.usable_cores() // cfg.replicas)
                if os.environ.get("NABI_REPLICA_THREADS") is None else int(os.environ["NABI_REPLICA_THREADS"])}
     log(f"{cfg.replicas} replicas ({cfg.executor}), each with about {cfg.batch_size / cfg.replicas:g} of every "

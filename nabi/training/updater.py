@@ -147,7 +147,9 @@ class StandardUpdater:
             raise NonFiniteLoss(loss, " (under float16, an activation may have passed 65504: try --precision "
                                       "float32)." if amp else ".")
         model.zero_grad()
-        share = self.replicas.loss_share(int(y.shape[0])) if self.replicas is not None else None
+        share = None                # a replica's weight of its shard's mean loss (``nabi.training.replicas``)
+        if self.replicas is not None and not getattr(loss_fn, "whole_batch", False):
+            share = self.replicas.loss_share(int(y.shape[0]))
         if amp:
             amp.backward(loss_fn.backward(), daux)
             amp.step(clip=(lambda ps: clip_grad_norm(ps, self.clip_norm)) if self.clip_norm else None)
@@ -160,7 +162,7 @@ class StandardUpdater:
                 model.backward(dout)
             else:
                 model.backward(dout, daux=daux)
-            if share is not None:
+            if self.replicas is not None:
                 self.replicas.sum_gradients(list(self.optimizer.params.values()), self.replicas.buffers)
             if self.clip_norm:
                 clip_grad_norm(self.optimizer.params, self.clip_norm)
