@@ -8,10 +8,13 @@ What runs (the same global batch, learning rate and data everywhere):
 
 1. one process with all T usable cores as threads (``nabi --threads T train``);
 2. one process with 1 thread: the compute one replica gets when two share two cores;
-3. ``--replicas 2`` with T/2 threads each: the same total threads as (1).
+3. ``--replicas 2`` with T/2 threads each: the same total threads as (1);
+4. the same with ``--overlap-sum``: each bucket of gradients sent during the backward pass.
 
 images/s is the trainer's own figure (images of the epoch's steps over the steps' time, start-up excluded).
-The communication share is the time replica 0 spent inside the gradients' all-reduce over its steps' time.
+The communication share is the time replica 0 spent inside the gradients' all-reduce over its steps' time
+(with the overlapped sum: launching the buckets and, after the backward pass, waiting for them — the time
+the step was held up by the sum).
 
 The all-reduce bandwidth: two processes sum float32 buffers of 1 to 64 MB through torch.distributed
 (gloo) over the loopback; the bus bandwidth of a ring all-reduce is 2(N−1)/N · S / t. With ``mpi4py``
@@ -179,6 +182,9 @@ def main(argv=None):
         runs["1 process, 1 thread"] = _train_run(1, dict(base, out=f"{tmp}/one1"))
         runs["2 replicas, %d thread(s) each" % max(1, cores // 2)] = _train_run(
             cores, dict(base, out=f"{tmp}/two", replicas=2), replica_threads=max(1, cores // 2))
+        runs["2 replicas, sum overlapped"] = _train_run(
+            cores, dict(base, out=f"{tmp}/two-overlap", replicas=2, overlap_sum=True),
+            replica_threads=max(1, cores // 2))
     result["runs"] = runs
     result["gloo"] = gloo_allreduce(sizes)
     result["mpi"] = mpi_allreduce(sizes, args.mpiexec)

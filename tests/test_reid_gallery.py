@@ -562,7 +562,49 @@ def test_a_version_1_gallery_still_opens_and_upgrades(gallery):
         old.identify([photo(2, 70)], matcher=True)
     old.ensure_local_features()
     again = Gallery.open(gallery.path)
-    assert again.has_local_features and json.loads(index.read_text())["version"] == 2
+    assert again.has_local_features and json.loads(index.read_text())["version"] == 3
+
+
+def test_saves_keep_the_unchanged_chunks_of_local_features(gallery, world):
+    """Enrolling a photo writes a small chunk of local features beside the untouched ones (a binary counter
+    of chunks); taking one out rewrites the chunks from the one that held it; a reopened gallery has every
+    photo's features, each equal to a fresh computation; files no index names are removed."""
+    from nabi.reid import store
+
+    def chunks():
+        return store.local_chunks(json.loads((gallery.path / "index.json").read_text()))
+
+    def local_files():
+        return sorted(p.name for p in gallery.path.glob("local-*.safetensors"))
+    first = chunks()
+    assert [c["photos"] for c in first] == [22]
+    before = (gallery.path / first[0]["file"]).stat()
+    gallery.add("ind40", [world / "val" / "ind07" / "000.png"])
+    gallery.add("ind41", [world / "val" / "ind08" / "000.png"])
+    gallery.add("ind42", [world / "val" / "ind07" / "001.png"])
+    assert [c["photos"] for c in chunks()] == [22, 2, 1] and chunks()[0] == first[0]
+    after = (gallery.path / first[0]["file"]).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)      # never written again
+    assert local_files() == sorted(c["file"] for c in chunks())
+    gallery.remove(gallery.entries[23]["sha256"])                 # the first photo of the 2-photo chunk
+    assert [c["photos"] for c in chunks()] == [22, 2] and chunks()[0] == first[0]
+    assert local_files() == sorted(c["file"] for c in chunks())
+    reopened = Gallery.open(gallery.path)
+    assert [e["sha256"] for e in reopened.entries] == [e["sha256"] for e in gallery.entries]
+    fresh = reopened._local_features([Path(e["photo"]) for e in reopened.entries[-3:]])
+    for got, want in zip(reopened.local[-3:], fresh):
+        np.testing.assert_array_equal(got.points, want.points)
+        np.testing.assert_array_equal(got.descriptors.astype(np.float16), want.descriptors.astype(np.float16))
+
+
+def test_a_version_2_gallery_with_one_local_features_file_still_opens(gallery):
+    index = gallery.path / "index.json"
+    data = json.loads(index.read_text())
+    (chunk,) = data["local"]
+    data["local"], data["version"] = {"file": chunk["file"], "sha256": chunk["sha256"]}, 2
+    index.write_text(json.dumps(data))
+    old = Gallery.open(gallery.path)
+    assert len(old.local) == len(old.entries) == 22
 
 
 def test_web_app_answers_with_the_matcher_as_identify_does(gallery, world, tmp_path):
@@ -581,6 +623,11 @@ def test_web_app_answers_with_the_matcher_as_identify_does(gallery, world, tmp_p
     assert gallery.use_matcher(None) and served.base.use_matcher(None)
     for a, b in zip(mine, theirs):
         assert a["individual_id"] == (ids[b["name"]] if b["name"] else None)
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-9)
+    together = served.identify(queries, groups=[0, 0])             # one sighting: one answer from both photos
+    theirs = gallery.identify(queries, groups=[0, 0])
+    assert together[0]["individual_id"] == together[1]["individual_id"]
+    for a, b in zip(together, theirs):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-9)
     index_before = served._index_state[0]
     new = _png(tmp_path / "new.png", photo(2, 72))

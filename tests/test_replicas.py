@@ -282,6 +282,30 @@ def test_a_batch_that_would_leave_a_replica_without_an_image_is_refused(tmp_path
     shard_train_loader(D.DataLoader(ds, batch_size=10, drop_last=True), 0, 2)
 
 
+def test_gradients_summed_during_the_backward_pass_train_the_same_weights(two_replicas, tmp_path, monkeypatch):
+    """``--overlap-sum`` with 2 KB buckets: lenet5's gradients go out in several buckets while its backward
+    pass runs, and the run trains the weights of the replicas that sum after the backward pass."""
+    monkeypatch.setenv("NABI_REPLICA_BUCKET_BYTES", "2048")
+    _train(tmp_path / "overlap", replicas=2, overlap_sum=True)
+    _assert_same_weights(_weights(tmp_path / "overlap"), _weights(two_replicas[0]), rtol=0, atol=0)
+
+
+def test_a_layer_run_twice_in_one_step_is_refused_by_the_overlapped_sum():
+    from nabi.layers import Linear, Sequential
+    from nabi.training.replicas import OverlappedSum, ReplicaError
+
+    class One:
+        rank, world, bucket_bytes = 0, 1, 1 << 20
+    layer = Linear(3, 2)
+    model = Sequential(layer)
+    overlap = OverlappedSum(One(), model, None)
+    x = np.ones((4, 3), np.float32)
+    model.backward(np.ones_like(model(x)))
+    with pytest.raises(ReplicaError, match="the backward of layer '0' ran twice in one step"):
+        model.backward(np.ones_like(model(x)))
+    assert len(overlap.layers) == 1
+
+
 def _quiet(*a, **k):
     pass
 

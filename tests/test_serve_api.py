@@ -220,6 +220,33 @@ def _png_header_only(width, height):
             + chunk(b"IDAT", zlib.compress(b"\x00" * 4096, 9)) + chunk(b"IEND", b""))
 
 
+def test_photos_of_one_sighting_are_answered_together(c, run, tmp_path):
+    """``together``: two photos of one sighting get one answer, from both: the classifier's probabilities
+    averaged over the photos (computed here by the same identifier on the same bytes), and each answer says
+    how many photos it came from. Without it, each photo is answered alone."""
+    import numpy as np
+    from nabi.serve.identifiers import ClassifierIdentifier
+    data = {"nabi.jpg": jpg("nabi"), "momo.jpg": jpg("momo")}
+    r = c.post("/api/identify", files=[("files", (n, b, "image/jpeg")) for n, b in data.items()],
+               data={"together": "true"})
+    assert r.status_code == 200, r.text
+    a, b = (x["photo"]["result"] for x in r.json()["results"])
+    assert a["sighting_photos"] == b["sighting_photos"] == 2
+    assert (a["answer"], _name(a["individual"]), a["similarity"]) == (b["answer"], _name(b["individual"]), b["similarity"])
+    assert [_name(x["individual"]) for x in a["candidates"]] == [_name(x["individual"]) for x in b["candidates"]]
+    paths = []
+    for n, b_ in data.items():
+        (tmp_path / n).write_bytes(b_)
+        paths.append(tmp_path / n)
+    ident = ClassifierIdentifier(run)
+    mean = ident.probabilities(paths).mean(axis=0)
+    order = [i for i in np.argsort(-mean) if ident.classes[i] != "background"]
+    assert a["candidates"][0]["similarity"] == pytest.approx(float(mean[order[0]]), abs=1e-5)     # the best
+    alone = [x["photo"]["result"] for x in upload(c, ("one.jpg", jpg("nabi")), ("two.jpg", jpg("momo"))).json()["results"]]
+    assert [x["sighting_photos"] for x in alone] == [None, None]
+    assert alone[0]["similarity"] != alone[1]["similarity"]         # each photo answered by itself
+
+
 def test_upload_refusals(c, server):
     big = photo_bytes(COLOURS["nabi"], size=(600, 500), fmt="PNG")            # noise compresses badly: ~0.9 MB
     assert len(big) > 0.25 * 2**20

@@ -101,6 +101,19 @@ def test_upload_confirm_and_see_the_sighting(browser, tmp_path, tmp_path_factory
         assert cells[1] == proposed and cells[3] == "library lawn" and cells[4] == photo.name
         shot("sightings")
 
+        ready("/")                                  # two photos of one sighting, answered together
+        pair = []
+        for k in (1, 2):
+            pair.append(tmp_path / f"sighting-{k}.jpg")
+            pair[-1].write_bytes(photo_bytes(COLOURS["momo"], seed=780 + k, size=(320, 240)))
+        browser.find_element(By.ID, "together").click()
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in pair))
+        notes = wait.until(lambda d: len(found := d.find_elements(By.CSS_SELECTOR, ".card .sighting-answer")) == 2
+                           and found)
+        assert all(n.text == "One answer for the 2 photos of this sighting, from all of them." for n in notes)
+        names = [e.get_attribute("textContent") for e in browser.find_elements(By.CSS_SELECTOR, ".card .answer-name")]
+        assert names == ["momo", "momo"]
+
         ready("/individuals")
         table = {r.find_elements(By.TAG_NAME, "td")[1].text: r.find_elements(By.TAG_NAME, "td")[2].text
                  for r in browser.find_elements(By.CSS_SELECTOR, "#individuals-table tbody tr")}
@@ -115,6 +128,7 @@ def test_upload_confirm_and_see_the_sighting(browser, tmp_path, tmp_path_factory
         browser.find_element(By.CSS_SELECTOR, "#rename-form button").click()
         wait.until(lambda d: d.find_element(By.ID, "individual-name").text == "나비")
         shot("individual")
+
         errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         expected = [e for e in errors if "status of 409" in e and "/api/identify" in e]
         assert len(expected) == 1 and errors == expected     # only the refusal above: no script error,

@@ -114,7 +114,7 @@ def test_gallery_adapter_searches_by_individual_id(photos, tmp_path):
 def test_gallery_adapter_refuses_a_malformed_answer(photos):
     ident = colour_identifier()
     ident.load({}, [])
-    ident.served.identify = lambda paths, topk=5: [{"answer": "maybe", "individual_id": None, "similarity": 0,
+    ident.served.identify = lambda paths, topk=5, groups=None: [{"answer": "maybe", "individual_id": None, "similarity": 0,
                                                     "margin": 0, "candidates": []}]
     with pytest.raises(ValueError, match="answered 'maybe'"):
         ident.identify([photos["nabi"]])

@@ -256,7 +256,7 @@ class Gallery:
                      "calibration": self.calibration, "threshold": self.threshold}
             index = store.write(self.path, index, snap.embeddings,
                                 snap.local if self.has_local_features else None, self._files)
-            self._files = (index["embeddings"]["file"], (index.get("local") or {}).get("file"))
+            self._files = (index["embeddings"]["file"], [c["file"] for c in store.local_chunks(index)])
 
     # -- writing ------------------------------------------------------------------------------------------
     def _collision(self, name, existing):

@@ -6,12 +6,21 @@
                                    name and SHA-256 of each array file
     embeddings-<hash>.safetensors  (M, D) float32 unit embeddings, one row per entry
     local-<hash>.safetensors       the entries' local features (``nabi.reid.local_features.pack``: points,
-                                   float16 descriptors, offsets), present once local features are computed
+                                   float16 descriptors, offsets), present once local features are computed,
+                                   in chunks of consecutive entries (the index lists each chunk's file,
+                                   SHA-256 and number of photos)
 
 Each save writes new array files (named by their content), then the index atomically, then removes the
 files the old index named — so the index and the arrays always agree, and a crash leaves the old
 gallery or the new one, never a mixture. Every array file is checked against the SHA-256 in the index
 when read: an edited index or a damaged file is a ``GalleryError`` naming it.
+
+Local features are the bulk of a gallery (about 250 KB a photo), so a save keeps every chunk whose photos
+are still the same photos at the same places under the same local-feature settings, and writes only the
+rest: enrolling a few photos into 10,000 writes a small chunk, not 2.5 GB again. New photos become a chunk
+that absorbs the chunks before it that are no larger (a binary counter: about log₂ M chunks for M photos,
+each photo rewritten about log₂ M times over the gallery's life); taking a photo out rewrites the chunks
+from the first one that held it.
 """
 from __future__ import annotations
 
@@ -28,7 +37,8 @@ from ..files.digest import file_sha256
 
 INDEX = "index.json"
 FORMAT = "nabi-gallery"
-VERSION = 2                     # 2: encounters, local features, probability calibration; 1 is still read
+VERSION = 3                     # 3: local features in chunks; 2: encounters, local features, probability
+#                                 calibration (2 and 1 are still read)
 
 
 class GalleryError(ValueError):
@@ -97,20 +107,42 @@ def read_embeddings(path, index) -> tuple:
     return name, E
 
 
+def local_chunks(index) -> list:
+    """The index's local-feature chunks ``[{"file", "sha256", "photos"}]`` in entry order (a version-2 index's
+    single file is one chunk of every photo); ``[]`` without local features."""
+    local = index.get("local")
+    if not local:
+        return []
+    if isinstance(local, dict):
+        return [dict(local, photos=len(index.get("entries", ())))]
+    if not isinstance(local, list) or any(not isinstance(c, dict) or not isinstance(c.get("photos"), int)
+                                         for c in local):
+        raise GalleryError(f"gallery index field 'local' must list chunks (file, sha256, photos), got {local!r}")
+    return local
+
+
 def read_local(path, index):
-    """``(file name, [Features] per entry)`` or ``(None, None)`` when the gallery has no local features."""
-    if not index.get("local"):
+    """``(file names, [Features] per entry)`` or ``(None, None)`` when the gallery has no local features."""
+    chunks = local_chunks(index)
+    if not chunks:
         return None, None
     from .local_features import unpack
-    name, state = _array_file(path, index, "local", "local features")
-    try:
-        feats = unpack(state)
-    except (KeyError, ValueError) as e:
-        raise GalleryError(f"gallery local features file {Path(path) / name} is unusable: {e}") from None
+    names, feats = [], []
+    for chunk in chunks:
+        name, state = _array_file(path, {"local": chunk}, "local", "local features")
+        try:
+            part = unpack(state)
+        except (KeyError, ValueError) as e:
+            raise GalleryError(f"gallery local features file {Path(path) / name} is unusable: {e}") from None
+        if len(part) != chunk["photos"]:
+            raise GalleryError(f"gallery index {Path(path) / INDEX} says the local features file {Path(path) / name} "
+                               f"holds {chunk['photos']} photos; it holds {len(part)} (was the index edited?)")
+        names.append(name)
+        feats.extend(part)
     if len(feats) != len(index["entries"]):
-        raise GalleryError(f"gallery index {Path(path) / INDEX} lists {len(index['entries'])} photos and the local "
-                           f"features file {Path(path) / name} holds {len(feats)} (was the index edited?)")
-    return name, feats
+        raise GalleryError(f"gallery index {Path(path) / INDEX} lists {len(index['entries'])} photos and its local "
+                           f"features files hold {len(feats)} (was the index edited?)")
+    return names, feats
 
 
 def _write_arrays(folder, prefix, arrays, metadata):
@@ -124,26 +156,82 @@ def _write_arrays(folder, prefix, arrays, metadata):
     return {"file": name, "sha256": file_sha256(folder / name)}
 
 
+def _saved_index(folder):
+    """The index already in ``folder``, or None (none yet, or one this version cannot use)."""
+    try:
+        return read_index(folder)
+    except (OSError, GalleryError):
+        return None
+
+
+def _reusable_chunks(folder, old, entries, local_settings) -> list:
+    """The leading chunks of the ``old`` index that hold the same photos at the same places as ``entries``,
+    computed under the same ``local_settings``, whose files are still there."""
+    if old is None or old.get("local_settings") != local_settings:
+        return []
+    old_shas = [e.get("sha256") for e in old["entries"]]
+    new_shas = [e["sha256"] for e in entries]
+    kept, start = [], 0
+    try:
+        chunks = local_chunks(old)
+    except GalleryError:
+        return []
+    for chunk in chunks:
+        n = chunk["photos"]
+        if start + n > len(new_shas) or new_shas[start:start + n] != old_shas[start:start + n] \
+                or not (folder / str(chunk.get("file"))).is_file():
+            break
+        kept.append(chunk)
+        start += n
+    return kept
+
+
+def _write_local(folder, entries, local, local_settings, old) -> list:
+    """The chunk list for ``local`` (one ``Features`` per entry): the reusable chunks of the ``old`` index, then
+    one new chunk of the rest that absorbs the kept chunks before it that are no larger than it."""
+    from .local_features import pack
+    chunks = _reusable_chunks(folder, old, entries, local_settings)
+    start = sum(c["photos"] for c in chunks)
+    if start == len(local):
+        return chunks
+    while chunks and chunks[-1]["photos"] <= len(local) - start:
+        start -= chunks.pop()["photos"]
+    part = list(local[start:])
+    ref = _write_arrays(folder, "local", pack(part), {"format": FORMAT, "photos": len(part)})
+    return chunks + [dict(ref, photos=len(part))]
+
+
 def write(path, index: dict, embeddings, local=None, previous=()) -> dict:
-    """Write a gallery: the array files, then ``index`` (with their names and SHA-256 filled in), then remove
-    the files of ``previous`` (names the old index referred to) that the new one does not. Returns the index."""
+    """Write a gallery: the array files (the local features' unchanged chunks kept), then ``index`` (with their
+    names and SHA-256 filled in), then remove the files that the old index (and ``previous``, names an older
+    index referred to) named and the new one does not. Returns the index."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
+    old = _saved_index(folder)
     E = np.ascontiguousarray(embeddings, dtype=np.float32)
     index = dict(index, format=FORMAT, version=VERSION)
     index["embeddings"] = _write_arrays(folder, "embeddings", {"embeddings": E},
                                         {"format": FORMAT, "rows": int(E.shape[0])})
     index["embedding_dim"] = int(E.shape[1]) if E.ndim == 2 else 0
     if local is not None:
-        from .local_features import pack
-        index["local"] = _write_arrays(folder, "local", pack(local), {"format": FORMAT, "photos": len(local)})
+        index["local"] = _write_local(folder, index["entries"], local, index.get("local_settings"), old)
     else:
         index["local"] = None
     io.atomic_write_json(folder / INDEX, index)
-    keep = {index["embeddings"]["file"]} | ({index["local"]["file"]} if index["local"] else set())
-    for old in previous:
-        if old and old not in keep:
-            for f in (folder / old, Path(io.sidecar_path(folder / old))):
+    keep = {index["embeddings"]["file"]} | {c["file"] for c in local_chunks(index)}
+    if old is not None:
+        named = [(old.get("embeddings") or {}).get("file")]
+        try:
+            named += [c.get("file") for c in local_chunks(old)]
+        except GalleryError:
+            pass
+        previous = list(previous) + named
+    names = []
+    for name in previous:                          # a file name, or a list of them (the local chunks)
+        names.extend(name if isinstance(name, (list, tuple)) else [name])
+    for name in names:
+        if isinstance(name, str) and name and name not in keep:
+            for f in (folder / name, Path(io.sidecar_path(folder / name))):
                 try:
                     os.remove(f)
                 except FileNotFoundError:

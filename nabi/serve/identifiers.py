@@ -1,6 +1,6 @@
 """Who is in this photo? The ``Identifier`` adapters ``nabi serve`` asks.
 
-Every identifier answers ``identify(image_paths)`` with one dict per photo::
+Every identifier answers ``identify(image_paths, together=False)`` with one dict per photo::
 
     {"answer": "background" | "known" | "unknown",
      "individual_id": int | None,        # the proposed individual (None: background, or nobody enrolled)
@@ -10,6 +10,10 @@ Every identifier answers ``identify(image_paths)`` with one dict per photo::
      "threshold": float | None,          # the score at or under which the answer is unknown (None: uncalibrated)
      "candidates": [{"individual_id", "similarity", "probability", "photo"}, ...],   # best first, ≤ topk
      "embedding": (D,) float32 | None}   # the photo's embedding, kept to enrol it on a decision
+
+With ``together`` the photos are one sighting of one animal and every photo gets the sighting's answer,
+from the evidence of all of them (a classifier: the photos' probabilities averaged; a gallery: its
+sighting answer, ``nabi.reid.gallery.Gallery.identify`` with one group).
 
 Individuals are the server's ids: ``load(label_ids, enrolments)`` gives the identifier the map from its
 own names (classes of a run, names in a built gallery) to individual ids, and the photos enrolled by
@@ -50,7 +54,7 @@ class Identifier:
     def load(self, label_ids: dict, enrolments=()) -> None:
         raise NotImplementedError
 
-    def identify(self, images, topk=5) -> list:
+    def identify(self, images, topk=5, together=False) -> list:
         raise NotImplementedError
 
     def can_enrol_new(self) -> bool:
@@ -140,8 +144,10 @@ class ClassifierIdentifier(Identifier):
         logits = self.model(backend.to_device(x, self.device))
         return backend.to_numpy(softmax(logits, axis=1)).astype(np.float64)
 
-    def identify(self, images, topk=5):
+    def identify(self, images, topk=5, together=False):
         probs = self.probabilities(images)
+        if together and len(probs) > 1:                    # one sighting: the photos' probabilities averaged
+            probs = np.repeat(probs.mean(axis=0, keepdims=True), len(probs), axis=0)
         out = []
         for p in probs:
             order = [int(i) for i in np.argsort(-p, kind="stable") if i != self.background]
@@ -219,8 +225,8 @@ class GalleryIdentifier(Identifier):
     def load(self, label_ids, enrolments=()):
         self.served.load(label_ids, enrolments)
 
-    def identify(self, images, topk=5):
-        out = self.served.identify(images, topk=topk)
+    def identify(self, images, topk=5, together=False):
+        out = self.served.identify(images, topk=topk, groups=[0] * len(images) if together else None)
         for r in out:
             if r["answer"] not in ("background", "known", "unknown"):
                 raise ValueError(f"the gallery answered {r['answer']!r}; expected background, known or unknown")

@@ -79,6 +79,8 @@ class Answer(BaseModel):
     level: Literal["sure", "check", "new", "background", "uncalibrated"]
     confidence: float = Field(description="0 (a coin toss) … 1 (certain); the review queue sorts by it")
     candidates: list[Candidate]
+    sighting_photos: Optional[int] = Field(None, description="answered together with the other photos of one "
+                                                             "sighting: how many photos the answer comes from")
 
 
 class DecisionOut(BaseModel):

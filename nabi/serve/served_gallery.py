@@ -181,9 +181,10 @@ class ServedGallery:
             self._index_state = search._index
 
     # -- searching ------------------------------------------------------------------------------------
-    def identify(self, paths, topk=5) -> list:
+    def identify(self, paths, topk=5, groups=None) -> list:
         """The gallery's answer for each photo, with ``individual_id`` (or None) in place of names and the
-        photo's ``embedding``; see ``identifiers`` for the answer's shape."""
+        photo's ``embedding``; see ``identifiers`` for the answer's shape. ``groups``: a key per photo, photos
+        sharing one being a sighting with one answer (``Gallery.identify``)."""
         paths = [str(p) for p in paths]
         gallery = self._gallery()
         if not gallery.entries:             # nobody enrolled yet: every photo is someone new
@@ -191,7 +192,7 @@ class ServedGallery:
             return [{"answer": "unknown", "individual_id": None, "similarity": 0.0, "margin": None,
                      "threshold": self.threshold, "candidates": [], "embedding": E[i]} for i in range(len(paths))]
         self.embedder.last = None
-        raw = gallery.identify(paths, topk=topk)
+        raw = gallery.identify(paths, topk=topk, groups=groups)
         self._remember_index(gallery)
         E = self.embedder.last
         if E is None or len(E) != len(paths):

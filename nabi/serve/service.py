@@ -250,10 +250,12 @@ class Service:
         return png
 
     # -- identify ----------------------------------------------------------------------------------------
-    def identify(self, uploads, place=None) -> list:
+    def identify(self, uploads, place=None, together=False) -> list:
         """``uploads``: [(file name as the client gave it, bytes)]. One ``schemas.UploadResult`` per upload, in
         order. The photos are checked, stored by hash and identified in one forward pass (outside any database
-        transaction); each answer is then written with the photo's embedding."""
+        transaction); each answer is then written with the photo's embedding. ``together``: the photos are
+        one sighting of one animal, answered from all of them at once (the identifier's ``together``); each
+        photo stores that answer and how many photos it came from."""
         place = _place(place)
         results, accepted, seen = [], [], {}
         for i, (filename, data) in enumerate(uploads):
@@ -283,7 +285,8 @@ class Service:
             return results
         try:
             with self.model_lock:
-                answers = self.identifier.identify([a[4] for a in accepted], topk=self.topk)
+                answers = self.identifier.identify([a[4] for a in accepted], topk=self.topk,
+                                                   together=together and len(accepted) > 1)
         except Exception as e:      # the photos stay stored by hash; nothing enters the database
             for i, shown, *_ in accepted:
                 results[i] = S.UploadResult(ok=False, file=shown, status=500,
@@ -296,6 +299,8 @@ class Service:
                                             "threshold")}
             kept["candidates"] = [{k: c.get(k) for k in ("individual_id", "similarity", "probability", "photo")}
                                   for c in raw["candidates"]]
+            if together and len(accepted) > 1:
+                kept["sighting_photos"] = len(accepted)
             try:
                 with self.store.write() as conn:
                     old = repo.photo_by_sha(conn, sha)
@@ -751,7 +756,8 @@ class Views:
                         similarity=float(raw["similarity"]), margin=raw.get("margin"),
                         probability=raw.get("probability"), threshold=raw.get("threshold"),
                         calibrated=raw.get("threshold") is not None or raw.get("probability") is not None,
-                        words=text, level=level, confidence=conf.confidence(raw), candidates=cands)
+                        words=text, level=level, confidence=conf.confidence(raw), candidates=cands,
+                        sighting_photos=raw.get("sighting_photos"))
 
     def _photos(self, conn, rows) -> list:
         names = repo.names(conn)

@@ -110,7 +110,8 @@ def build_trainer(cfg: TrainConfig, model, train_loader, val_loader=None, *, out
     kwargs = {}
     if replicas is not None:
         shard_train_loader(train_loader, replicas.rank, replicas.world)
-        replicas.attach(model, cfg.sync_batch_norm)
+        replicas.attach(model, cfg.sync_batch_norm, params=list(optimizer.params.values()),
+                        overlap=cfg.overlap_sum)
         kwargs["replicas"] = replicas
     return (trainer_class or Trainer)(
         model, optimizer, train_loader, val_loader,

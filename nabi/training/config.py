@@ -243,6 +243,10 @@ class TrainConfig:
         False, "with --replicas: batch norm statistics over the whole global batch (summed across the "
         "replicas in the forward and the backward pass), as one process would compute them",
         Flag(), commands=(TRAIN, PRETRAIN, SELF_TRAIN), fingerprint=UNLESS_DEFAULT)
+    overlap_sum: bool = setting(
+        False, "with --replicas: send each bucket of gradients to be summed as soon as the backward pass has "
+        "produced it, while the backward pass goes on (as DistributedDataParallel does), instead of after it",
+        Flag(), commands=(TRAIN, PRETRAIN, SELF_TRAIN), fingerprint=NEVER)
     executor: str = setting(
         "local", "where --replicas run: local = worker processes on this machine; ray = Ray actors on a local "
         "Ray instance or the cluster at --address (the run folder must be on a filesystem every node sees at "
@@ -386,7 +390,7 @@ def check(cfg, name_of=named) -> None:
                               f"optimiser's step, on the CPU in float32 or float64; it cannot be combined with "
                               f"{', '.join(refused)}")
     else:
-        alone = [label(k) if values[k] is True else f"{label(k)} {values[k]}" for k, want in (("sync_batch_norm", False), ("executor", "local"),
+        alone = [label(k) if values[k] is True else f"{label(k)} {values[k]}" for k, want in (("sync_batch_norm", False), ("overlap_sum", False), ("executor", "local"),
                                                            ("address", None)) if given(k) and values[k] != want]
         if alone:
             raise BadArgument(f"{', '.join(alone)} only applies to a run of --replicas 2 or more")

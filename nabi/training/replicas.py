@@ -88,18 +88,21 @@ class Replicas:
     them, at the start and inside every collective. ``ReplicaError`` when they cannot be met in time.
     """
 
-    def __init__(self, rank: int, world: int, address, timeout_s: float = 60.0, bucket_bytes: int = BUCKET_BYTES):
+    def __init__(self, rank: int, world: int, address, timeout_s: float = 60.0, bucket_bytes: int | None = None):
         from datetime import timedelta
         dist = require_transport()
         import torch
         self.rank, self.world, self.timeout_s = int(rank), int(world), float(timeout_s)
         self.host, self.port = address[0], int(address[1])
+        if bucket_bytes is None:        # NABI_REPLICA_BUCKET_BYTES: another bucket size (the tests use tiny ones)
+            bucket_bytes = int(os.environ.get("NABI_REPLICA_BUCKET_BYTES", BUCKET_BYTES))
         self.bucket_bytes = int(bucket_bytes)
         self._dist, self._torch = dist, torch
         self.loader = None              # the sharded train loader (its global batch sizes weigh the shards)
         self.sync_batch_norm = False
         self.comm_seconds = 0.0         # time spent inside gradient all-reduces, for the benchmark
         self._flat = {}
+        self._overlap = None
         timeout = timedelta(seconds=self.timeout_s)
         try:
             store = dist.TCPStore(self.host, self.port, self.world, is_master=self.rank == 0, timeout=timeout,
@@ -168,7 +171,11 @@ class Replicas:
     def sum_gradients(self, params, buffers=()) -> None:
         """Sum every parameter's gradient over the replicas (a missing one counts as zeros) and average the
         float ``buffers`` (``(module, name)`` pairs: batch norm's running statistics), in one all-reduce per
-        dtype, in buckets of ``bucket_bytes``; each bucket is sent as soon as it is packed."""
+        dtype, in buckets of ``bucket_bytes``; each bucket is sent as soon as it is packed. With ``overlap``
+        (``attach``) the buckets of the gradients the backward pass finished are already on their way: the
+        rest is packed and sent, and every bucket is waited for and unpacked."""
+        if self._overlap is not None:
+            return self._overlap.finish(params, buffers)
         t0 = time.perf_counter()
         by_dtype = {}
         for p in params:
@@ -227,11 +234,14 @@ class Replicas:
             raise self._lost(e, "the gradients' all-reduce") from None
 
     # -- the model's random masks and batch norms ----------------------------------------------------------
-    def attach(self, model, sync_batch_norm=False) -> None:
-        """Make ``model``'s batch norms synchronised (``sync_batch_norm``), and remember its mask layers."""
+    def attach(self, model, sync_batch_norm=False, params=None, overlap=False) -> None:
+        """Make ``model``'s batch norms synchronised (``sync_batch_norm``), and remember its mask layers.
+        ``overlap``: sum the gradients of ``params`` (the optimiser's) in buckets sent during the backward
+        pass, as soon as the layers that own them have run their backward (``OverlappedSum``)."""
         from ..layers import DropPath, Dropout
         from ..layers.norm import _BatchNorm
         self.sync_batch_norm = bool(sync_batch_norm)
+        self._overlap = OverlappedSum(self, model, params) if overlap else None
         self.norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
         if sync_batch_norm:
             reduce = lambda a: self.all_reduce(np.array(a, dtype=np.float64), "synchronised batch norm")  # noqa: E731
@@ -255,6 +265,116 @@ class Replicas:
         for m, g in zip(self.masks, self._shared):
             m.rng = np.random.Generator(g.bit_generator.jumped(self.world))
         self._shared = None
+
+
+class OverlappedSum:
+    """The gradients' sum started during the backward pass (as DistributedDataParallel does).
+
+    Every layer that owns trainable parameters has its ``backward`` wrapped (on the instance) so that, once
+    it has run, its parameters' gradients are final for the step: they are copied into the open bucket of
+    their dtype, and a bucket of ``bucket_bytes`` or more is sent at once (an asynchronous all-reduce) while
+    the backward pass goes on below. ``finish`` packs what is left (parameters no layer reported, the batch
+    norms' running statistics) into last buckets, waits for every bucket and writes the sums back.
+    Every replica runs the same backward, so the buckets hold the same parameters in the same order
+    everywhere. A layer whose backward runs twice in one step (a layer used twice) cannot be summed early:
+    that is refused with a ``ReplicaError`` naming it."""
+
+    def __init__(self, replicas, model, params):
+        self.replicas = replicas
+        trainable = {id(p) for p in (params if params is not None else model.parameters())}
+        self.layers = []
+        for name, m in model.named_modules():
+            own = [p for p in m._parameters.values() if id(p) in trainable]
+            if own:
+                self.layers.append((name, m, own))
+                object.__setattr__(m, "backward", self._reporting(name, m, own, m.backward))
+        self._buffers = {}          # bucket number → its float array (reused between steps)
+        self._start_step()
+
+    def _start_step(self):
+        self.done = set()           # ids of the parameters already packed this step
+        self.sent = []              # (flat, [(parameter or (module, name)), …], work)
+        self.open = {}              # dtype → [(item, array)]
+        self.open_bytes = {}
+
+    def _reporting(self, name, module, own, backward):
+        def backward_then_report(*args, **kwargs):
+            out = backward(*args, **kwargs)
+            for p in own:
+                if id(p) in self.done:
+                    raise ReplicaError(f"replica {self.replicas.rank}: the backward of layer {name!r} ran twice "
+                                       f"in one step, so its gradients cannot be summed before the step ends")
+                self.done.add(id(p))
+                self._add(p, p.grad)
+            return out
+        return backward_then_report
+
+    def _add(self, item, array):
+        dtype = np.dtype(array.dtype if array is not None else item.data.dtype)
+        self.open.setdefault(dtype, []).append((item, array))
+        self.open_bytes[dtype] = self.open_bytes.get(dtype, 0) + (item.data.size if array is None else array.size) \
+            * dtype.itemsize
+        if self.open_bytes[dtype] >= self.replicas.bucket_bytes:
+            self._send(dtype)
+
+    def _send(self, dtype):
+        items = self.open.pop(dtype, [])
+        self.open_bytes.pop(dtype, None)
+        if not items:
+            return
+        sizes = [it.data.size if a is None else a.size for it, a in items]
+        total = int(sum(sizes))
+        number = len(self.sent)
+        flat = self._buffers.get(number)
+        if flat is None or flat.size != total or flat.dtype != dtype:
+            flat = self._buffers[number] = np.empty(total, dtype)
+        o = 0
+        for (it, a), n in zip(items, sizes):
+            if a is None:
+                flat[o:o + n] = 0
+            else:
+                flat[o:o + n] = a.reshape(-1)
+            o += n
+        t0 = time.perf_counter()
+        work = self.replicas._send(flat)
+        self.replicas.comm_seconds += time.perf_counter() - t0
+        self.sent.append((flat, [it for it, _ in items], sizes, work))
+
+    def finish(self, params, buffers):
+        t0 = time.perf_counter()
+        for p in params:                                   # parameters no layer reported (none, usually)
+            if id(p) not in self.done:
+                self.done.add(id(p))
+                self._add(p, p.grad)
+        for dtype in list(self.open):
+            self._send(dtype)
+        world = self.replicas.world
+        for module, name in buffers:                       # per-replica batch norm's running statistics
+            a = getattr(module, name)
+            if a.dtype.kind == "f":
+                self.open.setdefault(np.dtype(a.dtype), []).append(((module, name), a / world))
+        for dtype in list(self.open):
+            self._send(dtype)
+        for flat, items, sizes, work in self.sent:
+            try:
+                work.wait()
+            except Exception as e:  # noqa: BLE001
+                raise self.replicas._lost(e, "the gradients' all-reduce") from None
+            o = 0
+            for it, n in zip(items, sizes):
+                view = flat[o:o + n]
+                if isinstance(it, tuple):
+                    target = getattr(*it)
+                    target[...] = view.reshape(target.shape)
+                else:
+                    g = it.grad
+                    if g is None or g.shape != it.data.shape:
+                        it.grad = view.reshape(it.data.shape).copy()
+                    else:
+                        g[...] = view.reshape(g.shape)
+                o += n
+        self.replicas.comm_seconds += time.perf_counter() - t0
+        self._start_step()
 
 
 class WholeBatchLoss:

@@ -20,17 +20,20 @@ IMAGE = {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}, "desc
              responses={409: {"model": S.IdentifyOut, "description": "every photo was refused (the same status)"}})
 async def identify(service: ServiceDep, settings: SettingsDep,
                    files: list[UploadFile] = File(..., description="one or more photos (JPEG, PNG, WebP)"),
-                   place: Optional[str] = Form(None, description="where the photos were taken, if not in EXIF")):
+                   place: Optional[str] = Form(None, description="where the photos were taken, if not in EXIF"),
+                   together: bool = Form(False, description="the photos show one animal at one sighting: answer "
+                                                            "them together, from all of their evidence")):
     """Store the photos (by content hash) and identify them: background, a known individual or a new one.
 
-    One result per file, in order. When every file is refused, the HTTP status is the refusal's."""
+    One result per file, in order; with ``together``, every photo carries the sighting's one answer. When
+    every file is refused, the HTTP status is the refusal's."""
     if len(files) > settings.max_files:
         raise Refused(f"{len(files)} files in one request; at most {settings.max_files}", 413)
     uploads = []
     for f in files:
         uploads.append((f.filename, await f.read(settings.max_upload_bytes + 1)))
         await f.close()
-    results = await run_in_threadpool(service.identify, uploads, place)
+    results = await run_in_threadpool(service.identify, uploads, place, together)
     body = S.IdentifyOut(results=results)
     if results and not any(r.ok for r in results):
         codes = {r.status for r in results}

@@ -104,6 +104,8 @@ function answerBlock(r) {
   if (r.margin !== null && r.margin !== undefined) facts.push("margin " + pct(r.margin));
   if (r.threshold !== null && r.threshold !== undefined) facts.push("threshold " + pct(r.threshold));
   block.append(el("p", { class: "score", text: facts.join(" · ") }));
+  if (r.sighting_photos) block.append(el("p", { class: "hint sighting-answer",
+    text: "One answer for the " + r.sighting_photos + " photos of this sighting, from all of them." }));
   if (r.candidates.length) {
     const cands = el("ol", { class: "candidates" });
     for (const c of r.candidates) {
@@ -215,14 +217,18 @@ const pages = {
     const drop = el("label", { id: "drop", class: "drop", for: "files" }, "Drop photos here, or ",
       el("span", { class: "linkish", text: "choose files" }), input);
     const place = el("input", { id: "place", name: "place", maxlength: 200, placeholder: "e.g. library lawn" });
+    const together = el("input", { id: "together", name: "together", type: "checkbox" });
     const results = el("div", { id: "results", class: "cards" });
     content().append(el("form", { id: "upload-form" }, drop,
-      el("p", {}, el("label", {}, "Place (used when a photo has no GPS position) ", place))), results);
+      el("p", {}, el("label", {}, "Place (used when a photo has no GPS position) ", place)),
+      el("p", {}, el("label", {}, together, " These photos show one animal at one sighting: answer them together"))),
+      results);
     async function send(files) {
       if (!files.length) return;
       const form = new FormData();
       for (const f of files) form.append("files", f, f.name);
       if (place.value.trim()) form.append("place", place.value.trim());
+      if (together.checked && files.length > 1) form.append("together", "true");
       flash("Identifying " + files.length + " photo" + (files.length > 1 ? "s" : "") + "…", "info");
       try {
         const data = await api("POST", "/api/identify", form, true);
