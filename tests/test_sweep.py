@@ -207,6 +207,7 @@ def test_cli_check_and_error(tmp_path, capsys):
     assert err.startswith("nabi sweep: error: ") and str(bad) in err and "selection on the test split" in err
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_from_each_trials_checkpoint(ray_instance, tmp_path):
     """Ctrl+C (SIGINT) in the middle of a sweep: the report selects nothing and names the unfinished trials; the
     same command again restores Tune's experiment, and the trials that had started go on from their checkpoints."""
