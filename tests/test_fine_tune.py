@@ -336,6 +336,7 @@ def test_bad_values_in_a_config_file_are_refused_too(photos, tmp_path, capsys):
     assert "--freeze-until (config key freeze_until) must be a stage name" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_killed_fine_tuning_run_resumes_to_the_uninterrupted_runs_weights(photos, init_weights, tmp_path):
     from test_faults import assert_same_run, nabi_train
     extra = ["--init", str(init_weights), "--freeze-until", "conv1", "--layer-lr-decay", "0.5"]

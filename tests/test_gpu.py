@@ -55,7 +55,9 @@ def _one_step(model, opt, loss_fn, x, y):
     return loss
 
 
-@pytest.mark.parametrize("name,kwargs", [("cifar_cnn", {}), ("resnet20", {}), ("resnet20", {"pool": "gem"})],
+@pytest.mark.parametrize("name,kwargs", [("cifar_cnn", {}),
+                                         pytest.param("resnet20", {}, marks=pytest.mark.slow),   # _gem covers it
+                                         ("resnet20", {"pool": "gem"})],
                          ids=["cifar_cnn", "resnet20", "resnet20_gem"])
 def test_no_array_crosses_host_device_inside_a_training_step(cupy, monkeypatch, name, kwargs):
     model = models.get(name, num_classes=10, **kwargs).to("gpu")

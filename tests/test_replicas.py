@@ -63,6 +63,7 @@ def test_two_replicas_train_the_weights_one_process_trains_on_the_whole_batch(tw
     assert '"replicas": 1' in json.dumps(json.loads((tmp_path / "one" / "config.json").read_text()))
 
 
+@pytest.mark.slow
 def test_float32_replicas_match_one_process_within_a_stated_tolerance(tmp_path):
     """float32: the sums in another order drift by rounding; after 4 steps every weight is within 1e-5 of one
     process's (relative to the weight's scale)."""

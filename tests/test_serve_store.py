@@ -174,7 +174,7 @@ def test_a_failing_identifier_leaves_the_database_untouched(tmp_path):
 
     ident = colour_identifier()
 
-    def broken(paths, topk=5):
+    def broken(paths, topk=5, groups=None):
         raise RuntimeError("the embedding network is not loaded")
     ident.served.identify = broken
     store = Store(tmp_path / "d")
