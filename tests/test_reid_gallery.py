@@ -597,6 +597,56 @@ def test_saves_keep_the_unchanged_chunks_of_local_features(gallery, world):
         np.testing.assert_array_equal(got.descriptors.astype(np.float16), want.descriptors.astype(np.float16))
 
 
+def test_the_keypoint_trees_are_cached_in_the_folder_and_loaded_instead_of_built(gallery, world, monkeypatch):
+    """A FLANN-indexed gallery: the first process that searches it builds the trees and caches them beside the
+    gallery; the next one loads them (no tree is built) and answers exactly as the built index does; photos
+    enrolled since are searched beside the cached trees; a damaged cache is ignored and built again, and a
+    save that makes it stale removes it."""
+    import cv2
+    from nabi.reid import matcher, store
+    from nabi.reid.matcher import MatcherSettings
+    gallery.matcher_settings = MatcherSettings(index="flann")
+    gallery.save()
+    queries = [photo(i, 75) for i in (0, 3, 5)]
+    first = Gallery.open(gallery.path)
+    built = first.identify(queries, matcher=True)
+    (meta_path, meta), = store.saved_trees(gallery.path)
+    assert meta["chunks"] == [c["sha256"] for c in store.local_chunks(json.loads((gallery.path / "index.json").read_text()))]
+    builds = []
+    real = matcher._cv2
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(cv2, name)
+
+        def flann_Index(self, *args, **kwargs):
+            if args:
+                builds.append(len(args[0]))
+            return cv2.flann_Index(*args, **kwargs)
+    monkeypatch.setattr(matcher, "_cv2", lambda: Counting())
+    again = Gallery.open(gallery.path).identify(queries, matcher=True)
+    assert builds == []                                              # loaded, not built
+    for a, b in zip(again, built):
+        assert (a["name"], a["probability"]) == (b["name"], pytest.approx(b["probability"], abs=1e-12))
+    gallery.add("ind43", [world / "val" / "ind08" / "001.png"])       # a new chunk: the cache still fits
+    assert len(store.saved_trees(gallery.path)) == 1
+    grown = Gallery.open(gallery.path)
+    with_new = grown.identify(queries, matcher=True)
+    assert builds == [] and len(grown.local_index()[0]) == 23
+    in_memory = Gallery(grown.embedder, None, grown.entries, grown.embeddings, grown.local, grown.local_settings,
+                        grown.matcher_settings, grown.calibration, grown.threshold)
+    monkeypatch.setattr(matcher, "_cv2", real)
+    for a, b in zip(with_new, in_memory.identify(queries, matcher=True)):
+        assert a["name"] == b["name"]
+    for tree in gallery.path.glob("keypoint-tree-*.flann"):           # damaged: not loaded, built again
+        tree.write_bytes(tree.read_bytes()[:-64])
+    monkeypatch.setattr(matcher, "_cv2", lambda: Counting())
+    Gallery.open(gallery.path).identify(queries, matcher=True)
+    assert len(builds) == 1
+    gallery.remove(gallery.entries[0]["sha256"])                       # the first chunk changes: stale
+    assert store.saved_trees(gallery.path) == [] and not list(gallery.path.glob("keypoint-tree-*"))
+
+
 def test_a_version_2_gallery_with_one_local_features_file_still_opens(gallery):
     index = gallery.path / "index.json"
     data = json.loads(index.read_text())

@@ -111,6 +111,7 @@ class Gallery:
         self._lock = threading.RLock()
         self._index = None                 # (LocalIndex, {entry sha256: index photo id}) once built
         self._files = ()
+        self._on_disk = None               # (the snapshot the folder holds, its local-feature chunks)
         self.skipped = []
 
     # -- the state ---------------------------------------------------------------------------------------
@@ -241,6 +242,7 @@ class Gallery:
         except ValueError as e:
             raise GalleryError(f"gallery index {path / INDEX} is not usable: {e}") from None
         g._files = (emb_file, local_file)
+        g._on_disk = (g._snap, store.local_chunks(index))
         return g
 
     def save(self):
@@ -257,6 +259,7 @@ class Gallery:
             index = store.write(self.path, index, snap.embeddings,
                                 snap.local if self.has_local_features else None, self._files)
             self._files = (index["embeddings"]["file"], [c["file"] for c in store.local_chunks(index)])
+            self._on_disk = (snap, store.local_chunks(index))
 
     # -- writing ------------------------------------------------------------------------------------------
     def _collision(self, name, existing):
@@ -411,13 +414,31 @@ class Gallery:
                 state = self._index = None
             covered = state is not None and all(e["sha256"] in state[1] for e in snap.entries)
             if not covered:
-                fresh = (LocalIndex(list(snap.local), self.matcher_settings),
-                         {e["sha256"]: j for j, e in enumerate(snap.entries)})
+                fresh = (self._built_index(snap), {e["sha256"]: j for j, e in enumerate(snap.entries)})
                 if snap is not self._snap:            # an older snapshot than the gallery's: its own index
                     return fresh[0], np.arange(len(snap.entries))
                 state = self._index = fresh
             index, ids = state
         return index, np.array([ids[e["sha256"]] for e in snap.entries], np.int64)
+
+    def _built_index(self, snap):
+        """The keypoint index of ``snap``: loaded from the folder's cached trees when the folder holds this very
+        snapshot and a cache fits (``store.load_keypoint_tree``), else built — and then cached there when one
+        tree covers the whole gallery."""
+        from .matcher import LocalIndex
+        on_disk = self.path is not None and self._on_disk is not None and self._on_disk[0] is snap
+        index = store.load_keypoint_tree(self.path, self._on_disk[1], list(snap.local), self.matcher_settings) \
+            if on_disk else None
+        if index is None:
+            index = LocalIndex(list(snap.local), self.matcher_settings)
+        if on_disk and index.whole_tree and not self._tree_cached():
+            store.save_keypoint_tree(self.path, index, self._on_disk[1])
+        return index
+
+    def _tree_cached(self) -> bool:
+        """Whether the folder already caches trees over the gallery's chunks as they are now."""
+        shas = [c["sha256"] for c in self._on_disk[1]]
+        return any(meta["chunks"] == shas for _, meta in store.saved_trees(self.path))
 
     def _extend_index(self, new_entries, feats):
         """Under the lock: add just-enrolled photos to a built index (nothing when none is built yet)."""

@@ -38,6 +38,7 @@ from .local_features import Features, _cv2
 
 CHANCE_INLIERS = 7          # inliers a RANSAC homography finds between unrelated photos (4 by construction)
 EXACT_LIMIT = 50_000        # gallery descriptors up to which the index is exact (a matrix product)
+TREES = 4                   # FLANN's randomised kd-trees
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class LocalIndex:
     existing index until they outgrow a tenth of it, and only then is the index built again.
     """
 
-    def __init__(self, features, settings: MatcherSettings = MatcherSettings(), _base=None):
+    def __init__(self, features, settings: MatcherSettings = MatcherSettings(), _base=None, tree_file=None):
         self.settings = settings
         self.features = list(features)
         counts = np.array([len(f) for f in self.features], np.int64)
@@ -179,9 +180,26 @@ class LocalIndex:
         self.kind, self._flann, self.n_tree = kind, None, 0
         if kind == "flann" and len(self._head_desc):
             cv2 = _cv2()
-            cv2.setRNGSeed(0)                           # the kd-trees' random splits: the same photos, the same index
-            self._flann = cv2.flann_Index(self._head_desc, dict(algorithm=1, trees=4))
+            if tree_file is not None:                   # the trees saved for exactly these descriptors
+                self._flann = cv2.flann_Index()
+                if not self._flann.load(self._head_desc, str(tree_file)):
+                    raise ValueError(f"the keypoint tree file {tree_file} could not be loaded")
+            else:
+                cv2.setRNGSeed(0)                       # the kd-trees' random splits: the same photos, the same index
+                self._flann = cv2.flann_Index(self._head_desc, dict(algorithm=1, trees=TREES))
             self.n_tree = len(self._head_desc)
+
+    @property
+    def whole_tree(self) -> bool:
+        """True when one FLANN tree covers every indexed descriptor (what ``save_tree`` writes)."""
+        return self._flann is not None and self.n_tree == self.n_rows
+
+    def save_tree(self, path) -> None:
+        """Write the FLANN trees (OpenCV's format) to ``path``; ``LocalIndex(features, settings, tree_file=path)``
+        loads them again for the same features, without building them."""
+        if not self.whole_tree:
+            raise ValueError("only an index whose one tree covers every descriptor can be saved")
+        self._flann.save(str(path))
 
     @property
     def n_rows(self) -> int:

@@ -21,6 +21,14 @@ rest: enrolling a few photos into 10,000 writes a small chunk, not 2.5 GB again.
 that absorbs the chunks before it that are no larger (a binary counter: about log₂ M chunks for M photos,
 each photo rewritten about log₂ M times over the gallery's life); taking a photo out rewrites the chunks
 from the first one that held it.
+
+    keypoint-tree-<key>.flann      a cache: the FLANN trees over the keypoints of the chunks its sidecar
+    keypoint-tree-<key>.json       lists (SHA-256 of the trees, OpenCV's version), so a process that opens
+                                   a large gallery loads the trees instead of building them (at 10,000 photos
+                                   building takes minutes). Written by whoever first builds them; used while
+                                   its chunks begin the gallery's chunk list (photos enrolled since are
+                                   searched exactly beside it, as in memory); removed by the save that makes
+                                   it stale. Deleting it is harmless.
 """
 from __future__ import annotations
 
@@ -218,6 +226,7 @@ def write(path, index: dict, embeddings, local=None, previous=()) -> dict:
     else:
         index["local"] = None
     io.atomic_write_json(folder / INDEX, index)
+    _drop_stale_trees(folder, [c["sha256"] for c in local_chunks(index)])
     keep = {index["embeddings"]["file"]} | {c["file"] for c in local_chunks(index)}
     if old is not None:
         named = [(old.get("embeddings") or {}).get("file")]
@@ -237,6 +246,101 @@ def write(path, index: dict, embeddings, local=None, previous=()) -> dict:
                 except FileNotFoundError:
                     pass
     return index
+
+
+TREE_PREFIX = "keypoint-tree-"
+
+
+def _tree_key(chunk_shas) -> str:
+    from .matcher import TREES
+    return hashlib.sha256(json.dumps([list(chunk_shas), TREES]).encode()).hexdigest()[:16]
+
+
+def saved_trees(folder):
+    """``(sidecar path, its JSON)`` of every keypoint-tree cache in ``folder`` whose sidecar is readable."""
+    out = []
+    for meta_path in Path(folder).glob(f"{TREE_PREFIX}*.json"):
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+            if isinstance(meta, dict) and isinstance(meta.get("chunks"), list) and isinstance(meta.get("file"), str):
+                out.append((meta_path, meta))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def save_keypoint_tree(path, index, chunks) -> bool:
+    """Cache ``index``'s trees (one FLANN tree over every descriptor of the gallery whose local-feature chunks
+    are ``chunks``) in the gallery folder: the trees first (under a temporary name, then renamed), then their
+    sidecar. False when the folder cannot take it (read-only, full); nothing is left half-written."""
+    from .local_features import _cv2
+    from .matcher import TREES
+    folder = Path(path)
+    shas = [c["sha256"] for c in chunks]
+    key = _tree_key(shas)
+    name = f"{TREE_PREFIX}{key}.flann"
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        index.save_tree(tmp)
+        sha = file_sha256(tmp)
+        os.replace(tmp, folder / name)
+        io.atomic_write_json(folder / f"{TREE_PREFIX}{key}.json", {
+            "format": "nabi-keypoint-tree", "file": name, "sha256": sha, "chunks": shas,
+            "photos": int(sum(c["photos"] for c in chunks)), "rows": int(index.n_rows), "trees": TREES,
+            "opencv": _cv2().__version__})
+        return True
+    except OSError:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        return False
+
+
+def load_keypoint_tree(path, chunks, features, settings):
+    """The ``LocalIndex`` over ``features`` (one per entry, the gallery's chunks ``chunks``) from the cached trees
+    whose chunks begin ``chunks`` (the longest such), the photos after them added as ``with_photos`` adds
+    them; None when no cache fits (or its file does not match its SHA-256, or another OpenCV wrote it)."""
+    from .local_features import _cv2
+    from .matcher import TREES, LocalIndex
+    shas = [c["sha256"] for c in chunks]
+    best = None
+    for _, meta in saved_trees(path):
+        covered = meta["chunks"]
+        if covered and covered == shas[:len(covered)] and meta.get("trees") == TREES \
+                and meta.get("opencv") == _cv2().__version__ and (best is None or len(covered) > len(best["chunks"])):
+            best = meta
+    if best is None:
+        return None
+    file = Path(path) / best["file"]
+    if Path(best["file"]).name != best["file"] or not file.is_file() or file_sha256(file) != best.get("sha256"):
+        return None
+    m = sum(c["photos"] for c in chunks[:len(best["chunks"])])
+    try:
+        base = LocalIndex(features[:m], settings, tree_file=file)
+    except ValueError:
+        return None
+    if not base.whole_tree or base.n_rows != best.get("rows"):
+        return None
+    return base.with_photos(features[m:])
+
+
+def _drop_stale_trees(folder, chunk_shas):
+    """Remove the keypoint-tree caches whose chunks no longer begin the gallery's, and leftovers of a crash."""
+    for meta_path, meta in saved_trees(folder):
+        covered = meta["chunks"]
+        if not covered or covered != list(chunk_shas[:len(covered)]):
+            for f in (Path(folder) / Path(meta["file"]).name, meta_path):
+                try:
+                    os.remove(f)
+                except OSError:
+                    pass
+    for tmp in Path(folder).glob(f".{TREE_PREFIX}*.tmp"):
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 class GalleryBusy(GalleryError):
