@@ -17,7 +17,8 @@ class _Elementwise(Module):
         return y
 
     def backward(self, dy):
-        return type(self)._bwd(dy, self._cache)
+        cache, self._cache = self._cache, None      # freed once used: it would otherwise outlive the step
+        return type(self)._bwd(dy, cache)
 
 
 class ReLU(_Elementwise):
