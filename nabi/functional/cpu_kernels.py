@@ -1015,10 +1015,11 @@ def _relu(x, y):
         y[k] = t if t > 0 or np.isnan(t) else 0
 
 
-def relu(x):
-    """y = max(x, 0), NaN kept (as ``np.maximum``)."""
+def relu(x, out=None):
+    """y = max(x, 0), NaN kept (as ``np.maximum``); into ``out`` (x itself allowed) when given: a C-contiguous
+    array of x's shape and dtype."""
     xc = np.ascontiguousarray(x)
-    y = np.empty_like(xc)
+    y = np.empty_like(xc) if out is None else out
     _relu(xc.reshape(-1), y.reshape(-1))
     return y
 
