@@ -476,10 +476,14 @@ def _warm_up_kernels():
     one-off JIT — LLVM's memory, like a library's import — is not counted as the step's memory.
     Returns the seconds it took."""
     t0 = time.perf_counter()
+    import itertools
     import nabi.layers as L
+    from nabi.functional import conv_algo
     from nabi.optim import SGD
     from nabi.training.trainer import enable_fused_sgd
-    for fused in (False, True):
+    # both algorithms: the Winograd kernels too (a first run after the kernels' source changed compiles them,
+    # and that compiler's memory, 100-300 MB, would otherwise count as the step's)
+    for fused, algo in itertools.product((False, True), ("im2col", "winograd")):
         net = L.Sequential(L.Conv2d(3, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU(), L.Conv2d(4, 4, 3, padding=1),
                            L.ReLU(), L.MaxPool2d(2), L.Flatten(), L.Linear(4 * 4 * 4, 3))
         opt = SGD(net.named_parameters(), lr=0.01, momentum=0.0 if fused else MOMENTUM)
@@ -487,10 +491,11 @@ def _warm_up_kernels():
             enable_fused_sgd(net, opt)
         loss = L.CrossEntropyLoss()
         for n in (1, 2):
-            loss(net(np.zeros((n, 3, 8, 8), np.float32)), np.zeros(n, np.int64))
-            net.zero_grad()
-            net.backward(loss.backward())
-            opt.step()
+            with conv_algo.algorithm(algo):
+                loss(net(np.zeros((n, 3, 8, 8), np.float32)), np.zeros(n, np.int64))
+                net.zero_grad()
+                net.backward(loss.backward())
+                opt.step()
     return round(time.perf_counter() - t0, 3)
 
 
