@@ -51,10 +51,12 @@ INPUT_LAYER_CHUNK_BYTES = 4 * 2**20
 """Column chunk of a training layer that computes no ∂L/∂x (a network's first layer, ``set_input_grad(False)``)
 whose columns would be over ``INPUT_LAYER_COL_RATIO`` times its input: its forward builds the columns this many
 bytes of them at a time and its backward rebuilds them the same way for ∂L/∂w, instead of keeping them. A stem's
-columns are many times its image (ResNet's 7×7 stride-2 layer on 3 channels: 12×, 57 MB at batch 16 of
-160×160, the largest array of the step), and rebuilding them is one pass over a 3-channel input."""
+columns are many times its image (ResNet's 7×7 stride-2 layer on 3 channels: 12.25×, 57 MB at batch 16 of
+160×160, the largest array of the step), and rebuilding them is one pass over a 3-channel input. A 3×3
+stride-1 first layer (9×: cifar_cnn's) keeps its columns: there the chunks' extra passes and calls were
+measured to cost more than a tenth of cifar_cnn's step."""
 
-INPUT_LAYER_COL_RATIO = 4
+INPUT_LAYER_COL_RATIO = 9
 
 SCRATCH_MAX_BYTES = 64 * 2**20
 """Largest buffer a thread's eval-mode ``scratch`` keeps (every serving thread holds its own)."""
