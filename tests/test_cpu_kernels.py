@@ -148,6 +148,36 @@ def test_max_pool_nan_and_inf_follow_pytorch():
     assert np.isnan(y[0, 0]).any()
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 7, 9)])       # even, and odd (the last row/column unread)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_2x2_stride_2_max_pool_equals_the_general_kernel_and_numpy(shape, dtype):
+    """``_max_pool_2x2`` (every window inside the image) against the general loop and the NumPy reference,
+    with tied maxima (ReLU zeros), a NaN (PyTorch's rule: it wins and takes the gradient) and ±inf."""
+    rng = np.random.default_rng(3)
+    x = np.maximum(np.round(rng.standard_normal(shape) * 2), 0).astype(dtype)
+    x[0, 0, 2, 3], x[0, 0, 3, 2] = np.nan, np.nan
+    x[-1, -1, :2, :2] = -np.inf
+    x[-1, 0, 4, 4] = np.inf
+    g = (2, 2, 2, 2, 0, 0, shape[2] // 2, shape[3] // 2)
+    y, arg = K.max_pool(x, g)
+    y_gen = np.empty_like(y)
+    arg_gen = np.empty_like(arg)
+    K._max_pool(x, *g, y_gen, arg_gen)
+    np.testing.assert_array_equal(y, y_gen)
+    np.testing.assert_array_equal(arg, arg_gen)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+
+    def run():
+        out, cache = F.max_pool2d_forward(x, 2, 2, 0, False)
+        return out, F.max_pool2d_backward(dy, cache)
+    (y1, d1), (y2, d2) = both(run)
+    np.testing.assert_array_equal(y1, y2)
+    ok = ~np.isnan(x)
+    ok[0, 0, 2:4, 2:4] = False                  # the NaN window: the reference passes it no gradient
+    np.testing.assert_array_equal(d1[ok], d2[ok])
+    assert d1[0, 0, 3, 2] == dy[0, 0, 1, 1]     # the window's last NaN takes it, as in PyTorch
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_matches_numpy(dtype):
     x = np.random.default_rng(1).standard_normal((3, 4, 5, 6)).astype(dtype)
