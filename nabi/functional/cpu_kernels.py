@@ -857,6 +857,62 @@ def _max_pool_2x2(x, oh, ow, y, arg):
                     arg[n, c, i, j] = at
 
 
+@_jit
+def _max_pool_3x3s2(x, oh, ow, y, arg):
+    # ``_max_pool`` for 3×3 windows, stride 2, no padding (AlexNet's pooling): a window wholly inside the image
+    # reads its nine cells at fixed offsets, in row-major order (ties go to the first, as there); one cut by the
+    # image's edge (ceil mode) runs ``_max_pool``'s clipped loop. A plane holding a NaN is redone by its rule.
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        src = x[n, c]
+        bad = False
+        for i in range(oh):
+            r = 2 * i
+            for j in range(ow):
+                q = 2 * j
+                if r + 3 <= H and q + 3 <= W:
+                    best = src[r, q]
+                    at = r * W + q
+                    for h in range(r, r + 3):
+                        for w in range(q, q + 3):
+                            t = src[h, w]
+                            bad |= t != t
+                            if t > best:
+                                best = t
+                                at = h * W + w
+                else:
+                    ha, hb = _window(i, 2, 0, 3, H)
+                    wa, wb = _window(j, 2, 0, 3, W)
+                    best = src[ha, wa]
+                    at = ha * W + wa
+                    for h in range(ha, hb):
+                        for w in range(wa, wb):
+                            t = src[h, w]
+                            bad |= t != t
+                            if t > best:
+                                best = t
+                                at = h * W + w
+                y[n, c, i, j] = best
+                arg[n, c, i, j] = at
+        if bad:
+            for i in range(oh):
+                ha, hb = _window(i, 2, 0, 3, H)
+                for j in range(ow):
+                    wa, wb = _window(j, 2, 0, 3, W)
+                    best = -np.inf
+                    at = ha * W + wa
+                    for h in range(ha, hb):
+                        for w in range(wa, wb):
+                            t = src[h, w]
+                            if t > best or t != t:
+                                best = t
+                                at = h * W + w
+                    y[n, c, i, j] = best
+                    arg[n, c, i, j] = at
+
+
 def max_pool(x, geom):
     """(N, C, H, W) → (y (N, C, OH, OW), argmax (N, C, OH, OW) int32 flat index into H·W)."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
@@ -865,6 +921,8 @@ def max_pool(x, geom):
     arg = np.empty((N, C, oh, ow), dtype=np.int32)
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * oh <= H and 2 * ow <= W:
         _max_pool_2x2(np.ascontiguousarray(x), oh, ow, y, arg)
+    elif (kh, kw, sh, sw, ph, pw) == (3, 3, 2, 2, 0, 0):
+        _max_pool_3x3s2(np.ascontiguousarray(x), oh, ow, y, arg)
     else:
         _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, y, arg)
     return y, arg
