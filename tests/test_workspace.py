@@ -191,6 +191,7 @@ def test_an_input_layer_rebuilds_its_columns_in_chunks_and_changes_no_bit(kernel
     x = rng.standard_normal((5, 3, 20, 20)).astype(np.float32)
     dy = rng.standard_normal((5, 4, 10, 10)).astype(np.float32)
     monkeypatch.setattr(C, "INPUT_LAYER_CHUNK_BYTES", 147 * 100 * 4 * 2)   # two images' columns per chunk
+    monkeypatch.setattr(C, "INPUT_LAYER_MIN_COL_BYTES", 147 * 100 * 4 * 5)  # all five images' columns
     with K.kernels(kernels):
         out = []
         for input_grad in (True, False):
