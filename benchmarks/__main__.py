@@ -476,21 +476,32 @@ def _warm_up_kernels():
     one-off JIT — LLVM's memory, like a library's import — is not counted as the step's memory.
     Returns the seconds it took."""
     t0 = time.perf_counter()
+    import itertools
     import nabi.layers as L
+    from nabi.functional import conv_algo
     from nabi.optim import SGD
     from nabi.training.trainer import enable_fused_sgd
-    for fused in (False, True):
+    from nabi.functional import cpu_kernels as K
+    # both algorithms, and each kernel's parallel build as well as its one-thread build (the tiny arrays here would
+    # run only the latter): a first run after the kernels' source changed compiles them, and that compiler's
+    # memory, 50-300 MB, would otherwise count as the step's
+    for fused, algo, parallel_min in itertools.product((False, True), ("im2col", "winograd"),
+                                                       (K.PARALLEL_MIN_ELEMENTS, 0)):
         net = L.Sequential(L.Conv2d(3, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU(), L.Conv2d(4, 4, 3, padding=1),
-                           L.ReLU(), L.MaxPool2d(2), L.Flatten(), L.Linear(4 * 4 * 4, 3))
+                           L.ReLU(), L.MaxPool2d(2), L.MaxPool2d(3, 1, padding=1), L.MaxPool2d(3, 2, ceil_mode=True),
+                           L.Flatten(), L.Linear(4 * 2 * 2, 3))          # the pooling kernels: 2×2, general, 3×3/2
         opt = SGD(net.named_parameters(), lr=0.01, momentum=0.0 if fused else MOMENTUM)
         if fused:
             enable_fused_sgd(net, opt)
         loss = L.CrossEntropyLoss()
+        saved, K.PARALLEL_MIN_ELEMENTS = K.PARALLEL_MIN_ELEMENTS, parallel_min
         for n in (1, 2):
-            loss(net(np.zeros((n, 3, 8, 8), np.float32)), np.zeros(n, np.int64))
-            net.zero_grad()
-            net.backward(loss.backward())
-            opt.step()
+            with conv_algo.algorithm(algo):
+                loss(net(np.zeros((n, 3, 8, 8), np.float32)), np.zeros(n, np.int64))
+                net.zero_grad()
+                net.backward(loss.backward())
+                opt.step()
+        K.PARALLEL_MIN_ELEMENTS = saved
     return round(time.perf_counter() - t0, 3)
 
 

@@ -148,6 +148,40 @@ def test_max_pool_nan_and_inf_follow_pytorch():
     assert np.isnan(y[0, 0]).any()
 
 
+@pytest.mark.parametrize("k, ceil", [(2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 7, 9)])       # even, and odd (a last row/column unread or cut)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_2x2_and_3x3_stride_2_max_pools_equal_the_general_kernel_and_numpy(shape, dtype, k, ceil):
+    """``_max_pool_2x2`` and ``_max_pool_3x3s2`` (AlexNet's, with ceil mode's windows cut by the edge) against the
+    general loop and the NumPy reference, with tied maxima (ReLU zeros), a NaN (PyTorch's rule: it wins and takes
+    the gradient) and ±inf."""
+    rng = np.random.default_rng(3)
+    x = np.maximum(np.round(rng.standard_normal(shape) * 2), 0).astype(dtype)
+    x[0, 0, 2, 3], x[0, 0, 3, 2] = np.nan, np.nan
+    x[-1, -1, :2, :2] = -np.inf
+    x[-1, 0, 4, 4] = np.inf
+    y_ref, _ = F.max_pool2d_forward(x, k, 2, 0, ceil)
+    g = (k, k, 2, 2, 0, 0) + y_ref.shape[2:]
+    y, arg = K.max_pool(x, g)
+    y_gen = np.empty_like(y)
+    arg_gen = np.empty_like(arg)
+    K._max_pool(x, *g, y_gen, arg_gen)
+    np.testing.assert_array_equal(y, y_gen)
+    np.testing.assert_array_equal(arg, arg_gen)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+
+    def run():
+        out, cache = F.max_pool2d_forward(x, k, 2, 0, ceil)
+        return out, F.max_pool2d_backward(dy, cache)
+    (y1, d1), (y2, d2) = both(run)
+    np.testing.assert_array_equal(y1, y2)
+    ok = np.ones(x.shape, bool)
+    ok[0, 0, :6, :6] = False                    # windows with a NaN: the reference passes them no gradient
+    np.testing.assert_allclose(d1[ok], d2[ok], rtol=1e-12 if dtype == np.float64 else 1e-6, atol=0)  # sums' order
+    if k == 2:
+        assert d1[0, 0, 3, 2] == dy[0, 0, 1, 1]     # the window's last NaN takes it, as in PyTorch
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_matches_numpy(dtype):
     x = np.random.default_rng(1).standard_normal((3, 4, 5, 6)).astype(dtype)

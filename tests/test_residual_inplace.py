@@ -52,3 +52,24 @@ def test_a_hooked_body_output_is_left_as_the_hook_saw_it():
     block(rng.standard_normal((2, 3, 5, 5)))
     out, copy = seen[0]
     np.testing.assert_array_equal(out, copy)
+
+
+def test_the_relu_after_the_sum_is_written_over_it_and_a_hooked_one_sees_its_input_kept():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 5, 5))
+    block = _block(np.random.default_rng(5))
+    made = []
+    block.bn.forward = (lambda f: lambda v: made.append(f(v)) or made[-1])(block.bn.forward)
+    y = block(x)
+    assert y is made[0]                                     # batch norm's own array, summed and rectified in place
+    np.testing.assert_array_equal(y, np.maximum(y, 0))
+    seen = []
+
+    def hook(m, forward, v):
+        seen.append((v, v.copy()))
+        return forward(v)
+    hooked = _block(np.random.default_rng(5))
+    hooked.after.add_forward_hook(hook)
+    np.testing.assert_array_equal(hooked(x), y)
+    v, copy = seen[0]
+    np.testing.assert_array_equal(v, copy)                  # the hook's input is not written over

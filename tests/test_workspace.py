@@ -177,3 +177,47 @@ def test_training_workspaces_keep_any_column_chunk_and_eval_scratch_is_capped():
     kept = C.workspace_buffer(C.Workspace(), "col", big, np.float32)
     assert kept is not None and kept.shape == big
     C.release_scratch()
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_an_input_layer_rebuilds_its_columns_in_chunks_and_changes_no_bit(kernels, monkeypatch):
+    """A training layer that computes no ∂L/∂x, with columns over INPUT_LAYER_COL_RATIO × its input (a stem:
+    7×7 stride 2 on 3 channels), builds them in chunks and rebuilds them in backward instead of keeping them;
+    its output equals that of the layer that keeps them, and its gradients do up to the order of the sum over
+    the batch (∂L/∂w adds the chunks' products)."""
+    if kernels and not K.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 20, 20)).astype(np.float32)
+    dy = rng.standard_normal((5, 4, 10, 10)).astype(np.float32)
+    monkeypatch.setattr(C, "INPUT_LAYER_CHUNK_BYTES", 147 * 100 * 4 * 2)   # two images' columns per chunk
+    monkeypatch.setattr(C, "INPUT_LAYER_MIN_COL_BYTES", 147 * 100 * 4 * 5)  # all five images' columns
+    with K.kernels(kernels):
+        out = []
+        for input_grad in (True, False):
+            conv = L.Conv2d(3, 4, 7, stride=2, padding=3, rng=np.random.default_rng(1))
+            conv.set_input_grad(input_grad)
+            for _ in range(2):
+                y = conv(x)
+                chunked = conv._cache[5]
+                conv.zero_grad()
+                conv.backward(dy)
+            out.append((y, conv.weight.grad.copy(), conv.bias.grad.copy()))
+            assert (chunked is not None) == (not input_grad)
+            assert ("col" in conv._workspace) == (kernels and input_grad)
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    for a, b in zip(out[0][1:], out[1][1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+def test_batch_norm_and_activations_free_their_caches_in_backward():
+    """What backward needs is dropped once it has run, so it does not outlive the step (through the
+    optimiser's update, the peak of a first step that allocates momentum buffers)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    for layer in (L.BatchNorm2d(3), L.ReLU(), L.Sigmoid(), L.Tanh()):
+        layer.train()
+        y = layer(x)
+        assert layer._cache is not None
+        layer.backward(np.ones_like(y))
+        assert layer._cache is None

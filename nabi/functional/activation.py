@@ -24,15 +24,21 @@ def relu_forward(x):
     return y, y
 
 
+def relu_forward_inplace(x):
+    """``relu_forward`` written over x (a C-contiguous array nothing else needs): no new array."""
+    y = for_arrays(x).relu(x, out=x)
+    return y, y
+
+
 def relu_backward(dy, cache):
     """The mask comes from the output: y > 0 exactly where x > 0."""
     return for_arrays(dy, cache).relu_backward(dy, cache)
 
 
 @reference
-def relu(x):
-    """y = max(x, 0) (NaN stays NaN)."""
-    return get_array_module(x).maximum(x, 0)
+def relu(x, out=None):
+    """y = max(x, 0) (NaN stays NaN), into ``out`` when given."""
+    return get_array_module(x).maximum(x, 0, out=out)
 
 
 @reference("relu_backward")

@@ -47,6 +47,23 @@ adds nothing to the peak, only holds it between steps; allocating them afresh in
 faults on every step (measured, 2 cores: AlexNet-336 at batch 8 took 856 ms a step with a 64 MB cap
 and 686 ms without it, ResNet-18 (CIFAR) at batch 64, 32×32, 2.0 s and 1.5 s)."""
 
+INPUT_LAYER_CHUNK_BYTES = 4 * 2**20
+"""Column chunk of a training layer that computes no ∂L/∂x (a network's first layer, ``set_input_grad(False)``)
+whose columns would be over ``INPUT_LAYER_COL_RATIO`` times its input: its forward builds the columns this many
+bytes of them at a time and its backward rebuilds them the same way for ∂L/∂w, instead of keeping them. A stem's
+columns are many times its image (ResNet's 7×7 stride-2 layer on 3 channels: 12.25×, 57 MB at batch 16 of
+160×160, the largest array of the step), and rebuilding them is one pass over a 3-channel input. A 3×3
+stride-1 first layer (9×: cifar_cnn's) keeps its columns: there the chunks' extra passes and calls were
+measured to cost more than a tenth of cifar_cnn's step."""
+
+INPUT_LAYER_COL_RATIO = 9
+
+INPUT_LAYER_MIN_COL_BYTES = 16 * 2**20
+"""...and only when those columns would be at least this large: below it they are a small part of a step's memory
+and the chunks' extra calls show (measured, alternated in one process: LeNet-5 at batch 64, 5 MB of columns,
+20.4 ms a step kept and 22.7 ms chunked; ResNet-18 at batch 8 of 64×64, 4.8 MB: 2.7 % slower; at batch 32,
+18 MB: 1.6 % slower, for 35 MB less at the step's peak)."""
+
 SCRATCH_MAX_BYTES = 64 * 2**20
 """Largest buffer a thread's eval-mode ``scratch`` keeps (every serving thread holds its own)."""
 
@@ -145,19 +162,22 @@ def _buffers(impl, workspace):
     return lambda name, shape, dtype: workspace_buffer(workspace, name, shape, dtype)
 
 
-def _batch_chunks(N, per_sample_bytes):
-    n = max(1, int(COL_BUDGET_BYTES // max(per_sample_bytes, 1)))
+def _batch_chunks(N, per_sample_bytes, budget=None):
+    n = max(1, int((budget or COL_BUDGET_BYTES) // max(per_sample_bytes, 1)))
     return [(a, min(N, a + n)) for a in range(0, N, n)]
 
 
 # ---------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------
-def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, workspace=None, purpose="train"):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False, workspace=None, purpose="train",
+                   need_dx=True):
     """``conv.conv2d_forward`` [then max(·, 0) with ``relu``], its buffers in ``workspace``.
 
     The columns stay in the cache until backward. ``purpose``: 'train' (a backward follows) or 'eval', which
-    ``conv_algo`` times when it chooses the algorithm. Returns ``(y, cache)``, y (N, F, OH, OW).
+    ``conv_algo`` times when it chooses the algorithm. ``need_dx`` False (the backward that follows computes no
+    ∂L/∂x): columns over ``INPUT_LAYER_COL_RATIO`` times the input and ``INPUT_LAYER_MIN_COL_BYTES`` in all are
+    built in chunks of ``INPUT_LAYER_CHUNK_BYTES`` and rebuilt in backward instead of kept. Returns ``(y, cache)``, y (N, F, OH, OW).
     """
     geom = conv_geometry(x, w, stride, padding, layer)
     kh, kw, sh, sw, ph, pw, oh, ow = geom
@@ -166,16 +186,20 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     impl = for_arrays(x, w, b)
     if algorithm_for(x, w, geom, impl, purpose) == "winograd":
         return CW.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
-    return _im2col_forward(x, w, b, geom, relu, workspace, impl)
+    col_sample = x.shape[1] * kh * kw * oh * ow * x.dtype.itemsize
+    budget = (INPUT_LAYER_CHUNK_BYTES if purpose == "train" and not need_dx
+              and col_sample > INPUT_LAYER_COL_RATIO * (x[0].size * x.dtype.itemsize)
+              and col_sample * x.shape[0] >= INPUT_LAYER_MIN_COL_BYTES else None)
+    return _im2col_forward(x, w, b, geom, relu, workspace, impl, budget)
 
 
-def _im2col_forward(x, w, b, geom, relu, workspace, impl):
+def _im2col_forward(x, w, b, geom, relu, workspace, impl, budget=None):
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     xp = get_array_module(x)
     N, C = x.shape[:2]
     F = w.shape[0]
     w_mat = w.reshape(F, -1)
-    chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize)
+    chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize, budget)
     if len(chunks) == 1:
         col = impl.im2col(x, geom, out=_buffer(impl, workspace, "col", (C * kh * kw, N * oh * ow), x.dtype))
         gemm = _buffer(impl, workspace, "gemm", (F, col.shape[1]), np.result_type(w_mat, col))

@@ -809,13 +809,122 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, y, arg):
                     arg[n, c, i, j] = at
 
 
+@_jit
+def _max_pool_2x2(x, oh, ow, y, arg):
+    # ``_max_pool`` for 2×2 windows, stride 2, no padding, every window inside the image: the same results
+    # (first maximum in row-major window order; a plane holding a NaN redone by ``_max_pool``'s rule), its
+    # four cells read at fixed offsets instead of through each window's clipped bounds.
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        src = x[n, c]
+        bad = False
+        for i in range(oh):
+            r = 2 * i
+            for j in range(ow):
+                q = 2 * j
+                a = src[r, q]
+                b = src[r, q + 1]
+                d = src[r + 1, q]
+                e = src[r + 1, q + 1]
+                bad |= (a != a) | (b != b) | (d != d) | (e != e)
+                best = a
+                at = r * W + q
+                if b > best:
+                    best = b
+                    at = r * W + q + 1
+                if d > best:
+                    best = d
+                    at = (r + 1) * W + q
+                if e > best:
+                    best = e
+                    at = (r + 1) * W + q + 1
+                y[n, c, i, j] = best
+                arg[n, c, i, j] = at
+        if bad:
+            for i in range(oh):
+                for j in range(ow):
+                    best = -np.inf
+                    at = 2 * i * W + 2 * j
+                    for h in range(2 * i, 2 * i + 2):
+                        for w in range(2 * j, 2 * j + 2):
+                            t = src[h, w]
+                            if t > best or t != t:
+                                best = t
+                                at = h * W + w
+                    y[n, c, i, j] = best
+                    arg[n, c, i, j] = at
+
+
+@_jit
+def _max_pool_3x3s2(x, oh, ow, y, arg):
+    # ``_max_pool`` for 3×3 windows, stride 2, no padding (AlexNet's pooling): a window wholly inside the image
+    # reads its nine cells at fixed offsets, in row-major order (ties go to the first, as there); one cut by the
+    # image's edge (ceil mode) runs ``_max_pool``'s clipped loop. A plane holding a NaN is redone by its rule.
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        src = x[n, c]
+        bad = False
+        for i in range(oh):
+            r = 2 * i
+            for j in range(ow):
+                q = 2 * j
+                if r + 3 <= H and q + 3 <= W:
+                    best = src[r, q]
+                    at = r * W + q
+                    for h in range(r, r + 3):
+                        for w in range(q, q + 3):
+                            t = src[h, w]
+                            bad |= t != t
+                            if t > best:
+                                best = t
+                                at = h * W + w
+                else:
+                    ha, hb = _window(i, 2, 0, 3, H)
+                    wa, wb = _window(j, 2, 0, 3, W)
+                    best = src[ha, wa]
+                    at = ha * W + wa
+                    for h in range(ha, hb):
+                        for w in range(wa, wb):
+                            t = src[h, w]
+                            bad |= t != t
+                            if t > best:
+                                best = t
+                                at = h * W + w
+                y[n, c, i, j] = best
+                arg[n, c, i, j] = at
+        if bad:
+            for i in range(oh):
+                ha, hb = _window(i, 2, 0, 3, H)
+                for j in range(ow):
+                    wa, wb = _window(j, 2, 0, 3, W)
+                    best = -np.inf
+                    at = ha * W + wa
+                    for h in range(ha, hb):
+                        for w in range(wa, wb):
+                            t = src[h, w]
+                            if t > best or t != t:
+                                best = t
+                                at = h * W + w
+                    y[n, c, i, j] = best
+                    arg[n, c, i, j] = at
+
+
 def max_pool(x, geom):
     """(N, C, H, W) → (y (N, C, OH, OW), argmax (N, C, OH, OW) int32 flat index into H·W)."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
-    N, C = x.shape[:2]
+    N, C, H, W = x.shape
     y = np.empty((N, C, oh, ow), dtype=x.dtype)
     arg = np.empty((N, C, oh, ow), dtype=np.int32)
-    _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, y, arg)
+    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * oh <= H and 2 * ow <= W:
+        _max_pool_2x2(np.ascontiguousarray(x), oh, ow, y, arg)
+    elif (kh, kw, sh, sw, ph, pw) == (3, 3, 2, 2, 0, 0):
+        _max_pool_3x3s2(np.ascontiguousarray(x), oh, ow, y, arg)
+    else:
+        _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, y, arg)
     return y, arg
 
 
@@ -1015,10 +1124,11 @@ def _relu(x, y):
         y[k] = t if t > 0 or np.isnan(t) else 0
 
 
-def relu(x):
-    """y = max(x, 0), NaN kept (as ``np.maximum``)."""
+def relu(x, out=None):
+    """y = max(x, 0), NaN kept (as ``np.maximum``); into ``out`` (x itself allowed) when given: a C-contiguous
+    array of x's shape and dtype."""
     xc = np.ascontiguousarray(x)
-    y = np.empty_like(xc)
+    y = np.empty_like(xc) if out is None else out
     _relu(xc.reshape(-1), y.reshape(-1))
     return y
 

@@ -17,7 +17,8 @@ class _Elementwise(Module):
         return y
 
     def backward(self, dy):
-        return type(self)._bwd(dy, self._cache)
+        cache, self._cache = self._cache, None      # freed once used: it would otherwise outlive the step
+        return type(self)._bwd(dy, cache)
 
 
 class ReLU(_Elementwise):
@@ -32,6 +33,11 @@ class ReLU(_Elementwise):
 
     def summary_activation(self):
         return "relu"
+
+    def forward_inplace(self, x):
+        """``forward`` written over x, which the caller owns and nothing else reads (``Residual``'s sum)."""
+        y, self._cache = A.relu_forward_inplace(x)
+        return y
 
     def take_fused_output(self, y):
         """Record y = max(x, 0) computed by the layer before (a fused Conv2d) as this ReLU's output."""

@@ -6,7 +6,8 @@ Each container calls its children's ``backward`` itself, in reverse order:
     Residual    y = body(x) + shortcut(x)   dx = body.backward(δ) + shortcut.backward(δ)
                 (identity shortcut when ``shortcut`` is None: dx = body.backward(δ) + δ); each sum is
                 added in place into the body's array when its module says that array is its own
-                (``fresh_output``, ``fresh_input_grad``): no extra activation-sized array per block
+                (``fresh_output``, ``fresh_input_grad``): no extra activation-sized array per block; a ReLU
+                after the sum is then written over it too (``ReLU.forward_inplace``)
     Concat      y = [b_1(x), …, b_k(x)] on channels (axis 1)
                 dx = Σ_i b_i.backward(δ[:, channels of b_i])
 """
@@ -169,6 +170,10 @@ class Residual(Module):
                 and y.dtype == get_array_module(y).result_type(y, s)):
             y += s                      # the body's own new array (batch norm's output), seen by no hook
             out = y
+            after = self.after if self._has_after else None
+            if (after is not None and not after.has_forward_hooks and hasattr(after, "forward_inplace")
+                    and out.flags.c_contiguous):
+                return after.forward_inplace(out)       # and the ReLU after it written over it: no new array
         else:
             out = y + s
         return self.after(out) if self._has_after else out

@@ -62,7 +62,8 @@ class Conv2d(WeightedLayer):
                 self._workspace = CF.Workspace()
             ws = None if self.keep_cache else CF.scratch()
         y, cache = CF.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, layer=self._name(),
-                                     relu=relu, workspace=ws, purpose="train" if self.training else "eval")
+                                     relu=relu, workspace=ws, purpose="train" if self.training else "eval",
+                                     need_dx=self.compute_input_grad)
         self._store_cache(cache)
         return y
 

@@ -90,7 +90,10 @@ class _BatchNorm(Module):
 
     def backward(self, dy):
         backward = F.sync_batch_norm_backward if self.sync is not None else F.batch_norm_backward
-        dx, dgamma, dbeta = backward(dy, self._cache)
+        # x̂ is freed once used: kept, it would outlive the step (through the optimiser's update, whose
+        # momentum buffers are allocated at the first step) and add one activation per layer to the peak
+        cache, self._cache = self._cache, None
+        dx, dgamma, dbeta = backward(dy, cache)
         if self.affine:
             self.weight.accumulate(dgamma)
             self.bias.accumulate(dbeta)
