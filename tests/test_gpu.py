@@ -90,6 +90,7 @@ def test_trainer_with_gpu_loader_moves_only_batches(cupy, monkeypatch):
     assert len(counter.calls) <= 2 * len(loader)                  # x and y of each batch, no more
 
 
+@pytest.mark.slow              # 18 s on the emulated CuPy; on a GPU `-m gpu` runs it
 def test_mixed_precision_trains_on_the_gpu(cupy):
     from nabi.training.amp import MixedPrecision
     model = models.get("cifar_cnn", num_classes=10).to("gpu")

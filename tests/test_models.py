@@ -471,9 +471,11 @@ NETS = {  # name: (nabi builder, torch twin, input shape, classes, [(dtype, tole
                  (4, 3, 32, 32), 10, [F64, "float32-bn"]),
 }
 NET_CASES = [(name, t) for name, spec in NETS.items() for t in spec[4]]
+SLOW_NETS = {"vgg11_bn"}        # its layers are each proven, and resnet18 covers a network with batch norm
 
 
-@pytest.mark.parametrize("name,tol", NET_CASES,
+@pytest.mark.parametrize("name,tol", [pytest.param(n, t, marks=pytest.mark.slow) if n in SLOW_NETS else (n, t)
+                                      for n, t in NET_CASES],
                          ids=[f"{n}-{t if isinstance(t, str) else np.dtype(t).name}" for n, t in NET_CASES])
 def test_network_vs_torch(name, tol):
     make_nabi, make_torch, shape, k, _ = NETS[name]

@@ -57,6 +57,7 @@ def _assert_same_runs(exp_dir, reference_dir, runs=2):
         json.loads((reference_dir / "report.json").read_text(encoding="utf-8"))["rows"]
 
 
+@pytest.mark.slow
 def test_ray_runs_equal_local_runs(ray_instance, local_reference, tmp_path):
     data, reference = local_reference
     lines = []
@@ -71,6 +72,7 @@ def test_ray_runs_equal_local_runs(ray_instance, local_reference, tmp_path):
     assert {"run 01: done", "run 02: done"} <= set(lines)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried_and_the_run_resumes(ray_instance, local_reference, tmp_path):
     data, reference = local_reference
     exp_dir = tmp_path / "out" / "tiny"

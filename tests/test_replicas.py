@@ -383,6 +383,7 @@ def test_a_whole_batch_loss_puts_every_replicas_rows_where_one_process_holds_the
         WholeBatchLoss(None, Rank(0, 2), "columns")
 
 
+@pytest.mark.slow
 def test_replicas_as_ray_actors_train_what_replica_processes_train(two_replicas, tmp_path):
     """``--executor ray``: the replicas are Ray actors on a local Ray instance; the run is the same run."""
     ray = pytest.importorskip("ray")

@@ -297,6 +297,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_pretrain_killed_then_resumed_gives_the_weights_of_an_uninterrupted_run(tmp_path, capsys):
     photos = write_photos(tmp_path / "photos")                # 24 photos, 4 steps per epoch, 8 steps
     argv = lambda out, *extra: _pretrain_argv(photos, out, "--checkpoint-every", "1", *extra)  # noqa: E731

@@ -301,6 +301,7 @@ class _Killed(Exception):
     """Stands in for a SIGKILL at a step (the process dies; only what was checkpointed survives)."""
 
 
+@pytest.mark.slow
 def test_pretrain_byol_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(tmp_path, monkeypatch, capsys):
     """24 photos, 4 a step: 6 steps an epoch, 12 in all, a checkpoint every 4 and at each epoch's end. The run
     dies after step 10; --resume continues from iteration 8 (batch 2 of epoch 2) and ends with the weights of

@@ -75,6 +75,7 @@ def swept(ray_instance, tmp_path_factory):
     return config, base / "out", report, lines
 
 
+@pytest.mark.slow
 def test_asha_stops_some_trials_and_the_report_names_the_best_by_validation(swept):
     config, out, report, _ = swept
     on_disk = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
@@ -112,6 +113,7 @@ def test_asha_stops_some_trials_and_the_report_names_the_best_by_validation(swep
     assert (out / "tune" / "tuner.pkl").is_file()
 
 
+@pytest.mark.slow
 def test_same_out_again_resumes_without_retraining(swept):
     config, out, first, _ = swept
     before = {t["trial"]: (Path(t["run_dir"]) / "metrics.jsonl").stat().st_mtime_ns for t in first["trials"]}
@@ -126,12 +128,14 @@ def test_same_out_again_resumes_without_retraining(swept):
     assert after == before  # no trial trained again
 
 
+@pytest.mark.slow
 def test_more_cpus_per_trial_than_ray_has_is_refused(swept, tmp_path):
     config, _, _, _ = swept
     with pytest.raises(ValueError, match="--cpus-per-trial 3: the Ray instance has only 2 CPU"):
         S.run_sweep(S.load_config(config, out=str(tmp_path / "o")), cpus_per_trial=3, log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_other_settings_with_the_same_out_are_refused(swept):
     config, out, _, _ = swept
     other = write_config(config.parent / "other.toml",
