@@ -250,6 +250,35 @@ def test_batch_norm_matches_numpy(dtype, training):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_with_a_fused_relu_equals_batch_norm_then_relu(dtype, training):
+    from nabi.functional import activation as A
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((5, 3, 7, 6)) * 3 + 2).astype(dtype)
+    x[0, 1, 2, 3] = np.nan                              # NaN passes the ReLU as the ReLU's own does
+    gamma, beta = rng.standard_normal(3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+
+    def separate():
+        rm, rv = np.full(3, 0.5, dtype), np.full(3, 2.0, dtype)
+        y, cache = F.batch_norm_forward(x, gamma, beta, rm, rv, training)
+        z, rcache = A.relu_forward(y)
+        return (z,) + tuple(F.batch_norm_backward(A.relu_backward(dy, rcache), cache)) + (rm, rv)
+
+    def fused():
+        rm, rv = np.full(3, 0.5, dtype), np.full(3, 2.0, dtype)
+        z, cache = F.batch_norm_forward(x, gamma, beta, rm, rv, training, relu=True)
+        return (z,) + tuple(F.batch_norm_backward(dy, cache, relu_y=z)) + (rm, rv)
+    a, b = both(fused)
+    ref = separate()
+    tol = dict(rtol=1e-11, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+    for p, q, r in zip(a, b, ref):
+        assert p.dtype == q.dtype == r.dtype
+        np.testing.assert_allclose(p, r, **tol)
+        np.testing.assert_allclose(q, r, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kw", [dict(momentum=0.9), dict(momentum=0.9, weight_decay=1e-3),
                                 dict(momentum=0.8, dampening=0.3), dict(momentum=0.9, nesterov=True, weight_decay=0.01)])
 def test_sgd_momentum_step_matches_numpy_exactly(dtype, kw):

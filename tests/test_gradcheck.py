@@ -105,6 +105,23 @@ def test_batchnorm_eval_gradients():
     assert_grads(bn, rng.standard_normal((2, 3, 4, 4)))
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 4), (6, 3)])
+def test_batch_norm_with_its_relu_fused_gradients(training, shape):
+    rng = np.random.default_rng(7)
+    net = f64(lambda: Sequential(BatchNorm2d(3) if len(shape) == 4 else BatchNorm1d(3), ReLU()))
+    bn = net[0]
+    bn.weight.data = rng.uniform(0.5, 1.5, 3)
+    bn.bias.data = rng.standard_normal(3) * 0.5
+    bn.running_mean[:] = rng.standard_normal(3) * 0.3
+    bn.running_var[:] = rng.uniform(0.5, 2, 3)
+    if not training:
+        net.eval().set_keep_cache()
+    assert_grads(net, rng.standard_normal(shape))
+    net.forward(rng.standard_normal(shape))
+    assert net._fused == {1}                            # the ReLU ran inside the batch norm
+
+
 def test_dropout_gradients_with_a_replayed_mask():
     rng = np.random.default_rng(5)
     drop = Dropout(0.4, seed=9)

@@ -51,6 +51,10 @@ CASES = {
     "bn2d": (lambda: L.BatchNorm2d(3), lambda: tnn.BatchNorm2d(3), (4, 3, 5, 6)),
     "bn1d_no_affine": (lambda: L.BatchNorm1d(5, affine=False), lambda: tnn.BatchNorm1d(5, affine=False), (8, 5)),
     "bn2d_no_affine": (lambda: L.BatchNorm2d(3, affine=False), lambda: tnn.BatchNorm2d(3, affine=False), (4, 3, 5, 6)),
+    "bn2d_relu": (lambda: L.Sequential(L.BatchNorm2d(3), L.ReLU()), lambda: tnn.Sequential(tnn.BatchNorm2d(3), tnn.ReLU()),
+                  (4, 3, 5, 6)),                    # the ReLU runs inside the batch norm (Sequential.fuse)
+    "bn1d_relu": (lambda: L.Sequential(L.BatchNorm1d(5), L.ReLU()), lambda: tnn.Sequential(tnn.BatchNorm1d(5), tnn.ReLU()),
+                  (8, 5)),
     "lrn_alexnet": (lambda: L.LocalResponseNorm(5, 1e-4, 0.75, 2.0), lambda: tnn.LocalResponseNorm(5, 1e-4, 0.75, 2.0),
                     (2, 8, 4, 4)),
     "lrn_even": (lambda: L.LocalResponseNorm(4, 0.3, 0.6, 1.0), lambda: tnn.LocalResponseNorm(4, 0.3, 0.6, 1.0),

@@ -1031,8 +1031,8 @@ def _bn_stats(x, mean, var):
 
 
 @_jit
-def _bn_apply(x, mean, inv_std, gamma, beta, x_hat, y):
-    # x̂ = (x − μ)·(1/σ), y = γ·x̂ + β per channel; x̂ is kept for backward.
+def _bn_apply(x, mean, inv_std, gamma, beta, x_hat, y, relu):
+    # x̂ = (x − μ)·(1/σ), y = γ·x̂ + β per channel (then max(y, 0), NaN kept, when relu); x̂ is kept for backward.
     N, C, P = x.shape
     for nc in prange(N * C):
         n = nc // C
@@ -1041,10 +1041,17 @@ def _bn_apply(x, mean, inv_std, gamma, beta, x_hat, y):
         src = x[n, c]
         dst = y[n, c]
         hat = x_hat[n, c]
-        for p in range(P):
-            t = (src[p] - m) * k
-            hat[p] = t
-            dst[p] = t * g + b
+        if relu:
+            for p in range(P):
+                t = (src[p] - m) * k
+                hat[p] = t
+                u = t * g + b
+                dst[p] = u if u > 0 or np.isnan(u) else 0
+        else:
+            for p in range(P):
+                t = (src[p] - m) * k
+                hat[p] = t
+                dst[p] = t * g + b
 
 
 def batch_norm_stats(x):
@@ -1056,19 +1063,21 @@ def batch_norm_stats(x):
     return mean, var
 
 
-def batch_norm_apply(x, mean, inv_std, gamma, beta):
-    """(y, x̂) for x (N, C, H, W) with per-channel μ, 1/σ, γ, β."""
+def batch_norm_apply(x, mean, inv_std, gamma, beta, relu=False):
+    """(y, x̂) for x (N, C, H, W) with per-channel μ, 1/σ, γ, β; y = max(γ x̂ + β, 0) when ``relu``."""
     N, C = x.shape[:2]
     x3 = np.ascontiguousarray(x).reshape(N, C, -1)
     y = np.empty_like(x3)
     x_hat = np.empty_like(x3)
     dt = x.dtype
-    _bn_apply(x3, mean.astype(dt), inv_std.astype(dt), gamma.astype(dt), beta.astype(dt), x_hat, y)
+    _bn_apply(x3, mean.astype(dt), inv_std.astype(dt), gamma.astype(dt), beta.astype(dt), x_hat, y, bool(relu))
     return y.reshape(x.shape), x_hat.reshape(x.shape)
 
 
 @_jit(reassociate=True)
-def _bn_sums(dy, x_hat, dbeta, dgamma):
+def _bn_sums(dy, x_hat, relu_y, masked, zero, dbeta, dgamma):
+    # Σ δ and Σ δ x̂ per channel, δ taken as 0 where relu_y ≤ 0 when masked (a ReLU fused after the batch norm;
+    # ``zero`` is 0 in δ's dtype, so 0·x̂ is summed as the separate ReLU's zeros would be: NaN where x̂ is NaN).
     N, C, P = dy.shape
     for c in prange(C):
         s = 0.0
@@ -1076,16 +1085,23 @@ def _bn_sums(dy, x_hat, dbeta, dgamma):
         for n in range(N):
             d = dy[n, c]
             h = x_hat[n, c]
-            for p in range(P):
-                s += d[p]
-                t += d[p] * h[p]
+            if masked:
+                r = relu_y[n, c]
+                for p in range(P):
+                    e = d[p] if r[p] > 0 else zero
+                    s += e
+                    t += e * h[p]
+            else:
+                for p in range(P):
+                    s += d[p]
+                    t += d[p] * h[p]
         dbeta[c] = s
         dgamma[c] = t
 
 
 @_jit
-def _bn_dx(dy, x_hat, scale, mb, mg, dx):
-    # dx = γ·inv_std·(δ − Σδ/M − x̂·Σ(δ x̂)/M); scale = γ·inv_std, mb = Σδ/M, mg = Σ(δ x̂)/M.
+def _bn_dx(dy, x_hat, relu_y, masked, zero, scale, mb, mg, dx):
+    # dx = γ·inv_std·(δ − Σδ/M − x̂·Σ(δ x̂)/M); scale = γ·inv_std, mb = Σδ/M, mg = Σ(δ x̂)/M (δ masked as above).
     N, C, P = dy.shape
     for nc in prange(N * C):
         n = nc // C
@@ -1094,23 +1110,33 @@ def _bn_dx(dy, x_hat, scale, mb, mg, dx):
         d = dy[n, c]
         h = x_hat[n, c]
         o = dx[n, c]
-        for p in range(P):
-            o[p] = k * (d[p] - b - h[p] * g)
+        if masked:
+            r = relu_y[n, c]
+            for p in range(P):
+                e = d[p] if r[p] > 0 else zero
+                o[p] = k * (e - b - h[p] * g)
+        else:
+            for p in range(P):
+                o[p] = k * (d[p] - b - h[p] * g)
 
 
-def batch_norm_backward(dy, x_hat, inv_std, gamma):
-    """Training-mode gradients (dx, dγ, dβ) of batch norm over (N, H, W) for 4-D δ."""
+def batch_norm_backward(dy, x_hat, inv_std, gamma, relu_y=None):
+    """Training-mode gradients (dx, dγ, dβ) of batch norm over (N, H, W) for 4-D δ; with ``relu_y`` (the output
+    of a ReLU fused after it) δ is first masked by [relu_y > 0], in the same passes."""
     N, C = dy.shape[:2]
     d3 = np.ascontiguousarray(dy).reshape(N, C, -1)
     h3 = np.ascontiguousarray(x_hat).reshape(N, C, -1)
+    r3 = d3 if relu_y is None else np.ascontiguousarray(relu_y).reshape(N, C, -1)
+    masked = relu_y is not None
     dbeta = np.empty(C, np.float64)
     dgamma = np.empty(C, np.float64)
-    _bn_sums(d3, h3, dbeta, dgamma)
+    zero = dy.dtype.type(0)
+    _bn_sums(d3, h3, r3, masked, zero, dbeta, dgamma)
     M = d3.shape[0] * d3.shape[2]
     dt = dy.dtype
     dx = np.empty_like(d3)
     scale = (gamma.astype(np.float64) * inv_std.astype(np.float64)).astype(dt)
-    _bn_dx(d3, h3, scale, (dbeta / M).astype(dt), (dgamma / M).astype(dt), dx)
+    _bn_dx(d3, h3, r3, masked, zero, scale, (dbeta / M).astype(dt), (dgamma / M).astype(dt), dx)
     return dx.reshape(dy.shape), dgamma.astype(dt), dbeta.astype(dt)
 
 

@@ -9,6 +9,9 @@ Batch norm over the axes ``axes`` (N for 1-d, N, H, W for 2-d), per feature c:
         dx = (1/M)(1/√(σ²+ε)) (M g − Σ g − x̂ Σ (g x̂)),   dγ = Σ δ x̂,   dβ = Σ δ
     running statistics: r ← (1 − momentum) r + momentum · stat, with the unbiased
     variance M/(M−1)·σ² for ``running_var`` (as PyTorch). Evaluation uses them.
+    with a ReLU fused after it (``relu=True``): z = max(y, 0) is returned instead of y, in the same pass,
+    and backward, given that z (``relu_y``), takes the upstream δ of z to δ·[z > 0] before the formula
+    above — the two passes of a separate ReLU (its output, its masked δ) are saved.
     float16 input: statistics, normalisation and the sums Σ g, Σ g x̂ run in float32
     (a float16 sum of squares overflows once M·σ² > 65 504); y, x̂, dx, dγ, dβ are
     returned in float16 and the running buffers keep their own dtype.
@@ -69,15 +72,15 @@ def _bshape(x):
     return (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
 
 
-def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5, relu=False):
     """x (N, C) or (N, C, H, W). Updates ``running_mean``/``running_var`` in place when training.
 
-    Returns ``(y, cache)``.
+    Returns ``(y, cache)``; y = max(γ x̂ + β, 0) when ``relu`` (a ReLU fused after the batch norm).
     """
     if _is_half(x):
         f32 = "float32"
         y, (x_hat, inv_std, _, _) = batch_norm_forward(x.astype(f32), gamma.astype(f32), beta.astype(f32),
-                                                       running_mean, running_var, training, momentum, eps)
+                                                       running_mean, running_var, training, momentum, eps, relu)
         return y.astype(x.dtype), (x_hat.astype(x.dtype), inv_std, gamma, training)
     axes, bs = _bn_axes(x), _bshape(x)
     xp = get_array_module(x)
@@ -99,24 +102,30 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, mome
         mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
     inv_std = 1.0 / xp.sqrt(var + eps)
     if fast:
-        y, x_hat = kern.batch_norm_apply(x, mean, inv_std, gamma, beta)
+        y, x_hat = kern.batch_norm_apply(x, mean, inv_std, gamma, beta, relu)
         return y, (x_hat, inv_std, gamma, training)
     x_hat = (x - mean.reshape(bs)) * inv_std.reshape(bs)
     y = x_hat * gamma.reshape(bs) + beta.reshape(bs)
+    if relu:
+        xp.maximum(y, 0, out=y)                            # NaN stays NaN, as the ReLU's own
     return y, (x_hat, inv_std, gamma, training)
 
 
-def batch_norm_backward(dy, cache):
-    """Returns ``(dx, dgamma, dbeta)``."""
+def batch_norm_backward(dy, cache, relu_y=None):
+    """Returns ``(dx, dgamma, dbeta)``. ``relu_y``: the output of a ReLU fused after the batch norm
+    (``batch_norm_forward(relu=True)``'s y); δ is the gradient of that output then."""
     x_hat, inv_std, gamma, training = cache
     if _is_half(dy):
         f32 = "float32"
         dx, dgamma, dbeta = batch_norm_backward(dy.astype(f32), (x_hat.astype(f32), inv_std.astype(f32),
-                                                                 gamma.astype(f32), training))
+                                                                 gamma.astype(f32), training),
+                                                None if relu_y is None else relu_y.astype(f32))
         return dx.astype(dy.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
     kern = _compiled(dy, x_hat, gamma) if training else None
     if kern is not None:
-        return kern.batch_norm_train_backward(dy, x_hat, inv_std, gamma)
+        return kern.batch_norm_train_backward(dy, x_hat, inv_std, gamma, relu_y)
+    if relu_y is not None:
+        dy = dy * (relu_y > 0)
     axes, bs = _bn_axes(dy), _bshape(dy)
     dbeta = dy.sum(axis=axes)
     dgamma = (dy * x_hat).sum(axis=axes)

@@ -4,6 +4,7 @@ Each container calls its children's ``backward`` itself, in reverse order:
 
     Sequential  y = f_n(…f_1(x))            dx = f_1'(…f_n'(δ))
     Residual    y = body(x) + shortcut(x)   dx = body.backward(δ) + shortcut.backward(δ)
+                (the body's layer + ReLU pairs fused as in Sequential)
                 (identity shortcut when ``shortcut`` is None: dx = body.backward(δ) + δ); each sum is
                 added in place into the body's array when its module says that array is its own
                 (``fresh_output``, ``fresh_input_grad``): no extra activation-sized array per block; a ReLU
@@ -31,11 +32,46 @@ def _named(args, kind):
 
 
 def _fusable(layer, relu):
-    """A layer that ``fuses_relu`` (Conv2d) followed by a ``fusable_relu`` (ReLU), in the same mode,
-    neither with a forward hook (summary, Grad-CAM and shape probes hook single layers and must
+    """A layer that ``fuses_relu`` (Conv2d, batch norm) followed by a ``fusable_relu`` (ReLU), in the same
+    mode, neither with a forward hook (summary, Grad-CAM and shape probes hook single layers and must
     see them run one by one)."""
     return (getattr(layer, "fuses_relu", False) and getattr(relu, "fusable_relu", False)
             and layer.training == relu.training and not layer.has_forward_hooks and not relu.has_forward_hooks)
+
+
+def _run_chain(mods, x, fuse):
+    """``x`` through ``mods`` in order, each fusable layer + ReLU pair as one step when ``fuse``.
+    Returns ``(y, fused)``: the places of the ReLUs that ran inside the layer before them."""
+    fused = set()
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if fuse and i + 1 < len(mods) and _fusable(m, mods[i + 1]):
+            y = m.forward(x, relu=True)
+            x = mods[i + 1].take_fused_output(y) if mods[i + 1]._keeps_cache() else y
+            fused.add(i + 1)
+            i += 2
+            continue
+        x = m(x)
+        i += 1
+    return x, fused
+
+
+def _backward_chain(mods, dy, fused, stop_at_frozen):
+    """The children's backward in reverse order (``_run_chain``'s ``fused`` pairs as one: the ReLU's output
+    handed to the layer before it, which applies the mask). ``stop_at_frozen``: stop (return None) at a
+    frozen child or when a child returned None."""
+    i = len(mods) - 1
+    while i >= 0:
+        if stop_at_frozen and (dy is None or mods[i].frozen or (i in fused and mods[i - 1].frozen)):
+            return None
+        if i in fused:
+            dy = mods[i - 1].backward(dy, relu_y=mods[i].release_fused_output())
+            i -= 2
+            continue
+        dy = mods[i].backward(dy)
+        i -= 1
+    return dy
 
 
 class Sequential(Module):
@@ -63,27 +99,15 @@ class Sequential(Module):
         return self
 
     fuse = True
-    """Run a ``Conv2d`` followed by a ``ReLU`` as one step: the ReLU is applied as the convolution
-    writes its output, and its mask as the convolution's backward reads δ (two fewer passes
-    over the activation). The result is identical; ``fuse = False`` runs them one by one."""
+    """Run a ``Conv2d`` or a batch norm followed by a ``ReLU`` as one step: the ReLU is applied as the
+    layer writes its output, and its mask as the layer's backward reads δ (two fewer passes over the
+    activation). The result is the same (to the order of a sum); ``fuse = False`` runs them one by one."""
 
     def input_layer(self):
         return next(iter(self._modules.values())).input_layer() if self._modules else None
 
     def forward(self, x):
-        mods = list(self._modules.values())
-        fused = set()
-        i = 0
-        while i < len(mods):
-            m = mods[i]
-            if self.fuse and i + 1 < len(mods) and _fusable(m, mods[i + 1]):
-                y = m.forward(x, relu=True)
-                x = mods[i + 1].take_fused_output(y) if mods[i + 1]._keeps_cache() else y
-                fused.add(i + 1)
-                i += 2
-                continue
-            x = m(x)
-            i += 1
+        x, fused = _run_chain(list(self._modules.values()), x, self.fuse)
         if self._keeps_cache():
             self._fused = fused
         return x
@@ -92,19 +116,7 @@ class Sequential(Module):
         """Children's backward in reverse order. Stops (returns None) at a frozen child (``Module.frozen``:
         it and every child before it are frozen) or when a child returned None (it skipped ∂L/∂input,
         ``set_input_grad``): nothing below needs a gradient then."""
-        mods = list(self._modules.values())
-        fused = getattr(self, "_fused", set())
-        i = len(mods) - 1
-        while i >= 0:
-            if dy is None or mods[i].frozen or (i in fused and mods[i - 1].frozen):
-                return None
-            if i in fused:                                   # ReLU fused into the Conv2d before it
-                dy = mods[i - 1].backward(dy, relu_y=mods[i].release_fused_output())
-                i -= 2
-                continue
-            dy = mods[i].backward(dy)
-            i -= 1
-        return dy
+        return _backward_chain(list(self._modules.values()), dy, getattr(self, "_fused", set()), True)
 
 
 class Residual(Module):
@@ -155,10 +167,13 @@ class Residual(Module):
     def shortcut_module(self):
         return self._modules[self._shortcut_name] if self._shortcut_name else None
 
+    fuse = True
+    """Fuse a body layer and the ReLU after it (batch norm + ReLU in a ResNet block), as ``Sequential.fuse``."""
+
     def forward(self, x):
-        y = x
-        for m in self.body_modules:
-            y = m(y)
+        y, fused = _run_chain(self.body_modules, x, self.fuse)
+        if self._keeps_cache():
+            self._fused = fused
         sc = self.shortcut_module
         s = sc(x) if sc is not None else x
         if y.shape != s.shape:
@@ -181,9 +196,7 @@ class Residual(Module):
     def backward(self, dy):
         if self._has_after:
             dy = self.after.backward(dy)
-        dx = dy
-        for m in reversed(self.body_modules):
-            dx = m.backward(dx)
+        dx = _backward_chain(self.body_modules, dy, getattr(self, "_fused", set()), False)
         sc = self.shortcut_module
         ds = sc.backward(dy) if sc is not None else dy
         if dx is None:

@@ -54,6 +54,12 @@ class _BatchNorm(Module):
     fresh_output = True         # y is new; the cache keeps x̂, not y
     sync = None
 
+    @property
+    def fuses_relu(self):
+        """A ReLU right after it may run inside it (``Sequential``, ``Residual``: ``forward(x, relu=True)``,
+        ``backward(δ, relu_y=…)``); not with synchronised statistics."""
+        return self.sync is None
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()
         self.num_features = int(num_features)
@@ -74,26 +80,30 @@ class _BatchNorm(Module):
         return (xp.ones(self.num_features, dtype=self.running_mean.dtype),
                 xp.zeros(self.num_features, dtype=self.running_mean.dtype))
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """``relu``: return max(y, 0) — a ReLU after this layer fused into it (see ``fuses_relu``)."""
         name = f"{type(self).__name__}({self.num_features})"
         if x.ndim != self._rank or x.shape[1] != self.num_features:
             want = "(N, C)" if self._rank == 2 else "(N, C, H, W)"
             raise ValueError(f"{name}: expected input {want} with C = {self.num_features}, got shape {tuple(x.shape)}")
         gamma, beta = self._gamma_beta()
         if self.sync is not None:
+            if relu:
+                raise ValueError(f"{name}: a ReLU cannot be fused into synchronised batch norm")
             y, self._cache = F.sync_batch_norm_forward(x, gamma, beta, self.running_mean, self.running_var,
                                                        self.training, self.momentum, self.eps, self.sync)
             return y
         y, self._cache = F.batch_norm_forward(x, gamma, beta, self.running_mean,
-                                              self.running_var, self.training, self.momentum, self.eps)
+                                              self.running_var, self.training, self.momentum, self.eps, relu)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, relu_y=None):
+        """``relu_y``: the fused ReLU's output (``forward(x, relu=True)``); δ is then that output's gradient."""
         backward = F.sync_batch_norm_backward if self.sync is not None else F.batch_norm_backward
         # x̂ is freed once used: kept, it would outlive the step (through the optimiser's update, whose
         # momentum buffers are allocated at the first step) and add one activation per layer to the peak
         cache, self._cache = self._cache, None
-        dx, dgamma, dbeta = backward(dy, cache)
+        dx, dgamma, dbeta = backward(dy, cache) if relu_y is None else backward(dy, cache, relu_y)
         if self.affine:
             self.weight.accumulate(dgamma)
             self.bias.accumulate(dbeta)
