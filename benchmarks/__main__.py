@@ -796,6 +796,8 @@ def parse_args(argv):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    from nabi.backend import keep_freed_memory
+    kept = keep_freed_memory()          # as nabi's trainer does (NABI_MALLOC=system: not); both libraries share it
     if args.memory_child:
         return memory_child(args)
     if args.device == "gpu":
@@ -804,7 +806,9 @@ def main(argv=None):
             C.log(msg)
             return 0
         C.setup_gpu_float32()
-    notes = [C.set_threads(args.threads)]
+    notes = [C.set_threads(args.threads), "the allocator keeps freed memory between steps (nabi.backend."
+             "keep_freed_memory, as nabi's trainer sets it; it serves PyTorch in this process too)" if kept else
+             "the allocator returns freed memory as it chooses (NABI_MALLOC=system or not glibc)"]
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if args.threads > (usable or 1):
         notes.append(f"--threads {args.threads} exceeds the {usable} usable CPUs")

@@ -1,6 +1,6 @@
 """Batch norm + ReLU as one pass: a training step with the fusion on and off, alternated in one process.
 
-    python -m benchmarks.fusion                        # ResNet-18 64×64 b32 and 160×160 b16, 7 rounds
+    python -m benchmarks.fusion                        # training steps and the pair alone, 7 rounds
     python -m benchmarks.fusion --quick                # 3 rounds
     python -m benchmarks.fusion --only "b16" --repeats 9 --out fusion.json
 
@@ -8,7 +8,8 @@
 on and off together; with ``--bn-only`` only the batch-norm pairs are switched (the convolution + ReLU fusion,
 older, stays on in both): the figure of this change alone. A step is what the trainer runs: forward,
 cross-entropy, backward (the first convolution computes no image gradient), SGD with momentum; the weights are
-put back after each step outside the timing. Reported: the median step of each side, the ratio fused/unfused
+put back after each step outside the timing. The pair rows time batch norm + ReLU alone (forward and backward)
+at the shapes of ResNet-18's first stage, five times as many rounds. Reported: the median step of each side, the ratio fused/unfused
 (below 1: the fusion is faster) and the first step's peak memory is not measured here (``--suite memory``).
 """
 from __future__ import annotations
@@ -24,6 +25,9 @@ from . import common as C
 
 WORKLOADS = (("resnet18 b32 64x64", "resnet18", 32, 64), ("resnet18 b16 160x160", "resnet18", 16, 160),
              ("resnet20 b64 128x128 (the re-ID embedding's backbone)", "resnet20", 64, 128))
+# The pair alone, forward and backward, at the shapes of ResNet-18's first stage (after the stem).
+PAIRS = (("batch norm + ReLU (32, 64, 16, 16): resnet18 b32 64x64's layer1", (32, 64, 16, 16)),
+         ("batch norm + ReLU (16, 64, 40, 40): resnet18 b16 160x160's layer1", (16, 64, 40, 40)))
 
 
 class _BnOnly:
@@ -92,6 +96,39 @@ def run(name, model_name, batch, size, repeats, warmup, bn_only):
             "unfused_all_ms": [round(t * 1e3, 2) for t in times[False]]}
 
 
+def run_pair(name, shape, repeats, warmup, bn_only):
+    from nabi import backend
+    from nabi.layers import BatchNorm2d, ReLU, Sequential
+    switch = _switch(bn_only)
+    with backend.default_dtype(np.float32):
+        pair = Sequential(BatchNorm2d(shape[1]), ReLU())
+    pair.train()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+
+    def step(on):
+        switch(on)
+        pair.zero_grad()
+        pair(x)
+        pair.backward(dy)
+
+    for _ in range(warmup):
+        for on in (True, False):
+            step(on)
+    times = {True: [], False: []}
+    for _ in range(repeats * 5):                 # a pass takes milliseconds: more rounds
+        for on in (True, False):
+            t0 = time.perf_counter()
+            step(on)
+            times[on].append(time.perf_counter() - t0)
+    switch(True)
+    fused, plain = (statistics.median(times[k]) * 1e3 for k in (True, False))
+    return {"workload": name, "fused_ms": fused, "unfused_ms": plain, "ratio": fused / plain,
+            "fused_all_ms": [round(t * 1e3, 3) for t in times[True]],
+            "unfused_all_ms": [round(t * 1e3, 3) for t in times[False]]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -104,15 +141,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = 3, 1
+    from nabi.backend import keep_freed_memory
+    keep_freed_memory()                                  # as nabi's trainer does (NABI_MALLOC=system: not)
     note = C.set_threads(args.threads, torch_too=False)
     if note:
         C.eprint(note)
-    chosen = [w for w in WORKLOADS if not args.only or any(s.strip() in w[0] for s in args.only.split(","))]
+    every = [(w[0], run, w[1:]) for w in WORKLOADS] + [(p[0], run_pair, p[1:]) for p in PAIRS]
+    chosen = [w for w in every if not args.only or any(s.strip() in w[0] for s in args.only.split(","))]
     if not chosen:
-        sys.exit(f"--only {args.only!r} matches none of: {', '.join(w[0] for w in WORKLOADS)}")
+        sys.exit(f"--only {args.only!r} matches none of: {', '.join(w[0] for w in every)}")
     rows = []
-    for w in chosen:
-        r = run(*w, args.repeats, args.warmup, args.bn_only)
+    for name, fn, rest in chosen:
+        r = fn(name, *rest, args.repeats, args.warmup, args.bn_only)
         rows.append(r)
         C.log(f"{r['workload']}: fused {r['fused_ms']:.1f} ms, unfused {r['unfused_ms']:.1f} ms, "
               f"ratio {r['ratio']:.3f}")

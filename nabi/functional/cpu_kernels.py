@@ -1075,9 +1075,7 @@ def batch_norm_apply(x, mean, inv_std, gamma, beta, relu=False):
 
 
 @_jit(reassociate=True)
-def _bn_sums(dy, x_hat, relu_y, masked, zero, dbeta, dgamma):
-    # Σ δ and Σ δ x̂ per channel, δ taken as 0 where relu_y ≤ 0 when masked (a ReLU fused after the batch norm;
-    # ``zero`` is 0 in δ's dtype, so 0·x̂ is summed as the separate ReLU's zeros would be: NaN where x̂ is NaN).
+def _bn_sums(dy, x_hat, dbeta, dgamma):
     N, C, P = dy.shape
     for c in prange(C):
         s = 0.0
@@ -1085,23 +1083,16 @@ def _bn_sums(dy, x_hat, relu_y, masked, zero, dbeta, dgamma):
         for n in range(N):
             d = dy[n, c]
             h = x_hat[n, c]
-            if masked:
-                r = relu_y[n, c]
-                for p in range(P):
-                    e = d[p] if r[p] > 0 else zero
-                    s += e
-                    t += e * h[p]
-            else:
-                for p in range(P):
-                    s += d[p]
-                    t += d[p] * h[p]
+            for p in range(P):
+                s += d[p]
+                t += d[p] * h[p]
         dbeta[c] = s
         dgamma[c] = t
 
 
 @_jit
-def _bn_dx(dy, x_hat, relu_y, masked, zero, scale, mb, mg, dx):
-    # dx = γ·inv_std·(δ − Σδ/M − x̂·Σ(δ x̂)/M); scale = γ·inv_std, mb = Σδ/M, mg = Σ(δ x̂)/M (δ masked as above).
+def _bn_dx(dy, x_hat, scale, mb, mg, dx):
+    # dx = γ·inv_std·(δ − Σδ/M − x̂·Σ(δ x̂)/M); scale = γ·inv_std, mb = Σδ/M, mg = Σ(δ x̂)/M.
     N, C, P = dy.shape
     for nc in prange(N * C):
         n = nc // C
@@ -1110,33 +1101,28 @@ def _bn_dx(dy, x_hat, relu_y, masked, zero, scale, mb, mg, dx):
         d = dy[n, c]
         h = x_hat[n, c]
         o = dx[n, c]
-        if masked:
-            r = relu_y[n, c]
-            for p in range(P):
-                e = d[p] if r[p] > 0 else zero
-                o[p] = k * (e - b - h[p] * g)
-        else:
-            for p in range(P):
-                o[p] = k * (d[p] - b - h[p] * g)
+        for p in range(P):
+            o[p] = k * (d[p] - b - h[p] * g)
 
 
 def batch_norm_backward(dy, x_hat, inv_std, gamma, relu_y=None):
     """Training-mode gradients (dx, dγ, dβ) of batch norm over (N, H, W) for 4-D δ; with ``relu_y`` (the output
-    of a ReLU fused after it) δ is first masked by [relu_y > 0], in the same passes."""
+    of a ReLU fused after it) δ is first masked by [relu_y > 0]. The mask is its own pass (``relu_backward``):
+    folded into the two passes below, the conditional sums were not vectorised and ran slower than the three
+    passes (measured at ResNet-18's stem, (16, 64, 80, 80): 15.6 against 9.2 ms)."""
+    if relu_y is not None:
+        dy = relu_backward(dy, relu_y)
     N, C = dy.shape[:2]
     d3 = np.ascontiguousarray(dy).reshape(N, C, -1)
     h3 = np.ascontiguousarray(x_hat).reshape(N, C, -1)
-    r3 = d3 if relu_y is None else np.ascontiguousarray(relu_y).reshape(N, C, -1)
-    masked = relu_y is not None
     dbeta = np.empty(C, np.float64)
     dgamma = np.empty(C, np.float64)
-    zero = dy.dtype.type(0)
-    _bn_sums(d3, h3, r3, masked, zero, dbeta, dgamma)
+    _bn_sums(d3, h3, dbeta, dgamma)
     M = d3.shape[0] * d3.shape[2]
     dt = dy.dtype
     dx = np.empty_like(d3)
     scale = (gamma.astype(np.float64) * inv_std.astype(np.float64)).astype(dt)
-    _bn_dx(d3, h3, r3, masked, zero, scale, (dbeta / M).astype(dt), (dgamma / M).astype(dt), dx)
+    _bn_dx(d3, h3, scale, (dbeta / M).astype(dt), (dgamma / M).astype(dt), dx)
     return dx.reshape(dy.shape), dgamma.astype(dt), dbeta.astype(dt)
 
 

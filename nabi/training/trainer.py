@@ -330,6 +330,7 @@ class Trainer:
 
     def fit(self):
         """Run to the end (or to early stopping); returns the history (one dict per epoch)."""
+        backend.keep_freed_memory()                 # steps reuse the memory the last one freed (see there)
         self.model.train()
         if self.status != "early_stopped":
             self.status = "running"

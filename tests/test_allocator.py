@@ -1,0 +1,51 @@
+"""``backend.keep_freed_memory``: glibc's malloc keeps the memory a training step frees for the next step (trim
+threshold and top pad set by ``mallopt``), unless the user asked otherwise. Each case runs in a fresh process: the
+setting is process-wide and its first answer is kept."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
+                           reason="glibc's mallopt only")
+
+
+def _kept(**env):
+    e = {k: v for k, v in os.environ.items() if k != "NABI_MALLOC" and not k.startswith("MALLOC_")
+         and k != "GLIBC_TUNABLES"}
+    e.update(env, PYTHONPATH=str(ROOT))
+    code = ("from nabi import backend; a = backend.keep_freed_memory(); b = backend.keep_freed_memory(); "
+            "print(a, b)")
+    out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+@glibc
+def test_set_once_on_glibc_and_the_same_answer_after():
+    assert _kept() == ["True", "True"]
+
+
+@glibc
+@pytest.mark.parametrize("env", [dict(NABI_MALLOC="system"), dict(MALLOC_TRIM_THRESHOLD_="1000000"),
+                                 dict(GLIBC_TUNABLES="glibc.malloc.trim_threshold=1000000")])
+def test_left_alone_when_the_user_chose(env):
+    assert _kept(**env) == ["False", "False"]
+
+
+@glibc
+def test_training_sets_it(tmp_path):
+    """A run through the trainer leaves the allocator set in its process."""
+    code = ("import numpy as np; from nabi import backend; from nabi.training.config import TrainConfig; "
+            "from nabi.training.build import run_training; "
+            f"run_training(TrainConfig(data='embedded:mnist5k', model='lenet5', iterations=1, batch_size=8, "
+            f"out={str(tmp_path / 'run')!r}, progress=False), log=lambda *a: None); "
+            "print(backend._freed_memory_kept)")
+    e = {k: v for k, v in os.environ.items() if k != "NABI_MALLOC" and not k.startswith("MALLOC_")}
+    e["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "True"
