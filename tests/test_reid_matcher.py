@@ -108,6 +108,43 @@ def _naive_lnbnn(query, feats, owners, n_owners, k, skip=()):
     return per_owner, per_photo
 
 
+def _animal_on_habitat(i, size=160):
+    """An orange animal with its coat's texture in the middle of the photo, on grey-green textured habitat."""
+    rng = np.random.default_rng(50 + i)
+    hab = np.clip(rng.normal(0, 1, (size // 8, size // 8)) * 40 + 110, 0, 255).astype(np.uint8)
+    hab = cv2.resize(hab, (size, size), interpolation=cv2.INTER_NEAREST)
+    img = np.stack([hab * 0.8, hab, hab * 0.7], axis=2).astype(np.uint8)        # RGB
+    c = cv2.resize(coat(i), (size // 2, size // 2))
+    body = np.stack([np.full_like(c, 200), 90 + c // 4, 30 + c // 8], axis=2)  # orange, the coat's pattern in it
+    q = size // 4
+    img[q:q + size // 2, q:q + size // 2] = body
+    return img, (q, q + size // 2)
+
+
+def test_grabcut_foreground_keeps_only_the_animals_keypoints():
+    img, (lo, hi) = _animal_on_habitat(0)
+    whole = extract(img)
+    animal = extract(img, LocalSettings(foreground="grabcut"))
+    inside = lambda f: (f.points >= lo - 8).all(1) & (f.points < hi + 8).all(1)       # noqa: E731 (the mask grows)
+    on_habitat = (~inside(whole)).sum()
+    assert on_habitat >= 20                               # the habitat has keypoints of its own
+    assert (~inside(animal)).sum() <= 0.1 * on_habitat    # hardly any of them is kept,
+    assert inside(animal).sum() >= 0.8 * inside(whole).sum()      # the animal's are
+    assert extract(img, LocalSettings(foreground="grabcut")).points.tolist() == animal.points.tolist()  # the same
+    flat = np.full((96, 96, 3), 128, np.uint8)           # nothing to separate: GrabCut finds no animal,
+    flat[30:60, 30:60] = 128 + np.random.default_rng(1).integers(0, 2, (30, 30, 1)).astype(np.uint8) * 60
+    assert len(extract(flat, LocalSettings(foreground="grabcut"))) == len(extract(flat))   # …or the whole photo
+
+
+def test_foreground_setting_is_checked_and_stored_only_when_used():
+    with pytest.raises(ValueError, match="unknown foreground 'sam'; expected none or grabcut"):
+        LocalSettings(foreground="sam")
+    assert "foreground" not in LocalSettings().to_dict()          # galleries written before read the same
+    d = LocalSettings(foreground="grabcut").to_dict()
+    assert d["foreground"] == "grabcut" and LocalSettings.from_dict(d) == LocalSettings(foreground="grabcut")
+    assert LocalSettings.from_dict({"nfeatures": 2000, "max_side": 512, "descriptor": "rootsift"}) == LocalSettings()
+
+
 def test_lnbnn_index_equals_its_definition():
     rng = np.random.default_rng(0)
     feats = _random_features(rng, 9)
