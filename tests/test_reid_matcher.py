@@ -285,3 +285,23 @@ def test_the_same_photos_build_the_same_flann_index():
     q = _random_features(rng, 1, per_photo=200, dim=32)[0].descriptors
     for x, y in zip(a._neighbours(q, 5), b._neighbours(q, 5)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_cli_builds_a_gallery_with_keypoints_on_the_animal_only(coat_gallery, tmp_path):
+    from PIL import Image
+    from nabi.cli import main
+    from nabi.reid.gallery import Gallery
+    root, _ = coat_gallery
+    photos = tmp_path / "animals"
+    for i in range(2):
+        (photos / f"animal{i}").mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray(_animal_on_habitat(i + 2 * j)[0]).save(photos / f"animal{i}" / f"{j}.png")
+    out = tmp_path / "g"
+    assert main(["gallery", "build", str(root / "run"), str(photos), "--out", str(out), "--foreground", "grabcut",
+                 "--no-calibrate"]) == 0
+    g = Gallery.open(out)
+    assert g.local_settings.foreground == "grabcut"
+    lo, hi = _animal_on_habitat(0)[1]
+    pts = np.concatenate([f.points for f in g.local])
+    assert ((pts >= lo - 8) & (pts < hi + 8)).all(1).mean() > 0.9     # the habitat's keypoints were not enrolled
