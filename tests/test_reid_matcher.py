@@ -44,7 +44,8 @@ def test_points_are_in_the_original_photo_pixels():
 
 
 def test_same_individual_has_more_inliers():
-    f = {(i, j): extract(view(i, j)) for i in range(3) for j in range(2)}
+    whole = LocalSettings(foreground="none")            # a coat filling the frame: no habitat to leave out
+    f = {(i, j): extract(view(i, j), whole) for i in range(3) for j in range(2)}
     same = [LM.inliers(f[i, 0], f[i, 1]) for i in range(3)]
     other = [LM.inliers(f[i, 0], f[(i + 1) % 3, 1]) for i in range(3)]
     assert min(same) >= 20 and max(other) <= 10, (same, other)      # chance RANSAC fits stay small
@@ -123,8 +124,8 @@ def _animal_on_habitat(i, size=160):
 
 def test_grabcut_foreground_keeps_only_the_animals_keypoints():
     img, (lo, hi) = _animal_on_habitat(0)
-    whole = extract(img)
-    animal = extract(img, LocalSettings(foreground="grabcut"))
+    whole = extract(img, LocalSettings(foreground="none"))
+    animal = extract(img)                                  # the default: GrabCut
     inside = lambda f: (f.points >= lo - 8).all(1) & (f.points < hi + 8).all(1)       # noqa: E731 (the mask grows)
     on_habitat = (~inside(whole)).sum()
     assert on_habitat >= 20                               # the habitat has keypoints of its own
@@ -133,16 +134,17 @@ def test_grabcut_foreground_keeps_only_the_animals_keypoints():
     assert extract(img, LocalSettings(foreground="grabcut")).points.tolist() == animal.points.tolist()  # the same
     flat = np.full((96, 96, 3), 128, np.uint8)           # nothing to separate: GrabCut finds no animal,
     flat[30:60, 30:60] = 128 + np.random.default_rng(1).integers(0, 2, (30, 30, 1)).astype(np.uint8) * 60
-    assert len(extract(flat, LocalSettings(foreground="grabcut"))) == len(extract(flat))   # …or the whole photo
+    assert len(extract(flat)) == len(extract(flat, LocalSettings(foreground="none")))     # …or the whole photo
 
 
 def test_foreground_setting_is_checked_and_stored_only_when_used():
     with pytest.raises(ValueError, match="unknown foreground 'sam'; expected none or grabcut"):
         LocalSettings(foreground="sam")
-    assert "foreground" not in LocalSettings().to_dict()          # galleries written before read the same
-    d = LocalSettings(foreground="grabcut").to_dict()
-    assert d["foreground"] == "grabcut" and LocalSettings.from_dict(d) == LocalSettings(foreground="grabcut")
-    assert LocalSettings.from_dict({"nfeatures": 2000, "max_side": 512, "descriptor": "rootsift"}) == LocalSettings()
+    assert "foreground" not in LocalSettings(foreground="none").to_dict()     # as galleries wrote it before
+    d = LocalSettings().to_dict()
+    assert d["foreground"] == "grabcut" and LocalSettings.from_dict(d) == LocalSettings()
+    old = LocalSettings.from_dict({"nfeatures": 2000, "max_side": 512, "descriptor": "rootsift"})
+    assert old == LocalSettings(foreground="none")                # a gallery made before the option: whole photos
 
 
 def test_lnbnn_index_equals_its_definition():

@@ -46,7 +46,7 @@ class LocalSettings:
     nfeatures: int = 2000
     max_side: int = 512
     descriptor: str = "rootsift"
-    foreground: str = "none"
+    foreground: str = "grabcut"
 
     def __post_init__(self):
         for name, low in (("nfeatures", 1), ("max_side", 16)):
