@@ -4,7 +4,8 @@
 
 PHOTOS: individuals never used to judge nabi (for the shipped file: the 217 nyala of ``nyala_more``, Dlamini &
 van Zyl 2020; none of them is in ``nyala_dev``, on which the re-identification figures are measured). Every
-encounter is scored against all the others (leave-one-encounter-out) with nabi's default keypoint settings,
+encounter is scored against all the others (leave-one-encounter-out) with nabi's default keypoint settings
+(keypoints on the animal only: GrabCut),
 and the matcher's evidence is calibrated on those (query, individual) pairs
 (``nabi.reid.calibration.PairCalibration``, isotonic). The file records its provenance: the command, the
 data, the nabi commit and the date. A gallery uses it only when it has too few photos to calibrate on its
@@ -31,6 +32,7 @@ def main(argv=None):
     ap.add_argument("photos", help="one folder per individual, several encounters each")
     ap.add_argument("--encounters", default="name", help="how photos are grouped into encounters")
     ap.add_argument("--descriptor", default="rootsift")
+    ap.add_argument("--foreground", default="grabcut", choices=["none", "grabcut"])
     ap.add_argument("--about", help="what PHOTOS are, for the file's provenance (default: the folder's path)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "nabi" / "reid" / "data" /
                                          "matcher-calibration.json"))
@@ -44,7 +46,7 @@ def main(argv=None):
     from nabi.data.encounters import encounter_keys
     from nabi.reid import metrics as M
     t0 = time.perf_counter()
-    local = LocalSettings(descriptor=args.descriptor)
+    local = LocalSettings(descriptor=args.descriptor, foreground=args.foreground)
     g = Gallery.create(args.run, None, local=local, encounters=args.encounters)
     folders, _ = unique_photos(individual_folders(args.photos))
     for name, photos in folders:

@@ -119,7 +119,7 @@ def _given(args, names):
 
 def _local_settings(args):
     from nabi.reid.local_features import LocalSettings
-    return LocalSettings(**_given(args, ("nfeatures", "max_side", "descriptor")))
+    return LocalSettings(**_given(args, ("nfeatures", "max_side", "descriptor", "foreground")))
 
 
 def _matcher_settings(args):
@@ -142,6 +142,7 @@ def main(argv=None):
     ap.add_argument("--nfeatures", type=int, help="SIFT keypoints per photo")
     ap.add_argument("--max-side", type=int, help="photos are shrunk to this longer side before the detector")
     ap.add_argument("--descriptor", help="rootsift, learned or learned:PATH")
+    ap.add_argument("--foreground", choices=["none", "grabcut"], help="keypoints only on the animal (GrabCut)")
     ap.add_argument("--k", type=int, help="LNBNN neighbours")
     ap.add_argument("--shortlist", type=int, help="photos verified by RANSAC per query")
     ap.add_argument("--top", type=int, help="an individual's best verified photos its evidence sums")

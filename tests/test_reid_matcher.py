@@ -44,7 +44,8 @@ def test_points_are_in_the_original_photo_pixels():
 
 
 def test_same_individual_has_more_inliers():
-    f = {(i, j): extract(view(i, j)) for i in range(3) for j in range(2)}
+    whole = LocalSettings(foreground="none")            # a coat filling the frame: no habitat to leave out
+    f = {(i, j): extract(view(i, j), whole) for i in range(3) for j in range(2)}
     same = [LM.inliers(f[i, 0], f[i, 1]) for i in range(3)]
     other = [LM.inliers(f[i, 0], f[(i + 1) % 3, 1]) for i in range(3)]
     assert min(same) >= 20 and max(other) <= 10, (same, other)      # chance RANSAC fits stay small
@@ -106,6 +107,44 @@ def _naive_lnbnn(query, feats, owners, n_owners, k, skip=()):
         for o, w in won.items():
             per_owner[o] += w
     return per_owner, per_photo
+
+
+def _animal_on_habitat(i, size=160):
+    """An orange animal with its coat's texture in the middle of the photo, on grey-green textured habitat."""
+    rng = np.random.default_rng(50 + i)
+    hab = np.clip(rng.normal(0, 1, (size // 8, size // 8)) * 40 + 110, 0, 255).astype(np.uint8)
+    hab = cv2.resize(hab, (size, size), interpolation=cv2.INTER_NEAREST)
+    img = np.stack([hab * 0.8, hab, hab * 0.7], axis=2).astype(np.uint8)        # RGB
+    c = cv2.resize(coat(i), (size // 2, size // 2))
+    body = np.stack([np.full_like(c, 200), 90 + c // 4, 30 + c // 8], axis=2)  # orange, the coat's pattern in it
+    q = size // 4
+    img[q:q + size // 2, q:q + size // 2] = body
+    return img, (q, q + size // 2)
+
+
+def test_grabcut_foreground_keeps_only_the_animals_keypoints():
+    img, (lo, hi) = _animal_on_habitat(0)
+    whole = extract(img, LocalSettings(foreground="none"))
+    animal = extract(img)                                  # the default: GrabCut
+    inside = lambda f: (f.points >= lo - 8).all(1) & (f.points < hi + 8).all(1)       # noqa: E731 (the mask grows)
+    on_habitat = (~inside(whole)).sum()
+    assert on_habitat >= 20                               # the habitat has keypoints of its own
+    assert (~inside(animal)).sum() <= 0.1 * on_habitat    # hardly any of them is kept,
+    assert inside(animal).sum() >= 0.8 * inside(whole).sum()      # the animal's are
+    assert extract(img, LocalSettings(foreground="grabcut")).points.tolist() == animal.points.tolist()  # the same
+    flat = np.full((96, 96, 3), 128, np.uint8)           # nothing to separate: GrabCut finds no animal,
+    flat[30:60, 30:60] = 128 + np.random.default_rng(1).integers(0, 2, (30, 30, 1)).astype(np.uint8) * 60
+    assert len(extract(flat)) == len(extract(flat, LocalSettings(foreground="none")))     # …or the whole photo
+
+
+def test_foreground_setting_is_checked_and_stored_only_when_used():
+    with pytest.raises(ValueError, match="unknown foreground 'sam'; expected none or grabcut"):
+        LocalSettings(foreground="sam")
+    assert "foreground" not in LocalSettings(foreground="none").to_dict()     # as galleries wrote it before
+    d = LocalSettings().to_dict()
+    assert d["foreground"] == "grabcut" and LocalSettings.from_dict(d) == LocalSettings()
+    old = LocalSettings.from_dict({"nfeatures": 2000, "max_side": 512, "descriptor": "rootsift"})
+    assert old == LocalSettings(foreground="none")                # a gallery made before the option: whole photos
 
 
 def test_lnbnn_index_equals_its_definition():
@@ -248,3 +287,23 @@ def test_the_same_photos_build_the_same_flann_index():
     q = _random_features(rng, 1, per_photo=200, dim=32)[0].descriptors
     for x, y in zip(a._neighbours(q, 5), b._neighbours(q, 5)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_cli_builds_a_gallery_with_keypoints_on_the_animal_only(coat_gallery, tmp_path):
+    from PIL import Image
+    from nabi.cli import main
+    from nabi.reid.gallery import Gallery
+    root, _ = coat_gallery
+    photos = tmp_path / "animals"
+    for i in range(2):
+        (photos / f"animal{i}").mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray(_animal_on_habitat(i + 2 * j)[0]).save(photos / f"animal{i}" / f"{j}.png")
+    out = tmp_path / "g"
+    assert main(["gallery", "build", str(root / "run"), str(photos), "--out", str(out), "--foreground", "grabcut",
+                 "--no-calibrate"]) == 0
+    g = Gallery.open(out)
+    assert g.local_settings.foreground == "grabcut"
+    lo, hi = _animal_on_habitat(0)[1]
+    pts = np.concatenate([f.points for f in g.local])
+    assert ((pts >= lo - 8) & (pts < hi + 8)).all(1).mean() > 0.9     # the habitat's keypoints were not enrolled

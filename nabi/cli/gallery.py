@@ -60,7 +60,7 @@ def build(args):
     from ..reid.calibrate import calibrate_new_gallery, describe
     from ..reid.gallery import Gallery
     from ..reid.local_features import LocalSettings
-    local = False if args.no_local_features else LocalSettings(descriptor=args.descriptor)
+    local = False if args.no_local_features else LocalSettings(descriptor=args.descriptor, foreground=args.foreground)
     g = Gallery.build(args.run, args.photos, args.out, device=args.device, log=note, local=local,
                       encounters=args.encounters, gap_minutes=args.gap, strict=args.strict, flip=args.flip)
     people = g.individuals()
@@ -232,6 +232,10 @@ def _build_arguments(p):
     encounter_flags(p)
     p.add_argument("--descriptor", default="rootsift", help="the keypoints' descriptor: rootsift, learned (the one "
                    "shipped with nabi) or learned:PATH (default: rootsift)")
+    p.add_argument("--foreground", default="grabcut", choices=["none", "grabcut"], help="grabcut: keep only the "
+                   "keypoints on the animal (OpenCV's GrabCut from the photo's frame; about 0.2 s a photo), so the "
+                   "habitat cannot vote; none: the whole photo, e.g. for close-ups the animal fills "
+                   "(default: grabcut)")
     p.add_argument("--no-local-features", action="store_true", help="no keypoints: the embedding alone, no matcher")
     p.add_argument("--flip", action="store_true", help="embed each photo and its mirror image, averaged "
                    "(test-time augmentation; default: off)")
