@@ -301,7 +301,8 @@ def test_the_embedding_recipe_trains_an_identity_embedding_and_the_studies_refus
                  "--val-ratio", "0.5", "--out", str(out), "--no-progress"]) == 0
     arch = json.loads((out / "model.json").read_text(encoding="utf-8"))["arch"]
     assert (arch["name"], arch["kwargs"]["head"], arch["kwargs"]["embedding_dim"]) == ("embedding_net", "arcface", 8)
-    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["optimizer"] == "adam"   # the recipe's
+    c = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert (c["optimizer"], c["augment"]) == ("adam", "crop_flip_jitter")                   # the recipe's
     with pytest.raises(ValueError, match="trains an identity embedding, which the paired experiment does not"):
         run_experiment(tmp_path / "data", tmp_path / "exp", recipe="reid-resnet20-64")
     with pytest.raises(ValueError, match="trains an identity embedding, which an ablation does not"):
