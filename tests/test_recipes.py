@@ -275,3 +275,35 @@ def test_ablation_factors_for_the_new_settings():
     _validate(v, "variant")
     with pytest.raises(ValueError, match="factor 'warmup_fraction'"):
         FACTORS["warmup_fraction"].check(base, 1.0)
+
+
+def test_the_embedding_recipe_trains_an_identity_embedding_and_the_studies_refuse_it(tmp_path, capsys):
+    import json
+    from PIL import Image
+    from nabi.cli import main
+    from nabi.studies.ablation import _base_config
+    from nabi.studies.experiment import run_experiment
+    from nabi.studies.recipes import recipe_embedding, resolve_recipe
+    assert recipe_embedding("reid-resnet20-64") == {"head": "arcface", "embedding_dim": 128}
+    assert recipe_embedding("resnet18-160") is None
+    with pytest.raises(ValueError, match="embedding must be a table with head"):
+        resolve_recipe("reid-resnet20-64", {"embedding": {"head": "softmax"}})
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        (tmp_path / "data" / f"ind{k}").mkdir(parents=True)
+        for i in range(4):
+            a = rng.integers(0, 60, (20, 20, 3)).astype(np.uint8)
+            a[..., k % 3] += 120 + 20 * k
+            Image.fromarray(a).save(tmp_path / "data" / f"ind{k}" / f"{i}.png")
+    out = tmp_path / "emb"
+    assert main(["train", str(tmp_path / "data"), "--recipe", "reid-resnet20-64", "--model", "cifar_cnn",
+                 "--image-size", "32", "--embedding-dim", "8", "--iterations", "2", "--batch-size", "8", "--k", "2",
+                 "--val-ratio", "0.5", "--out", str(out), "--no-progress"]) == 0
+    arch = json.loads((out / "model.json").read_text(encoding="utf-8"))["arch"]
+    assert (arch["name"], arch["kwargs"]["head"], arch["kwargs"]["embedding_dim"]) == ("embedding_net", "arcface", 8)
+    c = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert (c["optimizer"], c["augment"]) == ("adam", "crop_flip_jitter")                   # the recipe's
+    with pytest.raises(ValueError, match="trains an identity embedding, which the paired experiment does not"):
+        run_experiment(tmp_path / "data", tmp_path / "exp", recipe="reid-resnet20-64")
+    with pytest.raises(ValueError, match="trains an identity embedding, which an ablation does not"):
+        _base_config({"recipe": "reid-resnet20-64"})

@@ -18,8 +18,9 @@ def add_arguments(p):
                                     "(default: none)")
     p.add_argument("--recipe", choices=sorted(RECIPES), type=C.renamed_value("recipe"),
                    help="start from a named recipe's settings (nabi experiment --help describes them; resnet18-160 "
-                        "is the strong from-scratch baseline; alexnet336-2019 and tiny need the experiment's "
-                        "offline variants or iterations per class); --config and the flags given win (default: none)")
+                        "is the strong from-scratch baseline; reid-resnet20-64 the identity embedding (its head "
+                        "and size too); alexnet336-2019 and tiny need the experiment's offline variants or "
+                        "iterations per class); --config and the flags given win (default: none)")
     add_setting_flags(p, C.TRAIN, layered=True)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint "
                                                          "(default: off)")
@@ -64,7 +65,13 @@ def train_config(args, base=None):
 
 
 def run(args):
-    head = args.head or "softmax"
+    recipe_head = None
+    if getattr(args, "recipe", None):
+        from ..studies.recipes import recipe_embedding
+        recipe_head = recipe_embedding(args.recipe)       # a recipe may train an embedding; --head given wins
+    head = args.head or (recipe_head or {}).get("head") or "softmax"
+    if args.embedding_dim is None and recipe_head and head != "softmax":
+        args.embedding_dim = recipe_head["embedding_dim"]
     cfg = train_config(args)
     if head == "softmax":
         if args.embedding_dim is not None:

@@ -353,10 +353,11 @@ def _base_config(base) -> dict:
     if unknown:
         raise ValueError(f"[base] has unknown key(s) {unknown}; known: recipe, {', '.join(sorted(out))}")
     if recipe is not None:
-        from .recipes import RECIPES, recipe_train_settings
+        from .recipes import RECIPES, recipe_train_settings, refuse_embedding_recipe
         if not isinstance(recipe, str):
             raise ValueError(f"[base] recipe must be a recipe's name ({', '.join(RECIPES)}), got {recipe!r}")
         try:
+            refuse_embedding_recipe(recipe, "an ablation")
             settings = recipe_train_settings(recipe)
         except ValueError as e:
             raise ValueError(f"[base] recipe: {e}") from None

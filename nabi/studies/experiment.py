@@ -94,7 +94,7 @@ from .ray_executor import add_executor_arguments, check_executor, executor_kwarg
 from ..data.background import is_background
 from ..training.config import renamed_value
 from .recipes import (EXTRA_KEYS, RECIPES, REPORT2019_TABLE1, fingerprint_config, parse_value, probe_input_size,
-                      resolve_recipe, train_keys)
+                      refuse_embedding_recipe, resolve_recipe, train_keys)
 
 __all__ = ["RECIPES", "REPORT2019_TABLE1", "resolve_recipe", "prepare_data", "run_seeds", "paired_models",
            "derive_a_state", "state_sha256", "PairedOrderLoader", "training_datasets", "training_loaders",
@@ -731,6 +731,7 @@ def run_experiment(data, out_dir, runs=10, models=("A", "B"), recipe="modern", j
     check_executor(executor, address, cpus_per_run, gpus_per_run)
     cfg = resolve_recipe(recipe, overrides)
     recipe = cfg["recipe"]                  # an old name resolves to the current one
+    refuse_embedding_recipe(recipe, "the paired experiment")
     if EMBEDDING_MODEL in models:           # fail before any photo is read if the model cannot embed
         embedding_model(cfg, ["x", "y"], embedding, 0)
     spec = prepare_data(data, background, seed, cfg["test_ratio"], models, strict=bool(cfg["strict"]),

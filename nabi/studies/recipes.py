@@ -6,7 +6,8 @@ every value checked. ``alexnet336-2019`` is the setup of the 2019 report "CNN을
 network at 336×336, batch 1, plain SGD; ``resnet18-160`` is the strong from-scratch baseline
 (ResNet-18 at 160×160, whole photos squashed to the square, 60 epochs of AdamW with a 30 % warm-up
 and cosine decay); ``modern`` is an earlier, shorter from-scratch recipe (128×128, centre crops,
-30 epochs); ``tiny`` is for tests.
+30 epochs); ``reid-resnet20-64`` is the identity embedding the re-identification figures use (an
+``embedding`` head: ``nabi train --recipe`` only); ``tiny`` is for tests.
 
 Warm-up: ``warmup_epochs`` (epochs) or ``warmup_fraction`` (a share of the whole run), not both.
 """
@@ -49,6 +50,15 @@ RECIPES = {
         "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "warmup_cosine",
         "warmup_epochs": 2, "label_smoothing": 0.1, "epochs": 30, "test_ratio": 0.2,
     },
+    "reid-resnet20-64": {
+        "description": "the identity embedding measured best on never-seen nyala: resnet20 at 64×64, random "
+                       "resized crops of 0.5–1 of the photo, flips and colour jitter 0.2, ArcFace with a 128-d "
+                       "embedding, P×K batches of 64 (4 photos an individual), Adam 1e-3, 30 epochs (nabi train "
+                       "only; docs/reidentification.md)",
+        "model": "resnet20", "model_args": {}, "image_size": 64, "normalize": "unit", "augment": "crop_flip_jitter",
+        "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "epochs": 30,
+        "test_ratio": 0.1, "embedding": {"head": "arcface", "embedding_dim": 128},
+    },
     "tiny": {
         "description": "for tests and CI: the small CIFAR CNN at 32×32, Adam, a few iterations per class",
         "model": "cifar_cnn", "model_args": {}, "image_size": 32, "normalize": "unit", "augment": "flip",
@@ -70,7 +80,7 @@ REPORT2019_TABLE1 = {
 # A recipe's keys: the training settings declared recipe=True (``nabi.training.config``, ``train_keys()``)
 # and these of the studies' own.
 EXTRA_KEYS = ("description", "iterations_per_class", "warmup_epochs", "offline_variants", "test_ratio",
-              "keep_checkpoints")
+              "keep_checkpoints", "embedding")
 LENGTH_KEYS = ("iterations_per_class", "iterations", "epochs")
 # The studies' own keys that change how, not what, is computed: left out of the fingerprint (the settings
 # say for themselves whether they enter it).
@@ -85,8 +95,9 @@ def train_keys() -> tuple:
 def fingerprint_config(cfg: dict) -> dict:
     """The entries of ``cfg`` that decide what a study computes: without the studies' ``EXECUTION_KEYS`` and
     as ``nabi.training.config.fingerprint_settings`` keeps the settings (none that only change how a run
-    is computed, none added later while it holds its default)."""
-    return fingerprint_settings({k: v for k, v in cfg.items() if k not in EXECUTION_KEYS})
+    is computed, none added later while it holds its default: a classifier recipe's ``embedding`` of None)."""
+    return fingerprint_settings({k: v for k, v in cfg.items()
+                                 if k not in EXECUTION_KEYS and not (k == "embedding" and v is None)})
 
 
 def recipe_defaults() -> dict:
@@ -95,7 +106,7 @@ def recipe_defaults() -> dict:
     d = {k: v for k, v in TrainConfig().to_dict().items() if k in keys}
     d.update(epochs=None, iterations=None, iterations_per_class=None, warmup_epochs=None, offline_variants=1,
              test_ratio=0.2, keep_checkpoints=False, description="", image_size=None, checkpoint_every=None,
-             keep_last=2)
+             keep_last=2, embedding=None)
     return d
 
 
@@ -160,8 +171,30 @@ def resolve_recipe(recipe: str, overrides: dict | None = None) -> dict:
         if cfg["schedule"] not in ("warmup_cosine", "one_cycle"):
             raise ValueError(f"warmup_fraction only applies to schedule warmup_cosine or one_cycle (the schedule "
                              f"is {cfg['schedule']})")
+    emb = cfg["embedding"]
+    if emb is not None:
+        from ..models.embedding import HEADS
+        if not isinstance(emb, dict) or set(emb) - {"head", "embedding_dim"} or emb.get("head") not in HEADS:
+            raise ValueError(f"embedding must be a table with head (one of {', '.join(HEADS)}) and optionally "
+                             f"embedding_dim, got {emb!r}")
+        dim = emb.get("embedding_dim", 128)
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"embedding_dim must be a positive integer, got {dim!r}")
     check({k: cfg[k] for k in train_keys() if k in cfg}, name_of=lambda setting: setting.name)   # every other rule
     return cfg
+
+
+def recipe_embedding(recipe: str):
+    """The embedding head a recipe trains (``{'head', 'embedding_dim'}``), or None for a classifier recipe."""
+    emb = resolve_recipe(recipe)["embedding"]
+    return None if emb is None else {"head": emb["head"], "embedding_dim": int(emb.get("embedding_dim", 128))}
+
+
+def refuse_embedding_recipe(recipe: str, where: str) -> None:
+    """``ValueError`` when ``recipe`` trains an identity embedding: the studies (``where``) train classifiers."""
+    if recipe is not None and recipe_embedding(recipe) is not None:
+        raise ValueError(f"recipe {current_name('recipe', recipe)!r} trains an identity embedding, which {where} does "
+                         f"not: nabi train DATA --recipe {current_name('recipe', recipe)}")
 
 
 def recipe_train_settings(recipe: str) -> dict:
