@@ -45,6 +45,7 @@ class Workload:
     sgd: str = "momentum"  # momentum (0.9) | plain (w ← w − lr·g, both sides) | fused (plain; nabi updates in backward)
     usage: str = "trainer"  # trainer (as nabi.training.Trainer sets it up) | plain (as a PyTorch user writes it)
     kind: str = "classify"  # classify (cross-entropy) | reid (embedding_net + ArcFace) | simclr (SimCLR + NT-Xent)
+    #                         | hardnet (the patch descriptor + HardNet's loss; num_classes: its width)
 
     def as_dict(self):
         return {"model": self.model, "batch": self.batch, "input": list(self.shape), "num_classes": self.num_classes,
@@ -79,7 +80,9 @@ def model_workloads(device, full):
               Workload("re-ID embedding resnet18 b16 160x160 ArcFace", "resnet18", 16, (3, 160, 160), 100,
                        kind="reid"),
               Workload("SimCLR resnet18_cifar 2x32 views 32x32", "resnet18_cifar", 64, (3, 32, 32), 128,
-                       kind="simclr")]
+                       kind="simclr"),
+              Workload("patch descriptor hardnet w8 2x256 patches 32x32", "hardnet", 512, (1, 32, 32), 8,
+                       kind="hardnet")]
     return w
 
 
@@ -179,6 +182,20 @@ class _NTXent:
         return self.loss.backward()
 
 
+class _HardNet:
+    """nabi's HardNet loss (rows i and i + N matching patches) with the (unused) labels argument."""
+
+    def __init__(self, margin=1.0):
+        from nabi.layers import HardNetLoss
+        self.loss = HardNetLoss(margin)
+
+    def __call__(self, z, labels):
+        return self.loss(z)
+
+    def backward(self):
+        return self.loss.backward()
+
+
 def nabi_network(w, seed=0):
     """The nabi side of ``training_pair`` alone (``(model, loss)``), without importing torch."""
     from nabi.layers import ArcFaceLoss, CrossEntropyLoss
@@ -188,6 +205,12 @@ def nabi_network(w, seed=0):
     if w.kind == "simclr":
         from .simclr_step import nabi_network as simclr_network
         return simclr_network(w.model, w.num_classes, seed), _NTXent(0.5)
+    if w.kind == "hardnet":
+        import nabi.models as zoo
+        from nabi import backend
+        backend.seed(seed)
+        with backend.default_dtype(np.float32):
+            return zoo.get("hardnet", width=w.num_classes), _HardNet()
     return C.build_nabi(w.model, w.num_classes, "cpu", seed), CrossEntropyLoss()
 
 
@@ -204,6 +227,10 @@ def training_pair(w, dev, seed=0):
         from .simclr_step import build, torch_nt_xent
         model, twin = build(w.model, w.num_classes, seed=seed)
         pair = model, twin, _NTXent(0.5), lambda z, labels: torch_nt_xent(z, 0.5)
+    elif w.kind == "hardnet":
+        from .torch_models import build_hardnet_pair, torch_hardnet_loss
+        model, twin = build_hardnet_pair(w.num_classes, seed=seed)
+        pair = model, twin, _HardNet(), lambda z, labels: torch_hardnet_loss(z)
     else:
         model, twin = build_pair(w.model, w.num_classes, "cpu", seed)
         pair = model, twin, CrossEntropyLoss(), F.cross_entropy
@@ -334,7 +361,7 @@ def run_infer(w, args, repeats, warmup):
     from .torch_models import build_pair
 
     dev = args.device
-    model, twin = build_pair(w.model, w.num_classes, dev)
+    model, twin = training_pair(w, dev)[:2] if w.kind == "hardnet" else build_pair(w.model, w.num_classes, dev)
     x, _ = _batch(w)
     xn, xt = C.to_nabi(x, dev), C.to_torch(x, dev)
     model.eval()

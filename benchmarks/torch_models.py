@@ -337,3 +337,48 @@ def build_embedding_pair(backbone, num_classes, dim=128, seed=0):
     copy_weights(model, twin)
     return model, twin
 
+
+# ----------------------------------------------------------------------------------
+# the local patch descriptor (HardNet) and its loss
+# ----------------------------------------------------------------------------------
+def t_hardnet(width=8, dim=128, dropout=0.3):
+    """HardNet's PyTorch network (Mishchuk et al. 2017, as its reference code builds it), nabi's key names."""
+    layers = []
+    for c_in, c_out, stride in [(1, width, 1), (width, width, 1), (width, 2 * width, 2), (2 * width, 2 * width, 1),
+                                (2 * width, 4 * width, 2), (4 * width, 4 * width, 1)]:
+        layers += [tnn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                   tnn.BatchNorm2d(c_out, affine=False), tnn.ReLU()]
+    layers += [tnn.Dropout(dropout), tnn.Conv2d(4 * width, dim, 8, bias=False), tnn.BatchNorm2d(dim, affine=False)]
+
+    class HardNet(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = tnn.Sequential(*layers)
+
+        def forward(self, x):
+            return tF.normalize(self.features(x).flatten(1), dim=1)
+    return HardNet()
+
+
+def torch_hardnet_loss(x, margin=1.0, eps=1e-6):
+    """HardNet's hardest-in-batch triplet margin loss in PyTorch ops (rows i and i + N are a matching pair)."""
+    n = x.shape[0] // 2
+    a, p = x[:n], x[n:]
+    s = (a * a).sum(1)[:, None] + (p * p).sum(1)[None, :] - 2.0 * a @ p.T
+    d = torch.sqrt(torch.clamp(s, min=0.0) + eps)
+    off = d + torch.diag(torch.full((n,), float("inf"), dtype=x.dtype, device=x.device))
+    hardest = torch.cat([off, off.T], dim=1).min(dim=1).values
+    return torch.clamp(margin + torch.diagonal(d) - hardest, min=0.0).mean()
+
+
+def build_hardnet_pair(width=8, seed=0):
+    """nabi's ``hardnet`` zoo model and its twin, same float32 weights."""
+    import nabi.models as zoo
+    from nabi import backend
+    backend.seed(seed)
+    with backend.default_dtype(np.float32):
+        model = zoo.get("hardnet", width=width)
+    twin = t_hardnet(width).to(torch.float32)
+    copy_weights(model, twin)
+    return model, twin
+
