@@ -171,9 +171,9 @@ def keep_freed_memory() -> bool:
     """Ask the C library's allocator (glibc's malloc, Linux) to keep the memory that a training step frees for
     the next step's arrays instead of handing it back to the system after each step: ``mallopt``'s trim
     threshold at 1 GiB and a top pad of 256 MB. Every step allocates and frees the same activation-sized
-    arrays; given back and taken again, each page of them is faulted in anew (measured at ResNet-18 160×160
-    batch 16: 0.88 → 0.67 s a step, ``benchmarks.fusion --allocator``). Called once by the trainer; it
-    changes how much memory the process keeps between steps (up to its peak), not the peak itself.
+    arrays; given back and taken again, each page of them is faulted in anew (ResNet-18 training steps, alternated
+    processes: 160×160 batch 16 738 → 678 ms, 64×64 batch 32 384 → 302 ms; docs/speed.md). Called once by the
+    trainer; it changes how much memory the process keeps between steps (up to its peak), not the peak itself.
 
     Left alone when ``NABI_MALLOC=system`` is set, when the user set glibc's own ``MALLOC_…_``/``GLIBC_TUNABLES``
     variables, or off Linux/glibc. Returns whether it was set (the answer of the first call is kept)."""
@@ -189,7 +189,8 @@ def keep_freed_memory() -> bool:
     import ctypes
     try:
         libc = ctypes.CDLL(None)
-        mallopt, gnu = libc.mallopt, libc.gnu_get_libc_version        # glibc, not musl
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version                                   # glibc only (musl has no such function)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int

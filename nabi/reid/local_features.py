@@ -13,8 +13,9 @@
                    started from the photo less a 4 % margin (photos of one animal are framed on it), at 160 px
                    on the longer side, its regions under a quarter of the largest dropped (specks of habitat),
                    the mask grown by 3 % of that side so outline keypoints stay; a mask
-                   under 10 % of the photo (GrabCut lost the animal) keeps the whole photo. ``none`` (default):
-                   the whole photo. Keypoints on the habitat then cannot vote for an individual seen there.
+                   under 10 % of the photo (GrabCut lost the animal) keeps the whole photo. The default; ``none``:
+                   the whole photo (and what a gallery written before the option holds). Keypoints on the
+                   habitat then cannot vote for an individual seen there.
 
 ``LocalSettings`` names the choice; a gallery stores it with the features, so features of different
 settings are never compared. ``Features`` holds one photo's points (n, 2) — (x, y) in the pixels of
@@ -89,21 +90,29 @@ class Features:
         return cls(np.zeros((0, 2), np.float32), np.zeros((0, dim), np.float32))
 
 
+def _open(item):
+    """A photo path opened as a loaded Pillow image (EXIF orientation applied); anything else as it is."""
+    if not isinstance(item, (str, Path)):
+        return item
+    from PIL import Image, ImageOps
+    try:
+        with Image.open(item) as im:
+            img = ImageOps.exif_transpose(im)
+            img.load()
+            return img
+    except Exception as e:
+        raise ValueError(f"could not read photo {item} for local features: {type(e).__name__}: {e}") from None
+
+
 def grey(item, max_side=512):
     """``(uint8 grey image with its longer side at most max_side, scale from it back to the original)`` of a
     photo path or an image array ((H, W), (H, W, 1|3) uint8, or (1|3, H, W) float in [0, 1])."""
     cv2 = _cv2()
-    if isinstance(item, (str, Path)):
-        from PIL import Image, ImageOps
-        try:
-            with Image.open(item) as im:
-                img = np.asarray(ImageOps.exif_transpose(im).convert("L"))
-        except Exception as e:
-            raise ValueError(f"could not read photo {item} for local features: {type(e).__name__}: {e}") from None
+    item = _open(item)
+    if hasattr(item, "convert") and hasattr(item, "size"):       # a Pillow image (a photo file, opened)
+        img = np.asarray(item.convert("L"))
     else:
         a = np.asarray(item)
-        if hasattr(item, "convert") and hasattr(item, "size"):       # a Pillow image
-            a = np.asarray(item.convert("L"))
         if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
             a = a.transpose(1, 2, 0)
         if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3)) or a.size == 0:
@@ -134,15 +143,9 @@ GRABCUT_SIDE, GRABCUT_MARGIN, GRABCUT_GROW, GRABCUT_MIN_AREA, GRABCUT_ROUNDS, GR
 
 
 def _colour(item):
-    """uint8 (H, W, 3) RGB of a photo path or image array (as ``grey`` accepts), grey replicated when it has one
+    """uint8 (H, W, 3) RGB of a photo path or image (as ``grey`` accepts), grey replicated when it has one
     channel."""
-    if isinstance(item, (str, Path)):
-        from PIL import Image, ImageOps
-        try:
-            with Image.open(item) as im:
-                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-        except Exception as e:
-            raise ValueError(f"could not read photo {item} for local features: {type(e).__name__}: {e}") from None
+    item = _open(item)
     a = np.asarray(item.convert("RGB")) if hasattr(item, "convert") and hasattr(item, "size") else np.asarray(item)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
         a = a.transpose(1, 2, 0)
@@ -207,6 +210,7 @@ def _learned(descriptor):
 
 def extract(item, settings: LocalSettings = LocalSettings()) -> Features:
     """The ``Features`` of one photo (path or image array) under ``settings``; no keypoint: empty features."""
+    item = _open(item)                          # a photo file is read once, for the grey image and GrabCut
     img, scale = grey(item, settings.max_side)
     mask = foreground_mask(item, img.shape[:2]) if settings.foreground == "grabcut" else None
     kps = detect(img, settings.nfeatures, mask)
