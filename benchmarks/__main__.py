@@ -168,32 +168,28 @@ def _nabi_training(model, w):
     return opt
 
 
-class _NTXent:
-    """nabi's NT-Xent loss with the (unused) labels argument of the other losses."""
+class _Unlabelled:
+    """A loss of the outputs alone (NT-Xent, HardNet's: their pairs are rows i and i + N) with the unused labels
+    argument of the other losses."""
 
-    def __init__(self, temperature=0.5):
-        from nabi.layers.contrastive import NTXentLoss
-        self.loss = NTXentLoss(temperature)
-
-    def __call__(self, z, labels):
-        return self.loss(z)
-
-    def backward(self):
-        return self.loss.backward()
-
-
-class _HardNet:
-    """nabi's HardNet loss (rows i and i + N matching patches) with the (unused) labels argument."""
-
-    def __init__(self, margin=1.0):
-        from nabi.layers import HardNetLoss
-        self.loss = HardNetLoss(margin)
+    def __init__(self, loss):
+        self.loss = loss
 
     def __call__(self, z, labels):
         return self.loss(z)
 
     def backward(self):
         return self.loss.backward()
+
+
+def _nt_xent():
+    from nabi.layers.contrastive import NTXentLoss
+    return _Unlabelled(NTXentLoss(0.5))
+
+
+def _hardnet_loss():
+    from nabi.layers import HardNetLoss
+    return _Unlabelled(HardNetLoss(1.0))
 
 
 def nabi_network(w, seed=0):
@@ -204,13 +200,9 @@ def nabi_network(w, seed=0):
                              {"backbone": w.model, "embedding_dim": 128, "head": "arcface"}), ArcFaceLoss(30.0, 0.5))
     if w.kind == "simclr":
         from .simclr_step import nabi_network as simclr_network
-        return simclr_network(w.model, w.num_classes, seed), _NTXent(0.5)
+        return simclr_network(w.model, w.num_classes, seed), _nt_xent()
     if w.kind == "hardnet":
-        import nabi.models as zoo
-        from nabi import backend
-        backend.seed(seed)
-        with backend.default_dtype(np.float32):
-            return zoo.get("hardnet", width=w.num_classes), _HardNet()
+        return C.build_nabi(w.model, None, "cpu", seed, {"width": w.num_classes}), _hardnet_loss()
     return C.build_nabi(w.model, w.num_classes, "cpu", seed), CrossEntropyLoss()
 
 
@@ -226,11 +218,11 @@ def training_pair(w, dev, seed=0):
     elif w.kind == "simclr":
         from .simclr_step import build, torch_nt_xent
         model, twin = build(w.model, w.num_classes, seed=seed)
-        pair = model, twin, _NTXent(0.5), lambda z, labels: torch_nt_xent(z, 0.5)
+        pair = model, twin, _nt_xent(), lambda z, labels: torch_nt_xent(z, 0.5)
     elif w.kind == "hardnet":
         from .torch_models import build_hardnet_pair, torch_hardnet_loss
         model, twin = build_hardnet_pair(w.num_classes, seed=seed)
-        pair = model, twin, _HardNet(), lambda z, labels: torch_hardnet_loss(z)
+        pair = model, twin, _hardnet_loss(), lambda z, labels: torch_hardnet_loss(z)
     else:
         model, twin = build_pair(w.model, w.num_classes, "cpu", seed)
         pair = model, twin, CrossEntropyLoss(), F.cross_entropy
@@ -361,7 +353,8 @@ def run_infer(w, args, repeats, warmup):
     from .torch_models import build_pair
 
     dev = args.device
-    model, twin = training_pair(w, dev)[:2] if w.kind == "hardnet" else build_pair(w.model, w.num_classes, dev)
+    model, twin = (training_pair(w, dev)[:2] if w.kind in ("hardnet", "simclr")     # no classifier twin of their own
+                   else build_pair(w.model, w.num_classes, dev))
     x, _ = _batch(w)
     xn, xt = C.to_nabi(x, dev), C.to_torch(x, dev)
     model.eval()

@@ -113,13 +113,15 @@ def host(a):
 
 
 def build_nabi(name, num_classes, device="cpu", seed=0, nabi_kwargs=None):
-    """The zoo model ``name`` in float32 from a fixed seed (so the same weights every time), on ``device``."""
+    """The zoo model ``name`` in float32 from a fixed seed (so the same weights every time), on ``device``
+    (``num_classes`` None: a model without classes, e.g. ``hardnet``)."""
     import nabi.models as zoo
     from nabi import backend
 
     backend.seed(seed)
+    classes = {} if num_classes is None else {"num_classes": num_classes}
     with backend.default_dtype(np.float32):
-        model = zoo.get(name, num_classes=num_classes, **(nabi_kwargs or {}))
+        model = zoo.get(name, **classes, **(nabi_kwargs or {}))
     if device == "gpu":
         model.to("gpu")
     return model

@@ -373,11 +373,7 @@ def torch_hardnet_loss(x, margin=1.0, eps=1e-6):
 
 def build_hardnet_pair(width=8, seed=0):
     """nabi's ``hardnet`` zoo model and its twin, same float32 weights."""
-    import nabi.models as zoo
-    from nabi import backend
-    backend.seed(seed)
-    with backend.default_dtype(np.float32):
-        model = zoo.get("hardnet", width=width)
+    model = build_nabi("hardnet", None, "cpu", seed, {"width": width})
     twin = t_hardnet(width).to(torch.float32)
     copy_weights(model, twin)
     return model, twin

@@ -11,6 +11,7 @@ from nabi import backend
 from nabi.functional import hardnet_loss as F
 from nabi.gradcheck import check_module, numerical_gradient, relative_error
 from nabi.layers import BatchNorm2d, HardNetLoss
+from benchmarks.torch_models import t_hardnet as torch_hardnet   # HardNet's PyTorch network, shared
 from helpers import compare_with_torch, copy_to_torch
 
 TOLS = {np.float64: dict(rtol=1e-7, atol=1e-9), np.float32: dict(rtol=1e-4, atol=1e-5)}
@@ -131,23 +132,6 @@ def test_hardnet_loss_refuses_bad_input():
 
 
 # -- the network -----------------------------------------------------------------------------------------------
-def torch_hardnet(width, dim=128, dropout=0.3):
-    """HardNet's PyTorch network (Mishchuk et al. 2017, as its reference code and kornia build it)."""
-    layers = []
-    for c_in, c_out, stride in [(1, width, 1), (width, width, 1), (width, 2 * width, 2), (2 * width, 2 * width, 1),
-                                (2 * width, 4 * width, 2), (4 * width, 4 * width, 1)]:
-        layers += [tnn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-                   tnn.BatchNorm2d(c_out, affine=False), tnn.ReLU()]
-    layers += [tnn.Dropout(dropout), tnn.Conv2d(4 * width, dim, 8, bias=False), tnn.BatchNorm2d(dim, affine=False)]
-
-    class HardNet(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = tnn.Sequential(*layers)
-
-        def forward(self, x):
-            return tnn.functional.normalize(self.features(x).flatten(1), dim=1)
-    return HardNet()
 
 
 def test_hardnet_has_hardnets_keys_and_sizes():
