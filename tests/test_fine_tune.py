@@ -212,10 +212,6 @@ def test_layer_lr_multipliers_equal_hand_computed_values():
     assert got == {"conv1": 0.0625, "bn1": 0.0625, "layer1": 0.125, "layer2": 0.25, "layer3": 0.5, "fc": 1.0}
     scale = fine_tune.parameter_lr_scale(st, got)
     assert scale["layer2.0.conv1.weight"] == 0.25 and scale["bn1.bias"] == 0.0625 and scale["fc.bias"] == 1.0
-    # vgg11_bn's trunk: 8 convolutions, each with its batch norm: 8 steps below the classifier, not 16
-    vgg = fine_tune.layer_lr_multipliers(fine_tune.stages(models.get("vgg11_bn", num_classes=3)), 0.5)
-    assert vgg["features.0"] == vgg["features.1"] == 0.5 ** 8 and vgg["features.25"] == vgg["features.26"] == 0.5
-    assert vgg["classifier"] == 1.0 and sorted(set(vgg.values())) == [0.5 ** k for k in range(8, -1, -1)]
     lines = fine_tune.prepare(models.get("resnet20", num_classes=3), None, 0.5)["lines"]
     assert any(line.split() == ["bn1", "0.0625", "(normalisation:", "with", "conv1)"] for line in lines), lines
     assert fine_tune.layer_lr_multipliers(st, 1.0) == dict.fromkeys(got, 1.0)
@@ -223,6 +219,14 @@ def test_layer_lr_multipliers_equal_hand_computed_values():
     assert list(lenet) == ["c1", "c3", "c5", "f6", "output"]
     np.testing.assert_allclose(list(lenet.values()), [0.9 ** 4, 0.9 ** 3, 0.9 ** 2, 0.9, 1.0], rtol=0, atol=0)
 
+
+
+@pytest.mark.slow       # builds vgg11_bn (130 M weights); resnet20's and lenet5's stages are checked by default
+def test_vgg_batch_norm_shares_its_convolutions_step():
+    # vgg11_bn's trunk: 8 convolutions, each with its batch norm: 8 steps below the classifier, not 16
+    vgg = fine_tune.layer_lr_multipliers(fine_tune.stages(models.get("vgg11_bn", num_classes=3)), 0.5)
+    assert vgg["features.0"] == vgg["features.1"] == 0.5 ** 8 and vgg["features.25"] == vgg["features.26"] == 0.5
+    assert vgg["classifier"] == 1.0 and sorted(set(vgg.values())) == [0.5 ** k for k in range(8, -1, -1)]
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_one_step_with_lr_scale_equals_torch_param_groups_and_schedules_scale_every_group(kind):

@@ -193,6 +193,7 @@ def test_ablation_on_ray_equals_the_local_ablation(ray_instance, tmp_path):
         assert "ray task on" in (tmp_path / "ray" / "runs" / variant / "seed-01" / "run.log").read_text("utf-8")
 
 
+@pytest.mark.slow           # a minute on 2 cores; the failing-run test covers how failures are reported
 def test_a_worker_that_dies_past_its_retries_is_reported_in_the_run_log(ray_instance, local_reference, tmp_path):
     data, _ = local_reference
     spec = X.prepare_data(data, "background", 0)
