@@ -36,7 +36,8 @@ def test_fast_convolution_equals_the_readable_one(kernels, n, c, f, h, w, k, s, 
         try:
             ws = conv_fast.Workspace() if kept else None
             y, cache = conv_fast.conv2d_forward(x, wt, b, s, p, relu=relu, workspace=ws)
-            assert (cache[5] is not None) == (chunked and n > 1)
+            whole = p == 0 and k == h == w                         # no columns to chunk: the input is them
+            assert (cache[5] is not None) == (chunked and n > 1 and not whole)
             dx, dw, db = conv_fast.conv2d_backward(dy, cache, relu_y=y if relu else None, consume=True, workspace=ws)
             w2, b2 = wt.copy(), None if b is None else b.copy()
             y2, cache2 = conv_fast.conv2d_forward(x, w2, b2, s, p, relu=relu, workspace=ws)
@@ -53,6 +54,43 @@ def test_fast_convolution_equals_the_readable_one(kernels, n, c, f, h, w, k, s, 
         np.testing.assert_allclose(b2, b - 0.5 * db_ref, **tol)
     np.testing.assert_allclose(dx2, dx_ref, **tol)                  # the input gradient uses the old weights
     np.testing.assert_allclose(w2, wt - 0.5 * dw_ref, **tol)
+
+
+@pytest.mark.parametrize("kernels", _paths(), ids=lambda k: "numba" if k else "reference")
+@pytest.mark.parametrize("n,c,h,w,s", [(3, 2, 4, 3, 1), (1, 3, 5, 5, 2), (4, 1, 1, 1, 1)])
+def test_a_kernel_covering_the_whole_input_runs_as_a_product_with_the_input(kernels, n, c, h, w, s):
+    rng = np.random.default_rng(n + c + h)
+    x, wt, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((5, c, h, w)), rng.standard_normal(5)
+    y_ref, cache_ref = conv.conv2d_forward(x, wt, b, s, 0)
+    dy = rng.standard_normal(y_ref.shape)
+    dx_ref, dw_ref, db_ref = conv.conv2d_backward(dy, cache_ref)
+    with K.kernels(kernels), conv_algo.algorithm("im2col"):
+        assert conv_fast.whole_window(x.shape, (h, w, s, s, 0, 0, 1, 1))
+        ws = conv_fast.Workspace()
+        y, cache = conv_fast.conv2d_forward(x, wt, b, s, 0, workspace=ws)
+        assert np.shares_memory(cache[0], x)                     # the columns are the input itself
+        dx, dw, db = conv_fast.conv2d_backward(dy, cache, consume=True, workspace=ws)
+        w2, b2 = wt.copy(), b.copy()
+        _, cache2 = conv_fast.conv2d_forward(x, w2, b2, s, 0, workspace=ws)
+        dx2 = conv_fast.conv2d_sgd_backward(dy, cache2, w2, b2, 0.5, workspace=ws)
+    for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref), (dx2, dx_ref), (w2, wt - 0.5 * dw_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert dx.shape == x.shape and dx.flags.c_contiguous
+
+
+@pytest.mark.parametrize("kernels", _paths(), ids=lambda k: "numba" if k else "reference")
+def test_an_eval_forward_builds_its_columns_in_chunks_its_scratch_holds(kernels):
+    rng = np.random.default_rng(2)
+    x, wt, b = rng.standard_normal((7, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    y_ref, _ = conv.conv2d_forward(x, wt, b, 1, 1)
+    ws = conv_fast.Workspace()
+    ws.limit, ws.shares_transients = 2 * 27 * 30 * 8, False          # the columns of two images
+    with K.kernels(kernels), conv_algo.algorithm("im2col"):
+        y, cache = conv_fast.conv2d_forward(x, wt, b, 1, 1, workspace=ws, purpose="eval")
+    assert [e - a for a, e in cache[5][1]] == [2, 2, 2, 1]
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    if kernels:                                          # the compiled path kept one buffer for every chunk
+        assert ws["colchunk"].nbytes == ws.limit
 
 
 def test_the_readable_convolution_matches_the_loops():

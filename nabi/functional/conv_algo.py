@@ -2,17 +2,21 @@
 
     im2col     ``conv.py`` / ``conv_fast.py``: columns + one matrix product. Any geometry; the reference.
     winograd   ``conv_winograd.py``: F(2×2, 3×3), 2.25× fewer multiplications. 3×3 kernels, stride 1.
+    direct     ``conv_direct.py``: shifted runs of the padded input planes, no columns. Stride 1, at most
+               ``conv_direct.MAX_CHANNELS`` channels in and out, compiled CPU kernels.
 
 The setting has one home, ``NABI_CONV_ALGO`` (read when a convolution runs), or ``set_algorithm`` /
 ``with algorithm(name):`` in code, which win over the environment:
 
     auto       (default) compiled CPU arrays (NumPy float32/float64, ``cpu_kernels`` on): a layer of at least
-               ``MIN_TUNED_MACS`` multiply-adds whose Winograd buffers fit ``conv_fast.COL_BUDGET_BYTES`` is
-               timed once with each algorithm that applies (forward + backward in training, forward in eval,
-               on random data of its shape, alternated, median of ``ROUNDS``) and runs the faster from then on.
+               ``MIN_TUNED_MACS`` multiply-adds is timed once with each algorithm that applies — Winograd where
+               its buffers fit ``conv_fast.COL_BUDGET_BYTES`` — (forward + backward in training, forward in eval,
+               on random data of its shape, alternated, median of ``ROUNDS``) and runs the fastest from then on;
+               a choice cached before another algorithm applied to its shape is timed again.
                Smaller layers, other arrays (CuPy, float16) and other geometries: im2col.
     im2col     always im2col.
     winograd   Winograd wherever it applies (3×3, stride 1), im2col elsewhere: for tests and measurements.
+    direct     the direct convolution wherever it applies, im2col elsewhere: for tests and measurements.
 
 The choices are kept per machine (CPU model, usable cores, nabi's kernel threads) and per shape in
 ``<cache folder>/conv-algorithms.json``: ``$NABI_CACHE_DIR``, else ``$XDG_CACHE_HOME/nabi``, else
@@ -35,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-ALGORITHMS = ("im2col", "winograd")
+ALGORITHMS = ("im2col", "winograd", "direct")
 SETTINGS = ("auto",) + ALGORITHMS
 ENV = "NABI_CONV_ALGO"
 CACHE_ENV = "NABI_CACHE_DIR"
@@ -66,7 +70,7 @@ def setting() -> str:
 
 
 def set_algorithm(name) -> None:
-    """Force an algorithm for every convolution of this process ('im2col', 'winograd'), or go back to
+    """Force an algorithm for every convolution of this process ('im2col', 'winograd', 'direct'), or go back to
     'auto' / the environment's setting with None."""
     global _forced
     if name is not None and name not in SETTINGS:
@@ -101,7 +105,8 @@ def choose(candidates, shape_key, macs, compiled, trial):
     with _lock:
         table = _machine_table()
         entry = table.get(shape_key)
-        if entry is not None and entry.get("algorithm") in candidates:
+        if (entry is not None and entry.get("algorithm") in candidates
+                and set(candidates) <= set(entry.get("ms") or ())):     # a choice made among fewer: timed again
             return entry["algorithm"]
         ms = measure(candidates, trial)
         best = min(candidates, key=lambda a: ms[a])

@@ -17,8 +17,9 @@
 4. **Fused SGD.** ``conv2d_sgd_backward`` computes ∂L/∂x with the old weights, then applies
    W ← W − lr·δ·colᵀ, b ← b − lr·Σδ in place: the weight gradient is never stored.
 5. **Another algorithm where it is faster.** 3×3 stride-1 layers may run Winograd F(2×2, 3×3)
-   (``conv_winograd``) instead of im2col; ``conv_algo`` decides per layer shape, by measurement
-   (or as ``NABI_CONV_ALGO`` forces). Its cache is a ``conv_winograd.WinogradCache``.
+   (``conv_winograd``), thin stride-1 layers a direct convolution (``conv_direct``), instead of im2col;
+   ``conv_algo`` decides per layer shape, by measurement (or as ``NABI_CONV_ALGO`` forces). Their caches are
+   a ``conv_winograd.WinogradCache`` and a ``conv_direct.DirectCache``.
 
 Every result equals ``conv.conv2d_forward`` / ``conv2d_backward`` (``tests/test_conv_fast.py``).
 The im2col cache is ``(col, w, x_shape, geom, has_bias, chunked)``; ``chunked`` is None or
@@ -32,6 +33,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from . import conv_algo
+from . import conv_direct as CD
 from . import conv_winograd as CW
 from .blas import gemm_inplace, matmul, matmul_into
 from .conv import conv_geometry
@@ -68,7 +70,8 @@ SCRATCH_MAX_BYTES = 64 * 2**20
 """Largest buffer a thread's eval-mode ``scratch`` keeps (every serving thread holds its own)."""
 
 
-TRANSIENT = frozenset({"gemm", "dcol", "dw", "wino_u", "wino_v", "wino_m", "wino_du"})
+TRANSIENT = frozenset({"gemm", "colchunk", "dcol", "dw", "wino_u", "wino_v", "wino_m", "wino_du",
+                       "direct_pad", "direct_dy"})
 """Buffers whose contents die within one call (a forward's GEMM result, backward's δ matrix, Wᵀ·δ, Winograd's
 transformed arrays): a layer's ``Workspace`` takes them from its thread's shared ``training_scratch`` instead of
 keeping its own, so a network holds one of each (as large as its largest layer needs), not one per layer. The
@@ -184,13 +187,27 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     impl = for_arrays(x, w, b)
-    if algorithm_for(x, w, geom, impl, purpose) == "winograd":
+    algo = algorithm_for(x, w, geom, impl, purpose)
+    if algo == "winograd":
         return CW.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
+    if algo == "direct":
+        return CD.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
     col_sample = x.shape[1] * kh * kw * oh * ow * x.dtype.itemsize
     budget = (INPUT_LAYER_CHUNK_BYTES if purpose == "train" and not need_dx
               and col_sample > INPUT_LAYER_COL_RATIO * (x[0].size * x.dtype.itemsize)
               and col_sample * x.shape[0] >= INPUT_LAYER_MIN_COL_BYTES else None)
+    if purpose == "eval" and budget is None and getattr(workspace, "limit", None):
+        budget = min(COL_BUDGET_BYTES, workspace.limit)     # an eval forward's columns: chunks its scratch holds
     return _im2col_forward(x, w, b, geom, relu, workspace, impl, budget)
+
+
+def whole_window(x_shape, geom) -> bool:
+    """Whether the kernel covers the whole unpadded input (no padding, KH = H, KW = W: one output per image and
+    filter, as in a descriptor network's last layer or a classifier written as a convolution). Its columns are
+    then the input itself — col[(c, u, v), n] = x[n, c, u, v], x as (N, C·KH·KW) transposed, a view — and
+    ∂L/∂x = δᵀ·W (N, F)(F, C·KH·KW) without col2im: the layer is a fully connected one."""
+    kh, kw, sh, sw, ph, pw = geom[:6]
+    return ph == 0 and pw == 0 and kh == x_shape[2] and kw == x_shape[3]
 
 
 def _im2col_forward(x, w, b, geom, relu, workspace, impl, budget=None):
@@ -199,29 +216,47 @@ def _im2col_forward(x, w, b, geom, relu, workspace, impl, budget=None):
     N, C = x.shape[:2]
     F = w.shape[0]
     w_mat = w.reshape(F, -1)
-    chunks = _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize, budget)
+    whole = whole_window(x.shape, geom)
+    chunks = [(0, N)] if whole else _batch_chunks(N, C * kh * kw * oh * ow * x.dtype.itemsize, budget)
     if len(chunks) == 1:
-        col = impl.im2col(x, geom, out=_buffer(impl, workspace, "col", (C * kh * kw, N * oh * ow), x.dtype))
+        col = (x.reshape(N, -1).T if whole else
+               impl.im2col(x, geom, out=_buffer(impl, workspace, "col", (C * kh * kw, N * oh * ow), x.dtype)))
         gemm = _buffer(impl, workspace, "gemm", (F, col.shape[1]), np.result_type(w_mat, col))
         y_mat = matmul(w_mat, col, out=gemm)
         y = impl.from_gemm(y_mat, b, N, relu).reshape(N, F, oh, ow)
         return y, (col, w, x.shape, geom, b is not None, None)
     y = xp.empty((N, F, oh, ow), dtype=xp.result_type(x, w))
+    step = chunks[0][1] - chunks[0][0]
     for a, e in chunks:
-        y[a:e] = impl.from_gemm(matmul(w_mat, impl.im2col(x[a:e], geom)), b, e - a, relu).reshape(e - a, F, oh, ow)
+        col = impl.im2col(x[a:e], geom, out=_chunk_buffer(impl, workspace, C * kh * kw, oh * ow, step, e - a, x.dtype))
+        y[a:e] = impl.from_gemm(matmul(w_mat, col), b, e - a, relu).reshape(e - a, F, oh, ow)
     return y, (None, w, x.shape, geom, b is not None, (x, chunks))
 
 
+def _chunk_buffer(impl, workspace, rows, P, step, n, dtype):
+    """Room for the columns (rows, n·P) of a chunk of ``n`` samples, in one workspace buffer sized for a full
+    chunk of ``step`` that every chunk reuses (a shorter last chunk: its first bytes, contiguous); None without
+    a workspace."""
+    buf = _buffer(impl, workspace, "colchunk", (rows * step * P,), dtype)
+    return None if buf is None else buf[:rows * n * P].reshape(rows, n * P)
+
+
 def algorithm_for(x, w, geom, impl, purpose="train"):
-    """'im2col' or 'winograd' for this call, as ``conv_algo`` chooses (timed once per shape and machine)."""
-    if (not CW.applies(geom, np.result_type(x.dtype, w.dtype))
-            or CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize) > COL_BUDGET_BYTES):
+    """'im2col', 'winograd' or 'direct' for this call, as ``conv_algo`` chooses (timed once per shape and machine)
+    among those that apply."""
+    candidates = ["im2col"]
+    if (CW.applies(geom, np.result_type(x.dtype, w.dtype))
+            and CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize) <= COL_BUDGET_BYTES):
+        candidates.append("winograd")
+    if CD.applies(x, w, geom) and not whole_window(x.shape, geom):
+        candidates.append("direct")
+    if len(candidates) == 1:
         return "im2col"
     N, C, H, W = x.shape
     F = w.shape[0]
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     key = f"{purpose} {N}x{C}x{H}x{W} -> {F} {kh}x{kw} p{ph}x{pw} {x.dtype}"
-    return conv_algo.choose(("im2col", "winograd"), key, N * F * C * kh * kw * oh * ow, impl.keeps_buffers,
+    return conv_algo.choose(tuple(candidates), key, N * F * C * kh * kw * oh * ow, impl.keeps_buffers,
                             lambda name: _trial(name, x.shape, w.shape, geom, x.dtype, purpose))
 
 
@@ -237,6 +272,8 @@ def _trial(name, x_shape, w_shape, geom, dtype, purpose):
     def step():
         if name == "winograd":
             y, cache = CW.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
+        elif name == "direct":
+            y, cache = CD.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
         else:
             y, cache = _im2col_forward(x, w, None, geom, False, ws, impl)
         if purpose == "train":
@@ -284,6 +321,9 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
     if isinstance(cache, CW.WinogradCache):
         return CW.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
                                   buffer=_buffers(for_arrays(dy, cache.x), workspace))
+    if isinstance(cache, CD.DirectCache):
+        return CD.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
+                                  buffer=_buffers(for_arrays(dy, cache.x), workspace))
     _, w, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -314,6 +354,9 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspac
     """
     if isinstance(cache, CW.WinogradCache):
         return CW.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
+                                      buffer=_buffers(for_arrays(dy, cache.x), workspace))
+    if isinstance(cache, CD.DirectCache):
+        return CD.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
                                       buffer=_buffers(for_arrays(dy, cache.x), workspace))
     col, w_fwd, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
@@ -362,8 +405,11 @@ def _weight_grad(dy_mat, col, out):
 
 
 def _input_grad(dy_mat, w, x_shape, geom, out=None):
-    """∂L/∂x = col2im(Wᵀ·δ), straight into the unpadded input's shape; ``out`` may hold Wᵀ·δ."""
+    """∂L/∂x = col2im(Wᵀ·δ), straight into the unpadded input's shape; ``out`` may hold Wᵀ·δ. A kernel covering the
+    whole input (``whole_window``): δᵀ·W, already in the input's layout."""
     F = w.shape[0]
+    if whole_window(x_shape, geom):
+        return matmul(dy_mat.T, w.reshape(F, -1)).reshape(x_shape)
     w_t = w.reshape(F, -1).T
     shape = (w_t.shape[0], dy_mat.shape[1])
     if out is not None and (out.shape != shape or out.dtype != get_array_module(w).result_type(w, dy_mat)):

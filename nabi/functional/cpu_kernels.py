@@ -757,6 +757,208 @@ def winograd_input_backward(dv, x_shape, geom):
 
 
 # ---------------------------------------------------------------------------
+# direct convolution, stride 1 (see ``conv_direct``): flat padded planes, one shifted run per kernel tap
+# ---------------------------------------------------------------------------
+@_jit
+def _direct_pad(x, ph, pw, xp):
+    # xp[n, c, (i + PH)·Wp + j + PW] = x[n, c, i, j], zero elsewhere.
+    N, C, H, W = x.shape
+    Wp = W + 2 * pw
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        d = xp[n, c]
+        d[:ph * Wp] = 0
+        for i in range(H):
+            row = d[(i + ph) * Wp:(i + ph + 1) * Wp]
+            row[:pw] = 0
+            src = x[n, c, i]
+            for j in range(W):
+                row[pw + j] = src[j]
+            row[pw + W:] = 0
+        d[(ph + H) * Wp:] = 0
+
+
+def direct_pad(x, ph, pw, out=None):
+    """x (N, C, H, W) → its zero-padded planes flattened, (N, C, (H + 2PH)·(W + 2PW))."""
+    N, C, H, W = x.shape
+    xp = out if out is not None else np.empty((N, C, (H + 2 * ph) * (W + 2 * pw)), dtype=x.dtype)
+    _direct_pad(np.ascontiguousarray(x), ph, pw, xp)
+    return xp
+
+
+@_jit
+def _direct_forward(xp, w, b, Wp, oh, ow, relu, y):
+    # y[n, f, i, j] = b[f] + Σ_{c,u,v} w[f, c, u, v] · xp[n, c, i·Wp + j + u·Wp + v], summed over the flat run
+    # k = i·Wp + j < L in a plane-sized accumulator (columns j ≥ OW computed and dropped).
+    N, C, _ = xp.shape
+    F, _, kh, kw = w.shape
+    L = (oh - 1) * Wp + ow
+    for nf in prange(N * F):
+        n = nf // F
+        f = nf % F
+        acc = np.zeros(L, dtype=y.dtype)
+        for c in range(C):
+            xc = xp[n, c]
+            if kh == 3 and kw == 3:         # the nine taps in one pass: one load and store of acc per 9 products
+                a0, a1, a2 = w[f, c, 0, 0], w[f, c, 0, 1], w[f, c, 0, 2]
+                b0, b1, b2 = w[f, c, 1, 0], w[f, c, 1, 1], w[f, c, 1, 2]
+                c0, c1, c2 = w[f, c, 2, 0], w[f, c, 2, 1], w[f, c, 2, 2]
+                r0 = xc[0:L + 2]
+                r1 = xc[Wp:Wp + L + 2]
+                r2 = xc[2 * Wp:2 * Wp + L + 2]
+                for k in range(L):
+                    acc[k] += (a0 * r0[k] + a1 * r0[k + 1] + a2 * r0[k + 2]
+                               + b0 * r1[k] + b1 * r1[k + 1] + b2 * r1[k + 2]
+                               + c0 * r2[k] + c1 * r2[k + 1] + c2 * r2[k + 2])
+                continue
+            for u in range(kh):
+                for v in range(kw):
+                    wv = w[f, c, u, v]
+                    xs = xc[u * Wp + v:u * Wp + v + L]
+                    for k in range(L):
+                        acc[k] += wv * xs[k]
+        bf = b[f] if b.shape[0] > 0 else 0.0
+        for i in range(oh):
+            for j in range(ow):
+                t = acc[i * Wp + j] + bf
+                y[n, f, i, j] = t if not relu or t > 0 or np.isnan(t) else 0
+
+
+def direct_forward(xp, w, b, geom, relu=False):
+    """Padded planes (N, C, Hp·Wp) and w (F, C, KH, KW) → y (N, F, OH, OW) [then max(·, 0)], stride 1."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    Wp = ow + kw - 1
+    y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
+    _direct_forward(xp, np.ascontiguousarray(w, dtype=xp.dtype), _bias(b, xp.dtype), Wp, oh, ow, bool(relu), y)
+    return y
+
+
+def _bias(b, dtype):
+    """An empty array stands for no bias in the kernels."""
+    return np.zeros(0, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)
+
+
+@_jit
+def _direct_widen(dy, y, masked, Wp, g):
+    # g[n, f, i·Wp + j] = δ[n, f, i, j] [· [y > 0]], zero in the dropped columns j ≥ OW.
+    N, F, oh, ow = dy.shape
+    for nf in prange(N * F):
+        n = nf // F
+        f = nf % F
+        d = g[n, f]
+        for i in range(oh):
+            src = dy[n, f, i]
+            row = d[i * Wp:i * Wp + ow]
+            if masked:
+                yr = y[n, f, i]
+                for j in range(ow):
+                    row[j] = src[j] if yr[j] > 0 else 0
+            else:
+                for j in range(ow):
+                    row[j] = src[j]
+            if i < oh - 1:
+                d[i * Wp + ow:(i + 1) * Wp] = 0
+
+
+@_jit(reassociate=True)
+def _direct_bias_grad(g, db):
+    N, F, L = g.shape
+    for f in prange(F):
+        s = 0.0
+        for n in range(N):
+            d = g[n, f]
+            for k in range(L):
+                s += d[k]
+        db[f] = s
+
+
+def direct_widen(dy, Wp, relu_y=None, need_db=True, out=None):
+    """δ (N, F, OH, OW) [· [y > 0]] → (δ with rows Wp apart (N, F, (OH − 1)·Wp + OW), Σδ (F,) or None)."""
+    N, F, oh, ow = dy.shape
+    g = out if out is not None else np.empty((N, F, (oh - 1) * Wp + ow), dtype=dy.dtype)
+    masked = relu_y is not None
+    _direct_widen(np.ascontiguousarray(dy), np.ascontiguousarray(relu_y) if masked else dy, masked, Wp, g)
+    if not need_db:
+        return g, None
+    db = np.empty(F, np.float64)
+    _direct_bias_grad(g, db)
+    return g, db.astype(dy.dtype)
+
+
+@_jit
+def _direct_input_grad(g, w, Wp, ph, pw, H, W, dx):
+    # ∂x_pad[n, c, k + u·Wp + v] += w[f, c, u, v] · g[n, f, k] over f, u, v; then the padding dropped.
+    N, F, L = g.shape
+    C, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    Hp = H + 2 * ph
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        acc = np.zeros(Hp * Wp, dtype=dx.dtype)
+        for f in range(F):
+            gf = g[n, f]
+            for u in range(kh):
+                for v in range(kw):
+                    wv = w[f, c, u, v]
+                    a = acc[u * Wp + v:u * Wp + v + L]
+                    for k in range(L):
+                        a[k] += wv * gf[k]
+        for i in range(H):
+            row = acc[(i + ph) * Wp + pw:(i + ph) * Wp + pw + W]
+            dst = dx[n, c, i]
+            for j in range(W):
+                dst[j] = row[j]
+
+
+def direct_input_grad(g, w, x_shape, geom):
+    """Widened δ (N, F, L) → ∂L/∂x (N, C, H, W)."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    dx = np.empty(x_shape, dtype=g.dtype)
+    _direct_input_grad(g, np.ascontiguousarray(w, dtype=g.dtype), ow + kw - 1, ph, pw, x_shape[2], x_shape[3], dx)
+    return dx
+
+
+@_jit(reassociate=True)
+def _direct_weight_grad(g, xp, Wp, kh, kw, parts):
+    # parts[t, f, c, u, v] = Σ over chunk t's images n, Σ_k g[n, f, k] · xp[n, c, k + u·Wp + v].
+    N, F, L = g.shape
+    C = xp.shape[1]
+    T = parts.shape[0]
+    for t in prange(T):
+        p = parts[t]
+        p[:] = 0
+        for n in range(t * N // T, (t + 1) * N // T):
+            for f in range(F):
+                gf = g[n, f]
+                for c in range(C):
+                    xc = xp[n, c]
+                    for u in range(kh):
+                        for v in range(kw):
+                            xs = xc[u * Wp + v:u * Wp + v + L]
+                            s = gf[0] * 0
+                            for k in range(L):
+                                s += gf[k] * xs[k]
+                            p[f, c, u, v] += s
+
+
+def direct_weight_grad(g, xp, w_shape, geom, out=None):
+    """Widened δ and the padded planes → ∂L/∂w (F, C, KH, KW): image chunks summed in float64, a fixed number of
+    them (``DIRECT_WEIGHT_CHUNKS``) so the result does not depend on the thread count."""
+    kh, kw = geom[0], geom[1]
+    T = max(1, min(DIRECT_WEIGHT_CHUNKS, g.shape[0]))
+    parts = np.empty((T,) + tuple(w_shape), dtype=np.float64)
+    _direct_weight_grad(g, xp, geom[7] + kw - 1, kh, kw, parts)
+    dw = out if out is not None else np.empty(w_shape, dtype=g.dtype)
+    dw[...] = parts.sum(axis=0)
+    return dw
+
+
+DIRECT_WEIGHT_CHUNKS = 16
+"""Image chunks of the direct convolution's weight gradient (each a thread's partial sum, added in float64)."""
+
+
+# ---------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------
 @_scalar

@@ -1,0 +1,199 @@
+"""The direct convolution (``functional.conv_direct``): stride 1, flat padded planes, no columns.
+
+Per shape family (3×3 padding 1; odd sizes; batch 1; channel counts that are no multiple of anything; 1×1, 5×5
+and padding 0 and 2; a kernel wider than high): forward and all gradients equal the im2col convolution in float64
+and stay within im2col's own error bound in float32; the layers' backward passes finite differences in float64
+with a random upstream gradient and equals PyTorch; fused ReLU, fused SGD and kept workspaces change nothing; it
+runs only where it applies, and ``conv_algo`` times it beside the others.
+"""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as tnn
+
+from nabi import backend, gradcheck
+from nabi import layers as L
+from nabi.functional import conv, conv_algo, conv_direct as CD, conv_fast, cpu_kernels as K
+from nabi.functional.conv import conv_geometry
+from helpers import compare_with_torch
+
+pytestmark = pytest.mark.skipif(not K.available(), reason="the direct convolution is compiled CPU code (numba)")
+
+# (N, C, F, H, W, KH, KW, padding)
+FAMILIES = {
+    "3x3p1": (2, 4, 6, 8, 8, 3, 3, 1),
+    "odd_sizes": (2, 3, 5, 7, 9, 3, 3, 1),
+    "batch1": (1, 5, 4, 6, 5, 3, 3, 1),
+    "odd_channels": (3, 7, 11, 5, 6, 3, 3, 1),
+    "1x1": (2, 3, 4, 5, 6, 1, 1, 0),
+    "5x5p2": (2, 2, 3, 7, 6, 5, 5, 2),
+    "3x3p0": (2, 3, 4, 7, 6, 3, 3, 0),
+    "1x3": (2, 3, 2, 5, 7, 1, 3, (0, 1)),
+}
+FLOAT32_BOUND = 1e-6       # norm-relative error against float64, per output and gradient
+
+
+def _data(n, c, f, h, w, kh, kw, p, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((f, c, kh, kw)) * np.sqrt(2.0 / (kh * kw * c))
+    b = rng.standard_normal(f)
+    geom = conv_geometry(x, wt, 1, p)
+    dy = rng.standard_normal((n, f, geom[6], geom[7]))
+    return [a.astype(dtype) for a in (x, wt, b, dy)] + [geom]
+
+
+def _rel(a, b):
+    return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
+
+
+def _reference(x, w, b, dy, p, relu=False):
+    y, cache = conv.conv2d_forward(x, w, b, 1, p)
+    if relu:
+        y = np.maximum(y, 0)
+        dy = dy * (y > 0)
+    return (y,) + tuple(conv.conv2d_backward(dy, cache))
+
+
+def _direct(x, w, b, dy, p, relu=False, ws=None):
+    with conv_algo.algorithm("direct"):
+        y, cache = conv_fast.conv2d_forward(x, w, b, 1, p, relu=relu, workspace=ws)
+        assert isinstance(cache, CD.DirectCache)
+        return (y,) + tuple(conv_fast.conv2d_backward(dy, cache, relu_y=y if relu else None, consume=True,
+                                                      workspace=ws))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_direct_equals_im2col_in_float64(family, relu):
+    x, w, b, dy, geom = _data(*FAMILIES[family])
+    p = FAMILIES[family][-1]
+    for got, want in zip(_direct(x, w, b, dy, p, relu), _reference(x, w, b, dy, p, relu)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_float32_error_against_float64_is_within_im2cols_bound(family):
+    n, c, f, h, w_, kh, kw, p = FAMILIES[family]
+    args = (n, c + 29, f + 31, h, w_, kh, kw, p)                      # wider sums: the error of real layers
+    exact = _reference(*_data(*args)[:4], p)
+    x, w, b, dy, _ = _data(*args, dtype=np.float32)
+    for got, want in zip(_direct(x, w, b, dy, p), exact):
+        assert got.dtype == np.float32
+        assert _rel(got, want) < FLOAT32_BOUND
+
+
+@pytest.mark.parametrize("family", ["3x3p1", "odd_channels", "5x5p2", "1x3"])
+def test_layer_gradients_pass_finite_differences(family):
+    n, c, f, h, w, kh, kw, p = FAMILIES[family]
+    rng = np.random.default_rng(3)
+    with backend.default_dtype(np.float64), conv_algo.algorithm("direct"):
+        net = L.Sequential(L.Conv2d(c, f, (kh, kw), padding=p), L.ReLU(), L.Conv2d(f, 3, 3, padding=1, bias=False))
+        x = rng.standard_normal((n, c, h, w))
+        net(x)
+        assert isinstance(net[0]._cache, CD.DirectCache) and isinstance(net[2]._cache, CD.DirectCache)
+        errors = gradcheck.check_module(net, x)
+    assert max(errors.values()) < 1e-7, errors
+
+
+class _TorchPair(tnn.Module):
+    def __init__(self, c, f, k, p):
+        super().__init__()
+        self.a = tnn.Conv2d(c, f, k, padding=p)
+        self.b = tnn.Conv2d(f, 3, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("family", ["3x3p1", "batch1", "5x5p2", "1x3"])
+def test_layer_equals_torch(family, dtype):
+    n, c, f, h, w, kh, kw, p = FAMILIES[family]
+    with backend.default_dtype(dtype), conv_algo.algorithm("direct"):
+        net = L.Sequential(OrderedDict(a=L.Conv2d(c, f, (kh, kw), padding=p), r=L.ReLU(),
+                                       b=L.Conv2d(f, 3, 3, padding=1, bias=False)))
+        tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+        compare_with_torch(net, _TorchPair(c, f, (kh, kw), p), np.random.default_rng(5).standard_normal((n, c, h, w)),
+                           dtype=dtype, **tol)
+
+
+def test_the_patch_descriptor_equals_torch_with_the_direct_convolution():
+    from benchmarks.torch_models import t_hardnet
+    import nabi.models as zoo
+    with backend.default_dtype(np.float64), conv_algo.algorithm("direct"):
+        model = zoo.get("hardnet", width=4, embedding_dim=16, dropout=0.0)
+        compare_with_torch(model, t_hardnet(4, 16, dropout=0.0), np.random.default_rng(3).standard_normal((4, 1, 32, 32)),
+                           dtype=np.float64, rtol=1e-7, atol=1e-9)
+        model.train(True)
+        model(np.zeros((2, 1, 32, 32)))
+        assert isinstance(model.features[3]._cache, CD.DirectCache)             # the stride-1 layers ran it
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_relu_fused_sgd_and_kept_buffers_change_nothing(relu):
+    x, w, b, dy, geom = _data(2, 3, 5, 7, 6, 3, 3, 1)
+    y_ref, dx_ref, dw_ref, db_ref = _reference(x, w, b, dy, 1, relu)
+    ws = conv_fast.Workspace()
+    for step in range(2):                                          # the second step reuses the kept buffers
+        for got, want in zip(_direct(x, w, b, dy, 1, relu, ws), (y_ref, dx_ref, dw_ref, db_ref)):
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+    w2, b2 = w.copy(), b.copy()
+    with conv_algo.algorithm("direct"):
+        y2, cache2 = conv_fast.conv2d_forward(x, w2, b2, 1, 1, relu=relu, workspace=ws)
+        dx2 = conv_fast.conv2d_sgd_backward(dy, cache2, w2, b2, 0.5, relu_y=y2 if relu else None, workspace=ws)
+    np.testing.assert_allclose(dx2, dx_ref, rtol=1e-11, atol=1e-12)        # with the old weights
+    np.testing.assert_allclose(w2, w - 0.5 * dw_ref, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(b2, b - 0.5 * db_ref, rtol=1e-11, atol=1e-12)
+
+
+def test_the_weight_gradient_does_not_depend_on_the_thread_count():
+    x, w, b, dy, geom = _data(5, 3, 4, 9, 9, 3, 3, 1, dtype=np.float32)
+    old = K._nb.get_num_threads()
+    try:
+        results = []
+        for threads in (1, old):
+            K.set_num_threads(threads)
+            results.append(_direct(x, w, b, dy, 1)[2])
+    finally:
+        K.set_num_threads(old)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_direct_only_where_it_applies():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 9, 9))
+    with conv_algo.algorithm("direct"):
+        for shape, s, p in (((3, 2, 3, 3), 2, 1),                  # stride 2
+                            ((3, 2, 9, 9), 1, 0),                  # the kernel covers the input: a product
+                            ((CD.MAX_CHANNELS + 1, 2, 3, 3), 1, 1)):   # too many channels
+            w = rng.standard_normal(shape)
+            y, cache = conv_fast.conv2d_forward(x, w, None, s, p)
+            assert not isinstance(cache, CD.DirectCache)
+            np.testing.assert_allclose(y, conv.conv2d_forward(x, w, None, s, p)[0], rtol=1e-12)
+        with K.kernels(False):                                     # no compiled kernels: im2col
+            _, cache = conv_fast.conv2d_forward(x, rng.standard_normal((3, 2, 3, 3)), None, 1, 1)
+            assert not isinstance(cache, CD.DirectCache)
+
+
+def test_auto_times_direct_beside_the_others_and_times_again_a_choice_made_without_it(tmp_path, monkeypatch):
+    import json
+    monkeypatch.setenv("NABI_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("NABI_CONV_ALGO", raising=False)
+    conv_algo.forget()
+    key = "train 64x8x32x32 -> 8 3x3 p1x1 float32"
+    tmp_path.joinpath(conv_algo.CACHE_FILE).write_text(json.dumps({"format": conv_algo.FORMAT, "machines": {
+        conv_algo.machine_key(): {key: {"algorithm": "winograd", "ms": {"im2col": 9.0, "winograd": 5.0}}}}}))
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((64, 8, 32, 32)).astype(np.float32)
+        w = (rng.standard_normal((8, 8, 3, 3)) / 9).astype(np.float32)
+        _, cache = conv_fast.conv2d_forward(x, w, None, 1, 1)
+        entry = json.loads(tmp_path.joinpath(conv_algo.CACHE_FILE).read_text())["machines"][conv_algo.machine_key()][key]
+        assert set(entry["ms"]) == {"im2col", "winograd", "direct"}
+        assert entry["algorithm"] == min(entry["ms"], key=entry["ms"].get)
+        assert isinstance(cache, CD.DirectCache) == (entry["algorithm"] == "direct")
+    finally:
+        conv_algo.forget()
