@@ -502,10 +502,10 @@ def _warm_up_kernels():
     from nabi.optim import SGD
     from nabi.training.trainer import enable_fused_sgd
     from nabi.functional import cpu_kernels as K
-    # both algorithms, and each kernel's parallel build as well as its one-thread build (the tiny arrays here would
+    # every algorithm, and each kernel's parallel build as well as its one-thread build (the tiny arrays here would
     # run only the latter): a first run after the kernels' source changed compiles them, and that compiler's
     # memory, 50-300 MB, would otherwise count as the step's
-    for fused, algo, parallel_min in itertools.product((False, True), ("im2col", "winograd"),
+    for fused, algo, parallel_min in itertools.product((False, True), ("im2col", "winograd", "direct"),
                                                        (K.PARALLEL_MIN_ELEMENTS, 0)):
         net = L.Sequential(L.Conv2d(3, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU(), L.Conv2d(4, 4, 3, padding=1),
                            L.ReLU(), L.MaxPool2d(2), L.MaxPool2d(3, 1, padding=1), L.MaxPool2d(3, 2, ceil_mode=True),
@@ -540,6 +540,12 @@ def memory_child(args):
         C.set_threads(args.threads, torch_too=False)
     x, labels = _batch(w)
     out = {"side": side}
+    if side == "tune":
+        model, loss_fn = nabi_network(w)
+        model.train()
+        loss_fn(model(C.to_nabi(x, dev)), C.to_nabi(labels, dev))
+        model.backward(loss_fn.backward())
+        return 0
     if side == "nabi":
         if dev == "cpu":
             out["kernels_warm_up_s"] = _warm_up_kernels()
@@ -652,10 +658,14 @@ def run_memory(w, args):
     spec = {"name": w.name, "model": w.model, "batch": w.batch, "shape": list(w.shape), "num_classes": w.num_classes,
             "sgd": w.sgd, "kind": w.kind}
     res = {}
-    for side in ("nabi", "torch"):
+    for side in ("tune", "nabi", "torch"):
+        if side == "tune" and args.device != "cpu":
+            continue
         cmd = [sys.executable, "-m", "benchmarks", "--memory-child", json.dumps({**spec, "side": side}),
                "--threads", str(args.threads), "--device", args.device]
         proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        if side == "tune":          # a first process times the convolution algorithms for these shapes (and keeps the
+            continue                # choices in the cache file), so the measured step is training, not that timing
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY-RESULT ")]
         if proc.returncode != 0 or not line:
             raise RuntimeError(f"{side} child failed (exit {proc.returncode}): "
