@@ -79,12 +79,13 @@ def test_a_kernel_covering_the_whole_input_runs_as_a_product_with_the_input(kern
 
 
 @pytest.mark.parametrize("kernels", _paths(), ids=lambda k: "numba" if k else "reference")
-def test_an_eval_forward_builds_its_columns_in_chunks_its_scratch_holds(kernels):
+def test_an_eval_forward_builds_its_columns_in_chunks_its_scratch_holds(kernels, monkeypatch):
     rng = np.random.default_rng(2)
     x, wt, b = rng.standard_normal((7, 3, 6, 5)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     y_ref, _ = conv.conv2d_forward(x, wt, b, 1, 1)
     ws = conv_fast.Workspace()
     ws.limit, ws.shares_transients = 2 * 27 * 30 * 8, False          # the columns of two images
+    monkeypatch.setattr(conv_fast, "INPUT_LAYER_CHUNK_BYTES", 64)    # (a scratch under it is not chunked into)
     with K.kernels(kernels), conv_algo.algorithm("im2col"):
         y, cache = conv_fast.conv2d_forward(x, wt, b, 1, 1, workspace=ws, purpose="eval")
     assert [e - a for a, e in cache[5][1]] == [2, 2, 2, 1]

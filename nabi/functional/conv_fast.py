@@ -180,7 +180,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     The columns stay in the cache until backward. ``purpose``: 'train' (a backward follows) or 'eval', which
     ``conv_algo`` times when it chooses the algorithm. ``need_dx`` False (the backward that follows computes no
     ∂L/∂x): columns over ``INPUT_LAYER_COL_RATIO`` times the input and ``INPUT_LAYER_MIN_COL_BYTES`` in all are
-    built in chunks of ``INPUT_LAYER_CHUNK_BYTES`` and rebuilt in backward instead of kept. Returns ``(y, cache)``, y (N, F, OH, OW).
+    built in chunks of ``INPUT_LAYER_CHUNK_BYTES`` and rebuilt in backward instead of kept. An eval forward whose
+    ``workspace`` (a thread's ``scratch``) has a limit of at least ``INPUT_LAYER_CHUNK_BYTES`` builds larger columns in
+    chunks of that limit, in one reused buffer. Returns ``(y, cache)``, y (N, F, OH, OW).
     """
     geom = conv_geometry(x, w, stride, padding, layer)
     kh, kw, sh, sw, ph, pw, oh, ow = geom
@@ -196,8 +198,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     budget = (INPUT_LAYER_CHUNK_BYTES if purpose == "train" and not need_dx
               and col_sample > INPUT_LAYER_COL_RATIO * (x[0].size * x.dtype.itemsize)
               and col_sample * x.shape[0] >= INPUT_LAYER_MIN_COL_BYTES else None)
-    if purpose == "eval" and budget is None and getattr(workspace, "limit", None):
-        budget = min(COL_BUDGET_BYTES, workspace.limit)     # an eval forward's columns: chunks its scratch holds
+    limit = getattr(workspace, "limit", None) or 0
+    if purpose == "eval" and budget is None and limit >= INPUT_LAYER_CHUNK_BYTES:
+        budget = min(COL_BUDGET_BYTES, limit)       # an eval forward's columns: in chunks its scratch holds
     return _im2col_forward(x, w, b, geom, relu, workspace, impl, budget)
 
 
