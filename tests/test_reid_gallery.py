@@ -107,9 +107,20 @@ def test_unknown_once_calibrated(gallery, world):
     assert summary["source"] == "calibration folder" and summary["individuals"] == 12
     assert summary["pairs"] == {"same": 48, "different": 48 * 11}
     assert summary["check"]["known_named_correctly"] > 0.9 and summary["check"]["strangers_called_new"] > 0.9
+    ans = summary["answer"]                           # the answer's temperature, fitted out of individual
+    assert ans.get("note") or (0.05 <= ans["temperature"] <= 20 and ans["folds"] == 2)
     after = Gallery.open(gallery.path)
     assert after.calibrated and after.calibration["pairs"] == summary["pairs"]
+    assert after.calibration["answer"] == ans
+    hot = after.calibration["answer"]["temperature"] * 3            # another temperature: the same answers,
+    after.calibration = {**after.calibration, "answer": {"temperature": hot}}          # less sure of them
+    hot_res = after.identify(strangers)
+    after.calibration = {k: v for k, v in after.calibration.items() if k != "answer"}  # an older file: T = 1
+    assert after.identify(strangers)[0]["answer"] == "unknown"
+    after = Gallery.open(gallery.path)
     res = after.identify(strangers)
+    assert [r["answer"] for r in hot_res] == [r["answer"] for r in res]
+    assert all(h["probability"] <= r["probability"] + 1e-12 for h, r in zip(hot_res, res))
     assert [r["answer"] for r in res] == ["unknown"] * 4
     assert all(r["probability"] == r["p_unknown"] > 0.5 for r in res)
     known = after.identify([photo(i, 70) for i in ENROLLED])
@@ -367,6 +378,10 @@ def test_evaluate_closed_and_open_set(gallery, world, tmp_path, capsys):
     gallery.calibrate(world / "cal")
     res = gallery.evaluate(world / "val")
     assert res["fused"]["rank1"] == 1.0 and res["three_way_accuracy"] == 1.0 and 0 <= res["ece"] < 0.3
+    from nabi.reid.evaluation import score_queries
+    once = score_queries(gallery, world / "val")                   # scored once, answered again without scoring
+    again = gallery.evaluate(scored=once)
+    assert again["ece"] == pytest.approx(res["ece"]) and again["fused"] == pytest.approx(res["fused"])
     assert main(["gallery", "evaluate", str(gallery.path), str(world / "val")]) == 0
     out = capsys.readouterr().out
     assert "embedding alone:" in out and "rank-1                     1.0000" in out

@@ -25,6 +25,7 @@ from ..data.background import is_background
 from . import metrics as M
 
 DEFAULT_PRIOR_KNOWN = 0.5
+ANSWER_FOLDS = 2           # groups of calibration individuals the answer's temperature is fitted across
 
 
 def encounter_queries(snap):
@@ -129,7 +130,7 @@ def fit_pairs(gallery, calibration_dir=None, matcher=False, log=None):
 
 
 def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic",
-                      fusion="logistic", log=None):
+                      fusion="logistic", answer="temperature", log=None):
     """Calibrate ``gallery`` (see the module docstring), store the calibration in it (saved when it has a folder)
     and return the summary.
 
@@ -138,8 +139,9 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
                  current one, else 0.5)
     kind         'isotonic' or 'logistic' per scorer; fusion: 'logistic' (a logistic regression on the scorers'
                  calibrated logits, so an uninformative scorer gets little weight) or 'mean' (WildFusion's average)
+    answer       'temperature': the answer's temperature fitted on the same queries (``fit_answer_temperature``);
+                 'none': temperature 1
     """
-    from .calibration import Fusion, expected_calibration_error
     if matcher is None:
         matcher = gallery.has_local_features
     if matcher and not gallery.has_local_features:
@@ -148,25 +150,111 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
         prior_known = float((gallery.calibration or {}).get("prior_known", DEFAULT_PRIOR_KNOWN))
     if not 0.0 < float(prior_known) < 1.0:
         raise ValueError(f"the prior that a photo shows an enrolled individual must be in (0, 1), got {prior_known}")
-    pairs, same, query, facts, (source, scored, truth) = fit_pairs(gallery, calibration_dir, matcher, log)
+    _, _, _, facts, (source, scored, truth) = fit_pairs(gallery, calibration_dir, matcher, log)
+    summary = calibration_from_scores(source, scored, truth, matcher, prior_known, kind, fusion, answer, facts,
+                                      local_settings=gallery.local_settings, matcher_settings=gallery.matcher_settings)
+    with gallery._lock:
+        gallery.calibration = summary
+        gallery.threshold = None
+        if gallery.path is not None:
+            gallery.save()
+    return summary
+
+
+ANSWERS = ("temperature", "none")
+
+
+def calibration_from_scores(source, scored, truth, matcher, prior_known=DEFAULT_PRIOR_KNOWN, kind="isotonic",
+                            fusion="logistic", answer="temperature", facts=None, local_settings=None,
+                            matcher_settings=None, answer_folds=ANSWER_FOLDS):
+    """The calibration summary from the calibration queries' scores (``leave_encounter_out_scores`` over
+    ``source``): each scorer calibrated on the pairs and fused, then (``answer='temperature'``) the answer's
+    temperature fitted on the same queries, each once as a known individual and once as a stranger (their pair
+    probabilities from calibrations fitted without their individual, ``answer_folds`` groups of individuals)."""
+    from .calibration import Fusion, expected_calibration_error
+    if answer not in ANSWERS:
+        raise ValueError(f"unknown answer calibration {answer!r}; expected one of {', '.join(ANSWERS)}")
+    pairs, same, query = pairs_from_scores(scored, truth, matcher)
     fu = Fusion.fit(pairs, same, kind=kind, method=fusion, groups=query)
     summary = {"version": 2, "fusion": fu.to_dict(), "prior_known": float(prior_known),
-               "local_settings": gallery.local_settings.to_dict() if matcher else None,
-               "matcher_settings": gallery.matcher_settings.to_dict() if matcher else None,
-               "kind": kind, **facts,
+               "local_settings": local_settings.to_dict() if matcher and local_settings is not None else None,
+               "matcher_settings": matcher_settings.to_dict() if matcher and matcher_settings is not None else None,
+               "kind": kind, **(facts or {}),
                "pairs": {"same": int(np.sum(same)), "different": int(np.sum(~np.asarray(same)))}}
     summary["auroc_pairs"] = {n: M.auroc(s[same & ~np.isnan(s)], s[~same & ~np.isnan(s)]) for n, s in pairs.items()}
     fused = fu.probabilities(pairs)
     summary["ece_pairs"] = expected_calibration_error(fused[~np.isnan(fused)], np.asarray(same)[~np.isnan(fused)])
-    with gallery._lock:
-        gallery.calibration = summary
-        gallery.threshold = None
+    if answer == "temperature":
+        from .calibration import CalibrationError
+        try:
+            summary["answer"] = fit_answer(summary, scored, truth, matcher, kind, fusion, answer_folds)
+        except CalibrationError as e:           # too few queries: the answer keeps the posterior as it is
+            summary["answer"] = {"temperature": 1.0, "note": f"not fitted: {e}"}
     summary["check"] = _check_answers(source, summary, scored, truth, matcher)
-    with gallery._lock:
-        gallery.calibration = summary
-        if gallery.path is not None:
-            gallery.save()
     return summary
+
+
+def answer_queries(calibration, scored, truth, matcher, kind="isotonic", fusion="logistic", folds=ANSWER_FOLDS,
+                   seed=0):
+    """The calibration queries' fused pair probabilities over the individuals, twice: as known queries (their own
+    individual scored from its other encounters; truth: its column) and as strangers (their individual left
+    out; truth −1). Returns ``(p_same (2Q', U), truth (2Q',), pair prior π)``; queries whose own individual has no
+    other encounter are left out of both halves.
+
+    ``folds`` > 1: *out of individual* — the individuals are dealt into ``folds`` groups and a query's pair
+    probabilities come from scorer calibrations and a fusion fitted without its group (neither its queries
+    nor its columns), as they would be for an animal the calibration never saw; 1: the calibration itself (in
+    sample, flattering)."""
+    from .calibration import Fusion, _logit
+    people = np.array([not is_background(n) for n in scored["names"]])
+    cols = np.cumsum(people) - 1                        # a column over all names → over the individuals
+    truth = np.asarray(truth)
+    has_own = np.array([t >= 0 and not np.isnan(scored["similarity"][r, t]) for r, t in enumerate(truth)])
+    inputs = {"embedding": scored["similarity"]}
+    if matcher:
+        inputs["matcher"] = scored["evidence"]
+    full = Fusion.from_dict(calibration["fusion"])
+    if set(full.calibrations) != set(inputs):
+        full = Fusion.from_dict({**calibration["fusion"], "scorers": {n: calibration["fusion"]["scorers"][n]
+                                                                       for n in inputs}})
+    if int(folds) <= 1:
+        p = full.probabilities(inputs)
+    else:
+        fold_of = np.full(len(people), -1)
+        fold_of[people] = np.random.default_rng(seed).permutation(int(people.sum())) % int(folds)
+        log_lr = np.full(scored["similarity"].shape, np.nan)
+        for f in range(int(folds)):
+            rows = has_own & (fold_of[np.maximum(truth, 0)] == f)
+            if not rows.any():
+                continue
+            fit_rows = has_own & ~rows
+            kept = {k: np.where((fold_of == f)[None, :], np.nan, v[fit_rows]) for k, v in inputs.items()}
+            sub = {"names": scored["names"], "similarity": kept["embedding"]}
+            if matcher:
+                sub["evidence"] = kept["matcher"]
+            pairs, same, query = pairs_from_scores(sub, truth[fit_rows], matcher)
+            fu = Fusion.fit(pairs, same, kind=kind, method=fusion, groups=query)
+            pf = fu.probabilities({k: v[rows] for k, v in inputs.items()})
+            log_lr[rows] = _logit(pf) - _logit(fu.prior)
+        p = 1.0 / (1.0 + np.exp(-(log_lr + _logit(full.prior))))
+    p = np.where(people[None, :], p, np.nan)
+    known = p[has_own][:, people]
+    stranger = known.copy()
+    stranger[np.arange(len(stranger)), cols[truth[has_own]]] = np.nan
+    p_all = np.concatenate([known, stranger])
+    t_all = np.concatenate([cols[truth[has_own]], np.full(int(has_own.sum()), -1)])
+    return p_all, t_all, full.prior
+
+
+def fit_answer(calibration, scored, truth, matcher, kind="isotonic", fusion="logistic", folds=ANSWER_FOLDS) -> dict:
+    """The answer's temperature (``calibration.fit_temperature``) fitted on the calibration queries, each once as a
+    known individual and once as a stranger, at the calibration's prior α, their pair probabilities out of
+    individual (``answer_queries``); with what it fitted on."""
+    from .calibration import fit_temperature
+    p, t, prior = answer_queries(calibration, scored, truth, matcher, kind, fusion, folds)
+    out = fit_temperature(p, t, prior, calibration.get("prior_known", DEFAULT_PRIOR_KNOWN))
+    out["folds"] = int(folds)
+    return out
 
 
 def _as_strangers(scored, truth):
@@ -281,6 +369,14 @@ def describe(summary) -> list:
         lines.append(f"on those photos: {100 * c['known_named_correctly']:.0f} % of known photos named correctly, "
                      f"{100 * c['known_called_unknown']:.0f} % called unknown; {100 * c['strangers_called_new']:.0f} % "
                      f"of strangers called new; expected calibration error {c.get('ece_mixed', float('nan')):.3f}")
+    ans = summary.get("answer") or {}
+    if ans.get("note"):
+        lines.append(f"answer's temperature 1 ({ans['note']})")
+    elif ans:
+        e = ans.get("ece") or {}
+        lines.append(f"answer's temperature {ans['temperature']:.2f} (temperature scaling on {ans['queries']['known']} "
+                     f"known and {ans['queries']['strangers']} stranger queries; their calibration error "
+                     f"{e.get('before', float('nan')):.3f} at temperature 1)")
     lines.append(f"prior that a photo shows an enrolled individual: {summary.get('prior_known')}")
     return lines
 
