@@ -134,6 +134,18 @@ def test_unknown_once_calibrated(gallery, world):
         assert sum(p) + r["p_unknown"] <= 1.0 + 1e-9 and r["margin"] == pytest.approx(p[0] - p[1])
 
 
+def test_calibrate_like_the_served_gallery(gallery, world):
+    """The calibration photos scored in galleries of as many individuals as this one enrols."""
+    summary = gallery.calibrate(world / "cal", like_gallery=2)
+    assert summary["like_gallery"] == {"individuals": 6, "galleries": 2}
+    assert summary["pairs"]["same"] >= 20 and summary["check"]["strangers_called_new"] > 0.8
+    assert summary["answer"]["temperature"] > 0
+    res = Gallery.open(gallery.path).identify([photo(i, 60) for i in NEVER_SEEN])
+    assert [r["answer"] for r in res] == ["unknown"] * 2
+    with pytest.raises(ValueError, match="needs a calibration folder"):
+        gallery.calibrate(like_gallery=2)
+
+
 def test_calibration_needs_enough_pairs_and_other_individuals(gallery, world, tmp_path):
     from nabi.reid.calibration import CalibrationError
     with pytest.raises(CalibrationError, match=r"at least 20 same-individual pairs .* got 18"):

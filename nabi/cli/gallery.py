@@ -121,7 +121,7 @@ def calibrate(args):
     from ..reid.gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
     summary = g.calibrate(args.calibration, matcher=matcher(args), prior_known=args.prior_known,
-                          kind=args.kind, fusion=args.fusion, answer=args.answer,
+                          kind=args.kind, fusion=args.fusion, answer=args.answer, like_gallery=args.like_gallery,
                           log=lambda m: print(m, file=sys.stderr))
     plot = Path(args.plot) if args.plot else Path(args.gallery) / "reliability.png"
     written = None
@@ -276,6 +276,9 @@ def _calibrate_arguments(p):
     p.add_argument("--answer", choices=["temperature", "none"], default="temperature", help="temperature: the "
                    "answer's probability is temperature-scaled (Guo et al. 2017) to fit the calibration queries, each "
                    "once known and once a stranger; none: left as Bayes' rule gives it (default: temperature)")
+    p.add_argument("--like-gallery", type=int, default=0, metavar="N", help="score the calibration photos in N "
+                   "galleries of as many individuals as this one enrols (half their encounters enrolled, the rest and "
+                   "the other individuals queried) instead of each encounter against all the others (default: 0, off)")
     p.add_argument("--plot", help="where to write the reliability diagram (default GALLERY/reliability.png)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     model_flags(p)

@@ -194,7 +194,7 @@ def fit_pairs(gallery, calibration_dir=None, matcher=False, log=None):
 
 
 def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic",
-                      fusion="logistic", answer="temperature", log=None):
+                      fusion="logistic", answer="temperature", like_gallery=0, log=None):
     """Calibrate ``gallery`` (see the module docstring), store the calibration in it (saved when it has a folder)
     and return the summary.
 
@@ -203,8 +203,10 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
                  current one, else 0.5)
     kind         'isotonic' or 'logistic' per scorer; fusion: 'logistic' (a logistic regression on the scorers'
                  calibrated logits, so an uninformative scorer gets little weight) or 'mean' (WildFusion's average)
-    answer       'temperature': the answer's temperature fitted on the same queries (``fit_answer_temperature``);
+    answer       'temperature': the answer's temperature fitted on the same queries (``fit_answer``);
                  'none': temperature 1
+    like_gallery N > 0 (with ``calibration_dir``): the calibration photos scored in N galleries of as many
+                 individuals as ``gallery`` enrols (``like_gallery_scores``) instead of leave-one-encounter-out
     """
     if matcher is None:
         matcher = gallery.has_local_features
@@ -214,6 +216,22 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
         prior_known = float((gallery.calibration or {}).get("prior_known", DEFAULT_PRIOR_KNOWN))
     if not 0.0 < float(prior_known) < 1.0:
         raise ValueError(f"the prior that a photo shows an enrolled individual must be in (0, 1), got {prior_known}")
+    if like_gallery:
+        if calibration_dir is None:
+            raise ValueError("calibrating like the gallery needs a calibration folder (photos of other individuals)")
+        source = _calibration_gallery(gallery, calibration_dir, log)
+        st = like_gallery_scores(source, len(gallery.individuals()), int(like_gallery), log=log)
+        facts = {"source": "calibration folder, scored in galleries like the served one",
+                 "calibration_folder": str(Path(calibration_dir).resolve()),
+                 "individuals": len(source.individuals()), "photos": len(source)}
+        summary = calibration_like_gallery(st, matcher, prior_known, kind, fusion, answer, facts,
+                                           gallery.local_settings, gallery.matcher_settings)
+        with gallery._lock:
+            gallery.calibration = summary
+            gallery.threshold = None
+            if gallery.path is not None:
+                gallery.save()
+        return summary
     _, _, _, facts, (source, scored, truth) = fit_pairs(gallery, calibration_dir, matcher, log)
     summary = calibration_from_scores(source, scored, truth, matcher, prior_known, kind, fusion, answer, facts,
                                       local_settings=gallery.local_settings, matcher_settings=gallery.matcher_settings)
