@@ -498,9 +498,12 @@ def describe(summary) -> list:
     lines = []
     if pairs:
         auroc = ", ".join(f"{k} {v:.3f}" for k, v in (summary.get("auroc_pairs") or {}).items())
-        lines.append(f"calibrated on {summary.get('source')}: {summary.get('individuals')} individuals, "
-                     f"{summary.get('photos')} photos in {summary.get('encounters')} encounters; {pairs.get('same')} "
-                     f"same-individual and {pairs.get('different')} other pairs (AUROC of the pairs: {auroc})")
+        like = summary.get("like_gallery")
+        where = f"{summary.get('photos')} photos in {summary.get('encounters')} encounters" if not like else \
+            f"{summary.get('photos')} photos, scored in {like['galleries']} galleries of {like['individuals']} individuals"
+        lines.append(f"calibrated on {summary.get('source')}: {summary.get('individuals')} individuals, {where}; "
+                     f"{pairs.get('same')} same-individual and {pairs.get('different')} other pairs (AUROC of the pairs: "
+                     f"{auroc})")
     else:
         lines.append(f"calibrated from {summary.get('source')}")
     if c.get("known_photos"):
