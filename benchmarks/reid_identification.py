@@ -256,8 +256,9 @@ def main(argv=None):
     ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
     ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])
     ap.add_argument("--kind", default="isotonic", choices=["isotonic", "logistic"], help="each scorer's calibration")
-    ap.add_argument("--answer", default="temperature", choices=["temperature", "none"],
-                    help="the answer's temperature fitted on the calibration queries, or none (T = 1)")
+    ap.add_argument("--answer", default="temperature", choices=["temperature", "platt", "none"],
+                    help="temperature: the posterior's temperature fitted on the calibration queries; platt: a map "
+                    "of the shown probability to how often such answers are right; none")
     ap.add_argument("--like-gallery", type=int, default=0, help="calibrate on N galleries drawn from --calibration's "
                     "individuals, each of as many individuals as a split enrols (half their encounters enrolled, the "
                     "rest and the other individuals queried), instead of leave-one-encounter-out over all of them")

@@ -247,5 +247,24 @@ def test_calibration_like_the_served_gallery():
     assert "answer" not in none and set(none["fusion"]["scorers"]) == {"embedding"}
     few = calibration_like_gallery(_like_gallery(galleries=1, known=30, strangers=10), True, 0.5)
     assert few["answer"]["temperature"] == 1.0 and "20 of strangers; got 30 and 10" in few["answer"]["note"]
-    with pytest.raises(ValueError, match="unknown answer calibration 'platt'"):
-        calibration_like_gallery(st, True, 0.5, answer="platt")
+    platt = calibration_like_gallery(st, True, 0.5, answer="platt")
+    assert platt["answer"]["method"] == "platt" and platt["answer"]["a"] >= 0
+    with pytest.raises(ValueError, match="unknown answer calibration 'vector'"):
+        calibration_like_gallery(st, True, 0.5, answer="vector")
+
+
+def test_answer_map_flattens_answers_that_are_right_less_often_than_shown():
+    from nabi.reid.calibration import answer_map, fit_answer_map
+    rng = np.random.default_rng(0)
+    shown = rng.uniform(0.3, 1.0, 2000)
+    right = rng.random(2000) < 0.4 + 0.3 * (shown - 0.3)            # right far less often than shown
+    fit = fit_answer_map(shown, right)
+    assert fit["method"] == "platt" and fit["ece"]["after"] < 0.3 * fit["ece"]["before"]
+    f = answer_map({"answer": fit})
+    xs = [f(q) for q in (0.3, 0.5, 0.9, 0.99)]
+    assert xs == sorted(xs) and xs[-1] < 0.8                         # monotone: the order of answers is kept
+    assert answer_map({"answer": {"temperature": 2.0}}) is None and answer_map({}) is None
+    with pytest.raises(CalibrationError, match="answer map is malformed"):
+        answer_map({"answer": {"method": "platt", "a": -1, "b": 0}})
+    with pytest.raises(CalibrationError, match="at least 20 right and 20 wrong calibration answers; got 25 and 5"):
+        fit_answer_map([0.9] * 30, [True] * 25 + [False] * 5)

@@ -116,7 +116,13 @@ def test_unknown_once_calibrated(gallery, world):
     after.calibration = {**after.calibration, "answer": {"temperature": hot}}          # less sure of them
     hot_res = after.identify(strangers)
     after.calibration = {k: v for k, v in after.calibration.items() if k != "answer"}  # an older file: T = 1
-    assert after.identify(strangers)[0]["answer"] == "unknown"
+    plain = after.identify(strangers)
+    assert plain[0]["answer"] == "unknown"
+    after.calibration = {**after.calibration, "answer": {"method": "platt", "a": 0.5, "b": 0.0}}   # a map of the
+    mapped = after.identify(strangers)                                                          # shown probability
+    for m, r in zip(mapped, plain):
+        assert m["answer"] == r["answer"] and m["posterior_probability"] == pytest.approx(r["probability"])
+        assert 0.5 <= m["probability"] < r["probability"] and m["p_unknown"] == pytest.approx(r["p_unknown"])
     after = Gallery.open(gallery.path)
     res = after.identify(strangers)
     assert [r["answer"] for r in hot_res] == [r["answer"] for r in res]

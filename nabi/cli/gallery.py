@@ -273,9 +273,11 @@ def _calibrate_arguments(p):
                    "calibrated (default: isotonic)")
     p.add_argument("--fusion", choices=["logistic", "mean"], default="logistic", help="how the scores' "
                    "probabilities are combined (default: logistic)")
-    p.add_argument("--answer", choices=["temperature", "none"], default="temperature", help="temperature: the "
-                   "answer's probability is temperature-scaled (Guo et al. 2017) to fit the calibration queries, each "
-                   "once known and once a stranger; none: left as Bayes' rule gives it (default: temperature)")
+    p.add_argument("--answer", choices=["temperature", "platt", "none"], default="temperature", help="fitted on the "
+                   "calibration queries, each once known and once a stranger: temperature: the posterior is temperature-"
+                   "scaled (Guo et al. 2017); platt: the shown probability is mapped to how often such answers were "
+                   "right (Platt 1999), the posterior's kept as posterior_probability; none: Bayes' rule as it is "
+                   "(default: temperature)")
     p.add_argument("--like-gallery", type=int, default=0, metavar="N", help="score the calibration photos in N "
                    "galleries of as many individuals as this one enrols (half their encounters enrolled, the rest and "
                    "the other individuals queried) instead of each encounter against all the others (default: 0, off)")

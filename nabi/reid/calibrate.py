@@ -243,7 +243,7 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
     return summary
 
 
-ANSWERS = ("temperature", "none")
+ANSWERS = ("temperature", "platt", "none")
 
 
 def calibration_from_scores(source, scored, truth, matcher, prior_known=DEFAULT_PRIOR_KNOWN, kind="isotonic",
@@ -266,10 +266,10 @@ def calibration_from_scores(source, scored, truth, matcher, prior_known=DEFAULT_
     summary["auroc_pairs"] = {n: M.auroc(s[same & ~np.isnan(s)], s[~same & ~np.isnan(s)]) for n, s in pairs.items()}
     fused = fu.probabilities(pairs)
     summary["ece_pairs"] = expected_calibration_error(fused[~np.isnan(fused)], np.asarray(same)[~np.isnan(fused)])
-    if answer == "temperature":
+    if answer != "none":
         from .calibration import CalibrationError
         try:
-            summary["answer"] = fit_answer(summary, scored, truth, matcher, kind, fusion, answer_folds)
+            summary["answer"] = fit_answer(summary, scored, truth, matcher, kind, fusion, answer_folds, answer)
         except CalibrationError as e:           # too few queries: the answer keeps the posterior as it is
             summary["answer"] = {"temperature": 1.0, "note": f"not fitted: {e}"}
     summary["check"] = _check_answers(source, summary, scored, truth, matcher)
@@ -282,8 +282,8 @@ def calibration_like_gallery(scored_truths, matcher, prior_known=DEFAULT_PRIOR_K
     """The calibration summary from queries scored in galleries like the served one (``like_gallery_scores``):
     each scorer calibrated on their pairs and fused, then the answer's temperature fitted on the same queries
     (known ones and strangers, weighted by α and 1 − α)."""
-    from .calibration import (CalibrationError, Fusion, _answers, _softmax, _hypothesis_logits,
-                              expected_calibration_error, fit_temperature)
+    from .calibration import (CalibrationError, Fusion, _answers, _hypothesis_logits, _softmax, answer_map,
+                              expected_calibration_error)
     if answer not in ANSWERS:
         raise ValueError(f"unknown answer calibration {answer!r}; expected one of {', '.join(ANSWERS)}")
     pairs, same, query = pooled(scored_truths, matcher)
@@ -309,16 +309,19 @@ def calibration_like_gallery(scored_truths, matcher, prior_known=DEFAULT_PRIOR_K
         ps.append(fu.probabilities(inputs)[:, people])
         ts.append(np.where(np.asarray(truth) >= 0, cols[np.maximum(truth, 0)], -1))
     p, t = np.concatenate(ps), np.concatenate(ts)
-    T = 1.0
-    if answer == "temperature":
+    T, amap = 1.0, None
+    if answer != "none":
         try:
-            summary["answer"] = fit_temperature(p, t, fu.prior, float(prior_known))
+            summary["answer"] = _fit_answer_on(p, t, fu.prior, float(prior_known), answer)
             summary["answer"]["fitted_on"] = "queries in galleries like the served one"
-            T = summary["answer"]["temperature"]
+            T = summary["answer"].get("temperature", 1.0)
+            amap = answer_map(summary)
         except CalibrationError as e:
             summary["answer"] = {"temperature": 1.0, "note": f"not fitted: {e}"}
     w = _softmax(_hypothesis_logits(p, fu.prior, float(prior_known)) / T)
     shown, right = _answers(w, t)
+    if amap is not None:
+        shown = np.array([amap(q) for q in shown])
     known = t >= 0
     said_known = np.argmax(w, axis=1) < w.shape[1] - 1
     mix = np.where(known, float(prior_known) / max(known.sum(), 1), (1 - float(prior_known)) / max((~known).sum(), 1))
@@ -384,15 +387,26 @@ def answer_queries(calibration, scored, truth, matcher, kind="isotonic", fusion=
     return p_all, t_all, full.prior
 
 
-def fit_answer(calibration, scored, truth, matcher, kind="isotonic", fusion="logistic", folds=ANSWER_FOLDS) -> dict:
-    """The answer's temperature (``calibration.fit_temperature``) fitted on the calibration queries, each once as a
-    known individual and once as a stranger, at the calibration's prior α, their pair probabilities out of
-    individual (``answer_queries``); with what it fitted on."""
-    from .calibration import fit_temperature
+def fit_answer(calibration, scored, truth, matcher, kind="isotonic", fusion="logistic", folds=ANSWER_FOLDS,
+               method="temperature") -> dict:
+    """The answer's temperature (``calibration.fit_temperature``) or map of its shown probability
+    (``method='platt'``: ``calibration.fit_answer_map``) fitted on the calibration queries, each once as a known
+    individual and once as a stranger, at the calibration's prior α, their pair probabilities out of individual
+    (``answer_queries``); with what it fitted on."""
     p, t, prior = answer_queries(calibration, scored, truth, matcher, kind, fusion, folds)
-    out = fit_temperature(p, t, prior, calibration.get("prior_known", DEFAULT_PRIOR_KNOWN))
+    out = _fit_answer_on(p, t, prior, calibration.get("prior_known", DEFAULT_PRIOR_KNOWN), method)
     out["folds"] = int(folds)
     return out
+
+
+def _fit_answer_on(p, t, prior, prior_known, method):
+    from .calibration import _answers, _hypothesis_logits, _softmax, fit_answer_map, fit_temperature
+    if method == "temperature":
+        return fit_temperature(p, t, prior, prior_known)
+    shown, right = _answers(_softmax(_hypothesis_logits(p, prior, prior_known)), t)
+    known = t >= 0
+    w = np.where(known, prior_known / max(known.sum(), 1), (1 - prior_known) / max((~known).sum(), 1))
+    return fit_answer_map(shown, right, w)
 
 
 def _as_strangers(scored, truth):
@@ -436,6 +450,10 @@ def _check_answers(source, calibration, scored, truth, matcher):
             from .calibration import reliability
             p_mix = np.concatenate([shown[has_own], np.where(SP0 > st, SP0, st)])
             right = np.concatenate([correct[has_own], SP0 > st])
+            from .calibration import answer_map
+            amap = answer_map(calibration)
+            if amap is not None:
+                p_mix = np.array([amap(q) for q in p_mix])
             out["ece_mixed"] = expected_calibration_error(p_mix, right)
             out["reliability"] = reliability(p_mix, right)
         return out

@@ -369,11 +369,45 @@ def _weighted_ece(p, correct, weights, bins=10):
     return out
 
 
+def fit_answer_map(shown, right, weights=None) -> dict:
+    """A Platt map of the answer's shown probability (Platt 1999): P(the answer is right) = σ(a·logit(shown) + b),
+    a ≥ 0, fitted by (weighted) logistic regression on calibration answers. Monotone, so the answer and the order
+    of answers by confidence are kept; it changes the number shown, not what is answered. Needs
+    ``MIN_ANSWER_QUERIES`` right and as many wrong answers."""
+    _sklearn()
+    from sklearn.linear_model import LogisticRegression
+    p = np.clip(np.asarray(shown, np.float64).ravel(), 1e-6, 1 - 1e-6)
+    y = np.asarray(right, bool).ravel()
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64).ravel()
+    if not (len(p) == len(y) == len(w)):
+        raise CalibrationError(f"shown probabilities, outcomes and weights must have the same length, got {len(p)}, "
+                               f"{len(y)} and {len(w)}")
+    if y.sum() < MIN_ANSWER_QUERIES or (~y).sum() < MIN_ANSWER_QUERIES:
+        raise CalibrationError(f"fitting the answer's map needs at least {MIN_ANSWER_QUERIES} right and "
+                               f"{MIN_ANSWER_QUERIES} wrong calibration answers; got {int(y.sum())} and {int((~y).sum())}")
+    lr = LogisticRegression(C=1e4).fit(_logit(p)[:, None], y, sample_weight=w / w.mean())
+    a, b = max(0.0, float(lr.coef_[0, 0])), float(lr.intercept_[0])
+    after = 0.5 * (1.0 + np.tanh(0.5 * (a * _logit(p) + b)))
+    return {"method": "platt", "a": a, "b": b, "answers": {"right": int(y.sum()), "wrong": int((~y).sum())},
+            "ece": {"before": _weighted_ece(p, y.astype(float), w), "after": _weighted_ece(after, y.astype(float), w)}}
+
+
+def answer_map(calibration):
+    """The map of the shown probability a calibration carries (``fit_answer_map``) as a function, or None."""
+    ans = (calibration or {}).get("answer")
+    if not ans or ans.get("method") != "platt":
+        return None
+    a, b = ans.get("a"), ans.get("b")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) or a < 0:
+        raise CalibrationError("the calibration's answer map is malformed: expected finite a ≥ 0 and b")
+    return lambda q: float(0.5 * (1.0 + math.tanh(0.5 * (a * float(_logit(min(max(q, 1e-6), 1 - 1e-6))) + b))))
+
+
 def answer_temperature(calibration) -> float:
     """The answer's temperature a calibration summary carries (``{'answer': {'temperature': T}}``); 1 for one
     made without (older files)."""
     ans = (calibration or {}).get("answer")
-    if ans is None:
+    if ans is None or (isinstance(ans, dict) and ans.get("method") == "platt"):
         return 1.0
     if not isinstance(ans, dict) or "temperature" not in ans:
         raise CalibrationError("the calibration's 'answer' entry is malformed: expected {'temperature': T}")

@@ -656,6 +656,12 @@ class Gallery:
             out.update(answer="unknown", name=None, probability=None, threshold=self.threshold)
         else:
             out.update(answer="known", name=names[best], probability=None, threshold=self.threshold)
+        if P is not None and out["probability"] is not None:
+            from .calibration import answer_map
+            amap = answer_map(self.calibration)
+            if amap is not None:         # how often such answers are right; the posterior's own value kept beside
+                out["posterior_probability"] = out["probability"]
+                out["probability"] = amap(out["probability"])
         return out
 
     # -- calibration and evaluation ------------------------------------------------------------------------
