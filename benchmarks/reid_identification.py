@@ -156,8 +156,6 @@ def calibrate_on(args, log):
     g = Gallery.create(args.run, None, local=local, encounters=args.encounters,
                        matcher_settings=_matcher_settings(args), flip=args.flip)
     matcher = not args.no_matcher
-    if args.like_gallery:
-        return _calibrate_like_gallery(args, g, matcher, log)
     key = _cache_key(args, ("calibration", str(Path(args.calibration).resolve())))
     cached = _cache_load(args, "calibration.pkl", key)
     if cached is None:
@@ -170,28 +168,6 @@ def calibrate_on(args, log):
                                    if args.prior_known != "auto" else 0.5, args.kind, args.fusion, args.answer,
                                    cached["facts"], g.local_settings if matcher else None,
                                    g.matcher_settings if matcher else None)
-
-
-def _calibrate_like_gallery(args, g, matcher, log):
-    """The calibration fitted on ``--calibration``'s photos scored in ``--like-gallery`` galleries of as many
-    individuals as each split enrols (``nabi.reid.calibrate.like_gallery_scores``)."""
-    from nabi.reid.calibrate import _calibration_gallery, calibration_like_gallery, like_gallery_scores
-    from nabi.reid.folders import individual_folders
-    enrolled = len(individual_folders(args.photos)) - args.unknown
-    key = _cache_key(args, ("like-gallery", str(Path(args.calibration).resolve()), enrolled, args.like_gallery))
-    name = f"like-gallery-{enrolled}-{args.like_gallery}.pkl"
-    cached = _cache_load(args, name, key)
-    if cached is None:
-        source = _calibration_gallery(g, args.calibration, log)
-        cached = {"key": key, "scored_truths": like_gallery_scores(source, enrolled, args.like_gallery, log=log),
-                  "facts": {"source": "calibration folder, scored in galleries like the served one",
-                            "calibration_folder": str(Path(args.calibration).resolve()),
-                            "individuals": len(source.individuals()), "photos": len(source)}}
-        _cache_save(args, name, cached)
-    return calibration_like_gallery(cached["scored_truths"], matcher, float(args.prior_known)
-                                    if args.prior_known != "auto" else 0.5, args.kind, args.fusion, args.answer,
-                                    cached["facts"], g.local_settings if matcher else None,
-                                    g.matcher_settings if matcher else None)
 
 
 def _cell(figs, key):
@@ -259,9 +235,6 @@ def main(argv=None):
     ap.add_argument("--answer", default="temperature", choices=["temperature", "platt", "none"],
                     help="temperature: the posterior's temperature fitted on the calibration queries; platt: a map "
                     "of the shown probability to how often such answers are right; none")
-    ap.add_argument("--like-gallery", type=int, default=0, help="calibrate on N galleries drawn from --calibration's "
-                    "individuals, each of as many individuals as a split enrols (half their encounters enrolled, the "
-                    "rest and the other individuals queried), instead of leave-one-encounter-out over all of them")
     ap.add_argument("--scores-cache", help="a folder keeping each split's scores (and the calibration photos'): a "
                     "later run with the same settings reuses them, so variants of the calibration cost seconds")
     ap.add_argument("--prior-known", default="0.5", help="α, the prior that a query shows an enrolled individual, "

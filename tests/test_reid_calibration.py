@@ -216,43 +216,6 @@ def test_calibrations_without_an_answer_temperature_read_as_one():
         answer_temperature({"answer": {"temperature": -1}})
 
 
-def _like_gallery(galleries=4, U=5, known=40, strangers=60, seed=0, scale=1.0):
-    """Scored queries of synthetic galleries: (scored dict, truth column or −1) per gallery."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(galleries):
-        t = np.concatenate([rng.integers(0, U, known), np.full(strangers, -1)])
-        sim = rng.normal(0, 1, (len(t), U))
-        ev = rng.normal(0, 1, (len(t), U))
-        rows = np.flatnonzero(t >= 0)
-        sim[rows, t[rows]] += 1.5
-        ev[rows, t[rows]] += 2.5
-        out.append(({"names": [f"ind{i}" for i in range(U)], "similarity": sim * scale, "evidence": ev * scale}, t))
-    return out
-
-
-def test_calibration_like_the_served_gallery():
-    """Pairs and queries scored in galleries like the served one: one fusion, the answer's temperature, a check."""
-    from nabi.reid.calibrate import calibration_like_gallery
-    st = _like_gallery()
-    c = calibration_like_gallery(st, True, 0.5)
-    assert c["like_gallery"] == {"individuals": 5, "galleries": 4}
-    assert c["pairs"] == {"same": 160, "different": 4 * (40 * 4 + 60 * 5)}
-    assert set(c["fusion"]["scorers"]) == {"embedding", "matcher"} and c["auroc_pairs"]["matcher"] > 0.8
-    assert 0.3 < c["answer"]["temperature"] < 3 and c["answer"]["queries"] == {"known": 160, "strangers": 240}
-    chk = c["check"]
-    assert chk["known_photos"] == 160 and chk["strangers"] == 240 and chk["ece_mixed"] < 0.1
-    assert 0.0 <= chk["known_named_correctly"] <= 1.0 and 0.0 <= chk["strangers_called_new"] <= 1.0
-    none = calibration_like_gallery(st, False, 0.5, answer="none")
-    assert "answer" not in none and set(none["fusion"]["scorers"]) == {"embedding"}
-    few = calibration_like_gallery(_like_gallery(galleries=1, known=30, strangers=10), True, 0.5)
-    assert few["answer"]["temperature"] == 1.0 and "20 of strangers; got 30 and 10" in few["answer"]["note"]
-    platt = calibration_like_gallery(st, True, 0.5, answer="platt")
-    assert platt["answer"]["method"] == "platt" and platt["answer"]["a"] >= 0
-    with pytest.raises(ValueError, match="unknown answer calibration 'vector'"):
-        calibration_like_gallery(st, True, 0.5, answer="vector")
-
-
 def test_answer_map_flattens_answers_that_are_right_less_often_than_shown():
     from nabi.reid.calibration import answer_map, fit_answer_map
     rng = np.random.default_rng(0)

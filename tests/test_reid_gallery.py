@@ -140,18 +140,6 @@ def test_unknown_once_calibrated(gallery, world):
         assert sum(p) + r["p_unknown"] <= 1.0 + 1e-9 and r["margin"] == pytest.approx(p[0] - p[1])
 
 
-def test_calibrate_like_the_served_gallery(gallery, world):
-    """The calibration photos scored in galleries of as many individuals as this one enrols."""
-    summary = gallery.calibrate(world / "cal", like_gallery=2)
-    assert summary["like_gallery"] == {"individuals": 6, "galleries": 2}
-    assert summary["pairs"]["same"] >= 20 and summary["check"]["strangers_called_new"] > 0.8
-    assert summary["answer"]["temperature"] > 0
-    res = Gallery.open(gallery.path).identify([photo(i, 60) for i in NEVER_SEEN])
-    assert [r["answer"] for r in res] == ["unknown"] * 2
-    with pytest.raises(ValueError, match="needs a calibration folder"):
-        gallery.calibrate(like_gallery=2)
-
-
 def test_calibration_needs_enough_pairs_and_other_individuals(gallery, world, tmp_path):
     from nabi.reid.calibration import CalibrationError
     with pytest.raises(CalibrationError, match=r"at least 20 same-individual pairs .* got 18"):
@@ -400,6 +388,12 @@ def test_evaluate_closed_and_open_set(gallery, world, tmp_path, capsys):
     once = score_queries(gallery, world / "val")                   # scored once, answered again without scoring
     again = gallery.evaluate(scored=once)
     assert again["ece"] == pytest.approx(res["ece"]) and again["fused"] == pytest.approx(res["fused"])
+    platt = gallery.calibrate(world / "cal", answer="platt")        # a map of the shown probability: the same
+    mapped = gallery.evaluate(scored=once)                          # answers, other numbers shown
+    assert platt["answer"].get("method") == "platt" or "not fitted" in platt["answer"]["note"]
+    assert mapped["three_way_accuracy"] == res["three_way_accuracy"] and mapped["fused"] == pytest.approx(res["fused"])
+    with pytest.raises(ValueError, match="unknown answer calibration 'vector'"):
+        gallery.calibrate(world / "cal", answer="vector")
     assert main(["gallery", "evaluate", str(gallery.path), str(world / "val")]) == 0
     out = capsys.readouterr().out
     assert "embedding alone:" in out and "rank-1                     1.0000" in out

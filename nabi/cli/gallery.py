@@ -121,7 +121,7 @@ def calibrate(args):
     from ..reid.gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
     summary = g.calibrate(args.calibration, matcher=matcher(args), prior_known=args.prior_known,
-                          kind=args.kind, fusion=args.fusion, answer=args.answer, like_gallery=args.like_gallery,
+                          kind=args.kind, fusion=args.fusion, answer=args.answer,
                           log=lambda m: print(m, file=sys.stderr))
     plot = Path(args.plot) if args.plot else Path(args.gallery) / "reliability.png"
     written = None
@@ -278,9 +278,6 @@ def _calibrate_arguments(p):
                    "scaled (Guo et al. 2017); platt: the shown probability is mapped to how often such answers were "
                    "right (Platt 1999), the posterior's kept as posterior_probability; none: Bayes' rule as it is "
                    "(default: temperature)")
-    p.add_argument("--like-gallery", type=int, default=0, metavar="N", help="score the calibration photos in N "
-                   "galleries of as many individuals as this one enrols (half their encounters enrolled, the rest and "
-                   "the other individuals queried) instead of each encounter against all the others (default: 0, off)")
     p.add_argument("--plot", help="where to write the reliability diagram (default GALLERY/reliability.png)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     model_flags(p)

@@ -113,70 +113,6 @@ def _calibration_gallery(gallery, calibration_dir, log=None):
     return cal
 
 
-def like_gallery_scores(source, individuals, galleries=6, seed=0, log=None):
-    """Calibration queries scored against galleries *like the one being calibrated*: ``galleries`` times,
-    ``individuals`` of ``source``'s individuals (a calibration gallery with local features) are drawn, about half
-    of each one's encounters enrolled (at least one) and the rest queried, and every photo of the other
-    calibration individuals queried as a stranger. A score's scale depends on the gallery it is scored in — the
-    matcher's evidence (LNBNN) grows as the index shrinks — so pairs scored in galleries of the served size
-    carry over better than leave-one-encounter-out over all the calibration individuals.
-
-    Returns ``[(scored, truth)]``, one per drawn gallery; truth: each query's column, −1 for a stranger."""
-    from .gallery import Gallery
-    snap = source.snapshot()
-    people = [n for n in snap.names if not is_background(n)]
-    if len(people) < 2:
-        raise ValueError("calibrating like the gallery needs at least two calibration individuals")
-    m = int(min(max(1, individuals), len(people) - 1))
-    rng = np.random.default_rng(seed)
-    rows_of = {}
-    for j, e in enumerate(snap.entries):
-        if not is_background(e["name"]):
-            rows_of.setdefault(e["name"], {}).setdefault(snap.encounter_of(j), []).append(j)
-    matcher = source.has_local_features
-    out = []
-    for r in range(int(galleries)):
-        chosen = sorted(rng.choice(len(people), m, replace=False).tolist())
-        names = [people[i] for i in chosen]
-        enrol, query = [], []
-        for n in names:
-            encs = list(rows_of[n].values())
-            order = rng.permutation(len(encs))
-            k = max(1, len(encs) // 2) if len(encs) > 1 else 1
-            enrol += [j for i in order[:k] for j in encs[i]]
-            query += [j for i in order[k:] for j in encs[i]]
-        strangers = [j for n in people if n not in names for js in rows_of[n].values() for j in js]
-        g = Gallery(source.embedder, None, entries=[snap.entries[j] for j in enrol],
-                    embeddings=snap.embeddings[enrol], local=[snap.local[j] for j in enrol] if matcher else None,
-                    local_settings=source.local_settings, matcher_settings=source.matcher_settings,
-                    encounter_rule=source.encounter_rule, gap_minutes=source.gap_minutes)
-        qrows = query + strangers
-        if log:
-            log(f"gallery like the served one {r + 1}/{galleries}: {m} individuals, {len(enrol)} photos enrolled, "
-                f"{len(query)} known and {len(strangers)} stranger queries")
-        scored = g.scores(snap.embeddings[qrows], matcher=matcher,
-                          query_features=[snap.local[j] for j in qrows] if matcher else None)
-        col = {n: i for i, n in enumerate(scored["names"])}
-        truth = np.array([col[snap.entries[j]["name"]] for j in query] + [-1] * len(strangers))
-        out.append((scored, truth))
-    return out
-
-
-def pooled(scored_truths, matcher):
-    """Several galleries' ``(scored, truth)`` as one set of pairs: ``(pairs {scorer: (n,)}, same (n,), query (n,))``,
-    the queries numbered across the galleries."""
-    pairs, same, query = {}, [], []
-    offset = 0
-    for scored, truth in scored_truths:
-        pr, sm, q = pairs_from_scores(scored, truth, matcher)
-        for k, v in pr.items():
-            pairs.setdefault(k, []).append(v)
-        same.append(sm)
-        query.append(q + offset)
-        offset += len(truth)
-    return {k: np.concatenate(v) for k, v in pairs.items()}, np.concatenate(same), np.concatenate(query)
-
-
 def fit_pairs(gallery, calibration_dir=None, matcher=False, log=None):
     """``(pairs {scorer: scores}, same, query of each pair, source facts, (source gallery, scores, truth))``."""
     if calibration_dir is not None:
@@ -194,7 +130,7 @@ def fit_pairs(gallery, calibration_dir=None, matcher=False, log=None):
 
 
 def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic",
-                      fusion="logistic", answer="temperature", like_gallery=0, log=None):
+                      fusion="logistic", answer="temperature", log=None):
     """Calibrate ``gallery`` (see the module docstring), store the calibration in it (saved when it has a folder)
     and return the summary.
 
@@ -205,9 +141,9 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
                  calibrated logits, so an uninformative scorer gets little weight) or 'mean' (WildFusion's average)
     answer       'temperature': the answer's temperature fitted on the same queries (``fit_answer``);
                  'none': temperature 1
-    like_gallery N > 0 (with ``calibration_dir``): the calibration photos scored in N galleries of as many
-                 individuals as ``gallery`` enrols (``like_gallery_scores``) instead of leave-one-encounter-out
     """
+    if answer not in ANSWERS:
+        raise ValueError(f"unknown answer calibration {answer!r}; expected one of {', '.join(ANSWERS)}")
     if matcher is None:
         matcher = gallery.has_local_features
     if matcher and not gallery.has_local_features:
@@ -216,22 +152,6 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
         prior_known = float((gallery.calibration or {}).get("prior_known", DEFAULT_PRIOR_KNOWN))
     if not 0.0 < float(prior_known) < 1.0:
         raise ValueError(f"the prior that a photo shows an enrolled individual must be in (0, 1), got {prior_known}")
-    if like_gallery:
-        if calibration_dir is None:
-            raise ValueError("calibrating like the gallery needs a calibration folder (photos of other individuals)")
-        source = _calibration_gallery(gallery, calibration_dir, log)
-        st = like_gallery_scores(source, len(gallery.individuals()), int(like_gallery), log=log)
-        facts = {"source": "calibration folder, scored in galleries like the served one",
-                 "calibration_folder": str(Path(calibration_dir).resolve()),
-                 "individuals": len(source.individuals()), "photos": len(source)}
-        summary = calibration_like_gallery(st, matcher, prior_known, kind, fusion, answer, facts,
-                                           gallery.local_settings, gallery.matcher_settings)
-        with gallery._lock:
-            gallery.calibration = summary
-            gallery.threshold = None
-            if gallery.path is not None:
-                gallery.save()
-        return summary
     _, _, _, facts, (source, scored, truth) = fit_pairs(gallery, calibration_dir, matcher, log)
     summary = calibration_from_scores(source, scored, truth, matcher, prior_known, kind, fusion, answer, facts,
                                       local_settings=gallery.local_settings, matcher_settings=gallery.matcher_settings)
@@ -273,65 +193,6 @@ def calibration_from_scores(source, scored, truth, matcher, prior_known=DEFAULT_
         except CalibrationError as e:           # too few queries: the answer keeps the posterior as it is
             summary["answer"] = {"temperature": 1.0, "note": f"not fitted: {e}"}
     summary["check"] = _check_answers(source, summary, scored, truth, matcher)
-    return summary
-
-
-def calibration_like_gallery(scored_truths, matcher, prior_known=DEFAULT_PRIOR_KNOWN, kind="isotonic",
-                             fusion="logistic", answer="temperature", facts=None, local_settings=None,
-                             matcher_settings=None):
-    """The calibration summary from queries scored in galleries like the served one (``like_gallery_scores``):
-    each scorer calibrated on their pairs and fused, then the answer's temperature fitted on the same queries
-    (known ones and strangers, weighted by α and 1 − α)."""
-    from .calibration import (CalibrationError, Fusion, _answers, _hypothesis_logits, _softmax, answer_map,
-                              expected_calibration_error)
-    if answer not in ANSWERS:
-        raise ValueError(f"unknown answer calibration {answer!r}; expected one of {', '.join(ANSWERS)}")
-    pairs, same, query = pooled(scored_truths, matcher)
-    fu = Fusion.fit(pairs, same, kind=kind, method=fusion, groups=query)
-    m = int(np.sum([not is_background(n) for n in scored_truths[0][0]["names"]]))
-    summary = {"version": 2, "fusion": fu.to_dict(), "prior_known": float(prior_known),
-               "local_settings": local_settings.to_dict() if matcher and local_settings is not None else None,
-               "matcher_settings": matcher_settings.to_dict() if matcher and matcher_settings is not None else None,
-               "kind": kind, **(facts or {}),
-               "like_gallery": {"individuals": m, "galleries": len(scored_truths)},
-               "pairs": {"same": int(np.sum(same)), "different": int(np.sum(~np.asarray(same)))}}
-    summary["auroc_pairs"] = {n: M.auroc(s_[same & ~np.isnan(s_)], s_[~same & ~np.isnan(s_)])
-                              for n, s_ in pairs.items()}
-    fused = fu.probabilities(pairs)
-    summary["ece_pairs"] = expected_calibration_error(fused[~np.isnan(fused)], np.asarray(same)[~np.isnan(fused)])
-    ps, ts = [], []
-    for scored, truth in scored_truths:
-        people = np.array([not is_background(n) for n in scored["names"]])
-        cols = np.cumsum(people) - 1
-        inputs = {"embedding": scored["similarity"]}
-        if matcher:
-            inputs["matcher"] = scored["evidence"]
-        ps.append(fu.probabilities(inputs)[:, people])
-        ts.append(np.where(np.asarray(truth) >= 0, cols[np.maximum(truth, 0)], -1))
-    p, t = np.concatenate(ps), np.concatenate(ts)
-    T, amap = 1.0, None
-    if answer != "none":
-        try:
-            summary["answer"] = _fit_answer_on(p, t, fu.prior, float(prior_known), answer)
-            summary["answer"]["fitted_on"] = "queries in galleries like the served one"
-            T = summary["answer"].get("temperature", 1.0)
-            amap = answer_map(summary)
-        except CalibrationError as e:
-            summary["answer"] = {"temperature": 1.0, "note": f"not fitted: {e}"}
-    w = _softmax(_hypothesis_logits(p, fu.prior, float(prior_known)) / T)
-    shown, right = _answers(w, t)
-    if amap is not None:
-        shown = np.array([amap(q) for q in shown])
-    known = t >= 0
-    said_known = np.argmax(w, axis=1) < w.shape[1] - 1
-    mix = np.where(known, float(prior_known) / max(known.sum(), 1), (1 - float(prior_known)) / max((~known).sum(), 1))
-    from .calibration import _weighted_ece
-    summary["check"] = {"known_photos": int(known.sum()),
-                        "known_named_correctly": float(right[known].mean()) if known.any() else None,
-                        "known_called_unknown": float((~said_known[known]).mean()) if known.any() else None,
-                        "strangers": int((~known).sum()),
-                        "strangers_called_new": float(right[~known].mean()) if (~known).any() else None,
-                        "ece_mixed": _weighted_ece(shown, right.astype(float), mix)}
     return summary
 
 
@@ -516,12 +377,9 @@ def describe(summary) -> list:
     lines = []
     if pairs:
         auroc = ", ".join(f"{k} {v:.3f}" for k, v in (summary.get("auroc_pairs") or {}).items())
-        like = summary.get("like_gallery")
-        where = f"{summary.get('photos')} photos in {summary.get('encounters')} encounters" if not like else \
-            f"{summary.get('photos')} photos, scored in {like['galleries']} galleries of {like['individuals']} individuals"
-        lines.append(f"calibrated on {summary.get('source')}: {summary.get('individuals')} individuals, {where}; "
-                     f"{pairs.get('same')} same-individual and {pairs.get('different')} other pairs (AUROC of the pairs: "
-                     f"{auroc})")
+        lines.append(f"calibrated on {summary.get('source')}: {summary.get('individuals')} individuals, "
+                     f"{summary.get('photos')} photos in {summary.get('encounters')} encounters; {pairs.get('same')} "
+                     f"same-individual and {pairs.get('different')} other pairs (AUROC of the pairs: {auroc})")
     else:
         lines.append(f"calibrated from {summary.get('source')}")
     if c.get("known_photos"):

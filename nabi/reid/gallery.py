@@ -666,11 +666,11 @@ class Gallery:
 
     # -- calibration and evaluation ------------------------------------------------------------------------
     def calibrate(self, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic", fusion="logistic",
-                  log=None, answer="temperature", like_gallery=0):
+                  log=None, answer="temperature"):
         """Fit the probability calibration and save it; returns its summary (``nabi.reid.calibrate``)."""
         from .calibrate import calibrate_gallery
         return calibrate_gallery(self, calibration_dir, matcher=matcher, prior_known=prior_known, kind=kind,
-                                 fusion=fusion, answer=answer, like_gallery=like_gallery, log=log)
+                                 fusion=fusion, answer=answer, log=log)
 
     def evaluate(self, queries_dir=None, matcher=None, groups="encounter", log=None, prior_known=None,
                  scored=None) -> dict:
