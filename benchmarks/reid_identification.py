@@ -232,9 +232,9 @@ def main(argv=None):
     ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
     ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])
     ap.add_argument("--kind", default="isotonic", choices=["isotonic", "logistic"], help="each scorer's calibration")
-    ap.add_argument("--answer", default="temperature", choices=["temperature", "platt", "none"],
-                    help="temperature: the posterior's temperature fitted on the calibration queries; platt: a map "
-                    "of the shown probability to how often such answers are right; none")
+    ap.add_argument("--answer", default="platt", choices=["temperature", "platt", "none"],
+                    help="platt (the default): the shown probability mapped to how often such answers were right on "
+                    "the calibration queries; temperature: the posterior's temperature fitted there; none")
     ap.add_argument("--scores-cache", help="a folder keeping each split's scores (and the calibration photos'): a "
                     "later run with the same settings reuses them, so variants of the calibration cost seconds")
     ap.add_argument("--prior-known", default="0.5", help="α, the prior that a query shows an enrolled individual, "

@@ -25,7 +25,8 @@ from ..data.background import is_background
 from . import metrics as M
 
 DEFAULT_PRIOR_KNOWN = 0.5
-ANSWER_FOLDS = 2           # groups of calibration individuals the answer's temperature is fitted across
+ANSWER_FOLDS = 0           # 0: leave one calibration individual out when fitting the answer's calibration
+MAX_ANSWER_FOLDS = 25      # more individuals than this are dealt into this many groups instead
 
 
 def encounter_queries(snap):
@@ -130,7 +131,7 @@ def fit_pairs(gallery, calibration_dir=None, matcher=False, log=None):
 
 
 def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic",
-                      fusion="logistic", answer="temperature", log=None):
+                      fusion="logistic", answer="platt", log=None):
     """Calibrate ``gallery`` (see the module docstring), store the calibration in it (saved when it has a folder)
     and return the summary.
 
@@ -139,8 +140,9 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
                  current one, else 0.5)
     kind         'isotonic' or 'logistic' per scorer; fusion: 'logistic' (a logistic regression on the scorers'
                  calibrated logits, so an uninformative scorer gets little weight) or 'mean' (WildFusion's average)
-    answer       'temperature': the answer's temperature fitted on the same queries (``fit_answer``);
-                 'none': temperature 1
+    answer       'platt' (the default): the answer's shown probability mapped to how often such answers were right
+                 on the same queries, out of individual (``fit_answer``); 'temperature': the posterior's
+                 temperature fitted there instead; 'none': the posterior as Bayes' rule gives it
     """
     if answer not in ANSWERS:
         raise ValueError(f"unknown answer calibration {answer!r}; expected one of {', '.join(ANSWERS)}")
@@ -167,7 +169,7 @@ ANSWERS = ("temperature", "platt", "none")
 
 
 def calibration_from_scores(source, scored, truth, matcher, prior_known=DEFAULT_PRIOR_KNOWN, kind="isotonic",
-                            fusion="logistic", answer="temperature", facts=None, local_settings=None,
+                            fusion="logistic", answer="platt", facts=None, local_settings=None,
                             matcher_settings=None, answer_folds=ANSWER_FOLDS):
     """The calibration summary from the calibration queries' scores (``leave_encounter_out_scores`` over
     ``source``): each scorer calibrated on the pairs and fused, then (``answer='temperature'``) the answer's
@@ -203,10 +205,11 @@ def answer_queries(calibration, scored, truth, matcher, kind="isotonic", fusion=
     out; truth −1). Returns ``(p_same (2Q', U), truth (2Q',), pair prior π)``; queries whose own individual has no
     other encounter are left out of both halves.
 
-    ``folds`` > 1: *out of individual* — the individuals are dealt into ``folds`` groups and a query's pair
-    probabilities come from scorer calibrations and a fusion fitted without its group (neither its queries
-    nor its columns), as they would be for an animal the calibration never saw; 1: the calibration itself (in
-    sample, flattering)."""
+    *Out of individual*: the individuals are dealt into groups — one each with ``folds`` 0 (at most
+    ``MAX_ANSWER_FOLDS`` groups, dealt at random beyond), else ``folds`` groups — and a query's pair probabilities
+    come from scorer calibrations and a fusion fitted without its group (neither its queries nor its columns),
+    as they would be for an animal the calibration never saw; ``folds`` 1: the calibration itself (in sample,
+    flattering: isotonic steps fitted on a query's own pairs)."""
     from .calibration import Fusion, _logit
     people = np.array([not is_background(n) for n in scored["names"]])
     cols = np.cumsum(people) - 1                        # a column over all names → over the individuals
@@ -219,11 +222,14 @@ def answer_queries(calibration, scored, truth, matcher, kind="isotonic", fusion=
     if set(full.calibrations) != set(inputs):
         full = Fusion.from_dict({**calibration["fusion"], "scorers": {n: calibration["fusion"]["scorers"][n]
                                                                        for n in inputs}})
-    if int(folds) <= 1:
+    n_people = int(people.sum())
+    if int(folds) == 1:
         p = full.probabilities(inputs)
     else:
+        folds = min(n_people, MAX_ANSWER_FOLDS) if int(folds) <= 0 else min(int(folds), n_people)
         fold_of = np.full(len(people), -1)
-        fold_of[people] = np.random.default_rng(seed).permutation(int(people.sum())) % int(folds)
+        fold_of[people] = np.arange(n_people) if folds == n_people else \
+            np.random.default_rng(seed).permutation(n_people) % folds
         log_lr = np.full(scored["similarity"].shape, np.nan)
         for f in range(int(folds)):
             rows = has_own & (fold_of[np.maximum(truth, 0)] == f)
@@ -256,7 +262,7 @@ def fit_answer(calibration, scored, truth, matcher, kind="isotonic", fusion="log
     (``answer_queries``); with what it fitted on."""
     p, t, prior = answer_queries(calibration, scored, truth, matcher, kind, fusion, folds)
     out = _fit_answer_on(p, t, prior, calibration.get("prior_known", DEFAULT_PRIOR_KNOWN), method)
-    out["folds"] = int(folds)
+    out["fitted_on"] = "calibration queries, out of individual" if int(folds) != 1 else "calibration queries"
     return out
 
 

@@ -666,7 +666,7 @@ class Gallery:
 
     # -- calibration and evaluation ------------------------------------------------------------------------
     def calibrate(self, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic", fusion="logistic",
-                  log=None, answer="temperature"):
+                  log=None, answer="platt"):
         """Fit the probability calibration and save it; returns its summary (``nabi.reid.calibrate``)."""
         from .calibrate import calibrate_gallery
         return calibrate_gallery(self, calibration_dir, matcher=matcher, prior_known=prior_known, kind=kind,
