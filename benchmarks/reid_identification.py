@@ -167,7 +167,7 @@ def calibrate_on(args, log):
     return calibration_from_scores(source, cached["scored"], cached["truth"], matcher, float(args.prior_known)
                                    if args.prior_known != "auto" else 0.5, args.kind, args.fusion, args.answer,
                                    cached["facts"], g.local_settings if matcher else None,
-                                   g.matcher_settings if matcher else None)
+                                   g.matcher_settings if matcher else None, answer_folds=args.answer_folds)
 
 
 def _cell(figs, key):
@@ -235,6 +235,8 @@ def main(argv=None):
     ap.add_argument("--answer", default="platt", choices=["temperature", "platt", "none"],
                     help="platt (the default): the shown probability mapped to how often such answers were right on "
                     "the calibration queries; temperature: the posterior's temperature fitted there; none")
+    ap.add_argument("--answer-folds", type=int, default=0, help="groups of calibration individuals the answer's "
+                    "calibration is fitted across (0: one per individual; 1: in sample)")
     ap.add_argument("--scores-cache", help="a folder keeping each split's scores (and the calibration photos'): a "
                     "later run with the same settings reuses them, so variants of the calibration cost seconds")
     ap.add_argument("--prior-known", default="0.5", help="α, the prior that a query shows an enrolled individual, "
