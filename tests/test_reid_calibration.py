@@ -231,3 +231,17 @@ def test_answer_map_flattens_answers_that_are_right_less_often_than_shown():
         answer_map({"answer": {"method": "platt", "a": -1, "b": 0}})
     with pytest.raises(CalibrationError, match="at least 20 right and 20 wrong calibration answers; got 25 and 5"):
         fit_answer_map([0.9] * 30, [True] * 25 + [False] * 5)
+
+
+def test_describe_says_how_the_answer_is_calibrated():
+    from nabi.reid.calibrate import describe
+    base = {"source": "calibration folder", "prior_known": 0.5}
+    platt = describe({**base, "answer": {"method": "platt", "a": 0.25, "b": 0.1, "answers": {"right": 30, "wrong": 25},
+                                         "ece": {"before": 0.2, "after": 0.05}}})
+    assert any("σ(0.25·logit(p) + 0.10)" in line and "30 right and 25 wrong" in line for line in platt)
+    temp = describe({**base, "answer": {"temperature": 1.5, "queries": {"known": 40, "strangers": 40},
+                                        "ece": {"before": 0.2, "after": 0.1}}})
+    assert any("temperature 1.50" in line for line in temp)
+    note = describe({**base, "answer": {"temperature": 1.0, "note": "not fitted: too few"}})
+    assert any("as Bayes' rule gives it (not fitted: too few)" in line for line in note)
+    assert not any("answer's" in line for line in describe(base))            # an older calibration

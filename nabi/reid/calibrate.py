@@ -172,9 +172,10 @@ def calibration_from_scores(source, scored, truth, matcher, prior_known=DEFAULT_
                             fusion="logistic", answer="platt", facts=None, local_settings=None,
                             matcher_settings=None, answer_folds=ANSWER_FOLDS):
     """The calibration summary from the calibration queries' scores (``leave_encounter_out_scores`` over
-    ``source``): each scorer calibrated on the pairs and fused, then (``answer='temperature'``) the answer's
-    temperature fitted on the same queries, each once as a known individual and once as a stranger (their pair
-    probabilities from calibrations fitted without their individual, ``answer_folds`` groups of individuals)."""
+    ``source``): each scorer calibrated on the pairs and fused, then the answer's calibration (``answer``: 'platt',
+    'temperature' or 'none'; ``fit_answer``) fitted on the same queries, each once as a known individual and once
+    as a stranger, their pair probabilities from calibrations fitted without their individual (``answer_folds``:
+    ``answer_queries``'s ``folds``). Too few queries for it: the answer stays Bayes' rule's, with a note why."""
     from .calibration import Fusion, expected_calibration_error
     if answer not in ANSWERS:
         raise ValueError(f"unknown answer calibration {answer!r}; expected one of {', '.join(ANSWERS)}")
@@ -393,13 +394,18 @@ def describe(summary) -> list:
                      f"{100 * c['known_called_unknown']:.0f} % called unknown; {100 * c['strangers_called_new']:.0f} % "
                      f"of strangers called new; expected calibration error {c.get('ece_mixed', float('nan')):.3f}")
     ans = summary.get("answer") or {}
+    e = ans.get("ece") or {}
     if ans.get("note"):
-        lines.append(f"answer's temperature 1 ({ans['note']})")
+        lines.append(f"the answer's probability as Bayes' rule gives it ({ans['note']})")
+    elif ans.get("method") == "platt":
+        lines.append(f"the answer's probability mapped to how often such answers were right: σ({ans['a']:.2f}·logit(p) + "
+                     f"{ans['b']:.2f}), fitted on {ans['answers']['right']} right and {ans['answers']['wrong']} wrong "
+                     f"answers for calibration individuals left out (their calibration error {e.get('before', float('nan')):.3f}"
+                     f" before, {e.get('after', float('nan')):.3f} after)")
     elif ans:
-        e = ans.get("ece") or {}
-        lines.append(f"answer's temperature {ans['temperature']:.2f} (temperature scaling on {ans['queries']['known']} "
+        lines.append(f"the answer's temperature {ans['temperature']:.2f} (temperature scaling on {ans['queries']['known']} "
                      f"known and {ans['queries']['strangers']} stranger queries; their calibration error "
-                     f"{e.get('before', float('nan')):.3f} at temperature 1)")
+                     f"{e.get('before', float('nan')):.3f} at temperature 1, {e.get('after', float('nan')):.3f} after)")
     lines.append(f"prior that a photo shows an enrolled individual: {summary.get('prior_known')}")
     return lines
 

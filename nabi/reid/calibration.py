@@ -27,6 +27,17 @@ independent evidence)
 ``posterior`` computes these; ``nabi.reid.gallery`` answers with the most probable hypothesis and
 shows its probability. ``expected_calibration_error`` and ``reliability`` check that shown
 probabilities mean what they say.
+
+The answer itself can be calibrated on queries of known truth (``nabi.reid.calibrate`` makes them: each
+calibration photo once as a known individual, once as a stranger, out of individual), either way monotone,
+so the answer given never changes:
+
+    temperature   P ∝ exp(z / T) over the hypotheses' log-odds z (temperature scaling, Guo et al. 2017;
+                  ``fit_temperature``, T by likelihood), applied inside ``posterior``
+    platt         the shown probability q → σ(a·logit(q) + b), a ≥ 0 (Platt 1999; ``fit_answer_map``): how
+                  often answers shown at q were right
+
+A calibration without either (files written before) reads as temperature 1 (``answer_temperature``).
 """
 from __future__ import annotations
 

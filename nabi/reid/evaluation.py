@@ -19,7 +19,8 @@ Honest figures need queries the gallery has not seen: a query photo that is enro
 left out with a warning, and queries that share an encounter with a gallery photo of their individual
 (photos taken together: ``nabi.data.encounters``) are counted and warned about, since they flatter
 every figure. With ``groups='encounter'`` the photos of one query encounter are answered together
-(multi-photo queries).
+(multi-photo queries). ``score_queries`` scores a query folder once; ``evaluate(gallery, scored=...)`` answers
+from those scores again (per photo and per sighting, or with another calibration) without scoring again.
 """
 from __future__ import annotations
 
