@@ -1,7 +1,8 @@
 """Identification of never-seen individuals on paired, encounter-kept splits.
 
     python -m benchmarks.reid_identification RUN PHOTOS [--splits 6] [--unknown 4] [--calibration CAL]
-        [--calibration-file FILE] [--no-matcher] [--encounters name] [--by-photo] [--json OUT]
+        [--calibration-file FILE] [--answer platt|temperature|none] [--scores-cache DIR] [--no-matcher]
+        [--encounters name] [--by-photo] [--json OUT]
 
 PHOTOS has one folder per individual, none of them seen in training. For each split seed 0 … n − 1,
 about half of each individual's *encounters* (photos taken together, ``nabi.data.encounters``: for the
@@ -13,7 +14,12 @@ same splits (paired).
 Calibration (the probabilities the answer carries): from ``--calibration CAL``, photos of individuals
 that are neither enrolled nor queried (done once, reused for every split, and written to
 ``--save-calibration FILE``), from a ``--calibration-file`` written earlier, or — without either —
-leave-one-encounter-out over each split's gallery.
+leave-one-encounter-out over each split's gallery. ``--answer`` picks the answer's own calibration
+(``nabi.reid.calibrate``: a map of the shown probability, the default, or a temperature, fitted on the
+calibration queries out of individual). ``--scores-cache DIR`` keeps each split's scores (a split is scored
+once, then answered per photo and per sighting) and the calibration photos'; a later run with the same model
+and settings answers from them, so a variant of the calibration costs seconds (a cache made with other
+settings is refused).
 
 Printed per split and as mean ± standard deviation over the splits: rank-1, rank-5, mAP, AUROC and the
 true-accept rate at 1 % / 5 % false accepts for the embedding alone, the keypoint matcher alone and the
