@@ -398,14 +398,16 @@ def describe(summary) -> list:
     if ans.get("note"):
         lines.append(f"the answer's probability as Bayes' rule gives it ({ans['note']})")
     elif ans.get("method") == "platt":
-        lines.append(f"the answer's probability mapped to how often such answers were right: σ({ans['a']:.2f}·logit(p) + "
-                     f"{ans['b']:.2f}), fitted on {ans['answers']['right']} right and {ans['answers']['wrong']} wrong "
-                     f"answers for calibration individuals left out (their calibration error {e.get('before', float('nan')):.3f}"
-                     f" before, {e.get('after', float('nan')):.3f} after)")
+        before, after = e.get("before", float("nan")), e.get("after", float("nan"))
+        lines.append(f"the answer's probability mapped to how often such answers were right: "
+                     f"σ({ans['a']:.2f}·logit(p) + {ans['b']:.2f}), fitted on {ans['answers']['right']} right and "
+                     f"{ans['answers']['wrong']} wrong answers for calibration individuals left out (their "
+                     f"calibration error {before:.3f} before, {after:.3f} after)")
     elif ans:
-        lines.append(f"the answer's temperature {ans['temperature']:.2f} (temperature scaling on {ans['queries']['known']} "
-                     f"known and {ans['queries']['strangers']} stranger queries; their calibration error "
-                     f"{e.get('before', float('nan')):.3f} at temperature 1, {e.get('after', float('nan')):.3f} after)")
+        before, after = e.get("before", float("nan")), e.get("after", float("nan"))
+        lines.append(f"the answer's temperature {ans['temperature']:.2f} (temperature scaling on "
+                     f"{ans['queries']['known']} known and {ans['queries']['strangers']} stranger queries; their "
+                     f"calibration error {before:.3f} at temperature 1, {after:.3f} after)")
     lines.append(f"prior that a photo shows an enrolled individual: {summary.get('prior_known')}")
     return lines
 

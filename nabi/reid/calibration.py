@@ -256,7 +256,8 @@ def _hypothesis_logits(p_same, prior_pairs, prior_known):
         raise ValueError(f"the prior that a query is a known individual must be in [0, 1], got {prior_known}")
     U = np.maximum((~np.isnan(p)).sum(axis=1, keepdims=True), 1)
     with np.errstate(divide="ignore"):
-        log_lr = _logit(np.clip(np.nan_to_num(p, nan=0.5), 1e-300, 1 - 1e-16)) + math.log((1 - prior_pairs) / prior_pairs)
+        log_lr = _logit(np.clip(np.nan_to_num(p, nan=0.5), 1e-300, 1 - 1e-16)) \
+            + math.log((1 - prior_pairs) / prior_pairs)
     log_lr = np.where(np.isnan(p), -np.inf, log_lr)
     log_known = np.log(prior_known) - np.log(U) + log_lr if prior_known > 0 else np.full(p.shape, -np.inf)
     log_unknown = np.full((p.shape[0], 1), np.log(1 - prior_known) if prior_known < 1 else -np.inf)
@@ -395,7 +396,8 @@ def fit_answer_map(shown, right, weights=None) -> dict:
                                f"{len(y)} and {len(w)}")
     if y.sum() < MIN_ANSWER_QUERIES or (~y).sum() < MIN_ANSWER_QUERIES:
         raise CalibrationError(f"fitting the answer's map needs at least {MIN_ANSWER_QUERIES} right and "
-                               f"{MIN_ANSWER_QUERIES} wrong calibration answers; got {int(y.sum())} and {int((~y).sum())}")
+                               f"{MIN_ANSWER_QUERIES} wrong calibration answers; got {int(y.sum())} and "
+                               f"{int((~y).sum())}")
     lr = LogisticRegression(C=1e4).fit(_logit(p)[:, None], y, sample_weight=w / w.mean())
     a, b = max(0.0, float(lr.coef_[0, 0])), float(lr.intercept_[0])
     after = 0.5 * (1.0 + np.tanh(0.5 * (a * _logit(p) + b)))
