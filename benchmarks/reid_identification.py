@@ -1,7 +1,8 @@
 """Identification of never-seen individuals on paired, encounter-kept splits.
 
     python -m benchmarks.reid_identification RUN PHOTOS [--splits 6] [--unknown 4] [--calibration CAL]
-        [--calibration-file FILE] [--no-matcher] [--encounters name] [--by-photo] [--json OUT]
+        [--calibration-file FILE] [--answer platt|temperature|none] [--scores-cache DIR] [--no-matcher]
+        [--encounters name] [--by-photo] [--json OUT]
 
 PHOTOS has one folder per individual, none of them seen in training. For each split seed 0 … n − 1,
 about half of each individual's *encounters* (photos taken together, ``nabi.data.encounters``: for the
@@ -13,7 +14,12 @@ same splits (paired).
 Calibration (the probabilities the answer carries): from ``--calibration CAL``, photos of individuals
 that are neither enrolled nor queried (done once, reused for every split, and written to
 ``--save-calibration FILE``), from a ``--calibration-file`` written earlier, or — without either —
-leave-one-encounter-out over each split's gallery.
+leave-one-encounter-out over each split's gallery. ``--answer`` picks the answer's own calibration
+(``nabi.reid.calibrate``: a map of the shown probability, the default, or a temperature, fitted on the
+calibration queries out of individual). ``--scores-cache DIR`` keeps each split's scores (a split is scored
+once, then answered per photo and per sighting) and the calibration photos'; a later run with the same model
+and settings answers from them, so a variant of the calibration costs seconds (a cache made with other
+settings is refused).
 
 Printed per split and as mean ± standard deviation over the splits: rank-1, rank-5, mAP, AUROC and the
 true-accept rate at 1 % / 5 % false accepts for the embedding alone, the keypoint matcher alone and the
@@ -67,25 +73,107 @@ def split_folder(photos, enrol_dir, query_dir, seed=0, unknown=0, encounters="na
     return sorted(out)
 
 
+def _state(g):
+    """What a cached gallery needs to answer again from stored scores (no embedder, no local features)."""
+    return {"entries": g.entries, "embeddings": g.embeddings,
+            "local_settings": g.local_settings.to_dict() if g.local_settings is not None else None,
+            "matcher_settings": g.matcher_settings.to_dict(), "encounter_rule": g.encounter_rule,
+            "gap_minutes": g.gap_minutes}
+
+
+def _from_state(st):
+    from nabi.reid.gallery import Gallery
+    return Gallery(None, entries=st["entries"], embeddings=st["embeddings"], local_settings=st["local_settings"],
+                   matcher_settings=st["matcher_settings"], encounter_rule=st["encounter_rule"],
+                   gap_minutes=st["gap_minutes"])
+
+
+def _cache_key(args, what):
+    """What the stored scores depend on: a cache made with other settings is refused, not reused."""
+    from nabi.files.digest import file_sha256
+    from nabi.runs import find_weights
+    keep = ("photos", "nfeatures", "max_side", "descriptor", "foreground", "k", "shortlist", "top",
+            "reprojection_px", "flip", "encounters", "by_photo", "no_matcher")
+    return {"weights": file_sha256(find_weights(args.run)), "what": what,
+            **{k: str(getattr(args, k)) for k in keep}}
+
+
+def _cache_load(args, name, key):
+    import pickle
+    if not args.scores_cache:
+        return None
+    path = Path(args.scores_cache) / name
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    if data.get("key") != key:
+        raise SystemExit(f"{path} holds scores made with other settings ({data.get('key')}, not {key}): "
+                         "use another --scores-cache folder")
+    return data
+
+
+def _cache_save(args, name, data):
+    import pickle
+    if args.scores_cache:
+        Path(args.scores_cache).mkdir(parents=True, exist_ok=True)
+        with open(Path(args.scores_cache) / name, "wb") as f:
+            pickle.dump(data, f)
+
+
 def run_split(args, seed, calibration, log):
+    from nabi.reid.evaluation import score_queries
     from nabi.reid.gallery import Gallery
     local = False if args.no_matcher else _local_settings(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        unknown = split_folder(args.photos, tmp / "enrol", tmp / "query", seed, args.unknown, args.encounters,
-                               args.by_photo)
-        g = Gallery.build(args.run, tmp / "enrol", tmp / "gallery", local=local, encounters=args.encounters,
-                          log=log, matcher_settings=_matcher_settings(args), flip=args.flip)
-        alpha = "auto" if args.prior_known == "auto" else float(args.prior_known)
-        if calibration is None:
-            summary = g.calibrate(None, fusion=args.fusion, log=log)
-        else:
-            g.calibration = dict(calibration)
-            summary = g.calibration
-        res = {"per_photo": g.evaluate(tmp / "query", groups=None, log=log, prior_known=alpha),
-               "encounter": g.evaluate(tmp / "query", groups="encounter", log=log, prior_known=alpha)}
+    name = f"split-{seed}-unknown-{args.unknown}.pkl"
+    key = _cache_key(args, ("split", seed, args.unknown))
+    cached = _cache_load(args, name, key)
+    if cached is not None:
+        g, bundle, unknown = _from_state(cached["gallery"]), cached["bundle"], cached["unknown"]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            unknown = split_folder(args.photos, tmp / "enrol", tmp / "query", seed, args.unknown, args.encounters,
+                                   args.by_photo)
+            g = Gallery.build(args.run, tmp / "enrol", tmp / "gallery", local=local, encounters=args.encounters,
+                              log=log, matcher_settings=_matcher_settings(args), flip=args.flip)
+            bundle = score_queries(g, tmp / "query", None if args.no_matcher else True, log)
+        _cache_save(args, name, {"key": key, "gallery": _state(g), "bundle": bundle, "unknown": unknown})
+    alpha = "auto" if args.prior_known == "auto" else float(args.prior_known)
+    if calibration is None:
+        if cached is not None:
+            raise SystemExit("--scores-cache with a split's own calibration is not supported: give --calibration "
+                             "or --calibration-file")
+        summary = g.calibrate(None, fusion=args.fusion, kind=args.kind, answer=args.answer, log=log)
+    else:
+        g.calibration = dict(calibration)
+        summary = g.calibration
+    res = {"per_photo": g.evaluate(groups=None, log=log, prior_known=alpha, scored=bundle),
+           "encounter": g.evaluate(groups="encounter", log=log, prior_known=alpha, scored=bundle)}
     res.update(seed=seed, unknown_individuals=unknown, gallery_photos=len(g), calibration_check=summary.get("check"))
     return res, summary
+
+
+def calibrate_on(args, log):
+    """The calibration fitted on ``--calibration``'s photos (their scores stored in ``--scores-cache``)."""
+    from nabi.reid.calibrate import calibration_from_scores, fit_pairs
+    from nabi.reid.gallery import Gallery
+    local = False if args.no_matcher else _local_settings(args)
+    g = Gallery.create(args.run, None, local=local, encounters=args.encounters,
+                       matcher_settings=_matcher_settings(args), flip=args.flip)
+    matcher = not args.no_matcher
+    key = _cache_key(args, ("calibration", str(Path(args.calibration).resolve())))
+    cached = _cache_load(args, "calibration.pkl", key)
+    if cached is None:
+        _, _, _, facts, (source, scored, truth) = fit_pairs(g, args.calibration, matcher, log)
+        cached = {"key": key, "source": _state(source), "scored": scored, "truth": truth, "facts": facts}
+        _cache_save(args, "calibration.pkl", cached)
+    source = _from_state(cached["source"])
+    source.local_settings = g.local_settings
+    return calibration_from_scores(source, cached["scored"], cached["truth"], matcher, float(args.prior_known)
+                                   if args.prior_known != "auto" else 0.5, args.kind, args.fusion, args.answer,
+                                   cached["facts"], g.local_settings if matcher else None,
+                                   g.matcher_settings if matcher else None, answer_folds=args.answer_folds)
 
 
 def _cell(figs, key):
@@ -149,6 +237,14 @@ def main(argv=None):
     ap.add_argument("--reprojection-px", type=float, help="RANSAC's inlier distance in pixels")
     ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
     ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])
+    ap.add_argument("--kind", default="isotonic", choices=["isotonic", "logistic"], help="each scorer's calibration")
+    ap.add_argument("--answer", default="platt", choices=["temperature", "platt", "none"],
+                    help="platt (the default): the shown probability mapped to how often such answers were right on "
+                    "the calibration queries; temperature: the posterior's temperature fitted there; none")
+    ap.add_argument("--answer-folds", type=int, default=0, help="groups of calibration individuals the answer's "
+                    "calibration is fitted across (0: one per individual; 1: in sample)")
+    ap.add_argument("--scores-cache", help="a folder keeping each split's scores (and the calibration photos'): a "
+                    "later run with the same settings reuses them, so variants of the calibration cost seconds")
     ap.add_argument("--prior-known", default="0.5", help="α, the prior that a query shows an enrolled individual, "
                     "or 'auto' (estimated from each split's queries, without their truth)")
     ap.add_argument("--encounters", default="name", help="how photos are grouped into encounters, each kept on one "
@@ -165,11 +261,7 @@ def main(argv=None):
     if args.calibration_file:
         calibration = json.loads(Path(args.calibration_file).read_text())
     elif args.calibration:
-        from nabi.reid.gallery import Gallery
-        local = False if args.no_matcher else _local_settings(args)
-        g = Gallery.create(args.run, None, local=local, encounters=args.encounters,
-                           matcher_settings=_matcher_settings(args), flip=args.flip)
-        calibration = g.calibrate(args.calibration, fusion=args.fusion, log=log)
+        calibration = calibrate_on(args, log)
         print(f"calibrated on {args.calibration}: {calibration['pairs']}, AUROC on the pairs "
               f"{calibration['auroc_pairs']}, check {calibration['check']} ({time.perf_counter() - t0:.0f} s)")
         if args.save_calibration:

@@ -143,3 +143,105 @@ def test_a_sightings_photos_are_averaged_not_counted_twice():
     both = _combine_groups(np.array([[0.2, 0.5], [0.9, 0.5]]), ["s", "s"], prior)
     z = (lr(0.2) + lr(0.9)) / 2 + np.log(prior / (1 - prior))
     np.testing.assert_allclose(both[:, 0], 1 / (1 + np.exp(-z)))
+
+
+def _open_set_queries(Q=600, U=8, alpha=0.5, sharpen=3.0, seed=0):
+    """Queries of which a share α shows one of U individuals, with pair probabilities from a calibrated score
+    whose logits are then multiplied by ``sharpen`` (an overconfident scorer). Returns (p_same, truth, π)."""
+    rng = np.random.default_rng(seed)
+    s_train, same_train = _pairs(20000, seed=seed + 1, shift=2.0)
+    cal = PairCalibration.fit(s_train, same_train, "logistic")
+    known = rng.random(Q) < alpha
+    who = rng.integers(0, U, Q)
+    scores = rng.normal(0, 1, (Q, U))
+    scores[np.arange(Q)[known], who[known]] += 2.0
+    p = cal(scores)
+    base = np.log(cal.prior / (1 - cal.prior))
+    z = sharpen * (np.log(p / (1 - p)) - base) + base
+    return 1 / (1 + np.exp(-z)), np.where(known, who, -1), cal.prior
+
+
+def test_answer_temperature_softens_an_overconfident_posterior():
+    from nabi.reid.calibration import fit_temperature
+    p, truth, prior = _open_set_queries(sharpen=3.0)
+    fit = fit_temperature(p, truth, prior, 0.5)
+    assert fit["temperature"] > 1.5
+    assert fit["nll"]["after"] < fit["nll"]["before"]
+    assert fit["ece"]["after"] < 0.5 * fit["ece"]["before"]
+    assert fit["queries"]["known"] + fit["queries"]["strangers"] == len(truth)
+    p2, truth2, _ = _open_set_queries(sharpen=1 / 3.0, seed=3)          # underconfident: sharpened (T < 1)
+    assert fit_temperature(p2, truth2, prior, 0.5)["temperature"] < 0.95
+    p3, truth3, _ = _open_set_queries(sharpen=1.0, seed=4)              # calibrated already: T near 1
+    assert 0.8 < fit_temperature(p3, truth3, prior, 0.5)["temperature"] < 1.25
+
+
+def test_temperature_keeps_the_answer_and_is_monotone():
+    p, _, prior = _open_set_queries(Q=200, sharpen=2.0, seed=7)
+    P1, P01 = posterior(p, prior, 0.5)
+    best1 = np.argmax(np.column_stack([P1, P01]), axis=1)
+    shown = []
+    for T in (0.5, 1.0, 2.0, 4.0):
+        P, P0 = posterior(p, prior, 0.5, temperature=T)
+        allp = np.column_stack([P, P0])
+        np.testing.assert_allclose(allp.sum(axis=1), 1.0)
+        assert (np.argmax(allp, axis=1) == best1).all()                 # same answer at any temperature
+        assert (np.argsort(-P, axis=1, kind="stable")[:, 0] == np.argsort(-P1, axis=1, kind="stable")[:, 0]).all()
+        shown.append(allp.max(axis=1))
+    assert all((a >= b - 1e-12).all() for a, b in zip(shown, shown[1:]))   # hotter: never more confident
+    for bad in (0, -1.0, float("nan"), float("inf"), "2"):
+        with pytest.raises(CalibrationError, match="temperature must be a finite number > 0"):
+            posterior(p, prior, 0.5, temperature=bad)
+
+
+def test_temperature_needs_known_queries_and_strangers():
+    from nabi.reid.calibration import fit_temperature
+    p, truth, prior = _open_set_queries(Q=200, seed=2)
+    few = np.flatnonzero(truth >= 0)[:5].tolist() + np.flatnonzero(truth < 0)[:30].tolist()
+    with pytest.raises(CalibrationError, match=r"at least 20 queries of known individuals and 20 of strangers; "
+                                               r"got 5 and 30"):
+        fit_temperature(p[few], truth[few], prior)
+    with pytest.raises(CalibrationError, match="one truth per query"):
+        fit_temperature(p, truth[:-1], prior)
+    with pytest.raises(CalibrationError, match=r"a column 0 … 7 or −1"):
+        fit_temperature(p, np.full(len(p), 8), prior)
+
+
+def test_calibrations_without_an_answer_temperature_read_as_one():
+    from nabi.reid.calibration import answer_temperature
+    assert answer_temperature(None) == 1.0 and answer_temperature({"fusion": {}}) == 1.0     # older files
+    assert answer_temperature({"answer": {"temperature": 2.5}}) == 2.5
+    with pytest.raises(CalibrationError, match="'answer' entry is malformed"):
+        answer_temperature({"answer": {"t": 2}})
+    with pytest.raises(CalibrationError, match="finite number > 0"):
+        answer_temperature({"answer": {"temperature": -1}})
+
+
+def test_answer_map_flattens_answers_that_are_right_less_often_than_shown():
+    from nabi.reid.calibration import answer_map, fit_answer_map
+    rng = np.random.default_rng(0)
+    shown = rng.uniform(0.3, 1.0, 2000)
+    right = rng.random(2000) < 0.4 + 0.3 * (shown - 0.3)            # right far less often than shown
+    fit = fit_answer_map(shown, right)
+    assert fit["method"] == "platt" and fit["ece"]["after"] < 0.3 * fit["ece"]["before"]
+    f = answer_map({"answer": fit})
+    xs = [f(q) for q in (0.3, 0.5, 0.9, 0.99)]
+    assert xs == sorted(xs) and xs[-1] < 0.8                         # monotone: the order of answers is kept
+    assert answer_map({"answer": {"temperature": 2.0}}) is None and answer_map({}) is None
+    with pytest.raises(CalibrationError, match="answer map is malformed"):
+        answer_map({"answer": {"method": "platt", "a": -1, "b": 0}})
+    with pytest.raises(CalibrationError, match="at least 20 right and 20 wrong calibration answers; got 25 and 5"):
+        fit_answer_map([0.9] * 30, [True] * 25 + [False] * 5)
+
+
+def test_describe_says_how_the_answer_is_calibrated():
+    from nabi.reid.calibrate import describe
+    base = {"source": "calibration folder", "prior_known": 0.5}
+    platt = describe({**base, "answer": {"method": "platt", "a": 0.25, "b": 0.1, "answers": {"right": 30, "wrong": 25},
+                                         "ece": {"before": 0.2, "after": 0.05}}})
+    assert any("σ(0.25·logit(p) + 0.10)" in line and "30 right and 25 wrong" in line for line in platt)
+    temp = describe({**base, "answer": {"temperature": 1.5, "queries": {"known": 40, "strangers": 40},
+                                        "ece": {"before": 0.2, "after": 0.1}}})
+    assert any("temperature 1.50" in line for line in temp)
+    note = describe({**base, "answer": {"temperature": 1.0, "note": "not fitted: too few"}})
+    assert any("as Bayes' rule gives it (not fitted: too few)" in line for line in note)
+    assert not any("answer's" in line for line in describe(base))            # an older calibration

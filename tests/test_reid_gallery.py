@@ -107,11 +107,25 @@ def test_unknown_once_calibrated(gallery, world):
     assert summary["source"] == "calibration folder" and summary["individuals"] == 12
     assert summary["pairs"] == {"same": 48, "different": 48 * 11}
     assert summary["check"]["known_named_correctly"] > 0.9 and summary["check"]["strangers_called_new"] > 0.9
+    ans = summary["answer"]                           # the answer's map, fitted out of individual
+    assert ans.get("note") or (ans["method"] == "platt" and ans["a"] >= 0 and "out of individual" in ans["fitted_on"])
     after = Gallery.open(gallery.path)
     assert after.calibrated and after.calibration["pairs"] == summary["pairs"]
-    res = after.identify(strangers)
-    assert [r["answer"] for r in res] == ["unknown"] * 4
-    assert all(r["probability"] == r["p_unknown"] > 0.5 for r in res)
+    assert after.calibration["answer"] == ans
+    after.calibration = {k: v for k, v in after.calibration.items() if k != "answer"}  # an older file: T = 1
+    plain = after.identify(strangers)
+    assert [r["answer"] for r in plain] == ["unknown"] * 4
+    assert all(r["probability"] == r["p_unknown"] > 0.5 and "posterior_probability" not in r for r in plain)
+    after.calibration = {**after.calibration, "answer": {"temperature": 3.0}}     # a hotter posterior: the same
+    hot = after.identify(strangers)                                                # answers, less sure of them
+    assert [r["answer"] for r in hot] == ["unknown"] * 4
+    assert all(h["probability"] < r["probability"] for h, r in zip(hot, plain))
+    after.calibration = {**after.calibration, "answer": {"method": "platt", "a": 0.5, "b": 0.0}}   # a map of the
+    mapped = after.identify(strangers)                                                          # shown probability
+    for m, r in zip(mapped, plain):
+        assert m["answer"] == r["answer"] and m["posterior_probability"] == pytest.approx(r["probability"])
+        assert 0.5 <= m["probability"] < r["probability"] and m["p_unknown"] == pytest.approx(r["p_unknown"])
+    after.calibration = {k: v for k, v in after.calibration.items() if k != "answer"}
     known = after.identify([photo(i, 70) for i in ENROLLED])
     named = [r["name"] for r in known]
     assert all(n in (f"ind{i:02d}", None) for n, i in zip(named, ENROLLED)) and named.count(None) <= 1
@@ -367,6 +381,16 @@ def test_evaluate_closed_and_open_set(gallery, world, tmp_path, capsys):
     gallery.calibrate(world / "cal")
     res = gallery.evaluate(world / "val")
     assert res["fused"]["rank1"] == 1.0 and res["three_way_accuracy"] == 1.0 and 0 <= res["ece"] < 0.3
+    from nabi.reid.evaluation import score_queries
+    once = score_queries(gallery, world / "val")                   # scored once, answered again without scoring
+    again = gallery.evaluate(scored=once)
+    assert again["ece"] == pytest.approx(res["ece"]) and again["fused"] == pytest.approx(res["fused"])
+    platt = gallery.calibrate(world / "cal", answer="platt")        # a map of the shown probability: the same
+    mapped = gallery.evaluate(scored=once)                          # answers, other numbers shown
+    assert platt["answer"].get("method") == "platt" or "not fitted" in platt["answer"]["note"]
+    assert mapped["three_way_accuracy"] == res["three_way_accuracy"] and mapped["fused"] == pytest.approx(res["fused"])
+    with pytest.raises(ValueError, match="unknown answer calibration 'vector'"):
+        gallery.calibrate(world / "cal", answer="vector")
     assert main(["gallery", "evaluate", str(gallery.path), str(world / "val")]) == 0
     out = capsys.readouterr().out
     assert "embedding alone:" in out and "rank-1                     1.0000" in out

@@ -121,7 +121,8 @@ def calibrate(args):
     from ..reid.gallery import Gallery
     g = Gallery.open(args.gallery, run=args.run, device=args.device)
     summary = g.calibrate(args.calibration, matcher=matcher(args), prior_known=args.prior_known,
-                          kind=args.kind, fusion=args.fusion, log=lambda m: print(m, file=sys.stderr))
+                          kind=args.kind, fusion=args.fusion, answer=args.answer,
+                          log=lambda m: print(m, file=sys.stderr))
     plot = Path(args.plot) if args.plot else Path(args.gallery) / "reliability.png"
     written = None
     if (summary.get("check") or {}).get("reliability"):
@@ -272,6 +273,11 @@ def _calibrate_arguments(p):
                    "calibrated (default: isotonic)")
     p.add_argument("--fusion", choices=["logistic", "mean"], default="logistic", help="how the scores' "
                    "probabilities are combined (default: logistic)")
+    p.add_argument("--answer", choices=["platt", "temperature", "none"], default="platt", help="fitted on the "
+                   "calibration queries, each once known and once a stranger, out of individual: platt: the shown "
+                   "probability is mapped to how often such answers were right (Platt 1999), the posterior's kept as "
+                   "posterior_probability; temperature: the posterior is temperature-scaled (Guo et al. 2017); none: "
+                   "Bayes' rule as it is (default: platt)")
     p.add_argument("--plot", help="where to write the reliability diagram (default GALLERY/reliability.png)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text (default: off)")
     model_flags(p)

@@ -25,6 +25,8 @@ from ..data.background import is_background
 from . import metrics as M
 
 DEFAULT_PRIOR_KNOWN = 0.5
+ANSWER_FOLDS = 0           # 0: leave one calibration individual out when fitting the answer's calibration
+MAX_ANSWER_FOLDS = 25      # more individuals than this are dealt into this many groups instead
 
 
 def encounter_queries(snap):
@@ -129,7 +131,7 @@ def fit_pairs(gallery, calibration_dir=None, matcher=False, log=None):
 
 
 def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic",
-                      fusion="logistic", log=None):
+                      fusion="logistic", answer="platt", log=None):
     """Calibrate ``gallery`` (see the module docstring), store the calibration in it (saved when it has a folder)
     and return the summary.
 
@@ -138,8 +140,12 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
                  current one, else 0.5)
     kind         'isotonic' or 'logistic' per scorer; fusion: 'logistic' (a logistic regression on the scorers'
                  calibrated logits, so an uninformative scorer gets little weight) or 'mean' (WildFusion's average)
+    answer       'platt' (the default): the answer's shown probability mapped to how often such answers were right
+                 on the same queries, out of individual (``fit_answer``); 'temperature': the posterior's
+                 temperature fitted there instead; 'none': the posterior as Bayes' rule gives it
     """
-    from .calibration import Fusion, expected_calibration_error
+    if answer not in ANSWERS:
+        raise ValueError(f"unknown answer calibration {answer!r}; expected one of {', '.join(ANSWERS)}")
     if matcher is None:
         matcher = gallery.has_local_features
     if matcher and not gallery.has_local_features:
@@ -148,25 +154,127 @@ def calibrate_gallery(gallery, calibration_dir=None, matcher=None, prior_known=N
         prior_known = float((gallery.calibration or {}).get("prior_known", DEFAULT_PRIOR_KNOWN))
     if not 0.0 < float(prior_known) < 1.0:
         raise ValueError(f"the prior that a photo shows an enrolled individual must be in (0, 1), got {prior_known}")
-    pairs, same, query, facts, (source, scored, truth) = fit_pairs(gallery, calibration_dir, matcher, log)
+    _, _, _, facts, (source, scored, truth) = fit_pairs(gallery, calibration_dir, matcher, log)
+    summary = calibration_from_scores(source, scored, truth, matcher, prior_known, kind, fusion, answer, facts,
+                                      local_settings=gallery.local_settings, matcher_settings=gallery.matcher_settings)
+    with gallery._lock:
+        gallery.calibration = summary
+        gallery.threshold = None
+        if gallery.path is not None:
+            gallery.save()
+    return summary
+
+
+ANSWERS = ("temperature", "platt", "none")
+
+
+def calibration_from_scores(source, scored, truth, matcher, prior_known=DEFAULT_PRIOR_KNOWN, kind="isotonic",
+                            fusion="logistic", answer="platt", facts=None, local_settings=None,
+                            matcher_settings=None, answer_folds=ANSWER_FOLDS):
+    """The calibration summary from the calibration queries' scores (``leave_encounter_out_scores`` over
+    ``source``): each scorer calibrated on the pairs and fused, then the answer's calibration (``answer``: 'platt',
+    'temperature' or 'none'; ``fit_answer``) fitted on the same queries, each once as a known individual and once
+    as a stranger, their pair probabilities from calibrations fitted without their individual (``answer_folds``:
+    ``answer_queries``'s ``folds``). Too few queries for it: the answer stays Bayes' rule's, with a note why."""
+    from .calibration import Fusion, expected_calibration_error
+    if answer not in ANSWERS:
+        raise ValueError(f"unknown answer calibration {answer!r}; expected one of {', '.join(ANSWERS)}")
+    pairs, same, query = pairs_from_scores(scored, truth, matcher)
     fu = Fusion.fit(pairs, same, kind=kind, method=fusion, groups=query)
     summary = {"version": 2, "fusion": fu.to_dict(), "prior_known": float(prior_known),
-               "local_settings": gallery.local_settings.to_dict() if matcher else None,
-               "matcher_settings": gallery.matcher_settings.to_dict() if matcher else None,
-               "kind": kind, **facts,
+               "local_settings": local_settings.to_dict() if matcher and local_settings is not None else None,
+               "matcher_settings": matcher_settings.to_dict() if matcher and matcher_settings is not None else None,
+               "kind": kind, **(facts or {}),
                "pairs": {"same": int(np.sum(same)), "different": int(np.sum(~np.asarray(same)))}}
     summary["auroc_pairs"] = {n: M.auroc(s[same & ~np.isnan(s)], s[~same & ~np.isnan(s)]) for n, s in pairs.items()}
     fused = fu.probabilities(pairs)
     summary["ece_pairs"] = expected_calibration_error(fused[~np.isnan(fused)], np.asarray(same)[~np.isnan(fused)])
-    with gallery._lock:
-        gallery.calibration = summary
-        gallery.threshold = None
+    if answer != "none":
+        from .calibration import CalibrationError
+        try:
+            summary["answer"] = fit_answer(summary, scored, truth, matcher, kind, fusion, answer_folds, answer)
+        except CalibrationError as e:           # too few queries: the answer keeps the posterior as it is
+            summary["answer"] = {"temperature": 1.0, "note": f"not fitted: {e}"}
     summary["check"] = _check_answers(source, summary, scored, truth, matcher)
-    with gallery._lock:
-        gallery.calibration = summary
-        if gallery.path is not None:
-            gallery.save()
     return summary
+
+
+def answer_queries(calibration, scored, truth, matcher, kind="isotonic", fusion="logistic", folds=ANSWER_FOLDS,
+                   seed=0):
+    """The calibration queries' fused pair probabilities over the individuals, twice: as known queries (their own
+    individual scored from its other encounters; truth: its column) and as strangers (their individual left
+    out; truth −1). Returns ``(p_same (2Q', U), truth (2Q',), pair prior π)``; queries whose own individual has no
+    other encounter are left out of both halves.
+
+    *Out of individual*: the individuals are dealt into groups — one each with ``folds`` 0 (at most
+    ``MAX_ANSWER_FOLDS`` groups, dealt at random beyond), else ``folds`` groups — and a query's pair probabilities
+    come from scorer calibrations and a fusion fitted without its group (neither its queries nor its columns),
+    as they would be for an animal the calibration never saw; ``folds`` 1: the calibration itself (in sample,
+    flattering: isotonic steps fitted on a query's own pairs)."""
+    from .calibration import Fusion, _logit
+    people = np.array([not is_background(n) for n in scored["names"]])
+    cols = np.cumsum(people) - 1                        # a column over all names → over the individuals
+    truth = np.asarray(truth)
+    has_own = np.array([t >= 0 and not np.isnan(scored["similarity"][r, t]) for r, t in enumerate(truth)])
+    inputs = {"embedding": scored["similarity"]}
+    if matcher:
+        inputs["matcher"] = scored["evidence"]
+    full = Fusion.from_dict(calibration["fusion"])
+    if set(full.calibrations) != set(inputs):
+        full = Fusion.from_dict({**calibration["fusion"], "scorers": {n: calibration["fusion"]["scorers"][n]
+                                                                       for n in inputs}})
+    n_people = int(people.sum())
+    if int(folds) == 1:
+        p = full.probabilities(inputs)
+    else:
+        folds = min(n_people, MAX_ANSWER_FOLDS) if int(folds) <= 0 else min(int(folds), n_people)
+        fold_of = np.full(len(people), -1)
+        fold_of[people] = np.arange(n_people) if folds == n_people else \
+            np.random.default_rng(seed).permutation(n_people) % folds
+        log_lr = np.full(scored["similarity"].shape, np.nan)
+        for f in range(int(folds)):
+            rows = has_own & (fold_of[np.maximum(truth, 0)] == f)
+            if not rows.any():
+                continue
+            fit_rows = has_own & ~rows
+            kept = {k: np.where((fold_of == f)[None, :], np.nan, v[fit_rows]) for k, v in inputs.items()}
+            sub = {"names": scored["names"], "similarity": kept["embedding"]}
+            if matcher:
+                sub["evidence"] = kept["matcher"]
+            pairs, same, query = pairs_from_scores(sub, truth[fit_rows], matcher)
+            fu = Fusion.fit(pairs, same, kind=kind, method=fusion, groups=query)
+            pf = fu.probabilities({k: v[rows] for k, v in inputs.items()})
+            log_lr[rows] = _logit(pf) - _logit(fu.prior)
+        p = 1.0 / (1.0 + np.exp(-(log_lr + _logit(full.prior))))
+    p = np.where(people[None, :], p, np.nan)
+    known = p[has_own][:, people]
+    stranger = known.copy()
+    stranger[np.arange(len(stranger)), cols[truth[has_own]]] = np.nan
+    p_all = np.concatenate([known, stranger])
+    t_all = np.concatenate([cols[truth[has_own]], np.full(int(has_own.sum()), -1)])
+    return p_all, t_all, full.prior
+
+
+def fit_answer(calibration, scored, truth, matcher, kind="isotonic", fusion="logistic", folds=ANSWER_FOLDS,
+               method="temperature") -> dict:
+    """The answer's temperature (``calibration.fit_temperature``) or map of its shown probability
+    (``method='platt'``: ``calibration.fit_answer_map``) fitted on the calibration queries, each once as a known
+    individual and once as a stranger, at the calibration's prior α, their pair probabilities out of individual
+    (``answer_queries``); with what it fitted on."""
+    p, t, prior = answer_queries(calibration, scored, truth, matcher, kind, fusion, folds)
+    out = _fit_answer_on(p, t, prior, calibration.get("prior_known", DEFAULT_PRIOR_KNOWN), method)
+    out["fitted_on"] = "calibration queries, out of individual" if int(folds) != 1 else "calibration queries"
+    return out
+
+
+def _fit_answer_on(p, t, prior, prior_known, method):
+    from .calibration import _answers, _hypothesis_logits, _softmax, fit_answer_map, fit_temperature
+    if method == "temperature":
+        return fit_temperature(p, t, prior, prior_known)
+    shown, right = _answers(_softmax(_hypothesis_logits(p, prior, prior_known)), t)
+    known = t >= 0
+    w = np.where(known, prior_known / max(known.sum(), 1), (1 - prior_known) / max((~known).sum(), 1))
+    return fit_answer_map(shown, right, w)
 
 
 def _as_strangers(scored, truth):
@@ -210,6 +318,10 @@ def _check_answers(source, calibration, scored, truth, matcher):
             from .calibration import reliability
             p_mix = np.concatenate([shown[has_own], np.where(SP0 > st, SP0, st)])
             right = np.concatenate([correct[has_own], SP0 > st])
+            from .calibration import answer_map
+            amap = answer_map(calibration)
+            if amap is not None:
+                p_mix = np.array([amap(q) for q in p_mix])
             out["ece_mixed"] = expected_calibration_error(p_mix, right)
             out["reliability"] = reliability(p_mix, right)
         return out
@@ -281,6 +393,21 @@ def describe(summary) -> list:
         lines.append(f"on those photos: {100 * c['known_named_correctly']:.0f} % of known photos named correctly, "
                      f"{100 * c['known_called_unknown']:.0f} % called unknown; {100 * c['strangers_called_new']:.0f} % "
                      f"of strangers called new; expected calibration error {c.get('ece_mixed', float('nan')):.3f}")
+    ans = summary.get("answer") or {}
+    e = ans.get("ece") or {}
+    if ans.get("note"):
+        lines.append(f"the answer's probability as Bayes' rule gives it ({ans['note']})")
+    elif ans.get("method") == "platt":
+        before, after = e.get("before", float("nan")), e.get("after", float("nan"))
+        lines.append(f"the answer's probability mapped to how often such answers were right: "
+                     f"σ({ans['a']:.2f}·logit(p) + {ans['b']:.2f}), fitted on {ans['answers']['right']} right and "
+                     f"{ans['answers']['wrong']} wrong answers for calibration individuals left out (their "
+                     f"calibration error {before:.3f} before, {after:.3f} after)")
+    elif ans:
+        before, after = e.get("before", float("nan")), e.get("after", float("nan"))
+        lines.append(f"the answer's temperature {ans['temperature']:.2f} (temperature scaling on "
+                     f"{ans['queries']['known']} known and {ans['queries']['strangers']} stranger queries; their "
+                     f"calibration error {before:.3f} at temperature 1, {after:.3f} after)")
     lines.append(f"prior that a photo shows an enrolled individual: {summary.get('prior_known')}")
     return lines
 

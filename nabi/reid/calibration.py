@@ -27,6 +27,17 @@ independent evidence)
 ``posterior`` computes these; ``nabi.reid.gallery`` answers with the most probable hypothesis and
 shows its probability. ``expected_calibration_error`` and ``reliability`` check that shown
 probabilities mean what they say.
+
+The answer itself can be calibrated on queries of known truth (``nabi.reid.calibrate`` makes them: each
+calibration photo once as a known individual, once as a stranger, out of individual), either way monotone,
+so the answer given never changes:
+
+    temperature   P ∝ exp(z / T) over the hypotheses' log-odds z (temperature scaling, Guo et al. 2017;
+                  ``fit_temperature``, T by likelihood), applied inside ``posterior``
+    platt         the shown probability q → σ(a·logit(q) + b), a ≥ 0 (Platt 1999; ``fit_answer_map``): how
+                  often answers shown at q were right
+
+A calibration without either (files written before) reads as temperature 1 (``answer_temperature``).
 """
 from __future__ import annotations
 
@@ -234,15 +245,8 @@ class Fusion:
                                    f"{e})") from None
 
 
-def posterior(p_same, prior_pairs, prior_known=DEFAULT_PRIOR_KNOWN):
-    """Open-set posterior from fused pair probabilities (see the module docstring).
-
-    p_same       (Q, U) P(same) of each query with each enrolled individual; NaN: not scored (left out)
-    prior_pairs  π, the share of same-individual pairs the calibration was fitted on
-    prior_known  α, the prior probability that a query shows one of the enrolled individuals
-
-    Returns ``(P (Q, U) of each individual, P_unknown (Q,))``; each row sums with P_unknown to 1.
-    """
+def _hypothesis_logits(p_same, prior_pairs, prior_known):
+    """(Q, U + 1) log (prior × likelihood ratio) of each individual and, last, of "unknown" (unnormalised)."""
     p = np.asarray(p_same, np.float64)
     if p.ndim != 2:
         raise ValueError(f"pair probabilities must be (queries, individuals), got shape {p.shape}")
@@ -252,15 +256,175 @@ def posterior(p_same, prior_pairs, prior_known=DEFAULT_PRIOR_KNOWN):
         raise ValueError(f"the prior that a query is a known individual must be in [0, 1], got {prior_known}")
     U = np.maximum((~np.isnan(p)).sum(axis=1, keepdims=True), 1)
     with np.errstate(divide="ignore"):
-        log_lr = _logit(np.clip(np.nan_to_num(p, nan=0.5), 1e-300, 1 - 1e-16)) + math.log((1 - prior_pairs) / prior_pairs)
+        log_lr = _logit(np.clip(np.nan_to_num(p, nan=0.5), 1e-300, 1 - 1e-16)) \
+            + math.log((1 - prior_pairs) / prior_pairs)
     log_lr = np.where(np.isnan(p), -np.inf, log_lr)
     log_known = np.log(prior_known) - np.log(U) + log_lr if prior_known > 0 else np.full(p.shape, -np.inf)
     log_unknown = np.full((p.shape[0], 1), np.log(1 - prior_known) if prior_known < 1 else -np.inf)
-    allv = np.concatenate([log_known, log_unknown], axis=1)
-    m = np.max(allv, axis=1, keepdims=True)
-    w = np.exp(allv - m)
-    w /= w.sum(axis=1, keepdims=True)
+    return np.concatenate([log_known, log_unknown], axis=1)
+
+
+def _softmax(z):
+    m = np.max(z, axis=1, keepdims=True)
+    w = np.exp(z - m)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _check_temperature(temperature):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise CalibrationError(f"the answer's temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def posterior(p_same, prior_pairs, prior_known=DEFAULT_PRIOR_KNOWN, temperature=1.0):
+    """Open-set posterior from fused pair probabilities (see the module docstring).
+
+    p_same       (Q, U) P(same) of each query with each enrolled individual; NaN: not scored (left out)
+    prior_pairs  π, the share of same-individual pairs the calibration was fitted on
+    prior_known  α, the prior probability that a query shows one of the enrolled individuals
+    temperature  T: the hypotheses' log-odds are divided by T before normalising (temperature scaling, Guo et
+                 al. 2017; ``fit_temperature``). T > 1 softens, T < 1 sharpens; the most probable hypothesis,
+                 hence the answer and every ranking within a query, is the same at any T.
+
+    Returns ``(P (Q, U) of each individual, P_unknown (Q,))``; each row sums with P_unknown to 1.
+    """
+    T = _check_temperature(temperature)
+    w = _softmax(_hypothesis_logits(p_same, prior_pairs, prior_known) / T)
     return w[:, :-1], w[:, -1]
+
+
+MIN_ANSWER_QUERIES = 20    # known queries (and as many strangers) needed to fit the answer's temperature
+
+
+def _answers(w, truth):
+    """The shown probability (the most probable hypothesis's) and whether that answer is right."""
+    best = np.argmax(w, axis=1)
+    shown = w[np.arange(len(w)), best]
+    right = np.where(truth < 0, best == w.shape[1] - 1, best == truth)
+    return shown, right
+
+
+def fit_temperature(p_same, truth, prior_pairs, prior_known=DEFAULT_PRIOR_KNOWN, bounds=(0.05, 20.0)) -> dict:
+    """The answer's temperature T (``posterior``) that minimises the negative log-likelihood of the true hypothesis
+    on calibration queries (temperature scaling, Guo et al. 2017).
+
+    p_same   (Q, U) fused pair probabilities of queries of known truth
+    truth    (Q,) the column of each query's individual, or −1 for a stranger (none of the U)
+    Known queries are weighted by α = ``prior_known`` and strangers by 1 − α (each group's weights summing to
+    its share), so T is fitted for the mix of queries the answer's prior assumes. Needs at least
+    ``MIN_ANSWER_QUERIES`` known queries and as many strangers. Returns ``{temperature, queries, nll, ece}``
+    (negative log-likelihood and expected calibration error of the shown probability, weighted alike, before
+    (T = 1) and after)."""
+    p = np.asarray(p_same, np.float64)
+    t = np.asarray(truth).ravel()
+    if p.ndim != 2 or len(t) != len(p):
+        raise CalibrationError(f"fitting the answer's temperature needs (queries, individuals) pair probabilities "
+                               f"and one truth per query, got shapes {p.shape} and {t.shape}")
+    if np.any((t >= p.shape[1]) | (t < -1)):
+        raise CalibrationError(f"each query's truth must be a column 0 … {p.shape[1] - 1} or −1 (a stranger)")
+    known = t >= 0
+    n_known, n_strange = int(known.sum()), int((~known).sum())
+    if n_known < MIN_ANSWER_QUERIES or n_strange < MIN_ANSWER_QUERIES:
+        raise CalibrationError(f"fitting the answer's temperature needs at least {MIN_ANSWER_QUERIES} queries of known "
+                               f"individuals and {MIN_ANSWER_QUERIES} of strangers; got {n_known} and {n_strange} "
+                               "(give more calibration photos: several encounters of each of more individuals)")
+    if not 0.0 < prior_known < 1.0:
+        raise CalibrationError(f"fitting the answer's temperature needs a prior α in (0, 1), got {prior_known}")
+    if not (0 < bounds[0] < 1 < bounds[1]):
+        raise CalibrationError(f"the temperature's bounds must straddle 1, got {bounds}")
+    z = _hypothesis_logits(p, prior_pairs, prior_known)
+    col = np.where(known, t, p.shape[1])
+    wts = np.where(known, prior_known / n_known, (1 - prior_known) / n_strange)
+
+    def nll(T):
+        zt = z / T
+        m = np.max(zt, axis=1)
+        lse = m + np.log(np.exp(zt - m[:, None]).sum(axis=1))
+        own = zt[np.arange(len(zt)), col]
+        return float(np.sum(wts * np.where(np.isfinite(own), lse - own, 50.0)))
+
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])     # golden section on log T (the NLL is unimodal in it)
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(math.exp(c)), nll(math.exp(d))
+    for _ in range(60):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = nll(math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = nll(math.exp(d))
+    T = math.exp((a + b) / 2)
+
+    def ece(T_):
+        shown, right = _answers(_softmax(z / T_), t)
+        return _weighted_ece(shown, right, wts)
+
+    return {"temperature": T, "method": "temperature scaling (Guo et al. 2017) of the open-set posterior",
+            "prior_known": float(prior_known), "queries": {"known": n_known, "strangers": n_strange},
+            "nll": {"before": nll(1.0), "after": nll(T)}, "ece": {"before": ece(1.0), "after": ece(T)}}
+
+
+def _weighted_ece(p, correct, weights, bins=10):
+    edges = np.linspace(0.0, 1.0, int(bins) + 1)
+    idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, int(bins) - 1)
+    total, out = float(np.sum(weights)), 0.0
+    for b in range(int(bins)):
+        m = idx == b
+        if m.any():
+            w = weights[m]
+            out += float(w.sum()) / total * abs(float(np.sum(w * correct[m]) / w.sum() - np.sum(w * p[m]) / w.sum()))
+    return out
+
+
+def fit_answer_map(shown, right, weights=None) -> dict:
+    """A Platt map of the answer's shown probability (Platt 1999): P(the answer is right) = σ(a·logit(shown) + b),
+    a ≥ 0, fitted by (weighted) logistic regression on calibration answers. Monotone, so the answer and the order
+    of answers by confidence are kept; it changes the number shown, not what is answered. Needs
+    ``MIN_ANSWER_QUERIES`` right and as many wrong answers."""
+    _sklearn()
+    from sklearn.linear_model import LogisticRegression
+    p = np.clip(np.asarray(shown, np.float64).ravel(), 1e-6, 1 - 1e-6)
+    y = np.asarray(right, bool).ravel()
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64).ravel()
+    if not (len(p) == len(y) == len(w)):
+        raise CalibrationError(f"shown probabilities, outcomes and weights must have the same length, got {len(p)}, "
+                               f"{len(y)} and {len(w)}")
+    if y.sum() < MIN_ANSWER_QUERIES or (~y).sum() < MIN_ANSWER_QUERIES:
+        raise CalibrationError(f"fitting the answer's map needs at least {MIN_ANSWER_QUERIES} right and "
+                               f"{MIN_ANSWER_QUERIES} wrong calibration answers; got {int(y.sum())} and "
+                               f"{int((~y).sum())}")
+    lr = LogisticRegression(C=1e4).fit(_logit(p)[:, None], y, sample_weight=w / w.mean())
+    a, b = max(0.0, float(lr.coef_[0, 0])), float(lr.intercept_[0])
+    after = 0.5 * (1.0 + np.tanh(0.5 * (a * _logit(p) + b)))
+    return {"method": "platt", "a": a, "b": b, "answers": {"right": int(y.sum()), "wrong": int((~y).sum())},
+            "ece": {"before": _weighted_ece(p, y.astype(float), w), "after": _weighted_ece(after, y.astype(float), w)}}
+
+
+def answer_map(calibration):
+    """The map of the shown probability a calibration carries (``fit_answer_map``) as a function, or None."""
+    ans = (calibration or {}).get("answer")
+    if not ans or ans.get("method") != "platt":
+        return None
+    a, b = ans.get("a"), ans.get("b")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) or a < 0:
+        raise CalibrationError("the calibration's answer map is malformed: expected finite a ≥ 0 and b")
+    return lambda q: float(0.5 * (1.0 + math.tanh(0.5 * (a * float(_logit(min(max(q, 1e-6), 1 - 1e-6))) + b))))
+
+
+def answer_temperature(calibration) -> float:
+    """The answer's temperature a calibration summary carries (``{'answer': {'temperature': T}}``); 1 for one
+    made without (older files)."""
+    ans = (calibration or {}).get("answer")
+    if ans is None or (isinstance(ans, dict) and ans.get("method") == "platt"):
+        return 1.0
+    if not isinstance(ans, dict) or "temperature" not in ans:
+        raise CalibrationError("the calibration's 'answer' entry is malformed: expected {'temperature': T}")
+    return _check_temperature(ans["temperature"])
 
 
 def estimate_prior_known(p_same, prior_pairs, start=DEFAULT_PRIOR_KNOWN, iterations=100, tol=1e-6):

@@ -19,7 +19,8 @@ Honest figures need queries the gallery has not seen: a query photo that is enro
 left out with a warning, and queries that share an encounter with a gallery photo of their individual
 (photos taken together: ``nabi.data.encounters``) are counted and warned about, since they flatter
 every figure. With ``groups='encounter'`` the photos of one query encounter are answered together
-(multi-photo queries).
+(multi-photo queries). ``score_queries`` scores a query folder once; ``evaluate(gallery, scored=...)`` answers
+from those scores again (per photo and per sighting, or with another calibration) without scoring again.
 """
 from __future__ import annotations
 
@@ -87,17 +88,34 @@ def query_items(gallery, queries_dir, log=None):
     return items, keys, {"shared_encounters": int(shared), "left_out_enrolled": len(dropped)}
 
 
-def evaluate(gallery, queries_dir, matcher=None, groups="encounter", log=None, prior_known=None) -> dict:
-    """The figures of the module docstring for ``gallery`` on ``queries_dir``."""
-    from .calibration import expected_calibration_error, reliability
+def score_queries(gallery, queries_dir, matcher=None, log=None) -> dict:
+    """The query folder scored once against ``gallery``: ``{items, keys, facts, scored, bg_wins, matcher}``, which
+    ``evaluate`` turns into figures (one scoring serves several groupings, priors or calibrations)."""
     matcher = gallery.use_matcher(matcher)
     items, keys, facts = query_items(gallery, queries_dir, log)
+    paths = [p for _, p in items]
+    q, probs = gallery.embedder.embed(paths, with_probs=True)
+    scored = gallery.scores(q, paths, matcher=matcher, snap=gallery.snapshot())
+    bg_wins = gallery.embedder.background_wins(probs)
+    return {"items": [(n, str(p)) for n, p in items], "keys": list(keys), "facts": facts, "scored": scored,
+            "bg_wins": None if bg_wins is None else np.asarray(bg_wins, bool), "matcher": bool(matcher)}
+
+
+def evaluate(gallery, queries_dir=None, matcher=None, groups="encounter", log=None, prior_known=None,
+             scored=None) -> dict:
+    """The figures of the module docstring for ``gallery`` on ``queries_dir`` (or on ``scored``, what
+    ``score_queries`` returned for the same gallery)."""
+    from .calibration import expected_calibration_error, reliability
+    if scored is None:
+        if queries_dir is None:
+            raise ValueError("evaluate needs a query folder or the scores score_queries returned")
+        scored = score_queries(gallery, queries_dir, matcher, log)
+    bundle = scored
+    matcher, items, keys, facts = bundle["matcher"], bundle["items"], bundle["keys"], bundle["facts"]
+    scored, bg_wins = bundle["scored"], bundle["bg_wins"]
     snap = gallery.snapshot()
     enrolled = set(gallery.individuals())
     labels = [n for n, _ in items]
-    paths = [p for _, p in items]
-    q, probs = gallery.embedder.embed(paths, with_probs=True)
-    scored = gallery.scores(q, paths, matcher=matcher, snap=snap)
     names = np.array(scored["names"], dtype=object)
     people = np.array([not is_background(n) for n in names])
     names_p = names[people]
@@ -137,7 +155,6 @@ def evaluate(gallery, queries_dir, matcher=None, groups="encounter", log=None, p
         per["fused"] = fig
     out.update(per)
     out["scorers"] = list(per)
-    bg_wins = gallery.embedder.background_wins(probs)
     answers = [gallery._answer(scored, post, r, bool(bg_wins[r]) if bg_wins is not None else False, 5, snap, matcher)
                for r in range(len(items))]
     truths = [("background", None) if is_background(n) else ("known", n) if n in enrolled else ("unknown", None)

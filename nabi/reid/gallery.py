@@ -544,7 +544,7 @@ class Gallery:
         their evidence (the mean of each individual's log likelihood ratios). ``prior_known``: α (default: the
         calibration's), or 'auto' to estimate it from these queries (``calibration.estimate_prior_known``: one
         sighting counted once). None when not calibrated."""
-        from .calibration import posterior
+        from .calibration import answer_temperature, posterior
         fusion = self._fusion(matcher)
         if fusion is None:
             return None
@@ -562,7 +562,7 @@ class Gallery:
             from .calibration import estimate_prior_known
             rows = np.unique([str(g) for g in groups], return_index=True)[1] if groups is not None else slice(None)
             prior_known = estimate_prior_known(p[rows][:, people], fusion.prior) if len(p) > 1 else 0.5
-        P, P0 = posterior(p[:, people], fusion.prior, float(prior_known))
+        P, P0 = posterior(p[:, people], fusion.prior, float(prior_known), answer_temperature(self.calibration))
         full = np.zeros(p.shape)
         full[:, people] = P
         return full, P0, p, float(prior_known)
@@ -656,20 +656,29 @@ class Gallery:
             out.update(answer="unknown", name=None, probability=None, threshold=self.threshold)
         else:
             out.update(answer="known", name=names[best], probability=None, threshold=self.threshold)
+        if P is not None and out["probability"] is not None:
+            from .calibration import answer_map
+            amap = answer_map(self.calibration)
+            if amap is not None:         # how often such answers are right; the posterior's own value kept beside
+                out["posterior_probability"] = out["probability"]
+                out["probability"] = amap(out["probability"])
         return out
 
     # -- calibration and evaluation ------------------------------------------------------------------------
     def calibrate(self, calibration_dir=None, matcher=None, prior_known=None, kind="isotonic", fusion="logistic",
-                  log=None):
+                  log=None, answer="platt"):
         """Fit the probability calibration and save it; returns its summary (``nabi.reid.calibrate``)."""
         from .calibrate import calibrate_gallery
         return calibrate_gallery(self, calibration_dir, matcher=matcher, prior_known=prior_known, kind=kind,
-                                 fusion=fusion, log=log)
+                                 fusion=fusion, answer=answer, log=log)
 
-    def evaluate(self, queries_dir, matcher=None, groups="encounter", log=None, prior_known=None) -> dict:
-        """Figures on labelled query photos (``nabi.reid.evaluation.evaluate``)."""
+    def evaluate(self, queries_dir=None, matcher=None, groups="encounter", log=None, prior_known=None,
+                 scored=None) -> dict:
+        """Figures on labelled query photos (``nabi.reid.evaluation.evaluate``; ``scored``: what
+        ``nabi.reid.evaluation.score_queries`` returned, to answer again without scoring again)."""
         from .evaluation import evaluate
-        return evaluate(self, queries_dir, matcher=matcher, groups=groups, log=log, prior_known=prior_known)
+        return evaluate(self, queries_dir, matcher=matcher, groups=groups, log=log, prior_known=prior_known,
+                        scored=scored)
 
 
 def _map(fn, items):
