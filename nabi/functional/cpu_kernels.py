@@ -818,7 +818,7 @@ def _direct_forward(xp, w, b, Wp, oh, ow, relu, y):
                     xs = xc[u * Wp + v:u * Wp + v + L]
                     for k in range(L):
                         acc[k] += wv * xs[k]
-        bf = b[f] if b.shape[0] > 0 else 0.0
+        bf = b[f]
         for i in range(oh):
             for j in range(ow):
                 t = acc[i * Wp + j] + bf
@@ -830,13 +830,9 @@ def direct_forward(xp, w, b, geom, relu=False):
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     Wp = ow + kw - 1
     y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-    _direct_forward(xp, np.ascontiguousarray(w, dtype=xp.dtype), _bias(b, xp.dtype), Wp, oh, ow, bool(relu), y)
+    b = np.zeros(w.shape[0], dtype=xp.dtype) if b is None else np.ascontiguousarray(b, dtype=xp.dtype)
+    _direct_forward(xp, np.ascontiguousarray(w, dtype=xp.dtype), b, Wp, oh, ow, bool(relu), y)
     return y
-
-
-def _bias(b, dtype):
-    """An empty array stands for no bias in the kernels."""
-    return np.zeros(0, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)
 
 
 @_jit
