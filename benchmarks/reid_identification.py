@@ -93,7 +93,7 @@ def _cache_key(args, what):
     from nabi.files.digest import file_sha256
     from nabi.runs import find_weights
     keep = ("photos", "nfeatures", "max_side", "descriptor", "foreground", "k", "shortlist", "top",
-            "reprojection_px", "flip", "encounters", "by_photo", "no_matcher")
+            "reprojection_px", "background", "verify", "flip", "encounters", "by_photo", "no_matcher")
     return {"weights": file_sha256(find_weights(args.run)), "what": what,
             **{k: str(getattr(args, k)) for k in keep}}
 
@@ -212,7 +212,32 @@ def _local_settings(args):
 
 def _matcher_settings(args):
     from nabi.reid.matcher import MatcherSettings
-    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px")))
+    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px", "background", "verify")))
+
+
+def _remember_features(folder):
+    """Keep each photo's keypoints (by the photo's SHA-256 and the settings) in ``folder``, so later splits and
+    runs do not detect them again; the matcher settings are not in the key (they do not change the keypoints)."""
+    import hashlib
+    import nabi.reid.local_features as lf
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    extract = lf.extract
+
+    def remembered(item, settings=lf.LocalSettings()):
+        if not isinstance(item, (str, os.PathLike)):
+            return extract(item, settings)
+        digest = hashlib.sha256(Path(item).read_bytes() + repr(settings).encode()).hexdigest()[:32]
+        path = folder / f"{digest}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return lf.Features(z["points"], z["descriptors"])
+        f = extract(item, settings)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, points=f.points, descriptors=f.descriptors)
+        os.replace(tmp, path)
+        return f
+    lf.extract = remembered
 
 
 def main(argv=None):
@@ -235,6 +260,10 @@ def main(argv=None):
     ap.add_argument("--shortlist", type=int, help="photos verified by RANSAC per query")
     ap.add_argument("--top", type=int, help="an individual's best verified photos its evidence sums")
     ap.add_argument("--reprojection-px", type=float, help="RANSAC's inlier distance in pixels")
+    ap.add_argument("--background", help="LNBNN's background descriptors: none, shipped or a file's path")
+    ap.add_argument("--verify", choices=["neighbours", "pairwise"], help="the correspondences RANSAC checks: from "
+                    "the LNBNN lists, or the ratio-test matches with each shortlisted photo alone")
+    ap.add_argument("--features-cache", help="a folder keeping each photo's keypoints across splits and runs")
     ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
     ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])
     ap.add_argument("--kind", default="isotonic", choices=["isotonic", "logistic"], help="each scorer's calibration")
@@ -256,6 +285,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     log = (lambda m: None) if args.quiet else (lambda m: print(f"  {m}", flush=True))
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(args.splits))
+    if args.features_cache:
+        _remember_features(args.features_cache)
     calibration = None
     t0 = time.perf_counter()
     if args.calibration_file:

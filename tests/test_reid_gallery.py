@@ -765,8 +765,10 @@ def test_the_shipped_matcher_calibration_is_used_by_a_small_gallery(world, tmp_p
     settings); a gallery too small to calibrate on itself uses it beside the run's embedding calibration."""
     from nabi.reid.calibrate import calibrate_new_gallery, shipped_matcher_calibration
     from nabi.reid.local_features import LocalSettings
+    from nabi.reid.matcher import MatcherSettings
     shipped = shipped_matcher_calibration()
     assert shipped["local_settings"] == LocalSettings().to_dict()
+    assert MatcherSettings.from_dict(shipped["matcher_settings"]) == MatcherSettings()     # made as galleries match
     assert shipped["provenance"]["command"].startswith("python -m benchmarks.reid_default_calibration")
     assert shipped["pairs"]["same"] >= 100 and 0.5 < shipped["auroc_pairs"]["matcher"] <= 1.0
     small = tmp_path / "small"
@@ -778,3 +780,7 @@ def test_the_shipped_matcher_calibration_is_used_by_a_small_gallery(world, tmp_p
     assert set(summary["fusion"]["scorers"]) == {"embedding", "matcher"} and g.use_matcher(None)
     res = g.identify([photo(2, 83)])[0]
     assert 0.0 <= res["probability"] <= 1.0
+    # a gallery whose matcher verifies otherwise (one made before pairwise verification) is not given it
+    old = Gallery.build(world / "run", small, tmp_path / "g_old",
+                        matcher_settings=MatcherSettings(verify="neighbours"))
+    assert "shipped matcher calibration" not in calibrate_new_gallery(old)[1]

@@ -307,3 +307,35 @@ def test_cli_builds_a_gallery_with_keypoints_on_the_animal_only(coat_gallery, tm
     lo, hi = _animal_on_habitat(0)[1]
     pts = np.concatenate([f.points for f in g.local])
     assert ((pts >= lo - 8) & (pts < hi + 8)).all(1).mean() > 0.9     # the habitat's keypoints were not enrolled
+
+
+def test_pairwise_verification_checks_the_ratio_test_matches_within_the_photo():
+    """``verify="pairwise"``: RANSAC sees the query's Lowe-ratio matches with the shortlisted photo alone, each
+    weighed d_{k+1} − d as LNBNN weighs it; so a photo's correspondences do not multiply as the gallery shrinks."""
+    gallery = [(i, j) for i in range(4) for j in range(2)]
+    feats = [extract(view(i, j)) for i, j in gallery]
+    owners = [i for i, _ in gallery]
+    index = LM.LocalIndex(feats, LM.MatcherSettings(shortlist=3, verify="pairwise"))
+    query = extract(view(2, 5))
+    m = index.match(query, owners, 4)
+    assert np.argmax(m["evidence"]) == 2 and max(m["inliers"][4], m["inliers"][5]) >= 20
+    # by its definition, for one photo: ratio test within it, LNBNN weights, RANSAC with the fixed seed
+    rows, _, _, norm = index._lists(query)
+    q, g = query.descriptors[rows].astype(np.float64), feats[4].descriptors.astype(np.float64)
+    d = np.linalg.norm(q[:, None, :] - g[None, :, :], axis=2)
+    order = np.argsort(d, axis=1)[:, :2]
+    d1, d2 = d[np.arange(len(q)), order[:, 0]], d[np.arange(len(q)), order[:, 1]]
+    w = np.maximum(norm - d1, 0.0)
+    ok = (d1 < 0.8 * d2) & (w > 0)
+    cv2.setRNGSeed(0)
+    _, mask = cv2.findHomography(query.points[rows[ok]].reshape(-1, 1, 2),
+                                 feats[4].points[order[ok, 0]].reshape(-1, 1, 2), cv2.RANSAC, 8.0)
+    keep = mask.ravel() > 0
+    n, v = index.verify(query, 4, *index.weights(query), norm=norm)
+    assert n == int(keep.sum()) and v == pytest.approx(float(w[ok][keep].sum()), rel=1e-5)
+    assert index.verify(query, 4, *index.weights(query)) == (n, pytest.approx(v))    # the normaliser found again
+    # a gallery of that one photo verifies it too (its own ratio test needs no other photos)
+    alone = LM.LocalIndex(feats[4:5], LM.MatcherSettings(verify="pairwise"))
+    assert alone.verify(query, 0, *alone.weights(query))[0] > 0
+    with pytest.raises(ValueError, match="verify"):
+        LM.MatcherSettings(verify="both")

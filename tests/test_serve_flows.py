@@ -193,10 +193,12 @@ def test_confidence_words_from_probability_or_threshold_and_margin():
     assert confidence.words(known(probability=0.60, candidates=cands(0.60, 0.05)), names)[0] == \
         "11 or 32 — please check"                                       # the top is in between
     new = {"answer": "unknown", "individual_id": None}
-    assert confidence.words(dict(new, probability=0.04, candidates=cands(0.04, 0.01)), names)[0] == \
+    # an unknown answer's probability is that of "none of them" (the gallery's P(unknown)), not the best's
+    assert confidence.words(dict(new, probability=0.95, candidates=cands(0.04, 0.01)), names)[0] == \
         "probably an animal not seen before"
-    assert confidence.words(dict(new, probability=0.40, candidates=cands(0.40, 0.01)), names)[0] == \
+    assert confidence.words(dict(new, probability=0.55, candidates=cands(0.40, 0.01)), names)[0] == \
         "an animal not seen before, or 11 — please check"
+    assert confidence.confidence(dict(new, probability=0.95, candidates=cands(0.04, 0.01))) == pytest.approx(0.9)
     two = [{"individual_id": 11}, {"individual_id": 32}]
     t = dict(threshold=0.70, candidates=two)
     assert confidence.words(known(similarity=0.90, margin=0.20, **t), names)[0] == "very likely 11"

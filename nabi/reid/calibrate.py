@@ -359,8 +359,10 @@ def run_calibration(run):
 
 def default_calibration(gallery):
     """A calibration for a gallery that cannot calibrate on itself: the run's embedding calibration and, when the
-    gallery's local features match it, nabi's shipped matcher calibration; None when the run has none."""
+    gallery's local features and matcher settings match it, nabi's shipped matcher calibration; None when the run
+    has none."""
     from .calibration import Fusion, PairCalibration
+    from .matcher import MatcherSettings
     emb = run_calibration(gallery.embedder.weights)
     if not emb or "embedding" not in (emb.get("fusion") or {}).get("scorers", {}):
         return None
@@ -368,7 +370,8 @@ def default_calibration(gallery):
     source = f"the run's own calibration ({emb.get('source', 'its held-out individuals')})"
     shipped = shipped_matcher_calibration()
     local = gallery.local_settings.to_dict() if gallery.has_local_features else None
-    if shipped and local is not None and shipped.get("local_settings") == local:
+    if shipped and local is not None and shipped.get("local_settings") == local and \
+            MatcherSettings.from_dict(shipped.get("matcher_settings") or {}) == gallery.matcher_settings:
         cals["matcher"] = PairCalibration.from_dict(shipped["fusion"]["scorers"]["matcher"])
         source += f" and nabi's shipped matcher calibration ({shipped.get('provenance', {}).get('data', '')})"
     fu = Fusion(cals, "mean" if len(cals) > 1 else "logistic")

@@ -102,8 +102,8 @@ class Gallery:
         self._snap = Snapshot(entries, E, None if local is None else tuple(local))
         self.local_settings = local_settings if local_settings is None or isinstance(local_settings, LocalSettings) \
             else LocalSettings.from_dict(local_settings)
-        self.matcher_settings = matcher_settings if isinstance(matcher_settings, MatcherSettings) \
-            else MatcherSettings.from_dict(matcher_settings or {})
+        self.matcher_settings = matcher_settings if isinstance(matcher_settings, MatcherSettings) else \
+            MatcherSettings() if matcher_settings is None else MatcherSettings.from_dict(matcher_settings)
         self.calibration = calibration
         self.threshold = threshold
         parse_rule(encounter_rule)
@@ -237,7 +237,7 @@ class Gallery:
         threshold = index.get("threshold")
         try:
             g = cls(embedder, path, index["entries"], E, local, index.get("local_settings") if local is not None
-                    else None, index.get("matcher_settings"), calibration, threshold,
+                    else None, index.get("matcher_settings", {}), calibration, threshold,
                     index.get("encounter_rule", "auto"), index.get("gap_minutes", DEFAULT_GAP_MINUTES))
         except ValueError as e:
             raise GalleryError(f"gallery index {path / INDEX} is not usable: {e}") from None

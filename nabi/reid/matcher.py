@@ -18,12 +18,20 @@ Lowe's local naive-Bayes nearest neighbour, 2012):
    behind many individuals gives every one of them about the same distance, so it weighs little. A
    gallery photo's LNBNN score is the sum of the weights its descriptors won; the ``shortlist`` photos
    with the highest scores (and any photos the caller adds, e.g. the embedding's closest) are verified.
-3. **Verification.** For each shortlisted photo g, the correspondences the LNBNN lists already hold
-   (query descriptor → one of its k nearest, when that one lies in g) are checked geometrically: a
-   homography is fitted by RANSAC (reprojection error ≤ 5 px), and g's verified score is the sum of the
-   LNBNN weights of the inlier correspondences — distinctive keypoints that agree on one transform
+3. **Verification.** For each shortlisted photo g, the query's descriptors are matched with g's alone
+   (nearest of g's descriptors, kept when closer than 0.8 × the second nearest: Lowe's ratio test), each
+   correspondence weighed as LNBNN weighs it (d_{k+1} − d, d_{k+1} from the whole gallery), and checked
+   geometrically: a homography is fitted by RANSAC (reprojection error ≤ 8 px), and g's verified score is
+   the sum of the weights of the inlier correspondences — distinctive keypoints that agree on one transform
    (HotSpotter's spatially verified score). An individual's evidence is the sum of its ``top`` best
    verified photos (0 when none was shortlisted); ``nabi.reid.calibration`` turns it into a probability.
+
+   Why g's own matches rather than the correspondences the LNBNN lists already hold (HotSpotter's way,
+   ``verify="neighbours"``, the default before): in a gallery of a few animals every query descriptor's k
+   nearest fall into those few photos, so each photo gets several times the correspondences it gets in a
+   gallery of many, RANSAC finds more inliers by chance, and a stranger's evidence looks like a known
+   animal's — a calibration fitted on a larger set of animals then calls strangers known. Matched within
+   the photo, the correspondences do not depend on what else the gallery holds.
 
 A query is therefore matched with ``shortlist`` photos, not the whole gallery: its cost grows with the
 index lookup only (logarithmic with FLANN).
@@ -46,7 +54,11 @@ class MatcherSettings:
     """k: neighbours per query descriptor (LNBNN); shortlist: photos verified per query; top: an individual's
     best photos its evidence sums; ratio: Lowe's ratio test; reprojection_px: RANSAC's inlier distance;
     index: 'auto' (exact up to EXACT_LIMIT descriptors, else 'flann'), 'exact' or 'flann'; checks: FLANN's
-    leaves visited per lookup (more: closer to exact, slower)."""
+    leaves visited per lookup (more: closer to exact, slower); background: descriptors of other animals searched
+    beside the gallery for LNBNN's (k + 1)-th neighbour, never voting (``nabi.reid.background``: 'none',
+    'shipped' or a file's path); verify: the correspondences RANSAC checks in a shortlisted photo — 'neighbours'
+    (those the LNBNN lists hold) or 'pairwise' (the query's ratio-test matches within that photo alone, each
+    weighed by its LNBNN weight; their number does not grow as the gallery shrinks)."""
     k: int = 4
     shortlist: int = 20
     top: int = 1
@@ -54,6 +66,8 @@ class MatcherSettings:
     reprojection_px: float = 8.0
     index: str = "auto"
     checks: int = 64
+    background: str = "none"
+    verify: str = "pairwise"
 
     def __post_init__(self):
         for name, low in (("k", 1), ("shortlist", 1), ("top", 1), ("checks", 1)):
@@ -66,16 +80,26 @@ class MatcherSettings:
             raise ValueError(f"matcher reprojection_px must be > 0, got {self.reprojection_px!r}")
         if self.index not in ("auto", "exact", "flann"):
             raise ValueError(f"matcher index must be auto, exact or flann, got {self.index!r}")
+        if self.verify not in ("neighbours", "pairwise"):
+            raise ValueError(f"matcher verify must be neighbours or pairwise, got {self.verify!r}")
+        if not isinstance(self.background, str) or not self.background:
+            raise ValueError(f"matcher background must be 'none', 'shipped' or a file's path, got {self.background!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d, where="the matcher settings"):
+        """Settings stored by ``to_dict``; a field a stored dict lacks takes the value it had before the field
+        existed (``BEFORE``), so galleries and calibrations made then are read as they were made."""
         try:
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+            return cls(**{k: d[k] if k in d else BEFORE.get(k, getattr(cls, k))
+                          for k in cls.__dataclass_fields__ if k in d or k in BEFORE})
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where} are not usable: {e}") from None
+
+
+BEFORE = {"background": "none", "verify": "neighbours"}     # what settings stored without these fields meant
 
 
 # -- one pair of photos -------------------------------------------------------------------------------
@@ -118,6 +142,25 @@ def individual_evidence(n_inliers, top=2):
 
 
 # -- the index --------------------------------------------------------------------------------------------
+_BACKGROUND_TREES = {}
+
+
+def _background_distances(bg, q, n, checks):
+    """Distances (m, n) ascending from each row of ``q`` to its n nearest background descriptors (exact up to
+    EXACT_LIMIT rows, else a FLANN tree built once per background)."""
+    q = np.ascontiguousarray(q, np.float32)
+    if len(bg) <= EXACT_LIMIT:
+        return _exact_neighbours(q, bg, n)[1]
+    tree = _BACKGROUND_TREES.get(id(bg))
+    if tree is None or tree[0] is not bg:
+        cv2 = _cv2()
+        cv2.setRNGSeed(0)
+        tree = _BACKGROUND_TREES[id(bg)] = (bg, cv2.flann_Index(np.ascontiguousarray(bg), dict(algorithm=1,
+                                                                                                trees=TREES)))
+    _, d2 = tree[1].knnSearch(q, min(n, len(bg)), params=dict(checks=int(checks)))
+    return np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
+
+
 def _exact_neighbours(q, base, n):
     """(indices, distances) of the n nearest rows of ``base`` to each row of ``q``, by matrix products."""
     n = min(n, len(base))
@@ -258,8 +301,12 @@ class LocalIndex:
 
         ``skip``: photos (index photo ids) left out, as if not in the gallery (the query's own encounter when the
         gallery is scored leave-one-out, photos taken out of it); their descriptors are passed over."""
+        return self._lists(query, skip)[:3]
+
+    def _lists(self, query: Features, skip=None):
+        """``weights``' three arrays and each kept query descriptor's normaliser d_{k+1} (m,)."""
         k = self.settings.k
-        empty = (np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)))
+        empty = (np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)), np.zeros(0))
         if not len(query) or not self.n_rows:
             return empty
         skip_rows = None
@@ -284,8 +331,17 @@ class LocalIndex:
             k = idx.shape[1] - 1
         if k < 1 or not len(idx):
             return empty
-        w = np.maximum(dist[:, k:k + 1] - dist[:, :k], 0.0)
-        return rows, idx[:, :k], w
+        norm = dist[:, k]
+        bg = self._background()
+        if bg is not None:                                # the (k + 1)-th over the gallery and the background
+            bd = _background_distances(bg, query.descriptors[rows], k + 1, self.settings.checks)
+            norm = np.sort(np.concatenate([dist[:, :k + 1], bd], axis=1), axis=1)[:, k]
+        w = np.maximum(norm[:, None] - dist[:, :k], 0.0)
+        return rows, idx[:, :k], w, norm
+
+    def _background(self):
+        from .background import load_background
+        return load_background(self.settings.background)
 
     def lnbnn(self, query: Features, owners, n_owners, skip=None, _weights=None):
         """LNBNN scores of a query: ``(per individual (U,), per photo (P,))``. An individual's score sums, over the
@@ -306,22 +362,47 @@ class LocalIndex:
         per_photo = np.bincount(self.row_photo[idx].ravel(), w.ravel(), minlength=P)
         return per_owner[:, :U].sum(axis=0), per_photo
 
-    def verify(self, query: Features, photo, rows, idx, w):
+    def verify(self, query: Features, photo, rows, idx, w, norm=None):
         """Spatial verification of one gallery photo: a homography fitted by RANSAC to the query's nearest-
-        neighbour correspondences into that photo; returns ``(inliers, Σ of the inliers' LNBNN weights)``."""
-        cv2 = _cv2()
+        neighbour correspondences into that photo (``settings.verify``: from the LNBNN lists, or the ratio-test
+        matches with that photo alone); returns ``(inliers, Σ of the inliers' LNBNN weights)``."""
+        if self.settings.verify == "pairwise":
+            if norm is None:
+                rows, _, _, norm = self._lists(query)
+            return self._verify_pairwise(query, photo, rows, norm)
         sel = (self.row_photo[idx] == photo) & (w > 0)
         qi, kk = np.nonzero(sel)
         if len(qi) < 4:
             return 0, 0.0
-        src = query.points[rows[qi]].reshape(-1, 1, 2)
-        dst = self._points_of(idx[qi, kk]).reshape(-1, 1, 2)
+        return self._ransac(query.points[rows[qi]], self._points_of(idx[qi, kk]), w[qi, kk])
+
+    def _verify_pairwise(self, query: Features, photo, rows, norm):
+        """Lowe's ratio-test matches of the query's descriptors (those LNBNN weighed: ``rows``) within ``photo``
+        alone, each weighed as LNBNN weighs it: d_{k+1} − d (the query descriptor's (k + 1)-th neighbour over
+        the whole gallery and background), kept when positive."""
+        g = self.features[photo]
+        if len(g) < 2 or len(rows) < 4:
+            return 0, 0.0
+        q = np.ascontiguousarray(query.descriptors[rows], np.float32)
+        i2, d2 = _exact_neighbours(q, np.ascontiguousarray(g.descriptors, np.float32), 2)
+        ok = d2[:, 0] < float(self.settings.ratio) * d2[:, 1]
+        w = np.maximum(norm - d2[:, 0], 0.0)
+        ok &= w > 0
+        if ok.sum() < 4:
+            return 0, 0.0
+        return self._ransac(query.points[rows[ok]], g.points[i2[ok, 0]], w[ok])
+
+    def _ransac(self, src, dst, w):
+        """(inliers, Σ of their weights) of a RANSAC homography between matched points ``src`` → ``dst``."""
+        cv2 = _cv2()
+        src = np.asarray(src, np.float32).reshape(-1, 1, 2)
+        dst = np.asarray(dst, np.float32).reshape(-1, 1, 2)
         cv2.setRNGSeed(0)                                 # the same photos give the same answer
         _, mask = cv2.findHomography(src, dst, cv2.RANSAC, float(self.settings.reprojection_px))
         if mask is None:
             return 0, 0.0
         keep = mask.ravel() > 0
-        return int(keep.sum()), float(w[qi, kk][keep].sum())
+        return int(keep.sum()), float(np.asarray(w)[keep].sum())
 
     @staticmethod
     def _skip(owners, skip):
@@ -348,7 +429,7 @@ class LocalIndex:
         P = len(self.features)
         skipped = np.zeros(P, bool)
         skipped[self._skip(owners, skip)] = True
-        wts = self.weights(query, np.flatnonzero(skipped))
+        *wts, norm = self._lists(query, np.flatnonzero(skipped))
         per_owner, per_photo = self.lnbnn(query, owners, n_owners, _weights=wts)
         ranked = [int(j) for j in np.argsort(-per_photo, kind="stable") if not skipped[j] and per_photo[j] > 0]
         chosen = list(dict.fromkeys(ranked[:s.shortlist] + [int(j) for j in (also if also is not None else [])
@@ -356,7 +437,7 @@ class LocalIndex:
         n = np.full(P, np.nan)
         v = np.full(P, np.nan)
         for j in chosen:
-            n[j], v[j] = self.verify(query, j, *wts)
+            n[j], v[j] = self.verify(query, j, *wts, norm=norm)
         evidence = np.full(int(n_owners), np.nan)
         filled = np.where(np.isnan(v), 0.0, v)
         for u in range(int(n_owners)):

@@ -2,16 +2,16 @@
 
 Every threshold of these words is here, once:
 
-With a calibrated probability (the gallery gives ``probability`` = P(same individual) for the best
-individual p₁ and each candidate; p₂ is the runner-up's, 0 without one):
+With a calibrated probability (the gallery gives the answer's ``probability`` p₁: of the individual named
+for a known answer, of "none of them" for an unknown one; p₂ is the runner-up candidate's, 0 without one):
 
     very likely A                              known, p₁ ≥ VERY_LIKELY and p₁ − p₂ ≥ CLOSE_PROBABILITY
     A or B — please check                      known, anything less, with a runner-up B
     A, or an animal not seen before — …        known, anything less, without a runner-up
-    probably an animal not seen before         unknown, p₁ ≤ 1 − VERY_LIKELY
-    an animal not seen before, or A — …        unknown, anything more
+    probably an animal not seen before         unknown, p₁ ≥ VERY_LIKELY
+    an animal not seen before, or A — …        unknown, anything less
 
-    confidence = min(|2 p₁ − 1|, p₁ − p₂)      (0: a coin toss … 1: certain)
+    confidence = min(|2 p₁ − 1|, p₁ − p₂)      (0: a coin toss … 1: certain; p₂ left out for unknown)
 
 Without one (today's galleries and classifier runs), from the best score s (cosine or softmax
 probability), the calibrated threshold t at or under which the answer is unknown, and the margin m
@@ -97,7 +97,7 @@ def words(result: dict, name_of) -> tuple[str, str]:
             return f"{first} or {second} — please check", "check"
         return f"{first}, or an animal not seen before — please check", "check"
     if p1 is not None:
-        sure_new = p1 <= 1 - VERY_LIKELY
+        sure_new = p1 >= VERY_LIKELY              # p1: the probability of "none of them"
     else:
         sure_new = float(t) - float(result["similarity"]) >= NEAR_THRESHOLD
     if sure_new:
