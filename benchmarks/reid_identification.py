@@ -93,7 +93,7 @@ def _cache_key(args, what):
     from nabi.files.digest import file_sha256
     from nabi.runs import find_weights
     keep = ("photos", "nfeatures", "max_side", "descriptor", "foreground", "k", "shortlist", "top",
-            "reprojection_px", "background", "verify", "flip", "encounters", "by_photo", "no_matcher")
+            "reprojection_px", "background", "verify", "individuals", "flip", "encounters", "by_photo", "no_matcher")
     return {"weights": file_sha256(find_weights(args.run)), "what": what,
             **{k: str(getattr(args, k)) for k in keep}}
 
@@ -212,7 +212,7 @@ def _local_settings(args):
 
 def _matcher_settings(args):
     from nabi.reid.matcher import MatcherSettings
-    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px", "background", "verify")))
+    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px", "background", "verify", "individuals")))
 
 
 def _remember_features(folder):
@@ -263,6 +263,8 @@ def main(argv=None):
     ap.add_argument("--background", help="LNBNN's background descriptors: none, shipped or a file's path")
     ap.add_argument("--verify", choices=["neighbours", "pairwise"], help="the correspondences RANSAC checks: from "
                     "the LNBNN lists, or the ratio-test matches with each shortlisted photo alone")
+    ap.add_argument("--individuals", type=int, help="each of the N individuals with the best LNBNN score has its "
+                    "best photo verified besides the shortlist")
     ap.add_argument("--features-cache", help="a folder keeping each photo's keypoints across splits and runs")
     ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
     ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])

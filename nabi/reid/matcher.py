@@ -55,8 +55,8 @@ class MatcherSettings:
     best photos its evidence sums; ratio: Lowe's ratio test; reprojection_px: RANSAC's inlier distance;
     index: 'auto' (exact up to EXACT_LIMIT descriptors, else 'flann'), 'exact' or 'flann'; checks: FLANN's
     leaves visited per lookup (more: closer to exact, slower); background: descriptors of other animals searched
-    beside the gallery for LNBNN's (k + 1)-th neighbour, never voting (``nabi.reid.background``: 'none',
-    'shipped' or a file's path); verify: the correspondences RANSAC checks in a shortlisted photo — 'neighbours'
+    beside the gallery for LNBNN's (k + 1)-th neighbour, never voting (``nabi.reid.background``: 'none' or
+    a RootSIFT background file's path); verify: the correspondences RANSAC checks in a shortlisted photo — 'neighbours'
     (those the LNBNN lists hold) or 'pairwise' (the query's ratio-test matches within that photo alone, each
     weighed by its LNBNN weight; their number does not grow as the gallery shrinks)."""
     k: int = 4
@@ -68,9 +68,10 @@ class MatcherSettings:
     checks: int = 64
     background: str = "none"
     verify: str = "pairwise"
+    individuals: int = 0
 
     def __post_init__(self):
-        for name, low in (("k", 1), ("shortlist", 1), ("top", 1), ("checks", 1)):
+        for name, low in (("k", 1), ("shortlist", 1), ("top", 1), ("checks", 1), ("individuals", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
                 raise ValueError(f"matcher {name} must be an integer ≥ {low}, got {v!r}")
@@ -83,7 +84,7 @@ class MatcherSettings:
         if self.verify not in ("neighbours", "pairwise"):
             raise ValueError(f"matcher verify must be neighbours or pairwise, got {self.verify!r}")
         if not isinstance(self.background, str) or not self.background:
-            raise ValueError(f"matcher background must be 'none', 'shipped' or a file's path, got {self.background!r}")
+            raise ValueError(f"matcher background must be 'none' or a file's path, got {self.background!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,7 +100,7 @@ class MatcherSettings:
             raise ValueError(f"{where} are not usable: {e}") from None
 
 
-BEFORE = {"background": "none", "verify": "neighbours"}     # what settings stored without these fields meant
+BEFORE = {"background": "none", "verify": "neighbours", "individuals": 0}     # what settings stored without these fields meant
 
 
 # -- one pair of photos -------------------------------------------------------------------------------
@@ -341,7 +342,12 @@ class LocalIndex:
 
     def _background(self):
         from .background import load_background
-        return load_background(self.settings.background)
+        bg = load_background(self.settings.background)
+        dim = self._head_desc.shape[1]
+        if bg is not None and bg.shape[1] != dim:
+            raise ValueError(f"the background {self.settings.background} holds {bg.shape[1]}-d descriptors and the "
+                             f"gallery {dim}-d ones: make the background with the gallery's descriptor")
+        return bg
 
     def lnbnn(self, query: Features, owners, n_owners, skip=None, _weights=None):
         """LNBNN scores of a query: ``(per individual (U,), per photo (P,))``. An individual's score sums, over the
@@ -432,8 +438,18 @@ class LocalIndex:
         *wts, norm = self._lists(query, np.flatnonzero(skipped))
         per_owner, per_photo = self.lnbnn(query, owners, n_owners, _weights=wts)
         ranked = [int(j) for j in np.argsort(-per_photo, kind="stable") if not skipped[j] and per_photo[j] > 0]
-        chosen = list(dict.fromkeys(ranked[:s.shortlist] + [int(j) for j in (also if also is not None else [])
-                                                           if not skipped[int(j)]]))
+        best_of = []
+        if s.individuals:                                 # each of the best individuals' best photo besides
+            seen = set()
+            for j in ranked:
+                o = int(owners[j])
+                if o not in seen:
+                    seen.add(o)
+                    best_of.append(j)
+                    if len(seen) == s.individuals:
+                        break
+        chosen = list(dict.fromkeys(ranked[:s.shortlist] + best_of + [int(j) for j in (also if also is not None
+                                                                                  else []) if not skipped[int(j)]]))
         n = np.full(P, np.nan)
         v = np.full(P, np.nan)
         for j in chosen:
