@@ -26,6 +26,8 @@ true-accept rate at 1 % / 5 % false accepts for the embedding alone, the keypoin
 calibrated fusion; the three-way accuracy and the expected calibration error (ECE) of the shown
 probability, per photo and with the photos of one query encounter answered together (``encounter``).
 ``--by-photo`` splits photos at random instead (the older, flattering protocol) for comparison.
+``--features-cache DIR`` keeps each photo's keypoints (by its bytes and the keypoint settings), so variants of
+the matcher (``--verify``, ``--background``, ``--k`` …) do not detect them again.
 """
 from __future__ import annotations
 
@@ -93,7 +95,7 @@ def _cache_key(args, what):
     from nabi.files.digest import file_sha256
     from nabi.runs import find_weights
     keep = ("photos", "nfeatures", "max_side", "descriptor", "foreground", "k", "shortlist", "top",
-            "reprojection_px", "background", "verify", "individuals", "flip", "encounters", "by_photo", "no_matcher")
+            "reprojection_px", "background", "verify", "flip", "encounters", "by_photo", "no_matcher")
     return {"weights": file_sha256(find_weights(args.run)), "what": what,
             **{k: str(getattr(args, k)) for k in keep}}
 
@@ -212,7 +214,7 @@ def _local_settings(args):
 
 def _matcher_settings(args):
     from nabi.reid.matcher import MatcherSettings
-    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px", "background", "verify", "individuals")))
+    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px", "background", "verify")))
 
 
 def _remember_features(folder):
@@ -260,11 +262,10 @@ def main(argv=None):
     ap.add_argument("--shortlist", type=int, help="photos verified by RANSAC per query")
     ap.add_argument("--top", type=int, help="an individual's best verified photos its evidence sums")
     ap.add_argument("--reprojection-px", type=float, help="RANSAC's inlier distance in pixels")
-    ap.add_argument("--background", help="LNBNN's background descriptors: none, shipped or a file's path")
+    ap.add_argument("--background", help="LNBNN's background descriptors: none, or a "
+                    "file made by benchmarks.reid_background")
     ap.add_argument("--verify", choices=["neighbours", "pairwise"], help="the correspondences RANSAC checks: from "
                     "the LNBNN lists, or the ratio-test matches with each shortlisted photo alone")
-    ap.add_argument("--individuals", type=int, help="each of the N individuals with the best LNBNN score has its "
-                    "best photo verified besides the shortlist")
     ap.add_argument("--features-cache", help="a folder keeping each photo's keypoints across splits and runs")
     ap.add_argument("--flip", action="store_true", help="test-time flip of the embedding")
     ap.add_argument("--fusion", default="logistic", choices=["logistic", "mean"])

@@ -68,10 +68,9 @@ class MatcherSettings:
     checks: int = 64
     background: str = "none"
     verify: str = "pairwise"
-    individuals: int = 0
 
     def __post_init__(self):
-        for name, low in (("k", 1), ("shortlist", 1), ("top", 1), ("checks", 1), ("individuals", 0)):
+        for name, low in (("k", 1), ("shortlist", 1), ("top", 1), ("checks", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
                 raise ValueError(f"matcher {name} must be an integer ≥ {low}, got {v!r}")
@@ -100,7 +99,7 @@ class MatcherSettings:
             raise ValueError(f"{where} are not usable: {e}") from None
 
 
-BEFORE = {"background": "none", "verify": "neighbours", "individuals": 0}     # what settings stored without these fields meant
+BEFORE = {"background": "none", "verify": "neighbours"}     # what settings stored without these fields meant
 
 
 # -- one pair of photos -------------------------------------------------------------------------------
@@ -438,18 +437,8 @@ class LocalIndex:
         *wts, norm = self._lists(query, np.flatnonzero(skipped))
         per_owner, per_photo = self.lnbnn(query, owners, n_owners, _weights=wts)
         ranked = [int(j) for j in np.argsort(-per_photo, kind="stable") if not skipped[j] and per_photo[j] > 0]
-        best_of = []
-        if s.individuals:                                 # each of the best individuals' best photo besides
-            seen = set()
-            for j in ranked:
-                o = int(owners[j])
-                if o not in seen:
-                    seen.add(o)
-                    best_of.append(j)
-                    if len(seen) == s.individuals:
-                        break
-        chosen = list(dict.fromkeys(ranked[:s.shortlist] + best_of + [int(j) for j in (also if also is not None
-                                                                                  else []) if not skipped[int(j)]]))
+        chosen = list(dict.fromkeys(ranked[:s.shortlist] + [int(j) for j in (also if also is not None else [])
+                                                           if not skipped[int(j)]]))
         n = np.full(P, np.nan)
         v = np.full(P, np.nan)
         for j in chosen:
