@@ -26,6 +26,8 @@ true-accept rate at 1 % / 5 % false accepts for the embedding alone, the keypoin
 calibrated fusion; the three-way accuracy and the expected calibration error (ECE) of the shown
 probability, per photo and with the photos of one query encounter answered together (``encounter``).
 ``--by-photo`` splits photos at random instead (the older, flattering protocol) for comparison.
+``--features-cache DIR`` keeps each photo's keypoints (by its bytes and the keypoint settings), so variants of
+the matcher (``--verify``, ``--background``, ``--k`` …) do not detect them again.
 """
 from __future__ import annotations
 
@@ -260,7 +262,8 @@ def main(argv=None):
     ap.add_argument("--shortlist", type=int, help="photos verified by RANSAC per query")
     ap.add_argument("--top", type=int, help="an individual's best verified photos its evidence sums")
     ap.add_argument("--reprojection-px", type=float, help="RANSAC's inlier distance in pixels")
-    ap.add_argument("--background", help="LNBNN's background descriptors: none, shipped or a file's path")
+    ap.add_argument("--background", help="LNBNN's background descriptors: none, or a "
+                    "file made by benchmarks.reid_background")
     ap.add_argument("--verify", choices=["neighbours", "pairwise"], help="the correspondences RANSAC checks: from "
                     "the LNBNN lists, or the ratio-test matches with each shortlisted photo alone")
     ap.add_argument("--features-cache", help="a folder keeping each photo's keypoints across splits and runs")

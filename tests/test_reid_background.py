@@ -141,3 +141,10 @@ def test_a_background_is_built_from_photos_of_other_animals(tmp_path):
     with pytest.raises(ValueError, match="RootSIFT"):
         from nabi.reid.local_features import LocalSettings
         BG.build_background(tmp_path / "others", LocalSettings(descriptor="learned"))
+
+
+def test_a_background_of_other_descriptors_is_refused(tmp_path):
+    rng = np.random.default_rng(7)
+    index = _index_with(tmp_path, _features(rng, 3, dim=16), _unit_positive(rng, 50, 32))
+    with pytest.raises(ValueError, match="32-d descriptors and the gallery 16-d"):
+        index.weights(_features(rng, 1, dim=16)[0])

@@ -27,13 +27,6 @@ import numpy as np
 
 FORMAT = "nabi-background"
 SCALE = 255.0
-DATA_DIR = Path(__file__).resolve().parent / "data"
-SHIPPED_NAME = "background-rootsift.safetensors"
-
-
-def shipped_path() -> Path:
-    """The background file shipped in the package (nyala photos of individuals not used elsewhere)."""
-    return DATA_DIR / SHIPPED_NAME
 
 
 def quantise(descriptors) -> np.ndarray:
@@ -76,13 +69,13 @@ def _load(path: str, mtime_ns: int) -> np.ndarray:
 
 
 def load_background(spec) -> np.ndarray | None:
-    """The background descriptors (B, D) float32 of ``spec``: 'none' (None), 'shipped' or a file's path."""
+    """The background descriptors (B, D) float32 of ``spec``: 'none' (None) or a file's path."""
     if spec in (None, "none"):
         return None
-    path = shipped_path() if spec == "shipped" else Path(spec)
+    path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"background descriptor file {path} not found (matcher setting background="
-                                f"{spec!r}; expected 'none', 'shipped' or a file written by save_background)")
+                                f"{spec!r}; expected 'none' or a file written by save_background)")
     return _load(str(path.resolve()), path.stat().st_mtime_ns)
 
 

@@ -55,8 +55,8 @@ class MatcherSettings:
     best photos its evidence sums; ratio: Lowe's ratio test; reprojection_px: RANSAC's inlier distance;
     index: 'auto' (exact up to EXACT_LIMIT descriptors, else 'flann'), 'exact' or 'flann'; checks: FLANN's
     leaves visited per lookup (more: closer to exact, slower); background: descriptors of other animals searched
-    beside the gallery for LNBNN's (k + 1)-th neighbour, never voting (``nabi.reid.background``: 'none',
-    'shipped' or a file's path); verify: the correspondences RANSAC checks in a shortlisted photo — 'neighbours'
+    beside the gallery for LNBNN's (k + 1)-th neighbour, never voting (``nabi.reid.background``: 'none' or
+    a RootSIFT background file's path); verify: the correspondences RANSAC checks in a shortlisted photo — 'neighbours'
     (those the LNBNN lists hold) or 'pairwise' (the query's ratio-test matches within that photo alone, each
     weighed by its LNBNN weight; their number does not grow as the gallery shrinks)."""
     k: int = 4
@@ -83,7 +83,7 @@ class MatcherSettings:
         if self.verify not in ("neighbours", "pairwise"):
             raise ValueError(f"matcher verify must be neighbours or pairwise, got {self.verify!r}")
         if not isinstance(self.background, str) or not self.background:
-            raise ValueError(f"matcher background must be 'none', 'shipped' or a file's path, got {self.background!r}")
+            raise ValueError(f"matcher background must be 'none' or a file's path, got {self.background!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -341,7 +341,12 @@ class LocalIndex:
 
     def _background(self):
         from .background import load_background
-        return load_background(self.settings.background)
+        bg = load_background(self.settings.background)
+        dim = self._head_desc.shape[1]
+        if bg is not None and bg.shape[1] != dim:
+            raise ValueError(f"the background {self.settings.background} holds {bg.shape[1]}-d descriptors and the "
+                             f"gallery {dim}-d ones: make the background with the gallery's descriptor")
+        return bg
 
     def lnbnn(self, query: Features, owners, n_owners, skip=None, _weights=None):
         """LNBNN scores of a query: ``(per individual (U,), per photo (P,))``. An individual's score sums, over the
