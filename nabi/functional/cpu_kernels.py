@@ -963,12 +963,34 @@ def _window(i, s, p, k, size):
     return max(i * s - p, 0), min(i * s - p + k, size)
 
 
+@_scalar
+def _max_pool_nan_plane(src, kh, kw, sh, sw, ph, pw, y, arg):
+    # One plane (H, W) → y, arg (OH, OW) by PyTorch's CPU rule for a plane holding a NaN, line for line: a NaN
+    # wins and propagates, and the gradient goes to the window's last NaN. Every max-pool kernel below runs its
+    # fast loop without testing for NaN (that would make it 2–3× slower) and redoes such a plane here.
+    H, W = src.shape
+    oh, ow = y.shape
+    for i in range(oh):
+        ha, hb = _window(i, sh, ph, kh, H)
+        for j in range(ow):
+            wa, wb = _window(j, sw, pw, kw, W)
+            best = -np.inf
+            at = ha * W + wa
+            for h in range(ha, hb):
+                for w in range(wa, wb):
+                    t = src[h, w]
+                    if t > best or t != t:
+                        best = t
+                        at = h * W + w
+            y[i, j] = best
+            arg[i, j] = at
+
+
 @_jit
 def _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, y, arg):
     # y = max over the window's cells inside the image; arg = flat h·W + w of the first maximum
-    # in row-major window order (ties go to the first). A plane holding a NaN is redone with
-    # PyTorch's CPU rule, line for line: a NaN wins and propagates, and the gradient goes to
-    # the window's last NaN. (Testing for NaN in the fast loop would make it 2–3× slower.)
+    # in row-major window order (ties go to the first). A plane holding a NaN is redone by
+    # ``_max_pool_nan_plane``.
     N, C, H, W = x.shape
     for nc in prange(N * C):
         n = nc // C
@@ -991,26 +1013,13 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, oh, ow, y, arg):
                 y[n, c, i, j] = best
                 arg[n, c, i, j] = at
         if bad:
-            for i in range(oh):
-                ha, hb = _window(i, sh, ph, kh, H)
-                for j in range(ow):
-                    wa, wb = _window(j, sw, pw, kw, W)
-                    best = -np.inf
-                    at = ha * W + wa
-                    for h in range(ha, hb):
-                        for w in range(wa, wb):
-                            t = src[h, w]
-                            if t > best or t != t:
-                                best = t
-                                at = h * W + w
-                    y[n, c, i, j] = best
-                    arg[n, c, i, j] = at
+            _max_pool_nan_plane(src, kh, kw, sh, sw, ph, pw, y[n, c], arg[n, c])
 
 
 @_jit
 def _max_pool_2x2(x, oh, ow, y, arg):
     # ``_max_pool`` for 2×2 windows, stride 2, no padding, every window inside the image: the same results
-    # (first maximum in row-major window order; a plane holding a NaN redone by ``_max_pool``'s rule), its
+    # (first maximum in row-major window order; a plane holding a NaN redone by ``_max_pool_nan_plane``), its
     # four cells read at fixed offsets instead of through each window's clipped bounds.
     N, C, H, W = x.shape
     for nc in prange(N * C):
@@ -1041,25 +1050,15 @@ def _max_pool_2x2(x, oh, ow, y, arg):
                 y[n, c, i, j] = best
                 arg[n, c, i, j] = at
         if bad:
-            for i in range(oh):
-                for j in range(ow):
-                    best = -np.inf
-                    at = 2 * i * W + 2 * j
-                    for h in range(2 * i, 2 * i + 2):
-                        for w in range(2 * j, 2 * j + 2):
-                            t = src[h, w]
-                            if t > best or t != t:
-                                best = t
-                                at = h * W + w
-                    y[n, c, i, j] = best
-                    arg[n, c, i, j] = at
+            _max_pool_nan_plane(src, 2, 2, 2, 2, 0, 0, y[n, c], arg[n, c])
 
 
 @_jit
 def _max_pool_3x3s2(x, oh, ow, y, arg):
     # ``_max_pool`` for 3×3 windows, stride 2, no padding (AlexNet's pooling): a window wholly inside the image
     # reads its nine cells at fixed offsets, in row-major order (ties go to the first, as there); one cut by the
-    # image's edge (ceil mode) runs ``_max_pool``'s clipped loop. A plane holding a NaN is redone by its rule.
+    # image's edge (ceil mode) runs ``_max_pool``'s clipped loop. A plane holding a NaN is redone by
+    # ``_max_pool_nan_plane``.
     N, C, H, W = x.shape
     for nc in prange(N * C):
         n = nc // C
@@ -1095,20 +1094,7 @@ def _max_pool_3x3s2(x, oh, ow, y, arg):
                 y[n, c, i, j] = best
                 arg[n, c, i, j] = at
         if bad:
-            for i in range(oh):
-                ha, hb = _window(i, 2, 0, 3, H)
-                for j in range(ow):
-                    wa, wb = _window(j, 2, 0, 3, W)
-                    best = -np.inf
-                    at = ha * W + wa
-                    for h in range(ha, hb):
-                        for w in range(wa, wb):
-                            t = src[h, w]
-                            if t > best or t != t:
-                                best = t
-                                at = h * W + w
-                    y[n, c, i, j] = best
-                    arg[n, c, i, j] = at
+            _max_pool_nan_plane(src, 3, 3, 2, 2, 0, 0, y[n, c], arg[n, c])
 
 
 def max_pool(x, geom):
