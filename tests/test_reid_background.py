@@ -148,3 +148,16 @@ def test_a_background_of_other_descriptors_is_refused(tmp_path):
     index = _index_with(tmp_path, _features(rng, 3, dim=16), _unit_positive(rng, 50, 32))
     with pytest.raises(ValueError, match="32-d descriptors and the gallery 16-d"):
         index.weights(_features(rng, 1, dim=16)[0])
+
+
+def test_the_background_maker_leaves_the_excluded_individuals_out(tmp_path):
+    from benchmarks.reid_background import main
+    from tests.test_reid_matcher import write_coats
+    write_coats(tmp_path / "all", range(4), range(2))
+    (tmp_path / "calibration" / "coat0").mkdir(parents=True)          # coat0 calibrates: not "anybody"
+    main([str(tmp_path / "all"), str(tmp_path / "bg.safetensors"), "--exclude", str(tmp_path / "calibration"),
+          "--per-photo", "10"])
+    meta = json.loads((tmp_path / "bg.json").read_text())
+    assert meta["individuals"] == 3 and meta["photos"] == 6 and meta["excluded"] == 1
+    assert meta["command"].startswith("python -m benchmarks.reid_background")
+    assert BG.load_background(str(tmp_path / "bg.safetensors")).shape == (60, 128)
