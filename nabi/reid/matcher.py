@@ -93,8 +93,7 @@ class MatcherSettings:
         """Settings stored by ``to_dict``; a field a stored dict lacks takes the value it had before the field
         existed (``BEFORE``), so galleries and calibrations made then are read as they were made."""
         try:
-            return cls(**{k: d[k] if k in d else BEFORE.get(k, getattr(cls, k))
-                          for k in cls.__dataclass_fields__ if k in d or k in BEFORE})
+            return cls(**{k: d[k] if k in d else BEFORE[k] for k in cls.__dataclass_fields__ if k in d or k in BEFORE})
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where} are not usable: {e}") from None
 
