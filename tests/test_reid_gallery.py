@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nabi.cli import main
+from nabi.files.digest import file_sha256
 from nabi.reid.gallery import Gallery, GalleryError
 
 from reid_synth import photo, write_photos
@@ -565,6 +566,29 @@ def test_damaged_local_features_file_is_an_error(gallery):
     local.write_bytes(local.read_bytes()[:-16])
     with pytest.raises(GalleryError, match=rf"local features file .*{local.name} does not match the SHA-256"):
         Gallery.open(gallery.path)
+
+
+def test_a_learned_descriptor_that_changed_or_vanished_is_an_error(world, tmp_path):
+    """Keypoints described by one patch network cannot be compared with a query's described by another."""
+    from nabi.reid.descriptors import default_path
+    from nabi.reid.local_features import LocalSettings
+    net = tmp_path / "descriptor.safetensors"
+    shutil.copy(default_path(), net)
+    shutil.copy(default_path().with_suffix(".json"), net.with_suffix(".json"))              # its sidecar
+    g = Gallery.build(world / "run", world / "enrol", tmp_path / "g",
+                      local=LocalSettings(nfeatures=200, descriptor=f"learned:{net}"))
+    recorded = json.loads((g.path / "index.json").read_text())["descriptor"]
+    assert recorded == {"file": str(net), "sha256": file_sha256(net)}
+    again = Gallery.open(g.path)
+    assert again.local_settings.descriptor == f"learned:{net}"
+    query = photo(ENROLLED[0], 50)
+    assert again.identify([query])[0]["candidates"][0]["name"] == f"ind{ENROLLED[0]:02d}"   # it still answers
+    net.write_bytes(net.read_bytes() + b" ")                                    # another file under the same name
+    with pytest.raises(GalleryError, match=r"descriptor .*descriptor.safetensors .*now holds another network"):
+        Gallery.open(g.path)
+    net.unlink()
+    with pytest.raises(GalleryError, match=r"descriptor .*descriptor.safetensors, which no longer exists"):
+        Gallery.open(g.path)
 
 
 def test_a_version_1_gallery_still_opens_and_upgrades(gallery):

@@ -52,6 +52,33 @@ from .store import INDEX, GalleryError  # noqa: F401 (public names)
 TOPK = 5
 
 
+
+def _descriptor_identity(settings) -> dict:
+    """The learned descriptor's file and SHA-256: the gallery's keypoints were described by it, and a query
+    described by another network would be compared with them in vain."""
+    f = settings.descriptor_file()
+    if not f.is_file():
+        raise FileNotFoundError(f"the descriptor file {f} (local-feature setting {settings.descriptor!r}) does not exist")
+    return {"file": str(f), "sha256": file_sha256(f)}
+
+
+def _check_descriptor(path, index):
+    """Refuse a gallery whose learned descriptor file is gone or now holds another network (galleries saved before
+    the file was recorded are taken as they are)."""
+    want = index.get("descriptor")
+    if not isinstance(want, dict) or "sha256" not in want:
+        return
+    f = Path(str(want.get("file")))
+    how = ("put the original file back, or build the gallery again (nabi gallery build) to describe its photos with "
+           "the descriptor as it is now")
+    if not f.is_file():
+        raise GalleryError(f"gallery {path} describes its keypoints with the learned descriptor {f}, which no longer "
+                           f"exists: {how}")
+    if file_sha256(f) != want["sha256"]:
+        raise GalleryError(f"gallery {path} was built with the learned descriptor {f} (SHA-256 {want['sha256'][:12]}…), "
+                           f"which now holds another network (SHA-256 {file_sha256(f)[:12]}…): its keypoints and a "
+                           f"query's would not be comparable; {how}")
+
 @dataclass(frozen=True)
 class Snapshot:
     """One consistent state of a gallery (never changed in place; writers make a new one)."""
@@ -235,6 +262,8 @@ class Gallery:
                                "build a new gallery with this model")
         calibration = index.get("calibration")
         threshold = index.get("threshold")
+        if local is not None:
+            _check_descriptor(path, index)
         try:
             g = cls(embedder, path, index["entries"], E, local, index.get("local_settings") if local is not None
                     else None, index.get("matcher_settings", {}), calibration, threshold,
@@ -256,6 +285,8 @@ class Gallery:
                      "local_settings": self.local_settings.to_dict() if self.has_local_features else None,
                      "matcher_settings": self.matcher_settings.to_dict(),
                      "calibration": self.calibration, "threshold": self.threshold}
+            if self.has_local_features and self.local_settings.descriptor_file() is not None:
+                index["descriptor"] = _descriptor_identity(self.local_settings)
             index = store.write(self.path, index, snap.embeddings,
                                 snap.local if self.has_local_features else None, self._files)
             self._files = (index["embeddings"]["file"], [c["file"] for c in store.local_chunks(index)])

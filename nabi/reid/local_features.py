@@ -63,6 +63,14 @@ class LocalSettings:
         if self.foreground not in FOREGROUNDS:
             raise ValueError(f"local features: unknown foreground {self.foreground!r}; expected none or grabcut")
 
+    def descriptor_file(self):
+        """The patch network's file of a learned descriptor (``learned``: the one shipped with nabi); None for
+        RootSIFT."""
+        if str(self.descriptor).split(":", 1)[0] != "learned":
+            return None
+        from .descriptors import default_path
+        return Path(self.descriptor.split(":", 1)[1]) if ":" in self.descriptor else default_path()
+
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["foreground"] == "none":       # galleries and calibrations written before the option read the same
@@ -204,9 +212,8 @@ _LEARNED = {}
 def _learned(descriptor):
     """The patch network named by ``learned`` or ``learned:PATH``, loaded once per process."""
     if descriptor not in _LEARNED:
-        from .descriptors import PatchDescriptor, default_path
-        path = descriptor.split(":", 1)[1] if ":" in descriptor else default_path()
-        _LEARNED[descriptor] = PatchDescriptor.load(path)
+        from .descriptors import PatchDescriptor
+        _LEARNED[descriptor] = PatchDescriptor.load(LocalSettings(descriptor=descriptor).descriptor_file())
     return _LEARNED[descriptor]
 
 
