@@ -63,12 +63,18 @@ def _descriptor_identity(settings) -> dict:
 
 
 def _check_descriptor(path, index):
-    """Refuse a gallery whose learned descriptor file is gone or now holds another network (galleries saved before
-    the file was recorded are taken as they are)."""
+    """Refuse a gallery whose learned descriptor file is gone or now holds another network than the one its keypoints
+    were described by (galleries saved before the file's SHA-256 was recorded are taken as they are)."""
     want = index.get("descriptor")
-    if not isinstance(want, dict) or "sha256" not in want:
+    if not isinstance(want, dict) or "sha256" not in want or not isinstance(index.get("local_settings"), dict):
         return
-    f = Path(str(want.get("file")))
+    from .local_features import LocalSettings
+    try:                             # the file the settings name today (the shipped one moves with nabi's install)
+        f = LocalSettings.from_dict(index["local_settings"]).descriptor_file()
+    except ValueError:
+        return                       # unusable settings: the gallery's constructor says what is wrong
+    if f is None:
+        return
     how = ("put the original file back, or build the gallery again (nabi gallery build) to describe its photos with "
            "the descriptor as it is now")
     if not f.is_file():
@@ -78,6 +84,7 @@ def _check_descriptor(path, index):
         raise GalleryError(f"gallery {path} was built with the learned descriptor {f} (SHA-256 {want['sha256'][:12]}…), "
                            f"which now holds another network (SHA-256 {file_sha256(f)[:12]}…): its keypoints and a "
                            f"query's would not be comparable; {how}")
+
 
 @dataclass(frozen=True)
 class Snapshot:
