@@ -95,7 +95,7 @@ def _cache_key(args, what):
     from nabi.files.digest import file_sha256
     from nabi.runs import find_weights
     keep = ("photos", "nfeatures", "max_side", "descriptor", "foreground", "k", "shortlist", "top",
-            "reprojection_px", "background", "verify", "flip", "encounters", "by_photo", "no_matcher")
+            "reprojection_px", "background", "verify", "ratio", "mutual", "flip", "encounters", "by_photo", "no_matcher")
     return {"weights": file_sha256(find_weights(args.run)), "what": what,
             **{k: str(getattr(args, k)) for k in keep}}
 
@@ -214,7 +214,8 @@ def _local_settings(args):
 
 def _matcher_settings(args):
     from nabi.reid.matcher import MatcherSettings
-    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px", "background", "verify")))
+    return MatcherSettings(**_given(args, ("k", "shortlist", "top", "reprojection_px", "background", "verify",
+                                              "ratio", "mutual")))
 
 
 def _remember_features(folder):
@@ -262,6 +263,9 @@ def main(argv=None):
     ap.add_argument("--shortlist", type=int, help="photos verified by RANSAC per query")
     ap.add_argument("--top", type=int, help="an individual's best verified photos its evidence sums")
     ap.add_argument("--reprojection-px", type=float, help="RANSAC's inlier distance in pixels")
+    ap.add_argument("--ratio", type=float, help="Lowe's ratio test of the matches verified")
+    ap.add_argument("--mutual", action="store_true", default=None, help="keep only mutual nearest-neighbour "
+                    "matches between the query and a shortlisted photo")
     ap.add_argument("--background", help="LNBNN's background descriptors: none, or a "
                     "file made by benchmarks.reid_background")
     ap.add_argument("--verify", choices=["neighbours", "pairwise"], help="the correspondences RANSAC checks: from "

@@ -339,3 +339,15 @@ def test_pairwise_verification_checks_the_ratio_test_matches_within_the_photo():
     assert alone.verify(query, 0, *alone.weights(query))[0] > 0
     with pytest.raises(ValueError, match="verify"):
         LM.MatcherSettings(verify="both")
+    # mutual=True keeps, of those matches, the ones whose photo descriptor's nearest query descriptor is their own
+    back = np.argmin(d, axis=0)[order[:, 0]] == np.arange(len(q))
+    cv2.setRNGSeed(0)
+    _, mask = cv2.findHomography(query.points[rows[ok & back]].reshape(-1, 1, 2),
+                                 feats[4].points[order[ok & back, 0]].reshape(-1, 1, 2), cv2.RANSAC, 8.0)
+    keep = mask.ravel() > 0
+    mutual = LM.LocalIndex(feats, LM.MatcherSettings(shortlist=3, verify="pairwise", mutual=True))
+    n2, v2 = mutual.verify(query, 4, *mutual.weights(query), norm=norm)
+    assert 0 < n2 <= n and n2 == int(keep.sum()) and v2 == pytest.approx(float(w[ok & back][keep].sum()), rel=1e-5)
+    assert LM.MatcherSettings.from_dict({"verify": "pairwise"}).mutual is False      # stored before the field
+    with pytest.raises(ValueError, match="mutual"):
+        LM.MatcherSettings(mutual="yes")

@@ -58,7 +58,8 @@ class MatcherSettings:
     beside the gallery for LNBNN's (k + 1)-th neighbour, never voting (``nabi.reid.background``: 'none' or
     a RootSIFT background file's path); verify: the correspondences RANSAC checks in a shortlisted photo — 'neighbours'
     (those the LNBNN lists hold) or 'pairwise' (the query's ratio-test matches within that photo alone, each
-    weighed by its LNBNN weight; their number does not grow as the gallery shrinks)."""
+    weighed by its LNBNN weight; their number does not grow as the gallery shrinks); mutual: with 'pairwise', keep
+    only matches that are each other's nearest neighbours both ways (measured, not the default)."""
     k: int = 4
     shortlist: int = 20
     top: int = 1
@@ -68,6 +69,7 @@ class MatcherSettings:
     checks: int = 64
     background: str = "none"
     verify: str = "pairwise"
+    mutual: bool = False
 
     def __post_init__(self):
         for name, low in (("k", 1), ("shortlist", 1), ("top", 1), ("checks", 1)):
@@ -80,6 +82,8 @@ class MatcherSettings:
             raise ValueError(f"matcher reprojection_px must be > 0, got {self.reprojection_px!r}")
         if self.index not in ("auto", "exact", "flann"):
             raise ValueError(f"matcher index must be auto, exact or flann, got {self.index!r}")
+        if not isinstance(self.mutual, (bool, np.bool_)):
+            raise ValueError(f"matcher mutual must be True or False, got {self.mutual!r}")
         if self.verify not in ("neighbours", "pairwise"):
             raise ValueError(f"matcher verify must be neighbours or pairwise, got {self.verify!r}")
         if not isinstance(self.background, str) or not self.background:
@@ -98,7 +102,7 @@ class MatcherSettings:
             raise ValueError(f"{where} are not usable: {e}") from None
 
 
-BEFORE = {"background": "none", "verify": "neighbours"}     # what settings stored without these fields meant
+BEFORE = {"background": "none", "verify": "neighbours", "mutual": False}     # what settings stored without these fields meant
 
 
 # -- one pair of photos -------------------------------------------------------------------------------
@@ -392,6 +396,9 @@ class LocalIndex:
         ok = d2[:, 0] < float(self.settings.ratio) * d2[:, 1]
         w = np.maximum(norm - d2[:, 0], 0.0)
         ok &= w > 0
+        if self.settings.mutual and ok.any():             # the photo's descriptor's nearest query descriptor is it
+            back, _ = _exact_neighbours(np.ascontiguousarray(g.descriptors[i2[ok, 0]], np.float32), q, 1)
+            ok[np.flatnonzero(ok)] = back[:, 0] == np.flatnonzero(ok)
         if ok.sum() < 4:
             return 0, 0.0
         return self._ransac(query.points[rows[ok]], g.points[i2[ok, 0]], w[ok])
