@@ -33,7 +33,6 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..backend import _set_numba_threads, usable_cores
-from . import cpu_vectors as V
 
 try:
     import numba as _nb
@@ -758,6 +757,138 @@ def winograd_input_backward(dv, x_shape, geom):
 
 
 # ---------------------------------------------------------------------------
+# short vectors: LANES numbers of an array held as one value (a register), for register-blocked loops
+# ---------------------------------------------------------------------------
+# numba vectorises a loop over array elements when it can prove that safe, and keeps every running sum in memory
+# between the statements of a loop nest. A register-blocked kernel (a block of sums kept in registers while a whole
+# reduction runs through them: the direct convolution below) needs its vectors by name, as C code names them with
+# intrinsics. Each function here compiles to one LLVM vector operation on LANES numbers of the array's dtype, which
+# the CPU's backend maps onto its registers (AVX2: one ymm register of float32, two of float64; a narrower CPU
+# splits it), so the kernels stay portable and their results do not depend on the CPU:
+#
+#     v = vec_load(a, i)        v[l] = a[i + l]                 (a 1-D C-contiguous array; bounds are the caller's)
+#     vec_store(a, i, v)        a[i + l] = v[l]
+#     vec_zeros(a)              v[l] = 0                        (of a's dtype)
+#     vec_fma(acc, v, s)        acc[l] + v[l] · s               (s a scalar; fused where the CPU has FMA)
+#     vec_fma2(acc, u, v)       acc[l] + u[l] · v[l]
+#     vec_add(v, s)             v[l] + s
+#     vec_relu(v)               0 where v[l] ≤ 0, else v[l]     (NaN kept, as max(x, 0) propagates it)
+#     vec_total(v)              Σ_l v[l], added pairwise in a fixed order (halves, then quarters, then the last two)
+#
+# They live in this file because numba's on-disk cache of a kernel is keyed on the kernel's own source file: a
+# change to them elsewhere would leave kernels compiled with the old ones.
+LANES = 8
+
+if _nb is not None:
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic, models, register_model
+
+    class Vector(types.Type):
+        """``LANES`` numbers of one dtype, held as an LLVM vector value."""
+
+        def __init__(self, dtype):
+            self.dtype = dtype
+            super().__init__(name=f"vector{LANES}({dtype})")
+
+    @register_model(Vector)
+    class _VectorModel(models.PrimitiveModel):
+        def __init__(self, dmm, fe_type):
+            super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), LANES))
+
+    def _vector_type(context, dtype):
+        return ir.VectorType(context.get_value_type(dtype), LANES)
+
+    def _address(context, builder, aryty, ary, i):
+        data = context.make_array(aryty)(context, builder, ary).data
+        ptr = builder.gep(data, [i], source_etype=context.get_value_type(aryty.dtype))
+        return builder.bitcast(ptr, _vector_type(context, aryty.dtype).as_pointer())
+
+    def _splat(context, builder, value, fromty, dtype):
+        vt = _vector_type(context, dtype)
+        s = context.cast(builder, value, fromty, dtype)
+        v = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+    def _fmuladd(builder, a, b, c):
+        vt = a.type
+        name = f"llvm.fmuladd.v{LANES}{vt.element.intrinsic_name}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), name)
+        return builder.call(fn, [a, b, c])
+
+    def _check_array(a):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+                and isinstance(a.dtype, types.Float)):
+            raise TypeError(f"direct convolution's vectors: expected a 1-D C-contiguous float array, got {a}")
+
+    @intrinsic
+    def vec_load(typingctx, a, i):
+        _check_array(a)
+
+        def codegen(context, builder, sig, args):
+            ptr = _address(context, builder, sig.args[0], args[0], args[1])
+            return builder.load(ptr, align=sig.args[0].dtype.bitwidth // 8)
+        return Vector(a.dtype)(a, i), codegen
+
+    @intrinsic
+    def vec_store(typingctx, a, i, v):
+        _check_array(a)
+
+        def codegen(context, builder, sig, args):
+            ptr = _address(context, builder, sig.args[0], args[0], args[1])
+            builder.store(args[2], ptr, align=sig.args[0].dtype.bitwidth // 8)
+            return context.get_dummy_value()
+        return types.none(a, i, v), codegen
+
+    @intrinsic
+    def vec_zeros(typingctx, a):
+        def codegen(context, builder, sig, args):
+            return ir.Constant(_vector_type(context, sig.args[0].dtype), None)
+        return Vector(a.dtype)(a), codegen
+
+    @intrinsic
+    def vec_fma(typingctx, acc, v, s):
+        def codegen(context, builder, sig, args):
+            return _fmuladd(builder, args[1], _splat(context, builder, args[2], sig.args[2], sig.args[0].dtype),
+                            args[0])
+        return acc(acc, v, s), codegen
+
+    @intrinsic
+    def vec_fma2(typingctx, acc, u, v):
+        def codegen(context, builder, sig, args):
+            return _fmuladd(builder, args[1], args[2], args[0])
+        return acc(acc, u, v), codegen
+
+    @intrinsic
+    def vec_add(typingctx, v, s):
+        def codegen(context, builder, sig, args):
+            return builder.fadd(args[0], _splat(context, builder, args[1], sig.args[1], sig.args[0].dtype))
+        return v(v, s), codegen
+
+    @intrinsic
+    def vec_relu(typingctx, v):
+        def codegen(context, builder, sig, args):
+            zero = ir.Constant(args[0].type, None)
+            return builder.select(builder.fcmp_ordered("<=", args[0], zero), zero, args[0])
+        return v(v), codegen
+
+    @intrinsic
+    def vec_total(typingctx, v):
+        def codegen(context, builder, sig, args):
+            s, width = args[0], LANES
+            while width > 1:                # s[:width/2] + s[width/2:width]: log2(LANES) vector additions
+                width //= 2
+                lo = builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(width))))
+                hi = builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(ir.IntType(32), width),
+                                                              list(range(width, 2 * width))))
+                s = builder.fadd(lo, hi)
+            return builder.extract_element(s, ir.Constant(ir.IntType(32), 0))
+        return v.dtype(v), codegen
+
+
+# ---------------------------------------------------------------------------
 # direct convolution, stride 1 (see ``conv_direct``): flat padded planes, register-blocked
 # ---------------------------------------------------------------------------
 BLOCK = 4
@@ -772,7 +903,7 @@ TAPS = 3
 def direct_plane_length(hp, wp):
     """Length of a flat padded plane (Hp rows of Wp) as the direct kernels read it: Hp·Wp and one vector's room past
     its end (zeros), for the vectors that reach past the last row's end."""
-    return hp * wp + V.LANES
+    return hp * wp + LANES
 
 
 def direct_weight_blocks(w):
@@ -822,13 +953,13 @@ def direct_pad(x, ph, pw, out=None):
 @_scalar
 def _direct_put(row, j, v, bias, relu, tmp):
     # row[j:j + LANES] = v + bias [then max(·, 0)], only the lanes that fall inside the row.
-    v = V.add(v, bias)
+    v = vec_add(v, bias)
     if relu:
-        v = V.relu(v)
-    if j + V.LANES <= row.shape[0]:
-        V.store(row, j, v)
+        v = vec_relu(v)
+    if j + LANES <= row.shape[0]:
+        vec_store(row, j, v)
     else:
-        V.store(tmp, 0, v)
+        vec_store(tmp, 0, v)
         for lane in range(row.shape[0] - j):
             row[j + lane] = tmp[lane]
 
@@ -842,36 +973,36 @@ def _direct_blocked(xp, wt, offs, Wp, m0, b, relu, y):
     N, C, _ = xp.shape
     NB, _, T, _ = wt.shape
     F, oh, ow = y.shape[1], y.shape[2], y.shape[3]
-    per_row = (ow + V.LANES - 1) // V.LANES
+    per_row = (ow + LANES - 1) // LANES
     nv = oh * per_row
     for task in prange(N * NB):
         n = task // NB
         fb = task % NB
-        tmp = np.empty(V.LANES, dtype=y.dtype)
+        tmp = np.empty(LANES, dtype=y.dtype)
         for q in range(0, nv, 2):
             q1 = min(q + 1, nv - 1)                 # an odd count: the last vector twice
-            i0, j0 = q // per_row, (q % per_row) * V.LANES
-            i1, j1 = q1 // per_row, (q1 % per_row) * V.LANES
+            i0, j0 = q // per_row, (q % per_row) * LANES
+            i1, j1 = q1 // per_row, (q1 % per_row) * LANES
             p0 = m0 + i0 * Wp + j0
             p1 = m0 + i1 * Wp + j1
-            a00 = V.zeros(y[n, 0, 0])
+            a00 = vec_zeros(y[n, 0, 0])
             a01, a10, a11, a20, a21, a30, a31 = a00, a00, a00, a00, a00, a00, a00
             for c in range(C):
                 xc = xp[n, c]
                 wc = wt[fb, c]
                 for t in range(T):
                     o = offs[t]
-                    x0 = V.load(xc, p0 + o)
-                    x1 = V.load(xc, p1 + o)
+                    x0 = vec_load(xc, p0 + o)
+                    x1 = vec_load(xc, p1 + o)
                     w0, w1, w2, w3 = wc[t, 0], wc[t, 1], wc[t, 2], wc[t, 3]
-                    a00 = V.fma(a00, x0, w0)
-                    a01 = V.fma(a01, x1, w0)
-                    a10 = V.fma(a10, x0, w1)
-                    a11 = V.fma(a11, x1, w1)
-                    a20 = V.fma(a20, x0, w2)
-                    a21 = V.fma(a21, x1, w2)
-                    a30 = V.fma(a30, x0, w3)
-                    a31 = V.fma(a31, x1, w3)
+                    a00 = vec_fma(a00, x0, w0)
+                    a01 = vec_fma(a01, x1, w0)
+                    a10 = vec_fma(a10, x0, w1)
+                    a11 = vec_fma(a11, x1, w1)
+                    a20 = vec_fma(a20, x0, w2)
+                    a21 = vec_fma(a21, x1, w2)
+                    a30 = vec_fma(a30, x0, w3)
+                    a31 = vec_fma(a31, x1, w3)
             f = fb * 4
             _direct_put(y[n, f, i0], j0, a00, b[f], relu, tmp)
             _direct_put(y[n, f, i1], j1, a01, b[f], relu, tmp)
@@ -905,7 +1036,7 @@ def direct_delta_layout(geom, x_shape):
     M = (kh - 1) * Wp + kw - 1
     L = (oh - 1) * Wp + ow
     H, W = x_shape[2], x_shape[3]
-    lanes = V.LANES
+    lanes = LANES
     input_reach = ph * Wp + pw + (H - 1) * Wp + -(-W // lanes) * lanes + M      # ∂x's last vector, last tap
     return M, max(M + -(-L // lanes) * lanes, input_reach)
 
@@ -996,32 +1127,32 @@ def _direct_weight_grad(g, M, L, xp, offs, group, parts):
                 for c in range(C):
                     for s in range(0, S, 3):
                         o0, o1, o2 = offs[s], offs[min(s + 1, S - 1)], offs[min(s + 2, S - 1)]
-                        a00 = V.zeros(xp[n0, c])
+                        a00 = vec_zeros(xp[n0, c])
                         a01, a02, a10, a11, a12, a20, a21, a22, a30, a31, a32 = (
                             a00, a00, a00, a00, a00, a00, a00, a00, a00, a00, a00)
                         for n in range(n0, n1):
                             xc = xp[n, c]
                             g0, g1, g2, g3 = g[n, f], g[n, f1], g[n, f2], g[n, f3]
-                            for k in range(0, L, V.LANES):
-                                x0 = V.load(xc, k + o0)
-                                x1 = V.load(xc, k + o1)
-                                x2 = V.load(xc, k + o2)
-                                d = V.load(g0, M + k)
-                                a00 = V.fma2(a00, d, x0)
-                                a01 = V.fma2(a01, d, x1)
-                                a02 = V.fma2(a02, d, x2)
-                                d = V.load(g1, M + k)
-                                a10 = V.fma2(a10, d, x0)
-                                a11 = V.fma2(a11, d, x1)
-                                a12 = V.fma2(a12, d, x2)
-                                d = V.load(g2, M + k)
-                                a20 = V.fma2(a20, d, x0)
-                                a21 = V.fma2(a21, d, x1)
-                                a22 = V.fma2(a22, d, x2)
-                                d = V.load(g3, M + k)
-                                a30 = V.fma2(a30, d, x0)
-                                a31 = V.fma2(a31, d, x1)
-                                a32 = V.fma2(a32, d, x2)
+                            for k in range(0, L, LANES):
+                                x0 = vec_load(xc, k + o0)
+                                x1 = vec_load(xc, k + o1)
+                                x2 = vec_load(xc, k + o2)
+                                d = vec_load(g0, M + k)
+                                a00 = vec_fma2(a00, d, x0)
+                                a01 = vec_fma2(a01, d, x1)
+                                a02 = vec_fma2(a02, d, x2)
+                                d = vec_load(g1, M + k)
+                                a10 = vec_fma2(a10, d, x0)
+                                a11 = vec_fma2(a11, d, x1)
+                                a12 = vec_fma2(a12, d, x2)
+                                d = vec_load(g2, M + k)
+                                a20 = vec_fma2(a20, d, x0)
+                                a21 = vec_fma2(a21, d, x1)
+                                a22 = vec_fma2(a22, d, x2)
+                                d = vec_load(g3, M + k)
+                                a30 = vec_fma2(a30, d, x0)
+                                a31 = vec_fma2(a31, d, x1)
+                                a32 = vec_fma2(a32, d, x2)
                         _direct_add_taps(p[f, c], s, a00, a01, a02)
                         if f + 1 < F:
                             _direct_add_taps(p[f + 1, c], s, a10, a11, a12)
@@ -1034,11 +1165,11 @@ def _direct_weight_grad(g, M, L, xp, offs, group, parts):
 @_scalar
 def _direct_add_taps(p, s, a0, a1, a2):
     # p[s + r] += Σ lanes of a_r, for the taps that exist.
-    p[s] += V.total(a0)
+    p[s] += vec_total(a0)
     if s + 1 < p.shape[0]:
-        p[s + 1] += V.total(a1)
+        p[s + 1] += vec_total(a1)
     if s + 2 < p.shape[0]:
-        p[s + 2] += V.total(a2)
+        p[s + 2] += vec_total(a2)
 
 
 def direct_weight_grad(g, xp, w_shape, geom, out=None):
