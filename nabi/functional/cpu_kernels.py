@@ -764,7 +764,7 @@ def winograd_input_backward(dv, x_shape, geom):
 # reduction runs through them: the direct convolution below) needs its vectors by name, as C code names them with
 # intrinsics. Each function here compiles to one LLVM vector operation on LANES numbers of the array's dtype, which
 # the CPU's backend maps onto its registers (AVX2: one ymm register of float32, two of float64; a narrower CPU
-# splits it), so the kernels stay portable and their results do not depend on the CPU:
+# splits it), so the kernels stay portable (a CPU without FMA rounds vec_fma's product before adding it):
 #
 #     v = vec_load(a, i)        v[l] = a[i + l]                 (a 1-D C-contiguous array; bounds are the caller's)
 #     vec_store(a, i, v)        a[i + l] = v[l]
