@@ -37,9 +37,9 @@ from . import cpu_kernels as K
 
 MAX_CHANNELS = 64
 """The method is offered (and timed) only for layers with at most this many input and output channels: wider
-layers give BLAS and Winograd matrices they run near their peak (at 64 channels the three are already close:
-a 64→64 16×16 training step at batch 32 took 29 ms of CPU time on 2 Zen 3 cores against Winograd's 23 and im2col's 35), and
-timing it there would only lengthen the first step."""
+layers give BLAS and Winograd matrices they run near their peak (at 64 channels the three are already close: a
+64→64 16×16 training step at batch 32 took 29 ms of CPU time on 2 Zen 3 cores against Winograd's 23 and im2col's
+35), and timing it there would only lengthen the first step."""
 
 
 def applies(x, w, geom) -> bool:
