@@ -1,10 +1,12 @@
 """The direct convolution (``functional.conv_direct``): stride 1, flat padded planes, no columns.
 
-Per shape family (3×3 padding 1; odd sizes; batch 1; channel counts that are no multiple of anything; 1×1, 5×5
-and padding 0 and 2; a kernel wider than high): forward and all gradients equal the im2col convolution in float64
-and stay within im2col's own error bound in float32; the layers' backward passes finite differences in float64
-with a random upstream gradient and equals PyTorch; fused ReLU, fused SGD and kept workspaces change nothing; it
-runs only where it applies, and ``conv_algo`` times it beside the others.
+Per shape family (3×3 padding 1; odd sizes; batch 1; channel counts that are no multiple of the kernels' block of 4;
+the patch descriptor's 1→8, 8→8, 8→16, 16→32, 32→32; rows of exactly two vectors and rows narrower than one; 1×1,
+5×5 and padding 0 and 2; a kernel wider than high): forward and all gradients equal the im2col convolution and the
+flat-plane sums of ``conv_direct``'s docstring written in NumPy, in float64, and stay within im2col's own error
+bound in float32; the layers' backward passes finite differences in float64 with a random upstream gradient and
+equals PyTorch; fused ReLU (NaN kept), fused SGD, kept workspaces and the kernels' parallel builds change nothing;
+it runs only where it applies, and ``conv_algo`` times it beside the others.
 """
 from collections import OrderedDict
 
@@ -31,6 +33,12 @@ FAMILIES = {
     "5x5p2": (2, 2, 3, 7, 6, 5, 5, 2),
     "3x3p0": (2, 3, 4, 7, 6, 3, 3, 0),
     "1x3": (2, 3, 2, 5, 7, 1, 3, (0, 1)),
+    "1to8": (2, 1, 8, 10, 10, 3, 3, 1),
+    "8to8_rows_of_16": (2, 8, 8, 5, 16, 3, 3, 1),
+    "8to16": (3, 8, 16, 6, 6, 3, 3, 1),
+    "16to32_batch1": (1, 16, 32, 4, 5, 3, 3, 1),
+    "32to32": (2, 32, 32, 3, 3, 3, 3, 1),
+    "narrow_p0": (3, 2, 3, 5, 3, 3, 3, 0),
 }
 FLOAT32_BOUND = 1e-6       # norm-relative error against float64, per output and gradient
 
@@ -65,6 +73,41 @@ def _direct(x, w, b, dy, p, relu=False, ws=None):
                                                       workspace=ws))
 
 
+def _shifted_runs(x, w, b, dy, p):
+    """The flat-plane sums of ``conv_direct``'s docstring, one NumPy product per kernel tap: y and ∂w summed over
+    shifted runs, ∂x scattered back tap by tap (the route of the loops the compiled kernels replaced)."""
+    ph, pw = (p, p) if np.isscalar(p) else p
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    oh, ow = Hp - kh + 1, Wp - kw + 1
+    L = (oh - 1) * Wp + ow
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))).reshape(N, C, Hp * Wp)
+    keep = (np.arange(oh)[:, None] * Wp + np.arange(ow)).ravel()           # flat k of output (i, j)
+    yw = np.zeros((N, F, L))
+    dyw = np.zeros((N, F, L))
+    dyw[:, :, keep] = dy.reshape(N, F, -1)
+    dxp = np.zeros((N, C, Hp * Wp))
+    dw = np.zeros_like(w)
+    for u in range(kh):
+        for v in range(kw):
+            o = u * Wp + v
+            yw += np.einsum("fc,ncl->nfl", w[:, :, u, v], xp[:, :, o:o + L])
+            dxp[:, :, o:o + L] += np.einsum("fc,nfl->ncl", w[:, :, u, v], dyw)
+            dw[:, :, u, v] = np.einsum("nfl,ncl->fc", dyw, xp[:, :, o:o + L])
+    y = yw[:, :, keep].reshape(N, F, oh, ow) + b[:, None, None]
+    dx = dxp.reshape(N, C, Hp, Wp)[:, :, ph:ph + H, pw:pw + W]
+    return y, dx, dw, dy.sum(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_direct_equals_the_flat_plane_sums_in_float64(family):
+    x, w, b, dy, geom = _data(*FAMILIES[family])
+    p = FAMILIES[family][-1]
+    for got, want in zip(_direct(x, w, b, dy, p), _shifted_runs(x, w, b, dy, p)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_direct_equals_im2col_in_float64(family, relu):
@@ -85,7 +128,7 @@ def test_float32_error_against_float64_is_within_im2cols_bound(family):
         assert _rel(got, want) < FLOAT32_BOUND
 
 
-@pytest.mark.parametrize("family", ["3x3p1", "odd_channels", "5x5p2", "1x3"])
+@pytest.mark.parametrize("family", ["3x3p1", "odd_channels", "5x5p2", "1x3", "1to8", "8to16", "narrow_p0"])
 def test_layer_gradients_pass_finite_differences(family):
     n, c, f, h, w, kh, kw, p = FAMILIES[family]
     rng = np.random.default_rng(3)
@@ -109,7 +152,8 @@ class _TorchPair(tnn.Module):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("family", ["3x3p1", "batch1", "5x5p2", "1x3"])
+@pytest.mark.parametrize("family", ["3x3p1", "batch1", "5x5p2", "1x3", "8to8_rows_of_16", "16to32_batch1", "32to32",
+                                    "narrow_p0"])
 def test_layer_equals_torch(family, dtype):
     n, c, f, h, w, kh, kw, p = FAMILIES[family]
     with backend.default_dtype(dtype), conv_algo.algorithm("direct"):
@@ -147,6 +191,27 @@ def test_fused_relu_fused_sgd_and_kept_buffers_change_nothing(relu):
     np.testing.assert_allclose(dx2, dx_ref, rtol=1e-11, atol=1e-12)        # with the old weights
     np.testing.assert_allclose(w2, w - 0.5 * dw_ref, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(b2, b - 0.5 * db_ref, rtol=1e-11, atol=1e-12)
+
+
+def test_a_nan_in_the_input_spreads_as_im2cols_does_through_the_fused_relu():
+    x, w, b, dy, geom = _data(2, 3, 5, 7, 9, 3, 3, 1)
+    x[1, 2, 3, 4] = np.nan
+    got = _direct(x, w, b, dy, 1, relu=True)
+    want = _reference(x, w, b, dy, 1, relu=True)
+    assert np.isnan(got[0]).sum() == 5 * 9                       # every channel, the 3×3 outputs that read it
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-11, atol=1e-12)     # NaN where im2col has NaN
+
+
+@pytest.mark.parametrize("family", ["odd_channels", "8to16"])
+def test_the_parallel_builds_compute_the_one_thread_builds_bits(family, monkeypatch):
+    x, w, b, dy, geom = _data(*FAMILIES[family], dtype=np.float32)
+    p = FAMILIES[family][-1]
+    runs = []
+    for limit in (1 << 40, 0):                                    # the one-thread build, then the parallel one
+        monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", limit)
+        runs.append(_direct(x, w, b, dy, p, relu=True))
+    for serial, parallel in zip(*runs):
+        np.testing.assert_array_equal(serial, parallel)
 
 
 def test_the_weight_gradient_does_not_depend_on_the_thread_count():

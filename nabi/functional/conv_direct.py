@@ -6,13 +6,15 @@ flat position k = i·Wp + j and kernel tap (u, v) at offset o = u·Wp + v, so
 
     y[n, f, k] = b[f] + Σ_c Σ_u Σ_v w[f, c, u, v] · x_pad[n, c, k + o(u, v)]          for k < L = (OH − 1)·Wp + OW
 
-is a sum of C·KH·KW shifted runs of one plane, each a contiguous run of L numbers, the loop a compiler
-vectorises (the Wp − OW positions past each row's end are computed and dropped: 6 % of the work at 32×32 with
-padding 1). Backward, with δ widened the same way (δ_w[n, f, i·Wp + j] = δ[n, f, i, j], zero past each row's end):
+is a sum of C·KH·KW shifted runs of one plane (the Wp − OW positions past each row's end are not computed: each
+output row is read in vectors of 8 columns). Backward, with δ widened the same way and M = (KH − 1)·Wp + KW − 1 zeros
+before it (δ_w[n, f, M + i·Wp + j] = δ[n, f, i, j], zero past each row's end):
 
-    ∂x_pad[n, c, k + o(u, v)] += w[f, c, u, v] · δ_w[n, f, k]   summed over f, u, v; the padding then dropped
-    ∂w[f, c, u, v] = Σ_n Σ_k δ_w[n, f, k] · x_pad[n, c, k + o(u, v)]
+    ∂x_pad[n, c, m] = Σ_f Σ_u Σ_v w[f, c, KH−1−u, KW−1−v] · δ_w[n, f, m + o(u, v)]    (read at the unpadded m)
+    ∂w[f, c, u, v] = Σ_n Σ_k δ_w[n, f, M + k] · x_pad[n, c, k + o(u, v)]
     ∂b[f] = Σ δ[n, f, ·, ·]
+
+so ∂L/∂x is the forward sum itself, on δ with the kernel flipped and its channels swapped.
 
 Nothing is kept between forward and backward but x and w themselves (backward pads x again: one pass over it),
 against im2col's columns of KH·KW times the input. Where it pays: thin layers (a few to a few dozen channels, as in
@@ -20,9 +22,12 @@ a patch-descriptor network), whose matrix products are too thin for BLAS to reac
 columns are 9× the activation. ``conv_algo`` decides per layer shape by measurement; ``NABI_CONV_ALGO=direct``
 forces it wherever it applies.
 
-The loops are the compiled CPU kernels ``cpu_kernels.direct_*`` (NumPy float32/float64, numba); there is no array
-version: where the kernels do not serve (CuPy, float16, numba absent) the convolution runs im2col, which is this
-method's reference (``tests/test_conv_direct.py``: equal to it in float64 to 1e-11, finite differences, PyTorch).
+The loops are the compiled CPU kernels ``cpu_kernels.direct_*`` (NumPy float32/float64, numba), register-blocked:
+forward and ∂x keep the sums of 4 output channels × 16 outputs in 8 vector registers (``cpu_kernels.vec_*``) while the
+sum over input channels and taps runs through them, so each loaded input vector feeds 4 multiply-adds; ∂w keeps 4
+output channels × 3 taps. There is no array version: where the kernels do not serve (CuPy, float16, numba absent)
+the convolution runs im2col, which is this method's reference (``tests/test_conv_direct.py``: equal to it and to
+the sums above written in NumPy, in float64 to 1e-11; finite differences; PyTorch).
 """
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ from . import cpu_kernels as K
 
 MAX_CHANNELS = 64
 """The method is offered (and timed) only for layers with at most this many input and output channels: wider
-layers give BLAS matrices it runs near its peak, where these loops (one multiply-add per load and store) cannot
-compete, and timing them would only lengthen the first step."""
+layers give BLAS and Winograd matrices they run near their peak (at 64 channels the three are already close: a
+64→64 16×16 training step at batch 32 took 29 ms of CPU time on 2 Zen 3 cores against Winograd's 23 and im2col's
+35), and timing it there would only lengthen the first step."""
 
 
 def applies(x, w, geom) -> bool:
@@ -61,7 +67,8 @@ def _no_buffer(name, shape, dtype):
 def _padded(x, geom, buffer):
     kh, kw, sh, sw, ph, pw = geom[:6]
     N, C, H, W = x.shape
-    return K.direct_pad(x, ph, pw, out=buffer("direct_pad", (N, C, (H + 2 * ph) * (W + 2 * pw)), x.dtype))
+    P = K.direct_plane_length(H + 2 * ph, W + 2 * pw)
+    return K.direct_pad(x, ph, pw, out=buffer("direct_pad", (N, C, P), x.dtype))
 
 
 def conv2d_forward(x, w, b, geom, relu=False, buffer=None):
@@ -93,11 +100,9 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, buffer=N
 
 def _gradients(dy, cache, need_dx, relu_y, buffer, dw_out):
     x, w, geom = cache.x, cache.w, cache.geom
-    kw, oh, ow = geom[1], geom[6], geom[7]
-    Wp = ow + kw - 1
     N, F = dy.shape[:2]
-    g, db = K.direct_widen(dy, Wp, relu_y, need_db=cache.has_bias,
-                           out=buffer("direct_dy", (N, F, (oh - 1) * Wp + ow), dy.dtype))
+    g, db = K.direct_widen(dy, geom, x.shape, relu_y, need_db=cache.has_bias,
+                           out=buffer("direct_dy", (N, F, K.direct_delta_layout(geom, x.shape)[1]), dy.dtype))
     dw = K.direct_weight_grad(g, _padded(x, geom, buffer), w.shape, geom, out=dw_out)
     dx = K.direct_input_grad(g, w, x.shape, geom) if need_dx else None
     return dx, dw, db
