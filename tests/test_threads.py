@@ -41,10 +41,14 @@ def test_kernels_are_launched_through_the_thread_guard(monkeypatch):
     thread-safe, one at a time where it is not; its one-thread build for small arrays)."""
     if not K.available():
         pytest.skip("numba is not installed")
-    for name in ("_im2col", "_col2im", "_from_gemm", "_to_gemm", "_max_pool", "_max_pool_backward", "_relu",
-                 "_relu_backward", "_bn_stats", "_bn_apply", "_bn_sums", "_bn_dx", "_sgd_momentum", "_adam",
-                 "_vecmat_rank1_update", "_wino_weight", "_wino_weight_backward", "_wino_input", "_wino_output",
-                 "_wino_output_backward", "_wino_input_backward"):
+    import ast
+    import inspect
+    tree = ast.parse(inspect.getsource(K))
+    parallel = [f.name for f in tree.body if isinstance(f, ast.FunctionDef)          # every kernel with a prange loop
+                and any(isinstance(n, ast.Name) and n.id == "prange" for n in ast.walk(f))]
+    assert {"_im2col", "_col2im", "_relu", "_bn_dx", "_adam", "_wino_input", "_direct_blocked",
+            "_direct_weight_grad"} <= set(parallel)
+    for name in parallel:
         assert hasattr(getattr(K, name), "kernel") and hasattr(getattr(K, name), "serial"), name
     monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", 0)           # the parallel build, whatever the size
     K.relu(np.ones(3, np.float32))
