@@ -584,6 +584,8 @@ def test_a_learned_descriptor_that_changed_or_vanished_is_an_error(world, tmp_pa
     query = photo(ENROLLED[0], 50)
     assert again.identify([query])[0]["candidates"][0]["name"] == f"ind{ENROLLED[0]:02d}"   # it still answers
     net.write_bytes(net.read_bytes() + b" ")                                    # another file under the same name
+    again.save()                        # a gallery open meanwhile keeps the SHA-256 its keypoints were made with
+    assert json.loads((g.path / "index.json").read_text())["descriptor"] == recorded
     with pytest.raises(GalleryError, match=r"descriptor .*descriptor.safetensors .*now holds another network"):
         Gallery.open(g.path)
     net.unlink()

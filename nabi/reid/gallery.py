@@ -52,13 +52,13 @@ from .store import INDEX, GalleryError  # noqa: F401 (public names)
 TOPK = 5
 
 
-
 def _descriptor_identity(settings) -> dict:
     """The learned descriptor's file and SHA-256: the gallery's keypoints were described by it, and a query
     described by another network would be compared with them in vain."""
     f = settings.descriptor_file()
     if not f.is_file():
-        raise FileNotFoundError(f"the descriptor file {f} (local-feature setting {settings.descriptor!r}) does not exist")
+        raise FileNotFoundError(f"the descriptor file {f} (local-feature setting {settings.descriptor!r}) does not "
+                                "exist")
     return {"file": str(f), "sha256": file_sha256(f)}
 
 
@@ -80,10 +80,11 @@ def _check_descriptor(path, index):
     if not f.is_file():
         raise GalleryError(f"gallery {path} describes its keypoints with the learned descriptor {f}, which no longer "
                            f"exists: {how}")
-    if file_sha256(f) != want["sha256"]:
-        raise GalleryError(f"gallery {path} was built with the learned descriptor {f} (SHA-256 {want['sha256'][:12]}…), "
-                           f"which now holds another network (SHA-256 {file_sha256(f)[:12]}…): its keypoints and a "
-                           f"query's would not be comparable; {how}")
+    now = file_sha256(f)
+    if now != want["sha256"]:
+        raise GalleryError(f"gallery {path} was built with the learned descriptor {f} (SHA-256 "
+                           f"{want['sha256'][:12]}…), which now holds another network (SHA-256 {now[:12]}…): its "
+                           f"keypoints and a query's would not be comparable; {how}")
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class Gallery:
         self._index = None                 # (LocalIndex, {entry sha256: index photo id}) once built
         self._files = ()
         self._on_disk = None               # (the snapshot the folder holds, its local-feature chunks)
+        self._descriptor = None            # the learned descriptor's file and SHA-256 its keypoints were made with
         self.skipped = []
 
     # -- the state ---------------------------------------------------------------------------------------
@@ -278,6 +280,7 @@ class Gallery:
         except ValueError as e:
             raise GalleryError(f"gallery index {path / INDEX} is not usable: {e}") from None
         g._files = (emb_file, local_file)
+        g._descriptor = index.get("descriptor") if local is not None else None     # checked above
         g._on_disk = (g._snap, store.local_chunks(index))
         return g
 
@@ -293,7 +296,9 @@ class Gallery:
                      "matcher_settings": self.matcher_settings.to_dict(),
                      "calibration": self.calibration, "threshold": self.threshold}
             if self.has_local_features and self.local_settings.descriptor_file() is not None:
-                index["descriptor"] = _descriptor_identity(self.local_settings)
+                if self._descriptor is None:    # recorded once, when its keypoints were described, not at each save
+                    self._descriptor = _descriptor_identity(self.local_settings)
+                index["descriptor"] = self._descriptor
             index = store.write(self.path, index, snap.embeddings,
                                 snap.local if self.has_local_features else None, self._files)
             self._files = (index["embeddings"]["file"], [c["file"] for c in store.local_chunks(index)])
@@ -434,6 +439,7 @@ class Gallery:
             if self._snap is not snap:
                 raise RuntimeError("the gallery changed while its local features were computed; try again")
             self.local_settings = settings
+            self._descriptor = None
             self._snap = Snapshot(snap.entries, snap.embeddings, tuple(feats))
             self._index = None
             if self.path is not None:

@@ -56,10 +56,10 @@ class MatcherSettings:
     index: 'auto' (exact up to EXACT_LIMIT descriptors, else 'flann'), 'exact' or 'flann'; checks: FLANN's
     leaves visited per lookup (more: closer to exact, slower); background: descriptors of other animals searched
     beside the gallery for LNBNN's (k + 1)-th neighbour, never voting (``nabi.reid.background``: 'none' or
-    a RootSIFT background file's path); verify: the correspondences RANSAC checks in a shortlisted photo — 'neighbours'
-    (those the LNBNN lists hold) or 'pairwise' (the query's ratio-test matches within that photo alone, each
-    weighed by its LNBNN weight; their number does not grow as the gallery shrinks); mutual: with 'pairwise', keep
-    only matches that are each other's nearest neighbours both ways (measured, not the default)."""
+    a RootSIFT background file's path); verify: the correspondences RANSAC checks in a shortlisted photo —
+    'neighbours' (those the LNBNN lists hold) or 'pairwise' (the query's ratio-test matches within that photo alone,
+    each weighed by its LNBNN weight; their number does not grow as the gallery shrinks); mutual: with 'pairwise',
+    keep only matches that are each other's nearest neighbours both ways (measured, not the default)."""
     k: int = 4
     shortlist: int = 20
     top: int = 1
@@ -97,12 +97,13 @@ class MatcherSettings:
         """Settings stored by ``to_dict``; a field a stored dict lacks takes the value it had before the field
         existed (``BEFORE``), so galleries and calibrations made then are read as they were made."""
         try:
-            return cls(**{k: d[k] if k in d else BEFORE[k] for k in cls.__dataclass_fields__ if k in d or k in BEFORE})
+            return cls(**{k: d[k] if k in d else BEFORE[k]
+                          for k in cls.__dataclass_fields__ if k in d or k in BEFORE})
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where} are not usable: {e}") from None
 
 
-BEFORE = {"background": "none", "verify": "neighbours", "mutual": False}     # what settings stored without these fields meant
+BEFORE = {"background": "none", "verify": "neighbours", "mutual": False}    # what settings stored without them meant
 
 
 # -- one pair of photos -------------------------------------------------------------------------------
@@ -397,8 +398,9 @@ class LocalIndex:
         w = np.maximum(norm - d2[:, 0], 0.0)
         ok &= w > 0
         if self.settings.mutual and ok.any():             # the photo's descriptor's nearest query descriptor is it
-            back, _ = _exact_neighbours(np.ascontiguousarray(g.descriptors[i2[ok, 0]], np.float32), q, 1)
-            ok[np.flatnonzero(ok)] = back[:, 0] == np.flatnonzero(ok)
+            kept = np.flatnonzero(ok)
+            back, _ = _exact_neighbours(np.ascontiguousarray(g.descriptors[i2[kept, 0]], np.float32), q, 1)
+            ok[kept] = back[:, 0] == kept
         if ok.sum() < 4:
             return 0, 0.0
         return self._ransac(query.points[rows[ok]], g.points[i2[ok, 0]], w[ok])
