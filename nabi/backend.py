@@ -170,10 +170,15 @@ ALLOCATOR_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRES
 def keep_freed_memory() -> bool:
     """Ask the C library's allocator (glibc's malloc, Linux) to keep the memory that a training step frees for
     the next step's arrays instead of handing it back to the system after each step: ``mallopt``'s trim
-    threshold at 1 GiB and a top pad of 256 MB. Every step allocates and frees the same activation-sized
-    arrays; given back and taken again, each page of them is faulted in anew (ResNet-18 training steps, alternated
-    processes: 160×160 batch 16 738 → 678 ms, 64×64 batch 32 384 → 302 ms; docs/speed.md). Called once by the
-    trainer; it changes how much memory the process keeps between steps (up to its peak), not the peak itself.
+    threshold at 1 GiB, a top pad of 256 MB, and no block of its own mapping (``M_MMAP_MAX`` 0). Every step
+    allocates and frees the same activation-sized arrays; given back and taken again, each page of them is faulted
+    in anew (ResNet-18 training steps, alternated processes: 160×160 batch 16 738 → 678 ms, 64×64 batch 32
+    384 → 302 ms; docs/speed.md). Blocks above malloc's mapping threshold (128 KB, raised only by earlier frees and
+    frozen by the first setting; never above 32 MB) would otherwise still get a mapping of their own, unmapped
+    when freed: a step's largest arrays (im2col columns of 59 MB at ResNet-18 160×160 batch 16) were faulted in
+    afresh every step, 2,100 page faults and up to 0.4–0.6 s of system time a step on a virtual machine. Called
+    once by the trainer; it changes how much memory the process keeps between steps (up to its peak), not the
+    peak itself.
 
     Left alone when ``NABI_MALLOC=system`` is set, when the user set glibc's own ``MALLOC_…_``/``GLIBC_TUNABLES``
     variables, or off Linux/glibc. Returns whether it was set (the answer of the first call is kept)."""
@@ -194,8 +199,9 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    M_TRIM_THRESHOLD, M_TOP_PAD = -1, -2
-    _freed_memory_kept = mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 and mallopt(M_TOP_PAD, 256 << 20) == 1
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+    _freed_memory_kept = (mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 and mallopt(M_TOP_PAD, 256 << 20) == 1
+                          and mallopt(M_MMAP_MAX, 0) == 1)
     return _freed_memory_kept
 
 

@@ -148,20 +148,20 @@ def test_max_pool_nan_and_inf_follow_pytorch():
     assert np.isnan(y[0, 0]).any()
 
 
-@pytest.mark.parametrize("k, ceil", [(2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("k, ceil, pad", [(2, False, 0), (3, False, 0), (3, True, 0), (3, False, 1), (3, True, 1)])
 @pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 7, 9)])       # even, and odd (a last row/column unread or cut)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_2x2_and_3x3_stride_2_max_pools_equal_the_general_kernel_and_numpy(shape, dtype, k, ceil):
-    """``_max_pool_2x2`` and ``_max_pool_3x3s2`` (AlexNet's, with ceil mode's windows cut by the edge) against the
-    general loop and the NumPy reference, with tied maxima (ReLU zeros), a NaN (PyTorch's rule: it wins and takes
-    the gradient) and ±inf."""
+def test_the_2x2_and_3x3_stride_2_max_pools_equal_the_general_kernel_and_numpy(shape, dtype, k, ceil, pad):
+    """``_max_pool_2x2`` and ``_max_pool_3x3s2`` (AlexNet's, with ceil mode's windows cut by the edge; ResNet's,
+    padding 1) against the general loop and the NumPy reference, with tied maxima (ReLU zeros), a NaN (PyTorch's
+    rule: it wins and takes the gradient) and ±inf."""
     rng = np.random.default_rng(3)
     x = np.maximum(np.round(rng.standard_normal(shape) * 2), 0).astype(dtype)
     x[0, 0, 2, 3], x[0, 0, 3, 2] = np.nan, np.nan
-    x[-1, -1, :2, :2] = -np.inf
+    x[-1, -1, pad:pad + 2, pad:pad + 2] = -np.inf     # (a window of -inf and padding alone: against PyTorch above)
     x[-1, 0, 4, 4] = np.inf
-    y_ref, _ = F.max_pool2d_forward(x, k, 2, 0, ceil)
-    g = (k, k, 2, 2, 0, 0) + y_ref.shape[2:]
+    y_ref, _ = F.max_pool2d_forward(x, k, 2, pad, ceil)
+    g = (k, k, 2, 2, pad, pad) + y_ref.shape[2:]
     y, arg = K.max_pool(x, g)
     y_gen = np.empty_like(y)
     arg_gen = np.empty_like(arg)
@@ -171,7 +171,7 @@ def test_the_2x2_and_3x3_stride_2_max_pools_equal_the_general_kernel_and_numpy(s
     dy = rng.standard_normal(y.shape).astype(dtype)
 
     def run():
-        out, cache = F.max_pool2d_forward(x, k, 2, 0, ceil)
+        out, cache = F.max_pool2d_forward(x, k, 2, pad, ceil)
         return out, F.max_pool2d_backward(dy, cache)
     (y1, d1), (y2, d2) = both(run)
     np.testing.assert_array_equal(y1, y2)

@@ -1297,11 +1297,11 @@ def _max_pool_2x2(x, oh, ow, y, arg):
 
 
 @_jit
-def _max_pool_3x3s2(x, oh, ow, y, arg):
-    # ``_max_pool`` for 3×3 windows, stride 2, no padding (AlexNet's pooling): a window wholly inside the image
-    # reads its nine cells at fixed offsets, in row-major order (ties go to the first, as there); one cut by the
-    # image's edge (ceil mode) runs ``_max_pool``'s clipped loop. A plane holding a NaN is redone by
-    # ``_max_pool_nan_plane``.
+def _max_pool_3x3s2(x, ph, pw, oh, ow, y, arg):
+    # ``_max_pool`` for 3×3 windows, stride 2 (AlexNet's pooling, and ResNet's with padding 1): a window wholly
+    # inside the image reads its nine cells at fixed offsets, in row-major order (ties go to the first, as there);
+    # one cut by the image's edge (padding, ceil mode) runs ``_max_pool``'s clipped loop. A plane holding a NaN is
+    # redone by ``_max_pool_nan_plane``.
     N, C, H, W = x.shape
     for nc in prange(N * C):
         n = nc // C
@@ -1309,10 +1309,10 @@ def _max_pool_3x3s2(x, oh, ow, y, arg):
         src = x[n, c]
         bad = False
         for i in range(oh):
-            r = 2 * i
+            r = 2 * i - ph
             for j in range(ow):
-                q = 2 * j
-                if r + 3 <= H and q + 3 <= W:
+                q = 2 * j - pw
+                if r >= 0 and q >= 0 and r + 3 <= H and q + 3 <= W:
                     best = src[r, q]
                     at = r * W + q
                     for h in range(r, r + 3):
@@ -1323,8 +1323,8 @@ def _max_pool_3x3s2(x, oh, ow, y, arg):
                                 best = t
                                 at = h * W + w
                 else:
-                    ha, hb = _window(i, 2, 0, 3, H)
-                    wa, wb = _window(j, 2, 0, 3, W)
+                    ha, hb = _window(i, 2, ph, 3, H)
+                    wa, wb = _window(j, 2, pw, 3, W)
                     best = src[ha, wa]
                     at = ha * W + wa
                     for h in range(ha, hb):
@@ -1337,7 +1337,7 @@ def _max_pool_3x3s2(x, oh, ow, y, arg):
                 y[n, c, i, j] = best
                 arg[n, c, i, j] = at
         if bad:
-            _max_pool_nan_plane(src, 3, 3, 2, 2, 0, 0, y[n, c], arg[n, c])
+            _max_pool_nan_plane(src, 3, 3, 2, 2, ph, pw, y[n, c], arg[n, c])
 
 
 def max_pool(x, geom):
@@ -1348,8 +1348,8 @@ def max_pool(x, geom):
     arg = np.empty((N, C, oh, ow), dtype=np.int32)
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * oh <= H and 2 * ow <= W:
         _max_pool_2x2(np.ascontiguousarray(x), oh, ow, y, arg)
-    elif (kh, kw, sh, sw, ph, pw) == (3, 3, 2, 2, 0, 0):
-        _max_pool_3x3s2(np.ascontiguousarray(x), oh, ow, y, arg)
+    elif (kh, kw, sh, sw) == (3, 3, 2, 2) and ph <= 1 and pw <= 1:
+        _max_pool_3x3s2(np.ascontiguousarray(x), ph, pw, oh, ow, y, arg)
     else:
         _max_pool(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, oh, ow, y, arg)
     return y, arg
