@@ -1,6 +1,6 @@
 """``backend.keep_freed_memory``: glibc's malloc keeps the memory a training step frees for the next step (trim
-threshold and top pad set by ``mallopt``), unless the user asked otherwise. Each case runs in a fresh process: the
-setting is process-wide and its first answer is kept."""
+threshold, top pad and no block mapped on its own, set by ``mallopt``), unless the user asked otherwise. Each case
+runs in a fresh process: the setting is process-wide and its first answer is kept."""
 import os
 import subprocess
 import sys

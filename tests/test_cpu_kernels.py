@@ -59,19 +59,21 @@ def test_conv_forward_and_backward_match_numpy(n, c, f, hg, wg, bias, f32):
     close(*both(run), dtype)
 
 
-@pytest.mark.parametrize("row_min", [0, 10**9], ids=["row-copies", "2d-blocks"])
+@pytest.mark.parametrize("row_min, tiny", [(0, 0), (10**9, 0), (0, 10**9)], ids=["row-copies", "2d-blocks", "cells"])
 @settings(max_examples=80, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 3),
        hg=window_axis((1, 11), (1, 5), (1, 3), (0, 6)), wg=window_axis((1, 11), (1, 5), (1, 3), (0, 6)))
-def test_im2col_and_col2im_equal_numpy_exactly(row_min, n, c, hg, wg):
+def test_im2col_and_col2im_equal_numpy_exactly(row_min, tiny, n, c, hg, wg):
     """A copy and its adjoint: the kernels must give NumPy's bits, padding wider than the kernel included,
-    on both of im2col's copy paths (row by row for wide unstrided rows, 2-D blocks otherwise)."""
+    on each of im2col's copy paths (row by row for wide unstrided rows, 2-D blocks otherwise, cell by cell for
+    tiny planes)."""
     (h, kh, sh, ph), (w, kw, sw, pw) = hg, wg
-    K.ROW_COPY_MIN_WIDTH, saved = row_min, K.ROW_COPY_MIN_WIDTH
+    saved = K.ROW_COPY_MIN_WIDTH, K.TINY_PLANE_CELLS
+    K.ROW_COPY_MIN_WIDTH, K.TINY_PLANE_CELLS = row_min, tiny
     try:
         _check_im2col_col2im(n, c, h, w, kh, kw, sh, sw, ph, pw)
     finally:
-        K.ROW_COPY_MIN_WIDTH = saved
+        K.ROW_COPY_MIN_WIDTH, K.TINY_PLANE_CELLS = saved
 
 
 def _check_im2col_col2im(n, c, h, w, kh, kw, sh, sw, ph, pw):
