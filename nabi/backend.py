@@ -167,6 +167,11 @@ ALLOCATOR_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRES
                  "GLIBC_TUNABLES")
 
 
+def freed_memory_kept() -> bool:
+    """Whether ``keep_freed_memory`` has set the allocator in this process."""
+    return bool(_freed_memory_kept)
+
+
 def keep_freed_memory() -> bool:
     """Ask the C library's allocator (glibc's malloc, Linux) to keep the memory that a training step frees for
     the next step's arrays instead of handing it back to the system after each step: ``mallopt``'s trim

@@ -76,3 +76,19 @@ def test_a_large_array_freed_is_not_faulted_in_again():
     assert first > 0 and second <= max(4, first // 8), (first, second)
     first, second = _refaults(NABI_MALLOC="system")
     assert second >= first // 2 > 0, (first, second)
+
+
+@glibc
+def test_convolution_choices_are_kept_apart_by_the_allocator_setting():
+    """The per-shape algorithm timings depend on whether buffers are faulted in afresh at each call, so choices
+    made with freed memory kept are stored under their own machine key."""
+    code = ("from nabi import backend; from nabi.functional import conv_algo as A; a = A.machine_key(); "
+            "backend.keep_freed_memory(); print(a); print(A.machine_key())")
+    e = {k: v for k, v in os.environ.items() if k != "NABI_MALLOC" and not k.startswith("MALLOC_")
+         and k != "GLIBC_TUNABLES"}
+    e["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.strip().splitlines()
+    assert before.endswith("| freed memory returned") and after.endswith("| freed memory kept")
+    assert before.rsplit("|", 1)[0] == after.rsplit("|", 1)[0]

@@ -18,11 +18,11 @@ The setting has one home, ``NABI_CONV_ALGO`` (read when a convolution runs), or 
     winograd   Winograd wherever it applies (3×3, stride 1), im2col elsewhere: for tests and measurements.
     direct     the direct convolution wherever it applies, im2col elsewhere: for tests and measurements.
 
-The choices are kept per machine (CPU model, usable cores, nabi's kernel threads) and per shape in
-``<cache folder>/conv-algorithms.json``: ``$NABI_CACHE_DIR``, else ``$XDG_CACHE_HOME/nabi``, else
-``~/.cache/nabi``. The file is rewritten atomically (temporary file, fsync, rename) after each new
-measurement; one that cannot be read is reported once on stderr and replaced, one that cannot be written
-leaves the choices in memory for this process. Timing a layer takes a few of its steps, once per machine.
+The choices are kept per machine (CPU model, usable cores, nabi's kernel threads, whether freed memory is
+kept) and per shape in ``<cache folder>/conv-algorithms.json``: ``$NABI_CACHE_DIR``, else
+``$XDG_CACHE_HOME/nabi``, else ``~/.cache/nabi``. The file is rewritten atomically (temporary file, fsync,
+rename) after each new measurement; one that cannot be read is reported once on stderr and replaced, one that
+cannot be written leaves the choices in memory for this process. Timing a layer takes a few of its steps, once per machine.
 """
 from __future__ import annotations
 
@@ -142,14 +142,18 @@ def cache_path() -> Path:
 
 
 def machine_key() -> str:
-    """What the timings depend on besides the shape: the processor, the usable cores, the kernel threads."""
-    from ..backend import usable_cores
+    """What the timings depend on besides the shape: the processor, the usable cores, the kernel threads, and
+    whether the allocator keeps freed memory (``backend.keep_freed_memory``, as training sets it): where it does
+    not, every algorithm's buffers are faulted in afresh at each call, which weighs on the one with the largest
+    buffers (im2col's columns) and can turn the choice."""
+    from ..backend import freed_memory_kept, usable_cores
     try:
         import numba
         threads = numba.get_num_threads()
     except Exception:  # pragma: no cover - numba is optional
         threads = 1
-    return f"{_cpu_model()} | {platform.machine()} | {usable_cores()} cores | {threads} kernel threads"
+    memory = "freed memory kept" if freed_memory_kept() else "freed memory returned"
+    return f"{_cpu_model()} | {platform.machine()} | {usable_cores()} cores | {threads} kernel threads | {memory}"
 
 
 @functools.lru_cache(maxsize=1)
