@@ -187,10 +187,10 @@ def test_an_embedding_net_with_gem_trains_and_its_saved_run_loads_back(tmp_path)
     """``embedding_net`` on a ``resnet20`` backbone with ``pool='gem'`` (what ``nabi train --model resnet20
     --model-arg pool=gem --head arcface`` builds): a few ArcFace SGD steps on a fixed batch lower the loss and
     move p; the weights saved as a run (p included) rebuild the same model from their sidecar."""
-    from nabi.files.weights import save_weights
+    from nabi.files import save_weights
     from nabi.layers import ArcFaceLoss
     from nabi.runs import load_run, model_metadata
-    from nabi.training import optim
+    from nabi import optim
     rng = np.random.default_rng(6)
     x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
     y = np.arange(8) % 4
