@@ -13,10 +13,16 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.confst
                            reason="glibc's mallopt only")
 
 
-def _kept(**env):
+def _env(**env):
+    """This environment without the allocator's variables (nabi's and glibc's), plus ``env``, nabi importable."""
     e = {k: v for k, v in os.environ.items() if k != "NABI_MALLOC" and not k.startswith("MALLOC_")
          and k != "GLIBC_TUNABLES"}
     e.update(env, PYTHONPATH=str(ROOT))
+    return e
+
+
+def _kept(**env):
+    e = _env(**env)
     code = ("from nabi import backend; a = backend.keep_freed_memory(); b = backend.keep_freed_memory(); "
             "print(a, b)")
     out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
@@ -43,19 +49,15 @@ def test_training_sets_it(tmp_path):
             "from nabi.training.build import run_training; "
             f"run_training(TrainConfig(data='embedded:mnist5k', model='lenet5', iterations=1, batch_size=8, "
             f"out={str(tmp_path / 'run')!r}, progress=False), log=lambda *a: None); "
-            "print(backend._freed_memory_kept)")
-    e = {k: v for k, v in os.environ.items() if k != "NABI_MALLOC" and not k.startswith("MALLOC_")}
-    e["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=300)
+            "print(backend.freed_memory_kept())")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "True"
 
 
 def _refaults(**env):
     """Minor page faults of writing a 64 MB array a first and a second time, freed in between, in a fresh process."""
-    e = {k: v for k, v in os.environ.items() if k != "NABI_MALLOC" and not k.startswith("MALLOC_")
-         and k != "GLIBC_TUNABLES"}
-    e.update(env, PYTHONPATH=str(ROOT))
+    e = _env(**env)
     code = ("import resource, numpy as np; from nabi import backend; backend.keep_freed_memory()\n"
             "def faults():\n"
             "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
@@ -84,10 +86,7 @@ def test_convolution_choices_are_kept_apart_by_the_allocator_setting():
     made with freed memory kept are stored under their own machine key."""
     code = ("from nabi import backend; from nabi.functional import conv_algo as A; a = A.machine_key(); "
             "backend.keep_freed_memory(); print(a); print(A.machine_key())")
-    e = {k: v for k, v in os.environ.items() if k != "NABI_MALLOC" and not k.startswith("MALLOC_")
-         and k != "GLIBC_TUNABLES"}
-    e["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     before, after = out.stdout.strip().splitlines()
     assert before.endswith("| freed memory returned") and after.endswith("| freed memory kept")

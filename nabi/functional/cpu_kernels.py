@@ -315,7 +315,7 @@ def _col2im(col, N, C, H, W, kh, kw, sh, sw, ph, pw, oh, ow, dx, tiny):
                 if P <= tiny and sh == 1 and sw == 1:   # a few cells per image: one by one (``TINY_PLANE_CELLS``)
                     for i in range(i0, i1):
                         for j in range(j0, j1):
-                            plane[i * sh + u - ph, j * sw + v - pw] += crow[n * P + i * ow + j]
+                            plane[i + u - ph, j + v - pw] += crow[n * P + i * ow + j]
                     continue
                 for i in range(i0, i1):
                     src = crow[n * P + i * ow + j0:n * P + i * ow + j1]
