@@ -116,8 +116,11 @@ def test_compiled_transforms_equal_the_array_code(n, c, f, h, w, p, relu, bias, 
         np.testing.assert_allclose(a, e, **tol)
 
 
+@pytest.mark.parametrize("chunks", ["whole", "per_image"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_layer_gradients_pass_finite_differences(family):
+def test_layer_gradients_pass_finite_differences(family, chunks, monkeypatch):
+    if chunks == "per_image":
+        monkeypatch.setattr(CW, "CHUNK_BYTES", 1)                   # one image per chunk
     n, c, f, h, w, p = FAMILIES[family]
     rng = np.random.default_rng(3)
     with backend.default_dtype(np.float64), conv_algo.algorithm("winograd"):
@@ -165,10 +168,15 @@ def test_a_residual_network_equals_torch_with_winograd():
         compare_with_torch(net, tnet, rng.standard_normal((3, 3, 9, 8)), dtype=np.float64, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("chunks", ["whole", "uneven"])
 @pytest.mark.parametrize("kernels", _paths(), ids=lambda k: "numba" if k else "reference")
 @pytest.mark.parametrize("relu", [False, True])
-def test_fused_relu_fused_sgd_and_kept_buffers_change_nothing(kernels, relu):
-    x, w, b, dy, geom = _data(2, 3, 5, 7, 6, 1)
+def test_fused_relu_fused_sgd_and_kept_buffers_change_nothing(kernels, relu, chunks, monkeypatch):
+    x, w, b, dy, geom = _data(5, 3, 5, 7, 6, 1)
+    if chunks == "uneven":                     # chunks of 2, 2 and 1 images through the same buffers
+        th, tw = CW.tiles(geom)
+        monkeypatch.setattr(CW, "CHUNK_BYTES", 2 * 16 * 5 * th * tw * 8)
+        assert CW.chunk_bounds(5, 3, 5, geom, 8) == [(0, 2), (2, 4), (4, 5)]
     y_ref, cache_ref = conv.conv2d_forward(x, w, b, 1, 1)
     if relu:
         y_ref = np.maximum(y_ref, 0)

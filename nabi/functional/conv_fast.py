@@ -70,7 +70,7 @@ SCRATCH_MAX_BYTES = 64 * 2**20
 """Largest buffer a thread's eval-mode ``scratch`` keeps (every serving thread holds its own)."""
 
 
-TRANSIENT = frozenset({"gemm", "colchunk", "dcol", "dw", "wino_u", "wino_v", "wino_m", "wino_du",
+TRANSIENT = frozenset({"gemm", "colchunk", "dcol", "dw", "wino_u", "wino_v", "wino_m", "wino_du", "wino_dup",
                        "direct_pad", "direct_dy"})
 """Buffers whose contents die within one call (a forward's GEMM result, backward's δ matrix, Wᵀ·δ, Winograd's
 transformed arrays): a layer's ``Workspace`` takes them from its thread's shared ``training_scratch`` instead of

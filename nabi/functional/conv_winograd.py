@@ -28,6 +28,8 @@ Backward, for δ = ∂L/∂y (zero on a tile's cells beyond the edge), each step
 so the gradients are the exact derivatives of the forward computation: a gradient check in float64 holds to
 rounding. Each of the three passes does 4·F·C·N·P multiply-adds in its products instead of im2col's 9·F·C·N·P
 (P = OH·OW; 2.25× fewer for even OH and OW), and V holds 4·C·N·P numbers where im2col's columns hold 9·C·N·P.
+A large batch runs a chunk of whole images at a time (``CHUNK_BYTES``), so V and M stay small; ∂U sums the
+chunks' products.
 
 Numerical error. Winograd's transforms add and subtract inputs before the products, so its float32 results
 are further from the exact (float64) convolution than im2col's. Measured on random normal inputs and He-scaled
@@ -67,10 +69,27 @@ def tiles(geom):
     return (oh + 1) // 2, (ow + 1) // 2
 
 
-def workspace_bytes(x_shape, F, geom, itemsize) -> int:
-    """Bytes of the larger of V (16, C, T) and M (16, F, T), the method's largest arrays."""
+CHUNK_BYTES = 16 * 2**20
+"""Largest V (16, C, T) or M (16, F, T) built at once: a batch whose arrays would be larger is transformed,
+multiplied and transformed back a chunk of whole images at a time, through the same buffers (at least one image
+per chunk). Without chunks these two arrays were the largest of a step's buffers: 64 MB each for 64 channels at
+32×32, batch 64 (SimCLR's ResNet-18), where PyTorch's whole step needed 494 MB. 16 MB keeps the products
+(F×C)·(C×T) long — at least 4,096 tiles for 64 channels, 2,048 for 128."""
+
+
+def chunk_bounds(N, C, F, geom, itemsize, budget=None):
+    """[(start, end), …]: the images of each chunk, so that V and M of a chunk fit ``budget`` (``CHUNK_BYTES``)."""
     th, tw = tiles(geom)
-    return 16 * max(x_shape[1], F) * x_shape[0] * th * tw * itemsize
+    per_image = 16 * max(C, F) * th * tw * itemsize
+    n = max(1, int((budget or CHUNK_BYTES) // per_image))
+    return [(a, min(N, a + n)) for a in range(0, N, n)]
+
+
+def workspace_bytes(x_shape, F, geom, itemsize) -> int:
+    """Bytes of the larger of V (16, C, T) and M (16, F, T) for the largest chunk of images."""
+    th, tw = tiles(geom)
+    a, e = chunk_bounds(x_shape[0], x_shape[1], F, geom, itemsize)[0]
+    return 16 * max(x_shape[1], F) * (e - a) * th * tw * itemsize
 
 
 class WinogradCache:
@@ -96,26 +115,41 @@ def conv2d_forward(x, w, b, geom, relu=False, buffer=None, batched_matmul=None):
 
     x (N, C, H, W), w (F, C, 3, 3), b (F,) or None. ``buffer(name, shape, dtype)``: a buffer to fill, or None
     (``conv_fast`` hands out its shared scratch this way); U, V and M die within the call. ``batched_matmul(a, b,
-    out=None)``: the 16 products (default: ``blas.matmul``, over nabi's threads). Returns ``(y, cache)``,
-    y (N, F, OH, OW). The cache holds x and w themselves: neither may change before backward.
+    out=None)``: the 16 products (default: ``blas.matmul``, over nabi's threads). A batch is done in chunks of
+    images (``chunk_bounds``). Returns ``(y, cache)``, y (N, F, OH, OW). The cache holds x and w themselves:
+    neither may change before backward.
     """
     impl = for_arrays(x, w, b)
     buffer = buffer or _no_buffer
     matmul = batched_matmul or split_matmul
-    U, V = _transformed(impl, x, w, geom, buffer)
-    M = matmul(U, V, out=buffer("wino_m", (16, w.shape[0], V.shape[2]), np.result_type(U, V)))
-    y = impl.winograd_output(M, b, x.shape[0], geom, relu)
+    N, C = x.shape[:2]
+    F = w.shape[0]
+    chunks = chunk_bounds(N, C, F, geom, x.dtype.itemsize)
+    U = impl.winograd_weight(w, out=buffer("wino_u", (16, F, C), w.dtype))
+    if len(chunks) == 1:
+        V = impl.winograd_input(x, geom, out=buffer("wino_v", (16, C, _tiles_of(N, geom)), x.dtype))
+        M = matmul(U, V, out=buffer("wino_m", (16, F, V.shape[2]), np.result_type(U, V)))
+        return impl.winograd_output(M, b, N, geom, relu), WinogradCache(x, w, geom, b is not None)
+    xp = get_array_module(x)
+    y = xp.empty((N, F, geom[6], geom[7]), dtype=np.result_type(U, x))
+    step = chunks[0][1]
+    for a, e in chunks:
+        V = impl.winograd_input(x[a:e], geom, out=_part(buffer, "wino_v", C, step, e - a, geom, x.dtype))
+        M = matmul(U, V, out=_part(buffer, "wino_m", F, step, e - a, geom, np.result_type(U, V)))
+        impl.winograd_output(M, b, e - a, geom, relu, out=y[a:e])
     return y, WinogradCache(x, w, geom, b is not None)
 
 
-def _transformed(impl, x, w, geom, buffer):
-    """U (16, F, C) and V (16, C, T) of w and x."""
-    N, C = x.shape[:2]
-    F = w.shape[0]
+def _tiles_of(n, geom):
     th, tw = tiles(geom)
-    U = impl.winograd_weight(w, out=buffer("wino_u", (16, F, C), w.dtype))
-    V = impl.winograd_input(x, geom, out=buffer("wino_v", (16, C, N * th * tw), x.dtype))
-    return U, V
+    return n * th * tw
+
+
+def _part(buffer, name, rows, step, n, geom, dtype):
+    """A (16, rows, T) array for a chunk of ``n`` images: the first bytes of one buffer sized for a full chunk of
+    ``step`` images, which every chunk reuses (contiguous); None without a buffer."""
+    buf = buffer(name, (16 * rows * _tiles_of(step, geom),), dtype)
+    return None if buf is None else buf[:16 * rows * _tiles_of(n, geom)].reshape(16, rows, _tiles_of(n, geom))
 
 
 def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False, buffer=None,
@@ -141,22 +175,41 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, buffer=N
 
 
 def _gradients(dy, cache, need_dx, relu_y, buffer, batched_matmul, dw_out):
-    """U and V again; ∂M = A δ Aᵀ per tile, ∂b = Σδ; ∂w = Gᵀ (∂M · Vᵀ) G; ∂V = Uᵀ · ∂M (over V), then
-    ∂x = Σ_t B ∂V_t Bᵀ scattered onto the input."""
+    """U again; per chunk of images V again, ∂M = A δ Aᵀ per tile, ∂b = Σδ, ∂U += ∂M · Vᵀ, ∂V = Uᵀ · ∂M (over V)
+    and ∂x = Σ_t B ∂V_t Bᵀ scattered onto the chunk's input; then ∂w = Gᵀ ∂U G."""
     x, w, geom = cache.x, cache.w, cache.geom
     impl = for_arrays(dy, relu_y, x, w)
     matmul = batched_matmul or split_matmul
-    U, V = _transformed(impl, x, w, geom, buffer)
-    F, C, T = w.shape[0], x.shape[1], V.shape[2]
-    dM, db = impl.winograd_output_backward(dy, geom, relu_y, need_db=cache.has_bias,
-                                           out=buffer("wino_m", (16, F, T), dy.dtype))
-    dU = matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_du", (16, F, C), np.result_type(dM, V)))
-    dw = impl.winograd_weight_backward(dU, out=dw_out)
-    if not need_dx:
-        return None, dw, db
-    spare = V if type(V) is np.ndarray and V.dtype == np.result_type(U, dM) else None
-    dV = matmul(U.transpose(0, 2, 1), dM, out=spare)
-    return impl.winograd_input_backward(dV, x.shape, geom), dw, db
+    N, C = x.shape[:2]
+    F = w.shape[0]
+    chunks = chunk_bounds(N, C, F, geom, x.dtype.itemsize)
+    step = chunks[0][1]
+    U = impl.winograd_weight(w, out=buffer("wino_u", (16, F, C), w.dtype))
+    xp = get_array_module(x)
+    dx = xp.empty(x.shape, dtype=np.result_type(dy, w)) if need_dx and len(chunks) > 1 else None
+    dU = db = None
+    for a, e in chunks:
+        whole = len(chunks) == 1
+        V = impl.winograd_input(x if whole else x[a:e], geom,
+                                out=_part(buffer, "wino_v", C, step, e - a, geom, x.dtype))
+        dM, db_part = impl.winograd_output_backward(
+            dy if whole else dy[a:e], geom, relu_y if relu_y is None or whole else relu_y[a:e],
+            need_db=cache.has_bias, out=_part(buffer, "wino_m", F, step, e - a, geom, dy.dtype))
+        if dU is None:
+            dU = matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_du", (16, F, C), np.result_type(dM, V)))
+            db = db_part
+        else:
+            dU += matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_dup", (16, F, C), np.result_type(dM, V)))
+            if db is not None:
+                db += db_part
+        if need_dx:
+            spare = V if type(V) is np.ndarray and V.dtype == np.result_type(U, dM) else None
+            dV = matmul(U.transpose(0, 2, 1), dM, out=spare)
+            if whole:
+                dx = impl.winograd_input_backward(dV, x.shape, geom)
+            else:
+                impl.winograd_input_backward(dV, (e - a,) + x.shape[1:], geom, out=dx[a:e])
+    return dx, impl.winograd_weight_backward(dU, out=dw_out), db
 
 
 # ---------------------------------------------------------------------------
@@ -235,8 +288,9 @@ def winograd_input(x, geom, out=None):
 
 
 @reference
-def winograd_output(m, b, N, geom, relu=False):
-    """y[n, f, 2a + i, 2b + j] = (Aᵀ M_t A)[i, j] + b[f] (cut at OH, OW) [then max(·, 0)]: (16, F, T) → (N, F, OH, OW)."""
+def winograd_output(m, b, N, geom, relu=False, out=None):
+    """y[n, f, 2a + i, 2b + j] = (Aᵀ M_t A)[i, j] + b[f] (cut at OH, OW) [then max(·, 0)]: (16, F, T) → (N, F, OH, OW)
+    (copied into ``out`` when given)."""
     xp = get_array_module(m)
     F = m.shape[1]
     oh, ow = geom[6], geom[7]
@@ -249,6 +303,9 @@ def winograd_output(m, b, N, geom, relu=False):
         y += b.reshape(1, F, 1, 1)
     if relu:
         xp.maximum(y, 0, out=y)
+    if out is not None:
+        out[...] = y
+        return out
     return y
 
 
@@ -270,9 +327,10 @@ def winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None):
 
 
 @reference
-def winograd_input_backward(dv, x_shape, geom):
+def winograd_input_backward(dv, x_shape, geom, out=None):
     """∂x: each tile's B ∂V_t Bᵀ (4×4) added onto its patch of the padded input, padding dropped:
-    (16, C, T) → (N, C, H, W). The loop runs over the 16 patch offsets only, never over pixels."""
+    (16, C, T) → (N, C, H, W) (copied into ``out`` when given). The loop runs over the 16 patch offsets only,
+    never over pixels."""
     xp = get_array_module(dv)
     N, C, H, W = x_shape
     ph, pw = geom[4], geom[5]
@@ -283,4 +341,7 @@ def winograd_input_backward(dv, x_shape, geom):
     for u in range(4):
         for s in range(4):
             dpad[:, :, u:u + 2 * th:2, s:s + 2 * tw:2] += d[..., u, s]
+    if out is not None:
+        out[...] = dpad[:, :, ph:ph + H, pw:pw + W]
+        return out
     return xp.ascontiguousarray(dpad[:, :, ph:ph + H, pw:pw + W])

@@ -627,13 +627,14 @@ def _wino_output(m, b, N, oh, ow, th, tw, relu, y, nchunks):
                             dst[i + 1, j + 1] = y11
 
 
-def winograd_output(m, b, N, geom, relu=False):
-    """Winograd output transform: M (16, F, T) (+ b) [then max(·, 0)] → y (N, F, OH, OW)."""
+def winograd_output(m, b, N, geom, relu=False, out=None):
+    """Winograd output transform: M (16, F, T) (+ b) [then max(·, 0)] → y (N, F, OH, OW) (into ``out``, C-contiguous,
+    when given)."""
     F = m.shape[1]
     oh, ow = geom[6], geom[7]
     if b is None:
         b = np.zeros(F, dtype=m.dtype)
-    y = np.empty((N, F, oh, ow), dtype=m.dtype)
+    y = out if out is not None else np.empty((N, F, oh, ow), dtype=m.dtype)
     _wino_output(m, b.astype(m.dtype, copy=False), N, oh, ow, (oh + 1) // 2, (ow + 1) // 2, relu, y, _chunks())
     return y
 
@@ -772,10 +773,11 @@ def _wino_input_backward(dv, ph, pw, th, tw, dx, nchunks):
             dx[n, c] = buf[ph:ph + H, pw:pw + W]
 
 
-def winograd_input_backward(dv, x_shape, geom):
-    """Adjoint of the input transform: ∂V (16, C, T) → ∂x (N, C, H, W), overlaps summed, padding dropped."""
+def winograd_input_backward(dv, x_shape, geom, out=None):
+    """Adjoint of the input transform: ∂V (16, C, T) → ∂x (N, C, H, W), overlaps summed, padding dropped (into
+    ``out``, C-contiguous, when given)."""
     th, tw = (geom[6] + 1) // 2, (geom[7] + 1) // 2
-    dx = np.empty(x_shape, dtype=dv.dtype)
+    dx = out if out is not None else np.empty(x_shape, dtype=dv.dtype)
     _wino_input_backward(dv, geom[4], geom[5], th, tw, dx, _chunks())
     return dx
 
