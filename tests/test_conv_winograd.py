@@ -329,3 +329,13 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("NABI_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert conv_algo.cache_path() == tmp_path / "x" / "nabi" / conv_algo.CACHE_FILE
+
+
+def test_the_machine_key_tells_cpu_generations_with_one_name_apart():
+    # Virtual machines name Zen 3 and Zen 4 alike ("AMD EPYC"); their vector units differ, and so do the timings.
+    zen3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n" \
+           "flags\t\t: fpu sse2 avx fma avx2\n\nprocessor\t: 1\nmodel name\t: other\n"
+    zen4 = zen3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2\n", "avx2 avx512f avx512bw\n")
+    assert conv_algo.describe_cpu(zen3) == "AMD EPYC (family 25 model 1), avx2"
+    assert conv_algo.describe_cpu(zen4) == "AMD EPYC (family 25 model 17), avx512f"
+    assert conv_algo.describe_cpu("") != ""                        # no /proc/cpuinfo: still a name

@@ -18,7 +18,7 @@ The setting has one home, ``NABI_CONV_ALGO`` (read when a convolution runs), or 
     winograd   Winograd wherever it applies (3×3, stride 1), im2col elsewhere: for tests and measurements.
     direct     the direct convolution wherever it applies, im2col elsewhere: for tests and measurements.
 
-The choices are kept per machine (CPU model, usable cores, nabi's kernel threads, whether freed memory is
+The choices are kept per machine (CPU model and vector instructions, usable cores, nabi's kernel threads, whether freed memory is
 kept) and per shape in ``<cache folder>/conv-algorithms.json``: ``$NABI_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/nabi``, else ``~/.cache/nabi``. The file is rewritten atomically (temporary file, fsync,
 rename) after each new measurement; one that cannot be read is reported once on stderr and replaced, one that
@@ -142,10 +142,11 @@ def cache_path() -> Path:
 
 
 def machine_key() -> str:
-    """What the timings depend on besides the shape: the processor, the usable cores, the kernel threads, and
-    whether the allocator keeps freed memory (``backend.keep_freed_memory``, as training sets it): where it does
-    not, every algorithm's buffers are faulted in afresh at each call, which weighs on the one with the largest
-    buffers (im2col's columns) and can turn the choice."""
+    """What the timings depend on besides the shape: the processor (its name, family and model, widest vector
+    instructions), the usable cores, the kernel threads, and whether the allocator keeps freed memory
+    (``backend.keep_freed_memory``, as training sets it): where it does not, every algorithm's buffers are faulted
+    in afresh at each call, which weighs on the one with the largest buffers (im2col's columns) and can turn the
+    choice."""
     from ..backend import freed_memory_kept, usable_cores
     try:
         import numba
@@ -156,16 +157,40 @@ def machine_key() -> str:
     return f"{_cpu_model()} | {platform.machine()} | {usable_cores()} cores | {threads} kernel threads | {memory}"
 
 
+VECTOR_FLAGS = ("avx512f", "avx2", "asimd", "sve")
+"""The widest vector instructions decide much of what each algorithm costs (BLAS kernels, the compiled loops), and a
+model name alone can hide them: virtual machines report generations apart as "AMD EPYC"."""
+
+
 @functools.lru_cache(maxsize=1)
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return describe_cpu(f.read())
     except OSError:  # pragma: no cover - not Linux
-        pass
-    return platform.processor() or "unknown CPU"
+        return describe_cpu("")
+
+
+def describe_cpu(cpuinfo: str) -> str:
+    """The first processor of a ``/proc/cpuinfo`` text as the machine key names it: model name, family and model
+    numbers where given, and the widest of ``VECTOR_FLAGS`` it has."""
+    fields, flags = {}, set()
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break                                       # the first processor's block is enough
+            continue
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("flags", "Features"):
+            flags = set(value.split())
+        else:
+            fields.setdefault(key, value.strip())
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    widest = next((f for f in VECTOR_FLAGS if f in flags), None)
+    return f"{name}, {widest}" if widest else name
 
 
 def _warn_once(message):
