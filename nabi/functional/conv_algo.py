@@ -4,19 +4,24 @@
     winograd   ``conv_winograd.py``: F(2×2, 3×3), 2.25× fewer multiplications. 3×3 kernels, stride 1.
     direct     ``conv_direct.py``: shifted runs of the padded input planes, no columns. Stride 1, at most
                ``conv_direct.MAX_CHANNELS`` channels in and out, compiled CPU kernels.
+    outer      ``conv_outer.py``: outer products of input values and vectors of output channels' weights, no
+               columns in the forward (backward: im2col's on rebuilt columns). Any stride, at most
+               ``conv_outer.MAX_CHANNELS`` input channels (a network's first layer), compiled CPU kernels.
 
 The setting has one home, ``NABI_CONV_ALGO`` (read when a convolution runs), or ``set_algorithm`` /
 ``with algorithm(name):`` in code, which win over the environment:
 
     auto       (default) compiled CPU arrays (NumPy float32/float64, ``cpu_kernels`` on): a layer of at least
                ``MIN_TUNED_MACS`` multiply-adds is timed once with each algorithm that applies — Winograd where
-               its buffers fit ``conv_fast.COL_BUDGET_BYTES`` — (forward + backward in training, forward in eval,
-               on random data of its shape, alternated, median of ``ROUNDS``) and runs the fastest from then on;
+               its buffers fit ``conv_fast.COL_BUDGET_BYTES`` — (forward + backward in training, without ∂L/∂x
+               for a layer that computes none, forward in eval; on random data of its shape, alternated, median of
+               ``ROUNDS``) and runs the fastest from then on;
                a choice cached before another algorithm applied to its shape is timed again.
                Smaller layers, other arrays (CuPy, float16) and other geometries: im2col.
     im2col     always im2col.
     winograd   Winograd wherever it applies (3×3, stride 1), im2col elsewhere: for tests and measurements.
     direct     the direct convolution wherever it applies, im2col elsewhere: for tests and measurements.
+    outer      the outer-product convolution wherever it applies, im2col elsewhere: likewise.
 
 The choices are kept per machine (CPU model and vector instructions, usable cores, nabi's kernel threads, whether freed memory is
 kept) and per shape in ``<cache folder>/conv-algorithms.json``: ``$NABI_CACHE_DIR``, else
@@ -39,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-ALGORITHMS = ("im2col", "winograd", "direct")
+ALGORITHMS = ("im2col", "winograd", "direct", "outer")
 SETTINGS = ("auto",) + ALGORITHMS
 ENV = "NABI_CONV_ALGO"
 CACHE_ENV = "NABI_CACHE_DIR"
@@ -70,8 +75,8 @@ def setting() -> str:
 
 
 def set_algorithm(name) -> None:
-    """Force an algorithm for every convolution of this process ('im2col', 'winograd', 'direct'), or go back to
-    'auto' / the environment's setting with None."""
+    """Force an algorithm for every convolution of this process ('im2col', 'winograd', 'direct', 'outer'), or go
+    back to 'auto' / the environment's setting with None."""
     global _forced
     if name is not None and name not in SETTINGS:
         raise ValueError(f"set_algorithm: expected one of {', '.join(SETTINGS)} or None, got {name!r}")

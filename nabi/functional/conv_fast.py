@@ -34,6 +34,7 @@ import numpy as np
 from ..backend import get_array_module
 from . import conv_algo
 from . import conv_direct as CD
+from . import conv_outer as CO
 from . import conv_winograd as CW
 from .blas import gemm_inplace, matmul, matmul_into
 from .conv import conv_geometry
@@ -189,19 +190,27 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
     impl = for_arrays(x, w, b)
-    algo = algorithm_for(x, w, geom, impl, purpose)
+    algo = algorithm_for(x, w, geom, impl, purpose, need_dx)
     if algo == "winograd":
         return CW.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
     if algo == "direct":
         return CD.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
     col_sample = x.shape[1] * kh * kw * oh * ow * x.dtype.itemsize
-    budget = (INPUT_LAYER_CHUNK_BYTES if purpose == "train" and not need_dx
-              and col_sample > INPUT_LAYER_COL_RATIO * (x[0].size * x.dtype.itemsize)
-              and col_sample * x.shape[0] >= INPUT_LAYER_MIN_COL_BYTES else None)
-    limit = getattr(workspace, "limit", None) or 0
-    if purpose == "eval" and budget is None and limit >= INPUT_LAYER_CHUNK_BYTES:
-        budget = min(COL_BUDGET_BYTES, limit)       # an eval forward's columns: in chunks its scratch holds
+    budget = _column_budget(x, col_sample, purpose, need_dx, workspace)
+    if algo == "outer":
+        return _outer_forward(x, w, b, geom, relu, col_sample, budget)
     return _im2col_forward(x, w, b, geom, relu, workspace, impl, budget)
+
+
+def _column_budget(x, col_sample, purpose, need_dx, workspace):
+    """Bytes of columns built at once (None: ``COL_BUDGET_BYTES``), as ``conv2d_forward``'s docstring says."""
+    if (purpose == "train" and not need_dx and col_sample > INPUT_LAYER_COL_RATIO * (x[0].size * x.dtype.itemsize)
+            and col_sample * x.shape[0] >= INPUT_LAYER_MIN_COL_BYTES):
+        return INPUT_LAYER_CHUNK_BYTES
+    limit = getattr(workspace, "limit", None) or 0
+    if purpose == "eval" and limit >= INPUT_LAYER_CHUNK_BYTES:
+        return min(COL_BUDGET_BYTES, limit)         # an eval forward's columns: in chunks its scratch holds
+    return None
 
 
 def whole_window(x_shape, geom) -> bool:
@@ -211,6 +220,13 @@ def whole_window(x_shape, geom) -> bool:
     ∂L/∂x = δᵀ·W (N, F)(F, C·KH·KW) without col2im: the layer is a fully connected one."""
     kh, kw, sh, sw, ph, pw = geom[:6]
     return ph == 0 and pw == 0 and kh == x_shape[2] and kw == x_shape[3]
+
+
+def _outer_forward(x, w, b, geom, relu, col_sample, budget=None):
+    """``conv_outer``'s forward, with im2col's cache for the backward: no columns kept, they are rebuilt from x in
+    chunks of ``budget`` bytes (``COL_BUDGET_BYTES`` by default), as for a first layer's large columns."""
+    y = CO.conv2d_forward(x, w, b, geom, relu)
+    return y, (None, w, x.shape, geom, b is not None, (x, _batch_chunks(x.shape[0], col_sample, budget)))
 
 
 def _im2col_forward(x, w, b, geom, relu, workspace, impl, budget=None):
@@ -244,43 +260,53 @@ def _chunk_buffer(impl, workspace, rows, P, step, n, dtype):
     return None if buf is None else buf[:rows * n * P].reshape(rows, n * P)
 
 
-def algorithm_for(x, w, geom, impl, purpose="train"):
-    """'im2col', 'winograd' or 'direct' for this call, as ``conv_algo`` chooses (timed once per shape and machine)
-    among those that apply."""
+def algorithm_for(x, w, geom, impl, purpose="train", need_dx=True):
+    """'im2col', 'winograd', 'direct' or 'outer' for this call, as ``conv_algo`` chooses (timed once per shape,
+    purpose and machine) among those that apply. A training call that computes no ∂L/∂x (a first layer) is timed
+    so, under a shape key of its own."""
     candidates = ["im2col"]
     if (CW.applies(geom, np.result_type(x.dtype, w.dtype))
             and CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize) <= COL_BUDGET_BYTES):
         candidates.append("winograd")
     if CD.applies(x, w, geom) and not whole_window(x.shape, geom):
         candidates.append("direct")
+    if CO.applies(x, w, geom) and not whole_window(x.shape, geom):
+        candidates.append("outer")
     if len(candidates) == 1:
         return "im2col"
     N, C, H, W = x.shape
     F = w.shape[0]
     kh, kw, sh, sw, ph, pw, oh, ow = geom
-    key = f"{purpose} {N}x{C}x{H}x{W} -> {F} {kh}x{kw} p{ph}x{pw} {x.dtype}"
+    need_dx = need_dx or purpose != "train"
+    key = (f"{purpose if need_dx else 'train, no dx'} {N}x{C}x{H}x{W} -> {F} {kh}x{kw} "
+           + (f"s{sh}x{sw} " if (sh, sw) != (1, 1) else "") + f"p{ph}x{pw} {x.dtype}")
     return conv_algo.choose(tuple(candidates), key, N * F * C * kh * kw * oh * ow, impl.keeps_buffers,
-                            lambda name: _trial(name, x.shape, w.shape, geom, x.dtype, purpose))
+                            lambda name: _trial(name, x.shape, w.shape, geom, x.dtype, purpose, need_dx))
 
 
-def _trial(name, x_shape, w_shape, geom, dtype, purpose):
-    """One step of algorithm ``name`` on random data of this shape, for ``conv_algo`` to time."""
+def _trial(name, x_shape, w_shape, geom, dtype, purpose, need_dx=True):
+    """One step of algorithm ``name`` on random data of this shape, for ``conv_algo`` to time: its forward, and in
+    training its backward (with ∂L/∂x or without, as the layer computes it)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
     dy = rng.standard_normal((x_shape[0], w_shape[0], geom[6], geom[7])).astype(dtype)
     ws = Workspace()
     impl = for_arrays(x, w)
+    col_sample = x_shape[1] * geom[0] * geom[1] * geom[6] * geom[7] * x.dtype.itemsize
+    budget = _column_budget(x, col_sample, purpose, need_dx, ws)
 
     def step():
         if name == "winograd":
             y, cache = CW.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
         elif name == "direct":
             y, cache = CD.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
+        elif name == "outer":
+            y, cache = _outer_forward(x, w, None, geom, False, col_sample, budget)
         else:
-            y, cache = _im2col_forward(x, w, None, geom, False, ws, impl)
+            y, cache = _im2col_forward(x, w, None, geom, False, ws, impl, budget)
         if purpose == "train":
-            conv2d_backward(dy, cache, consume=True, workspace=ws)
+            conv2d_backward(dy, cache, need_dx=need_dx, consume=True, workspace=ws)
     return step
 
 

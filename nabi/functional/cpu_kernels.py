@@ -1227,6 +1227,109 @@ small planes (8×8: 10 vectors a run) then pay the lanes' final additions once p
 
 
 # ---------------------------------------------------------------------------
+# the outer-product convolution (see ``conv_outer``): few input channels, any stride, vectors of output channels
+# ---------------------------------------------------------------------------
+OUTER_BLOCK = 32
+"""Output channels of the outer-product kernel's register block (4 vectors of 8), over 3 output pixels of a row:
+12 vectors of sums, each loaded weight vector feeding 3 multiply-adds (one per pixel's input value)."""
+
+OUTER_PIXELS = 3
+
+
+@_jit
+def _outer_forward(xf, C, Hp, Wp, wf, SH, SW, KH, KW, OH, OW, OWp, Fp, F, b, relu, y):
+    # y[n, f, i, j] = b[f] + Σ_c Σ_u Σ_v w[f, c, u, v] · x_pad[n, c, i·SH + u, j·SW + v]; the sums of 32 output
+    # channels × 3 pixels are held in 12 vectors while (c, u, v) run, each weight vector w[c, u, v, f-block]
+    # multiplied by the three pixels' input values. xf: x_pad flat (N·C·Hp·Wp), wide enough for OWp columns;
+    # wf: the weights as (C, KH, KW, Fp) flat, zero past F.
+    N = y.shape[0]
+    nfb = Fp // OUTER_BLOCK
+    for task in prange(N * OH * nfb):
+        fb = task % nfb
+        ni = task // nfb
+        n = ni // OH
+        i = ni % OH
+        tmp = np.empty(OUTER_PIXELS * OUTER_BLOCK, dtype=y.dtype)
+        for j0 in range(0, OWp, OUTER_PIXELS):
+            a00 = vec_zeros(tmp)
+            a01 = vec_zeros(tmp)
+            a02 = vec_zeros(tmp)
+            a03 = vec_zeros(tmp)
+            a10 = vec_zeros(tmp)
+            a11 = vec_zeros(tmp)
+            a12 = vec_zeros(tmp)
+            a13 = vec_zeros(tmp)
+            a20 = vec_zeros(tmp)
+            a21 = vec_zeros(tmp)
+            a22 = vec_zeros(tmp)
+            a23 = vec_zeros(tmp)
+            for c in range(C):
+                for u in range(KH):
+                    xrow = ((n * C + c) * Hp + i * SH + u) * Wp + j0 * SW
+                    wrow = (c * KH + u) * KW * Fp + fb * OUTER_BLOCK
+                    for v in range(KW):
+                        x0 = xf[xrow + v]
+                        x1 = xf[xrow + SW + v]
+                        x2 = xf[xrow + 2 * SW + v]
+                        wb = wrow + v * Fp
+                        wv = vec_load(wf, wb)
+                        a00 = vec_fma(a00, wv, x0)
+                        a10 = vec_fma(a10, wv, x1)
+                        a20 = vec_fma(a20, wv, x2)
+                        wv = vec_load(wf, wb + LANES)
+                        a01 = vec_fma(a01, wv, x0)
+                        a11 = vec_fma(a11, wv, x1)
+                        a21 = vec_fma(a21, wv, x2)
+                        wv = vec_load(wf, wb + 2 * LANES)
+                        a02 = vec_fma(a02, wv, x0)
+                        a12 = vec_fma(a12, wv, x1)
+                        a22 = vec_fma(a22, wv, x2)
+                        wv = vec_load(wf, wb + 3 * LANES)
+                        a03 = vec_fma(a03, wv, x0)
+                        a13 = vec_fma(a13, wv, x1)
+                        a23 = vec_fma(a23, wv, x2)
+            vec_store(tmp, 0, a00)
+            vec_store(tmp, LANES, a01)
+            vec_store(tmp, 2 * LANES, a02)
+            vec_store(tmp, 3 * LANES, a03)
+            vec_store(tmp, OUTER_BLOCK, a10)
+            vec_store(tmp, OUTER_BLOCK + LANES, a11)
+            vec_store(tmp, OUTER_BLOCK + 2 * LANES, a12)
+            vec_store(tmp, OUTER_BLOCK + 3 * LANES, a13)
+            vec_store(tmp, 2 * OUTER_BLOCK, a20)
+            vec_store(tmp, 2 * OUTER_BLOCK + LANES, a21)
+            vec_store(tmp, 2 * OUTER_BLOCK + 2 * LANES, a22)
+            vec_store(tmp, 2 * OUTER_BLOCK + 3 * LANES, a23)
+            for p in range(OUTER_PIXELS):
+                j = j0 + p
+                if j < OW:
+                    for k in range(OUTER_BLOCK):
+                        f = fb * OUTER_BLOCK + k
+                        if f < F:
+                            v = tmp[p * OUTER_BLOCK + k] + b[f]
+                            if relu:
+                                v = 0 if v < 0 else v          # NaN stays NaN
+                            y[n, f, i, j] = v
+
+
+def outer_forward(x, w, b, geom, relu=False, out=None):
+    """The outer-product convolution's forward (``conv_outer``): x (N, C, H, W), w (F, C, KH, KW), b (F,) or None,
+    any stride and padding → y (N, F, OH, OW) (into ``out`` when given) [then max(·, 0)]."""
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    owp = -(-ow // OUTER_PIXELS) * OUTER_PIXELS
+    hp, wp = H + 2 * ph, max(W + 2 * pw, (owp - 1) * sw + kw)
+    xp = np.zeros((N, C, hp, wp), dtype=x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    fp = -(-F // OUTER_BLOCK) * OUTER_BLOCK
+    wt = np.zeros((C, kh, kw, fp), dtype=x.dtype)
+    wt[..., :F] = w.transpose(1, 2, 3, 0)
+    bias = np.zeros(F, dtype=x.dtype) if b is None else b.astype(x.dtype, copy=False)
+    y = out if out is not None else np.empty((N, F, oh, ow), dtype=x.dtype)
+    _outer_forward(xp.reshape(-1), C, hp, wp, wt.reshape(-1), sh, sw, kh, kw, oh, ow, owp, fp, F, bias, relu, y)
+    return y
+# ---------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------
 @_scalar
