@@ -214,6 +214,21 @@ def test_the_parallel_builds_compute_the_one_thread_builds_bits(family, monkeypa
         np.testing.assert_array_equal(serial, parallel)
 
 
+@pytest.mark.parametrize("family", ["odd_sizes", "odd_channels", "1x3", "8to8_rows_of_16", "16to32_batch1",
+                                    "narrow_p0"])
+def test_the_register_blocks_of_two_and_four_vectors_compute_the_same_bits(family, monkeypatch):
+    # 4 vectors of each output channel serve CPUs with 32 vector registers, 2 the others; whichever this machine
+    # runs, the other is checked against it here (and it against im2col above).
+    x, w, b, dy, geom = _data(*FAMILIES[family], dtype=np.float32)
+    p = FAMILIES[family][-1]
+    runs = []
+    for vectors in (2, 4):
+        monkeypatch.setattr(K, "DIRECT_VECTORS", vectors)
+        runs.append(_direct(x, w, b, dy, p, relu=True))
+    for two, four in zip(*runs):
+        np.testing.assert_array_equal(two, four)
+
+
 def test_the_weight_gradient_does_not_depend_on_the_thread_count():
     x, w, b, dy, geom = _data(5, 3, 4, 9, 9, 3, 3, 1, dtype=np.float32)
     old = K._nb.get_num_threads()

@@ -23,9 +23,10 @@ columns are 9× the activation. ``conv_algo`` decides per layer shape by measure
 forces it wherever it applies.
 
 The loops are the compiled CPU kernels ``cpu_kernels.direct_*`` (NumPy float32/float64, numba), register-blocked:
-forward and ∂x keep the sums of 4 output channels × 16 outputs in 8 vector registers (``cpu_kernels.vec_*``) while the
-sum over input channels and taps runs through them, so each loaded input vector feeds 4 multiply-adds; ∂w keeps 4
-output channels × 3 taps. There is no array version: where the kernels do not serve (CuPy, float16, numba absent)
+forward and ∂x keep the sums of 4 output channels × 16 outputs in 8 vector registers (``cpu_kernels.vec_*``) — × 32
+outputs in 16 where the CPU has 32 vector registers (``cpu_kernels.DIRECT_VECTORS``) — while the sum over input
+channels and taps runs through them, so each loaded input vector feeds 4 multiply-adds; ∂w keeps 4 output channels ×
+3 taps. There is no array version: where the kernels do not serve (CuPy, float16, numba absent)
 the convolution runs im2col, which is this method's reference (``tests/test_conv_direct.py``: equal to it and to
 the sums above written in NumPy, in float64 to 1e-11; finite differences; PyTorch).
 """
