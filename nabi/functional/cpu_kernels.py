@@ -1349,20 +1349,20 @@ def _outer_forward(xf, C, Hp, Wp, wf, SH, SW, KH, KW, OH, OW, OWp, Fp, F, b, rel
         ni = task // nfb
         n = ni // OH
         i = ni % OH
-        tmp = np.empty(OUTER_PIXELS * OUTER_BLOCK, dtype=y.dtype)
+        row = np.empty(OWp * OUTER_BLOCK, dtype=y.dtype)      # the row's sums, pixel by pixel (32 channels each)
         for j0 in range(0, OWp, OUTER_PIXELS):
-            a00 = vec_zeros(tmp)
-            a01 = vec_zeros(tmp)
-            a02 = vec_zeros(tmp)
-            a03 = vec_zeros(tmp)
-            a10 = vec_zeros(tmp)
-            a11 = vec_zeros(tmp)
-            a12 = vec_zeros(tmp)
-            a13 = vec_zeros(tmp)
-            a20 = vec_zeros(tmp)
-            a21 = vec_zeros(tmp)
-            a22 = vec_zeros(tmp)
-            a23 = vec_zeros(tmp)
+            a00 = vec_zeros(row)
+            a01 = vec_zeros(row)
+            a02 = vec_zeros(row)
+            a03 = vec_zeros(row)
+            a10 = vec_zeros(row)
+            a11 = vec_zeros(row)
+            a12 = vec_zeros(row)
+            a13 = vec_zeros(row)
+            a20 = vec_zeros(row)
+            a21 = vec_zeros(row)
+            a22 = vec_zeros(row)
+            a23 = vec_zeros(row)
             for c in range(C):
                 for u in range(KH):
                     xrow = ((n * C + c) * Hp + i * SH + u) * Wp + j0 * SW
@@ -1388,28 +1388,28 @@ def _outer_forward(xf, C, Hp, Wp, wf, SH, SW, KH, KW, OH, OW, OWp, Fp, F, b, rel
                         a03 = vec_fma(a03, wv, x0)
                         a13 = vec_fma(a13, wv, x1)
                         a23 = vec_fma(a23, wv, x2)
-            vec_store(tmp, 0, a00)
-            vec_store(tmp, LANES, a01)
-            vec_store(tmp, 2 * LANES, a02)
-            vec_store(tmp, 3 * LANES, a03)
-            vec_store(tmp, OUTER_BLOCK, a10)
-            vec_store(tmp, OUTER_BLOCK + LANES, a11)
-            vec_store(tmp, OUTER_BLOCK + 2 * LANES, a12)
-            vec_store(tmp, OUTER_BLOCK + 3 * LANES, a13)
-            vec_store(tmp, 2 * OUTER_BLOCK, a20)
-            vec_store(tmp, 2 * OUTER_BLOCK + LANES, a21)
-            vec_store(tmp, 2 * OUTER_BLOCK + 2 * LANES, a22)
-            vec_store(tmp, 2 * OUTER_BLOCK + 3 * LANES, a23)
-            for p in range(OUTER_PIXELS):
-                j = j0 + p
-                if j < OW:
-                    for k in range(OUTER_BLOCK):
-                        f = fb * OUTER_BLOCK + k
-                        if f < F:
-                            v = tmp[p * OUTER_BLOCK + k] + b[f]
-                            if relu:
-                                v = 0 if v < 0 else v          # NaN stays NaN
-                            y[n, f, i, j] = v
+            q = j0 * OUTER_BLOCK
+            vec_store(row, q, a00)
+            vec_store(row, q + LANES, a01)
+            vec_store(row, q + 2 * LANES, a02)
+            vec_store(row, q + 3 * LANES, a03)
+            vec_store(row, q + OUTER_BLOCK, a10)
+            vec_store(row, q + OUTER_BLOCK + LANES, a11)
+            vec_store(row, q + OUTER_BLOCK + 2 * LANES, a12)
+            vec_store(row, q + OUTER_BLOCK + 3 * LANES, a13)
+            vec_store(row, q + 2 * OUTER_BLOCK, a20)
+            vec_store(row, q + 2 * OUTER_BLOCK + LANES, a21)
+            vec_store(row, q + 2 * OUTER_BLOCK + 2 * LANES, a22)
+            vec_store(row, q + 2 * OUTER_BLOCK + 3 * LANES, a23)
+        for k in range(min(OUTER_BLOCK, F - fb * OUTER_BLOCK)):      # the row's channels into y, cut at OW
+            f = fb * OUTER_BLOCK + k
+            bf = b[f]
+            dst = y[n, f, i]
+            for j in range(OW):
+                v = row[j * OUTER_BLOCK + k] + bf
+                if relu:
+                    v = 0 if v < 0 else v                      # NaN stays NaN
+                dst[j] = v
 
 
 def outer_forward(x, w, b, geom, relu=False, out=None):
