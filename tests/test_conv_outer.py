@@ -2,10 +2,11 @@
 
 Per shape family (ResNet's 7×7 stride-2 stem with an output-channel count that is no multiple of the kernel's block
 of 32; AlexNet's 11×11 stride 4; one gray channel; four channels at padding 0; unequal strides and paddings; a 1×1
-kernel at batch 1): the forward equals im2col's in float64 and stays within im2col's error bound in float32; the
-layer's forward and backward (its backward is im2col's on rebuilt columns) equal im2col's, pass finite differences in
-float64 with a random upstream gradient and equal PyTorch; fused ReLU keeps NaN; the parallel build computes the
-one-thread build's bits; it runs only where it applies, and ``conv_algo`` times it beside im2col.
+kernel at batch 1): the forward and all gradients equal im2col's in float64 (with and without ∂L/∂x, with and
+without a fused ReLU) and the forward stays within im2col's error bound in float32; the layer passes finite
+differences in float64 with a random upstream gradient and equals PyTorch; fused ReLU keeps NaN; the parallel builds
+compute the one-thread builds' bits whatever the thread count; it runs only where it applies, and ``conv_algo`` times
+it beside im2col.
 """
 from collections import OrderedDict
 
@@ -151,6 +152,41 @@ def test_the_parallel_build_computes_the_one_thread_builds_bits(family, monkeypa
         monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", limit)
         runs.append(K.outer_forward(x, wt, b, geom, relu=True))
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_sgd_updates_as_the_gradients_say(relu, calls):
+    n, c, f, h, w, kh, kw, s, p = FAMILIES["strides_2x3"]
+    x, wt, b, dy = _data(n, c, f, h, w, kh, kw, s, p)
+    (_, dx_ref, dw_ref, db_ref), _ = _both("strides_2x3", relu, need_dx=True)
+    w2, b2 = wt.copy(), b.copy()
+    with conv_algo.algorithm("outer"):
+        y, cache = conv_fast.conv2d_forward(x, w2, b2, s, p, relu=relu)
+        dx = conv_fast.conv2d_sgd_backward(dy, cache, w2, b2, 0.5, relu_y=y if relu else None)
+    assert calls[0] == 2
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-11, atol=1e-12)            # with the old weights
+    np.testing.assert_allclose(w2, wt - 0.5 * dw_ref, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(b2, b - 0.5 * db_ref, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["stem_7x7_s2", "strides_2x3"])
+def test_the_weight_gradient_does_not_depend_on_threads(family, monkeypatch):
+    n, c, f, h, w, kh, kw, s, p = FAMILIES[family]
+    x, wt, b, dy = _data(n, c, f, h, w, kh, kw, s, p, dtype=np.float32)
+    geom = conv.conv_geometry(x, wt, s, p)
+    relu_y = np.maximum(dy, 0)
+    old = K._nb.get_num_threads()
+    runs = []
+    try:
+        for threads, limit in ((1, 1 << 40), (1, 0), (old, 0)):    # one-thread build, parallel on 1, parallel on all
+            K.set_num_threads(threads)
+            monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", limit)
+            runs.append(K.outer_weight_grad(x, dy, geom, relu_y))
+    finally:
+        K.set_num_threads(old)
+    for other in runs[1:]:
+        for a, e in zip(other, runs[0]):
+            np.testing.assert_array_equal(a, e)
 
 
 def test_outer_only_where_it_applies(calls):

@@ -5,8 +5,8 @@
     direct     ``conv_direct.py``: shifted runs of the padded input planes, no columns. Stride 1, at most
                ``conv_direct.MAX_CHANNELS`` channels in and out, compiled CPU kernels.
     outer      ``conv_outer.py``: outer products of input values and vectors of output channels' weights, no
-               columns in the forward (backward: im2col's on rebuilt columns). Any stride, at most
-               ``conv_outer.MAX_CHANNELS`` input channels (a network's first layer), compiled CPU kernels.
+               columns. Any stride, at most ``conv_outer.MAX_CHANNELS`` input channels (a network's first layer),
+               compiled CPU kernels.
 
 The setting has one home, ``NABI_CONV_ALGO`` (read when a convolution runs), or ``set_algorithm`` /
 ``with algorithm(name):`` in code, which win over the environment:

@@ -19,7 +19,7 @@
 5. **Another algorithm where it is faster.** 3×3 stride-1 layers may run Winograd F(2×2, 3×3)
    (``conv_winograd``), thin stride-1 layers a direct convolution (``conv_direct``), instead of im2col;
    ``conv_algo`` decides per layer shape, by measurement (or as ``NABI_CONV_ALGO`` forces). Their caches are
-   a ``conv_winograd.WinogradCache`` and a ``conv_direct.DirectCache``.
+   a ``conv_winograd.WinogradCache``, a ``conv_direct.DirectCache`` and a ``conv_outer.OuterCache``.
 
 Every result equals ``conv.conv2d_forward`` / ``conv2d_backward`` (``tests/test_conv_fast.py``).
 The im2col cache is ``(col, w, x_shape, geom, has_bias, chunked)``; ``chunked`` is None or
@@ -198,7 +198,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     col_sample = x.shape[1] * kh * kw * oh * ow * x.dtype.itemsize
     budget = _column_budget(x, col_sample, purpose, need_dx, workspace)
     if algo == "outer":
-        return _outer_forward(x, w, b, geom, relu, col_sample, budget)
+        return CO.conv2d_forward(x, w, b, geom, relu)
     return _im2col_forward(x, w, b, geom, relu, workspace, impl, budget)
 
 
@@ -222,11 +222,6 @@ def whole_window(x_shape, geom) -> bool:
     return ph == 0 and pw == 0 and kh == x_shape[2] and kw == x_shape[3]
 
 
-def _outer_forward(x, w, b, geom, relu, col_sample, budget=None):
-    """``conv_outer``'s forward, with im2col's cache for the backward: no columns kept, they are rebuilt from x in
-    chunks of ``budget`` bytes (``COL_BUDGET_BYTES`` by default), as for a first layer's large columns."""
-    y = CO.conv2d_forward(x, w, b, geom, relu)
-    return y, (None, w, x.shape, geom, b is not None, (x, _batch_chunks(x.shape[0], col_sample, budget)))
 
 
 def _im2col_forward(x, w, b, geom, relu, workspace, impl, budget=None):
@@ -302,7 +297,7 @@ def _trial(name, x_shape, w_shape, geom, dtype, purpose, need_dx=True):
         elif name == "direct":
             y, cache = CD.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
         elif name == "outer":
-            y, cache = _outer_forward(x, w, None, geom, False, col_sample, budget)
+            y, cache = CO.conv2d_forward(x, w, None, geom)
         else:
             y, cache = _im2col_forward(x, w, None, geom, False, ws, impl, budget)
         if purpose == "train":
@@ -353,6 +348,9 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
     if isinstance(cache, CD.DirectCache):
         return CD.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
                                   buffer=_buffers(for_arrays(dy, cache.x), workspace))
+    if isinstance(cache, CO.OuterCache):
+        dw, db = CO.weight_gradients(dy, cache, relu_y, dw_out)
+        return (_outer_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
     _, w, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -387,6 +385,13 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspac
     if isinstance(cache, CD.DirectCache):
         return CD.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
                                       buffer=_buffers(for_arrays(dy, cache.x), workspace))
+    if isinstance(cache, CO.OuterCache):
+        dx = _outer_input_grad(dy, cache, relu_y) if need_dx else None       # with the old weights, first
+        dw, db = CO.weight_gradients(dy, cache, relu_y)
+        w -= w.dtype.type(lr) * dw
+        if b is not None and db is not None:
+            b -= b.dtype.type(lr) * db
+        return dx
     col, w_fwd, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -445,6 +450,18 @@ def _input_grad(dy_mat, w, x_shape, geom, out=None):
         out = None
     dcol = matmul_into(w_t, dy_mat, out=out)                   # (C·KH·KW, N·OH·OW)
     return for_arrays(dcol).col2im(dcol, x_shape, geom)
+
+
+def _outer_input_grad(dy, cache, relu_y):
+    """∂L/∂x of an outer-product convolution: im2col's col2im(Wᵀ·δ) (no columns of x needed), a chunk of images at a
+    time within ``COL_BUDGET_BYTES`` of Wᵀ·δ."""
+    x_shape, w, geom = cache.x.shape, cache.w, cache.geom
+    col_sample = x_shape[1] * geom[0] * geom[1] * geom[6] * geom[7] * dy.dtype.itemsize
+    parts = []
+    for a, e in _batch_chunks(x_shape[0], col_sample):
+        dy_mat, _ = _dy_matrix(dy[a:e], False, _rows(relu_y, a, e), None)
+        parts.append(_input_grad(dy_mat, w, (e - a,) + tuple(x_shape[1:]), geom))
+    return _join(parts, get_array_module(dy))
 
 
 def _join(parts, xp):

@@ -12,12 +12,17 @@ shallow for BLAS to reach its speed, and the columns are 12.25 times the image. 
 while (c, u, v) run, each loaded weight vector feeding 3 multiply-adds: measured on 2 Zen 4 cores, ResNet's stem
 at batch 16 of 160×160 took 16–17 ms against im2col's 28–36 (PyTorch's 11.5).
 
-Backward is im2col's, on columns rebuilt from x a chunk of images at a time (as ``conv_fast`` does for a first
-layer's large columns): the forward keeps nothing but x and w. So ∂L/∂x, ∂L/∂w and ∂L/∂b are exactly im2col's,
-and the forward is checked against im2col's in float64 (``tests/test_conv_outer.py``), against PyTorch, and the
-layer by finite differences. Where the compiled kernels do not serve (CuPy, float16, numba absent) the
-convolution runs im2col, this method's reference. ``conv_algo`` decides per layer shape by measurement;
-``NABI_CONV_ALGO=outer`` forces it wherever it applies.
+Backward, for δ = ∂L/∂y (masked by [y > 0] when a ReLU is fused):
+
+    ∂w_t[c, u, v, :] = Σ_n Σ_i Σ_j x_pad[n, c, i·SH + u, j·SW + v] · δ[n, :, i, j]      ∂b = Σ δ
+
+the same outer products, summed over pixels: δ is laid out pixel by pixel (channels last) once, and the compiled
+kernel (``cpu_kernels.outer_weight_grad``) keeps 32 channels × 3 taps in 12 vector registers along a row's pixels.
+∂L/∂x, where a layer computes it (a first layer does not), is im2col's col2im(Wᵀ·δ), which needs no columns of x.
+The forward keeps nothing but x and w. Forward and gradients are checked against im2col's in float64
+(``tests/test_conv_outer.py``), against PyTorch, and the layer by finite differences. Where the compiled kernels do
+not serve (CuPy, float16, numba absent) the convolution runs im2col, this method's reference. ``conv_algo`` decides
+per layer shape by measurement; ``NABI_CONV_ALGO=outer`` forces it wherever it applies.
 """
 from __future__ import annotations
 
@@ -37,7 +42,23 @@ def applies(x, w, geom) -> bool:
             and x.shape[1] <= MAX_CHANNELS)
 
 
+class OuterCache:
+    """What backward needs: x and w themselves (references, no copies: neither may change before backward), the
+    geometry, and whether there is a bias."""
+
+    __slots__ = ("x", "w", "geom", "has_bias")
+
+    def __init__(self, x, w, geom, has_bias):
+        self.x, self.w, self.geom, self.has_bias = x, w, geom, has_bias
+
+
 def conv2d_forward(x, w, b, geom, relu=False):
-    """y = conv2d(x, w) + b [then max(·, 0) with ``relu``] for any ``geom`` (``conv.conv_geometry``): y (N, F, OH, OW).
-    The caller keeps what backward needs (``conv_fast``: x and w, for im2col's backward)."""
-    return K.outer_forward(x, w, b, geom, relu)
+    """y = conv2d(x, w) + b [then max(·, 0) with ``relu``] for any ``geom`` (``conv.conv_geometry``). Returns
+    ``(y, cache)``, y (N, F, OH, OW)."""
+    return K.outer_forward(x, w, b, geom, relu), OuterCache(x, w, geom, b is not None)
+
+
+def weight_gradients(dy, cache, relu_y=None, dw_out=None):
+    """(∂L/∂w, ∂L/∂b or None) of ``conv2d_forward`` for δ = ``dy`` (masked by [relu_y > 0] when given); ∂L/∂w into
+    ``dw_out`` when given. (∂L/∂x is ``conv_fast``'s: im2col's col2im(Wᵀ·δ).)"""
+    return K.outer_weight_grad(cache.x, dy, cache.geom, relu_y, need_db=cache.has_bias, out=dw_out)

@@ -1419,9 +1419,8 @@ def outer_forward(x, w, b, geom, relu=False, out=None):
     F = w.shape[0]
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     owp = -(-ow // OUTER_PIXELS) * OUTER_PIXELS
-    hp, wp = H + 2 * ph, max(W + 2 * pw, (owp - 1) * sw + kw)
-    xp = np.zeros((N, C, hp, wp), dtype=x.dtype)
-    xp[:, :, ph:ph + H, pw:pw + W] = x
+    xp = _outer_padded(x, geom, extra_cols=(owp - ow) * sw)
+    hp, wp = xp.shape[2:]
     fp = -(-F // OUTER_BLOCK) * OUTER_BLOCK
     wt = np.zeros((C, kh, kw, fp), dtype=x.dtype)
     wt[..., :F] = w.transpose(1, 2, 3, 0)
@@ -1429,6 +1428,142 @@ def outer_forward(x, w, b, geom, relu=False, out=None):
     y = out if out is not None else np.empty((N, F, oh, ow), dtype=x.dtype)
     _outer_forward(xp.reshape(-1), C, hp, wp, wt.reshape(-1), sh, sw, kh, kw, oh, ow, owp, fp, F, bias, relu, y)
     return y
+
+
+OUTER_WEIGHT_CHUNKS = 16
+"""Row chunks of the outer-product convolution's weight gradient: each chunk's sums are a thread's, the chunks are
+added in float64 in a fixed order, so the result does not depend on the thread count."""
+
+
+def _outer_padded(x, geom, extra_cols=0):
+    """x zero-padded (N, C, H + 2PH, Wp) with Wp wide enough for every pixel and tap the kernels read."""
+    N, C, H, W = x.shape
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    wp = max(W + 2 * pw, (ow - 1) * sw + kw + extra_cols)
+    xp = np.zeros((N, C, H + 2 * ph, wp), dtype=x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    return xp
+
+
+@_jit
+def _outer_delta_rows(dy, y, masked, dt):
+    # dt[n, i, j, f] = dy[n, f, i, j] (· [y > 0] when masked); dt's channels past F are zero.
+    N, F, OH, OW = dy.shape
+    Fp = dt.shape[3]
+    for ni in prange(N * OH):
+        n = ni // OH
+        i = ni % OH
+        row = dt[n, i]
+        for j0 in range(0, OW, 16):              # a 16-pixel × F tile at a time: its writes stay in the L1 cache
+            j1 = min(j0 + 16, OW)
+            for f in range(F):
+                src = dy[n, f, i]
+                mk = y[n, f, i]
+                for j in range(j0, j1):
+                    d = src[j]
+                    if masked and not mk[j] > 0:
+                        d = 0
+                    row[j, f] = d
+            for j in range(j0, j1):
+                for f in range(F, Fp):
+                    row[j, f] = 0
+
+
+@_jit
+def _outer_weight_grad(xf, C, Hp, Wp, dtf, SH, SW, KH, KWp, OH, OW, Fp, N, parts):
+    # parts[k, (c, u, v), f] = Σ over chunk k's rows (n, i), Σ_j x_pad[n, c, i·SH + u, j·SW + v] · δ[n, f, i, j]:
+    # a block of 32 channels (4 vectors) × 3 taps v is summed in 12 vector registers along a row's pixels, each
+    # loaded δ vector feeding 3 multiply-adds and each input value 4. Taps v ≥ KW (KWp rounds KW up to 3) are
+    # computed and dropped by the caller. dtf: δ as (N, OH, OW, Fp) flat.
+    K = parts.shape[0]
+    nfb = Fp // OUTER_BLOCK
+    rows = N * OH
+    for k in prange(K):
+        p = parts[k]
+        p[:] = 0
+        pf = p.reshape(-1)
+        for ni in range(rows * k // K, rows * (k + 1) // K):
+            n = ni // OH
+            i = ni % OH
+            drow = (n * OH + i) * OW * Fp
+            for fb in range(nfb):
+                for c in range(C):
+                    for u in range(KH):
+                        xrow = ((n * C + c) * Hp + i * SH + u) * Wp
+                        for v0 in range(0, KWp, 3):
+                            q = ((c * KH + u) * KWp + v0) * Fp + fb * OUTER_BLOCK
+                            a00 = vec_load(pf, q)
+                            a01 = vec_load(pf, q + LANES)
+                            a02 = vec_load(pf, q + 2 * LANES)
+                            a03 = vec_load(pf, q + 3 * LANES)
+                            a10 = vec_load(pf, q + Fp)
+                            a11 = vec_load(pf, q + Fp + LANES)
+                            a12 = vec_load(pf, q + Fp + 2 * LANES)
+                            a13 = vec_load(pf, q + Fp + 3 * LANES)
+                            a20 = vec_load(pf, q + 2 * Fp)
+                            a21 = vec_load(pf, q + 2 * Fp + LANES)
+                            a22 = vec_load(pf, q + 2 * Fp + 2 * LANES)
+                            a23 = vec_load(pf, q + 2 * Fp + 3 * LANES)
+                            for j in range(OW):
+                                xo = xrow + j * SW + v0
+                                x0 = xf[xo]
+                                x1 = xf[xo + 1]
+                                x2 = xf[xo + 2]
+                                d = drow + j * Fp + fb * OUTER_BLOCK
+                                dv = vec_load(dtf, d)
+                                a00 = vec_fma(a00, dv, x0)
+                                a10 = vec_fma(a10, dv, x1)
+                                a20 = vec_fma(a20, dv, x2)
+                                dv = vec_load(dtf, d + LANES)
+                                a01 = vec_fma(a01, dv, x0)
+                                a11 = vec_fma(a11, dv, x1)
+                                a21 = vec_fma(a21, dv, x2)
+                                dv = vec_load(dtf, d + 2 * LANES)
+                                a02 = vec_fma(a02, dv, x0)
+                                a12 = vec_fma(a12, dv, x1)
+                                a22 = vec_fma(a22, dv, x2)
+                                dv = vec_load(dtf, d + 3 * LANES)
+                                a03 = vec_fma(a03, dv, x0)
+                                a13 = vec_fma(a13, dv, x1)
+                                a23 = vec_fma(a23, dv, x2)
+                            vec_store(pf, q, a00)
+                            vec_store(pf, q + LANES, a01)
+                            vec_store(pf, q + 2 * LANES, a02)
+                            vec_store(pf, q + 3 * LANES, a03)
+                            vec_store(pf, q + Fp, a10)
+                            vec_store(pf, q + Fp + LANES, a11)
+                            vec_store(pf, q + Fp + 2 * LANES, a12)
+                            vec_store(pf, q + Fp + 3 * LANES, a13)
+                            vec_store(pf, q + 2 * Fp, a20)
+                            vec_store(pf, q + 2 * Fp + LANES, a21)
+                            vec_store(pf, q + 2 * Fp + 2 * LANES, a22)
+                            vec_store(pf, q + 2 * Fp + 3 * LANES, a23)
+
+
+def outer_weight_grad(x, dy, geom, relu_y=None, need_db=True, out=None):
+    """The outer-product convolution's ∂L/∂w (F, C, KH, KW) (into ``out`` when given) and ∂L/∂b (F,) (None without
+    ``need_db``) from x (N, C, H, W) and δ (N, F, OH, OW), masked by [relu_y > 0] when given; row chunks summed in
+    float64 (``OUTER_WEIGHT_CHUNKS``)."""
+    N, C = x.shape[:2]
+    F, OH, OW = dy.shape[1:]
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    kwp = -(-kw // 3) * 3
+    fp = -(-F // OUTER_BLOCK) * OUTER_BLOCK
+    d = np.ascontiguousarray(dy)
+    dt = np.empty((N, OH, OW, fp), dtype=dy.dtype)
+    _outer_delta_rows(d, d if relu_y is None else np.ascontiguousarray(relu_y), relu_y is not None, dt)
+    xp = _outer_padded(np.ascontiguousarray(x, dtype=dy.dtype), geom, extra_cols=kwp - kw)
+    K = max(1, min(OUTER_WEIGHT_CHUNKS, N * OH))
+    parts = np.empty((K, C * kh * kwp, fp), dtype=dy.dtype)
+    _outer_weight_grad(xp.reshape(-1), C, xp.shape[2], xp.shape[3], dt.reshape(-1), sh, sw, kh, kwp, OH, OW, fp, N,
+                       parts)
+    total = parts.sum(axis=0, dtype=np.float64).reshape(C, kh, kwp, fp)[:, :, :kw, :F]
+    dw = out if out is not None else np.empty((F, C, kh, kw), dtype=dy.dtype)
+    dw[...] = total.transpose(3, 0, 1, 2)
+    db = dt.reshape(-1, fp)[:, :F].sum(axis=0, dtype=np.float64).astype(dy.dtype) if need_db else None
+    return dw, db
+
+
 # ---------------------------------------------------------------------------
 # max pooling
 # ---------------------------------------------------------------------------
