@@ -23,8 +23,8 @@ The setting has one home, ``NABI_CONV_ALGO`` (read when a convolution runs), or 
     direct     the direct convolution wherever it applies, im2col elsewhere: for tests and measurements.
     outer      the outer-product convolution wherever it applies, im2col elsewhere: likewise.
 
-The choices are kept per machine (CPU model and vector instructions, usable cores, nabi's kernel threads, whether freed memory is
-kept) and per shape in ``<cache folder>/conv-algorithms.json``: ``$NABI_CACHE_DIR``, else
+The choices are kept per machine (CPU model and vector instructions, usable cores, nabi's kernel threads, whether
+freed memory is kept, the algorithms' ``REVISION``) and per shape in ``<cache folder>/conv-algorithms.json``: ``$NABI_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/nabi``, else ``~/.cache/nabi``. The file is rewritten atomically (temporary file, fsync,
 rename) after each new measurement; one that cannot be read is reported once on stderr and replaced, one that
 cannot be written leaves the choices in memory for this process. Timing a layer takes a few of its steps, once per machine.
@@ -50,6 +50,11 @@ ENV = "NABI_CONV_ALGO"
 CACHE_ENV = "NABI_CACHE_DIR"
 CACHE_FILE = "conv-algorithms.json"
 FORMAT = 1
+
+REVISION = 2
+"""Bumped when an algorithm's kernels change enough to turn choices (2: the outer-product convolution, the direct
+convolution's 4-vector block, Winograd's batch chunks): part of the machine key, so choices timed with older kernels
+are timed again once instead of kept."""
 
 MIN_TUNED_MACS = 20_000_000
 """Layers with fewer multiply-adds (N·F·C·KH·KW·OH·OW) run im2col without being timed: measuring costs more
@@ -148,10 +153,10 @@ def cache_path() -> Path:
 
 def machine_key() -> str:
     """What the timings depend on besides the shape: the processor (its name, family and model, widest vector
-    instructions), the usable cores, the kernel threads, and whether the allocator keeps freed memory
-    (``backend.keep_freed_memory``, as training sets it): where it does not, every algorithm's buffers are faulted
-    in afresh at each call, which weighs on the one with the largest buffers (im2col's columns) and can turn the
-    choice."""
+    instructions), the usable cores, the kernel threads, the algorithms' ``REVISION``, and whether the allocator keeps
+    freed memory (``backend.keep_freed_memory``, as training sets it): where it does not, every algorithm's buffers
+    are faulted in afresh at each call, which weighs on the one with the largest buffers (im2col's columns) and can
+    turn the choice."""
     from ..backend import freed_memory_kept, usable_cores
     try:
         import numba
@@ -159,7 +164,8 @@ def machine_key() -> str:
     except Exception:  # pragma: no cover - numba is optional
         threads = 1
     memory = "freed memory kept" if freed_memory_kept() else "freed memory returned"
-    return f"{_cpu_model()} | {platform.machine()} | {usable_cores()} cores | {threads} kernel threads | {memory}"
+    return (f"{_cpu_model()} | {platform.machine()} | {usable_cores()} cores | {threads} kernel threads | {memory}"
+            f" | algorithms r{REVISION}")
 
 
 VECTOR_FLAGS = ("avx512f", "avx2", "asimd", "sve")
