@@ -180,11 +180,12 @@ def test_training_workspaces_keep_any_column_chunk_and_eval_scratch_is_capped():
 
 
 @pytest.mark.parametrize("kernels", [True, False])
-def test_an_input_layer_rebuilds_its_columns_in_chunks_and_changes_no_bit(kernels, monkeypatch):
+def test_an_input_layer_rebuilds_its_columns_in_chunks_and_computes_the_same_layer(kernels, monkeypatch):
     """A training layer that computes no ∂L/∂x, with columns over INPUT_LAYER_COL_RATIO × its input (a stem:
     7×7 stride 2 on 3 channels), builds them in chunks and rebuilds them in backward instead of keeping them;
-    its output equals that of the layer that keeps them, and its gradients do up to the order of the sum over
-    the batch (∂L/∂w adds the chunks' products)."""
+    its output and gradients equal those of the layer that keeps them up to float32 rounding: the products are
+    cut differently (OpenBLAS's AVX-512 kernels round a product of fewer columns differently, so the output's bits
+    can differ too), and ∂L/∂w adds the chunks' products."""
     if kernels and not K.available():
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(0)
@@ -205,8 +206,7 @@ def test_an_input_layer_rebuilds_its_columns_in_chunks_and_changes_no_bit(kernel
             out.append((y, conv.weight.grad.copy(), conv.bias.grad.copy()))
             assert (chunked is not None) == (not input_grad)
             assert ("col" in conv._workspace) == (kernels and input_grad)
-    np.testing.assert_array_equal(out[0][0], out[1][0])
-    for a, b in zip(out[0][1:], out[1][1:]):
+    for a, b in zip(out[0], out[1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
 
 
