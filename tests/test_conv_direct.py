@@ -6,7 +6,10 @@ the patch descriptor's 1→8, 8→8, 8→16, 16→32, 32→32; rows of exactly t
 flat-plane sums of ``conv_direct``'s docstring written in NumPy, in float64, and stay within im2col's own error
 bound in float32; the layers' backward passes finite differences in float64 with a random upstream gradient and
 equals PyTorch; fused ReLU (NaN kept), fused SGD, kept workspaces and the kernels' parallel builds change nothing;
-it runs only where it applies, and ``conv_algo`` times it beside the others.
+it runs only where it applies, and ``conv_algo`` times it beside the others. Strides above 1 (phase planes; strides 2,
+3 and 2×1, 1×1 to 5×5 kernels, the patch descriptor's 8→16 at stride 2): forward and all gradients equal im2col's
+in float64, stay within its float32 bound, pass finite differences, equal PyTorch, update as fused SGD should, and
+compute the same bits whatever the thread count and register block.
 """
 from collections import OrderedDict
 
@@ -246,9 +249,9 @@ def test_direct_only_where_it_applies():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 2, 9, 9))
     with conv_algo.algorithm("direct"):
-        for shape, s, p in (((3, 2, 3, 3), 2, 1),                  # stride 2
-                            ((3, 2, 9, 9), 1, 0),                  # the kernel covers the input: a product
-                            ((CD.MAX_CHANNELS + 1, 2, 3, 3), 1, 1)):   # too many channels
+        for shape, s, p in (((3, 2, 9, 9), 1, 0),                  # the kernel covers the input: a product
+                            ((CD.MAX_CHANNELS + 1, 2, 3, 3), 1, 1),    # too many channels
+                            ((CD.MAX_CHANNELS + 1, 2, 3, 3), 2, 1)):
             w = rng.standard_normal(shape)
             y, cache = conv_fast.conv2d_forward(x, w, None, s, p)
             assert not isinstance(cache, CD.DirectCache)
@@ -277,3 +280,141 @@ def test_auto_times_direct_beside_the_others_and_times_again_a_choice_made_witho
         assert isinstance(cache, CD.DirectCache) == (entry["algorithm"] == "direct")
     finally:
         conv_algo.forget()
+
+
+# Strides above 1: phase planes (``CD.strided``). (N, C, F, H, W, KH, KW, stride, padding)
+STRIDED = {
+    "s2_3x3p1": (2, 4, 6, 9, 8, 3, 3, 2, 1),
+    "patch_descriptor_8to16_s2": (3, 8, 16, 16, 16, 3, 3, 2, 1),
+    "s3_5x5p2": (2, 3, 5, 11, 13, 5, 5, 3, 2),
+    "s2x1_p1x0": (2, 2, 3, 7, 9, 3, 3, (2, 1), (1, 0)),
+    "1x1_s2": (1, 5, 4, 6, 6, 1, 1, 2, 0),
+    "odd_channels_s2_p0": (3, 7, 11, 10, 7, 3, 3, 2, 0),
+}
+
+
+def _strided_data(family, dtype=np.float64, seed=0):
+    n, c, f, h, w, kh, kw, s, p = STRIDED[family]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((f, c, kh, kw)) * np.sqrt(2.0 / (kh * kw * c))
+    b = rng.standard_normal(f)
+    geom = conv_geometry(x, wt, s, p)
+    dy = rng.standard_normal((n, f, geom[6], geom[7]))
+    return [a.astype(dtype) for a in (x, wt, b, dy)] + [s, p]
+
+
+@pytest.fixture
+def strided_calls(monkeypatch):
+    """How many times the strided forward kernel ran (the real one: this only counts)."""
+    count = [0]
+    real = K.direct_strided_forward
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(K, "direct_strided_forward", counted)
+    return count
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no_dx"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("family", sorted(STRIDED))
+def test_strided_direct_equals_im2col_in_float64(family, relu, need_dx, strided_calls):
+    x, w, b, dy, s, p = _strided_data(family)
+    results = []
+    for algo in ("direct", "im2col"):
+        with conv_algo.algorithm(algo):
+            y, cache = conv_fast.conv2d_forward(x, w, b, s, p, relu=relu, need_dx=need_dx)
+            results.append((y,) + conv_fast.conv2d_backward(dy, cache, need_dx=need_dx, relu_y=y if relu else None))
+    assert strided_calls[0] == 1
+    for got, want in zip(*results):
+        if want is None:
+            assert got is None
+            continue
+        assert got.shape == want.shape and got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", sorted(STRIDED))
+def test_strided_float32_error_against_float64_is_within_im2cols_bound(family):
+    x, w, b, dy, s, p = _strided_data(family)
+    y64, cache = conv.conv2d_forward(x, w, b, s, p)
+    _, dw64, _ = conv.conv2d_backward(dy, cache)
+    with conv_algo.algorithm("direct"):
+        y, cache = conv_fast.conv2d_forward(*(a.astype(np.float32) for a in (x, w, b)), s, p)
+        _, dw, _ = conv_fast.conv2d_backward(dy.astype(np.float32), cache)
+    for got, want in ((y, y64), (dw, dw64)):
+        assert got.dtype == np.float32 and _rel(got, want) < FLOAT32_BOUND
+
+
+@pytest.mark.parametrize("family", ["s2_3x3p1", "s3_5x5p2", "s2x1_p1x0"])
+def test_strided_layer_gradients_pass_finite_differences(family, strided_calls):
+    n, c, f, h, w, kh, kw, s, p = STRIDED[family]
+    rng = np.random.default_rng(3)
+    with backend.default_dtype(np.float64), conv_algo.algorithm("direct"):
+        net = L.Sequential(L.Conv2d(c, f, (kh, kw), stride=s, padding=p), L.ReLU(),
+                           L.Conv2d(f, 3, 3, stride=2, padding=1, bias=False))
+        errors = gradcheck.check_module(net, rng.standard_normal((n, c, h, w)))
+    assert strided_calls[0] > 0
+    assert max(errors.values()) < 1e-7, errors
+
+
+class _TorchStrided(tnn.Module):
+    def __init__(self, c, f, k, s, p):
+        super().__init__()
+        self.a = tnn.Conv2d(c, f, k, stride=s, padding=p)
+        self.b = tnn.Conv2d(f, 3, 3, stride=2, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("family", sorted(STRIDED))
+def test_strided_layer_equals_torch(family, dtype, strided_calls):
+    n, c, f, h, w, kh, kw, s, p = STRIDED[family]
+    with backend.default_dtype(dtype), conv_algo.algorithm("direct"):
+        net = L.Sequential(OrderedDict(a=L.Conv2d(c, f, (kh, kw), stride=s, padding=p), r=L.ReLU(),
+                                       b=L.Conv2d(f, 3, 3, stride=2, padding=1, bias=False)))
+        tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+        compare_with_torch(net, _TorchStrided(c, f, (kh, kw), s, p),
+                           np.random.default_rng(5).standard_normal((n, c, h, w)), dtype=dtype, **tol)
+    assert strided_calls[0] > 0
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_strided_fused_sgd_updates_as_the_gradients_say(relu):
+    x, w, b, dy, s, p = _strided_data("patch_descriptor_8to16_s2")
+    y0, cache = conv.conv2d_forward(x, w, b, s, p)
+    if relu:
+        y0 = np.maximum(y0, 0)
+    dx_ref, dw_ref, db_ref = conv.conv2d_backward(dy * (y0 > 0) if relu else dy, cache)
+    w2, b2 = w.copy(), b.copy()
+    ws = conv_fast.Workspace()
+    with conv_algo.algorithm("direct"):
+        y, cache = conv_fast.conv2d_forward(x, w2, b2, s, p, relu=relu, workspace=ws)
+        assert isinstance(cache, CD.DirectCache)
+        dx = conv_fast.conv2d_sgd_backward(dy, cache, w2, b2, 0.5, relu_y=y if relu else None, workspace=ws)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-11, atol=1e-12)            # with the old weights
+    np.testing.assert_allclose(w2, w - 0.5 * dw_ref, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(b2, b - 0.5 * db_ref, rtol=1e-11, atol=1e-12)
+
+
+def test_strided_kernels_compute_the_same_bits_whatever_the_threads_and_register_block(monkeypatch):
+    x, w, b, dy, s, p = _strided_data("patch_descriptor_8to16_s2", dtype=np.float32)
+    old = K._nb.get_num_threads()
+    runs = []
+    try:
+        for threads, limit, vectors in ((1, 1 << 40, 2), (1, 0, 4), (old, 0, 2), (old, 0, 4)):
+            K.set_num_threads(threads)
+            monkeypatch.setattr(K, "PARALLEL_MIN_ELEMENTS", limit)
+            monkeypatch.setattr(K, "DIRECT_VECTORS", vectors)
+            with conv_algo.algorithm("direct"):
+                y, cache = conv_fast.conv2d_forward(x, w, b, s, p, relu=True)
+                runs.append((y,) + conv_fast.conv2d_backward(dy, cache, relu_y=y))
+    finally:
+        K.set_num_threads(old)
+    for other in runs[1:]:
+        for a, e in zip(other, runs[0]):
+            np.testing.assert_array_equal(a, e)

@@ -203,7 +203,7 @@ def test_outer_only_where_it_applies(calls):
         assert calls[0] == 0
 
 
-def test_auto_times_outer_beside_im2col_for_an_image_layer_as_it_trains(tmp_path, monkeypatch):
+def test_auto_times_outer_beside_the_others_for_an_image_layer_as_it_trains(tmp_path, monkeypatch):
     # A first layer computes no image gradient: it is timed so, under a key of its own (stride named), apart from
     # the same shape computing one.
     import json
@@ -220,7 +220,7 @@ def test_auto_times_outer_beside_im2col_for_an_image_layer_as_it_trains(tmp_path
         assert sorted(table) == ["train 16x3x64x64 -> 64 7x7 s2x2 p3x3 float32",
                                  "train, no dx 16x3x64x64 -> 64 7x7 s2x2 p3x3 float32"]
         for entry in table.values():
-            assert set(entry["ms"]) == {"im2col", "outer"} and entry["algorithm"] in ("im2col", "outer")
+            assert set(entry["ms"]) == {"im2col", "outer", "direct"} and entry["algorithm"] in entry["ms"]
         np.testing.assert_allclose(y, conv.conv2d_forward(x, w, None, 2, 3)[0], rtol=1e-4, atol=1e-5)
     finally:
         conv_algo.forget()

@@ -2,8 +2,8 @@
 
     im2col     ``conv.py`` / ``conv_fast.py``: columns + one matrix product. Any geometry; the reference.
     winograd   ``conv_winograd.py``: F(2×2, 3×3), 2.25× fewer multiplications. 3×3 kernels, stride 1.
-    direct     ``conv_direct.py``: shifted runs of the padded input planes, no columns. Stride 1, at most
-               ``conv_direct.MAX_CHANNELS`` channels in and out, compiled CPU kernels.
+    direct     ``conv_direct.py``: shifted runs of the padded input planes (of their phases at strides above 1),
+               no columns. At most ``conv_direct.MAX_CHANNELS`` channels in and out, compiled CPU kernels.
     outer      ``conv_outer.py``: outer products of input values and vectors of output channels' weights, no
                columns. Any stride, at most ``conv_outer.MAX_CHANNELS`` input channels (a network's first layer),
                compiled CPU kernels.

@@ -1,4 +1,5 @@
-"""Stride-1 convolution computed directly on the padded input planes: no im2col columns.
+"""Convolution computed directly on the padded input planes: no im2col columns (stride 1 below; larger strides on
+phase planes, see ``strided``).
 
 Notation as in ``conv.py``: x (N, C, H, W), w (F, C, KH, KW), zero padding (PH, PW), stride 1, y (N, F, OH, OW).
 Pad each input plane once and read it flat: x_pad (N, C, Hp·Wp), Hp = H + 2PH, Wp = W + 2PW. Output (i, j) sits at
@@ -44,11 +45,18 @@ layers give BLAS and Winograd matrices they run near their peak (at 64 channels 
 
 
 def applies(x, w, geom) -> bool:
-    """Whether the direct convolution computes this call: stride 1, the compiled kernels serve x and w, and at most
-    ``MAX_CHANNELS`` channels in and out."""
-    sh, sw = geom[2], geom[3]
-    return (sh == 1 and sw == 1 and K.enabled(x, w) and x.dtype == w.dtype
+    """Whether the direct convolution computes this call: the compiled kernels serve x and w, and at most
+    ``MAX_CHANNELS`` channels in and out (any stride: see ``strided``)."""
+    return (K.enabled(x, w) and x.dtype == w.dtype
             and x.shape[1] <= MAX_CHANNELS and w.shape[0] <= MAX_CHANNELS)
+
+
+def strided(geom) -> bool:
+    """Whether a stride is above 1. Then the padded input is cut into SH·SW phase planes
+    (``cpu_kernels.direct_phase_pad``), on which every tap is again a shifted run — output (i, j) at i·Wq + j, tap
+    (u, v) in phase (u mod SH, v mod SW) at (i + u // SH, j + v // SW) — so the forward and ∂L/∂w kernels run
+    unchanged; ∂L/∂x is not a forward sum there, and ``conv_fast`` computes it as im2col does, col2im(Wᵀ·δ)."""
+    return geom[2] != 1 or geom[3] != 1
 
 
 class DirectCache:
@@ -73,17 +81,33 @@ def _padded(x, geom, buffer):
 
 
 def conv2d_forward(x, w, b, geom, relu=False, buffer=None):
-    """y = conv2d(x, w) + b [then max(·, 0) with ``relu``] for a stride-1 ``geom`` (``conv.conv_geometry``).
+    """y = conv2d(x, w) + b [then max(·, 0) with ``relu``] for ``geom`` (``conv.conv_geometry``; any stride).
 
     ``buffer(name, shape, dtype)``: a buffer to fill, or None (``conv_fast`` hands out its shared scratch this way);
     the padded planes die within the call. Returns ``(y, cache)``, y (N, F, OH, OW)."""
     buffer = buffer or _no_buffer
-    y = K.direct_forward(_padded(x, geom, buffer), w, b, geom, relu)
+    if strided(geom):
+        y = K.direct_strided_forward(_phases(x, geom, buffer), w, b, geom, relu)
+    else:
+        y = K.direct_forward(_padded(x, geom, buffer), w, b, geom, relu)
     return y, DirectCache(x, w, geom, b is not None)
 
 
+def _phases(x, geom, buffer):
+    N, C = x.shape[:2]
+    return K.direct_phase_pad(x, geom, out=buffer("direct_pad", (N, C, K.direct_phase_layout(geom)[2]), x.dtype))
+
+
+def weight_gradients(dy, cache, relu_y=None, dw_out=None, buffer=None):
+    """(∂L/∂w, ∂L/∂b or None) of a strided ``conv2d_forward`` (``strided``) for δ = ``dy`` (masked by [relu_y > 0]
+    when given); ∂L/∂w into ``dw_out`` when given."""
+    return K.direct_strided_weight_grad(dy, _phases(cache.x, cache.geom, buffer or _no_buffer), cache.w.shape,
+                                        cache.geom, relu_y, need_db=cache.has_bias, out=dw_out)
+
+
 def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False, buffer=None):
-    """Gradients of ``conv2d_forward``: ``(dx, dw, db)``; dx None without ``need_dx``, db None without a bias.
+    """Gradients of a stride-1 ``conv2d_forward``: ``(dx, dw, db)``; dx None without ``need_dx``, db None without a
+    bias (strided: ``weight_gradients``, and ``conv_fast`` for ∂L/∂x).
     ``relu_y``: the output of a ReLU fused after the convolution (δ is masked by [y > 0] first); ``dw_out``: a
     buffer shaped like w for ∂L/∂w. (``consume`` is accepted for ``conv_fast``'s signature.)"""
     return _gradients(dy, cache, need_dx, relu_y, buffer or _no_buffer, dw_out)

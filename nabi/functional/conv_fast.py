@@ -345,12 +345,15 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
     if isinstance(cache, CW.WinogradCache):
         return CW.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
                                   buffer=_buffers(for_arrays(dy, cache.x), workspace))
+    if isinstance(cache, CD.DirectCache) and CD.strided(cache.geom):
+        dw, db = CD.weight_gradients(dy, cache, relu_y, dw_out, buffer=_buffers(for_arrays(dy, cache.x), workspace))
+        return (_col2im_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
     if isinstance(cache, CD.DirectCache):
         return CD.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
                                   buffer=_buffers(for_arrays(dy, cache.x), workspace))
     if isinstance(cache, CO.OuterCache):
         dw, db = CO.weight_gradients(dy, cache, relu_y, dw_out)
-        return (_outer_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
+        return (_col2im_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
     _, w, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -382,12 +385,13 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspac
     if isinstance(cache, CW.WinogradCache):
         return CW.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
                                       buffer=_buffers(for_arrays(dy, cache.x), workspace))
-    if isinstance(cache, CD.DirectCache):
+    if isinstance(cache, CD.DirectCache) and not CD.strided(cache.geom):
         return CD.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
                                       buffer=_buffers(for_arrays(dy, cache.x), workspace))
-    if isinstance(cache, CO.OuterCache):
-        dx = _outer_input_grad(dy, cache, relu_y) if need_dx else None       # with the old weights, first
-        dw, db = CO.weight_gradients(dy, cache, relu_y)
+    if isinstance(cache, (CO.OuterCache, CD.DirectCache)):
+        dx = _col2im_input_grad(dy, cache, relu_y) if need_dx else None      # with the old weights, first
+        dw, db = (CO.weight_gradients(dy, cache, relu_y) if isinstance(cache, CO.OuterCache)
+                  else CD.weight_gradients(dy, cache, relu_y, buffer=_buffers(for_arrays(dy, cache.x), workspace)))
         w -= w.dtype.type(lr) * dw
         if b is not None and db is not None:
             b -= b.dtype.type(lr) * db
@@ -452,9 +456,9 @@ def _input_grad(dy_mat, w, x_shape, geom, out=None):
     return for_arrays(dcol).col2im(dcol, x_shape, geom)
 
 
-def _outer_input_grad(dy, cache, relu_y):
-    """∂L/∂x of an outer-product convolution: im2col's col2im(Wᵀ·δ) (no columns of x needed), a chunk of images at a
-    time within ``COL_BUDGET_BYTES`` of Wᵀ·δ."""
+def _col2im_input_grad(dy, cache, relu_y):
+    """∂L/∂x of a convolution whose cache holds x, w and geom (outer-product, strided direct): im2col's
+    col2im(Wᵀ·δ) (no columns of x needed), a chunk of images at a time within ``COL_BUDGET_BYTES`` of Wᵀ·δ."""
     x_shape, w, geom = cache.x.shape, cache.w, cache.geom
     col_sample = x_shape[1] * geom[0] * geom[1] * geom[6] * geom[7] * dy.dtype.itemsize
     parts = []

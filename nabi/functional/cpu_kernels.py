@@ -1305,16 +1305,102 @@ def direct_weight_grad(g, xp, w_shape, geom, out=None):
     fixed number of them (``DIRECT_WEIGHT_CHUNKS``) so the result does not depend on the thread count."""
     kh, kw, sh, sw, ph, pw, oh, ow = geom
     Wp = ow + kw - 1
-    F, C = w_shape[:2]
     M = (kh - 1) * Wp + kw - 1
-    L = (oh - 1) * Wp + ow
+    return _weight_grad_of_runs(g, M, (oh - 1) * Wp + ow, xp, direct_tap_offsets(kh, kw, Wp), w_shape, out)
+
+
+def _weight_grad_of_runs(g, M, L, xp, offs, w_shape, out):
+    F, C, kh, kw = w_shape
     T = max(1, min(DIRECT_WEIGHT_CHUNKS, g.shape[0]))
     group = max(1, DIRECT_WEIGHT_GROUP_BYTES // ((F * g.shape[2] + C * xp.shape[2]) * g.itemsize))
     parts = np.empty((T, F, C, kh * kw), dtype=np.float64)
-    _direct_weight_grad(g, M, L, xp, direct_tap_offsets(kh, kw, Wp), group, parts)
+    _direct_weight_grad(g, M, L, xp, offs, group, parts)
     dw = out if out is not None else np.empty(w_shape, dtype=g.dtype)
     dw[...] = parts.sum(axis=0).reshape(w_shape)
     return dw
+
+
+# Strides above 1: the padded input is cut into SH·SW phase planes, x_q[n, c, (a·SW + b)·Lq + r·Wq + s] =
+# x_pad[n, c, r·SH + a, s·SW + b] (Wq = OW + (KW − 1) // SW columns, Hq = OH + (KH − 1) // SH rows, Lq = Hq·Wq). Output
+# (i, j) sits at i·Wq + j of a phase plane, and tap (u, v) reads phase (u mod SH, v mod SW) at (i + u // SH, j + v // SW):
+# a flat offset like a stride-1 tap's, so the stride-1 kernels (forward, ∂w) run on the phase planes unchanged.
+def direct_phase_layout(geom):
+    """(Hq, Wq, plane length) of the phase planes of a strided direct convolution (see above): SH·SW planes of Hq·Wq
+    and one vector's room past their end."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    hq, wq = oh + (kh - 1) // sh, ow + (kw - 1) // sw
+    return hq, wq, sh * sw * hq * wq + LANES
+
+
+def direct_phase_offsets(geom):
+    """Flat offsets of the kernel taps (u, v), row by row, in the phase planes."""
+    kh, kw, sh, sw = geom[:4]
+    hq, wq, _ = direct_phase_layout(geom)
+    return np.array([((u % sh) * sw + v % sw) * hq * wq + (u // sh) * wq + v // sw
+                     for u in range(kh) for v in range(kw)], dtype=np.int64)
+
+
+@_jit
+def _direct_phase_pad(x, ph, pw, sh, sw, hq, wq, xq):
+    # xq[n, c, (a·SW + b)·Lq + r·Wq + s] = x_pad[n, c, r·SH + a, s·SW + b], zero elsewhere (no tap reads a padded
+    # row or column past Hq, Wq of its phase).
+    N, C, H, W = x.shape
+    lq = hq * wq
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        d = xq[n, c]
+        src = x[n, c]
+        for a in range(sh):
+            for b in range(sw):
+                base = (a * sw + b) * lq
+                for r in range(hq):
+                    i = r * sh + a - ph                      # the input row and columns this phase row holds
+                    row = d[base + r * wq:base + (r + 1) * wq]
+                    if i < 0 or i >= H:
+                        row[:] = 0
+                        continue
+                    srow = src[i]
+                    for q in range(wq):
+                        j = q * sw + b - pw
+                        row[q] = srow[j] if 0 <= j < W else 0
+        d[sh * sw * lq:] = 0
+
+
+def direct_phase_pad(x, geom, out=None):
+    """x (N, C, H, W) → its padded planes cut into phases, (N, C, plane length of ``direct_phase_layout``)."""
+    N, C = x.shape[:2]
+    hq, wq, P = direct_phase_layout(geom)
+    xq = out if out is not None else np.empty((N, C, P), dtype=x.dtype)
+    _direct_phase_pad(np.ascontiguousarray(x), geom[4], geom[5], geom[2], geom[3], hq, wq, xq)
+    return xq
+
+
+def direct_strided_forward(xq, w, b, geom, relu=False):
+    """Phase planes (``direct_phase_pad``) and w (F, C, KH, KW) → y (N, F, OH, OW) [then max(·, 0)], any stride."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    y = np.empty((xq.shape[0], w.shape[0], oh, ow), dtype=xq.dtype)
+    b = np.zeros(w.shape[0], dtype=xq.dtype) if b is None else np.ascontiguousarray(b, dtype=xq.dtype)
+    _direct_run(xq, direct_weight_blocks(np.asarray(w, dtype=xq.dtype)), direct_phase_offsets(geom),
+                direct_phase_layout(geom)[1], 0, b, bool(relu), y)
+    return y
+
+
+def direct_strided_weight_grad(dy, xq, w_shape, geom, relu_y=None, need_db=True, out=None):
+    """∂L/∂w (F, C, KH, KW) and ∂L/∂b (F,) or None of a strided direct convolution: δ [· [y > 0]] laid out with the
+    phase planes' row width, then the stride-1 weight-gradient kernel on the phase planes."""
+    N, F, oh, ow = dy.shape
+    hq, wq, _ = direct_phase_layout(geom)
+    L = (oh - 1) * wq + ow
+    g = np.empty((N, F, -(-L // LANES) * LANES), dtype=dy.dtype)
+    masked = relu_y is not None
+    _direct_widen(np.ascontiguousarray(dy), np.ascontiguousarray(relu_y) if masked else dy, masked, wq, 0, g)
+    db = None
+    if need_db:
+        db = np.empty(F, np.float64)
+        _direct_bias_grad(g, db)
+        db = db.astype(dy.dtype)
+    return _weight_grad_of_runs(g, 0, L, xq, direct_phase_offsets(geom), w_shape, out), db
 
 
 DIRECT_WEIGHT_CHUNKS = 16
