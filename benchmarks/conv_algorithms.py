@@ -70,6 +70,8 @@ def run(shape, purpose, repeats):
         candidates.append("winograd")
     if conv_fast.CD.applies(x, w, geom):
         candidates.append("direct")
+    if conv_fast.CO.applies(x, w, geom):
+        candidates.append("outer")
     steps = {a: conv_fast._trial(a, x.shape, w.shape, geom, np.float32, purpose) for a in candidates}
     steps["torch"] = _torch_step(x.shape, w.shape, purpose)
     for step in steps.values():
