@@ -45,3 +45,16 @@ def compare_with_torch(nabi_module, torch_module, x, xp=np, dtype=np.float64, rt
         tb = dict(torch_module.named_buffers())[name]
         np.testing.assert_allclose(backend.to_numpy(b), tb.numpy(), rtol=rtol, atol=atol, err_msg=f"buffer {name}")
     return y
+
+
+def count_calls(monkeypatch, owner, name):
+    """Replace ``owner.name`` with a wrapper that counts its calls and runs the real function; returns the count
+    (a one-element list). For tests that must know which algorithm ran, not to stand in for it."""
+    count = [0]
+    real = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(owner, name, counted)
+    return count

@@ -22,7 +22,7 @@ from nabi import backend, gradcheck
 from nabi import layers as L
 from nabi.functional import conv, conv_algo, conv_direct as CD, conv_fast, cpu_kernels as K
 from nabi.functional.conv import conv_geometry
-from helpers import compare_with_torch
+from helpers import compare_with_torch, count_calls
 
 pytestmark = pytest.mark.skipif(not K.available(), reason="the direct convolution is compiled CPU code (numba)")
 
@@ -307,14 +307,7 @@ def _strided_data(family, dtype=np.float64, seed=0):
 @pytest.fixture
 def strided_calls(monkeypatch):
     """How many times the strided forward kernel ran (the real one: this only counts)."""
-    count = [0]
-    real = K.direct_strided_forward
-
-    def counted(*args, **kwargs):
-        count[0] += 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(K, "direct_strided_forward", counted)
-    return count
+    return count_calls(monkeypatch, K, "direct_strided_forward")
 
 
 @pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no_dx"])

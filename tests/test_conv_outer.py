@@ -18,7 +18,7 @@ import torch.nn as tnn
 from nabi import backend, gradcheck
 from nabi import layers as L
 from nabi.functional import conv, conv_algo, conv_fast, conv_outer as CO, cpu_kernels as K
-from helpers import compare_with_torch
+from helpers import compare_with_torch, count_calls
 
 pytestmark = pytest.mark.skipif(not K.available(), reason="the outer-product convolution is compiled CPU code (numba)")
 
@@ -47,14 +47,7 @@ def _data(n, c, f, h, w, kh, kw, s, p, seed=0, dtype=np.float64):
 @pytest.fixture
 def calls(monkeypatch):
     """How many times the outer-product kernel ran (the real one: this only counts)."""
-    count = [0]
-    real = CO.conv2d_forward
-
-    def counted(*args, **kwargs):
-        count[0] += 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(CO, "conv2d_forward", counted)
-    return count
+    return count_calls(monkeypatch, CO, "conv2d_forward")
 
 
 def _both(family, relu, need_dx, dtype=np.float64, x=None):

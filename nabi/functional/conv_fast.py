@@ -345,15 +345,11 @@ def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=F
     if isinstance(cache, CW.WinogradCache):
         return CW.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
                                   buffer=_buffers(for_arrays(dy, cache.x), workspace))
-    if isinstance(cache, CD.DirectCache) and CD.strided(cache.geom):
-        dw, db = CD.weight_gradients(dy, cache, relu_y, dw_out, buffer=_buffers(for_arrays(dy, cache.x), workspace))
-        return (_col2im_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
+    if _without_columns(cache):
+        return _gradients_without_columns(dy, cache, need_dx, relu_y, dw_out, workspace)
     if isinstance(cache, CD.DirectCache):
         return CD.conv2d_backward(dy, cache, need_dx, dw_out, relu_y, consume,
                                   buffer=_buffers(for_arrays(dy, cache.x), workspace))
-    if isinstance(cache, CO.OuterCache):
-        dw, db = CO.weight_gradients(dy, cache, relu_y, dw_out)
-        return (_col2im_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
     _, w, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -385,17 +381,15 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, workspac
     if isinstance(cache, CW.WinogradCache):
         return CW.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
                                       buffer=_buffers(for_arrays(dy, cache.x), workspace))
-    if isinstance(cache, CD.DirectCache) and not CD.strided(cache.geom):
-        return CD.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
-                                      buffer=_buffers(for_arrays(dy, cache.x), workspace))
-    if isinstance(cache, (CO.OuterCache, CD.DirectCache)):
-        dx = _col2im_input_grad(dy, cache, relu_y) if need_dx else None      # with the old weights, first
-        dw, db = (CO.weight_gradients(dy, cache, relu_y) if isinstance(cache, CO.OuterCache)
-                  else CD.weight_gradients(dy, cache, relu_y, buffer=_buffers(for_arrays(dy, cache.x), workspace)))
+    if _without_columns(cache):             # every gradient from the old weights, then the update
+        dx, dw, db = _gradients_without_columns(dy, cache, need_dx, relu_y, None, workspace)
         w -= w.dtype.type(lr) * dw
         if b is not None and db is not None:
             b -= b.dtype.type(lr) * db
         return dx
+    if isinstance(cache, CD.DirectCache):
+        return CD.conv2d_sgd_backward(dy, cache, w, b, lr, need_dx, relu_y,
+                                      buffer=_buffers(for_arrays(dy, cache.x), workspace))
     col, w_fwd, x_shape, geom, has_bias, chunked = cache
     F = w.shape[0]
     xp = get_array_module(dy)
@@ -454,6 +448,21 @@ def _input_grad(dy_mat, w, x_shape, geom, out=None):
         out = None
     dcol = matmul_into(w_t, dy_mat, out=out)                   # (C·KH·KW, N·OH·OW)
     return for_arrays(dcol).col2im(dcol, x_shape, geom)
+
+
+def _without_columns(cache) -> bool:
+    """Whether a cache's ∂L/∂w comes from its algorithm's own kernel and ∂L/∂x from col2im(Wᵀ·δ): the outer-product
+    convolution, and the direct one at strides above 1."""
+    return isinstance(cache, CO.OuterCache) or (isinstance(cache, CD.DirectCache) and CD.strided(cache.geom))
+
+
+def _gradients_without_columns(dy, cache, need_dx, relu_y, dw_out, workspace):
+    """``(dx, dw, db)`` of a cache ``_without_columns`` says is one."""
+    if isinstance(cache, CO.OuterCache):
+        dw, db = CO.weight_gradients(dy, cache, relu_y, dw_out)
+    else:
+        dw, db = CD.weight_gradients(dy, cache, relu_y, dw_out, buffer=_buffers(for_arrays(dy, cache.x), workspace))
+    return (_col2im_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
 
 
 def _col2im_input_grad(dy, cache, relu_y):
