@@ -142,9 +142,12 @@ class _TorchPair(tnn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
+@pytest.mark.parametrize("chunks", ["whole", "per_image"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_layer_equals_torch(family, dtype):
+def test_layer_equals_torch(family, dtype, chunks, monkeypatch):
+    if chunks == "per_image":
+        monkeypatch.setattr(CW, "CHUNK_BYTES", 1)                   # one image per chunk
     n, c, f, h, w, p = FAMILIES[family]
     with backend.default_dtype(dtype), conv_algo.algorithm("winograd"):
         net = L.Sequential(OrderedDictOf(a=L.Conv2d(c, f, 3, padding=p), r=L.ReLU(),

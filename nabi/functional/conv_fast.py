@@ -195,10 +195,10 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
         return CW.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
     if algo == "direct":
         return CD.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
-    col_sample = x.shape[1] * kh * kw * oh * ow * x.dtype.itemsize
-    budget = _column_budget(x, col_sample, purpose, need_dx, workspace)
     if algo == "outer":
         return CO.conv2d_forward(x, w, b, geom, relu)
+    col_sample = x.shape[1] * kh * kw * oh * ow * x.dtype.itemsize
+    budget = _column_budget(x, col_sample, purpose, need_dx, workspace)
     return _im2col_forward(x, w, b, geom, relu, workspace, impl, budget)
 
 
