@@ -505,8 +505,8 @@ def _warm_up_kernels():
     # every algorithm, and each kernel's parallel build as well as its one-thread build (the tiny arrays here would
     # run only the latter): a first run after the kernels' source changed compiles them, and that compiler's
     # memory, 50-300 MB, would otherwise count as the step's
-    for fused, algo, parallel_min in itertools.product((False, True), ("im2col", "winograd", "direct"),
-                                                       (K.PARALLEL_MIN_ELEMENTS, 0)):
+    algorithms = ("im2col", "winograd", "winograd4", "direct")
+    for fused, algo, parallel_min in itertools.product((False, True), algorithms, (K.PARALLEL_MIN_ELEMENTS, 0)):
         net = L.Sequential(L.Conv2d(3, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU(), L.Conv2d(4, 4, 3, padding=1),
                            L.ReLU(), L.MaxPool2d(2), L.MaxPool2d(3, 1, padding=1), L.MaxPool2d(3, 2, ceil_mode=True),
                            L.Flatten(), L.Linear(4 * 2 * 2, 3))          # the pooling kernels: 2×2, general, 3×3/2

@@ -67,7 +67,8 @@ def run(shape, purpose, repeats):
     geom = conv_geometry(x, w, 1, 1)
     candidates = ["im2col"]
     if conv_fast.CW.applies(geom, np.float32):
-        candidates.append("winograd")
+        candidates += [name for name, tile in conv_fast.WINOGRAD_TILES.items()
+                       if min(geom[6], geom[7]) >= conv_fast.WINOGRAD_MIN_OUTPUT[tile]]
     if conv_fast.CD.applies(x, w, geom):
         candidates.append("direct")
     if conv_fast.CO.applies(x, w, geom):

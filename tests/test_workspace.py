@@ -42,7 +42,7 @@ def train(model, steps, rng, batch, fused):
     return out, [p.data for p in model.parameters()]
 
 
-@pytest.mark.parametrize("algo", ["im2col", "winograd"])
+@pytest.mark.parametrize("algo", ["im2col", "winograd", "winograd4"])
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("batch", [1, 4])      # at batch 1 NumPy's 1×1 columns are a view of the input
 @pytest.mark.parametrize("kernels", [True, False])
@@ -114,7 +114,7 @@ def test_two_forwards_then_backward_use_the_second():
     np.testing.assert_array_equal(conv.weight.grad, ref.weight.grad)
 
 
-@pytest.mark.parametrize("algo", ["im2col", "winograd"])
+@pytest.mark.parametrize("algo", ["im2col", "winograd", "winograd4"])
 @pytest.mark.parametrize("kernels", [True, False])
 def test_inference_scratch_changes_no_bit(kernels, algo, monkeypatch):
     """Eval-mode forwards share this thread's scratch buffers: same outputs as without them,

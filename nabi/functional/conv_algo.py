@@ -2,6 +2,8 @@
 
     im2col     ``conv.py`` / ``conv_fast.py``: columns + one matrix product. Any geometry; the reference.
     winograd   ``conv_winograd.py``: F(2×2, 3×3), 2.25× fewer multiplications. 3×3 kernels, stride 1.
+    winograd4  ``conv_winograd.py``: F(4×4, 3×3), 4× fewer multiplications, a larger float32 error (its module
+               docstring states both). 3×3 kernels, stride 1.
     direct     ``conv_direct.py``: shifted runs of the padded input planes (of their phases at strides above 1),
                no columns. At most ``conv_direct.MAX_CHANNELS`` channels in and out, compiled CPU kernels.
     outer      ``conv_outer.py``: outer products of input values and vectors of output channels' weights, no
@@ -19,7 +21,9 @@ The setting has one home, ``NABI_CONV_ALGO`` (read when a convolution runs), or 
                a choice cached before another algorithm applied to its shape is timed again.
                Smaller layers, other arrays (CuPy, float16) and other geometries: im2col.
     im2col     always im2col.
-    winograd   Winograd wherever it applies (3×3, stride 1), im2col elsewhere: for tests and measurements.
+    winograd   Winograd F(2×2, 3×3) wherever it applies (3×3, stride 1), im2col elsewhere: for tests and
+               measurements.
+    winograd4  Winograd F(4×4, 3×3) likewise.
     direct     the direct convolution wherever it applies, im2col elsewhere: for tests and measurements.
     outer      the outer-product convolution wherever it applies, im2col elsewhere: likewise.
 
@@ -44,16 +48,16 @@ from pathlib import Path
 
 import numpy as np
 
-ALGORITHMS = ("im2col", "winograd", "direct", "outer")
+ALGORITHMS = ("im2col", "winograd", "winograd4", "direct", "outer")
 SETTINGS = ("auto",) + ALGORITHMS
 ENV = "NABI_CONV_ALGO"
 CACHE_ENV = "NABI_CACHE_DIR"
 CACHE_FILE = "conv-algorithms.json"
 FORMAT = 1
 
-REVISION = 2
+REVISION = 3
 """Bumped when an algorithm's kernels change enough to turn choices (2: the outer-product convolution, the direct
-convolution's 4-vector block, Winograd's batch chunks): part of the machine key, so choices timed with older kernels
+convolution's 4-vector block, Winograd's batch chunks; 3: Winograd F(4×4, 3×3)): part of the machine key, so choices timed with older kernels
 are timed again once instead of kept."""
 
 MIN_TUNED_MACS = 20_000_000
@@ -80,7 +84,7 @@ def setting() -> str:
 
 
 def set_algorithm(name) -> None:
-    """Force an algorithm for every convolution of this process ('im2col', 'winograd', 'direct', 'outer'), or go
+    """Force an algorithm for every convolution of this process (one of ``ALGORITHMS``), or go
     back to 'auto' / the environment's setting with None."""
     global _forced
     if name is not None and name not in SETTINGS:

@@ -16,7 +16,7 @@
    backward with ``relu_y`` (that output) masks δ by [y > 0] as it is moved into GEMM layout.
 4. **Fused SGD.** ``conv2d_sgd_backward`` computes ∂L/∂x with the old weights, then applies
    W ← W − lr·δ·colᵀ, b ← b − lr·Σδ in place: the weight gradient is never stored.
-5. **Another algorithm where it is faster.** 3×3 stride-1 layers may run Winograd F(2×2, 3×3)
+5. **Another algorithm where it is faster.** 3×3 stride-1 layers may run Winograd F(2×2, 3×3) or F(4×4, 3×3)
    (``conv_winograd``), thin stride-1 layers a direct convolution (``conv_direct``), instead of im2col;
    ``conv_algo`` decides per layer shape, by measurement (or as ``NABI_CONV_ALGO`` forces). Their caches are
    a ``conv_winograd.WinogradCache``, a ``conv_direct.DirectCache`` and a ``conv_outer.OuterCache``.
@@ -166,6 +166,17 @@ def _buffers(impl, workspace):
     return lambda name, shape, dtype: workspace_buffer(workspace, name, shape, dtype)
 
 
+WINOGRAD_TILES = {"winograd": 2, "winograd4": 4}
+"""``conv_algo``'s Winograd algorithms and their output tiles: F(2×2, 3×3) and F(4×4, 3×3)."""
+
+WINOGRAD_MIN_OUTPUT = {2: 1, 4: 8}
+"""Smallest output height and width at which each tile size is a candidate. F(4×4, 3×3) on smaller outputs pads
+its tiles (a 4×4 output is one tile, a 2×2 output a quarter of one) and its transforms' fixed cost per image
+plane dominates: on ResNet-18 at 64×64 batch 32 it lost to F(2×2, 3×3) by 1.9× at 8×8 and to im2col by 2–5× at
+4×4 and 2×2 (trials of forward + backward), so it is not timed there (``NABI_CONV_ALGO=winograd4`` still runs it
+wherever it applies)."""
+
+
 def _batch_chunks(N, per_sample_bytes, budget=None):
     n = max(1, int((budget or COL_BUDGET_BYTES) // max(per_sample_bytes, 1)))
     return [(a, min(N, a + n)) for a in range(0, N, n)]
@@ -191,8 +202,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, layer="conv2d", relu=False
     x = xp.ascontiguousarray(x)
     impl = for_arrays(x, w, b)
     algo = algorithm_for(x, w, geom, impl, purpose, need_dx)
-    if algo == "winograd":
-        return CW.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
+    if algo in WINOGRAD_TILES:
+        return CW.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace), tile=WINOGRAD_TILES[algo])
     if algo == "direct":
         return CD.conv2d_forward(x, w, b, geom, relu, buffer=_buffers(impl, workspace))
     if algo == "outer":
@@ -256,13 +267,14 @@ def _chunk_buffer(impl, workspace, rows, P, step, n, dtype):
 
 
 def algorithm_for(x, w, geom, impl, purpose="train", need_dx=True):
-    """'im2col', 'winograd', 'direct' or 'outer' for this call, as ``conv_algo`` chooses (timed once per shape,
+    """'im2col', 'winograd', 'winograd4', 'direct' or 'outer' for this call, as ``conv_algo`` chooses (timed once per shape,
     purpose and machine) among those that apply. A training call that computes no ∂L/∂x (a first layer) is timed
     so, under a shape key of its own."""
     candidates = ["im2col"]
-    if (CW.applies(geom, np.result_type(x.dtype, w.dtype))
-            and CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize) <= COL_BUDGET_BYTES):
-        candidates.append("winograd")
+    if CW.applies(geom, np.result_type(x.dtype, w.dtype)):
+        candidates += [name for name, tile in WINOGRAD_TILES.items()
+                       if (min(geom[6], geom[7]) >= WINOGRAD_MIN_OUTPUT[tile] or conv_algo.setting() == name)
+                       and CW.workspace_bytes(x.shape, w.shape[0], geom, x.dtype.itemsize, tile) <= COL_BUDGET_BYTES]
     if CD.applies(x, w, geom) and not whole_window(x.shape, geom):
         candidates.append("direct")
     if CO.applies(x, w, geom) and not whole_window(x.shape, geom):
@@ -292,8 +304,8 @@ def _trial(name, x_shape, w_shape, geom, dtype, purpose, need_dx=True):
     budget = _column_budget(x, col_sample, purpose, need_dx, ws)
 
     def step():
-        if name == "winograd":
-            y, cache = CW.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
+        if name in WINOGRAD_TILES:
+            y, cache = CW.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws), tile=WINOGRAD_TILES[name])
         elif name == "direct":
             y, cache = CD.conv2d_forward(x, w, None, geom, buffer=_buffers(impl, ws))
         elif name == "outer":

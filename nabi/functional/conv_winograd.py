@@ -1,5 +1,6 @@
-"""3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, "Fast Algorithms
-for Convolutional Neural Networks", CVPR 2016): 16 multiplications for 4 outputs instead of 36.
+"""3×3 stride-1 convolution by Winograd's minimal filtering F(2×2, 3×3) or F(4×4, 3×3) (Lavin & Gray, "Fast
+Algorithms for Convolutional Neural Networks", CVPR 2016): 16 multiplications for 4 outputs instead of 36, or 36
+for 16 outputs instead of 144.
 
 Notation as in ``conv.py``: x (N, C, H, W), w (F, C, 3, 3), zero padding (PH, PW), stride 1, y (N, F, OH, OW).
 The output is cut into TH × TW tiles of 2×2 (TH = ⌈OH/2⌉, TW = ⌈OW/2⌉; T = N·TH·TW tiles in all); tile
@@ -35,8 +36,16 @@ Numerical error. Winograd's transforms add and subtract inputs before the produc
 are further from the exact (float64) convolution than im2col's. Measured on random normal inputs and He-scaled
 weights (C = F = 3…512, 5×5…17×17), the norm-relative error ‖r − r₆₄‖ / ‖r₆₄‖ of the output and of both
 gradients was at most 4.8e-7 (im2col: at most 3.0e-7), about 1–1.7× im2col's; ``tests/test_conv_winograd.py``
-bounds it at 1.5e-6 per result, and the float64 results equal im2col's to 1e-11. (F(4×4, 3×3) would save
-another 1.8× of multiplications at several times this error; it is not used.)
+bounds it at 1.5e-6 per result, and the float64 results equal im2col's to 1e-11.
+
+F(4×4, 3×3) (``tile=4``; the algorithm 'winograd4' in ``conv_algo``) is the same four steps on 4×4 output tiles
+and the 6×6 input patches at rows 4a − PH … 4a − PH + 5, with ξ over 36 positions and the matrices ``BT4``,
+``G4``, ``AT4`` below (interpolation points 0, ±1, ±2, ∞). Its products do 2.25·F·C·N·P multiply-adds (1.78× fewer
+than F(2×2, 3×3), 4× fewer than im2col) and V holds 2.25·C·N·P numbers; its transforms multiply by up to 8 and
+divide by 6 and 24, so its float32 error is larger: at most 3.4e-6 in the same measurement (C = F = 3…512,
+5×5…17×17; about 11× im2col's, largest for ∂L/∂x of 512-channel layers), bounded at 1e-5 in the tests. That is
+still far below the noise of a training step; ``NABI_CONV_ALGO`` or ``conv_algo.algorithm`` keeps a run on
+F(2×2, 3×3) or im2col where a closer result matters.
 
 The primitives (the transforms) come from the implementation that serves the arrays (``dispatch.for_arrays``):
 compiled CPU loops (``cpu_kernels``) or the array code below, which is their reference and the CuPy path. The
@@ -55,6 +64,22 @@ BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
 
+BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])
+G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
+
+TRANSFORMS = {2: (BT, G, AT), 4: (BT4, G4, AT4)}
+"""(Bᵀ, G, Aᵀ) per output tile size: F(2×2, 3×3) and F(4×4, 3×3)."""
+
+TILES = (2, 4)
+
+
+def positions(tile=2) -> int:
+    """α² = (tile + 2)²: the products per tile, 16 for F(2×2, 3×3), 36 for F(4×4, 3×3)."""
+    return (tile + 2) ** 2
+
 
 def applies(geom, dtype=np.float32) -> bool:
     """Whether Winograd F(2×2, 3×3) computes a convolution of geometry ``geom`` on arrays of ``dtype``: a 3×3
@@ -63,10 +88,10 @@ def applies(geom, dtype=np.float32) -> bool:
     return kh == 3 and kw == 3 and sh == 1 and sw == 1 and np.dtype(dtype) in (np.float32, np.float64)
 
 
-def tiles(geom):
-    """(TH, TW): the 2×2 output tiles per image."""
+def tiles(geom, tile=2):
+    """(TH, TW): the tile × tile output tiles per image."""
     oh, ow = geom[6], geom[7]
-    return (oh + 1) // 2, (ow + 1) // 2
+    return -(-oh // tile), -(-ow // tile)
 
 
 CHUNK_BYTES = 8 * 2**20
@@ -79,30 +104,30 @@ channels, 1,024 for 128 — and the layer's time did not change beyond the noise
 + backward, alternated: 107.5 ms whole, 109.2 in 16 MB chunks, 113.8 in 8 MB, 145 in 2 MB)."""
 
 
-def chunk_bounds(N, C, F, geom, itemsize, budget=None):
+def chunk_bounds(N, C, F, geom, itemsize, budget=None, tile=2):
     """[(start, end), …]: the images of each chunk, so that V and M of a chunk fit ``budget`` (``CHUNK_BYTES``)."""
-    th, tw = tiles(geom)
-    per_image = 16 * max(C, F) * th * tw * itemsize
+    th, tw = tiles(geom, tile)
+    per_image = positions(tile) * max(C, F) * th * tw * itemsize
     n = max(1, int((budget or CHUNK_BYTES) // per_image))
     return [(a, min(N, a + n)) for a in range(0, N, n)]
 
 
-def workspace_bytes(x_shape, F, geom, itemsize) -> int:
-    """Bytes of the larger of V (16, C, T) and M (16, F, T) for the largest chunk of images."""
-    th, tw = tiles(geom)
-    a, e = chunk_bounds(x_shape[0], x_shape[1], F, geom, itemsize)[0]
-    return 16 * max(x_shape[1], F) * (e - a) * th * tw * itemsize
+def workspace_bytes(x_shape, F, geom, itemsize, tile=2) -> int:
+    """Bytes of the larger of V (α², C, T) and M (α², F, T) for the largest chunk of images."""
+    th, tw = tiles(geom, tile)
+    a, e = chunk_bounds(x_shape[0], x_shape[1], F, geom, itemsize, tile=tile)[0]
+    return positions(tile) * max(x_shape[1], F) * (e - a) * th * tw * itemsize
 
 
 class WinogradCache:
     """What backward needs: the input x and the weight w the forward used (references, no copies: U and V are
     computed again in backward, so a layer keeps nothing of its own between forward and backward), the
-    geometry, and whether there is a bias."""
+    geometry, whether there is a bias, and the output tile size (2 or 4)."""
 
-    __slots__ = ("x", "w", "geom", "has_bias")
+    __slots__ = ("x", "w", "geom", "has_bias", "tile")
 
-    def __init__(self, x, w, geom, has_bias):
-        self.x, self.w, self.geom, self.has_bias = x, w, geom, has_bias
+    def __init__(self, x, w, geom, has_bias, tile=2):
+        self.x, self.w, self.geom, self.has_bias, self.tile = x, w, geom, has_bias, tile
 
 
 def _no_buffer(name, shape, dtype):
@@ -112,46 +137,53 @@ def _no_buffer(name, shape, dtype):
 # ---------------------------------------------------------------------------
 # forward and backward
 # ---------------------------------------------------------------------------
-def conv2d_forward(x, w, b, geom, relu=False, buffer=None, batched_matmul=None):
+def conv2d_forward(x, w, b, geom, relu=False, buffer=None, batched_matmul=None, tile=2):
     """y = conv2d(x, w) + b [then max(·, 0) with ``relu``] for a 3×3 stride-1 ``geom`` (``conv.conv_geometry``).
 
-    x (N, C, H, W), w (F, C, 3, 3), b (F,) or None. ``buffer(name, shape, dtype)``: a buffer to fill, or None
-    (``conv_fast`` hands out its shared scratch this way); U, V and M die within the call. ``batched_matmul(a, b,
-    out=None)``: the 16 products (default: ``blas.matmul``, over nabi's threads). A batch is done in chunks of
-    images (``chunk_bounds``). Returns ``(y, cache)``, y (N, F, OH, OW). The cache holds x and w themselves:
-    neither may change before backward.
+    x (N, C, H, W), w (F, C, 3, 3), b (F,) or None. ``tile``: 2 for F(2×2, 3×3), 4 for F(4×4, 3×3).
+    ``buffer(name, shape, dtype)``: a buffer to fill, or None (``conv_fast`` hands out its shared scratch this
+    way); U, V and M die within the call. ``batched_matmul(a, b, out=None)``: the α² products (default:
+    ``blas.matmul``, over nabi's threads). A batch is done in chunks of images (``chunk_bounds``). Returns
+    ``(y, cache)``, y (N, F, OH, OW). The cache holds x and w themselves: neither may change before backward.
     """
+    if tile not in TRANSFORMS:
+        raise ValueError(f"conv_winograd: tile must be one of {TILES}, got {tile!r}")
     impl = for_arrays(x, w, b)
     buffer = buffer or _no_buffer
     matmul = batched_matmul or split_matmul
     N, C = x.shape[:2]
     F = w.shape[0]
-    chunks = chunk_bounds(N, C, F, geom, x.dtype.itemsize)
-    U = impl.winograd_weight(w, out=buffer("wino_u", (16, F, C), w.dtype))
+    a2 = positions(tile)
+    chunks = chunk_bounds(N, C, F, geom, x.dtype.itemsize, tile=tile)
+    U = impl.winograd_weight(w, out=buffer("wino_u", (a2, F, C), w.dtype), tile=tile)
     if len(chunks) == 1:
-        V = impl.winograd_input(x, geom, out=buffer("wino_v", (16, C, _tiles_of(N, geom)), x.dtype))
-        M = matmul(U, V, out=buffer("wino_m", (16, F, V.shape[2]), np.result_type(U, V)))
-        return impl.winograd_output(M, b, N, geom, relu), WinogradCache(x, w, geom, b is not None)
+        V = impl.winograd_input(x, geom, out=buffer("wino_v", (a2, C, _tiles_of(N, geom, tile)), x.dtype),
+                                tile=tile)
+        M = matmul(U, V, out=buffer("wino_m", (a2, F, V.shape[2]), np.result_type(U, V)))
+        return impl.winograd_output(M, b, N, geom, relu, tile=tile), WinogradCache(x, w, geom, b is not None, tile)
     xp = get_array_module(x)
     y = xp.empty((N, F, geom[6], geom[7]), dtype=np.result_type(U, x))
     step = chunks[0][1]
     for a, e in chunks:
-        V = impl.winograd_input(x[a:e], geom, out=_part(buffer, "wino_v", C, step, e - a, geom, x.dtype))
-        M = matmul(U, V, out=_part(buffer, "wino_m", F, step, e - a, geom, np.result_type(U, V)))
-        impl.winograd_output(M, b, e - a, geom, relu, out=y[a:e])
-    return y, WinogradCache(x, w, geom, b is not None)
+        V = impl.winograd_input(x[a:e], geom, out=_part(buffer, "wino_v", C, step, e - a, geom, x.dtype, tile),
+                                tile=tile)
+        M = matmul(U, V, out=_part(buffer, "wino_m", F, step, e - a, geom, np.result_type(U, V), tile))
+        impl.winograd_output(M, b, e - a, geom, relu, out=y[a:e], tile=tile)
+    return y, WinogradCache(x, w, geom, b is not None, tile)
 
 
-def _tiles_of(n, geom):
-    th, tw = tiles(geom)
+def _tiles_of(n, geom, tile=2):
+    th, tw = tiles(geom, tile)
     return n * th * tw
 
 
-def _part(buffer, name, rows, step, n, geom, dtype):
-    """A (16, rows, T) array for a chunk of ``n`` images: the first bytes of one buffer sized for a full chunk of
+def _part(buffer, name, rows, step, n, geom, dtype, tile=2):
+    """A (α², rows, T) array for a chunk of ``n`` images: the first bytes of one buffer sized for a full chunk of
     ``step`` images, which every chunk reuses (contiguous); None without a buffer."""
-    buf = buffer(name, (16 * rows * _tiles_of(step, geom),), dtype)
-    return None if buf is None else buf[:16 * rows * _tiles_of(n, geom)].reshape(16, rows, _tiles_of(n, geom))
+    a2 = positions(tile)
+    buf = buffer(name, (a2 * rows * _tiles_of(step, geom, tile),), dtype)
+    t = _tiles_of(n, geom, tile)
+    return None if buf is None else buf[:a2 * rows * t].reshape(a2, rows, t)
 
 
 def conv2d_backward(dy, cache, need_dx=True, dw_out=None, relu_y=None, consume=False, buffer=None,
@@ -179,39 +211,40 @@ def conv2d_sgd_backward(dy, cache, w, b, lr, need_dx=True, relu_y=None, buffer=N
 def _gradients(dy, cache, need_dx, relu_y, buffer, batched_matmul, dw_out):
     """U again; per chunk of images V again, ∂M = A δ Aᵀ per tile, ∂b = Σδ, ∂U += ∂M · Vᵀ, ∂V = Uᵀ · ∂M (over V)
     and ∂x = Σ_t B ∂V_t Bᵀ scattered onto the chunk's input; then ∂w = Gᵀ ∂U G."""
-    x, w, geom = cache.x, cache.w, cache.geom
+    x, w, geom, tile = cache.x, cache.w, cache.geom, cache.tile
     impl = for_arrays(dy, relu_y, x, w)
     matmul = batched_matmul or split_matmul
     N, C = x.shape[:2]
     F = w.shape[0]
-    chunks = chunk_bounds(N, C, F, geom, x.dtype.itemsize)
+    a2 = positions(tile)
+    chunks = chunk_bounds(N, C, F, geom, x.dtype.itemsize, tile=tile)
     step = chunks[0][1]
-    U = impl.winograd_weight(w, out=buffer("wino_u", (16, F, C), w.dtype))
+    U = impl.winograd_weight(w, out=buffer("wino_u", (a2, F, C), w.dtype), tile=tile)
     xp = get_array_module(x)
     dx = xp.empty(x.shape, dtype=np.result_type(dy, w)) if need_dx and len(chunks) > 1 else None
     dU = db = None
     for a, e in chunks:
         whole = len(chunks) == 1
         V = impl.winograd_input(x if whole else x[a:e], geom,
-                                out=_part(buffer, "wino_v", C, step, e - a, geom, x.dtype))
+                                out=_part(buffer, "wino_v", C, step, e - a, geom, x.dtype, tile), tile=tile)
         dM, db_part = impl.winograd_output_backward(
             dy if whole else dy[a:e], geom, relu_y if relu_y is None or whole else relu_y[a:e],
-            need_db=cache.has_bias, out=_part(buffer, "wino_m", F, step, e - a, geom, dy.dtype))
+            need_db=cache.has_bias, out=_part(buffer, "wino_m", F, step, e - a, geom, dy.dtype, tile), tile=tile)
         if dU is None:
-            dU = matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_du", (16, F, C), np.result_type(dM, V)))
+            dU = matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_du", (a2, F, C), np.result_type(dM, V)))
             db = db_part
         else:
-            dU += matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_dup", (16, F, C), np.result_type(dM, V)))
+            dU += matmul(dM, V.transpose(0, 2, 1), out=buffer("wino_dup", (a2, F, C), np.result_type(dM, V)))
             if db is not None:
                 db += db_part
         if need_dx:
             spare = V if type(V) is np.ndarray and V.dtype == np.result_type(U, dM) else None
             dV = matmul(U.transpose(0, 2, 1), dM, out=spare)
             if whole:
-                dx = impl.winograd_input_backward(dV, x.shape, geom)
+                dx = impl.winograd_input_backward(dV, x.shape, geom, tile=tile)
             else:
-                impl.winograd_input_backward(dV, (e - a,) + x.shape[1:], geom, out=dx[a:e])
-    return dx, impl.winograd_weight_backward(dU, out=dw_out), db
+                impl.winograd_input_backward(dV, (e - a,) + x.shape[1:], geom, out=dx[a:e], tile=tile)
+    return dx, impl.winograd_weight_backward(dU, out=dw_out, tile=tile), db
 
 
 # ---------------------------------------------------------------------------
@@ -241,11 +274,12 @@ def _both(matrix, a):
 
 
 @reference("winograd_weight")
-def weight_transform(w, out=None):
-    """U[ξ, f, c] = (G w[f, c] Gᵀ)[ξ]: w (F, C, 3, 3) → U (16, F, C)."""
+def weight_transform(w, out=None, tile=2):
+    """U[ξ, f, c] = (G w[f, c] Gᵀ)[ξ]: w (F, C, 3, 3) → U (α², F, C)."""
     xp = get_array_module(w)
     F, C = w.shape[:2]
-    u = _both(G, w).reshape(F, C, 16).transpose(2, 0, 1)
+    _, g, _ = TRANSFORMS[tile]
+    u = _both(g, w).reshape(F, C, positions(tile)).transpose(2, 0, 1)
     if out is None:
         return xp.ascontiguousarray(u)
     out[...] = u
@@ -253,53 +287,60 @@ def weight_transform(w, out=None):
 
 
 @reference("winograd_weight_backward")
-def weight_transform_backward(du, out=None):
-    """∂w[f, c] = Gᵀ ∂U[f, c] G: ∂U (16, F, C) → ∂w (F, C, 3, 3) (into ``out`` when given)."""
+def weight_transform_backward(du, out=None, tile=2):
+    """∂w[f, c] = Gᵀ ∂U[f, c] G: ∂U (α², F, C) → ∂w (F, C, 3, 3) (into ``out`` when given)."""
     F, C = du.shape[1:]
-    dw = _both(G.T, du.transpose(1, 2, 0).reshape(F, C, 4, 4))
+    _, g, _ = TRANSFORMS[tile]
+    a = tile + 2
+    dw = _both(g.T, du.transpose(1, 2, 0).reshape(F, C, a, a))
     if out is None:
         return dw
     out[...] = dw
     return out
 
 
-def _padded(x, geom):
-    """x zero-padded to the (2·TH + 2, 2·TW + 2) rows and columns the tiles read, the image at (PH, PW)."""
+def _padded(x, geom, tile=2):
+    """x zero-padded to the (tile·TH + 2, tile·TW + 2) rows and columns the tiles read, the image at (PH, PW)."""
     xp = get_array_module(x)
     N, C, H, W = x.shape
     ph, pw = geom[4], geom[5]
-    th, tw = tiles(geom)
-    out = xp.zeros((N, C, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+    th, tw = tiles(geom, tile)
+    out = xp.zeros((N, C, tile * th + 2, tile * tw + 2), dtype=x.dtype)
     out[:, :, ph:ph + H, pw:pw + W] = x
     return out
 
 
 @reference
-def winograd_input(x, geom, out=None):
-    """V[ξ, c, (n, a, b)] = (Bᵀ d B)[ξ], d = the 4×4 patch of x_pad[n, c] at (2a, 2b): x (N, C, H, W) → (16, C, T).
-    (``out`` is accepted for the common signature and not used.)"""
+def winograd_input(x, geom, out=None, tile=2):
+    """V[ξ, c, (n, a, b)] = (Bᵀ d B)[ξ], d = the α×α patch of x_pad[n, c] at (tile·a, tile·b): x (N, C, H, W) →
+    (α², C, T). (``out`` is accepted for the common signature and not used.)"""
     xp = get_array_module(x)
     N, C = x.shape[:2]
-    th, tw = tiles(geom)
-    xpad = _padded(x, geom)
+    th, tw = tiles(geom, tile)
+    bt, _, _ = TRANSFORMS[tile]
+    a = tile + 2
+    xpad = _padded(x, geom, tile)
     sN, sC, sH, sW = xpad.strides
     lib = np.lib if xp is np else xp.lib
-    d = lib.stride_tricks.as_strided(xpad, shape=(N, C, th, tw, 4, 4), strides=(sN, sC, 2 * sH, 2 * sW, sH, sW))
-    v = _both(BT, d)                                                        # (N, C, TH, TW, 4, 4)
-    return xp.ascontiguousarray(v.transpose(4, 5, 1, 0, 2, 3)).reshape(16, C, N * th * tw)
+    d = lib.stride_tricks.as_strided(xpad, shape=(N, C, th, tw, a, a),
+                                     strides=(sN, sC, tile * sH, tile * sW, sH, sW))
+    v = _both(bt, d)                                                        # (N, C, TH, TW, α, α)
+    return xp.ascontiguousarray(v.transpose(4, 5, 1, 0, 2, 3)).reshape(a * a, C, N * th * tw)
 
 
 @reference
-def winograd_output(m, b, N, geom, relu=False, out=None):
-    """y[n, f, 2a + i, 2b + j] = (Aᵀ M_t A)[i, j] + b[f] (cut at OH, OW) [then max(·, 0)]: (16, F, T) → (N, F, OH, OW)
-    (copied into ``out`` when given)."""
+def winograd_output(m, b, N, geom, relu=False, out=None, tile=2):
+    """y[n, f, tile·a + i, tile·b + j] = (Aᵀ M_t A)[i, j] + b[f] (cut at OH, OW) [then max(·, 0)]:
+    (α², F, T) → (N, F, OH, OW) (copied into ``out`` when given)."""
     xp = get_array_module(m)
     F = m.shape[1]
     oh, ow = geom[6], geom[7]
-    th, tw = tiles(geom)
-    mt = m.reshape(4, 4, F, N, th, tw).transpose(3, 2, 4, 5, 0, 1)          # (N, F, TH, TW, 4, 4)
-    yt = _both(AT, mt)                                                       # (N, F, TH, TW, 2, 2)
-    y = yt.transpose(0, 1, 2, 4, 3, 5).reshape(N, F, 2 * th, 2 * tw)[:, :, :oh, :ow]
+    th, tw = tiles(geom, tile)
+    _, _, at = TRANSFORMS[tile]
+    a = tile + 2
+    mt = m.reshape(a, a, F, N, th, tw).transpose(3, 2, 4, 5, 0, 1)          # (N, F, TH, TW, α, α)
+    yt = _both(at, mt)                                                       # (N, F, TH, TW, tile, tile)
+    y = yt.transpose(0, 1, 2, 4, 3, 5).reshape(N, F, tile * th, tile * tw)[:, :, :oh, :ow]
     y = xp.ascontiguousarray(y)
     if b is not None:
         y += b.reshape(1, F, 1, 1)
@@ -312,37 +353,41 @@ def winograd_output(m, b, N, geom, relu=False, out=None):
 
 
 @reference
-def winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None):
+def winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None, tile=2):
     """∂M_t = A δ_t Aᵀ (δ masked by [relu_y > 0] when given, zero beyond OH, OW): dy (N, F, OH, OW) →
-    (∂M (16, F, T), Σδ (F,) or None). (``out`` is accepted for the common signature and not used.)"""
+    (∂M (α², F, T), Σδ (F,) or None). (``out`` is accepted for the common signature and not used.)"""
     xp = get_array_module(dy)
     N, F, oh, ow = dy.shape
-    th, tw = tiles(geom)
+    th, tw = tiles(geom, tile)
+    _, _, at = TRANSFORMS[tile]
+    a = tile + 2
     if relu_y is not None:
         dy = dy * (relu_y > 0)
     db = sum_over(dy, (0, 2, 3)) if need_db else None
-    d = xp.zeros((N, F, 2 * th, 2 * tw), dtype=dy.dtype)
+    d = xp.zeros((N, F, tile * th, tile * tw), dtype=dy.dtype)
     d[:, :, :oh, :ow] = dy
-    dt = d.reshape(N, F, th, 2, tw, 2).transpose(1, 0, 2, 4, 3, 5)          # (F, N, TH, TW, 2, 2)
-    dm = _both(AT.T, dt)                                                     # (F, N, TH, TW, 4, 4)
-    return xp.ascontiguousarray(dm.transpose(4, 5, 0, 1, 2, 3)).reshape(16, F, N * th * tw), db
+    dt = d.reshape(N, F, th, tile, tw, tile).transpose(1, 0, 2, 4, 3, 5)    # (F, N, TH, TW, tile, tile)
+    dm = _both(at.T, dt)                                                     # (F, N, TH, TW, α, α)
+    return xp.ascontiguousarray(dm.transpose(4, 5, 0, 1, 2, 3)).reshape(a * a, F, N * th * tw), db
 
 
 @reference
-def winograd_input_backward(dv, x_shape, geom, out=None):
-    """∂x: each tile's B ∂V_t Bᵀ (4×4) added onto its patch of the padded input, padding dropped:
-    (16, C, T) → (N, C, H, W) (copied into ``out`` when given). The loop runs over the 16 patch offsets only,
+def winograd_input_backward(dv, x_shape, geom, out=None, tile=2):
+    """∂x: each tile's B ∂V_t Bᵀ (α×α) added onto its patch of the padded input, padding dropped:
+    (α², C, T) → (N, C, H, W) (copied into ``out`` when given). The loop runs over the α² patch offsets only,
     never over pixels."""
     xp = get_array_module(dv)
     N, C, H, W = x_shape
     ph, pw = geom[4], geom[5]
-    th, tw = tiles(geom)
-    v = dv.reshape(4, 4, C, N, th, tw).transpose(3, 2, 4, 5, 0, 1)          # (N, C, TH, TW, 4, 4)
-    d = _both(BT.T, v)
-    dpad = xp.zeros((N, C, 2 * th + 2, 2 * tw + 2), dtype=dv.dtype)
-    for u in range(4):
-        for s in range(4):
-            dpad[:, :, u:u + 2 * th:2, s:s + 2 * tw:2] += d[..., u, s]
+    th, tw = tiles(geom, tile)
+    bt, _, _ = TRANSFORMS[tile]
+    a = tile + 2
+    v = dv.reshape(a, a, C, N, th, tw).transpose(3, 2, 4, 5, 0, 1)          # (N, C, TH, TW, α, α)
+    d = _both(bt.T, v)
+    dpad = xp.zeros((N, C, tile * th + 2, tile * tw + 2), dtype=dv.dtype)
+    for u in range(a):
+        for s in range(a):
+            dpad[:, :, u:u + tile * th:tile, s:s + tile * tw:tile] += d[..., u, s]
     if out is not None:
         out[...] = dpad[:, :, ph:ph + H, pw:pw + W]
         return out

@@ -530,11 +530,11 @@ def _wino_weight(w, U):
             U[xi, f] = u[xi]
 
 
-def winograd_weight(w, out=None):
-    """Winograd weight transform: w (F, C, 3, 3) → U (16, F, C) (see ``conv_winograd``)."""
+def winograd_weight(w, out=None, tile=2):
+    """Winograd weight transform: w (F, C, 3, 3) → U (α², F, C) (see ``conv_winograd``; α = tile + 2)."""
     F, C = w.shape[:2]
-    U = out if out is not None else np.empty((16, F, C), dtype=w.dtype)
-    _wino_weight(np.ascontiguousarray(w), U)
+    U = out if out is not None else np.empty(((tile + 2) ** 2, F, C), dtype=w.dtype)
+    (_wino4_weight if _tile(tile) == 4 else _wino_weight)(np.ascontiguousarray(w), U)
     return U
 
 
@@ -563,20 +563,20 @@ def _wino_weight_backward(du, dw):
                 o[i, 2] = 0.5 * (e[i, 1] + e[i, 2]) + e[i, 3]
 
 
-def winograd_weight_backward(du, out=None):
-    """Adjoint of the weight transform: ∂U (16, F, C) → ∂w (F, C, 3, 3) (into ``out`` when given)."""
+def winograd_weight_backward(du, out=None, tile=2):
+    """Adjoint of the weight transform: ∂U (α², F, C) → ∂w (F, C, 3, 3) (into ``out`` when given)."""
     F, C = du.shape[1:]
     dw = out if out is not None else np.empty((F, C, 3, 3), dtype=du.dtype)
-    _wino_weight_backward(du, dw)
+    (_wino4_weight_backward if _tile(tile) == 4 else _wino_weight_backward)(du, dw)
     return dw
 
 
-def winograd_input(x, geom, out=None):
-    """Winograd input transform: x (N, C, H, W) → V (16, C, N·TH·TW) (see ``conv_winograd``)."""
+def winograd_input(x, geom, out=None, tile=2):
+    """Winograd input transform: x (N, C, H, W) → V (α², C, N·TH·TW) (see ``conv_winograd``)."""
     N, C = x.shape[:2]
-    th, tw = (geom[6] + 1) // 2, (geom[7] + 1) // 2
-    V = out if out is not None else np.empty((16, C, N * th * tw), dtype=x.dtype)
-    _wino_input(np.ascontiguousarray(x), geom[4], geom[5], th, tw, V, _chunks())
+    th, tw = -(-geom[6] // _tile(tile)), -(-geom[7] // tile)
+    V = out if out is not None else np.empty(((tile + 2) ** 2, C, N * th * tw), dtype=x.dtype)
+    (_wino4_input if tile == 4 else _wino_input)(np.ascontiguousarray(x), geom[4], geom[5], th, tw, V, _chunks())
     return V
 
 
@@ -630,15 +630,17 @@ def _wino_output(m, b, N, oh, ow, th, tw, relu, y, nchunks):
                         dst[i + 1, :] = r1[:ow]
 
 
-def winograd_output(m, b, N, geom, relu=False, out=None):
-    """Winograd output transform: M (16, F, T) (+ b) [then max(·, 0)] → y (N, F, OH, OW) (into ``out``, C-contiguous,
-    when given)."""
+def winograd_output(m, b, N, geom, relu=False, out=None, tile=2):
+    """Winograd output transform: M (α², F, T) (+ b) [then max(·, 0)] → y (N, F, OH, OW) (into ``out``,
+    C-contiguous, when given)."""
     F = m.shape[1]
     oh, ow = geom[6], geom[7]
     if b is None:
         b = np.zeros(F, dtype=m.dtype)
     y = out if out is not None else np.empty((N, F, oh, ow), dtype=m.dtype)
-    _wino_output(m, b.astype(m.dtype, copy=False), N, oh, ow, (oh + 1) // 2, (ow + 1) // 2, relu, y, _chunks())
+    th, tw = -(-oh // _tile(tile)), -(-ow // tile)
+    (_wino4_output if tile == 4 else _wino_output)(m, b.astype(m.dtype, copy=False), N, oh, ow, th, tw, relu, y,
+                                                   _chunks())
     return y
 
 
@@ -702,15 +704,15 @@ def _wino_output_backward(dy, y, masked, th, tw, dm, db):
         db[f] = s
 
 
-def winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None):
-    """Adjoint of the output transform: δ (N, F, OH, OW) [· [relu_y > 0]] → (∂M (16, F, T), Σδ (F,) or None)."""
+def winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None, tile=2):
+    """Adjoint of the output transform: δ (N, F, OH, OW) [· [relu_y > 0]] → (∂M (α², F, T), Σδ (F,) or None)."""
     N, F, oh, ow = dy.shape
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    th, tw = -(-oh // _tile(tile)), -(-ow // tile)
     d = np.ascontiguousarray(dy)
     y = d if relu_y is None else np.ascontiguousarray(relu_y)
-    dm = out if out is not None else np.empty((16, F, N * th * tw), dtype=dy.dtype)
+    dm = out if out is not None else np.empty(((tile + 2) ** 2, F, N * th * tw), dtype=dy.dtype)
     db = np.empty(F, dtype=dy.dtype)
-    _wino_output_backward(d, y, relu_y is not None, th, tw, dm, db)
+    (_wino4_output_backward if tile == 4 else _wino_output_backward)(d, y, relu_y is not None, th, tw, dm, db)
     return dm, (db if need_db else None)
 
 
@@ -776,13 +778,356 @@ def _wino_input_backward(dv, ph, pw, th, tw, dx, nchunks):
             dx[n, c] = buf[ph:ph + H, pw:pw + W]
 
 
-def winograd_input_backward(dv, x_shape, geom, out=None):
-    """Adjoint of the input transform: ∂V (16, C, T) → ∂x (N, C, H, W), overlaps summed, padding dropped (into
+def winograd_input_backward(dv, x_shape, geom, out=None, tile=2):
+    """Adjoint of the input transform: ∂V (α², C, T) → ∂x (N, C, H, W), overlaps summed, padding dropped (into
     ``out``, C-contiguous, when given)."""
-    th, tw = (geom[6] + 1) // 2, (geom[7] + 1) // 2
+    th, tw = -(-geom[6] // _tile(tile)), -(-geom[7] // tile)
     dx = out if out is not None else np.empty(x_shape, dtype=dv.dtype)
-    _wino_input_backward(dv, geom[4], geom[5], th, tw, dx, _chunks())
+    (_wino4_input_backward if tile == 4 else _wino_input_backward)(dv, geom[4], geom[5], th, tw, dx, _chunks())
     return dx
+
+
+def _tile(tile):
+    if tile not in (2, 4):
+        raise ValueError(f"Winograd transforms: tile must be 2 or 4, got {tile!r}")
+    return tile
+
+
+# ---------------------------------------------------------------------------
+# Winograd F(4×4, 3×3) transforms (``conv_winograd``, tile=4): the same passes on 6×6 patches and 4×4 tiles.
+# The one-dimensional transforms are written in additions (2a as a + a), so float32 stays float32 (numba would
+# promote a product with an integer constant to float64) and the multiples of 2, 4 and 8 are exact; the weight
+# transforms, with their thirds and sixths, run in float64 and round once when stored.
+# ---------------------------------------------------------------------------
+SMALL_PLANE = 16
+"""Tiles per image plane below which the F(4×4, 3×3) kernels copy their 36 rows number by number instead of as
+slices (each slice has a fixed cost, which dominates for a plane of a few tiles)."""
+
+
+@_scalar
+def _x2(a):
+    return a + a
+
+
+@_scalar
+def _x4(a):
+    b = a + a
+    return b + b
+
+
+@_scalar
+def _bt6(d0, d1, d2, d3, d4, d5):
+    # Bᵀ·d: rows (4d0 − 5d2 + d4, −4d1 − 4d2 + d3 + d4, 4d1 − 4d2 − d3 + d4, −2d1 − d2 + 2d3 + d4,
+    # 2d1 − d2 − 2d3 + d4, 4d1 − 5d3 + d5)
+    h = d4 - d2
+    t = _x2(d3 - d1)
+    return (_x4(d0 - d2) + h, (d3 + d4) - _x4(d1 + d2), (d4 - d3) + _x4(d1 - d2), h + t, h - t,
+            _x4(d1 - d3) + (d5 - d3))
+
+
+@_scalar
+def _b6(v0, v1, v2, v3, v4, v5):
+    # B·v, the adjoint of ``_bt6``: (4v0, 4(v2 − v1 + v5) + 2(v4 − v3), −(4(v0 + v1 + v2) + v0 + v3 + v4),
+    # (v1 − v2) + 2(v3 − v4) − 5v5, v0 + v1 + v2 + v3 + v4, v5)
+    s = v0 + v1 + v2
+    return (_x4(v0), _x4(v2 - v1 + v5) + _x2(v4 - v3), -(_x4(s) + (v0 + v3 + v4)),
+            (v1 - v2) + _x2(v3 - v4) - (_x4(v5) + v5), s + v3 + v4, v5)
+
+
+@_scalar
+def _at6(m0, m1, m2, m3, m4, m5):
+    # Aᵀ·m: (m0 + m1 + m2 + m3 + m4, m1 − m2 + 2(m3 − m4), m1 + m2 + 4(m3 + m4), m1 − m2 + 8(m3 − m4) + m5)
+    s12 = m1 + m2
+    d12 = m1 - m2
+    s34 = m3 + m4
+    d34 = m3 - m4
+    return m0 + s12 + s34, d12 + _x2(d34), s12 + _x4(s34), d12 + _x2(_x4(d34)) + m5
+
+
+@_scalar
+def _a4(d0, d1, d2, d3):
+    # A·d, the adjoint of ``_at6``: (d0, d0 + d1 + d2 + d3, d0 − d1 + d2 − d3, d0 + 2d1 + 4d2 + 8d3,
+    # d0 − 2d1 + 4d2 − 8d3, d3)
+    s02 = d0 + d2
+    s13 = d1 + d3
+    t02 = d0 + _x4(d2)
+    t13 = _x2(d1 + _x4(d3))
+    return d0, s02 + s13, s02 - s13, t02 + t13, t02 - t13, d3
+
+
+@_scalar
+def _g6(g0, g1, g2):
+    # G·g (float64): (g0/4, −(g0 + g1 + g2)/6, −(g0 − g1 + g2)/6, (g0/4 + g1/2 + g2)/6, (g0/4 − g1/2 + g2)/6, g2)
+    g0 = 1.0 * g0
+    g1 = 1.0 * g1
+    g2 = 1.0 * g2
+    q = 0.25 * g0
+    h = 0.5 * g1
+    return q, -(g0 + g1 + g2) / 6.0, -(g0 - g1 + g2) / 6.0, (q + h + g2) / 6.0, (q - h + g2) / 6.0, g2
+
+
+@_scalar
+def _gt6(e0, e1, e2, e3, e4, e5):
+    # Gᵀ·e (float64): (e0/4 − (e1 + e2)/6 + (e3 + e4)/24, (e2 − e1)/6 + (e3 − e4)/12, (e3 + e4 − e1 − e2)/6 + e5)
+    s12 = 1.0 * e1 + e2
+    s34 = 1.0 * e3 + e4
+    return (0.25 * e0 - s12 / 6.0 + s34 / 24.0, (1.0 * e2 - e1) / 6.0 + (1.0 * e3 - e4) / 12.0,
+            (s34 - s12) / 6.0 + 1.0 * e5)
+
+
+@_jit
+def _wino4_input(x, ph, pw, th, tw, V, nchunks):
+    # V[ξ, c, (n, a, b)] = (Bᵀ d B)[ξ], ξ = 6i + j, d = x_pad[n, c, 4a:4a+6, 4b:4b+6]. As ``_wino_input``: each
+    # plane in a zero-bordered buffer; per row of tiles, Bᵀ over its six input rows along the whole row at once,
+    # then (·) B per tile into a small (36, TH·TW) buffer whose rows are copied out whole.
+    N, C, H, W = x.shape
+    P = th * tw
+    wp = 4 * tw + 2
+    for k in prange(nchunks):
+        lo = N * C * k // nchunks
+        hi = N * C * (k + 1) // nchunks
+        buf = np.zeros((4 * th + 2, wp), dtype=x.dtype)
+        z = np.empty((6, wp), dtype=x.dtype)
+        v = np.empty((36, P), dtype=V.dtype)
+        for nc in range(lo, hi):
+            n = nc // C
+            c = nc % C
+            buf[ph:ph + H, pw:pw + W] = x[n, c]
+            for a in range(th):
+                r = 4 * a
+                for j in range(wp):
+                    z0, z1, z2, z3, z4, z5 = _bt6(buf[r, j], buf[r + 1, j], buf[r + 2, j], buf[r + 3, j],
+                                                  buf[r + 4, j], buf[r + 5, j])
+                    z[0, j] = z0
+                    z[1, j] = z1
+                    z[2, j] = z2
+                    z[3, j] = z3
+                    z[4, j] = z4
+                    z[5, j] = z5
+                for b in range(tw):
+                    s = 4 * b
+                    t = a * tw + b
+                    for i in range(6):
+                        u0, u1, u2, u3, u4, u5 = _bt6(z[i, s], z[i, s + 1], z[i, s + 2], z[i, s + 3], z[i, s + 4],
+                                                      z[i, s + 5])
+                        v[6 * i, t] = u0
+                        v[6 * i + 1, t] = u1
+                        v[6 * i + 2, t] = u2
+                        v[6 * i + 3, t] = u3
+                        v[6 * i + 4, t] = u4
+                        v[6 * i + 5, t] = u5
+            base = n * P
+            if P < SMALL_PLANE:
+                for xi in range(36):
+                    for t in range(P):
+                        V[xi, c, base + t] = v[xi, t]
+            else:
+                for xi in range(36):
+                    V[xi, c, base:base + P] = v[xi]
+
+
+@_jit
+def _wino4_weight(w, U):
+    # U[ξ, f, c] = (G w[f, c] Gᵀ)[ξ], in float64, rounded once into U.
+    F, C = w.shape[:2]
+    for f in prange(F):
+        u = np.empty((36, C), dtype=U.dtype)
+        z = np.empty((6, 3), dtype=np.float64)
+        for c in range(C):
+            g = w[f, c]
+            for j in range(3):
+                z0, z1, z2, z3, z4, z5 = _g6(g[0, j], g[1, j], g[2, j])
+                z[0, j] = z0
+                z[1, j] = z1
+                z[2, j] = z2
+                z[3, j] = z3
+                z[4, j] = z4
+                z[5, j] = z5
+            for i in range(6):
+                u0, u1, u2, u3, u4, u5 = _g6(z[i, 0], z[i, 1], z[i, 2])
+                u[6 * i, c] = u0
+                u[6 * i + 1, c] = u1
+                u[6 * i + 2, c] = u2
+                u[6 * i + 3, c] = u3
+                u[6 * i + 4, c] = u4
+                u[6 * i + 5, c] = u5
+        for xi in range(36):
+            U[xi, f] = u[xi]
+
+
+@_jit
+def _wino4_weight_backward(du, dw):
+    # dw[f, c] = Gᵀ ∂U[f, c] G, in float64, rounded once into dw.
+    F, C = dw.shape[:2]
+    for f in prange(F):
+        q = np.empty((36, C), dtype=du.dtype)
+        for xi in range(36):
+            q[xi] = du[xi, f]
+        e = np.empty((3, 6), dtype=np.float64)
+        for c in range(C):
+            for j in range(6):
+                e0, e1, e2 = _gt6(q[j, c], q[6 + j, c], q[12 + j, c], q[18 + j, c], q[24 + j, c], q[30 + j, c])
+                e[0, j] = e0
+                e[1, j] = e1
+                e[2, j] = e2
+            o = dw[f, c]
+            for i in range(3):
+                o0, o1, o2 = _gt6(e[i, 0], e[i, 1], e[i, 2], e[i, 3], e[i, 4], e[i, 5])
+                o[i, 0] = o0
+                o[i, 1] = o1
+                o[i, 2] = o2
+
+
+@_jit
+def _wino4_output(m, b, N, oh, ow, th, tw, relu, y, nchunks):
+    # y[n, f, 4a + i, 4b + j] = (Aᵀ M_t A)[i, j] + b[f], cut at (OH, OW); then max(·, 0) when relu. As
+    # ``_wino_output``: the plane's 36 rows of M in a small buffer, each row of tiles into four whole output rows.
+    F = m.shape[1]
+    P = th * tw
+    for k in prange(nchunks):
+        q = np.empty((36, P), dtype=m.dtype)
+        rows = np.empty((4, 4 * tw), dtype=m.dtype)
+        p = np.empty((4, 6), dtype=m.dtype)
+        for nf in range(N * F * k // nchunks, N * F * (k + 1) // nchunks):
+            n = nf // F
+            f = nf % F
+            bf = b[f]
+            dst = y[n, f]
+            if P < SMALL_PLANE:
+                for xi in range(36):
+                    for t in range(P):
+                        q[xi, t] = m[xi, f, n * P + t]
+            else:
+                for xi in range(36):
+                    q[xi] = m[xi, f, n * P:(n + 1) * P]
+            for a in range(th):
+                for bb in range(tw):
+                    t = a * tw + bb
+                    for j in range(6):
+                        p0, p1, p2, p3 = _at6(q[j, t], q[6 + j, t], q[12 + j, t], q[18 + j, t], q[24 + j, t],
+                                              q[30 + j, t])
+                        p[0, j] = p0
+                        p[1, j] = p1
+                        p[2, j] = p2
+                        p[3, j] = p3
+                    s = 4 * bb
+                    for i in range(4):
+                        y0, y1, y2, y3 = _at6(p[i, 0], p[i, 1], p[i, 2], p[i, 3], p[i, 4], p[i, 5])
+                        rows[i, s] = y0 + bf
+                        rows[i, s + 1] = y1 + bf
+                        rows[i, s + 2] = y2 + bf
+                        rows[i, s + 3] = y3 + bf
+                for i in range(4):
+                    r = 4 * a + i
+                    if r < oh:
+                        if relu:
+                            for j in range(ow):
+                                v = rows[i, j]
+                                dst[r, j] = 0 if v < 0 else v          # NaN stays NaN
+                        else:
+                            dst[r, :] = rows[i, :ow]
+
+
+@_jit
+def _wino4_output_backward(dy, y, masked, th, tw, dm, db):
+    # ∂M_t = A δ_t Aᵀ with δ_t the 4×4 tile of δ (· [y > 0] when masked; 0 beyond OH, OW); db[f] = Σ δ. Each
+    # plane of δ is copied into a zero-bordered buffer (masked on the way, summed in float64), then transformed
+    # tile by tile into a small (36, TH·TW) buffer copied out whole.
+    N, F, oh, ow = dy.shape
+    P = th * tw
+    for f in prange(F):
+        s = 0.0
+        e = np.empty((36, P), dtype=dm.dtype)
+        d = np.zeros((4 * th, 4 * tw), dtype=dm.dtype)
+        h = np.empty((6, 4), dtype=dm.dtype)
+        for n in range(N):
+            src = dy[n, f]
+            mk = y[n, f]
+            for i in range(oh):
+                for j in range(ow):
+                    if masked and not mk[i, j] > 0:
+                        d[i, j] = 0
+                    else:
+                        d[i, j] = src[i, j]
+                    s += d[i, j]
+            for a in range(th):
+                r = 4 * a
+                for bb in range(tw):
+                    c0 = 4 * bb
+                    t = a * tw + bb
+                    for j in range(4):
+                        h0, h1, h2, h3, h4, h5 = _a4(d[r, c0 + j], d[r + 1, c0 + j], d[r + 2, c0 + j],
+                                                     d[r + 3, c0 + j])
+                        h[0, j] = h0
+                        h[1, j] = h1
+                        h[2, j] = h2
+                        h[3, j] = h3
+                        h[4, j] = h4
+                        h[5, j] = h5
+                    for i in range(6):
+                        e0, e1, e2, e3, e4, e5 = _a4(h[i, 0], h[i, 1], h[i, 2], h[i, 3])
+                        e[6 * i, t] = e0
+                        e[6 * i + 1, t] = e1
+                        e[6 * i + 2, t] = e2
+                        e[6 * i + 3, t] = e3
+                        e[6 * i + 4, t] = e4
+                        e[6 * i + 5, t] = e5
+            if P < SMALL_PLANE:
+                for xi in range(36):
+                    for t in range(P):
+                        dm[xi, f, n * P + t] = e[xi, t]
+            else:
+                for xi in range(36):
+                    dm[xi, f, n * P:(n + 1) * P] = e[xi]
+        db[f] = s
+
+
+@_jit
+def _wino4_input_backward(dv, ph, pw, th, tw, dx, nchunks):
+    # dx[n, c] = the padded plane's interior after adding B ∂V_t Bᵀ (6×6) at (4a, 4b) for every tile t.
+    N, C, H, W = dx.shape
+    P = th * tw
+    for k in prange(nchunks):
+        lo = N * C * k // nchunks
+        hi = N * C * (k + 1) // nchunks
+        buf = np.empty((4 * th + 2, 4 * tw + 2), dtype=dx.dtype)
+        q = np.empty((36, P), dtype=dv.dtype)
+        h = np.empty((6, 6), dtype=dv.dtype)
+        for nc in range(lo, hi):
+            n = nc // C
+            c = nc % C
+            if P < SMALL_PLANE:
+                for xi in range(36):
+                    for t in range(P):
+                        q[xi, t] = dv[xi, c, n * P + t]
+            else:
+                for xi in range(36):
+                    q[xi] = dv[xi, c, n * P:(n + 1) * P]
+            buf[:, :] = 0
+            for a in range(th):
+                r = 4 * a
+                for b in range(tw):
+                    t = a * tw + b
+                    s = 4 * b
+                    for j in range(6):
+                        h0, h1, h2, h3, h4, h5 = _b6(q[j, t], q[6 + j, t], q[12 + j, t], q[18 + j, t], q[24 + j, t],
+                                                     q[30 + j, t])
+                        h[0, j] = h0
+                        h[1, j] = h1
+                        h[2, j] = h2
+                        h[3, j] = h3
+                        h[4, j] = h4
+                        h[5, j] = h5
+                    for i in range(6):
+                        o0, o1, o2, o3, o4, o5 = _b6(h[i, 0], h[i, 1], h[i, 2], h[i, 3], h[i, 4], h[i, 5])
+                        row = buf[r + i]
+                        row[s] += o0
+                        row[s + 1] += o1
+                        row[s + 2] += o2
+                        row[s + 3] += o3
+                        row[s + 4] += o4
+                        row[s + 5] += o5
+            dx[n, c] = buf[ph:ph + H, pw:pw + W]
 
 
 # ---------------------------------------------------------------------------

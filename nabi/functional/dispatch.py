@@ -24,12 +24,14 @@ The methods (geometry ``geom`` = (KH, KW, SH, SW, PH, PW, OH, OW); P = OH·OW):
     max_pool_backward(dy, state, x_shape, geom10)   implementation needs (kept in the op's cache)
     relu(x), relu_backward(dy, y)
     vecmat_rank1_update(w, v, a, row)       v·w with the old w, then w += a ⊗ row (fused SGD, batch 1)
-    winograd_weight(w, out=None), winograd_weight_backward(du, out=None)
-                                            w (F, C, 3, 3) ↔ U (16, F, C): G w Gᵀ and its adjoint Gᵀ ∂U G
-    winograd_input(x, geom, out=None)       x (N, C, H, W) → V (16, C, T): Bᵀ d B per 4×4 patch (``conv_winograd``)
-    winograd_output(m, b, N, geom, relu=False, out=None)  M (16, F, T) → Aᵀ M A + b [then max(·, 0)] (N, F, OH, OW)
-    winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None)   δ → (A δ Aᵀ (16, F, T), Σδ or None)
-    winograd_input_backward(dv, x_shape, geom, out=None)  ∂V (16, C, T) → Σ_t B ∂V_t Bᵀ on the input (N, C, H, W)
+    winograd_weight(w, out=None, tile=2), winograd_weight_backward(du, out=None, tile=2)
+                                            w (F, C, 3, 3) ↔ U (α², F, C): G w Gᵀ and its adjoint Gᵀ ∂U G
+    winograd_input(x, geom, out=None, tile=2)   x (N, C, H, W) → V (α², C, T): Bᵀ d B per α×α patch
+    winograd_output(m, b, N, geom, relu=False, out=None, tile=2)   M → Aᵀ M A + b [then max(·, 0)] (N, F, OH, OW)
+    winograd_output_backward(dy, geom, relu_y=None, need_db=True, out=None, tile=2)  δ → (A δ Aᵀ, Σδ or None)
+    winograd_input_backward(dv, x_shape, geom, out=None, tile=2)   ∂V → Σ_t B ∂V_t Bᵀ on the input (N, C, H, W)
+                                            (``conv_winograd``: tile 2 is F(2×2, 3×3), α = 4; tile 4 is
+                                            F(4×4, 3×3), α = 6)
     batch_norm_stats(x), batch_norm_apply(x, mean, inv_std, gamma, beta, relu),
     batch_norm_train_backward(dy, x_hat, inv_std, gamma, relu_y)  (4-D input; compiled CPU only)
 
