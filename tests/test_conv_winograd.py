@@ -36,6 +36,7 @@ FAMILIES = {
     "odd_channels": (3, 7, 11, 5, 6, 1),
     "pad0": (2, 3, 4, 7, 6, 0),
     "pad2": (2, 2, 3, 5, 4, 2),
+    "large_planes": (1, 2, 3, 17, 18, 1),     # ≥ SMALL_PLANE tiles per plane for both tile sizes: slices, not cells
 }
 FLOAT32_BOUND = {2: 1.5e-6, 4: 1e-5}   # norm-relative error against float64, per output and gradient, per tile
                                        # size (stated in conv_winograd)
@@ -97,6 +98,12 @@ def test_the_larger_tile_is_the_less_exact_one_as_stated():
     errors = {t: _rel(CW.conv2d_forward(*(a.astype(np.float32) for a in (x, wt, b)), geom, tile=t)[0], y64)
               for t in TILES}
     assert errors[2] < errors[4] < FLOAT32_BOUND[4]
+
+
+def test_the_families_cover_small_and_large_planes_for_both_tile_sizes():
+    for tile in TILES:
+        planes = {int(np.prod(CW.tiles(_data(*FAMILIES[name])[-1], tile))) for name in FAMILIES}
+        assert min(planes) < K.SMALL_PLANE <= max(planes), (tile, planes)
 
 
 def test_an_unknown_tile_size_is_named():

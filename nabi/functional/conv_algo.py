@@ -55,9 +55,10 @@ CACHE_ENV = "NABI_CACHE_DIR"
 CACHE_FILE = "conv-algorithms.json"
 FORMAT = 1
 
-REVISION = 3
+REVISION = 4
 """Bumped when an algorithm's kernels change enough to turn choices (2: the outer-product convolution, the direct
-convolution's 4-vector block, Winograd's batch chunks; 3: Winograd F(4×4, 3×3)): part of the machine key, so choices timed with older kernels
+convolution's 4-vector block, Winograd's batch chunks; 3: Winograd F(4×4, 3×3); 4: Winograd's transforms on tiny
+planes 2–4× faster): part of the machine key, so choices timed with older kernels
 are timed again once instead of kept."""
 
 MIN_TUNED_MACS = 20_000_000
