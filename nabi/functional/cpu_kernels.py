@@ -992,54 +992,60 @@ def _wino4_input(x, ph, pw, th, tw, V, nchunks):
 
 @_jit
 def _wino4_weight(w, U):
-    # U[ξ, f, c] = (G w[f, c] Gᵀ)[ξ], in float64, rounded once into U.
+    # U[ξ, f, c] = (G w[f, c] Gᵀ)[ξ], in float64, rounded once into U. Per filter f, as ``_wino_weight``: its
+    # weights gathered into nine rows over c, then G and Gᵀ as passes over c (vectorised), the second into U.
     F, C = w.shape[:2]
     for f in prange(F):
-        u = np.empty((36, C), dtype=U.dtype)
-        z = np.empty((6, 3), dtype=np.float64)
+        g = np.empty((9, C), dtype=np.float64)
+        z = np.empty((18, C), dtype=np.float64)
         for c in range(C):
-            g = w[f, c]
-            for j in range(3):
-                z0, z1, z2, z3, z4, z5 = _g6(g[0, j], g[1, j], g[2, j])
-                z[0, j] = z0
-                z[1, j] = z1
-                z[2, j] = z2
-                z[3, j] = z3
-                z[4, j] = z4
-                z[5, j] = z5
-            for i in range(6):
-                u0, u1, u2, u3, u4, u5 = _g6(z[i, 0], z[i, 1], z[i, 2])
-                u[6 * i, c] = u0
-                u[6 * i + 1, c] = u1
-                u[6 * i + 2, c] = u2
-                u[6 * i + 3, c] = u3
-                u[6 * i + 4, c] = u4
-                u[6 * i + 5, c] = u5
-        for xi in range(36):
-            U[xi, f] = u[xi]
+            for k in range(9):
+                g[k, c] = w[f, c, k // 3, k % 3]
+        for j in range(3):                      # G down each column j: z[3i + j] for the rows i of G·g
+            for c in range(C):
+                z0, z1, z2, z3, z4, z5 = _g6(g[j, c], g[3 + j, c], g[6 + j, c])
+                z[j, c] = z0
+                z[3 + j, c] = z1
+                z[6 + j, c] = z2
+                z[9 + j, c] = z3
+                z[12 + j, c] = z4
+                z[15 + j, c] = z5
+        for i in range(6):                      # (·) Gᵀ along each row i, straight into U
+            for c in range(C):
+                u0, u1, u2, u3, u4, u5 = _g6(z[3 * i, c], z[3 * i + 1, c], z[3 * i + 2, c])
+                U[6 * i, f, c] = u0
+                U[6 * i + 1, f, c] = u1
+                U[6 * i + 2, f, c] = u2
+                U[6 * i + 3, f, c] = u3
+                U[6 * i + 4, f, c] = u4
+                U[6 * i + 5, f, c] = u5
 
 
 @_jit
 def _wino4_weight_backward(du, dw):
-    # dw[f, c] = Gᵀ ∂U[f, c] G, in float64, rounded once into dw.
+    # dw[f, c] = Gᵀ ∂U[f, c] G, in float64, rounded once into dw. Per filter f: Gᵀ down the columns (reading ∂U's
+    # rows where they lie) and G along the rows as passes over c (vectorised), then scattered into dw[f].
     F, C = dw.shape[:2]
     for f in prange(F):
-        q = np.empty((36, C), dtype=du.dtype)
-        for xi in range(36):
-            q[xi] = du[xi, f]
-        e = np.empty((3, 6), dtype=np.float64)
+        e = np.empty((18, C), dtype=np.float64)
+        o = np.empty((9, C), dtype=np.float64)
+        for j in range(6):                      # Gᵀ down each column j: e[6i + j] for i = 0, 1, 2
+            for c in range(C):
+                e0, e1, e2 = _gt6(du[j, f, c], du[6 + j, f, c], du[12 + j, f, c], du[18 + j, f, c],
+                                  du[24 + j, f, c], du[30 + j, f, c])
+                e[j, c] = e0
+                e[6 + j, c] = e1
+                e[12 + j, c] = e2
+        for i in range(3):                      # (·) G along each row i
+            for c in range(C):
+                o0, o1, o2 = _gt6(e[6 * i, c], e[6 * i + 1, c], e[6 * i + 2, c], e[6 * i + 3, c], e[6 * i + 4, c],
+                                  e[6 * i + 5, c])
+                o[3 * i, c] = o0
+                o[3 * i + 1, c] = o1
+                o[3 * i + 2, c] = o2
         for c in range(C):
-            for j in range(6):
-                e0, e1, e2 = _gt6(q[j, c], q[6 + j, c], q[12 + j, c], q[18 + j, c], q[24 + j, c], q[30 + j, c])
-                e[0, j] = e0
-                e[1, j] = e1
-                e[2, j] = e2
-            o = dw[f, c]
-            for i in range(3):
-                o0, o1, o2 = _gt6(e[i, 0], e[i, 1], e[i, 2], e[i, 3], e[i, 4], e[i, 5])
-                o[i, 0] = o0
-                o[i, 1] = o1
-                o[i, 2] = o2
+            for k in range(9):
+                dw[f, c, k // 3, k % 3] = o[k, c]
 
 
 @_jit
