@@ -34,8 +34,9 @@ chunks' products.
 
 Numerical error. Winograd's transforms add and subtract inputs before the products, so its float32 results
 are further from the exact (float64) convolution than im2col's. Measured on random normal inputs and He-scaled
-weights (C = F = 3…512, 5×5…17×17), the norm-relative error ‖r − r₆₄‖ / ‖r₆₄‖ of the output and of both
-gradients was at most 4.8e-7 (im2col: at most 3.0e-7), about 1–1.7× im2col's; ``tests/test_conv_winograd.py``
+weights (C = F = 3…512, 5×5…17×17; ``python -m benchmarks.winograd_error``), the norm-relative error
+‖r − r₆₄‖ / ‖r₆₄‖ of the output and of both gradients was at most 5.1e-7 (im2col: at most 3.0e-7), about 1–1.7×
+im2col's; ``tests/test_conv_winograd.py``
 bounds it at 1.5e-6 per result, and the float64 results equal im2col's to 1e-11.
 
 F(4×4, 3×3) (``tile=4``; the algorithm 'winograd4' in ``conv_algo``) is the same four steps on 4×4 output tiles
