@@ -313,14 +313,16 @@ def strided_calls(monkeypatch):
 @pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no_dx"])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("family", sorted(STRIDED))
-def test_strided_direct_equals_im2col_in_float64(family, relu, need_dx, strided_calls):
+def test_strided_direct_equals_im2col_in_float64(family, relu, need_dx, strided_calls, monkeypatch):
     x, w, b, dy, s, p = _strided_data(family)
+    phase_dx_calls = count_calls(monkeypatch, K, "direct_strided_input_grad")
     results = []
     for algo in ("direct", "im2col"):
         with conv_algo.algorithm(algo):
             y, cache = conv_fast.conv2d_forward(x, w, b, s, p, relu=relu, need_dx=need_dx)
             results.append((y,) + conv_fast.conv2d_backward(dy, cache, need_dx=need_dx, relu_y=y if relu else None))
     assert strided_calls[0] == 1
+    assert phase_dx_calls[0] == int(need_dx)                  # ∂L/∂x per input phase, not col2im
     for got, want in zip(*results):
         if want is None:
             assert got is None
@@ -392,6 +394,30 @@ def test_strided_fused_sgd_updates_as_the_gradients_say(relu):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-11, atol=1e-12)            # with the old weights
     np.testing.assert_allclose(w2, w - 0.5 * dw_ref, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(b2, b - 0.5 * db_ref, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_strided_input_gradient_per_phase_equals_col2im_on_many_geometries(dtype):
+    # Kernels of 1 to 5 taps, wider or narrower than strides of 2 and 3 (a phase no tap reads has a zero ∂x),
+    # padding 0 to 2, odd and even sizes, unequal strides, with and without a fused ReLU's mask.
+    rng = np.random.default_rng(7)
+    cases = [(h, w, k, s, p) for h in (5, 8, 9) for w in (6, 9) for k in (1, 2, 3, 5) for s in (2, 3)
+             for p in (0, 1, 2) if p < k and h + 2 * p >= k and w + 2 * p >= k] + [(7, 9, 3, (2, 1), (1, 0))]
+    for h, w, k, s, p in cases:
+        x = rng.standard_normal((2, 3, h, w))
+        wt = rng.standard_normal((4, 3, k, k))
+        geom = conv_geometry(x, wt, s, p)
+        y, cache = conv.conv2d_forward(x, wt, None, s, p)
+        dy = rng.standard_normal(y.shape)
+        mask = rng.standard_normal(y.shape)
+        for relu_y in (None, mask):
+            want = conv.conv2d_backward(dy if relu_y is None else dy * (relu_y > 0), cache)[0]
+            got = K.direct_strided_input_grad(dy.astype(dtype), wt.astype(dtype), x.shape, geom,
+                                              None if relu_y is None else relu_y.astype(dtype))
+            assert got.dtype == dtype and got.shape == x.shape
+            tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got, want, **tol, err_msg=str((h, w, k, s, p)))
+    assert len(cases) > 50
 
 
 def test_strided_kernels_compute_the_same_bits_whatever_the_threads_and_register_block(monkeypatch):

@@ -55,10 +55,10 @@ CACHE_ENV = "NABI_CACHE_DIR"
 CACHE_FILE = "conv-algorithms.json"
 FORMAT = 1
 
-REVISION = 4
+REVISION = 5
 """Bumped when an algorithm's kernels change enough to turn choices (2: the outer-product convolution, the direct
 convolution's 4-vector block, Winograd's batch chunks; 3: Winograd F(4×4, 3×3); 4: Winograd's transforms on tiny
-planes 2–4× faster): part of the machine key, so choices timed with older kernels
+planes 2–4× faster; 5: the strided direct convolution's ∂L/∂x per input phase): part of the machine key, so choices timed with older kernels
 are timed again once instead of kept."""
 
 MIN_TUNED_MACS = 20_000_000

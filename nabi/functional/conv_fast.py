@@ -463,8 +463,8 @@ def _input_grad(dy_mat, w, x_shape, geom, out=None):
 
 
 def _without_columns(cache) -> bool:
-    """Whether a cache's ∂L/∂w comes from its algorithm's own kernel and ∂L/∂x from col2im(Wᵀ·δ): the outer-product
-    convolution, and the direct one at strides above 1."""
+    """Whether a cache's gradients come from its algorithm's own kernels with no columns kept: the outer-product
+    convolution (∂L/∂x from col2im(Wᵀ·δ)), and the direct one at strides above 1 (∂L/∂x per input phase)."""
     return isinstance(cache, CO.OuterCache) or (isinstance(cache, CD.DirectCache) and CD.strided(cache.geom))
 
 
@@ -472,13 +472,14 @@ def _gradients_without_columns(dy, cache, need_dx, relu_y, dw_out, workspace):
     """``(dx, dw, db)`` of a cache ``_without_columns`` says is one."""
     if isinstance(cache, CO.OuterCache):
         dw, db = CO.weight_gradients(dy, cache, relu_y, dw_out)
-    else:
-        dw, db = CD.weight_gradients(dy, cache, relu_y, dw_out, buffer=_buffers(for_arrays(dy, cache.x), workspace))
-    return (_col2im_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
+        return (_col2im_input_grad(dy, cache, relu_y) if need_dx else None), dw, db
+    buffer = _buffers(for_arrays(dy, cache.x), workspace)
+    dw, db = CD.weight_gradients(dy, cache, relu_y, dw_out, buffer=buffer)
+    return (CD.input_gradient(dy, cache, relu_y, buffer=buffer) if need_dx else None), dw, db
 
 
 def _col2im_input_grad(dy, cache, relu_y):
-    """∂L/∂x of a convolution whose cache holds x, w and geom (outer-product, strided direct): im2col's
+    """∂L/∂x of a convolution whose cache holds x, w and geom (the outer-product one): im2col's
     col2im(Wᵀ·δ) (no columns of x needed), a chunk of images at a time within ``COL_BUDGET_BYTES`` of Wᵀ·δ."""
     x_shape, w, geom = cache.x.shape, cache.w, cache.geom
     col_sample = x_shape[1] * geom[0] * geom[1] * geom[6] * geom[7] * dy.dtype.itemsize

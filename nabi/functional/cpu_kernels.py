@@ -1835,6 +1835,96 @@ def direct_strided_weight_grad(dy, xq, w_shape, geom, relu_y=None, need_db=True,
     return _weight_grad_of_runs(g, 0, L, xq, direct_phase_offsets(geom), w_shape, out), db
 
 
+def direct_strided_input_plan(geom, x_shape):
+    """How ``direct_strided_input_grad`` lays out the widened δ and cuts ∂x_pad into phases:
+    ``(Wd, M, P, R, Q, phases)``.
+
+    phases: ``[(a, b, taps_u, taps_v, r0, r1, q0, q1), …]`` — phase (a, b) holds the padded input's rows SH·r + a and
+    columns SW·q + b; its kernel taps are u = a, a + SH, … (taps_u of them) and v = b, b + SW, …; r0 ≤ r < r1 and
+    q0 ≤ q < q1 are the rows and columns that fall inside the unpadded input (a phase no tap reads, where the kernel
+    is narrower than the stride, has no taps: its part of ∂x is zero). Every phase is computed as R × Q outputs (the
+    most rows and columns of any phase, so all fit one array), from r0 and q0. Wd: the widened δ's row width (room
+    for the widest sub-kernel before a row wraps into the next, and for Q outputs); M: the zeros before δ; P: the
+    plane length, every vector any phase reads."""
+    kh, kw, sh, sw, ph, pw, oh, ow = geom
+    H, W = x_shape[2], x_shape[3]
+    phases = []
+    for a in range(sh):
+        for b in range(sw):
+            tu, tv = -(-(kh - a) // sh), -(-(kw - b) // sw)
+            r0, r1 = max(-(-(ph - a) // sh), 0), -(-(H + ph - a) // sh)
+            q0, q1 = max(-(-(pw - b) // sw), 0), -(-(W + pw - b) // sw)
+            if r1 > r0 and q1 > q0:
+                phases.append((a, b, max(tu, 0), max(tv, 0), r0, r1, q0, q1))
+    read = [p for p in phases if p[2] and p[3]]
+    R = max(p[5] - p[4] for p in read)
+    Q = max(p[7] - p[6] for p in read)
+    max_tu = max(p[2] for p in read)
+    max_tv = max(p[3] for p in read)
+    Wd = max(ow + max_tv - 1, max(p[6] for p in read) + Q)
+    M = (max_tu - 1) * Wd + max_tv - 1
+    P = M + (oh - 1) * Wd + ow                                   # past δ's last value: zeros
+    for a, b, tu, tv, r0, r1, q0, q1 in read:
+        m0 = M - (tu - 1) * Wd - (tv - 1) + r0 * Wd + q0
+        P = max(P, m0 + (R - 1) * Wd + -(-Q // LANES) * LANES + (tu - 1) * Wd + tv - 1)
+    return Wd, M, P, R, Q, phases
+
+
+@_jit
+def _direct_phase_scatter(parts, meta, sh, sw, dx):
+    # dx[n, c, i0 + SH·r, j0 + SW·q] = parts[k, n, c, r, q] for r < rows, q < cols, with (i0, j0, rows, cols) =
+    # meta[k]: each phase's outputs into its rows and columns of ∂x, an image plane at a time.
+    N, C = dx.shape[:2]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        d = dx[n, c]
+        for k in range(meta.shape[0]):
+            i0, j0, rows, cols = meta[k, 0], meta[k, 1], meta[k, 2], meta[k, 3]
+            src = parts[k, n, c]
+            for r in range(rows):
+                drow = d[i0 + sh * r]
+                srow = src[r]
+                for q in range(cols):
+                    drow[j0 + sw * q] = srow[q]
+
+
+def direct_strided_input_grad(dy, w, x_shape, geom, relu_y=None, buffer=None):
+    """∂L/∂x (N, C, H, W) of a strided direct convolution, per phase of the padded input: the forward sum at
+    stride 1 again. A stride-SH·SW forward is y = Σ_(a,b) conv(x_(a,b), w_(a,b)) over the phase planes x_(a,b) and
+    the sub-kernels w_(a,b) = w[:, :, a::SH, b::SW]; so each phase of ∂x_pad is the stride-1 ∂L/∂x of its own
+    term, ∂x_(a,b)[r, q] = Σ_f Σ_(t,t') w[f, c, a + SH·t, b + SW·t'] · δ[f, r − t, q − t'] — the forward kernel
+    run on δ (widened once, as ``direct_widen`` does) with the sub-kernel flipped and its channels swapped, then
+    scattered into the phase's rows and columns of ∂x (``direct_strided_input_plan``). No Wᵀ·δ columns (KH·KW
+    times the input) and no col2im. ``buffer(name, shape, dtype)``: scratch for the widened δ and the phases'
+    outputs, or None."""
+    N, F, oh, ow = dy.shape
+    C = x_shape[1]
+    Wd, M, P, R, Q, phases = direct_strided_input_plan(geom, x_shape)
+    read = [p for p in phases if p[2] and p[3]]
+    g = (buffer and buffer("direct_dy", (N, F, P), dy.dtype))
+    g = g if g is not None else np.empty((N, F, P), dtype=dy.dtype)
+    masked = relu_y is not None
+    _direct_widen(np.ascontiguousarray(dy), np.ascontiguousarray(relu_y) if masked else dy, masked, Wd, M, g)
+    parts = (buffer and buffer("direct_pad", (len(read), N, C, R, Q), g.dtype))
+    parts = parts if parts is not None else np.empty((len(read), N, C, R, Q), dtype=g.dtype)
+    sh, sw, ph, pw = geom[2:6]
+    zeros = np.zeros(C, dtype=g.dtype)
+    w = np.asarray(w, dtype=g.dtype)
+    meta = np.empty((len(read), 4), dtype=np.int64)
+    for k, (a, b, tu, tv, r0, r1, q0, q1) in enumerate(read):
+        sub = w[:, :, a::sh, b::sw][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        _direct_run(g, direct_weight_blocks(sub), direct_tap_offsets(tu, tv, Wd), Wd,
+                    M - (tu - 1) * Wd - (tv - 1) + r0 * Wd + q0, zeros, False, parts[k])
+        meta[k] = (sh * r0 + a - ph, sw * q0 + b - pw, r1 - r0, q1 - q0)
+    dx = np.empty(x_shape, dtype=g.dtype)
+    _direct_phase_scatter(parts, meta, sh, sw, dx)
+    for a, b, tu, tv, r0, r1, q0, q1 in phases:
+        if not (tu and tv):                                      # no tap reads these rows and columns
+            dx[:, :, sh * r0 + a - ph::sh, sw * q0 + b - pw::sw] = 0
+    return dx
+
+
 DIRECT_WEIGHT_CHUNKS = 16
 """Image chunks of the direct convolution's weight gradient (each a thread's partial sum, added in float64)."""
 
