@@ -314,6 +314,14 @@ def test_auto_measures_once_and_keeps_the_choice_in_the_cache_file(cache_dir):
     assert set(table) == {"train shape A", "train shape B"}
 
 
+def test_the_less_exact_tile_size_is_chosen_only_where_clearly_faster(cache_dir):
+    assert conv_algo.LESS_EXACT["winograd4"] > 1
+    near = _sleeper({"im2col": 80, "winograd": 40, "winograd4": 38}, [])             # 5 % faster: a tie
+    assert conv_algo.choose(("im2col", "winograd", "winograd4"), "near", 10**9, True, near) == "winograd"
+    clear = _sleeper({"im2col": 80, "winograd": 40, "winograd4": 24}, [])            # 40 % faster
+    assert conv_algo.choose(("im2col", "winograd", "winograd4"), "clear", 10**9, True, clear) == "winograd4"
+
+
 def test_small_layers_and_uncompiled_arrays_are_not_measured(cache_dir):
     calls = []
     trial = _sleeper({"im2col": 5, "winograd": 1}, calls)
